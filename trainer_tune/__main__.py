@@ -1,0 +1,3 @@
+from trainer_tune.main import main
+
+main()

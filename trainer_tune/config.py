@@ -1,0 +1,252 @@
+"""The typed configuration schema: one dataclass per config group, registered in Hydra's ConfigStore.
+
+Hydra checks key names and value types while it composes; the range checks here run when the entry point
+converts the composed config once with `OmegaConf.to_object` (Hydra never calls `__post_init__` itself).
+Every check raises `ConfigError` naming the key, the value and what is allowed, before any process group
+starts. Downstream code only ever sees these dataclasses, never a DictConfig.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration: printed as one line, exit code 2."""
+
+
+def require(ok: bool, *, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def require_int_at_least(key: str, value: int, minimum: int) -> None:
+    if isinstance(value, str) and value.startswith("${"):
+        return  # a schema default such as II("train.micro_batch_size"): checked once it is resolved
+    require(isinstance(value, int) and value >= minimum, key=key, value=value,
+            allowed=f"an integer >= {minimum}")
+
+
+def require_list_of_int_at_least(key: str, values: Optional[List[int]], minimum: int) -> None:
+    if values is None:
+        return
+    require(len(values) > 0, key=key, value=list(values),
+            allowed=f"a non-empty list of integers >= {minimum} (or null to not sweep it)")
+    for v in values:
+        require(v >= minimum, key=key, value=list(values), allowed=f"every entry an integer >= {minimum}")
+    require(len(set(values)) == len(values), key=key, value=list(values), allowed="no repeated entries")
+
+
+def require_non_empty(key: str, values: Optional[List[Any]]) -> None:
+    if values is not None:
+        require(len(values) > 0, key=key, value=list(values), allowed="a non-empty list (or null to not sweep it)")
+
+
+class Attention(Enum):
+    dense = "dense"
+
+
+class DataKind(Enum):
+    synthetic = "synthetic"
+
+
+class Precision(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Backend(Enum):
+    auto = "auto"
+    gloo = "gloo"
+    nccl = "nccl"
+
+
+class DeviceKind(Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class ModelArgs:
+    """The built-in decoder-only GPT."""
+
+    name: str = "tiny"
+    """Preset name, recorded with every trial."""
+    vocab_size: int = 256
+    seq_len: int = 128
+    """Tokens per sample; the model's maximum context."""
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    mlp_ratio: int = 4
+    """Hidden width of each MLP as a multiple of d_model."""
+    attention: Attention = Attention.dense
+
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "mlp_ratio"):
+            require_int_at_least(f"model.{key}", getattr(self, key), 1)
+        require(self.d_model % self.n_heads == 0, key="model.d_model", value=self.d_model,
+                allowed=f"a multiple of model.n_heads={self.n_heads}")
+
+
+@dataclass
+class DataArgs:
+    kind: DataKind = DataKind.synthetic
+    """synthetic: uniformly random token ids, generated on the device (no input pipeline cost)."""
+    seed: int = 1234
+    """Seed of the token stream; every trial sees the same tokens."""
+
+
+@dataclass
+class TrainArgs:
+    """The training setting itself: what a single run measures and what a recommendation sets."""
+
+    micro_batch_size: int = 2
+    """Samples per rank per forward/backward pass."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step (gradient sync only on the last one)."""
+    lr: float = 3.0e-4
+    weight_decay: float = 0.1
+    seed: int = 0
+    """Seed for model initialisation; the same for every trial."""
+    precision: Precision = Precision.fp32
+    """fp32, or bf16 autocast (on CUDA; on CPU bf16 autocast is valid but usually slower)."""
+
+    def __post_init__(self) -> None:
+        require_int_at_least("train.micro_batch_size", self.micro_batch_size, 1)
+        require_int_at_least("train.grad_accum", self.grad_accum, 1)
+        require(self.lr > 0, key="train.lr", value=self.lr, allowed="a number > 0")
+        require(self.weight_decay >= 0, key="train.weight_decay", value=self.weight_decay,
+                allowed="a number >= 0")
+
+
+@dataclass
+class SweepArgs:
+    """Axes of the sweep; null means the axis is not swept and the value from train/nsa/ddp is used."""
+
+    micro_batch_sizes: Optional[List[int]] = None
+    grad_accums: Optional[List[int]] = None
+    global_batch_size: Optional[int] = None
+    """Keep only pairs with micro_batch_size * grad_accum * world_size equal to this (samples)."""
+    nsa_prefill_batched: Optional[List[bool]] = None
+    nsa_disable_aux_stats: Optional[List[bool]] = None
+    ddp_static_graph: Optional[List[bool]] = None
+    ddp_find_unused_parameters: Optional[List[bool]] = None
+    ddp_bucket_cap_mb: Optional[List[float]] = None
+
+    def __post_init__(self) -> None:
+        require_list_of_int_at_least("sweep.micro_batch_sizes", self.micro_batch_sizes, 1)
+        require_list_of_int_at_least("sweep.grad_accums", self.grad_accums, 1)
+        if self.global_batch_size is not None:
+            require_int_at_least("sweep.global_batch_size", self.global_batch_size, 1)
+        for key in ("nsa_prefill_batched", "nsa_disable_aux_stats", "ddp_static_graph",
+                    "ddp_find_unused_parameters", "ddp_bucket_cap_mb"):
+            require_non_empty(f"sweep.{key}", getattr(self, key))
+        for mb in self.ddp_bucket_cap_mb or []:
+            require(mb > 0, key="sweep.ddp_bucket_cap_mb", value=list(self.ddp_bucket_cap_mb or []),
+                    allowed="every entry a number of MiB > 0")
+
+
+@dataclass
+class WindowArgs:
+    """One trial's measurement window, counted in optimizer steps."""
+
+    warmup_steps: int = 3
+    """Steps run first and not counted (allocator, autotuning, caches)."""
+    measure_steps: int = 10
+    """Steps timed and counted."""
+
+    def __post_init__(self) -> None:
+        require_int_at_least("window.warmup_steps", self.warmup_steps, 0)
+        require_int_at_least("window.measure_steps", self.measure_steps, 2)
+
+
+@dataclass
+class NsaArgs:
+    """Native-sparse-attention flags; null takes the environment variable, else the built-in default."""
+
+    prefill_batched: Optional[bool] = None
+    """NSA_PREFILL_BATCHED (default true): vectorised block selection instead of a per-position loop."""
+    disable_aux_stats: Optional[bool] = None
+    """NSA_DISABLE_AUX_STATS (default false): skip the per-step auxiliary statistics."""
+
+
+@dataclass
+class DdpArgs:
+    """DistributedDataParallel flags; null takes the environment variable, else DDP's own default."""
+
+    static_graph: Optional[bool] = None
+    """NSA_DDP_STATIC_GRAPH (default false)."""
+    find_unused_parameters: Optional[bool] = None
+    """NSA_DDP_FIND_UNUSED (default false)."""
+    bucket_cap_mb: Optional[float] = None
+    """NSA_DDP_BUCKET_MB (default 25)."""
+
+    def __post_init__(self) -> None:
+        if self.bucket_cap_mb is not None:
+            require(self.bucket_cap_mb > 0, key="ddp.bucket_cap_mb", value=self.bucket_cap_mb,
+                    allowed="a number of MiB > 0")
+
+
+@dataclass
+class BaselineArgs:
+    """The production setting to beat; always measured. Defaults to train.*; flags come from nsa/ddp."""
+
+    micro_batch_size: int = II("train.micro_batch_size")
+    grad_accum: int = II("train.grad_accum")
+
+    def __post_init__(self) -> None:
+        require_int_at_least("baseline.micro_batch_size", self.micro_batch_size, 1)
+        require_int_at_least("baseline.grad_accum", self.grad_accum, 1)
+
+
+@dataclass
+class RecommendArgs:
+    min_speedup: float = 1.05
+    """GO only when the best setting's tokens/s is at least this multiple of the baseline's."""
+    fail_on_no_go: bool = False
+    """Exit with code 3 on NO-GO (for CI gates); otherwise a finished sweep exits 0."""
+
+    def __post_init__(self) -> None:
+        require(self.min_speedup > 0, key="recommend.min_speedup", value=self.min_speedup,
+                allowed="a number > 0 (1.05 means at least 5% faster)")
+
+
+@dataclass
+class DistArgs:
+    backend: Backend = Backend.auto
+    """auto: nccl when the device is CUDA, else gloo."""
+    device: DeviceKind = DeviceKind.auto
+    """auto: cuda:LOCAL_RANK when CUDA is available, else cpu."""
+    timeout_s: float = 600.0
+    """Process-group timeout: how long a collective may wait for a missing rank."""
+
+    def __post_init__(self) -> None:
+        require(self.timeout_s > 0, key="dist.timeout_s", value=self.timeout_s, allowed="a number of seconds > 0")
+        require(not (self.backend == Backend.nccl and self.device == DeviceKind.cpu), key="dist.backend",
+                value="nccl", allowed="gloo or auto when dist.device=cpu (nccl needs CUDA tensors)")
+
+
+@dataclass
+class TuneConfig:
+    model: ModelArgs = field(default_factory=ModelArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+    sweep: SweepArgs = field(default_factory=SweepArgs)
+    window: WindowArgs = field(default_factory=WindowArgs)
+    nsa: NsaArgs = field(default_factory=NsaArgs)
+    ddp: DdpArgs = field(default_factory=DdpArgs)
+    baseline: BaselineArgs = field(default_factory=BaselineArgs)
+    recommend: RecommendArgs = field(default_factory=RecommendArgs)
+    dist: DistArgs = field(default_factory=DistArgs)
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore so configs/config.yaml can extend it (and be type-checked)."""
+    ConfigStore.instance().store(name="tune_schema", node=TuneConfig)

@@ -1,0 +1,124 @@
+"""The NSA and DDP environment flags: where each value comes from and how it is exported.
+
+Precedence, per flag: a value given in the config (command line or YAML) wins; else the environment
+variable if it is set; else the built-in default. The effective values are exported to the process
+environment before each trial, so user code that reads `NSA_*` sees what was measured, and they are
+recorded with every trial.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Mapping, Optional
+
+from trainer_tune.config import ConfigError, DdpArgs, NsaArgs, SweepArgs
+
+
+@dataclass(frozen=True)
+class TrialFlags:
+    prefill_batched: bool = True
+    disable_aux_stats: bool = False
+    static_graph: bool = False
+    find_unused_parameters: bool = False
+    bucket_cap_mb: float = 25.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FlagSpec:
+    field_name: str
+    config_key: str
+    env_var: str
+    sweep_key: str
+
+
+FLAG_SPECS: tuple[FlagSpec, ...] = (
+    FlagSpec("prefill_batched", "nsa.prefill_batched", "NSA_PREFILL_BATCHED", "nsa_prefill_batched"),
+    FlagSpec("disable_aux_stats", "nsa.disable_aux_stats", "NSA_DISABLE_AUX_STATS", "nsa_disable_aux_stats"),
+    FlagSpec("static_graph", "ddp.static_graph", "NSA_DDP_STATIC_GRAPH", "ddp_static_graph"),
+    FlagSpec("find_unused_parameters", "ddp.find_unused_parameters", "NSA_DDP_FIND_UNUSED",
+             "ddp_find_unused_parameters"),
+    FlagSpec("bucket_cap_mb", "ddp.bucket_cap_mb", "NSA_DDP_BUCKET_MB", "ddp_bucket_cap_mb"),
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse_env(spec: FlagSpec, raw: str, default: object) -> object:
+    text = raw.strip().lower()
+    if isinstance(default, bool):
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ConfigError(f"environment {spec.env_var}={raw!r} (for {spec.config_key}) is not allowed: "
+                          f"one of 1/0, true/false, yes/no, on/off")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ConfigError(f"environment {spec.env_var}={raw!r} (for {spec.config_key}) is not allowed: "
+                          f"a number of MiB > 0")
+    return value
+
+
+def resolve_flags(*, nsa: NsaArgs, ddp: DdpArgs, environ: Mapping[str, str]) -> TrialFlags:
+    """The effective flags for trials that do not sweep them."""
+    defaults = TrialFlags()
+    given: dict[str, Optional[object]] = {**asdict(nsa), **asdict(ddp)}
+    values: dict[str, object] = {}
+    for spec in FLAG_SPECS:
+        default = getattr(defaults, spec.field_name)
+        if given[spec.field_name] is not None:
+            values[spec.field_name] = given[spec.field_name]
+        elif environ.get(spec.env_var, "").strip():
+            values[spec.field_name] = _parse_env(spec, environ[spec.env_var], default)
+        else:
+            values[spec.field_name] = default
+    values["bucket_cap_mb"] = float(values["bucket_cap_mb"])  # type: ignore[arg-type]
+    return TrialFlags(**values)  # type: ignore[arg-type]
+
+
+def swept_flag_values(sweep: SweepArgs) -> dict[str, list[object]]:
+    """Flag field name -> the values the sweep tries, for the flags that are sweep axes."""
+    axes: dict[str, list[object]] = {}
+    for spec in FLAG_SPECS:
+        values = getattr(sweep, spec.sweep_key)
+        if values is not None:
+            axes[spec.field_name] = list(values)
+    return axes
+
+
+def with_flag(flags: TrialFlags, field_name: str, value: object) -> TrialFlags:
+    if field_name == "bucket_cap_mb":
+        value = float(value)  # type: ignore[arg-type]
+    return replace(flags, **{field_name: value})
+
+
+def flags_to_environ(flags: TrialFlags) -> dict[str, str]:
+    """The NSA_* variables as user code expects to read them (booleans as 1/0)."""
+    out: dict[str, str] = {}
+    for spec in FLAG_SPECS:
+        value = getattr(flags, spec.field_name)
+        if isinstance(value, bool):
+            out[spec.env_var] = "1" if value else "0"
+        else:
+            out[spec.env_var] = f"{value:g}"
+    return out
+
+
+def flags_to_overrides(flags: TrialFlags) -> list[str]:
+    """Hydra overrides that pin every flag to its value."""
+    out = []
+    for spec in FLAG_SPECS:
+        value = getattr(flags, spec.field_name)
+        out.append(f"{spec.config_key}={str(value).lower() if isinstance(value, bool) else f'{value:g}'}")
+    return out
+
+
+def flag_field_names() -> list[str]:
+    return [f.name for f in fields(TrialFlags)]

@@ -1,0 +1,107 @@
+"""Entry point: `python -m trainer_tune` or `torchrun --nproc_per_node=N -m trainer_tune +sweep=batch`.
+
+Order matters: agree on the output directory (before Hydra picks one per rank), compose and convert the
+config once, validate everything that can be validated, and only then start the process group. A user
+mistake ends every rank with one line and exit code 2, before any rank can wait on another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from trainer_tune.config import ConfigError, TuneConfig, register_configs
+from trainer_tune.distributed import DistSession, RankEnv, choose_backend, choose_device, shared_run_stamp
+from trainer_tune.flags import resolve_flags
+from trainer_tune.logging_setup import setup_logging
+from trainer_tune.plan import build_plan
+from trainer_tune.recommend import GO
+from trainer_tune.sinks.console import ConsoleSink
+from trainer_tune.sinks.files import write_config
+from trainer_tune.tune import run_sweep
+
+log = logging.getLogger("trainer_tune")
+
+EXIT_USAGE = 2
+"""A user mistake: bad config, bad environment, unreadable journal. Nothing was measured."""
+EXIT_NO_GO = 3
+"""The sweep finished with NO-GO and recommend.fail_on_no_go=true."""
+
+RUN_STAMP_ENV = "TRAINER_TUNE_RUN_STAMP"
+
+
+def config_dir() -> str:
+    """configs/ beside the package in a source checkout, or the copy packed inside an installed wheel."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "configs"
+    return str(checkout if (checkout / "config.yaml").exists() else package / "configs")
+
+
+def _fail(message: str, rank_env: RankEnv | None) -> None:
+    # One copy per node is enough: every rank got the same arguments and fails the same way.
+    if rank_env is None or rank_env.local_rank == 0:
+        print(f"trainer_tune: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _launch_hint(rank_env: RankEnv) -> str:
+    if not rank_env.under_torchrun:
+        return "python -m trainer_tune"
+    nodes = rank_env.world_size // max(rank_env.local_world_size, 1)
+    node_part = f" --nnodes={nodes}" if nodes > 1 else ""
+    return f"torchrun{node_part} --nproc_per_node={rank_env.local_world_size} -m trainer_tune"
+
+
+def tune(raw: DictConfig, rank_env: RankEnv) -> int:
+    try:
+        cfg: TuneConfig = OmegaConf.to_object(raw)  # type: ignore[assignment]
+        base_flags = resolve_flags(nsa=cfg.nsa, ddp=cfg.ddp, environ=os.environ)
+        device = choose_device(cfg.dist, rank_env)
+        if rank_env.world_size > 1:
+            choose_backend(cfg.dist, device)
+        build_plan(cfg, world_size=rank_env.world_size, base_flags=base_flags, device_type=device.type)
+    except (ConfigError, OmegaConfBaseException) as exc:
+        _fail(str(exc).splitlines()[0], rank_env)
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    setup_logging(rank_env, log_dir=output_dir / "logs")
+    if rank_env.is_rank0:
+        write_config(output_dir, OmegaConf.to_yaml(raw, resolve=True),
+                     overrides=list(HydraConfig.get().overrides.task))
+    log.info("%s on %s; output in %s", rank_env.describe(), device, output_dir)
+
+    session = DistSession.start(cfg.dist, rank_env)
+    try:
+        outcome = run_sweep(cfg=cfg, session=session, output_dir=output_dir, base_flags=base_flags,
+                            console=ConsoleSink(enabled=rank_env.is_rank0), launch_hint=_launch_hint(rank_env))
+    except ConfigError as exc:
+        session.close()
+        _fail(str(exc), rank_env)
+    session.close()
+    if outcome.recommendation.decision != GO and cfg.recommend.fail_on_no_go:
+        return EXIT_NO_GO
+    return 0
+
+
+def main() -> None:
+    try:
+        rank_env = RankEnv.from_environ(os.environ)
+        if RUN_STAMP_ENV not in os.environ:
+            os.environ[RUN_STAMP_ENV] = shared_run_stamp(rank_env, os.environ)
+    except ConfigError as exc:
+        _fail(str(exc), None)
+    register_configs()
+
+    @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
+    def _hydra_entry(raw: DictConfig) -> None:
+        code = tune(raw, rank_env)
+        if code:
+            sys.exit(code)
+
+    _hydra_entry()

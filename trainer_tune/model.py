@@ -1,0 +1,93 @@
+"""The built-in decoder-only GPT, in plain PyTorch.
+
+Pre-norm blocks (LayerNorm, causal multi-head attention through `scaled_dot_product_attention`, GELU
+MLP), learned position embeddings, and an LM head tied to the token embedding. `forward(input_ids)`
+takes `[batch, seq]` token ids and returns logits `[batch, seq, vocab]`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer_tune.config import ModelArgs
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, *, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, d_model = x.shape
+        q, k, v = self.qkv(x).split(d_model, dim=2)
+        # [batch, seq, d_model] -> [batch, heads, seq, head_dim]
+        q, k, v = (t.view(batch, seq, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(batch, seq, d_model))
+
+
+class Block(nn.Module):
+    def __init__(self, *, d_model: int, n_heads: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(d_model)
+        self.attn = CausalSelfAttention(d_model=d_model, n_heads=n_heads)
+        self.norm_mlp = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
+                                 nn.Linear(mlp_ratio * d_model, d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm_attn(x))
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.seq_len = args.seq_len
+        self.token_emb = nn.Embedding(args.vocab_size, args.d_model)
+        self.pos_emb = nn.Embedding(args.seq_len, args.d_model)
+        self.blocks = nn.ModuleList(
+            Block(d_model=args.d_model, n_heads=args.n_heads, mlp_ratio=args.mlp_ratio)
+            for _ in range(args.n_layers))
+        self.norm_out = nn.LayerNorm(args.d_model)
+        self.lm_head = nn.Linear(args.d_model, args.vocab_size, bias=False)
+        self.lm_head.weight = self.token_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of residual projections keeps the residual stream's variance flat with depth.
+        for name, param in self.named_parameters():
+            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * args.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        seq = input_ids.shape[1]
+        if seq > self.seq_len:
+            raise ValueError(f"input has {seq} tokens per sample; the model was built for at most {self.seq_len}")
+        positions = torch.arange(seq, device=input_ids.device)
+        x = self.token_emb(input_ids) + self.pos_emb(positions)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.norm_out(x))
+
+
+def build_model(args: ModelArgs) -> nn.Module:
+    return GPT(args)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters: `parameters()` yields a tied weight once."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,103 @@
+"""The trial plan: which settings a sweep measures, in which order, and how a trial is identified.
+
+The baseline (the user's production setting) is always trial 0, so the reference is measured first and a
+sweep cut short still has it. Each trial carries a key that hashes everything that affects its
+measurement; the journal uses it to skip trials already measured under the same conditions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from trainer_tune.config import ConfigError, TuneConfig
+from trainer_tune.flags import TrialFlags, swept_flag_values, with_flag
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    index: int
+    micro_batch_size: int
+    grad_accum: int
+    world_size: int
+    flags: TrialFlags
+    is_baseline: bool
+    key: str
+    """Hash of this setting plus the measurement context; equal keys measure the same thing."""
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.micro_batch_size * self.grad_accum * self.world_size
+
+    def label(self, *, swept_flags: tuple[str, ...] = ()) -> str:
+        text = f"{self.micro_batch_size}x{self.grad_accum}"
+        for name in swept_flags:
+            value = getattr(self.flags, name)
+            text += f" {name}={str(value).lower() if isinstance(value, bool) else f'{value:g}'}"
+        return text
+
+
+def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -> dict[str, Any]:
+    """Everything besides the setting that changes what a trial measures."""
+    train = asdict(cfg.train)
+    train.pop("micro_batch_size")
+    train.pop("grad_accum")
+    return {
+        "model": asdict(cfg.model),
+        "data": asdict(cfg.data),
+        "train": train,
+        "window": asdict(cfg.window),
+        "world_size": world_size,
+        "device_type": device_type,
+    }
+
+
+def _trial_key(*, micro_batch_size: int, grad_accum: int, flags: TrialFlags, context: dict[str, Any]) -> str:
+    blob = json.dumps({"micro_batch_size": micro_batch_size, "grad_accum": grad_accum,
+                       "flags": flags.as_dict(), "context": context}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def batch_pairs(cfg: TuneConfig, *, world_size: int) -> list[tuple[int, int]]:
+    """(micro_batch_size, grad_accum) pairs of the sweep, after the fixed-global-batch filter."""
+    sizes = cfg.sweep.micro_batch_sizes or [cfg.train.micro_batch_size]
+    accums = cfg.sweep.grad_accums or [cfg.train.grad_accum]
+    pairs = [(m, a) for m in sorted(sizes) for a in sorted(accums)]
+    target = cfg.sweep.global_batch_size
+    if target is None:
+        return pairs
+    kept = [(m, a) for m, a in pairs if m * a * world_size == target]
+    if not kept:
+        reachable = sorted({m * a * world_size for m, a in pairs})
+        raise ConfigError(
+            f"sweep.global_batch_size={target} is not allowed: no micro_batch_size x grad_accum pair of the "
+            f"sweep reaches it at world size {world_size}; reachable global batch sizes are {reachable}")
+    return kept
+
+
+def build_plan(cfg: TuneConfig, *, world_size: int, base_flags: TrialFlags, device_type: str) -> list[TrialSpec]:
+    context = measurement_context(cfg, world_size=world_size, device_type=device_type)
+    flag_axes = swept_flag_values(cfg.sweep)
+    flag_settings = [base_flags]
+    for name, values in flag_axes.items():
+        flag_settings = [with_flag(f, name, v) for f in flag_settings for v in values]
+
+    settings: list[tuple[int, int, TrialFlags]] = [
+        (cfg.baseline.micro_batch_size, cfg.baseline.grad_accum, base_flags)]
+    for (mbs, accum), flags in itertools.product(batch_pairs(cfg, world_size=world_size), flag_settings):
+        if (mbs, accum, flags) not in settings:
+            settings.append((mbs, accum, flags))
+
+    return [
+        TrialSpec(index=i, micro_batch_size=mbs, grad_accum=accum, world_size=world_size, flags=flags,
+                  is_baseline=(i == 0),
+                  key=_trial_key(micro_batch_size=mbs, grad_accum=accum, flags=flags, context=context))
+        for i, (mbs, accum, flags) in enumerate(settings)
+    ]
+
+
+def swept_flag_names(cfg: TuneConfig) -> tuple[str, ...]:
+    return tuple(swept_flag_values(cfg.sweep))

@@ -1,0 +1,86 @@
+"""A trial's result: the record written as one journal line and read back on resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from trainer_tune.stats import StepTimeStats
+
+
+class Status(Enum):
+    """Trial outcomes, ordered by severity: ranks agree on the worst one any of them saw."""
+
+    ok = 0
+    nan = 1
+    oom = 2
+    error = 3
+
+    @staticmethod
+    def worst(code: int) -> "Status":
+        return Status(code)
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    trial_key: str
+    index: int
+    label: str
+    is_baseline: bool
+    status: str
+    """A `Status` name: ok, nan, oom or error."""
+    micro_batch_size: int
+    grad_accum: int
+    world_size: int
+    global_batch_size: int
+    """Samples per optimizer step over all ranks: micro_batch_size * grad_accum * world_size."""
+    tokens_per_step: int
+    flags: dict[str, Any]
+    environment: dict[str, str]
+    """The NSA_* variables exported to the training processes during the trial."""
+    tokens_per_s: Optional[float]
+    samples_per_s: Optional[float]
+    step_time_s: Optional[StepTimeStats]
+    num_warmup_steps: int
+    num_measured_steps: int
+    warmup_s: Optional[float]
+    loss_first: Optional[float]
+    loss_last: Optional[float]
+    peak_memory_bytes: Optional[int]
+    peak_memory_reserved_bytes: Optional[int]
+    peak_memory_note: Optional[str]
+    num_parameters: Optional[int]
+    model: str
+    device: str
+    backend: Optional[str]
+    torch_version: str
+    started_at: str
+    finished_at: str
+    error: Optional[str] = None
+    """What went wrong, for a trial whose status is not ok (the first line of the exception, by rank)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.ok.name
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_json_dict(data: dict[str, Any]) -> "TrialResult":
+        known = {f.name for f in dataclasses.fields(TrialResult)}
+        missing = known - set(data) - {"error", "extra"}
+        if missing:
+            raise ValueError(f"missing fields {sorted(missing)}")
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("step_time_s") is not None:
+            values["step_time_s"] = StepTimeStats(**values["step_time_s"])
+        return TrialResult(**values)

@@ -1,0 +1,1 @@
+"""Sinks present what the sweep measured and decided; they never compute."""

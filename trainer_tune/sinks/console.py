@@ -1,0 +1,104 @@
+"""The terminal: a progress bar during the sweep, then the table of trials and the verdict (rank 0 only)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from trainer_tune.recommend import GO, Recommendation
+from trainer_tune.results import TrialResult
+
+
+def format_bytes(value: Optional[int]) -> str:
+    if value is None:
+        return "n/a"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _number(value: Optional[float], spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+class ConsoleSink:
+    def __init__(self, *, enabled: bool, console: Optional[Console] = None) -> None:
+        self.enabled = enabled
+        self.console = console or Console(highlight=False)
+        if not self.console.is_terminal:
+            # Logs and CI captures: rich would wrap the table at 80 columns and make it unreadable.
+            self.console.width = max(self.console.width, 150)
+        self._progress: Optional[Progress] = None
+        self._trials_task = None
+        self._steps_task = None
+
+    def sweep_started(self, *, num_trials: int, num_skipped: int, output_dir: str) -> None:
+        if not self.enabled:
+            return
+        self.console.print(f"trainer_tune: {num_trials} trials ({num_skipped} already in the journal), "
+                           f"results in {output_dir}")
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=self.console, transient=True)
+        self._progress.start()
+        self._trials_task = self._progress.add_task("trials", total=num_trials, completed=num_skipped)
+        self._steps_task = self._progress.add_task("steps", total=1)
+
+    def trial_started(self, *, label: str, total_steps: int) -> None:
+        if self._progress is not None:
+            self._progress.reset(self._steps_task, total=total_steps, description=f"steps of {label}")
+
+    def step_done(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._steps_task)
+
+    def trial_finished(self, result: TrialResult, *, position: str) -> None:
+        if not self.enabled:
+            return
+        if result.ok:
+            detail = (f"{result.tokens_per_s:,.0f} tokens/s, median step "
+                      f"{result.step_time_s.median:.4f} s")  # type: ignore[union-attr]
+        else:
+            detail = result.error or ""
+        self.console.print(f"trial {position} {result.label}: {result.status} {detail}")
+        if self._progress is not None:
+            self._progress.advance(self._trials_task)
+
+    def sweep_finished(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def show(self, results: Sequence[TrialResult], rec: Recommendation) -> None:
+        if not self.enabled:
+            return
+        table = Table(title="trainer_tune trials", title_justify="left")
+        for name, justify in (("#", "right"), ("setting", "left"), ("global batch", "right"),
+                              ("status", "left"), ("tokens/s", "right"), ("samples/s", "right"),
+                              ("step p50 s", "right"), ("step p90 s", "right"), ("peak memory", "right"),
+                              ("vs baseline", "right")):
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        for r in sorted(results, key=lambda r: r.index):
+            marks = (" (baseline)" if r.is_baseline else "") + \
+                (" *" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "")
+            speedup = rec.speedup_by_key.get(r.trial_key)
+            table.add_row(
+                str(r.index), r.label + marks, str(r.global_batch_size),
+                r.status if r.ok else f"[red]{r.status}[/red]",
+                _number(r.tokens_per_s, ",.0f"), _number(r.samples_per_s, ",.1f"),
+                _number(r.step_time_s.median if r.step_time_s else None, ".4f"),
+                _number(r.step_time_s.p90 if r.step_time_s else None, ".4f"),
+                format_bytes(r.peak_memory_bytes),
+                "n/a" if speedup is None else f"{(speedup - 1) * 100:+.1f}%")
+        self.console.print(table)
+        if results and results[0].peak_memory_bytes is None and results[0].peak_memory_note:
+            self.console.print(f"peak memory n/a: {results[0].peak_memory_note}")
+        for reason in rec.reasons:
+            self.console.print(f"  - {reason}")
+        colour = "green" if rec.decision == GO else "yellow"
+        self.console.print(f"[bold {colour}]{rec.verdict}[/bold {colour}]")

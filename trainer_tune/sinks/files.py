@@ -1,0 +1,43 @@
+"""Files in the output directory besides the journal: the recommendation and the resolved config."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer_tune.recommend import Recommendation
+
+RECOMMENDATION_JSON = "recommendation.json"
+RECOMMENDATION_YAML = "recommendation.yaml"
+CONFIG_YAML = "config.yaml"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_recommendation(output_dir: Path, rec: Recommendation, *, launch_hint: str) -> None:
+    write_atomically(output_dir / RECOMMENDATION_JSON, json.dumps(rec.to_json_dict(), indent=2) + "\n")
+    header = [f"# {rec.verdict}"]
+    if rec.overrides:
+        header += ["# Measure again, or train, with the chosen setting:",
+                   f"#   {launch_hint} {' '.join(rec.overrides)}"]
+    body: dict[str, Any] = {"decision": rec.decision, "overrides": list(rec.overrides),
+                            "environment": dict(rec.environment)}
+    write_atomically(output_dir / RECOMMENDATION_YAML,
+                     "\n".join(header) + "\n" + yaml.safe_dump(body, sort_keys=False))
+
+
+def write_config(output_dir: Path, resolved_yaml: str, *, overrides: list[str]) -> None:
+    header = f"# overrides: {' '.join(overrides)}\n" if overrides else ""
+    write_atomically(output_dir / CONFIG_YAML, header + resolved_yaml)

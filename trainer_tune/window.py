@@ -1,0 +1,220 @@
+"""One trial's measurement window: a short, real DDP training run at one setting.
+
+Every trial starts from the same seed with a fresh model, DDP wrapper and optimizer. Warm-up optimizer
+steps run first and are not counted. Each measured optimizer step is `grad_accum` micro-steps, with
+DDP's `no_sync` on all but the last, then `optimizer.step()`. Step boundaries are timed on the host
+clock on CPU and with CUDA events on GPU (which time the device's own stream without stalling the
+host each step); the device is synchronized before any time is read. Per step, the time that counts
+is the slowest rank's, and tokens are the ones really fed to the model on every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer_tune.config import Precision, TuneConfig
+from trainer_tune.data import build_batches
+from trainer_tune.distributed import DistSession
+from trainer_tune.model import build_model, count_parameters
+from trainer_tune.plan import TrialSpec
+
+
+@dataclass(frozen=True)
+class WindowMeasurement:
+    step_times_s: tuple[float, ...]
+    """Per measured optimizer step, the slowest rank's time."""
+    tokens: int
+    """Tokens fed to the model in the measured steps, summed over ranks and micro-steps."""
+    samples: int
+    losses: tuple[float, ...]
+    """Per measured step, the loss averaged over micro-steps and ranks."""
+    warmup_s: float
+    """Wall time of the warm-up steps on the slowest rank (includes first-step allocation)."""
+    peak_memory_bytes: Optional[int]
+    """Highest allocator peak over ranks during measured steps; None where the device does not report it."""
+    peak_memory_reserved_bytes: Optional[int]
+    peak_memory_note: Optional[str]
+    num_parameters: int
+
+
+StepCallback = Callable[[int, bool], None]
+"""Called after each optimizer step with (step index, whether it was measured); outside the timed region."""
+
+
+class _HostClock:
+    def __init__(self) -> None:
+        self._start_s = 0.0
+        self.times_s: list[float] = []
+
+    def start(self) -> None:
+        self._start_s = time.perf_counter()
+
+    def stop(self) -> None:
+        self.times_s.append(time.perf_counter() - self._start_s)
+
+    def read_s(self) -> list[float]:
+        return self.times_s
+
+
+class _CudaEventClock:
+    def __init__(self) -> None:
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def start(self) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self._events.append((event, event))
+
+    def stop(self) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self._events[-1] = (self._events[-1][0], event)
+
+    def read_s(self) -> list[float]:
+        torch.cuda.synchronize()
+        return [begin.elapsed_time(end) / 1000.0 for begin, end in self._events]
+
+
+def _wrap(model: nn.Module, *, session: DistSession, spec: TrialSpec) -> nn.Module:
+    if not session.distributed:
+        return model
+    return DistributedDataParallel(
+        model,
+        device_ids=[session.device.index] if session.device.type == "cuda" else None,
+        static_graph=spec.flags.static_graph,
+        find_unused_parameters=spec.flags.find_unused_parameters,
+        bucket_cap_mb=spec.flags.bucket_cap_mb,
+    )
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Trainer:
+    """The optimizer step of one trial, kept free of measurement code so the window times it as a whole."""
+
+    def __init__(self, *, cfg: TuneConfig, spec: TrialSpec, session: DistSession) -> None:
+        device = session.device
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg.model).to(device)
+        self.num_parameters = count_parameters(model)
+        self.module = _wrap(model, session=session, spec=spec)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                           fused=device.type == "cuda")
+        self.batches: Iterator[torch.Tensor] = build_batches(
+            data=cfg.data, model=cfg.model, micro_batch_size=spec.micro_batch_size,
+            rank=session.rank_env.rank, device=device)
+        self.grad_accum = spec.grad_accum
+        self.vocab_size = cfg.model.vocab_size
+        self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) \
+            if cfg.train.precision == Precision.bf16 else contextlib.nullcontext
+        self.can_skip_sync = isinstance(self.module, DistributedDataParallel)
+
+    def step(self) -> tuple[torch.Tensor, int]:
+        """One optimizer step; returns the mean micro-step loss (on device) and the tokens fed."""
+        loss_sum = torch.zeros((), device=self.optimizer.param_groups[0]["params"][0].device)
+        tokens = 0
+        for micro in range(self.grad_accum):
+            batch = next(self.batches)
+            inputs, targets = batch[:, :-1], batch[:, 1:]
+            last = micro == self.grad_accum - 1
+            sync = contextlib.nullcontext() if last or not self.can_skip_sync else self.module.no_sync()
+            with sync:
+                with self.autocast():
+                    logits = self.module(inputs)
+                loss = F.cross_entropy(logits.float().reshape(-1, self.vocab_size), targets.reshape(-1))
+                (loss / self.grad_accum).backward()
+            loss_sum += loss.detach()
+            tokens += inputs.numel()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum / self.grad_accum, tokens
+
+
+@dataclass(frozen=True)
+class LocalWindow:
+    """What one rank measured, before the ranks agree that the trial succeeded everywhere."""
+
+    step_times_s: list[float]
+    tokens: int
+    losses: list[float]
+    warmup_s: float
+    peak_memory_bytes: Optional[int]
+    peak_memory_reserved_bytes: Optional[int]
+    num_parameters: int
+
+
+def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
+                  on_step: Optional[StepCallback] = None) -> LocalWindow:
+    """Run one trial on this rank. Raises what the model or the device raises; the caller records it.
+
+    No collective besides DDP's own runs here, so a rank that fails can still meet the others in the
+    outcome agreement that follows.
+    """
+    device = session.device
+    trainer = _Trainer(cfg=cfg, spec=spec, session=session)
+    num_parameters = trainer.num_parameters
+    try:
+        _synchronize(device)
+        warmup_start_s = time.perf_counter()
+        for step in range(cfg.window.warmup_steps):
+            trainer.step()
+            if on_step:
+                on_step(step, False)
+        _synchronize(device)
+        warmup_s = time.perf_counter() - warmup_start_s
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        clock = _CudaEventClock() if device.type == "cuda" else _HostClock()
+        losses: list[torch.Tensor] = []
+        tokens = 0
+        for step in range(cfg.window.measure_steps):
+            clock.start()
+            loss, step_tokens = trainer.step()
+            clock.stop()
+            losses.append(loss)
+            tokens += step_tokens
+            if on_step:
+                on_step(cfg.window.warmup_steps + step, True)
+        step_times_s = clock.read_s()
+        local_losses = torch.stack(losses).tolist()
+    finally:
+        del trainer
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    peak = reserved = None
+    if device.type == "cuda":
+        peak, reserved = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+    return LocalWindow(step_times_s=step_times_s, tokens=tokens, losses=local_losses, warmup_s=warmup_s,
+                       peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, num_parameters=num_parameters)
+
+
+def combine_ranks(local: LocalWindow, *, session: DistSession, seq_len: int) -> WindowMeasurement:
+    """Per step the slowest rank's time, tokens summed over ranks, memory peaks maxed over ranks."""
+    step_times_s = session.max_over_ranks(local.step_times_s)
+    total_tokens, = session.sum_over_ranks([local.tokens])
+    warmup_s, = session.max_over_ranks([local.warmup_s])
+    peak = reserved = None
+    note: Optional[str] = f"the {session.device.type} device does not report allocator peaks"
+    if local.peak_memory_bytes is not None and local.peak_memory_reserved_bytes is not None:
+        peak_f, reserved_f = session.max_over_ranks([float(local.peak_memory_bytes),
+                                                     float(local.peak_memory_reserved_bytes)])
+        peak, reserved, note = int(peak_f), int(reserved_f), None
+    return WindowMeasurement(
+        step_times_s=tuple(step_times_s), tokens=int(total_tokens), samples=int(total_tokens) // seq_len,
+        losses=tuple(session.mean_over_ranks(local.losses)), warmup_s=warmup_s,
+        peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, peak_memory_note=note,
+        num_parameters=local.num_parameters)
