@@ -1,8 +1,8 @@
 """The journal `trials.jsonl`: one JSON line per finished trial, appended by rank 0 only.
 
 Each line is flushed and fsynced before the sweep moves on, so nothing measured is lost when a process
-dies. A last line cut short by a kill mid-write is reported and ignored; any other unreadable line
-means the file is not ours (or was edited), and the run stops rather than guess.
+dies. A line cut short by a kill mid-write is reported and ignored (later appends start on a fresh line);
+any other unreadable line means the file is not ours (or was edited), and the run stops rather than guess.
 """
 
 from __future__ import annotations
@@ -35,23 +35,23 @@ def read_journal(path: Path) -> JournalContents:
         text = path.read_bytes().decode("utf-8", errors="replace")
     except OSError as exc:
         raise ConfigError(f"journal {path} is not readable: {exc.strerror}") from None
-    lines = text.split("\n")
-    ends_with_newline = text.endswith("\n")
-    if ends_with_newline:
-        lines = lines[:-1]
     results: list[TrialResult] = []
     problems: list[str] = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        is_last = number == len(lines)
         try:
-            results.append(TrialResult.from_json_dict(json.loads(line)))
-        except (ValueError, TypeError) as exc:
-            if is_last and not ends_with_newline:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            # Our lines start with '{'; one that does and still does not parse was cut short by a kill.
+            if line.startswith("{"):
                 problems.append(f"{path.name} line {number} is incomplete (the writer was killed mid-line); "
                                 f"ignored, that trial will be measured again")
                 continue
+            record = None
+        try:
+            results.append(TrialResult.from_json_dict(record))  # type: ignore[arg-type]
+        except (ValueError, TypeError, AttributeError) as exc:
             raise ConfigError(f"journal {path} line {number} is not a trainer_tune trial record ({exc}); "
                               f"move the file away or choose another output directory") from None
     return JournalContents(results=tuple(results), problems=tuple(problems))

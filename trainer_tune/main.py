@@ -7,6 +7,7 @@ mistake ends every rank with one line and exit code 2, before any rank can wait 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -68,6 +69,9 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
             choose_backend(cfg.dist, device)
         build_plan(cfg, world_size=rank_env.world_size, base_flags=base_flags, device_type=device.type)
     except (ConfigError, OmegaConfBaseException) as exc:
+        # Hydra made the run directory before calling us; leave nothing behind for a run that never started.
+        with contextlib.suppress(OSError):
+            os.rmdir(HydraConfig.get().runtime.output_dir)
         _fail(str(exc).splitlines()[0], rank_env)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     setup_logging(rank_env, log_dir=output_dir / "logs")

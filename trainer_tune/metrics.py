@@ -61,7 +61,8 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         step_time_s=StepTimeStats.of(m.step_times_s), warmup_s=m.warmup_s,
         loss_first=_finite_or_none(m.losses[0]), loss_last=_finite_or_none(m.losses[-1]),
         peak_memory_bytes=m.peak_memory_bytes, peak_memory_reserved_bytes=m.peak_memory_reserved_bytes,
-        peak_memory_note=m.peak_memory_note, num_parameters=m.num_parameters)
+        peak_memory_note=m.peak_memory_note, num_parameters=m.num_parameters,
+        extra={"ddp_applied": m.ddp_applied, "losses": [_finite_or_none(x) for x in m.losses]})
 
 
 def failed_result(spec: TrialSpec, ctx: TrialContext, *, status: Status, error: str,

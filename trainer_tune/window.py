@@ -44,6 +44,8 @@ class WindowMeasurement:
     peak_memory_reserved_bytes: Optional[int]
     peak_memory_note: Optional[str]
     num_parameters: int
+    ddp_applied: Optional[dict[str, object]]
+    """DDP's own record of static_graph, find_unused_parameters and bucket size; None without DDP."""
 
 
 StepCallback = Callable[[int, bool], None]
@@ -96,6 +98,14 @@ def _wrap(model: nn.Module, *, session: DistSession, spec: TrialSpec) -> nn.Modu
     )
 
 
+def _ddp_settings(module: nn.Module) -> Optional[dict[str, object]]:
+    """What DDP itself reports it was built with: evidence that the flags reached it."""
+    if not isinstance(module, DistributedDataParallel):
+        return None
+    return {"static_graph": bool(module.static_graph), "find_unused_parameters": bool(module.find_unused_parameters),
+            "bucket_cap_bytes": int(module.bucket_bytes_cap)}
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -120,6 +130,7 @@ class _Trainer:
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) \
             if cfg.train.precision == Precision.bf16 else contextlib.nullcontext
         self.can_skip_sync = isinstance(self.module, DistributedDataParallel)
+        self.ddp_applied = _ddp_settings(self.module)
 
     def step(self) -> tuple[torch.Tensor, int]:
         """One optimizer step; returns the mean micro-step loss (on device) and the tokens fed."""
@@ -153,6 +164,7 @@ class LocalWindow:
     peak_memory_bytes: Optional[int]
     peak_memory_reserved_bytes: Optional[int]
     num_parameters: int
+    ddp_applied: Optional[dict[str, object]]
 
 
 def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
@@ -164,7 +176,7 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
     """
     device = session.device
     trainer = _Trainer(cfg=cfg, spec=spec, session=session)
-    num_parameters = trainer.num_parameters
+    num_parameters, ddp_applied = trainer.num_parameters, trainer.ddp_applied
     try:
         _synchronize(device)
         warmup_start_s = time.perf_counter()
@@ -199,7 +211,8 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
     if device.type == "cuda":
         peak, reserved = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
     return LocalWindow(step_times_s=step_times_s, tokens=tokens, losses=local_losses, warmup_s=warmup_s,
-                       peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, num_parameters=num_parameters)
+                       peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, num_parameters=num_parameters,
+                       ddp_applied=ddp_applied)
 
 
 def combine_ranks(local: LocalWindow, *, session: DistSession, seq_len: int) -> WindowMeasurement:
@@ -217,4 +230,4 @@ def combine_ranks(local: LocalWindow, *, session: DistSession, seq_len: int) -> 
         step_times_s=tuple(step_times_s), tokens=int(total_tokens), samples=int(total_tokens) // seq_len,
         losses=tuple(session.mean_over_ranks(local.losses)), warmup_s=warmup_s,
         peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, peak_memory_note=note,
-        num_parameters=local.num_parameters)
+        num_parameters=local.num_parameters, ddp_applied=local.ddp_applied)

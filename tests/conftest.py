@@ -1,0 +1,46 @@
+"""Shared helpers: run trainer_tune as a user would (a subprocess, under torchrun for 2 ranks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def clean_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The caller's environment without variables that would change what a run measures or where it writes."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("NSA_", "TRAINER_TUNE_", "TORCHELASTIC_", "WANDB_"))
+           and k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def run_tune(args: Sequence[str], *, nproc: Optional[int] = None, env: Optional[dict[str, str]] = None,
+             cwd: Optional[Path] = None, timeout_s: float = 240) -> subprocess.CompletedProcess:
+    """`python -m trainer_tune ARGS`, or `torchrun --standalone --nproc_per_node=N -m trainer_tune ARGS`."""
+    if nproc is None:
+        cmd = [sys.executable, "-m", "trainer_tune", *args]
+    else:
+        # --standalone picks a free port, so tests never collide on torchrun's fixed default.
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "trainer_tune", *args]
+    return subprocess.run(cmd, cwd=cwd or REPO, env=clean_env(env), capture_output=True, text=True,
+                          timeout=timeout_s)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"

@@ -1,0 +1,119 @@
+"""Real 2-rank sweeps under torchrun on gloo: the journal, the recommendation, resume and the flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import read_jsonl, run_tune
+
+pytestmark = pytest.mark.slow
+
+SMALL_SWEEP = ["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2,4]", "sweep.grad_accums=[1,2]"]
+
+
+def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
+    proc = run_tune(SMALL_SWEEP, nproc=2, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # One output directory for both ranks, chosen without hydra.run.dir.
+    runs = list((tmp_path / "outputs" / "runs").iterdir())
+    assert len(runs) == 1, runs
+    out = runs[0]
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["rank-0.log", "rank-1.log"]
+    assert (out / "config.yaml").exists()
+
+    trials = read_jsonl(out / "trials.jsonl")
+    assert [(t["micro_batch_size"], t["grad_accum"]) for t in trials] == \
+        [(2, 1), (1, 1), (1, 2), (2, 2), (4, 1), (4, 2)]
+    assert trials[0]["is_baseline"] and not any(t["is_baseline"] for t in trials[1:])
+    for t in trials:
+        assert t["status"] == "ok", t["error"]
+        assert t["world_size"] == 2 and t["backend"] == "gloo"
+        assert t["global_batch_size"] == t["micro_batch_size"] * t["grad_accum"] * 2
+        assert t["tokens_per_step"] == t["global_batch_size"] * 128
+        assert t["tokens_per_s"] > 0
+        assert t["tokens_per_s"] == pytest.approx(t["samples_per_s"] * 128)
+        # tokens/s is the measured tokens over the summed step times of the slowest rank.
+        assert t["tokens_per_s"] == pytest.approx(
+            t["tokens_per_step"] * t["num_measured_steps"] / (t["step_time_s"]["mean"] * t["num_measured_steps"]))
+        assert t["step_time_s"]["p90"] >= t["step_time_s"]["median"] > 0
+        assert t["num_measured_steps"] == 4 and t["num_warmup_steps"] == 1
+        assert t["peak_memory_bytes"] is None and "does not report" in t["peak_memory_note"]
+        assert t["environment"]["NSA_DDP_BUCKET_MB"] == "25"
+        assert t["extra"]["ddp_applied"] == {"static_graph": False, "find_unused_parameters": False,
+                                             "bucket_cap_bytes": 25 * 1024 * 1024}
+    assert len({t["trial_key"] for t in trials}) == 6
+
+    rec = json.loads((out / "recommendation.json").read_text())
+    by_key = {t["trial_key"]: t for t in trials}
+    best = max(trials, key=lambda t: t["tokens_per_s"])
+    assert rec["best"]["trial_key"] == best["trial_key"]
+    assert rec["baseline"]["trial_key"] == trials[0]["trial_key"]
+    assert rec["speedup"] == pytest.approx(best["tokens_per_s"] / trials[0]["tokens_per_s"])
+    assert rec["decision"] == ("GO" if rec["speedup"] >= 1.05 else "NO-GO")
+    assert rec["chosen"]["trial_key"] in by_key
+    assert rec["verdict"] in proc.stdout
+    assert "trainer_tune trials" in proc.stdout
+
+    as_yaml = yaml.safe_load((out / "recommendation.yaml").read_text())
+    assert as_yaml["decision"] == rec["decision"]
+    assert f"train.micro_batch_size={rec['chosen']['micro_batch_size']}" in as_yaml["overrides"]
+    assert as_yaml["environment"]["NSA_PREFILL_BATCHED"] == "1"
+
+    # Same command, same directory: nothing is measured again and the verdict stands.
+    again = run_tune([*SMALL_SWEEP, f"hydra.run.dir={out}"], nproc=2, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "6 trials (6 already in the journal)" in again.stdout
+    assert read_jsonl(out / "trials.jsonl") == trials
+    assert json.loads((out / "recommendation.json").read_text())["verdict"] == rec["verdict"]
+
+    # The recommendation's overrides re-measure exactly the chosen setting.
+    rerun_dir = tmp_path / "rerun"
+    rerun = run_tune([*as_yaml["overrides"], "window=quick", f"hydra.run.dir={rerun_dir}"], nproc=2, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    (single,) = read_jsonl(rerun_dir / "trials.jsonl")
+    assert (single["micro_batch_size"], single["grad_accum"], single["flags"]) == \
+        (rec["chosen"]["micro_batch_size"], rec["chosen"]["grad_accum"], rec["chosen"]["flags"])
+
+
+def test_flags_from_environment_command_line_and_sweep_axis(tmp_path: Path) -> None:
+    out = tmp_path / "flags"
+    proc = run_tune(["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[2]", "sweep.grad_accums=[1]",
+                     "sweep.ddp_bucket_cap_mb=[1,25]", "ddp.static_graph=false", f"hydra.run.dir={out}"],
+                    nproc=2, env={"NSA_DDP_STATIC_GRAPH": "1", "NSA_PREFILL_BATCHED": "0",
+                                  "NSA_DDP_FIND_UNUSED": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = read_jsonl(out / "trials.jsonl")
+    assert [t["flags"]["bucket_cap_mb"] for t in trials] == [25.0, 1.0]
+    for t in trials:
+        assert t["flags"]["static_graph"] is False  # the command line beats NSA_DDP_STATIC_GRAPH=1
+        assert t["flags"]["prefill_batched"] is False  # from NSA_PREFILL_BATCHED=0
+        assert t["flags"]["find_unused_parameters"] is True  # from NSA_DDP_FIND_UNUSED=1
+        assert t["environment"]["NSA_DDP_STATIC_GRAPH"] == "0"
+        applied = t["extra"]["ddp_applied"]
+        assert applied["static_graph"] is False and applied["find_unused_parameters"] is True
+        assert applied["bucket_cap_bytes"] == int(t["flags"]["bucket_cap_mb"] * 1024 * 1024)
+    assert trials[1]["label"] == "2x1 bucket_cap_mb=1"
+
+
+def test_bad_input_under_torchrun_fails_every_rank_before_the_process_group(tmp_path: Path) -> None:
+    proc = run_tune(["train.micro_batch_size=0", f"hydra.run.dir={tmp_path / 'never'}"], nproc=2, timeout_s=60)
+    assert proc.returncode != 0
+    assert proc.stderr.count("trainer_tune: error: train.micro_batch_size=0 is not allowed") == 1
+    assert not (tmp_path / "never").exists()
+
+
+def test_single_process_no_go_gate_exits_3(tmp_path: Path) -> None:
+    out = tmp_path / "gate"
+    proc = run_tune(["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2]", "sweep.grad_accums=[1]",
+                     "recommend=ci_gate", "recommend.min_speedup=100", f"hydra.run.dir={out}"])
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    rec = json.loads((out / "recommendation.json").read_text())
+    assert rec["decision"] == "NO-GO"
+    trials = read_jsonl(out / "trials.jsonl")
+    assert [t["world_size"] for t in trials] == [1, 1] and trials[0]["backend"] is None
+    assert trials[0]["extra"]["ddp_applied"] is None

@@ -1,0 +1,27 @@
+"""Builds TrialResult records for unit tests of the journal and the decision."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from trainer_tune.flags import TrialFlags, flags_to_environ
+from trainer_tune.results import TrialResult
+from trainer_tune.stats import StepTimeStats
+
+
+def make_result(*, index: int, key: str, tokens_per_s: Optional[float] = 1000.0, status: str = "ok",
+                micro_batch_size: int = 2, grad_accum: int = 1, world_size: int = 2, is_baseline: bool = False,
+                flags: TrialFlags = TrialFlags()) -> TrialResult:
+    ok = status == "ok"
+    return TrialResult(
+        trial_key=key, index=index, label=f"{micro_batch_size}x{grad_accum}", is_baseline=is_baseline, status=status,
+        micro_batch_size=micro_batch_size, grad_accum=grad_accum, world_size=world_size,
+        global_batch_size=micro_batch_size * grad_accum * world_size,
+        tokens_per_step=micro_batch_size * grad_accum * world_size * 128, flags=flags.as_dict(),
+        environment=flags_to_environ(flags), tokens_per_s=tokens_per_s if ok else None,
+        samples_per_s=tokens_per_s / 128 if ok and tokens_per_s else None,
+        step_time_s=StepTimeStats.of([0.1, 0.12, 0.11]) if ok else None, num_warmup_steps=1, num_measured_steps=3,
+        warmup_s=0.3 if ok else None, loss_first=5.5 if ok else None, loss_last=5.4 if ok else None,
+        peak_memory_bytes=None, peak_memory_reserved_bytes=None, peak_memory_note="cpu", num_parameters=1000,
+        model="tiny", device="cpu", backend="gloo", torch_version="2.13.0", started_at="t0", finished_at="t1",
+        error=None if ok else f"{status} on rank 1")

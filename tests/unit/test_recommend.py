@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import pytest
+
+from result_factory import make_result
+from trainer_tune.config import RecommendArgs
+from trainer_tune.flags import TrialFlags
+from trainer_tune.recommend import GO, NO_GO, decide
+
+ARGS = RecommendArgs(min_speedup=1.05)
+
+
+def test_go_when_the_best_beats_the_baseline_by_the_margin() -> None:
+    results = [make_result(index=0, key="base", tokens_per_s=1000, is_baseline=True),
+               make_result(index=1, key="fast", tokens_per_s=1230, micro_batch_size=4),
+               make_result(index=2, key="slow", tokens_per_s=900, micro_batch_size=1)]
+    rec = decide(results, args=ARGS)
+    assert rec.decision == GO
+    assert rec.chosen is not None and rec.chosen.trial_key == "fast"
+    assert rec.speedup == pytest.approx(1.23)
+    assert rec.verdict == "GO: micro_batch_size=4 grad_accum=1 (+23.0% tokens/s vs baseline 2x1)"
+    assert "train.micro_batch_size=4" in rec.overrides and "train.grad_accum=1" in rec.overrides
+    assert any("global batch changes from 4 to 8" in r for r in rec.reasons)
+    assert rec.speedup_by_key["slow"] == pytest.approx(0.9)
+
+
+def test_no_go_below_the_margin_keeps_the_baseline() -> None:
+    results = [make_result(index=0, key="base", tokens_per_s=1000, is_baseline=True),
+               make_result(index=1, key="fast", tokens_per_s=1040, micro_batch_size=4)]
+    rec = decide(results, args=ARGS)
+    assert rec.decision == NO_GO
+    assert rec.chosen is not None and rec.chosen.trial_key == "base"
+    assert rec.best is not None and rec.best.trial_key == "fast"
+    assert "+4.0%" in rec.verdict and "needs +5.0%" in rec.verdict
+    assert "train.micro_batch_size=2" in rec.overrides
+
+
+def test_exactly_the_margin_is_go() -> None:
+    results = [make_result(index=0, key="base", tokens_per_s=1000, is_baseline=True),
+               make_result(index=1, key="fast", tokens_per_s=1050, micro_batch_size=4)]
+    assert decide(results, args=ARGS).decision == GO
+
+
+def test_baseline_already_fastest_is_no_go() -> None:
+    results = [make_result(index=0, key="base", tokens_per_s=1000, is_baseline=True),
+               make_result(index=1, key="slow", tokens_per_s=800, micro_batch_size=1)]
+    rec = decide(results, args=ARGS)
+    assert rec.decision == NO_GO and "already the fastest" in rec.reasons[0]
+
+
+def test_failed_settings_are_never_chosen_and_are_listed() -> None:
+    results = [make_result(index=0, key="base", tokens_per_s=1000, is_baseline=True),
+               make_result(index=1, key="oom", status="oom", micro_batch_size=64),
+               make_result(index=2, key="nan", status="nan", tokens_per_s=5000, micro_batch_size=8),
+               make_result(index=3, key="ok", tokens_per_s=1100, micro_batch_size=4)]
+    rec = decide(results, args=ARGS)
+    assert rec.chosen is not None and rec.chosen.trial_key == "ok"
+    assert rec.num_failed == 2
+    assert any("64x1 (oom)" in r and "8x1 (nan)" in r for r in rec.reasons)
+
+
+def test_failed_baseline_makes_any_working_setting_a_go() -> None:
+    results = [make_result(index=0, key="base", status="oom", is_baseline=True, micro_batch_size=32),
+               make_result(index=1, key="ok", tokens_per_s=700, micro_batch_size=4)]
+    rec = decide(results, args=ARGS)
+    assert rec.decision == GO and rec.speedup is None
+    assert "baseline 32x1 failed (oom)" in rec.verdict
+
+
+def test_nothing_finished_is_no_go_without_a_choice() -> None:
+    results = [make_result(index=0, key="base", status="error", is_baseline=True)]
+    rec = decide(results, args=ARGS)
+    assert rec.decision == NO_GO and rec.chosen is None and rec.overrides == ()
+
+
+def test_ties_go_to_the_smaller_global_batch() -> None:
+    results = [make_result(index=0, key="base", tokens_per_s=500, is_baseline=True),
+               make_result(index=1, key="big", tokens_per_s=1000, micro_batch_size=8),
+               make_result(index=2, key="small", tokens_per_s=1000, micro_batch_size=4)]
+    assert decide(results, args=ARGS).chosen.trial_key == "small"  # type: ignore[union-attr]
+
+
+def test_a_winning_flag_appears_in_the_verdict_and_overrides() -> None:
+    results = [make_result(index=0, key="base", tokens_per_s=1000, is_baseline=True),
+               make_result(index=1, key="bucket", tokens_per_s=1200, flags=TrialFlags(bucket_cap_mb=100))]
+    rec = decide(results, args=ARGS)
+    assert rec.verdict.startswith("GO: micro_batch_size=2 grad_accum=1 ddp.bucket_cap_mb=100 ")
+    assert "ddp.bucket_cap_mb=100" in rec.overrides and rec.environment["NSA_DDP_BUCKET_MB"] == "100"
+    assert not any("global batch changes" in r for r in rec.reasons)
