@@ -56,8 +56,8 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
     return TrialResult(
         **_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at),
         status=status.name, error=error,
-        tokens_per_s=throughput_per_s(m.tokens, m.step_times_s),
-        samples_per_s=throughput_per_s(m.samples, m.step_times_s),
+        tokens_per_s=throughput_per_s(m.tokens, m.measured_s),
+        samples_per_s=throughput_per_s(m.samples, m.measured_s), measured_s=m.measured_s,
         step_time_s=StepTimeStats.of(m.step_times_s), warmup_s=m.warmup_s,
         loss_first=_finite_or_none(m.losses[0]), loss_last=_finite_or_none(m.losses[-1]),
         peak_memory_bytes=m.peak_memory_bytes, peak_memory_reserved_bytes=m.peak_memory_reserved_bytes,
@@ -70,7 +70,7 @@ def failed_result(spec: TrialSpec, ctx: TrialContext, *, status: Status, error: 
     """A trial that produced no trustworthy measurement: every figure is None, never zero."""
     return TrialResult(
         **_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at),
-        status=status.name, error=error, tokens_per_s=None, samples_per_s=None, step_time_s=None,
+        status=status.name, error=error, tokens_per_s=None, samples_per_s=None, measured_s=None, step_time_s=None,
         warmup_s=None, loss_first=None, loss_last=None, peak_memory_bytes=None,
         peak_memory_reserved_bytes=None, peak_memory_note="not measured: the trial did not finish",
         num_parameters=None)

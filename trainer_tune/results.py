@@ -47,6 +47,8 @@ class TrialResult:
     """The NSA_* variables exported to the training processes during the trial."""
     tokens_per_s: Optional[float]
     samples_per_s: Optional[float]
+    measured_s: Optional[float]
+    """Total time of the measured steps on the slowest rank; tokens_per_s = tokens_per_step * steps / this."""
     step_time_s: Optional[StepTimeStats]
     num_warmup_steps: int
     num_measured_steps: int

@@ -39,9 +39,8 @@ class StepTimeStats:
             stdev=statistics.stdev(times_s) if len(times_s) > 1 else 0.0)
 
 
-def throughput_per_s(amount: int, times_s: Sequence[float]) -> float:
-    """Amount processed over the summed step times: the rate a long run of these steps would sustain."""
-    total_s = math.fsum(times_s)
-    if total_s <= 0:
-        raise ValueError("throughput over a window of zero duration")
-    return amount / total_s
+def throughput_per_s(amount: int, elapsed_s: float) -> float:
+    """Amount processed over the time it took: the rate a long run of these steps would sustain."""
+    if not elapsed_s > 0:
+        raise ValueError(f"throughput over a window of {elapsed_s} s")
+    return amount / elapsed_s

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
@@ -31,7 +32,10 @@ from trainer_tune.plan import TrialSpec
 @dataclass(frozen=True)
 class WindowMeasurement:
     step_times_s: tuple[float, ...]
-    """Per measured optimizer step, the slowest rank's time."""
+    """Per measured optimizer step, the slowest rank's time (for the step-time distribution)."""
+    measured_s: float
+    """The measured steps' total time on the slowest rank: the denominator of throughput. (Summing the
+    per-step maxima instead would add cross-rank jitter, since the slowest rank changes from step to step.)"""
     tokens: int
     """Tokens fed to the model in the measured steps, summed over ranks and micro-steps."""
     samples: int
@@ -218,6 +222,7 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
 def combine_ranks(local: LocalWindow, *, session: DistSession, seq_len: int) -> WindowMeasurement:
     """Per step the slowest rank's time, tokens summed over ranks, memory peaks maxed over ranks."""
     step_times_s = session.max_over_ranks(local.step_times_s)
+    measured_s, = session.max_over_ranks([math.fsum(local.step_times_s)])
     total_tokens, = session.sum_over_ranks([local.tokens])
     warmup_s, = session.max_over_ranks([local.warmup_s])
     peak = reserved = None
@@ -227,7 +232,7 @@ def combine_ranks(local: LocalWindow, *, session: DistSession, seq_len: int) -> 
                                                      float(local.peak_memory_reserved_bytes)])
         peak, reserved, note = int(peak_f), int(reserved_f), None
     return WindowMeasurement(
-        step_times_s=tuple(step_times_s), tokens=int(total_tokens), samples=int(total_tokens) // seq_len,
+        step_times_s=tuple(step_times_s), measured_s=measured_s, tokens=int(total_tokens), samples=int(total_tokens) // seq_len,
         losses=tuple(session.mean_over_ranks(local.losses)), warmup_s=warmup_s,
         peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, peak_memory_note=note,
         num_parameters=local.num_parameters, ddp_applied=local.ddp_applied)

@@ -31,6 +31,6 @@ def test_step_time_stats() -> None:
 
 
 def test_throughput_is_amount_over_summed_time() -> None:
-    assert throughput_per_s(1000, [0.5, 0.5, 1.0]) == pytest.approx(500.0)
+    assert throughput_per_s(1000, 2.0) == pytest.approx(500.0)
     with pytest.raises(ValueError):
-        throughput_per_s(10, [0.0])
+        throughput_per_s(10, 0.0)
