@@ -138,7 +138,8 @@ class SweepArgs:
     nsa_disable_aux_stats: Optional[List[bool]] = None
     ddp_static_graph: Optional[List[bool]] = None
     ddp_find_unused_parameters: Optional[List[bool]] = None
-    ddp_bucket_cap_mb: Optional[List[float]] = None
+    ddp_bucket_cap_mb: Optional[List[Optional[float]]] = None
+    """MiB per DDP bucket; null in the list is DDP's default."""
 
     def __post_init__(self) -> None:
         require_list_of_int_at_least("sweep.micro_batch_sizes", self.micro_batch_sizes, 1)
@@ -149,8 +150,8 @@ class SweepArgs:
                     "ddp_find_unused_parameters", "ddp_bucket_cap_mb"):
             require_non_empty(f"sweep.{key}", getattr(self, key))
         for mb in self.ddp_bucket_cap_mb or []:
-            require(mb > 0, key="sweep.ddp_bucket_cap_mb", value=list(self.ddp_bucket_cap_mb or []),
-                    allowed="every entry a number of MiB > 0")
+            require(mb is None or mb > 0, key="sweep.ddp_bucket_cap_mb", value=list(self.ddp_bucket_cap_mb or []),
+                    allowed="every entry a number of MiB > 0, or null for DDP's default")
 
 
 @dataclass
@@ -186,7 +187,7 @@ class DdpArgs:
     find_unused_parameters: Optional[bool] = None
     """NSA_DDP_FIND_UNUSED (default false)."""
     bucket_cap_mb: Optional[float] = None
-    """NSA_DDP_BUCKET_MB (default 25)."""
+    """NSA_DDP_BUCKET_MB; unset: DDP's default (25 MiB buckets after a 1 MiB first bucket)."""
 
     def __post_init__(self) -> None:
         if self.bucket_cap_mb is not None:

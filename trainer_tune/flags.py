@@ -8,8 +8,8 @@ recorded with every trial.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Mapping, Optional
+from dataclasses import asdict, dataclass, replace
+from typing import Mapping, MutableMapping, Optional
 
 from trainer_tune.config import ConfigError, DdpArgs, NsaArgs, SweepArgs
 
@@ -20,7 +20,8 @@ class TrialFlags:
     disable_aux_stats: bool = False
     static_graph: bool = False
     find_unused_parameters: bool = False
-    bucket_cap_mb: float = 25.0
+    bucket_cap_mb: Optional[float] = None
+    """None: DDP's own default, which is not the same as 25: a 1 MiB first bucket, then 25 MiB buckets."""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -79,7 +80,8 @@ def resolve_flags(*, nsa: NsaArgs, ddp: DdpArgs, environ: Mapping[str, str]) -> 
             values[spec.field_name] = _parse_env(spec, environ[spec.env_var], default)
         else:
             values[spec.field_name] = default
-    values["bucket_cap_mb"] = float(values["bucket_cap_mb"])  # type: ignore[arg-type]
+    if values["bucket_cap_mb"] is not None:
+        values["bucket_cap_mb"] = float(values["bucket_cap_mb"])  # type: ignore[arg-type]
     return TrialFlags(**values)  # type: ignore[arg-type]
 
 
@@ -94,31 +96,42 @@ def swept_flag_values(sweep: SweepArgs) -> dict[str, list[object]]:
 
 
 def with_flag(flags: TrialFlags, field_name: str, value: object) -> TrialFlags:
-    if field_name == "bucket_cap_mb":
+    if field_name == "bucket_cap_mb" and value is not None:
         value = float(value)  # type: ignore[arg-type]
     return replace(flags, **{field_name: value})
 
 
+def format_flag(value: object) -> str:
+    """A flag value as written in overrides and labels: true/false, 12.5, or null for DDP's default."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}"
+
+
 def flags_to_environ(flags: TrialFlags) -> dict[str, str]:
-    """The NSA_* variables as user code expects to read them (booleans as 1/0)."""
+    """The NSA_* variables as user code expects to read them (booleans as 1/0). A flag left at DDP's
+    default has no variable: a value there would claim a setting that was not made."""
     out: dict[str, str] = {}
     for spec in FLAG_SPECS:
         value = getattr(flags, spec.field_name)
-        if isinstance(value, bool):
-            out[spec.env_var] = "1" if value else "0"
-        else:
-            out[spec.env_var] = f"{value:g}"
+        if value is None:
+            continue
+        out[spec.env_var] = ("1" if value else "0") if isinstance(value, bool) else f"{value:g}"
     return out
+
+
+def export_flags(flags: TrialFlags, environ: MutableMapping[str, str]) -> None:
+    """Make `environ` show exactly this trial's flags, removing what an earlier trial set."""
+    exported = flags_to_environ(flags)
+    for spec in FLAG_SPECS:
+        if spec.env_var in exported:
+            environ[spec.env_var] = exported[spec.env_var]
+        else:
+            environ.pop(spec.env_var, None)
 
 
 def flags_to_overrides(flags: TrialFlags) -> list[str]:
     """Hydra overrides that pin every flag to its value."""
-    out = []
-    for spec in FLAG_SPECS:
-        value = getattr(flags, spec.field_name)
-        out.append(f"{spec.config_key}={str(value).lower() if isinstance(value, bool) else f'{value:g}'}")
-    return out
-
-
-def flag_field_names() -> list[str]:
-    return [f.name for f in fields(TrialFlags)]
+    return [f"{spec.config_key}={format_flag(getattr(flags, spec.field_name))}" for spec in FLAG_SPECS]

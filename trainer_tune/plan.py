@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from trainer_tune.config import ConfigError, TuneConfig
-from trainer_tune.flags import TrialFlags, swept_flag_values, with_flag
+from trainer_tune.flags import TrialFlags, format_flag, swept_flag_values, with_flag
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,7 @@ class TrialSpec:
     def label(self, *, swept_flags: tuple[str, ...] = ()) -> str:
         text = f"{self.micro_batch_size}x{self.grad_accum}"
         for name in swept_flags:
-            value = getattr(self.flags, name)
-            text += f" {name}={str(value).lower() if isinstance(value, bool) else f'{value:g}'}"
+            text += f" {name}={format_flag(getattr(self.flags, name))}"
         return text
 
 

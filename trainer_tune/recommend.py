@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from trainer_tune.config import RecommendArgs
-from trainer_tune.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides
+from trainer_tune.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides, format_flag
 from trainer_tune.results import TrialResult
 
 GO = "GO"
@@ -56,7 +56,7 @@ def _setting(result: TrialResult, *, against: Optional[TrialResult]) -> str:
     for spec in FLAG_SPECS:
         value = result.flags[spec.field_name]
         if against is not None and against.flags[spec.field_name] != value:
-            text += f" {spec.config_key}={str(value).lower() if isinstance(value, bool) else f'{value:g}'}"
+            text += f" {spec.config_key}={format_flag(value)}"
     return text
 
 

@@ -13,7 +13,7 @@ import torch
 
 from trainer_tune.config import ConfigError, TuneConfig
 from trainer_tune.distributed import DistSession
-from trainer_tune.flags import TrialFlags, flags_to_environ
+from trainer_tune.flags import TrialFlags, export_flags
 from trainer_tune.journal import JOURNAL_NAME, append_result, read_journal
 from trainer_tune.metrics import TrialContext, failed_result, result_from_window
 from trainer_tune.plan import TrialSpec, build_plan, swept_flag_names
@@ -103,7 +103,7 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
                 results.append(done[spec.key])
                 continue
             # User code reads the NSA_* variables at model build time: export this trial's values first.
-            os.environ.update(flags_to_environ(spec.flags))
+            export_flags(spec.flags, os.environ)
             ctx = TrialContext(model_name=cfg.model.name, seq_len=cfg.model.seq_len, device=str(session.device),
                                backend=session.backend, num_warmup_steps=cfg.window.warmup_steps,
                                num_measured_steps=cfg.window.measure_steps, label=spec.label(swept_flags=swept))

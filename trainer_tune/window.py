@@ -107,7 +107,8 @@ def _ddp_settings(module: nn.Module) -> Optional[dict[str, object]]:
     if not isinstance(module, DistributedDataParallel):
         return None
     return {"static_graph": bool(module.static_graph), "find_unused_parameters": bool(module.find_unused_parameters),
-            "bucket_cap_bytes": int(module.bucket_bytes_cap)}
+            "bucket_cap_bytes": int(module.bucket_bytes_cap),
+            "bucket_cap_is_default": bool(getattr(module, "bucket_bytes_cap_default", False))}
 
 
 def _synchronize(device: torch.device) -> None:

@@ -44,9 +44,9 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
         assert t["step_time_s"]["p90"] >= t["step_time_s"]["median"] > 0
         assert t["num_measured_steps"] == 4 and t["num_warmup_steps"] == 1
         assert t["peak_memory_bytes"] is None and "does not report" in t["peak_memory_note"]
-        assert t["environment"]["NSA_DDP_BUCKET_MB"] == "25"
+        assert "NSA_DDP_BUCKET_MB" not in t["environment"] and t["flags"]["bucket_cap_mb"] is None
         assert t["extra"]["ddp_applied"] == {"static_graph": False, "find_unused_parameters": False,
-                                             "bucket_cap_bytes": 25 * 1024 * 1024}
+                                             "bucket_cap_bytes": 25 * 1024 * 1024, "bucket_cap_is_default": True}
     assert len({t["trial_key"] for t in trials}) == 6
 
     rec = json.loads((out / "recommendation.json").read_text())
@@ -84,12 +84,12 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
 def test_flags_from_environment_command_line_and_sweep_axis(tmp_path: Path) -> None:
     out = tmp_path / "flags"
     proc = run_tune(["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[2]", "sweep.grad_accums=[1]",
-                     "sweep.ddp_bucket_cap_mb=[1,25]", "ddp.static_graph=false", f"hydra.run.dir={out}"],
+                     "sweep.ddp_bucket_cap_mb=[null,1,25]", "ddp.static_graph=false", f"hydra.run.dir={out}"],
                     nproc=2, env={"NSA_DDP_STATIC_GRAPH": "1", "NSA_PREFILL_BATCHED": "0",
                                   "NSA_DDP_FIND_UNUSED": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = read_jsonl(out / "trials.jsonl")
-    assert [t["flags"]["bucket_cap_mb"] for t in trials] == [25.0, 1.0]
+    assert [t["flags"]["bucket_cap_mb"] for t in trials] == [None, 1.0, 25.0]
     for t in trials:
         assert t["flags"]["static_graph"] is False  # the command line beats NSA_DDP_STATIC_GRAPH=1
         assert t["flags"]["prefill_batched"] is False  # from NSA_PREFILL_BATCHED=0
@@ -97,8 +97,10 @@ def test_flags_from_environment_command_line_and_sweep_axis(tmp_path: Path) -> N
         assert t["environment"]["NSA_DDP_STATIC_GRAPH"] == "0"
         applied = t["extra"]["ddp_applied"]
         assert applied["static_graph"] is False and applied["find_unused_parameters"] is True
-        assert applied["bucket_cap_bytes"] == int(t["flags"]["bucket_cap_mb"] * 1024 * 1024)
-    assert trials[1]["label"] == "2x1 bucket_cap_mb=1"
+        assert applied["bucket_cap_bytes"] == int((t["flags"]["bucket_cap_mb"] or 25) * 1024 * 1024)
+        assert applied["bucket_cap_is_default"] is (t["flags"]["bucket_cap_mb"] is None)
+    assert [t["label"] for t in trials] == ["2x1 bucket_cap_mb=null", "2x1 bucket_cap_mb=1", "2x1 bucket_cap_mb=25"]
+    assert [t["environment"].get("NSA_DDP_BUCKET_MB") for t in trials] == [None, "1", "25"]
 
 
 def test_bad_input_under_torchrun_fails_every_rank_before_the_process_group(tmp_path: Path) -> None:

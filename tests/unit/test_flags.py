@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from trainer_tune.config import ConfigError, DdpArgs, NsaArgs
-from trainer_tune.flags import TrialFlags, flags_to_environ, flags_to_overrides, resolve_flags
+from trainer_tune.flags import TrialFlags, export_flags, flags_to_environ, flags_to_overrides, resolve_flags
 
 
 def test_builtin_defaults_without_environment() -> None:
@@ -22,7 +22,7 @@ def test_environment_is_the_default_and_config_wins() -> None:
 
 
 def test_empty_environment_variable_counts_as_unset() -> None:
-    assert resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), environ={"NSA_DDP_BUCKET_MB": " "}).bucket_cap_mb == 25.0
+    assert resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), environ={"NSA_DDP_BUCKET_MB": " "}).bucket_cap_mb is None
 
 
 @pytest.mark.parametrize("name,value", [("NSA_PREFILL_BATCHED", "maybe"), ("NSA_DDP_BUCKET_MB", "-5"),
@@ -30,6 +30,14 @@ def test_empty_environment_variable_counts_as_unset() -> None:
 def test_bad_environment_values_are_rejected(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"environment {name}='{value}'"):
         resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), environ={name: value})
+
+
+def test_ddp_default_bucket_exports_no_variable_and_clears_an_earlier_one() -> None:
+    environ = {"NSA_DDP_BUCKET_MB": "100", "PATH": "/bin"}
+    export_flags(TrialFlags(), environ)
+    assert "NSA_DDP_BUCKET_MB" not in environ and environ["PATH"] == "/bin"
+    assert environ["NSA_PREFILL_BATCHED"] == "1"
+    assert "ddp.bucket_cap_mb=null" in flags_to_overrides(TrialFlags())
 
 
 def test_exported_environment_and_overrides_round_trip() -> None:

@@ -59,11 +59,11 @@ def test_unreachable_global_batch_names_what_is_reachable() -> None:
 def test_flag_axes_multiply_the_grid() -> None:
     plan = build_plan(_cfg(micro_batch_sizes=[1, 2], ddp_bucket_cap_mb=[1, 25], nsa_prefill_batched=[True, False]),
                       world_size=1, base_flags=TrialFlags(), device_type="cpu")
-    # 2 sizes x 2 buckets x 2 prefill modes, the baseline (2, 1, defaults) among them.
-    assert len(plan) == 8
-    assert {(s.flags.bucket_cap_mb, s.flags.prefill_batched) for s in plan} == \
+    # The baseline (2x1, DDP's default bucket) plus 2 sizes x 2 buckets x 2 prefill modes.
+    assert len(plan) == 9
+    assert {(s.flags.bucket_cap_mb, s.flags.prefill_batched) for s in plan[1:]} == \
         {(1.0, True), (1.0, False), (25.0, True), (25.0, False)}
-    assert plan[0].flags == TrialFlags()
+    assert plan[0].flags == TrialFlags() and plan[0].flags.bucket_cap_mb is None
     assert plan[1].label(swept_flags=("prefill_batched", "bucket_cap_mb")) == \
         "1x1 prefill_batched=true bucket_cap_mb=1"
 
