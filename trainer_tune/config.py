@@ -117,8 +117,14 @@ class TrainArgs:
     """Seed for model initialisation; the same for every trial."""
     precision: Precision = Precision.fp32
     """fp32, or bf16 autocast (on CUDA; on CPU bf16 autocast is valid but usually slower)."""
+    max_memory_fraction: Optional[float] = None
+    """CUDA only: cap this process's allocator at this share of the device, so a setting that would not fit
+    next to another job runs out of memory here, at the real limit, and is recorded as oom."""
 
     def __post_init__(self) -> None:
+        if self.max_memory_fraction is not None:
+            require(0 < self.max_memory_fraction <= 1, key="train.max_memory_fraction",
+                    value=self.max_memory_fraction, allowed="a share of the device in (0, 1], or null")
         require_int_at_least("train.micro_batch_size", self.micro_batch_size, 1)
         require_int_at_least("train.grad_accum", self.grad_accum, 1)
         require(self.lr > 0, key="train.lr", value=self.lr, allowed="a number > 0")
@@ -235,6 +241,63 @@ class DistArgs:
 
 
 @dataclass
+class WatchdogArgs:
+    """Stall detection on every rank (see trainer_tune/watchdog.py)."""
+
+    enabled: bool = True
+    stall_s: Optional[float] = None
+    """Seconds without a finished micro-step before stacks are dumped; null: floor_s + step_multiple x the
+    median micro-step time seen so far."""
+    floor_s: float = 60.0
+    step_multiple: float = 10.0
+    dump_interval_s: float = 30.0
+    """While a stall lasts, dump the stacks again this often."""
+    abort_after_s: float = 300.0
+    """Seconds without progress before the trial is recorded as stalled and the process exits (code 4).
+    Must stay below dist.timeout_s, or a collective times out first."""
+
+    def __post_init__(self) -> None:
+        if self.stall_s is not None:
+            require(self.stall_s > 0, key="watchdog.stall_s", value=self.stall_s, allowed="seconds > 0, or null")
+        for key in ("floor_s", "dump_interval_s", "abort_after_s"):
+            require(getattr(self, key) > 0, key=f"watchdog.{key}", value=getattr(self, key), allowed="seconds > 0")
+        require(self.step_multiple >= 0, key="watchdog.step_multiple", value=self.step_multiple,
+                allowed="a number >= 0")
+        threshold_s = self.stall_s if self.stall_s is not None else self.floor_s
+        require(self.abort_after_s >= threshold_s, key="watchdog.abort_after_s", value=self.abort_after_s,
+                allowed=f"at least the stall threshold ({threshold_s:g} s)")
+
+
+class FaultKind(Enum):
+    none = "none"
+    stall = "stall"
+    oom = "oom"
+    nan_loss = "nan_loss"
+    error = "error"
+    exit = "exit"
+
+
+@dataclass
+class FaultArgs:
+    """Rehearse a failure: make one rank misbehave at one trial and step (see trainer_tune/faults.py)."""
+
+    kind: FaultKind = FaultKind.none
+    """stall: sleep forever; oom: run out of memory (for real on CUDA); nan_loss: poison the loss; error: raise in
+    model code; exit: SIGKILL the process."""
+    rank: int = 0
+    trial: int = 1
+    """Trial index as in the plan (0 is the baseline)."""
+    step: int = 1
+    """Optimizer step within the trial's window, warm-up steps counted from 0."""
+    first_attempt_only: bool = True
+    """Do not inject again after torchrun restarted the group, as a transient fault would behave."""
+
+    def __post_init__(self) -> None:
+        for key in ("rank", "trial", "step"):
+            require_int_at_least(f"fault.{key}", getattr(self, key), 0)
+
+
+@dataclass
 class TuneConfig:
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataArgs = field(default_factory=DataArgs)
@@ -246,6 +309,15 @@ class TuneConfig:
     baseline: BaselineArgs = field(default_factory=BaselineArgs)
     recommend: RecommendArgs = field(default_factory=RecommendArgs)
     dist: DistArgs = field(default_factory=DistArgs)
+    watchdog: WatchdogArgs = field(default_factory=WatchdogArgs)
+    fault: FaultArgs = field(default_factory=FaultArgs)
+
+    def __post_init__(self) -> None:
+        if self.watchdog.enabled:
+            require(self.watchdog.abort_after_s < self.dist.timeout_s, key="watchdog.abort_after_s",
+                    value=self.watchdog.abort_after_s,
+                    allowed=f"less than dist.timeout_s={self.dist.timeout_s:g}, so the watchdog acts before a "
+                            f"collective times out")
 
 
 def register_configs() -> None:

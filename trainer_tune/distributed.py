@@ -9,6 +9,7 @@ while another waits.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import time
@@ -23,6 +24,7 @@ from trainer_tune.config import Backend, ConfigError, DeviceKind, DistArgs
 log = logging.getLogger(__name__)
 
 _STAMP_KEY = "trainer_tune/run_stamp"
+_KEY_PREFIX = "trainer_tune/"
 _STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
 
 
@@ -35,6 +37,8 @@ class RankEnv:
     node_rank: int
     hostname: str
     under_torchrun: bool
+    restart_count: int
+    """TORCHELASTIC_RESTART_COUNT: how many times torchrun has restarted this group."""
 
     @property
     def is_rank0(self) -> bool:
@@ -60,7 +64,16 @@ class RankEnv:
             raise ConfigError(f"environment RANK={rank} is not allowed: 0 <= RANK < WORLD_SIZE={world_size}")
         return RankEnv(rank=rank, local_rank=number("LOCAL_RANK", 0), world_size=world_size,
                        local_world_size=number("LOCAL_WORLD_SIZE", 1), node_rank=number("GROUP_RANK", 0),
-                       hostname=os.uname().nodename, under_torchrun="TORCHELASTIC_RUN_ID" in environ)
+                       hostname=os.uname().nodename, under_torchrun="TORCHELASTIC_RUN_ID" in environ,
+                       restart_count=number("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+def agent_store(environ: Mapping[str, str]) -> Optional[dist.Store]:
+    """A client of torchrun's agent store, which outlives worker restarts; None when not under torchrun."""
+    if environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "MASTER_ADDR" not in environ:
+        return None
+    return dist.TCPStore(environ["MASTER_ADDR"], int(environ["MASTER_PORT"]), is_master=False,
+                         timeout=datetime.timedelta(seconds=120))
 
 
 def shared_run_stamp(rank_env: RankEnv, environ: Mapping[str, str]) -> str:
@@ -73,9 +86,8 @@ def shared_run_stamp(rank_env: RankEnv, environ: Mapping[str, str]) -> str:
     local = time.strftime(_STAMP_FORMAT)
     if rank_env.world_size == 1:
         return local
-    if environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and "MASTER_ADDR" in environ:
-        store = dist.TCPStore(environ["MASTER_ADDR"], int(environ["MASTER_PORT"]), is_master=False,
-                              timeout=datetime.timedelta(seconds=120))
+    store = agent_store(environ)
+    if store is not None:
         return store.compare_set(_STAMP_KEY, "", local).decode()
     for name in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
         if environ.get(name, "none") != "none":
@@ -106,10 +118,15 @@ def choose_backend(args: DistArgs, device: torch.device) -> str:
 class DistSession:
     """The process group of one run, and the few collectives the tuner needs."""
 
-    def __init__(self, *, rank_env: RankEnv, device: torch.device, backend: Optional[str]) -> None:
+    def __init__(self, *, rank_env: RankEnv, device: torch.device, backend: Optional[str],
+                 store: Optional[dist.Store] = None, timeout_s: float = 600.0) -> None:
         self.rank_env = rank_env
         self.device = device
         self.backend = backend
+        self.store = store
+        """Key-value store shared by all ranks (torchrun's agent store when there is one, as it survives
+        restarts); None for a single process."""
+        self.timeout_s = timeout_s
 
     @staticmethod
     def start(args: DistArgs, rank_env: RankEnv) -> "DistSession":
@@ -119,9 +136,21 @@ class DistSession:
         if rank_env.world_size == 1:
             return DistSession(rank_env=rank_env, device=device, backend=None)
         backend = choose_backend(args, device)
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=args.timeout_s),
-                                device_id=device if device.type == "cuda" else None)
-        return DistSession(rank_env=rank_env, device=device, backend=backend)
+        timeout = datetime.timedelta(seconds=args.timeout_s)
+        device_id = device if device.type == "cuda" else None
+        store = agent_store(os.environ)
+        if store is None:
+            dist.init_process_group(backend=backend, timeout=timeout, device_id=device_id)
+            store = dist.distributed_c10d._get_default_store()
+        else:
+            # torch 2.13's torchrun keeps one agent store across worker restarts, while its env:// set-up
+            # assumes a fresh store per attempt and adds no prefix: a restarted group would read the
+            # previous attempt's addresses and fail to connect. Our own per-attempt prefix avoids that.
+            pg_store = dist.PrefixStore(f"{_KEY_PREFIX}pg/attempt_{rank_env.restart_count}", store)
+            dist.init_process_group(backend=backend, store=pg_store, rank=rank_env.rank,
+                                    world_size=rank_env.world_size, timeout=timeout, device_id=device_id)
+        return DistSession(rank_env=rank_env, device=device, backend=backend, store=store,
+                           timeout_s=args.timeout_s)
 
     @property
     def distributed(self) -> bool:
@@ -147,13 +176,30 @@ class DistSession:
         total = self._reduce(values, dist.ReduceOp.SUM, torch.float64)
         return [v / self.rank_env.world_size for v in total]
 
-    def gather_from_all(self, obj: Any) -> list[Any]:
-        """Every rank receives every rank's object, in rank order (used to agree on a trial's outcome)."""
+    def post(self, key: str, value: dict[str, Any]) -> None:
+        if self.store is not None:
+            self.store.set(f"{_KEY_PREFIX}{key}", json.dumps(value))
+
+    def read_post(self, key: str) -> Optional[dict[str, Any]]:
+        """A value some rank posted under `key`, in this or an earlier attempt of the group; never blocks."""
+        if self.store is None or not self.store.check([f"{_KEY_PREFIX}{key}"]):
+            return None
+        return json.loads(self.store.get(f"{_KEY_PREFIX}{key}"))
+
+    def exchange(self, topic: str, value: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every rank posts `value` under `topic` and receives all ranks' values, in rank order.
+
+        Through the store rather than a collective: a rank whose trial failed half-way (say, before a
+        gradient all-reduce its peers are waiting in) can still post, and a collective it entered would be
+        paired with the wrong operation. A peer that never posts is the watchdog's business.
+        """
         if not self.distributed:
-            return [obj]
-        gathered: list[Any] = [None] * self.rank_env.world_size
-        dist.all_gather_object(gathered, obj)
-        return gathered
+            return [value]
+        self.post(f"{topic}/{self.rank_env.rank}", value)
+        keys = [f"{_KEY_PREFIX}{topic}/{rank}" for rank in range(self.rank_env.world_size)]
+        assert self.store is not None
+        self.store.wait(keys, datetime.timedelta(seconds=self.timeout_s))
+        return [json.loads(self.store.get(key)) for key in keys]
 
     def broadcast_from_rank0(self, obj: Any) -> Any:
         if not self.distributed:

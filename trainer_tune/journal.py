@@ -7,15 +7,21 @@ any other unreadable line means the file is not ours (or was edited), and the ru
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from trainer_tune.config import ConfigError
+from trainer_tune.durable import append_line, write_atomically
 from trainer_tune.results import TrialResult
 
+log = logging.getLogger(__name__)
+
 JOURNAL_NAME = "trials.jsonl"
+INFLIGHT_NAME = "inflight.json"
 
 
 @dataclass(frozen=True)
@@ -58,14 +64,37 @@ def read_journal(path: Path) -> JournalContents:
 
 
 def append_result(path: Path, result: TrialResult) -> None:
-    line = json.dumps(result.to_json_dict(), sort_keys=True, allow_nan=False) + "\n"
-    with open(path, "ab") as handle:
-        # A torn last line from a killed writer must not swallow this record: start on a fresh line.
-        if handle.tell() > 0:
-            with open(path, "rb") as reader:
-                reader.seek(-1, os.SEEK_END)
-                if reader.read(1) != b"\n":
-                    handle.write(b"\n")
-        handle.write(line.encode())
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_line(path, json.dumps(result.to_json_dict(), sort_keys=True, allow_nan=False))
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """The trial rank 0 was measuring; written before it starts, removed once it is in the journal.
+
+    Found at start-up with no journal line for its trial, it means the group died during that trial.
+    """
+
+    trial_key: str
+    index: int
+    label: str
+    attempts: int
+    """How many times this trial has been started; a trial that kills the group twice is not retried."""
+
+
+def read_inflight(output_dir: Path) -> Optional[InFlight]:
+    path = output_dir / INFLIGHT_NAME
+    try:
+        return InFlight(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as exc:
+        log.warning("ignoring unreadable %s (%s)", path, exc)
+        return None
+
+
+def write_inflight(output_dir: Path, inflight: InFlight) -> None:
+    write_atomically(output_dir / INFLIGHT_NAME, json.dumps(dataclasses.asdict(inflight)) + "\n")
+
+
+def clear_inflight(output_dir: Path) -> None:
+    (output_dir / INFLIGHT_NAME).unlink(missing_ok=True)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -81,6 +82,12 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
     log.info("%s on %s; output in %s", rank_env.describe(), device, output_dir)
 
     session = DistSession.start(cfg.dist, rank_env)
+    if cfg.train.max_memory_fraction is not None:
+        if session.device.type == "cuda":
+            torch.cuda.set_per_process_memory_fraction(cfg.train.max_memory_fraction, session.device)
+        else:
+            log.warning("train.max_memory_fraction=%s is ignored: it caps the CUDA allocator and the device is %s",
+                        cfg.train.max_memory_fraction, session.device)
     try:
         outcome = run_sweep(cfg=cfg, session=session, output_dir=output_dir, base_flags=base_flags,
                             console=ConsoleSink(enabled=rank_env.is_rank0), launch_hint=_launch_hint(rank_env))

@@ -66,11 +66,11 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
 
 
 def failed_result(spec: TrialSpec, ctx: TrialContext, *, status: Status, error: str,
-                  started_at: str, finished_at: str) -> TrialResult:
+                  started_at: str, finished_at: str, extra: Optional[dict] = None) -> TrialResult:
     """A trial that produced no trustworthy measurement: every figure is None, never zero."""
     return TrialResult(
         **_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at),
         status=status.name, error=error, tokens_per_s=None, samples_per_s=None, measured_s=None, step_time_s=None,
         warmup_s=None, loss_first=None, loss_last=None, peak_memory_bytes=None,
         peak_memory_reserved_bytes=None, peak_memory_note="not measured: the trial did not finish",
-        num_parameters=None)
+        num_parameters=None, extra=extra or {})

@@ -18,6 +18,10 @@ class Status(Enum):
     nan = 1
     oom = 2
     error = 3
+    stalled = 4
+    """No progress for watchdog.abort_after_s; the process was ended and restarted."""
+    crashed = 5
+    """The group died during the trial (a rank was killed or exited) and was restarted."""
 
     @staticmethod
     def worst(code: int) -> "Status":
@@ -35,7 +39,7 @@ class TrialResult:
     label: str
     is_baseline: bool
     status: str
-    """A `Status` name: ok, nan, oom or error."""
+    """A `Status` name: ok, nan, oom, error, stalled or crashed."""
     micro_batch_size: int
     grad_accum: int
     world_size: int

@@ -1,29 +1,50 @@
-"""The sweep: plan -> measure each trial -> agree on its outcome -> journal -> recommend -> sinks."""
+"""The sweep: plan -> measure each trial -> agree on its outcome -> journal -> recommend -> sinks.
+
+Failure handling, in the order things go wrong:
+- a trial that raises on every rank (OOM, an error in model code) or diverges is recorded and the sweep
+  goes on: ranks exchange outcomes through the store, never through a collective a failed rank could
+  mismatch;
+- a trial that raises on some ranks only leaves the others waiting inside a DDP collective: the watchdog
+  sees no progress on every rank, dumps stacks, records the trial with the failing rank's error, and
+  ends the processes so torchrun restarts the group;
+- a stall is recorded the same way, as `stalled`;
+- a process killed outright leaves `inflight.json`: after the restart, rank 0 records that trial from
+  what the ranks posted to the store (their error, their stall) or, with no evidence, retries it once and
+  records it as `crashed` if it dies again.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from trainer_tune.config import ConfigError, TuneConfig
 from trainer_tune.distributed import DistSession
+from trainer_tune.faults import fault_for
 from trainer_tune.flags import TrialFlags, export_flags
-from trainer_tune.journal import JOURNAL_NAME, append_result, read_journal
+from trainer_tune.journal import (
+    JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, write_inflight)
 from trainer_tune.metrics import TrialContext, failed_result, result_from_window
 from trainer_tune.plan import TrialSpec, build_plan, swept_flag_names
 from trainer_tune.recommend import Recommendation, decide
 from trainer_tune.results import Status, TrialResult, utc_now
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_recommendation
+from trainer_tune.watchdog import Stall, Watchdog
 from trainer_tune.window import combine_ranks, measure_local
 
 log = logging.getLogger(__name__)
+
+_RECORDED_GRACE_S = 30.0
+"""How long a non-zero rank that gives up on a stall waits for rank 0 to journal it before exiting
+(exiting first would make torchrun terminate rank 0 mid-write)."""
 
 
 @dataclass(frozen=True)
@@ -34,89 +55,203 @@ class SweepOutcome:
     num_skipped: int
 
 
-def _outcome_of(exc: BaseException) -> tuple[Status, str]:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return Status.oom, str(exc).splitlines()[0] if str(exc) else "out of memory"
-    last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-    return Status.error, last
+def _outcome_of(exc: BaseException) -> dict[str, Any]:
+    status = Status.oom if isinstance(exc, torch.OutOfMemoryError) else Status.error
+    message = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return {"status": status.name, "message": message, "traceback": traceback.format_exc()}
 
 
-def _journal_state(session: DistSession, journal_path: Path) -> dict[str, TrialResult]:
-    """Rank 0 reads the journal and every rank gets the same view, so all skip the same trials.
+def _outcome_topic(spec: TrialSpec, attempt: int) -> str:
+    return f"outcome/{spec.key}/{attempt}"
 
-    A journal rank 0 cannot read becomes the same ConfigError on every rank instead of a hang.
-    """
-    payload: tuple[Optional[dict[str, TrialResult]], Optional[str]] = (None, None)
-    if session.rank_env.is_rank0:
+
+def _evidence(session: DistSession, spec: TrialSpec) -> tuple[Optional[Status], list[str], dict[str, str]]:
+    """What the ranks posted about a trial in this and earlier attempts of the group: the worst failure
+    status among them, the messages, and the tracebacks by rank."""
+    worst: Optional[Status] = None
+    messages: list[str] = []
+    tracebacks: dict[str, str] = {}
+    for rank in range(session.rank_env.world_size):
+        for attempt in range(session.rank_env.restart_count + 1):
+            post = session.read_post(f"{_outcome_topic(spec, attempt)}/{rank}")
+            if post is not None and post["status"] != Status.ok.name:
+                status = Status[post["status"]]
+                worst = status if worst is None or status.value > worst.value else worst
+                messages.append(f"rank {rank}: {post['message']}")
+                tracebacks[str(rank)] = post.get("traceback", "")
+        stall = session.read_post(f"stall/{spec.key}/{rank}")
+        if stall is not None:
+            worst = worst or Status.stalled
+            messages.append(f"rank {rank} ({stall['host']}): {stall['description']}")
+    return worst, messages, tracebacks
+
+
+class _Sweep:
+    def __init__(self, *, cfg: TuneConfig, session: DistSession, output_dir: Path, console: ConsoleSink) -> None:
+        self.cfg, self.session, self.output_dir, self.console = cfg, session, output_dir, console
+        self.rank_env = session.rank_env
+        self.journal_path = output_dir / JOURNAL_NAME
+        self.swept = swept_flag_names(cfg)
+        self._current: Optional[tuple[TrialSpec, TrialContext, str]] = None
+        self.watchdog: Optional[Watchdog] = None
+        if cfg.watchdog.enabled:
+            self.watchdog = Watchdog(cfg.watchdog, rank=self.rank_env.rank, hostname=self.rank_env.hostname,
+                                     stacks_dir=output_dir / "stacks", on_abort=self._on_stall).start()
+
+    def context(self, spec: TrialSpec) -> TrialContext:
+        return TrialContext(model_name=self.cfg.model.name, seq_len=self.cfg.model.seq_len,
+                            device=str(self.session.device), backend=self.session.backend,
+                            num_warmup_steps=self.cfg.window.warmup_steps,
+                            num_measured_steps=self.cfg.window.measure_steps, label=spec.label(swept_flags=self.swept))
+
+    # --- resume -------------------------------------------------------------------------------------
+    def resume_state(self, plan: list[TrialSpec]) -> tuple[dict[str, TrialResult], dict[str, int]]:
+        """Rank 0 reads the journal (and settles a trial that died in flight); every rank gets the same
+        view, so all skip the same trials. A journal rank 0 cannot read is the same error on every rank."""
+        payload: tuple[Optional[dict[str, TrialResult]], dict[str, int], Optional[str]] = (None, {}, None)
+        if self.rank_env.is_rank0:
+            try:
+                payload = (*self._settle_journal(plan), None)
+            except ConfigError as exc:
+                payload = (None, {}, str(exc))
+        done, attempts, error = self.session.broadcast_from_rank0(payload)
+        if error is not None:
+            raise ConfigError(error)
+        return done or {}, attempts
+
+    def _settle_journal(self, plan: list[TrialSpec]) -> tuple[dict[str, TrialResult], dict[str, int]]:
+        contents = read_journal(self.journal_path)
+        for problem in contents.problems:
+            log.warning(problem)
+        done = contents.by_key()
+        inflight = read_inflight(self.output_dir)
+        attempts: dict[str, int] = {}
+        spec = next((s for s in plan if inflight is not None and s.key == inflight.trial_key), None)
+        if inflight is not None and spec is not None and spec.key not in done:
+            status, messages, tracebacks = _evidence(self.session, spec)
+            if status is None and inflight.attempts < 2:
+                log.warning("trial %d (%s) was running when the group died; measuring it once more",
+                            spec.index, inflight.label)
+                attempts[spec.key] = inflight.attempts
+            else:
+                status = status or Status.crashed
+                reason = "; ".join(messages) or (f"the group died during this trial {inflight.attempts} times "
+                                                 f"(a rank was killed or exited); see logs/ and stacks/")
+                result = failed_result(spec, self.context(spec), status=status, error=reason,
+                                       started_at="", finished_at=utc_now(), extra={"tracebacks": tracebacks})
+                append_result(self.journal_path, result)
+                done[spec.key] = result
+                log.warning("trial %d (%s) recorded as %s: %s", spec.index, inflight.label, status.name, reason)
+        if inflight is not None:
+            clear_inflight(self.output_dir)
+        return done, attempts
+
+    # --- one trial ----------------------------------------------------------------------------------
+    def measure(self, spec: TrialSpec, *, attempts: int) -> TrialResult:
+        cfg, session = self.cfg, self.session
+        ctx = self.context(spec)
+        started_at = utc_now()
+        if self.rank_env.is_rank0:
+            write_inflight(self.output_dir, InFlight(trial_key=spec.key, index=spec.index, label=ctx.label,
+                                                     attempts=attempts + 1))
+        # User code reads the NSA_* variables at model build time: export this trial's values first.
+        export_flags(spec.flags, os.environ)
+        self._current = (spec, ctx, started_at)
+        if self.watchdog is not None:
+            self.watchdog.begin_trial(spec.index)
+        self.console.trial_started(label=ctx.label, total_steps=cfg.window.warmup_steps + cfg.window.measure_steps)
+        fault = fault_for(cfg.fault, rank=self.rank_env.rank, trial_index=spec.index,
+                          restart_count=self.rank_env.restart_count)
+        local = None
+        outcome: dict[str, Any] = {"status": Status.ok.name}
         try:
-            contents = read_journal(journal_path)
-            for problem in contents.problems:
-                log.warning(problem)
-            payload = (contents.by_key(), None)
-        except ConfigError as exc:
-            payload = (None, str(exc))
-    done, error = session.broadcast_from_rank0(payload)
-    if error is not None:
-        raise ConfigError(error)
-    return done or {}
+            local = measure_local(cfg=cfg, spec=spec, session=session, fault=fault,
+                                  on_step=lambda _step, _measured: self.console.step_done(),
+                                  heartbeat=self.watchdog.beat if self.watchdog else _ignore_beat)
+        except Exception as exc:  # noqa: BLE001 - any failure of user or model code is a trial outcome
+            outcome = _outcome_of(exc)
+            log.warning("trial %d (%s) failed on %s: %s", spec.index, ctx.label, self.rank_env.describe(),
+                        outcome["message"])
+        outcomes = session.exchange(_outcome_topic(spec, self.rank_env.restart_count), outcome)
+        if self.watchdog is not None:
+            self.watchdog.end_trial()
+        self._current = None
+        finished_at = utc_now()
+        failures = [(rank, o) for rank, o in enumerate(outcomes) if o["status"] != Status.ok.name]
+        if failures:
+            worst = max((Status[o["status"]] for _, o in failures), key=lambda s: s.value)
+            return failed_result(spec, ctx, status=worst, started_at=started_at, finished_at=finished_at,
+                                 error="; ".join(f"rank {rank}: {o['message']}" for rank, o in failures),
+                                 extra={"tracebacks": {str(rank): o["traceback"] for rank, o in failures}})
+        assert local is not None
+        measurement = combine_ranks(local, session=session, seq_len=cfg.model.seq_len)
+        return result_from_window(spec, measurement, ctx, started_at=started_at, finished_at=finished_at)
+
+    def record(self, result: TrialResult) -> None:
+        if self.rank_env.is_rank0:
+            append_result(self.journal_path, result)
+            clear_inflight(self.output_dir)
+
+    # --- the watchdog's last act (runs on the watchdog thread) ----------------------------------------
+    def _on_stall(self, stall: Stall) -> None:
+        current = self._current
+        if current is None:
+            return
+        spec, ctx, started_at = current
+        self.session.post(f"stall/{spec.key}/{self.rank_env.rank}",
+                          {"host": self.rank_env.hostname, "description": stall.describe()})
+        if not self.rank_env.is_rank0:
+            deadline_s = time.monotonic() + _RECORDED_GRACE_S
+            while time.monotonic() < deadline_s and self.session.read_post(f"recorded/{spec.key}") is None:
+                time.sleep(0.2)
+            return
+        time.sleep(1.0)  # let peers that stalled at the same moment post theirs
+        status, messages, tracebacks = _evidence(self.session, spec)
+        stacks = f"stacks in {self.output_dir / 'stacks'}/trial-{spec.index}-rank-*.txt"
+        result = failed_result(spec, ctx, status=status or Status.stalled, started_at=started_at,
+                               finished_at=utc_now(), error="; ".join(messages or [stall.describe()]) + f"; {stacks}",
+                               extra={"tracebacks": tracebacks})
+        self.record(result)
+        self.session.post(f"recorded/{spec.key}", {"status": result.status})
+        log.error("trial %d (%s) recorded as %s; ending this process (exit 4) so torchrun can restart the group",
+                  spec.index, ctx.label, result.status)
+
+    def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
 
 
-def _measure(spec: TrialSpec, *, cfg: TuneConfig, session: DistSession, ctx: TrialContext,
-             console: ConsoleSink) -> TrialResult:
-    started_at = utc_now()
-    console.trial_started(label=ctx.label, total_steps=cfg.window.warmup_steps + cfg.window.measure_steps)
-    local = None
-    outcome: tuple[Status, Optional[str]] = (Status.ok, None)
-    try:
-        local = measure_local(cfg=cfg, spec=spec, session=session, on_step=lambda _step, _measured: console.step_done())
-    except Exception as exc:  # noqa: BLE001 - any failure of user or model code is a trial outcome
-        status, message = _outcome_of(exc)
-        log.warning("trial %d (%s) failed on %s: %s", spec.index, ctx.label, session.rank_env.describe(), message)
-        outcome = (status, message)
-    outcomes = session.gather_from_all((outcome[0].value, outcome[1]))
-    worst = Status(max(code for code, _ in outcomes))
-    finished_at = utc_now()
-    if worst != Status.ok:
-        errors = "; ".join(f"rank {rank}: {msg}" for rank, (code, msg) in enumerate(outcomes) if code)
-        return failed_result(spec, ctx, status=worst, error=errors, started_at=started_at, finished_at=finished_at)
-    assert local is not None
-    measurement = combine_ranks(local, session=session, seq_len=cfg.model.seq_len)
-    return result_from_window(spec, measurement, ctx, started_at=started_at, finished_at=finished_at)
+def _ignore_beat(_step: int, _micro_step: int) -> None:
+    pass
 
 
 def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_flags: TrialFlags,
               console: ConsoleSink, launch_hint: str) -> SweepOutcome:
-    rank_env = session.rank_env
-    plan = build_plan(cfg, world_size=rank_env.world_size, base_flags=base_flags, device_type=session.device.type)
-    swept = swept_flag_names(cfg)
-    journal_path = output_dir / JOURNAL_NAME
-    done = _journal_state(session, journal_path)
-    num_skipped = sum(spec.key in done for spec in plan)
-    console.sweep_started(num_trials=len(plan), num_skipped=num_skipped, output_dir=str(output_dir))
-    if num_skipped:
-        log.info("%d of %d trials are already in %s and are not measured again", num_skipped, len(plan), journal_path)
-
+    plan = build_plan(cfg, world_size=session.rank_env.world_size, base_flags=base_flags,
+                      device_type=session.device.type)
+    sweep = _Sweep(cfg=cfg, session=session, output_dir=output_dir, console=console)
     results: list[TrialResult] = []
     try:
+        done, attempts = sweep.resume_state(plan)
+        num_skipped = sum(spec.key in done for spec in plan)
+        console.sweep_started(num_trials=len(plan), num_skipped=num_skipped, output_dir=str(output_dir))
+        if num_skipped:
+            log.info("%d of %d trials are already in %s and are not measured again", num_skipped, len(plan),
+                     sweep.journal_path)
         for spec in plan:
             if spec.key in done:
                 results.append(done[spec.key])
                 continue
-            # User code reads the NSA_* variables at model build time: export this trial's values first.
-            export_flags(spec.flags, os.environ)
-            ctx = TrialContext(model_name=cfg.model.name, seq_len=cfg.model.seq_len, device=str(session.device),
-                               backend=session.backend, num_warmup_steps=cfg.window.warmup_steps,
-                               num_measured_steps=cfg.window.measure_steps, label=spec.label(swept_flags=swept))
-            result = _measure(spec, cfg=cfg, session=session, ctx=ctx, console=console)
-            if rank_env.is_rank0:
-                append_result(journal_path, result)
+            result = sweep.measure(spec, attempts=attempts.get(spec.key, 0))
+            sweep.record(result)
             results.append(result)
             console.trial_finished(result, position=f"{spec.index + 1}/{len(plan)}")
     finally:
         console.sweep_finished()
+        sweep.close()
 
     recommendation = decide(results, args=cfg.recommend)
-    if rank_env.is_rank0:
+    if session.rank_env.is_rank0:
         write_recommendation(output_dir, recommendation, launch_hint=launch_hint)
     console.show(results, recommendation)
     return SweepOutcome(results=tuple(results), recommendation=recommendation,

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trainer_tune.config import Precision, TuneConfig
 from trainer_tune.data import build_batches
 from trainer_tune.distributed import DistSession
+from trainer_tune.faults import NO_FAULT, FaultPlan
 from trainer_tune.model import build_model, count_parameters
 from trainer_tune.plan import TrialSpec
 
@@ -54,6 +55,8 @@ class WindowMeasurement:
 
 StepCallback = Callable[[int, bool], None]
 """Called after each optimizer step with (step index, whether it was measured); outside the timed region."""
+Heartbeat = Callable[[int, int], None]
+"""Called at the start of every micro-step with (step index, micro-step index): the watchdog's pulse."""
 
 
 class _HostClock:
@@ -119,8 +122,12 @@ def _synchronize(device: torch.device) -> None:
 class _Trainer:
     """The optimizer step of one trial, kept free of measurement code so the window times it as a whole."""
 
-    def __init__(self, *, cfg: TuneConfig, spec: TrialSpec, session: DistSession) -> None:
+    def __init__(self, *, cfg: TuneConfig, spec: TrialSpec, session: DistSession, fault: FaultPlan,
+                 heartbeat: Heartbeat) -> None:
         device = session.device
+        self.device = device
+        self.fault = fault
+        self.heartbeat = heartbeat
         torch.manual_seed(cfg.train.seed)
         model = build_model(cfg.model).to(device)
         self.num_parameters = count_parameters(model)
@@ -137,11 +144,14 @@ class _Trainer:
         self.can_skip_sync = isinstance(self.module, DistributedDataParallel)
         self.ddp_applied = _ddp_settings(self.module)
 
-    def step(self) -> tuple[torch.Tensor, int]:
-        """One optimizer step; returns the mean micro-step loss (on device) and the tokens fed."""
-        loss_sum = torch.zeros((), device=self.optimizer.param_groups[0]["params"][0].device)
+    def step(self, index: int) -> tuple[torch.Tensor, int]:
+        """Optimizer step `index` of the window; returns the mean micro-step loss (on device) and the tokens fed."""
+        loss_sum = torch.zeros((), device=self.device)
         tokens = 0
+        loss_scale = self.fault.loss_scale(step=index)
         for micro in range(self.grad_accum):
+            self.heartbeat(index, micro)
+            self.fault.before_micro_step(step=index, micro_step=micro, device=self.device)
             batch = next(self.batches)
             inputs, targets = batch[:, :-1], batch[:, 1:]
             last = micro == self.grad_accum - 1
@@ -150,6 +160,8 @@ class _Trainer:
                 with self.autocast():
                     logits = self.module(inputs)
                 loss = F.cross_entropy(logits.float().reshape(-1, self.vocab_size), targets.reshape(-1))
+                if loss_scale != 1.0:
+                    loss = loss * loss_scale
                 (loss / self.grad_accum).backward()
             loss_sum += loss.detach()
             tokens += inputs.numel()
@@ -172,21 +184,26 @@ class LocalWindow:
     ddp_applied: Optional[dict[str, object]]
 
 
+def _no_heartbeat(_step: int, _micro_step: int) -> None:
+    pass
+
+
 def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
-                  on_step: Optional[StepCallback] = None) -> LocalWindow:
+                  on_step: Optional[StepCallback] = None, heartbeat: Heartbeat = _no_heartbeat,
+                  fault: FaultPlan = NO_FAULT) -> LocalWindow:
     """Run one trial on this rank. Raises what the model or the device raises; the caller records it.
 
     No collective besides DDP's own runs here, so a rank that fails can still meet the others in the
     outcome agreement that follows.
     """
     device = session.device
-    trainer = _Trainer(cfg=cfg, spec=spec, session=session)
+    trainer = _Trainer(cfg=cfg, spec=spec, session=session, fault=fault, heartbeat=heartbeat)
     num_parameters, ddp_applied = trainer.num_parameters, trainer.ddp_applied
     try:
         _synchronize(device)
         warmup_start_s = time.perf_counter()
         for step in range(cfg.window.warmup_steps):
-            trainer.step()
+            trainer.step(step)
             if on_step:
                 on_step(step, False)
         _synchronize(device)
@@ -199,7 +216,7 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
         tokens = 0
         for step in range(cfg.window.measure_steps):
             clock.start()
-            loss, step_tokens = trainer.step()
+            loss, step_tokens = trainer.step(cfg.window.warmup_steps + step)
             clock.stop()
             losses.append(loss)
             tokens += step_tokens

@@ -14,7 +14,8 @@ from conftest import REPO, run_tune
 from trainer_tune.config import ConfigError, TuneConfig, register_configs
 
 CONFIGS = REPO / "configs"
-GROUPS_IN_DEFAULTS = ["model", "data", "train", "window", "nsa", "ddp", "baseline", "recommend", "dist"]
+GROUPS_IN_DEFAULTS = ["model", "data", "train", "window", "nsa", "ddp", "baseline", "recommend", "dist", "watchdog",
+                      "fault"]
 
 
 def _compose(overrides: list[str]) -> TuneConfig:
@@ -41,7 +42,8 @@ def test_every_option_composes_into_the_schema(group: str, option: str) -> None:
 
 
 DEFAULT_OPTIONS = {"model": "tiny", "data": "synthetic", "train": "default", "window": "default", "nsa": "default",
-                   "ddp": "default", "baseline": "default", "recommend": "default", "dist": "default"}
+                   "ddp": "default", "baseline": "default", "recommend": "default", "dist": "default",
+                   "watchdog": "default", "fault": "none"}
 
 
 def test_config_yaml_picks_the_default_options() -> None:
@@ -78,6 +80,10 @@ def test_baseline_follows_train_unless_set() -> None:
     (["window.measure_steps=1"], "window.measure_steps=1 is not allowed: an integer >= 2"),
     (["ddp.bucket_cap_mb=0"], "ddp.bucket_cap_mb=0.0 is not allowed"),
     (["recommend.min_speedup=0"], "recommend.min_speedup=0.0 is not allowed"),
+    (["watchdog.abort_after_s=900"], "watchdog.abort_after_s=900.0 is not allowed: less than dist.timeout_s=600"),
+    (["watchdog.stall_s=10", "watchdog.abort_after_s=5"], "watchdog.abort_after_s=5.0 is not allowed: at least"),
+    (["train.max_memory_fraction=1.5"], "train.max_memory_fraction=1.5 is not allowed"),
+    (["fault=stall", "fault.rank=-1"], "fault.rank=-1 is not allowed"),
 ])
 def test_range_errors_name_key_value_and_allowed(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

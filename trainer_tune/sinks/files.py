@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from trainer_tune.durable import write_atomically
 from trainer_tune.recommend import Recommendation
 
 RECOMMENDATION_JSON = "recommendation.json"
 RECOMMENDATION_YAML = "recommendation.yaml"
 CONFIG_YAML = "config.yaml"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def write_recommendation(output_dir: Path, rec: Recommendation, *, launch_hint: str) -> None:
