@@ -66,24 +66,30 @@ def _outcome_topic(spec: TrialSpec, attempt: int) -> str:
 
 
 def _evidence(session: DistSession, spec: TrialSpec) -> tuple[Optional[Status], list[str], dict[str, str]]:
-    """What the ranks posted about a trial in this and earlier attempts of the group: the worst failure
-    status among them, the messages, and the tracebacks by rank."""
-    worst: Optional[Status] = None
-    messages: list[str] = []
+    """What the ranks posted about a trial in this and earlier attempts of the group: the status to record,
+    the messages, and the tracebacks by rank.
+
+    A rank's own failure (error, oom, nan) is the cause; the stalls of ranks left waiting for it are the
+    consequence, so a failure wins over a stall, and a stall alone is recorded as `stalled`.
+    """
+    failure: Optional[Status] = None
+    causes: list[str] = []
+    stalls: list[str] = []
     tracebacks: dict[str, str] = {}
     for rank in range(session.rank_env.world_size):
         for attempt in range(session.rank_env.restart_count + 1):
             post = session.read_post(f"{_outcome_topic(spec, attempt)}/{rank}")
             if post is not None and post["status"] != Status.ok.name:
                 status = Status[post["status"]]
-                worst = status if worst is None or status.value > worst.value else worst
-                messages.append(f"rank {rank}: {post['message']}")
+                failure = status if failure is None or status.value > failure.value else failure
+                causes.append(f"rank {rank}: {post['message']}")
                 tracebacks[str(rank)] = post.get("traceback", "")
         stall = session.read_post(f"stall/{spec.key}/{rank}")
         if stall is not None:
-            worst = worst or Status.stalled
-            messages.append(f"rank {rank} ({stall['host']}): {stall['description']}")
-    return worst, messages, tracebacks
+            stalls.append(f"rank {rank} ({stall['host']}): {stall['description']}")
+    if failure is not None:
+        return failure, causes + [f"left waiting for it: {stall}" for stall in stalls], tracebacks
+    return (Status.stalled if stalls else None), stalls, tracebacks
 
 
 class _Sweep:
@@ -96,7 +102,8 @@ class _Sweep:
         self.watchdog: Optional[Watchdog] = None
         if cfg.watchdog.enabled:
             self.watchdog = Watchdog(cfg.watchdog, rank=self.rank_env.rank, hostname=self.rank_env.hostname,
-                                     stacks_dir=output_dir / "stacks", on_abort=self._on_stall).start()
+                                     stacks_dir=output_dir / "stacks", on_abort=self._on_stall,
+                                     peer_failed=self._peer_failed).start()
 
     def context(self, spec: TrialSpec) -> TrialContext:
         return TrialContext(model_name=self.cfg.model.name, seq_len=self.cfg.model.seq_len,
@@ -192,7 +199,17 @@ class _Sweep:
             append_result(self.journal_path, result)
             clear_inflight(self.output_dir)
 
-    # --- the watchdog's last act (runs on the watchdog thread) ----------------------------------------
+    # --- the watchdog's questions and last act (run on the watchdog thread) ----------------------------
+    def _peer_failed(self) -> bool:
+        """Whether some rank already posted a failure for the current trial: then a stall is no mystery
+        and waiting for watchdog.abort_after_s would only waste the sweep's time."""
+        current = self._current
+        if current is None:
+            return False
+        topic = _outcome_topic(current[0], self.rank_env.restart_count)
+        posts = (self.session.read_post(f"{topic}/{rank}") for rank in range(self.rank_env.world_size))
+        return any(post is not None and post["status"] != Status.ok.name for post in posts)
+
     def _on_stall(self, stall: Stall) -> None:
         current = self._current
         if current is None:

@@ -5,7 +5,8 @@ the last beat; past the stall threshold it writes a header and every thread's st
 `stacks/trial-<index>-rank-<rank>.txt`, logs a `watchdog_dump` event, and repeats every
 `dump_interval_s` while the stall lasts. After `abort_after_s` it calls the abort callback (which records
 the trial durably) and ends the process with `EXIT_STALLED`, so torchrun can restart the group and the
-sweep can resume.
+sweep can resume. When a peer has already posted a failure for the trial (say it ran out of memory before
+a gradient all-reduce this rank waits in), the abort comes at the stall threshold instead.
 
 Ranks blocked in a collective behind a stuck rank stop beating too, so every rank of a hung group dumps.
 
@@ -117,8 +118,9 @@ class Watchdog:
     """The thread around a StallTracker, writing stack files for one rank."""
 
     def __init__(self, args: WatchdogArgs, *, rank: int, hostname: str, stacks_dir: Path,
-                 on_abort: Callable[[Stall], None]) -> None:
+                 on_abort: Callable[[Stall], None], peer_failed: Callable[[], bool] = lambda: False) -> None:
         self.tracker = StallTracker(args)
+        self.peer_failed = peer_failed
         self.rank, self.hostname = rank, hostname
         self.stacks_dir = stacks_dir
         self.on_abort = on_abort
@@ -187,6 +189,10 @@ class Watchdog:
                 faulthandler.dump_traceback_later(self.tracker.threshold_s() + 4 * _POLL_S, repeat=True,
                                                   file=self._file)
                 action, stall = self.tracker.poll()
+                if action == "dump" and stall is not None and self.peer_failed():
+                    # A peer already reported why: this rank is only waiting for it. No point in waiting out
+                    # abort_after_s.
+                    action = "abort"
                 if action == "dump" and stall is not None:
                     self._dump(stall, event="watchdog_dump")
                 elif action == "abort" and stall is not None:
