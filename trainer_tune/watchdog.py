@@ -57,7 +57,7 @@ class Stall:
 
     def describe(self) -> str:
         return (f"trial {self.trial_index} step {self.step} micro-step {self.micro_step} not complete after "
-                f"{self.stalled_s:.0f} s (threshold {self.threshold_s:.0f} s)")
+                f"{self.stalled_s:.1f} s (threshold {self.threshold_s:.1f} s)")
 
 
 class StallTracker:

@@ -38,7 +38,7 @@ def test_dump_at_threshold_repeat_at_interval_then_abort() -> None:
     clock.now_s += 0.2
     action, stall = tracker.poll()
     assert action == "dump" and stall is not None
-    assert stall.describe().startswith("trial 3 step 5 micro-step 0 not complete after 5 s")
+    assert stall.describe().startswith("trial 3 step 5 micro-step 0 not complete after 5.1 s (threshold 5.0 s)")
     clock.now_s += 1
     assert tracker.poll()[0] == "ok"  # dumped a second ago: wait for the interval
     clock.now_s += 4
