@@ -284,7 +284,9 @@ class GpuSampler:
         except self._nvml.NVMLError as exc:
             reason = f"{_METRIC_CALLS[metric]} failed: {exc}"
             self._disabled[metric] = reason
-            logger.warning("GPU %s metric off for the rest of the run (local rank %d): %s", metric, self._local_rank, reason)
+            logger.warning(
+                "GPU %s metric off for the rest of the run (local rank %d): %s", metric, self._local_rank, reason
+            )
             return None
 
     def _sample_once(self, *, t_s: float) -> None:
