@@ -194,6 +194,7 @@ class GpuSampler:
         self._local_rank = local_rank
         self._disabled: dict[str, str] = {}
         self._thread: threading.Thread | None = None
+        self._running = False
         self._stop_event = threading.Event()
         self._start_s = 0.0
         self._energy_start_j: float | None = None
@@ -222,8 +223,9 @@ class GpuSampler:
         return self._unavailable_reason
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._running:
             raise RuntimeError("GpuSampler.start() called twice without stop()")
+        self._running = True
         self._series = {metric: [] for metric in _PERIODIC_METRICS}
         self._stop_event.clear()
         self._start_s = time.monotonic()
@@ -236,12 +238,13 @@ class GpuSampler:
         self._thread.start()
 
     def stop(self) -> GpuSamples:
-        if self._handle is None:
+        if not self._running:
+            raise RuntimeError("GpuSampler.stop() called without start()")
+        self._running = False
+        if self._thread is None:  # no NVML: nothing was sampled
             return GpuSamples(
                 duration_s=time.monotonic() - self._start_s, unavailable_reason=self._unavailable_reason
             )
-        if self._thread is None:
-            raise RuntimeError("GpuSampler.stop() called without start()")
         self._stop_event.set()
         self._thread.join()
         self._thread = None
@@ -263,7 +266,7 @@ class GpuSampler:
 
     def close(self) -> None:
         """Stop sampling if running and release NVML."""
-        if self._thread is not None:
+        if self._running:
             self.stop()
         if self._handle is not None:
             _shutdown_quietly(self._nvml)
