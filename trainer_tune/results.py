@@ -23,10 +23,6 @@ class Status(Enum):
     crashed = 5
     """The group died during the trial (a rank was killed or exited) and was restarted."""
 
-    @staticmethod
-    def worst(code: int) -> "Status":
-        return Status(code)
-
 
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
