@@ -1,0 +1,291 @@
+"""Native sparse attention (NSA, DeepSeek 2025) in plain PyTorch.
+
+Each query position t mixes three causal attention branches with a learned per-head sigmoid gate:
+
+* compressed: every complete block of ``block_size`` keys/values is compressed into one key and one
+  value by a learned linear map over the flattened block (initialised to mean pooling; because each
+  in-block position has its own weights, it also plays the part of an intra-block position embedding).
+  Query t sees block j only when the block's last token is <= t. A query with no complete block
+  gets exactly zero from this branch.
+* selected: the compressed-branch softmax probabilities of each head rank that head's past blocks
+  (selection is per head, not shared across heads: there are no key/value groups here to share it
+  over). Each query keeps its top ``num_selected_blocks`` blocks, always including the block that
+  contains it, and attends to their tokens at full resolution with a causal mask (token <= t).
+  Ties are broken towards the lower block index (stable sort), so both code paths pick the same set.
+* sliding window: causal attention over positions t - window_size + 1 .. t.
+
+Block selection is an index choice, so no gradient flows through it; the compression parameters learn
+only from the compressed branch.
+
+Unused parameters and DDP: every parameter is in the autograd graph for every sequence length, so
+``find_unused_parameters=False`` is safe. When seq_len < block_size no block is complete: the
+compression parameters are still reached through an empty tensor and receive an all-zero gradient
+(not ``None``). For seq_len >= block_size every parameter gets a real gradient.
+
+``prefill_batched=False`` runs a Python loop over query positions that computes the same result; it
+models the slow path of the real ``NSA_PREFILL_BATCHED`` flag.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+AUX_STAT_NAMES = ("gate_compressed_mean", "gate_selected_mean", "gate_window_mean", "selection_entropy")
+
+
+def _masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    """Softmax over the last dim restricted to ``mask``; rows with nothing allowed become all zero.
+
+    Filling with the dtype's minimum instead of -inf keeps all-masked rows finite (uniform), and the
+    final multiplication zeroes them, so neither the output nor the gradient can become NaN.
+    """
+    filled = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(filled, dim=-1) * mask
+
+
+def compress_blocks(x: Tensor, *, weight: Tensor, bias: Tensor, block_size: int) -> Tensor:
+    """[batch, heads, seq, head_dim] -> [batch, heads, seq // block_size, head_dim]; partial tail dropped."""
+    batch, heads, seq_len, head_dim = x.shape
+    num_blocks = seq_len // block_size
+    blocks = x[:, :, : num_blocks * block_size].reshape(batch, heads, num_blocks, block_size * head_dim)
+    return F.linear(blocks, weight, bias)
+
+
+def compressed_branch(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, *, block_size: int) -> tuple[Tensor, Tensor]:
+    """Attention of all queries over complete past blocks. Returns (output, block probabilities)."""
+    seq_len, num_blocks = q.shape[2], k_cmp.shape[2]
+    scores = (q @ k_cmp.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    block_last_token = (torch.arange(num_blocks, device=q.device) + 1) * block_size - 1
+    allowed = block_last_token[None, :] <= torch.arange(seq_len, device=q.device)[:, None]
+    probs = _masked_softmax(scores, allowed)
+    return probs @ v_cmp, probs
+
+
+def select_blocks(cmp_probs: Tensor, *, block_size: int, num_selected_blocks: int) -> Tensor:
+    """Per query and head, the indices of the chosen blocks: [batch, heads, seq, k].
+
+    The current block ranks first (+inf), past blocks by compressed probability, future blocks last
+    (-inf). When fewer than ``num_selected_blocks`` blocks exist in the past, some returned indices
+    point at future blocks; the selected branch masks their tokens out via token <= t.
+    """
+    seq_len, num_complete = cmp_probs.shape[2], cmp_probs.shape[3]
+    num_blocks = math.ceil(seq_len / block_size)
+    block = torch.arange(num_blocks, device=cmp_probs.device)[None, :]
+    current = (torch.arange(seq_len, device=cmp_probs.device) // block_size)[:, None]
+    importance = F.pad(cmp_probs.detach(), (0, num_blocks - num_complete))
+    importance = importance.masked_fill(block > current, -math.inf).masked_fill(block == current, math.inf)
+    order = torch.sort(importance, dim=-1, descending=True, stable=True).indices
+    return order[..., : min(num_selected_blocks, num_blocks)]
+
+
+def selected_branch(q: Tensor, k: Tensor, v: Tensor, *, block_idx: Tensor, block_size: int) -> Tensor:
+    """Full-resolution attention over the tokens of the selected blocks, gathered for all queries."""
+    batch, heads, seq_len, head_dim = q.shape
+    offsets = torch.arange(block_size, device=q.device)
+    token_idx = (block_idx[..., None] * block_size + offsets).flatten(-2)  # [b, h, t, k * block]
+    allowed = token_idx <= torch.arange(seq_len, device=q.device)[:, None]
+    # One flat index_select per tensor: its backward is a single index_add, far cheaper than autograd
+    # through advanced indexing with broadcast batch/head indices.
+    row_base = torch.arange(batch * heads, device=q.device).view(batch, heads, 1, 1) * seq_len
+    flat_idx = (row_base + token_idx.clamp(max=seq_len - 1)).reshape(-1)
+    gathered_shape = (*token_idx.shape, head_dim)
+    k_sel = k.reshape(-1, head_dim).index_select(0, flat_idx).view(gathered_shape)
+    v_sel = v.reshape(-1, head_dim).index_select(0, flat_idx).view(gathered_shape)
+    scores = (q.unsqueeze(-2) @ k_sel.transpose(-1, -2)).squeeze(-2) * head_dim**-0.5
+    probs = _masked_softmax(scores, allowed)
+    return (probs.unsqueeze(-2) @ v_sel).squeeze(-2)
+
+
+def window_branch(q: Tensor, k: Tensor, v: Tensor, *, window_size: int) -> Tensor:
+    """Causal sliding-window attention over the last ``window_size`` positions, for all queries."""
+    seq_len, head_dim = q.shape[2], q.shape[3]
+    width = min(window_size, seq_len)  # a window longer than the sequence only adds padding
+    k_win = F.pad(k, (0, 0, width - 1, 0)).unfold(2, width, 1)  # [b, h, t, head_dim, width]
+    v_win = F.pad(v, (0, 0, width - 1, 0)).unfold(2, width, 1)
+    scores = (q.unsqueeze(-2) @ k_win).squeeze(-2) * head_dim**-0.5
+    key_pos = torch.arange(seq_len, device=q.device)[:, None] - (width - 1) + torch.arange(width, device=q.device)
+    probs = _masked_softmax(scores, key_pos >= 0)
+    return (probs.unsqueeze(-2) @ v_win.transpose(-1, -2)).squeeze(-2)
+
+
+def _branches_batched(
+    q: Tensor, k: Tensor, v: Tensor, k_cmp: Tensor, v_cmp: Tensor, *, block_size: int, num_selected_blocks: int,
+    window_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    out_cmp, cmp_probs = compressed_branch(q, k_cmp, v_cmp, block_size=block_size)
+    block_idx = select_blocks(cmp_probs, block_size=block_size, num_selected_blocks=num_selected_blocks)
+    out_sel = selected_branch(q, k, v, block_idx=block_idx, block_size=block_size)
+    out_win = window_branch(q, k, v, window_size=window_size)
+    return out_cmp, out_sel, out_win, cmp_probs
+
+
+def _branches_at_position(
+    q_t: Tensor, k: Tensor, v: Tensor, k_cmp: Tensor, v_cmp: Tensor, *, t: int, block_size: int,
+    num_selected_blocks: int, window_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The three branches for the single query position t; q_t is [batch, heads, head_dim]."""
+    scale = q_t.shape[-1] ** -0.5
+    # Compressed: only complete blocks exist in the slice, so no mask is needed. With none, the empty
+    # slice still yields a zero output and keeps the compression parameters in the graph.
+    num_complete = (t + 1) // block_size
+    probs_cmp = torch.softmax(torch.einsum("bhd,bhnd->bhn", q_t, k_cmp[:, :, :num_complete]) * scale, dim=-1)
+    out_cmp = torch.einsum("bhn,bhnd->bhd", probs_cmp, v_cmp[:, :, :num_complete])
+
+    current = t // block_size
+    current_score = q_t.new_full((*q_t.shape[:2], 1), math.inf)
+    importance = torch.cat([probs_cmp[..., :current].detach(), current_score], dim=-1)
+    chosen = torch.sort(importance, dim=-1, descending=True, stable=True).indices[..., :num_selected_blocks]
+    token_block = torch.arange(t + 1, device=q_t.device) // block_size
+    token_chosen = (token_block[:, None] == chosen[..., None, :]).any(dim=-1)  # [b, h, t + 1]
+    scores_sel = torch.einsum("bhd,bhsd->bhs", q_t, k[:, :, : t + 1]) * scale
+    out_sel = torch.einsum("bhs,bhsd->bhd", _masked_softmax(scores_sel, token_chosen), v[:, :, : t + 1])
+
+    start = max(0, t - window_size + 1)
+    probs_win = torch.softmax(torch.einsum("bhd,bhsd->bhs", q_t, k[:, :, start : t + 1]) * scale, dim=-1)
+    out_win = torch.einsum("bhs,bhsd->bhd", probs_win, v[:, :, start : t + 1])
+    return out_cmp, out_sel, out_win, probs_cmp
+
+
+def _branches_looped(
+    q: Tensor, k: Tensor, v: Tensor, k_cmp: Tensor, v_cmp: Tensor, *, block_size: int, num_selected_blocks: int,
+    window_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    outs_cmp, outs_sel, outs_win = [], [], []
+    cmp_probs = q.new_zeros(*q.shape[:3], k_cmp.shape[2])
+    for t in range(q.shape[2]):
+        out_cmp, out_sel, out_win, probs = _branches_at_position(
+            q[:, :, t], k, v, k_cmp, v_cmp, t=t, block_size=block_size,
+            num_selected_blocks=num_selected_blocks, window_size=window_size,
+        )
+        outs_cmp.append(out_cmp)
+        outs_sel.append(out_sel)
+        outs_win.append(out_win)
+        cmp_probs[:, :, t, : probs.shape[-1]] = probs.detach()  # only the aux statistics read these
+    return torch.stack(outs_cmp, dim=2), torch.stack(outs_sel, dim=2), torch.stack(outs_win, dim=2), cmp_probs
+
+
+@torch.no_grad()
+def _aux_stats(gates: Tensor, cmp_probs: Tensor) -> dict[str, Tensor]:
+    """Gate means per branch and the mean entropy of the compressed (block-selection) distribution.
+
+    A query with no complete past block has a deterministic selection (its own block only) and
+    counts as entropy zero, so the statistic is always finite.
+    """
+    gate_means = gates.float().mean(dim=(0, 1, 2))
+    entropy = torch.special.entr(cmp_probs.float()).sum(dim=-1).mean()
+    return dict(zip(AUX_STAT_NAMES, (gate_means[0], gate_means[1], gate_means[2], entropy)))
+
+
+def _require_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {name}={value!r}")
+
+
+class NativeSparseAttention(nn.Module):
+    """Causal NSA self-attention: x [batch, seq, d_model] -> [batch, seq, d_model]."""
+
+    def __init__(
+        self, *, d_model: int, n_heads: int, block_size: int, num_selected_blocks: int, window_size: int,
+        prefill_batched: bool = True, collect_aux_stats: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("d_model", d_model), ("n_heads", n_heads), ("block_size", block_size),
+                            ("num_selected_blocks", num_selected_blocks), ("window_size", window_size)):
+            _require_positive_int(name, value)
+        if d_model % n_heads != 0:
+            raise ValueError(
+                f"d_model must be divisible by n_heads; got d_model={d_model}, n_heads={n_heads} "
+                f"(allowed: n_heads dividing {d_model})"
+            )
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.block_size = block_size
+        self.num_selected_blocks = num_selected_blocks
+        self.window_size = window_size
+        self.prefill_batched = prefill_batched
+        self.collect_aux_stats = collect_aux_stats
+        self.last_aux_stats: dict[str, Tensor] | None = None
+
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, d_model, bias=False)
+        self.v_proj = nn.Linear(d_model, d_model, bias=False)
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+        # Shared across heads; starts as exact mean pooling so early training sees sensible block keys.
+        mean_pool = torch.eye(self.head_dim).repeat(1, block_size) / block_size
+        self.k_compress_weight = nn.Parameter(mean_pool.clone())
+        self.k_compress_bias = nn.Parameter(torch.zeros(self.head_dim))
+        self.v_compress_weight = nn.Parameter(mean_pool.clone())
+        self.v_compress_bias = nn.Parameter(torch.zeros(self.head_dim))
+        self.gate = nn.Linear(d_model, 3 * n_heads)
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        batch, seq_len, _ = x.shape
+        return x.view(batch, seq_len, self.n_heads, self.head_dim).transpose(1, 2).contiguous()
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, seq_len, d_model = x.shape
+        q, k, v = (self._split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        k_cmp = compress_blocks(k, weight=self.k_compress_weight, bias=self.k_compress_bias, block_size=self.block_size)
+        v_cmp = compress_blocks(v, weight=self.v_compress_weight, bias=self.v_compress_bias, block_size=self.block_size)
+        branches = _branches_batched if self.prefill_batched else _branches_looped
+        out_cmp, out_sel, out_win, cmp_probs = branches(
+            q, k, v, k_cmp, v_cmp, block_size=self.block_size, num_selected_blocks=self.num_selected_blocks,
+            window_size=self.window_size,
+        )
+        gates = torch.sigmoid(self.gate(x)).view(batch, seq_len, self.n_heads, 3).transpose(1, 2)  # [b, h, t, 3]
+        mixed = gates[..., 0:1] * out_cmp + gates[..., 1:2] * out_sel + gates[..., 2:3] * out_win
+        self.last_aux_stats = _aux_stats(gates, cmp_probs) if self.collect_aux_stats else None
+        return self.o_proj(mixed.transpose(1, 2).reshape(batch, seq_len, d_model))
+
+
+def reduce_aux_stats(stats: dict[str, Tensor]) -> dict[str, float]:
+    """Average the statistics over ranks with a single all_reduce; plain floats when not distributed.
+
+    Names are sorted so that every rank stacks them in the same order.
+    """
+    names = sorted(stats)
+    if not names:
+        return {}
+    stacked = torch.stack([stats[name].detach().float().reshape(()) for name in names])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+        stacked = stacked / dist.get_world_size()
+    return dict(zip(names, stacked.tolist()))
+
+
+def nsa_attention_flops_per_token(
+    *, d_model: int, n_heads: int, seq_len: int, block_size: int, num_selected_blocks: int, window_size: int
+) -> float:
+    """Forward FLOPs per token of the attention score and value products, averaged over positions.
+
+    With l = block_size, n = num_selected_blocks, w = window_size and query positions t = 0..T-1,
+    the keys attended at position t are
+
+        compressed  K_c(t) = floor((t + 1) / l)                  (complete blocks)
+        selected    K_s(t) = (t mod l) + 1 + l * min(n - 1, floor(t / l))
+        window      K_w(t) = min(w, t + 1)
+
+    and each key costs one q.k and one p.v product of head_dim multiply-adds in each of n_heads
+    heads, i.e. 2 * 2 * d_model FLOPs. Result: 4 * d_model * mean_t(K_c + K_s + K_w).
+    Masked padding slots are not counted, matching the dense causal formula below. The q/k/v/o
+    projections, gate and block compression are parameter matmuls left to the caller; note that the
+    compression runs once per block, so a 2 * params-per-token estimate over-counts it by l / n_heads.
+    """
+    del n_heads  # the per-head cost sums to d_model; the argument is kept for a uniform call site
+    t = torch.arange(seq_len, dtype=torch.float64)
+    keys_cmp = torch.floor((t + 1) / block_size)
+    keys_sel = torch.remainder(t, block_size) + 1 + block_size * torch.clamp(
+        torch.floor(t / block_size), max=num_selected_blocks - 1
+    )
+    keys_win = torch.clamp(t + 1, max=window_size)
+    return 4.0 * d_model * float((keys_cmp + keys_sel + keys_win).mean())
+
+
+def dense_causal_attention_flops_per_token(*, d_model: int, seq_len: int) -> float:
+    """Forward score + value FLOPs per token of dense causal attention: 2 * 2 * d_model * (seq_len + 1) / 2."""
+    return 2.0 * 2.0 * d_model * (seq_len + 1) / 2.0
