@@ -84,33 +84,45 @@ def select_blocks(cmp_probs: Tensor, *, block_size: int, num_selected_blocks: in
 
 
 def selected_branch(q: Tensor, k: Tensor, v: Tensor, *, block_idx: Tensor, block_size: int) -> Tensor:
-    """Full-resolution attention over the tokens of the selected blocks, gathered for all queries."""
-    batch, heads, seq_len, head_dim = q.shape
-    offsets = torch.arange(block_size, device=q.device)
-    token_idx = (block_idx[..., None] * block_size + offsets).flatten(-2)  # [b, h, t, k * block]
-    allowed = token_idx <= torch.arange(seq_len, device=q.device)[:, None]
-    # One flat index_select per tensor: its backward is a single index_add, far cheaper than autograd
-    # through advanced indexing with broadcast batch/head indices.
-    row_base = torch.arange(batch * heads, device=q.device).view(batch, heads, 1, 1) * seq_len
-    flat_idx = (row_base + token_idx.clamp(max=seq_len - 1)).reshape(-1)
-    gathered_shape = (*token_idx.shape, head_dim)
-    k_sel = k.reshape(-1, head_dim).index_select(0, flat_idx).view(gathered_shape)
-    v_sel = v.reshape(-1, head_dim).index_select(0, flat_idx).view(gathered_shape)
-    scores = (q.unsqueeze(-2) @ k_sel.transpose(-1, -2)).squeeze(-2) * head_dim**-0.5
-    probs = _masked_softmax(scores, allowed)
-    return (probs.unsqueeze(-2) @ v_sel).squeeze(-2)
+    """Full-resolution attention over the tokens of each query's selected blocks, all queries at once.
+
+    Scores are computed densely and masked to the selected blocks. Gathering the selected keys per
+    query instead would materialise [batch, heads, seq, k * block_size, head_dim], which is larger
+    than the dense [batch, heads, seq, seq] scores whenever seq < k * block_size * head_dim (almost
+    always) and measured about 10x slower on CPU (forward + backward at seq 256).
+    """
+    seq_len = q.shape[2]
+    num_blocks = math.ceil(seq_len / block_size)
+    chosen = torch.zeros(*block_idx.shape[:3], num_blocks, dtype=torch.bool, device=q.device)
+    chosen.scatter_(-1, block_idx, True)
+    token_chosen = chosen.repeat_interleave(block_size, dim=-1)[..., :seq_len]  # [b, h, t, seq]
+    position = torch.arange(seq_len, device=q.device)
+    causal = position[None, :] <= position[:, None]  # also drops any future block picked as filler
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return _masked_softmax(scores, token_chosen & causal) @ v
 
 
 def window_branch(q: Tensor, k: Tensor, v: Tensor, *, window_size: int) -> Tensor:
-    """Causal sliding-window attention over the last ``window_size`` positions, for all queries."""
-    seq_len, head_dim = q.shape[2], q.shape[3]
+    """Causal sliding-window attention over the last ``window_size`` positions, for all queries.
+
+    Queries go in chunks of ``width`` positions; chunk i sees keys i*width - width + 1 .. i*width +
+    width - 1, so each chunk is one dense [width, 2 * width - 1] product and memory stays linear in seq.
+    """
+    batch, heads, seq_len, head_dim = q.shape
     width = min(window_size, seq_len)  # a window longer than the sequence only adds padding
-    k_win = F.pad(k, (0, 0, width - 1, 0)).unfold(2, width, 1)  # [b, h, t, head_dim, width]
-    v_win = F.pad(v, (0, 0, width - 1, 0)).unfold(2, width, 1)
-    scores = (q.unsqueeze(-2) @ k_win).squeeze(-2) * head_dim**-0.5
-    key_pos = torch.arange(seq_len, device=q.device)[:, None] - (width - 1) + torch.arange(width, device=q.device)
-    probs = _masked_softmax(scores, key_pos >= 0)
-    return (probs.unsqueeze(-2) @ v_win.transpose(-1, -2)).squeeze(-2)
+    num_chunks = math.ceil(seq_len / width)
+    tail = num_chunks * width - seq_len
+    q_chunks = F.pad(q, (0, 0, 0, tail)).view(batch, heads, num_chunks, width, head_dim)
+    k_chunks = F.pad(k, (0, 0, width - 1, tail)).unfold(2, 2 * width - 1, width)  # [b, h, c, d, 2w-1]
+    v_chunks = F.pad(v, (0, 0, width - 1, tail)).unfold(2, 2 * width - 1, width)
+    scores = (q_chunks @ k_chunks) * head_dim**-0.5  # [b, h, c, width, 2w-1]
+    row = torch.arange(width, device=q.device)[:, None]
+    col = torch.arange(2 * width - 1, device=q.device)[None, :]
+    distance = row + width - 1 - col  # query position minus key position
+    chunk_start = (torch.arange(num_chunks, device=q.device) * width)[:, None, None]
+    allowed = (distance >= 0) & (distance < width) & (chunk_start - (width - 1) + col >= 0)
+    out = _masked_softmax(scores, allowed) @ v_chunks.transpose(-1, -2)
+    return out.reshape(batch, heads, num_chunks * width, head_dim)[:, :, :seq_len]
 
 
 def _branches_batched(
@@ -272,11 +284,18 @@ def nsa_attention_flops_per_token(
 
     and each key costs one q.k and one p.v product of head_dim multiply-adds in each of n_heads
     heads, i.e. 2 * 2 * d_model FLOPs. Result: 4 * d_model * mean_t(K_c + K_s + K_w).
-    Masked padding slots are not counted, matching the dense causal formula below. The q/k/v/o
-    projections, gate and block compression are parameter matmuls left to the caller; note that the
-    compression runs once per block, so a 2 * params-per-token estimate over-counts it by l / n_heads.
+    This is the useful work a sparse kernel performs, the same convention as the dense causal
+    formula below, which also leaves out the masked upper triangle. The batched CPU path here does
+    more arithmetic than this (the selected branch scores every key of the sequence before masking, the window
+    branch scores 2 * window - 1 keys per query), so do not read it as that path's cost.
+    The q/k/v/o projections, gate and block compression are parameter matmuls left to the caller;
+    the compression runs once per block per head, so a 2 * params-per-token estimate over-counts it
+    by a factor block_size / n_heads.
     """
-    del n_heads  # the per-head cost sums to d_model; the argument is kept for a uniform call site
+    for name, value in (("d_model", d_model), ("n_heads", n_heads), ("seq_len", seq_len), ("block_size", block_size),
+                        ("num_selected_blocks", num_selected_blocks), ("window_size", window_size)):
+        _require_positive_int(name, value)
+    # n_heads cancels: head_dim * n_heads = d_model; it is validated and kept for a uniform call site.
     t = torch.arange(seq_len, dtype=torch.float64)
     keys_cmp = torch.floor((t + 1) / block_size)
     keys_sel = torch.remainder(t, block_size) + 1 + block_size * torch.clamp(
