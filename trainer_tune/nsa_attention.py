@@ -89,7 +89,8 @@ def selected_branch(q: Tensor, k: Tensor, v: Tensor, *, block_idx: Tensor, block
     Scores are computed densely and masked to the selected blocks. Gathering the selected keys per
     query instead would materialise [batch, heads, seq, k * block_size, head_dim], which is larger
     than the dense [batch, heads, seq, seq] scores whenever seq < k * block_size * head_dim (almost
-    always) and measured about 10x slower on CPU (forward + backward at seq 256).
+    always) and measured about 10x slower on CPU (forward + backward at seq 256). The price is
+    memory quadratic in seq; only a fused sparse kernel avoids both.
     """
     seq_len = q.shape[2]
     num_blocks = math.ceil(seq_len / block_size)
@@ -165,10 +166,11 @@ def _branches_at_position(
 
 def _branches_looped(
     q: Tensor, k: Tensor, v: Tensor, k_cmp: Tensor, v_cmp: Tensor, *, block_size: int, num_selected_blocks: int,
-    window_size: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    window_size: int, keep_probs: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The per-position reference path; block probabilities are kept only for the aux statistics."""
     outs_cmp, outs_sel, outs_win = [], [], []
-    cmp_probs = q.new_zeros(*q.shape[:3], k_cmp.shape[2])
+    cmp_probs = q.new_zeros(*q.shape[:3], k_cmp.shape[2]) if keep_probs else None
     for t in range(q.shape[2]):
         out_cmp, out_sel, out_win, probs = _branches_at_position(
             q[:, :, t], k, v, k_cmp, v_cmp, t=t, block_size=block_size,
@@ -177,7 +179,8 @@ def _branches_looped(
         outs_cmp.append(out_cmp)
         outs_sel.append(out_sel)
         outs_win.append(out_win)
-        cmp_probs[:, :, t, : probs.shape[-1]] = probs.detach()  # only the aux statistics read these
+        if cmp_probs is not None:
+            cmp_probs[:, :, t, : probs.shape[-1]] = probs.detach()
     return torch.stack(outs_cmp, dim=2), torch.stack(outs_sel, dim=2), torch.stack(outs_win, dim=2), cmp_probs
 
 
@@ -244,14 +247,21 @@ class NativeSparseAttention(nn.Module):
         q, k, v = (self._split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
         k_cmp = compress_blocks(k, weight=self.k_compress_weight, bias=self.k_compress_bias, block_size=self.block_size)
         v_cmp = compress_blocks(v, weight=self.v_compress_weight, bias=self.v_compress_bias, block_size=self.block_size)
-        branches = _branches_batched if self.prefill_batched else _branches_looped
-        out_cmp, out_sel, out_win, cmp_probs = branches(
-            q, k, v, k_cmp, v_cmp, block_size=self.block_size, num_selected_blocks=self.num_selected_blocks,
-            window_size=self.window_size,
+        sizes = dict(
+            block_size=self.block_size, num_selected_blocks=self.num_selected_blocks, window_size=self.window_size
         )
+        if self.prefill_batched:
+            out_cmp, out_sel, out_win, cmp_probs = _branches_batched(q, k, v, k_cmp, v_cmp, **sizes)
+        else:
+            out_cmp, out_sel, out_win, cmp_probs = _branches_looped(
+                q, k, v, k_cmp, v_cmp, **sizes, keep_probs=self.collect_aux_stats
+            )
         gates = torch.sigmoid(self.gate(x)).view(batch, seq_len, self.n_heads, 3).transpose(1, 2)  # [b, h, t, 3]
         mixed = gates[..., 0:1] * out_cmp + gates[..., 1:2] * out_sel + gates[..., 2:3] * out_win
-        self.last_aux_stats = _aux_stats(gates, cmp_probs) if self.collect_aux_stats else None
+        self.last_aux_stats = None
+        if self.collect_aux_stats:
+            assert cmp_probs is not None
+            self.last_aux_stats = _aux_stats(gates, cmp_probs)
         return self.o_proj(mixed.transpose(1, 2).reshape(batch, seq_len, d_model))
 
 

@@ -98,7 +98,9 @@ SHAPES = [
 
 
 @pytest.mark.parametrize(("seq_len", "block_size", "num_selected_blocks", "window_size"), SHAPES)
-def test_batched_and_looped_paths_agree(seq_len: int, block_size: int, num_selected_blocks: int, window_size: int) -> None:
+def test_batched_and_looped_paths_agree(
+    seq_len: int, block_size: int, num_selected_blocks: int, window_size: int
+) -> None:
     torch.manual_seed(0)
     layer = _layer(block_size=block_size, num_selected_blocks=num_selected_blocks, window_size=window_size)
     x = torch.randn(2, seq_len, 32, requires_grad=True)
@@ -246,7 +248,9 @@ def test_flops_against_hand_worked_examples() -> None:
     # Dense causal, d_model 8, seq 4: mean keys (1+2+3+4)/4 = 2.5, so 4 * 8 * 2.5.
     assert dense_causal_attention_flops_per_token(d_model=8, seq_len=4) == pytest.approx(80.0)
     with pytest.raises(ValueError, match="seq_len must be an integer >= 1; got seq_len=0"):
-        nsa_attention_flops_per_token(d_model=8, n_heads=2, seq_len=0, block_size=2, num_selected_blocks=1, window_size=2)
+        nsa_attention_flops_per_token(
+            d_model=8, n_heads=2, seq_len=0, block_size=2, num_selected_blocks=1, window_size=2
+        )
 
 
 def test_flops_cheaper_than_dense_for_long_sequences() -> None:
