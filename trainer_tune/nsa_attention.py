@@ -86,11 +86,12 @@ def select_blocks(cmp_probs: Tensor, *, block_size: int, num_selected_blocks: in
 def selected_branch(q: Tensor, k: Tensor, v: Tensor, *, block_idx: Tensor, block_size: int) -> Tensor:
     """Full-resolution attention over the tokens of each query's selected blocks, all queries at once.
 
-    Scores are computed densely and masked to the selected blocks. Gathering the selected keys per
-    query instead would materialise [batch, heads, seq, k * block_size, head_dim], which is larger
-    than the dense [batch, heads, seq, seq] scores whenever seq < k * block_size * head_dim (almost
-    always) and measured about 10x slower on CPU (forward + backward at seq 256). The price is
-    memory quadratic in seq; only a fused sparse kernel avoids both.
+    A boolean [batch, heads, seq, seq] mask of the selected tokens goes to the fused SDPA kernel,
+    which never materialises float scores. Gathering the selected keys per query instead would build
+    [batch, heads, seq, k * block_size, head_dim], larger than the mask whenever seq < k * block_size
+    * head_dim, and measured about 10x slower on CPU at seq 256. The price is compute and mask memory
+    quadratic in seq (about 2 s forward + backward at batch 4, seq 2048 on 2 CPU cores). Every query
+    keeps at least its own token, so no row is fully masked.
     """
     seq_len = q.shape[2]
     num_blocks = math.ceil(seq_len / block_size)
@@ -99,8 +100,7 @@ def selected_branch(q: Tensor, k: Tensor, v: Tensor, *, block_idx: Tensor, block
     token_chosen = chosen.repeat_interleave(block_size, dim=-1)[..., :seq_len]  # [b, h, t, seq]
     position = torch.arange(seq_len, device=q.device)
     causal = position[None, :] <= position[:, None]  # also drops any future block picked as filler
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    return _masked_softmax(scores, token_chosen & causal) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=token_chosen & causal)
 
 
 def window_branch(q: Tensor, k: Tensor, v: Tensor, *, window_size: int) -> Tensor:
