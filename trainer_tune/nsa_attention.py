@@ -89,9 +89,9 @@ def selected_branch(q: Tensor, k: Tensor, v: Tensor, *, block_idx: Tensor, block
     A boolean [batch, heads, seq, seq] mask of the selected tokens goes to the fused SDPA kernel,
     which never materialises float scores. Gathering the selected keys per query instead would build
     [batch, heads, seq, k * block_size, head_dim], larger than the mask whenever seq < k * block_size
-    * head_dim, and measured about 10x slower on CPU at seq 256. The price is compute and mask memory
-    quadratic in seq (about 2 s forward + backward at batch 4, seq 2048 on 2 CPU cores). Every query
-    keeps at least its own token, so no row is fully masked.
+    * head_dim, and was several times slower on CPU at seq 256. The price is compute and mask memory
+    quadratic in seq, like dense attention. Every query keeps at least its own token, so no row is
+    fully masked.
     """
     seq_len = q.shape[2]
     num_blocks = math.ceil(seq_len / block_size)
@@ -106,8 +106,9 @@ def selected_branch(q: Tensor, k: Tensor, v: Tensor, *, block_idx: Tensor, block
 def window_branch(q: Tensor, k: Tensor, v: Tensor, *, window_size: int) -> Tensor:
     """Causal sliding-window attention over the last ``window_size`` positions, for all queries.
 
-    Queries go in chunks of ``width`` positions; chunk i sees keys i*width - width + 1 .. i*width +
-    width - 1, so each chunk is one dense [width, 2 * width - 1] product and memory stays linear in seq.
+    Queries go in chunks of width = min(window_size, seq) positions; chunk i sees keys i*width - width
+    + 1 .. i*width + width - 1, so each chunk is one dense [width, 2 * width - 1] product and memory
+    stays linear in seq.
     """
     batch, heads, seq_len, head_dim = q.shape
     width = min(window_size, seq_len)  # a window longer than the sequence only adds padding
