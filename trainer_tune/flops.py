@@ -272,6 +272,7 @@ def mfu(
             warning="peak TFLOP/s of this device is unknown; MFU not computed",
         )
     ratio = per_device / peak_tflops_per_device
+    warning = None
     if ratio > 1.0:
         # Above peak is physically impossible: the token count, the clock (no device sync?) or the
         # FLOP formula is wrong. Never let such a number through as a result.
@@ -279,19 +280,11 @@ def mfu(
             f"MFU {ratio:.1%} exceeds 100% ({per_device:.1f} of {peak_tflops_per_device:.1f} TFLOP/s "
             "per device): a measurement or FLOP-count error, not reported"
         )
-        return MfuResult(
-            achieved_tflops=achieved_tflops,
-            achieved_tflops_per_device=per_device,
-            peak_tflops_per_device=peak_tflops_per_device,
-            mfu=None,
-            mfu_raw=ratio,
-            warning=warning,
-        )
     return MfuResult(
         achieved_tflops=achieved_tflops,
         achieved_tflops_per_device=per_device,
         peak_tflops_per_device=peak_tflops_per_device,
-        mfu=ratio,
+        mfu=ratio if warning is None else None,
         mfu_raw=ratio,
-        warning=None,
+        warning=warning,
     )
