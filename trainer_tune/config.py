@@ -298,6 +298,43 @@ class FaultArgs:
 
 
 @dataclass
+class TelemetryArgs:
+    """What every rank samples during measured steps (see trainer_tune/telemetry.py)."""
+
+    gpu_sampling: bool = True
+    """Sample the rank's GPU through NVML: utilization, memory, power, energy. Off by itself without a GPU."""
+    sample_hz: float = 10.0
+    peak_tflops: Optional[float] = None
+    """Dense peak TFLOP/s of one device for MFU; null looks the device up in trainer_tune/flops.py."""
+
+    def __post_init__(self) -> None:
+        require(0 < self.sample_hz <= 100, key="telemetry.sample_hz", value=self.sample_hz,
+                allowed="samples per second in (0, 100]")
+        if self.peak_tflops is not None:
+            require(self.peak_tflops > 0, key="telemetry.peak_tflops", value=self.peak_tflops,
+                    allowed="TFLOP/s > 0, or null")
+
+
+class WandbMode(Enum):
+    auto = "auto"
+    online = "online"
+    offline = "offline"
+
+
+@dataclass
+class WandbArgs:
+    """Weights & Biases: one run per trial and one recommendation run per sweep, from rank 0 only."""
+
+    enabled: bool = True
+    mode: WandbMode = WandbMode.auto
+    """auto: online when credentials are configured (WANDB_API_KEY or a netrc entry), else offline files
+    that `wandb sync` uploads later. WANDB_MODE in the environment wins over auto."""
+    project: str = "trainer_tune"
+    entity: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
 class TuneConfig:
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataArgs = field(default_factory=DataArgs)
@@ -311,6 +348,8 @@ class TuneConfig:
     dist: DistArgs = field(default_factory=DistArgs)
     watchdog: WatchdogArgs = field(default_factory=WatchdogArgs)
     fault: FaultArgs = field(default_factory=FaultArgs)
+    telemetry: TelemetryArgs = field(default_factory=TelemetryArgs)
+    wandb: WandbArgs = field(default_factory=WandbArgs)
 
     def __post_init__(self) -> None:
         if self.watchdog.enabled:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
 from trainer_tune.flags import flags_to_environ
+from trainer_tune.flops import mfu
 from trainer_tune.plan import TrialSpec
 from trainer_tune.results import Status, TrialResult
 from trainer_tune.stats import StepTimeStats, throughput_per_s
@@ -26,6 +28,11 @@ class TrialContext:
     num_warmup_steps: int
     num_measured_steps: int
     label: str
+    flops_per_token: Optional[float] = None
+    """Training FLOPs per token of the model (6N plus attention); None when the shape is unknown."""
+    peak_tflops_per_device: Optional[float] = None
+    peak_note: Optional[str] = None
+    """Why there is no peak (so no MFU), e.g. an unknown device."""
 
 
 def _finite_or_none(value: float) -> Optional[float]:
@@ -43,8 +50,63 @@ def _base_fields(spec: TrialSpec, ctx: TrialContext, *, started_at: str, finishe
         started_at=started_at, finished_at=finished_at)
 
 
+def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if len(present) == len(values) and present else None
+
+
+def _total(values: Sequence[Optional[float]]) -> Optional[float]:
+    return math.fsum(values) if values and all(v is not None for v in values) else None  # type: ignore[arg-type]
+
+
+def combine_gpu(per_rank: Sequence[Optional[dict[str, Any]]], *, tokens: int) -> tuple[Optional[dict], Optional[str]]:
+    """One GPU figure set for the trial from each rank's own GPU summary.
+
+    Utilization and power are per-GPU means over ranks (the ranks' p10/p90 averaged: a rank that idles shows
+    in `per_rank`); memory is the highest rank's; energy is summed over GPUs, so energy per token is the
+    whole job's. A figure any rank could not measure is None for the trial, never a partial sum.
+    """
+    if not per_rank or any(r is None for r in per_rank):
+        return None, "GPU sampling was off (telemetry.gpu_sampling=false)"
+    reasons = {r["unavailable_reason"] for r in per_rank if r.get("unavailable_reason")}  # type: ignore[union-attr]
+    if all(r["num_samples"] is None for r in per_rank):  # type: ignore[index]
+        return None, "; ".join(sorted(reasons)) or "no GPU samples"
+    energy_j = _total([r["energy_j"] for r in per_rank])  # type: ignore[index]
+    peaks = [r["memory_used_peak_bytes"] for r in per_rank]  # type: ignore[index]
+    combined = {
+        "util_mean_pct": _mean([r["util_mean_pct"] for r in per_rank]),  # type: ignore[index]
+        "util_p10_pct": _mean([r["util_p10_pct"] for r in per_rank]),  # type: ignore[index]
+        "util_p90_pct": _mean([r["util_p90_pct"] for r in per_rank]),  # type: ignore[index]
+        "memory_used_peak_bytes": max(peaks) if all(p is not None for p in peaks) else None,
+        "power_mean_w": _mean([r["power_mean_w"] for r in per_rank]),  # type: ignore[index]
+        "energy_j": energy_j,
+        "energy_j_per_token": energy_j / tokens if energy_j is not None and tokens else None,
+        "energy_source": per_rank[0]["energy_source"],  # type: ignore[index]
+        "per_rank": list(per_rank),
+    }
+    return combined, ("; ".join(sorted(reasons)) or None)
+
+
+def combine_cpu(per_rank: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {"process_pct_mean": _mean([r["process_pct"] for r in per_rank]),
+            "system_pct_mean": _mean([r["system_pct"] for r in per_rank]),
+            "per_rank": list(per_rank)}
+
+
+def mfu_figures(ctx: TrialContext, *, tokens_per_s: float, world_size: int) -> Optional[dict[str, Any]]:
+    if ctx.flops_per_token is None:
+        return None
+    result = mfu(flops_per_token=ctx.flops_per_token, tokens_per_s=tokens_per_s, num_devices=world_size,
+                 peak_tflops_per_device=ctx.peak_tflops_per_device)
+    return {"flops_per_token": ctx.flops_per_token, "achieved_tflops": result.achieved_tflops,
+            "achieved_tflops_per_device": result.achieved_tflops_per_device,
+            "peak_tflops_per_device": result.peak_tflops_per_device, "mfu": result.mfu, "mfu_raw": result.mfu_raw,
+            "warning": result.warning if ctx.peak_note is None else ctx.peak_note}
+
+
 def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext, *,
-                       started_at: str, finished_at: str) -> TrialResult:
+                       started_at: str, finished_at: str,
+                       telemetry: Sequence[Optional[dict[str, Any]]] = ()) -> TrialResult:
     status, error = Status.ok, None
     bad_steps = [i for i, loss in enumerate(m.losses) if not math.isfinite(loss)]
     if bad_steps:
@@ -53,16 +115,29 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
     expected_tokens = spec.global_batch_size * ctx.seq_len * len(m.step_times_s)
     if m.tokens != expected_tokens:
         raise AssertionError(f"counted {m.tokens} tokens, the plan implies {expected_tokens}")
+    tokens_per_s = throughput_per_s(m.tokens, m.measured_s)
+    gpu, gpu_note, cpu = None, "not sampled", None
+    if telemetry and all(t is not None for t in telemetry):
+        gpu, gpu_note = combine_gpu([t["gpu"] for t in telemetry], tokens=m.tokens)  # type: ignore[index]
+        cpu = combine_cpu([t["cpu"] for t in telemetry])  # type: ignore[index]
+        allocator = [t.get("cuda_allocator") for t in telemetry]  # type: ignore[union-attr]
+        if gpu is not None and all(a is not None for a in allocator):
+            gpu["num_alloc_retries"] = sum(a["num_alloc_retries"] for a in allocator)  # type: ignore[index]
+            gpu["num_ooms"] = sum(a["num_ooms"] for a in allocator)  # type: ignore[index]
     return TrialResult(
         **_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at),
-        status=status.name, error=error,
-        tokens_per_s=throughput_per_s(m.tokens, m.measured_s),
+        status=status.name, error=error, gpu=gpu, gpu_note=gpu_note, cpu=cpu,
+        mfu=mfu_figures(ctx, tokens_per_s=tokens_per_s, world_size=spec.world_size),
+        tokens_per_s=tokens_per_s,
         samples_per_s=throughput_per_s(m.samples, m.measured_s), measured_s=m.measured_s,
         step_time_s=StepTimeStats.of(m.step_times_s), warmup_s=m.warmup_s,
         loss_first=_finite_or_none(m.losses[0]), loss_last=_finite_or_none(m.losses[-1]),
         peak_memory_bytes=m.peak_memory_bytes, peak_memory_reserved_bytes=m.peak_memory_reserved_bytes,
         peak_memory_note=m.peak_memory_note, num_parameters=m.num_parameters,
-        extra={"ddp_applied": m.ddp_applied, "losses": [_finite_or_none(x) for x in m.losses]})
+        extra={"ddp_applied": m.ddp_applied, "losses": [_finite_or_none(x) for x in m.losses],
+               "step_times_s": list(m.step_times_s),
+               "gpu_utilization_series": telemetry[0].get("gpu_utilization_series") if telemetry and telemetry[0]
+               else None})
 
 
 def failed_result(spec: TrialSpec, ctx: TrialContext, *, status: Status, error: str,

@@ -67,6 +67,14 @@ class TrialResult:
     finished_at: str
     error: Optional[str] = None
     """What went wrong, for a trial whose status is not ok (the first line of the exception, by rank)."""
+    gpu: Optional[dict[str, Any]] = None
+    """GPU readings over the measured steps, combined over ranks (see metrics.combine_gpu); None without NVML,
+    with the reason in gpu_note."""
+    gpu_note: Optional[str] = None
+    cpu: Optional[dict[str, Any]] = None
+    """CPU utilization of the training processes (mean over ranks) and of the machine."""
+    mfu: Optional[dict[str, Any]] = None
+    """flops_per_token, achieved_tflops, peak_tflops_per_device, mfu (None when not trustworthy), warning."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -79,7 +87,9 @@ class TrialResult:
     @staticmethod
     def from_json_dict(data: dict[str, Any]) -> "TrialResult":
         known = {f.name for f in dataclasses.fields(TrialResult)}
-        missing = known - set(data) - {"error", "extra"}
+        required = {f.name for f in dataclasses.fields(TrialResult)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = required - set(data)
         if missing:
             raise ValueError(f"missing fields {sorted(missing)}")
         values = {k: v for k, v in data.items() if k in known}

@@ -25,18 +25,21 @@ from typing import Any, Optional
 
 import torch
 
-from trainer_tune.config import ConfigError, TuneConfig
+from trainer_tune.config import ConfigError, Precision, TuneConfig
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import fault_for
 from trainer_tune.flags import TrialFlags, export_flags
+from trainer_tune.flops import lookup_peak_tflops, transformer_flops_per_token
 from trainer_tune.journal import (
     JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, write_inflight)
 from trainer_tune.metrics import TrialContext, failed_result, result_from_window
+from trainer_tune.model import build_model, count_parameters
 from trainer_tune.plan import TrialSpec, build_plan, swept_flag_names
 from trainer_tune.recommend import Recommendation, decide
 from trainer_tune.results import Status, TrialResult, utc_now
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_recommendation
+from trainer_tune.telemetry import TelemetryProbe
 from trainer_tune.watchdog import Stall, Watchdog
 from trainer_tune.window import combine_ranks, measure_local
 
@@ -99,6 +102,8 @@ class _Sweep:
         self.journal_path = output_dir / JOURNAL_NAME
         self.swept = swept_flag_names(cfg)
         self._current: Optional[tuple[TrialSpec, TrialContext, str]] = None
+        self.flops_per_token, self.peak_tflops, self.peak_note = _flops_context(cfg, session.device)
+        self.probe = TelemetryProbe(cfg.telemetry, local_rank=self.rank_env.local_rank, device=session.device)
         self.watchdog: Optional[Watchdog] = None
         if cfg.watchdog.enabled:
             self.watchdog = Watchdog(cfg.watchdog, rank=self.rank_env.rank, hostname=self.rank_env.hostname,
@@ -109,7 +114,9 @@ class _Sweep:
         return TrialContext(model_name=self.cfg.model.name, seq_len=self.cfg.model.seq_len,
                             device=str(self.session.device), backend=self.session.backend,
                             num_warmup_steps=self.cfg.window.warmup_steps,
-                            num_measured_steps=self.cfg.window.measure_steps, label=spec.label(swept_flags=self.swept))
+                            num_measured_steps=self.cfg.window.measure_steps, label=spec.label(swept_flags=self.swept),
+                            flops_per_token=self.flops_per_token, peak_tflops_per_device=self.peak_tflops,
+                            peak_note=self.peak_note)
 
     # --- resume -------------------------------------------------------------------------------------
     def resume_state(self, plan: list[TrialSpec]) -> tuple[dict[str, TrialResult], dict[str, int]]:
@@ -172,13 +179,15 @@ class _Sweep:
         local = None
         outcome: dict[str, Any] = {"status": Status.ok.name}
         try:
-            local = measure_local(cfg=cfg, spec=spec, session=session, fault=fault,
+            local = measure_local(cfg=cfg, spec=spec, session=session, fault=fault, probe=self.probe,
                                   on_step=lambda _step, _measured: self.console.step_done(),
                                   heartbeat=self.watchdog.beat if self.watchdog else _ignore_beat)
         except Exception as exc:  # noqa: BLE001 - any failure of user or model code is a trial outcome
             outcome = _outcome_of(exc)
             log.warning("trial %d (%s) failed on %s: %s", spec.index, ctx.label, self.rank_env.describe(),
                         outcome["message"])
+        if local is not None:
+            outcome["telemetry"] = local.telemetry
         outcomes = session.exchange(_outcome_topic(spec, self.rank_env.restart_count), outcome)
         if self.watchdog is not None:
             self.watchdog.end_trial()
@@ -192,7 +201,8 @@ class _Sweep:
                                  extra={"tracebacks": {str(rank): o["traceback"] for rank, o in failures}})
         assert local is not None
         measurement = combine_ranks(local, session=session, seq_len=cfg.model.seq_len)
-        return result_from_window(spec, measurement, ctx, started_at=started_at, finished_at=finished_at)
+        return result_from_window(spec, measurement, ctx, started_at=started_at, finished_at=finished_at,
+                                  telemetry=[o.get("telemetry") for o in outcomes])
 
     def record(self, result: TrialResult) -> None:
         if self.rank_env.is_rank0:
@@ -236,6 +246,28 @@ class _Sweep:
     def close(self) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()
+        self.probe.close()
+
+
+def _flops_context(cfg: TuneConfig, device: torch.device) -> tuple[Optional[float], Optional[float], Optional[str]]:
+    """(training FLOPs per token, peak TFLOP/s of one device, why there is no peak) for MFU."""
+    with torch.device("meta"):
+        num_parameters = count_parameters(build_model(cfg.model))
+    # Position embeddings are a lookup, not a matmul; the token embedding is counted once, as the tied LM head.
+    flops_per_token = transformer_flops_per_token(
+        num_params_non_embedding=num_parameters - cfg.model.seq_len * cfg.model.d_model,
+        n_layers=cfg.model.n_layers, d_model=cfg.model.d_model, seq_len=cfg.model.seq_len)
+    if cfg.telemetry.peak_tflops is not None:
+        return flops_per_token, cfg.telemetry.peak_tflops, None
+    if device.type != "cuda":
+        return flops_per_token, None, (f"no peak TFLOP/s for a {device.type} device, so no MFU "
+                                       f"(telemetry.peak_tflops sets one)")
+    dtype = "bfloat16" if cfg.train.precision == Precision.bf16 else "float32"
+    peak, reason = lookup_peak_tflops(device_name=torch.cuda.get_device_name(device), dtype=dtype,
+                                      tf32=torch.backends.cuda.matmul.allow_tf32)
+    if reason is not None:
+        log.warning("MFU not computed: %s (telemetry.peak_tflops sets the peak)", reason)
+    return flops_per_token, peak, reason
 
 
 def _ignore_beat(_step: int, _micro_step: int) -> None:

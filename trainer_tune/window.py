@@ -15,7 +15,7 @@ import gc
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from trainer_tune.distributed import DistSession
 from trainer_tune.faults import NO_FAULT, FaultPlan
 from trainer_tune.model import build_model, count_parameters
 from trainer_tune.plan import TrialSpec
+from trainer_tune.telemetry import TelemetryProbe
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,8 @@ class LocalWindow:
     peak_memory_reserved_bytes: Optional[int]
     num_parameters: int
     ddp_applied: Optional[dict[str, object]]
+    telemetry: Optional[dict[str, Any]]
+    """This rank's TelemetryProbe readings over the measured steps; None without a probe."""
 
 
 def _no_heartbeat(_step: int, _micro_step: int) -> None:
@@ -190,7 +193,7 @@ def _no_heartbeat(_step: int, _micro_step: int) -> None:
 
 def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
                   on_step: Optional[StepCallback] = None, heartbeat: Heartbeat = _no_heartbeat,
-                  fault: FaultPlan = NO_FAULT) -> LocalWindow:
+                  fault: FaultPlan = NO_FAULT, probe: Optional[TelemetryProbe] = None) -> LocalWindow:
     """Run one trial on this rank. Raises what the model or the device raises; the caller records it.
 
     No collective besides DDP's own runs here, so a rank that fails can still meet the others in the
@@ -214,6 +217,8 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
         clock = _CudaEventClock() if device.type == "cuda" else _HostClock()
         losses: list[torch.Tensor] = []
         tokens = 0
+        if probe is not None:
+            probe.start()
         for step in range(cfg.window.measure_steps):
             clock.start()
             loss, step_tokens = trainer.step(cfg.window.warmup_steps + step)
@@ -222,7 +227,8 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
             tokens += step_tokens
             if on_step:
                 on_step(cfg.window.warmup_steps + step, True)
-        step_times_s = clock.read_s()
+        step_times_s = clock.read_s()  # synchronizes the device: the probe stops when the work has ended
+        telemetry = probe.stop(tokens=tokens) if probe is not None else None
         local_losses = torch.stack(losses).tolist()
     finally:
         del trainer
@@ -234,7 +240,7 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
         peak, reserved = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
     return LocalWindow(step_times_s=step_times_s, tokens=tokens, losses=local_losses, warmup_s=warmup_s,
                        peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, num_parameters=num_parameters,
-                       ddp_applied=ddp_applied)
+                       ddp_applied=ddp_applied, telemetry=telemetry)
 
 
 def combine_ranks(local: LocalWindow, *, session: DistSession, seq_len: int) -> WindowMeasurement:

@@ -15,7 +15,7 @@ from trainer_tune.config import ConfigError, TuneConfig, register_configs
 
 CONFIGS = REPO / "configs"
 GROUPS_IN_DEFAULTS = ["model", "data", "train", "window", "nsa", "ddp", "baseline", "recommend", "dist", "watchdog",
-                      "fault"]
+                      "fault", "telemetry", "wandb"]
 
 
 def _compose(overrides: list[str]) -> TuneConfig:
@@ -43,7 +43,7 @@ def test_every_option_composes_into_the_schema(group: str, option: str) -> None:
 
 DEFAULT_OPTIONS = {"model": "tiny", "data": "synthetic", "train": "default", "window": "default", "nsa": "default",
                    "ddp": "default", "baseline": "default", "recommend": "default", "dist": "default",
-                   "watchdog": "default", "fault": "none"}
+                   "watchdog": "default", "fault": "none", "telemetry": "default", "wandb": "default"}
 
 
 def test_config_yaml_picks_the_default_options() -> None:

@@ -78,24 +78,41 @@ class ConsoleSink:
         if not self.enabled:
             return
         table = Table(title="trainer_tune trials", title_justify="left")
-        for name, justify in (("#", "right"), ("setting", "left"), ("global batch", "right"),
-                              ("status", "left"), ("tokens/s", "right"), ("samples/s", "right"),
-                              ("step p50 s", "right"), ("step p90 s", "right"), ("peak memory", "right"),
-                              ("vs baseline", "right")):
+        # Columns for figures no trial measured (GPU utilization on a CPU, say) are left out, not shown as n/a.
+        has_gpu = any(r.gpu for r in results)
+        has_mfu = any(r.mfu and r.mfu.get("mfu") is not None for r in results)
+        columns = [("#", "right"), ("setting", "left"), ("global batch", "right"), ("status", "left"),
+                   ("tokens/s", "right"), ("samples/s", "right"), ("step p50 s", "right"), ("step p90 s", "right"),
+                   ("peak memory", "right")]
+        columns += [("GPU util %", "right"), ("J/token", "right")] if has_gpu else []
+        columns += [("MFU", "right")] if has_mfu else [("TFLOP/s", "right")]
+        columns += [("CPU %", "right"), ("vs baseline", "right")]
+        for name, justify in columns:
             table.add_column(name, justify=justify)  # type: ignore[arg-type]
         for r in sorted(results, key=lambda r: r.index):
             marks = (" (baseline)" if r.is_baseline else "") + \
                 (" *" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "")
             speedup = rec.speedup_by_key.get(r.trial_key)
-            table.add_row(
-                str(r.index), r.label + marks, str(r.global_batch_size),
-                r.status if r.ok else f"[red]{r.status}[/red]",
-                _number(r.tokens_per_s, ",.0f"), _number(r.samples_per_s, ",.1f"),
-                _number(r.step_time_s.median if r.step_time_s else None, ".4f"),
-                _number(r.step_time_s.p90 if r.step_time_s else None, ".4f"),
-                format_bytes(r.peak_memory_bytes),
-                "n/a" if speedup is None else f"{(speedup - 1) * 100:+.1f}%")
+            gpu, mfu, cpu = r.gpu or {}, r.mfu or {}, r.cpu or {}
+            cells = [str(r.index), r.label + marks, str(r.global_batch_size),
+                     r.status if r.ok else f"[red]{r.status}[/red]",
+                     _number(r.tokens_per_s, ",.0f"), _number(r.samples_per_s, ",.1f"),
+                     _number(r.step_time_s.median if r.step_time_s else None, ".4f"),
+                     _number(r.step_time_s.p90 if r.step_time_s else None, ".4f"),
+                     format_bytes(r.peak_memory_bytes if r.peak_memory_bytes is not None
+                                  else gpu.get("memory_used_peak_bytes"))]
+            if has_gpu:
+                cells += [_number(gpu.get("util_mean_pct"), ".0f"), _number(gpu.get("energy_j_per_token"), ".2e")]
+            cells += [_number(mfu.get("mfu") * 100 if mfu.get("mfu") is not None else None, ".1f") + "%"
+                      if has_mfu else _number(mfu.get("achieved_tflops"), ".3f")]
+            cells += [_number(cpu.get("process_pct_mean"), ".0f"),
+                      "n/a" if speedup is None else f"{(speedup - 1) * 100:+.1f}%"]
+            table.add_row(*cells)
         self.console.print(table)
+        notes = {r.gpu_note for r in results if r.gpu is None and r.gpu_note and r.ok}
+        notes |= {r.mfu["warning"] for r in results if r.mfu and r.mfu.get("warning")}
+        for note in sorted(notes):
+            self.console.print(f"note: {note}")
         if results and results[0].peak_memory_bytes is None and results[0].peak_memory_note:
             self.console.print(f"peak memory n/a: {results[0].peak_memory_note}")
         for reason in rec.reasons:
