@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+_WANDB_HOME = Path(tempfile.mkdtemp(prefix="trainer_tune_tests_wandb_"))
 
 
 def clean_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
@@ -20,6 +22,10 @@ def clean_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
            if not k.startswith(("NSA_", "TRAINER_TUNE_", "TORCHELASTIC_", "WANDB_"))
            and k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}}
     env["PYTHONUNBUFFERED"] = "1"
+    # wandb runs offline in tests (no account here); its caches go to one temporary folder, not $HOME.
+    env["WANDB_MODE"] = "offline"
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        env[name] = str(_WANDB_HOME / name.lower())
     env.update(extra or {})
     return env
 

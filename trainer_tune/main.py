@@ -27,6 +27,7 @@ from trainer_tune.plan import build_plan
 from trainer_tune.recommend import GO
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_config
+from trainer_tune.sinks.wandb_sink import WandbSink
 from trainer_tune.tune import run_sweep
 
 log = logging.getLogger("trainer_tune")
@@ -89,8 +90,11 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
             log.warning("train.max_memory_fraction=%s is ignored: it caps the CUDA allocator and the device is %s",
                         cfg.train.max_memory_fraction, session.device)
     try:
+        wandb_sink = WandbSink(cfg.wandb, enabled=rank_env.is_rank0, output_dir=output_dir, group=output_dir.name,
+                               config=OmegaConf.to_container(raw, resolve=True, enum_to_str=True))  # type: ignore[arg-type]
         outcome = run_sweep(cfg=cfg, session=session, output_dir=output_dir, base_flags=base_flags,
-                            console=ConsoleSink(enabled=rank_env.is_rank0), launch_hint=_launch_hint(rank_env))
+                            console=ConsoleSink(enabled=rank_env.is_rank0), launch_hint=_launch_hint(rank_env),
+                            wandb_sink=wandb_sink)
     except ConfigError as exc:
         session.close()
         _fail(str(exc), rank_env)

@@ -149,3 +149,38 @@ def failed_result(spec: TrialSpec, ctx: TrialContext, *, status: Status, error: 
         warmup_s=None, loss_first=None, loss_last=None, peak_memory_bytes=None,
         peak_memory_reserved_bytes=None, peak_memory_note="not measured: the trial did not finish",
         num_parameters=None, extra=extra or {})
+
+
+def step_history(result: TrialResult) -> list[dict[str, Any]]:
+    """Per measured step (slowest rank): step time, the tokens/s that step sustained, and the loss; then the
+    GPU utilization samples of rank 0 on their own time axis."""
+    times_s = result.extra.get("step_times_s") or []
+    losses = result.extra.get("losses") or []
+    rows: list[dict[str, Any]] = []
+    for step, time_s in enumerate(times_s):
+        row: dict[str, Any] = {"step": step, "train/step_time_s": time_s,
+                               "train/tokens_per_s": result.tokens_per_step / time_s}
+        if step < len(losses) and losses[step] is not None:
+            row["train/loss"] = losses[step]
+        rows.append(row)
+    for t_s, util_pct in result.extra.get("gpu_utilization_series") or []:
+        rows.append({"gpu_time_s": t_s, "gpu/util_pct": util_pct})
+    return rows
+
+
+def summary_figures(result: TrialResult) -> dict[str, Any]:
+    """The flat figures of one trial, as dashboards and tables show them (None where not measured)."""
+    gpu, mfu_info, cpu = result.gpu or {}, result.mfu or {}, result.cpu or {}
+    steps = result.step_time_s
+    return {
+        "index": result.index, "label": result.label, "status": result.status, "is_baseline": result.is_baseline,
+        "micro_batch_size": result.micro_batch_size, "grad_accum": result.grad_accum,
+        "global_batch_size": result.global_batch_size, "world_size": result.world_size,
+        "tokens_per_s": result.tokens_per_s, "samples_per_s": result.samples_per_s,
+        "step_time_s_median": steps.median if steps else None, "step_time_s_p90": steps.p90 if steps else None,
+        "peak_memory_bytes": result.peak_memory_bytes, "gpu_util_mean_pct": gpu.get("util_mean_pct"),
+        "gpu_memory_used_peak_bytes": gpu.get("memory_used_peak_bytes"), "gpu_power_mean_w": gpu.get("power_mean_w"),
+        "energy_j_per_token": gpu.get("energy_j_per_token"), "mfu": mfu_info.get("mfu"),
+        "achieved_tflops": mfu_info.get("achieved_tflops"), "cpu_process_pct_mean": cpu.get("process_pct_mean"),
+        "error": result.error,
+    }

@@ -39,6 +39,7 @@ from trainer_tune.recommend import Recommendation, decide
 from trainer_tune.results import Status, TrialResult, utc_now
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_recommendation
+from trainer_tune.sinks.wandb_sink import WandbSink
 from trainer_tune.telemetry import TelemetryProbe
 from trainer_tune.watchdog import Stall, Watchdog
 from trainer_tune.window import combine_ranks, measure_local
@@ -275,7 +276,7 @@ def _ignore_beat(_step: int, _micro_step: int) -> None:
 
 
 def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_flags: TrialFlags,
-              console: ConsoleSink, launch_hint: str) -> SweepOutcome:
+              console: ConsoleSink, launch_hint: str, wandb_sink: Optional[WandbSink] = None) -> SweepOutcome:
     plan = build_plan(cfg, world_size=session.rank_env.world_size, base_flags=base_flags,
                       device_type=session.device.type)
     sweep = _Sweep(cfg=cfg, session=session, output_dir=output_dir, console=console)
@@ -295,13 +296,17 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
             sweep.record(result)
             results.append(result)
             console.trial_finished(result, position=f"{spec.index + 1}/{len(plan)}")
+            if wandb_sink is not None:
+                wandb_sink.trial_finished(result)
     finally:
         console.sweep_finished()
         sweep.close()
 
     recommendation = decide(results, args=cfg.recommend)
     if session.rank_env.is_rank0:
-        write_recommendation(output_dir, recommendation, launch_hint=launch_hint)
+        written = write_recommendation(output_dir, recommendation, launch_hint=launch_hint)
+        if wandb_sink is not None:
+            wandb_sink.sweep_finished(results, recommendation, files=written)
     console.show(results, recommendation)
     return SweepOutcome(results=tuple(results), recommendation=recommendation,
                         num_measured=len(plan) - num_skipped, num_skipped=num_skipped)

@@ -16,7 +16,7 @@ RECOMMENDATION_YAML = "recommendation.yaml"
 CONFIG_YAML = "config.yaml"
 
 
-def write_recommendation(output_dir: Path, rec: Recommendation, *, launch_hint: str) -> None:
+def write_recommendation(output_dir: Path, rec: Recommendation, *, launch_hint: str) -> list[Path]:
     write_atomically(output_dir / RECOMMENDATION_JSON, json.dumps(rec.to_json_dict(), indent=2) + "\n")
     header = [f"# {rec.verdict}"]
     if rec.overrides:
@@ -26,6 +26,7 @@ def write_recommendation(output_dir: Path, rec: Recommendation, *, launch_hint: 
                             "environment": dict(rec.environment)}
     write_atomically(output_dir / RECOMMENDATION_YAML,
                      "\n".join(header) + "\n" + yaml.safe_dump(body, sort_keys=False))
+    return [output_dir / RECOMMENDATION_JSON, output_dir / RECOMMENDATION_YAML]
 
 
 def write_config(output_dir: Path, resolved_yaml: str, *, overrides: list[str]) -> None:

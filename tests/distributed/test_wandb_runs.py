@@ -1,0 +1,62 @@
+"""A real 2-rank sweep with wandb offline, read back from wandb's own transaction logs (no mocks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import read_jsonl, run_tune
+from trainer_tune.wandb_log import find_offline_run_files, summarize_wandb_run
+
+pytestmark = pytest.mark.slow
+
+
+def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    proc = run_tune(["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2,4]", "sweep.grad_accums=[1]",
+                     "wandb.project=tt-test", "wandb.tags=[ci]", f"hydra.run.dir={out}"], nproc=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = {t["index"]: t for t in read_jsonl(out / "trials.jsonl")}
+    rec = json.loads((out / "recommendation.json").read_text())
+
+    runs = [summarize_wandb_run(path) for path in find_offline_run_files(out / "wandb")]
+    by_type: dict[str, list] = {}
+    for run in runs:
+        by_type.setdefault(run.job_type, []).append(run)
+    assert sorted(by_type) == ["recommendation", "trial"]
+    assert len(by_type["trial"]) == len(trials) == 3 and len(by_type["recommendation"]) == 1
+    for run in runs:
+        assert run.project == "tt-test" and run.group == out.name and run.tags == ("ci",)
+        assert run.exit_code == 0
+
+    for run in by_type["trial"]:
+        trial = trials[run.config["trial"]["index"]]
+        assert run.summary["tokens_per_s"] == pytest.approx(trial["tokens_per_s"])
+        assert run.summary["status"] == trial["status"] and run.summary["label"] == trial["label"]
+        assert run.config["trial"]["micro_batch_size"] == trial["micro_batch_size"]
+        assert run.config["tune"]["window"]["measure_steps"] == 4
+        steps = [row for row in run.history if "train/step_time_s" in row]
+        assert [row["step"] for row in steps] == [0, 1, 2, 3]
+        assert [row["train/step_time_s"] for row in steps] == pytest.approx(trial["extra"]["step_times_s"])
+        assert run.defined_metrics["train/tokens_per_s"]["stepMetric"] == "step"
+
+    (recommendation,) = by_type["recommendation"]
+    assert recommendation.summary["decision"] == rec["decision"]
+    assert recommendation.summary["verdict"] == rec["verdict"]
+    assert recommendation.summary["num_trials"] == 3
+    assert f"recommendation:recommendation-{out.name}" in recommendation.artifacts
+    assert any(name.startswith("run_table:") for name in recommendation.artifacts)
+
+    # Nothing we wrote holds a credential.
+    for path in out.rglob("*"):
+        if path.is_file() and "wandb" not in path.parts:
+            assert "WANDB_API_KEY" not in path.read_text(errors="ignore")
+
+
+def test_wandb_off(tmp_path: Path) -> None:
+    out = tmp_path / "off"
+    proc = run_tune(["window=quick", "wandb=off", f"hydra.run.dir={out}"], nproc=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (out / "wandb").exists()

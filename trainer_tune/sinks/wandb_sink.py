@@ -1,0 +1,120 @@
+"""Weights & Biases: one run per trial and one recommendation run per sweep, all in one group.
+
+Rank 0 only, after each trial's window has ended (never inside a measurement), with figures already
+combined over ranks. With no credentials configured the runs are written offline under
+`<output dir>/wandb/` for `wandb sync` to upload later. A wandb failure is logged and turns this sink off;
+it never costs the sweep. No credential is ever written by us: wandb reads its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from trainer_tune.config import WandbArgs, WandbMode
+from trainer_tune.metrics import step_history, summary_figures
+from trainer_tune.recommend import Recommendation
+from trainer_tune.results import TrialResult
+
+log = logging.getLogger(__name__)
+
+
+def _has_netrc_login(environ: Mapping[str, str]) -> bool:
+    path = Path(environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return any("wandb" in host for host in netrc.netrc(path).hosts)
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_mode(args: WandbArgs, environ: Mapping[str, str]) -> str:
+    """online | offline: the config says, else WANDB_MODE, else online only when credentials exist."""
+    if args.mode != WandbMode.auto:
+        return args.mode.value
+    if environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
+        return environ["WANDB_MODE"]
+    return "online" if environ.get("WANDB_API_KEY") or _has_netrc_login(environ) else "offline"
+
+
+class WandbSink:
+    def __init__(self, args: WandbArgs, *, enabled: bool, output_dir: Path, group: str,
+                 config: dict[str, Any]) -> None:
+        self.args, self.output_dir, self.group, self.config = args, output_dir, group, config
+        self.enabled = enabled and args.enabled
+        self.mode = resolve_mode(args, os.environ)
+        self._wandb: Any = None
+        if self.enabled:
+            try:
+                import wandb  # imported here: a run with wandb off never pays for the import
+                self._wandb = wandb
+            except ImportError as exc:
+                self._disable(f"wandb cannot be imported ({exc})")
+
+    def _disable(self, why: str) -> None:
+        log.warning("wandb logging off for the rest of the sweep: %s", why)
+        self.enabled = False
+
+    def _init(self, *, job_type: str, name: str, config: dict[str, Any]) -> Any:
+        return self._wandb.init(
+            project=self.args.project, entity=self.args.entity, group=self.group, job_type=job_type, name=name,
+            tags=list(self.args.tags), config=config, dir=str(self.output_dir), mode=self.mode,
+            reinit="create_new", settings=self._wandb.Settings(console="off", silent=True))
+
+    def trial_finished(self, result: TrialResult) -> None:
+        if not self.enabled:
+            return
+        try:
+            run = self._init(job_type="trial", name=f"trial-{result.index} {result.label}",
+                             config={"trial": {"index": result.index, "label": result.label,
+                                               "micro_batch_size": result.micro_batch_size,
+                                               "grad_accum": result.grad_accum,
+                                               "global_batch_size": result.global_batch_size,
+                                               "world_size": result.world_size, "flags": result.flags,
+                                               "is_baseline": result.is_baseline},
+                                     "tune": self.config})
+            # Step-indexed history for the per-step charts; GPU samples on their own time axis.
+            run.define_metric("step")
+            run.define_metric("train/*", step_metric="step")
+            run.define_metric("gpu_time_s")
+            run.define_metric("gpu/*", step_metric="gpu_time_s")
+            run.define_metric("train/tokens_per_s", step_metric="step", summary="mean")
+            for row in step_history(result):
+                run.log(row)
+            run.summary.update(summary_figures(result))
+            run.finish()
+        except Exception as exc:  # noqa: BLE001 - wandb must never end a sweep
+            self._disable(f"logging trial {result.index} failed: {exc}")
+
+    def sweep_finished(self, results: Sequence[TrialResult], rec: Recommendation, *,
+                       files: Sequence[Path]) -> None:
+        if not self.enabled:
+            return
+        wandb = self._wandb
+        try:
+            run = self._init(job_type="recommendation", name="recommendation", config={"tune": self.config})
+            rows = [summary_figures(r) | {"speedup_vs_baseline": rec.speedup_by_key.get(r.trial_key)}
+                    for r in sorted(results, key=lambda r: r.index)]
+            columns = sorted({key for row in rows for key in row})
+            table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
+            charts = {"trials": table,
+                      "tokens_per_s_by_setting": wandb.plot.bar(table, "label", "tokens_per_s",
+                                                                title="tokens/s per setting")}
+            if any(row.get("gpu_util_mean_pct") is not None for row in rows):
+                charts["gpu_util_by_setting"] = wandb.plot.bar(table, "label", "gpu_util_mean_pct",
+                                                               title="GPU utilization % per setting")
+            run.log(charts)
+            run.summary.update({"decision": rec.decision, "verdict": rec.verdict, "speedup": rec.speedup,
+                                "min_speedup": rec.min_speedup, "reasons": list(rec.reasons),
+                                "chosen": rec.chosen.label if rec.chosen else None,
+                                "chosen_tokens_per_s": rec.chosen.tokens_per_s if rec.chosen else None,
+                                "num_trials": rec.num_trials, "num_failed": rec.num_failed})
+            artifact = wandb.Artifact(f"recommendation-{self.group}", type="recommendation")
+            for path in files:
+                artifact.add_file(str(path))
+            run.log_artifact(artifact)
+            run.finish()
+        except Exception as exc:  # noqa: BLE001 - wandb must never end a sweep
+            self._disable(f"logging the recommendation failed: {exc}")
