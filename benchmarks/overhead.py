@@ -21,18 +21,20 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer_tune.config import DistArgs, TuneConfig
+from trainer_tune.config import DistArgs, TelemetryArgs, TuneConfig
 from trainer_tune.data import build_batches
 from trainer_tune.distributed import DistSession, RankEnv
 from trainer_tune.flags import TrialFlags
 from trainer_tune.metrics import TrialContext, result_from_window
 from trainer_tune.model import build_model
 from trainer_tune.plan import build_plan
+from trainer_tune.telemetry import TelemetryProbe
 from trainer_tune.window import combine_ranks, measure_local
 
 
@@ -70,7 +72,7 @@ def _bare_tokens_per_s(cfg: TuneConfig, session: DistSession, *, steps: int) -> 
     return tokens / elapsed_s
 
 
-def _ours(cfg: TuneConfig, session: DistSession) -> tuple[float, float]:
+def _ours(cfg: TuneConfig, session: DistSession, probe: Optional[TelemetryProbe]) -> tuple[float, float]:
     """(tokens/s as trainer_tune reports it, tokens/s over the window loop's outside wall time)."""
     (spec,) = build_plan(cfg, world_size=session.rank_env.world_size, base_flags=TrialFlags(),
                          device_type=session.device.type)
@@ -89,7 +91,7 @@ def _ours(cfg: TuneConfig, session: DistSession) -> tuple[float, float]:
         if step == cfg.window.warmup_steps + cfg.window.measure_steps - 1:
             measured_end.append(time.perf_counter())
 
-    local = measure_local(cfg=cfg, spec=spec, session=session, on_step=on_step)
+    local = measure_local(cfg=cfg, spec=spec, session=session, on_step=on_step, probe=probe)
     wall_s, = session.max_over_ranks([measured_end[0] - measured_start[0]])
     result = result_from_window(spec, combine_ranks(local, session=session, seq_len=cfg.model.seq_len), ctx,
                                 started_at="", finished_at="")
@@ -104,12 +106,16 @@ def worker(args: argparse.Namespace) -> None:
     cfg.train.micro_batch_size, cfg.train.grad_accum = args.micro_batch_size, args.grad_accum
     cfg.baseline.micro_batch_size, cfg.baseline.grad_accum = args.micro_batch_size, args.grad_accum
     cfg.window.warmup_steps, cfg.window.measure_steps = 3, args.steps
+    # The probe samples the GPU through NVML at 10 Hz during measured steps, as a sweep does; without a driver
+    # only the CPU meter runs. --no-telemetry measures the window without it.
+    probe = None if args.no_telemetry else TelemetryProbe(TelemetryArgs(), local_rank=rank_env.local_rank,
+                                                          device=session.device)
     reported, wall, bare = [], [], []
     for repeat in range(args.repeats):
         order = ("ours", "bare") if repeat % 2 == 0 else ("bare", "ours")
         for side in order:
             if side == "ours":
-                r, w = _ours(cfg, session)
+                r, w = _ours(cfg, session, probe)
                 reported.append(r)
                 wall.append(w)
             else:
@@ -119,7 +125,8 @@ def worker(args: argparse.Namespace) -> None:
         ratio_wall = statistics.median(a / b for a, b in zip(wall, bare))
         print(f"model {cfg.model.name}, world size {rank_env.world_size}, device {session.device}, "
               f"micro_batch_size {args.micro_batch_size} x grad_accum {args.grad_accum}, "
-              f"{args.steps} steps x {args.repeats} repeats")
+              f"{args.steps} steps x {args.repeats} repeats, telemetry "
+              f"{'off' if probe is None else 'on (GPU sampling ' + ('on' if probe.gpu_off_reason is None else 'off: ' + probe.gpu_off_reason) + ')'}")
         print(f"bare DDP loop      tokens/s median {statistics.median(bare):,.0f}  "
               f"(min {min(bare):,.0f}, max {max(bare):,.0f})")
         print(f"trainer_tune       tokens/s median {statistics.median(reported):,.0f}  (as reported)")
@@ -136,6 +143,7 @@ def main() -> None:
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--no-telemetry", action="store_true", help="measure the window without the telemetry probe")
     args = parser.parse_args()
     if "RANK" in os.environ or args.nproc == 1:
         worker(args)
