@@ -167,11 +167,25 @@ class WindowArgs:
     warmup_steps: int = 3
     """Steps run first and not counted (allocator, autotuning, caches)."""
     measure_steps: int = 10
-    """Steps timed and counted."""
+    """Steps timed and counted: all of them with target_rel_ci=null, else the minimum."""
+    target_rel_ci: Optional[float] = 0.02
+    """Keep measuring until the 95% interval of tokens/s is within +-this share of it (block bootstrap over
+    the slowest rank's step times), or a cap is reached; null: exactly measure_steps."""
+    max_measure_steps: int = 200
+    max_measure_s: float = 3.0
+    """Cap on measured time per trial, so a sweep's length stays predictable on noisy machines."""
+    check_every_steps: int = 5
+    """How often the ranks agree on the interval (one small all-reduce, outside the timed steps)."""
 
     def __post_init__(self) -> None:
         require_int_at_least("window.warmup_steps", self.warmup_steps, 0)
         require_int_at_least("window.measure_steps", self.measure_steps, 2)
+        require_int_at_least("window.check_every_steps", self.check_every_steps, 1)
+        require_int_at_least("window.max_measure_steps", self.max_measure_steps, self.measure_steps)
+        require(self.max_measure_s > 0, key="window.max_measure_s", value=self.max_measure_s, allowed="seconds > 0")
+        if self.target_rel_ci is not None:
+            require(0 < self.target_rel_ci < 1, key="window.target_rel_ci", value=self.target_rel_ci,
+                    allowed="a share in (0, 1), e.g. 0.02 for +-2%, or null for a fixed window")
 
 
 @dataclass
@@ -216,11 +230,20 @@ class BaselineArgs:
 @dataclass
 class RecommendArgs:
     min_speedup: float = 1.05
-    """GO only when the best setting's tokens/s is at least this multiple of the baseline's."""
+    """GO only when the lower end of the 95% interval of best tokens/s over baseline tokens/s reaches this."""
     fail_on_no_go: bool = False
     """Exit with code 3 on NO-GO (for CI gates); otherwise a finished sweep exits 0."""
+    max_memory_fraction: float = 0.9
+    """A setting whose peak memory exceeds this share of the device is never recommended (CUDA only)."""
+    target_tokens_per_s: Optional[float] = None
+    """GO also needs at least this many tokens/s, when set."""
 
     def __post_init__(self) -> None:
+        require(0 < self.max_memory_fraction <= 1, key="recommend.max_memory_fraction",
+                value=self.max_memory_fraction, allowed="a share of the device in (0, 1]")
+        if self.target_tokens_per_s is not None:
+            require(self.target_tokens_per_s > 0, key="recommend.target_tokens_per_s",
+                    value=self.target_tokens_per_s, allowed="tokens/s > 0, or null")
         require(self.min_speedup > 0, key="recommend.min_speedup", value=self.min_speedup,
                 allowed="a number > 0 (1.05 means at least 5% faster)")
 

@@ -13,7 +13,7 @@ from trainer_tune.flags import flags_to_environ
 from trainer_tune.flops import mfu
 from trainer_tune.plan import TrialSpec
 from trainer_tune.results import Status, TrialResult
-from trainer_tune.stats import StepTimeStats, throughput_per_s
+from trainer_tune.stats import StepTimeStats, count_outliers, throughput_ci, throughput_per_s
 from trainer_tune.window import WindowMeasurement
 
 
@@ -33,6 +33,8 @@ class TrialContext:
     peak_tflops_per_device: Optional[float] = None
     peak_note: Optional[str] = None
     """Why there is no peak (so no MFU), e.g. an unknown device."""
+    device_memory_bytes: Optional[int] = None
+    """Total memory of one device (CUDA), for recommend.max_memory_fraction."""
 
 
 def _finite_or_none(value: float) -> Optional[float]:
@@ -116,6 +118,10 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
     if m.tokens != expected_tokens:
         raise AssertionError(f"counted {m.tokens} tokens, the plan implies {expected_tokens}")
     tokens_per_s = throughput_per_s(m.tokens, m.measured_s)
+    # The bootstrap runs over the per-step slowest times; its relative interval is applied to the reported
+    # figure (which divides by the slowest rank's total, see docs/measurement.md).
+    per_step_rate = len(m.step_times_s) / math.fsum(m.step_times_s)
+    low, high = throughput_ci(m.step_times_s, amount_per_step=1.0)
     gpu, gpu_note, cpu = None, "not sampled", None
     if telemetry and all(t is not None for t in telemetry):
         gpu, gpu_note = combine_gpu([t["gpu"] for t in telemetry], tokens=m.tokens)  # type: ignore[index]
@@ -125,8 +131,11 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
             gpu["num_alloc_retries"] = sum(a["num_alloc_retries"] for a in allocator)  # type: ignore[index]
             gpu["num_ooms"] = sum(a["num_ooms"] for a in allocator)  # type: ignore[index]
     return TrialResult(
-        **_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at),
+        **(_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at)
+           | {"num_measured_steps": len(m.step_times_s)}),
         status=status.name, error=error, gpu=gpu, gpu_note=gpu_note, cpu=cpu,
+        tokens_per_s_ci95=[tokens_per_s * low / per_step_rate, tokens_per_s * high / per_step_rate],
+        window_stop=m.stop_reason, num_outlier_steps=count_outliers(m.step_times_s),
         mfu=mfu_figures(ctx, tokens_per_s=tokens_per_s, world_size=spec.world_size),
         tokens_per_s=tokens_per_s,
         samples_per_s=throughput_per_s(m.samples, m.measured_s), measured_s=m.measured_s,
@@ -134,7 +143,7 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         loss_first=_finite_or_none(m.losses[0]), loss_last=_finite_or_none(m.losses[-1]),
         peak_memory_bytes=m.peak_memory_bytes, peak_memory_reserved_bytes=m.peak_memory_reserved_bytes,
         peak_memory_note=m.peak_memory_note, num_parameters=m.num_parameters,
-        extra={"ddp_applied": m.ddp_applied, "losses": [_finite_or_none(x) for x in m.losses],
+        extra={"ddp_applied": m.ddp_applied, "device_memory_bytes": ctx.device_memory_bytes, "losses": [_finite_or_none(x) for x in m.losses],
                "step_times_s": list(m.step_times_s),
                "gpu_utilization_series": telemetry[0].get("gpu_utilization_series") if telemetry and telemetry[0]
                else None})

@@ -7,12 +7,14 @@ listed, including what a switch would change besides speed (the global batch siz
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from trainer_tune.config import RecommendArgs
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides, format_flag
 from trainer_tune.results import TrialResult
+from trainer_tune.stats import ratio_ci
 
 GO = "GO"
 NO_GO = "NO-GO"
@@ -28,6 +30,8 @@ class Recommendation:
     baseline: Optional[TrialResult]
     speedup: Optional[float]
     """best tokens/s over baseline tokens/s; None when either is missing."""
+    speedup_ci95: Optional[tuple[float, float]]
+    """95% interval of the speedup (independent block bootstraps of both windows); None without step times."""
     min_speedup: float
     reasons: tuple[str, ...]
     verdict: str
@@ -44,6 +48,7 @@ class Recommendation:
             return None if result is None else result.to_json_dict()
 
         return {"decision": self.decision, "verdict": self.verdict, "speedup": self.speedup,
+                "speedup_ci95": list(self.speedup_ci95) if self.speedup_ci95 else None,
                 "min_speedup": self.min_speedup, "reasons": list(self.reasons), "chosen": trial(self.chosen),
                 "best": trial(self.best), "baseline": trial(self.baseline), "overrides": list(self.overrides),
                 "environment": self.environment, "num_trials": self.num_trials, "num_failed": self.num_failed,
@@ -64,23 +69,72 @@ def _percent(speedup: float) -> str:
     return f"{(speedup - 1.0) * 100:+.1f}%"
 
 
+def _speedup_interval(a: TrialResult, b: TrialResult) -> Optional[tuple[float, float]]:
+    """95% interval of tokens/s(a) / tokens/s(b), or None when either lacks its step times (old journals)."""
+    times_a, times_b = a.extra.get("step_times_s") or [], b.extra.get("step_times_s") or []
+    if len(times_a) < 2 or len(times_b) < 2:
+        return None
+    low, high = ratio_ci(times_a, times_b, amount_a=a.tokens_per_step, amount_b=b.tokens_per_step)
+    # The bootstrap works on per-step slowest times; centre its relative interval on the reported ratio.
+    per_step = (a.tokens_per_step * len(times_a) / math.fsum(times_a)) / \
+        (b.tokens_per_step * len(times_b) / math.fsum(times_b))
+    point = a.tokens_per_s / b.tokens_per_s  # type: ignore[operator]
+    return low * point / per_step, high * point / per_step
+
+
+def _bounds(result: TrialResult) -> tuple[float, float]:
+    if result.tokens_per_s_ci95 is not None:
+        return result.tokens_per_s_ci95[0], result.tokens_per_s_ci95[1]
+    return result.tokens_per_s, result.tokens_per_s  # type: ignore[return-value]
+
+
+def _memory_bytes(result: TrialResult) -> Optional[int]:
+    if result.peak_memory_reserved_bytes is not None:
+        return result.peak_memory_reserved_bytes
+    return (result.gpu or {}).get("memory_used_peak_bytes")
+
+
+def _ci_text(interval: Optional[tuple[float, float]]) -> str:
+    return "" if interval is None else f", 95% CI {_percent(interval[0])} to {_percent(interval[1])}"
+
+
 def decide(results: Sequence[TrialResult], *, args: RecommendArgs) -> Recommendation:
     baseline = next((r for r in results if r.is_baseline), None)
     finished = [r for r in results if r.ok and r.tokens_per_s is not None]
     failed = [r for r in results if not r.ok]
-    # Ties in tokens/s go to the smaller global batch, then the smaller micro-batch (less memory).
-    best = max(finished, key=lambda r: (r.tokens_per_s, -r.global_batch_size, -r.micro_batch_size),
-               default=None)
     reasons: list[str] = []
     if failed:
         listed = ", ".join(f"{r.label} ({r.status})" for r in failed)
         reasons.append(f"{len(failed)} of {len(results)} settings did not finish cleanly and cannot be "
                        f"recommended: {listed}")
+    candidates = []
+    for r in finished:
+        memory, device_memory = _memory_bytes(r), r.extra.get("device_memory_bytes")
+        if memory is not None and device_memory and memory > args.max_memory_fraction * device_memory:
+            reasons.append(f"{r.label} is excluded: its peak memory is {memory / device_memory:.0%} of the device, "
+                           f"above recommend.max_memory_fraction={args.max_memory_fraction:g}")
+        else:
+            candidates.append(r)
+
+    fastest = max(candidates, key=lambda r: r.tokens_per_s, default=None)  # type: ignore[arg-type,return-value]
+    best = fastest
+    if fastest is not None:
+        # Settings whose interval reaches the fastest one's are a tie: measurement cannot order them. Break
+        # toward the baseline's global batch (a different one changes optimisation), then less memory.
+        floor = _bounds(fastest)[0]
+        tied = [r for r in candidates if _bounds(r)[1] >= floor]
+        base_batch = baseline.global_batch_size if baseline is not None else None
+        best = min(tied, key=lambda r: (r.global_batch_size != base_batch, _memory_bytes(r) or 0,
+                                        r.global_batch_size, r.micro_batch_size, -r.tokens_per_s))  # type: ignore
+        if len(tied) > 1:
+            reasons.append(f"within noise of the fastest ({fastest.label}): {', '.join(r.label for r in tied)}; "
+                           f"the tie goes to {best.label} (the baseline's global batch first, then less memory)")
 
     speedup: Optional[float] = None
+    speedup_interval: Optional[tuple[float, float]] = None
     if best is None:
         decision, chosen = NO_GO, (baseline if baseline is not None and baseline.ok else None)
-        reasons.insert(0, "no setting finished cleanly, so there is nothing to recommend")
+        reasons.insert(0, "no setting finished cleanly within the memory limit, so there is nothing to recommend")
         verdict = f"{NO_GO}: no setting finished cleanly"
     elif baseline is None or not baseline.ok:
         decision, chosen = GO, best
@@ -88,27 +142,37 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs) -> Recommenda
         reasons.insert(0, f"the baseline {state}; the fastest setting that runs is {best.label} at "
                           f"{best.tokens_per_s:,.0f} tokens/s")
         verdict = f"{GO}: {_setting(best, against=baseline)} (baseline {state})"
+    elif best.trial_key == baseline.trial_key:
+        speedup = 1.0
+        decision, chosen = NO_GO, baseline
+        reasons.insert(0, f"the baseline {baseline.label} is already the fastest setting measured, or within "
+                          f"noise of it ({baseline.tokens_per_s:,.0f} tokens/s)")
+        verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (fastest measured)"
     else:
         speedup = best.tokens_per_s / baseline.tokens_per_s  # type: ignore[operator]
-        if best.trial_key == baseline.trial_key:
-            decision, chosen = NO_GO, baseline
-            reasons.insert(0, f"the baseline {baseline.label} is already the fastest setting measured "
-                              f"({baseline.tokens_per_s:,.0f} tokens/s)")
-            verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (fastest measured)"
-        elif speedup >= args.min_speedup:
+        speedup_interval = _speedup_interval(best, baseline)
+        lower = speedup_interval[0] if speedup_interval is not None else speedup
+        shortfalls = []
+        if lower < args.min_speedup:
+            shortfalls.append(f"the lower end of its speedup ({_percent(lower)}) is below the required "
+                              f"{_percent(args.min_speedup)} (recommend.min_speedup={args.min_speedup:g})")
+        if args.target_tokens_per_s is not None and best.tokens_per_s < args.target_tokens_per_s:  # type: ignore
+            shortfalls.append(f"{best.tokens_per_s:,.0f} tokens/s is below recommend.target_tokens_per_s="
+                              f"{args.target_tokens_per_s:,.0f}")
+        measured = (f"{best.label} reaches {best.tokens_per_s:,.0f} tokens/s vs {baseline.tokens_per_s:,.0f} for the "
+                    f"baseline {baseline.label}: {_percent(speedup)}{_ci_text(speedup_interval)}")
+        if not shortfalls:
             decision, chosen = GO, best
-            reasons.insert(0, f"{best.label} reaches {best.tokens_per_s:,.0f} tokens/s vs "
-                              f"{baseline.tokens_per_s:,.0f} for the baseline {baseline.label}: {_percent(speedup)}, "
-                              f"at least the required {_percent(args.min_speedup)} (recommend.min_speedup)")
+            reasons.insert(0, f"{measured}; at least the required {_percent(args.min_speedup)} even at the "
+                              f"interval's lower end" if speedup_interval else
+                           f"{measured}, at least the required {_percent(args.min_speedup)} (recommend.min_speedup)")
             verdict = (f"{GO}: {_setting(best, against=baseline)} ({_percent(speedup)} tokens/s vs baseline "
-                       f"{baseline.label})")
+                       f"{baseline.label}{_ci_text(speedup_interval)})")
         else:
             decision, chosen = NO_GO, baseline
-            reasons.insert(0, f"the fastest setting {best.label} is {_percent(speedup)} vs the baseline "
-                              f"{baseline.label}; a switch needs at least {_percent(args.min_speedup)} "
-                              f"(recommend.min_speedup={args.min_speedup:g})")
+            reasons.insert(0, f"{measured}; but " + "; and ".join(shortfalls))
             verdict = (f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (best {best.label} is "
-                       f"{_percent(speedup)} tokens/s, needs {_percent(args.min_speedup)})")
+                       f"{_percent(speedup)} tokens/s{_ci_text(speedup_interval)}, needs {_percent(args.min_speedup)})")
 
     if decision == GO and chosen is not None and baseline is not None \
             and chosen.global_batch_size != baseline.global_batch_size:
@@ -127,7 +191,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs) -> Recommenda
     if baseline is not None and baseline.ok and baseline.tokens_per_s:
         speedup_by_key = {r.trial_key: r.tokens_per_s / baseline.tokens_per_s  # type: ignore[operator]
                           for r in finished}
-    return Recommendation(decision=decision, speedup_by_key=speedup_by_key, chosen=chosen, best=best, baseline=baseline, speedup=speedup,
+    return Recommendation(decision=decision, speedup_by_key=speedup_by_key, speedup_ci95=speedup_interval, chosen=chosen, best=best, baseline=baseline, speedup=speedup,
                           min_speedup=args.min_speedup, reasons=tuple(reasons), verdict=verdict,
                           overrides=overrides, environment=environment, num_trials=len(results),
                           num_failed=len(failed))

@@ -67,6 +67,12 @@ class TrialResult:
     finished_at: str
     error: Optional[str] = None
     """What went wrong, for a trial whose status is not ok (the first line of the exception, by rank)."""
+    tokens_per_s_ci95: Optional[list[float]] = None
+    """[low, high] 95% interval of tokens_per_s: block bootstrap over the measured steps."""
+    window_stop: Optional[str] = None
+    """Why the measured steps ended (interval reached, a cap, or a fixed window)."""
+    num_outlier_steps: Optional[int] = None
+    """Measured steps slower than median + 5 MAD: counted in every figure, shown here, never dropped."""
     gpu: Optional[dict[str, Any]] = None
     """GPU readings over the measured steps, combined over ranks (see metrics.combine_gpu); None without NVML,
     with the reason in gpu_note."""
@@ -75,6 +81,10 @@ class TrialResult:
     """CPU utilization of the training processes (mean over ranks) and of the machine."""
     mfu: Optional[dict[str, Any]] = None
     """flops_per_token, achieved_tflops, peak_tflops_per_device, mfu (None when not trustworthy), warning."""
+    comm: Optional[dict[str, Any]] = None
+    """Compute vs communication split (see window.measure_comm_split): step_time_sync_s and
+    step_time_no_sync_s (medians), exposed_comm_s (their difference) and exposed_comm_fraction (its share of
+    the synced step). Exposed means not hidden behind backward compute. None when not measured (one rank)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

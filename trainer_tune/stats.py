@@ -7,6 +7,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 
 def quantile(values: Sequence[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default), for 0 <= q <= 1."""
@@ -44,3 +46,61 @@ def throughput_per_s(amount: int, elapsed_s: float) -> float:
     if not elapsed_s > 0:
         raise ValueError(f"throughput over a window of {elapsed_s} s")
     return amount / elapsed_s
+
+
+def _block_indices(n: int, *, resamples: int, block_len: int, rng: np.random.Generator) -> np.ndarray:
+    """Moving-block bootstrap indices: consecutive runs of `block_len` steps, drawn with replacement and
+    cut to n. Blocks keep the correlation between neighbouring steps (allocator and cache effects, a
+    periodic slow step), which an i.i.d. bootstrap would ignore and so report too narrow an interval."""
+    block_len = min(block_len, n)
+    num_blocks = math.ceil(n / block_len)
+    starts = rng.integers(0, n - block_len + 1, size=(resamples, num_blocks))
+    return (starts[:, :, None] + np.arange(block_len)).reshape(resamples, -1)[:, :n]
+
+
+def default_block_len(n: int) -> int:
+    return max(1, round(n ** (1 / 3)))
+
+
+def bootstrap_rates(times_s: Sequence[float], *, amount_per_step: float, resamples: int = 2000,
+                    seed: int = 0) -> np.ndarray:
+    """Bootstrap distribution of amount_per_step x n / (sum of n resampled step times)."""
+    times = np.asarray(times_s, dtype=float)
+    if len(times) < 2:
+        raise ValueError("a bootstrap needs at least 2 steps")
+    rng = np.random.default_rng(seed)
+    idx = _block_indices(len(times), resamples=resamples, block_len=default_block_len(len(times)), rng=rng)
+    return amount_per_step * len(times) / times[idx].sum(axis=1)
+
+
+def interval(samples: np.ndarray, *, confidence: float = 0.95) -> tuple[float, float]:
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(samples, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def throughput_ci(times_s: Sequence[float], *, amount_per_step: float, confidence: float = 0.95,
+                  seed: int = 0) -> tuple[float, float]:
+    """Confidence interval of the sustained rate over these steps (percentile block bootstrap)."""
+    return interval(bootstrap_rates(times_s, amount_per_step=amount_per_step, seed=seed), confidence=confidence)
+
+
+def relative_half_width(low: float, high: float, estimate: float) -> float:
+    return (high - low) / 2.0 / estimate
+
+
+def ratio_ci(times_a_s: Sequence[float], times_b_s: Sequence[float], *, amount_a: float, amount_b: float,
+             confidence: float = 0.95) -> tuple[float, float]:
+    """Interval of rate(a) / rate(b) for two independent windows (bootstrapped separately, then paired)."""
+    rates_a = bootstrap_rates(times_a_s, amount_per_step=amount_a, seed=1)
+    rates_b = bootstrap_rates(times_b_s, amount_per_step=amount_b, seed=2)
+    return interval(rates_a / rates_b, confidence=confidence)
+
+
+def count_outliers(times_s: Sequence[float]) -> int:
+    """Steps slower than median + 5 x MAD (scaled to a normal sigma): counted and shown, never dropped."""
+    median = statistics.median(times_s)
+    mad = statistics.median(abs(t - median) for t in times_s) * 1.4826
+    if mad == 0:
+        return 0
+    return sum(t > median + 5 * mad for t in times_s)

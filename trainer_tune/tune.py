@@ -117,7 +117,9 @@ class _Sweep:
                             num_warmup_steps=self.cfg.window.warmup_steps,
                             num_measured_steps=self.cfg.window.measure_steps, label=spec.label(swept_flags=self.swept),
                             flops_per_token=self.flops_per_token, peak_tflops_per_device=self.peak_tflops,
-                            peak_note=self.peak_note)
+                            peak_note=self.peak_note,
+                            device_memory_bytes=(torch.cuda.get_device_properties(self.session.device).total_memory
+                                                 if self.session.device.type == "cuda" else None))
 
     # --- resume -------------------------------------------------------------------------------------
     def resume_state(self, plan: list[TrialSpec]) -> tuple[dict[str, TrialResult], dict[str, int]]:

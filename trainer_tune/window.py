@@ -15,19 +15,20 @@ import gc
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer_tune.config import Precision, TuneConfig
+from trainer_tune.config import Precision, TuneConfig, WindowArgs
 from trainer_tune.data import build_batches
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import NO_FAULT, FaultPlan
 from trainer_tune.model import build_model, count_parameters
 from trainer_tune.plan import TrialSpec
+from trainer_tune.stats import relative_half_width, throughput_ci
 from trainer_tune.telemetry import TelemetryProbe
 
 
@@ -52,6 +53,7 @@ class WindowMeasurement:
     num_parameters: int
     ddp_applied: Optional[dict[str, object]]
     """DDP's own record of static_graph, find_unused_parameters and bucket size; None without DDP."""
+    stop_reason: str = ""
 
 
 StepCallback = Callable[[int, bool], None]
@@ -185,6 +187,8 @@ class LocalWindow:
     ddp_applied: Optional[dict[str, object]]
     telemetry: Optional[dict[str, Any]]
     """This rank's TelemetryProbe readings over the measured steps; None without a probe."""
+    stop_reason: str
+    """Why the measured steps ended: the interval was tight enough, a cap, or a fixed window."""
 
 
 def _no_heartbeat(_step: int, _micro_step: int) -> None:
@@ -196,8 +200,9 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
                   fault: FaultPlan = NO_FAULT, probe: Optional[TelemetryProbe] = None) -> LocalWindow:
     """Run one trial on this rank. Raises what the model or the device raises; the caller records it.
 
-    No collective besides DDP's own runs here, so a rank that fails can still meet the others in the
-    outcome agreement that follows.
+    Besides DDP's own collectives, the only one here is the small all-reduce of step times at each check
+    of an adaptive window; a rank that fails leaves its peers waiting there or in DDP, which the watchdog
+    handles. The outcome agreement that follows goes through the store.
     """
     device = session.device
     trainer = _Trainer(cfg=cfg, spec=spec, session=session, fault=fault, heartbeat=heartbeat)
@@ -219,14 +224,21 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
         tokens = 0
         if probe is not None:
             probe.start()
-        for step in range(cfg.window.measure_steps):
+        window = cfg.window
+        stop_reason: Optional[str] = None
+        while stop_reason is None:
             clock.start()
-            loss, step_tokens = trainer.step(cfg.window.warmup_steps + step)
+            loss, step_tokens = trainer.step(window.warmup_steps + len(losses))
             clock.stop()
             losses.append(loss)
             tokens += step_tokens
             if on_step:
-                on_step(cfg.window.warmup_steps + step, True)
+                on_step(window.warmup_steps + len(losses) - 1, True)
+            done = len(losses)
+            if done >= window.measure_steps and (window.target_rel_ci is None or done >= window.max_measure_steps
+                                                 or (done - window.measure_steps) % window.check_every_steps == 0):
+                # Every rank decides from the same all-reduced step times, so all stop at the same step.
+                stop_reason = window_stop_reason(session.max_over_ranks(clock.read_s()), window)
         step_times_s = clock.read_s()  # synchronizes the device: the probe stops when the work has ended
         telemetry = probe.stop(tokens=tokens) if probe is not None else None
         local_losses = torch.stack(losses).tolist()
@@ -240,7 +252,27 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
         peak, reserved = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
     return LocalWindow(step_times_s=step_times_s, tokens=tokens, losses=local_losses, warmup_s=warmup_s,
                        peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, num_parameters=num_parameters,
-                       ddp_applied=ddp_applied, telemetry=telemetry)
+                       ddp_applied=ddp_applied, telemetry=telemetry, stop_reason=stop_reason)
+
+
+def window_stop_reason(times_s: Sequence[float], window: WindowArgs) -> Optional[str]:
+    """None to keep measuring, else why to stop. A pure function of the (all-reduced) step times, so every
+    rank reaches the same answer."""
+    steps = len(times_s)
+    if window.target_rel_ci is None:
+        return f"fixed window of {steps} steps" if steps >= window.measure_steps else None
+    if steps < window.measure_steps:
+        return None
+    low, high = throughput_ci(times_s, amount_per_step=1.0)
+    width = relative_half_width(low, high, steps / math.fsum(times_s))
+    if width <= window.target_rel_ci:
+        return f"95% interval within +-{width:.1%} after {steps} steps (target +-{window.target_rel_ci:.1%})"
+    if steps >= window.max_measure_steps:
+        return f"step cap: {steps} steps, interval +-{width:.1%} (target +-{window.target_rel_ci:.1%})"
+    if math.fsum(times_s) >= window.max_measure_s:
+        return (f"time cap: {math.fsum(times_s):.1f} s, {steps} steps, interval +-{width:.1%} "
+                f"(target +-{window.target_rel_ci:.1%})")
+    return None
 
 
 def combine_ranks(local: LocalWindow, *, session: DistSession, seq_len: int) -> WindowMeasurement:
@@ -259,4 +291,4 @@ def combine_ranks(local: LocalWindow, *, session: DistSession, seq_len: int) -> 
         step_times_s=tuple(step_times_s), measured_s=measured_s, tokens=int(total_tokens), samples=int(total_tokens) // seq_len,
         losses=tuple(session.mean_over_ranks(local.losses)), warmup_s=warmup_s,
         peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, peak_memory_note=note,
-        num_parameters=local.num_parameters, ddp_applied=local.ddp_applied)
+        num_parameters=local.num_parameters, ddp_applied=local.ddp_applied, stop_reason=local.stop_reason)

@@ -11,17 +11,25 @@ from trainer_tune.stats import StepTimeStats
 
 def make_result(*, index: int, key: str, tokens_per_s: Optional[float] = 1000.0, status: str = "ok",
                 micro_batch_size: int = 2, grad_accum: int = 1, world_size: int = 2, is_baseline: bool = False,
-                flags: TrialFlags = TrialFlags()) -> TrialResult:
+                flags: TrialFlags = TrialFlags(), step_times: Optional[list[float]] = None,
+                ci: Optional[list[float]] = None, memory_bytes: Optional[int] = None,
+                device_memory_bytes: Optional[int] = None) -> TrialResult:
+    """With `step_times`, tokens/s is what those steps sustain (as a real window reports it)."""
     ok = status == "ok"
+    tokens_per_step = micro_batch_size * grad_accum * world_size * 128
+    if step_times is not None:
+        tokens_per_s = tokens_per_step * len(step_times) / sum(step_times)
     return TrialResult(
         trial_key=key, index=index, label=f"{micro_batch_size}x{grad_accum}", is_baseline=is_baseline, status=status,
         micro_batch_size=micro_batch_size, grad_accum=grad_accum, world_size=world_size,
         global_batch_size=micro_batch_size * grad_accum * world_size,
-        tokens_per_step=micro_batch_size * grad_accum * world_size * 128, flags=flags.as_dict(),
+        tokens_per_step=tokens_per_step, flags=flags.as_dict(), tokens_per_s_ci95=ci,
         environment=flags_to_environ(flags), tokens_per_s=tokens_per_s if ok else None,
         samples_per_s=tokens_per_s / 128 if ok and tokens_per_s else None, measured_s=0.33 if ok else None,
         step_time_s=StepTimeStats.of([0.1, 0.12, 0.11]) if ok else None, num_warmup_steps=1, num_measured_steps=3,
         warmup_s=0.3 if ok else None, loss_first=5.5 if ok else None, loss_last=5.4 if ok else None,
-        peak_memory_bytes=None, peak_memory_reserved_bytes=None, peak_memory_note="cpu", num_parameters=1000,
+        peak_memory_bytes=memory_bytes, peak_memory_reserved_bytes=memory_bytes, peak_memory_note="cpu",
+        num_parameters=1000,
         model="tiny", device="cpu", backend="gloo", torch_version="2.13.0", started_at="t0", finished_at="t1",
-        error=None if ok else f"{status} on rank 1")
+        error=None if ok else f"{status} on rank 1",
+        extra={"step_times_s": step_times or [], "device_memory_bytes": device_memory_bytes})

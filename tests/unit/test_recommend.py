@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from result_factory import make_result
@@ -87,3 +89,54 @@ def test_a_winning_flag_appears_in_the_verdict_and_overrides() -> None:
     assert rec.verdict.startswith("GO: micro_batch_size=2 grad_accum=1 ddp.bucket_cap_mb=100 ")
     assert "ddp.bucket_cap_mb=100" in rec.overrides and rec.environment["NSA_DDP_BUCKET_MB"] == "100"
     assert not any("global batch changes" in r for r in rec.reasons)
+
+
+def _steps(mean_s: float, *, spread: float, n: int = 40) -> list[float]:
+    """Steps alternating mean x (1 +- spread): the mean is exact, so only the spread differs between cases."""
+    return [mean_s * (1 + spread if i % 2 else 1 - spread) for i in range(n)]
+
+
+def test_go_needs_the_lower_end_of_the_speedup_interval() -> None:
+    # The same point speedup (+8.1%) twice: with steady steps the interval clears 1.05, with noisy ones it does not.
+    steady = [make_result(index=0, key="base", is_baseline=True, step_times=_steps(0.100, spread=0.005)),
+              make_result(index=1, key="fast", step_times=_steps(0.0925, spread=0.005))]
+    noisy = [make_result(index=0, key="base", is_baseline=True, step_times=_steps(0.100, spread=0.5)),
+             make_result(index=1, key="fast", step_times=_steps(0.0925, spread=0.5))]
+    go, no_go = decide(steady, args=ARGS), decide(noisy, args=ARGS)
+    assert go.speedup == pytest.approx(no_go.speedup) == pytest.approx(0.1 / 0.0925)
+    assert go.decision == GO and go.speedup_ci95 is not None and go.speedup_ci95[0] >= 1.05
+    assert "95% CI" in go.verdict
+    assert no_go.decision == NO_GO and no_go.speedup_ci95 is not None and no_go.speedup_ci95[0] < 1.05
+    assert "lower end of its speedup" in no_go.reasons[0]
+
+
+def test_a_tie_goes_to_the_baselines_global_batch_then_less_memory() -> None:
+    results = [make_result(index=0, key="base", tokens_per_s=500, is_baseline=True, ci=[490, 510]),
+               make_result(index=1, key="big", tokens_per_s=1000, micro_batch_size=8, ci=[900, 1100]),
+               make_result(index=2, key="same-batch", tokens_per_s=960, micro_batch_size=1, grad_accum=2,
+                           ci=[930, 990], memory_bytes=200),
+               make_result(index=3, key="same-batch-lean", tokens_per_s=950, micro_batch_size=2, ci=[920, 980],
+                           memory_bytes=100)]
+    rec = decide(results, args=ARGS)
+    assert rec.chosen is not None and rec.chosen.trial_key == "same-batch-lean"
+    assert any("within noise of the fastest (8x1)" in r for r in rec.reasons)
+    assert not any("global batch changes" in r for r in rec.reasons)
+
+
+def test_settings_over_the_memory_limit_are_never_chosen() -> None:
+    results = [make_result(index=0, key="base", tokens_per_s=500, is_baseline=True, memory_bytes=10,
+                           device_memory_bytes=100),
+               make_result(index=1, key="greedy", tokens_per_s=2000, micro_batch_size=8, memory_bytes=95,
+                           device_memory_bytes=100),
+               make_result(index=2, key="ok", tokens_per_s=800, micro_batch_size=4, memory_bytes=50,
+                           device_memory_bytes=100)]
+    rec = decide(results, args=ARGS)
+    assert rec.chosen is not None and rec.chosen.trial_key == "ok"
+    assert any("8x1 is excluded: its peak memory is 95% of the device" in r for r in rec.reasons)
+
+
+def test_a_throughput_target_must_be_met() -> None:
+    results = [make_result(index=0, key="base", tokens_per_s=500, is_baseline=True),
+               make_result(index=1, key="fast", tokens_per_s=800, micro_batch_size=4)]
+    rec = decide(results, args=RecommendArgs(min_speedup=1.05, target_tokens_per_s=1000))
+    assert rec.decision == NO_GO and "below recommend.target_tokens_per_s=1,000" in rec.reasons[0]
