@@ -176,11 +176,16 @@ class WindowArgs:
     """Cap on measured time per trial, so a sweep's length stays predictable on noisy machines."""
     check_every_steps: int = 5
     """How often the ranks agree on the interval (one small all-reduce, outside the timed steps)."""
+    comm_split_steps: int = 5
+    """After the measured steps, this many extra steps with gradient sync switched off (DDP no_sync on every
+    micro-step), timed apart: their median against the synced median is the exposed communication time.
+    Not counted in any throughput figure; 0 switches it off; ignored with one rank (no sync to remove)."""
 
     def __post_init__(self) -> None:
         require_int_at_least("window.warmup_steps", self.warmup_steps, 0)
         require_int_at_least("window.measure_steps", self.measure_steps, 2)
         require_int_at_least("window.check_every_steps", self.check_every_steps, 1)
+        require_int_at_least("window.comm_split_steps", self.comm_split_steps, 0)
         require_int_at_least("window.max_measure_steps", self.max_measure_steps, self.measure_steps)
         require(self.max_measure_s > 0, key="window.max_measure_s", value=self.max_measure_s, allowed="seconds > 0")
         if self.target_rel_ci is not None:

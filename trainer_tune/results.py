@@ -84,7 +84,8 @@ class TrialResult:
     comm: Optional[dict[str, Any]] = None
     """Compute vs communication split (see window.measure_comm_split): step_time_sync_s and
     step_time_no_sync_s (medians), exposed_comm_s (their difference) and exposed_comm_fraction (its share of
-    the synced step). Exposed means not hidden behind backward compute. None when not measured (one rank)."""
+    the synced step), within_noise (the gap is inside the synced steps' spread). Exposed means not hidden behind
+    backward compute. None when not measured (one rank, or window.comm_split_steps=0)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -54,6 +54,9 @@ class WindowMeasurement:
     ddp_applied: Optional[dict[str, object]]
     """DDP's own record of static_graph, find_unused_parameters and bucket size; None without DDP."""
     stop_reason: str = ""
+    no_sync_step_times_s: tuple[float, ...] = ()
+    """Per extra step with gradient sync off (window.comm_split_steps), the slowest rank's time; empty when
+    not measured. Kept apart from every throughput figure."""
 
 
 StepCallback = Callable[[int, bool], None]
@@ -147,8 +150,12 @@ class _Trainer:
         self.can_skip_sync = isinstance(self.module, DistributedDataParallel)
         self.ddp_applied = _ddp_settings(self.module)
 
-    def step(self, index: int) -> tuple[torch.Tensor, int]:
-        """Optimizer step `index` of the window; returns the mean micro-step loss (on device) and the tokens fed."""
+    def step(self, index: int, *, sync: bool = True) -> tuple[torch.Tensor, int]:
+        """Optimizer step `index` of the window; returns the mean micro-step loss (on device) and the tokens fed.
+
+        sync=False keeps DDP from all-reducing gradients on every micro-step, the last one included: the same
+        compute without the gradient communication (ranks' weights then drift apart, which is harmless for a
+        model thrown away at the end of the trial)."""
         loss_sum = torch.zeros((), device=self.device)
         tokens = 0
         loss_scale = self.fault.loss_scale(step=index)
@@ -157,7 +164,7 @@ class _Trainer:
             self.fault.before_micro_step(step=index, micro_step=micro, device=self.device)
             batch = next(self.batches)
             inputs, targets = batch[:, :-1], batch[:, 1:]
-            last = micro == self.grad_accum - 1
+            last = sync and micro == self.grad_accum - 1
             sync = contextlib.nullcontext() if last or not self.can_skip_sync else self.module.no_sync()
             with sync:
                 with self.autocast():
@@ -189,6 +196,8 @@ class LocalWindow:
     """This rank's TelemetryProbe readings over the measured steps; None without a probe."""
     stop_reason: str
     """Why the measured steps ended: the interval was tight enough, a cap, or a fixed window."""
+    no_sync_step_times_s: list[float]
+    """This rank's times of the extra steps without gradient sync (window.comm_split_steps); may be empty."""
 
 
 def _no_heartbeat(_step: int, _micro_step: int) -> None:
@@ -242,6 +251,8 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
         step_times_s = clock.read_s()  # synchronizes the device: the probe stops when the work has ended
         telemetry = probe.stop(tokens=tokens) if probe is not None else None
         local_losses = torch.stack(losses).tolist()
+        no_sync_step_times_s = _no_sync_steps(trainer, first_index=window.warmup_steps + len(losses),
+                                              num_steps=window.comm_split_steps, device=device)
     finally:
         del trainer
         gc.collect()
@@ -252,7 +263,23 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
         peak, reserved = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
     return LocalWindow(step_times_s=step_times_s, tokens=tokens, losses=local_losses, warmup_s=warmup_s,
                        peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, num_parameters=num_parameters,
-                       ddp_applied=ddp_applied, telemetry=telemetry, stop_reason=stop_reason)
+                       ddp_applied=ddp_applied, telemetry=telemetry, stop_reason=stop_reason,
+                       no_sync_step_times_s=no_sync_step_times_s)
+
+
+def _no_sync_steps(trainer: _Trainer, *, first_index: int, num_steps: int, device: torch.device) -> list[float]:
+    """Time `num_steps` steps without gradient sync, after the measured ones (so they cannot disturb them).
+
+    The same count on every rank (it comes from config), so the ranks' lists line up step by step. With one
+    rank there is no sync to remove, and nothing is measured."""
+    if not trainer.can_skip_sync or num_steps == 0:
+        return []
+    clock = _CudaEventClock() if device.type == "cuda" else _HostClock()
+    for offset in range(num_steps):
+        clock.start()
+        trainer.step(first_index + offset, sync=False)
+        clock.stop()
+    return clock.read_s()
 
 
 def window_stop_reason(times_s: Sequence[float], window: WindowArgs) -> Optional[str]:
@@ -291,4 +318,6 @@ def combine_ranks(local: LocalWindow, *, session: DistSession, seq_len: int) -> 
         step_times_s=tuple(step_times_s), measured_s=measured_s, tokens=int(total_tokens), samples=int(total_tokens) // seq_len,
         losses=tuple(session.mean_over_ranks(local.losses)), warmup_s=warmup_s,
         peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, peak_memory_note=note,
-        num_parameters=local.num_parameters, ddp_applied=local.ddp_applied, stop_reason=local.stop_reason)
+        num_parameters=local.num_parameters, ddp_applied=local.ddp_applied, stop_reason=local.stop_reason,
+        no_sync_step_times_s=tuple(session.max_over_ranks(local.no_sync_step_times_s))
+        if local.no_sync_step_times_s else ())
