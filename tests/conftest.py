@@ -31,14 +31,14 @@ def clean_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
 
 
 def run_tune(args: Sequence[str], *, nproc: Optional[int] = None, env: Optional[dict[str, str]] = None,
-             cwd: Optional[Path] = None, timeout_s: float = 240) -> subprocess.CompletedProcess:
+             cwd: Optional[Path] = None, timeout_s: float = 240, max_restarts: int = 0) -> subprocess.CompletedProcess:
     """`python -m trainer_tune ARGS`, or `torchrun --standalone --nproc_per_node=N -m trainer_tune ARGS`."""
     if nproc is None:
         cmd = [sys.executable, "-m", "trainer_tune", *args]
     else:
         # --standalone picks a free port, so tests never collide on torchrun's fixed default.
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "trainer_tune", *args]
+               f"--max-restarts={max_restarts}", "-m", "trainer_tune", *args]
     return subprocess.run(cmd, cwd=cwd or REPO, env=clean_env(env), capture_output=True, text=True,
                           timeout=timeout_s)
 

@@ -55,6 +55,17 @@ class DataKind(Enum):
     synthetic = "synthetic"
 
 
+class Strategy(Enum):
+    grid = "grid"
+    """Measure every setting of the sweep."""
+    power = "power"
+    """Per accumulation (and flag) value, double the micro-batch from the smallest listed one until a setting
+    fails (OOM, ...) or stops improving tokens/s beyond noise, up to sweep.max_micro_batch_size."""
+    adaptive = "adaptive"
+    """Measure every setting, but end a trial's window as soon as its interval shows it cannot reach the
+    best one measured so far; the most promising settings (largest tokens per step) go first."""
+
+
 class Precision(Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -137,9 +148,17 @@ class SweepArgs:
     """Axes of the sweep; null means the axis is not swept and the value from train/nsa/ddp is used."""
 
     micro_batch_sizes: Optional[List[int]] = None
+    """Micro-batch sizes to measure (grid, adaptive); with strategy=power only the smallest is used, as the start."""
     grad_accums: Optional[List[int]] = None
     global_batch_size: Optional[int] = None
     """Keep only pairs with micro_batch_size * grad_accum * world_size equal to this (samples)."""
+    strategy: Strategy = Strategy.grid
+    """grid: every setting; power: double the micro-batch until failure or no gain; adaptive: cut hopeless
+    windows short. The verdict lists what was not measured, or cut short, and why."""
+    max_micro_batch_size: int = 1024
+    """strategy=power doubles the micro-batch up to this size."""
+    power_patience: int = 1
+    """strategy=power stops after this many doublings in a row that were not faster beyond noise."""
     nsa_prefill_batched: Optional[List[bool]] = None
     nsa_disable_aux_stats: Optional[List[bool]] = None
     ddp_static_graph: Optional[List[bool]] = None
@@ -150,6 +169,8 @@ class SweepArgs:
     def __post_init__(self) -> None:
         require_list_of_int_at_least("sweep.micro_batch_sizes", self.micro_batch_sizes, 1)
         require_list_of_int_at_least("sweep.grad_accums", self.grad_accums, 1)
+        require_int_at_least("sweep.max_micro_batch_size", self.max_micro_batch_size, 1)
+        require_int_at_least("sweep.power_patience", self.power_patience, 1)
         if self.global_batch_size is not None:
             require_int_at_least("sweep.global_batch_size", self.global_batch_size, 1)
         for key in ("nsa_prefill_batched", "nsa_disable_aux_stats", "ddp_static_graph",

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from trainer_tune.config import ConfigError, TuneConfig
+from trainer_tune.config import ConfigError, Strategy, TuneConfig
 from trainer_tune.flags import TrialFlags, format_flag, swept_flag_values, with_flag
 
 
@@ -51,6 +51,8 @@ def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -
         "window": asdict(cfg.window),
         "world_size": world_size,
         "device_type": device_type,
+        # An adaptive sweep may cut a window short: such a result must not stand in for a full one later.
+        **({"window_cut_short_allowed": True} if cfg.sweep.strategy == Strategy.adaptive else {}),
     }
 
 
@@ -63,6 +65,8 @@ def _trial_key(*, micro_batch_size: int, grad_accum: int, flags: TrialFlags, con
 def batch_pairs(cfg: TuneConfig, *, world_size: int) -> list[tuple[int, int]]:
     """(micro_batch_size, grad_accum) pairs of the sweep, after the fixed-global-batch filter."""
     sizes = cfg.sweep.micro_batch_sizes or [cfg.train.micro_batch_size]
+    if cfg.sweep.strategy == Strategy.power:
+        sizes = power_ladder(start=min(sizes), maximum=cfg.sweep.max_micro_batch_size)
     accums = cfg.sweep.grad_accums or [cfg.train.grad_accum]
     pairs = [(m, a) for m in sorted(sizes) for a in sorted(accums)]
     target = cfg.sweep.global_batch_size
@@ -75,6 +79,17 @@ def batch_pairs(cfg: TuneConfig, *, world_size: int) -> list[tuple[int, int]]:
             f"sweep.global_batch_size={target} is not allowed: no micro_batch_size x grad_accum pair of the "
             f"sweep reaches it at world size {world_size}; reachable global batch sizes are {reachable}")
     return kept
+
+
+def power_ladder(*, start: int, maximum: int) -> list[int]:
+    """start, 2 x start, 4 x start, ... up to maximum: the micro-batch sizes strategy=power may try."""
+    if maximum < start:
+        raise ConfigError(f"sweep.max_micro_batch_size={maximum} is not allowed: strategy=power starts at "
+                          f"micro-batch {start} (the smallest of sweep.micro_batch_sizes), so it must be >= {start}")
+    sizes = [start]
+    while sizes[-1] * 2 <= maximum:
+        sizes.append(sizes[-1] * 2)
+    return sizes
 
 
 def build_plan(cfg: TuneConfig, *, world_size: int, base_flags: TrialFlags, device_type: str) -> list[TrialSpec]:

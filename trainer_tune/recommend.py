@@ -15,6 +15,7 @@ from trainer_tune.config import RecommendArgs
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides, format_flag
 from trainer_tune.results import TrialResult
 from trainer_tune.stats import ratio_ci
+from trainer_tune.strategy import NotMeasured
 
 GO = "GO"
 NO_GO = "NO-GO"
@@ -42,6 +43,10 @@ class Recommendation:
     num_failed: int
     speedup_by_key: dict[str, float]
     """Each finished trial's tokens/s over the baseline's (empty when the baseline did not finish)."""
+    not_measured: tuple[NotMeasured, ...] = ()
+    """Planned settings the search strategy did not measure, each with the reason."""
+    cut_short: tuple[str, ...] = ()
+    """Labels of trials whose window strategy=adaptive ended early (they could not reach the best)."""
 
     def to_json_dict(self) -> dict[str, Any]:
         def trial(result: Optional[TrialResult]) -> Optional[dict[str, Any]]:
@@ -52,7 +57,9 @@ class Recommendation:
                 "min_speedup": self.min_speedup, "reasons": list(self.reasons), "chosen": trial(self.chosen),
                 "best": trial(self.best), "baseline": trial(self.baseline), "overrides": list(self.overrides),
                 "environment": self.environment, "num_trials": self.num_trials, "num_failed": self.num_failed,
-                "speedup_by_key": self.speedup_by_key}
+                "speedup_by_key": self.speedup_by_key,
+                "not_measured": [{"label": n.label, "reason": n.reason} for n in self.not_measured],
+                "cut_short": list(self.cut_short)}
 
 
 def _setting(result: TrialResult, *, against: Optional[TrialResult]) -> str:
@@ -98,7 +105,8 @@ def _ci_text(interval: Optional[tuple[float, float]]) -> str:
     return "" if interval is None else f", 95% CI {_percent(interval[0])} to {_percent(interval[1])}"
 
 
-def decide(results: Sequence[TrialResult], *, args: RecommendArgs) -> Recommendation:
+def decide(results: Sequence[TrialResult], *, args: RecommendArgs,
+           not_measured: Sequence[NotMeasured] = ()) -> Recommendation:
     baseline = next((r for r in results if r.is_baseline), None)
     finished = [r for r in results if r.ok and r.tokens_per_s is not None]
     failed = [r for r in results if not r.ok]
@@ -180,6 +188,14 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs) -> Recommenda
                        f"{chosen.global_batch_size} samples per optimizer step: that changes optimisation "
                        f"(learning rate and schedule may need retuning), not only speed")
 
+    cut_short = tuple(r.label for r in results if r.window_cut_short)
+    if cut_short:
+        reasons.append(f"{len(cut_short)} setting(s) measured only until their interval showed they could not "
+                       f"reach the best (strategy=adaptive): {', '.join(cut_short)}")
+    if not_measured:
+        reasons.append(f"{len(not_measured)} planned setting(s) not measured (strategy=power): "
+                       + "; ".join(f"{n.label}: {n.reason}" for n in _first_per_reason(not_measured)))
+
     overrides: tuple[str, ...] = ()
     environment: dict[str, str] = {}
     if chosen is not None:
@@ -194,4 +210,12 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs) -> Recommenda
     return Recommendation(decision=decision, speedup_by_key=speedup_by_key, speedup_ci95=speedup_interval, chosen=chosen, best=best, baseline=baseline, speedup=speedup,
                           min_speedup=args.min_speedup, reasons=tuple(reasons), verdict=verdict,
                           overrides=overrides, environment=environment, num_trials=len(results),
-                          num_failed=len(failed))
+                          num_failed=len(failed), not_measured=tuple(not_measured), cut_short=cut_short)
+
+
+def _first_per_reason(items: Sequence[NotMeasured]) -> list[NotMeasured]:
+    """One line per distinct reason: a chain stopped at 8 leaves 16, 32, ... with the same reason."""
+    grouped: dict[str, list[str]] = {}
+    for item in items:
+        grouped.setdefault(item.reason, []).append(item.label)
+    return [NotMeasured(label=", ".join(labels), reason=reason) for reason, labels in grouped.items()]

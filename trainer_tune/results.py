@@ -71,6 +71,8 @@ class TrialResult:
     """[low, high] 95% interval of tokens_per_s: block bootstrap over the measured steps."""
     window_stop: Optional[str] = None
     """Why the measured steps ended (interval reached, a cap, or a fixed window)."""
+    window_cut_short: bool = False
+    """strategy=adaptive ended this window early: its interval could not reach the best one before it."""
     num_outlier_steps: Optional[int] = None
     """Measured steps slower than median + 5 MAD: counted in every figure, shown here, never dropped."""
     gpu: Optional[dict[str, Any]] = None

@@ -40,6 +40,7 @@ from trainer_tune.results import Status, TrialResult, utc_now
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_recommendation
 from trainer_tune.sinks.wandb_sink import WandbSink
+from trainer_tune.strategy import BestSoFar, NotMeasured, best_so_far, measurement_order, skip_reason
 from trainer_tune.telemetry import TelemetryProbe
 from trainer_tune.watchdog import Stall, Watchdog
 from trainer_tune.window import combine_ranks, measure_local
@@ -57,6 +58,9 @@ class SweepOutcome:
     recommendation: Recommendation
     num_measured: int
     num_skipped: int
+    """Trials already in the journal from an earlier run, not measured again."""
+    not_measured: tuple[NotMeasured, ...] = ()
+    """Planned settings the search strategy left out."""
 
 
 def _outcome_of(exc: BaseException) -> dict[str, Any]:
@@ -164,7 +168,7 @@ class _Sweep:
         return done, attempts
 
     # --- one trial ----------------------------------------------------------------------------------
-    def measure(self, spec: TrialSpec, *, attempts: int) -> TrialResult:
+    def measure(self, spec: TrialSpec, *, attempts: int, best: Optional[BestSoFar] = None) -> TrialResult:
         cfg, session = self.cfg, self.session
         ctx = self.context(spec)
         started_at = utc_now()
@@ -184,7 +188,7 @@ class _Sweep:
         try:
             local = measure_local(cfg=cfg, spec=spec, session=session, fault=fault, probe=self.probe,
                                   on_step=lambda _step, _measured: self.console.step_done(),
-                                  heartbeat=self.watchdog.beat if self.watchdog else _ignore_beat)
+                                  heartbeat=self.watchdog.beat if self.watchdog else _ignore_beat, best=best)
         except Exception as exc:  # noqa: BLE001 - any failure of user or model code is a trial outcome
             outcome = _outcome_of(exc)
             log.warning("trial %d (%s) failed on %s: %s", spec.index, ctx.label, self.rank_env.describe(),
@@ -283,6 +287,7 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
                       device_type=session.device.type)
     sweep = _Sweep(cfg=cfg, session=session, output_dir=output_dir, console=console)
     results: list[TrialResult] = []
+    not_measured: list[NotMeasured] = []
     try:
         done, attempts = sweep.resume_state(plan)
         num_skipped = sum(spec.key in done for spec in plan)
@@ -290,11 +295,23 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
         if num_skipped:
             log.info("%d of %d trials are already in %s and are not measured again", num_skipped, len(plan),
                      sweep.journal_path)
-        for spec in plan:
+        strategy = cfg.sweep.strategy
+        for spec in measurement_order(plan, strategy):
             if spec.key in done:
                 results.append(done[spec.key])
                 continue
-            result = sweep.measure(spec, attempts=attempts.get(spec.key, 0))
+            # Rank 0's answer for everyone: the inputs are identical on every rank, but a skip that one rank
+            # takes alone would leave the others waiting in the next trial's collectives.
+            skip, best = session.broadcast_from_rank0(
+                (skip_reason(spec, plan=plan, results={r.trial_key: r for r in results}, sweep=cfg.sweep),
+                 best_so_far(results, strategy)))
+            if skip is not None:
+                label = spec.label(swept_flags=sweep.swept)
+                not_measured.append(NotMeasured(label=label, reason=skip))
+                log.info("trial %d (%s) not measured: %s", spec.index, label, skip)
+                console.trial_not_measured(label=label, reason=skip, position=f"{spec.index + 1}/{len(plan)}")
+                continue
+            result = sweep.measure(spec, attempts=attempts.get(spec.key, 0), best=best)
             sweep.record(result)
             results.append(result)
             console.trial_finished(result, position=f"{spec.index + 1}/{len(plan)}")
@@ -304,11 +321,13 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
         console.sweep_finished()
         sweep.close()
 
-    recommendation = decide(results, args=cfg.recommend)
+    results.sort(key=lambda r: r.index)  # report in plan order, whatever order the strategy measured in
+    recommendation = decide(results, args=cfg.recommend, not_measured=not_measured)
     if session.rank_env.is_rank0:
         written = write_recommendation(output_dir, recommendation, launch_hint=launch_hint)
         if wandb_sink is not None:
             wandb_sink.sweep_finished(results, recommendation, files=written)
     console.show(results, recommendation)
     return SweepOutcome(results=tuple(results), recommendation=recommendation,
-                        num_measured=len(plan) - num_skipped, num_skipped=num_skipped)
+                        num_measured=len(results) - num_skipped, num_skipped=num_skipped,
+                        not_measured=tuple(not_measured))

@@ -29,6 +29,7 @@ from trainer_tune.faults import NO_FAULT, FaultPlan
 from trainer_tune.model import build_model, count_parameters
 from trainer_tune.plan import TrialSpec
 from trainer_tune.stats import relative_half_width, throughput_ci
+from trainer_tune.strategy import BestSoFar, cannot_reach_reason
 from trainer_tune.telemetry import TelemetryProbe
 
 
@@ -54,6 +55,8 @@ class WindowMeasurement:
     ddp_applied: Optional[dict[str, object]]
     """DDP's own record of static_graph, find_unused_parameters and bucket size; None without DDP."""
     stop_reason: str = ""
+    cut_short: bool = False
+    """Ended early by strategy=adaptive: it could not reach the best setting measured before it."""
     no_sync_step_times_s: tuple[float, ...] = ()
     """Per extra step with gradient sync off (window.comm_split_steps), the slowest rank's time; empty when
     not measured. Kept apart from every throughput figure."""
@@ -196,6 +199,7 @@ class LocalWindow:
     """This rank's TelemetryProbe readings over the measured steps; None without a probe."""
     stop_reason: str
     """Why the measured steps ended: the interval was tight enough, a cap, or a fixed window."""
+    cut_short: bool
     no_sync_step_times_s: list[float]
     """This rank's times of the extra steps without gradient sync (window.comm_split_steps); may be empty."""
 
@@ -206,7 +210,8 @@ def _no_heartbeat(_step: int, _micro_step: int) -> None:
 
 def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
                   on_step: Optional[StepCallback] = None, heartbeat: Heartbeat = _no_heartbeat,
-                  fault: FaultPlan = NO_FAULT, probe: Optional[TelemetryProbe] = None) -> LocalWindow:
+                  fault: FaultPlan = NO_FAULT, probe: Optional[TelemetryProbe] = None,
+                  best: Optional[BestSoFar] = None) -> LocalWindow:
     """Run one trial on this rank. Raises what the model or the device raises; the caller records it.
 
     Besides DDP's own collectives, the only one here is the small all-reduce of step times at each check
@@ -235,6 +240,8 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
             probe.start()
         window = cfg.window
         stop_reason: Optional[str] = None
+        cut_reason: Optional[str] = None
+        tokens_per_step = spec.global_batch_size * cfg.model.seq_len
         while stop_reason is None:
             clock.start()
             loss, step_tokens = trainer.step(window.warmup_steps + len(losses))
@@ -247,7 +254,10 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
             if done >= window.measure_steps and (window.target_rel_ci is None or done >= window.max_measure_steps
                                                  or (done - window.measure_steps) % window.check_every_steps == 0):
                 # Every rank decides from the same all-reduced step times, so all stop at the same step.
-                stop_reason = window_stop_reason(session.max_over_ranks(clock.read_s()), window)
+                times_s = session.max_over_ranks(clock.read_s())
+                if best is not None:
+                    cut_reason = cannot_reach_reason(times_s, tokens_per_step=tokens_per_step, best=best)
+                stop_reason = cut_reason or window_stop_reason(times_s, window)
         step_times_s = clock.read_s()  # synchronizes the device: the probe stops when the work has ended
         telemetry = probe.stop(tokens=tokens) if probe is not None else None
         local_losses = torch.stack(losses).tolist()
@@ -264,6 +274,7 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
     return LocalWindow(step_times_s=step_times_s, tokens=tokens, losses=local_losses, warmup_s=warmup_s,
                        peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, num_parameters=num_parameters,
                        ddp_applied=ddp_applied, telemetry=telemetry, stop_reason=stop_reason,
+                       cut_short=cut_reason is not None,
                        no_sync_step_times_s=no_sync_step_times_s)
 
 
@@ -319,5 +330,6 @@ def combine_ranks(local: LocalWindow, *, session: DistSession, seq_len: int) -> 
         losses=tuple(session.mean_over_ranks(local.losses)), warmup_s=warmup_s,
         peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, peak_memory_note=note,
         num_parameters=local.num_parameters, ddp_applied=local.ddp_applied, stop_reason=local.stop_reason,
+        cut_short=local.cut_short,
         no_sync_step_times_s=tuple(session.max_over_ranks(local.no_sync_step_times_s))
         if local.no_sync_step_times_s else ())

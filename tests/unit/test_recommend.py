@@ -140,3 +140,24 @@ def test_a_throughput_target_must_be_met() -> None:
                make_result(index=1, key="fast", tokens_per_s=800, micro_batch_size=4)]
     rec = decide(results, args=RecommendArgs(min_speedup=1.05, target_tokens_per_s=1000))
     assert rec.decision == NO_GO and "below recommend.target_tokens_per_s=1,000" in rec.reasons[0]
+
+
+def test_settings_left_out_or_cut_short_are_named_with_their_reason() -> None:
+    import dataclasses
+
+    from trainer_tune.strategy import NotMeasured
+
+    base = make_result(index=0, key="b", tokens_per_s=1000.0, is_baseline=True)
+    cut = dataclasses.replace(make_result(index=1, key="c", tokens_per_s=500.0, micro_batch_size=1),
+                              window_cut_short=True)
+    skipped = [NotMeasured("8x1", "4x1 ended oom, so larger micro-batches were not tried"),
+               NotMeasured("16x1", "4x1 ended oom, so larger micro-batches were not tried")]
+    rec = decide([base, cut], args=RecommendArgs(), not_measured=skipped)
+    assert rec.cut_short == ("1x1",)
+    assert rec.not_measured == tuple(skipped)
+    assert any("could not reach the best (strategy=adaptive): 1x1" in r for r in rec.reasons)
+    # One line per reason, naming every setting it left out.
+    assert any("2 planned setting(s) not measured" in r and "8x1, 16x1: 4x1 ended oom" in r for r in rec.reasons)
+    as_json = rec.to_json_dict()
+    assert as_json["not_measured"][0] == {"label": "8x1", "reason": "4x1 ended oom, so larger micro-batches were not tried"}
+    assert as_json["cut_short"] == ["1x1"]

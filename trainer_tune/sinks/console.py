@@ -27,6 +27,14 @@ def _number(value: Optional[float], spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def _ci_percent(result: TrialResult) -> str:
+    """The 95% interval as +-x% of tokens/s (rounded outwards to the wider side), to keep the table narrow."""
+    if not result.tokens_per_s_ci95 or not result.tokens_per_s:
+        return "n/a"
+    low, high = result.tokens_per_s_ci95
+    return f"+-{max(result.tokens_per_s - low, high - result.tokens_per_s) / result.tokens_per_s:.1%}"
+
+
 class ConsoleSink:
     def __init__(self, *, enabled: bool, console: Optional[Console] = None) -> None:
         self.enabled = enabled
@@ -69,6 +77,13 @@ class ConsoleSink:
         if self._progress is not None:
             self._progress.advance(self._trials_task)
 
+    def trial_not_measured(self, *, label: str, reason: str, position: str) -> None:
+        if not self.enabled:
+            return
+        self.console.print(f"trial {position} {label}: not measured ({reason})")
+        if self._progress is not None:
+            self._progress.advance(self._trials_task)
+
     def sweep_finished(self) -> None:
         if self._progress is not None:
             self._progress.stop()
@@ -81,11 +96,13 @@ class ConsoleSink:
         # Columns for figures no trial measured (GPU utilization on a CPU, say) are left out, not shown as n/a.
         has_gpu = any(r.gpu for r in results)
         has_mfu = any(r.mfu and r.mfu.get("mfu") is not None for r in results)
+        has_comm = any(r.comm for r in results)
         columns = [("#", "right"), ("setting", "left"), ("global batch", "right"), ("status", "left"),
-                   ("tokens/s", "right"), ("samples/s", "right"), ("step p50 s", "right"), ("step p90 s", "right"),
+                   ("tokens/s", "right"), ("95% CI", "right"), ("samples/s", "right"), ("step p50 s", "right"), ("step p90 s", "right"),
                    ("peak memory", "right")]
         columns += [("GPU util %", "right"), ("J/token", "right")] if has_gpu else []
         columns += [("MFU", "right")] if has_mfu else [("TFLOP/s", "right")]
+        columns += [("exposed comm", "right")] if has_comm else []
         columns += [("CPU %", "right"), ("vs baseline", "right")]
         for name, justify in columns:
             table.add_column(name, justify=justify)  # type: ignore[arg-type]
@@ -96,7 +113,9 @@ class ConsoleSink:
             gpu, mfu, cpu = r.gpu or {}, r.mfu or {}, r.cpu or {}
             cells = [str(r.index), r.label + marks, str(r.global_batch_size),
                      r.status if r.ok else f"[red]{r.status}[/red]",
-                     _number(r.tokens_per_s, ",.0f"), _number(r.samples_per_s, ",.1f"),
+                     _number(r.tokens_per_s, ",.0f"),
+                     _ci_percent(r) + (" cut" if r.window_cut_short else ""),
+                     _number(r.samples_per_s, ",.1f"),
                      _number(r.step_time_s.median if r.step_time_s else None, ".4f"),
                      _number(r.step_time_s.p90 if r.step_time_s else None, ".4f"),
                      format_bytes(r.peak_memory_bytes if r.peak_memory_bytes is not None
@@ -105,6 +124,10 @@ class ConsoleSink:
                 cells += [_number(gpu.get("util_mean_pct"), ".0f"), _number(gpu.get("energy_j_per_token"), ".2e")]
             cells += [_number(mfu.get("mfu") * 100 if mfu.get("mfu") is not None else None, ".1f") + "%"
                       if has_mfu else _number(mfu.get("achieved_tflops"), ".3f")]
+            if has_comm:
+                comm = r.comm
+                cells += ["n/a" if not comm else f"{comm['exposed_comm_fraction']:.0%}"
+                          + (" (noise)" if comm.get("within_noise") else "")]
             cells += [_number(cpu.get("process_pct_mean"), ".0f"),
                       "n/a" if speedup is None else f"{(speedup - 1) * 100:+.1f}%"]
             table.add_row(*cells)
