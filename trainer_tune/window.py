@@ -255,9 +255,11 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
                                                  or (done - window.measure_steps) % window.check_every_steps == 0):
                 # Every rank decides from the same all-reduced step times, so all stop at the same step.
                 times_s = session.max_over_ranks(clock.read_s())
-                if best is not None:
+                stop_reason = window_stop_reason(times_s, window)
+                if stop_reason is None and best is not None:
+                    # Only a window that would go on can be cut short; one that ends anyway keeps its reason.
                     cut_reason = cannot_reach_reason(times_s, tokens_per_step=tokens_per_step, best=best)
-                stop_reason = cut_reason or window_stop_reason(times_s, window)
+                    stop_reason = cut_reason
         step_times_s = clock.read_s()  # synchronizes the device: the probe stops when the work has ended
         telemetry = probe.stop(tokens=tokens) if probe is not None else None
         local_losses = torch.stack(losses).tolist()
