@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from trainer_tune.config import RecommendArgs
+from trainer_tune.explain import Explanations, explain
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides, format_flag
 from trainer_tune.results import TrialResult
 from trainer_tune.stats import ratio_ci
@@ -42,6 +43,11 @@ class Recommendation:
     num_failed: int
     speedup_by_key: dict[str, float]
     """Each finished trial's tokens/s over the baseline's (empty when the baseline did not finish)."""
+    explanations: Optional[Explanations] = None
+    """Per-sample efficiency, measured facts and the decision matrix (explain.py); computed from the same
+    results, never an input to the verdict."""
+    not_measured: tuple[str, ...] = ()
+    """Settings of the plan that were not measured, each with why (one sentence each)."""
 
     def to_json_dict(self) -> dict[str, Any]:
         def trial(result: Optional[TrialResult]) -> Optional[dict[str, Any]]:
@@ -52,7 +58,8 @@ class Recommendation:
                 "min_speedup": self.min_speedup, "reasons": list(self.reasons), "chosen": trial(self.chosen),
                 "best": trial(self.best), "baseline": trial(self.baseline), "overrides": list(self.overrides),
                 "environment": self.environment, "num_trials": self.num_trials, "num_failed": self.num_failed,
-                "speedup_by_key": self.speedup_by_key}
+                "speedup_by_key": self.speedup_by_key, "not_measured": list(self.not_measured),
+                "explanations": self.explanations.to_json_dict() if self.explanations else None}
 
 
 def _setting(result: TrialResult, *, against: Optional[TrialResult]) -> str:
@@ -194,4 +201,4 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs) -> Recommenda
     return Recommendation(decision=decision, speedup_by_key=speedup_by_key, speedup_ci95=speedup_interval, chosen=chosen, best=best, baseline=baseline, speedup=speedup,
                           min_speedup=args.min_speedup, reasons=tuple(reasons), verdict=verdict,
                           overrides=overrides, environment=environment, num_trials=len(results),
-                          num_failed=len(failed))
+                          num_failed=len(failed), explanations=explain(results))
