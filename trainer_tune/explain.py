@@ -122,8 +122,13 @@ def _series(finished: Sequence[TrialResult]) -> list[tuple[str, str, list[TrialR
         for varies, fixed in (("micro_batch_size", f"grad_accum={r.grad_accum}"),
                               ("grad_accum", f"micro_batch_size={r.micro_batch_size}")):
             groups.setdefault((varies, f"{fixed} {flags}".strip()), []).append(r)
+    def order(group: tuple[tuple[str, str], list[TrialResult]]) -> tuple:
+        (varies, name), members = group
+        fixed = members[0].grad_accum if varies == "micro_batch_size" else members[0].micro_batch_size
+        return varies != "micro_batch_size", fixed, name
+
     return [(name, varies, sorted(members, key=lambda r: (r.global_batch_size, r.index)))
-            for (varies, name), members in sorted(groups.items()) if len(members) > 1]
+            for (varies, name), members in sorted(groups.items(), key=order) if len(members) > 1]
 
 
 def _classify(interval: Optional[tuple[float, float]]) -> str:
