@@ -235,7 +235,8 @@ def _min_memory(finished: Sequence[TrialResult]) -> ObjectiveWinner:
     note = source or ""
     if len(measured) < len(finished):
         note += f"; measured for {len(measured)} of {len(finished)} finished settings"
-    return ObjectiveWinner("min_memory_bytes", best.trial_key, best.label, float(value), None, tied, note)  # type: ignore
+    return ObjectiveWinner("min_memory_bytes", best.trial_key, best.label, float(value),  # type: ignore[arg-type]
+                           None, tied, note)
 
 
 def _min_energy(finished: Sequence[TrialResult]) -> ObjectiveWinner:
@@ -254,8 +255,8 @@ def _min_energy(finished: Sequence[TrialResult]) -> ObjectiveWinner:
     note = "whole-job energy over the measured steps; no interval (one energy reading per window)"
     if len(measured) < len(finished):
         note += f"; measured for {len(measured)} of {len(finished)} finished settings"
-    return ObjectiveWinner("min_energy_j_per_token", best.trial_key, best.label, best.gpu["energy_j_per_token"],  # type: ignore
-                           None, (), note)
+    value = best.gpu["energy_j_per_token"]  # type: ignore[index]
+    return ObjectiveWinner("min_energy_j_per_token", best.trial_key, best.label, value, None, (), note)
 
 
 def explain(results: Sequence[TrialResult]) -> Explanations:

@@ -67,8 +67,9 @@ def _tokens_per_s(finished: Sequence[TrialResult], rec: Recommendation, path: Pa
     for (grad_accum, flags), members in sorted(lines.items()):
         members.sort(key=lambda r: r.micro_batch_size)
         y = [r.tokens_per_s for r in members]
-        low = [r.tokens_per_s - r.tokens_per_s_ci95[0] if r.tokens_per_s_ci95 else 0.0 for r in members]  # type: ignore
-        high = [r.tokens_per_s_ci95[1] - r.tokens_per_s if r.tokens_per_s_ci95 else 0.0 for r in members]  # type: ignore
+        bounds = [r.tokens_per_s_ci95 or [r.tokens_per_s, r.tokens_per_s] for r in members]
+        low = [v - b[0] for v, b in zip(y, bounds)]  # type: ignore[operator]
+        high = [b[1] - v for v, b in zip(y, bounds)]  # type: ignore[operator]
         ax.errorbar([r.micro_batch_size for r in members], y, yerr=[low, high], marker="o", capsize=4,
                     label=f"grad_accum={grad_accum} {flags}".strip())
     marks = [(rec.baseline, "*", "baseline", 16), (rec.chosen, "o", "chosen", 14)]

@@ -64,7 +64,8 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
          if r.tokens_per_s_ci95 else None),
         ("step p50 s", lambda r: _fmt(r.step_time_s.median if r.step_time_s else None, ".4f")),
         ("step p90 s", lambda r: _fmt(r.step_time_s.p90 if r.step_time_s else None, ".4f")),
-        ("outliers", lambda r: None if r.num_outlier_steps is None else f"{r.num_outlier_steps}/{r.num_measured_steps}"),
+        ("outliers", lambda r: None if r.num_outlier_steps is None
+         else f"{r.num_outlier_steps}/{r.num_measured_steps}"),
     ]
     notes = []
     optional: list[tuple[str, Callable[[TrialResult], Any], str]] = [
@@ -79,7 +80,7 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
         ("J/token", lambda r: _fmt(gpu(r, "energy_j_per_token"), ".3g"),
          "energy per token: " + "; ".join(sorted({r.gpu_note or "no energy reading" for r in results if r.ok}))),
         ("exposed comm", lambda r: _fmt((r.comm or {}).get("exposed_comm_fraction"), ".0%"),
-         "compute vs communication split: not measured (it needs more than one rank)"),
+         "compute vs communication split: no trial recorded one"),
     ]
     for header, cell, why in optional:
         if any(cell(r) not in (None, "n/a") for r in results):
@@ -126,8 +127,9 @@ def _scaling_section(points: Sequence[ScalingPoint], facts: Sequence[str]) -> li
                  _interval(p.efficiency_ci95, ".2f"), p.scaling, _fmt(p.gpu_util_mean_pct, ".0f"),
                  format_bytes(p.memory_bytes) if p.memory_bytes is not None else None,
                  _fmt(p.exposed_comm_fraction, ".0%")] for p in points]
-        lines += _table(["held fixed", "varies", "setting", "global batch", "ms/sample", "95% CI", "efficiency", "95% CI",
-                         "scaling", "GPU util %", "peak memory", "exposed comm"], rows) + [""]
+        header = ["held fixed", "varies", "setting", "global batch", "ms/sample", "95% CI", "efficiency", "95% CI",
+                  "scaling", "GPU util %", "peak memory", "exposed comm"]
+        lines += _table(header, rows) + [""]
     lines += [f"- {fact}" for fact in facts] or ["- nothing to explain: no finished setting"]
     return lines + [""]
 

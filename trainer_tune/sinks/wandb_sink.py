@@ -117,9 +117,9 @@ class WandbSink:
             if rec.explanations is not None:
                 charts.update(_explanation_tables(wandb, rec.explanations))
                 summary = {"facts": list(rec.explanations.facts),
-                           "decision_matrix": {w.objective: {"label": w.label, "value": w.value, "note": w.note,
-                                                             "tied_with": list(w.tied_with)}
-                                               for w in rec.explanations.matrix}}
+                           "objective_winners": {w.objective: {"label": w.label, "value": w.value, "note": w.note,
+                                                               "tied_with": list(w.tied_with)}
+                                                 for w in rec.explanations.matrix}}
             run.log(charts)
             run.summary.update(summary | {"not_measured": list(rec.not_measured)})
             run.summary.update({"decision": rec.decision, "verdict": rec.verdict, "speedup": rec.speedup,
