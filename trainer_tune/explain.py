@@ -242,13 +242,13 @@ def _min_memory(finished: Sequence[TrialResult]) -> ObjectiveWinner:
 def _min_energy(finished: Sequence[TrialResult]) -> ObjectiveWinner:
     measured = [r for r in finished if (r.gpu or {}).get("energy_j_per_token") is not None]
     if not measured:
-        notes = sorted({r.gpu_note for r in finished if r.gpu is None and r.gpu_note})
+        notes = sorted({r.gpu_note or "GPU figures were not recorded" for r in finished if r.gpu is None})
         if not finished:
             why = "no setting finished cleanly"
         elif notes:
             why = "; ".join(notes)
         else:
-            sources = sorted({str((r.gpu or {}).get("energy_source")) for r in finished})
+            sources = sorted({str(r.gpu.get("energy_source")) for r in finished})  # type: ignore[union-attr]
             why = f"the GPUs reported no energy reading (energy source: {', '.join(sources)})"
         return ObjectiveWinner("min_energy_j_per_token", None, None, None, None, (), f"not measured: {why}")
     best = min(measured, key=lambda r: r.gpu["energy_j_per_token"])  # type: ignore[index]

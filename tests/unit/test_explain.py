@@ -127,3 +127,12 @@ def test_recommendation_json_carries_the_explanations() -> None:
         ["max_tokens_per_s", "min_memory_bytes", "min_energy_j_per_token"]
     assert data["explanations"]["facts"] == list(rec.explanations.facts)  # type: ignore[union-attr]
     assert data["not_measured"] == []
+
+
+def test_energy_without_a_reading_names_the_source() -> None:
+    gpu = {"util_mean_pct": 80.0, "energy_j_per_token": None, "energy_source": "power_integral"}
+    results = [dataclasses.replace(make_result(index=0, key="a"), gpu=gpu), make_result(index=1, key="b", micro_batch_size=4)]
+    energy = explain(results).matrix[2]
+    assert energy.note == "not measured: GPU figures were not recorded"  # b has no GPU figures at all
+    energy = explain(results[:1]).matrix[2]
+    assert energy.note == "not measured: the GPUs reported no energy reading (energy source: power_integral)"
