@@ -131,7 +131,8 @@ def test_recommendation_json_carries_the_explanations() -> None:
 
 def test_energy_without_a_reading_names_the_source() -> None:
     gpu = {"util_mean_pct": 80.0, "energy_j_per_token": None, "energy_source": "power_integral"}
-    results = [dataclasses.replace(make_result(index=0, key="a"), gpu=gpu), make_result(index=1, key="b", micro_batch_size=4)]
+    results = [dataclasses.replace(make_result(index=0, key="a"), gpu=gpu),
+               make_result(index=1, key="b", micro_batch_size=4)]
     energy = explain(results).matrix[2]
     assert energy.note == "not measured: GPU figures were not recorded"  # b has no GPU figures at all
     energy = explain(results[:1]).matrix[2]
