@@ -56,6 +56,8 @@ class ScalingPoint:
     memory_bytes: Optional[int]
     exposed_comm_fraction: Optional[float]
     """Share of the synced step that the gradient all-reduce adds (TrialResult.comm); None when not measured."""
+    exposed_comm_within_noise: Optional[bool]
+    """The sync vs no-sync gap is inside the synced steps' own spread: the share is not distinguishable from 0."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ def _point(r: TrialResult, ref: TrialResult, *, series: str, varies: str) -> Sca
         efficiency=1.0 if is_ref else ref_time_s / time_s, efficiency_ci95=None if is_ref else efficiency_ci,
         scaling=REFERENCE if is_ref else _classify(efficiency_ci),
         gpu_util_mean_pct=(r.gpu or {}).get("util_mean_pct"), memory_bytes=memory_bytes(r)[0],
-        exposed_comm_fraction=comm.get("exposed_comm_fraction"))
+        exposed_comm_fraction=comm.get("exposed_comm_fraction"), exposed_comm_within_noise=comm.get("within_noise"))
 
 
 def _ms(seconds: float) -> str:
@@ -169,7 +171,7 @@ def _beside(p: ScalingPoint, ref: ScalingPoint) -> str:
         parts.append(f"GPU utilization {p.gpu_util_mean_pct:.0f}% vs {ref.gpu_util_mean_pct:.0f}% at {ref.label}")
     if p.memory_bytes is not None and ref.memory_bytes is not None:
         parts.append(f"peak memory {format_bytes(p.memory_bytes)} vs {format_bytes(ref.memory_bytes)}")
-    if p.exposed_comm_fraction is not None:
+    if p.exposed_comm_fraction is not None and not p.exposed_comm_within_noise:
         parts.append(f"exposed all-reduce {p.exposed_comm_fraction:.0%} of the step")
     return f"; beside it: {', '.join(parts)}" if parts else ""
 
@@ -191,12 +193,21 @@ def _scaling_facts(points: Sequence[ScalingPoint]) -> list[str]:
 
 def _trial_facts(finished: Sequence[TrialResult]) -> list[str]:
     facts = []
+    noisy = []
     for r in finished:
         comm = r.comm or {}
-        if comm.get("exposed_comm_fraction") is not None:
-            facts.append(f"exposed all-reduce takes {comm['exposed_comm_fraction']:.0%} of the step at {r.label} "
-                         f"({_ms(comm['exposed_comm_s'])} of a {_ms(comm['step_time_sync_s'])} step; "
-                         f"{_ms(comm['step_time_no_sync_s'])} without gradient sync)")
+        if comm.get("exposed_comm_fraction") is None:
+            continue
+        if comm.get("within_noise"):
+            # A gap inside the synced steps' own spread is no evidence of communication cost: listed, not stated.
+            noisy.append(f"{r.label} ({comm['exposed_comm_fraction']:.0%})")
+            continue
+        facts.append(f"exposed all-reduce takes {comm['exposed_comm_fraction']:.0%} of the step at {r.label} "
+                     f"(median step {_ms(comm['step_time_sync_s'])} with gradient sync, "
+                     f"{_ms(comm['step_time_no_sync_s'])} without: {_ms(comm['exposed_comm_s'])})")
+    if noisy:
+        facts.append(f"the exposed all-reduce share is within the synced steps' noise, so not distinguishable from "
+                     f"0, at {', '.join(noisy)}")
     for r in finished:
         if r.num_outlier_steps:
             facts.append(f"{r.label}: {r.num_outlier_steps} of {r.num_measured_steps} measured steps were outliers "

@@ -93,7 +93,7 @@ def test_report_when_only_the_baseline_ran_on_one_rank(tmp_path: Path) -> None:
         _png_size(chart.path)
     assert "no chart of per-sample efficiency: needs two finished settings" in text
     assert "no chart of GPU utilization over time: no utilization samples were recorded: no NVIDIA driver" in text
-    assert "compute vs communication split: no trial recorded one" in text
+    assert "compute vs communication split: no trial recorded one (it needs more than one rank" in text
 
 
 def test_a_later_report_removes_charts_that_no_longer_hold(tmp_path: Path) -> None:

@@ -79,8 +79,10 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
          "MFU: " + "; ".join(sorted({(r.mfu or {}).get("warning") or "no FLOP count" for r in results if r.ok}))),
         ("J/token", lambda r: _fmt(gpu(r, "energy_j_per_token"), ".3g"),
          "energy per token: " + "; ".join(sorted({r.gpu_note or "no energy reading" for r in results if r.ok}))),
-        ("exposed comm", lambda r: _fmt((r.comm or {}).get("exposed_comm_fraction"), ".0%"),
-         "compute vs communication split: no trial recorded one"),
+        ("exposed comm", lambda r: _fmt((r.comm or {}).get("exposed_comm_fraction"), ".0%",
+                                        " (noise)" if (r.comm or {}).get("within_noise") else ""),
+         "compute vs communication split: no trial recorded one (it needs more than one rank and "
+         "window.comm_split_steps > 0)"),
     ]
     for header, cell, why in optional:
         if any(cell(r) not in (None, "n/a") for r in results):
@@ -126,7 +128,8 @@ def _scaling_section(points: Sequence[ScalingPoint], facts: Sequence[str]) -> li
                  _interval(p.per_sample_time_s_ci95, ".3g", 1e3), f"{p.efficiency:.2f}",
                  _interval(p.efficiency_ci95, ".2f"), p.scaling, _fmt(p.gpu_util_mean_pct, ".0f"),
                  format_bytes(p.memory_bytes) if p.memory_bytes is not None else None,
-                 _fmt(p.exposed_comm_fraction, ".0%")] for p in points]
+                 _fmt(p.exposed_comm_fraction, ".0%", " (noise)" if p.exposed_comm_within_noise else "")]
+                for p in points]
         header = ["held fixed", "varies", "setting", "global batch", "ms/sample", "95% CI", "efficiency", "95% CI",
                   "scaling", "GPU util %", "peak memory", "exposed comm"]
         lines += _table(header, rows) + [""]
