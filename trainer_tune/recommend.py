@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from trainer_tune.config import RecommendArgs
+from trainer_tune.explain import Explanations, explain
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides, format_flag
 from trainer_tune.results import TrialResult
 from trainer_tune.stats import ratio_ci
@@ -43,6 +44,9 @@ class Recommendation:
     num_failed: int
     speedup_by_key: dict[str, float]
     """Each finished trial's tokens/s over the baseline's (empty when the baseline did not finish)."""
+    explanations: Optional[Explanations] = None
+    """Per-sample efficiency, measured facts and the decision matrix (explain.py); computed from the same
+    results, never an input to the verdict."""
     not_measured: tuple[NotMeasured, ...] = ()
     """Planned settings the search strategy did not measure, each with the reason."""
     cut_short: tuple[str, ...] = ()
@@ -59,7 +63,8 @@ class Recommendation:
                 "environment": self.environment, "num_trials": self.num_trials, "num_failed": self.num_failed,
                 "speedup_by_key": self.speedup_by_key,
                 "not_measured": [{"label": n.label, "reason": n.reason} for n in self.not_measured],
-                "cut_short": list(self.cut_short)}
+                "cut_short": list(self.cut_short),
+                "explanations": self.explanations.to_json_dict() if self.explanations else None}
 
 
 def _setting(result: TrialResult, *, against: Optional[TrialResult]) -> str:
@@ -210,7 +215,8 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs,
     return Recommendation(decision=decision, speedup_by_key=speedup_by_key, speedup_ci95=speedup_interval, chosen=chosen, best=best, baseline=baseline, speedup=speedup,
                           min_speedup=args.min_speedup, reasons=tuple(reasons), verdict=verdict,
                           overrides=overrides, environment=environment, num_trials=len(results),
-                          num_failed=len(failed), not_measured=tuple(not_measured), cut_short=cut_short)
+                          num_failed=len(failed), not_measured=tuple(not_measured), cut_short=cut_short,
+                          explanations=explain(results))
 
 
 def _first_per_reason(items: Sequence[NotMeasured]) -> list[NotMeasured]:

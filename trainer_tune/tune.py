@@ -39,6 +39,7 @@ from trainer_tune.recommend import Recommendation, decide
 from trainer_tune.results import Status, TrialResult, utc_now
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_recommendation
+from trainer_tune.sinks.report import write_report
 from trainer_tune.sinks.wandb_sink import WandbSink
 from trainer_tune.strategy import BestSoFar, NotMeasured, best_so_far, measurement_order, skip_reason
 from trainer_tune.telemetry import TelemetryProbe
@@ -325,8 +326,10 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
     recommendation = decide(results, args=cfg.recommend, not_measured=not_measured)
     if session.rank_env.is_rank0:
         written = write_recommendation(output_dir, recommendation, launch_hint=launch_hint)
+        report = write_report(output_dir, results, recommendation)
         if wandb_sink is not None:
-            wandb_sink.sweep_finished(results, recommendation, files=written)
+            wandb_sink.sweep_finished(results, recommendation, files=[*written, report.report],
+                                      chart_pngs=report.charts)
     console.show(results, recommendation)
     return SweepOutcome(results=tuple(results), recommendation=recommendation,
                         num_measured=len(results) - num_skipped, num_skipped=num_skipped,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,18 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
     assert rec["verdict"] in proc.stdout
     assert "trainer_tune trials" in proc.stdout
 
+    # report.md, rendered by rank 0, links the charts drawn next to it; on CPU there is no utilization chart.
+    report = (out / "report.md").read_text()
+    assert rec["verdict"] in report and "## Decision matrix" in report
+    linked = re.findall(r"\]\((charts/[a-z_]+\.png)\)", report)
+    assert sorted(linked) == ["charts/efficiency.png", "charts/step_times.png", "charts/tokens_per_s.png"]
+    for link in linked:
+        assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "no chart of GPU utilization over time" in report
+    assert [line.split(" | ")[1] for line in report.splitlines() if re.match(r"\| \d+ \| ", line)] == \
+        [t["label"] + (" (baseline)" if t["is_baseline"] else "")
+         + (" **chosen**" if t["trial_key"] == rec["chosen"]["trial_key"] else "") for t in trials]
+
     as_yaml = yaml.safe_load((out / "recommendation.yaml").read_text())
     assert as_yaml["decision"] == rec["decision"]
     assert f"train.micro_batch_size={rec['chosen']['micro_batch_size']}" in as_yaml["overrides"]
@@ -128,3 +141,5 @@ def test_single_process_no_go_gate_exits_3(tmp_path: Path) -> None:
     trials = read_jsonl(out / "trials.jsonl")
     assert [t["world_size"] for t in trials] == [1, 1] and trials[0]["backend"] is None
     assert trials[0]["extra"]["ddp_applied"] is None
+    # One rank: the report renders all the same, with its tokens/s chart.
+    assert "NO-GO" in (out / "report.md").read_text() and (out / "charts" / "tokens_per_s.png").exists()

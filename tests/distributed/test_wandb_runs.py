@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -21,7 +22,8 @@ def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> 
     trials = {t["index"]: t for t in read_jsonl(out / "trials.jsonl")}
     rec = json.loads((out / "recommendation.json").read_text())
 
-    runs = [summarize_wandb_run(path) for path in find_offline_run_files(out / "wandb")]
+    paths = find_offline_run_files(out / "wandb")
+    runs = [summarize_wandb_run(path) for path in paths]
     by_type: dict[str, list] = {}
     for run in runs:
         by_type.setdefault(run.job_type, []).append(run)
@@ -48,6 +50,22 @@ def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> 
     assert recommendation.summary["num_trials"] == 3
     assert f"recommendation:recommendation-{out.name}" in recommendation.artifacts
     assert any(name.startswith("run_table:") for name in recommendation.artifacts)
+
+    # The report's PNGs, byte for byte, are images of the recommendation run, with their files kept for upload.
+    pngs = sorted((out / "charts").glob("*.png"))
+    assert {p.stem for p in pngs} == {"tokens_per_s", "efficiency", "step_times"}  # no GPU: no utilization chart
+    (row,) = [row for row in recommendation.history if any(k.startswith("charts/") for k in row)]
+    run_dir = paths[runs.index(recommendation)].parent
+    for png in pngs:
+        key = f"charts/{png.stem}"
+        assert row[f"{key}/_type"] == "image-file" and row[f"{key}/format"] == "png"
+        assert row[f"{key}/sha256"] == hashlib.sha256(png.read_bytes()).hexdigest()
+        assert row[f"{key}/path"] in recommendation.files
+        assert (run_dir / "files" / row[f"{key}/path"]).read_bytes() == png.read_bytes()
+    matrix = rec["explanations"]["matrix"]
+    assert recommendation.summary["objective_winners"]["max_tokens_per_s"]["label"] == matrix[0]["label"]
+    assert recommendation.summary["facts"] == rec["explanations"]["facts"]
+    assert any(name.startswith("run_table:") and name.endswith("decision_matrix") for name in recommendation.artifacts)
 
     # Nothing we wrote holds a credential.
     for path in out.rglob("*"):

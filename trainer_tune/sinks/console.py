@@ -10,17 +10,7 @@ from rich.table import Table
 
 from trainer_tune.recommend import GO, Recommendation
 from trainer_tune.results import TrialResult
-
-
-def format_bytes(value: Optional[int]) -> str:
-    if value is None:
-        return "n/a"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+from trainer_tune.units import format_bytes
 
 
 def _number(value: Optional[float], spec: str) -> str:

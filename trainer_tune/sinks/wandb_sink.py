@@ -11,13 +11,18 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from trainer_tune.config import WandbArgs, WandbMode
 from trainer_tune.metrics import step_history, summary_figures
 from trainer_tune.recommend import Recommendation
 from trainer_tune.results import TrialResult
+
+if TYPE_CHECKING:
+    from trainer_tune.explain import Explanations
+    from trainer_tune.sinks.charts import Chart
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +94,7 @@ class WandbSink:
             self._disable(f"logging trial {result.index} failed: {exc}")
 
     def sweep_finished(self, results: Sequence[TrialResult], rec: Recommendation, *,
-                       files: Sequence[Path]) -> None:
+                       files: Sequence[Path], chart_pngs: Sequence[Chart] = ()) -> None:
         if not self.enabled:
             return
         wandb = self._wandb
@@ -105,7 +110,19 @@ class WandbSink:
             if any(row.get("gpu_util_mean_pct") is not None for row in rows):
                 charts["gpu_util_by_setting"] = wandb.plot.bar(table, "label", "gpu_util_mean_pct",
                                                                title="GPU utilization % per setting")
+            # The report's own PNGs, so the run shows exactly what report.md shows.
+            charts.update({f"charts/{chart.name}": wandb.Image(str(chart.path), caption=chart.title)
+                           for chart in chart_pngs})
+            summary = {}
+            if rec.explanations is not None:
+                charts.update(_explanation_tables(wandb, rec.explanations))
+                summary = {"facts": list(rec.explanations.facts),
+                           "objective_winners": {w.objective: {"label": w.label, "value": w.value, "note": w.note,
+                                                               "tied_with": list(w.tied_with)}
+                                                 for w in rec.explanations.matrix}}
             run.log(charts)
+            run.summary.update(summary | {"not_measured": [f"{n.label}: {n.reason}" for n in rec.not_measured],
+                                   "cut_short": list(rec.cut_short)})
             run.summary.update({"decision": rec.decision, "verdict": rec.verdict, "speedup": rec.speedup,
                                 "min_speedup": rec.min_speedup, "reasons": list(rec.reasons),
                                 "chosen": rec.chosen.label if rec.chosen else None,
@@ -118,3 +135,20 @@ class WandbSink:
             run.finish()
         except Exception as exc:  # noqa: BLE001 - wandb must never end a sweep
             self._disable(f"logging the recommendation failed: {exc}")
+
+
+def _explanation_tables(wandb: Any, explanations: "Explanations") -> dict[str, Any]:
+    """The scaling points and the decision matrix as wandb tables (one row per point / objective)."""
+    tables = {}
+    for key, rows in (("scaling", explanations.points), ("decision_matrix", explanations.matrix)):
+        dicts = [asdict(row) for row in rows]
+        if dicts:
+            columns = list(dicts[0])
+            tables[key] = wandb.Table(columns=columns, data=[[_cell(d[c]) for c in columns] for d in dicts])
+    return tables
+
+
+def _cell(value: Any) -> Any:
+    """wandb tables take scalars: intervals and lists become text."""
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
+        if isinstance(value, (tuple, list)) else value

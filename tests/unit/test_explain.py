@@ -1,0 +1,147 @@
+"""Explanations on hand-worked numbers: per-sample time, efficiency and its interval, the facts, the matrix."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from result_factory import make_result
+from trainer_tune.config import RecommendArgs
+from trainer_tune.explain import LINEAR, NO_INTERVAL, REFERENCE, SUB_LINEAR, SUPER_LINEAR, explain
+from trainer_tune.recommend import decide
+
+GIB = 1024 ** 3
+
+
+def _sweep() -> list:
+    """World size 2, 128 tokens per sample. The grad_accum=1 series has its reference at 1x1: 1000 tokens/s,
+    so a sample takes 128 / 1000 = 0.128 s, interval [128 / 1050, 128 / 950]."""
+    ref = make_result(index=0, key="1x1", micro_batch_size=1, tokens_per_s=1000, ci=[950, 1050], is_baseline=True,
+                      memory_bytes=GIB)
+    ref = dataclasses.replace(ref, gpu={"util_mean_pct": 100.0, "energy_j_per_token": 0.002})
+    slow = make_result(index=2, key="4x1", micro_batch_size=4, tokens_per_s=900, ci=[880, 940], memory_bytes=2 * GIB)
+    slow = dataclasses.replace(slow, gpu={"util_mean_pct": 35.0, "energy_j_per_token": 0.003}, num_outlier_steps=3,
+                               comm={"step_time_sync_s": 0.05, "step_time_no_sync_s": 0.02, "exposed_comm_s": 0.03,
+                                     "exposed_comm_fraction": 0.6})
+    return [ref,
+            make_result(index=1, key="2x1", micro_batch_size=2, tokens_per_s=1500, ci=[1400, 1600]),
+            slow,
+            make_result(index=3, key="8x1", micro_batch_size=8, tokens_per_s=1020, ci=[900, 1100]),
+            make_result(index=4, key="2x2", micro_batch_size=2, grad_accum=2, tokens_per_s=1600, ci=[1500, 1700]),
+            make_result(index=5, key="16x1", micro_batch_size=16, status="oom")]
+
+
+def test_per_sample_time_and_efficiency_against_the_smallest_batch() -> None:
+    points = {(p.varies, p.label): p for p in explain(_sweep()).points}
+    # grad_accum=2 and micro-batches 1, 4, 8 have one finished setting on the other axis: no series there.
+    assert sorted(points) == [("grad_accum", "2x1"), ("grad_accum", "2x2"), ("micro_batch_size", "1x1"),
+                              ("micro_batch_size", "2x1"), ("micro_batch_size", "4x1"), ("micro_batch_size", "8x1")]
+    ref = points[("micro_batch_size", "1x1")]
+    assert ref.scaling == REFERENCE and ref.efficiency == 1.0 and ref.series == "grad_accum=1"
+    assert ref.per_sample_time_s == pytest.approx(0.128)
+    assert ref.per_sample_time_s_ci95 == pytest.approx((128 / 1050, 128 / 950))
+
+    fast = points[("micro_batch_size", "2x1")]
+    assert fast.per_sample_time_s == pytest.approx(128 / 1500) and fast.efficiency == pytest.approx(1.5)
+    assert fast.efficiency_ci95 == pytest.approx((1400 / 1050, 1600 / 950))
+    assert fast.scaling == SUPER_LINEAR and fast.reference_label == "1x1"
+
+    slow = points[("micro_batch_size", "4x1")]
+    assert slow.efficiency == pytest.approx(0.9)
+    assert slow.efficiency_ci95 == pytest.approx((880 / 1050, 940 / 950))  # 0.838 to 0.989: below 1
+    assert slow.scaling == SUB_LINEAR
+    assert (slow.gpu_util_mean_pct, slow.memory_bytes, slow.exposed_comm_fraction) == (35.0, 2 * GIB, 0.6)
+
+    noisy = points[("micro_batch_size", "8x1")]
+    assert noisy.efficiency == pytest.approx(1.02) and noisy.scaling == LINEAR  # 900 / 1050 to 1100 / 950
+
+    accum = points[("grad_accum", "2x2")]
+    assert accum.series == "micro_batch_size=2" and accum.reference_label == "2x1"
+    assert accum.efficiency == pytest.approx(1600 / 1500)
+    assert accum.efficiency_ci95 == pytest.approx((1500 / 1600, 1700 / 1400)) and accum.scaling == LINEAR
+
+
+def test_facts_state_measured_figures_side_by_side() -> None:
+    facts = explain(_sweep()).facts
+    assert ("4x1 is sub-linear against 1x1 (grad_accum=1): a sample takes 142 ms vs 128 ms, efficiency 0.90 "
+            "(95% CI 0.84 to 0.99), dearer per sample beyond noise; beside it: GPU utilization 35% vs 100% at 1x1, "
+            "peak memory 2.0 GiB vs 1.0 GiB, exposed all-reduce 60% of the step") in facts
+    assert any(f.startswith("2x1 is super-linear against 1x1 (grad_accum=1): a sample takes 85.3 ms vs 128 ms, "
+                            "efficiency 1.50 (95% CI 1.33 to 1.68), cheaper") for f in facts)
+    assert ("exposed all-reduce takes 60% of the step at 4x1 (median step 50 ms with gradient sync, 20 ms without: "
+            "30 ms)") in facts
+    assert any(f.startswith("4x1: 3 of 3 measured steps were outliers") for f in facts)
+    assert not any("8x1" in f or "2x2" in f for f in facts)  # within noise: nothing to explain
+
+
+def test_decision_matrix_by_objective() -> None:
+    throughput, memory, energy = explain(_sweep()).matrix
+    assert (throughput.objective, throughput.label, throughput.value) == ("max_tokens_per_s", "2x2", 1600)
+    assert throughput.value_ci95 == (1500, 1700)
+    assert throughput.tied_with == ("2x1",)  # 2x1 reaches 1600 >= 1500; 8x1 tops out at 1100
+    assert (memory.objective, memory.label, memory.value) == ("min_memory_bytes", "1x1", GIB)
+    assert memory.note == "peak reserved by the allocator; measured for 2 of 5 finished settings"
+    assert (energy.objective, energy.label, energy.value) == ("min_energy_j_per_token", "1x1", 0.002)
+
+
+def test_not_measured_objectives_say_why() -> None:
+    results = [dataclasses.replace(make_result(index=i, key=str(i), micro_batch_size=m, ci=None),
+                                   gpu_note="GPU sampling was off (telemetry.gpu_sampling=false)")
+               for i, m in enumerate((1, 2))]
+    explained = explain(results)
+    throughput, memory, energy = explained.matrix
+    # Equal tokens/s and no intervals: the first measured wins, the other is tied with it.
+    assert (throughput.label, throughput.tied_with, throughput.value_ci95) == ("1x1", ("2x1",), None)
+    assert memory.value is None and memory.note == "not measured: cpu"  # make_result's peak_memory_note
+    assert energy.value is None and energy.note == "not measured: GPU sampling was off (telemetry.gpu_sampling=false)"
+    assert [p.scaling for p in explained.points] == [REFERENCE, NO_INTERVAL]
+
+
+def test_all_failed_and_baseline_only() -> None:
+    failed = explain([make_result(index=0, key="a", status="oom", is_baseline=True),
+                      make_result(index=1, key="b", status="error", micro_batch_size=4)])
+    assert failed.points == () and failed.facts == ()
+    assert [w.value for w in failed.matrix] == [None, None, None]
+    assert all("no setting finished cleanly" in w.note for w in failed.matrix)
+
+    alone = explain([make_result(index=0, key="a", is_baseline=True, ci=[900, 1100])])
+    assert alone.points == ()
+    assert alone.facts[0].startswith("no scaling to compare")
+    assert alone.matrix[0].label == "2x1" and alone.matrix[0].tied_with == ()
+
+
+def test_settings_that_differ_in_a_flag_are_not_one_series() -> None:
+    a = make_result(index=0, key="a", micro_batch_size=1, ci=[900, 1100])
+    b = make_result(index=1, key="b", micro_batch_size=2, ci=[900, 1100])
+    b = dataclasses.replace(b, label="2x1 bucket_cap_mb=1")
+    assert explain([a, b]).points == ()
+
+
+def test_recommendation_json_carries_the_explanations() -> None:
+    rec = decide(_sweep(), args=RecommendArgs(min_speedup=1.05))
+    data = json.loads(json.dumps(rec.to_json_dict()))
+    assert data["verdict"] == rec.verdict
+    assert [w["objective"] for w in data["explanations"]["matrix"]] == \
+        ["max_tokens_per_s", "min_memory_bytes", "min_energy_j_per_token"]
+    assert data["explanations"]["facts"] == list(rec.explanations.facts)  # type: ignore[union-attr]
+    assert data["not_measured"] == []
+
+
+def test_energy_without_a_reading_names_the_source() -> None:
+    gpu = {"util_mean_pct": 80.0, "energy_j_per_token": None, "energy_source": "power_integral"}
+    results = [dataclasses.replace(make_result(index=0, key="a"), gpu=gpu),
+               make_result(index=1, key="b", micro_batch_size=4)]
+    energy = explain(results).matrix[2]
+    assert energy.note == "not measured: GPU figures were not recorded"  # b has no GPU figures at all
+    energy = explain(results[:1]).matrix[2]
+    assert energy.note == "not measured: the GPUs reported no energy reading (energy source: power_integral)"
+
+
+def test_an_exposed_share_within_noise_is_said_to_be() -> None:
+    comm = {"step_time_sync_s": 0.1, "step_time_no_sync_s": 0.098, "exposed_comm_s": 0.002,
+            "exposed_comm_fraction": 0.02, "num_no_sync_steps": 8, "within_noise": True}
+    result = dataclasses.replace(make_result(index=0, key="a", micro_batch_size=8), comm=comm)
+    assert explain([result]).facts[1] == (
+        "the exposed all-reduce share is within the synced steps' noise, so not distinguishable from 0, at 8x1 (2%)")

@@ -1,0 +1,283 @@
+"""Why settings differ, in measured facts only: per-sample time and scaling efficiency, the figures beside each
+point, and the winner for each objective (the decision matrix).
+
+Pure: finished TrialResults in, one frozen `Explanations` out, attached to the Recommendation; the sinks only
+present it. A sentence here states what was measured side by side ("GPU utilization 35% vs 100% at 1x1"),
+never a cause nobody measured ("a PCIe bottleneck").
+
+Scaling. A *series* is a set of finished settings that differ in one knob only: the micro-batch (same
+grad_accum and flags) or the accumulation (same micro-batch and flags). Within a series, linear scaling from
+the smallest global batch means the step time grows in proportion to the batch, so a sample costs the same:
+
+    per_sample_time_s = (tokens_per_step / global_batch_size) / tokens_per_s      (whole job, all ranks)
+    efficiency        = per_sample_time_s(reference) / per_sample_time_s(point)
+
+Above 1 a sample is cheaper than at the reference (super-linear), below 1 dearer (sub-linear). Its 95%
+interval combines the two tokens/s intervals at their extremes (low / high, high / low): conservative, so a
+point is flagged only when even that interval stays on one side of 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, Sequence
+
+from trainer_tune.results import TrialResult
+from trainer_tune.units import format_bytes
+
+SUPER_LINEAR = "super-linear"
+SUB_LINEAR = "sub-linear"
+LINEAR = "linear within noise"
+REFERENCE = "reference"
+NO_INTERVAL = "no interval"
+"""A tokens/s interval is missing (an old journal line), so noise cannot be told from a real difference."""
+
+
+@dataclass(frozen=True)
+class ScalingPoint:
+    trial_key: str
+    label: str
+    series: str
+    """What the series holds fixed, e.g. `grad_accum=1` (the micro-batch varies) or `micro_batch_size=2`."""
+    varies: str
+    """The knob that varies along the series: micro_batch_size or grad_accum."""
+    micro_batch_size: int
+    grad_accum: int
+    global_batch_size: int
+    reference_label: str
+    """The series' smallest global batch, against which efficiency is measured."""
+    per_sample_time_s: float
+    per_sample_time_s_ci95: Optional[tuple[float, float]]
+    efficiency: float
+    efficiency_ci95: Optional[tuple[float, float]]
+    scaling: str
+    """SUPER_LINEAR, SUB_LINEAR, LINEAR, REFERENCE or NO_INTERVAL."""
+    gpu_util_mean_pct: Optional[float]
+    memory_bytes: Optional[int]
+    exposed_comm_fraction: Optional[float]
+    """Share of the synced step that the gradient all-reduce adds (TrialResult.comm); None when not measured."""
+    exposed_comm_within_noise: Optional[bool]
+    """The sync vs no-sync gap is inside the synced steps' own spread: the share is not distinguishable from 0."""
+
+
+@dataclass(frozen=True)
+class ObjectiveWinner:
+    objective: str
+    """max_tokens_per_s, min_memory_bytes or min_energy_j_per_token."""
+    trial_key: Optional[str]
+    label: Optional[str]
+    value: Optional[float]
+    """The winner's figure in the objective's unit; None (with the reason in `note`) when not measured."""
+    value_ci95: Optional[tuple[float, float]]
+    tied_with: tuple[str, ...]
+    """Labels of the settings that measurement cannot tell apart from the winner."""
+    note: str
+
+
+@dataclass(frozen=True)
+class Explanations:
+    points: tuple[ScalingPoint, ...]
+    facts: tuple[str, ...]
+    """Plain-language statements, each built only from measured figures."""
+    matrix: tuple[ObjectiveWinner, ...]
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def memory_bytes(result: TrialResult) -> tuple[Optional[int], Optional[str]]:
+    """Peak memory of one device and where it comes from: the allocator's reserved peak (what the process held),
+    else its allocated peak, else NVML's used memory."""
+    gpu = result.gpu or {}
+    for value, source in ((result.peak_memory_reserved_bytes, "peak reserved by the allocator"),
+                          (result.peak_memory_bytes, "peak allocated by the allocator"),
+                          (gpu.get("memory_used_peak_bytes"), "peak GPU memory used (NVML)")):
+        if value is not None:
+            return value, source
+    return None, None
+
+
+def per_sample_time_s(result: TrialResult) -> float:
+    assert result.tokens_per_s, "only finished trials have a per-sample time"
+    return result.tokens_per_step / result.global_batch_size / result.tokens_per_s
+
+
+def per_sample_time_interval_s(result: TrialResult) -> Optional[tuple[float, float]]:
+    if result.tokens_per_s_ci95 is None:
+        return None
+    tokens_per_sample = result.tokens_per_step / result.global_batch_size
+    low, high = result.tokens_per_s_ci95
+    return tokens_per_sample / high, tokens_per_sample / low
+
+
+def _flags_part(result: TrialResult) -> str:
+    """The swept flags of a label (`2x1 bucket_cap_mb=1` -> `bucket_cap_mb=1`): settings that differ in a flag
+    are never in one series."""
+    return result.label.partition(" ")[2]
+
+
+def _series(finished: Sequence[TrialResult]) -> list[tuple[str, str, list[TrialResult]]]:
+    """(name, varying knob, members by global batch) for every series of at least two finished settings."""
+    groups: dict[tuple[str, str], list[TrialResult]] = {}
+    for r in finished:
+        flags = _flags_part(r)
+        for varies, fixed in (("micro_batch_size", f"grad_accum={r.grad_accum}"),
+                              ("grad_accum", f"micro_batch_size={r.micro_batch_size}")):
+            groups.setdefault((varies, f"{fixed} {flags}".strip()), []).append(r)
+    def order(group: tuple[tuple[str, str], list[TrialResult]]) -> tuple:
+        (varies, name), members = group
+        fixed = members[0].grad_accum if varies == "micro_batch_size" else members[0].micro_batch_size
+        return varies != "micro_batch_size", fixed, name
+
+    return [(name, varies, sorted(members, key=lambda r: (r.global_batch_size, r.index)))
+            for (varies, name), members in sorted(groups.items(), key=order) if len(members) > 1]
+
+
+def _classify(interval: Optional[tuple[float, float]]) -> str:
+    if interval is None:
+        return NO_INTERVAL
+    if interval[0] > 1.0:
+        return SUPER_LINEAR
+    if interval[1] < 1.0:
+        return SUB_LINEAR
+    return LINEAR
+
+
+def _point(r: TrialResult, ref: TrialResult, *, series: str, varies: str) -> ScalingPoint:
+    time_s, ref_time_s = per_sample_time_s(r), per_sample_time_s(ref)
+    interval, ref_interval = per_sample_time_interval_s(r), per_sample_time_interval_s(ref)
+    efficiency_ci: Optional[tuple[float, float]] = None
+    if interval is not None and ref_interval is not None:
+        efficiency_ci = (ref_interval[0] / interval[1], ref_interval[1] / interval[0])
+    is_ref = r.trial_key == ref.trial_key
+    comm = r.comm or {}
+    return ScalingPoint(
+        trial_key=r.trial_key, label=r.label, series=series, varies=varies, micro_batch_size=r.micro_batch_size,
+        grad_accum=r.grad_accum, global_batch_size=r.global_batch_size, reference_label=ref.label,
+        per_sample_time_s=time_s, per_sample_time_s_ci95=interval,
+        efficiency=1.0 if is_ref else ref_time_s / time_s, efficiency_ci95=None if is_ref else efficiency_ci,
+        scaling=REFERENCE if is_ref else _classify(efficiency_ci),
+        gpu_util_mean_pct=(r.gpu or {}).get("util_mean_pct"), memory_bytes=memory_bytes(r)[0],
+        exposed_comm_fraction=comm.get("exposed_comm_fraction"), exposed_comm_within_noise=comm.get("within_noise"))
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms"
+
+
+def _beside(p: ScalingPoint, ref: ScalingPoint) -> str:
+    parts = []
+    if p.gpu_util_mean_pct is not None and ref.gpu_util_mean_pct is not None:
+        parts.append(f"GPU utilization {p.gpu_util_mean_pct:.0f}% vs {ref.gpu_util_mean_pct:.0f}% at {ref.label}")
+    if p.memory_bytes is not None and ref.memory_bytes is not None:
+        parts.append(f"peak memory {format_bytes(p.memory_bytes)} vs {format_bytes(ref.memory_bytes)}")
+    if p.exposed_comm_fraction is not None and not p.exposed_comm_within_noise:
+        parts.append(f"exposed all-reduce {p.exposed_comm_fraction:.0%} of the step")
+    return f"; beside it: {', '.join(parts)}" if parts else ""
+
+
+def _scaling_facts(points: Sequence[ScalingPoint]) -> list[str]:
+    refs = {(p.series, p.varies): p for p in points if p.scaling == REFERENCE}
+    facts = []
+    for p in points:
+        if p.scaling not in (SUPER_LINEAR, SUB_LINEAR):
+            continue
+        ref = refs[(p.series, p.varies)]
+        low, high = p.efficiency_ci95  # type: ignore[misc]
+        cheaper = "cheaper" if p.scaling == SUPER_LINEAR else "dearer"
+        facts.append(f"{p.label} is {p.scaling} against {ref.label} ({p.series}): a sample takes "
+                     f"{_ms(p.per_sample_time_s)} vs {_ms(ref.per_sample_time_s)}, efficiency {p.efficiency:.2f} "
+                     f"(95% CI {low:.2f} to {high:.2f}), {cheaper} per sample beyond noise{_beside(p, ref)}")
+    return facts
+
+
+def _trial_facts(finished: Sequence[TrialResult]) -> list[str]:
+    facts = []
+    noisy = []
+    for r in finished:
+        comm = r.comm or {}
+        if comm.get("exposed_comm_fraction") is None:
+            continue
+        if comm.get("within_noise"):
+            # A gap inside the synced steps' own spread is no evidence of communication cost: listed, not stated.
+            noisy.append(f"{r.label} ({comm['exposed_comm_fraction']:.0%})")
+            continue
+        facts.append(f"exposed all-reduce takes {comm['exposed_comm_fraction']:.0%} of the step at {r.label} "
+                     f"(median step {_ms(comm['step_time_sync_s'])} with gradient sync, "
+                     f"{_ms(comm['step_time_no_sync_s'])} without: {_ms(comm['exposed_comm_s'])})")
+    if noisy:
+        facts.append(f"the exposed all-reduce share is within the synced steps' noise, so not distinguishable from "
+                     f"0, at {', '.join(noisy)}")
+    for r in finished:
+        if r.num_outlier_steps:
+            facts.append(f"{r.label}: {r.num_outlier_steps} of {r.num_measured_steps} measured steps were outliers "
+                         f"(slower than median + 5 MAD); they are kept in every figure")
+    return facts
+
+
+def _bounds(r: TrialResult) -> tuple[float, float]:
+    if r.tokens_per_s_ci95 is not None:
+        return r.tokens_per_s_ci95[0], r.tokens_per_s_ci95[1]
+    return r.tokens_per_s, r.tokens_per_s  # type: ignore[return-value]
+
+
+def _max_throughput(finished: Sequence[TrialResult]) -> ObjectiveWinner:
+    if not finished:
+        return ObjectiveWinner("max_tokens_per_s", None, None, None, None, (), "no setting finished cleanly")
+    best = max(finished, key=lambda r: r.tokens_per_s)  # type: ignore[arg-type,return-value]
+    floor = _bounds(best)[0]
+    tied = tuple(r.label for r in finished if r is not best and _bounds(r)[1] >= floor)
+    note = (f"tokens/s intervals of {', '.join(tied)} reach the winner's lower end: a tie within noise" if tied
+            else "no other setting's interval reaches the winner's lower end")
+    ci = tuple(best.tokens_per_s_ci95) if best.tokens_per_s_ci95 else None
+    return ObjectiveWinner("max_tokens_per_s", best.trial_key, best.label, best.tokens_per_s, ci, tied,  # type: ignore
+                           note)
+
+
+def _min_memory(finished: Sequence[TrialResult]) -> ObjectiveWinner:
+    measured = [(memory_bytes(r), r) for r in finished if memory_bytes(r)[0] is not None]
+    if not measured:
+        notes = sorted({r.peak_memory_note for r in finished if r.peak_memory_note})
+        why = "; ".join(notes) if finished and notes else "no setting finished cleanly"
+        return ObjectiveWinner("min_memory_bytes", None, None, None, None, (), f"not measured: {why}")
+    # Equal peaks are a tie (allocators round to blocks); the faster setting wins it.
+    (value, source), best = min(measured, key=lambda m: (m[0][0], -m[1].tokens_per_s))  # type: ignore
+    tied = tuple(r.label for (v, _), r in measured if r is not best and v == value)
+    note = source or ""
+    if len(measured) < len(finished):
+        note += f"; measured for {len(measured)} of {len(finished)} finished settings"
+    return ObjectiveWinner("min_memory_bytes", best.trial_key, best.label, float(value),  # type: ignore[arg-type]
+                           None, tied, note)
+
+
+def _min_energy(finished: Sequence[TrialResult]) -> ObjectiveWinner:
+    measured = [r for r in finished if (r.gpu or {}).get("energy_j_per_token") is not None]
+    if not measured:
+        notes = sorted({r.gpu_note or "GPU figures were not recorded" for r in finished if r.gpu is None})
+        if not finished:
+            why = "no setting finished cleanly"
+        elif notes:
+            why = "; ".join(notes)
+        else:
+            sources = sorted({str(r.gpu.get("energy_source")) for r in finished})  # type: ignore[union-attr]
+            why = f"the GPUs reported no energy reading (energy source: {', '.join(sources)})"
+        return ObjectiveWinner("min_energy_j_per_token", None, None, None, None, (), f"not measured: {why}")
+    best = min(measured, key=lambda r: r.gpu["energy_j_per_token"])  # type: ignore[index]
+    note = "whole-job energy over the measured steps; no interval (one energy reading per window)"
+    if len(measured) < len(finished):
+        note += f"; measured for {len(measured)} of {len(finished)} finished settings"
+    value = best.gpu["energy_j_per_token"]  # type: ignore[index]
+    return ObjectiveWinner("min_energy_j_per_token", best.trial_key, best.label, value, None, (), note)
+
+
+def explain(results: Sequence[TrialResult]) -> Explanations:
+    finished = sorted((r for r in results if r.ok and r.tokens_per_s), key=lambda r: r.index)
+    points: list[ScalingPoint] = []
+    for name, varies, members in _series(finished):
+        points += [_point(r, members[0], series=name, varies=varies) for r in members]
+    facts = _scaling_facts(points) + _trial_facts(finished)
+    if finished and not points:
+        facts.insert(0, "no scaling to compare: that needs two finished settings that differ only in micro-batch "
+                        "or only in grad_accum")
+    return Explanations(points=tuple(points), facts=tuple(facts),
+                        matrix=(_max_throughput(finished), _min_memory(finished), _min_energy(finished)))

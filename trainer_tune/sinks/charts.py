@@ -1,0 +1,199 @@
+"""PNG charts of a sweep, drawn once and shared by report.md and the wandb recommendation run.
+
+Only finished trials are drawn (a failed trial has no figures; the report's table shows it). Every value
+drawn is a recorded figure or a per-step time from the journal; box plots summarise those steps as matplotlib
+draws them (quartiles, whiskers), which is presentation, not a reported figure. Figures are rendered with the
+Agg canvas directly, without pyplot, so no global matplotlib state changes in the caller's process.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import (
+    FixedLocator, FormatStrFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter)
+
+from trainer_tune.explain import SUB_LINEAR, SUPER_LINEAR, Explanations, ScalingPoint
+from trainer_tune.recommend import Recommendation
+from trainer_tune.results import TrialResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Chart:
+    name: str
+    """File stem (charts/<name>.png) and the wandb key (charts/<name>)."""
+    title: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class ChartSet:
+    charts: tuple[Chart, ...]
+    omitted: tuple[tuple[str, str], ...]
+    """(title, why) for each chart that was not drawn."""
+
+
+def _new_figure(*, width_in: float = 7.5, height_in: float = 4.2) -> Figure:
+    fig = Figure(figsize=(width_in, height_in), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _log2_axis(ax, values: Sequence[int]) -> None:  # noqa: ANN001 - a matplotlib Axes
+    """Batch sizes double from setting to setting: a log2 axis spaces them evenly, labelled with the values."""
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(values))))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _flags_part(r: TrialResult) -> str:
+    return r.label.partition(" ")[2]
+
+
+def _tokens_per_s(finished: Sequence[TrialResult], rec: Recommendation, path: Path) -> None:
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    lines: dict[tuple[int, str], list[TrialResult]] = {}
+    for r in finished:
+        lines.setdefault((r.grad_accum, _flags_part(r)), []).append(r)
+    for (grad_accum, flags), members in sorted(lines.items()):
+        members.sort(key=lambda r: r.micro_batch_size)
+        y = [r.tokens_per_s for r in members]
+        bounds = [r.tokens_per_s_ci95 or [r.tokens_per_s, r.tokens_per_s] for r in members]
+        low = [v - b[0] for v, b in zip(y, bounds)]  # type: ignore[operator]
+        high = [b[1] - v for v, b in zip(y, bounds)]  # type: ignore[operator]
+        ax.errorbar([r.micro_batch_size for r in members], y, yerr=[low, high], marker="o", capsize=4,
+                    label=f"grad_accum={grad_accum} {flags}".strip())
+    marks = [(rec.baseline, "*", "baseline", 16), (rec.chosen, "o", "chosen", 14)]
+    for trial, marker, name, size in marks:
+        if trial is not None and trial.ok and trial.tokens_per_s:
+            ax.plot([trial.micro_batch_size], [trial.tokens_per_s], marker=marker, markersize=size, linestyle="none",
+                    markerfacecolor="none" if name == "chosen" else "gold", markeredgecolor="black",
+                    label=f"{name} ({trial.label})")
+    _log2_axis(ax, [r.micro_batch_size for r in finished])
+    ax.set_xlabel("micro-batch size per rank")
+    ax.set_ylabel("tokens/s (whole job)")
+    ax.set_title("tokens/s by micro-batch, one line per grad_accum (bars: 95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path)
+
+
+def _efficiency(points: Sequence[ScalingPoint], path: Path) -> None:
+    kinds = [k for k in ("micro_batch_size", "grad_accum") if any(p.varies == k for p in points)]
+    fig = _new_figure(width_in=7.5 if len(kinds) == 1 else 11.0)
+    for i, kind in enumerate(kinds):
+        ax = fig.add_subplot(1, len(kinds), i + 1)
+        series = sorted({p.series for p in points if p.varies == kind})
+        for name in series:
+            members = sorted((p for p in points if p.varies == kind and p.series == name),
+                             key=lambda p: getattr(p, kind))
+            x = [getattr(p, kind) for p in members]
+            low = [p.efficiency - p.efficiency_ci95[0] if p.efficiency_ci95 else 0.0 for p in members]
+            high = [p.efficiency_ci95[1] - p.efficiency if p.efficiency_ci95 else 0.0 for p in members]
+            (line, *_rest) = ax.errorbar(x, [p.efficiency for p in members], yerr=[low, high], marker="o",
+                                         capsize=4, label=name)
+            for p in members:
+                if p.scaling in (SUPER_LINEAR, SUB_LINEAR):
+                    ax.plot([getattr(p, kind)], [p.efficiency], linestyle="none", markersize=11,
+                            marker="^" if p.scaling == SUPER_LINEAR else "v", color=line.get_color())
+        ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="linear scaling")
+        _log2_axis(ax, [getattr(p, kind) for p in points if p.varies == kind])
+        ax.set_xlabel("micro-batch size per rank" if kind == "micro_batch_size" else "grad_accum")
+        ax.set_ylabel("efficiency vs smallest batch")
+        ax.set_title(f"{kind.replace('_', ' ')} varies (▲ super-, ▼ sub-linear beyond noise)", fontsize="medium")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle("per-sample efficiency: per-sample time at the smallest batch / per-sample time (bars: 95% CI)",
+                 fontsize="medium")
+    fig.savefig(path)
+
+
+def _step_times(finished: Sequence[TrialResult], path: Path) -> None:
+    with_steps = [r for r in finished if r.extra.get("step_times_s")]
+    fig = _new_figure(width_in=max(7.5, 0.9 * len(with_steps) + 2))
+    ax = fig.add_subplot()
+    data_ms = [[t * 1e3 for t in r.extra["step_times_s"]] for r in with_steps]
+    ax.boxplot(data_ms, tick_labels=[r.label for r in with_steps], showfliers=False)
+    for i, values in enumerate(data_ms, start=1):
+        # Every measured step as a dot beside its box: short windows have few steps, and outliers show.
+        offsets = [(j % 7 - 3) * 0.04 for j in range(len(values))]
+        ax.plot([i + o for o in offsets], values, linestyle="none", marker=".", alpha=0.6, color="tab:blue")
+    # Step times span decades across batch sizes: a log axis, labelled in plain milliseconds.
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel("step time (ms, log scale)")
+    ax.set_title("step time per measured step, per setting (box: quartiles; dots: every step)")
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.grid(alpha=0.3, axis="y")
+    fig.savefig(path)
+
+
+def _gpu_util(with_series: Sequence[TrialResult], path: Path) -> None:
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for r in with_series:
+        series = r.extra["gpu_utilization_series"]
+        start_s = series[0][0]
+        ax.plot([t - start_s for t, _ in series], [u for _, u in series], marker=".", label=r.label)
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("seconds into the measured steps")
+    ax.set_ylabel("GPU utilization % (rank 0)")
+    ax.set_title("GPU utilization over the measured steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    fig.savefig(path)
+
+
+def _gpu_reason(finished: Sequence[TrialResult]) -> str:
+    notes = sorted({r.gpu_note for r in finished if r.gpu_note})
+    return "no utilization samples were recorded" + (f": {'; '.join(notes)}" if notes else "")
+
+
+def draw_charts(results: Sequence[TrialResult], rec: Recommendation, *, charts_dir: Path) -> ChartSet:
+    charts_dir.mkdir(parents=True, exist_ok=True)
+    finished = sorted((r for r in results if r.ok and r.tokens_per_s), key=lambda r: r.index)
+    explanations: Optional[Explanations] = rec.explanations
+    points = explanations.points if explanations is not None else ()
+    none_finished = "no setting finished cleanly"
+    with_series = [r for r in finished if r.extra.get("gpu_utilization_series")]
+    plans = [
+        ("tokens_per_s", "tokens/s by micro-batch", none_finished if not finished else None,
+         lambda path: _tokens_per_s(finished, rec, path)),
+        ("efficiency", "per-sample efficiency",
+         None if points else (none_finished if not finished else
+                              "needs two finished settings that differ only in micro-batch or only in grad_accum"),
+         lambda path: _efficiency(points, path)),
+        ("step_times", "step-time distribution",
+         None if any(r.extra.get("step_times_s") for r in finished) else
+         (none_finished if not finished else "the journal holds no per-step times for these trials"),
+         lambda path: _step_times(finished, path)),
+        ("gpu_util", "GPU utilization over time",
+         None if with_series else (none_finished if not finished else _gpu_reason(finished)),
+         lambda path: _gpu_util(with_series, path)),
+    ]
+    charts, omitted = [], []
+    for name, title, why_not, draw in plans:
+        path = charts_dir / f"{name}.png"
+        if why_not is None:
+            try:
+                draw(path)
+            except Exception as exc:  # noqa: BLE001 - a chart must not cost the report; it says what failed
+                log.warning("chart %s could not be drawn: %s", name, exc, exc_info=True)
+                omitted.append((title, f"drawing it failed: {exc}"))
+                continue
+            charts.append(Chart(name=name, title=title, path=path))
+        else:
+            path.unlink(missing_ok=True)  # a chart from an earlier report in this directory no longer holds
+            omitted.append((title, why_not))
+    return ChartSet(charts=tuple(charts), omitted=tuple(omitted))

@@ -1,0 +1,185 @@
+"""report.md in the output directory: the verdict and why, every trial, the charts, the explanations and the
+decision matrix, in one file a person can read (rank 0, at the end of every sweep, resumed ones included).
+
+Charts go to `charts/` next to the report and are linked relatively, so the directory can be moved or
+attached whole. Figures not measured are `n/a` with the reason, never zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+
+from trainer_tune.durable import write_atomically
+from trainer_tune.explain import ObjectiveWinner, ScalingPoint, memory_bytes
+from trainer_tune.recommend import Recommendation
+from trainer_tune.results import TrialResult
+from trainer_tune.units import format_bytes
+
+if TYPE_CHECKING:  # charts imports matplotlib: only write_report loads it, at the end of a sweep
+    from trainer_tune.sinks.charts import Chart, ChartSet
+
+REPORT_MD = "report.md"
+CHARTS_DIR = "charts"
+
+_OBJECTIVES = {"max_tokens_per_s": ("max throughput", "tokens/s"),
+               "min_memory_bytes": ("min memory", "peak memory per device"),
+               "min_energy_j_per_token": ("min energy per token", "J/token")}
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    report: Path
+    charts: tuple["Chart", ...]
+    """The charts drawn, for the wandb sink to log the same images."""
+
+
+def _cell(value: Any) -> str:
+    text = "n/a" if value is None else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _fmt(value: Optional[float], spec: str, suffix: str = "") -> Optional[str]:
+    return None if value is None else format(value, spec) + suffix
+
+
+def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple[list[tuple[str, Callable]], list[str]]:
+    """(header, cell function) per column; a column no trial measured is left out and a note says why."""
+    gpu = lambda r, key: (r.gpu or {}).get(key)  # noqa: E731
+    columns: list[tuple[str, Callable[[TrialResult], Any]]] = [
+        ("#", lambda r: r.index),
+        ("setting", lambda r: r.label + (" (baseline)" if r.is_baseline else "")
+         + (" **chosen**" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "")),
+        ("global batch", lambda r: r.global_batch_size),
+        ("status", lambda r: r.status if r.ok else f"**{r.status}**"),
+        ("tokens/s", lambda r: _fmt(r.tokens_per_s, ",.0f")),
+        ("95% CI", lambda r: f"{r.tokens_per_s_ci95[0]:,.0f} to {r.tokens_per_s_ci95[1]:,.0f}"
+         if r.tokens_per_s_ci95 else None),
+        ("step p50 s", lambda r: _fmt(r.step_time_s.median if r.step_time_s else None, ".4f")),
+        ("step p90 s", lambda r: _fmt(r.step_time_s.p90 if r.step_time_s else None, ".4f")),
+        ("outliers", lambda r: None if r.num_outlier_steps is None
+         else f"{r.num_outlier_steps}/{r.num_measured_steps}"),
+    ]
+    notes = []
+    optional: list[tuple[str, Callable[[TrialResult], Any], str]] = [
+        ("peak memory", lambda r: format_bytes(memory_bytes(r)[0]) if r.ok else None,
+         "peak memory: " + "; ".join(sorted({r.peak_memory_note or "not reported" for r in results if r.ok}))),
+        ("GPU util %", lambda r: _fmt(gpu(r, "util_mean_pct"), ".0f"),
+         "GPU utilization: " + "; ".join(sorted({r.gpu_note or "not sampled" for r in results if r.ok}))),
+        ("TFLOP/s", lambda r: _fmt((r.mfu or {}).get("achieved_tflops"), ".3g"),
+         "achieved TFLOP/s: the model's FLOPs per token are unknown"),
+        ("MFU", lambda r: _fmt((r.mfu or {}).get("mfu"), ".1%"),
+         "MFU: " + "; ".join(sorted({(r.mfu or {}).get("warning") or "no FLOP count" for r in results if r.ok}))),
+        ("J/token", lambda r: _fmt(gpu(r, "energy_j_per_token"), ".3g"),
+         "energy per token: " + "; ".join(sorted({r.gpu_note or "no energy reading" for r in results if r.ok}))),
+        ("exposed comm", lambda r: _fmt((r.comm or {}).get("exposed_comm_fraction"), ".0%",
+                                        " (noise)" if (r.comm or {}).get("within_noise") else ""),
+         "compute vs communication split: no trial recorded one (it needs more than one rank and "
+         "window.comm_split_steps > 0)"),
+    ]
+    for header, cell, why in optional:
+        if any(cell(r) not in (None, "n/a") for r in results):
+            columns.append((header, cell))
+        elif any(r.ok for r in results):
+            notes.append(f"not measured, so not in the table: {why}")
+    columns += [("vs baseline", lambda r: _fmt((rec.speedup_by_key[r.trial_key] - 1) * 100, "+.1f", "%")
+                 if r.trial_key in rec.speedup_by_key else None),
+                ("window", lambda r: r.window_stop),
+                ("error", lambda r: r.error)]
+    return columns, notes
+
+
+def _trials_section(results: Sequence[TrialResult], rec: Recommendation) -> list[str]:
+    columns, notes = _trial_columns(results, rec)
+    rows = [[cell(r) for _, cell in columns] for r in sorted(results, key=lambda r: r.index)]
+    lines = ["## Trials", "", *_table([h for h, _ in columns], rows), ""]
+    lines += [f"- {note}" for note in notes]
+    return lines + ([""] if notes else [])
+
+
+def _charts_section(chart_set: "ChartSet") -> list[str]:
+    lines = ["## Charts", ""]
+    for chart in chart_set.charts:
+        lines += [f"### {chart.title}", "", f"![{chart.title}]({CHARTS_DIR}/{chart.path.name})", ""]
+    for title, why in chart_set.omitted:
+        lines += [f"- no chart of {title}: {why}"]
+    return lines + ([""] if chart_set.omitted else [])
+
+
+def _interval(values: Optional[tuple[float, float]], spec: str, scale: float = 1.0) -> Optional[str]:
+    return None if values is None else f"{values[0] * scale:{spec}} to {values[1] * scale:{spec}}"
+
+
+def _scaling_section(points: Sequence[ScalingPoint], facts: Sequence[str]) -> list[str]:
+    lines = ["## Explanations", "",
+             "Per-sample time is the whole job's time per sample (step time / global batch). Efficiency is the "
+             "per-sample time at the series' smallest batch over this one's: 1 is linear scaling, above 1 a "
+             "sample is cheaper, below 1 dearer; *super-linear* and *sub-linear* mean the whole 95% interval is "
+             "on that side of 1.", ""]
+    if points:
+        rows = [[p.series, p.varies, p.label, p.global_batch_size, f"{p.per_sample_time_s * 1e3:.3g}",
+                 _interval(p.per_sample_time_s_ci95, ".3g", 1e3), f"{p.efficiency:.2f}",
+                 _interval(p.efficiency_ci95, ".2f"), p.scaling, _fmt(p.gpu_util_mean_pct, ".0f"),
+                 format_bytes(p.memory_bytes) if p.memory_bytes is not None else None,
+                 _fmt(p.exposed_comm_fraction, ".0%", " (noise)" if p.exposed_comm_within_noise else "")]
+                for p in points]
+        header = ["held fixed", "varies", "setting", "global batch", "ms/sample", "95% CI", "efficiency", "95% CI",
+                  "scaling", "GPU util %", "peak memory", "exposed comm"]
+        lines += _table(header, rows) + [""]
+    lines += [f"- {fact}" for fact in facts] or ["- nothing to explain: no finished setting"]
+    return lines + [""]
+
+
+def _matrix_section(matrix: Sequence[ObjectiveWinner]) -> list[str]:
+    rows = []
+    for w in matrix:
+        name, unit = _OBJECTIVES.get(w.objective, (w.objective, ""))
+        if w.value is None:
+            figure = None
+        elif w.objective == "min_memory_bytes":
+            figure = format_bytes(int(w.value))
+        elif w.objective == "max_tokens_per_s":
+            figure = f"{w.value:,.0f} tokens/s" + (f" (95% CI {w.value_ci95[0]:,.0f} to {w.value_ci95[1]:,.0f})"
+                                                  if w.value_ci95 else "")
+        else:
+            figure = f"{w.value:.3g} {unit}"
+        rows.append([name, w.label or "none", figure, ", ".join(w.tied_with) or "-", w.note])
+    return ["## Decision matrix", "", *_table(["objective", "winner", "figure", "tied within noise", "note"], rows),
+            ""]
+
+
+def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set: "ChartSet") -> str:
+    lines = ["# trainer_tune report", "", f"**{rec.verdict}**", ""]
+    if rec.overrides:
+        lines += ["Train (or measure again) with:", "", "```", " ".join(rec.overrides), "```", ""]
+    lines += ["## Why", ""] + [f"- {reason}" for reason in rec.reasons] + [""]
+    lines += _trials_section(results, rec)
+    lines += _charts_section(chart_set)
+    if rec.explanations is not None:
+        lines += _scaling_section(rec.explanations.points, rec.explanations.facts)
+        lines += _matrix_section(rec.explanations.matrix)
+    if rec.not_measured:
+        lines += ["## Settings not measured", ""] + [f"- {n.label}: {n.reason}" for n in rec.not_measured] + [""]
+    if rec.cut_short:
+        lines += ["## Windows cut short", "",
+                  "strategy=adaptive ended these windows once their interval could not reach the best setting "
+                  "measured before them (see each trial's window_stop): "
+                  + ", ".join(rec.cut_short), ""]
+    return "\n".join(lines)
+
+
+def write_report(output_dir: Path, results: Sequence[TrialResult], rec: Recommendation) -> ReportFiles:
+    # matplotlib is imported here, on rank 0 at the end, so no rank pays for it at start-up.
+    from trainer_tune.sinks.charts import draw_charts
+
+    chart_set = draw_charts(results, rec, charts_dir=output_dir / CHARTS_DIR)
+    path = output_dir / REPORT_MD
+    write_atomically(path, render_report(results, rec, chart_set))
+    return ReportFiles(report=path, charts=chart_set.charts)

@@ -1,0 +1,16 @@
+"""How figures with units are written for people: shared by the explanations and every sink."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+def format_bytes(value: Optional[int]) -> str:
+    if value is None:
+        return "n/a"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
