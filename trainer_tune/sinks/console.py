@@ -88,7 +88,7 @@ class ConsoleSink:
         has_mfu = any(r.mfu and r.mfu.get("mfu") is not None for r in results)
         has_comm = any(r.comm for r in results)
         columns = [("#", "right"), ("setting", "left"), ("global batch", "right"), ("status", "left"),
-                   ("tokens/s", "right"), ("95% CI", "right"), ("samples/s", "right"), ("step p50 s", "right"), ("step p90 s", "right"),
+                   ("tokens/s", "right"), ("95% CI", "right"), ("step p50 s", "right"), ("step p90 s", "right"),
                    ("peak memory", "right")]
         columns += [("GPU util %", "right"), ("J/token", "right")] if has_gpu else []
         columns += [("MFU", "right")] if has_mfu else [("TFLOP/s", "right")]
@@ -105,7 +105,6 @@ class ConsoleSink:
                      r.status if r.ok else f"[red]{r.status}[/red]",
                      _number(r.tokens_per_s, ",.0f"),
                      _ci_percent(r) + (" cut" if r.window_cut_short else ""),
-                     _number(r.samples_per_s, ",.1f"),
                      _number(r.step_time_s.median if r.step_time_s else None, ".4f"),
                      _number(r.step_time_s.p90 if r.step_time_s else None, ".4f"),
                      format_bytes(r.peak_memory_bytes if r.peak_memory_bytes is not None
