@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II
@@ -49,10 +49,26 @@ def require_non_empty(key: str, values: Optional[List[Any]]) -> None:
 
 class Attention(Enum):
     dense = "dense"
+    """Causal scaled-dot-product attention over every earlier position."""
+    nsa = "nsa"
+    """Native sparse attention (trainer_tune/nsa_attention.py): compressed blocks, top-k selected blocks and a
+    sliding window, mixed by a learned per-head gate. Switched per trial by nsa.prefill_batched and
+    nsa.disable_aux_stats."""
 
 
 class DataKind(Enum):
     synthetic = "synthetic"
+    bytes = "bytes"
+
+
+def require_target(key: str, target: Optional[str]) -> None:
+    """A `_target_` must at least look like a dotted import path; whether it imports is checked by
+    trainer_tune.targets.check_targets before any process group starts."""
+    if target is None:
+        return
+    parts = target.split(".")
+    require(len(parts) >= 2 and all(part.isidentifier() for part in parts), key=key, value=target,
+            allowed="a dotted import path such as my_pkg.models.build_model (module, then attribute), or null")
 
 
 class Strategy(Enum):
@@ -85,10 +101,18 @@ class DeviceKind(Enum):
 
 @dataclass
 class ModelArgs:
-    """The built-in decoder-only GPT."""
+    """The built-in decoder-only GPT, or the user's own model through `_target_`."""
 
     name: str = "tiny"
     """Preset name, recorded with every trial."""
+    _target_: Optional[str] = None
+    """null: the built-in GPT. Else the import path of a class or factory that returns an nn.Module taking
+    input_ids [batch, seq_len] and returning logits [batch, seq_len, vocab_size] (or an object with .logits,
+    as Hugging Face causal LMs do); built with hydra.utils.instantiate and model.kwargs. The built-in GPT's
+    shape keys below are then unused, except vocab_size and seq_len, which the data and the loss check use."""
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for model._target_ (add one with +model.kwargs.NAME=VALUE; nested `_target_` nodes
+    are instantiated too, e.g. a Hugging Face config object)."""
     vocab_size: int = 256
     seq_len: int = 128
     """Tokens per sample; the model's maximum context."""
@@ -98,20 +122,56 @@ class ModelArgs:
     mlp_ratio: int = 4
     """Hidden width of each MLP as a multiple of d_model."""
     attention: Attention = Attention.dense
+    """dense or nsa (native sparse attention; the nsa_* keys below shape it)."""
+    nsa_block_size: int = 16
+    """attention=nsa: tokens per block, for both the compressed and the selected branch."""
+    nsa_num_selected_blocks: int = 4
+    """attention=nsa: blocks each query attends to at full resolution (its own block included)."""
+    nsa_window_size: int = 32
+    """attention=nsa: positions of the causal sliding window (the query's own included)."""
 
     def __post_init__(self) -> None:
-        for key in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "mlp_ratio"):
+        require_target("model._target_", self._target_)
+        for key in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "mlp_ratio", "nsa_block_size",
+                    "nsa_num_selected_blocks", "nsa_window_size"):
             require_int_at_least(f"model.{key}", getattr(self, key), 1)
         require(self.d_model % self.n_heads == 0, key="model.d_model", value=self.d_model,
                 allowed=f"a multiple of model.n_heads={self.n_heads}")
+        if self.attention == Attention.nsa and self._target_ is None:
+            require(self.nsa_block_size <= self.seq_len, key="model.nsa_block_size", value=self.nsa_block_size,
+                    allowed=f"at most model.seq_len={self.seq_len}: with no complete block the compressed and "
+                            f"selected branches have nothing to attend to")
 
 
 @dataclass
 class DataArgs:
     kind: DataKind = DataKind.synthetic
-    """synthetic: uniformly random token ids, generated on the device (no input pipeline cost)."""
+    """synthetic: uniformly random token ids, generated on the device (no input pipeline cost); bytes: the small
+    text corpus shipped in the package, one token per byte (needs model.vocab_size >= 256)."""
     seed: int = 1234
     """Seed of the token stream; every trial sees the same tokens."""
+    _target_: Optional[str] = None
+    """null: data.kind. Else the import path of the user's batch source (see trainer_tune.data.BatchSource),
+    called with data.kwargs plus micro_batch_size, seq_len, vocab_size, rank, world_size, seed and device."""
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for data._target_."""
+
+    def __post_init__(self) -> None:
+        require_target("data._target_", self._target_)
+
+
+@dataclass
+class LossArgs:
+    """The training loss; next-token cross-entropy unless `_target_` names another."""
+
+    _target_: Optional[str] = None
+    """null: cross-entropy of logits [batch, seq, vocab] against the next tokens. Else the import path of a
+    function loss(logits, targets, **loss.kwargs) -> scalar tensor, with targets [batch, seq] token ids."""
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for loss._target_."""
+
+    def __post_init__(self) -> None:
+        require_target("loss._target_", self._target_)
 
 
 @dataclass
@@ -387,6 +447,7 @@ class WandbArgs:
 class TuneConfig:
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataArgs = field(default_factory=DataArgs)
+    loss: LossArgs = field(default_factory=LossArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
     sweep: SweepArgs = field(default_factory=SweepArgs)
     window: WindowArgs = field(default_factory=WindowArgs)
@@ -401,6 +462,9 @@ class TuneConfig:
     wandb: WandbArgs = field(default_factory=WandbArgs)
 
     def __post_init__(self) -> None:
+        if self.data.kind == DataKind.bytes and self.data._target_ is None:
+            require(self.model.vocab_size >= 256, key="model.vocab_size", value=self.model.vocab_size,
+                    allowed="at least 256 with data=bytes (one token per byte value)")
         if self.watchdog.enabled:
             require(self.watchdog.abort_after_s < self.dist.timeout_s, key="watchdog.abort_after_s",
                     value=self.watchdog.abort_after_s,

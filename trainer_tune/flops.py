@@ -11,11 +11,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from trainer_tune.config import Attention, ModelArgs
+from trainer_tune.nsa_attention import nsa_attention_flops_per_token
+
 __all__ = [
     "PEAK_TFLOPS",
     "MfuResult",
+    "gpt_flops_per_token",
     "lookup_peak_tflops",
     "mfu",
+    "nsa_compression_flops_per_token",
     "transformer_flops_per_token",
 ]
 
@@ -70,6 +75,49 @@ def transformer_flops_per_token(
     else:
         attention_forward = float(attention_flops_per_token_per_layer)
     return 6.0 * num_params_non_embedding + 3.0 * n_layers * attention_forward
+
+
+def nsa_compression_flops_per_token(*, d_model: int, n_heads: int, seq_len: int, block_size: int) -> float:
+    """Forward FLOPs per token of NSA's block compression (keys and values).
+
+    Per complete block and head, one ``[block_size * head_dim] -> [head_dim]`` linear map for the keys and one
+    for the values: ``2 * 2 * block_size * head_dim**2`` FLOPs for ``block_size`` tokens. Over the
+    ``floor(seq_len / block_size)`` complete blocks of a sequence, per token::
+
+        4 * n_heads * head_dim**2 * block_size * floor(seq_len / block_size) / seq_len
+
+    (about ``4 * head_dim * d_model``). Counting the compression weights in ``6 * N`` instead would charge
+    them once per token and head, ``block_size / n_heads`` times too much.
+    """
+    head_dim = d_model // n_heads
+    complete_tokens = (seq_len // block_size) * block_size
+    return 4.0 * n_heads * head_dim * head_dim * complete_tokens / seq_len
+
+
+def gpt_flops_per_token(args: ModelArgs, *, num_parameters: int) -> float:
+    """Training FLOPs per token of the built-in GPT (trainer_tune/model.py) with ``num_parameters`` distinct
+    parameters: ``transformer_flops_per_token`` with the attention term the layer really needs.
+
+    The position table is a lookup (no FLOPs); the token embedding is counted once, as the tied LM head. Dense
+    attention uses the causal default. NSA counts, per layer, the keys each query really attends to in the
+    three branches (``nsa_attention_flops_per_token``) plus the block compression, whose weights are taken
+    out of ``N``; the gate's small linear map stays in ``N``. What the batched CPU path computes beyond that
+    (masked keys, see ``nsa_attention_flops_per_token``) is not useful work and is not counted.
+    """
+    num_params_non_embedding = num_parameters - args.seq_len * args.d_model
+    attention = None
+    if args.attention == Attention.nsa:
+        head_dim = args.d_model // args.n_heads
+        compression_params = 2 * (head_dim * args.nsa_block_size * head_dim + head_dim)
+        num_params_non_embedding -= args.n_layers * compression_params
+        attention = nsa_attention_flops_per_token(
+            d_model=args.d_model, n_heads=args.n_heads, seq_len=args.seq_len, block_size=args.nsa_block_size,
+            num_selected_blocks=args.nsa_num_selected_blocks, window_size=args.nsa_window_size,
+        ) + nsa_compression_flops_per_token(d_model=args.d_model, n_heads=args.n_heads, seq_len=args.seq_len,
+                                            block_size=args.nsa_block_size)
+    return transformer_flops_per_token(num_params_non_embedding=num_params_non_embedding, n_layers=args.n_layers,
+                                       d_model=args.d_model, seq_len=args.seq_len,
+                                       attention_flops_per_token_per_layer=attention)
 
 
 # Dense (no structured sparsity) peak TFLOP/s per device, keyed by (family, dtype).

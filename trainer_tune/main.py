@@ -28,6 +28,7 @@ from trainer_tune.recommend import GO
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_config
 from trainer_tune.sinks.wandb_sink import WandbSink
+from trainer_tune.targets import check_targets
 from trainer_tune.tune import run_sweep
 
 log = logging.getLogger("trainer_tune")
@@ -70,6 +71,7 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
         if rank_env.world_size > 1:
             choose_backend(cfg.dist, device)
         build_plan(cfg, world_size=rank_env.world_size, base_flags=base_flags, device_type=device.type)
+        check_targets(cfg)
     except (ConfigError, OmegaConfBaseException) as exc:
         # Hydra made the run directory before calling us; leave nothing behind for a run that never started.
         with contextlib.suppress(OSError):

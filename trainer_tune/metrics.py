@@ -146,6 +146,7 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         peak_memory_note=m.peak_memory_note, num_parameters=m.num_parameters,
         extra={"ddp_applied": m.ddp_applied, "device_memory_bytes": ctx.device_memory_bytes, "losses": [_finite_or_none(x) for x in m.losses],
                "step_times_s": list(m.step_times_s),
+               **({"nsa_aux_stats": [dict(s) for s in m.aux_stats]} if m.aux_stats else {}),
                "gpu_utilization_series": telemetry[0].get("gpu_utilization_series") if telemetry and telemetry[0]
                else None})
 
@@ -179,16 +180,20 @@ def failed_result(spec: TrialSpec, ctx: TrialContext, *, status: Status, error: 
 
 
 def step_history(result: TrialResult) -> list[dict[str, Any]]:
-    """Per measured step (slowest rank): step time, the tokens/s that step sustained, and the loss; then the
-    GPU utilization samples of rank 0 on their own time axis."""
+    """Per measured step (slowest rank): step time, the tokens/s that step sustained, the loss and, when the
+    model collected them, the NSA auxiliary statistics (averaged over ranks in the step); then the GPU
+    utilization samples of rank 0 on their own time axis."""
     times_s = result.extra.get("step_times_s") or []
     losses = result.extra.get("losses") or []
+    aux_stats = result.extra.get("nsa_aux_stats") or []
     rows: list[dict[str, Any]] = []
     for step, time_s in enumerate(times_s):
         row: dict[str, Any] = {"step": step, "train/step_time_s": time_s,
                                "train/tokens_per_s": result.tokens_per_step / time_s}
         if step < len(losses) and losses[step] is not None:
             row["train/loss"] = losses[step]
+        if step < len(aux_stats):
+            row.update({f"nsa/{name}": value for name, value in aux_stats[step].items()})
         rows.append(row)
     for t_s, util_pct in result.extra.get("gpu_utilization_series") or []:
         rows.append({"gpu_time_s": t_s, "gpu/util_pct": util_pct})

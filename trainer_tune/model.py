@@ -1,8 +1,10 @@
-"""The built-in decoder-only GPT, in plain PyTorch.
+"""The built-in decoder-only GPT, in plain PyTorch, and `build_model`, which builds it or the user's own model.
 
-Pre-norm blocks (LayerNorm, causal multi-head attention through `scaled_dot_product_attention`, GELU
-MLP), learned position embeddings, and an LM head tied to the token embedding. `forward(input_ids)`
-takes `[batch, seq]` token ids and returns logits `[batch, seq, vocab]`.
+Pre-norm blocks (LayerNorm, causal multi-head attention, GELU MLP), learned position embeddings, and an LM
+head tied to the token embedding. Attention is dense (`scaled_dot_product_attention`) or native sparse
+attention (`model.attention=nsa`, trainer_tune/nsa_attention.py), whose code path and auxiliary statistics
+follow the trial's `nsa.prefill_batched` and `nsa.disable_aux_stats`. `forward(input_ids)` takes
+`[batch, seq]` token ids and returns logits `[batch, seq, vocab]`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer_tune.config import ModelArgs
+from trainer_tune.config import Attention, ModelArgs
+from trainer_tune.flags import TrialFlags
+from trainer_tune.nsa_attention import NativeSparseAttention
 
 
 class CausalSelfAttention(nn.Module):
@@ -32,11 +36,21 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(batch, seq, d_model))
 
 
+def _attention(args: ModelArgs, flags: TrialFlags) -> nn.Module:
+    if args.attention == Attention.nsa:
+        return NativeSparseAttention(
+            d_model=args.d_model, n_heads=args.n_heads, block_size=args.nsa_block_size,
+            num_selected_blocks=args.nsa_num_selected_blocks, window_size=args.nsa_window_size,
+            prefill_batched=flags.prefill_batched, collect_aux_stats=not flags.disable_aux_stats)
+    return CausalSelfAttention(d_model=args.d_model, n_heads=args.n_heads)
+
+
 class Block(nn.Module):
-    def __init__(self, *, d_model: int, n_heads: int, mlp_ratio: int) -> None:
+    def __init__(self, args: ModelArgs, flags: TrialFlags) -> None:
         super().__init__()
+        d_model, mlp_ratio = args.d_model, args.mlp_ratio
         self.norm_attn = nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model=d_model, n_heads=n_heads)
+        self.attn = _attention(args, flags)
         self.norm_mlp = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
                                  nn.Linear(mlp_ratio * d_model, d_model))
@@ -47,21 +61,19 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, flags: TrialFlags = TrialFlags()) -> None:
         super().__init__()
         self.seq_len = args.seq_len
         self.token_emb = nn.Embedding(args.vocab_size, args.d_model)
         self.pos_emb = nn.Embedding(args.seq_len, args.d_model)
-        self.blocks = nn.ModuleList(
-            Block(d_model=args.d_model, n_heads=args.n_heads, mlp_ratio=args.mlp_ratio)
-            for _ in range(args.n_layers))
+        self.blocks = nn.ModuleList(Block(args, flags) for _ in range(args.n_layers))
         self.norm_out = nn.LayerNorm(args.d_model)
         self.lm_head = nn.Linear(args.d_model, args.vocab_size, bias=False)
         self.lm_head.weight = self.token_emb.weight
         self.apply(self._init_weights)
         # GPT-2's scaled init of residual projections keeps the residual stream's variance flat with depth.
         for name, param in self.named_parameters():
-            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+            if name.endswith(("attn.proj.weight", "attn.o_proj.weight", "mlp.2.weight")):
                 nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * args.n_layers))
 
     @staticmethod
@@ -84,8 +96,15 @@ class GPT(nn.Module):
         return self.lm_head(self.norm_out(x))
 
 
-def build_model(args: ModelArgs) -> nn.Module:
-    return GPT(args)
+def build_model(args: ModelArgs, flags: TrialFlags = TrialFlags()) -> nn.Module:
+    """The built-in GPT, or `model._target_` instantiated with `model.kwargs` (see trainer_tune/targets.py).
+
+    `flags` sets the NSA layers' code path and statistics; a user model reads the same values from the NSA_*
+    environment variables, which are exported before it is built."""
+    if args._target_ is not None:
+        from trainer_tune.targets import instantiate_model
+        return instantiate_model(args)
+    return GPT(args, flags)
 
 
 def count_parameters(model: nn.Module) -> int:

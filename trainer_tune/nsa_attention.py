@@ -281,6 +281,36 @@ def reduce_aux_stats(stats: dict[str, Tensor]) -> dict[str, float]:
     return dict(zip(names, stacked.tolist()))
 
 
+class AuxStatsCollector:
+    """The per-step auxiliary statistics of every NSA layer in a model that collects them.
+
+    After each micro-step, `add_micro_step` adds each layer's statistics to running sums (on the device, no
+    host sync); at the end of the optimizer step, `reduce_step` averages them over layers and micro-steps and
+    then over ranks with one all_reduce (a collective every rank makes at the same point of every step, since
+    every rank runs the same model with the same flags). A model without such layers costs nothing here.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, NativeSparseAttention) and m.collect_aux_stats]
+        self._sums: dict[str, Tensor] = {}
+        self._num_added = 0
+
+    def add_micro_step(self) -> None:
+        for layer in self.layers:
+            if layer.last_aux_stats is None:
+                raise RuntimeError("an NSA layer that collects aux stats did not run in this micro-step")
+            for name, value in layer.last_aux_stats.items():
+                self._sums[name] = self._sums[name] + value if name in self._sums else value.clone()
+            self._num_added += 1
+
+    def reduce_step(self) -> dict[str, float] | None:
+        if not self.layers:
+            return None
+        means = {name: total / self._num_added for name, total in self._sums.items()}
+        self._sums, self._num_added = {}, 0
+        return reduce_aux_stats(means)
+
+
 def nsa_attention_flops_per_token(
     *, d_model: int, n_heads: int, seq_len: int, block_size: int, num_selected_blocks: int, window_size: int
 ) -> float:

@@ -25,11 +25,11 @@ from typing import Any, Optional
 
 import torch
 
-from trainer_tune.config import ConfigError, Precision, TuneConfig
+from trainer_tune.config import ConfigError, ModelArgs, Precision, TuneConfig
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import fault_for
 from trainer_tune.flags import TrialFlags, export_flags
-from trainer_tune.flops import lookup_peak_tflops, transformer_flops_per_token
+from trainer_tune.flops import gpt_flops_per_token, lookup_peak_tflops
 from trainer_tune.journal import (
     JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, write_inflight)
 from trainer_tune.metrics import TrialContext, failed_result, result_from_window
@@ -117,7 +117,7 @@ class _Sweep:
                                      peer_failed=self._peer_failed).start()
 
     def context(self, spec: TrialSpec) -> TrialContext:
-        return TrialContext(model_name=self.cfg.model.name, seq_len=self.cfg.model.seq_len,
+        return TrialContext(model_name=model_name(self.cfg.model), seq_len=self.cfg.model.seq_len,
                             device=str(self.session.device), backend=self.session.backend,
                             num_warmup_steps=self.cfg.window.warmup_steps,
                             num_measured_steps=self.cfg.window.measure_steps, label=spec.label(swept_flags=self.swept),
@@ -257,14 +257,20 @@ class _Sweep:
         self.probe.close()
 
 
+def model_name(args: ModelArgs) -> str:
+    """What results record as the model: the preset name, or the user's `_target_`."""
+    return args.name if args._target_ is None else args._target_
+
+
 def _flops_context(cfg: TuneConfig, device: torch.device) -> tuple[Optional[float], Optional[float], Optional[str]]:
-    """(training FLOPs per token, peak TFLOP/s of one device, why there is no peak) for MFU."""
+    """(training FLOPs per token, peak TFLOP/s of one device, why there is no MFU) for MFU."""
+    if cfg.model._target_ is not None:
+        # The shape of a user's model is unknown here (and building it twice could have side effects).
+        return None, None, (f"no FLOPs per token for model._target_={cfg.model._target_!r} (its shape is not "
+                            f"known to trainer_tune), so no MFU")
     with torch.device("meta"):
         num_parameters = count_parameters(build_model(cfg.model))
-    # Position embeddings are a lookup, not a matmul; the token embedding is counted once, as the tied LM head.
-    flops_per_token = transformer_flops_per_token(
-        num_params_non_embedding=num_parameters - cfg.model.seq_len * cfg.model.d_model,
-        n_layers=cfg.model.n_layers, d_model=cfg.model.d_model, seq_len=cfg.model.seq_len)
+    flops_per_token = gpt_flops_per_token(cfg.model, num_parameters=num_parameters)
     if cfg.telemetry.peak_tflops is not None:
         return flops_per_token, cfg.telemetry.peak_tflops, None
     if device.type != "cuda":

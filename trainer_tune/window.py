@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -26,10 +25,13 @@ from trainer_tune.config import Precision, TuneConfig, WindowArgs
 from trainer_tune.data import build_batches
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import NO_FAULT, FaultPlan
+from trainer_tune.loss import build_loss, checked_loss
 from trainer_tune.model import build_model, count_parameters
+from trainer_tune.nsa_attention import AuxStatsCollector
 from trainer_tune.plan import TrialSpec
 from trainer_tune.stats import relative_half_width, throughput_ci
 from trainer_tune.strategy import BestSoFar, cannot_reach_reason
+from trainer_tune.targets import logits_of
 from trainer_tune.telemetry import TelemetryProbe
 
 
@@ -60,6 +62,9 @@ class WindowMeasurement:
     no_sync_step_times_s: tuple[float, ...] = ()
     """Per extra step with gradient sync off (window.comm_split_steps), the slowest rank's time; empty when
     not measured. Kept apart from every throughput figure."""
+    aux_stats: tuple[dict[str, float], ...] = ()
+    """Per measured step, the NSA auxiliary statistics already averaged over ranks (every rank holds the same);
+    empty when nsa.disable_aux_stats is true or the model has no NSA layer."""
 
 
 StepCallback = Callable[[int, bool], None]
@@ -138,14 +143,18 @@ class _Trainer:
         self.fault = fault
         self.heartbeat = heartbeat
         torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model).to(device)
+        model = build_model(cfg.model, spec.flags).to(device)
         self.num_parameters = count_parameters(model)
+        self.aux_stats = AuxStatsCollector(model)
         self.module = _wrap(model, session=session, spec=spec)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                            fused=device.type == "cuda")
         self.batches: Iterator[torch.Tensor] = build_batches(
             data=cfg.data, model=cfg.model, micro_batch_size=spec.micro_batch_size,
-            rank=session.rank_env.rank, device=device)
+            rank=session.rank_env.rank, world_size=session.rank_env.world_size, device=device)
+        self.loss_fn = build_loss(cfg.loss)
+        self.loss_target = cfg.loss._target_
+        self.model_target = cfg.model._target_
         self.grad_accum = spec.grad_accum
         self.vocab_size = cfg.model.vocab_size
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) \
@@ -153,12 +162,14 @@ class _Trainer:
         self.can_skip_sync = isinstance(self.module, DistributedDataParallel)
         self.ddp_applied = _ddp_settings(self.module)
 
-    def step(self, index: int, *, sync: bool = True) -> tuple[torch.Tensor, int]:
-        """Optimizer step `index` of the window; returns the mean micro-step loss (on device) and the tokens fed.
+    def step(self, index: int, *, sync: bool = True) -> tuple[torch.Tensor, int, Optional[dict[str, float]]]:
+        """Optimizer step `index` of the window; returns the mean micro-step loss (on device), the tokens fed,
+        and the NSA auxiliary statistics of the step averaged over ranks (None when they are off).
 
         sync=False keeps DDP from all-reducing gradients on every micro-step, the last one included: the same
         compute without the gradient communication (ranks' weights then drift apart, which is harmless for a
-        model thrown away at the end of the trial)."""
+        model thrown away at the end of the trial). The statistics are still all-reduced: they are part of the
+        step's work with nsa.disable_aux_stats=false."""
         loss_sum = torch.zeros((), device=self.device)
         tokens = 0
         loss_scale = self.fault.loss_scale(step=index)
@@ -171,16 +182,18 @@ class _Trainer:
             sync = contextlib.nullcontext() if last or not self.can_skip_sync else self.module.no_sync()
             with sync:
                 with self.autocast():
-                    logits = self.module(inputs)
-                loss = F.cross_entropy(logits.float().reshape(-1, self.vocab_size), targets.reshape(-1))
+                    logits = logits_of(self.module(inputs), input_ids=inputs, vocab_size=self.vocab_size,
+                                       target=self.model_target)
+                loss = checked_loss(self.loss_fn(logits, targets), target=self.loss_target)
                 if loss_scale != 1.0:
                     loss = loss * loss_scale
                 (loss / self.grad_accum).backward()
+            self.aux_stats.add_micro_step()
             loss_sum += loss.detach()
             tokens += inputs.numel()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum / self.grad_accum, tokens
+        return loss_sum / self.grad_accum, tokens, self.aux_stats.reduce_step()
 
 
 @dataclass(frozen=True)
@@ -202,6 +215,8 @@ class LocalWindow:
     cut_short: bool
     no_sync_step_times_s: list[float]
     """This rank's times of the extra steps without gradient sync (window.comm_split_steps); may be empty."""
+    aux_stats: list[dict[str, float]]
+    """Per measured step, the NSA auxiliary statistics, already averaged over ranks in the step; may be empty."""
 
 
 def _no_heartbeat(_step: int, _micro_step: int) -> None:
@@ -225,7 +240,7 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
         _synchronize(device)
         warmup_start_s = time.perf_counter()
         for step in range(cfg.window.warmup_steps):
-            trainer.step(step)
+            trainer.step(step)  # aux statistics are computed and reduced here too, only not kept
             if on_step:
                 on_step(step, False)
         _synchronize(device)
@@ -235,6 +250,7 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
 
         clock = _CudaEventClock() if device.type == "cuda" else _HostClock()
         losses: list[torch.Tensor] = []
+        aux_stats: list[dict[str, float]] = []
         tokens = 0
         if probe is not None:
             probe.start()
@@ -244,9 +260,11 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
         tokens_per_step = spec.global_batch_size * cfg.model.seq_len
         while stop_reason is None:
             clock.start()
-            loss, step_tokens = trainer.step(window.warmup_steps + len(losses))
+            loss, step_tokens, step_aux_stats = trainer.step(window.warmup_steps + len(losses))
             clock.stop()
             losses.append(loss)
+            if step_aux_stats is not None:
+                aux_stats.append(step_aux_stats)
             tokens += step_tokens
             if on_step:
                 on_step(window.warmup_steps + len(losses) - 1, True)
@@ -277,7 +295,7 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
                        peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, num_parameters=num_parameters,
                        ddp_applied=ddp_applied, telemetry=telemetry, stop_reason=stop_reason,
                        cut_short=cut_reason is not None,
-                       no_sync_step_times_s=no_sync_step_times_s)
+                       no_sync_step_times_s=no_sync_step_times_s, aux_stats=aux_stats)
 
 
 def _no_sync_steps(trainer: _Trainer, *, first_index: int, num_steps: int, device: torch.device) -> list[float]:
@@ -334,4 +352,5 @@ def combine_ranks(local: LocalWindow, *, session: DistSession, seq_len: int) -> 
         num_parameters=local.num_parameters, ddp_applied=local.ddp_applied, stop_reason=local.stop_reason,
         cut_short=local.cut_short,
         no_sync_step_times_s=tuple(session.max_over_ranks(local.no_sync_step_times_s))
-        if local.no_sync_step_times_s else ())
+        if local.no_sync_step_times_s else (),
+        aux_stats=tuple(local.aux_stats))

@@ -14,7 +14,7 @@ from conftest import REPO, run_tune
 from trainer_tune.config import ConfigError, TuneConfig, register_configs
 
 CONFIGS = REPO / "configs"
-GROUPS_IN_DEFAULTS = ["model", "data", "train", "window", "nsa", "ddp", "baseline", "recommend", "dist", "watchdog",
+GROUPS_IN_DEFAULTS = ["model", "data", "loss", "train", "window", "nsa", "ddp", "baseline", "recommend", "dist", "watchdog",
                       "fault", "telemetry", "wandb"]
 
 
@@ -41,7 +41,7 @@ def test_every_option_composes_into_the_schema(group: str, option: str) -> None:
     assert isinstance(cfg, TuneConfig)
 
 
-DEFAULT_OPTIONS = {"model": "tiny", "data": "synthetic", "train": "default", "window": "default", "nsa": "default",
+DEFAULT_OPTIONS = {"model": "tiny", "data": "synthetic", "loss": "cross_entropy", "train": "default", "window": "default", "nsa": "default",
                    "ddp": "default", "baseline": "default", "recommend": "default", "dist": "default",
                    "watchdog": "default", "fault": "none", "telemetry": "default", "wandb": "default"}
 

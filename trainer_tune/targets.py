@@ -1,0 +1,134 @@
+"""The user's own code behind `model._target_`, `data._target_` and `loss._target_`.
+
+Three moments, three kinds of error, none of them a hang:
+- before any process group starts, `check_targets` imports each target and binds its keyword arguments to
+  its signature, so a typo ends every rank with one line (exit code 2);
+- when a trial builds the model, `instantiate_target` calls `hydra.utils.instantiate`; a target that raises
+  or returns something that is not an `nn.Module` is a trial error with one line;
+- at every forward, `logits_of` checks the output's shape against `[batch, seq_len, vocab_size]`; a wrong
+  one raises `TargetError` on every rank alike (each rank runs the same model), so it is recorded as the
+  trial's error and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from hydra.utils import get_object, instantiate
+from torch import nn
+
+from trainer_tune.config import ConfigError, ModelArgs, TuneConfig
+
+DATA_RUNTIME_KWARGS = ("micro_batch_size", "seq_len", "vocab_size", "rank", "world_size", "seed", "device")
+"""What every batch source is called with besides data.kwargs (see trainer_tune.data.BatchSource)."""
+
+
+class TargetError(RuntimeError):
+    """User code behind a `_target_` could not be built or broke its contract; the message is one line."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet_hydra_utils() -> Iterator[None]:
+    """hydra.utils logs a multi-line error before raising; our own one-line message says it all."""
+    logger = logging.getLogger("hydra.utils")
+    was_disabled = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was_disabled
+
+
+def locate(key: str, target: str) -> Any:
+    """Import `target` (a dotted path) or raise ConfigError naming the key."""
+    try:
+        with _quiet_hydra_utils():
+            found = get_object(target)
+    except Exception as exc:  # noqa: BLE001 - ImportError, or whatever the user's module raises on import
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        raise ConfigError(f"{key}={target!r} is not allowed: it cannot be imported ({_one_line(cause)}); "
+                          f"give a dotted path importable from the working directory or PYTHONPATH") from exc
+    if not callable(found):
+        raise ConfigError(f"{key}={target!r} is not allowed: it names a {type(found).__name__}, not a class or "
+                          f"function")
+    return found
+
+
+def _check_binds(key: str, target: str, found: Any, user_kwargs: dict[str, Any], *args: Any,
+                 **runtime: Any) -> None:
+    try:
+        signature = inspect.signature(found)
+    except (TypeError, ValueError):
+        return  # builtins and some extension types have no readable signature: checked when called
+    try:
+        signature.bind(*args, **user_kwargs, **runtime)
+    except TypeError as exc:
+        prefix = key.removesuffix("._target_")
+        raise ConfigError(f"{key}={target!r} is not allowed with {prefix}.kwargs={user_kwargs}: {exc} "
+                          f"(its signature is {signature})") from exc
+
+
+def check_targets(cfg: TuneConfig) -> None:
+    """Import every `_target_` and bind its arguments, on every rank, before any process group starts."""
+    if cfg.model._target_ is not None:
+        found = locate("model._target_", cfg.model._target_)
+        _check_binds("model._target_", cfg.model._target_, found, cfg.model.kwargs)
+    if cfg.data._target_ is not None:
+        clash = sorted(set(cfg.data.kwargs) & set(DATA_RUNTIME_KWARGS))
+        if clash:
+            raise ConfigError(f"data.kwargs={cfg.data.kwargs} is not allowed: {clash} are given to every batch "
+                              f"source by trainer_tune (from model.*, data.seed and the trial), not by data.kwargs")
+        found = locate("data._target_", cfg.data._target_)
+        _check_binds("data._target_", cfg.data._target_, found, cfg.data.kwargs,
+                     **{name: None for name in DATA_RUNTIME_KWARGS})
+    if cfg.loss._target_ is not None:
+        found = locate("loss._target_", cfg.loss._target_)
+        _check_binds("loss._target_", cfg.loss._target_, found, cfg.loss.kwargs, None, None)
+
+
+def instantiate_target(key: str, target: str, kwargs: dict[str, Any], *, partial: bool = False,
+                       **runtime: Any) -> Any:
+    """`hydra.utils.instantiate` of target with kwargs (nested `_target_` nodes too) plus runtime arguments;
+    what it raises becomes a one-line TargetError naming the key."""
+    node = {"_target_": target, "_convert_": "all", **({"_partial_": True} if partial else {}), **kwargs}
+    try:
+        with _quiet_hydra_utils():
+            return instantiate(node, **runtime)
+    except Exception as exc:  # noqa: BLE001 - anything user code raises is reported as this trial's error
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        raise TargetError(f"{key}={target!r} failed when called: {_one_line(cause)}") from exc
+
+
+def instantiate_model(args: ModelArgs) -> nn.Module:
+    assert args._target_ is not None
+    model = instantiate_target("model._target_", args._target_, args.kwargs)
+    if not isinstance(model, nn.Module):
+        raise TargetError(f"model._target_={args._target_!r} returned a {type(model).__name__}, not a "
+                          f"torch.nn.Module")
+    return model
+
+
+def logits_of(output: Any, *, input_ids: torch.Tensor, vocab_size: int, target: Optional[str]) -> torch.Tensor:
+    """The logits in a model's output (a tensor, or an object with `.logits` such as a Hugging Face
+    CausalLMOutput), checked to be [batch, seq, vocab_size] for input_ids [batch, seq]."""
+    logits = getattr(output, "logits", output)
+    expected = (*input_ids.shape, vocab_size)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
+        what = (f"logits of shape {list(logits.shape)}" if isinstance(logits, torch.Tensor)
+                else f"a {type(output).__name__} with no tensor .logits")
+        source = f"model._target_={target!r}" if target is not None else "the model"
+        raise TargetError(f"{source} returned {what} for input_ids of shape {list(input_ids.shape)}; expected "
+                          f"{list(expected)} (batch, seq, model.vocab_size={vocab_size})")
+    return logits
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
