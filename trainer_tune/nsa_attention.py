@@ -31,11 +31,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-AUX_STAT_NAMES = ("gate_compressed_mean", "gate_selected_mean", "gate_window_mean", "selection_entropy")
+AUX_STAT_NAMES = ("gate_compressed_mean", "gate_selected_mean", "gate_window_mean", "selection_entropy",
+                  "selected_attention_entropy", "selected_window_overlap")
+"""Per layer and micro-step: the mean gate of each branch, the mean entropy of the block-selection
+distribution (nats), the mean entropy of the selected branch's attention (nats), and the mean share of each
+query's selected tokens that its sliding window covers as well (redundant work between the two branches)."""
 
 
 def _masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
@@ -83,6 +86,20 @@ def select_blocks(cmp_probs: Tensor, *, block_size: int, num_selected_blocks: in
     return order[..., : min(num_selected_blocks, num_blocks)]
 
 
+def selected_token_mask(block_idx: Tensor, *, seq_len: int, block_size: int) -> Tensor:
+    """[batch, heads, seq, seq] booleans: key s is in one of query t's selected blocks and s <= t.
+
+    The causal part also drops any future block that select_blocks returned as filler. Every query keeps at
+    least its own token, so no row is fully masked.
+    """
+    num_blocks = math.ceil(seq_len / block_size)
+    chosen = torch.zeros(*block_idx.shape[:3], num_blocks, dtype=torch.bool, device=block_idx.device)
+    chosen.scatter_(-1, block_idx, True)
+    token_chosen = chosen.repeat_interleave(block_size, dim=-1)[..., :seq_len]  # [b, h, t, seq]
+    position = torch.arange(seq_len, device=block_idx.device)
+    return token_chosen & (position[None, :] <= position[:, None])
+
+
 def selected_branch(q: Tensor, k: Tensor, v: Tensor, *, block_idx: Tensor, block_size: int) -> Tensor:
     """Full-resolution attention over the tokens of each query's selected blocks, all queries at once.
 
@@ -90,17 +107,29 @@ def selected_branch(q: Tensor, k: Tensor, v: Tensor, *, block_idx: Tensor, block
     which never materialises float scores. Gathering the selected keys per query instead would build
     [batch, heads, seq, k * block_size, head_dim], larger than the mask whenever seq < k * block_size
     * head_dim, and was several times slower on CPU at seq 256. The price is compute and mask memory
-    quadratic in seq, like dense attention. Every query keeps at least its own token, so no row is
-    fully masked.
+    quadratic in seq, like dense attention.
+    """
+    mask = selected_token_mask(block_idx, seq_len=q.shape[2], block_size=block_size)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@torch.no_grad()
+def _selected_stats_batched(q: Tensor, k: Tensor, *, block_idx: Tensor, block_size: int,
+                            window_size: int) -> dict[str, Tensor]:
+    """Per query [batch, heads, seq]: the entropy of its selected-branch attention and the share of its selected
+    tokens that the sliding window covers too.
+
+    The fused kernel in selected_branch never shows its probabilities, so the entropy needs the scores again:
+    a second [batch, heads, seq, seq] product and softmax, the real price of this statistic.
     """
     seq_len = q.shape[2]
-    num_blocks = math.ceil(seq_len / block_size)
-    chosen = torch.zeros(*block_idx.shape[:3], num_blocks, dtype=torch.bool, device=q.device)
-    chosen.scatter_(-1, block_idx, True)
-    token_chosen = chosen.repeat_interleave(block_size, dim=-1)[..., :seq_len]  # [b, h, t, seq]
+    mask = selected_token_mask(block_idx, seq_len=seq_len, block_size=block_size)
+    probs = _masked_softmax((q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5, mask)
     position = torch.arange(seq_len, device=q.device)
-    causal = position[None, :] <= position[:, None]  # also drops any future block picked as filler
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=token_chosen & causal)
+    distance = position[:, None] - position[None, :]
+    in_window = (distance >= 0) & (distance < window_size)
+    return {"selected_attention_entropy": torch.special.entr(probs).sum(dim=-1),
+            "selected_window_overlap": (mask & in_window).sum(dim=-1) / mask.sum(dim=-1)}
 
 
 def window_branch(q: Tensor, k: Tensor, v: Tensor, *, window_size: int) -> Tensor:
@@ -127,22 +156,31 @@ def window_branch(q: Tensor, k: Tensor, v: Tensor, *, window_size: int) -> Tenso
     return out.reshape(batch, heads, num_chunks * width, head_dim)[:, :, :seq_len]
 
 
+Branches = tuple[Tensor, Tensor, Tensor, "Tensor | None", "dict[str, Tensor] | None"]
+"""Outputs of the compressed, selected and window branches [batch, heads, seq, head_dim], then, with
+keep_stats (the looped path keeps them only then), the compressed block probabilities [batch, heads, seq,
+complete blocks] and per-query statistics of the selected branch [batch, heads, seq]."""
+
+
 def _branches_batched(
     q: Tensor, k: Tensor, v: Tensor, k_cmp: Tensor, v_cmp: Tensor, *, block_size: int, num_selected_blocks: int,
-    window_size: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    window_size: int, keep_stats: bool,
+) -> Branches:
     out_cmp, cmp_probs = compressed_branch(q, k_cmp, v_cmp, block_size=block_size)
     block_idx = select_blocks(cmp_probs, block_size=block_size, num_selected_blocks=num_selected_blocks)
     out_sel = selected_branch(q, k, v, block_idx=block_idx, block_size=block_size)
     out_win = window_branch(q, k, v, window_size=window_size)
-    return out_cmp, out_sel, out_win, cmp_probs
+    sel_stats = _selected_stats_batched(q, k, block_idx=block_idx, block_size=block_size,
+                                        window_size=window_size) if keep_stats else None
+    return out_cmp, out_sel, out_win, cmp_probs, sel_stats
 
 
 def _branches_at_position(
     q_t: Tensor, k: Tensor, v: Tensor, k_cmp: Tensor, v_cmp: Tensor, *, t: int, block_size: int,
-    num_selected_blocks: int, window_size: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The three branches for the single query position t; q_t is [batch, heads, head_dim]."""
+    num_selected_blocks: int, window_size: int, keep_stats: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    """The three branches for the single query position t; q_t is [batch, heads, head_dim]. With keep_stats,
+    also the entropy of the selected attention and the window's share of the selected tokens, [batch, heads]."""
     scale = q_t.shape[-1] ** -0.5
     # Compressed: only complete blocks exist in the slice, so no mask is needed. With none, the empty
     # slice still yields a zero output and keeps the compression parameters in the graph.
@@ -157,44 +195,58 @@ def _branches_at_position(
     token_block = torch.arange(t + 1, device=q_t.device) // block_size
     token_chosen = (token_block[:, None] == chosen[..., None, :]).any(dim=-1)  # [b, h, t + 1]
     scores_sel = torch.einsum("bhd,bhsd->bhs", q_t, k[:, :, : t + 1]) * scale
-    out_sel = torch.einsum("bhs,bhsd->bhd", _masked_softmax(scores_sel, token_chosen), v[:, :, : t + 1])
+    probs_sel = _masked_softmax(scores_sel, token_chosen)
+    out_sel = torch.einsum("bhs,bhsd->bhd", probs_sel, v[:, :, : t + 1])
 
     start = max(0, t - window_size + 1)
     probs_win = torch.softmax(torch.einsum("bhd,bhsd->bhs", q_t, k[:, :, start : t + 1]) * scale, dim=-1)
     out_win = torch.einsum("bhs,bhsd->bhd", probs_win, v[:, :, start : t + 1])
-    return out_cmp, out_sel, out_win, probs_cmp
+    sel_stats = None
+    if keep_stats:
+        with torch.no_grad():
+            sel_stats = (torch.special.entr(probs_sel.float()).sum(dim=-1),
+                         token_chosen[..., start:].sum(dim=-1) / token_chosen.sum(dim=-1))
+    return out_cmp, out_sel, out_win, probs_cmp, sel_stats
 
 
 def _branches_looped(
     q: Tensor, k: Tensor, v: Tensor, k_cmp: Tensor, v_cmp: Tensor, *, block_size: int, num_selected_blocks: int,
-    window_size: int, keep_probs: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """The per-position reference path; block probabilities are kept only for the aux statistics."""
-    outs_cmp, outs_sel, outs_win = [], [], []
-    cmp_probs = q.new_zeros(*q.shape[:3], k_cmp.shape[2]) if keep_probs else None
+    window_size: int, keep_stats: bool,
+) -> Branches:
+    """The per-position reference path; block probabilities and statistics are kept only for the aux stats."""
+    outs_cmp, outs_sel, outs_win, entropies, overlaps = [], [], [], [], []
+    cmp_probs = q.new_zeros(*q.shape[:3], k_cmp.shape[2]) if keep_stats else None
     for t in range(q.shape[2]):
-        out_cmp, out_sel, out_win, probs = _branches_at_position(
+        out_cmp, out_sel, out_win, probs, stats_t = _branches_at_position(
             q[:, :, t], k, v, k_cmp, v_cmp, t=t, block_size=block_size,
-            num_selected_blocks=num_selected_blocks, window_size=window_size,
+            num_selected_blocks=num_selected_blocks, window_size=window_size, keep_stats=keep_stats,
         )
         outs_cmp.append(out_cmp)
         outs_sel.append(out_sel)
         outs_win.append(out_win)
-        if cmp_probs is not None:
+        if cmp_probs is not None and stats_t is not None:
             cmp_probs[:, :, t, : probs.shape[-1]] = probs.detach()
-    return torch.stack(outs_cmp, dim=2), torch.stack(outs_sel, dim=2), torch.stack(outs_win, dim=2), cmp_probs
+            entropies.append(stats_t[0])
+            overlaps.append(stats_t[1])
+    sel_stats = {"selected_attention_entropy": torch.stack(entropies, dim=2),
+                 "selected_window_overlap": torch.stack(overlaps, dim=2)} if keep_stats else None
+    return (torch.stack(outs_cmp, dim=2), torch.stack(outs_sel, dim=2), torch.stack(outs_win, dim=2), cmp_probs,
+            sel_stats)
 
 
 @torch.no_grad()
-def _aux_stats(gates: Tensor, cmp_probs: Tensor) -> dict[str, Tensor]:
-    """Gate means per branch and the mean entropy of the compressed (block-selection) distribution.
+def _aux_stats(gates: Tensor, cmp_probs: Tensor, sel_stats: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Gate means per branch, the mean entropy of the compressed (block-selection) distribution, and the
+    means of the selected branch's per-query statistics.
 
     A query with no complete past block has a deterministic selection (its own block only) and
     counts as entropy zero, so the statistic is always finite.
     """
     gate_means = gates.float().mean(dim=(0, 1, 2))
     entropy = torch.special.entr(cmp_probs.float()).sum(dim=-1).mean()
-    return dict(zip(AUX_STAT_NAMES, (gate_means[0], gate_means[1], gate_means[2], entropy)))
+    return {"gate_compressed_mean": gate_means[0], "gate_selected_mean": gate_means[1],
+            "gate_window_mean": gate_means[2], "selection_entropy": entropy,
+            **{name: value.float().mean() for name, value in sel_stats.items()}}
 
 
 def _require_positive_int(name: str, value: object) -> None:
@@ -251,64 +303,17 @@ class NativeSparseAttention(nn.Module):
         sizes = dict(
             block_size=self.block_size, num_selected_blocks=self.num_selected_blocks, window_size=self.window_size
         )
-        if self.prefill_batched:
-            out_cmp, out_sel, out_win, cmp_probs = _branches_batched(q, k, v, k_cmp, v_cmp, **sizes)
-        else:
-            out_cmp, out_sel, out_win, cmp_probs = _branches_looped(
-                q, k, v, k_cmp, v_cmp, **sizes, keep_probs=self.collect_aux_stats
-            )
+        branches = _branches_batched if self.prefill_batched else _branches_looped
+        out_cmp, out_sel, out_win, cmp_probs, sel_stats = branches(
+            q, k, v, k_cmp, v_cmp, **sizes, keep_stats=self.collect_aux_stats
+        )
         gates = torch.sigmoid(self.gate(x)).view(batch, seq_len, self.n_heads, 3).transpose(1, 2)  # [b, h, t, 3]
         mixed = gates[..., 0:1] * out_cmp + gates[..., 1:2] * out_sel + gates[..., 2:3] * out_win
         self.last_aux_stats = None
         if self.collect_aux_stats:
-            assert cmp_probs is not None
-            self.last_aux_stats = _aux_stats(gates, cmp_probs)
+            assert cmp_probs is not None and sel_stats is not None
+            self.last_aux_stats = _aux_stats(gates, cmp_probs, sel_stats)
         return self.o_proj(mixed.transpose(1, 2).reshape(batch, seq_len, d_model))
-
-
-def reduce_aux_stats(stats: dict[str, Tensor]) -> dict[str, float]:
-    """Average the statistics over ranks with a single all_reduce; plain floats when not distributed.
-
-    Names are sorted so that every rank stacks them in the same order.
-    """
-    names = sorted(stats)
-    if not names:
-        return {}
-    stacked = torch.stack([stats[name].detach().float().reshape(()) for name in names])
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
-        stacked = stacked / dist.get_world_size()
-    return dict(zip(names, stacked.tolist()))
-
-
-class AuxStatsCollector:
-    """The per-step auxiliary statistics of every NSA layer in a model that collects them.
-
-    After each micro-step, `add_micro_step` adds each layer's statistics to running sums (on the device, no
-    host sync); at the end of the optimizer step, `reduce_step` averages them over layers and micro-steps and
-    then over ranks with one all_reduce (a collective every rank makes at the same point of every step, since
-    every rank runs the same model with the same flags). A model without such layers costs nothing here.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.layers = [m for m in model.modules() if isinstance(m, NativeSparseAttention) and m.collect_aux_stats]
-        self._sums: dict[str, Tensor] = {}
-        self._num_added = 0
-
-    def add_micro_step(self) -> None:
-        for layer in self.layers:
-            if layer.last_aux_stats is None:
-                raise RuntimeError("an NSA layer that collects aux stats did not run in this micro-step")
-            for name, value in layer.last_aux_stats.items():
-                self._sums[name] = self._sums[name] + value if name in self._sums else value.clone()
-            self._num_added += 1
-
-    def reduce_step(self) -> dict[str, float] | None:
-        if not self.layers:
-            return None
-        means = {name: total / self._num_added for name, total in self._sums.items()}
-        self._sums, self._num_added = {}, 0
-        return reduce_aux_stats(means)
 
 
 def nsa_attention_flops_per_token(

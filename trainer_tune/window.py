@@ -27,7 +27,7 @@ from trainer_tune.distributed import DistSession
 from trainer_tune.faults import NO_FAULT, FaultPlan
 from trainer_tune.loss import build_loss, checked_loss
 from trainer_tune.model import build_model, count_parameters
-from trainer_tune.nsa_attention import AuxStatsCollector
+from trainer_tune.nsa_stats import AuxStatsCollector
 from trainer_tune.plan import TrialSpec
 from trainer_tune.stats import relative_half_width, throughput_ci
 from trainer_tune.strategy import BestSoFar, cannot_reach_reason

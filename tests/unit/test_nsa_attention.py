@@ -15,11 +15,11 @@ from trainer_tune.nsa_attention import (
     compressed_branch,
     dense_causal_attention_flops_per_token,
     nsa_attention_flops_per_token,
-    reduce_aux_stats,
     select_blocks,
     selected_branch,
     window_branch,
 )
+from trainer_tune.nsa_stats import reduce_aux_stats
 
 
 def _layer(**overrides: object) -> NativeSparseAttention:
