@@ -45,7 +45,7 @@ def hf_gpt2(*, vocab_size: int, seq_len: int, d_model: int = 128, num_layers: in
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(vocab_size=vocab_size, n_positions=seq_len, n_embd=d_model, n_layer=num_layers,
-                        n_head=num_heads)
+                        n_head=num_heads, bos_token_id=None, eos_token_id=None)
     return GPT2LMHeadModel(config)
 
 
