@@ -219,6 +219,10 @@ class SweepArgs:
     """strategy=power doubles the micro-batch up to this size."""
     power_patience: int = 1
     """strategy=power stops after this many doublings in a row that were not faster beyond noise."""
+    recheck_baseline: bool = True
+    """Measure the baseline again after the last trial. If the two windows disagree beyond their intervals,
+    the machine's speed changed during the sweep: the verdict says so and widens every comparison by the
+    change (a steady machine costs one extra window and changes nothing)."""
     nsa_prefill_batched: Optional[List[bool]] = None
     nsa_disable_aux_stats: Optional[List[bool]] = None
     ddp_static_graph: Optional[List[bool]] = None

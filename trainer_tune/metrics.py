@@ -44,6 +44,7 @@ def _finite_or_none(value: float) -> Optional[float]:
 def _base_fields(spec: TrialSpec, ctx: TrialContext, *, started_at: str, finished_at: str) -> dict:
     return dict(
         trial_key=spec.key, index=spec.index, label=ctx.label, is_baseline=spec.is_baseline,
+        recheck_of=spec.recheck_of,
         micro_batch_size=spec.micro_batch_size, grad_accum=spec.grad_accum, world_size=spec.world_size,
         global_batch_size=spec.global_batch_size, tokens_per_step=spec.global_batch_size * ctx.seq_len,
         flags=spec.flags.as_dict(), environment=flags_to_environ(spec.flags), model=ctx.model_name,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Optional
 
 from trainer_tune.config import ConfigError, Strategy, TuneConfig
 from trainer_tune.flags import TrialFlags, format_flag, swept_flag_values, with_flag
@@ -27,6 +27,8 @@ class TrialSpec:
     is_baseline: bool
     key: str
     """Hash of this setting plus the measurement context; equal keys measure the same thing."""
+    recheck_of: Optional[int] = None
+    """Set on the baseline's second window (sweep.recheck_baseline): the index of the trial it repeats."""
 
     @property
     def global_batch_size(self) -> int:
@@ -36,7 +38,7 @@ class TrialSpec:
         text = f"{self.micro_batch_size}x{self.grad_accum}"
         for name in swept_flags:
             text += f" {name}={format_flag(getattr(self.flags, name))}"
-        return text
+        return text + (" re-check" if self.recheck_of is not None else "")
 
 
 def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -> dict[str, Any]:
@@ -111,6 +113,14 @@ def build_plan(cfg: TuneConfig, *, world_size: int, base_flags: TrialFlags, devi
                   key=_trial_key(micro_batch_size=mbs, grad_accum=accum, flags=flags, context=context))
         for i, (mbs, accum, flags) in enumerate(settings)
     ]
+
+
+def baseline_recheck(plan: list[TrialSpec]) -> TrialSpec:
+    """The baseline measured once more after the last trial: same setting, its own key and index, so the
+    journal keeps both windows and a resumed sweep knows whether the re-check is done."""
+    baseline = plan[0]
+    return replace(baseline, index=len(plan), is_baseline=False, key=f"{baseline.key}-recheck",
+                   recheck_of=baseline.index)
 
 
 def swept_flag_names(cfg: TuneConfig) -> tuple[str, ...]:

@@ -23,6 +23,55 @@ NO_GO = "NO-GO"
 
 
 @dataclass(frozen=True)
+class Drift:
+    """The baseline measured at the start of the sweep and again after the last trial."""
+
+    label: str
+    first_tokens_per_s: float
+    again_tokens_per_s: float
+    change: float
+    """again / first - 1: how much the machine's speed moved during the sweep."""
+    within_noise: bool
+    """The two windows' 95% intervals overlap: no change beyond noise, and nothing is widened."""
+
+    @property
+    def widening(self) -> float:
+        """Factor applied to both ends of every comparison: 1 on a steady machine, else 1 + |change|.
+
+        A monotonic drift of |change| between the first and the last window bounds how far the machine's
+        speed moved between any two trials, so a ratio of two trials is uncertain by that much beyond its
+        own statistical interval."""
+        return 1.0 if self.within_noise else 1.0 + abs(self.change)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "first_tokens_per_s": self.first_tokens_per_s,
+                "again_tokens_per_s": self.again_tokens_per_s, "change": self.change,
+                "within_noise": self.within_noise, "widening": self.widening}
+
+
+def baseline_drift(baseline: Optional[TrialResult], recheck: Optional[TrialResult]) -> Optional[Drift]:
+    """None unless both baseline windows finished cleanly."""
+    if baseline is None or recheck is None or not (baseline.ok and recheck.ok) \
+            or not baseline.tokens_per_s or not recheck.tokens_per_s:
+        return None
+    (low_a, high_a), (low_b, high_b) = _bounds(baseline), _bounds(recheck)
+    return Drift(label=baseline.label, first_tokens_per_s=baseline.tokens_per_s,
+                 again_tokens_per_s=recheck.tokens_per_s,
+                 change=recheck.tokens_per_s / baseline.tokens_per_s - 1.0,
+                 within_noise=low_a <= high_b and low_b <= high_a)
+
+
+def _drift_reason(drift: Drift) -> str:
+    measured = (f"the baseline {drift.label} measured again after the last trial: {drift.again_tokens_per_s:,.0f} vs "
+                f"{drift.first_tokens_per_s:,.0f} tokens/s at the start ({drift.change * 100:+.1f}%)")
+    if drift.within_noise:
+        return f"{measured}, within noise: the machine's speed held steady during the sweep"
+    return (f"{measured}, beyond noise: the machine's speed changed during the sweep (other load, clocks, "
+            f"thermals), so every comparison is widened by {abs(drift.change) * 100:.1f}% and differences smaller "
+            f"than that are not evidence; measure again on a quiet machine for a sharper answer")
+
+
+@dataclass(frozen=True)
 class Recommendation:
     decision: str
     chosen: Optional[TrialResult]
@@ -51,6 +100,8 @@ class Recommendation:
     """Planned settings the search strategy did not measure, each with the reason."""
     cut_short: tuple[str, ...] = ()
     """Labels of trials whose window strategy=adaptive ended early (they could not reach the best)."""
+    drift: Optional[Drift] = None
+    """The baseline's re-check after the last trial (sweep.recheck_baseline); None when not measured."""
 
     def to_json_dict(self) -> dict[str, Any]:
         def trial(result: Optional[TrialResult]) -> Optional[dict[str, Any]]:
@@ -64,6 +115,7 @@ class Recommendation:
                 "speedup_by_key": self.speedup_by_key,
                 "not_measured": [{"label": n.label, "reason": n.reason} for n in self.not_measured],
                 "cut_short": list(self.cut_short),
+                "drift": self.drift.to_json_dict() if self.drift else None,
                 "explanations": self.explanations.to_json_dict() if self.explanations else None}
 
 
@@ -110,9 +162,11 @@ def _ci_text(interval: Optional[tuple[float, float]]) -> str:
     return "" if interval is None else f", 95% CI {_percent(interval[0])} to {_percent(interval[1])}"
 
 
-def decide(results: Sequence[TrialResult], *, args: RecommendArgs,
-           not_measured: Sequence[NotMeasured] = ()) -> Recommendation:
+def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured: Sequence[NotMeasured] = (),
+           recheck: Optional[TrialResult] = None) -> Recommendation:
     baseline = next((r for r in results if r.is_baseline), None)
+    drift = baseline_drift(baseline, recheck)
+    widening = drift.widening if drift is not None else 1.0
     finished = [r for r in results if r.ok and r.tokens_per_s is not None]
     failed = [r for r in results if not r.ok]
     reasons: list[str] = []
@@ -135,7 +189,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs,
         # Settings whose interval reaches the fastest one's are a tie: measurement cannot order them. Break
         # toward the baseline's global batch (a different one changes optimisation), then less memory.
         floor = _bounds(fastest)[0]
-        tied = [r for r in candidates if _bounds(r)[1] >= floor]
+        tied = [r for r in candidates if _bounds(r)[1] * widening >= floor]
         base_batch = baseline.global_batch_size if baseline is not None else None
         best = min(tied, key=lambda r: (r.global_batch_size != base_batch, _memory_bytes(r) or 0,
                                         r.global_batch_size, r.micro_batch_size, -r.tokens_per_s))  # type: ignore
@@ -164,7 +218,9 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs,
     else:
         speedup = best.tokens_per_s / baseline.tokens_per_s  # type: ignore[operator]
         speedup_interval = _speedup_interval(best, baseline)
-        lower = speedup_interval[0] if speedup_interval is not None else speedup
+        if speedup_interval is not None and widening != 1.0:
+            speedup_interval = (speedup_interval[0] / widening, speedup_interval[1] * widening)
+        lower = speedup_interval[0] if speedup_interval is not None else speedup / widening
         shortfalls = []
         if lower < args.min_speedup:
             shortfalls.append(f"the lower end of its speedup ({_percent(lower)}) is below the required "
@@ -193,6 +249,11 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs,
                        f"{chosen.global_batch_size} samples per optimizer step: that changes optimisation "
                        f"(learning rate and schedule may need retuning), not only speed")
 
+    if drift is not None:
+        reasons.append(_drift_reason(drift))
+    elif recheck is not None:
+        reasons.append(f"the baseline's re-check after the last trial did not finish cleanly ({recheck.status}), "
+                       f"so whether the machine's speed held steady during the sweep is unknown")
     cut_short = tuple(r.label for r in results if r.window_cut_short)
     if cut_short:
         reasons.append(f"{len(cut_short)} setting(s) measured only until their interval showed they could not "
@@ -215,7 +276,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs,
     return Recommendation(decision=decision, speedup_by_key=speedup_by_key, speedup_ci95=speedup_interval, chosen=chosen, best=best, baseline=baseline, speedup=speedup,
                           min_speedup=args.min_speedup, reasons=tuple(reasons), verdict=verdict,
                           overrides=overrides, environment=environment, num_trials=len(results),
-                          num_failed=len(failed), not_measured=tuple(not_measured), cut_short=cut_short,
+                          num_failed=len(failed), not_measured=tuple(not_measured), cut_short=cut_short, drift=drift,
                           explanations=explain(results))
 
 

@@ -88,6 +88,9 @@ class TrialResult:
     step_time_no_sync_s (medians), exposed_comm_s (their difference) and exposed_comm_fraction (its share of
     the synced step), within_noise (the gap is inside the synced steps' spread). Exposed means not hidden behind
     backward compute. None when not measured (one rank, or window.comm_split_steps=0)."""
+    recheck_of: Optional[int] = None
+    """Set on the baseline's second window (sweep.recheck_baseline): the index of the trial it repeats. Not a
+    setting of its own: it only tells whether the machine's speed held steady during the sweep."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

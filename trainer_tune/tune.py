@@ -34,7 +34,7 @@ from trainer_tune.journal import (
     JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, write_inflight)
 from trainer_tune.metrics import TrialContext, failed_result, result_from_window
 from trainer_tune.model import build_model, count_parameters
-from trainer_tune.plan import TrialSpec, build_plan, swept_flag_names
+from trainer_tune.plan import TrialSpec, baseline_recheck, build_plan, swept_flag_names
 from trainer_tune.recommend import Recommendation, decide
 from trainer_tune.results import Status, TrialResult, utc_now
 from trainer_tune.sinks.console import ConsoleSink
@@ -62,6 +62,8 @@ class SweepOutcome:
     """Trials already in the journal from an earlier run, not measured again."""
     not_measured: tuple[NotMeasured, ...] = ()
     """Planned settings the search strategy left out."""
+    recheck: Optional[TrialResult] = None
+    """The baseline's second window, after the last trial (sweep.recheck_baseline)."""
 
 
 def _outcome_of(exc: BaseException) -> dict[str, Any]:
@@ -324,12 +326,13 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
             console.trial_finished(result, position=f"{spec.index + 1}/{len(plan)}")
             if wandb_sink is not None:
                 wandb_sink.trial_finished(result)
+        recheck = _recheck_baseline(sweep, plan, results=results, done=done, attempts=attempts)
     finally:
         console.sweep_finished()
         sweep.close()
 
     results.sort(key=lambda r: r.index)  # report in plan order, whatever order the strategy measured in
-    recommendation = decide(results, args=cfg.recommend, not_measured=not_measured)
+    recommendation = decide(results, args=cfg.recommend, not_measured=not_measured, recheck=recheck)
     if session.rank_env.is_rank0:
         written = write_recommendation(output_dir, recommendation, launch_hint=launch_hint)
         report = write_report(output_dir, results, recommendation)
@@ -339,4 +342,21 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
     console.show(results, recommendation)
     return SweepOutcome(results=tuple(results), recommendation=recommendation,
                         num_measured=len(results) - num_skipped, num_skipped=num_skipped,
-                        not_measured=tuple(not_measured))
+                        not_measured=tuple(not_measured), recheck=recheck)
+
+
+def _recheck_baseline(sweep: _Sweep, plan: list[TrialSpec], *, results: list[TrialResult],
+                      done: dict[str, TrialResult], attempts: dict[str, int]) -> Optional[TrialResult]:
+    """Measure the baseline once more, last, so the verdict can tell a steady machine from a drifting one.
+
+    Every rank decides from the same agreed results, so all measure it or none does."""
+    baseline = next((r for r in results if r.is_baseline), None)
+    if not sweep.cfg.sweep.recheck_baseline or len(plan) < 2 or baseline is None or not baseline.ok:
+        return None
+    spec = baseline_recheck(plan)
+    if spec.key in done:
+        return done[spec.key]
+    result = sweep.measure(spec, attempts=attempts.get(spec.key, 0))
+    sweep.record(result)
+    sweep.console.trial_finished(result, position="last")
+    return result

@@ -23,7 +23,8 @@ def test_power_stops_a_chain_at_an_oom_and_names_what_it_did_not_measure(tmp_pat
                      f"hydra.run.dir={out}"], nproc=2, max_restarts=1)
     assert proc.returncode == 0, proc.stderr[-4000:]
     trials = read_jsonl(out / "trials.jsonl")
-    assert [(t["label"], t["status"]) for t in trials] == [("2x1", "ok"), ("1x1", "ok"), ("4x1", "oom")]
+    assert [(t["label"], t["status"]) for t in trials] == [("2x1", "ok"), ("1x1", "ok"), ("4x1", "oom"),
+                                                                ("2x1 re-check", "ok")]
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["not_measured"] == [{"label": "8x1", "reason": "4x1 ended oom, so larger micro-batches were not tried"}]
     assert "8x1: not measured (4x1 ended oom" in proc.stdout
@@ -35,8 +36,8 @@ def test_adaptive_measures_every_setting_and_reports_the_windows_it_cut(tmp_path
                      "sweep.grad_accums=[1]", "window.max_measure_s=1", f"hydra.run.dir={out}"], nproc=2)
     assert proc.returncode == 0, proc.stderr[-4000:]
     trials = read_jsonl(out / "trials.jsonl")
-    # Baseline first, then the largest step first.
-    assert [t["label"] for t in trials] == ["2x1", "4x1", "1x1"]
+    # Baseline first, then the largest step first; the baseline once more at the end (sweep.recheck_baseline).
+    assert [t["label"] for t in trials] == ["2x1", "4x1", "1x1", "2x1 re-check"]
     assert all(t["status"] == "ok" for t in trials)
     for t in trials:
         assert t["window_cut_short"] == t["window_stop"].startswith("cut short"), t["window_stop"]

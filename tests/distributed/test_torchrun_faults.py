@@ -14,8 +14,9 @@ from trainer_tune.journal import read_journal
 
 pytestmark = pytest.mark.slow
 
+# No baseline re-check here: these tests are about faults, and one window less keeps them short.
 SWEEP = ["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2,4]", "sweep.grad_accums=[1]",
-         "watchdog.stall_s=3", "watchdog.abort_after_s=8", "watchdog.dump_interval_s=2"]
+         "sweep.recheck_baseline=false", "watchdog.stall_s=3", "watchdog.abort_after_s=8", "watchdog.dump_interval_s=2"]
 
 
 def _torchrun(args: list[str], *, max_restarts: int, timeout_s: float = 180) -> subprocess.CompletedProcess:

@@ -19,7 +19,10 @@ def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> 
     proc = run_tune(["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2,4]", "sweep.grad_accums=[1]",
                      "wandb.project=tt-test", "wandb.tags=[ci]", f"hydra.run.dir={out}"], nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = {t["index"]: t for t in read_jsonl(out / "trials.jsonl")}
+    # The baseline's re-check after the last trial is not a trial: no run of its own, in the summary instead.
+    lines = read_jsonl(out / "trials.jsonl")
+    trials = {t["index"]: t for t in lines if t["recheck_of"] is None}
+    (recheck,) = [t for t in lines if t["recheck_of"] is not None]
     rec = json.loads((out / "recommendation.json").read_text())
 
     paths = find_offline_run_files(out / "wandb")
@@ -48,6 +51,8 @@ def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> 
     assert recommendation.summary["decision"] == rec["decision"]
     assert recommendation.summary["verdict"] == rec["verdict"]
     assert recommendation.summary["num_trials"] == 3
+    assert recommendation.summary["drift"]["again_tokens_per_s"] == pytest.approx(recheck["tokens_per_s"])
+    assert recommendation.summary["drift"]["within_noise"] == rec["drift"]["within_noise"]
     assert f"recommendation:recommendation-{out.name}" in recommendation.artifacts
     assert any(name.startswith("run_table:") for name in recommendation.artifacts)
 

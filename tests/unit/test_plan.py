@@ -6,7 +6,7 @@ import pytest
 
 from trainer_tune.config import ConfigError, SweepArgs, TuneConfig
 from trainer_tune.flags import TrialFlags
-from trainer_tune.plan import build_plan
+from trainer_tune.plan import baseline_recheck, build_plan
 
 
 def _cfg(**sweep: object) -> TuneConfig:
@@ -81,3 +81,14 @@ def test_keys_change_with_what_is_measured_and_nothing_else() -> None:
     same = build_plan(cfg, world_size=1, base_flags=TrialFlags(), device_type="cpu")[0].key
     assert len({base, other_world, other_flags, other_model}) == 4
     assert same == base
+
+
+def test_the_baseline_recheck_repeats_the_baseline_under_its_own_key_and_index() -> None:
+    plan = build_plan(_cfg(micro_batch_sizes=[1, 4], grad_accums=[1]), world_size=2,
+                      base_flags=TrialFlags(), device_type="cpu")
+    again = baseline_recheck(plan)
+    assert (again.micro_batch_size, again.grad_accum, again.flags) == \
+        (plan[0].micro_batch_size, plan[0].grad_accum, plan[0].flags)
+    assert again.index == len(plan) and again.recheck_of == 0 and not again.is_baseline
+    assert again.key not in {s.key for s in plan}
+    assert again.label() == "2x1 re-check" and plan[0].label() == "2x1"

@@ -161,3 +161,61 @@ def test_settings_left_out_or_cut_short_are_named_with_their_reason() -> None:
     as_json = rec.to_json_dict()
     assert as_json["not_measured"][0] == {"label": "8x1", "reason": "4x1 ended oom, so larger micro-batches were not tried"}
     assert as_json["cut_short"] == ["1x1"]
+
+
+# --- the baseline's re-check after the last trial (sweep.recheck_baseline) ---------------------------------
+
+def _drift_sweep(recheck_tokens_per_s: float, recheck_ci: list[float]) -> tuple[list, object]:
+    results = [make_result(index=0, key="base", tokens_per_s=1000, ci=[990, 1010], is_baseline=True),
+               make_result(index=1, key="fast", tokens_per_s=1080, ci=[1070, 1090], micro_batch_size=4)]
+    recheck = make_result(index=2, key="base-recheck", tokens_per_s=recheck_tokens_per_s, ci=recheck_ci)
+    return results, recheck
+
+
+def test_a_steady_recheck_changes_nothing_and_says_so() -> None:
+    results, recheck = _drift_sweep(1005, [995, 1015])
+    steady = decide(results, args=ARGS, recheck=recheck)
+    plain = decide(results, args=ARGS)
+    assert steady.decision == plain.decision == GO and steady.speedup_ci95 == plain.speedup_ci95
+    assert steady.drift is not None and steady.drift.within_noise and steady.drift.widening == 1.0
+    assert steady.drift.change == pytest.approx(0.005)
+    assert any("within noise: the machine's speed held steady" in r for r in steady.reasons)
+    assert steady.to_json_dict()["drift"]["widening"] == 1.0
+
+
+def test_a_drifting_machine_widens_every_comparison_into_no_go() -> None:
+    # +8% measured, but the baseline itself moved 10% between the start and the end of the sweep.
+    results, recheck = _drift_sweep(900, [890, 910])
+    rec = decide(results, args=ARGS, recheck=recheck)
+    assert rec.drift is not None and not rec.drift.within_noise
+    assert rec.drift.widening == pytest.approx(1.10)
+    assert rec.decision == NO_GO and rec.chosen is not None and rec.chosen.trial_key == "base"
+    # 1080 / 1.1 < 1010: within the widened noise the baseline ties with the faster setting.
+    assert any("within noise of the fastest" in r for r in rec.reasons)
+    assert any("beyond noise: the machine's speed changed during the sweep" in r and "widened by 10.0%" in r
+               for r in rec.reasons)
+
+
+def test_drift_widens_the_speedup_interval_by_the_change() -> None:
+    rng = random.Random(3)
+    base_times = [0.100 + rng.uniform(-0.001, 0.001) for _ in range(30)]
+    fast_times = [0.050 + rng.uniform(-0.0005, 0.0005) for _ in range(30)]
+    results = [make_result(index=0, key="base", step_times=base_times, ci=[2540, 2580], is_baseline=True),
+               make_result(index=1, key="fast", step_times=fast_times, ci=[5080, 5160], micro_batch_size=4)]
+    plain = decide(results, args=ARGS)
+    recheck = make_result(index=2, key="base-recheck", tokens_per_s=2400, ci=[2390, 2410])
+    drifted = decide(results, args=ARGS, recheck=recheck)
+    assert plain.speedup_ci95 is not None and drifted.speedup_ci95 is not None and drifted.drift is not None
+    widening = drifted.drift.widening
+    assert widening > 1.05
+    assert drifted.speedup_ci95[0] == pytest.approx(plain.speedup_ci95[0] / widening)
+    assert drifted.speedup_ci95[1] == pytest.approx(plain.speedup_ci95[1] * widening)
+    assert drifted.decision == GO  # 2x faster survives a 6% drift
+
+
+def test_a_failed_recheck_is_reported_not_used() -> None:
+    results, _ = _drift_sweep(1000, [990, 1010])
+    failed = make_result(index=2, key="base-recheck", status="error")
+    rec = decide(results, args=ARGS, recheck=failed)
+    assert rec.drift is None and rec.decision == GO
+    assert any("re-check after the last trial did not finish cleanly (error)" in r for r in rec.reasons)
