@@ -19,6 +19,11 @@ pytestmark = pytest.mark.slow
 QUICK_ONE_SETTING = ["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[2]", "sweep.grad_accums=[1]"]
 
 
+def _trials(out: Path) -> list[dict]:
+    """The journal without the baseline's re-check (sweep.recheck_baseline), which repeats trial 0."""
+    return [t for t in read_jsonl(out / "trials.jsonl") if t["recheck_of"] is None]
+
+
 def test_user_model_given_only_by_target_completes_a_sweep(tmp_path: Path) -> None:
     out = tmp_path / "custom"
     proc = run_tune(["model._target_=trainer_tune.examples.models.ConvLM", "+model.kwargs.vocab_size=${model.vocab_size}",
@@ -27,7 +32,7 @@ def test_user_model_given_only_by_target_completes_a_sweep(tmp_path: Path) -> No
                      "+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2]", "sweep.grad_accums=[1,2]",
                      "wandb=off", f"hydra.run.dir={out}"], nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = read_jsonl(out / "trials.jsonl")
+    trials = _trials(out)
     assert [(t["micro_batch_size"], t["grad_accum"]) for t in trials] == [(2, 1), (1, 1), (1, 2), (2, 2)]
     for t in trials:
         assert t["status"] == "ok", t["error"]
@@ -49,7 +54,7 @@ def test_wrong_output_shape_is_a_trial_error_not_a_hang(tmp_path: Path) -> None:
                      "+model.kwargs.vocab_size=${model.vocab_size}", *QUICK_ONE_SETTING, "wandb=off",
                      f"hydra.run.dir={out}"], nproc=2, timeout_s=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (trial,) = read_jsonl(out / "trials.jsonl")
+    (trial,) = _trials(out)
     assert trial["status"] == "error"
     for rank in (0, 1):
         assert (f"rank {rank}: trainer_tune.targets.TargetError: model._target_='trainer_tune.examples.models."
@@ -73,7 +78,7 @@ def test_nsa_flags_as_sweep_axes_switch_the_layer_and_record_aux_stats(tmp_path:
                      "sweep.nsa_disable_aux_stats=[true,false]", "wandb.project=tt-test", f"hydra.run.dir={out}"],
                     nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = read_jsonl(out / "trials.jsonl")
+    trials = _trials(out)
     # The baseline (both flags at their defaults) is also one of the four swept settings, so it is measured once.
     assert [(t["flags"]["prefill_batched"], t["flags"]["disable_aux_stats"]) for t in trials] == \
         [(True, False), (True, True), (False, True), (False, False)]
