@@ -28,7 +28,7 @@ from trainer_tune.recommend import GO
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_config
 from trainer_tune.sinks.wandb_sink import WandbSink
-from trainer_tune.targets import check_targets
+from trainer_tune.targets import check_targets, ignored_settings
 from trainer_tune.tune import run_sweep
 
 log = logging.getLogger("trainer_tune")
@@ -83,6 +83,8 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
         write_config(output_dir, OmegaConf.to_yaml(raw, resolve=True),
                      overrides=list(HydraConfig.get().overrides.task))
     log.info("%s on %s; output in %s", rank_env.describe(), device, output_dir)
+    for note in ignored_settings(cfg):
+        log.warning(note)
 
     session = DistSession.start(cfg.dist, rank_env)
     if cfg.train.max_memory_fraction is not None:

@@ -49,6 +49,7 @@ def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -
     return {
         "model": asdict(cfg.model),
         "data": asdict(cfg.data),
+        "loss": asdict(cfg.loss),
         "train": train,
         "window": asdict(cfg.window),
         "world_size": world_size,

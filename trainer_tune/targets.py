@@ -21,7 +21,7 @@ import torch
 from hydra.utils import get_object, instantiate
 from torch import nn
 
-from trainer_tune.config import ConfigError, ModelArgs, TuneConfig
+from trainer_tune.config import Attention, ConfigError, DataKind, ModelArgs, TuneConfig
 
 DATA_RUNTIME_KWARGS = ("micro_batch_size", "seq_len", "vocab_size", "rank", "world_size", "seed", "device")
 """What every batch source is called with besides data.kwargs (see trainer_tune.data.BatchSource)."""
@@ -93,6 +93,23 @@ def check_targets(cfg: TuneConfig) -> None:
     if cfg.loss._target_ is not None:
         found = locate("loss._target_", cfg.loss._target_)
         _check_binds("loss._target_", cfg.loss._target_, found, cfg.loss.kwargs, None, None)
+
+
+def ignored_settings(cfg: TuneConfig) -> list[str]:
+    """Settings that this configuration does not read, each as a one-line warning."""
+    notes = []
+    if cfg.model._target_ is not None and cfg.model.attention == Attention.nsa:
+        notes.append(f"model.attention=nsa is ignored: model._target_={cfg.model._target_!r} builds the model "
+                     f"(the built-in GPT's shape keys are not used)")
+    if cfg.data._target_ is not None and cfg.data.kind != DataKind.synthetic:
+        notes.append(f"data.kind={cfg.data.kind.value} is ignored: data._target_={cfg.data._target_!r} gives the "
+                     f"batches")
+    if cfg.model._target_ is None and cfg.model.attention == Attention.dense:
+        for key in ("nsa_prefill_batched", "nsa_disable_aux_stats"):
+            if getattr(cfg.sweep, key) is not None:
+                notes.append(f"sweep.{key} multiplies the grid but changes nothing the built-in GPT does with "
+                             f"model.attention=dense (use model=tiny_nsa, or a model that reads NSA_* itself)")
+    return notes
 
 
 def instantiate_target(key: str, target: str, kwargs: dict[str, Any], *, partial: bool = False,

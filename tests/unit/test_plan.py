@@ -77,9 +77,12 @@ def test_keys_change_with_what_is_measured_and_nothing_else() -> None:
     cfg.model = dataclasses.replace(cfg.model, d_model=64)
     other_model = build_plan(cfg, world_size=1, base_flags=TrialFlags(), device_type="cpu")[0].key
     cfg = _cfg()
+    cfg.loss = dataclasses.replace(cfg.loss, _target_="my_losses.focal")
+    other_loss = build_plan(cfg, world_size=1, base_flags=TrialFlags(), device_type="cpu")[0].key
+    cfg = _cfg()
     cfg.recommend.min_speedup = 2.0  # the decision rule does not change what a trial measures
     same = build_plan(cfg, world_size=1, base_flags=TrialFlags(), device_type="cpu")[0].key
-    assert len({base, other_world, other_flags, other_model}) == 4
+    assert len({base, other_world, other_flags, other_model, other_loss}) == 5
     assert same == base
 
 

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from trainer_tune.config import Attention, ConfigError, DataArgs, DataKind, LossArgs, ModelArgs, TuneConfig
+from trainer_tune.config import Attention, ConfigError, DataArgs, DataKind, LossArgs, ModelArgs, SweepArgs, TuneConfig
 from trainer_tune.data import _checked, build_batches, corpus_bytes
 from trainer_tune.flags import TrialFlags
 from trainer_tune.loss import build_loss, checked_loss, next_token_cross_entropy
 from trainer_tune.model import build_model
 from trainer_tune.nsa_stats import AuxStatsCollector
-from trainer_tune.targets import TargetError, check_targets, logits_of
+from trainer_tune.targets import TargetError, check_targets, ignored_settings, logits_of
 
 CONV_LM = "trainer_tune.examples.models.ConvLM"
 COUNTING = "trainer_tune.examples.batches.counting_batches"
@@ -207,3 +207,18 @@ def test_aux_stats_collector_averages_layers_and_micro_steps() -> None:
         collector.add_micro_step()  # the layers' statistics were consumed and no forward ran since
     quiet = AuxStatsCollector(build_model(args, TrialFlags(disable_aux_stats=True)))
     assert quiet.layers == [] and quiet.reduce_step() is None
+
+
+def test_settings_this_configuration_ignores_are_named() -> None:
+    cfg = _cfg(model={"_target_": CONV_LM, "attention": Attention.nsa},
+               data={"_target_": COUNTING, "kind": DataKind.bytes})
+    assert ignored_settings(cfg) == [
+        "model.attention=nsa is ignored: model._target_='trainer_tune.examples.models.ConvLM' builds the model (the "
+        "built-in GPT's shape keys are not used)",
+        "data.kind=bytes is ignored: data._target_='trainer_tune.examples.batches.counting_batches' gives the batches"]
+    dense = TuneConfig(sweep=SweepArgs(nsa_prefill_batched=[True, False]))
+    assert ignored_settings(dense) == ["sweep.nsa_prefill_batched multiplies the grid but changes nothing the "
+                                       "built-in GPT does with model.attention=dense (use model=tiny_nsa, or a model "
+                                       "that reads NSA_* itself)"]
+    assert ignored_settings(TuneConfig(model=ModelArgs(attention=Attention.nsa),
+                                       sweep=SweepArgs(nsa_prefill_batched=[True, False]))) == []
