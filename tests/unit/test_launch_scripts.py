@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 
 SCRIPTS = [REPO / "launch" / "local.sh", REPO / "launch" / "multinode.sh", REPO / "launch" / "slurm.sbatch",
-           REPO / "tests" / "slurm" / "start_cluster.sh"]
+           REPO / "tests" / "slurm" / "start_cluster.sh", REPO / ".ci" / "run"]
 HYDRA_ARGS = ["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2]"]
 
 
