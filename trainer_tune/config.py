@@ -114,11 +114,15 @@ class ModelArgs:
     """Keyword arguments for model._target_ (add one with +model.kwargs.NAME=VALUE; nested `_target_` nodes
     are instantiated too, e.g. a Hugging Face config object)."""
     vocab_size: int = 256
+    """Token ids run from 0 to vocab_size - 1: the embedding and LM-head size, and the range of synthetic data."""
     seq_len: int = 128
     """Tokens per sample; the model's maximum context."""
     d_model: int = 128
+    """Width of the residual stream (embedding size)."""
     n_layers: int = 2
+    """Transformer blocks."""
     n_heads: int = 4
+    """Attention heads per block; d_model must be a multiple of it."""
     mlp_ratio: int = 4
     """Hidden width of each MLP as a multiple of d_model."""
     attention: Attention = Attention.dense
@@ -183,7 +187,9 @@ class TrainArgs:
     grad_accum: int = 1
     """Micro-steps per optimizer step (gradient sync only on the last one)."""
     lr: float = 3.0e-4
+    """AdamW learning rate (the same for every trial; speed does not depend on it)."""
     weight_decay: float = 0.1
+    """AdamW weight decay."""
     seed: int = 0
     """Seed for model initialisation; the same for every trial."""
     precision: Precision = Precision.fp32
@@ -210,6 +216,7 @@ class SweepArgs:
     micro_batch_sizes: Optional[List[int]] = None
     """Micro-batch sizes to measure (grid, adaptive); with strategy=power only the smallest is used, as the start."""
     grad_accums: Optional[List[int]] = None
+    """Gradient-accumulation values to measure with each micro-batch size."""
     global_batch_size: Optional[int] = None
     """Keep only pairs with micro_batch_size * grad_accum * world_size equal to this (samples)."""
     strategy: Strategy = Strategy.grid
@@ -224,9 +231,13 @@ class SweepArgs:
     the machine's speed changed during the sweep: the verdict says so and widens every comparison by the
     change (a steady machine costs one extra window and changes nothing)."""
     nsa_prefill_batched: Optional[List[bool]] = None
+    """Values of nsa.prefill_batched to measure, multiplying the grid."""
     nsa_disable_aux_stats: Optional[List[bool]] = None
+    """Values of nsa.disable_aux_stats to measure, multiplying the grid."""
     ddp_static_graph: Optional[List[bool]] = None
+    """Values of ddp.static_graph to measure, multiplying the grid."""
     ddp_find_unused_parameters: Optional[List[bool]] = None
+    """Values of ddp.find_unused_parameters to measure, multiplying the grid."""
     ddp_bucket_cap_mb: Optional[List[Optional[float]]] = None
     """MiB per DDP bucket; null in the list is DDP's default."""
 
@@ -257,6 +268,7 @@ class WindowArgs:
     """Keep measuring until the 95% interval of tokens/s is within +-this share of it (block bootstrap over
     the slowest rank's step times), or a cap is reached; null: exactly measure_steps."""
     max_measure_steps: int = 200
+    """Cap on measured steps per trial when measuring to target_rel_ci."""
     max_measure_s: float = 3.0
     """Cap on measured time per trial, so a sweep's length stays predictable on noisy machines."""
     check_every_steps: int = 5
@@ -310,7 +322,9 @@ class BaselineArgs:
     """The production setting to beat; always measured. Defaults to train.*; flags come from nsa/ddp."""
 
     micro_batch_size: int = II("train.micro_batch_size")
+    """The baseline's micro-batch size (train.micro_batch_size unless set)."""
     grad_accum: int = II("train.grad_accum")
+    """The baseline's gradient accumulation (train.grad_accum unless set)."""
 
     def __post_init__(self) -> None:
         require_int_at_least("baseline.micro_batch_size", self.micro_batch_size, 1)
@@ -358,11 +372,14 @@ class WatchdogArgs:
     """Stall detection on every rank (see trainer_tune/watchdog.py)."""
 
     enabled: bool = True
+    """Run the stall watchdog on every rank."""
     stall_s: Optional[float] = None
     """Seconds without a finished micro-step before stacks are dumped; null: floor_s + step_multiple x the
     median micro-step time seen so far."""
     floor_s: float = 60.0
+    """With stall_s=null: the fixed part of the stall threshold, in seconds."""
     step_multiple: float = 10.0
+    """With stall_s=null: the threshold grows by this many median micro-step times."""
     dump_interval_s: float = 30.0
     """While a stall lasts, dump the stacks again this often."""
     abort_after_s: float = 300.0
@@ -398,6 +415,7 @@ class FaultArgs:
     """stall: sleep forever; oom: run out of memory (for real on CUDA); nan_loss: poison the loss; error: raise in
     model code; exit: SIGKILL the process."""
     rank: int = 0
+    """Global rank that misbehaves."""
     trial: int = 1
     """Trial index as in the plan (0 is the baseline)."""
     step: int = 1
@@ -417,6 +435,7 @@ class TelemetryArgs:
     gpu_sampling: bool = True
     """Sample the rank's GPU through NVML: utilization, memory, power, energy. Off by itself without a GPU."""
     sample_hz: float = 10.0
+    """GPU samples per second during measured steps."""
     peak_tflops: Optional[float] = None
     """Dense peak TFLOP/s of one device for MFU; null looks the device up in trainer_tune/flops.py."""
 
@@ -439,12 +458,16 @@ class WandbArgs:
     """Weights & Biases: one run per trial and one recommendation run per sweep, from rank 0 only."""
 
     enabled: bool = True
+    """Log to Weights & Biases (wandb=off sets false)."""
     mode: WandbMode = WandbMode.auto
     """auto: online when credentials are configured (WANDB_API_KEY or a netrc entry), else offline files
     that `wandb sync` uploads later. WANDB_MODE in the environment wins over auto."""
     project: str = "trainer_tune"
+    """wandb project of every run."""
     entity: Optional[str] = None
+    """wandb entity (team or user); null: the account's default."""
     tags: List[str] = field(default_factory=list)
+    """Tags on every run."""
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Everything that touches process groups and the rank environment lives here.
 
-A run is either one plain process (world size 1: no process group, collectives are identities) or a
-torchrun job (gloo on CPU, nccl on CUDA). Ranks agree on every decision that changes control flow
+A run is either one plain process (world size 1: no process group, collectives are identities), a
+torchrun job (one or several nodes; gloo on CPU, nccl on CUDA), or the tasks of one SLURM step started
+without torchrun (`srun`, or hydra/launcher=submitit_slurm with several tasks): each task is then a rank,
+numbered by SLURM, and `adopt_slurm_tasks` writes the torch.distributed variables from SLURM's. Ranks agree on every decision that changes control flow
 (which trials to skip, each trial's outcome) through the collectives below, so no rank can move on
 while another waits.
 """
@@ -14,7 +16,8 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+import re
+from typing import Any, Mapping, MutableMapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -39,13 +42,23 @@ class RankEnv:
     under_torchrun: bool
     restart_count: int
     """TORCHELASTIC_RESTART_COUNT: how many times torchrun has restarted this group."""
+    from_slurm: bool = False
+    """The ranks are the tasks of a SLURM step (see adopt_slurm_tasks), not torchrun workers."""
 
     @property
     def is_rank0(self) -> bool:
         return self.rank == 0
 
+    @property
+    def num_nodes(self) -> int:
+        return max(self.world_size // max(self.local_world_size, 1), 1)
+
     def describe(self) -> str:
         return f"rank {self.rank}/{self.world_size} (node {self.node_rank} {self.hostname}, local {self.local_rank})"
+
+    def where(self) -> str:
+        """Short form for error messages: which rank on which host."""
+        return f"rank {self.rank} on {self.hostname}"
 
     @staticmethod
     def from_environ(environ: Mapping[str, str]) -> "RankEnv":
@@ -65,7 +78,60 @@ class RankEnv:
         return RankEnv(rank=rank, local_rank=number("LOCAL_RANK", 0), world_size=world_size,
                        local_world_size=number("LOCAL_WORLD_SIZE", 1), node_rank=number("GROUP_RANK", 0),
                        hostname=os.uname().nodename, under_torchrun="TORCHELASTIC_RUN_ID" in environ,
-                       restart_count=number("TORCHELASTIC_RESTART_COUNT", 0))
+                       restart_count=number("TORCHELASTIC_RESTART_COUNT", 0),
+                       from_slurm=environ.get(_FROM_SLURM_ENV) == "1")
+
+
+_FROM_SLURM_ENV = "TRAINER_TUNE_RANKS_FROM_SLURM"
+_SLURM_PORT_BASE, _SLURM_PORT_SPAN = 10000, 20000
+"""MASTER_PORT for SLURM tasks: a port below Linux's ephemeral range, spread by job id so jobs sharing a
+node do not collide."""
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: `gpu[07-09,12],cpu1` -> `gpu07` (what `scontrol show
+    hostnames` prints first)."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if match is None or not match.group(1):
+        raise ConfigError(f"SLURM node list {nodelist!r} is not allowed: a list such as node[01-04],other")
+    prefix, ranges = match.group(1), match.group(2)
+    if ranges is None:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def adopt_slurm_tasks(environ: MutableMapping[str, str]) -> bool:
+    """Make the tasks of a multi-task SLURM step torch.distributed ranks; returns whether it did.
+
+    Only inside an `srun` step (SLURM_STEP_ID is set; the batch script itself also has SLURM_PROCID=0 and
+    the job's SLURM_NTASKS, but is one process) with more than one task, and never under torchrun, whose
+    own RANK/WORLD_SIZE always win. RANK = SLURM_PROCID, WORLD_SIZE = SLURM_STEP_NUM_TASKS, LOCAL_RANK =
+    SLURM_LOCALID, GROUP_RANK = SLURM_NODEID; MASTER_ADDR is the step's first host unless set; MASTER_PORT
+    is derived from the job id unless set.
+    """
+    if environ.get(_FROM_SLURM_ENV) == "1":
+        return True
+    if "RANK" in environ or "TORCHELASTIC_RUN_ID" in environ or "SLURM_STEP_ID" not in environ:
+        return False
+    num_tasks = environ.get("SLURM_STEP_NUM_TASKS") or environ.get("SLURM_NTASKS") or "1"
+    if not num_tasks.isdigit() or int(num_tasks) <= 1:
+        return False
+    per_node = re.match(r"\d+", environ.get("SLURM_STEP_TASKS_PER_NODE") or environ.get("SLURM_NTASKS_PER_NODE")
+                        or num_tasks)
+    nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or "localhost"
+    job_id = environ.get("SLURM_JOB_ID", "0")
+    environ.update({
+        "RANK": environ["SLURM_PROCID"],
+        "WORLD_SIZE": num_tasks,
+        "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": per_node.group(0) if per_node else num_tasks,
+        "GROUP_RANK": environ.get("SLURM_NODEID", "0"),
+        _FROM_SLURM_ENV: "1",
+    })
+    environ.setdefault("MASTER_ADDR", first_host(nodelist))
+    environ.setdefault("MASTER_PORT",
+                       str(_SLURM_PORT_BASE + (int(job_id) if job_id.isdigit() else 0) % _SLURM_PORT_SPAN))
+    return True
 
 
 def agent_store(environ: Mapping[str, str]) -> Optional[dist.Store]:
@@ -129,7 +195,9 @@ class DistSession:
         self.timeout_s = timeout_s
 
     @staticmethod
-    def start(args: DistArgs, rank_env: RankEnv) -> "DistSession":
+    def start(args: DistArgs, rank_env: RankEnv, *, namespace: str = "") -> "DistSession":
+        """`namespace` separates the process groups of several runs in one process (the jobs of a Hydra
+        multirun under torchrun share torchrun's store, one after the other)."""
         device = choose_device(args, rank_env)
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -146,7 +214,7 @@ class DistSession:
             # torch 2.13's torchrun keeps one agent store across worker restarts, while its env:// set-up
             # assumes a fresh store per attempt and adds no prefix: a restarted group would read the
             # previous attempt's addresses and fail to connect. Our own per-attempt prefix avoids that.
-            pg_store = dist.PrefixStore(f"{_KEY_PREFIX}pg/attempt_{rank_env.restart_count}", store)
+            pg_store = dist.PrefixStore(f"{_KEY_PREFIX}pg/{namespace}attempt_{rank_env.restart_count}", store)
             dist.init_process_group(backend=backend, store=pg_store, rank=rank_env.rank,
                                     world_size=rank_env.world_size, timeout=timeout, device_id=device_id)
         return DistSession(rank_env=rank_env, device=device, backend=backend, store=store,

@@ -3,6 +3,10 @@
 Each line is flushed and fsynced before the sweep moves on, so nothing measured is lost when a process
 dies. A line cut short by a kill mid-write is reported and ignored (later appends start on a fresh line);
 any other unreadable line means the file is not ours (or was edited), and the run stops rather than guess.
+
+Several writers may share one journal (the jobs of a Hydra multirun): appends are atomic lines under a
+lock, a trial already recorded is not appended again, and should a trial still appear twice, readers keep
+its first line.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def read_journal(path: Path) -> JournalContents:
         raise ConfigError(f"journal {path} is not readable: {exc.strerror}") from None
     results: list[TrialResult] = []
     problems: list[str] = []
+    first_line: dict[str, int] = {}
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
@@ -56,15 +61,45 @@ def read_journal(path: Path) -> JournalContents:
                 continue
             record = None
         try:
-            results.append(TrialResult.from_json_dict(record))  # type: ignore[arg-type]
+            result = TrialResult.from_json_dict(record)  # type: ignore[arg-type]
         except (ValueError, TypeError, AttributeError) as exc:
             raise ConfigError(f"journal {path} line {number} is not a trainer_tune trial record ({exc}); "
                               f"move the file away or choose another output directory") from None
+        if result.trial_key in first_line:
+            problems.append(f"{path.name} line {number} records trial {result.label} again (first on line "
+                            f"{first_line[result.trial_key]}); the first is kept")
+            continue
+        first_line[result.trial_key] = number
+        results.append(result)
     return JournalContents(results=tuple(results), problems=tuple(problems))
 
 
-def append_result(path: Path, result: TrialResult) -> None:
-    append_line(path, json.dumps(result.to_json_dict(), sort_keys=True, allow_nan=False))
+def append_result(path: Path, result: TrialResult) -> bool:
+    """Append the trial unless the journal already records it (another writer was first); returns whether
+    this line was written."""
+    key = json.dumps(result.trial_key)
+
+    def recorded(text: str) -> bool:
+        # The cheap textual test first; a real read settles it (a key could appear in another trial's text).
+        return f'"trial_key": {key}' in text and any(
+            r.trial_key == result.trial_key for r in _parse_lines(text))
+
+    written = append_line(path, json.dumps(result.to_json_dict(), sort_keys=True, allow_nan=False),
+                          unless=recorded)
+    if not written:
+        log.info("trial %s (%s) is already in %s; this measurement is not recorded again",
+                 result.index, result.label, path)
+    return written
+
+
+def _parse_lines(text: str) -> list[TrialResult]:
+    results = []
+    for line in text.split("\n"):
+        try:
+            results.append(TrialResult.from_json_dict(json.loads(line)))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return results
 
 
 @dataclass(frozen=True)

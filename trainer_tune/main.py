@@ -1,5 +1,9 @@
 """Entry point: `python -m trainer_tune` or `torchrun --nproc_per_node=N -m trainer_tune +sweep=batch`.
 
+Also the task of every job of a Hydra multirun (`-m`, see trainer_tune/multirun.py), including jobs that a
+launcher such as submitit starts in other processes, where `main` never runs: `_task` therefore reads the
+rank environment itself.
+
 Order matters: agree on the output directory (before Hydra picks one per rank), compose and convert the
 config once, validate everything that can be validated, and only then start the process group. A user
 mistake ends every rank with one line and exit code 2, before any rank can wait on another.
@@ -20,10 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trainer_tune.config import ConfigError, TuneConfig, register_configs
-from trainer_tune.distributed import DistSession, RankEnv, choose_backend, choose_device, shared_run_stamp
+from trainer_tune.distributed import (
+    DistSession, RankEnv, adopt_slurm_tasks, choose_backend, choose_device, shared_run_stamp)
 from trainer_tune.flags import resolve_flags
 from trainer_tune.logging_setup import setup_logging
-from trainer_tune.plan import build_plan
+from trainer_tune.multirun import current_job
+from trainer_tune.plan import build_plan, job_plan
 from trainer_tune.recommend import GO
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_config
@@ -56,10 +62,12 @@ def _fail(message: str, rank_env: RankEnv | None) -> None:
 
 
 def _launch_hint(rank_env: RankEnv) -> str:
+    if rank_env.from_slurm:
+        return (f"srun --nodes={rank_env.num_nodes} --ntasks-per-node={rank_env.local_world_size} "
+                f"python -m trainer_tune")
     if not rank_env.under_torchrun:
         return "python -m trainer_tune"
-    nodes = rank_env.world_size // max(rank_env.local_world_size, 1)
-    node_part = f" --nnodes={nodes}" if nodes > 1 else ""
+    node_part = f" --nnodes={rank_env.num_nodes}" if rank_env.num_nodes > 1 else ""
     return f"torchrun{node_part} --nproc_per_node={rank_env.local_world_size} -m trainer_tune"
 
 
@@ -70,7 +78,12 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
         device = choose_device(cfg.dist, rank_env)
         if rank_env.world_size > 1:
             choose_backend(cfg.dist, device)
-        build_plan(cfg, world_size=rank_env.world_size, base_flags=base_flags, device_type=device.type)
+        multirun = current_job(sweep=cfg.sweep, baseline=cfg.baseline)
+        if multirun is None:
+            build_plan(cfg, world_size=rank_env.world_size, base_flags=base_flags, device_type=device.type)
+        else:
+            job_plan(cfg, world_size=rank_env.world_size, flags=base_flags, baseline=multirun.baseline.setting(),
+                     index=multirun.trial_index, device_type=device.type)
         check_targets(cfg)
     except (ConfigError, OmegaConfBaseException) as exc:
         # Hydra made the run directory before calling us; leave nothing behind for a run that never started.
@@ -86,7 +99,7 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
     for note in ignored_settings(cfg):
         log.warning(note)
 
-    session = DistSession.start(cfg.dist, rank_env)
+    session = DistSession.start(cfg.dist, rank_env, namespace="" if multirun is None else f"job_{multirun.job_num}/")
     if cfg.train.max_memory_fraction is not None:
         if session.device.type == "cuda":
             torch.cuda.set_per_process_memory_fraction(cfg.train.max_memory_fraction, session.device)
@@ -94,33 +107,44 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
             log.warning("train.max_memory_fraction=%s is ignored: it caps the CUDA allocator and the device is %s",
                         cfg.train.max_memory_fraction, session.device)
     try:
-        wandb_sink = WandbSink(cfg.wandb, enabled=rank_env.is_rank0, output_dir=output_dir, group=output_dir.name,
+        # A multirun's jobs log their trial runs next to the multirun's journal, in one wandb group.
+        shared_dir = output_dir if multirun is None else multirun.sweep_dir
+        wandb_sink = WandbSink(cfg.wandb, enabled=rank_env.is_rank0, output_dir=shared_dir, group=shared_dir.name,
                                config=OmegaConf.to_container(raw, resolve=True, enum_to_str=True))  # type: ignore[arg-type]
         outcome = run_sweep(cfg=cfg, session=session, output_dir=output_dir, base_flags=base_flags,
                             console=ConsoleSink(enabled=rank_env.is_rank0), launch_hint=_launch_hint(rank_env),
-                            wandb_sink=wandb_sink)
+                            wandb_sink=wandb_sink, multirun=multirun)
     except ConfigError as exc:
         session.close()
         _fail(str(exc), rank_env)
     session.close()
-    if outcome.recommendation.decision != GO and cfg.recommend.fail_on_no_go:
+    if outcome.recommendation is not None and outcome.recommendation.decision != GO and cfg.recommend.fail_on_no_go:
         return EXIT_NO_GO
     return 0
 
 
-def main() -> None:
+def _rank_env() -> RankEnv:
     try:
-        rank_env = RankEnv.from_environ(os.environ)
+        adopt_slurm_tasks(os.environ)
+        return RankEnv.from_environ(os.environ)
+    except ConfigError as exc:
+        _fail(str(exc), None)
+        raise  # unreachable: _fail exits
+
+
+def _task(raw: DictConfig) -> None:
+    """One run, or one job of a multirun (possibly in a process `main` never ran in)."""
+    code = tune(raw, _rank_env())
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    rank_env = _rank_env()
+    try:
         if RUN_STAMP_ENV not in os.environ:
             os.environ[RUN_STAMP_ENV] = shared_run_stamp(rank_env, os.environ)
     except ConfigError as exc:
         _fail(str(exc), None)
     register_configs()
-
-    @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
-    def _hydra_entry(raw: DictConfig) -> None:
-        code = tune(raw, rank_env)
-        if code:
-            sys.exit(code)
-
-    _hydra_entry()
+    hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")(_task)()

@@ -126,3 +126,29 @@ def baseline_recheck(plan: list[TrialSpec]) -> TrialSpec:
 
 def swept_flag_names(cfg: TuneConfig) -> tuple[str, ...]:
     return tuple(swept_flag_values(cfg.sweep))
+
+
+def job_plan(cfg: TuneConfig, *, world_size: int, flags: TrialFlags, baseline: tuple[int, int, TrialFlags],
+             index: int, device_type: str) -> list[TrialSpec]:
+    """One job of a Hydra multirun: the multirun's pinned baseline as trial 0, then the job's own setting
+    (train.* with its nsa/ddp flags) as trial `index`, unless the job's setting is the baseline itself.
+
+    Keys are computed exactly as in build_plan, so every job names the baseline with the same key and the
+    shared journal measures it once.
+    """
+    context = measurement_context(cfg, world_size=world_size, device_type=device_type)
+    settings = [(0, *baseline)]
+    own = (cfg.train.micro_batch_size, cfg.train.grad_accum, flags)
+    if own != baseline:
+        settings.append((index, *own))
+    return [
+        TrialSpec(index=i, micro_batch_size=mbs, grad_accum=accum, world_size=world_size, flags=f,
+                  is_baseline=(i == 0),
+                  key=_trial_key(micro_batch_size=mbs, grad_accum=accum, flags=f, context=context))
+        for i, mbs, accum, f in settings
+    ]
+
+
+def differing_flag_names(flags: TrialFlags, baseline: TrialFlags) -> tuple[str, ...]:
+    """Flags a multirun job sets differently from the baseline: shown in its label, as swept flags are."""
+    return tuple(name for name, value in flags.as_dict().items() if baseline.as_dict()[name] != value)

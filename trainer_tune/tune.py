@@ -34,12 +34,13 @@ from trainer_tune.journal import (
     JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, write_inflight)
 from trainer_tune.metrics import TrialContext, failed_result, result_from_window
 from trainer_tune.model import build_model, count_parameters
-from trainer_tune.plan import TrialSpec, baseline_recheck, build_plan, swept_flag_names
+from trainer_tune.multirun import MultirunJob
+from trainer_tune.plan import (
+    TrialSpec, baseline_recheck, build_plan, differing_flag_names, job_plan, swept_flag_names)
 from trainer_tune.recommend import Recommendation, decide
 from trainer_tune.results import Status, TrialResult, utc_now
 from trainer_tune.sinks.console import ConsoleSink
-from trainer_tune.sinks.files import write_recommendation
-from trainer_tune.sinks.report import write_report
+from trainer_tune.sinks.publish import publish
 from trainer_tune.sinks.wandb_sink import WandbSink
 from trainer_tune.strategy import BestSoFar, NotMeasured, best_so_far, measurement_order, skip_reason
 from trainer_tune.telemetry import TelemetryProbe
@@ -56,20 +57,27 @@ _RECORDED_GRACE_S = 30.0
 @dataclass(frozen=True)
 class SweepOutcome:
     results: tuple[TrialResult, ...]
-    recommendation: Recommendation
+    recommendation: Optional[Recommendation]
     num_measured: int
     num_skipped: int
     """Trials already in the journal from an earlier run, not measured again."""
     not_measured: tuple[NotMeasured, ...] = ()
     """Planned settings the search strategy left out."""
+    # recommendation is None for a job of a Hydra multirun: the multirun's callback decides once, at the end.
     recheck: Optional[TrialResult] = None
     """The baseline's second window, after the last trial (sweep.recheck_baseline)."""
 
 
-def _outcome_of(exc: BaseException) -> dict[str, Any]:
+def _outcome_of(exc: BaseException, *, host: str) -> dict[str, Any]:
     status = Status.oom if isinstance(exc, torch.OutOfMemoryError) else Status.error
     message = traceback.format_exception_only(type(exc), exc)[-1].strip()
-    return {"status": status.name, "message": message, "traceback": traceback.format_exc()}
+    return {"status": status.name, "message": message, "host": host, "traceback": traceback.format_exc()}
+
+
+def _who(rank: int, post: dict[str, Any]) -> str:
+    """`rank 1 on node07`: errors name the rank and its host, which matters once there are several nodes."""
+    host = post.get("host")
+    return f"rank {rank} on {host}" if host else f"rank {rank}"
 
 
 def _outcome_topic(spec: TrialSpec, attempt: int) -> str:
@@ -93,22 +101,23 @@ def _evidence(session: DistSession, spec: TrialSpec) -> tuple[Optional[Status], 
             if post is not None and post["status"] != Status.ok.name:
                 status = Status[post["status"]]
                 failure = status if failure is None or status.value > failure.value else failure
-                causes.append(f"rank {rank}: {post['message']}")
+                causes.append(f"{_who(rank, post)}: {post['message']}")
                 tracebacks[str(rank)] = post.get("traceback", "")
         stall = session.read_post(f"stall/{spec.key}/{rank}")
         if stall is not None:
-            stalls.append(f"rank {rank} ({stall['host']}): {stall['description']}")
+            stalls.append(f"rank {rank} on {stall['host']}: {stall['description']}")
     if failure is not None:
         return failure, causes + [f"left waiting for it: {stall}" for stall in stalls], tracebacks
     return (Status.stalled if stalls else None), stalls, tracebacks
 
 
 class _Sweep:
-    def __init__(self, *, cfg: TuneConfig, session: DistSession, output_dir: Path, console: ConsoleSink) -> None:
+    def __init__(self, *, cfg: TuneConfig, session: DistSession, output_dir: Path, console: ConsoleSink,
+                 journal_path: Path, swept: tuple[str, ...]) -> None:
         self.cfg, self.session, self.output_dir, self.console = cfg, session, output_dir, console
         self.rank_env = session.rank_env
-        self.journal_path = output_dir / JOURNAL_NAME
-        self.swept = swept_flag_names(cfg)
+        self.journal_path = journal_path
+        self.swept = swept
         self._current: Optional[tuple[TrialSpec, TrialContext, str]] = None
         self.flops_per_token, self.peak_tflops, self.peak_note = _flops_context(cfg, session.device)
         self.probe = TelemetryProbe(cfg.telemetry, local_rank=self.rank_env.local_rank, device=session.device)
@@ -193,7 +202,7 @@ class _Sweep:
                                   on_step=lambda _step, _measured: self.console.step_done(),
                                   heartbeat=self.watchdog.beat if self.watchdog else _ignore_beat, best=best)
         except Exception as exc:  # noqa: BLE001 - any failure of user or model code is a trial outcome
-            outcome = _outcome_of(exc)
+            outcome = _outcome_of(exc, host=self.rank_env.hostname)
             log.warning("trial %d (%s) failed on %s: %s", spec.index, ctx.label, self.rank_env.describe(),
                         outcome["message"])
         if local is not None:
@@ -207,7 +216,7 @@ class _Sweep:
         if failures:
             worst = max((Status[o["status"]] for _, o in failures), key=lambda s: s.value)
             return failed_result(spec, ctx, status=worst, started_at=started_at, finished_at=finished_at,
-                                 error="; ".join(f"rank {rank}: {o['message']}" for rank, o in failures),
+                                 error="; ".join(f"{_who(rank, o)}: {o['message']}" for rank, o in failures),
                                  extra={"tracebacks": {str(rank): o["traceback"] for rank, o in failures}})
         assert local is not None
         measurement = combine_ranks(local, session=session, seq_len=cfg.model.seq_len)
@@ -291,16 +300,32 @@ def _ignore_beat(_step: int, _micro_step: int) -> None:
 
 
 def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_flags: TrialFlags,
-              console: ConsoleSink, launch_hint: str, wandb_sink: Optional[WandbSink] = None) -> SweepOutcome:
-    plan = build_plan(cfg, world_size=session.rank_env.world_size, base_flags=base_flags,
-                      device_type=session.device.type)
-    sweep = _Sweep(cfg=cfg, session=session, output_dir=output_dir, console=console)
+              console: ConsoleSink, launch_hint: str, wandb_sink: Optional[WandbSink] = None,
+              multirun: Optional[MultirunJob] = None) -> SweepOutcome:
+    """Measure the plan and publish the recommendation; as a multirun job, measure the job's setting (and the
+    baseline if the shared journal lacks it) and leave the recommendation to the multirun's callback."""
+    world_size, device_type = session.rank_env.world_size, session.device.type
+    if multirun is None:
+        plan = build_plan(cfg, world_size=world_size, base_flags=base_flags, device_type=device_type)
+        journal_path, swept = output_dir / JOURNAL_NAME, swept_flag_names(cfg)
+    else:
+        plan = job_plan(cfg, world_size=world_size, flags=base_flags, baseline=multirun.baseline.setting(),
+                        index=multirun.trial_index, device_type=device_type)
+        journal_path = multirun.journal_path
+        swept = differing_flag_names(base_flags, multirun.baseline.flags)
+    sweep = _Sweep(cfg=cfg, session=session, output_dir=output_dir, console=console, journal_path=journal_path,
+                   swept=swept)
+
+    def position(spec: TrialSpec) -> str:
+        # A multirun job does not know how many jobs there are; its trial's index in the shared journal is stable.
+        return f"{spec.index + 1}/{len(plan)}" if multirun is None else f"{spec.index} (job {multirun.job_num})"
     results: list[TrialResult] = []
     not_measured: list[NotMeasured] = []
     try:
         done, attempts = sweep.resume_state(plan)
         num_skipped = sum(spec.key in done for spec in plan)
-        console.sweep_started(num_trials=len(plan), num_skipped=num_skipped, output_dir=str(output_dir))
+        console.sweep_started(num_trials=len(plan), num_skipped=num_skipped,
+                              output_dir=str(output_dir if multirun is None else multirun.sweep_dir))
         if num_skipped:
             log.info("%d of %d trials are already in %s and are not measured again", num_skipped, len(plan),
                      sweep.journal_path)
@@ -318,28 +343,29 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
                 label = spec.label(swept_flags=sweep.swept)
                 not_measured.append(NotMeasured(label=label, reason=skip))
                 log.info("trial %d (%s) not measured: %s", spec.index, label, skip)
-                console.trial_not_measured(label=label, reason=skip, position=f"{spec.index + 1}/{len(plan)}")
+                console.trial_not_measured(label=label, reason=skip, position=position(spec))
                 continue
             result = sweep.measure(spec, attempts=attempts.get(spec.key, 0), best=best)
             sweep.record(result)
             results.append(result)
-            console.trial_finished(result, position=f"{spec.index + 1}/{len(plan)}")
+            console.trial_finished(result, position=position(spec))
             if wandb_sink is not None:
                 wandb_sink.trial_finished(result)
-        recheck = _recheck_baseline(sweep, plan, results=results, done=done, attempts=attempts)
+        # A multirun job measures one setting; the multirun as a whole has no "last trial" to re-check after.
+        recheck = (_recheck_baseline(sweep, plan, results=results, done=done, attempts=attempts)
+                   if multirun is None else None)
     finally:
         console.sweep_finished()
         sweep.close()
 
     results.sort(key=lambda r: r.index)  # report in plan order, whatever order the strategy measured in
-    recommendation = decide(results, args=cfg.recommend, not_measured=not_measured, recheck=recheck)
-    if session.rank_env.is_rank0:
-        written = write_recommendation(output_dir, recommendation, launch_hint=launch_hint)
-        report = write_report(output_dir, results, recommendation)
-        if wandb_sink is not None:
-            wandb_sink.sweep_finished(results, recommendation, files=[*written, report.report],
-                                      chart_pngs=report.charts)
-    console.show(results, recommendation)
+    recommendation = None
+    if multirun is None:
+        recommendation = decide(results, args=cfg.recommend, not_measured=not_measured,
+                                recheck=recheck)
+        if session.rank_env.is_rank0:
+            publish(output_dir, results, recommendation, launch_hint=launch_hint, console=console,
+                    wandb_sink=wandb_sink)
     return SweepOutcome(results=tuple(results), recommendation=recommendation,
                         num_measured=len(results) - num_skipped, num_skipped=num_skipped,
                         not_measured=tuple(not_measured), recheck=recheck)

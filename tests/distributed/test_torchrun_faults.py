@@ -70,7 +70,7 @@ def test_a_failure_on_one_rank_is_recorded_and_the_sweep_goes_on(fault: str, sta
     failed = trials[1]
     assert failed["tokens_per_s"] is None or status == "nan"
     if status != "nan":
-        assert failed["error"].startswith("rank 1: ")
+        assert failed["error"].startswith("rank 1 on ")
         assert "injected" in failed["extra"]["tracebacks"]["1"]
     assert json.loads((out / "recommendation.json").read_text())["chosen"]["index"] != 1
 

@@ -44,3 +44,48 @@ def test_a_foreign_line_in_the_middle_stops_the_run(tmp_path: Path) -> None:
     append_result(path, make_result(index=0, key="a"))
     with pytest.raises(ConfigError, match="line 1 is not a trainer_tune trial record"):
         read_journal(path)
+
+
+def test_a_trial_recorded_twice_keeps_its_first_line(tmp_path: Path) -> None:
+    path = tmp_path / "trials.jsonl"
+    first = make_result(index=0, key="a", is_baseline=True)
+    second = make_result(index=0, key="a", is_baseline=True, status="oom")
+    append_result(path, first)
+    with open(path, "a") as handle:  # as a writer that did not check would leave it
+        handle.write(json.dumps(second.to_json_dict()) + "\n")
+    contents = read_journal(path)
+    assert contents.results == (first,)
+    assert "line 2 records trial" in contents.problems[0] and "the first is kept" in contents.problems[0]
+
+
+def test_an_already_recorded_trial_is_not_appended_again(tmp_path: Path) -> None:
+    path = tmp_path / "trials.jsonl"
+    assert append_result(path, make_result(index=0, key="a", is_baseline=True))
+    assert not append_result(path, make_result(index=0, key="a", is_baseline=True, status="oom"))
+    assert append_result(path, make_result(index=1, key="b"))
+    assert len(path.read_text().splitlines()) == 2
+
+
+def _append_many(path: str, writer: int, count: int) -> None:
+    for i in range(count):
+        append_result(Path(path), make_result(index=i, key=f"w{writer}-{i}"))
+        # every writer also tries the shared baseline: exactly one line of it may land
+        append_result(Path(path), make_result(index=0, key="baseline", is_baseline=True))
+
+
+def test_concurrent_writers_leave_whole_lines_and_one_baseline(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = tmp_path / "trials.jsonl"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_append_many, args=(str(path), w, 20)) for w in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(60)
+        assert w.exitcode == 0
+    contents = read_journal(path)
+    assert contents.problems == ()
+    keys = [r.trial_key for r in contents.results]
+    assert len(keys) == 4 * 20 + 1 and keys.count("baseline") == 1
+    assert all(line.startswith("{") and line.endswith("}") for line in path.read_text().splitlines())

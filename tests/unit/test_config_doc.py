@@ -1,0 +1,33 @@
+"""docs/configuration.md lists every key of the schema with its default: generated, and checked here."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from trainer_tune.config import TuneConfig
+from trainer_tune.config_doc import REGENERATE, field_docs, generated_part, page_path, render
+
+
+def test_the_page_matches_the_schema() -> None:
+    page = generated_part(page_path().read_text())
+    assert page == render(), (
+        f"docs/configuration.md and trainer_tune/config.py disagree (a key, default, type, docstring or "
+        f"config option changed). Regenerate the page with `{REGENERATE}` and commit it.")
+
+
+def test_every_key_is_on_the_page() -> None:
+    page = page_path().read_text()
+    for group in dataclasses.fields(TuneConfig):
+        for f in dataclasses.fields(group.default_factory()):  # type: ignore[misc]
+            assert f"| `{group.name}.{f.name}` |" in page
+
+
+def test_field_docs_reads_the_docstring_under_a_field() -> None:
+    @dataclasses.dataclass
+    class Example:
+        documented: int = 1
+        """What it is,
+        over two lines."""
+        bare: int = 2
+
+    assert field_docs(Example) == {"documented": "What it is, over two lines."}

@@ -1,0 +1,56 @@
+"""The multirun pieces that need no process: the launcher config, the callback's place, the job plan."""
+
+from __future__ import annotations
+
+from hydra import compose, initialize_config_dir
+
+from conftest import REPO
+from trainer_tune.config import TuneConfig, register_configs
+from trainer_tune.flags import TrialFlags
+from trainer_tune.multirun import BaselinePin
+from trainer_tune.plan import build_plan, differing_flag_names, job_plan
+
+
+def _hydra_config(overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True).hydra
+
+
+def test_slurm_launcher_config_composes_onto_submitit() -> None:
+    launcher = _hydra_config(["hydra/launcher=slurm"]).launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.tasks_per_node, launcher.nodes, launcher.array_parallelism) == (2, 1, 1)
+    assert launcher.submitit_folder.endswith("/.submitit/%j")  # inside hydra.sweep.dir
+
+
+def test_the_callback_is_configured() -> None:
+    callbacks = _hydra_config([]).callbacks
+    assert callbacks.trainer_tune._target_ == "trainer_tune.multirun.MultirunCallback"
+
+
+def test_job_plan_shares_the_baseline_key_with_a_single_run() -> None:
+    cfg = TuneConfig()
+    cfg.baseline.micro_batch_size, cfg.baseline.grad_accum = 2, 1  # as composition resolves them
+    flags = TrialFlags()
+    single = build_plan(cfg, world_size=2, base_flags=flags, device_type="cpu")
+    cfg.train.micro_batch_size = 4
+    plan = job_plan(cfg, world_size=2, flags=flags, baseline=(2, 1, flags), index=3, device_type="cpu")
+    assert [(s.index, s.micro_batch_size, s.is_baseline) for s in plan] == [(0, 2, True), (3, 4, False)]
+    assert plan[0].key == single[0].key  # every job, and a plain run, name the baseline alike
+    cfg.train.micro_batch_size = 2
+    assert len(job_plan(cfg, world_size=2, flags=flags, baseline=(2, 1, flags), index=3, device_type="cpu")) == 1
+
+
+def test_a_job_with_other_flags_is_its_own_setting() -> None:
+    cfg = TuneConfig()
+    base, static = TrialFlags(), TrialFlags(static_graph=True)
+    plan = job_plan(cfg, world_size=1, flags=static, baseline=(2, 1, base), index=1, device_type="cpu")
+    assert len(plan) == 2 and plan[0].key != plan[1].key
+    assert differing_flag_names(static, base) == ("static_graph",)
+    assert plan[1].label(swept_flags=("static_graph",)) == "2x1 static_graph=true"
+
+
+def test_baseline_pin_round_trip() -> None:
+    pin = BaselinePin(micro_batch_size=4, grad_accum=2, flags=TrialFlags(bucket_cap_mb=25.0))
+    assert BaselinePin.from_json_dict(pin.to_json_dict()) == pin
