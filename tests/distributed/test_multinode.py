@@ -44,8 +44,11 @@ def test_two_agents_form_one_group_and_write_once(tmp_path: Path) -> None:
     assert f"rank 0/2 (node 0 " in logs[0] or f"rank 0/2 (node 1 " in logs[0]
     assert {("(node 0 " in logs[r]) for r in (0, 1)} == {True, False}, "each agent is its own node"
 
-    trials = read_jsonl(out / "trials.jsonl")
+    lines = read_jsonl(out / "trials.jsonl")
+    trials = [t for t in lines if t["recheck_of"] is None]
     assert [(t["micro_batch_size"], t["grad_accum"]) for t in trials] == [(2, 1), (1, 1)]
+    # The baseline's re-check after the last trial ran across both nodes too (it has no wandb run of its own).
+    assert [(t["label"], t["world_size"], t["status"]) for t in lines[len(trials):]] == [("2x1 re-check", 2, "ok")]
     for t in trials:
         assert t["status"] == "ok", t["error"]
         assert t["world_size"] == 2 and t["global_batch_size"] == t["micro_batch_size"] * 2

@@ -4,6 +4,7 @@ user model given only by `_target_` (docs/your-model.md)."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,9 @@ def test_wrong_output_shape_is_a_trial_error_not_a_hang(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     (trial,) = _trials(out)
     assert trial["status"] == "error"
-    for rank in (0, 1):
-        assert (f"rank {rank}: trainer_tune.targets.TargetError: model._target_='trainer_tune.examples.models."
+    host = socket.gethostname()
+    for rank in (0, 1):  # each rank's error, named by rank and host
+        assert (f"rank {rank} on {host}: trainer_tune.targets.TargetError: model._target_='trainer_tune.examples.models."
                 f"WrongShape' returned logits of shape [2, 256] for input_ids of shape [2, 128]; expected "
                 f"[2, 128, 256]") in trial["error"]
 

@@ -48,7 +48,8 @@ def test_sbatch_runs_the_launch_script(slurm_env: dict[str, str], tmp_path: Path
     assert proc.returncode == 0, (proc.stderr, log.read_text()[-3000:] if log else "no job output")
     out = tmp_path / "outputs" / "runs" / f"slurm-{job_id}"
     trials = read_jsonl(out / "trials.jsonl")
-    assert [(t["label"], t["world_size"], t["status"]) for t in trials] == [("2x1", 2, "ok"), ("1x1", 2, "ok")]
+    assert [(t["label"], t["world_size"], t["status"]) for t in trials] == \
+        [("2x1", 2, "ok"), ("1x1", 2, "ok"), ("2x1 re-check", 2, "ok")]
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["baseline"]["trial_key"] == trials[0]["trial_key"]
     text = (tmp_path / f"trainer_tune-{job_id}.out").read_text()
