@@ -46,6 +46,7 @@ def _bare_tokens_per_s(cfg: TuneConfig, session: DistSession, *, steps: int) -> 
     ddp = DistributedDataParallel(model) if session.distributed else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     batches = build_batches(data=cfg.data, model=cfg.model, micro_batch_size=mbs, rank=session.rank_env.rank,
+                            world_size=session.rank_env.world_size,
                             device=device)
 
     def step() -> None:
