@@ -23,6 +23,7 @@ worker after another one failed.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import os
@@ -159,6 +160,9 @@ class Watchdog:
         self._thread.join(timeout=5)
         self.end_trial()
         faulthandler.unregister(signal.SIGTERM)
+        # stacks/ exists only where something stalled (README): rmdir removes it only while it is empty.
+        with contextlib.suppress(OSError):
+            self.stacks_dir.rmdir()
 
     def _close_file(self, *, remove_if_empty: bool = False) -> None:
         if self._file is None:

@@ -26,6 +26,7 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
     out = runs[0]
     assert sorted(p.name for p in (out / "logs").iterdir()) == ["rank-0.log", "rank-1.log"]
     assert (out / "config.yaml").exists()
+    assert not (out / "stacks").exists()  # only a sweep where something stalled has stack files
 
     lines = read_jsonl(out / "trials.jsonl")
     trials = [t for t in lines if t["recheck_of"] is None]
