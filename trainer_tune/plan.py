@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from trainer_tune.config import ConfigError, Strategy, TuneConfig
 from trainer_tune.flags import TrialFlags, format_flag, swept_flag_values, with_flag
@@ -95,6 +95,18 @@ def power_ladder(*, start: int, maximum: int) -> list[int]:
     return sizes
 
 
+def _specs(settings: Iterable[tuple[int, tuple[int, int, TrialFlags]]], *, world_size: int,
+           context: dict[str, Any]) -> list[TrialSpec]:
+    """TrialSpecs from (index, (micro_batch_size, grad_accum, flags)); index 0 is the baseline. Every plan
+    keys its trials here, so a sweep and the jobs of a multirun name the same setting with the same key."""
+    return [
+        TrialSpec(index=i, micro_batch_size=mbs, grad_accum=accum, world_size=world_size, flags=flags,
+                  is_baseline=(i == 0),
+                  key=_trial_key(micro_batch_size=mbs, grad_accum=accum, flags=flags, context=context))
+        for i, (mbs, accum, flags) in settings
+    ]
+
+
 def build_plan(cfg: TuneConfig, *, world_size: int, base_flags: TrialFlags, device_type: str) -> list[TrialSpec]:
     context = measurement_context(cfg, world_size=world_size, device_type=device_type)
     flag_axes = swept_flag_values(cfg.sweep)
@@ -108,12 +120,7 @@ def build_plan(cfg: TuneConfig, *, world_size: int, base_flags: TrialFlags, devi
         if (mbs, accum, flags) not in settings:
             settings.append((mbs, accum, flags))
 
-    return [
-        TrialSpec(index=i, micro_batch_size=mbs, grad_accum=accum, world_size=world_size, flags=flags,
-                  is_baseline=(i == 0),
-                  key=_trial_key(micro_batch_size=mbs, grad_accum=accum, flags=flags, context=context))
-        for i, (mbs, accum, flags) in enumerate(settings)
-    ]
+    return _specs(enumerate(settings), world_size=world_size, context=context)
 
 
 def baseline_recheck(plan: list[TrialSpec]) -> TrialSpec:
@@ -137,16 +144,11 @@ def job_plan(cfg: TuneConfig, *, world_size: int, flags: TrialFlags, baseline: t
     shared journal measures it once.
     """
     context = measurement_context(cfg, world_size=world_size, device_type=device_type)
-    settings = [(0, *baseline)]
+    settings = [(0, baseline)]
     own = (cfg.train.micro_batch_size, cfg.train.grad_accum, flags)
     if own != baseline:
-        settings.append((index, *own))
-    return [
-        TrialSpec(index=i, micro_batch_size=mbs, grad_accum=accum, world_size=world_size, flags=f,
-                  is_baseline=(i == 0),
-                  key=_trial_key(micro_batch_size=mbs, grad_accum=accum, flags=f, context=context))
-        for i, mbs, accum, f in settings
-    ]
+        settings.append((index, own))
+    return _specs(settings, world_size=world_size, context=context)
 
 
 def differing_flag_names(flags: TrialFlags, baseline: TrialFlags) -> tuple[str, ...]:
