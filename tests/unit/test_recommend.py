@@ -197,20 +197,29 @@ def test_a_drifting_machine_widens_every_comparison_into_no_go() -> None:
 
 
 def test_drift_widens_the_speedup_interval_by_the_change() -> None:
+    # A setting 2x faster than the baseline, and a machine that slowed down 6.25% during the sweep.
+    # Same step time (0.2 s +- 1%), twice the tokens per step: 2x1 moves 512 tokens a step (2,560 tokens/s),
+    # 4x1 1,024 (5,120 tokens/s); the re-check's 2,400 tokens/s is 2,400 / 2,560 - 1 = -6.25%.
     rng = random.Random(3)
-    base_times = [0.100 + rng.uniform(-0.001, 0.001) for _ in range(30)]
-    fast_times = [0.050 + rng.uniform(-0.0005, 0.0005) for _ in range(30)]
+    base_times = [0.200 + rng.uniform(-0.002, 0.002) for _ in range(30)]
+    fast_times = [0.200 + rng.uniform(-0.002, 0.002) for _ in range(30)]
     results = [make_result(index=0, key="base", step_times=base_times, ci=[2540, 2580], is_baseline=True),
                make_result(index=1, key="fast", step_times=fast_times, ci=[5080, 5160], micro_batch_size=4)]
+    for result in results:  # the fixture's intervals contain its own figures
+        assert result.tokens_per_s_ci95[0] <= result.tokens_per_s <= result.tokens_per_s_ci95[1]
     plain = decide(results, args=ARGS)
     recheck = make_result(index=2, key="base-recheck", tokens_per_s=2400, ci=[2390, 2410])
     drifted = decide(results, args=ARGS, recheck=recheck)
     assert plain.speedup_ci95 is not None and drifted.speedup_ci95 is not None and drifted.drift is not None
+    assert plain.speedup == pytest.approx(2.0, rel=0.01)
+    assert drifted.drift.change == pytest.approx(-0.0625, rel=0.01) and not drifted.drift.within_noise
     widening = drifted.drift.widening
-    assert widening > 1.05
+    assert widening == pytest.approx(1.0625, rel=0.01)
     assert drifted.speedup_ci95[0] == pytest.approx(plain.speedup_ci95[0] / widening)
     assert drifted.speedup_ci95[1] == pytest.approx(plain.speedup_ci95[1] * widening)
-    assert drifted.decision == GO  # 2x faster survives a 6% drift
+    # 2x faster survives a 6.25% drift: even the widened interval's lower end clears the +5% margin.
+    assert drifted.decision == GO and drifted.chosen is not None and drifted.chosen.trial_key == "fast"
+    assert drifted.speedup_ci95[0] > 1.8 > ARGS.min_speedup
 
 
 def test_a_failed_recheck_is_reported_not_used() -> None:
