@@ -41,7 +41,10 @@ def transformer_flops_per_token(
       position embedding tables (a lookup, no FLOPs) but *count the LM head* (``vocab * d_model``),
       which is a real matmul even when its weight is tied to the token embedding (count it once).
       Each such weight costs 2 FLOPs per token forward (multiply + add) and 4 backward (gradient
-      w.r.t. input and w.r.t. weight), hence 6.
+      w.r.t. input and w.r.t. weight), hence 6. ``gpt_flops_per_token`` passes every parameter but
+      the embedding tables, so biases and LayerNorm gains are charged 6 FLOPs each too, although no
+      matmul uses them (the usual 6N convention; under 1% of N for the built-in shapes, see
+      tests/unit/test_flops.py).
     - ``A`` = forward attention FLOPs per token per layer that no weight accounts for (the score
       ``Q @ K^T`` and the weighted sum ``P @ V``), tripled for training (backward is twice forward).
       By default, dense causal attention: query at position ``i`` (1-based) attends to ``i`` keys,
@@ -98,8 +101,9 @@ def gpt_flops_per_token(args: ModelArgs, *, num_parameters: int) -> float:
     """Training FLOPs per token of the built-in GPT (trainer_tune/model.py) with ``num_parameters`` distinct
     parameters: ``transformer_flops_per_token`` with the attention term the layer really needs.
 
-    The position table is a lookup (no FLOPs); the token embedding is counted once, as the tied LM head. Dense
-    attention uses the causal default. NSA counts, per layer, the keys each query really attends to in the
+    The position table is a lookup (no FLOPs); the token embedding is counted once, as the tied LM head; biases
+    and LayerNorm gains stay in ``N`` (6 FLOPs each, an over-count of under 1%). Dense attention uses the
+    causal default. NSA counts, per layer, the keys each query really attends to in the
     three branches (``nsa_attention_flops_per_token``) plus the block compression, whose weights are taken
     out of ``N``; the gate's small linear map stays in ``N``. What the batched CPU path computes beyond that
     (masked keys, see ``nsa_attention_flops_per_token``) is not useful work and is not counted.
