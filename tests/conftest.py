@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import pytest
 
@@ -41,6 +41,14 @@ def run_tune(args: Sequence[str], *, nproc: Optional[int] = None, env: Optional[
                f"--max-restarts={max_restarts}", "-m", "trainer_tune", *args]
     return subprocess.run(cmd, cwd=cwd or REPO, env=clean_env(env), capture_output=True, text=True,
                           timeout=timeout_s)
+
+
+def strict_loads(text: str) -> Any:
+    """json.loads, refusing the NaN and Infinity tokens Python's json would otherwise accept: what a strict
+    reader (jq, a browser, another language) makes of our files."""
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{token} is not JSON")
+    return json.loads(text, parse_constant=refuse)
 
 
 def read_jsonl(path: Path) -> list[dict]:

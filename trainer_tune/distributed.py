@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from trainer_tune.config import Backend, ConfigError, DeviceKind, DistArgs
+from trainer_tune.finite import finite_json
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ class DistSession:
 
     def post(self, key: str, value: dict[str, Any]) -> None:
         if self.store is not None:
-            self.store.set(f"{_KEY_PREFIX}{key}", json.dumps(value))
+            self.store.set(f"{_KEY_PREFIX}{key}", finite_json(value))
 
     def read_post(self, key: str) -> Optional[dict[str, Any]]:
         """A value some rank posted under `key`, in this or an earlier attempt of the group; never blocks."""

@@ -20,6 +20,7 @@ from typing import Optional
 
 from trainer_tune.config import ConfigError
 from trainer_tune.durable import append_line, write_atomically
+from trainer_tune.finite import NON_FINITE_KEY, finite_json, finite_record
 from trainer_tune.results import TrialResult
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,13 @@ def append_result(path: Path, result: TrialResult) -> bool:
         return f'"trial_key": {key}' in text and any(
             r.trial_key == result.trial_key for r in _parse_lines(text))
 
-    written = append_line(path, json.dumps(result.to_json_dict(), sort_keys=True, allow_nan=False),
-                          unless=recorded)
+    # Strict JSON, and never an exception over a figure: a NaN is written as null and its path listed.
+    record = finite_record(result.to_json_dict())
+    if record.get(NON_FINITE_KEY):
+        paths = record[NON_FINITE_KEY]
+        log.warning("trial %s (%s): %d figure(s) were not finite and are recorded as null (%s%s)", result.index,
+                    result.label, len(paths), ", ".join(paths[:3]), ", ..." if len(paths) > 3 else "")
+    written = append_line(path, finite_json(record, sort_keys=True), unless=recorded)
     if not written:
         log.info("trial %s (%s) is already in %s; this measurement is not recorded again",
                  result.index, result.label, path)

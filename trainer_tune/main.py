@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trainer_tune.config import ConfigError, TuneConfig, register_configs
+from trainer_tune.config_keys import check_keys
 from trainer_tune.distributed import (
     DistSession, RankEnv, adopt_slurm_tasks, choose_backend, choose_device, shared_run_stamp)
 from trainer_tune.flags import resolve_flags
@@ -73,6 +74,7 @@ def _launch_hint(rank_env: RankEnv) -> str:
 
 def tune(raw: DictConfig, rank_env: RankEnv) -> int:
     try:
+        check_keys(raw)  # to_object would drop a key added with + that the schema lacks, without a word
         cfg: TuneConfig = OmegaConf.to_object(raw)  # type: ignore[assignment]
         base_flags = resolve_flags(nsa=cfg.nsa, ddp=cfg.ddp, environ=os.environ)
         device = choose_device(cfg.dist, rank_env)

@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from trainer_tune.config import BaselineArgs, ConfigError, DdpArgs, NsaArgs, RecommendArgs, SweepArgs, WandbArgs
+from trainer_tune.config_keys import check_keys, check_override_keys
 from trainer_tune.distributed import RankEnv, adopt_slurm_tasks
 from trainer_tune.durable import write_atomically
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, resolve_flags
@@ -129,6 +130,13 @@ class MultirunCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            # Before anything is written: a key no job would read, swept ones included, ends the multirun here.
+            check_override_keys(list(config.hydra.overrides.task))
+            check_keys(config)
+        except ConfigError as exc:
+            from trainer_tune.main import _fail, _rank_env  # the entry point owns how a user mistake ends a run
+            _fail(str(exc), _rank_env())
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         # The multirun's own config has no sweep values in it: train.* here is the setting the jobs'
         # train.* sweep moves away from, and baseline.* (train.* unless set) is what they are measured against.

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
+from trainer_tune.finite import NON_FINITE_KEY, finite_only
 from trainer_tune.stats import StepTimeStats
 
 
@@ -92,6 +93,19 @@ class TrialResult:
     """Set on the baseline's second window (sweep.recheck_baseline): the index of the trial it repeats. Not a
     setting of its own: it only tells whether the machine's speed held steady during the sweep."""
     extra: dict[str, Any] = field(default_factory=dict)
+    non_finite: list[str] = field(default_factory=list)
+    """Paths of figures that were not finite numbers (NaN, inf) and are None instead, e.g.
+    extra.nsa_aux_stats[3].gate_entropy after a diverged loss (the trial's status then says nan)."""
+
+    def __post_init__(self) -> None:
+        # A record never holds a NaN: every sink and the journal (strict JSON) see the same None, fresh or resumed.
+        for f in dataclasses.fields(self):
+            if f.name == NON_FINITE_KEY:
+                continue
+            cleaned, bad = finite_only(getattr(self, f.name), path=f.name)
+            if bad:
+                object.__setattr__(self, f.name, cleaned)
+                object.__setattr__(self, NON_FINITE_KEY, [*self.non_finite, *bad])
 
     @property
     def ok(self) -> bool:

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
 
+from conftest import strict_loads
 from result_factory import make_result
 from trainer_tune.config import ConfigError
 from trainer_tune.journal import append_result, read_journal
@@ -19,6 +22,35 @@ def test_round_trip(tmp_path: Path) -> None:
     assert contents.results == (first, second)
     assert contents.problems == ()
     assert all(line.endswith("}") for line in path.read_text().splitlines())
+
+
+def test_a_record_with_nan_and_inf_is_written_with_nulls_and_their_paths(tmp_path: Path) -> None:
+    """A diverged trial (its NSA statistics NaN) is journaled, strict JSON, and reads back the same."""
+    path = tmp_path / "trials.jsonl"
+    diverged = make_result(index=1, key="a", status="nan")
+    diverged = dataclasses.replace(diverged, extra={
+        **diverged.extra, "nsa_aux_stats": [{"gate": 0.5}, {"gate": math.nan, "entropy": math.inf}],
+        "nested": {"deeper": [1.0, [-math.inf, 2.0]]}})
+    assert append_result(path, diverged)
+    line = path.read_text().splitlines()[0]
+    record = strict_loads(line)
+    expected_paths = ["extra.nsa_aux_stats[1].gate", "extra.nsa_aux_stats[1].entropy", "extra.nested.deeper[1][0]"]
+    assert record["non_finite"] == expected_paths
+    assert record["extra"]["nsa_aux_stats"] == [{"gate": 0.5}, {"gate": None, "entropy": None}]
+    assert record["extra"]["nested"] == {"deeper": [1.0, [None, 2.0]]}
+    assert record["status"] == "nan"
+    # What the sinks hold in memory is what the journal says (fresh or resumed, the same record).
+    assert diverged.non_finite == expected_paths and diverged.extra["nsa_aux_stats"][1]["gate"] is None
+    assert read_journal(path).results == (diverged,)
+
+
+def test_a_figure_made_non_finite_after_the_record_was_built_is_still_written(tmp_path: Path) -> None:
+    path = tmp_path / "trials.jsonl"
+    result = make_result(index=0, key="a", is_baseline=True)
+    result.extra["late"] = math.nan  # extra is a plain dict: nothing stops a writer from adding to it
+    assert append_result(path, result)
+    record = strict_loads(path.read_text())
+    assert record["extra"]["late"] is None and record["non_finite"] == ["extra.late"]
 
 
 def test_missing_journal_is_empty(tmp_path: Path) -> None:

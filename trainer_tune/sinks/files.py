@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from trainer_tune.durable import write_atomically
+from trainer_tune.finite import finite_json
 from trainer_tune.recommend import Recommendation
 
 RECOMMENDATION_JSON = "recommendation.json"
@@ -17,7 +17,7 @@ CONFIG_YAML = "config.yaml"
 
 
 def write_recommendation(output_dir: Path, rec: Recommendation, *, launch_hint: str) -> list[Path]:
-    write_atomically(output_dir / RECOMMENDATION_JSON, json.dumps(rec.to_json_dict(), indent=2) + "\n")
+    write_atomically(output_dir / RECOMMENDATION_JSON, finite_json(rec.to_json_dict(), indent=2) + "\n")
     header = [f"# {rec.verdict}"]
     if rec.overrides:
         header += ["# Measure again, or train, with the chosen setting:",
