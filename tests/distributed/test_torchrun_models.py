@@ -13,7 +13,7 @@ from conftest import read_jsonl, run_tune
 from trainer_tune.config import Attention, ModelArgs
 from trainer_tune.flops import gpt_flops_per_token
 from trainer_tune.nsa_attention import AUX_STAT_NAMES
-from trainer_tune.wandb_log import find_offline_run_files, summarize_wandb_run
+from helpers.wandb_reader import find_offline_run_files, summarize_wandb_run
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def test_user_model_given_only_by_target_completes_a_sweep(tmp_path: Path) -> No
 
 def test_wrong_output_shape_is_a_trial_error_not_a_hang(tmp_path: Path) -> None:
     out = tmp_path / "wrong"
-    proc = run_tune(["model._target_=trainer_tune.examples.models.WrongShape",
+    proc = run_tune(["model._target_=helpers.models.WrongShape",
                      "+model.kwargs.vocab_size=${model.vocab_size}", *QUICK_ONE_SETTING, "wandb=off",
                      f"hydra.run.dir={out}"], nproc=2, timeout_s=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,7 +59,7 @@ def test_wrong_output_shape_is_a_trial_error_not_a_hang(tmp_path: Path) -> None:
     assert trial["status"] == "error"
     host = socket.gethostname()
     for rank in (0, 1):  # each rank's error, named by rank and host
-        assert (f"rank {rank} on {host}: trainer_tune.targets.TargetError: model._target_='trainer_tune.examples.models."
+        assert (f"rank {rank} on {host}: trainer_tune.targets.TargetError: model._target_='helpers.models."
                 f"WrongShape' returned logits of shape [2, 256] for input_ids of shape [2, 128]; expected "
                 f"[2, 128, 256]") in trial["error"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import read_jsonl, run_tune
-from trainer_tune.wandb_log import find_offline_run_files, summarize_wandb_run
+from helpers.wandb_reader import find_offline_run_files, summarize_wandb_run
 
 pytestmark = pytest.mark.slow
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from trainer_tune.figures import ALLOCATOR_RESERVED, CommSplit, GpuFigures
 from trainer_tune.flags import TrialFlags, flags_to_environ
 from trainer_tune.results import TrialResult
 from trainer_tune.stats import StepTimeStats
@@ -28,8 +29,24 @@ def make_result(*, index: int, key: str, tokens_per_s: Optional[float] = 1000.0,
         samples_per_s=tokens_per_s / 128 if ok and tokens_per_s else None, measured_s=0.33 if ok else None,
         step_time_s=StepTimeStats.of([0.1, 0.12, 0.11]) if ok else None, num_warmup_steps=1, num_measured_steps=3,
         warmup_s=0.3 if ok else None, loss_first=5.5 if ok else None, loss_last=5.4 if ok else None,
-        peak_memory_bytes=memory_bytes, peak_memory_reserved_bytes=memory_bytes, peak_memory_note="cpu",
+        peak_memory_bytes=memory_bytes, peak_memory_source=ALLOCATOR_RESERVED if memory_bytes is not None else None,
+        peak_memory_allocated_bytes=memory_bytes, peak_memory_reserved_bytes=memory_bytes,
+        peak_memory_note=None if memory_bytes is not None else "cpu",
         num_parameters=1000,
         model="tiny", device="cpu", backend="gloo", torch_version="2.13.0", started_at="t0", finished_at="t1",
         error=None if ok else f"{status} on rank 1",
-        extra={"step_times_s": step_times or [], "device_memory_bytes": device_memory_bytes})
+        step_times_s=tuple(step_times or ()), device_memory_bytes=device_memory_bytes)
+
+
+def make_gpu(*, util_mean_pct: Optional[float] = None, energy_j_per_token: Optional[float] = None,
+             energy_source: Optional[str] = "counter", memory_used_peak_bytes: Optional[int] = None) -> GpuFigures:
+    """GPU figures combined over ranks, None where not given."""
+    return GpuFigures(util_mean_pct=util_mean_pct, util_p10_pct=None, util_p90_pct=None,
+                      memory_used_peak_bytes=memory_used_peak_bytes, power_mean_w=None, energy_j=None,
+                      energy_j_per_token=energy_j_per_token, energy_source=energy_source, per_rank=())
+
+
+def make_comm(*, sync_s: float, no_sync_s: float, within_noise: bool = False) -> CommSplit:
+    exposed_s = max(0.0, sync_s - no_sync_s)
+    return CommSplit(step_time_sync_s=sync_s, step_time_no_sync_s=no_sync_s, exposed_comm_s=exposed_s,
+                     exposed_comm_fraction=exposed_s / sync_s, num_no_sync_steps=5, within_noise=within_noise)

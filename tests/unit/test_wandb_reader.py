@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import wandb
 
-from trainer_tune.wandb_log import (
+from helpers.wandb_reader import (
     WandbFileError,
     find_offline_run_files,
     read_wandb_records,
