@@ -42,7 +42,7 @@ def test_user_model_given_only_by_target_completes_a_sweep(tmp_path: Path) -> No
         assert t["num_parameters"] == 256 * 64 + 2 * (64 * 4 + 64 + 2 * 64 + 64 * 256 + 256 + 256 * 64 + 64) \
             + 2 * 64 + 64 * 256
         assert t["tokens_per_s"] > 0 and t["mfu"] is None  # no FLOPs formula for a model of unknown shape
-        assert "nsa_aux_stats" not in t["extra"]
+        assert t["nsa_aux_stats"] == []
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["decision"] in ("GO", "NO-GO")
     assert rec["chosen"]["trial_key"] in {t["trial_key"] for t in trials}
@@ -88,9 +88,9 @@ def test_nsa_flags_as_sweep_axes_switch_the_layer_and_record_aux_stats(tmp_path:
         assert t["status"] == "ok", t["error"]
         assert t["model"] == "tiny_nsa" and 0.4e6 < t["num_parameters"] < 0.6e6
         assert t["environment"]["NSA_PREFILL_BATCHED"] == ("1" if t["flags"]["prefill_batched"] else "0")
-        stats = t["extra"].get("nsa_aux_stats")
+        stats = t["nsa_aux_stats"]
         if t["flags"]["disable_aux_stats"]:
-            assert stats is None
+            assert stats == []
             continue
         assert len(stats) == t["num_measured_steps"] == 4
         for step in stats:
@@ -100,8 +100,7 @@ def test_nsa_flags_as_sweep_axes_switch_the_layer_and_record_aux_stats(tmp_path:
     # The batched and looped paths compute the same statistics from the same weights and data (first step).
     on = [t for t in trials if not t["flags"]["disable_aux_stats"]]
     for name in AUX_STAT_NAMES:
-        assert on[0]["extra"]["nsa_aux_stats"][0][name] == pytest.approx(on[1]["extra"]["nsa_aux_stats"][0][name],
-                                                                          rel=1e-4)
+        assert on[0]["nsa_aux_stats"][0][name] == pytest.approx(on[1]["nsa_aux_stats"][0][name], rel=1e-4)
     # FLOPs per token are the sparse formula's, which at 128 tokens exceeds dense causal attention's (a query
     # attends to up to 4 compressed blocks, 64 selected tokens and a 32-token window, overlapping).
     tiny_nsa = ModelArgs(name="tiny_nsa", attention=Attention.nsa)
@@ -117,4 +116,4 @@ def test_nsa_flags_as_sweep_axes_switch_the_layer_and_record_aux_stats(tmp_path:
         if t["flags"]["disable_aux_stats"]:
             assert logged == [None] * 4
         else:
-            assert logged == pytest.approx([s["selection_entropy"] for s in t["extra"]["nsa_aux_stats"]])
+            assert logged == pytest.approx([s["selection_entropy"] for s in t["nsa_aux_stats"]])
