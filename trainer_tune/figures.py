@@ -34,7 +34,8 @@ MEMORY_SOURCES = {
 """Each source of TrialResult.peak_memory_bytes, as every sink names it."""
 
 
-def peak_memory(*, reserved_bytes: Optional[int], nvml_used_bytes: Optional[int]) -> tuple[Optional[int], Optional[str]]:
+def peak_memory(*, reserved_bytes: Optional[int],
+                nvml_used_bytes: Optional[int]) -> tuple[Optional[int], Optional[str]]:
     """THE peak memory of a trial, and its source: the one definition the decision and every sink use.
 
     The caching allocator's reserved peak first: it is what the process really held on the device (allocated
