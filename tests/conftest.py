@@ -26,6 +26,8 @@ def clean_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     env["WANDB_MODE"] = "offline"
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         env[name] = str(_WANDB_HOME / name.lower())
+    # Test helpers (tests/helpers, e.g. model._target_=helpers.models.WrongShape) import in the processes we start.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "tests"), env.get("PYTHONPATH")) if p)
     env.update(extra or {})
     return env
 

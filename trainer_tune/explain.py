@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
+from trainer_tune.figures import describe_memory_source
+from trainer_tune.flags import FLAG_SPECS, FlagSpec, format_flag
 from trainer_tune.results import TrialResult
 from trainer_tune.units import format_bytes
 
@@ -54,6 +56,7 @@ class ScalingPoint:
     """SUPER_LINEAR, SUB_LINEAR, LINEAR, REFERENCE or NO_INTERVAL."""
     gpu_util_mean_pct: Optional[float]
     memory_bytes: Optional[int]
+    """TrialResult.peak_memory_bytes."""
     exposed_comm_fraction: Optional[float]
     """Share of the synced step that the gradient all-reduce adds (TrialResult.comm); None when not measured."""
     exposed_comm_within_noise: Optional[bool]
@@ -85,18 +88,6 @@ class Explanations:
         return asdict(self)
 
 
-def memory_bytes(result: TrialResult) -> tuple[Optional[int], Optional[str]]:
-    """Peak memory of one device and where it comes from: the allocator's reserved peak (what the process held),
-    else its allocated peak, else NVML's used memory."""
-    gpu = result.gpu or {}
-    for value, source in ((result.peak_memory_reserved_bytes, "peak reserved by the allocator"),
-                          (result.peak_memory_bytes, "peak allocated by the allocator"),
-                          (gpu.get("memory_used_peak_bytes"), "peak GPU memory used (NVML)")):
-        if value is not None:
-            return value, source
-    return None, None
-
-
 def per_sample_time_s(result: TrialResult) -> float:
     assert result.tokens_per_s, "only finished trials have a per-sample time"
     return result.tokens_per_step / result.global_batch_size / result.tokens_per_s
@@ -110,17 +101,23 @@ def per_sample_time_interval_s(result: TrialResult) -> Optional[tuple[float, flo
     return tokens_per_sample / high, tokens_per_sample / low
 
 
-def _flags_part(result: TrialResult) -> str:
-    """The swept flags of a label (`2x1 bucket_cap_mb=1` -> `bucket_cap_mb=1`): settings that differ in a flag
-    are never in one series."""
-    return result.label.partition(" ")[2]
+def varying_flags(results: Sequence[TrialResult]) -> tuple[FlagSpec, ...]:
+    """The flags whose value differs between some of `results`: what tells settings apart besides the batch."""
+    return tuple(spec for spec in FLAG_SPECS if len({r.flags.get(spec.field_name) for r in results}) > 1)
+
+
+def flags_text(result: TrialResult, flags: Sequence[FlagSpec]) -> str:
+    """`bucket_cap_mb=1` for each of `flags`, read from result.flags (labels are for people, never parsed)."""
+    return " ".join(f"{spec.field_name}={format_flag(result.flags.get(spec.field_name))}" for spec in flags)
 
 
 def _series(finished: Sequence[TrialResult]) -> list[tuple[str, str, list[TrialResult]]]:
-    """(name, varying knob, members by global batch) for every series of at least two finished settings."""
+    """(name, varying knob, members by global batch) for every series of at least two finished settings.
+    Settings that differ in a flag are never in one series."""
     groups: dict[tuple[str, str], list[TrialResult]] = {}
+    differing = varying_flags(finished)
     for r in finished:
-        flags = _flags_part(r)
+        flags = flags_text(r, differing)
         for varies, fixed in (("micro_batch_size", f"grad_accum={r.grad_accum}"),
                               ("grad_accum", f"micro_batch_size={r.micro_batch_size}")):
             groups.setdefault((varies, f"{fixed} {flags}".strip()), []).append(r)
@@ -150,15 +147,16 @@ def _point(r: TrialResult, ref: TrialResult, *, series: str, varies: str) -> Sca
     if interval is not None and ref_interval is not None:
         efficiency_ci = (ref_interval[0] / interval[1], ref_interval[1] / interval[0])
     is_ref = r.trial_key == ref.trial_key
-    comm = r.comm or {}
+    comm = r.comm
     return ScalingPoint(
         trial_key=r.trial_key, label=r.label, series=series, varies=varies, micro_batch_size=r.micro_batch_size,
         grad_accum=r.grad_accum, global_batch_size=r.global_batch_size, reference_label=ref.label,
         per_sample_time_s=time_s, per_sample_time_s_ci95=interval,
         efficiency=1.0 if is_ref else ref_time_s / time_s, efficiency_ci95=None if is_ref else efficiency_ci,
         scaling=REFERENCE if is_ref else _classify(efficiency_ci),
-        gpu_util_mean_pct=(r.gpu or {}).get("util_mean_pct"), memory_bytes=memory_bytes(r)[0],
-        exposed_comm_fraction=comm.get("exposed_comm_fraction"), exposed_comm_within_noise=comm.get("within_noise"))
+        gpu_util_mean_pct=r.gpu.util_mean_pct if r.gpu else None, memory_bytes=r.peak_memory_bytes,
+        exposed_comm_fraction=comm.exposed_comm_fraction if comm else None,
+        exposed_comm_within_noise=comm.within_noise if comm else None)
 
 
 def _ms(seconds: float) -> str:
@@ -195,16 +193,16 @@ def _trial_facts(finished: Sequence[TrialResult]) -> list[str]:
     facts = []
     noisy = []
     for r in finished:
-        comm = r.comm or {}
-        if comm.get("exposed_comm_fraction") is None:
+        comm = r.comm
+        if comm is None:
             continue
-        if comm.get("within_noise"):
+        if comm.within_noise:
             # A gap inside the synced steps' own spread is no evidence of communication cost: listed, not stated.
-            noisy.append(f"{r.label} ({comm['exposed_comm_fraction']:.0%})")
+            noisy.append(f"{r.label} ({comm.exposed_comm_fraction:.0%})")
             continue
-        facts.append(f"exposed all-reduce takes {comm['exposed_comm_fraction']:.0%} of the step at {r.label} "
-                     f"(median step {_ms(comm['step_time_sync_s'])} with gradient sync, "
-                     f"{_ms(comm['step_time_no_sync_s'])} without: {_ms(comm['exposed_comm_s'])})")
+        facts.append(f"exposed all-reduce takes {comm.exposed_comm_fraction:.0%} of the step at {r.label} "
+                     f"(median step {_ms(comm.step_time_sync_s)} with gradient sync, "
+                     f"{_ms(comm.step_time_no_sync_s)} without: {_ms(comm.exposed_comm_s)})")
     if noisy:
         facts.append(f"the exposed all-reduce share is within the synced steps' noise, so not distinguishable from "
                      f"0, at {', '.join(noisy)}")
@@ -235,15 +233,16 @@ def _max_throughput(finished: Sequence[TrialResult]) -> ObjectiveWinner:
 
 
 def _min_memory(finished: Sequence[TrialResult]) -> ObjectiveWinner:
-    measured = [(memory_bytes(r), r) for r in finished if memory_bytes(r)[0] is not None]
+    measured = [r for r in finished if r.peak_memory_bytes is not None]
     if not measured:
         notes = sorted({r.peak_memory_note for r in finished if r.peak_memory_note})
         why = "; ".join(notes) if finished and notes else "no setting finished cleanly"
         return ObjectiveWinner("min_memory_bytes", None, None, None, None, (), f"not measured: {why}")
     # Equal peaks are a tie (allocators round to blocks); the faster setting wins it.
-    (value, source), best = min(measured, key=lambda m: (m[0][0], -m[1].tokens_per_s))  # type: ignore
-    tied = tuple(r.label for (v, _), r in measured if r is not best and v == value)
-    note = source or ""
+    best = min(measured, key=lambda r: (r.peak_memory_bytes, -r.tokens_per_s))  # type: ignore
+    value = best.peak_memory_bytes
+    tied = tuple(r.label for r in measured if r is not best and r.peak_memory_bytes == value)
+    note = "peak memory " + describe_memory_source(best.peak_memory_source)
     if len(measured) < len(finished):
         note += f"; measured for {len(measured)} of {len(finished)} finished settings"
     return ObjectiveWinner("min_memory_bytes", best.trial_key, best.label, float(value),  # type: ignore[arg-type]
@@ -251,7 +250,7 @@ def _min_memory(finished: Sequence[TrialResult]) -> ObjectiveWinner:
 
 
 def _min_energy(finished: Sequence[TrialResult]) -> ObjectiveWinner:
-    measured = [r for r in finished if (r.gpu or {}).get("energy_j_per_token") is not None]
+    measured = [r for r in finished if r.gpu is not None and r.gpu.energy_j_per_token is not None]
     if not measured:
         notes = sorted({r.gpu_note or "GPU figures were not recorded" for r in finished if r.gpu is None})
         if not finished:
@@ -259,14 +258,14 @@ def _min_energy(finished: Sequence[TrialResult]) -> ObjectiveWinner:
         elif notes:
             why = "; ".join(notes)
         else:
-            sources = sorted({str(r.gpu.get("energy_source")) for r in finished})  # type: ignore[union-attr]
+            sources = sorted({str(r.gpu.energy_source) for r in finished})  # type: ignore[union-attr]
             why = f"the GPUs reported no energy reading (energy source: {', '.join(sources)})"
         return ObjectiveWinner("min_energy_j_per_token", None, None, None, None, (), f"not measured: {why}")
-    best = min(measured, key=lambda r: r.gpu["energy_j_per_token"])  # type: ignore[index]
+    best = min(measured, key=lambda r: r.gpu.energy_j_per_token)  # type: ignore[union-attr]
     note = "whole-job energy over the measured steps; no interval (one energy reading per window)"
     if len(measured) < len(finished):
         note += f"; measured for {len(measured)} of {len(finished)} finished settings"
-    value = best.gpu["energy_j_per_token"]  # type: ignore[index]
+    value = best.gpu.energy_j_per_token  # type: ignore[union-attr]
     return ObjectiveWinner("min_energy_j_per_token", best.trial_key, best.label, value, None, (), note)
 
 

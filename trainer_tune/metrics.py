@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
@@ -9,11 +10,15 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from trainer_tune.cpu_usage import CpuUtilization
+from trainer_tune.figures import CommSplit, CpuFigures, GpuFigures, MfuFigures, peak_memory
 from trainer_tune.flags import flags_to_environ
 from trainer_tune.flops import mfu
+from trainer_tune.gpu_sampler import GpuSummary
 from trainer_tune.plan import TrialSpec
 from trainer_tune.results import Status, TrialResult
 from trainer_tune.stats import StepTimeStats, count_outliers, quantile, throughput_ci, throughput_per_s
+from trainer_tune.telemetry import RankTelemetry
 from trainer_tune.window import WindowMeasurement
 
 
@@ -62,7 +67,7 @@ def _total(values: Sequence[Optional[float]]) -> Optional[float]:
     return math.fsum(values) if values and all(v is not None for v in values) else None  # type: ignore[arg-type]
 
 
-def combine_gpu(per_rank: Sequence[Optional[dict[str, Any]]], *, tokens: int) -> tuple[Optional[dict], Optional[str]]:
+def combine_gpu(per_rank: Sequence[Optional[GpuSummary]], *, tokens: int) -> tuple[Optional[GpuFigures], Optional[str]]:
     """One GPU figure set for the trial from each rank's own GPU summary.
 
     Utilization and power are per-GPU means over ranks (the ranks' p10/p90 averaged: a rank that idles shows
@@ -71,45 +76,59 @@ def combine_gpu(per_rank: Sequence[Optional[dict[str, Any]]], *, tokens: int) ->
     """
     if not per_rank or any(r is None for r in per_rank):
         return None, "GPU sampling was off (telemetry.gpu_sampling=false)"
-    reasons = {r["unavailable_reason"] for r in per_rank if r.get("unavailable_reason")}  # type: ignore[union-attr]
-    if all(r["num_samples"] is None for r in per_rank):  # type: ignore[index]
+    ranks = [r for r in per_rank if r is not None]
+    reasons = {r.unavailable_reason for r in ranks if r.unavailable_reason}
+    if all(r.num_samples is None for r in ranks):
         return None, "; ".join(sorted(reasons)) or "no GPU samples"
-    energy_j = _total([r["energy_j"] for r in per_rank])  # type: ignore[index]
-    peaks = [r["memory_used_peak_bytes"] for r in per_rank]  # type: ignore[index]
-    combined = {
-        "util_mean_pct": _mean([r["util_mean_pct"] for r in per_rank]),  # type: ignore[index]
-        "util_p10_pct": _mean([r["util_p10_pct"] for r in per_rank]),  # type: ignore[index]
-        "util_p90_pct": _mean([r["util_p90_pct"] for r in per_rank]),  # type: ignore[index]
-        "memory_used_peak_bytes": max(peaks) if all(p is not None for p in peaks) else None,
-        "power_mean_w": _mean([r["power_mean_w"] for r in per_rank]),  # type: ignore[index]
-        "energy_j": energy_j,
-        "energy_j_per_token": energy_j / tokens if energy_j is not None and tokens else None,
-        "energy_source": per_rank[0]["energy_source"],  # type: ignore[index]
-        "per_rank": list(per_rank),
-    }
+    energy_j = _total([r.energy_j for r in ranks])
+    peaks = [r.memory_used_peak_bytes for r in ranks]
+    combined = GpuFigures(
+        util_mean_pct=_mean([r.util_mean_pct for r in ranks]),
+        util_p10_pct=_mean([r.util_p10_pct for r in ranks]),
+        util_p90_pct=_mean([r.util_p90_pct for r in ranks]),
+        memory_used_peak_bytes=max(p for p in peaks if p is not None) if all(p is not None for p in peaks) else None,
+        power_mean_w=_mean([r.power_mean_w for r in ranks]),
+        energy_j=energy_j,
+        energy_j_per_token=energy_j / tokens if energy_j is not None and tokens else None,
+        energy_source=ranks[0].energy_source,
+        per_rank=tuple(ranks),
+    )
     return combined, ("; ".join(sorted(reasons)) or None)
 
 
-def combine_cpu(per_rank: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    return {"process_pct_mean": _mean([r["process_pct"] for r in per_rank]),
-            "system_pct_mean": _mean([r["system_pct"] for r in per_rank]),
-            "per_rank": list(per_rank)}
+def combine_cpu(per_rank: Sequence[CpuUtilization]) -> CpuFigures:
+    return CpuFigures(process_pct_mean=_mean([r.process_pct for r in per_rank]),
+                      system_pct_mean=_mean([r.system_pct for r in per_rank]), per_rank=tuple(per_rank))
 
 
-def mfu_figures(ctx: TrialContext, *, tokens_per_s: float, world_size: int) -> Optional[dict[str, Any]]:
+def mfu_figures(ctx: TrialContext, *, tokens_per_s: float, world_size: int) -> Optional[MfuFigures]:
     if ctx.flops_per_token is None:
         return None
     result = mfu(flops_per_token=ctx.flops_per_token, tokens_per_s=tokens_per_s, num_devices=world_size,
                  peak_tflops_per_device=ctx.peak_tflops_per_device)
-    return {"flops_per_token": ctx.flops_per_token, "achieved_tflops": result.achieved_tflops,
-            "achieved_tflops_per_device": result.achieved_tflops_per_device,
-            "peak_tflops_per_device": result.peak_tflops_per_device, "mfu": result.mfu, "mfu_raw": result.mfu_raw,
-            "warning": result.warning if ctx.peak_note is None else ctx.peak_note}
+    return MfuFigures(flops_per_token=ctx.flops_per_token, achieved_tflops=result.achieved_tflops,
+                      achieved_tflops_per_device=result.achieved_tflops_per_device,
+                      peak_tflops_per_device=result.peak_tflops_per_device, mfu=result.mfu, mfu_raw=result.mfu_raw,
+                      warning=result.warning if ctx.peak_note is None else ctx.peak_note)
+
+
+def _combine_telemetry(telemetry: Sequence[Optional[RankTelemetry]], *,
+                       tokens: int) -> tuple[Optional[GpuFigures], Optional[str], Optional[CpuFigures]]:
+    """(GPU figures, why there are none, CPU figures) from every rank's readings; all or nothing."""
+    if not telemetry or any(t is None for t in telemetry):
+        return None, "not sampled", None
+    ranks = [t for t in telemetry if t is not None]
+    gpu, gpu_note = combine_gpu([t.gpu for t in ranks], tokens=tokens)
+    allocator = [t.cuda_allocator for t in ranks]
+    if gpu is not None and all(a is not None for a in allocator):
+        gpu = dataclasses.replace(gpu, num_alloc_retries=sum(a.num_alloc_retries for a in allocator if a),
+                                  num_ooms=sum(a.num_ooms for a in allocator if a))
+    return gpu, gpu_note, combine_cpu([t.cpu for t in ranks])
 
 
 def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext, *,
                        started_at: str, finished_at: str,
-                       telemetry: Sequence[Optional[dict[str, Any]]] = ()) -> TrialResult:
+                       telemetry: Sequence[Optional[RankTelemetry]] = ()) -> TrialResult:
     status, error = Status.ok, None
     bad_steps = [i for i, loss in enumerate(m.losses) if not math.isfinite(loss)]
     if bad_steps:
@@ -123,14 +142,10 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
     # figure (which divides by the slowest rank's total, see docs/measurement.md).
     per_step_rate = len(m.step_times_s) / math.fsum(m.step_times_s)
     low, high = throughput_ci(m.step_times_s, amount_per_step=1.0)
-    gpu, gpu_note, cpu = None, "not sampled", None
-    if telemetry and all(t is not None for t in telemetry):
-        gpu, gpu_note = combine_gpu([t["gpu"] for t in telemetry], tokens=m.tokens)  # type: ignore[index]
-        cpu = combine_cpu([t["cpu"] for t in telemetry])  # type: ignore[index]
-        allocator = [t.get("cuda_allocator") for t in telemetry]  # type: ignore[union-attr]
-        if gpu is not None and all(a is not None for a in allocator):
-            gpu["num_alloc_retries"] = sum(a["num_alloc_retries"] for a in allocator)  # type: ignore[index]
-            gpu["num_ooms"] = sum(a["num_ooms"] for a in allocator)  # type: ignore[index]
+    gpu, gpu_note, cpu = _combine_telemetry(telemetry, tokens=m.tokens)
+    memory_bytes, memory_source = peak_memory(reserved_bytes=m.peak_memory_reserved_bytes,
+                                              nvml_used_bytes=gpu.memory_used_peak_bytes if gpu else None)
+    rank0 = telemetry[0] if telemetry else None
     return TrialResult(
         **(_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at)
            | {"num_measured_steps": len(m.step_times_s)}),
@@ -143,16 +158,17 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         samples_per_s=throughput_per_s(m.samples, m.measured_s), measured_s=m.measured_s,
         step_time_s=StepTimeStats.of(m.step_times_s), warmup_s=m.warmup_s,
         loss_first=_finite_or_none(m.losses[0]), loss_last=_finite_or_none(m.losses[-1]),
-        peak_memory_bytes=m.peak_memory_bytes, peak_memory_reserved_bytes=m.peak_memory_reserved_bytes,
-        peak_memory_note=m.peak_memory_note, num_parameters=m.num_parameters,
-        extra={"ddp_applied": m.ddp_applied, "device_memory_bytes": ctx.device_memory_bytes, "losses": [_finite_or_none(x) for x in m.losses],
-               "step_times_s": list(m.step_times_s),
-               **({"nsa_aux_stats": [dict(s) for s in m.aux_stats]} if m.aux_stats else {}),
-               "gpu_utilization_series": telemetry[0].get("gpu_utilization_series") if telemetry and telemetry[0]
-               else None})
+        peak_memory_bytes=memory_bytes, peak_memory_source=memory_source,
+        peak_memory_allocated_bytes=m.peak_memory_bytes, peak_memory_reserved_bytes=m.peak_memory_reserved_bytes,
+        peak_memory_note=None if memory_bytes is not None else m.peak_memory_note,
+        num_parameters=m.num_parameters,
+        step_times_s=tuple(m.step_times_s), losses=tuple(_finite_or_none(x) for x in m.losses),
+        nsa_aux_stats=tuple(dict(s) for s in m.aux_stats), device_memory_bytes=ctx.device_memory_bytes,
+        gpu_utilization_series=rank0.gpu_utilization_series if rank0 is not None else (),
+        extra={"ddp_applied": m.ddp_applied})
 
 
-def comm_split(*, sync_step_times_s: Sequence[float], no_sync_step_times_s: Sequence[float]) -> Optional[dict[str, Any]]:
+def comm_split(*, sync_step_times_s: Sequence[float], no_sync_step_times_s: Sequence[float]) -> Optional[CommSplit]:
     """Compute vs communication from two kinds of steps of one trial: the measured ones (gradients
     all-reduced) and extra ones with sync off. The difference of their medians is the communication the
     backward pass did not hide (exposed), the part that costs step time; overlapped traffic is invisible here
@@ -164,9 +180,9 @@ def comm_split(*, sync_step_times_s: Sequence[float], no_sync_step_times_s: Sequ
     exposed_s = max(0.0, sync_s - no_sync_s)
     # Within noise: removing the sync moved the median by less than the synced steps' own p10..median spread.
     within_noise = no_sync_s >= quantile(sync_step_times_s, 0.1)
-    return {"step_time_sync_s": sync_s, "step_time_no_sync_s": no_sync_s, "exposed_comm_s": exposed_s,
-            "exposed_comm_fraction": exposed_s / sync_s, "num_no_sync_steps": len(no_sync_step_times_s),
-            "within_noise": within_noise}
+    return CommSplit(step_time_sync_s=sync_s, step_time_no_sync_s=no_sync_s, exposed_comm_s=exposed_s,
+                     exposed_comm_fraction=exposed_s / sync_s, num_no_sync_steps=len(no_sync_step_times_s),
+                     within_noise=within_noise)
 
 
 def failed_result(spec: TrialSpec, ctx: TrialContext, *, status: Status, error: str,
@@ -175,8 +191,9 @@ def failed_result(spec: TrialSpec, ctx: TrialContext, *, status: Status, error: 
     return TrialResult(
         **_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at),
         status=status.name, error=error, tokens_per_s=None, samples_per_s=None, measured_s=None, step_time_s=None,
-        warmup_s=None, loss_first=None, loss_last=None, peak_memory_bytes=None,
-        peak_memory_reserved_bytes=None, peak_memory_note="not measured: the trial did not finish",
+        warmup_s=None, loss_first=None, loss_last=None, peak_memory_bytes=None, peak_memory_source=None,
+        peak_memory_allocated_bytes=None, peak_memory_reserved_bytes=None,
+        peak_memory_note="not measured: the trial did not finish", device_memory_bytes=ctx.device_memory_bytes,
         num_parameters=None, extra=extra or {})
 
 
@@ -184,11 +201,9 @@ def step_history(result: TrialResult) -> list[dict[str, Any]]:
     """Per measured step (slowest rank): step time, the tokens/s that step sustained, the loss and, when the
     model collected them, the NSA auxiliary statistics (averaged over ranks in the step); then the GPU
     utilization samples of rank 0 on their own time axis."""
-    times_s = result.extra.get("step_times_s") or []
-    losses = result.extra.get("losses") or []
-    aux_stats = result.extra.get("nsa_aux_stats") or []
+    losses, aux_stats = result.losses, result.nsa_aux_stats
     rows: list[dict[str, Any]] = []
-    for step, time_s in enumerate(times_s):
+    for step, time_s in enumerate(result.step_times_s):
         row: dict[str, Any] = {"step": step, "train/step_time_s": time_s,
                                "train/tokens_per_s": result.tokens_per_step / time_s}
         if step < len(losses) and losses[step] is not None:
@@ -196,24 +211,26 @@ def step_history(result: TrialResult) -> list[dict[str, Any]]:
         if step < len(aux_stats):
             row.update({f"nsa/{name}": value for name, value in aux_stats[step].items()})
         rows.append(row)
-    for t_s, util_pct in result.extra.get("gpu_utilization_series") or []:
+    for t_s, util_pct in result.gpu_utilization_series:
         rows.append({"gpu_time_s": t_s, "gpu/util_pct": util_pct})
     return rows
 
 
 def summary_figures(result: TrialResult) -> dict[str, Any]:
     """The flat figures of one trial, as dashboards and tables show them (None where not measured)."""
-    gpu, mfu_info, cpu = result.gpu or {}, result.mfu or {}, result.cpu or {}
-    steps = result.step_time_s
+    gpu, mfu_info, cpu, steps = result.gpu, result.mfu, result.cpu, result.step_time_s
     return {
         "index": result.index, "label": result.label, "status": result.status, "is_baseline": result.is_baseline,
         "micro_batch_size": result.micro_batch_size, "grad_accum": result.grad_accum,
         "global_batch_size": result.global_batch_size, "world_size": result.world_size,
         "tokens_per_s": result.tokens_per_s, "samples_per_s": result.samples_per_s,
         "step_time_s_median": steps.median if steps else None, "step_time_s_p90": steps.p90 if steps else None,
-        "peak_memory_bytes": result.peak_memory_bytes, "gpu_util_mean_pct": gpu.get("util_mean_pct"),
-        "gpu_memory_used_peak_bytes": gpu.get("memory_used_peak_bytes"), "gpu_power_mean_w": gpu.get("power_mean_w"),
-        "energy_j_per_token": gpu.get("energy_j_per_token"), "mfu": mfu_info.get("mfu"),
-        "achieved_tflops": mfu_info.get("achieved_tflops"), "cpu_process_pct_mean": cpu.get("process_pct_mean"),
+        "peak_memory_bytes": result.peak_memory_bytes, "peak_memory_source": result.peak_memory_source,
+        "gpu_util_mean_pct": gpu.util_mean_pct if gpu else None,
+        "gpu_memory_used_peak_bytes": gpu.memory_used_peak_bytes if gpu else None,
+        "gpu_power_mean_w": gpu.power_mean_w if gpu else None,
+        "energy_j_per_token": gpu.energy_j_per_token if gpu else None, "mfu": mfu_info.mfu if mfu_info else None,
+        "achieved_tflops": mfu_info.achieved_tflops if mfu_info else None,
+        "cpu_process_pct_mean": cpu.process_pct_mean if cpu else None,
         "error": result.error,
     }

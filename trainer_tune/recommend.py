@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 
 from trainer_tune.config import RecommendArgs
 from trainer_tune.explain import Explanations, explain
+from trainer_tune.figures import describe_memory_source
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides, format_flag
 from trainer_tune.results import TrialResult
 from trainer_tune.stats import ratio_ci
@@ -135,7 +136,7 @@ def _percent(speedup: float) -> str:
 
 def _speedup_interval(a: TrialResult, b: TrialResult) -> Optional[tuple[float, float]]:
     """95% interval of tokens/s(a) / tokens/s(b), or None when either lacks its step times (old journals)."""
-    times_a, times_b = a.extra.get("step_times_s") or [], b.extra.get("step_times_s") or []
+    times_a, times_b = a.step_times_s, b.step_times_s
     if len(times_a) < 2 or len(times_b) < 2:
         return None
     low, high = ratio_ci(times_a, times_b, amount_a=a.tokens_per_step, amount_b=b.tokens_per_step)
@@ -150,12 +151,6 @@ def _bounds(result: TrialResult) -> tuple[float, float]:
     if result.tokens_per_s_ci95 is not None:
         return result.tokens_per_s_ci95[0], result.tokens_per_s_ci95[1]
     return result.tokens_per_s, result.tokens_per_s  # type: ignore[return-value]
-
-
-def _memory_bytes(result: TrialResult) -> Optional[int]:
-    if result.peak_memory_reserved_bytes is not None:
-        return result.peak_memory_reserved_bytes
-    return (result.gpu or {}).get("memory_used_peak_bytes")
 
 
 def _ci_text(interval: Optional[tuple[float, float]]) -> str:
@@ -176,10 +171,11 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                        f"recommended: {listed}")
     candidates = []
     for r in finished:
-        memory, device_memory = _memory_bytes(r), r.extra.get("device_memory_bytes")
+        memory, device_memory = r.peak_memory_bytes, r.device_memory_bytes
         if memory is not None and device_memory and memory > args.max_memory_fraction * device_memory:
-            reasons.append(f"{r.label} is excluded: its peak memory is {memory / device_memory:.0%} of the device, "
-                           f"above recommend.max_memory_fraction={args.max_memory_fraction:g}")
+            reasons.append(f"{r.label} is excluded: its peak memory is {memory / device_memory:.0%} of the device "
+                           f"({describe_memory_source(r.peak_memory_source)}), above "
+                           f"recommend.max_memory_fraction={args.max_memory_fraction:g}")
         else:
             candidates.append(r)
 
@@ -191,7 +187,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         floor = _bounds(fastest)[0]
         tied = [r for r in candidates if _bounds(r)[1] * widening >= floor]
         base_batch = baseline.global_batch_size if baseline is not None else None
-        best = min(tied, key=lambda r: (r.global_batch_size != base_batch, _memory_bytes(r) or 0,
+        best = min(tied, key=lambda r: (r.global_batch_size != base_batch, r.peak_memory_bytes or 0,
                                         r.global_batch_size, r.micro_batch_size, -r.tokens_per_s))  # type: ignore
         if len(tied) > 1:
             reasons.append(f"within noise of the fastest ({fastest.label}): {', '.join(r.label for r in tied)}; "

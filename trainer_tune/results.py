@@ -1,4 +1,9 @@
-"""A trial's result: the record written as one journal line and read back on resume."""
+"""A trial's result: the record written as one journal line and read back on resume.
+
+Everything the decision or a sink reads is a typed field; `extra` holds only diagnostics for people (DDP's
+applied settings, each failed rank's traceback). Journal lines written before the typed fields (no
+`record_version`) are read back into them by `_upgrade_v1`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
+from trainer_tune.figures import CommSplit, CpuFigures, GpuFigures, MfuFigures, from_fields, peak_memory
 from trainer_tune.finite import NON_FINITE_KEY, finite_only
 from trainer_tune.stats import StepTimeStats
+
+RECORD_VERSION = 2
+"""2: step times, losses, telemetry and the one peak memory figure are typed fields (1: some were in `extra`)."""
 
 
 class Status(Enum):
@@ -57,8 +66,15 @@ class TrialResult:
     loss_first: Optional[float]
     loss_last: Optional[float]
     peak_memory_bytes: Optional[int]
+    """THE peak memory of one device (figures.peak_memory: allocator reserved, else NVML used), highest rank;
+    what the decision and every sink use."""
+    peak_memory_source: Optional[str]
+    """Where peak_memory_bytes comes from: figures.ALLOCATOR_RESERVED or figures.NVML_USED; None with it."""
+    peak_memory_allocated_bytes: Optional[int]
+    """The allocator's allocated peak (CUDA), highest rank: recorded, never the figure."""
     peak_memory_reserved_bytes: Optional[int]
     peak_memory_note: Optional[str]
+    """Why there is no peak memory (e.g. a CPU device); None when measured."""
     num_parameters: Optional[int]
     model: str
     device: str
@@ -76,23 +92,32 @@ class TrialResult:
     """strategy=adaptive ended this window early: its interval could not reach the best one before it."""
     num_outlier_steps: Optional[int] = None
     """Measured steps slower than median + 5 MAD: counted in every figure, shown here, never dropped."""
-    gpu: Optional[dict[str, Any]] = None
+    gpu: Optional[GpuFigures] = None
     """GPU readings over the measured steps, combined over ranks (see metrics.combine_gpu); None without NVML,
     with the reason in gpu_note."""
     gpu_note: Optional[str] = None
-    cpu: Optional[dict[str, Any]] = None
-    """CPU utilization of the training processes (mean over ranks) and of the machine."""
-    mfu: Optional[dict[str, Any]] = None
-    """flops_per_token, achieved_tflops, peak_tflops_per_device, mfu (None when not trustworthy), warning."""
-    comm: Optional[dict[str, Any]] = None
-    """Compute vs communication split (see window.measure_comm_split): step_time_sync_s and
-    step_time_no_sync_s (medians), exposed_comm_s (their difference) and exposed_comm_fraction (its share of
-    the synced step), within_noise (the gap is inside the synced steps' spread). Exposed means not hidden behind
-    backward compute. None when not measured (one rank, or window.comm_split_steps=0)."""
+    cpu: Optional[CpuFigures] = None
+    mfu: Optional[MfuFigures] = None
+    """None when the model's FLOPs per token are unknown."""
+    comm: Optional[CommSplit] = None
+    """Compute vs communication split (metrics.comm_split); exposed means not hidden behind backward compute.
+    None when not measured (one rank, or window.comm_split_steps=0)."""
+    step_times_s: tuple[float, ...] = ()
+    """Per measured step, the slowest rank's time: the step-time distribution and the bootstrap intervals."""
+    losses: tuple[Optional[float], ...] = ()
+    """Per measured step, the loss averaged over micro-steps and ranks; None where it was not finite."""
+    nsa_aux_stats: tuple[dict[str, float], ...] = ()
+    """Per measured step, the NSA auxiliary statistics by name (averaged over ranks); empty when off."""
+    gpu_utilization_series: tuple[tuple[float, float], ...] = ()
+    """(seconds since the measured steps began, GPU utilization %) samples of rank 0; empty without NVML."""
+    device_memory_bytes: Optional[int] = None
+    """Total memory of one device (CUDA), for recommend.max_memory_fraction; None elsewhere."""
     recheck_of: Optional[int] = None
     """Set on the baseline's second window (sweep.recheck_baseline): the index of the trial it repeats. Not a
     setting of its own: it only tells whether the machine's speed held steady during the sweep."""
     extra: dict[str, Any] = field(default_factory=dict)
+    """Diagnostics for people, read by no decision and no sink: `ddp_applied`, `tracebacks`."""
+    record_version: int = RECORD_VERSION
     non_finite: list[str] = field(default_factory=list)
     """Paths of figures that were not finite numbers (NaN, inf) and are None instead, e.g.
     extra.nsa_aux_stats[3].gate_entropy after a diverged loss (the trial's status then says nan)."""
@@ -116,13 +141,41 @@ class TrialResult:
 
     @staticmethod
     def from_json_dict(data: dict[str, Any]) -> "TrialResult":
-        known = {f.name for f in dataclasses.fields(TrialResult)}
+        if data.get("record_version", 1) < 2:
+            data = _upgrade_v1(data)
         required = {f.name for f in dataclasses.fields(TrialResult)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         missing = required - set(data)
         if missing:
             raise ValueError(f"missing fields {sorted(missing)}")
-        values = {k: v for k, v in data.items() if k in known}
-        if values.get("step_time_s") is not None:
-            values["step_time_s"] = StepTimeStats(**values["step_time_s"])
-        return TrialResult(**values)
+        typed = {"step_time_s": lambda v: from_fields(StepTimeStats, v), "gpu": GpuFigures.from_json_dict,
+                 "cpu": CpuFigures.from_json_dict, "comm": lambda v: from_fields(CommSplit, v),
+                 "mfu": lambda v: from_fields(MfuFigures, v), "step_times_s": tuple, "losses": tuple,
+                 "nsa_aux_stats": tuple, "gpu_utilization_series": lambda v: tuple(tuple(p) for p in v)}
+        values = dict(data)
+        for name, build in typed.items():
+            if values.get(name) is not None:
+                values[name] = build(values[name])
+        return from_fields(TrialResult, values)
+
+
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A journal line from before the typed fields: the same figures, moved where version 2 keeps them.
+
+    Its `peak_memory_bytes` was the allocated peak; the figure is now chosen by figures.peak_memory from the
+    readings the line holds (reserved, NVML), as if the trial had been measured today.
+    """
+    data = dict(data)
+    extra = dict(data.get("extra") or {})
+    for name in ("step_times_s", "losses", "nsa_aux_stats", "gpu_utilization_series", "device_memory_bytes"):
+        if name in extra:
+            value = extra.pop(name)
+            if value is not None:
+                data[name] = value
+    data["extra"] = extra
+    data["peak_memory_allocated_bytes"] = data.get("peak_memory_bytes")
+    nvml_used_bytes = (data.get("gpu") or {}).get("memory_used_peak_bytes")
+    data["peak_memory_bytes"], data["peak_memory_source"] = peak_memory(
+        reserved_bytes=data.get("peak_memory_reserved_bytes"), nvml_used_bytes=nvml_used_bytes)
+    data["record_version"] = RECORD_VERSION
+    return data

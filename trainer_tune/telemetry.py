@@ -1,20 +1,56 @@
 """What each rank samples during a trial's measured steps: its GPU (NVML), its CPU use, its CUDA allocator.
 
 One probe per process, opened once (NVML initialisation is not free) and started/stopped around the
-measured steps of every trial. `stop()` returns a plain dict (JSON-safe), which travels to rank 0 in the
-outcome exchange; metrics.py combines the ranks' dicts into the trial's figures.
+measured steps of every trial. `stop()` returns this rank's `RankTelemetry`; it becomes a plain dict only to
+cross the store in the outcome exchange (`to_json_dict` / `from_json_dict`), and metrics.py combines the
+ranks' readings into the trial's figures.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
 from trainer_tune.config import TelemetryArgs
-from trainer_tune.cpu_usage import CpuMeter
-from trainer_tune.gpu_sampler import GpuSampler, summarize_gpu_samples
+from trainer_tune.cpu_usage import CpuMeter, CpuUtilization
+from trainer_tune.figures import from_fields
+from trainer_tune.gpu_sampler import GpuSampler, GpuSummary, summarize_gpu_samples
+
+
+@dataclass(frozen=True)
+class AllocatorCounts:
+    """The CUDA caching allocator's counters of this rank (cumulative over the process)."""
+
+    num_alloc_retries: int
+    num_ooms: int
+
+
+@dataclass(frozen=True)
+class RankTelemetry:
+    """One rank's readings over the measured steps of one trial."""
+
+    cpu: CpuUtilization
+    gpu: Optional[GpuSummary]
+    """None when GPU sampling is off (telemetry.gpu_sampling=false)."""
+    gpu_utilization_series: tuple[tuple[float, float], ...] = ()
+    """(seconds since start, utilization %) per sample."""
+    cuda_allocator: Optional[AllocatorCounts] = None
+    """None on a device without the CUDA caching allocator."""
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_json_dict(data: dict[str, Any]) -> "RankTelemetry":
+        return RankTelemetry(
+            cpu=from_fields(CpuUtilization, data["cpu"]),
+            gpu=from_fields(GpuSummary, data["gpu"]) if data.get("gpu") is not None else None,
+            gpu_utilization_series=tuple((t_s, pct) for t_s, pct in data.get("gpu_utilization_series") or ()),
+            cuda_allocator=(from_fields(AllocatorCounts, data["cuda_allocator"])
+                            if data.get("cuda_allocator") is not None else None))
 
 
 class TelemetryProbe:
@@ -32,20 +68,20 @@ class TelemetryProbe:
         if self.gpu is not None:
             self.gpu.start()
 
-    def stop(self, *, tokens: int) -> dict[str, Any]:
+    def stop(self, *, tokens: int) -> RankTelemetry:
         """This rank's readings; `tokens` are the tokens this rank processed while sampling."""
-        readings: dict[str, Any] = {"cpu": dataclasses.asdict(self.cpu.stop())}
+        cpu = self.cpu.stop()
+        gpu, series = None, ()
         if self.gpu is not None:
             samples = self.gpu.stop()
-            readings["gpu"] = dataclasses.asdict(summarize_gpu_samples(samples, tokens=tokens))
-            readings["gpu_utilization_series"] = [list(point) for point in samples.utilization_pct]
-        else:
-            readings["gpu"] = None
+            gpu = summarize_gpu_samples(samples, tokens=tokens)
+            series = tuple((t_s, pct) for t_s, pct in samples.utilization_pct)
+        allocator = None
         if self.device.type == "cuda":
             stats = torch.cuda.memory_stats(self.device)
-            readings["cuda_allocator"] = {"num_alloc_retries": int(stats.get("num_alloc_retries", 0)),
-                                          "num_ooms": int(stats.get("num_ooms", 0))}
-        return readings
+            allocator = AllocatorCounts(num_alloc_retries=int(stats.get("num_alloc_retries", 0)),
+                                        num_ooms=int(stats.get("num_ooms", 0)))
+        return RankTelemetry(cpu=cpu, gpu=gpu, gpu_utilization_series=series, cuda_allocator=allocator)
 
     def close(self) -> None:
         if self.gpu is not None:

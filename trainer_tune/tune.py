@@ -43,7 +43,7 @@ from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.publish import publish
 from trainer_tune.sinks.wandb_sink import WandbSink
 from trainer_tune.strategy import BestSoFar, NotMeasured, best_so_far, measurement_order, skip_reason
-from trainer_tune.telemetry import TelemetryProbe
+from trainer_tune.telemetry import RankTelemetry, TelemetryProbe
 from trainer_tune.watchdog import Stall, Watchdog
 from trainer_tune.window import combine_ranks, measure_local
 
@@ -205,8 +205,8 @@ class _Sweep:
             outcome = _outcome_of(exc, host=self.rank_env.hostname)
             log.warning("trial %d (%s) failed on %s: %s", spec.index, ctx.label, self.rank_env.describe(),
                         outcome["message"])
-        if local is not None:
-            outcome["telemetry"] = local.telemetry
+        if local is not None and local.telemetry is not None:
+            outcome["telemetry"] = local.telemetry.to_json_dict()  # a dict only to cross the store
         outcomes = session.exchange(_outcome_topic(spec, self.rank_env.restart_count), outcome)
         if self.watchdog is not None:
             self.watchdog.end_trial()
@@ -221,7 +221,8 @@ class _Sweep:
         assert local is not None
         measurement = combine_ranks(local, session=session, seq_len=cfg.model.seq_len)
         return result_from_window(spec, measurement, ctx, started_at=started_at, finished_at=finished_at,
-                                  telemetry=[o.get("telemetry") for o in outcomes])
+                                  telemetry=[RankTelemetry.from_json_dict(o["telemetry"]) if o.get("telemetry")
+                                             else None for o in outcomes])
 
     def record(self, result: TrialResult) -> None:
         if self.rank_env.is_rank0:

@@ -15,7 +15,7 @@ import gc
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ from trainer_tune.plan import TrialSpec
 from trainer_tune.stats import relative_half_width, throughput_ci
 from trainer_tune.strategy import BestSoFar, cannot_reach_reason
 from trainer_tune.targets import logits_of
-from trainer_tune.telemetry import TelemetryProbe
+from trainer_tune.telemetry import RankTelemetry, TelemetryProbe
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ class WindowMeasurement:
     warmup_s: float
     """Wall time of the warm-up steps on the slowest rank (includes first-step allocation)."""
     peak_memory_bytes: Optional[int]
-    """Highest allocator peak over ranks during measured steps; None where the device does not report it."""
+    """Highest allocated peak over ranks during measured steps (TrialResult.peak_memory_allocated_bytes); None
+    where the device does not report it."""
     peak_memory_reserved_bytes: Optional[int]
     peak_memory_note: Optional[str]
     num_parameters: int
@@ -208,7 +209,7 @@ class LocalWindow:
     peak_memory_reserved_bytes: Optional[int]
     num_parameters: int
     ddp_applied: Optional[dict[str, object]]
-    telemetry: Optional[dict[str, Any]]
+    telemetry: Optional[RankTelemetry]
     """This rank's TelemetryProbe readings over the measured steps; None without a probe."""
     stop_reason: str
     """Why the measured steps ended: the interval was tight enough, a cap, or a fixed window."""

@@ -13,7 +13,7 @@ from conftest import read_jsonl, run_tune
 from trainer_tune.config import Attention, ModelArgs
 from trainer_tune.flops import gpt_flops_per_token
 from trainer_tune.nsa_attention import AUX_STAT_NAMES
-from trainer_tune.wandb_log import find_offline_run_files, summarize_wandb_run
+from helpers.wandb_reader import find_offline_run_files, summarize_wandb_run
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def test_user_model_given_only_by_target_completes_a_sweep(tmp_path: Path) -> No
         assert t["num_parameters"] == 256 * 64 + 2 * (64 * 4 + 64 + 2 * 64 + 64 * 256 + 256 + 256 * 64 + 64) \
             + 2 * 64 + 64 * 256
         assert t["tokens_per_s"] > 0 and t["mfu"] is None  # no FLOPs formula for a model of unknown shape
-        assert "nsa_aux_stats" not in t["extra"]
+        assert t["nsa_aux_stats"] == []
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["decision"] in ("GO", "NO-GO")
     assert rec["chosen"]["trial_key"] in {t["trial_key"] for t in trials}
@@ -51,7 +51,7 @@ def test_user_model_given_only_by_target_completes_a_sweep(tmp_path: Path) -> No
 
 def test_wrong_output_shape_is_a_trial_error_not_a_hang(tmp_path: Path) -> None:
     out = tmp_path / "wrong"
-    proc = run_tune(["model._target_=trainer_tune.examples.models.WrongShape",
+    proc = run_tune(["model._target_=helpers.models.WrongShape",
                      "+model.kwargs.vocab_size=${model.vocab_size}", *QUICK_ONE_SETTING, "wandb=off",
                      f"hydra.run.dir={out}"], nproc=2, timeout_s=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,7 +59,7 @@ def test_wrong_output_shape_is_a_trial_error_not_a_hang(tmp_path: Path) -> None:
     assert trial["status"] == "error"
     host = socket.gethostname()
     for rank in (0, 1):  # each rank's error, named by rank and host
-        assert (f"rank {rank} on {host}: trainer_tune.targets.TargetError: model._target_='trainer_tune.examples.models."
+        assert (f"rank {rank} on {host}: trainer_tune.targets.TargetError: model._target_='helpers.models."
                 f"WrongShape' returned logits of shape [2, 256] for input_ids of shape [2, 128]; expected "
                 f"[2, 128, 256]") in trial["error"]
 
@@ -88,9 +88,9 @@ def test_nsa_flags_as_sweep_axes_switch_the_layer_and_record_aux_stats(tmp_path:
         assert t["status"] == "ok", t["error"]
         assert t["model"] == "tiny_nsa" and 0.4e6 < t["num_parameters"] < 0.6e6
         assert t["environment"]["NSA_PREFILL_BATCHED"] == ("1" if t["flags"]["prefill_batched"] else "0")
-        stats = t["extra"].get("nsa_aux_stats")
+        stats = t["nsa_aux_stats"]
         if t["flags"]["disable_aux_stats"]:
-            assert stats is None
+            assert stats == []
             continue
         assert len(stats) == t["num_measured_steps"] == 4
         for step in stats:
@@ -100,8 +100,7 @@ def test_nsa_flags_as_sweep_axes_switch_the_layer_and_record_aux_stats(tmp_path:
     # The batched and looped paths compute the same statistics from the same weights and data (first step).
     on = [t for t in trials if not t["flags"]["disable_aux_stats"]]
     for name in AUX_STAT_NAMES:
-        assert on[0]["extra"]["nsa_aux_stats"][0][name] == pytest.approx(on[1]["extra"]["nsa_aux_stats"][0][name],
-                                                                          rel=1e-4)
+        assert on[0]["nsa_aux_stats"][0][name] == pytest.approx(on[1]["nsa_aux_stats"][0][name], rel=1e-4)
     # FLOPs per token are the sparse formula's, which at 128 tokens exceeds dense causal attention's (a query
     # attends to up to 4 compressed blocks, 64 selected tokens and a 32-token window, overlapping).
     tiny_nsa = ModelArgs(name="tiny_nsa", attention=Attention.nsa)
@@ -117,4 +116,4 @@ def test_nsa_flags_as_sweep_axes_switch_the_layer_and_record_aux_stats(tmp_path:
         if t["flags"]["disable_aux_stats"]:
             assert logged == [None] * 4
         else:
-            assert logged == pytest.approx([s["selection_entropy"] for s in t["extra"]["nsa_aux_stats"]])
+            assert logged == pytest.approx([s["selection_entropy"] for s in t["nsa_aux_stats"]])

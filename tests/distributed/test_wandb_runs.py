@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import read_jsonl, run_tune
-from trainer_tune.wandb_log import find_offline_run_files, summarize_wandb_run
+from helpers.wandb_reader import find_offline_run_files, summarize_wandb_run
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> 
         assert run.config["tune"]["window"]["measure_steps"] == 4
         steps = [row for row in run.history if "train/step_time_s" in row]
         assert [row["step"] for row in steps] == [0, 1, 2, 3]
-        assert [row["train/step_time_s"] for row in steps] == pytest.approx(trial["extra"]["step_times_s"])
+        assert [row["train/step_time_s"] for row in steps] == pytest.approx(trial["step_times_s"])
         assert run.defined_metrics["train/tokens_per_s"]["stepMetric"] == "step"
 
     (recommendation,) = by_type["recommendation"]

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from typing import Optional
 
+from trainer_tune.cpu_usage import CpuUtilization
+from trainer_tune.figures import ALLOCATOR_RESERVED, CommSplit, GpuFigures
 from trainer_tune.flags import TrialFlags, flags_to_environ
+from trainer_tune.gpu_sampler import GpuSummary
+from trainer_tune.metrics import TrialContext, result_from_window
+from trainer_tune.plan import TrialSpec
 from trainer_tune.results import TrialResult
 from trainer_tune.stats import StepTimeStats
+from trainer_tune.telemetry import AllocatorCounts, RankTelemetry
+from trainer_tune.window import WindowMeasurement
+
+GIB = 1024 ** 3
+SEQ_LEN = 128
+DEVICE_BYTES = 10 * GIB
 
 
 def make_result(*, index: int, key: str, tokens_per_s: Optional[float] = 1000.0, status: str = "ok",
@@ -28,8 +39,56 @@ def make_result(*, index: int, key: str, tokens_per_s: Optional[float] = 1000.0,
         samples_per_s=tokens_per_s / 128 if ok and tokens_per_s else None, measured_s=0.33 if ok else None,
         step_time_s=StepTimeStats.of([0.1, 0.12, 0.11]) if ok else None, num_warmup_steps=1, num_measured_steps=3,
         warmup_s=0.3 if ok else None, loss_first=5.5 if ok else None, loss_last=5.4 if ok else None,
-        peak_memory_bytes=memory_bytes, peak_memory_reserved_bytes=memory_bytes, peak_memory_note="cpu",
+        peak_memory_bytes=memory_bytes, peak_memory_source=ALLOCATOR_RESERVED if memory_bytes is not None else None,
+        peak_memory_allocated_bytes=memory_bytes, peak_memory_reserved_bytes=memory_bytes,
+        peak_memory_note=None if memory_bytes is not None else "cpu",
         num_parameters=1000,
         model="tiny", device="cpu", backend="gloo", torch_version="2.13.0", started_at="t0", finished_at="t1",
         error=None if ok else f"{status} on rank 1",
-        extra={"step_times_s": step_times or [], "device_memory_bytes": device_memory_bytes})
+        step_times_s=tuple(step_times or ()), device_memory_bytes=device_memory_bytes)
+
+
+def make_gpu(*, util_mean_pct: Optional[float] = None, energy_j_per_token: Optional[float] = None,
+             energy_source: Optional[str] = "counter", memory_used_peak_bytes: Optional[int] = None) -> GpuFigures:
+    """GPU figures combined over ranks, None where not given."""
+    return GpuFigures(util_mean_pct=util_mean_pct, util_p10_pct=None, util_p90_pct=None,
+                      memory_used_peak_bytes=memory_used_peak_bytes, power_mean_w=None, energy_j=None,
+                      energy_j_per_token=energy_j_per_token, energy_source=energy_source, per_rank=())
+
+
+def make_comm(*, sync_s: float, no_sync_s: float, within_noise: bool = False) -> CommSplit:
+    exposed_s = max(0.0, sync_s - no_sync_s)
+    return CommSplit(step_time_sync_s=sync_s, step_time_no_sync_s=no_sync_s, exposed_comm_s=exposed_s,
+                     exposed_comm_fraction=exposed_s / sync_s, num_no_sync_steps=5, within_noise=within_noise)
+
+
+def make_rank_telemetry(*, nvml_used_bytes: int) -> RankTelemetry:
+    gpu = GpuSummary(util_mean_pct=90.0, util_p10_pct=80.0, util_p90_pct=95.0, memory_used_peak_bytes=nvml_used_bytes,
+                     power_mean_w=400.0, energy_j=100.0, energy_source="counter", energy_j_per_token=0.01,
+                     num_samples=10, duration_s=1.0, unavailable_reason=None)
+    cpu = CpuUtilization(process_pct=100.0, system_pct=30.0, num_logical_cpus=16, duration_s=1.0,
+                         unavailable_reason=None)
+    return RankTelemetry(cpu=cpu, gpu=gpu, gpu_utilization_series=((0.0, 90.0), (0.1, 91.0)),
+                         cuda_allocator=AllocatorCounts(num_alloc_retries=0, num_ooms=0))
+
+
+def make_measured(*, index: int, micro_batch_size: int, step_s: float, allocated_gib: float, reserved_gib: float,
+                  nvml_gib: float, flags: TrialFlags = TrialFlags()) -> TrialResult:
+    """A 2-rank CUDA trial built by metrics.result_from_window from its window and the ranks' readings, as a sweep
+    builds it: every typed field set (comm split, NSA statistics, GPU and CPU figures)."""
+    spec = TrialSpec(index=index, micro_batch_size=micro_batch_size, grad_accum=1, world_size=2, flags=flags,
+                     is_baseline=index == 0, key=f"k{index}")
+    times = tuple(step_s * (1 + 0.01 * (i % 3)) for i in range(8))
+    tokens = spec.global_batch_size * SEQ_LEN * len(times)
+    window = WindowMeasurement(
+        step_times_s=times, measured_s=sum(times), tokens=tokens, samples=tokens // SEQ_LEN,
+        losses=(5.0,) * len(times), warmup_s=0.5, peak_memory_bytes=int(allocated_gib * GIB),
+        peak_memory_reserved_bytes=int(reserved_gib * GIB), peak_memory_note=None, num_parameters=1000,
+        ddp_applied=None, stop_reason="fixed window of 8 steps", no_sync_step_times_s=(0.8 * step_s,) * 3,
+        aux_stats=tuple({"selection_entropy": 1.5 + 0.1 * i} for i in range(len(times))))
+    ctx = TrialContext(model_name="tiny", seq_len=SEQ_LEN, device="cuda:0", backend="nccl", num_warmup_steps=1,
+                       num_measured_steps=len(times), label=spec.label(), device_memory_bytes=DEVICE_BYTES)
+    # NVML's reading differs per rank: the trial's is the higher one.
+    telemetry = [make_rank_telemetry(nvml_used_bytes=int(nvml_gib * GIB)),
+                 make_rank_telemetry(nvml_used_bytes=int((nvml_gib - 0.25) * GIB))]
+    return result_from_window(spec, window, ctx, started_at="t0", finished_at="t1", telemetry=telemetry)

@@ -7,9 +7,11 @@ import json
 
 import pytest
 
-from result_factory import make_result
+from result_factory import make_comm, make_gpu, make_result
 from trainer_tune.config import RecommendArgs
 from trainer_tune.explain import LINEAR, NO_INTERVAL, REFERENCE, SUB_LINEAR, SUPER_LINEAR, explain
+from trainer_tune.figures import ALLOCATOR_RESERVED, MEMORY_SOURCES
+from trainer_tune.flags import TrialFlags
 from trainer_tune.recommend import decide
 
 GIB = 1024 ** 3
@@ -20,11 +22,10 @@ def _sweep() -> list:
     so a sample takes 128 / 1000 = 0.128 s, interval [128 / 1050, 128 / 950]."""
     ref = make_result(index=0, key="1x1", micro_batch_size=1, tokens_per_s=1000, ci=[950, 1050], is_baseline=True,
                       memory_bytes=GIB)
-    ref = dataclasses.replace(ref, gpu={"util_mean_pct": 100.0, "energy_j_per_token": 0.002})
+    ref = dataclasses.replace(ref, gpu=make_gpu(util_mean_pct=100.0, energy_j_per_token=0.002))
     slow = make_result(index=2, key="4x1", micro_batch_size=4, tokens_per_s=900, ci=[880, 940], memory_bytes=2 * GIB)
-    slow = dataclasses.replace(slow, gpu={"util_mean_pct": 35.0, "energy_j_per_token": 0.003}, num_outlier_steps=3,
-                               comm={"step_time_sync_s": 0.05, "step_time_no_sync_s": 0.02, "exposed_comm_s": 0.03,
-                                     "exposed_comm_fraction": 0.6})
+    slow = dataclasses.replace(slow, gpu=make_gpu(util_mean_pct=35.0, energy_j_per_token=0.003), num_outlier_steps=3,
+                               comm=make_comm(sync_s=0.05, no_sync_s=0.02))
     return [ref,
             make_result(index=1, key="2x1", micro_batch_size=2, tokens_per_s=1500, ci=[1400, 1600]),
             slow,
@@ -82,7 +83,7 @@ def test_decision_matrix_by_objective() -> None:
     assert throughput.value_ci95 == (1500, 1700)
     assert throughput.tied_with == ("2x1",)  # 2x1 reaches 1600 >= 1500; 8x1 tops out at 1100
     assert (memory.objective, memory.label, memory.value) == ("min_memory_bytes", "1x1", GIB)
-    assert memory.note == "peak reserved by the allocator; measured for 2 of 5 finished settings"
+    assert memory.note == f"peak memory {MEMORY_SOURCES[ALLOCATOR_RESERVED]}; measured for 2 of 5 finished settings"
     assert (energy.objective, energy.label, energy.value) == ("min_energy_j_per_token", "1x1", 0.002)
 
 
@@ -113,10 +114,17 @@ def test_all_failed_and_baseline_only() -> None:
 
 
 def test_settings_that_differ_in_a_flag_are_not_one_series() -> None:
+    """Series come from result.flags, never from the label (labels are for people: a multirun job's label names
+    only the flags it changed, a re-check's says so)."""
     a = make_result(index=0, key="a", micro_batch_size=1, ci=[900, 1100])
-    b = make_result(index=1, key="b", micro_batch_size=2, ci=[900, 1100])
-    b = dataclasses.replace(b, label="2x1 bucket_cap_mb=1")
+    b = make_result(index=1, key="b", micro_batch_size=2, ci=[900, 1100], flags=TrialFlags(bucket_cap_mb=1.0))
+    assert b.label == "2x1"  # the flag is not in the label
     assert explain([a, b]).points == ()
+    c = make_result(index=2, key="c", micro_batch_size=4, ci=[900, 1100], flags=TrialFlags(bucket_cap_mb=1.0))
+    c = dataclasses.replace(c, label="4x1 (the user's favourite)")
+    points = explain([a, b, c]).points
+    assert [(p.label, p.series) for p in points] == [("2x1", "grad_accum=1 bucket_cap_mb=1"),
+                                                    ("4x1 (the user's favourite)", "grad_accum=1 bucket_cap_mb=1")]
 
 
 def test_recommendation_json_carries_the_explanations() -> None:
@@ -130,7 +138,7 @@ def test_recommendation_json_carries_the_explanations() -> None:
 
 
 def test_energy_without_a_reading_names_the_source() -> None:
-    gpu = {"util_mean_pct": 80.0, "energy_j_per_token": None, "energy_source": "power_integral"}
+    gpu = make_gpu(util_mean_pct=80.0, energy_j_per_token=None, energy_source="power_integral")
     results = [dataclasses.replace(make_result(index=0, key="a"), gpu=gpu),
                make_result(index=1, key="b", micro_batch_size=4)]
     energy = explain(results).matrix[2]
@@ -140,8 +148,7 @@ def test_energy_without_a_reading_names_the_source() -> None:
 
 
 def test_an_exposed_share_within_noise_is_said_to_be() -> None:
-    comm = {"step_time_sync_s": 0.1, "step_time_no_sync_s": 0.098, "exposed_comm_s": 0.002,
-            "exposed_comm_fraction": 0.02, "num_no_sync_steps": 8, "within_noise": True}
+    comm = make_comm(sync_s=0.1, no_sync_s=0.098, within_noise=True)
     result = dataclasses.replace(make_result(index=0, key="a", micro_batch_size=8), comm=comm)
     assert explain([result]).facts[1] == (
         "the exposed all-reduce share is within the synced steps' noise, so not distinguishable from 0, at 8x1 (2%)")

@@ -7,7 +7,7 @@ import re
 import struct
 from pathlib import Path
 
-from result_factory import make_result
+from result_factory import make_comm, make_gpu, make_result
 from trainer_tune.config import RecommendArgs
 from trainer_tune.recommend import decide
 from trainer_tune.sinks.report import write_report
@@ -36,12 +36,11 @@ def _mixed_sweep() -> list:
                make_result(index=2, key="4x1", micro_batch_size=4, step_times=steps(0.06)),
                make_result(index=3, key="2x2", micro_batch_size=2, grad_accum=2, step_times=steps(0.075)),
                make_result(index=4, key="8x1", micro_batch_size=8, status="oom")]
-    series = [[0.1 * i, 40.0 + 5 * (i % 3)] for i in range(20)]
-    comm = {"step_time_sync_s": 0.07, "step_time_no_sync_s": 0.03, "exposed_comm_s": 0.04,
-            "exposed_comm_fraction": 0.04 / 0.07}
-    return [dataclasses.replace(r, gpu={"util_mean_pct": 42.0, "energy_j_per_token": 0.001 * (r.index + 1)},
+    series = tuple((0.1 * i, 40.0 + 5 * (i % 3)) for i in range(20))
+    comm = make_comm(sync_s=0.07, no_sync_s=0.03)
+    return [dataclasses.replace(r, gpu=make_gpu(util_mean_pct=42.0, energy_j_per_token=0.001 * (r.index + 1)),
                                 tokens_per_s_ci95=[r.tokens_per_s * 0.97, r.tokens_per_s * 1.03],
-                                extra=r.extra | {"gpu_utilization_series": series},
+                                gpu_utilization_series=series,
                                 comm=comm if r.trial_key == "4x1" else None)
             if r.ok else r for r in results]
 

@@ -91,10 +91,10 @@ def test_logits_are_read_from_an_output_object() -> None:
 
 
 def test_wrong_shape_example_is_caught() -> None:
-    model = build_model(ModelArgs(_target_="trainer_tune.examples.models.WrongShape", kwargs={"vocab_size": 16}))
+    model = build_model(ModelArgs(_target_="helpers.models.WrongShape", kwargs={"vocab_size": 16}))
     ids = torch.zeros(3, 4, dtype=torch.long)
     with pytest.raises(TargetError, match=r"returned logits of shape \[3, 16\]"):
-        logits_of(model(ids), input_ids=ids, vocab_size=16, target="trainer_tune.examples.models.WrongShape")
+        logits_of(model(ids), input_ids=ids, vocab_size=16, target="helpers.models.WrongShape")
 
 
 def test_a_target_that_raises_or_returns_no_module_is_a_one_line_trial_error() -> None:

@@ -48,13 +48,3 @@ def hf_gpt2(*, vocab_size: int, seq_len: int, d_model: int = 128, num_layers: in
                         n_head=num_heads, bos_token_id=None, eos_token_id=None)
     return GPT2LMHeadModel(config)
 
-
-class WrongShape(nn.Module):
-    """Returns [batch, vocab] instead of [batch, seq, vocab]: what a shape error looks like (tests, docs)."""
-
-    def __init__(self, *, vocab_size: int) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, vocab_size)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.embed(input_ids).mean(dim=1)

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import (
     FixedLocator, FormatStrFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter)
 
-from trainer_tune.explain import SUB_LINEAR, SUPER_LINEAR, Explanations, ScalingPoint
+from trainer_tune.explain import SUB_LINEAR, SUPER_LINEAR, Explanations, ScalingPoint, flags_text, varying_flags
 from trainer_tune.recommend import Recommendation
 from trainer_tune.results import TrialResult
 
@@ -54,24 +54,26 @@ def _log2_axis(ax, values: Sequence[int]) -> None:  # noqa: ANN001 - a matplotli
     ax.xaxis.set_minor_locator(NullLocator())
 
 
-def _flags_part(r: TrialResult) -> str:
-    return r.label.partition(" ")[2]
+def tokens_per_s_lines(finished: Sequence[TrialResult]) -> dict[str, list[TrialResult]]:
+    """The lines of the tokens/s chart: one per grad_accum and flags (from result.flags), by micro-batch."""
+    differing = varying_flags(finished)
+    lines: dict[tuple[int, str], list[TrialResult]] = {}
+    for r in finished:
+        lines.setdefault((r.grad_accum, flags_text(r, differing)), []).append(r)
+    return {f"grad_accum={grad_accum} {flags}".strip(): sorted(members, key=lambda r: r.micro_batch_size)
+            for (grad_accum, flags), members in sorted(lines.items())}
 
 
 def _tokens_per_s(finished: Sequence[TrialResult], rec: Recommendation, path: Path) -> None:
     fig = _new_figure()
     ax = fig.add_subplot()
-    lines: dict[tuple[int, str], list[TrialResult]] = {}
-    for r in finished:
-        lines.setdefault((r.grad_accum, _flags_part(r)), []).append(r)
-    for (grad_accum, flags), members in sorted(lines.items()):
-        members.sort(key=lambda r: r.micro_batch_size)
+    for name, members in tokens_per_s_lines(finished).items():
         y = [r.tokens_per_s for r in members]
         bounds = [r.tokens_per_s_ci95 or [r.tokens_per_s, r.tokens_per_s] for r in members]
         low = [v - b[0] for v, b in zip(y, bounds)]  # type: ignore[operator]
         high = [b[1] - v for v, b in zip(y, bounds)]  # type: ignore[operator]
         ax.errorbar([r.micro_batch_size for r in members], y, yerr=[low, high], marker="o", capsize=4,
-                    label=f"grad_accum={grad_accum} {flags}".strip())
+                    label=name)
     marks = [(rec.baseline, "*", "baseline", 16), (rec.chosen, "o", "chosen", 14)]
     for trial, marker, name, size in marks:
         if trial is not None and trial.ok and trial.tokens_per_s:
@@ -118,10 +120,10 @@ def _efficiency(points: Sequence[ScalingPoint], path: Path) -> None:
 
 
 def _step_times(finished: Sequence[TrialResult], path: Path) -> None:
-    with_steps = [r for r in finished if r.extra.get("step_times_s")]
+    with_steps = [r for r in finished if r.step_times_s]
     fig = _new_figure(width_in=max(7.5, 0.9 * len(with_steps) + 2))
     ax = fig.add_subplot()
-    data_ms = [[t * 1e3 for t in r.extra["step_times_s"]] for r in with_steps]
+    data_ms = [[t * 1e3 for t in r.step_times_s] for r in with_steps]
     ax.boxplot(data_ms, tick_labels=[r.label for r in with_steps], showfliers=False)
     for i, values in enumerate(data_ms, start=1):
         # Every measured step as a dot beside its box: short windows have few steps, and outliers show.
@@ -143,7 +145,7 @@ def _gpu_util(with_series: Sequence[TrialResult], path: Path) -> None:
     fig = _new_figure()
     ax = fig.add_subplot()
     for r in with_series:
-        series = r.extra["gpu_utilization_series"]
+        series = r.gpu_utilization_series
         start_s = series[0][0]
         ax.plot([t - start_s for t, _ in series], [u for _, u in series], marker=".", label=r.label)
     ax.set_ylim(0, 105)
@@ -166,7 +168,7 @@ def draw_charts(results: Sequence[TrialResult], rec: Recommendation, *, charts_d
     explanations: Optional[Explanations] = rec.explanations
     points = explanations.points if explanations is not None else ()
     none_finished = "no setting finished cleanly"
-    with_series = [r for r in finished if r.extra.get("gpu_utilization_series")]
+    with_series = [r for r in finished if r.gpu_utilization_series]
     plans = [
         ("tokens_per_s", "tokens/s by micro-batch", none_finished if not finished else None,
          lambda path: _tokens_per_s(finished, rec, path)),
@@ -175,7 +177,7 @@ def draw_charts(results: Sequence[TrialResult], rec: Recommendation, *, charts_d
                               "needs two finished settings that differ only in micro-batch or only in grad_accum"),
          lambda path: _efficiency(points, path)),
         ("step_times", "step-time distribution",
-         None if any(r.extra.get("step_times_s") for r in finished) else
+         None if any(r.step_times_s for r in finished) else
          (none_finished if not finished else "the journal holds no per-step times for these trials"),
          lambda path: _step_times(finished, path)),
         ("gpu_util", "GPU utilization over time",

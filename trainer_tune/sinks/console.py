@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from trainer_tune.figures import describe_memory_source
 from trainer_tune.recommend import GO, Recommendation
 from trainer_tune.results import TrialResult
 from trainer_tune.units import format_bytes
@@ -85,7 +86,7 @@ class ConsoleSink:
         table = Table(title="trainer_tune trials", title_justify="left")
         # Columns for figures no trial measured (GPU utilization on a CPU, say) are left out, not shown as n/a.
         has_gpu = any(r.gpu for r in results)
-        has_mfu = any(r.mfu and r.mfu.get("mfu") is not None for r in results)
+        has_mfu = any(r.mfu is not None and r.mfu.mfu is not None for r in results)
         has_comm = any(r.comm for r in results)
         columns = [("#", "right"), ("setting", "left"), ("global batch", "right"), ("status", "left"),
                    ("tokens/s", "right"), ("95% CI", "right"), ("step p50 s", "right"), ("step p90 s", "right"),
@@ -100,32 +101,36 @@ class ConsoleSink:
             marks = (" (baseline)" if r.is_baseline else "") + \
                 (" *" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "")
             speedup = rec.speedup_by_key.get(r.trial_key)
-            gpu, mfu, cpu = r.gpu or {}, r.mfu or {}, r.cpu or {}
+            gpu, mfu, cpu = r.gpu, r.mfu, r.cpu
             cells = [str(r.index), r.label + marks, str(r.global_batch_size),
                      r.status if r.ok else f"[red]{r.status}[/red]",
                      _number(r.tokens_per_s, ",.0f"),
                      _ci_percent(r) + (" cut" if r.window_cut_short else ""),
                      _number(r.step_time_s.median if r.step_time_s else None, ".4f"),
                      _number(r.step_time_s.p90 if r.step_time_s else None, ".4f"),
-                     format_bytes(r.peak_memory_bytes if r.peak_memory_bytes is not None
-                                  else gpu.get("memory_used_peak_bytes"))]
+                     format_bytes(r.peak_memory_bytes)]
             if has_gpu:
-                cells += [_number(gpu.get("util_mean_pct"), ".0f"), _number(gpu.get("energy_j_per_token"), ".2e")]
-            cells += [_number(mfu.get("mfu") * 100 if mfu.get("mfu") is not None else None, ".1f") + "%"
-                      if has_mfu else _number(mfu.get("achieved_tflops"), ".3f")]
+                cells += [_number(gpu.util_mean_pct if gpu else None, ".0f"),
+                          _number(gpu.energy_j_per_token if gpu else None, ".2e")]
+            mfu_value = mfu.mfu if mfu else None
+            cells += [_number(mfu_value * 100 if mfu_value is not None else None, ".1f") + "%"
+                      if has_mfu else _number(mfu.achieved_tflops if mfu else None, ".3f")]
             if has_comm:
                 comm = r.comm
-                cells += ["n/a" if not comm else f"{comm['exposed_comm_fraction']:.0%}"
-                          + (" (noise)" if comm.get("within_noise") else "")]
-            cells += [_number(cpu.get("process_pct_mean"), ".0f"),
+                cells += ["n/a" if comm is None else f"{comm.exposed_comm_fraction:.0%}"
+                          + (" (noise)" if comm.within_noise else "")]
+            cells += [_number(cpu.process_pct_mean if cpu else None, ".0f"),
                       "n/a" if speedup is None else f"{(speedup - 1) * 100:+.1f}%"]
             table.add_row(*cells)
         self.console.print(table)
         notes = {r.gpu_note for r in results if r.gpu is None and r.gpu_note and r.ok}
-        notes |= {r.mfu["warning"] for r in results if r.mfu and r.mfu.get("warning")}
+        notes |= {r.mfu.warning for r in results if r.mfu is not None and r.mfu.warning}
         for note in sorted(notes):
             self.console.print(f"note: {note}")
-        if results and results[0].peak_memory_bytes is None and results[0].peak_memory_note:
+        sources = sorted({r.peak_memory_source for r in results if r.peak_memory_source})
+        if sources:
+            self.console.print("peak memory: " + "; ".join(describe_memory_source(s) for s in sources))
+        elif results and results[0].peak_memory_note:
             self.console.print(f"peak memory n/a: {results[0].peak_memory_note}")
         for reason in rec.reasons:
             self.console.print(f"  - {reason}")

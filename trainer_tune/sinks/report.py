@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from trainer_tune.durable import write_atomically
-from trainer_tune.explain import ObjectiveWinner, ScalingPoint, memory_bytes
+from trainer_tune.explain import ObjectiveWinner, ScalingPoint
+from trainer_tune.figures import describe_memory_source
 from trainer_tune.recommend import Recommendation
 from trainer_tune.results import TrialResult
 from trainer_tune.units import format_bytes
@@ -52,7 +53,6 @@ def _fmt(value: Optional[float], spec: str, suffix: str = "") -> Optional[str]:
 
 def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple[list[tuple[str, Callable]], list[str]]:
     """(header, cell function) per column; a column no trial measured is left out and a note says why."""
-    gpu = lambda r, key: (r.gpu or {}).get(key)  # noqa: E731
     columns: list[tuple[str, Callable[[TrialResult], Any]]] = [
         ("#", lambda r: r.index),
         ("setting", lambda r: r.label + (" (baseline)" if r.is_baseline else "")
@@ -69,18 +69,19 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
     ]
     notes = []
     optional: list[tuple[str, Callable[[TrialResult], Any], str]] = [
-        ("peak memory", lambda r: format_bytes(memory_bytes(r)[0]) if r.ok else None,
+        ("peak memory", lambda r: format_bytes(r.peak_memory_bytes) if r.ok else None,
          "peak memory: " + "; ".join(sorted({r.peak_memory_note or "not reported" for r in results if r.ok}))),
-        ("GPU util %", lambda r: _fmt(gpu(r, "util_mean_pct"), ".0f"),
+        ("GPU util %", lambda r: _fmt(r.gpu.util_mean_pct if r.gpu else None, ".0f"),
          "GPU utilization: " + "; ".join(sorted({r.gpu_note or "not sampled" for r in results if r.ok}))),
-        ("TFLOP/s", lambda r: _fmt((r.mfu or {}).get("achieved_tflops"), ".3g"),
+        ("TFLOP/s", lambda r: _fmt(r.mfu.achieved_tflops if r.mfu else None, ".3g"),
          "achieved TFLOP/s: the model's FLOPs per token are unknown"),
-        ("MFU", lambda r: _fmt((r.mfu or {}).get("mfu"), ".1%"),
-         "MFU: " + "; ".join(sorted({(r.mfu or {}).get("warning") or "no FLOP count" for r in results if r.ok}))),
-        ("J/token", lambda r: _fmt(gpu(r, "energy_j_per_token"), ".3g"),
+        ("MFU", lambda r: _fmt(r.mfu.mfu if r.mfu else None, ".1%"),
+         "MFU: " + "; ".join(sorted({(r.mfu.warning if r.mfu else None) or "no FLOP count"
+                                     for r in results if r.ok}))),
+        ("J/token", lambda r: _fmt(r.gpu.energy_j_per_token if r.gpu else None, ".3g"),
          "energy per token: " + "; ".join(sorted({r.gpu_note or "no energy reading" for r in results if r.ok}))),
-        ("exposed comm", lambda r: _fmt((r.comm or {}).get("exposed_comm_fraction"), ".0%",
-                                        " (noise)" if (r.comm or {}).get("within_noise") else ""),
+        ("exposed comm", lambda r: _fmt(r.comm.exposed_comm_fraction if r.comm else None, ".0%",
+                                        " (noise)" if r.comm and r.comm.within_noise else ""),
          "compute vs communication split: no trial recorded one (it needs more than one rank and "
          "window.comm_split_steps > 0)"),
     ]
@@ -89,6 +90,9 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
             columns.append((header, cell))
         elif any(r.ok for r in results):
             notes.append(f"not measured, so not in the table: {why}")
+    sources = sorted({r.peak_memory_source for r in results if r.peak_memory_source})
+    if sources:
+        notes.append("peak memory: " + "; ".join(describe_memory_source(s) for s in sources))
     columns += [("vs baseline", lambda r: _fmt((rec.speedup_by_key[r.trial_key] - 1) * 100, "+.1f", "%")
                  if r.trial_key in rec.speedup_by_key else None),
                 ("window", lambda r: r.window_stop),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "WandbRunContents",
     "find_offline_run_files",
     "read_wandb_records",
+    "summarize_finished_run",
     "summarize_wandb_run",
 ]
 
@@ -269,3 +271,17 @@ def summarize_wandb_run(path: str | Path) -> WandbRunContents:
         exit_code=exit_code,
         num_records=num_records,
     )
+
+
+def summarize_finished_run(path: str | Path, *, timeout_s: float = 30.0) -> WandbRunContents:
+    """`summarize_wandb_run` once the log holds the run's exit record.
+
+    `run.finish()` can return before wandb's service process has written the log (seen on the first run of a
+    process: a 7-byte file, the rest a moment later); a reader in the same process waits for it here.
+    """
+    deadline_s = time.monotonic() + timeout_s
+    while True:
+        contents = summarize_wandb_run(path)
+        if contents.exit_code is not None or time.monotonic() > deadline_s:
+            return contents
+        time.sleep(0.1)

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import wandb
 
-from trainer_tune.wandb_log import (
+from helpers.wandb_reader import (
     WandbFileError,
     find_offline_run_files,
     read_wandb_records,
+    summarize_finished_run,
     summarize_wandb_run,
 )
 
@@ -76,6 +77,7 @@ def logged_run(tmp_path_factory: pytest.TempPathFactory) -> LoggedRun:
             run.finish()
     files = find_offline_run_files(root)
     assert len(files) == 1
+    summarize_finished_run(files[0])  # finish() may return before wandb's service has written the file
     return LoggedRun(root=root, run_id=run.id, file=files[0])
 
 

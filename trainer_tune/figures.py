@@ -1,0 +1,129 @@
+"""The typed figures a trial records beside its throughput: peak memory (one definition), GPU and CPU readings
+combined over ranks, the compute vs communication split, MFU.
+
+Data only: metrics.py computes them when it builds a TrialResult, the decision and the sinks read their fields.
+They become plain dicts only where they cross the journal (JSON), and `from_json_dict` builds them back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional, TypeVar
+
+from trainer_tune.cpu_usage import CpuUtilization
+from trainer_tune.gpu_sampler import GpuSummary
+
+T = TypeVar("T")
+
+
+def from_fields(cls: type[T], data: dict[str, Any]) -> T:
+    """`cls` from a JSON dict, keeping the keys it knows (a record written by a later version may have more)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# --- peak memory ------------------------------------------------------------------------------------------
+ALLOCATOR_RESERVED = "allocator_reserved"
+NVML_USED = "nvml_used"
+MEMORY_SOURCES = {
+    ALLOCATOR_RESERVED: "reserved by the CUDA caching allocator (torch.cuda.max_memory_reserved), highest rank",
+    NVML_USED: "GPU memory used as NVML reports it (board-wide: the CUDA context and other processes too), "
+               "highest GPU",
+}
+"""Each source of TrialResult.peak_memory_bytes, as every sink names it."""
+
+
+def peak_memory(*, reserved_bytes: Optional[int],
+                nvml_used_bytes: Optional[int]) -> tuple[Optional[int], Optional[str]]:
+    """THE peak memory of a trial, and its source: the one definition the decision and every sink use.
+
+    The caching allocator's reserved peak first: it is what the process really held on the device (allocated
+    tensors plus the cached blocks around them), so it is what runs out when a setting OOMs and what
+    recommend.max_memory_fraction must be compared with. The allocated peak is smaller by the allocator's
+    fragmentation and cache, so it would let a setting pass that is in fact close to OOM: it is recorded
+    (TrialResult.peak_memory_allocated_bytes) but never the figure. Without allocator statistics, NVML's used
+    memory is the only reading left; it is larger (the CUDA context, other processes on the board), so it errs
+    on the safe side. Neither (a CPU): None, and TrialResult.peak_memory_note says why.
+    """
+    if reserved_bytes is not None:
+        return reserved_bytes, ALLOCATOR_RESERVED
+    if nvml_used_bytes is not None:
+        return nvml_used_bytes, NVML_USED
+    return None, None
+
+
+def describe_memory_source(source: Optional[str]) -> str:
+    return MEMORY_SOURCES.get(source or "", "not measured")
+
+
+# --- GPU and CPU readings, combined over ranks --------------------------------------------------------------
+@dataclass(frozen=True)
+class GpuFigures:
+    """The GPU figures of a trial, combined over ranks (metrics.combine_gpu says how); None where any rank
+    could not read one."""
+
+    util_mean_pct: Optional[float]
+    util_p10_pct: Optional[float]
+    """The ranks' own p10 utilization, averaged over ranks (not a percentile over ranks and time)."""
+    util_p90_pct: Optional[float]
+    memory_used_peak_bytes: Optional[int]
+    """NVML's used memory, the highest GPU's (board-wide); TrialResult.peak_memory_bytes is the figure to use."""
+    power_mean_w: Optional[float]
+    energy_j: Optional[float]
+    """Summed over GPUs: the whole job's energy over the measured steps."""
+    energy_j_per_token: Optional[float]
+    energy_source: Optional[str]
+    per_rank: tuple[GpuSummary, ...]
+    num_alloc_retries: Optional[int] = None
+    """cudaMalloc retries of the caching allocator summed over ranks (CUDA only): memory pressure short of OOM."""
+    num_ooms: Optional[int] = None
+
+    @staticmethod
+    def from_json_dict(data: dict[str, Any]) -> "GpuFigures":
+        per_rank = tuple(from_fields(GpuSummary, r) for r in data.get("per_rank") or ())
+        return from_fields(GpuFigures, data | {"per_rank": per_rank})
+
+
+@dataclass(frozen=True)
+class CpuFigures:
+    """CPU utilization of the training processes (mean over ranks) and of the machine."""
+
+    process_pct_mean: Optional[float]
+    system_pct_mean: Optional[float]
+    per_rank: tuple[CpuUtilization, ...]
+
+    @staticmethod
+    def from_json_dict(data: dict[str, Any]) -> "CpuFigures":
+        per_rank = tuple(from_fields(CpuUtilization, r) for r in data.get("per_rank") or ())
+        return from_fields(CpuFigures, data | {"per_rank": per_rank})
+
+
+# --- compute vs communication, MFU ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CommSplit:
+    """Compute vs communication from synced and no-sync steps of one trial (metrics.comm_split)."""
+
+    step_time_sync_s: float
+    """Median of the measured steps (gradients all-reduced)."""
+    step_time_no_sync_s: float
+    """Median of the extra steps with gradient sync off."""
+    exposed_comm_s: float
+    """Their difference, 0 when negative: the communication the backward pass did not hide."""
+    exposed_comm_fraction: float
+    """exposed_comm_s / step_time_sync_s."""
+    num_no_sync_steps: int
+    within_noise: bool
+    """The gap is inside the synced steps' own spread: not distinguishable from 0."""
+
+
+@dataclass(frozen=True)
+class MfuFigures:
+    flops_per_token: float
+    achieved_tflops: float
+    achieved_tflops_per_device: float
+    peak_tflops_per_device: Optional[float]
+    mfu: Optional[float]
+    """None when not trustworthy (no peak, or a ratio above 1), with the reason in `warning`."""
+    mfu_raw: Optional[float]
+    warning: Optional[str]
