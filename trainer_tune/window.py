@@ -178,9 +178,10 @@ class _Trainer:
             self.fault.before_micro_step(step=index, micro_step=micro, device=self.device)
             batch = next(self.batches)
             inputs, targets = batch[:, :-1], batch[:, 1:]
-            last = sync and micro == self.grad_accum - 1
-            sync = contextlib.nullcontext() if last or not self.can_skip_sync else self.module.no_sync()
-            with sync:
+            # DDP all-reduces in the backward of a micro-step outside no_sync: only the last one of a synced step.
+            reduce_now = sync and micro == self.grad_accum - 1
+            sync_context = contextlib.nullcontext() if reduce_now or not self.can_skip_sync else self.module.no_sync()
+            with sync_context:
                 with self.autocast():
                     logits = logits_of(self.module(inputs), input_ids=inputs, vocab_size=self.vocab_size,
                                        target=self.model_target)
