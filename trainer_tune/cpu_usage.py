@@ -60,6 +60,11 @@ class CpuMeter:
             self._process = None
             self._reason = f"cannot watch process {self._pid}: {exc}"
 
+    @property
+    def running(self) -> bool:
+        """Between ``start()`` and ``stop()``."""
+        return self._start_s is not None
+
     def start(self) -> None:
         self._start_s = time.monotonic()
         self._process_start_s = self._read_process()

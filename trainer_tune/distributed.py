@@ -135,6 +135,17 @@ def adopt_slurm_tasks(environ: MutableMapping[str, str]) -> bool:
     return True
 
 
+def launch_hint(rank_env: RankEnv) -> str:
+    """The command that starts trainer_tune the way this run was started, for "train with the chosen setting"."""
+    if rank_env.from_slurm:
+        return (f"srun --nodes={rank_env.num_nodes} --ntasks-per-node={rank_env.local_world_size} "
+                f"python -m trainer_tune")
+    if not rank_env.under_torchrun:
+        return "python -m trainer_tune"
+    node_part = f" --nnodes={rank_env.num_nodes}" if rank_env.num_nodes > 1 else ""
+    return f"torchrun{node_part} --nproc_per_node={rank_env.local_world_size} -m trainer_tune"
+
+
 def agent_store(environ: Mapping[str, str]) -> Optional[dist.Store]:
     """A client of torchrun's agent store, which outlives worker restarts; None when not under torchrun."""
     if environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "MASTER_ADDR" not in environ:

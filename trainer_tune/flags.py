@@ -2,14 +2,15 @@
 
 Precedence, per flag: a value given in the config (command line or YAML) wins; else the environment
 variable if it is set; else the built-in default. The effective values are exported to the process
-environment before each trial, so user code that reads `NSA_*` sees what was measured, and they are
+environment while each trial runs, so user code that reads `NSA_*` sees what was measured, and they are
 recorded with every trial.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, replace
-from typing import Mapping, MutableMapping, Optional
+from typing import Iterator, Mapping, MutableMapping, Optional
 
 from trainer_tune.config import ConfigError, DdpArgs, NsaArgs, SweepArgs
 
@@ -130,6 +131,23 @@ def export_flags(flags: TrialFlags, environ: MutableMapping[str, str]) -> None:
             environ[spec.env_var] = exported[spec.env_var]
         else:
             environ.pop(spec.env_var, None)
+
+
+@contextlib.contextmanager
+def exported_flags(flags: TrialFlags, environ: MutableMapping[str, str]) -> Iterator[None]:
+    """`export_flags` for one trial, then every variable as it was before, however the trial ends: what a
+    trial exported never reaches what runs after it (the next job of a multirun resolves its flags from
+    the environment)."""
+    before = {spec.env_var: environ.get(spec.env_var) for spec in FLAG_SPECS}
+    export_flags(flags, environ)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                environ.pop(name, None)
+            else:
+                environ[name] = value
 
 
 def flags_to_overrides(flags: TrialFlags) -> list[str]:

@@ -222,6 +222,11 @@ class GpuSampler:
     def unavailable_reason(self) -> str | None:
         return self._unavailable_reason
 
+    @property
+    def running(self) -> bool:
+        """Between ``start()`` and ``stop()``."""
+        return self._running
+
     def start(self) -> None:
         if self._running:
             raise RuntimeError("GpuSampler.start() called twice without stop()")

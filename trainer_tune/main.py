@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from trainer_tune.config import ConfigError, TuneConfig, register_configs
 from trainer_tune.config_keys import check_keys
 from trainer_tune.distributed import (
-    DistSession, RankEnv, adopt_slurm_tasks, choose_backend, choose_device, shared_run_stamp)
+    DistSession, RankEnv, adopt_slurm_tasks, choose_backend, choose_device, launch_hint, shared_run_stamp)
 from trainer_tune.flags import resolve_flags
 from trainer_tune.logging_setup import setup_logging
 from trainer_tune.multirun import current_job
@@ -60,16 +60,6 @@ def _fail(message: str, rank_env: RankEnv | None) -> None:
     if rank_env is None or rank_env.local_rank == 0:
         print(f"trainer_tune: error: {message}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USAGE)
-
-
-def _launch_hint(rank_env: RankEnv) -> str:
-    if rank_env.from_slurm:
-        return (f"srun --nodes={rank_env.num_nodes} --ntasks-per-node={rank_env.local_world_size} "
-                f"python -m trainer_tune")
-    if not rank_env.under_torchrun:
-        return "python -m trainer_tune"
-    node_part = f" --nnodes={rank_env.num_nodes}" if rank_env.num_nodes > 1 else ""
-    return f"torchrun{node_part} --nproc_per_node={rank_env.local_world_size} -m trainer_tune"
 
 
 def tune(raw: DictConfig, rank_env: RankEnv) -> int:
@@ -114,7 +104,7 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
         wandb_sink = WandbSink(cfg.wandb, enabled=rank_env.is_rank0, output_dir=shared_dir, group=shared_dir.name,
                                config=OmegaConf.to_container(raw, resolve=True, enum_to_str=True))  # type: ignore[arg-type]
         outcome = run_sweep(cfg=cfg, session=session, output_dir=output_dir, base_flags=base_flags,
-                            console=ConsoleSink(enabled=rank_env.is_rank0), launch_hint=_launch_hint(rank_env),
+                            console=ConsoleSink(enabled=rank_env.is_rank0), launch_hint=launch_hint(rank_env),
                             wandb_sink=wandb_sink, multirun=multirun)
     except ConfigError as exc:
         session.close()

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer_tune.config import BaselineArgs, ConfigError, DdpArgs, NsaArgs, RecommendArgs, SweepArgs, WandbArgs
 from trainer_tune.config_keys import check_keys, check_override_keys
-from trainer_tune.distributed import RankEnv, adopt_slurm_tasks
+from trainer_tune.distributed import RankEnv, adopt_slurm_tasks, launch_hint
 from trainer_tune.durable import write_atomically
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, resolve_flags
 from trainer_tune.journal import JOURNAL_NAME, read_journal
@@ -115,12 +115,14 @@ def _typed(node: Any, schema: type) -> Any:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.to_container(node, resolve=True)))
 
 
-def _rank0_here() -> bool:
+def _rank_env_here() -> RankEnv:
+    """This process's rank, as the jobs see theirs; a plain single process where the environment says nothing
+    usable (the jobs themselves report that)."""
     adopt_slurm_tasks(os.environ)
     try:
-        return RankEnv.from_environ(os.environ).is_rank0
+        return RankEnv.from_environ(os.environ)
     except ConfigError:
-        return True
+        return RankEnv.from_environ({})
 
 
 class MultirunCallback(Callback):
@@ -156,16 +158,18 @@ class MultirunCallback(Callback):
         write_atomically(pin_path, json.dumps(pin.to_json_dict(), indent=2) + "\n")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not _rank0_here():
+        rank_env = _rank_env_here()
+        if not rank_env.is_rank0:
             return
-        code = publish_multirun(config)
+        code = publish_multirun(config, rank_env=rank_env)
         if code:
             sys.exit(code)
 
 
-def publish_multirun(config: DictConfig) -> int:
+def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     """Read the multirun's journal, decide, and write the recommendation (files, console, wandb) into
-    hydra.sweep.dir. Returns the exit code: 3 for NO-GO with recommend.fail_on_no_go, else 0."""
+    hydra.sweep.dir; `rank_env` is how this process was started (for the launch hint). Returns the exit code:
+    3 for NO-GO with recommend.fail_on_no_go, else 0."""
     # Imported here: the callback is instantiated for every Hydra start, even `--help`.
     from trainer_tune.recommend import GO, decide
     from trainer_tune.sinks.console import ConsoleSink
@@ -193,7 +197,8 @@ def publish_multirun(config: DictConfig) -> int:
     plain = {k: v for k, v in OmegaConf.to_container(config, resolve=False).items() if k != "hydra"}  # type: ignore
     wandb_sink = WandbSink(_typed(config.wandb, WandbArgs), enabled=True, output_dir=sweep_dir,
                            group=sweep_dir.name, config=_resolved(plain))
-    publish(sweep_dir, results, recommendation, launch_hint=_launch_hint(), console=console, wandb_sink=wandb_sink)
+    publish(sweep_dir, results, recommendation, launch_hint=launch_hint(rank_env), console=console,
+            wandb_sink=wandb_sink)
     if recommendation.decision != GO and recommend_args.fail_on_no_go:
         return 3
     return 0
@@ -204,11 +209,3 @@ def _resolved(plain: dict[str, Any]) -> dict[str, Any]:
         return OmegaConf.to_container(OmegaConf.create(plain), resolve=True, enum_to_str=True)  # type: ignore
     except Exception:  # noqa: BLE001 - an unresolvable value must not cost the recommendation
         return plain
-
-
-def _launch_hint() -> str:
-    rank_env = RankEnv.from_environ(os.environ)
-    if rank_env.under_torchrun:
-        nodes = f" --nnodes={rank_env.num_nodes}" if rank_env.num_nodes > 1 else ""
-        return f"torchrun{nodes} --nproc_per_node={rank_env.local_world_size} -m trainer_tune"
-    return "python -m trainer_tune"

@@ -13,7 +13,10 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Optional
 
-from trainer_tune.config import ConfigError, Strategy, TuneConfig
+import torch
+
+from trainer_tune.config import ConfigError, FaultKind, Strategy, TuneConfig
+from trainer_tune.distributed import choose_backend
 from trainer_tune.flags import TrialFlags, format_flag, swept_flag_values, with_flag
 
 
@@ -42,18 +45,32 @@ class TrialSpec:
 
 
 def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -> dict[str, Any]:
-    """Everything besides the setting that changes what a trial measures."""
+    """Everything besides the setting that changes what a trial measures or records.
+
+    Left out on purpose: what only decides, presents or guards (recommend, baseline, sweep axes, wandb,
+    watchdog thresholds, dist.timeout_s, output paths). A new config key that changes a measurement belongs here.
+    """
     train = asdict(cfg.train)
     train.pop("micro_batch_size")
     train.pop("grad_accum")
+    telemetry = cfg.telemetry
     return {
         "model": asdict(cfg.model),
         "data": asdict(cfg.data),
         "loss": asdict(cfg.loss),
         "train": train,
-        "window": asdict(cfg.window),
+        "window": asdict(cfg.window),  # comm_split_steps included: it decides whether exposed comm is measured
         "world_size": world_size,
         "device_type": device_type,
+        # The backend the group really uses (auto resolves to it), so auto and its value share results.
+        "backend": choose_backend(cfg.dist, torch.device(device_type)) if world_size > 1 else None,
+        # A rehearsed failure (fault=oom, ...) must never stand in for a clean measurement, nor the reverse.
+        "fault": None if cfg.fault.kind == FaultKind.none else asdict(cfg.fault),
+        # The GPU sampler's thread runs during the measured steps (overhead), and peak_tflops is the MFU a
+        # result records.
+        "telemetry": {"gpu_sampling": telemetry.gpu_sampling,
+                      "sample_hz": telemetry.sample_hz if telemetry.gpu_sampling else None,
+                      "peak_tflops": telemetry.peak_tflops},
         # An adaptive sweep may cut a window short: such a result must not stand in for a full one later.
         **({"window_cut_short_allowed": True} if cfg.sweep.strategy == Strategy.adaptive else {}),
     }

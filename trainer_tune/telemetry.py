@@ -3,7 +3,8 @@
 One probe per process, opened once (NVML initialisation is not free) and started/stopped around the
 measured steps of every trial. `stop()` returns this rank's `RankTelemetry`; it becomes a plain dict only to
 cross the store in the outcome exchange (`to_json_dict` / `from_json_dict`), and metrics.py combines the
-ranks' readings into the trial's figures.
+ranks' readings into the trial's figures. A window that fails while sampling calls `abandon()` instead, so
+the next trial finds the probe as a successful one leaves it.
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ class RankTelemetry:
                             if data.get("cuda_allocator") is not None else None))
 
 
+_ALLOCATOR_COUNTERS = ("num_alloc_retries", "num_ooms")
+"""CUDA allocator counters reported per window: cache flushes to retry a failed cudaMalloc, and OOMs raised."""
+
+
+def _allocator_counts(device: torch.device) -> dict[str, int]:
+    """The allocator's counters since the process started; {} on a device without them."""
+    if device.type != "cuda":
+        return {}
+    stats = torch.cuda.memory_stats(device)
+    return {name: int(stats.get(name, 0)) for name in _ALLOCATOR_COUNTERS}
+
+
 class TelemetryProbe:
     def __init__(self, args: TelemetryArgs, *, local_rank: int, device: torch.device) -> None:
         self.device = device
@@ -62,26 +75,46 @@ class TelemetryProbe:
         if args.gpu_sampling:
             self.gpu = GpuSampler(local_rank=local_rank, interval_s=1.0 / args.sample_hz)
             self.gpu_off_reason = self.gpu.unavailable_reason
+        self._allocator_start: dict[str, int] = {}
+
+    @property
+    def running(self) -> bool:
+        return self.cpu.running or (self.gpu is not None and self.gpu.running)
 
     def start(self) -> None:
+        """Start sampling; end it with `stop()`, or `abandon()` on any other path."""
+        if self.running:
+            raise RuntimeError("TelemetryProbe.start() called twice without stop() or abandon()")
+        # The counters count from process start: an earlier trial's OOM must not show in this one's window.
+        self._allocator_start = _allocator_counts(self.device)
         self.cpu.start()
         if self.gpu is not None:
             self.gpu.start()
 
     def stop(self, *, tokens: int) -> RankTelemetry:
         """This rank's readings; `tokens` are the tokens this rank processed while sampling."""
-        cpu = self.cpu.stop()
-        gpu, series = None, ()
-        if self.gpu is not None:
-            samples = self.gpu.stop()
-            gpu = summarize_gpu_samples(samples, tokens=tokens)
-            series = tuple((t_s, pct) for t_s, pct in samples.utilization_pct)
-        allocator = None
-        if self.device.type == "cuda":
-            stats = torch.cuda.memory_stats(self.device)
-            allocator = AllocatorCounts(num_alloc_retries=int(stats.get("num_alloc_retries", 0)),
-                                        num_ooms=int(stats.get("num_ooms", 0)))
-        return RankTelemetry(cpu=cpu, gpu=gpu, gpu_utilization_series=series, cuda_allocator=allocator)
+        try:
+            cpu = self.cpu.stop()
+            gpu, series = None, ()
+            if self.gpu is not None:
+                samples = self.gpu.stop()
+                gpu = summarize_gpu_samples(samples, tokens=tokens)
+                series = tuple((t_s, pct) for t_s, pct in samples.utilization_pct)
+            allocator = None
+            if self.device.type == "cuda":
+                counts = _allocator_counts(self.device)
+                allocator = AllocatorCounts(**{name: counts[name] - self._allocator_start.get(name, 0)
+                                               for name in _ALLOCATOR_COUNTERS})
+            return RankTelemetry(cpu=cpu, gpu=gpu, gpu_utilization_series=series, cuda_allocator=allocator)
+        finally:
+            self.abandon()  # whatever an exception above left sampling
+
+    def abandon(self) -> None:
+        """Stop sampling and drop the readings (the window failed); nothing happens when not sampling."""
+        if self.cpu.running:
+            self.cpu.stop()
+        if self.gpu is not None and self.gpu.running:
+            self.gpu.stop()
 
     def close(self) -> None:
         if self.gpu is not None:

@@ -28,7 +28,7 @@ import torch
 from trainer_tune.config import ConfigError, ModelArgs, Precision, TuneConfig
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import fault_for
-from trainer_tune.flags import TrialFlags, export_flags
+from trainer_tune.flags import TrialFlags, exported_flags
 from trainer_tune.flops import gpt_flops_per_token, lookup_peak_tflops
 from trainer_tune.journal import (
     JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, write_inflight)
@@ -187,8 +187,6 @@ class _Sweep:
         if self.rank_env.is_rank0:
             write_inflight(self.output_dir, InFlight(trial_key=spec.key, index=spec.index, label=ctx.label,
                                                      attempts=attempts + 1))
-        # User code reads the NSA_* variables at model build time: export this trial's values first.
-        export_flags(spec.flags, os.environ)
         self._current = (spec, ctx, started_at)
         if self.watchdog is not None:
             self.watchdog.begin_trial(spec.index)
@@ -198,19 +196,24 @@ class _Sweep:
         local = None
         outcome: dict[str, Any] = {"status": Status.ok.name}
         try:
-            local = measure_local(cfg=cfg, spec=spec, session=session, fault=fault, probe=self.probe,
-                                  on_step=lambda _step, _measured: self.console.step_done(),
-                                  heartbeat=self.watchdog.beat if self.watchdog else _ignore_beat, best=best)
-        except Exception as exc:  # noqa: BLE001 - any failure of user or model code is a trial outcome
-            outcome = _outcome_of(exc, host=self.rank_env.hostname)
-            log.warning("trial %d (%s) failed on %s: %s", spec.index, ctx.label, self.rank_env.describe(),
-                        outcome["message"])
-        if local is not None and local.telemetry is not None:
-            outcome["telemetry"] = local.telemetry.to_json_dict()  # a dict only to cross the store
-        outcomes = session.exchange(_outcome_topic(spec, self.rank_env.restart_count), outcome)
-        if self.watchdog is not None:
-            self.watchdog.end_trial()
-        self._current = None
+            try:
+                # User code reads the NSA_* variables at model build time: this trial's values, for this trial only.
+                with exported_flags(spec.flags, os.environ):
+                    local = measure_local(cfg=cfg, spec=spec, session=session, fault=fault, probe=self.probe,
+                                          on_step=lambda _step, _measured: self.console.step_done(),
+                                          heartbeat=self.watchdog.beat if self.watchdog else _ignore_beat,
+                                          best=best)
+            except Exception as exc:  # noqa: BLE001 - any failure of user or model code is a trial outcome
+                outcome = _outcome_of(exc, host=self.rank_env.hostname)
+                log.warning("trial %d (%s) failed on %s: %s", spec.index, ctx.label, self.rank_env.describe(),
+                            outcome["message"])
+            if local is not None and local.telemetry is not None:
+                outcome["telemetry"] = local.telemetry.to_json_dict()  # a dict only to cross the store
+            outcomes = session.exchange(_outcome_topic(spec, self.rank_env.restart_count), outcome)
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.end_trial()
+            self._current = None
         finished_at = utc_now()
         failures = [(rank, o) for rank, o in enumerate(outcomes) if o["status"] != Status.ok.name]
         if failures:

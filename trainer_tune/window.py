@@ -14,6 +14,7 @@ import contextlib
 import gc
 import math
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -179,9 +180,10 @@ class _Trainer:
             self.fault.before_micro_step(step=index, micro_step=micro, device=self.device)
             batch = next(self.batches)
             inputs, targets = batch[:, :-1], batch[:, 1:]
-            last = sync and micro == self.grad_accum - 1
-            sync = contextlib.nullcontext() if last or not self.can_skip_sync else self.module.no_sync()
-            with sync:
+            # DDP all-reduces in the backward of a micro-step outside no_sync: only the last one of a synced step.
+            reduce_now = sync and micro == self.grad_accum - 1
+            sync_context = contextlib.nullcontext() if reduce_now or not self.can_skip_sync else self.module.no_sync()
+            with sync_context:
                 with self.autocast():
                     logits = logits_of(self.module(inputs), input_ids=inputs, vocab_size=self.vocab_size,
                                        target=self.model_target)
@@ -233,32 +235,67 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
     Besides DDP's own collectives, the only one here is the small all-reduce of step times at each check
     of an adaptive window; a rank that fails leaves its peers waiting there or in DDP, which the watchdog
     handles. The outcome agreement that follows goes through the store.
+
+    Whatever the window starts is undone on every path, so a trial that fails leaves this process as a
+    trial that succeeds does: the probe stops sampling, and the model, its DDP wrapper (with the hooks DDP
+    put on the parameters), the optimizer state and the activations are freed before the next trial
+    builds its own.
     """
+    try:
+        return _measure(cfg=cfg, spec=spec, session=session, on_step=on_step, heartbeat=heartbeat, fault=fault,
+                        probe=probe, best=best)
+    except BaseException as exc:
+        _clear_frames(exc)
+        raise
+    finally:
+        gc.collect()  # DDP's reducer and the model refer to each other: only the collector frees them
+        if session.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Drop the local variables of the frames an exception's traceback holds (the lines it names stay).
+
+    The caller keeps the exception to record it, and the frames of the failed step hold the trainer, and
+    through it the model, the optimizer state and the activations: on a GPU that is the memory the next trial
+    needs, held until the exception is dropped."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) not in seen:
+            seen.add(id(current))
+            traceback.clear_frames(current.__traceback__)  # skips frames still running (measure_local's own)
+            pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+
+
+def _measure(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession, on_step: Optional[StepCallback],
+             heartbeat: Heartbeat, fault: FaultPlan, probe: Optional[TelemetryProbe],
+             best: Optional[BestSoFar]) -> LocalWindow:
     device = session.device
     trainer = _Trainer(cfg=cfg, spec=spec, session=session, fault=fault, heartbeat=heartbeat)
-    num_parameters, ddp_applied = trainer.num_parameters, trainer.ddp_applied
-    try:
-        _synchronize(device)
-        warmup_start_s = time.perf_counter()
-        for step in range(cfg.window.warmup_steps):
-            trainer.step(step)  # aux statistics are computed and reduced here too, only not kept
-            if on_step:
-                on_step(step, False)
-        _synchronize(device)
-        warmup_s = time.perf_counter() - warmup_start_s
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+    _synchronize(device)
+    warmup_start_s = time.perf_counter()
+    for step in range(cfg.window.warmup_steps):
+        trainer.step(step)  # aux statistics are computed and reduced here too, only not kept
+        if on_step:
+            on_step(step, False)
+    _synchronize(device)
+    warmup_s = time.perf_counter() - warmup_start_s
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
-        clock = _CudaEventClock() if device.type == "cuda" else _HostClock()
-        losses: list[torch.Tensor] = []
-        aux_stats: list[dict[str, float]] = []
-        tokens = 0
+    clock = _CudaEventClock() if device.type == "cuda" else _HostClock()
+    losses: list[torch.Tensor] = []
+    aux_stats: list[dict[str, float]] = []
+    tokens = 0
+    window = cfg.window
+    stop_reason: Optional[str] = None
+    cut_reason: Optional[str] = None
+    tokens_per_step = spec.global_batch_size * cfg.model.seq_len
+    try:
         if probe is not None:
             probe.start()
-        window = cfg.window
-        stop_reason: Optional[str] = None
-        cut_reason: Optional[str] = None
-        tokens_per_step = spec.global_batch_size * cfg.model.seq_len
         while stop_reason is None:
             clock.start()
             loss, step_tokens, step_aux_stats = trainer.step(window.warmup_steps + len(losses))
@@ -281,21 +318,19 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
                     stop_reason = cut_reason
         step_times_s = clock.read_s()  # synchronizes the device: the probe stops when the work has ended
         telemetry = probe.stop(tokens=tokens) if probe is not None else None
-        local_losses = torch.stack(losses).tolist()
-        no_sync_step_times_s = _no_sync_steps(trainer, first_index=window.warmup_steps + len(losses),
-                                              num_steps=window.comm_split_steps, device=device)
     finally:
-        del trainer
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        if probe is not None:
+            probe.abandon()  # a window that failed while sampling (after stop() there is nothing to do)
+    local_losses = torch.stack(losses).tolist()
+    no_sync_step_times_s = _no_sync_steps(trainer, first_index=window.warmup_steps + len(losses),
+                                          num_steps=window.comm_split_steps, device=device)
     peak = reserved = None
     if device.type == "cuda":
         peak, reserved = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
     return LocalWindow(step_times_s=step_times_s, tokens=tokens, losses=local_losses, warmup_s=warmup_s,
-                       peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, num_parameters=num_parameters,
-                       ddp_applied=ddp_applied, telemetry=telemetry, stop_reason=stop_reason,
-                       cut_short=cut_reason is not None,
+                       peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved,
+                       num_parameters=trainer.num_parameters, ddp_applied=trainer.ddp_applied, telemetry=telemetry,
+                       stop_reason=stop_reason, cut_short=cut_reason is not None,
                        no_sync_step_times_s=no_sync_step_times_s, aux_stats=aux_stats)
 
 

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from trainer_tune.config import ConfigError, DdpArgs, NsaArgs
-from trainer_tune.flags import TrialFlags, export_flags, flags_to_environ, flags_to_overrides, resolve_flags
+from trainer_tune.flags import (
+    TrialFlags, export_flags, exported_flags, flags_to_environ, flags_to_overrides, resolve_flags)
 
 
 def test_builtin_defaults_without_environment() -> None:
@@ -48,3 +51,15 @@ def test_exported_environment_and_overrides_round_trip() -> None:
     assert resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), environ=environ) == flags
     assert "nsa.prefill_batched=false" in flags_to_overrides(flags)
     assert "ddp.bucket_cap_mb=12.5" in flags_to_overrides(flags)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_trial_exports_its_flags_only_while_it_runs(fails: bool) -> None:
+    environ = {"NSA_DDP_BUCKET_MB": "100", "NSA_PREFILL_BATCHED": "1", "PATH": "/bin"}
+    before = dict(environ)
+    with pytest.raises(RuntimeError) if fails else contextlib.nullcontext():
+        with exported_flags(TrialFlags(prefill_batched=False), environ):
+            assert environ["NSA_PREFILL_BATCHED"] == "0" and "NSA_DDP_BUCKET_MB" not in environ
+            if fails:
+                raise RuntimeError("the trial failed")
+    assert environ == before  # the next job of a multirun resolves its flags from what the user set

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO
+from conftest import REPO, clean_env
+from result_factory import make_result
 from trainer_tune.config import TuneConfig, register_configs
 from trainer_tune.flags import TrialFlags
-from trainer_tune.multirun import BaselinePin
+from trainer_tune.journal import JOURNAL_NAME, append_result
+from trainer_tune.multirun import BaselinePin, MultirunCallback
 from trainer_tune.plan import build_plan, differing_flag_names, job_plan
 
 
@@ -54,3 +60,33 @@ def test_a_job_with_other_flags_is_its_own_setting() -> None:
 def test_baseline_pin_round_trip() -> None:
     pin = BaselinePin(micro_batch_size=4, grad_accum=2, flags=TrialFlags(bucket_cap_mb=25.0))
     assert BaselinePin.from_json_dict(pin.to_json_dict()) == pin
+
+
+# The environment of task 0 of `srun --nodes=2 --ntasks-per-node=2 python -m trainer_tune -m ...`.
+SLURM_TASK_0 = {"SLURM_STEP_ID": "0", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                "SLURM_NODEID": "0", "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+                "SLURM_STEP_NODELIST": "gpu[07-08]"}
+
+
+def test_a_multirun_under_srun_recommends_an_srun_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The multirun's recommendation.yaml says how to launch as a single run's does (one launch_hint)."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        config = compose(config_name="config", overrides=["wandb=off", f"hydra.sweep.dir={tmp_path}"],
+                         return_hydra_config=True)
+
+    def steps(base_s: float) -> list[float]:
+        return [base_s * (1 + 0.03 * ((i * 7) % 5)) for i in range(12)]
+    append_result(tmp_path / JOURNAL_NAME, make_result(index=0, key="b", micro_batch_size=2, is_baseline=True,
+                                                       world_size=4, step_times=steps(0.08)))
+    append_result(tmp_path / JOURNAL_NAME, make_result(index=1, key="4x1", micro_batch_size=4, world_size=4,
+                                                       step_times=steps(0.08)))
+    # The callback adopts SLURM's task variables into the process environment, as every job does: a copy of it
+    # here, so nothing leaks into other tests.
+    monkeypatch.setattr(os, "environ", {**{k: v for k, v in clean_env().items() if not k.startswith("SLURM_")},
+                                        **SLURM_TASK_0})
+    MultirunCallback().on_multirun_end(config)
+    hint = [line for line in (tmp_path / "recommendation.yaml").read_text().splitlines() if line.startswith("#   ")]
+    assert hint == ["#   srun --nodes=2 --ntasks-per-node=2 python -m trainer_tune train.micro_batch_size=4 "
+                    "train.grad_accum=1 nsa.prefill_batched=true nsa.disable_aux_stats=false ddp.static_graph=false "
+                    "ddp.find_unused_parameters=false ddp.bucket_cap_mb=null"]

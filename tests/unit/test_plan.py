@@ -4,7 +4,9 @@ import dataclasses
 
 import pytest
 
-from trainer_tune.config import ConfigError, SweepArgs, TuneConfig
+from trainer_tune.config import (
+    Backend, ConfigError, DistArgs, FaultArgs, FaultKind, Precision, RecommendArgs, Strategy, SweepArgs,
+    TelemetryArgs, TrainArgs, TuneConfig, WandbArgs, WatchdogArgs, WindowArgs)
 from trainer_tune.flags import TrialFlags
 from trainer_tune.plan import baseline_recheck, build_plan
 
@@ -84,6 +86,56 @@ def test_keys_change_with_what_is_measured_and_nothing_else() -> None:
     same = build_plan(cfg, world_size=1, base_flags=TrialFlags(), device_type="cpu")[0].key
     assert len({base, other_world, other_flags, other_model, other_loss}) == 5
     assert same == base
+
+
+def _key(cfg: TuneConfig, *, device_type: str = "cpu") -> str:
+    return build_plan(cfg, world_size=2, base_flags=TrialFlags(), device_type=device_type)[0].key
+
+
+def _changed(**groups: object) -> TuneConfig:
+    cfg = _cfg()
+    for name, value in groups.items():
+        setattr(cfg, name, value)
+    return cfg
+
+
+MEASURES_ELSE = {
+    "a rehearsed oom": _changed(fault=FaultArgs(kind=FaultKind.oom)),
+    "the same fault at another step": _changed(fault=FaultArgs(kind=FaultKind.error, step=5)),
+    "no gradient-sync split": _changed(window=WindowArgs(comm_split_steps=0)),
+    "no GPU sampling": _changed(telemetry=TelemetryArgs(gpu_sampling=False)),
+    "faster GPU sampling": _changed(telemetry=TelemetryArgs(sample_hz=50.0)),
+    "another peak for MFU": _changed(telemetry=TelemetryArgs(peak_tflops=100.0)),
+    "bf16": _changed(train=TrainArgs(precision=Precision.bf16)),
+    "cut-short windows": _changed(sweep=SweepArgs(strategy=Strategy.adaptive)),
+}
+
+MEASURES_THE_SAME = {
+    "the decision rule": _changed(recommend=RecommendArgs(min_speedup=2.0)),
+    "wandb": _changed(wandb=WandbArgs(enabled=False, project="elsewhere", tags=["x"])),
+    "stall thresholds": _changed(watchdog=WatchdogArgs(stall_s=5.0, abort_after_s=10.0)),
+    "the process-group timeout": _changed(dist=DistArgs(timeout_s=60.0)),
+    "backend auto, which is gloo on a CPU": _changed(dist=DistArgs(backend=Backend.gloo)),
+    "fault settings without a fault": _changed(fault=FaultArgs(kind=FaultKind.none, rank=1, step=7)),
+    "no baseline re-check": _changed(sweep=SweepArgs(recheck_baseline=False)),
+}
+
+
+@pytest.mark.parametrize("name", list(MEASURES_ELSE))
+def test_a_key_changes_with_every_condition_of_the_measurement(name: str) -> None:
+    assert _key(MEASURES_ELSE[name]) != _key(_cfg())
+
+
+@pytest.mark.parametrize("name", list(MEASURES_THE_SAME))
+def test_a_key_ignores_what_does_not_change_the_measurement(name: str) -> None:
+    assert _key(MEASURES_THE_SAME[name]) == _key(_cfg())
+
+
+def test_a_key_names_the_backend_and_device_the_group_runs_on() -> None:
+    cuda_nccl, cuda_gloo = _changed(dist=DistArgs(backend=Backend.nccl)), _changed(dist=DistArgs(backend=Backend.gloo))
+    keys = {_key(_cfg()), _key(cuda_nccl, device_type="cuda"), _key(cuda_gloo, device_type="cuda")}
+    assert len(keys) == 3
+    assert _key(_cfg(), device_type="cuda") == _key(cuda_nccl, device_type="cuda")  # auto is nccl on CUDA
 
 
 def test_the_baseline_recheck_repeats_the_baseline_under_its_own_key_and_index() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trainer_tune.config import ConfigError
-from trainer_tune.distributed import RankEnv, adopt_slurm_tasks, first_host
+from trainer_tune.distributed import RankEnv, adopt_slurm_tasks, first_host, launch_hint
 
 STEP = {"SLURM_JOB_ID": "1234", "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "4",
         "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
@@ -53,3 +53,17 @@ def test_left_alone(change: dict) -> None:
     before = dict(env)
     assert not adopt_slurm_tasks(env)
     assert env == before
+
+
+@pytest.mark.parametrize("environ, hint", [
+    ({}, "python -m trainer_tune"),
+    ({"TORCHELASTIC_RUN_ID": "x", "RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"},
+     "torchrun --nproc_per_node=2 -m trainer_tune"),
+    ({"TORCHELASTIC_RUN_ID": "x", "RANK": "5", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"},
+     "torchrun --nnodes=2 --nproc_per_node=4 -m trainer_tune"),
+    (STEP, "srun --nodes=2 --ntasks-per-node=2 python -m trainer_tune"),
+])
+def test_the_launch_hint_starts_trainer_tune_as_this_run_was_started(environ: dict[str, str], hint: str) -> None:
+    environ = dict(environ)
+    adopt_slurm_tasks(environ)
+    assert launch_hint(RankEnv.from_environ(environ)) == hint
