@@ -14,7 +14,7 @@ from trainer_tune.distributed import DistSession, RankEnv
 from trainer_tune.faults import NO_FAULT, FaultPlan
 from trainer_tune.flags import TrialFlags
 from trainer_tune.plan import build_plan
-from trainer_tune.telemetry import TelemetryProbe
+from trainer_tune.telemetry import AllocatorCounts, TelemetryProbe
 from trainer_tune.window import _Trainer, measure_local
 
 
@@ -46,7 +46,7 @@ def test_a_window_that_fails_while_measured_undoes_what_it_started(fault: FaultK
     assert not probe.running and not probe.cpu.running
     assert _live_trainers() == 0, "the failed trial's model and optimizer outlive it"
     local = measure_local(cfg=cfg, spec=spec, session=session, fault=NO_FAULT, probe=probe)
-    assert len(local.step_times_s) == 3 and local.telemetry is not None and local.telemetry["cpu"] is not None
+    assert len(local.step_times_s) == 3 and local.telemetry is not None and local.telemetry.cpu is not None
     assert not probe.running
     probe.close()
 
@@ -61,7 +61,7 @@ def test_the_probe_starts_again_after_an_abandoned_window() -> None:
     assert not probe.running
     probe.start()
     readings = probe.stop(tokens=100)
-    assert readings["cpu"]["duration_s"] >= 0 and not probe.running
+    assert readings.cpu.duration_s >= 0 and not probe.running
     probe.close()
 
 
@@ -72,4 +72,4 @@ def test_allocator_counters_are_the_windows_own(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(torch.cuda, "memory_stats", lambda _device: next(counters))
     probe = TelemetryProbe(TelemetryArgs(gpu_sampling=False), local_rank=0, device=torch.device("cuda", 0))
     probe.start()
-    assert probe.stop(tokens=1)["cuda_allocator"] == {"num_ooms": 0, "num_alloc_retries": 2}
+    assert probe.stop(tokens=1).cuda_allocator == AllocatorCounts(num_ooms=0, num_alloc_retries=2)
