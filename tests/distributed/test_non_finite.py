@@ -29,9 +29,9 @@ def test_a_diverging_nsa_model_is_recorded_as_nan_and_the_sweep_still_recommends
     # Every nulled figure is named, and each named one is null in the record.
     assert diverged["non_finite"], "the aux statistics of a NaN loss were expected to be NaN"
     for path in diverged["non_finite"]:
-        assert path.startswith("extra.nsa_aux_stats[")
-        step, name = path.removeprefix("extra.nsa_aux_stats[").split("].")
-        assert diverged["extra"]["nsa_aux_stats"][int(step)][name] is None
+        assert path.startswith("nsa_aux_stats[")
+        step, name = path.removeprefix("nsa_aux_stats[").split("].")
+        assert diverged["nsa_aux_stats"][int(step)][name] is None
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["chosen"]["index"] == 0
     assert any("1x1 (nan)" in reason for reason in rec["reasons"])
