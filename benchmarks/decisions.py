@@ -1,118 +1,146 @@
-"""Can the verdict be trusted? Repeat a sweep and compare; compare search strategies on the same sweep.
+"""Can the verdict be trusted? Honest intervals, repeatable picks, with and without other load.
 
-    python benchmarks/decisions.py repeat --runs 2                      # the same sweep twice
-    python benchmarks/decisions.py strategies --strategies grid,adaptive  # same sweep, each strategy
+    python benchmarks/decisions.py identical --copies 12            # one setting 12 times: interval coverage
+    python benchmarks/decisions.py reference                        # long measurement: the true ranking
+    python benchmarks/decisions.py repeat --runs 4 --reference DIR  # the default sweep N times: picks, ties
+    python benchmarks/decisions.py repeat --runs 4 --load 1 ...     # the same with a CPU-heavy process beside
+    python benchmarks/decisions.py strategies --strategies grid,power
     python benchmarks/decisions.py repeat --runs 2 -- sweep.grad_accums=[1]   # extra Hydra overrides
 
 Each sweep is a real `torchrun --standalone --nproc_per_node=N -m trainer_tune +sweep=batch wandb=off`, run
-one after the other (never at the same time: they would slow each other down), each in its own output
+one after the other (never two at once, unless --load asks for other load on purpose), each in its own output
 directory under --out. The script only reads what the sweeps wrote (trials.jsonl, recommendation.json) and
-prints a comparison; it asserts nothing about time.
+prints markdown; it asserts nothing about time.
 
-repeat: the chosen setting per run; whether the runs agree (the same setting, or settings whose 95%
-intervals overlap in every run: a tie); per setting, tokens/s with its interval in each run and whether
-the intervals overlap.
+identical: `sweep.ddp_bucket_cap_mb=[25, 25.01, ...]` changes nothing a tiny model does, so the copies are
+one setting measured many times in one sweep (race off, every copy in every round). It prints the share of
+the copies' 95% intervals that hold the median of all copies, and the share of their speedup intervals
+against the baseline (the same setting with DDP's default bucket) that hold 1.
 
-strategies: per strategy, the verdict, the settings measured, cut short or not measured, and the measured
-and warm-up steps spent; whether each strategy's choice agrees with the first strategy's (same setting or a
-tie by the first strategy's intervals).
+reference: the default sweep with long, many-round measurement (race off); its per-setting tokens/s is the
+yardstick `repeat` judges picks by.
+
+repeat: per run, the verdict, the pick, the tie and the race; with --reference, how far each pick is from the
+fastest setting by the reference (target: within 5%), and whether a run said NO-GO although the reference's
+best is more than 20% faster than the baseline.
+
+--load K runs K busy processes (a pure-Python loop each) beside every sweep: the shared-machine case.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
+
+_BUSY = "import time\nend = time.time() + 3600\nwhile time.time() < end:\n    pass\n"
 
 
-def run_sweep(out: Path, *, nproc: int, overrides: list[str]) -> dict[str, Any]:
+@contextlib.contextmanager
+def other_load(num_processes: int) -> Iterator[None]:
+    """K CPU-bound processes for the duration of a sweep: what a shared machine does to a measurement."""
+    procs = [subprocess.Popen([sys.executable, "-c", _BUSY]) for _ in range(num_processes)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def run_sweep(out: Path, *, nproc: int, overrides: list[str], load: int = 0) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "trainer_tune", "+sweep=batch", "wandb=off", f"hydra.run.dir={out}", *overrides]
-    print("$", " ".join(cmd[1:]), flush=True)
+    print("$", " ".join(cmd[1:]), f"(with {load} busy processes beside it)" if load else "", flush=True)
     start_s = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    with other_load(load):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
     wall_s = time.perf_counter() - start_s
-    if proc.returncode != 0:
+    if proc.returncode not in (0, 3):
         sys.exit(f"sweep failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    lines = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines() if line.strip()]
+    windows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines() if line.strip()]
     rec = json.loads((out / "recommendation.json").read_text())
-    # The baseline's re-check (sweep.recheck_baseline) is not a setting: kept apart, shown as the run's drift.
-    trials = [t for t in lines if t.get("recheck_of") is None]
-    return {"trials": trials, "rec": rec, "wall_s": wall_s, "widening": (rec.get("drift") or {}).get("widening", 1.0)}
+    return {"windows": windows, "rec": rec, "settings": {s["label"]: s for s in rec["settings"]}, "wall_s": wall_s}
 
 
-def _overlap(a: Optional[list[float]], b: Optional[list[float]]) -> Optional[bool]:
-    if not a or not b:
-        return None
-    return a[0] <= b[1] and b[0] <= a[1]
+def _contains(interval: Optional[list[float]], value: float) -> Optional[bool]:
+    return None if not interval else interval[0] <= value <= interval[1]
 
 
-def _chosen(run: dict[str, Any]) -> Optional[str]:
-    chosen = run["rec"].get("chosen")
-    return None if chosen is None else chosen["label"]
+def identical(args: argparse.Namespace) -> None:
+    buckets = [round(25 + i / 100, 2) for i in range(args.copies)]
+    overrides = ["sweep.micro_batch_sizes=[2]", "sweep.grad_accums=[1]", "sweep.race=false",
+                 f"sweep.min_rounds={args.rounds}", f"sweep.max_rounds={args.rounds}", "sweep.budget_s=null",
+                 f"sweep.ddp_bucket_cap_mb=[{','.join(str(b) for b in buckets)}]", *args.overrides]
+    run = run_sweep(args.out / f"identical-load{args.load}", nproc=args.nproc, overrides=overrides, load=args.load)
+    copies = [s for s in run["rec"]["settings"] if not s["is_baseline"] and s["status"] == "ok"]
+    median = statistics.median(s["tokens_per_s"] for s in copies)
+    hold = [_contains(s["tokens_per_s_ci95"], median) for s in copies]
+    speedups = run["rec"]["speedup_intervals"]
+    hold_one = [_contains(speedups.get(s["trial_key"]), 1.0) for s in copies]
+    rates = [s["tokens_per_s"] for s in copies]
+    print(f"\n## identical settings ({len(copies)} copies, {args.rounds} rounds, load {args.load})\n")
+    print("| copy | tokens/s | 95% CI | holds the median | speedup vs baseline 95% CI | holds 1 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for s, h, h1 in zip(copies, hold, hold_one):
+        ci, sp = s["tokens_per_s_ci95"], speedups.get(s["trial_key"])
+        print(f"| {s['label']} | {s['tokens_per_s']:,.0f} | {ci[0]:,.0f}-{ci[1]:,.0f} | {'yes' if h else 'NO'} | "
+              f"{sp[0]:.3f}-{sp[1]:.3f} | {'yes' if h1 else 'NO'} |" if ci and sp else f"| {s['label']} | - |")
+    cv = statistics.stdev(rates) / statistics.fmean(rates)
+    print(f"\nmedian {median:,.0f} tokens/s, copies' CV {cv:.1%}; {sum(bool(h) for h in hold)} of {len(hold)} "
+          f"intervals hold the median; {sum(bool(h) for h in hold_one)} of {len(hold_one)} speedup intervals hold 1; "
+          f"{run['wall_s']:.0f} s")
 
 
-def _ci_by_label(run: dict[str, Any]) -> dict[str, Optional[list[float]]]:
-    return {t["label"]: t["tokens_per_s_ci95"] for t in run["trials"] if t["status"] == "ok"}
+REFERENCE_OVERRIDES = ["sweep.race=false", "sweep.min_rounds=6", "sweep.max_rounds=6", "sweep.budget_s=null",
+                       "window.max_measure_s=4", "window.measure_steps=10"]
 
 
-def agree(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """'same setting', 'tie' (the two choices' intervals overlap in both runs), or 'different'."""
-    la, lb = _chosen(a), _chosen(b)
-    if la == lb:
-        return "same setting"
-    ca, cb = _ci_by_label(a), _ci_by_label(b)
-    ties = [_overlap(ci.get(la), ci.get(lb)) for ci in (ca, cb) if la in ci and lb in ci]
-    return "tie" if ties and all(ties) else "different"
-
-
-def _widened(ci: Optional[list[float]], widening: float) -> Optional[list[float]]:
-    return None if ci is None else [ci[0] / widening, ci[1] * widening]
-
-
-def _drift_text(run: dict[str, Any]) -> str:
-    drift = run["rec"].get("drift")
-    if not drift:
-        return "no re-check"
-    state = "within noise" if drift["within_noise"] else f"beyond noise, widening {drift['widening']:.3f}"
-    return f"baseline re-check {drift['change'] * 100:+.1f}% ({state})"
-
-
-def _fmt_ci(t: dict[str, Any]) -> str:
-    if t["status"] != "ok":
-        return t["status"]
-    low, high = t["tokens_per_s_ci95"]
-    return f"{t['tokens_per_s']:,.0f} [{low:,.0f}-{high:,.0f}]"
+def reference(args: argparse.Namespace) -> None:
+    run = run_sweep(args.out / "reference", nproc=args.nproc, overrides=[*REFERENCE_OVERRIDES, *args.overrides])
+    print(f"\n## reference ({run['wall_s']:.0f} s): {args.out / 'reference'}\n")
+    print("| setting | tokens/s | 95% CI |")
+    print("| --- | --- | --- |")
+    for label, s in sorted(run["settings"].items(), key=lambda kv: -(kv[1]["tokens_per_s"] or 0)):
+        ci = s["tokens_per_s_ci95"]
+        print(f"| {label} | {s['tokens_per_s']:,.0f} | {ci[0]:,.0f}-{ci[1]:,.0f} |" if ci else f"| {label} | - | - |")
 
 
 def repeat(args: argparse.Namespace) -> None:
-    runs = [run_sweep(args.out / f"run-{i}", nproc=args.nproc, overrides=args.overrides) for i in range(args.runs)]
-    print("\n## repeat\n")
+    ref: Optional[dict[str, Any]] = None
+    if args.reference is not None:
+        rec = json.loads((args.reference / "recommendation.json").read_text())
+        ref = {s["label"]: s["tokens_per_s"] for s in rec["settings"] if s["status"] == "ok"}
+    runs = [run_sweep(args.out / f"run-{i}-load{args.load}", nproc=args.nproc, overrides=args.overrides,
+                      load=args.load) for i in range(args.runs)]
+    print(f"\n## repeat ({args.runs} runs, load {args.load})\n")
+    print("| run | verdict | pick | tied | rounds | dropped | wall s | pick vs reference's fastest |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    within, false_no_go = 0, 0
     for i, run in enumerate(runs):
-        print(f"run {i}: {run['rec']['verdict']}  ({run['wall_s']:.0f} s; {_drift_text(run)})")
-    for i in range(1, len(runs)):
-        print(f"run 0 vs run {i}: {agree(runs[0], runs[i])}")
-    labels = [t["label"] for t in runs[0]["trials"]]
-    print("\n| setting | " + " | ".join(f"run {i} tokens/s [95% CI]" for i in range(len(runs)))
-          + " | intervals overlap | overlap with each run's drift widening |")
-    print("| --- " * (len(runs) + 3) + "|")
-    num_overlap = num_overlap_widened = 0
-    for label in labels:
-        row = [next((t for t in run["trials"] if t["label"] == label), None) for run in runs]
-        cis = [t["tokens_per_s_ci95"] if t and t["status"] == "ok" else None for t in row]
-        widened = [_widened(ci, run["widening"]) for ci, run in zip(cis, runs)]
-        overlaps = all(_overlap(cis[0], ci) for ci in cis[1:])
-        overlaps_widened = all(_overlap(widened[0], ci) for ci in widened[1:])
-        num_overlap += overlaps
-        num_overlap_widened += overlaps_widened
-        print(f"| {label} | " + " | ".join(_fmt_ci(t) if t else "-" for t in row)
-              + f" | {'yes' if overlaps else 'NO'} | {'yes' if overlaps_widened else 'NO'} |")
-    print(f"\n{num_overlap} of {len(labels)} settings agree within their intervals across runs; "
-          f"{num_overlap_widened} with the intervals widened by each run's measured drift")
+        rec = run["rec"]
+        pick = (rec.get("best") or {}).get("label")
+        race = rec.get("race") or {}
+        gap = "-"
+        if ref and pick in ref:
+            fastest = max(ref.values())
+            gap = f"{ref[pick] / fastest - 1:+.1%}"
+            within += ref[pick] >= 0.95 * fastest
+            baseline = next((s["label"] for s in rec["settings"] if s["is_baseline"]), None)
+            if rec["decision"] != "GO" and baseline in ref and fastest > 1.2 * ref[baseline]:
+                false_no_go += 1
+        print(f"| {i} | {rec['verdict']} | {pick} | {', '.join(rec.get('tied') or [])} | "
+              f"{race.get('num_rounds')} | {', '.join(d['label'] for d in race.get('drops', []))} | "
+              f"{run['wall_s']:.0f} | {gap} |")
+    if ref:
+        print(f"\n{within} of {len(runs)} picks within 5% of the reference's fastest; {false_no_go} NO-GO while the "
+              f"reference's best is more than 20% faster than the baseline")
 
 
 def strategies(args: argparse.Namespace) -> None:
@@ -120,32 +148,35 @@ def strategies(args: argparse.Namespace) -> None:
     runs = {name: run_sweep(args.out / name, nproc=args.nproc, overrides=[f"sweep.strategy={name}", *args.overrides])
             for name in names}
     print("\n## strategies\n")
-    print("| strategy | verdict | trials measured | cut short | not measured | measured steps | warm-up steps | wall s | "
-          f"drift | agrees with {names[0]} |")
-    print("| --- " * 10 + "|")
+    print("| strategy | verdict | settings measured | not measured | windows | measured steps | wall s |")
+    print("| --- " * 7 + "|")
     for name, run in runs.items():
-        trials, rec = run["trials"], run["rec"]
-        measured = sum(t["num_measured_steps"] for t in trials if t["status"] == "ok")
-        warmup = sum(t["num_warmup_steps"] for t in trials)
-        print(f"| {name} | {rec['verdict']} | {len(trials)} | {len(rec.get('cut_short', []))} | "
-              f"{len(rec.get('not_measured', []))} | {measured} | {warmup} | {run['wall_s']:.0f} | "
-              f"{_drift_text(run)} | {agree(runs[names[0]], run)} |")
+        rec = run["rec"]
+        measured = sum(w["num_measured_steps"] for w in run["windows"] if w["status"] == "ok")
+        print(f"| {name} | {rec['verdict']} | {len(rec['settings'])} | {len(rec.get('not_measured', []))} | "
+              f"{len(run['windows'])} | {measured} | {run['wall_s']:.0f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks") / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    parser.add_argument("--load", type=int, default=0, help="busy processes running beside each sweep")
     sub = parser.add_subparsers(dest="command", required=True)
+    ident = sub.add_parser("identical")
+    ident.add_argument("--copies", type=int, default=12)
+    ident.add_argument("--rounds", type=int, default=4)
+    sub.add_parser("reference")
     rep = sub.add_parser("repeat")
     rep.add_argument("--runs", type=int, default=2)
+    rep.add_argument("--reference", type=Path, default=None, help="output directory of a `reference` run")
     strat = sub.add_parser("strategies")
-    strat.add_argument("--strategies", default="grid,adaptive,power")
-    for p in (rep, strat):
+    strat.add_argument("--strategies", default="grid,power")
+    for p in sub.choices.values():
         p.add_argument("overrides", nargs="*", help="extra Hydra overrides, after --")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    repeat(args) if args.command == "repeat" else strategies(args)
+    {"identical": identical, "reference": reference, "repeat": repeat, "strategies": strategies}[args.command](args)
 
 
 if __name__ == "__main__":

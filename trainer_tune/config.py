@@ -73,13 +73,18 @@ def require_target(key: str, target: Optional[str]) -> None:
 
 class Strategy(Enum):
     grid = "grid"
-    """Measure every setting of the sweep."""
+    """Every setting of the sweep enters the race in the first round."""
     power = "power"
-    """Per accumulation (and flag) value, double the micro-batch from the smallest listed one until a setting
-    fails (OOM, ...) or stops improving tokens/s beyond noise, up to sweep.max_micro_batch_size."""
-    adaptive = "adaptive"
-    """Measure every setting, but end a trial's window as soon as its interval shows it cannot reach the
-    best one measured so far; the most promising settings (largest tokens per step) go first."""
+    """Per accumulation (and flag) value, the smallest listed micro-batch enters first; each doubling enters
+    once the one before it is faster beyond noise than the chain's best so far, until a setting fails (OOM,
+    ...), stops improving, or reaches sweep.max_micro_batch_size."""
+
+
+class TieBreak(Enum):
+    fastest = "fastest"
+    """Among settings the measurements cannot order, the highest point estimate of tokens/s."""
+    least_change = "least_change"
+    """Among them, the baseline's global batch first (another one changes optimisation), then less memory."""
 
 
 class Precision(Enum):
@@ -220,16 +225,25 @@ class SweepArgs:
     global_batch_size: Optional[int] = None
     """Keep only pairs with micro_batch_size * grad_accum * world_size equal to this (samples)."""
     strategy: Strategy = Strategy.grid
-    """grid: every setting; power: double the micro-batch until failure or no gain; adaptive: cut hopeless
-    windows short. The verdict lists what was not measured, or cut short, and why."""
+    """grid: every setting from the first round; power: double the micro-batch until failure or no gain. The
+    verdict lists what was not measured, and why."""
     max_micro_batch_size: int = 1024
     """strategy=power doubles the micro-batch up to this size."""
     power_patience: int = 1
     """strategy=power stops after this many doublings in a row that were not faster beyond noise."""
-    recheck_baseline: bool = True
-    """Measure the baseline again after the last trial. If the two windows disagree beyond their intervals,
-    the machine's speed changed during the sweep: the verdict says so and widens every comparison by the
-    change (a steady machine costs one extra window and changes nothing)."""
+    min_rounds: int = 3
+    """Rounds every setting in the race is measured in, at least: one window per round, the baseline in
+    every round. Two windows are the fewest that give an interval; three give a usable one."""
+    max_rounds: int = 10
+    """The race ends after this many rounds even if the leader is not yet separated from the runner-up."""
+    budget_s: Optional[float] = 30.0
+    """Measuring time of the sweep (windows, warm-ups, model builds): after sweep.min_rounds, no round starts
+    that would end past it (estimated from the last round). null: no limit but sweep.max_rounds."""
+    race: bool = True
+    """After each round from sweep.min_rounds on, stop measuring the settings that are slower than the leader
+    beyond noise (recommend.compare); false measures every setting in every round."""
+    seed: int = 0
+    """Seed of each round's shuffled order (the same on every rank and on resume)."""
     nsa_prefill_batched: Optional[List[bool]] = None
     """Values of nsa.prefill_batched to measure, multiplying the grid."""
     nsa_disable_aux_stats: Optional[List[bool]] = None
@@ -246,6 +260,10 @@ class SweepArgs:
         require_list_of_int_at_least("sweep.grad_accums", self.grad_accums, 1)
         require_int_at_least("sweep.max_micro_batch_size", self.max_micro_batch_size, 1)
         require_int_at_least("sweep.power_patience", self.power_patience, 1)
+        require_int_at_least("sweep.min_rounds", self.min_rounds, 1)
+        require_int_at_least("sweep.max_rounds", self.max_rounds, self.min_rounds)
+        if self.budget_s is not None:
+            require(self.budget_s > 0, key="sweep.budget_s", value=self.budget_s, allowed="seconds > 0, or null")
         if self.global_batch_size is not None:
             require_int_at_least("sweep.global_batch_size", self.global_batch_size, 1)
         for key in ("nsa_prefill_batched", "nsa_disable_aux_stats", "ddp_static_graph",
@@ -258,24 +276,32 @@ class SweepArgs:
 
 @dataclass
 class WindowArgs:
-    """One trial's measurement window, counted in optimizer steps."""
+    """One measurement window of a setting (one per round), counted in optimizer steps."""
 
     warmup_steps: int = 3
     """Steps run first and not counted (allocator, autotuning, caches)."""
-    measure_steps: int = 10
-    """Steps timed and counted: all of them with target_rel_ci=null, else the minimum."""
+    measure_steps: int = 4
+    """Steps timed and counted per window: all of them with target_rel_ci=null, else the minimum."""
     target_rel_ci: Optional[float] = 0.02
     """Keep measuring until the 95% interval of tokens/s is within +-this share of it (block bootstrap over
     the slowest rank's step times), or a cap is reached; null: exactly measure_steps."""
     max_measure_steps: int = 200
     """Cap on measured steps per trial when measuring to target_rel_ci."""
-    max_measure_s: float = 3.0
-    """Cap on measured time per trial, so a sweep's length stays predictable on noisy machines."""
-    check_every_steps: int = 5
+    max_measure_s: float = 1.0
+    """Cap on measured time per window. Windows are short on purpose: precision comes from several windows
+    spread over the sweep (sweep.min_rounds), which see the machine's slow changes of speed that no single
+    window can."""
+    check_every_steps: int = 2
     """How often the ranks agree on the interval (one small all-reduce, outside the timed steps)."""
+    keep_models: Optional[bool] = None
+    """Keep each setting's model, optimizer and data stream alive between its windows, so it is built and warmed
+    up once (later windows re-warm with one step). null decides: yes on CPU while every setting's training
+    state fits in a quarter of the free memory; no on CUDA, where the memory kept models hold would change
+    which micro-batches fit and the peak memory measured."""
     comm_split_steps: int = 5
-    """After the measured steps, this many extra steps with gradient sync switched off (DDP no_sync on every
-    micro-step), timed apart: their median against the synced median is the exposed communication time.
+    """After the measured steps of a setting's first window, this many extra steps with gradient sync switched
+    off (DDP no_sync on every micro-step), timed apart: their median against the synced median is the exposed
+    communication time.
     Not counted in any throughput figure; 0 switches it off; ignored with one rank (no sync to remove)."""
 
     def __post_init__(self) -> None:
@@ -341,6 +367,9 @@ class RecommendArgs:
     """A setting whose peak memory exceeds this share of the device is never recommended (CUDA only)."""
     target_tokens_per_s: Optional[float] = None
     """GO also needs at least this many tokens/s, when set."""
+    tie_break: TieBreak = TieBreak.fastest
+    """fastest: among settings the measurements cannot order, the highest point estimate; least_change: the
+    baseline's global batch first, then less memory. The verdict names the tie and its worst-case cost."""
 
     def __post_init__(self) -> None:
         require(0 < self.max_memory_fraction <= 1, key="recommend.max_memory_fraction",

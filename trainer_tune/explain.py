@@ -12,20 +12,26 @@ the smallest global batch means the step time grows in proportion to the batch, 
     per_sample_time_s = (tokens_per_step / global_batch_size) / tokens_per_s      (whole job, all ranks)
     efficiency        = per_sample_time_s(reference) / per_sample_time_s(point)
 
-Above 1 a sample is cheaper than at the reference (super-linear), below 1 dearer (sub-linear). Its 95%
-interval combines the two tokens/s intervals at their extremes (low / high, high / low): conservative, so a
-point is flagged only when even that interval stays on one side of 1.
+Above 1 a sample is cheaper than at the reference (super-linear), below 1 dearer (sub-linear). With the same
+tokens per sample, efficiency is the ratio of the two settings' tokens/s, so it and its 95% interval come from
+the one comparison rule the decision uses (recommend.compare, passed in as `compare`: paired over rounds); a
+point is flagged only when that interval stays on one side of 1.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from trainer_tune.figures import describe_memory_source
 from trainer_tune.flags import FLAG_SPECS, FlagSpec, format_flag
 from trainer_tune.results import TrialResult
 from trainer_tune.units import format_bytes
+
+if TYPE_CHECKING:
+    from trainer_tune.recommend import Comparison
+
+Compare = Callable[[TrialResult, TrialResult], "Comparison"]
 
 SUPER_LINEAR = "super-linear"
 SUB_LINEAR = "sub-linear"
@@ -140,19 +146,19 @@ def _classify(interval: Optional[tuple[float, float]]) -> str:
     return LINEAR
 
 
-def _point(r: TrialResult, ref: TrialResult, *, series: str, varies: str) -> ScalingPoint:
+def _point(r: TrialResult, ref: TrialResult, *, series: str, varies: str, compare: Compare) -> ScalingPoint:
     time_s, ref_time_s = per_sample_time_s(r), per_sample_time_s(ref)
     interval, ref_interval = per_sample_time_interval_s(r), per_sample_time_interval_s(ref)
-    efficiency_ci: Optional[tuple[float, float]] = None
-    if interval is not None and ref_interval is not None:
-        efficiency_ci = (ref_interval[0] / interval[1], ref_interval[1] / interval[0])
     is_ref = r.trial_key == ref.trial_key
+    # Same tokens per sample: the efficiency is the tokens/s ratio, so it and its interval are the comparison's.
+    comparison = None if is_ref else compare(r, ref)
+    efficiency_ci = comparison.interval if comparison is not None else None
     comm = r.comm
     return ScalingPoint(
         trial_key=r.trial_key, label=r.label, series=series, varies=varies, micro_batch_size=r.micro_batch_size,
         grad_accum=r.grad_accum, global_batch_size=r.global_batch_size, reference_label=ref.label,
         per_sample_time_s=time_s, per_sample_time_s_ci95=interval,
-        efficiency=1.0 if is_ref else ref_time_s / time_s, efficiency_ci95=None if is_ref else efficiency_ci,
+        efficiency=1.0 if comparison is None else comparison.ratio, efficiency_ci95=efficiency_ci,
         scaling=REFERENCE if is_ref else _classify(efficiency_ci),
         gpu_util_mean_pct=r.gpu.util_mean_pct if r.gpu else None, memory_bytes=r.peak_memory_bytes,
         exposed_comm_fraction=comm.exposed_comm_fraction if comm else None,
@@ -213,20 +219,13 @@ def _trial_facts(finished: Sequence[TrialResult]) -> list[str]:
     return facts
 
 
-def _bounds(r: TrialResult) -> tuple[float, float]:
-    if r.tokens_per_s_ci95 is not None:
-        return r.tokens_per_s_ci95[0], r.tokens_per_s_ci95[1]
-    return r.tokens_per_s, r.tokens_per_s  # type: ignore[return-value]
-
-
-def _max_throughput(finished: Sequence[TrialResult]) -> ObjectiveWinner:
+def _max_throughput(finished: Sequence[TrialResult], compare: Compare) -> ObjectiveWinner:
     if not finished:
         return ObjectiveWinner("max_tokens_per_s", None, None, None, None, (), "no setting finished cleanly")
     best = max(finished, key=lambda r: r.tokens_per_s)  # type: ignore[arg-type,return-value]
-    floor = _bounds(best)[0]
-    tied = tuple(r.label for r in finished if r is not best and _bounds(r)[1] >= floor)
-    note = (f"tokens/s intervals of {', '.join(tied)} reach the winner's lower end: a tie within noise" if tied
-            else "no other setting's interval reaches the winner's lower end")
+    tied = tuple(r.label for r in finished if r is not best and compare(r, best).outcome.value in ("tie", "unknown"))
+    note = (f"the measurements cannot order {', '.join(tied)} against the winner (recommend.compare): a tie" if tied
+            else "every other setting is slower than the winner beyond noise")
     ci = tuple(best.tokens_per_s_ci95) if best.tokens_per_s_ci95 else None
     return ObjectiveWinner("max_tokens_per_s", best.trial_key, best.label, best.tokens_per_s, ci, tied,  # type: ignore
                            note)
@@ -269,14 +268,14 @@ def _min_energy(finished: Sequence[TrialResult]) -> ObjectiveWinner:
     return ObjectiveWinner("min_energy_j_per_token", best.trial_key, best.label, value, None, (), note)
 
 
-def explain(results: Sequence[TrialResult]) -> Explanations:
+def explain(results: Sequence[TrialResult], *, compare: Compare) -> Explanations:
     finished = sorted((r for r in results if r.ok and r.tokens_per_s), key=lambda r: r.index)
     points: list[ScalingPoint] = []
     for name, varies, members in _series(finished):
-        points += [_point(r, members[0], series=name, varies=varies) for r in members]
+        points += [_point(r, members[0], series=name, varies=varies, compare=compare) for r in members]
     facts = _scaling_facts(points) + _trial_facts(finished)
     if finished and not points:
         facts.insert(0, "no scaling to compare: that needs two finished settings that differ only in micro-batch "
                         "or only in grad_accum")
     return Explanations(points=tuple(points), facts=tuple(facts),
-                        matrix=(_max_throughput(finished), _min_memory(finished), _min_energy(finished)))
+                        matrix=(_max_throughput(finished, compare), _min_memory(finished), _min_energy(finished)))

@@ -119,7 +119,11 @@ class InFlight:
     index: int
     label: str
     attempts: int
-    """How many times this trial has been started; a trial that kills the group twice is not retried."""
+    """How many times this window has been started; a window that kills the group twice is not retried."""
+    setting_key: Optional[str] = None
+    """The setting the window measures (plan.window_of)."""
+    round_id: Optional[str] = None
+    """The round the window belongs to."""
 
 
 def read_inflight(output_dir: Path) -> Optional[InFlight]:

@@ -17,7 +17,8 @@ from trainer_tune.flops import mfu
 from trainer_tune.gpu_sampler import GpuSummary
 from trainer_tune.plan import TrialSpec
 from trainer_tune.results import Status, TrialResult
-from trainer_tune.stats import StepTimeStats, count_outliers, quantile, throughput_ci, throughput_per_s
+from trainer_tune.stats import (
+    StepTimeStats, count_outliers, geometric_mean, log_t_interval, quantile, throughput_ci, throughput_per_s)
 from trainer_tune.telemetry import RankTelemetry
 from trainer_tune.window import WindowMeasurement
 
@@ -49,7 +50,7 @@ def _finite_or_none(value: float) -> Optional[float]:
 def _base_fields(spec: TrialSpec, ctx: TrialContext, *, started_at: str, finished_at: str) -> dict:
     return dict(
         trial_key=spec.key, index=spec.index, label=ctx.label, is_baseline=spec.is_baseline,
-        recheck_of=spec.recheck_of,
+        round_id=spec.round_id, setting_key=spec.setting_key,
         micro_batch_size=spec.micro_batch_size, grad_accum=spec.grad_accum, world_size=spec.world_size,
         global_batch_size=spec.global_batch_size, tokens_per_step=spec.global_batch_size * ctx.seq_len,
         flags=spec.flags.as_dict(), environment=flags_to_environ(spec.flags), model=ctx.model_name,
@@ -148,10 +149,10 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
     rank0 = telemetry[0] if telemetry else None
     return TrialResult(
         **(_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at)
-           | {"num_measured_steps": len(m.step_times_s)}),
+           | {"num_measured_steps": len(m.step_times_s), "num_warmup_steps": m.num_warmup_steps}),
         status=status.name, error=error, gpu=gpu, gpu_note=gpu_note, cpu=cpu,
         tokens_per_s_ci95=[tokens_per_s * low / per_step_rate, tokens_per_s * high / per_step_rate],
-        window_stop=m.stop_reason, window_cut_short=m.cut_short, num_outlier_steps=count_outliers(m.step_times_s),
+        window_stop=m.stop_reason, num_outlier_steps=count_outliers(m.step_times_s),
         comm=comm_split(sync_step_times_s=m.step_times_s, no_sync_step_times_s=m.no_sync_step_times_s),
         mfu=mfu_figures(ctx, tokens_per_s=tokens_per_s, world_size=spec.world_size),
         tokens_per_s=tokens_per_s,
@@ -165,6 +166,7 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         step_times_s=tuple(m.step_times_s), losses=tuple(_finite_or_none(x) for x in m.losses),
         nsa_aux_stats=tuple(dict(s) for s in m.aux_stats), device_memory_bytes=ctx.device_memory_bytes,
         gpu_utilization_series=rank0.gpu_utilization_series if rank0 is not None else (),
+        window_tokens_per_s={spec.round_id or spec.key: tokens_per_s} if status == Status.ok else {},
         extra={"ddp_applied": m.ddp_applied})
 
 
@@ -195,6 +197,117 @@ def failed_result(spec: TrialSpec, ctx: TrialContext, *, status: Status, error: 
         peak_memory_allocated_bytes=None, peak_memory_reserved_bytes=None,
         peak_memory_note="not measured: the trial did not finish", device_memory_bytes=ctx.device_memory_bytes,
         num_parameters=None, extra=extra or {})
+
+
+def aggregate_windows(windows: Sequence[TrialResult]) -> TrialResult:
+    """One setting's result from its windows (one per round): the record the decision and the sinks read.
+
+    tokens/s is the geometric mean of the windows' rates and its interval Student's t over them (stats.py says
+    why the window, not the step, is the unit); every window's rate stays in `window_tokens_per_s` by round,
+    which is what recommend.compare pairs. Step-time figures pool the windows' steps; memory is the highest
+    window's; energy is summed. A setting with any window that did not finish cleanly takes that window's
+    status: a setting that fails in one round of five is not one to train with."""
+    if not windows:
+        raise ValueError("a setting's result needs at least one window")
+    ordered = sorted(windows, key=lambda w: w.started_at)
+    first = ordered[0]
+    clean = [w for w in ordered if w.ok and w.tokens_per_s is not None]
+    rates = {w.round_id or w.trial_key: w.tokens_per_s for w in clean}
+    common: dict[str, Any] = dict(
+        trial_key=first.setting_key or first.trial_key, setting_key=None, round_id=None,
+        started_at=first.started_at, finished_at=ordered[-1].finished_at,
+        wall_s=math.fsum(w.wall_s or 0.0 for w in ordered), num_windows=len(clean), window_tokens_per_s=rates)
+    failed = [w for w in ordered if not w.ok]
+    if failed:
+        worst = max(failed, key=lambda w: Status[w.status].value)
+        where = f"round {worst.round_id}: " if worst.round_id else ""
+        return dataclasses.replace(worst, **common, error=f"{where}{worst.error}" if worst.error else worst.error)
+    tokens_per_s = geometric_mean(list(rates.values()))  # type: ignore[arg-type]
+    interval = log_t_interval(list(rates.values()))  # type: ignore[arg-type]
+    step_times_s = tuple(t for w in ordered for t in w.step_times_s)
+    samples_per_token = first.samples_per_s / first.tokens_per_s if first.samples_per_s and first.tokens_per_s else None
+    peaks = [w.peak_memory_bytes for w in ordered]
+    peak_index = max(range(len(ordered)), key=lambda i: peaks[i] or -1)
+    return dataclasses.replace(
+        first, **common,
+        tokens_per_s=tokens_per_s,
+        tokens_per_s_ci95=list(interval) if interval is not None else None,
+        samples_per_s=tokens_per_s * samples_per_token if samples_per_token is not None else None,
+        measured_s=math.fsum(w.measured_s or 0.0 for w in ordered),
+        step_time_s=StepTimeStats.of(step_times_s) if step_times_s else first.step_time_s,
+        num_measured_steps=sum(w.num_measured_steps for w in ordered),
+        num_warmup_steps=sum(w.num_warmup_steps for w in ordered),
+        warmup_s=math.fsum(w.warmup_s or 0.0 for w in ordered),
+        loss_first=first.loss_first, loss_last=ordered[-1].loss_last,
+        peak_memory_bytes=ordered[peak_index].peak_memory_bytes,
+        peak_memory_source=ordered[peak_index].peak_memory_source,
+        peak_memory_allocated_bytes=_max_or_none([w.peak_memory_allocated_bytes for w in ordered]),
+        peak_memory_reserved_bytes=_max_or_none([w.peak_memory_reserved_bytes for w in ordered]),
+        num_outlier_steps=sum(w.num_outlier_steps or 0 for w in ordered),
+        window_stop="; ".join(f"{w.round_id}: {w.window_stop}" for w in ordered),
+        comm=next((w.comm for w in ordered if w.comm is not None), None),
+        mfu=_rescaled_mfu(first.mfu, tokens_per_s / first.tokens_per_s) if first.tokens_per_s else first.mfu,
+        gpu=_gpu_over_windows(ordered), cpu=_cpu_over_windows(ordered),
+        step_times_s=step_times_s, losses=tuple(x for w in ordered for x in w.losses),
+        nsa_aux_stats=tuple(s for w in ordered for s in w.nsa_aux_stats))
+
+
+def aggregate_by_setting(windows: Sequence[TrialResult]) -> list[TrialResult]:
+    """Each setting's result from a journal's windows (several jobs' windows of one setting together), in plan
+    order. A record without a setting key (written before rounds) stands for itself."""
+    groups: dict[str, list[TrialResult]] = {}
+    settings = [w for w in windows if w.setting_key is None]
+    for window in windows:
+        if window.setting_key is not None:
+            groups.setdefault(window.setting_key, []).append(window)
+    return sorted(settings + [aggregate_windows(group) for group in groups.values()], key=lambda r: r.index)
+
+
+def _max_or_none(values: Sequence[Optional[int]]) -> Optional[int]:
+    return max(v for v in values if v is not None) if values and all(v is not None for v in values) else None
+
+
+def _rescaled_mfu(figures: Optional[MfuFigures], scale: float) -> Optional[MfuFigures]:
+    """MFU figures scale with tokens/s: a window's, moved to the setting's tokens/s."""
+    if figures is None:
+        return None
+    return dataclasses.replace(
+        figures, achieved_tflops=figures.achieved_tflops * scale,
+        achieved_tflops_per_device=figures.achieved_tflops_per_device * scale,
+        mfu=figures.mfu * scale if figures.mfu is not None else None,
+        mfu_raw=figures.mfu_raw * scale if figures.mfu_raw is not None else None)
+
+
+def _gpu_over_windows(windows: Sequence[TrialResult]) -> Optional[GpuFigures]:
+    """Utilization and power averaged over windows, memory the highest window's, energy summed over windows
+    and divided by all their tokens; None unless every window has GPU figures."""
+    figures = [w.gpu for w in windows]
+    if not figures or any(g is None for g in figures):
+        return None
+    gpus = [g for g in figures if g is not None]
+    energy_j = _total([g.energy_j for g in gpus])
+    tokens = sum(w.tokens_per_step * w.num_measured_steps for w in windows)
+    peaks = [g.memory_used_peak_bytes for g in gpus]
+    return dataclasses.replace(
+        gpus[0], util_mean_pct=_mean([g.util_mean_pct for g in gpus]),
+        util_p10_pct=_mean([g.util_p10_pct for g in gpus]), util_p90_pct=_mean([g.util_p90_pct for g in gpus]),
+        memory_used_peak_bytes=_max_or_none(peaks), power_mean_w=_mean([g.power_mean_w for g in gpus]),
+        energy_j=energy_j, energy_j_per_token=energy_j / tokens if energy_j is not None and tokens else None,
+        num_alloc_retries=_int_total([g.num_alloc_retries for g in gpus]),
+        num_ooms=_int_total([g.num_ooms for g in gpus]))
+
+
+def _int_total(values: Sequence[Optional[int]]) -> Optional[int]:
+    return sum(v for v in values if v is not None) if values and all(v is not None for v in values) else None
+
+
+def _cpu_over_windows(windows: Sequence[TrialResult]) -> Optional[CpuFigures]:
+    figures = [w.cpu for w in windows]
+    if not figures or any(c is None for c in figures):
+        return None
+    cpus = [c for c in figures if c is not None]
+    return dataclasses.replace(cpus[0], process_pct_mean=_mean([c.process_pct_mean for c in cpus]),
+                               system_pct_mean=_mean([c.system_pct_mean for c in cpus]))
 
 
 def step_history(result: TrialResult) -> list[dict[str, Any]]:

@@ -171,6 +171,7 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     hydra.sweep.dir; `rank_env` is how this process was started (for the launch hint). Returns the exit code:
     3 for NO-GO with recommend.fail_on_no_go, else 0."""
     # Imported here: the callback is instantiated for every Hydra start, even `--help`.
+    from trainer_tune.metrics import aggregate_by_setting
     from trainer_tune.recommend import GO, decide
     from trainer_tune.sinks.console import ConsoleSink
     from trainer_tune.sinks.publish import publish
@@ -180,7 +181,9 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     contents = read_journal(sweep_dir / JOURNAL_NAME)
     for problem in contents.problems:
         log.warning(problem)
-    results = sorted(contents.results, key=lambda r: r.index)
+    # The journal holds windows; every job measured its setting and the baseline in rounds of its own
+    # (job-prefixed round ids), so each setting pairs with the baseline windows of its own job.
+    results = aggregate_by_setting(contents.results)
     baselines = [r for r in results if r.is_baseline]
     if len(baselines) > 1:
         # Jobs that differ in more than the setting (say model=... swept) each measured their own baseline.

@@ -30,8 +30,10 @@ class TrialSpec:
     is_baseline: bool
     key: str
     """Hash of this setting plus the measurement context; equal keys measure the same thing."""
-    recheck_of: Optional[int] = None
-    """Set on the baseline's second window (sweep.recheck_baseline): the index of the trial it repeats."""
+    round_id: Optional[str] = None
+    """Set on one window of the setting (see window_of): the round it is measured in."""
+    setting_key: Optional[str] = None
+    """Set on one window of the setting: the setting's own key (`key` is then the window's)."""
 
     @property
     def global_batch_size(self) -> int:
@@ -41,7 +43,7 @@ class TrialSpec:
         text = f"{self.micro_batch_size}x{self.grad_accum}"
         for name in swept_flags:
             text += f" {name}={format_flag(getattr(self.flags, name))}"
-        return text + (" re-check" if self.recheck_of is not None else "")
+        return text
 
 
 def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -> dict[str, Any]:
@@ -71,8 +73,6 @@ def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -
         "telemetry": {"gpu_sampling": telemetry.gpu_sampling,
                       "sample_hz": telemetry.sample_hz if telemetry.gpu_sampling else None,
                       "peak_tflops": telemetry.peak_tflops},
-        # An adaptive sweep may cut a window short: such a result must not stand in for a full one later.
-        **({"window_cut_short_allowed": True} if cfg.sweep.strategy == Strategy.adaptive else {}),
     }
 
 
@@ -140,12 +140,10 @@ def build_plan(cfg: TuneConfig, *, world_size: int, base_flags: TrialFlags, devi
     return _specs(enumerate(settings), world_size=world_size, context=context)
 
 
-def baseline_recheck(plan: list[TrialSpec]) -> TrialSpec:
-    """The baseline measured once more after the last trial: same setting, its own key and index, so the
-    journal keeps both windows and a resumed sweep knows whether the re-check is done."""
-    baseline = plan[0]
-    return replace(baseline, index=len(plan), is_baseline=False, key=f"{baseline.key}-recheck",
-                   recheck_of=baseline.index)
+def window_of(spec: TrialSpec, round_id: str) -> TrialSpec:
+    """One window of a setting: the same setting, keyed by setting and round, so the journal keeps every
+    window and a resumed sweep knows which windows of which round are done."""
+    return replace(spec, key=f"{spec.key}@{round_id}", round_id=round_id, setting_key=spec.key)
 
 
 def swept_flag_names(cfg: TuneConfig) -> tuple[str, ...]:

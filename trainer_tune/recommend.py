@@ -7,69 +7,139 @@ listed, including what a switch would change besides speed (the global batch siz
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Optional, Sequence
 
-from trainer_tune.config import RecommendArgs
+from trainer_tune.config import RecommendArgs, TieBreak
 from trainer_tune.explain import Explanations, explain
 from trainer_tune.figures import describe_memory_source
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides, format_flag
 from trainer_tune.results import TrialResult
-from trainer_tune.stats import ratio_ci
+from trainer_tune.stats import RatioEstimate, ratio_estimate
+from trainer_tune.rounds import RaceSummary
 from trainer_tune.strategy import NotMeasured
 
 GO = "GO"
 NO_GO = "NO-GO"
 
 
-@dataclass(frozen=True)
-class Drift:
-    """The baseline measured at the start of the sweep and again after the last trial."""
+class Outcome(Enum):
+    """How setting a compares with setting b by the one comparison rule (`compare`)."""
 
-    label: str
-    first_tokens_per_s: float
-    again_tokens_per_s: float
-    change: float
-    """again / first - 1: how much the machine's speed moved during the sweep."""
-    within_noise: bool
-    """The two windows' 95% intervals overlap: no change beyond noise, and nothing is widened."""
+    better = "better"
+    """a is faster than b beyond noise: the whole 95% interval of rate(a) / rate(b) is above 1."""
+    worse = "worse"
+    """a is slower than b beyond noise: the whole interval is below 1."""
+    tie = "tie"
+    """The interval holds 1: the measurements cannot order them."""
+    unknown = "unknown"
+    """No interval: a side was measured in one window only, which says nothing about the next window."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """rate(a) / rate(b), its interval and what it means: the only way two settings are compared."""
+
+    a_label: str
+    b_label: str
+    estimate: RatioEstimate
 
     @property
-    def widening(self) -> float:
-        """Factor applied to both ends of every comparison: 1 on a steady machine, else 1 + |change|.
+    def ratio(self) -> float:
+        return self.estimate.ratio
 
-        A monotonic drift of |change| between the first and the last window bounds how far the machine's
-        speed moved between any two trials, so a ratio of two trials is uncertain by that much beyond its
-        own statistical interval."""
-        return 1.0 if self.within_noise else 1.0 + abs(self.change)
+    @property
+    def interval(self) -> Optional[tuple[float, float]]:
+        return self.estimate.interval
+
+    @property
+    def outcome(self) -> Outcome:
+        if self.interval is None:
+            return Outcome.unknown
+        if self.interval[0] > 1.0:
+            return Outcome.better
+        if self.interval[1] < 1.0:
+            return Outcome.worse
+        return Outcome.tie
+
+    def describe(self) -> str:
+        """`+12.3% (95% CI +5.0% to +20.1%, paired over 4 rounds)`: a's speed relative to b's."""
+        how = (f"paired over {self.estimate.num_pairs} rounds" if self.estimate.paired
+               else "unpaired windows")
+        if self.interval is None:
+            return f"{_percent(self.ratio)} (one window: no interval)"
+        return f"{_percent(self.ratio)} (95% CI {_percent(self.interval[0])} to {_percent(self.interval[1])}, {how})"
+
+
+def compare(a: TrialResult, b: TrialResult) -> Comparison:
+    """The one comparison rule, used by the decision, the race, the strategies and the explanations.
+
+    From the settings' window rates keyed by round: paired within rounds where both were measured (drift
+    common to a round cancels), else unpaired (stats.ratio_estimate)."""
+    rates_a, rates_b = _window_rates(a), _window_rates(b)
+    if not rates_a or not rates_b:
+        raise ValueError(f"compare({a.label}, {b.label}): both need a clean window")
+    return Comparison(a_label=a.label, b_label=b.label, estimate=ratio_estimate(rates_a, rates_b))
+
+
+def _window_rates(result: TrialResult) -> dict[str, float]:
+    """A result's tokens/s by round; a record of one window (or from before rounds) is its own single window."""
+    if result.window_tokens_per_s:
+        return result.window_tokens_per_s
+    if result.ok and result.tokens_per_s:
+        return {result.round_id or result.trial_key: result.tokens_per_s}
+    return {}
+
+
+@dataclass(frozen=True)
+class Drift:
+    """The baseline's tokens/s in each round: how the machine's speed moved during the sweep.
+
+    Shown, charted and recorded, never used to widen a comparison: comparisons pair windows of the same
+    round (compare), so a drift common to a round cancels in the ratio instead of blurring it."""
+
+    label: str
+    series: tuple[tuple[str, float], ...]
+    """(round id, baseline tokens/s) in measurement order."""
+
+    @property
+    def change(self) -> float:
+        """last / first - 1: the drift from the first round to the last."""
+        return self.series[-1][1] / self.series[0][1] - 1.0
+
+    @property
+    def spread(self) -> float:
+        """fastest / slowest round - 1."""
+        values = [v for _, v in self.series]
+        return max(values) / min(values) - 1.0
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "first_tokens_per_s": self.first_tokens_per_s,
-                "again_tokens_per_s": self.again_tokens_per_s, "change": self.change,
-                "within_noise": self.within_noise, "widening": self.widening}
+        return {"label": self.label, "series": [list(p) for p in self.series], "change": self.change,
+                "spread": self.spread}
 
 
-def baseline_drift(baseline: Optional[TrialResult], recheck: Optional[TrialResult]) -> Optional[Drift]:
-    """None unless both baseline windows finished cleanly."""
-    if baseline is None or recheck is None or not (baseline.ok and recheck.ok) \
-            or not baseline.tokens_per_s or not recheck.tokens_per_s:
+def baseline_drift(baseline: Optional[TrialResult]) -> Optional[Drift]:
+    """None unless the baseline finished cleanly in at least two rounds."""
+    if baseline is None or not baseline.ok or len(baseline.window_tokens_per_s) < 2:
         return None
-    (low_a, high_a), (low_b, high_b) = _bounds(baseline), _bounds(recheck)
-    return Drift(label=baseline.label, first_tokens_per_s=baseline.tokens_per_s,
-                 again_tokens_per_s=recheck.tokens_per_s,
-                 change=recheck.tokens_per_s / baseline.tokens_per_s - 1.0,
-                 within_noise=low_a <= high_b and low_b <= high_a)
+    return Drift(label=baseline.label, series=tuple(baseline.window_tokens_per_s.items()))
 
 
 def _drift_reason(drift: Drift) -> str:
-    measured = (f"the baseline {drift.label} measured again after the last trial: {drift.again_tokens_per_s:,.0f} vs "
-                f"{drift.first_tokens_per_s:,.0f} tokens/s at the start ({drift.change * 100:+.1f}%)")
-    if drift.within_noise:
-        return f"{measured}, within noise: the machine's speed held steady during the sweep"
-    return (f"{measured}, beyond noise: the machine's speed changed during the sweep (other load, clocks, "
-            f"thermals), so every comparison is widened by {abs(drift.change) * 100:.1f}% and differences smaller "
-            f"than that are not evidence; measure again on a quiet machine for a sharper answer")
+    rates = ", ".join(f"{v:,.0f}" for _, v in drift.series)
+    return (f"the baseline {drift.label} in each of its {len(drift.series)} rounds: {rates} tokens/s "
+            f"({_percent(1.0 + drift.change)} first to last, {drift.spread:.1%} between its fastest and slowest "
+            f"round); comparisons pair windows of the same round, so drift shared by a round cancels")
+
+
+def behind(contender: TrialResult, leader: TrialResult) -> Optional[str]:
+    """Why `contender` is out of the race against `leader` (slower beyond noise), or None."""
+    comparison = compare(contender, leader)
+    if comparison.outcome != Outcome.worse:
+        return None
+    return f"{comparison.describe()} against {leader.label}"
 
 
 @dataclass(frozen=True)
@@ -83,7 +153,7 @@ class Recommendation:
     speedup: Optional[float]
     """best tokens/s over baseline tokens/s; None when either is missing."""
     speedup_ci95: Optional[tuple[float, float]]
-    """95% interval of the speedup (independent block bootstraps of both windows); None without step times."""
+    """95% interval of the speedup (compare: paired over rounds); None with one window on a side."""
     min_speedup: float
     reasons: tuple[str, ...]
     verdict: str
@@ -99,10 +169,19 @@ class Recommendation:
     results, never an input to the verdict."""
     not_measured: tuple[NotMeasured, ...] = ()
     """Planned settings the search strategy did not measure, each with the reason."""
-    cut_short: tuple[str, ...] = ()
     """Labels of trials whose window strategy=adaptive ended early (they could not reach the best)."""
     drift: Optional[Drift] = None
-    """The baseline's re-check after the last trial (sweep.recheck_baseline); None when not measured."""
+    """The baseline's tokens/s round by round; None with fewer than two clean baseline windows."""
+    race: Optional[RaceSummary] = None
+    """How the race went (rounds, drops, why it ended); None for results decided without one."""
+    comparison: Optional[Comparison] = None
+    """The chosen (or best) setting against the baseline, by the one comparison rule."""
+    tied: tuple[str, ...] = ()
+    """Labels of the settings the measurements could not order against the best (the best included)."""
+    settings: tuple[TrialResult, ...] = ()
+    """Every setting decided on, aggregated over its windows: the evidence behind the verdict."""
+    speedup_intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    """Each finished setting's 95% interval of tokens/s over the baseline's (compare), where it has one."""
 
     def to_json_dict(self) -> dict[str, Any]:
         def trial(result: Optional[TrialResult]) -> Optional[dict[str, Any]]:
@@ -115,8 +194,16 @@ class Recommendation:
                 "environment": self.environment, "num_trials": self.num_trials, "num_failed": self.num_failed,
                 "speedup_by_key": self.speedup_by_key,
                 "not_measured": [{"label": n.label, "reason": n.reason} for n in self.not_measured],
-                "cut_short": list(self.cut_short),
                 "drift": self.drift.to_json_dict() if self.drift else None,
+                "race": self.race.to_json_dict() if self.race else None,
+                "comparison": None if self.comparison is None else {
+                    "a": self.comparison.a_label, "b": self.comparison.b_label, "ratio": self.comparison.ratio,
+                    "ci95": list(self.comparison.interval) if self.comparison.interval else None,
+                    "paired": self.comparison.estimate.paired, "num_pairs": self.comparison.estimate.num_pairs,
+                    "outcome": self.comparison.outcome.value},
+                "tied": list(self.tied),
+                "settings": [r.to_json_dict() for r in self.settings],
+                "speedup_intervals": {k: list(v) for k, v in self.speedup_intervals.items()},
                 "explanations": self.explanations.to_json_dict() if self.explanations else None}
 
 
@@ -134,34 +221,42 @@ def _percent(speedup: float) -> str:
     return f"{(speedup - 1.0) * 100:+.1f}%"
 
 
-def _speedup_interval(a: TrialResult, b: TrialResult) -> Optional[tuple[float, float]]:
-    """95% interval of tokens/s(a) / tokens/s(b), or None when either lacks its step times (old journals)."""
-    times_a, times_b = a.step_times_s, b.step_times_s
-    if len(times_a) < 2 or len(times_b) < 2:
-        return None
-    low, high = ratio_ci(times_a, times_b, amount_a=a.tokens_per_step, amount_b=b.tokens_per_step)
-    # The bootstrap works on per-step slowest times; centre its relative interval on the reported ratio.
-    per_step = (a.tokens_per_step * len(times_a) / math.fsum(times_a)) / \
-        (b.tokens_per_step * len(times_b) / math.fsum(times_b))
-    point = a.tokens_per_s / b.tokens_per_s  # type: ignore[operator]
-    return low * point / per_step, high * point / per_step
-
-
-def _bounds(result: TrialResult) -> tuple[float, float]:
-    if result.tokens_per_s_ci95 is not None:
-        return result.tokens_per_s_ci95[0], result.tokens_per_s_ci95[1]
-    return result.tokens_per_s, result.tokens_per_s  # type: ignore[return-value]
-
-
 def _ci_text(interval: Optional[tuple[float, float]]) -> str:
     return "" if interval is None else f", 95% CI {_percent(interval[0])} to {_percent(interval[1])}"
 
 
+def _tie_break(tied: Sequence[TrialResult], *, fastest: TrialResult, baseline: Optional[TrialResult],
+               rule: TieBreak) -> TrialResult:
+    if rule == TieBreak.fastest:
+        return fastest
+    base_batch = baseline.global_batch_size if baseline is not None else None
+    return min(tied, key=lambda r: (r.global_batch_size != base_batch, r.peak_memory_bytes or 0,  # type: ignore
+                                    r.global_batch_size, r.micro_batch_size, -r.tokens_per_s))
+
+
+def _tie_reason(best: TrialResult, tied: Sequence[TrialResult], rule: TieBreak) -> str:
+    """Names the tie and what it may cost: how much slower the chosen setting may be than each it tied with."""
+    costs = []
+    for other in tied:
+        if other.trial_key == best.trial_key:
+            continue
+        comparison = compare(best, other)
+        if comparison.interval is not None and comparison.interval[0] < 1.0:
+            costs.append(f"{(1.0 - comparison.interval[0]) * 100:.1f}% slower than {other.label}")
+        elif comparison.interval is None:
+            costs.append(f"unknown against {other.label} (one window)")
+    why = ("the higher point estimate" if rule == TieBreak.fastest
+           else "the baseline's global batch first, then less memory")
+    text = (f"the measurements cannot order {', '.join(r.label for r in tied)} (their ratios' 95% intervals hold "
+            f"1); the tie goes to {best.label} ({why}, recommend.tie_break={rule.value})")
+    return text + (f"; at worst it is {', '.join(costs)}" if costs else "")
+
+
 def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured: Sequence[NotMeasured] = (),
-           recheck: Optional[TrialResult] = None) -> Recommendation:
+           race: Optional[RaceSummary] = None) -> Recommendation:
+    """The verdict from each setting's result aggregated over its windows (metrics.aggregate_windows)."""
     baseline = next((r for r in results if r.is_baseline), None)
-    drift = baseline_drift(baseline, recheck)
-    widening = drift.widening if drift is not None else 1.0
+    drift = baseline_drift(baseline)
     finished = [r for r in results if r.ok and r.tokens_per_s is not None]
     failed = [r for r in results if not r.ok]
     reasons: list[str] = []
@@ -178,23 +273,25 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                            f"recommend.max_memory_fraction={args.max_memory_fraction:g}")
         else:
             candidates.append(r)
+    if race is not None:
+        # Settings the race dropped stay candidates (their figures stand), but they lost to the leader.
+        contenders = [r for r in candidates if r.trial_key in race.contender_keys] or candidates
+    else:
+        contenders = candidates
 
-    fastest = max(candidates, key=lambda r: r.tokens_per_s, default=None)  # type: ignore[arg-type,return-value]
+    fastest = max(contenders, key=lambda r: r.tokens_per_s, default=None)  # type: ignore[arg-type,return-value]
     best = fastest
+    tied: list[TrialResult] = []
     if fastest is not None:
-        # Settings whose interval reaches the fastest one's are a tie: measurement cannot order them. Break
-        # toward the baseline's global batch (a different one changes optimisation), then less memory.
-        floor = _bounds(fastest)[0]
-        tied = [r for r in candidates if _bounds(r)[1] * widening >= floor]
-        base_batch = baseline.global_batch_size if baseline is not None else None
-        best = min(tied, key=lambda r: (r.global_batch_size != base_batch, r.peak_memory_bytes or 0,
-                                        r.global_batch_size, r.micro_batch_size, -r.tokens_per_s))  # type: ignore
+        tied = [r for r in contenders
+                if r.trial_key == fastest.trial_key or compare(r, fastest).outcome in (Outcome.tie, Outcome.unknown)]
+        best = _tie_break(tied, fastest=fastest, baseline=baseline, rule=args.tie_break)
         if len(tied) > 1:
-            reasons.append(f"within noise of the fastest ({fastest.label}): {', '.join(r.label for r in tied)}; "
-                           f"the tie goes to {best.label} (the baseline's global batch first, then less memory)")
+            reasons.append(_tie_reason(best, tied, args.tie_break))
 
     speedup: Optional[float] = None
     speedup_interval: Optional[tuple[float, float]] = None
+    comparison: Optional[Comparison] = None
     if best is None:
         decision, chosen = NO_GO, (baseline if baseline is not None and baseline.ok else None)
         reasons.insert(0, "no setting finished cleanly within the memory limit, so there is nothing to recommend")
@@ -208,29 +305,28 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
     elif best.trial_key == baseline.trial_key:
         speedup = 1.0
         decision, chosen = NO_GO, baseline
-        reasons.insert(0, f"the baseline {baseline.label} is already the fastest setting measured, or within "
-                          f"noise of it ({baseline.tokens_per_s:,.0f} tokens/s)")
+        reasons.insert(0, f"the baseline {baseline.label} is the fastest setting measured, or the measurements "
+                          f"cannot tell it from the fastest ({baseline.tokens_per_s:,.0f} tokens/s)")
         verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (fastest measured)"
     else:
-        speedup = best.tokens_per_s / baseline.tokens_per_s  # type: ignore[operator]
-        speedup_interval = _speedup_interval(best, baseline)
-        if speedup_interval is not None and widening != 1.0:
-            speedup_interval = (speedup_interval[0] / widening, speedup_interval[1] * widening)
-        lower = speedup_interval[0] if speedup_interval is not None else speedup / widening
+        comparison = compare(best, baseline)
+        speedup, speedup_interval = comparison.ratio, comparison.interval
         shortfalls = []
-        if lower < args.min_speedup:
-            shortfalls.append(f"the lower end of its speedup ({_percent(lower)}) is below the required "
+        if speedup_interval is None:
+            shortfalls.append("a side was measured in one window only, which gives no interval "
+                              "(sweep.min_rounds >= 2 gives one)")
+        elif speedup_interval[0] < args.min_speedup:
+            shortfalls.append(f"the lower end of its speedup ({_percent(speedup_interval[0])}) is below the required "
                               f"{_percent(args.min_speedup)} (recommend.min_speedup={args.min_speedup:g})")
         if args.target_tokens_per_s is not None and best.tokens_per_s < args.target_tokens_per_s:  # type: ignore
             shortfalls.append(f"{best.tokens_per_s:,.0f} tokens/s is below recommend.target_tokens_per_s="
                               f"{args.target_tokens_per_s:,.0f}")
         measured = (f"{best.label} reaches {best.tokens_per_s:,.0f} tokens/s vs {baseline.tokens_per_s:,.0f} for the "
-                    f"baseline {baseline.label}: {_percent(speedup)}{_ci_text(speedup_interval)}")
+                    f"baseline {baseline.label}: {comparison.describe()}")
         if not shortfalls:
             decision, chosen = GO, best
             reasons.insert(0, f"{measured}; at least the required {_percent(args.min_speedup)} even at the "
-                              f"interval's lower end" if speedup_interval else
-                           f"{measured}, at least the required {_percent(args.min_speedup)} (recommend.min_speedup)")
+                              f"interval's lower end")
             verdict = (f"{GO}: {_setting(best, against=baseline)} ({_percent(speedup)} tokens/s vs baseline "
                        f"{baseline.label}{_ci_text(speedup_interval)})")
         else:
@@ -244,18 +340,14 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         reasons.append(f"the global batch changes from {baseline.global_batch_size} to "
                        f"{chosen.global_batch_size} samples per optimizer step: that changes optimisation "
                        f"(learning rate and schedule may need retuning), not only speed")
-
+    if race is not None:
+        reasons.append(f"{race.num_rounds} round(s) measured; the race ended: {race.end_reason}")
+        for drop in race.drops:
+            reasons.append(f"{drop.label} left the race after round {drop.after_round}: {drop.reason}")
     if drift is not None:
         reasons.append(_drift_reason(drift))
-    elif recheck is not None:
-        reasons.append(f"the baseline's re-check after the last trial did not finish cleanly ({recheck.status}), "
-                       f"so whether the machine's speed held steady during the sweep is unknown")
-    cut_short = tuple(r.label for r in results if r.window_cut_short)
-    if cut_short:
-        reasons.append(f"{len(cut_short)} setting(s) measured only until their interval showed they could not "
-                       f"reach the best (strategy=adaptive): {', '.join(cut_short)}")
     if not_measured:
-        reasons.append(f"{len(not_measured)} planned setting(s) not measured (strategy=power): "
+        reasons.append(f"{len(not_measured)} planned setting(s) not measured: "
                        + "; ".join(f"{n.label}: {n.reason}" for n in _first_per_reason(not_measured)))
 
     overrides: tuple[str, ...] = ()
@@ -266,14 +358,19 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                      *flags_to_overrides(flags))
         environment = flags_to_environ(flags)
     speedup_by_key: dict[str, float] = {}
+    speedup_intervals: dict[str, tuple[float, float]] = {}
     if baseline is not None and baseline.ok and baseline.tokens_per_s:
-        speedup_by_key = {r.trial_key: r.tokens_per_s / baseline.tokens_per_s  # type: ignore[operator]
-                          for r in finished}
-    return Recommendation(decision=decision, speedup_by_key=speedup_by_key, speedup_ci95=speedup_interval, chosen=chosen, best=best, baseline=baseline, speedup=speedup,
+        against_baseline = {r.trial_key: compare(r, baseline) for r in finished}
+        speedup_by_key = {key: c.ratio for key, c in against_baseline.items()}
+        speedup_intervals = {key: c.interval for key, c in against_baseline.items() if c.interval is not None}
+    return Recommendation(decision=decision, speedup_by_key=speedup_by_key, speedup_ci95=speedup_interval,
+                          chosen=chosen, best=best, baseline=baseline, speedup=speedup,
                           min_speedup=args.min_speedup, reasons=tuple(reasons), verdict=verdict,
                           overrides=overrides, environment=environment, num_trials=len(results),
-                          num_failed=len(failed), not_measured=tuple(not_measured), cut_short=cut_short, drift=drift,
-                          explanations=explain(results))
+                          num_failed=len(failed), not_measured=tuple(not_measured), drift=drift, race=race,
+                          comparison=comparison, tied=tuple(r.label for r in tied), settings=tuple(results),
+                          speedup_intervals=speedup_intervals,
+                          explanations=explain(results, compare=compare))
 
 
 def _first_per_reason(items: Sequence[NotMeasured]) -> list[NotMeasured]:

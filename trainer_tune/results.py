@@ -88,8 +88,6 @@ class TrialResult:
     """[low, high] 95% interval of tokens_per_s: block bootstrap over the measured steps."""
     window_stop: Optional[str] = None
     """Why the measured steps ended (interval reached, a cap, or a fixed window)."""
-    window_cut_short: bool = False
-    """strategy=adaptive ended this window early: its interval could not reach the best one before it."""
     num_outlier_steps: Optional[int] = None
     """Measured steps slower than median + 5 MAD: counted in every figure, shown here, never dropped."""
     gpu: Optional[GpuFigures] = None
@@ -112,9 +110,19 @@ class TrialResult:
     """(seconds since the measured steps began, GPU utilization %) samples of rank 0; empty without NVML."""
     device_memory_bytes: Optional[int] = None
     """Total memory of one device (CUDA), for recommend.max_memory_fraction; None elsewhere."""
-    recheck_of: Optional[int] = None
-    """Set on the baseline's second window (sweep.recheck_baseline): the index of the trial it repeats. Not a
-    setting of its own: it only tells whether the machine's speed held steady during the sweep."""
+    round_id: Optional[str] = None
+    """The round this window was measured in (`r0`, `r1`, ...; `job2/r0` in a multirun job); None on a
+    setting's result aggregated over its windows."""
+    setting_key: Optional[str] = None
+    """On a window's record: the key of the setting it measures (trial_key is the window's own key). None on
+    a setting's result aggregated over its windows, whose trial_key is the setting's key."""
+    window_tokens_per_s: dict[str, float] = field(default_factory=dict)
+    """tokens/s of each clean window of this setting, keyed by round id: what recommend.compare pairs."""
+    num_windows: int = 1
+    """Windows this result stands for: 1 for a window's record, the clean windows for a setting's."""
+    wall_s: Optional[float] = None
+    """Wall time the window took on rank 0: model build, warm-up, measured and comm-split steps. What
+    sweep.budget_s counts; summed over windows for a setting."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Diagnostics for people, read by no decision and no sink: `ddp_applied`, `tracebacks`."""
     record_version: int = RECORD_VERSION

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -104,3 +104,80 @@ def count_outliers(times_s: Sequence[float]) -> int:
     if mad == 0:
         return 0
     return sum(t > median + 5 * mad for t in times_s)
+
+
+# --- Between-window statistics (rounds) ------------------------------------------------------------------
+# A machine's speed wanders over tens of seconds, so the steps of one window are not independent draws of a
+# setting's speed: the window is. Intervals below therefore treat each window's rate as one observation (the
+# top level of a hierarchical experiment, Kalibera and Jones, "Rigorous Benchmarking in Reasonable Time",
+# ISMM 2013): a window's rate already contains its own step-to-step noise, so the spread of window rates
+# measures both levels. With the few windows a sweep can afford (3 to 10), a bootstrap over windows covers
+# far less than its nominal 95% (a percentile interval of 3 values spans at most their range), so the
+# interval is Student's t on log rates: exact for log-normal window rates and the right width for any n.
+
+
+def _t_quantile(confidence: float, df: int) -> float:
+    from scipy.stats import t as student_t  # scipy is slow to import; only sweeps that finish need it
+
+    return float(student_t.ppf(0.5 + confidence / 2.0, df))
+
+
+def geometric_mean(values: Sequence[float]) -> float:
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"geometric mean of {list(values)}: needs positive values")
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
+def log_t_interval(values: Sequence[float], *, confidence: float = 0.95) -> Optional[tuple[float, float]]:
+    """Interval of the geometric mean of positive observations (window rates, or per-round ratios): Student's t
+    on their logs. None with fewer than two observations: one window says nothing about the next one."""
+    if len(values) < 2:
+        return None
+    logs = [math.log(v) for v in values]
+    centre = statistics.fmean(logs)
+    half = _t_quantile(confidence, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(centre - half), math.exp(centre + half)
+
+
+@dataclass(frozen=True)
+class RatioEstimate:
+    """rate(a) / rate(b) from windows, with how it was estimated."""
+
+    ratio: float
+    """Geometric mean of the per-round ratios (paired), or the ratio of geometric means (unpaired)."""
+    interval: Optional[tuple[float, float]]
+    """95% interval of the ratio; None when the windows cannot support one (a side with one window)."""
+    paired: bool
+    """Both sides were measured in the same rounds, at least two of them: drift common to a round cancels."""
+    num_pairs: int
+    """Rounds both sides were measured in."""
+
+
+def ratio_estimate(a_by_round: Mapping[str, float], b_by_round: Mapping[str, float], *,
+                   confidence: float = 0.95) -> RatioEstimate:
+    """rate(a) / rate(b) from per-round window rates keyed by round id.
+
+    Paired when at least two rounds hold both: the ratio inside each round cancels whatever slowed or sped up
+    the machine during that round, and the interval is over the per-round ratios. Otherwise the two sides are
+    independent samples: Welch's t on the difference of mean log rates."""
+    if not a_by_round or not b_by_round:
+        raise ValueError("a ratio needs at least one window on each side")
+    common = sorted(set(a_by_round) & set(b_by_round))
+    if len(common) >= 2:
+        ratios = [a_by_round[r] / b_by_round[r] for r in common]
+        return RatioEstimate(ratio=geometric_mean(ratios), interval=log_t_interval(ratios, confidence=confidence),
+                             paired=True, num_pairs=len(common))
+    a, b = list(a_by_round.values()), list(b_by_round.values())
+    ratio = geometric_mean(a) / geometric_mean(b)
+    if len(a) < 2 or len(b) < 2:
+        return RatioEstimate(ratio=ratio, interval=None, paired=False, num_pairs=len(common))
+    log_a, log_b = [math.log(v) for v in a], [math.log(v) for v in b]
+    var_a, var_b = statistics.variance(log_a) / len(a), statistics.variance(log_b) / len(b)
+    se = math.sqrt(var_a + var_b)
+    if se == 0:
+        return RatioEstimate(ratio=ratio, interval=(ratio, ratio), paired=False, num_pairs=len(common))
+    # Welch-Satterthwaite degrees of freedom.
+    df = (var_a + var_b) ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1))
+    half = _t_quantile(confidence, max(1, math.floor(df))) * se
+    return RatioEstimate(ratio=ratio, interval=(ratio * math.exp(-half), ratio * math.exp(half)), paired=False,
+                         num_pairs=len(common))

@@ -15,37 +15,38 @@ Failure handling, in the order things go wrong:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
-from trainer_tune.config import ConfigError, ModelArgs, Precision, TuneConfig
+from trainer_tune.config import ConfigError, ModelArgs, Precision, Strategy, TuneConfig
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import fault_for
 from trainer_tune.flags import TrialFlags, exported_flags
 from trainer_tune.flops import gpt_flops_per_token, lookup_peak_tflops
 from trainer_tune.journal import (
     JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, write_inflight)
-from trainer_tune.metrics import TrialContext, failed_result, result_from_window
+from trainer_tune.metrics import TrialContext, aggregate_windows, failed_result, result_from_window
 from trainer_tune.model import build_model, count_parameters
 from trainer_tune.multirun import MultirunJob
-from trainer_tune.plan import (
-    TrialSpec, baseline_recheck, build_plan, differing_flag_names, job_plan, swept_flag_names)
-from trainer_tune.recommend import Recommendation, decide
+from trainer_tune.plan import TrialSpec, build_plan, differing_flag_names, job_plan, swept_flag_names, window_of
+from trainer_tune.recommend import Outcome, Recommendation, behind, compare, decide
 from trainer_tune.results import Status, TrialResult, utc_now
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.publish import publish
 from trainer_tune.sinks.wandb_sink import WandbSink
-from trainer_tune.strategy import BestSoFar, NotMeasured, best_so_far, measurement_order, skip_reason
+from trainer_tune.rounds import Drop, RaceSummary, race_drops, race_over, round_id, round_order
+from trainer_tune.strategy import NotMeasured, first_entrants, power_gate
 from trainer_tune.telemetry import RankTelemetry, TelemetryProbe
 from trainer_tune.watchdog import Stall, Watchdog
-from trainer_tune.window import combine_ranks, measure_local
+from trainer_tune.window import TrainerPool, combine_ranks, keep_models_decision, measure_local
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +58,16 @@ _RECORDED_GRACE_S = 30.0
 @dataclass(frozen=True)
 class SweepOutcome:
     results: tuple[TrialResult, ...]
+    """Each setting that entered the race, aggregated over its windows."""
     recommendation: Optional[Recommendation]
-    num_measured: int
-    num_skipped: int
-    """Trials already in the journal from an earlier run, not measured again."""
-    not_measured: tuple[NotMeasured, ...] = ()
-    """Planned settings the search strategy left out."""
     # recommendation is None for a job of a Hydra multirun: the multirun's callback decides once, at the end.
-    recheck: Optional[TrialResult] = None
-    """The baseline's second window, after the last trial (sweep.recheck_baseline)."""
+    num_measured: int
+    """Windows measured by this run."""
+    num_skipped: int
+    """Windows already in the journal from an earlier run, not measured again."""
+    not_measured: tuple[NotMeasured, ...] = ()
+    """Planned settings that never entered the race."""
+    race: Optional[RaceSummary] = None
 
 
 def _outcome_of(exc: BaseException, *, host: str) -> dict[str, Any]:
@@ -113,14 +115,17 @@ def _evidence(session: DistSession, spec: TrialSpec) -> tuple[Optional[Status], 
 
 class _Sweep:
     def __init__(self, *, cfg: TuneConfig, session: DistSession, output_dir: Path, console: ConsoleSink,
-                 journal_path: Path, swept: tuple[str, ...]) -> None:
+                 journal_path: Path, swept: tuple[str, ...], num_settings: int) -> None:
         self.cfg, self.session, self.output_dir, self.console = cfg, session, output_dir, console
         self.rank_env = session.rank_env
         self.journal_path = journal_path
         self.swept = swept
+        self.num_settings = num_settings
         self._current: Optional[tuple[TrialSpec, TrialContext, str]] = None
         self.flops_per_token, self.peak_tflops, self.peak_note = _flops_context(cfg, session.device)
         self.probe = TelemetryProbe(cfg.telemetry, local_rank=self.rank_env.local_rank, device=session.device)
+        self.pool = TrainerPool()
+        self._keep_decided = False
         self.watchdog: Optional[Watchdog] = None
         if cfg.watchdog.enabled:
             self.watchdog = Watchdog(cfg.watchdog, rank=self.rank_env.rank, hostname=self.rank_env.hostname,
@@ -159,7 +164,9 @@ class _Sweep:
         done = contents.by_key()
         inflight = read_inflight(self.output_dir)
         attempts: dict[str, int] = {}
-        spec = next((s for s in plan if inflight is not None and s.key == inflight.trial_key), None)
+        setting = next((s for s in plan if inflight is not None and s.key == inflight.setting_key), None)
+        spec = (window_of(setting, inflight.round_id)
+                if setting is not None and inflight is not None and inflight.round_id is not None else None)
         if inflight is not None and spec is not None and spec.key not in done:
             status, messages, tracebacks = _evidence(self.session, spec)
             if status is None and inflight.attempts < 2:
@@ -180,13 +187,37 @@ class _Sweep:
         return done, attempts
 
     # --- one trial ----------------------------------------------------------------------------------
-    def measure(self, spec: TrialSpec, *, attempts: int, best: Optional[BestSoFar] = None) -> TrialResult:
+    def measure(self, setting: TrialSpec, *, round_id: str, attempts: int, first: bool) -> TrialResult:
+        """One window of `setting` in round `round_id`, agreed by every rank: its journal record. The
+        compute vs communication split is measured in a setting's `first` window only."""
+        start_s = time.perf_counter()
+        result = self._measure_window(window_of(setting, round_id), attempts=attempts, comm_split=first)
+        if not result.ok:
+            self.pool.release(setting.key)
+        elif not self._keep_decided and result.num_parameters is not None:
+            self._decide_keep(num_parameters=result.num_parameters)
+        return dataclasses.replace(result, wall_s=time.perf_counter() - start_s)
+
+    def _decide_keep(self, *, num_parameters: int) -> None:
+        """Whether trainers stay alive between windows (window.keep_models); rank 0 decides for all, since
+        building a trainer is a collective every rank must take part in."""
+        keep, reason = self.session.broadcast_from_rank0(
+            keep_models_decision(self.cfg.window.keep_models, device=self.session.device,
+                                 num_parameters=num_parameters, num_settings=self.num_settings))
+        self._keep_decided = True
+        self.pool.keep = keep
+        if not keep:
+            self.pool.clear()
+        log.info("models %s between windows: %s", "kept" if keep else "rebuilt", reason)
+
+    def _measure_window(self, spec: TrialSpec, *, attempts: int, comm_split: bool) -> TrialResult:
         cfg, session = self.cfg, self.session
         ctx = self.context(spec)
         started_at = utc_now()
         if self.rank_env.is_rank0:
             write_inflight(self.output_dir, InFlight(trial_key=spec.key, index=spec.index, label=ctx.label,
-                                                     attempts=attempts + 1))
+                                                     attempts=attempts + 1, setting_key=spec.setting_key,
+                                                     round_id=spec.round_id))
         self._current = (spec, ctx, started_at)
         if self.watchdog is not None:
             self.watchdog.begin_trial(spec.index)
@@ -200,9 +231,9 @@ class _Sweep:
                 # User code reads the NSA_* variables at model build time: this trial's values, for this trial only.
                 with exported_flags(spec.flags, os.environ):
                     local = measure_local(cfg=cfg, spec=spec, session=session, fault=fault, probe=self.probe,
+                                          pool=self.pool, comm_split=comm_split,
                                           on_step=lambda _step, _measured: self.console.step_done(),
-                                          heartbeat=self.watchdog.beat if self.watchdog else _ignore_beat,
-                                          best=best)
+                                          heartbeat=self.watchdog.beat if self.watchdog else _ignore_beat)
             except Exception as exc:  # noqa: BLE001 - any failure of user or model code is a trial outcome
                 outcome = _outcome_of(exc, host=self.rank_env.hostname)
                 log.warning("trial %d (%s) failed on %s: %s", spec.index, ctx.label, self.rank_env.describe(),
@@ -267,6 +298,7 @@ class _Sweep:
                   spec.index, ctx.label, result.status)
 
     def close(self) -> None:
+        self.pool.clear()
         if self.watchdog is not None:
             self.watchdog.stop()
         self.probe.close()
@@ -306,87 +338,173 @@ def _ignore_beat(_step: int, _micro_step: int) -> None:
 def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_flags: TrialFlags,
               console: ConsoleSink, launch_hint: str, wandb_sink: Optional[WandbSink] = None,
               multirun: Optional[MultirunJob] = None) -> SweepOutcome:
-    """Measure the plan and publish the recommendation; as a multirun job, measure the job's setting (and the
-    baseline if the shared journal lacks it) and leave the recommendation to the multirun's callback."""
+    """Race the plan and publish the recommendation; as a multirun job, race the job's setting against the
+    baseline (in the job's own rounds) and leave the recommendation to the multirun's callback."""
     world_size, device_type = session.rank_env.world_size, session.device.type
     if multirun is None:
         plan = build_plan(cfg, world_size=world_size, base_flags=base_flags, device_type=device_type)
-        journal_path, swept = output_dir / JOURNAL_NAME, swept_flag_names(cfg)
+        journal_path, swept, prefix = output_dir / JOURNAL_NAME, swept_flag_names(cfg), ""
     else:
         plan = job_plan(cfg, world_size=world_size, flags=base_flags, baseline=multirun.baseline.setting(),
                         index=multirun.trial_index, device_type=device_type)
         journal_path = multirun.journal_path
         swept = differing_flag_names(base_flags, multirun.baseline.flags)
+        prefix = f"job{multirun.job_num}/"  # the job's own rounds: its windows pair with its own baseline's
     sweep = _Sweep(cfg=cfg, session=session, output_dir=output_dir, console=console, journal_path=journal_path,
-                   swept=swept)
-
-    def position(spec: TrialSpec) -> str:
-        # A multirun job does not know how many jobs there are; its trial's index in the shared journal is stable.
-        return f"{spec.index + 1}/{len(plan)}" if multirun is None else f"{spec.index} (job {multirun.job_num})"
-    results: list[TrialResult] = []
-    not_measured: list[NotMeasured] = []
+                   swept=swept, num_settings=len(plan))
     try:
         done, attempts = sweep.resume_state(plan)
-        num_skipped = sum(spec.key in done for spec in plan)
-        console.sweep_started(num_trials=len(plan), num_skipped=num_skipped,
+        console.sweep_started(num_settings=len(plan), num_windows_done=len(done),
                               output_dir=str(output_dir if multirun is None else multirun.sweep_dir))
-        if num_skipped:
-            log.info("%d of %d trials are already in %s and are not measured again", num_skipped, len(plan),
-                     sweep.journal_path)
-        strategy = cfg.sweep.strategy
-        for spec in measurement_order(plan, strategy):
-            if spec.key in done:
-                results.append(done[spec.key])
-                continue
-            # Rank 0's answer for everyone: the inputs are identical on every rank, but a skip that one rank
-            # takes alone would leave the others waiting in the next trial's collectives.
-            skip, best = session.broadcast_from_rank0(
-                (skip_reason(spec, plan=plan, results={r.trial_key: r for r in results}, sweep=cfg.sweep),
-                 best_so_far(results, strategy)))
-            if skip is not None:
-                label = spec.label(swept_flags=sweep.swept)
-                not_measured.append(NotMeasured(label=label, reason=skip))
-                log.info("trial %d (%s) not measured: %s", spec.index, label, skip)
-                console.trial_not_measured(label=label, reason=skip, position=position(spec))
-                continue
-            result = sweep.measure(spec, attempts=attempts.get(spec.key, 0), best=best)
-            sweep.record(result)
-            results.append(result)
-            console.trial_finished(result, position=position(spec))
-            if wandb_sink is not None:
-                wandb_sink.trial_finished(result)
-        # A multirun job measures one setting; the multirun as a whole has no "last trial" to re-check after.
-        recheck = (_recheck_baseline(sweep, plan, results=results, done=done, attempts=attempts)
-                   if multirun is None else None)
+        race = _race(sweep, plan, done=done, attempts=attempts, prefix=prefix)
     finally:
         console.sweep_finished()
         sweep.close()
 
-    results.sort(key=lambda r: r.index)  # report in plan order, whatever order the strategy measured in
+    settings = sorted(race.settings.values(), key=lambda r: r.index)  # plan order, whatever order measured in
     recommendation = None
     if multirun is None:
-        recommendation = decide(results, args=cfg.recommend, not_measured=not_measured,
-                                recheck=recheck)
+        recommendation = decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary)
         if session.rank_env.is_rank0:
-            publish(output_dir, results, recommendation, launch_hint=launch_hint, console=console,
+            if wandb_sink is not None:
+                for result in settings:
+                    wandb_sink.trial_finished(result)
+            publish(output_dir, settings, recommendation, launch_hint=launch_hint, console=console,
                     wandb_sink=wandb_sink)
-    return SweepOutcome(results=tuple(results), recommendation=recommendation,
-                        num_measured=len(results) - num_skipped, num_skipped=num_skipped,
-                        not_measured=tuple(not_measured), recheck=recheck)
+    return SweepOutcome(results=tuple(settings), recommendation=recommendation,
+                        num_measured=race.num_windows_measured, num_skipped=len(done),
+                        not_measured=tuple(race.not_measured), race=race.summary)
 
 
-def _recheck_baseline(sweep: _Sweep, plan: list[TrialSpec], *, results: list[TrialResult],
-                      done: dict[str, TrialResult], attempts: dict[str, int]) -> Optional[TrialResult]:
-    """Measure the baseline once more, last, so the verdict can tell a steady machine from a drifting one.
+@dataclass(frozen=True)
+class _RaceResult:
+    settings: dict[str, TrialResult]
+    """Each setting that entered the race, aggregated over its windows, by setting key."""
+    not_measured: list[NotMeasured]
+    summary: RaceSummary
+    num_windows_measured: int
 
-    Every rank decides from the same agreed results, so all measure it or none does."""
-    baseline = next((r for r in results if r.is_baseline), None)
-    if not sweep.cfg.sweep.recheck_baseline or len(plan) < 2 or baseline is None or not baseline.ok:
-        return None
-    spec = baseline_recheck(plan)
-    if spec.key in done:
-        return done[spec.key]
-    result = sweep.measure(spec, attempts=attempts.get(spec.key, 0))
-    sweep.record(result)
-    sweep.console.trial_finished(result, position="last")
-    return result
+
+def _race(sweep: _Sweep, plan: list[TrialSpec], *, done: dict[str, TrialResult], attempts: dict[str, int],
+          prefix: str) -> _RaceResult:
+    """Measure rounds until the race is decided, sweep.max_rounds or sweep.budget_s (see rounds.py).
+
+    Every decision that changes what is measured next (which settings enter, which leave, whether another
+    round starts) is rank 0's, broadcast: the inputs are the same on every rank, but the budget reads a
+    clock, and a choice one rank made alone would leave the others waiting in the next window's collectives.
+    Windows found in the journal are taken as measured, so a resumed sweep replays the same rounds and
+    continues where the group died, losing no measured window."""
+    cfg, session = sweep.cfg, sweep.session
+    by_key = {spec.key: spec for spec in plan}
+    baseline = plan[0]
+    windows: dict[str, list[TrialResult]] = {}
+    entered: list[TrialSpec] = []
+    contenders: set[str] = set()
+    failed: set[str] = set()
+    drops: list[Drop] = []
+    not_measured: list[NotMeasured] = []
+    num_measured = 0
+    elapsed_s = 0.0
+    last_round_s: Optional[float] = None
+    end_reason = ""
+    settings: dict[str, TrialResult] = {}
+
+    def enter(specs: Sequence[TrialSpec]) -> None:
+        for spec in specs:
+            if spec.key not in {s.key for s in entered}:
+                entered.append(spec)
+                contenders.add(spec.key)
+
+    enter(first_entrants(plan, cfg.sweep))
+    round_index = 0
+    while True:
+        over = session.broadcast_from_rank0(race_over(
+            alive=sorted(contenders), round_index=round_index, min_rounds=cfg.sweep.min_rounds,
+            max_rounds=cfg.sweep.max_rounds, elapsed_s=elapsed_s, budget_s=cfg.sweep.budget_s,
+            last_round_s=last_round_s))
+        members = sorted(contenders | ({baseline.key} if baseline.key not in failed else set()))
+        if over is not None or not members:
+            end_reason = over or "every setting failed"
+            break
+        rid = round_id(round_index, prefix=prefix)
+        order = round_order(members, round_index=round_index, seed=cfg.sweep.seed)
+        sweep.console.round_started(round_index=round_index, num_windows=len(order))
+        round_s = 0.0
+        for key in order:
+            spec = by_key[key]
+            wkey = window_of(spec, rid).key
+            if wkey in done:
+                result = done[wkey]
+            else:
+                result = sweep.measure(spec, round_id=rid, attempts=attempts.get(wkey, 0),
+                                       first=not windows.get(key))
+                sweep.record(result)
+                num_measured += 1
+            round_s += result.wall_s or 0.0
+            windows.setdefault(key, []).append(result)
+            sweep.console.window_finished(result, round_index=round_index)
+            if not result.ok:
+                failed.add(key)
+                contenders.discard(key)
+        elapsed_s += round_s
+        last_round_s = round_s
+        round_index += 1
+        settings = {key: aggregate_windows(found) for key, found in windows.items()}
+        # Rank 0 decides who leaves and who enters; every rank applies the same answer.
+        new_drops, entering, closed = session.broadcast_from_rank0(
+            _after_round(cfg, plan, settings=settings, contenders=contenders, entered=entered,
+                         rounds_done=round_index))
+        for drop in new_drops:
+            contenders.discard(drop.trial_key)
+            if drop.trial_key != baseline.key:  # the baseline is measured in every round regardless
+                sweep.pool.release(drop.trial_key)
+            drops.append(drop)
+            sweep.console.dropped(drop)
+        enter([by_key[key] for key in entering])
+        for item in closed:
+            if item.label not in {n.label for n in not_measured}:
+                not_measured.append(item)
+    # Settings the strategy never let in (power: the chain stopped, or the race ended first).
+    entered_keys = {s.key for s in entered}
+    for spec in plan:
+        label = spec.label(swept_flags=sweep.swept)
+        if spec.key not in entered_keys and label not in {n.label for n in not_measured}:
+            not_measured.append(NotMeasured(label=label, reason=f"the race ended first ({end_reason})"))
+    baseline_series = tuple((r.round_id or "", r.tokens_per_s) for r in windows.get(baseline.key, [])
+                            if r.ok and r.tokens_per_s is not None)
+    still = sorted(k for k in contenders if k in settings)
+    summary = RaceSummary(num_rounds=round_index, end_reason=end_reason, drops=tuple(drops),
+                          baseline_series=baseline_series, contenders=tuple(settings[k].label for k in still),
+                          contender_keys=tuple(still))
+    return _RaceResult(settings=settings, not_measured=not_measured, summary=summary,
+                       num_windows_measured=num_measured)
+
+
+def _after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, TrialResult], contenders: set[str],
+                 entered: list[TrialSpec], rounds_done: int) -> tuple[list[Drop], list[str], list[NotMeasured]]:
+    """(settings that leave the race, settings that enter it next round, settings that never will)."""
+    drops: list[Drop] = []
+    # No setting leaves before sweep.min_rounds: an interval from two windows rests on one difference of two
+    # numbers, and a race that tests after every round gets many chances to drop a setting by bad luck.
+    if cfg.sweep.race and rounds_done >= max(2, cfg.sweep.min_rounds):
+        drops = race_drops([settings[k] for k in sorted(contenders) if k in settings and settings[k].ok],
+                           after_round=rounds_done, behind=behind)
+    entering: list[str] = []
+    closed: list[NotMeasured] = []
+    if cfg.sweep.strategy == Strategy.power:
+        entered_keys = {s.key for s in entered}
+
+        def faster(a: TrialResult, b: TrialResult) -> Optional[bool]:
+            if min(len(a.window_tokens_per_s), len(b.window_tokens_per_s)) < cfg.sweep.min_rounds:
+                return None
+            return compare(a, b).outcome == Outcome.better
+
+        for spec in plan:
+            if spec.key in entered_keys:
+                continue
+            gate = power_gate(spec, plan=plan, settings=settings, sweep=cfg.sweep, faster=faster)
+            if gate.enter:
+                entering.append(spec.key)
+            elif gate.reason is not None:
+                closed.append(NotMeasured(label=spec.label(), reason=gate.reason))
+    return drops, entering, closed

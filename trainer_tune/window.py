@@ -18,6 +18,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
+import psutil
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -31,9 +32,9 @@ from trainer_tune.model import build_model, count_parameters
 from trainer_tune.nsa_stats import AuxStatsCollector
 from trainer_tune.plan import TrialSpec
 from trainer_tune.stats import relative_half_width, throughput_ci
-from trainer_tune.strategy import BestSoFar, cannot_reach_reason
 from trainer_tune.targets import logits_of
 from trainer_tune.telemetry import RankTelemetry, TelemetryProbe
+from trainer_tune.units import format_bytes
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,8 @@ class WindowMeasurement:
     ddp_applied: Optional[dict[str, object]]
     """DDP's own record of static_graph, find_unused_parameters and bucket size; None without DDP."""
     stop_reason: str = ""
-    cut_short: bool = False
-    """Ended early by strategy=adaptive: it could not reach the best setting measured before it."""
+    num_warmup_steps: int = 0
+    """Warm-up steps before this window: window.warmup_steps after a build, one for a kept model."""
     no_sync_step_times_s: tuple[float, ...] = ()
     """Per extra step with gradient sync off (window.comm_split_steps), the slowest rank's time; empty when
     not measured. Kept apart from every throughput figure."""
@@ -163,6 +164,8 @@ class _Trainer:
             if cfg.train.precision == Precision.bf16 else contextlib.nullcontext
         self.can_skip_sync = isinstance(self.module, DistributedDataParallel)
         self.ddp_applied = _ddp_settings(self.module)
+        self.steps_done = 0
+        """Optimizer steps this trainer has run, over all its windows: the next step's index."""
 
     def step(self, index: int, *, sync: bool = True) -> tuple[torch.Tensor, int, Optional[dict[str, float]]]:
         """Optimizer step `index` of the window; returns the mean micro-step loss (on device), the tokens fed,
@@ -174,6 +177,7 @@ class _Trainer:
         step's work with nsa.disable_aux_stats=false."""
         loss_sum = torch.zeros((), device=self.device)
         tokens = 0
+        self.steps_done += 1
         loss_scale = self.fault.loss_scale(step=index)
         for micro in range(self.grad_accum):
             self.heartbeat(index, micro)
@@ -215,7 +219,8 @@ class LocalWindow:
     """This rank's TelemetryProbe readings over the measured steps; None without a probe."""
     stop_reason: str
     """Why the measured steps ended: the interval was tight enough, a cap, or a fixed window."""
-    cut_short: bool
+    num_warmup_steps: int
+    """Warm-up steps this window ran: window.warmup_steps for a fresh build, fewer for a kept model."""
     no_sync_step_times_s: list[float]
     """This rank's times of the extra steps without gradient sync (window.comm_split_steps); may be empty."""
     aux_stats: list[dict[str, float]]
@@ -226,28 +231,92 @@ def _no_heartbeat(_step: int, _micro_step: int) -> None:
     pass
 
 
+_STATE_BYTES_PER_PARAMETER = 20
+"""Training state a kept model holds per fp32 parameter: the weight, its gradient, AdamW's two moments and
+DDP's bucket copy of the gradient (activations are freed after every step)."""
+
+
+def keep_models_decision(keep: Optional[bool], *, device: torch.device, num_parameters: int,
+                         num_settings: int) -> tuple[bool, str]:
+    """(keep trainers between windows?, why), for window.keep_models."""
+    if keep is not None:
+        return keep, f"window.keep_models={keep}"
+    if device.type == "cuda":
+        return False, ("on CUDA the memory kept models hold would change which micro-batches fit and the peak "
+                       "memory measured (window.keep_models=true keeps them anyway)")
+    need_bytes = _STATE_BYTES_PER_PARAMETER * num_parameters * num_settings
+    free_bytes = psutil.virtual_memory().available
+    fits = need_bytes <= free_bytes / 4
+    return fits, (f"the {num_settings} settings' training state ({format_bytes(need_bytes)}) "
+                  f"{'fits' if fits else 'does not fit'} in a quarter of the free memory ({format_bytes(free_bytes)})")
+
+
+class TrainerPool:
+    """Each setting's trainer (model, DDP wrapper, optimizer, data stream), kept between its windows.
+
+    A kept trainer is warm: its next window needs one re-warming step instead of a build and
+    window.warmup_steps. Every rank must keep or drop the same trainers (building one is a DDP collective),
+    so the sweep decides `keep` once for all ranks; a trainer whose window failed is never given back."""
+
+    def __init__(self) -> None:
+        self.keep = True
+        self._trainers: dict[str, _Trainer] = {}
+
+    def take(self, key: str) -> Optional[_Trainer]:
+        return self._trainers.pop(key, None)
+
+    def give_back(self, key: str, trainer: _Trainer) -> None:
+        if self.keep:
+            self._trainers[key] = trainer
+
+    def release(self, key: str) -> None:
+        self._trainers.pop(key, None)
+
+    def clear(self) -> None:
+        self._trainers.clear()
+        gc.collect()  # DDP's reducer and the model refer to each other: only the collector frees them
+
+    def __len__(self) -> int:
+        return len(self._trainers)
+
+
 def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
                   on_step: Optional[StepCallback] = None, heartbeat: Heartbeat = _no_heartbeat,
                   fault: FaultPlan = NO_FAULT, probe: Optional[TelemetryProbe] = None,
-                  best: Optional[BestSoFar] = None) -> LocalWindow:
-    """Run one trial on this rank. Raises what the model or the device raises; the caller records it.
+                  pool: Optional[TrainerPool] = None, comm_split: bool = True) -> LocalWindow:
+    """Run one window on this rank. Raises what the model or the device raises; the caller records it.
 
-    Besides DDP's own collectives, the only one here is the small all-reduce of step times at each check
-    of an adaptive window; a rank that fails leaves its peers waiting there or in DDP, which the watchdog
-    handles. The outcome agreement that follows goes through the store.
+    With a pool, the setting's trainer from its last window is reused (one re-warming step) and given back
+    afterwards; otherwise a fresh one is built and warmed up. `comm_split=False` skips the steps without
+    gradient sync (the sweep measures them in a setting's first window only).
 
-    Whatever the window starts is undone on every path, so a trial that fails leaves this process as a
-    trial that succeeds does: the probe stops sampling, and the model, its DDP wrapper (with the hooks DDP
-    put on the parameters), the optimizer state and the activations are freed before the next trial
-    builds its own.
+    Besides DDP's own collectives, the only one here is the small all-reduce of step times at each interval
+    check; a rank that fails leaves its peers waiting there or in DDP, which the watchdog handles. The
+    outcome agreement that follows goes through the store.
+
+    Whatever the window starts is undone on every path, so a window that fails leaves this process as one
+    that succeeds does: the probe stops sampling, and the model, its DDP wrapper (with the hooks DDP put on
+    the parameters), the optimizer state and the activations are freed before the next window builds its own.
     """
+    key = spec.setting_key or spec.key
+    trainer = pool.take(key) if pool is not None else None
     try:
-        return _measure(cfg=cfg, spec=spec, session=session, on_step=on_step, heartbeat=heartbeat, fault=fault,
-                        probe=probe, best=best)
+        if trainer is None:
+            trainer = _Trainer(cfg=cfg, spec=spec, session=session, fault=fault, heartbeat=heartbeat)
+            num_warmup_steps = cfg.window.warmup_steps
+        else:
+            # Other settings ran since: one step brings caches and the allocator back before the clock starts.
+            num_warmup_steps = min(1, cfg.window.warmup_steps)
+        local = _measure(cfg=cfg, trainer=trainer, session=session, on_step=on_step, probe=probe,
+                         num_warmup_steps=num_warmup_steps, comm_split=comm_split)
+        if pool is not None:
+            pool.give_back(key, trainer)
+        return local
     except BaseException as exc:
         _clear_frames(exc)
         raise
     finally:
+        del trainer
         gc.collect()  # DDP's reducer and the model refer to each other: only the collector frees them
         if session.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -269,14 +338,13 @@ def _clear_frames(exc: BaseException) -> None:
             pending += [e for e in (current.__cause__, current.__context__) if e is not None]
 
 
-def _measure(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession, on_step: Optional[StepCallback],
-             heartbeat: Heartbeat, fault: FaultPlan, probe: Optional[TelemetryProbe],
-             best: Optional[BestSoFar]) -> LocalWindow:
+def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_step: Optional[StepCallback],
+             probe: Optional[TelemetryProbe], num_warmup_steps: int, comm_split: bool) -> LocalWindow:
     device = session.device
-    trainer = _Trainer(cfg=cfg, spec=spec, session=session, fault=fault, heartbeat=heartbeat)
     _synchronize(device)
     warmup_start_s = time.perf_counter()
-    for step in range(cfg.window.warmup_steps):
+    for _ in range(num_warmup_steps):
+        step = trainer.steps_done
         trainer.step(step)  # aux statistics are computed and reduced here too, only not kept
         if on_step:
             on_step(step, False)
@@ -291,50 +359,44 @@ def _measure(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession, on_step:
     tokens = 0
     window = cfg.window
     stop_reason: Optional[str] = None
-    cut_reason: Optional[str] = None
-    tokens_per_step = spec.global_batch_size * cfg.model.seq_len
     try:
         if probe is not None:
             probe.start()
         while stop_reason is None:
+            step = trainer.steps_done
             clock.start()
-            loss, step_tokens, step_aux_stats = trainer.step(window.warmup_steps + len(losses))
+            loss, step_tokens, step_aux_stats = trainer.step(step)
             clock.stop()
             losses.append(loss)
             if step_aux_stats is not None:
                 aux_stats.append(step_aux_stats)
             tokens += step_tokens
             if on_step:
-                on_step(window.warmup_steps + len(losses) - 1, True)
+                on_step(step, True)
             done = len(losses)
             if done >= window.measure_steps and (window.target_rel_ci is None or done >= window.max_measure_steps
                                                  or (done - window.measure_steps) % window.check_every_steps == 0):
                 # Every rank decides from the same all-reduced step times, so all stop at the same step.
-                times_s = session.max_over_ranks(clock.read_s())
-                stop_reason = window_stop_reason(times_s, window)
-                if stop_reason is None and best is not None:
-                    # Only a window that would go on can be cut short; one that ends anyway keeps its reason.
-                    cut_reason = cannot_reach_reason(times_s, tokens_per_step=tokens_per_step, best=best)
-                    stop_reason = cut_reason
+                stop_reason = window_stop_reason(session.max_over_ranks(clock.read_s()), window)
         step_times_s = clock.read_s()  # synchronizes the device: the probe stops when the work has ended
         telemetry = probe.stop(tokens=tokens) if probe is not None else None
     finally:
         if probe is not None:
             probe.abandon()  # a window that failed while sampling (after stop() there is nothing to do)
     local_losses = torch.stack(losses).tolist()
-    no_sync_step_times_s = _no_sync_steps(trainer, first_index=window.warmup_steps + len(losses),
-                                          num_steps=window.comm_split_steps, device=device)
+    no_sync_step_times_s = _no_sync_steps(trainer, num_steps=window.comm_split_steps if comm_split else 0,
+                                          device=device)
     peak = reserved = None
     if device.type == "cuda":
         peak, reserved = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
     return LocalWindow(step_times_s=step_times_s, tokens=tokens, losses=local_losses, warmup_s=warmup_s,
                        peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved,
                        num_parameters=trainer.num_parameters, ddp_applied=trainer.ddp_applied, telemetry=telemetry,
-                       stop_reason=stop_reason, cut_short=cut_reason is not None,
+                       stop_reason=stop_reason, num_warmup_steps=num_warmup_steps,
                        no_sync_step_times_s=no_sync_step_times_s, aux_stats=aux_stats)
 
 
-def _no_sync_steps(trainer: _Trainer, *, first_index: int, num_steps: int, device: torch.device) -> list[float]:
+def _no_sync_steps(trainer: _Trainer, *, num_steps: int, device: torch.device) -> list[float]:
     """Time `num_steps` steps without gradient sync, after the measured ones (so they cannot disturb them).
 
     The same count on every rank (it comes from config), so the ranks' lists line up step by step. With one
@@ -342,9 +404,9 @@ def _no_sync_steps(trainer: _Trainer, *, first_index: int, num_steps: int, devic
     if not trainer.can_skip_sync or num_steps == 0:
         return []
     clock = _CudaEventClock() if device.type == "cuda" else _HostClock()
-    for offset in range(num_steps):
+    for _ in range(num_steps):
         clock.start()
-        trainer.step(first_index + offset, sync=False)
+        trainer.step(trainer.steps_done, sync=False)
         clock.stop()
     return clock.read_s()
 
@@ -386,7 +448,7 @@ def combine_ranks(local: LocalWindow, *, session: DistSession, seq_len: int) -> 
         losses=tuple(session.mean_over_ranks(local.losses)), warmup_s=warmup_s,
         peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, peak_memory_note=note,
         num_parameters=local.num_parameters, ddp_applied=local.ddp_applied, stop_reason=local.stop_reason,
-        cut_short=local.cut_short,
+        num_warmup_steps=local.num_warmup_steps,
         no_sync_step_times_s=tuple(session.max_over_ranks(local.no_sync_step_times_s))
         if local.no_sync_step_times_s else (),
         aux_stats=tuple(local.aux_stats))

@@ -11,7 +11,7 @@ from trainer_tune.gpu_sampler import GpuSummary
 from trainer_tune.metrics import TrialContext, result_from_window
 from trainer_tune.plan import TrialSpec
 from trainer_tune.results import TrialResult
-from trainer_tune.stats import StepTimeStats
+from trainer_tune.stats import StepTimeStats, geometric_mean
 from trainer_tune.telemetry import AllocatorCounts, RankTelemetry
 from trainer_tune.window import WindowMeasurement
 
@@ -24,12 +24,19 @@ def make_result(*, index: int, key: str, tokens_per_s: Optional[float] = 1000.0,
                 micro_batch_size: int = 2, grad_accum: int = 1, world_size: int = 2, is_baseline: bool = False,
                 flags: TrialFlags = TrialFlags(), step_times: Optional[list[float]] = None,
                 ci: Optional[list[float]] = None, memory_bytes: Optional[int] = None,
-                device_memory_bytes: Optional[int] = None) -> TrialResult:
-    """With `step_times`, tokens/s is what those steps sustain (as a real window reports it)."""
+                device_memory_bytes: Optional[int] = None,
+                windows: Optional[dict[str, float]] = None) -> TrialResult:
+    """A setting's result as metrics.aggregate_windows makes it. With `step_times`, tokens/s is what those steps
+    sustain. `windows` are its tokens/s by round; by default three rounds at exactly tokens/s, so comparisons of
+    two such results are exact (a zero-width interval) and ties only happen at equal figures."""
     ok = status == "ok"
     tokens_per_step = micro_batch_size * grad_accum * world_size * 128
     if step_times is not None:
         tokens_per_s = tokens_per_step * len(step_times) / sum(step_times)
+    if windows is not None and ok:
+        tokens_per_s = geometric_mean(list(windows.values()))
+    elif ok and tokens_per_s is not None:
+        windows = {f"r{i}": tokens_per_s for i in range(3)}
     return TrialResult(
         trial_key=key, index=index, label=f"{micro_batch_size}x{grad_accum}", is_baseline=is_baseline, status=status,
         micro_batch_size=micro_batch_size, grad_accum=grad_accum, world_size=world_size,
@@ -45,7 +52,8 @@ def make_result(*, index: int, key: str, tokens_per_s: Optional[float] = 1000.0,
         num_parameters=1000,
         model="tiny", device="cpu", backend="gloo", torch_version="2.13.0", started_at="t0", finished_at="t1",
         error=None if ok else f"{status} on rank 1",
-        step_times_s=tuple(step_times or ()), device_memory_bytes=device_memory_bytes)
+        step_times_s=tuple(step_times or ()), device_memory_bytes=device_memory_bytes,
+        window_tokens_per_s=dict(windows or {}) if ok else {}, num_windows=len(windows or {}) if ok else 0)
 
 
 def make_gpu(*, util_mean_pct: Optional[float] = None, energy_j_per_token: Optional[float] = None,

@@ -12,65 +12,79 @@ from trainer_tune.config import RecommendArgs
 from trainer_tune.explain import LINEAR, NO_INTERVAL, REFERENCE, SUB_LINEAR, SUPER_LINEAR, explain
 from trainer_tune.figures import ALLOCATOR_RESERVED, MEMORY_SOURCES
 from trainer_tune.flags import TrialFlags
-from trainer_tune.recommend import decide
+from trainer_tune.recommend import compare, decide
 
 GIB = 1024 ** 3
 
 
 def _sweep() -> list:
-    """World size 2, 128 tokens per sample. The grad_accum=1 series has its reference at 1x1: 1000 tokens/s,
-    so a sample takes 128 / 1000 = 0.128 s, interval [128 / 1050, 128 / 950]."""
-    ref = make_result(index=0, key="1x1", micro_batch_size=1, tokens_per_s=1000, ci=[950, 1050], is_baseline=True,
+    """World size 2, 128 tokens per sample, three rounds. The grad_accum=1 series has its reference at 1x1, whose
+    rounds run at 1000, 900 and 1100 tokens/s; every other setting moves with those rounds, so the comparisons
+    are paired (recommend.compare) and their intervals are what the decision itself would use."""
+    rounds = {"r0": 1.0, "r1": 0.9, "r2": 1.1}
+
+    def windows(*per_round: float) -> dict[str, float]:
+        return {r: 1000 * f * x for (r, f), x in zip(rounds.items(), per_round)}
+
+    ref = make_result(index=0, key="1x1", micro_batch_size=1, windows=windows(1, 1, 1), is_baseline=True,
                       memory_bytes=GIB)
     ref = dataclasses.replace(ref, gpu=make_gpu(util_mean_pct=100.0, energy_j_per_token=0.002))
-    slow = make_result(index=2, key="4x1", micro_batch_size=4, tokens_per_s=900, ci=[880, 940], memory_bytes=2 * GIB)
+    slow = make_result(index=2, key="4x1", micro_batch_size=4, windows=windows(0.9, 0.905, 0.895),
+                       memory_bytes=2 * GIB)
     slow = dataclasses.replace(slow, gpu=make_gpu(util_mean_pct=35.0, energy_j_per_token=0.003), num_outlier_steps=3,
                                comm=make_comm(sync_s=0.05, no_sync_s=0.02))
     return [ref,
-            make_result(index=1, key="2x1", micro_batch_size=2, tokens_per_s=1500, ci=[1400, 1600]),
+            make_result(index=1, key="2x1", micro_batch_size=2, windows=windows(1.5, 1.52, 1.49)),
             slow,
-            make_result(index=3, key="8x1", micro_batch_size=8, tokens_per_s=1020, ci=[900, 1100]),
-            make_result(index=4, key="2x2", micro_batch_size=2, grad_accum=2, tokens_per_s=1600, ci=[1500, 1700]),
+            make_result(index=3, key="8x1", micro_batch_size=8, windows=windows(1.1, 0.95, 1.0)),
+            make_result(index=4, key="2x2", micro_batch_size=2, grad_accum=2, windows=windows(1.6, 1.53, 1.55)),
             make_result(index=5, key="16x1", micro_batch_size=16, status="oom")]
 
 
+def _by_key(results: list) -> dict:
+    return {r.trial_key: r for r in results}
+
+
 def test_per_sample_time_and_efficiency_against_the_smallest_batch() -> None:
-    points = {(p.varies, p.label): p for p in explain(_sweep()).points}
+    sweep = _by_key(_sweep())
+    points = {(p.varies, p.label): p for p in explain(list(sweep.values()), compare=compare).points}
     # grad_accum=2 and micro-batches 1, 4, 8 have one finished setting on the other axis: no series there.
     assert sorted(points) == [("grad_accum", "2x1"), ("grad_accum", "2x2"), ("micro_batch_size", "1x1"),
                               ("micro_batch_size", "2x1"), ("micro_batch_size", "4x1"), ("micro_batch_size", "8x1")]
     ref = points[("micro_batch_size", "1x1")]
     assert ref.scaling == REFERENCE and ref.efficiency == 1.0 and ref.series == "grad_accum=1"
-    assert ref.per_sample_time_s == pytest.approx(0.128)
-    assert ref.per_sample_time_s_ci95 == pytest.approx((128 / 1050, 128 / 950))
+    assert ref.per_sample_time_s == pytest.approx(128 / sweep["1x1"].tokens_per_s)
 
     fast = points[("micro_batch_size", "2x1")]
-    assert fast.per_sample_time_s == pytest.approx(128 / 1500) and fast.efficiency == pytest.approx(1.5)
-    assert fast.efficiency_ci95 == pytest.approx((1400 / 1050, 1600 / 950))
+    assert fast.efficiency == pytest.approx(1.5, rel=0.01)
+    # The efficiency interval is the one comparison rule's interval of tokens/s(2x1) / tokens/s(1x1).
+    assert fast.efficiency_ci95 == pytest.approx(compare(sweep["2x1"], sweep["1x1"]).interval)
     assert fast.scaling == SUPER_LINEAR and fast.reference_label == "1x1"
 
     slow = points[("micro_batch_size", "4x1")]
-    assert slow.efficiency == pytest.approx(0.9)
-    assert slow.efficiency_ci95 == pytest.approx((880 / 1050, 940 / 950))  # 0.838 to 0.989: below 1
-    assert slow.scaling == SUB_LINEAR
+    assert slow.efficiency == pytest.approx(0.9, rel=0.01)
+    assert slow.efficiency_ci95[1] < 1.0 and slow.scaling == SUB_LINEAR  # type: ignore[index]
     assert (slow.gpu_util_mean_pct, slow.memory_bytes, slow.exposed_comm_fraction) == (35.0, 2 * GIB, 0.6)
 
     noisy = points[("micro_batch_size", "8x1")]
-    assert noisy.efficiency == pytest.approx(1.02) and noisy.scaling == LINEAR  # 900 / 1050 to 1100 / 950
+    assert noisy.scaling == LINEAR  # rounds at +10%, -5%, 0%: the interval holds 1
 
     accum = points[("grad_accum", "2x2")]
     assert accum.series == "micro_batch_size=2" and accum.reference_label == "2x1"
-    assert accum.efficiency == pytest.approx(1600 / 1500)
-    assert accum.efficiency_ci95 == pytest.approx((1500 / 1600, 1700 / 1400)) and accum.scaling == LINEAR
+    assert accum.efficiency == pytest.approx(sweep["2x2"].tokens_per_s / sweep["2x1"].tokens_per_s)
+    assert accum.scaling == LINEAR
 
 
 def test_facts_state_measured_figures_side_by_side() -> None:
-    facts = explain(_sweep()).facts
-    assert ("4x1 is sub-linear against 1x1 (grad_accum=1): a sample takes 142 ms vs 128 ms, efficiency 0.90 "
-            "(95% CI 0.84 to 0.99), dearer per sample beyond noise; beside it: GPU utilization 35% vs 100% at 1x1, "
-            "peak memory 2.0 GiB vs 1.0 GiB, exposed all-reduce 60% of the step") in facts
-    assert any(f.startswith("2x1 is super-linear against 1x1 (grad_accum=1): a sample takes 85.3 ms vs 128 ms, "
-                            "efficiency 1.50 (95% CI 1.33 to 1.68), cheaper") for f in facts)
+    sweep = _by_key(_sweep())
+    facts = explain(list(sweep.values()), compare=compare).facts
+    low, high = compare(sweep["4x1"], sweep["1x1"]).interval  # type: ignore[misc]
+    slow = next(f for f in facts if f.startswith("4x1 is sub-linear against 1x1 (grad_accum=1): a sample takes "))
+    assert (f"efficiency 0.90 (95% CI {low:.2f} to {high:.2f}), dearer per sample beyond noise; beside it: GPU "
+            f"utilization 35% vs 100% at 1x1, peak memory 2.0 GiB vs 1.0 GiB, exposed all-reduce 60% of the "
+            f"step") in slow
+    assert any(f.startswith("2x1 is super-linear against 1x1 (grad_accum=1)") and "efficiency 1.50" in f
+               for f in facts)
     assert ("exposed all-reduce takes 60% of the step at 4x1 (median step 50 ms with gradient sync, 20 ms without: "
             "30 ms)") in facts
     assert any(f.startswith("4x1: 3 of 3 measured steps were outliers") for f in facts)
@@ -78,22 +92,22 @@ def test_facts_state_measured_figures_side_by_side() -> None:
 
 
 def test_decision_matrix_by_objective() -> None:
-    throughput, memory, energy = explain(_sweep()).matrix
-    assert (throughput.objective, throughput.label, throughput.value) == ("max_tokens_per_s", "2x2", 1600)
-    assert throughput.value_ci95 == (1500, 1700)
-    assert throughput.tied_with == ("2x1",)  # 2x1 reaches 1600 >= 1500; 8x1 tops out at 1100
+    throughput, memory, energy = explain(_sweep(), compare=compare).matrix
+    assert (throughput.objective, throughput.label) == ("max_tokens_per_s", "2x2")
+    # 2x2 is ahead of 2x1 in every round (+6.7%, +0.7%, +4.0%), but three rounds cannot rule out a tie.
+    assert throughput.tied_with == ("2x1",)
     assert (memory.objective, memory.label, memory.value) == ("min_memory_bytes", "1x1", GIB)
     assert memory.note == f"peak memory {MEMORY_SOURCES[ALLOCATOR_RESERVED]}; measured for 2 of 5 finished settings"
     assert (energy.objective, energy.label, energy.value) == ("min_energy_j_per_token", "1x1", 0.002)
 
 
 def test_not_measured_objectives_say_why() -> None:
-    results = [dataclasses.replace(make_result(index=i, key=str(i), micro_batch_size=m, ci=None),
+    results = [dataclasses.replace(make_result(index=i, key=str(i), micro_batch_size=m, windows={"r0": 1000.0}),
                                    gpu_note="GPU sampling was off (telemetry.gpu_sampling=false)")
                for i, m in enumerate((1, 2))]
-    explained = explain(results)
+    explained = explain(results, compare=compare)
     throughput, memory, energy = explained.matrix
-    # Equal tokens/s and no intervals: the first measured wins, the other is tied with it.
+    # Equal tokens/s, one window each (no interval): the first measured wins, the other is tied with it.
     assert (throughput.label, throughput.tied_with, throughput.value_ci95) == ("1x1", ("2x1",), None)
     assert memory.value is None and memory.note == "not measured: cpu"  # make_result's peak_memory_note
     assert energy.value is None and energy.note == "not measured: GPU sampling was off (telemetry.gpu_sampling=false)"
@@ -101,13 +115,13 @@ def test_not_measured_objectives_say_why() -> None:
 
 
 def test_all_failed_and_baseline_only() -> None:
-    failed = explain([make_result(index=0, key="a", status="oom", is_baseline=True),
+    failed = explain(compare=compare, results=[make_result(index=0, key="a", status="oom", is_baseline=True),
                       make_result(index=1, key="b", status="error", micro_batch_size=4)])
     assert failed.points == () and failed.facts == ()
     assert [w.value for w in failed.matrix] == [None, None, None]
     assert all("no setting finished cleanly" in w.note for w in failed.matrix)
 
-    alone = explain([make_result(index=0, key="a", is_baseline=True, ci=[900, 1100])])
+    alone = explain(compare=compare, results=[make_result(index=0, key="a", is_baseline=True, ci=[900, 1100])])
     assert alone.points == ()
     assert alone.facts[0].startswith("no scaling to compare")
     assert alone.matrix[0].label == "2x1" and alone.matrix[0].tied_with == ()
@@ -119,10 +133,10 @@ def test_settings_that_differ_in_a_flag_are_not_one_series() -> None:
     a = make_result(index=0, key="a", micro_batch_size=1, ci=[900, 1100])
     b = make_result(index=1, key="b", micro_batch_size=2, ci=[900, 1100], flags=TrialFlags(bucket_cap_mb=1.0))
     assert b.label == "2x1"  # the flag is not in the label
-    assert explain([a, b]).points == ()
+    assert explain([a, b], compare=compare).points == ()
     c = make_result(index=2, key="c", micro_batch_size=4, ci=[900, 1100], flags=TrialFlags(bucket_cap_mb=1.0))
     c = dataclasses.replace(c, label="4x1 (the user's favourite)")
-    points = explain([a, b, c]).points
+    points = explain([a, b, c], compare=compare).points
     assert [(p.label, p.series) for p in points] == [("2x1", "grad_accum=1 bucket_cap_mb=1"),
                                                     ("4x1 (the user's favourite)", "grad_accum=1 bucket_cap_mb=1")]
 
@@ -141,14 +155,14 @@ def test_energy_without_a_reading_names_the_source() -> None:
     gpu = make_gpu(util_mean_pct=80.0, energy_j_per_token=None, energy_source="power_integral")
     results = [dataclasses.replace(make_result(index=0, key="a"), gpu=gpu),
                make_result(index=1, key="b", micro_batch_size=4)]
-    energy = explain(results).matrix[2]
+    energy = explain(results, compare=compare).matrix[2]
     assert energy.note == "not measured: GPU figures were not recorded"  # b has no GPU figures at all
-    energy = explain(results[:1]).matrix[2]
+    energy = explain(results[:1], compare=compare).matrix[2]
     assert energy.note == "not measured: the GPUs reported no energy reading (energy source: power_integral)"
 
 
 def test_an_exposed_share_within_noise_is_said_to_be() -> None:
     comm = make_comm(sync_s=0.1, no_sync_s=0.098, within_noise=True)
     result = dataclasses.replace(make_result(index=0, key="a", micro_batch_size=8), comm=comm)
-    assert explain([result]).facts[1] == (
+    assert explain([result], compare=compare).facts[1] == (
         "the exposed all-reduce share is within the synced steps' noise, so not distinguishable from 0, at 8x1 (2%)")

@@ -8,7 +8,7 @@ from trainer_tune.config import (
     Backend, ConfigError, DistArgs, FaultArgs, FaultKind, Precision, RecommendArgs, Strategy, SweepArgs,
     TelemetryArgs, TrainArgs, TuneConfig, WandbArgs, WatchdogArgs, WindowArgs)
 from trainer_tune.flags import TrialFlags
-from trainer_tune.plan import baseline_recheck, build_plan
+from trainer_tune.plan import build_plan, window_of
 
 
 def _cfg(**sweep: object) -> TuneConfig:
@@ -107,7 +107,7 @@ MEASURES_ELSE = {
     "faster GPU sampling": _changed(telemetry=TelemetryArgs(sample_hz=50.0)),
     "another peak for MFU": _changed(telemetry=TelemetryArgs(peak_tflops=100.0)),
     "bf16": _changed(train=TrainArgs(precision=Precision.bf16)),
-    "cut-short windows": _changed(sweep=SweepArgs(strategy=Strategy.adaptive)),
+    "models rebuilt for every window": _changed(window=WindowArgs(keep_models=False)),
 }
 
 MEASURES_THE_SAME = {
@@ -117,7 +117,7 @@ MEASURES_THE_SAME = {
     "the process-group timeout": _changed(dist=DistArgs(timeout_s=60.0)),
     "backend auto, which is gloo on a CPU": _changed(dist=DistArgs(backend=Backend.gloo)),
     "fault settings without a fault": _changed(fault=FaultArgs(kind=FaultKind.none, rank=1, step=7)),
-    "no baseline re-check": _changed(sweep=SweepArgs(recheck_baseline=False)),
+    "another race": _changed(sweep=SweepArgs(min_rounds=5, max_rounds=12, budget_s=None, race=False, seed=3)),
 }
 
 
@@ -138,12 +138,13 @@ def test_a_key_names_the_backend_and_device_the_group_runs_on() -> None:
     assert _key(_cfg(), device_type="cuda") == _key(cuda_nccl, device_type="cuda")  # auto is nccl on CUDA
 
 
-def test_the_baseline_recheck_repeats_the_baseline_under_its_own_key_and_index() -> None:
+def test_a_window_is_keyed_by_its_setting_and_round() -> None:
     plan = build_plan(_cfg(micro_batch_sizes=[1, 4], grad_accums=[1]), world_size=2,
                       base_flags=TrialFlags(), device_type="cpu")
-    again = baseline_recheck(plan)
-    assert (again.micro_batch_size, again.grad_accum, again.flags) == \
-        (plan[0].micro_batch_size, plan[0].grad_accum, plan[0].flags)
-    assert again.index == len(plan) and again.recheck_of == 0 and not again.is_baseline
-    assert again.key not in {s.key for s in plan}
-    assert again.label() == "2x1 re-check" and plan[0].label() == "2x1"
+    first, again = window_of(plan[1], "r0"), window_of(plan[1], "r1")
+    assert (first.setting_key, first.round_id) == (plan[1].key, "r0")
+    assert len({first.key, again.key, plan[1].key, window_of(plan[0], "r0").key}) == 4
+    assert (first.micro_batch_size, first.grad_accum, first.flags, first.index) == \
+        (plan[1].micro_batch_size, plan[1].grad_accum, plan[1].flags, plan[1].index)
+    assert window_of(plan[1], "job2/r0").key != first.key  # a multirun job's rounds are its own
+

@@ -20,7 +20,8 @@ def test_go_when_the_best_beats_the_baseline_by_the_margin() -> None:
     assert rec.decision == GO
     assert rec.chosen is not None and rec.chosen.trial_key == "fast"
     assert rec.speedup == pytest.approx(1.23)
-    assert rec.verdict == "GO: micro_batch_size=4 grad_accum=1 (+23.0% tokens/s vs baseline 2x1)"
+    assert rec.verdict == ("GO: micro_batch_size=4 grad_accum=1 (+23.0% tokens/s vs baseline 2x1, "
+                           "95% CI +23.0% to +23.0%)")
     assert "train.micro_batch_size=4" in rec.overrides and "train.grad_accum=1" in rec.overrides
     assert any("global batch changes from 4 to 8" in r for r in rec.reasons)
     assert rec.speedup_by_key["slow"] == pytest.approx(0.9)
@@ -47,7 +48,7 @@ def test_baseline_already_fastest_is_no_go() -> None:
     results = [make_result(index=0, key="base", tokens_per_s=1000, is_baseline=True),
                make_result(index=1, key="slow", tokens_per_s=800, micro_batch_size=1)]
     rec = decide(results, args=ARGS)
-    assert rec.decision == NO_GO and "already the fastest" in rec.reasons[0]
+    assert rec.decision == NO_GO and "is the fastest setting measured" in rec.reasons[0]
 
 
 def test_failed_settings_are_never_chosen_and_are_listed() -> None:
@@ -75,11 +76,18 @@ def test_nothing_finished_is_no_go_without_a_choice() -> None:
     assert rec.decision == NO_GO and rec.chosen is None and rec.overrides == ()
 
 
-def test_ties_go_to_the_smaller_global_batch() -> None:
-    results = [make_result(index=0, key="base", tokens_per_s=500, is_baseline=True),
-               make_result(index=1, key="big", tokens_per_s=1000, micro_batch_size=8),
-               make_result(index=2, key="small", tokens_per_s=1000, micro_batch_size=4)]
-    assert decide(results, args=ARGS).chosen.trial_key == "small"  # type: ignore[union-attr]
+def test_a_tie_goes_to_the_higher_point_estimate_by_default() -> None:
+    # 4x1 and 8x1 cannot be told apart (their per-round ratios straddle 1); 8x1 has the higher estimate.
+    results = [make_result(index=0, key="base", windows={"r0": 500, "r1": 510, "r2": 490}, is_baseline=True),
+               make_result(index=1, key="big", windows={"r0": 1050, "r1": 990, "r2": 1000}, micro_batch_size=8),
+               make_result(index=2, key="small", windows={"r0": 1000, "r1": 1010, "r2": 980}, micro_batch_size=4)]
+    rec = decide(results, args=ARGS)
+    assert rec.chosen is not None and rec.chosen.trial_key == "big"
+    assert set(rec.tied) == {"8x1", "4x1"}
+    tie = next(r for r in rec.reasons if "cannot order" in r)
+    # The tie is named with what it may cost: how much slower 8x1 may be than 4x1 at the interval's lower end.
+    assert "the tie goes to 8x1 (the higher point estimate, recommend.tie_break=fastest)" in tie
+    assert "at worst it is" in tie and "slower than 4x1" in tie
 
 
 def test_a_winning_flag_appears_in_the_verdict_and_overrides() -> None:
@@ -91,36 +99,44 @@ def test_a_winning_flag_appears_in_the_verdict_and_overrides() -> None:
     assert not any("global batch changes" in r for r in rec.reasons)
 
 
-def _steps(mean_s: float, *, spread: float, n: int = 40) -> list[float]:
-    """Steps alternating mean x (1 +- spread): the mean is exact, so only the spread differs between cases."""
-    return [mean_s * (1 + spread if i % 2 else 1 - spread) for i in range(n)]
-
-
 def test_go_needs_the_lower_end_of_the_speedup_interval() -> None:
-    # The same point speedup (+8.1%) twice: with steady steps the interval clears 1.05, with noisy ones it does not.
-    steady = [make_result(index=0, key="base", is_baseline=True, step_times=_steps(0.100, spread=0.005)),
-              make_result(index=1, key="fast", step_times=_steps(0.0925, spread=0.005))]
-    noisy = [make_result(index=0, key="base", is_baseline=True, step_times=_steps(0.100, spread=0.5)),
-             make_result(index=1, key="fast", step_times=_steps(0.0925, spread=0.5))]
+    # The same point speedup (+8%) twice: with consistent rounds the interval clears 1.05, with rounds that
+    # disagree it does not.
+    steady = [make_result(index=0, key="base", is_baseline=True, windows={"r0": 1000, "r1": 900, "r2": 1100}),
+              make_result(index=1, key="fast", windows={"r0": 1081, "r1": 971, "r2": 1187})]
+    noisy = [make_result(index=0, key="base", is_baseline=True, windows={"r0": 1000, "r1": 900, "r2": 1100}),
+             make_result(index=1, key="fast", windows={"r0": 1200, "r1": 855, "r2": 1210})]
     go, no_go = decide(steady, args=ARGS), decide(noisy, args=ARGS)
-    assert go.speedup == pytest.approx(no_go.speedup) == pytest.approx(0.1 / 0.0925)
+    assert go.speedup == pytest.approx(1.08, abs=0.002) and no_go.speedup == pytest.approx(1.08, abs=0.01)
     assert go.decision == GO and go.speedup_ci95 is not None and go.speedup_ci95[0] >= 1.05
-    assert "95% CI" in go.verdict
+    assert "95% CI" in go.verdict and go.comparison is not None and go.comparison.estimate.paired
     assert no_go.decision == NO_GO and no_go.speedup_ci95 is not None and no_go.speedup_ci95[0] < 1.05
     assert "lower end of its speedup" in no_go.reasons[0]
 
 
-def test_a_tie_goes_to_the_baselines_global_batch_then_less_memory() -> None:
-    results = [make_result(index=0, key="base", tokens_per_s=500, is_baseline=True, ci=[490, 510]),
-               make_result(index=1, key="big", tokens_per_s=1000, micro_batch_size=8, ci=[900, 1100]),
-               make_result(index=2, key="same-batch", tokens_per_s=960, micro_batch_size=1, grad_accum=2,
-                           ci=[930, 990], memory_bytes=200),
-               make_result(index=3, key="same-batch-lean", tokens_per_s=950, micro_batch_size=2, ci=[920, 980],
-                           memory_bytes=100)]
+def test_one_window_gives_no_interval_and_no_go() -> None:
+    results = [make_result(index=0, key="base", is_baseline=True, windows={"r0": 1000}),
+               make_result(index=1, key="fast", micro_batch_size=4, windows={"r0": 2000})]
     rec = decide(results, args=ARGS)
+    assert rec.decision == NO_GO and rec.speedup == pytest.approx(2.0) and rec.speedup_ci95 is None
+    assert "one window only" in rec.reasons[0]
+
+
+def test_least_change_breaks_a_tie_toward_the_baselines_global_batch_then_less_memory() -> None:
+    from trainer_tune.config import TieBreak
+
+    results = [make_result(index=0, key="base", windows={"r0": 500, "r1": 505, "r2": 495}, is_baseline=True),
+               make_result(index=1, key="big", windows={"r0": 1000, "r1": 940, "r2": 1060}, micro_batch_size=8),
+               make_result(index=2, key="same-batch", windows={"r0": 960, "r1": 950, "r2": 970}, micro_batch_size=1,
+                           grad_accum=2, memory_bytes=200),
+               make_result(index=3, key="same-batch-lean", windows={"r0": 950, "r1": 960, "r2": 940},
+                           micro_batch_size=2, memory_bytes=100)]
+    rec = decide(results, args=RecommendArgs(min_speedup=1.05, tie_break=TieBreak.least_change))
     assert rec.chosen is not None and rec.chosen.trial_key == "same-batch-lean"
-    assert any("within noise of the fastest (8x1)" in r for r in rec.reasons)
+    assert any("the tie goes to 2x1" in r and "least_change" in r for r in rec.reasons)
     assert not any("global batch changes" in r for r in rec.reasons)
+    fastest = decide(results, args=ARGS)
+    assert fastest.chosen is not None and fastest.chosen.trial_key == "big"
 
 
 def test_settings_over_the_memory_limit_are_never_chosen() -> None:
@@ -142,89 +158,46 @@ def test_a_throughput_target_must_be_met() -> None:
     assert rec.decision == NO_GO and "below recommend.target_tokens_per_s=1,000" in rec.reasons[0]
 
 
-def test_settings_left_out_or_cut_short_are_named_with_their_reason() -> None:
-    import dataclasses
-
+def test_settings_left_out_and_the_race_are_named_with_their_reason() -> None:
+    from trainer_tune.rounds import Drop, RaceSummary
     from trainer_tune.strategy import NotMeasured
 
-    base = make_result(index=0, key="b", tokens_per_s=1000.0, is_baseline=True)
-    cut = dataclasses.replace(make_result(index=1, key="c", tokens_per_s=500.0, micro_batch_size=1),
-                              window_cut_short=True)
+    base = make_result(index=0, key="b", windows={"r0": 1000, "r1": 990, "r2": 1010}, is_baseline=True)
+    slow = make_result(index=1, key="c", windows={"r0": 500, "r1": 490, "r2": 505}, micro_batch_size=1)
     skipped = [NotMeasured("8x1", "4x1 ended oom, so larger micro-batches were not tried"),
                NotMeasured("16x1", "4x1 ended oom, so larger micro-batches were not tried")]
-    rec = decide([base, cut], args=RecommendArgs(), not_measured=skipped)
-    assert rec.cut_short == ("1x1",)
+    race = RaceSummary(num_rounds=3, end_reason="one setting left after 3 rounds: the race is decided",
+                       drops=(Drop(label="1x1", trial_key="c", after_round=3, reason="-50.0% against 2x1"),),
+                       baseline_series=(("r0", 1000.0), ("r1", 990.0), ("r2", 1010.0)), contenders=("2x1",),
+                       contender_keys=("b",))
+    rec = decide([base, slow], args=RecommendArgs(), not_measured=skipped, race=race)
     assert rec.not_measured == tuple(skipped)
-    assert any("could not reach the best (strategy=adaptive): 1x1" in r for r in rec.reasons)
+    assert any("1x1 left the race after round 3: -50.0% against 2x1" in r for r in rec.reasons)
+    assert any("3 round(s) measured; the race ended: one setting left" in r for r in rec.reasons)
     # One line per reason, naming every setting it left out.
     assert any("2 planned setting(s) not measured" in r and "8x1, 16x1: 4x1 ended oom" in r for r in rec.reasons)
     as_json = rec.to_json_dict()
     assert as_json["not_measured"][0] == {"label": "8x1", "reason": "4x1 ended oom, so larger micro-batches were not tried"}
-    assert as_json["cut_short"] == ["1x1"]
+    assert as_json["race"]["drops"][0]["label"] == "1x1" and as_json["race"]["num_rounds"] == 3
 
 
-# --- the baseline's re-check after the last trial (sweep.recheck_baseline) ---------------------------------
+# --- drift: the baseline measured in every round ---------------------------------------------------------
 
-def _drift_sweep(recheck_tokens_per_s: float, recheck_ci: list[float]) -> tuple[list, object]:
-    results = [make_result(index=0, key="base", tokens_per_s=1000, ci=[990, 1010], is_baseline=True),
-               make_result(index=1, key="fast", tokens_per_s=1080, ci=[1070, 1090], micro_batch_size=4)]
-    recheck = make_result(index=2, key="base-recheck", tokens_per_s=recheck_tokens_per_s, ci=recheck_ci)
-    return results, recheck
-
-
-def test_a_steady_recheck_changes_nothing_and_says_so() -> None:
-    results, recheck = _drift_sweep(1005, [995, 1015])
-    steady = decide(results, args=ARGS, recheck=recheck)
-    plain = decide(results, args=ARGS)
-    assert steady.decision == plain.decision == GO and steady.speedup_ci95 == plain.speedup_ci95
-    assert steady.drift is not None and steady.drift.within_noise and steady.drift.widening == 1.0
-    assert steady.drift.change == pytest.approx(0.005)
-    assert any("within noise: the machine's speed held steady" in r for r in steady.reasons)
-    assert steady.to_json_dict()["drift"]["widening"] == 1.0
+def test_drift_is_reported_from_the_baselines_rounds_and_cancels_in_paired_ratios() -> None:
+    # The machine slows by 20% over the sweep; the faster setting is 10% ahead of the baseline in every round.
+    speed = {"r0": 1.0, "r1": 0.9, "r2": 0.8}
+    results = [make_result(index=0, key="base", is_baseline=True, windows={r: 1000 * f for r, f in speed.items()}),
+               make_result(index=1, key="fast", micro_batch_size=4,
+                           windows={r: 1100 * f * (1.01 if r == "r1" else 1.0) for r, f in speed.items()})]
+    rec = decide(results, args=ARGS)
+    assert rec.drift is not None and rec.drift.change == pytest.approx(-0.2) and rec.drift.spread == pytest.approx(0.25)
+    assert any("-20.0% first to last" in r and "cancels" in r for r in rec.reasons)
+    # Pairing within rounds: the 20% drift is not noise in the ratio, so +10% clears the +5% margin.
+    assert rec.decision == GO and rec.speedup_ci95 is not None and rec.speedup_ci95[0] > 1.05
+    assert rec.to_json_dict()["drift"]["series"] == [["r0", 1000.0], ["r1", 900.0], ["r2", 800.0]]
 
 
-def test_a_drifting_machine_widens_every_comparison_into_no_go() -> None:
-    # +8% measured, but the baseline itself moved 10% between the start and the end of the sweep.
-    results, recheck = _drift_sweep(900, [890, 910])
-    rec = decide(results, args=ARGS, recheck=recheck)
-    assert rec.drift is not None and not rec.drift.within_noise
-    assert rec.drift.widening == pytest.approx(1.10)
-    assert rec.decision == NO_GO and rec.chosen is not None and rec.chosen.trial_key == "base"
-    # 1080 / 1.1 < 1010: within the widened noise the baseline ties with the faster setting.
-    assert any("within noise of the fastest" in r for r in rec.reasons)
-    assert any("beyond noise: the machine's speed changed during the sweep" in r and "widened by 10.0%" in r
-               for r in rec.reasons)
-
-
-def test_drift_widens_the_speedup_interval_by_the_change() -> None:
-    # A setting 2x faster than the baseline, and a machine that slowed down 6.25% during the sweep.
-    # Same step time (0.2 s +- 1%), twice the tokens per step: 2x1 moves 512 tokens a step (2,560 tokens/s),
-    # 4x1 1,024 (5,120 tokens/s); the re-check's 2,400 tokens/s is 2,400 / 2,560 - 1 = -6.25%.
-    rng = random.Random(3)
-    base_times = [0.200 + rng.uniform(-0.002, 0.002) for _ in range(30)]
-    fast_times = [0.200 + rng.uniform(-0.002, 0.002) for _ in range(30)]
-    results = [make_result(index=0, key="base", step_times=base_times, ci=[2540, 2580], is_baseline=True),
-               make_result(index=1, key="fast", step_times=fast_times, ci=[5080, 5160], micro_batch_size=4)]
-    for result in results:  # the fixture's intervals contain its own figures
-        assert result.tokens_per_s_ci95[0] <= result.tokens_per_s <= result.tokens_per_s_ci95[1]
-    plain = decide(results, args=ARGS)
-    recheck = make_result(index=2, key="base-recheck", tokens_per_s=2400, ci=[2390, 2410])
-    drifted = decide(results, args=ARGS, recheck=recheck)
-    assert plain.speedup_ci95 is not None and drifted.speedup_ci95 is not None and drifted.drift is not None
-    assert plain.speedup == pytest.approx(2.0, rel=0.01)
-    assert drifted.drift.change == pytest.approx(-0.0625, rel=0.01) and not drifted.drift.within_noise
-    widening = drifted.drift.widening
-    assert widening == pytest.approx(1.0625, rel=0.01)
-    assert drifted.speedup_ci95[0] == pytest.approx(plain.speedup_ci95[0] / widening)
-    assert drifted.speedup_ci95[1] == pytest.approx(plain.speedup_ci95[1] * widening)
-    # 2x faster survives a 6.25% drift: even the widened interval's lower end clears the +5% margin.
-    assert drifted.decision == GO and drifted.chosen is not None and drifted.chosen.trial_key == "fast"
-    assert drifted.speedup_ci95[0] > 1.8 > ARGS.min_speedup
-
-
-def test_a_failed_recheck_is_reported_not_used() -> None:
-    results, _ = _drift_sweep(1000, [990, 1010])
-    failed = make_result(index=2, key="base-recheck", status="error")
-    rec = decide(results, args=ARGS, recheck=failed)
-    assert rec.drift is None and rec.decision == GO
-    assert any("re-check after the last trial did not finish cleanly (error)" in r for r in rec.reasons)
+def test_a_baseline_with_one_clean_window_has_no_drift() -> None:
+    results = [make_result(index=0, key="base", is_baseline=True, windows={"r0": 1000}),
+               make_result(index=1, key="fast", micro_batch_size=4)]
+    assert decide(results, args=ARGS).drift is None

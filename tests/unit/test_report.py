@@ -11,6 +11,7 @@ from result_factory import make_comm, make_gpu, make_result
 from trainer_tune.config import RecommendArgs
 from trainer_tune.recommend import decide
 from trainer_tune.sinks.report import write_report
+from trainer_tune.rounds import Drop, RaceSummary
 from trainer_tune.strategy import NotMeasured
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -48,17 +49,21 @@ def _mixed_sweep() -> list:
 def test_report_of_a_mixed_sweep_has_every_section_and_valid_charts(tmp_path: Path) -> None:
     results = _mixed_sweep()
     rec = decide(results, args=RecommendArgs(min_speedup=1.05))
+    race = RaceSummary(num_rounds=3, end_reason="sweep.max_rounds=3 reached with 2 settings still in the race",
+                       drops=(Drop(label="1x1", trial_key="a", after_round=3, reason="-40.0% against 4x1"),),
+                       baseline_series=(), contenders=("4x1", "2x1"))
     rec = dataclasses.replace(rec, not_measured=(NotMeasured("16x1", "8x1 ended oom, so larger micro-batches were not tried"),),
-                              cut_short=("1x1",))
+                              race=race)
     files = write_report(tmp_path, results, rec)
     text = files.report.read_text()
     assert files.report == tmp_path / "report.md"
     assert rec.verdict in text
     for heading in ("## Why", "## Trials", "## Charts", "## Explanations", "## Decision matrix",
-                    "## Settings not measured", "## Windows cut short"):
+                    "## Settings not measured", "## The race"):
         assert heading in text
     assert "16x1: 8x1 ended oom, so larger micro-batches were not tried" in text
-    assert sorted(c.name for c in files.charts) == ["efficiency", "gpu_util", "step_times", "tokens_per_s"]
+    assert "- 1x1 left after round 3: -40.0% against 4x1" in text
+    assert sorted(c.name for c in files.charts) == ["efficiency", "gpu_util", "rounds", "step_times", "tokens_per_s"]
     assert sorted(_linked_charts(text)) == sorted(f"charts/{c.name}.png" for c in files.charts)
     for chart in files.charts:
         width, height = _png_size(chart.path)
@@ -89,7 +94,7 @@ def test_report_when_only_the_baseline_ran_on_one_rank(tmp_path: Path) -> None:
     base = dataclasses.replace(base, gpu_note="no NVIDIA driver")
     files = write_report(tmp_path, [base], decide([base], args=RecommendArgs()))
     text = files.report.read_text()
-    assert sorted(c.name for c in files.charts) == ["step_times", "tokens_per_s"]
+    assert sorted(c.name for c in files.charts) == ["rounds", "step_times", "tokens_per_s"]
     for chart in files.charts:
         _png_size(chart.path)
     assert "no chart of per-sample efficiency: needs two finished settings" in text

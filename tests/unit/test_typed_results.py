@@ -16,7 +16,7 @@ from trainer_tune.gpu_sampler import GpuSummary
 from trainer_tune.journal import append_result, read_journal
 from trainer_tune.metrics import step_history
 from trainer_tune.recommend import decide
-from trainer_tune.results import RECORD_VERSION
+from trainer_tune.results import RECORD_VERSION, TrialResult
 from trainer_tune.sinks.charts import tokens_per_s_lines
 from trainer_tune.telemetry import RankTelemetry
 
@@ -83,23 +83,23 @@ def test_a_journal_from_before_the_typed_fields_reads_into_them() -> None:
     assert gpu_trial.gpu is not None and gpu_trial.gpu.memory_used_peak_bytes == 5 * GIB
     assert gpu_trial.gpu.per_rank[1].util_mean_pct == 80.0 and gpu_trial.gpu.num_alloc_retries == 2
     assert gpu_trial.nsa_aux_stats == tuple(lines[3]["extra"]["nsa_aux_stats"])
-    # The decision finds an old journal's step times: with 1x1 as the baseline, 2x1's speedup has an interval.
+    # A line from before rounds is one window: it is compared, but with no interval (and so no GO on it).
     slow_base = dataclasses.replace(results[1], is_baseline=True)
     rec = decide([dataclasses.replace(results[0], is_baseline=False), slow_base], args=RecommendArgs())
-    assert rec.best is not None and rec.best.trial_key == results[0].trial_key and rec.speedup_ci95 is not None
+    assert rec.best is not None and rec.best.trial_key == results[0].trial_key and rec.speedup_ci95 is None
+    assert rec.speedup is not None and "one window only" in rec.reasons[0]
 
 
-def test_the_speedup_interval_comes_from_the_step_times_field() -> None:
-    base = make_result(index=0, key="base", is_baseline=True, step_times=[0.10, 0.11, 0.10, 0.12, 0.10, 0.11])
-    fast = make_result(index=1, key="fast", micro_batch_size=4, step_times=[0.12, 0.13, 0.12, 0.12, 0.13, 0.12])
-    assert fast.extra == {} and len(fast.step_times_s) == 6
+def test_the_speedup_interval_comes_from_the_window_rates_field() -> None:
+    base = make_result(index=0, key="base", is_baseline=True, windows={"r0": 1000, "r1": 950, "r2": 1040})
+    fast = make_result(index=1, key="fast", micro_batch_size=4, windows={"r0": 1700, "r1": 1640, "r2": 1790})
+    assert fast.extra == {} and len(fast.window_tokens_per_s) == 3
     rec = decide([base, fast], args=RecommendArgs(min_speedup=1.05))
     assert rec.best is fast and rec.speedup_ci95 is not None
     low, high = rec.speedup_ci95
     assert low < rec.speedup < high  # type: ignore[operator]
-    without = decide([base, dataclasses.replace(fast, step_times_s=())], args=RecommendArgs(min_speedup=1.05))
-    assert without.speedup_ci95 is None
-
+    back = TrialResult.from_json_dict(json.loads(json.dumps(fast.to_json_dict())))
+    assert back.window_tokens_per_s == fast.window_tokens_per_s
 
 def test_step_history_reads_the_typed_fields() -> None:
     result = make_measured(index=0, micro_batch_size=2, step_s=0.1, allocated_gib=3, reserved_gib=4, nvml_gib=5)

@@ -99,8 +99,9 @@ def _efficiency(points: Sequence[ScalingPoint], path: Path) -> None:
             members = sorted((p for p in points if p.varies == kind and p.series == name),
                              key=lambda p: getattr(p, kind))
             x = [getattr(p, kind) for p in members]
-            low = [p.efficiency - p.efficiency_ci95[0] if p.efficiency_ci95 else 0.0 for p in members]
-            high = [p.efficiency_ci95[1] - p.efficiency if p.efficiency_ci95 else 0.0 for p in members]
+            # max(0, ...): a zero-width interval can sit a rounding error off its point.
+            low = [max(0.0, p.efficiency - p.efficiency_ci95[0]) if p.efficiency_ci95 else 0.0 for p in members]
+            high = [max(0.0, p.efficiency_ci95[1] - p.efficiency) if p.efficiency_ci95 else 0.0 for p in members]
             (line, *_rest) = ax.errorbar(x, [p.efficiency for p in members], yerr=[low, high], marker="o",
                                          capsize=4, label=name)
             for p in members:
@@ -157,6 +158,25 @@ def _gpu_util(with_series: Sequence[TrialResult], path: Path) -> None:
     fig.savefig(path)
 
 
+def _rounds(finished: Sequence[TrialResult], rec: Recommendation, path: Path) -> None:
+    """tokens/s of every window by round: the baseline's line is the machine's drift; a setting's distance from
+    it in each round is the paired ratio the decision uses."""
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for r in finished:
+        rounds = list(r.window_tokens_per_s.items())
+        is_baseline = rec.baseline is not None and r.trial_key == rec.baseline.trial_key
+        ax.plot([name for name, _ in rounds], [value for _, value in rounds], marker="o",
+                linewidth=2.5 if is_baseline else 1.0, color="black" if is_baseline else None,
+                label=r.label + (" (baseline)" if is_baseline else ""))
+    ax.set_xlabel("round")
+    ax.set_ylabel("tokens/s of the window")
+    ax.set_title("Each window by round: the baseline shows the machine's drift")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    fig.savefig(path)
+
+
 def _gpu_reason(finished: Sequence[TrialResult]) -> str:
     notes = sorted({r.gpu_note for r in finished if r.gpu_note})
     return "no utilization samples were recorded" + (f": {'; '.join(notes)}" if notes else "")
@@ -180,6 +200,10 @@ def draw_charts(results: Sequence[TrialResult], rec: Recommendation, *, charts_d
          None if any(r.step_times_s for r in finished) else
          (none_finished if not finished else "the journal holds no per-step times for these trials"),
          lambda path: _step_times(finished, path)),
+        ("rounds", "tokens/s of each window by round",
+         None if any(len(r.window_tokens_per_s) > 1 for r in finished) else
+         (none_finished if not finished else "every setting was measured in one round only"),
+         lambda path: _rounds(finished, rec, path)),
         ("gpu_util", "GPU utilization over time",
          None if with_series else (none_finished if not finished else _gpu_reason(finished)),
          lambda path: _gpu_util(with_series, path)),

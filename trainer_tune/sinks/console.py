@@ -11,6 +11,7 @@ from rich.table import Table
 from trainer_tune.figures import describe_memory_source
 from trainer_tune.recommend import GO, Recommendation
 from trainer_tune.results import TrialResult
+from trainer_tune.rounds import Drop
 from trainer_tune.units import format_bytes
 
 
@@ -37,16 +38,21 @@ class ConsoleSink:
         self._trials_task = None
         self._steps_task = None
 
-    def sweep_started(self, *, num_trials: int, num_skipped: int, output_dir: str) -> None:
+    def sweep_started(self, *, num_settings: int, num_windows_done: int, output_dir: str) -> None:
         if not self.enabled:
             return
-        self.console.print(f"trainer_tune: {num_trials} trials ({num_skipped} already in the journal), "
-                           f"results in {output_dir}")
+        done = f", {num_windows_done} windows already in the journal" if num_windows_done else ""
+        self.console.print(f"trainer_tune: {num_settings} settings, measured in rounds{done}; results in {output_dir}")
         self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), console=self.console, transient=True)
         self._progress.start()
-        self._trials_task = self._progress.add_task("trials", total=num_trials, completed=num_skipped)
+        self._trials_task = self._progress.add_task("round 1", total=1)
         self._steps_task = self._progress.add_task("steps", total=1)
+
+    def round_started(self, *, round_index: int, num_windows: int) -> None:
+        if self._progress is not None:
+            self._progress.reset(self._trials_task, total=num_windows,
+                                 description=f"round {round_index + 1}: windows")
 
     def trial_started(self, *, label: str, total_steps: int) -> None:
         if self._progress is not None:
@@ -56,7 +62,7 @@ class ConsoleSink:
         if self._progress is not None:
             self._progress.advance(self._steps_task)
 
-    def trial_finished(self, result: TrialResult, *, position: str) -> None:
+    def window_finished(self, result: TrialResult, *, round_index: int) -> None:
         if not self.enabled:
             return
         if result.ok:
@@ -64,16 +70,13 @@ class ConsoleSink:
                       f"{result.step_time_s.median:.4f} s")  # type: ignore[union-attr]
         else:
             detail = result.error or ""
-        self.console.print(f"trial {position} {result.label}: {result.status} {detail}")
+        self.console.print(f"round {round_index + 1} {result.label}: {result.status} {detail}")
         if self._progress is not None:
             self._progress.advance(self._trials_task)
 
-    def trial_not_measured(self, *, label: str, reason: str, position: str) -> None:
-        if not self.enabled:
-            return
-        self.console.print(f"trial {position} {label}: not measured ({reason})")
-        if self._progress is not None:
-            self._progress.advance(self._trials_task)
+    def dropped(self, drop: Drop) -> None:
+        if self.enabled:
+            self.console.print(f"race: {drop.label} leaves after round {drop.after_round}: {drop.reason}")
 
     def sweep_finished(self) -> None:
         if self._progress is not None:
@@ -89,7 +92,7 @@ class ConsoleSink:
         has_mfu = any(r.mfu is not None and r.mfu.mfu is not None for r in results)
         has_comm = any(r.comm for r in results)
         columns = [("#", "right"), ("setting", "left"), ("global batch", "right"), ("status", "left"),
-                   ("tokens/s", "right"), ("95% CI", "right"), ("step p50 s", "right"), ("step p90 s", "right"),
+                   ("tokens/s", "right"), ("95% CI", "right"), ("windows", "right"), ("step p50 s", "right"), ("step p90 s", "right"),
                    ("peak memory", "right")]
         columns += [("GPU util %", "right"), ("J/token", "right")] if has_gpu else []
         columns += [("MFU", "right")] if has_mfu else [("TFLOP/s", "right")]
@@ -105,7 +108,7 @@ class ConsoleSink:
             cells = [str(r.index), r.label + marks, str(r.global_batch_size),
                      r.status if r.ok else f"[red]{r.status}[/red]",
                      _number(r.tokens_per_s, ",.0f"),
-                     _ci_percent(r) + (" cut" if r.window_cut_short else ""),
+                     _ci_percent(r), str(r.num_windows),
                      _number(r.step_time_s.median if r.step_time_s else None, ".4f"),
                      _number(r.step_time_s.p90 if r.step_time_s else None, ".4f"),
                      format_bytes(r.peak_memory_bytes)]

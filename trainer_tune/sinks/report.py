@@ -171,11 +171,12 @@ def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set
         lines += _matrix_section(rec.explanations.matrix)
     if rec.not_measured:
         lines += ["## Settings not measured", ""] + [f"- {n.label}: {n.reason}" for n in rec.not_measured] + [""]
-    if rec.cut_short:
-        lines += ["## Windows cut short", "",
-                  "strategy=adaptive ended these windows once their interval could not reach the best setting "
-                  "measured before them (see each trial's window_stop): "
-                  + ", ".join(rec.cut_short), ""]
+    if rec.race is not None:
+        lines += ["## The race", "",
+                  f"{rec.race.num_rounds} round(s), each measuring every setting still in the race and the baseline "
+                  f"in a shuffled order; it ended: {rec.race.end_reason}.", ""]
+        lines += [f"- {d.label} left after round {d.after_round}: {d.reason}" for d in rec.race.drops]
+        lines += [""]
     return "\n".join(lines)
 
 

@@ -122,7 +122,7 @@ class WandbSink:
                                                  for w in rec.explanations.matrix}}
             run.log(charts)
             run.summary.update(summary | {"not_measured": [f"{n.label}: {n.reason}" for n in rec.not_measured],
-                                   "cut_short": list(rec.cut_short),
+                                   "race": rec.race.to_json_dict() if rec.race else None,
                                    "drift": rec.drift.to_json_dict() if rec.drift else None})
             run.summary.update({"decision": rec.decision, "verdict": rec.verdict, "speedup": rec.speedup,
                                 "min_speedup": rec.min_speedup, "reasons": list(rec.reasons),
