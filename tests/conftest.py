@@ -60,3 +60,21 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.fixture
 def out_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+def read_settings(out: Path) -> dict[str, dict]:
+    """Each setting of a finished sweep aggregated over its windows, by label (recommendation.json's `settings`)."""
+    rec = json.loads((out / "recommendation.json").read_text())
+    return {s["label"]: s for s in rec["settings"]}
+
+
+def windows_by_label(out: Path) -> dict[str, list[dict]]:
+    """The journal's windows, by setting label, in the order they were measured."""
+    grouped: dict[str, list[dict]] = {}
+    for window in read_jsonl(out / "trials.jsonl"):
+        grouped.setdefault(window["label"], []).append(window)
+    return grouped
+
+
+ONE_ROUND = ["sweep.min_rounds=1", "sweep.max_rounds=1"]
+"""For tests of mechanics (faults, flags, models) rather than of decisions: every setting in one window."""

@@ -446,9 +446,10 @@ class FaultArgs:
     rank: int = 0
     """Global rank that misbehaves."""
     trial: int = 1
-    """Trial index as in the plan (0 is the baseline)."""
+    """Setting index as in the plan (0 is the baseline)."""
     step: int = 1
-    """Optimizer step within the trial's window, warm-up steps counted from 0."""
+    """Optimizer step of the setting's model, warm-up steps counted from 0 (a model kept between windows,
+    window.keep_models, counts on across them), so the fault strikes in the setting's first window."""
     first_attempt_only: bool = True
     """Do not inject again after torchrun restarted the group, as a transient fault would behave."""
 

@@ -311,9 +311,10 @@ def _cpu_over_windows(windows: Sequence[TrialResult]) -> Optional[CpuFigures]:
 
 
 def step_history(result: TrialResult) -> list[dict[str, Any]]:
-    """Per measured step (slowest rank): step time, the tokens/s that step sustained, the loss and, when the
-    model collected them, the NSA auxiliary statistics (averaged over ranks in the step); then the GPU
-    utilization samples of rank 0 on their own time axis."""
+    """Per measured step (slowest rank, the setting's windows one after the other): step time, the tokens/s that
+    step sustained, the loss and, when the model collected them, the NSA auxiliary statistics (averaged over
+    ranks in the step); then each window's tokens/s by round, and the GPU utilization samples of rank 0, each on
+    its own axis."""
     losses, aux_stats = result.losses, result.nsa_aux_stats
     rows: list[dict[str, Any]] = []
     for step, time_s in enumerate(result.step_times_s):
@@ -324,6 +325,8 @@ def step_history(result: TrialResult) -> list[dict[str, Any]]:
         if step < len(aux_stats):
             row.update({f"nsa/{name}": value for name, value in aux_stats[step].items()})
         rows.append(row)
+    for number, tokens_per_s in enumerate(result.window_tokens_per_s.values()):
+        rows.append({"round": number, "round/tokens_per_s": tokens_per_s})
     for t_s, util_pct in result.gpu_utilization_series:
         rows.append({"gpu_time_s": t_s, "gpu/util_pct": util_pct})
     return rows

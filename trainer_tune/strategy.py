@@ -75,7 +75,8 @@ def power_gate(spec: TrialSpec, *, plan: Sequence[TrialSpec], settings: Mapping[
     sweep.power_patience."""
     fixed = sweep.global_batch_size is not None
     key = _chain_key(spec, fixed_global_batch=fixed)
-    smaller = sorted((s for s in plan[1:] if s.micro_batch_size < spec.micro_batch_size
+    # The baseline belongs to a chain it matches: it is measured in every round anyway.
+    smaller = sorted((s for s in plan if s.micro_batch_size < spec.micro_batch_size
                       and _chain_key(s, fixed_global_batch=fixed) == key), key=lambda s: s.micro_batch_size)
     best: Optional[TrialResult] = None
     no_gain = 0

@@ -366,9 +366,6 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
     if multirun is None:
         recommendation = decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary)
         if session.rank_env.is_rank0:
-            if wandb_sink is not None:
-                for result in settings:
-                    wandb_sink.trial_finished(result)
             publish(output_dir, settings, recommendation, launch_hint=launch_hint, console=console,
                     wandb_sink=wandb_sink)
     return SweepOutcome(results=tuple(settings), recommendation=recommendation,

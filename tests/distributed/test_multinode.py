@@ -15,7 +15,8 @@ from conftest import clean_env, read_jsonl
 
 pytestmark = pytest.mark.slow
 
-SWEEP = ["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2]", "sweep.grad_accums=[1]"]
+SWEEP = ["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2]", "sweep.grad_accums=[1]",
+         "sweep.min_rounds=2", "sweep.max_rounds=2"]
 
 
 def _free_port() -> int:
@@ -44,19 +45,19 @@ def test_two_agents_form_one_group_and_write_once(tmp_path: Path) -> None:
     assert f"rank 0/2 (node 0 " in logs[0] or f"rank 0/2 (node 1 " in logs[0]
     assert {("(node 0 " in logs[r]) for r in (0, 1)} == {True, False}, "each agent is its own node"
 
-    lines = read_jsonl(out / "trials.jsonl")
-    trials = [t for t in lines if t["recheck_of"] is None]
-    assert [(t["micro_batch_size"], t["grad_accum"]) for t in trials] == [(2, 1), (1, 1)]
-    # The baseline's re-check after the last trial ran across both nodes too (it has no wandb run of its own).
-    assert [(t["label"], t["world_size"], t["status"]) for t in lines[len(trials):]] == [("2x1 re-check", 2, "ok")]
-    for t in trials:
+    windows = read_jsonl(out / "trials.jsonl")
+    # Two rounds of the two settings, every window across both nodes.
+    assert sorted((w["round_id"], w["label"], w["world_size"]) for w in windows) == \
+        [("r0", "1x1", 2), ("r0", "2x1", 2), ("r1", "1x1", 2), ("r1", "2x1", 2)]
+    for t in windows:
         assert t["status"] == "ok", t["error"]
         assert t["world_size"] == 2 and t["global_batch_size"] == t["micro_batch_size"] * 2
         assert t["tokens_per_step"] == t["global_batch_size"] * 128  # tokens of both nodes counted
         assert t["tokens_per_s"] == pytest.approx(t["tokens_per_step"] * t["num_measured_steps"] / t["measured_s"])
 
     rec = json.loads((out / "recommendation.json").read_text())
-    assert rec["baseline"]["trial_key"] == trials[0]["trial_key"]
+    assert rec["baseline"]["trial_key"] == next(w["setting_key"] for w in windows if w["label"] == "2x1")
+    trials = rec["settings"]
     # Written once, by global rank 0: one table on the consoles, one wandb run per trial plus the recommendation.
     assert sum(stdout.count("trainer_tune trials") for stdout, _ in outputs) == 1
     assert len(list((out / "wandb").glob("offline-run-*"))) == len(trials) + 1

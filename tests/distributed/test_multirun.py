@@ -1,4 +1,5 @@
-"""Real Hydra multiruns (`-m`) through the shell: one trial per job, one shared journal, one recommendation."""
+"""Real Hydra multiruns (`-m`) through the shell: one setting per job, raced against the baseline in the job's
+own rounds, one shared journal, one recommendation."""
 
 from __future__ import annotations
 
@@ -9,50 +10,61 @@ from pathlib import Path
 
 import pytest
 
-from conftest import clean_env, read_jsonl, run_tune
+from conftest import clean_env, read_jsonl, read_settings, run_tune
+
+ROUNDS = ["sweep.min_rounds=2", "sweep.max_rounds=2"]
 
 pytestmark = pytest.mark.slow
 
 
 def test_multirun_of_four_jobs_measures_the_baseline_once_and_recommends_once(tmp_path: Path) -> None:
-    proc = run_tune(["-m", "train.micro_batch_size=1,4", "train.grad_accum=1,2", "window=quick"], cwd=tmp_path,
-                    timeout_s=280)
+    proc = run_tune(["-m", "train.micro_batch_size=1,4", "train.grad_accum=1,2", "window=quick", *ROUNDS],
+                    cwd=tmp_path, timeout_s=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep_dir,) = list((tmp_path / "outputs" / "multiruns").iterdir())
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1", "2", "3"]
 
-    trials = read_jsonl(sweep_dir / "trials.jsonl")
-    # The baseline (train's own 2x1, pinned when the multirun started) once, then each job's setting.
-    assert [(t["index"], t["label"], t["is_baseline"]) for t in trials] == \
-        [(0, "2x1", True), (1, "1x1", False), (2, "1x2", False), (3, "4x1", False), (4, "4x2", False)]
-    assert len({t["trial_key"] for t in trials}) == 5 and all(t["status"] == "ok" for t in trials)
+    windows = read_jsonl(sweep_dir / "trials.jsonl")
+    # Every job raced its setting against the baseline (train's own 2x1, pinned when the multirun started) in
+    # two rounds of its own: the job's windows pair with its own baseline windows.
+    assert sorted((w["round_id"], w["label"]) for w in windows) == sorted(
+        (f"job{job}/r{r}", label) for job, own in enumerate(["1x1", "1x2", "4x1", "4x2"]) for r in (0, 1)
+        for label in (own, "2x1"))
+    assert all(w["status"] == "ok" for w in windows) and len({w["trial_key"] for w in windows}) == 16
+    settings = read_settings(sweep_dir)
+    assert sorted(settings) == ["1x1", "1x2", "2x1", "4x1", "4x2"] and settings["2x1"]["num_windows"] == 8
+    trials = list(settings.values())
     assert json.loads((sweep_dir / "baseline.json").read_text())["baseline"]["micro_batch_size"] == 2
     # No job wrote a recommendation of its own; the callback wrote the multirun's one.
     for job in range(4):
         assert not (sweep_dir / str(job) / "recommendation.json").exists()
         assert (sweep_dir / str(job) / "config.yaml").exists()
     rec = json.loads((sweep_dir / "recommendation.json").read_text())
-    assert rec["baseline"]["trial_key"] == trials[0]["trial_key"]
+    assert rec["baseline"]["trial_key"] == settings["2x1"]["trial_key"]
     assert rec["num_trials"] == 5 and rec["chosen"]["trial_key"] in {t["trial_key"] for t in trials}
+    # Each setting's ratio to the baseline is paired over its own job's two rounds.
+    assert all(len(interval) == 2 for interval in rec["speedup_intervals"].values())
     assert rec["verdict"] in (sweep_dir / "report.md").read_text()
     assert proc.stdout.count("trainer_tune trials") == 1 and rec["verdict"] in proc.stdout
-    # wandb: a run per measured trial and one recommendation run, all under the multirun's directory.
+    # wandb: a run per setting and one recommendation run, all under the multirun's directory.
     assert len(list((sweep_dir / "wandb").glob("offline-run-*"))) == 5 + 1
 
     # The same multirun again in the same directory: nothing is measured again, the verdict stands.
-    again = run_tune(["-m", "train.micro_batch_size=1,4", "train.grad_accum=1,2", "window=quick",
+    again = run_tune(["-m", "train.micro_batch_size=1,4", "train.grad_accum=1,2", "window=quick", *ROUNDS,
                       f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, timeout_s=200)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert read_jsonl(sweep_dir / "trials.jsonl") == trials
+    assert read_jsonl(sweep_dir / "trials.jsonl") == windows
     assert json.loads((sweep_dir / "recommendation.json").read_text())["verdict"] == rec["verdict"]
 
 
 def test_multirun_under_torchrun_writes_once(tmp_path: Path) -> None:
-    proc = run_tune(["-m", "train.micro_batch_size=1,4", "window=quick", "wandb=off"], nproc=2, cwd=tmp_path)
+    proc = run_tune(["-m", "train.micro_batch_size=1,4", "window=quick", "wandb=off", *ROUNDS], nproc=2,
+                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep_dir,) = list((tmp_path / "outputs" / "multiruns").iterdir())
-    trials = read_jsonl(sweep_dir / "trials.jsonl")
-    assert [(t["label"], t["world_size"]) for t in trials] == [("2x1", 2), ("1x1", 2), ("4x1", 2)]
+    windows = read_jsonl(sweep_dir / "trials.jsonl")
+    assert len(windows) == 8 and all(w["world_size"] == 2 for w in windows)
+    assert sorted(read_settings(sweep_dir)) == ["1x1", "2x1", "4x1"]
     assert proc.stdout.count("trainer_tune trials") == 1
     assert json.loads((sweep_dir / "recommendation.json").read_text())["num_trials"] == 3
 

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clean_env, read_jsonl
+from conftest import ONE_ROUND, REPO, clean_env, read_jsonl
 from trainer_tune.journal import read_journal
+from trainer_tune.rounds import round_order
 
 pytestmark = pytest.mark.slow
 
-# No baseline re-check here: these tests are about faults, and one window less keeps them short.
+# One round: these tests are about faults, and one window per setting keeps them short. The plan: 2x1 (the
+# baseline, trial 0), 1x1 (trial 1), 4x1 (trial 2), in the round's shuffled order.
 SWEEP = ["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2,4]", "sweep.grad_accums=[1]",
-         "sweep.recheck_baseline=false", "watchdog.stall_s=3", "watchdog.abort_after_s=8", "watchdog.dump_interval_s=2"]
+         *ONE_ROUND, "watchdog.stall_s=3", "watchdog.abort_after_s=8", "watchdog.dump_interval_s=2"]
 
 
 def _torchrun(args: list[str], *, max_restarts: int, timeout_s: float = 180) -> subprocess.CompletedProcess:
@@ -26,8 +28,9 @@ def _torchrun(args: list[str], *, max_restarts: int, timeout_s: float = 180) -> 
 
 
 def _statuses(out: Path) -> list[tuple[int, str]]:
-    """As the journal reader sees them (it skips a torn line)."""
-    return [(t.index, t.status) for t in read_journal(out / "trials.jsonl").results]
+    """(setting index, status) of each window in plan order, as the journal reader sees them (it skips a torn
+    line); the order windows were measured in is the round's shuffle."""
+    return sorted((t.index, t.status) for t in read_journal(out / "trials.jsonl").results)
 
 
 def test_stall_on_rank_1_dumps_both_ranks_and_the_sweep_finishes_after_a_restart(tmp_path: Path) -> None:
@@ -53,8 +56,9 @@ def test_stall_without_restarts_still_records_the_trial(tmp_path: Path) -> None:
     proc = _torchrun(["fault=stall", f"hydra.run.dir={out}"], max_restarts=0)
     assert proc.returncode != 0  # torchrun reports the worker's exit 4
     assert "exitcode  : 4" in proc.stderr
-    assert _statuses(out) == [(0, "ok"), (1, "stalled")]
-    # Running the command again resumes and skips the stalled trial.
+    # The stalled window is recorded; whichever windows the round had measured before it are too.
+    assert (1, "stalled") in _statuses(out) and all(status == "ok" for i, status in _statuses(out) if i != 1)
+    # Running the command again resumes the round and skips the windows already recorded.
     again = _torchrun(["fault=stall", f"hydra.run.dir={out}"], max_restarts=0)
     assert again.returncode == 0, again.stderr[-4000:]
     assert _statuses(out) == [(0, "ok"), (1, "stalled"), (2, "ok")]
@@ -65,7 +69,7 @@ def test_a_failure_on_one_rank_is_recorded_and_the_sweep_goes_on(fault: str, sta
     out = tmp_path / fault
     proc = _torchrun([f"fault={fault}", f"hydra.run.dir={out}"], max_restarts=1)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    trials = read_jsonl(out / "trials.jsonl")
+    trials = sorted(read_jsonl(out / "trials.jsonl"), key=lambda t: t["index"])
     assert [(t["index"], t["status"]) for t in trials] == [(0, "ok"), (1, status), (2, "ok")]
     failed = trials[1]
     assert failed["tokens_per_s"] is None or status == "nan"
@@ -75,14 +79,27 @@ def test_a_failure_on_one_rank_is_recorded_and_the_sweep_goes_on(fault: str, sta
     assert json.loads((out / "recommendation.json").read_text())["chosen"]["index"] != 1
 
 
-def test_sigkill_mid_sweep_restarts_and_every_trial_is_journaled_once(tmp_path: Path) -> None:
+def test_sigkill_mid_round_resumes_the_round_and_loses_no_window(tmp_path: Path) -> None:
+    """The group dies (SIGKILL) in 4x1's window of round 0; torchrun restarts it, and the resumed sweep replays
+    the same rounds: the windows round 0 measured before the kill are kept, the killed one is measured once
+    more, and round 1 follows. Every (setting, round) window is in the journal exactly once."""
     out = tmp_path / "kill"
-    proc = _torchrun(["fault=exit", "fault.trial=2", f"hydra.run.dir={out}"], max_restarts=1)
+    proc = _torchrun(["fault=exit", "fault.trial=2", "sweep.min_rounds=2", "sweep.max_rounds=2",
+                      f"hydra.run.dir={out}"], max_restarts=1)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "failed (exitcode: -9)" in proc.stderr  # torchrun saw the SIGKILL
     assert "was running when the group died; measuring it once more" in proc.stderr
-    assert _statuses(out) == [(0, "ok"), (1, "ok"), (2, "ok")]
-    assert json.loads((out / "recommendation.json").read_text())["num_trials"] == 3
+    windows = read_jsonl(out / "trials.jsonl")
+    assert sorted((w["round_id"], w["index"], w["status"]) for w in windows) == \
+        [(r, i, "ok") for r in ("r0", "r1") for i in (0, 1, 2)]
+    # Measured in the seeded order of each round, round 0 finished before round 1 began.
+    keys = {w["index"]: w["setting_key"] for w in windows}
+    for rid, number in (("r0", 0), ("r1", 1)):
+        order = [w["setting_key"] for w in windows if w["round_id"] == rid]
+        assert order == round_order(list(keys.values()), round_index=number, seed=0)
+    assert [w["round_id"] for w in windows] == ["r0"] * 3 + ["r1"] * 3
+    rec = json.loads((out / "recommendation.json").read_text())
+    assert rec["num_trials"] == 3 and all(s["num_windows"] == 2 for s in rec["settings"])
 
 
 def test_torn_journal_line_resumes_cleanly(tmp_path: Path) -> None:
@@ -95,5 +112,5 @@ def test_torn_journal_line_resumes_cleanly(tmp_path: Path) -> None:
     again = _torchrun([f"hydra.run.dir={out}"], max_restarts=0)
     assert again.returncode == 0, again.stderr[-4000:]
     assert "line 3 is incomplete" in again.stderr
-    # The two complete lines are kept, the torn one ignored, and only the missing trial measured.
+    # The two complete windows are kept, the torn line ignored, and only the missing window measured.
     assert _statuses(out) == [(0, "ok"), (1, "ok"), (2, "ok")]

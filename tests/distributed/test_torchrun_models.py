@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl, run_tune
+from conftest import ONE_ROUND, read_jsonl, run_tune
 from trainer_tune.config import Attention, ModelArgs
 from trainer_tune.flops import gpt_flops_per_token
 from trainer_tune.nsa_attention import AUX_STAT_NAMES
@@ -17,12 +17,14 @@ from helpers.wandb_reader import find_offline_run_files, summarize_wandb_run
 
 pytestmark = pytest.mark.slow
 
-QUICK_ONE_SETTING = ["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[2]", "sweep.grad_accums=[1]"]
+# One round: these tests are about models, and one window per setting keeps them short.
+QUICK_ONE_SETTING = ["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[2]", "sweep.grad_accums=[1]",
+                     *ONE_ROUND]
 
 
 def _trials(out: Path) -> list[dict]:
-    """The journal without the baseline's re-check (sweep.recheck_baseline), which repeats trial 0."""
-    return [t for t in read_jsonl(out / "trials.jsonl") if t["recheck_of"] is None]
+    """The journal's windows (one per setting: one round), in plan order."""
+    return sorted(read_jsonl(out / "trials.jsonl"), key=lambda t: t["index"])
 
 
 def test_user_model_given_only_by_target_completes_a_sweep(tmp_path: Path) -> None:
@@ -31,10 +33,11 @@ def test_user_model_given_only_by_target_completes_a_sweep(tmp_path: Path) -> No
                      "+model.kwargs.d_model=64", "data._target_=trainer_tune.examples.batches.counting_batches",
                      "loss._target_=trainer_tune.examples.losses.label_smoothed_cross_entropy",
                      "+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2]", "sweep.grad_accums=[1]",
-                     "wandb=off", f"hydra.run.dir={out}"], nproc=2)
+                     "sweep.min_rounds=2", "sweep.max_rounds=2", "wandb=off", f"hydra.run.dir={out}"], nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = _trials(out)
-    assert [(t["micro_batch_size"], t["grad_accum"]) for t in trials] == [(2, 1), (1, 1)]
+    assert sorted((t["round_id"], t["micro_batch_size"], t["grad_accum"]) for t in trials) == \
+        [("r0", 1, 1), ("r0", 2, 1), ("r1", 1, 1), ("r1", 2, 1)]
     for t in trials:
         assert t["status"] == "ok", t["error"]
         assert t["model"] == "trainer_tune.examples.models.ConvLM" and t["world_size"] == 2
@@ -45,7 +48,7 @@ def test_user_model_given_only_by_target_completes_a_sweep(tmp_path: Path) -> No
         assert t["nsa_aux_stats"] == []
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["decision"] in ("GO", "NO-GO")
-    assert rec["chosen"]["trial_key"] in {t["trial_key"] for t in trials}
+    assert rec["chosen"]["trial_key"] in {t["setting_key"] for t in trials}
     assert rec["verdict"] in proc.stdout
 
 
@@ -110,6 +113,7 @@ def test_nsa_flags_as_sweep_axes_switch_the_layer_and_record_aux_stats(tmp_path:
     # Per-step statistics reach wandb's per-step history through the result, not through the sink.
     runs = [summarize_wandb_run(p) for p in find_offline_run_files(out / "wandb")]
     by_index = {run.config["trial"]["index"]: run for run in runs if run.job_type == "trial"}
+    assert len(by_index) == 4
     for t in trials:
         rows = [row for row in by_index[t["index"]].history if "train/step_time_s" in row]
         logged = [row.get("nsa/selection_entropy") for row in rows]

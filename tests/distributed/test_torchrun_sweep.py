@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import read_jsonl, run_tune
+from conftest import ONE_ROUND, read_jsonl, read_settings, run_tune
+from trainer_tune.stats import geometric_mean
 
 pytestmark = pytest.mark.slow
 
-SMALL_SWEEP = ["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2,4]", "sweep.grad_accums=[1,2]"]
+SMALL_SWEEP = ["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2,4]", "sweep.grad_accums=[1,2]",
+               "sweep.min_rounds=2", "sweep.max_rounds=2"]
 
 
 def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
@@ -29,18 +31,13 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
     assert not (out / "stacks").exists()  # only a sweep where something stalled has stack files
 
     lines = read_jsonl(out / "trials.jsonl")
-    trials = [t for t in lines if t["recheck_of"] is None]
-    assert [(t["micro_batch_size"], t["grad_accum"]) for t in trials] == \
-        [(2, 1), (1, 1), (1, 2), (2, 2), (4, 1), (4, 2)]
-    # The baseline is measured once more after the last trial (sweep.recheck_baseline), as the last line.
-    (recheck,) = [t for t in lines if t["recheck_of"] is not None]
-    assert lines[-1] == recheck and recheck["recheck_of"] == 0 and recheck["index"] == 6
-    assert (recheck["micro_batch_size"], recheck["grad_accum"], recheck["flags"], recheck["label"]) == \
-        (2, 1, trials[0]["flags"], "2x1 re-check")
-    assert recheck["status"] == "ok" and not recheck["is_baseline"]
-    assert trials[0]["is_baseline"] and not any(t["is_baseline"] for t in trials[1:])
-    for t in trials:
+    # Two rounds of the six settings, each window once; round 0 before round 1.
+    assert sorted((t["round_id"], t["micro_batch_size"], t["grad_accum"]) for t in lines) == \
+        sorted((r, m, a) for r in ("r0", "r1") for m, a in [(2, 1), (1, 1), (1, 2), (2, 2), (4, 1), (4, 2)])
+    assert [t["round_id"] for t in lines] == ["r0"] * 6 + ["r1"] * 6
+    for t in lines:
         assert t["status"] == "ok", t["error"]
+        assert t["is_baseline"] == (t["index"] == 0)
         assert t["world_size"] == 2 and t["backend"] == "gloo"
         assert t["global_batch_size"] == t["micro_batch_size"] * t["grad_accum"] * 2
         assert t["tokens_per_step"] == t["global_batch_size"] * 128
@@ -52,43 +49,52 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
         assert t["measured_s"] <= t["step_time_s"]["mean"] * t["num_measured_steps"] * (1 + 1e-9)
         assert t["step_time_s"]["p90"] >= t["step_time_s"]["median"] > 0
         assert t["num_measured_steps"] == 4 and t["num_warmup_steps"] == 1
-        assert t["window_stop"] == "fixed window of 4 steps"
-        low, high = t["tokens_per_s_ci95"]
-        assert low <= t["tokens_per_s"] <= high
+        assert t["window_stop"] == "fixed window of 4 steps" and t["wall_s"] > 0
         assert t["peak_memory_bytes"] is None and "does not report" in t["peak_memory_note"]
         assert "NSA_DDP_BUCKET_MB" not in t["environment"] and t["flags"]["bucket_cap_mb"] is None
         assert t["extra"]["ddp_applied"] == {"static_graph": False, "find_unused_parameters": False,
                                              "bucket_cap_bytes": 25 * 1024 * 1024, "bucket_cap_is_default": True}
-    assert len({t["trial_key"] for t in trials}) == 6
+        # The compute vs communication split is measured in a setting's first window only.
+        assert (t["comm"] is not None) == (t["round_id"] == "r0")
+    assert len({t["trial_key"] for t in lines}) == 12 and len({t["setting_key"] for t in lines}) == 6
+
+    # Each setting aggregated over its two windows: the geometric mean, and an interval from the two.
+    settings = read_settings(out)
+    trials = sorted(settings.values(), key=lambda t: t["index"])
+    for t in trials:
+        rates = [w["tokens_per_s"] for w in lines if w["setting_key"] == t["trial_key"]]
+        assert t["num_windows"] == 2 and sorted(t["window_tokens_per_s"].values()) == sorted(rates)
+        assert t["tokens_per_s"] == pytest.approx(geometric_mean(rates))
+        low, high = t["tokens_per_s_ci95"]
+        assert low <= t["tokens_per_s"] <= high
+        assert t["num_measured_steps"] == 8
 
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["num_trials"] == 6
-    drift = rec["drift"]
-    assert drift["first_tokens_per_s"] == trials[0]["tokens_per_s"]
-    assert drift["again_tokens_per_s"] == recheck["tokens_per_s"]
-    assert drift["widening"] == (1.0 if drift["within_noise"] else pytest.approx(1 + abs(drift["change"])))
-    assert any("measured again after the last trial" in reason for reason in rec["reasons"])
+    assert [round_id for round_id, _ in rec["drift"]["series"]] == ["r0", "r1"]
+    assert any("in each of its 2 rounds" in reason for reason in rec["reasons"])
+    assert rec["race"]["num_rounds"] == 2 and "max_rounds=2" in rec["race"]["end_reason"]
     by_key = {t["trial_key"]: t for t in trials}
-    fastest = max(trials, key=lambda t: t["tokens_per_s"])
-    chosen_best = by_key[rec["best"]["trial_key"]]
-    # The best is the fastest, or a setting within noise of it (its interval, widened by the drift the
-    # re-check measured, reaches the fastest's).
-    assert chosen_best["tokens_per_s_ci95"][1] * drift["widening"] >= fastest["tokens_per_s_ci95"][0]
+    # The best is the fastest of the settings still racing, or tied with it by the comparison rule.
+    best = by_key[rec["best"]["trial_key"]]
+    racing = [t for t in trials if t["label"] in rec["race"]["contenders"]]
+    assert best["tokens_per_s"] == max(t["tokens_per_s"] for t in racing) or best["label"] in rec["tied"]
     assert rec["baseline"]["trial_key"] == trials[0]["trial_key"]
-    assert rec["speedup"] == pytest.approx(chosen_best["tokens_per_s"] / trials[0]["tokens_per_s"])
+    assert rec["speedup"] == pytest.approx(rec["speedup_by_key"][best["trial_key"]])
     if rec["decision"] == "GO":
         assert rec["speedup_ci95"][0] >= 1.05 and rec["chosen"]["trial_key"] != trials[0]["trial_key"]
     else:
         assert rec["speedup_ci95"] is None or rec["speedup_ci95"][0] < 1.05
     assert rec["chosen"]["trial_key"] in by_key
     assert rec["verdict"] in proc.stdout
-    assert "trainer_tune trials" in proc.stdout
+    assert "trainer_tune trials" in proc.stdout and "round 2 " in proc.stdout
 
     # report.md, rendered by rank 0, links the charts drawn next to it; on CPU there is no utilization chart.
     report = (out / "report.md").read_text()
     assert rec["verdict"] in report and "## Decision matrix" in report
     linked = re.findall(r"\]\((charts/[a-z_]+\.png)\)", report)
-    assert sorted(linked) == ["charts/efficiency.png", "charts/step_times.png", "charts/tokens_per_s.png"]
+    assert sorted(linked) == ["charts/efficiency.png", "charts/rounds.png", "charts/step_times.png",
+                              "charts/tokens_per_s.png"]
     for link in linked:
         assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "no chart of GPU utilization over time" in report
@@ -104,7 +110,7 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
     # Same command, same directory: nothing is measured again and the verdict stands.
     again = run_tune([*SMALL_SWEEP, f"hydra.run.dir={out}"], nproc=2, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "6 trials (6 already in the journal)" in again.stdout
+    assert "6 settings, measured in rounds, 12 windows already in the journal" in again.stdout
     assert read_jsonl(out / "trials.jsonl") == lines
     assert json.loads((out / "recommendation.json").read_text())["verdict"] == rec["verdict"]
 
@@ -112,20 +118,22 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
     rerun_dir = tmp_path / "rerun"
     rerun = run_tune([*as_yaml["overrides"], "window=quick", f"hydra.run.dir={rerun_dir}"], nproc=2, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    (single,) = read_jsonl(rerun_dir / "trials.jsonl")
-    assert (single["micro_batch_size"], single["grad_accum"], single["flags"]) == \
-        (rec["chosen"]["micro_batch_size"], rec["chosen"]["grad_accum"], rec["chosen"]["flags"])
+    rerun_windows = read_jsonl(rerun_dir / "trials.jsonl")
+    assert len({w["setting_key"] for w in rerun_windows}) == 1
+    for single in rerun_windows:
+        assert (single["micro_batch_size"], single["grad_accum"], single["flags"]) == \
+            (rec["chosen"]["micro_batch_size"], rec["chosen"]["grad_accum"], rec["chosen"]["flags"])
 
 
 def test_flags_from_environment_command_line_and_sweep_axis(tmp_path: Path) -> None:
     out = tmp_path / "flags"
     proc = run_tune(["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[2]", "sweep.grad_accums=[1]",
-                     "sweep.ddp_bucket_cap_mb=[null,1,25]", "ddp.static_graph=false", "sweep.recheck_baseline=false",
+                     "sweep.ddp_bucket_cap_mb=[null,1,25]", "ddp.static_graph=false", *ONE_ROUND,
                      f"hydra.run.dir={out}"],
                     nproc=2, env={"NSA_DDP_STATIC_GRAPH": "1", "NSA_PREFILL_BATCHED": "0",
                                   "NSA_DDP_FIND_UNUSED": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = read_jsonl(out / "trials.jsonl")
+    trials = sorted(read_jsonl(out / "trials.jsonl"), key=lambda t: t["index"])
     assert [t["flags"]["bucket_cap_mb"] for t in trials] == [None, 1.0, 25.0]
     for t in trials:
         assert t["flags"]["static_graph"] is False  # the command line beats NSA_DDP_STATIC_GRAPH=1
@@ -150,13 +158,13 @@ def test_bad_input_under_torchrun_fails_every_rank_before_the_process_group(tmp_
 def test_single_process_no_go_gate_exits_3(tmp_path: Path) -> None:
     out = tmp_path / "gate"
     proc = run_tune(["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2]", "sweep.grad_accums=[1]",
-                     "recommend=ci_gate", "recommend.min_speedup=100", f"hydra.run.dir={out}"])
+                     "recommend=ci_gate", "recommend.min_speedup=100", "sweep.min_rounds=2", "sweep.max_rounds=2",
+                     f"hydra.run.dir={out}"])
     assert proc.returncode == 3, proc.stderr[-3000:]
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["decision"] == "NO-GO"
     trials = read_jsonl(out / "trials.jsonl")
-    assert [t["world_size"] for t in trials] == [1, 1, 1] and trials[0]["backend"] is None
-    assert [t["recheck_of"] for t in trials] == [None, None, 0]
-    assert trials[0]["extra"]["ddp_applied"] is None
+    assert len(trials) == 4 and all(t["world_size"] == 1 and t["backend"] is None for t in trials)
+    assert all(t["extra"]["ddp_applied"] is None and t["comm"] is None for t in trials)
     # One rank: the report renders all the same, with its tokens/s chart.
     assert "NO-GO" in (out / "report.md").read_text() and (out / "charts" / "tokens_per_s.png").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl, run_tune
+from conftest import read_settings, run_tune
 from helpers.wandb_reader import find_offline_run_files, summarize_wandb_run
 
 pytestmark = pytest.mark.slow
@@ -17,12 +17,11 @@ pytestmark = pytest.mark.slow
 def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     proc = run_tune(["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2,4]", "sweep.grad_accums=[1]",
-                     "wandb.project=tt-test", "wandb.tags=[ci]", f"hydra.run.dir={out}"], nproc=2)
+                     "sweep.min_rounds=2", "sweep.max_rounds=2", "wandb.project=tt-test", "wandb.tags=[ci]",
+                     f"hydra.run.dir={out}"], nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # The baseline's re-check after the last trial is not a trial: no run of its own, in the summary instead.
-    lines = read_jsonl(out / "trials.jsonl")
-    trials = {t["index"]: t for t in lines if t["recheck_of"] is None}
-    (recheck,) = [t for t in lines if t["recheck_of"] is not None]
+    # One run per setting (its windows together), after the race; the rounds are in the summary and history.
+    trials = {t["index"]: t for t in read_settings(out).values()}
     rec = json.loads((out / "recommendation.json").read_text())
 
     paths = find_offline_run_files(out / "wandb")
@@ -43,22 +42,27 @@ def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> 
         assert run.config["trial"]["micro_batch_size"] == trial["micro_batch_size"]
         assert run.config["tune"]["window"]["measure_steps"] == 4
         steps = [row for row in run.history if "train/step_time_s" in row]
-        assert [row["step"] for row in steps] == [0, 1, 2, 3]
+        assert [row["step"] for row in steps] == list(range(8))  # two windows of 4 steps
         assert [row["train/step_time_s"] for row in steps] == pytest.approx(trial["step_times_s"])
         assert run.defined_metrics["train/tokens_per_s"]["stepMetric"] == "step"
+        rounds = [row for row in run.history if "round/tokens_per_s" in row]
+        assert [row["round/tokens_per_s"] for row in rounds] == pytest.approx(
+            list(trial["window_tokens_per_s"].values()))
+        assert run.defined_metrics["round/tokens_per_s"]["stepMetric"] == "round"
 
     (recommendation,) = by_type["recommendation"]
     assert recommendation.summary["decision"] == rec["decision"]
     assert recommendation.summary["verdict"] == rec["verdict"]
     assert recommendation.summary["num_trials"] == 3
-    assert recommendation.summary["drift"]["again_tokens_per_s"] == pytest.approx(recheck["tokens_per_s"])
-    assert recommendation.summary["drift"]["within_noise"] == rec["drift"]["within_noise"]
+    assert recommendation.summary["drift"]["series"] == rec["drift"]["series"]
+    assert recommendation.summary["race"]["num_rounds"] == 2
     assert f"recommendation:recommendation-{out.name}" in recommendation.artifacts
     assert any(name.startswith("run_table:") for name in recommendation.artifacts)
 
     # The report's PNGs, byte for byte, are images of the recommendation run, with their files kept for upload.
     pngs = sorted((out / "charts").glob("*.png"))
-    assert {p.stem for p in pngs} == {"tokens_per_s", "efficiency", "step_times"}  # no GPU: no utilization chart
+    # No GPU: no utilization chart.
+    assert {p.stem for p in pngs} == {"tokens_per_s", "efficiency", "step_times", "rounds"}
     (row,) = [row for row in recommendation.history if any(k.startswith("charts/") for k in row)]
     run_dir = paths[runs.index(recommendation)].parent
     for png in pngs:

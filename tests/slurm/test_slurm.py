@@ -41,31 +41,33 @@ def slurm_env() -> dict[str, str]:
 def test_sbatch_runs_the_launch_script(slurm_env: dict[str, str], tmp_path: Path) -> None:
     cmd = ["sbatch", "--wait", "--parsable", "--nodes=1", f"--export=ALL,NPROC_PER_NODE=2,PYTHON={sys.executable}",
            str(REPO / "launch" / "slurm.sbatch"), "+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2]",
-           "sweep.grad_accums=[1]"]
+           "sweep.grad_accums=[1]", "sweep.min_rounds=2", "sweep.max_rounds=2"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=280)
     job_id = proc.stdout.strip().split(";")[0]
     log = next(tmp_path.glob("trainer_tune-*.out"), None)
     assert proc.returncode == 0, (proc.stderr, log.read_text()[-3000:] if log else "no job output")
     out = tmp_path / "outputs" / "runs" / f"slurm-{job_id}"
     trials = read_jsonl(out / "trials.jsonl")
-    assert [(t["label"], t["world_size"], t["status"]) for t in trials] == \
-        [("2x1", 2, "ok"), ("1x1", 2, "ok"), ("2x1 re-check", 2, "ok")]
+    assert sorted((t["round_id"], t["label"], t["world_size"], t["status"]) for t in trials) == \
+        [(r, label, 2, "ok") for r in ("r0", "r1") for label in ("1x1", "2x1")]
     rec = json.loads((out / "recommendation.json").read_text())
-    assert rec["baseline"]["trial_key"] == trials[0]["trial_key"]
+    assert rec["baseline"]["trial_key"] == next(t["setting_key"] for t in trials if t["label"] == "2x1")
     text = (tmp_path / f"trainer_tune-{job_id}.out").read_text()
     assert "launch/slurm.sbatch: srun " in text and rec["verdict"] in text
 
 
 def test_hydra_multirun_with_the_submitit_slurm_launcher(slurm_env: dict[str, str], tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "trainer_tune", "-m", "hydra/launcher=slurm", "train.micro_batch_size=1,4",
-           "window=quick", "wandb=off"]
+           "window=quick", "wandb=off", "sweep.min_rounds=2", "sweep.max_rounds=2"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep_dir,) = list((tmp_path / "outputs" / "multiruns").iterdir())
     trials = read_jsonl(sweep_dir / "trials.jsonl")
-    # Each SLURM job's two tasks were the two ranks of its group.
-    assert [(t["label"], t["world_size"], t["status"]) for t in trials] == \
-        [("2x1", 2, "ok"), ("1x1", 2, "ok"), ("4x1", 2, "ok")]
+    # Each SLURM job's two tasks were the two ranks of its group; each job raced its setting against the
+    # baseline in two rounds of its own.
+    assert sorted((t["round_id"], t["label"], t["world_size"], t["status"]) for t in trials) == sorted(
+        (f"job{job}/r{r}", label, 2, "ok") for job, own in enumerate(["1x1", "4x1"]) for r in (0, 1)
+        for label in (own, "2x1"))
     assert sorted(p.name for p in (sweep_dir / "0" / "logs").iterdir()) == ["rank-0.log", "rank-1.log"]
     rec = json.loads((sweep_dir / "recommendation.json").read_text())
     assert rec["num_trials"] == 3 and rec["verdict"] in proc.stdout

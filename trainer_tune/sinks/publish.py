@@ -18,10 +18,13 @@ from trainer_tune.sinks.wandb_sink import WandbSink
 
 def publish(output_dir: Path, results: Sequence[TrialResult], recommendation: Recommendation, *,
             launch_hint: str, console: ConsoleSink, wandb_sink: Optional[WandbSink]) -> None:
-    """recommendation.json/.yaml, report.md with its charts, the wandb recommendation run, the console table."""
+    """recommendation.json/.yaml, report.md with its charts, a wandb run per setting and the recommendation run,
+    the console table."""
     written = write_recommendation(output_dir, recommendation, launch_hint=launch_hint)
     report = write_report(output_dir, results, recommendation)
     if wandb_sink is not None:
+        for result in results:
+            wandb_sink.trial_finished(result)
         wandb_sink.sweep_finished(results, recommendation, files=[*written, report.report],
                                   chart_pngs=report.charts)
     console.show(results, recommendation)

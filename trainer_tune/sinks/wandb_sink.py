@@ -1,7 +1,7 @@
-"""Weights & Biases: one run per trial and one recommendation run per sweep, all in one group.
+"""Weights & Biases: one run per setting and one recommendation run per sweep, all in one group.
 
-Rank 0 only, after each trial's window has ended (never inside a measurement), with figures already
-combined over ranks. With no credentials configured the runs are written offline under
+Rank 0 only, after the race has ended (never inside a measurement), with figures already combined over ranks
+and windows. With no credentials configured the runs are written offline under
 `<output dir>/wandb/` for `wandb sync` to upload later. A wandb failure is logged and turns this sink off;
 it never costs the sweep. No credential is ever written by us: wandb reads its own.
 """
@@ -85,6 +85,8 @@ class WandbSink:
             run.define_metric("train/*", step_metric="step")
             run.define_metric("gpu_time_s")
             run.define_metric("gpu/*", step_metric="gpu_time_s")
+            run.define_metric("round")
+            run.define_metric("round/tokens_per_s", step_metric="round", summary="mean")
             run.define_metric("train/tokens_per_s", step_metric="step", summary="mean")
             for row in step_history(result):
                 run.log(row)
