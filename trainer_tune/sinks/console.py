@@ -98,8 +98,11 @@ class ConsoleSink:
         columns += [("MFU", "right")] if has_mfu else [("TFLOP/s", "right")]
         columns += [("exposed comm", "right")] if has_comm else []
         columns += [("CPU %", "right"), ("vs baseline", "right")]
+        # The setting's label is what a reader matches rows by: never shrink it into an ellipsis.
+        label_width = max((len(r.label) + len(" (baseline) *") for r in results), default=8)
         for name, justify in columns:
-            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+            table.add_column(name, justify=justify,  # type: ignore[arg-type]
+                             min_width=label_width if name == "setting" else None)
         for r in sorted(results, key=lambda r: r.index):
             marks = (" (baseline)" if r.is_baseline else "") + \
                 (" *" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "")
