@@ -6,7 +6,7 @@ import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
@@ -18,7 +18,8 @@ from trainer_tune.gpu_sampler import GpuSummary
 from trainer_tune.plan import TrialSpec
 from trainer_tune.results import Status, TrialResult
 from trainer_tune.stats import (
-    StepTimeStats, count_outliers, geometric_mean, log_t_interval, quantile, throughput_ci, throughput_per_s)
+    NoiseFloor, StepTimeStats, count_outliers, geometric_mean, log_t_interval, noise_floor, quantile, throughput_ci,
+    throughput_per_s)
 from trainer_tune.telemetry import RankTelemetry
 from trainer_tune.window import WindowMeasurement
 
@@ -199,12 +200,13 @@ def failed_result(spec: TrialSpec, ctx: TrialContext, *, status: Status, error: 
         num_parameters=None, extra=extra or {})
 
 
-def aggregate_windows(windows: Sequence[TrialResult]) -> TrialResult:
+def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFloor] = None) -> TrialResult:
     """One setting's result from its windows (one per round): the record the decision and the sinks read.
 
     tokens/s is the geometric mean of the windows' rates and its interval Student's t over them (stats.py says
     why the window, not the step, is the unit); every window's rate stays in `window_tokens_per_s` by round,
-    which is what recommend.compare pairs. Step-time figures pool the windows' steps; memory is the highest
+    which is what recommend.compare pairs; `noise` is the sweep's noise floor (stats.noise_floor), below which
+    neither the interval nor a comparison may shrink. Step-time figures pool the windows' steps; memory is the highest
     window's; energy is summed. A setting with any window that did not finish cleanly takes that window's
     status: a setting that fails in one round of five is not one to train with."""
     if not windows:
@@ -216,14 +218,15 @@ def aggregate_windows(windows: Sequence[TrialResult]) -> TrialResult:
     common: dict[str, Any] = dict(
         trial_key=first.setting_key or first.trial_key, setting_key=None, round_id=None,
         started_at=first.started_at, finished_at=ordered[-1].finished_at,
-        wall_s=math.fsum(w.wall_s or 0.0 for w in ordered), num_windows=len(clean), window_tokens_per_s=rates)
+        wall_s=math.fsum(w.wall_s or 0.0 for w in ordered), num_windows=len(clean), window_tokens_per_s=rates,
+        noise=noise)
     failed = [w for w in ordered if not w.ok]
     if failed:
         worst = max(failed, key=lambda w: Status[w.status].value)
         where = f"round {worst.round_id}: " if worst.round_id else ""
         return dataclasses.replace(worst, **common, error=f"{where}{worst.error}" if worst.error else worst.error)
     tokens_per_s = geometric_mean(list(rates.values()))  # type: ignore[arg-type]
-    interval = log_t_interval(list(rates.values()))  # type: ignore[arg-type]
+    interval = log_t_interval(list(rates.values()), floor=noise)  # type: ignore[arg-type]
     step_times_s = tuple(t for w in ordered for t in w.step_times_s)
     samples_per_token = first.samples_per_s / first.tokens_per_s if first.samples_per_s and first.tokens_per_s else None
     peaks = [w.peak_memory_bytes for w in ordered]
@@ -260,7 +263,17 @@ def aggregate_by_setting(windows: Sequence[TrialResult]) -> list[TrialResult]:
     for window in windows:
         if window.setting_key is not None:
             groups.setdefault(window.setting_key, []).append(window)
-    return sorted(settings + [aggregate_windows(group) for group in groups.values()], key=lambda r: r.index)
+    noise = sweep_noise(groups)
+    return sorted(settings + [aggregate_windows(group, noise=noise) for group in groups.values()],
+                  key=lambda r: r.index)
+
+
+def sweep_noise(windows_by_setting: Mapping[str, Sequence[TrialResult]]) -> Optional[NoiseFloor]:
+    """The noise floor of a sweep from every setting's clean windows (stats.noise_floor)."""
+    baseline = next((key for key, group in windows_by_setting.items() if any(w.is_baseline for w in group)), "")
+    rates = {key: {w.round_id or w.trial_key: w.tokens_per_s for w in group if w.ok and w.tokens_per_s}
+             for key, group in windows_by_setting.items()}
+    return noise_floor(rates, baseline=baseline)  # type: ignore[arg-type]
 
 
 def _max_or_none(values: Sequence[Optional[int]]) -> Optional[int]:

@@ -77,11 +77,14 @@ def compare(a: TrialResult, b: TrialResult) -> Comparison:
     """The one comparison rule, used by the decision, the race, the strategies and the explanations.
 
     From the settings' window rates keyed by round: paired within rounds where both were measured (drift
-    common to a round cancels), else unpaired (stats.ratio_estimate)."""
+    common to a round cancels), else unpaired (stats.ratio_estimate); never narrower than the sweep's noise
+    floor (stats.NoiseFloor)."""
     rates_a, rates_b = _window_rates(a), _window_rates(b)
     if not rates_a or not rates_b:
         raise ValueError(f"compare({a.label}, {b.label}): both need a clean window")
-    return Comparison(a_label=a.label, b_label=b.label, estimate=ratio_estimate(rates_a, rates_b))
+    # Both settings' results carry the same sweep's noise floor (metrics.sweep_noise).
+    return Comparison(a_label=a.label, b_label=b.label,
+                      estimate=ratio_estimate(rates_a, rates_b, floor=a.noise or b.noise))
 
 
 def _window_rates(result: TrialResult) -> dict[str, float]:

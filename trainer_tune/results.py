@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from trainer_tune.figures import CommSplit, CpuFigures, GpuFigures, MfuFigures, from_fields, peak_memory
 from trainer_tune.finite import NON_FINITE_KEY, finite_only
-from trainer_tune.stats import StepTimeStats
+from trainer_tune.stats import NoiseFloor, StepTimeStats
 
 RECORD_VERSION = 2
 """2: step times, losses, telemetry and the one peak memory figure are typed fields (1: some were in `extra`)."""
@@ -120,6 +120,8 @@ class TrialResult:
     """tokens/s of each clean window of this setting, keyed by round id: what recommend.compare pairs."""
     num_windows: int = 1
     """Windows this result stands for: 1 for a window's record, the clean windows for a setting's."""
+    noise: Optional[NoiseFloor] = None
+    """On a setting's result: the sweep's noise floor its interval and its comparisons respect (stats.py)."""
     wall_s: Optional[float] = None
     """Wall time the window took on rank 0: model build, warm-up, measured and comm-split steps. What
     sweep.budget_s counts; summed over windows for a setting."""
@@ -159,7 +161,8 @@ class TrialResult:
         typed = {"step_time_s": lambda v: from_fields(StepTimeStats, v), "gpu": GpuFigures.from_json_dict,
                  "cpu": CpuFigures.from_json_dict, "comm": lambda v: from_fields(CommSplit, v),
                  "mfu": lambda v: from_fields(MfuFigures, v), "step_times_s": tuple, "losses": tuple,
-                 "nsa_aux_stats": tuple, "gpu_utilization_series": lambda v: tuple(tuple(p) for p in v)}
+                 "nsa_aux_stats": tuple, "gpu_utilization_series": lambda v: tuple(tuple(p) for p in v),
+                 "noise": lambda v: from_fields(NoiseFloor, v)}
         values = dict(data)
         for name, build in typed.items():
             if values.get(name) is not None:

@@ -128,14 +128,72 @@ def geometric_mean(values: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
-def log_t_interval(values: Sequence[float], *, confidence: float = 0.95) -> Optional[tuple[float, float]]:
-    """Interval of the geometric mean of positive observations (window rates, or per-round ratios): Student's t
-    on their logs. None with fewer than two observations: one window says nothing about the next one."""
+@dataclass(frozen=True)
+class NoiseFloor:
+    """The machine's noise on log tokens/s, estimated from every setting's windows in one sweep.
+
+    A setting measured in 3 windows that happen to agree gets a narrow t-interval by luck, and a shared machine's
+    noise is heavy-tailed (a burst of other load slows one window by half): three calm windows say little about
+    the fourth. Every setting of a sweep runs on the same machine in the same rounds, so the sweep estimates its
+    noise once, from all of them, with many degrees of freedom, and no interval is narrower than that floor.
+    """
+
+    window_log_sd: float
+    """Pooled standard deviation of a setting's log window rates around its own mean (drift between rounds
+    included): the floor of a setting's tokens/s interval."""
+    window_df: int
+    ratio_log_sd: float
+    """Pooled standard deviation of a setting's per-round log ratio to the baseline (drift shared by a round
+    cancels): the floor of a paired comparison's interval."""
+    ratio_df: int
+
+
+def _pooled_sd(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
+    """(pooled standard deviation, degrees of freedom) of groups with their own means."""
+    sum_sq, df = 0.0, 0
+    for values in groups:
+        if len(values) >= 2:
+            sum_sq += statistics.variance(values) * (len(values) - 1)
+            df += len(values) - 1
+    return (math.sqrt(sum_sq / df), df) if df else (0.0, 0)
+
+
+def noise_floor(rates_by_setting: Mapping[str, Mapping[str, float]], *, baseline: str) -> Optional[NoiseFloor]:
+    """The sweep's noise from each setting's window rates by round (`baseline`: the key of the setting measured
+    in every round, whose per-round ratios carry the paired noise). None without two windows of anything.
+
+    The ratio floor pools every setting's log ratios to the baseline round by round; the settings share the
+    baseline's windows, so these are not independent and the degrees of freedom overstate the evidence a
+    little: the floor is a floor, not the interval."""
+    logs = {key: {r: math.log(v) for r, v in rates.items()} for key, rates in rates_by_setting.items() if rates}
+    window_sd, window_df = _pooled_sd([list(by_round.values()) for by_round in logs.values()])
+    if window_df == 0:
+        return None
+    base = logs.get(baseline, {})
+    diffs = [[by_round[r] - base[r] for r in by_round if r in base] for key, by_round in logs.items() if key != baseline]
+    ratio_sd, ratio_df = _pooled_sd(diffs)
+    return NoiseFloor(window_log_sd=window_sd, window_df=window_df, ratio_log_sd=ratio_sd, ratio_df=ratio_df)
+
+
+def _half_width(logs: Sequence[float], *, confidence: float, floor_sd: float, floor_df: int) -> float:
+    """Student's t half-width of the mean of `logs`, never below the floor's at the same number of values."""
+    n = len(logs)
+    own = _t_quantile(confidence, n - 1) * statistics.stdev(logs) / math.sqrt(n)
+    if floor_df < 1 or floor_sd == 0:
+        return own
+    return max(own, _t_quantile(confidence, floor_df) * floor_sd / math.sqrt(n))
+
+
+def log_t_interval(values: Sequence[float], *, confidence: float = 0.95,
+                   floor: Optional[NoiseFloor] = None) -> Optional[tuple[float, float]]:
+    """Interval of the geometric mean of positive window rates: Student's t on their logs, never narrower than
+    the sweep's noise floor. None with fewer than two observations: one window says nothing about the next."""
     if len(values) < 2:
         return None
     logs = [math.log(v) for v in values]
     centre = statistics.fmean(logs)
-    half = _t_quantile(confidence, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    half = _half_width(logs, confidence=confidence, floor_sd=floor.window_log_sd if floor else 0.0,
+                       floor_df=floor.window_df if floor else 0)
     return math.exp(centre - half), math.exp(centre + half)
 
 
@@ -154,7 +212,7 @@ class RatioEstimate:
 
 
 def ratio_estimate(a_by_round: Mapping[str, float], b_by_round: Mapping[str, float], *,
-                   confidence: float = 0.95) -> RatioEstimate:
+                   confidence: float = 0.95, floor: Optional[NoiseFloor] = None) -> RatioEstimate:
     """rate(a) / rate(b) from per-round window rates keyed by round id.
 
     Paired when at least two rounds hold both: the ratio inside each round cancels whatever slowed or sped up
@@ -164,15 +222,20 @@ def ratio_estimate(a_by_round: Mapping[str, float], b_by_round: Mapping[str, flo
         raise ValueError("a ratio needs at least one window on each side")
     common = sorted(set(a_by_round) & set(b_by_round))
     if len(common) >= 2:
-        ratios = [a_by_round[r] / b_by_round[r] for r in common]
-        return RatioEstimate(ratio=geometric_mean(ratios), interval=log_t_interval(ratios, confidence=confidence),
+        logs = [math.log(a_by_round[r] / b_by_round[r]) for r in common]
+        centre = statistics.fmean(logs)
+        half = _half_width(logs, confidence=confidence, floor_sd=floor.ratio_log_sd if floor else 0.0,
+                           floor_df=floor.ratio_df if floor else 0)
+        return RatioEstimate(ratio=math.exp(centre), interval=(math.exp(centre - half), math.exp(centre + half)),
                              paired=True, num_pairs=len(common))
     a, b = list(a_by_round.values()), list(b_by_round.values())
     ratio = geometric_mean(a) / geometric_mean(b)
     if len(a) < 2 or len(b) < 2:
         return RatioEstimate(ratio=ratio, interval=None, paired=False, num_pairs=len(common))
     log_a, log_b = [math.log(v) for v in a], [math.log(v) for v in b]
-    var_a, var_b = statistics.variance(log_a) / len(a), statistics.variance(log_b) / len(b)
+    floor_var = floor.window_log_sd ** 2 if floor else 0.0
+    var_a = max(statistics.variance(log_a), floor_var) / len(a)
+    var_b = max(statistics.variance(log_b), floor_var) / len(b)
     se = math.sqrt(var_a + var_b)
     if se == 0:
         return RatioEstimate(ratio=ratio, interval=(ratio, ratio), paired=False, num_pairs=len(common))

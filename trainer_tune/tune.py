@@ -33,7 +33,7 @@ from trainer_tune.flags import TrialFlags, exported_flags
 from trainer_tune.flops import gpt_flops_per_token, lookup_peak_tflops
 from trainer_tune.journal import (
     JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, write_inflight)
-from trainer_tune.metrics import TrialContext, aggregate_windows, failed_result, result_from_window
+from trainer_tune.metrics import TrialContext, aggregate_windows, failed_result, result_from_window, sweep_noise
 from trainer_tune.model import build_model, count_parameters
 from trainer_tune.multirun import MultirunJob
 from trainer_tune.plan import TrialSpec, build_plan, differing_flag_names, job_plan, swept_flag_names, window_of
@@ -446,7 +446,8 @@ def _race(sweep: _Sweep, plan: list[TrialSpec], *, done: dict[str, TrialResult],
         elapsed_s += round_s
         last_round_s = round_s
         round_index += 1
-        settings = {key: aggregate_windows(found) for key, found in windows.items()}
+        noise = sweep_noise(windows)
+        settings = {key: aggregate_windows(found, noise=noise) for key, found in windows.items()}
         # Rank 0 decides who leaves and who enters; every rank applies the same answer.
         new_drops, entering, closed = session.broadcast_from_rank0(
             _after_round(cfg, plan, settings=settings, contenders=contenders, entered=entered,

@@ -64,25 +64,28 @@ def test_grid_lets_every_setting_in_at_once_and_power_the_bottom_of_each_chain()
 
 
 def test_power_lets_the_next_doubling_in_once_the_last_one_is_faster() -> None:
+    # The baseline 1x1 is the bottom of the grad_accum=1 chain: 1x1, 2x1, 4x1, 8x1.
     plan = _plan(strategy=Strategy.power, micro_batch_sizes=[2], grad_accums=[1], max_micro_batch_size=16)
-    by_size = {s.micro_batch_size: s for s in plan[1:]}
-    # The first doubling needs no comparison: 4 enters as soon as 2 has a clean window.
-    settings = {by_size[2].key: _result(by_size[2], tokens_per_s=1000)}
-    assert power_gate(by_size[4], plan=plan, settings=settings, sweep=_sweep(), faster=_by_speed).enter
-    # 8 waits while 4 has not been compared with 2 yet ...
-    assert power_gate(by_size[8], plan=plan, settings=settings, sweep=_sweep(), faster=_by_speed) \
-        == power_gate(by_size[8], plan=plan, settings=settings, sweep=_sweep(), faster=_undecided)
-    settings[by_size[4].key] = _result(by_size[4], tokens_per_s=1500)
-    waiting = power_gate(by_size[8], plan=plan, settings=settings, sweep=_sweep(), faster=_undecided)
+    by_size = {s.micro_batch_size: s for s in plan}
+    settings = {by_size[1].key: _result(by_size[1], tokens_per_s=500)}
+    # The first doubling above the baseline needs no comparison: 2x1 may enter once 1x1 has a clean window.
+    assert power_gate(by_size[2], plan=plan, settings=settings, sweep=_sweep(), faster=_undecided).enter
+    settings[by_size[2].key] = _result(by_size[2], tokens_per_s=1000)
+    # 4x1 waits while 2x1 has not been compared with 1x1 yet (the sweep's rule says None until both have
+    # sweep.min_rounds windows) ...
+    waiting = power_gate(by_size[4], plan=plan, settings=settings, sweep=_sweep(), faster=_undecided)
     assert not waiting.enter and waiting.reason is None
-    # ... and enters once the rule says 4 beats 2.
-    assert power_gate(by_size[8], plan=plan, settings=settings, sweep=_sweep(), faster=_by_speed).enter
+    # ... and enters once the rule says 2x1 beats 1x1; 8x1 then waits for 4x1, which has not entered.
+    assert power_gate(by_size[4], plan=plan, settings=settings, sweep=_sweep(), faster=_by_speed).enter
+    eight = power_gate(by_size[8], plan=plan, settings=settings, sweep=_sweep(), faster=_by_speed)
+    assert not eight.enter and eight.reason is None
 
 
 def test_power_stops_a_chain_when_a_doubling_is_not_faster_beyond_noise() -> None:
     plan = _plan(strategy=Strategy.power, micro_batch_sizes=[2], grad_accums=[1], max_micro_batch_size=16)
-    by_size = {s.micro_batch_size: s for s in plan[1:]}
-    settings = {by_size[2].key: _result(by_size[2], tokens_per_s=1000),
+    by_size = {s.micro_batch_size: s for s in plan}
+    settings = {by_size[1].key: _result(by_size[1], tokens_per_s=600),
+                by_size[2].key: _result(by_size[2], tokens_per_s=1000),
                 by_size[4].key: _result(by_size[4], tokens_per_s=1050)}
     gate = power_gate(by_size[8], plan=plan, settings=settings, sweep=_sweep(), faster=_by_speed)
     assert not gate.enter
@@ -98,8 +101,9 @@ def test_power_stops_a_chain_when_a_doubling_is_not_faster_beyond_noise() -> Non
 
 def test_power_stops_a_chain_at_a_failure_but_not_other_chains() -> None:
     plan = _plan(strategy=Strategy.power, micro_batch_sizes=[2], grad_accums=[1, 2], max_micro_batch_size=8)
-    spec = {(s.micro_batch_size, s.grad_accum): s for s in plan[1:]}
-    settings = {spec[2, 1].key: _result(spec[2, 1], tokens_per_s=1000),
+    spec = {(s.micro_batch_size, s.grad_accum): s for s in plan}
+    settings = {spec[1, 1].key: _result(spec[1, 1], tokens_per_s=500),
+                spec[2, 1].key: _result(spec[2, 1], tokens_per_s=1000),
                 spec[4, 1].key: _result(spec[4, 1], status="oom"),
                 spec[2, 2].key: _result(spec[2, 2], tokens_per_s=1000),
                 spec[4, 2].key: _result(spec[4, 2], tokens_per_s=2000)}
@@ -115,6 +119,6 @@ def test_with_a_fixed_global_batch_a_chain_is_the_flags_alone() -> None:
     assert set(spec) == {(1, 1), (1, 4), (2, 2), (4, 1)}  # baseline 1x1, then the pairs that give 8
     sweep = _sweep(global_batch_size=8)
     assert [(s.micro_batch_size, s.grad_accum) for s in first_entrants(plan, sweep)] == [(1, 1), (1, 4)]
-    settings = {spec[1, 4].key: _result(spec[1, 4], status="nan")}
+    settings = {spec[1, 1].key: _result(spec[1, 1]), spec[1, 4].key: _result(spec[1, 4], status="nan")}
     gate = power_gate(spec[2, 2], plan=plan, settings=settings, sweep=sweep, faster=_by_speed)
     assert gate.reason is not None and "1x4 ended nan" in gate.reason

@@ -51,7 +51,9 @@ def test_step_history_and_summary() -> None:
     assert rows[0] == {"step": 0, "train/step_time_s": 0.5, "train/tokens_per_s": result.tokens_per_step / 0.5,
                        "train/loss": 5.0}
     assert "train/loss" not in rows[1]
-    assert rows[2:] == [{"gpu_time_s": 0.0, "gpu/util_pct": 80.0}, {"gpu_time_s": 0.1, "gpu/util_pct": 95.0}]
+    # Each window's tokens/s on the round axis (make_result: three rounds at 1,000), then the GPU samples.
+    assert rows[2:5] == [{"round": i, "round/tokens_per_s": 1000.0} for i in range(3)]
+    assert rows[5:] == [{"gpu_time_s": 0.0, "gpu/util_pct": 80.0}, {"gpu_time_s": 0.1, "gpu/util_pct": 95.0}]
     figures = summary_figures(result)
     assert figures["tokens_per_s"] == result.tokens_per_s and figures["gpu_util_mean_pct"] is None
 

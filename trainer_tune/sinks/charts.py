@@ -150,12 +150,8 @@ def _gpu_util(with_series: Sequence[TrialResult], path: Path) -> None:
         start_s = series[0][0]
         ax.plot([t - start_s for t, _ in series], [u for _, u in series], marker=".", label=r.label)
     ax.set_ylim(0, 105)
-    ax.set_xlabel("seconds into the measured steps")
-    ax.set_ylabel("GPU utilization % (rank 0)")
-    ax.set_title("GPU utilization over the measured steps")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", ncol=2)
-    fig.savefig(path)
+    _finish_lines(fig, ax, path, xlabel="seconds into the measured steps", ylabel="GPU utilization % (rank 0)",
+                  title="GPU utilization over the measured steps")
 
 
 def _rounds(finished: Sequence[TrialResult], rec: Recommendation, path: Path) -> None:
@@ -169,9 +165,15 @@ def _rounds(finished: Sequence[TrialResult], rec: Recommendation, path: Path) ->
         ax.plot([name for name, _ in rounds], [value for _, value in rounds], marker="o",
                 linewidth=2.5 if is_baseline else 1.0, color="black" if is_baseline else None,
                 label=r.label + (" (baseline)" if is_baseline else ""))
-    ax.set_xlabel("round")
-    ax.set_ylabel("tokens/s of the window")
-    ax.set_title("Each window by round: the baseline shows the machine's drift")
+    _finish_lines(fig, ax, path, xlabel="round", ylabel="tokens/s of the window",
+                  title="Each window by round: the baseline shows the machine's drift")
+
+
+def _finish_lines(fig: Figure, ax, path: Path, *, xlabel: str, ylabel: str, title: str) -> None:  # noqa: ANN001
+    """Labels, grid and legend of a chart with one line per setting, then the file."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
     fig.savefig(path)

@@ -92,14 +92,14 @@ class ConsoleSink:
         has_mfu = any(r.mfu is not None and r.mfu.mfu is not None for r in results)
         has_comm = any(r.comm for r in results)
         columns = [("#", "right"), ("setting", "left"), ("global batch", "right"), ("status", "left"),
-                   ("tokens/s", "right"), ("95% CI", "right"), ("windows", "right"), ("step p50 s", "right"), ("step p90 s", "right"),
+                   ("tokens/s", "right"), ("95% CI (windows)", "right"), ("step p50 s", "right"), ("step p90 s", "right"),
                    ("peak memory", "right")]
         columns += [("GPU util %", "right"), ("J/token", "right")] if has_gpu else []
         columns += [("MFU", "right")] if has_mfu else [("TFLOP/s", "right")]
         columns += [("exposed comm", "right")] if has_comm else []
         columns += [("CPU %", "right"), ("vs baseline", "right")]
-        # The setting's label is what a reader matches rows by: never shrink it into an ellipsis.
-        label_width = max((len(r.label) + len(" (baseline) *") for r in results), default=8)
+        # The setting's label is what a reader matches rows by: it may wrap at a space, never shrink into an ellipsis.
+        label_width = max((len(word) for r in results for word in f"{r.label} (baseline) *".split()), default=8)
         for name, justify in columns:
             table.add_column(name, justify=justify,  # type: ignore[arg-type]
                              min_width=label_width if name == "setting" else None)
@@ -111,7 +111,7 @@ class ConsoleSink:
             cells = [str(r.index), r.label + marks, str(r.global_batch_size),
                      r.status if r.ok else f"[red]{r.status}[/red]",
                      _number(r.tokens_per_s, ",.0f"),
-                     _ci_percent(r), str(r.num_windows),
+                     f"{_ci_percent(r)} ({r.num_windows})",
                      _number(r.step_time_s.median if r.step_time_s else None, ".4f"),
                      _number(r.step_time_s.p90 if r.step_time_s else None, ".4f"),
                      format_bytes(r.peak_memory_bytes)]
