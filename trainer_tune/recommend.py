@@ -281,6 +281,14 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         contenders = [r for r in candidates if r.trial_key in race.contender_keys] or candidates
     else:
         contenders = candidates
+    # One window says nothing about the next one: such a setting (say, one strategy=power let in last) cannot
+    # be recommended over settings measured in several, however fast its one window was.
+    several = [r for r in contenders if len(_window_rates(r)) >= 2]
+    if several and len(several) < len(contenders):
+        once = ", ".join(r.label for r in contenders if r not in several)
+        reasons.append(f"{once}: measured in one window only, which gives no interval, so not recommended over "
+                       f"settings measured in several")
+        contenders = several
 
     fastest = max(contenders, key=lambda r: r.tokens_per_s, default=None)  # type: ignore[arg-type,return-value]
     best = fastest

@@ -451,7 +451,7 @@ def _race(sweep: _Sweep, plan: list[TrialSpec], *, done: dict[str, TrialResult],
         # Rank 0 decides who leaves and who enters; every rank applies the same answer.
         new_drops, entering, closed = session.broadcast_from_rank0(
             _after_round(cfg, plan, settings=settings, contenders=contenders, entered=entered,
-                         rounds_done=round_index))
+                         rounds_done=round_index, swept=sweep.swept))
         for drop in new_drops:
             contenders.discard(drop.trial_key)
             if drop.trial_key != baseline.key:  # the baseline is measured in every round regardless
@@ -459,9 +459,8 @@ def _race(sweep: _Sweep, plan: list[TrialSpec], *, done: dict[str, TrialResult],
             drops.append(drop)
             sweep.console.dropped(drop)
         enter([by_key[key] for key in entering])
-        for item in closed:
-            if item.label not in {n.label for n in not_measured}:
-                not_measured.append(item)
+        # The strategy's view of what will never enter, as of this round (more windows can change a verdict).
+        not_measured = list(closed)
     # Settings the strategy never let in (power: the chain stopped, or the race ended first).
     entered_keys = {s.key for s in entered}
     for spec in plan:
@@ -479,7 +478,8 @@ def _race(sweep: _Sweep, plan: list[TrialSpec], *, done: dict[str, TrialResult],
 
 
 def _after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, TrialResult], contenders: set[str],
-                 entered: list[TrialSpec], rounds_done: int) -> tuple[list[Drop], list[str], list[NotMeasured]]:
+                 entered: list[TrialSpec], rounds_done: int,
+                 swept: tuple[str, ...]) -> tuple[list[Drop], list[str], list[NotMeasured]]:
     """(settings that leave the race, settings that enter it next round, settings that never will)."""
     drops: list[Drop] = []
     # No setting leaves before sweep.min_rounds: an interval from two windows rests on one difference of two
@@ -504,5 +504,5 @@ def _after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, 
             if gate.enter:
                 entering.append(spec.key)
             elif gate.reason is not None:
-                closed.append(NotMeasured(label=spec.label(), reason=gate.reason))
+                closed.append(NotMeasured(label=spec.label(swept_flags=swept), reason=gate.reason))
     return drops, entering, closed

@@ -201,3 +201,13 @@ def test_a_baseline_with_one_clean_window_has_no_drift() -> None:
     results = [make_result(index=0, key="base", is_baseline=True, windows={"r0": 1000}),
                make_result(index=1, key="fast", micro_batch_size=4)]
     assert decide(results, args=ARGS).drift is None
+
+
+def test_a_setting_measured_once_is_not_recommended_over_settings_measured_in_several() -> None:
+    # strategy=power let 4x2 in for the last round: one fast window against 4x1's three.
+    results = [make_result(index=0, key="base", is_baseline=True, windows={"r0": 1000, "r1": 990, "r2": 1010}),
+               make_result(index=1, key="4x1", micro_batch_size=4, windows={"r0": 1300, "r1": 1290, "r2": 1310}),
+               make_result(index=2, key="4x2", micro_batch_size=4, grad_accum=2, windows={"r2": 1400})]
+    rec = decide(results, args=ARGS)
+    assert rec.decision == GO and rec.chosen is not None and rec.chosen.trial_key == "4x1"
+    assert any("4x2: measured in one window only" in r for r in rec.reasons)
