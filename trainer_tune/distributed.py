@@ -14,6 +14,7 @@ import datetime
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 import re
@@ -291,3 +292,20 @@ class DistSession:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def from_rank0_when_done(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank, returned once rank 0 has finished what it did before this call and
+        every rank has the value: rank 0 publishes, then every rank leaves with the same verdict. A rank that
+        left first with a non-zero code would make torchrun terminate rank 0 mid-publish."""
+        obj = self.broadcast_from_rank0(obj)
+        self.barrier()
+        return obj
+
+
+def leave_with_agreed_code() -> None:
+    """Called by a rank about to exit non-zero with the code every rank agreed on, after the last collective.
+
+    torchrun terminates the ranks still running as soon as one exits non-zero; the others are only
+    milliseconds behind, and a SIGTERM then would report a rank that was already leaving as killed (-15)
+    instead of its code. torchrun waits for the rank to exit (up to 30 s, then SIGKILL)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
