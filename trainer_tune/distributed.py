@@ -14,6 +14,7 @@ import datetime
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 import re
@@ -291,3 +292,40 @@ class DistSession:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def from_rank0_when_done(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank, returned once rank 0 has finished what it did before this call and
+        every rank has the value: rank 0 publishes, then every rank leaves with the same verdict. A rank that
+        left first with a non-zero code would make torchrun terminate rank 0 mid-publish."""
+        obj = self.broadcast_from_rank0(obj)
+        self.barrier()
+        return obj
+
+
+def tell_launcher(line: str, environ: Mapping[str, str] = os.environ) -> None:
+    """Leave `line` where torchrun reads why a worker failed (the file named by TORCHELASTIC_ERROR_FILE), so the
+    root cause of its failure summary is our line rather than "To enable traceback see ...".
+
+    The format is the one torch.distributed.elastic's ErrorHandler writes for an exception; its `@record`
+    would not help, as it records exceptions and our user mistakes end in sys.exit. Outside torchrun there
+    is no such file and nothing to do."""
+    path = environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    # torchrun shows py_callstack (indented) when present: the line itself, not a traceback.
+    data = {"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w") as file:
+            json.dump(data, file)
+    except OSError as exc:
+        log.warning("could not write torchrun's error file %s: %s", path, exc)
+
+
+def leave_with_agreed_code() -> None:
+    """Called by a rank about to exit non-zero with the code every rank agreed on (after the last collective) or
+    reaches on its own (the same user mistake on every rank).
+
+    torchrun terminates the ranks still running as soon as one exits non-zero; the others are only
+    milliseconds behind, and a SIGTERM then would report a rank that was already leaving as killed (-15)
+    instead of its code. torchrun waits for the rank to exit (up to 30 s, then SIGKILL)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -26,7 +26,8 @@ from omegaconf.errors import OmegaConfBaseException
 from trainer_tune.config import ConfigError, TuneConfig, register_configs
 from trainer_tune.config_keys import check_keys
 from trainer_tune.distributed import (
-    DistSession, RankEnv, adopt_slurm_tasks, choose_backend, choose_device, launch_hint, shared_run_stamp)
+    DistSession, RankEnv, adopt_slurm_tasks, choose_backend, choose_device, launch_hint, leave_with_agreed_code,
+    shared_run_stamp, tell_launcher)
 from trainer_tune.flags import resolve_flags
 from trainer_tune.logging_setup import setup_logging
 from trainer_tune.multirun import current_job
@@ -56,9 +57,12 @@ def config_dir() -> str:
 
 
 def _fail(message: str, rank_env: RankEnv | None) -> None:
+    line = f"trainer_tune: error: {message}"
     # One copy per node is enough: every rank got the same arguments and fails the same way.
     if rank_env is None or rank_env.local_rank == 0:
-        print(f"trainer_tune: error: {message}", file=sys.stderr, flush=True)
+        print(line, file=sys.stderr, flush=True)
+    tell_launcher(line)  # every rank: torchrun's summary names whichever failed first
+    leave_with_agreed_code()
     sys.exit(EXIT_USAGE)
 
 
@@ -111,6 +115,11 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
         _fail(str(exc), rank_env)
     session.close()
     if outcome.recommendation is not None and outcome.recommendation.decision != GO and cfg.recommend.fail_on_no_go:
+        # Every rank holds rank 0's recommendation (published before anyone got here): all exit with this code.
+        tell_launcher(f"trainer_tune: NO-GO with recommend.fail_on_no_go=true (exit {EXIT_NO_GO}): "
+                      f"see {output_dir / 'report.md'}")
+        if rank_env.world_size > 1:
+            leave_with_agreed_code()
         return EXIT_NO_GO
     return 0
 

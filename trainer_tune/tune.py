@@ -368,6 +368,7 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
         if session.rank_env.is_rank0:
             publish(output_dir, settings, recommendation, launch_hint=launch_hint, console=console,
                     wandb_sink=wandb_sink)
+        recommendation = session.from_rank0_when_done(recommendation)
     return SweepOutcome(results=tuple(settings), recommendation=recommendation,
                         num_measured=race.num_windows_measured, num_skipped=len(done),
                         not_measured=tuple(race.not_measured), race=race.summary)

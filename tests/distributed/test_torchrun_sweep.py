@@ -151,8 +151,14 @@ def test_flags_from_environment_command_line_and_sweep_axis(tmp_path: Path) -> N
 def test_bad_input_under_torchrun_fails_every_rank_before_the_process_group(tmp_path: Path) -> None:
     proc = run_tune(["train.micro_batch_size=0", f"hydra.run.dir={tmp_path / 'never'}"], nproc=2, timeout_s=60)
     assert proc.returncode != 0
-    assert proc.stderr.count("trainer_tune: error: train.micro_batch_size=0 is not allowed") == 1
+    ours = [line for line in proc.stderr.splitlines()
+            if line.startswith("trainer_tune: error: train.micro_batch_size=0 is not allowed")]
+    assert len(ours) == 1, proc.stderr
     assert not (tmp_path / "never").exists()
+    # torchrun's failure summary names our line as the root cause, not "To enable traceback see ...".
+    root_cause = proc.stderr.split("Root Cause (first observed failure):")[1]
+    assert "traceback : trainer_tune: error: train.micro_batch_size=0 is not allowed" in root_cause, proc.stderr
+    assert "To enable traceback" not in proc.stderr
 
 
 def test_single_process_no_go_gate_exits_3(tmp_path: Path) -> None:
@@ -168,3 +174,18 @@ def test_single_process_no_go_gate_exits_3(tmp_path: Path) -> None:
     assert all(t["extra"]["ddp_applied"] is None and t["comm"] is None for t in trials)
     # One rank: the report renders all the same, with its tokens/s chart.
     assert "NO-GO" in (out / "report.md").read_text() and (out / "charts" / "tokens_per_s.png").exists()
+
+
+def test_no_go_gate_under_torchrun_publishes_before_any_rank_exits(tmp_path: Path) -> None:
+    # Rank 1 has nothing to publish: were it to exit 3 first, torchrun would kill rank 0 mid-publish.
+    out = tmp_path / "gate"
+    proc = run_tune(["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[1,2]", "sweep.grad_accums=[1]",
+                     "recommend=ci_gate", "recommend.min_speedup=10", "wandb=off", *ONE_ROUND,
+                     f"hydra.run.dir={out}"], nproc=2)
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert json.loads((out / "recommendation.json").read_text())["decision"] == "NO-GO"
+    assert "NO-GO" in proc.stdout and "tokens/s" in proc.stdout, proc.stdout[-3000:]
+    assert "NO-GO" in (out / "report.md").read_text()
+    assert "traceback : trainer_tune: NO-GO with recommend.fail_on_no_go=true" in proc.stderr, proc.stderr[-3000:]
+    # Both ranks end with the gate's code; none was terminated by torchrun.
+    assert sorted(re.findall(r"exitcode\s+:\s*(-?\d+) \(pid", proc.stderr)) == ["3", "3"], proc.stderr[-3000:]
