@@ -34,15 +34,17 @@ class FlagSpec:
     config_key: str
     env_var: str
     sweep_key: str
+    short_name: str
+    """The flag's name in narrow places (the console table), where `find_unused_parameters=false` would not fit."""
 
 
 FLAG_SPECS: tuple[FlagSpec, ...] = (
-    FlagSpec("prefill_batched", "nsa.prefill_batched", "NSA_PREFILL_BATCHED", "nsa_prefill_batched"),
-    FlagSpec("disable_aux_stats", "nsa.disable_aux_stats", "NSA_DISABLE_AUX_STATS", "nsa_disable_aux_stats"),
-    FlagSpec("static_graph", "ddp.static_graph", "NSA_DDP_STATIC_GRAPH", "ddp_static_graph"),
+    FlagSpec("prefill_batched", "nsa.prefill_batched", "NSA_PREFILL_BATCHED", "nsa_prefill_batched", "prefill"),
+    FlagSpec("disable_aux_stats", "nsa.disable_aux_stats", "NSA_DISABLE_AUX_STATS", "nsa_disable_aux_stats", "no_aux"),
+    FlagSpec("static_graph", "ddp.static_graph", "NSA_DDP_STATIC_GRAPH", "ddp_static_graph", "static"),
     FlagSpec("find_unused_parameters", "ddp.find_unused_parameters", "NSA_DDP_FIND_UNUSED",
-             "ddp_find_unused_parameters"),
-    FlagSpec("bucket_cap_mb", "ddp.bucket_cap_mb", "NSA_DDP_BUCKET_MB", "ddp_bucket_cap_mb"),
+             "ddp_find_unused_parameters", "unused"),
+    FlagSpec("bucket_cap_mb", "ddp.bucket_cap_mb", "NSA_DDP_BUCKET_MB", "ddp_bucket_cap_mb", "bucket_mb"),
 )
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -1,8 +1,8 @@
 """Hydra multirun: `python -m trainer_tune -m train.micro_batch_size=1,2,4 train.grad_accum=1,2`.
 
 Each job of the multirun measures one setting, its own train.* (with its nsa/ddp flags), against one
-baseline pinned for the whole multirun; every job appends to one journal in hydra.sweep.dir, so the
-baseline is measured once, by the first job that finds it missing. `MultirunCallback` (configs/config.yaml,
+baseline pinned for the whole multirun, racing the two in rounds of its own; every job appends to one journal
+in hydra.sweep.dir (settings of different jobs share no round). `MultirunCallback` (configs/config.yaml,
 hydra.callbacks) pins the baseline when the multirun starts and, when it ends, reads the shared journal
 and publishes the one recommendation through the same sinks as a single sweep. Works with any launcher
 whose jobs see hydra.sweep.dir: Hydra's basic launcher, hydra/launcher=submitit_slurm, torchrun around

@@ -351,6 +351,8 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         reasons.append(f"the global batch changes from {baseline.global_batch_size} to "
                        f"{chosen.global_batch_size} samples per optimizer step: that changes optimisation "
                        f"(learning rate and schedule may need retuning), not only speed")
+    if best is not None:
+        reasons.extend(_measured_apart_reason(best, contenders, baseline=baseline))
     if race is not None:
         reasons.append(f"{race.num_rounds} round(s) measured; the race ended: {race.end_reason}")
         for drop in race.drops:
@@ -382,6 +384,22 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                           comparison=comparison, tied=tuple(r.label for r in tied), settings=tuple(results),
                           speedup_intervals=speedup_intervals,
                           explanations=explain(results, compare=compare))
+
+
+def _measured_apart_reason(best: TrialResult, contenders: Sequence[TrialResult], *,
+                           baseline: Optional[TrialResult]) -> list[str]:
+    """Say so when `best` was chosen over settings it shares no round with: the jobs of a multirun each race
+    their setting against the baseline in rounds of their own, so two jobs' settings are compared unpaired."""
+    rounds = set(_window_rates(best))
+    apart = [r.label for r in contenders if r.trial_key != best.trial_key and not r.is_baseline
+             and not rounds & set(_window_rates(r))]
+    if not apart or best.is_baseline:
+        return []
+    return [f"{best.label} and {', '.join(apart)} were measured at different times, in rounds with none in common "
+            f"(separate jobs of a multirun): each one's speedup over the baseline pairs it with the baseline's "
+            f"windows of its own job, but {best.label} was chosen over them from unpaired windows, where a change "
+            f"in the machine's speed between jobs does not cancel; to choose between close settings, measure them "
+            f"in one sweep (+sweep=... or sweep.* axes, without -m)"]
 
 
 def _first_per_reason(items: Sequence[NotMeasured]) -> list[NotMeasured]:

@@ -7,8 +7,11 @@ from typing import Optional, Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+from trainer_tune.explain import varying_flags
 from trainer_tune.figures import describe_memory_source
+from trainer_tune.flags import FlagSpec, format_flag
 from trainer_tune.recommend import GO, Recommendation
 from trainer_tune.results import TrialResult
 from trainer_tune.rounds import Drop
@@ -17,6 +20,13 @@ from trainer_tune.units import format_bytes
 
 def _number(value: Optional[float], spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def _setting_text(result: TrialResult, flags: Sequence[FlagSpec]) -> str:
+    """`2x1 static=true bucket_mb=25.0`: the setting with the short name of each flag that tells rows apart, so
+    every word fits a narrow column (result.label spells flags out in full, too wide beside 12 other columns)."""
+    return " ".join([f"{result.micro_batch_size}x{result.grad_accum}",
+                     *(f"{spec.short_name}={format_flag(result.flags.get(spec.field_name))}" for spec in flags)])
 
 
 def _ci_percent(result: TrialResult) -> str:
@@ -30,10 +40,13 @@ def _ci_percent(result: TrialResult) -> str:
 class ConsoleSink:
     def __init__(self, *, enabled: bool, console: Optional[Console] = None) -> None:
         self.enabled = enabled
-        self.console = console or Console(highlight=False)
-        if not self.console.is_terminal:
-            # Logs and CI captures: rich would wrap the table at 80 columns and make it unreadable.
-            self.console.width = max(self.console.width, 150)
+        if console is None:
+            console = Console(highlight=False)
+            if not console.is_terminal:
+                # Logs and CI captures: rich would wrap the table at 80 columns and make it unreadable. A console
+                # given by the caller keeps its width.
+                console.width = max(console.width, 150)
+        self.console = console
         self._progress: Optional[Progress] = None
         self._trials_task = None
         self._steps_task = None
@@ -98,17 +111,14 @@ class ConsoleSink:
         columns += [("MFU", "right")] if has_mfu else [("TFLOP/s", "right")]
         columns += [("exposed comm", "right")] if has_comm else []
         columns += [("CPU %", "right"), ("vs baseline", "right")]
-        # The setting's label is what a reader matches rows by: it may wrap at a space, never shrink into an ellipsis.
-        label_width = max((len(word) for r in results for word in f"{r.label} (baseline) *".split()), default=8)
-        for name, justify in columns:
-            table.add_column(name, justify=justify,  # type: ignore[arg-type]
-                             min_width=label_width if name == "setting" else None)
+        flags = varying_flags(results)
+        rows = []
         for r in sorted(results, key=lambda r: r.index):
             marks = (" (baseline)" if r.is_baseline else "") + \
                 (" *" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "")
             speedup = rec.speedup_by_key.get(r.trial_key)
             gpu, mfu, cpu = r.gpu, r.mfu, r.cpu
-            cells = [str(r.index), r.label + marks, str(r.global_batch_size),
+            cells = [str(r.index), _setting_text(r, flags) + marks, str(r.global_batch_size),
                      r.status if r.ok else f"[red]{r.status}[/red]",
                      _number(r.tokens_per_s, ",.0f"),
                      f"{_ci_percent(r)} ({r.num_windows})",
@@ -127,8 +137,23 @@ class ConsoleSink:
                           + (" (noise)" if comm.within_noise else "")]
             cells += [_number(cpu.process_pct_mean if cpu else None, ".0f"),
                       "n/a" if speedup is None else f"{(speedup - 1) * 100:+.1f}%"]
+            rows.append(cells)
+        # The setting is what a reader matches rows by: it may wrap at a space, never shrink into an ellipsis. Rich
+        # narrows the widest columns first and then all of them alike, cutting figures and headers; so every other
+        # column is held to its widest cell (its header wraps at spaces) and the setting column gets what is left.
+        for position, (name, justify) in enumerate(columns):
+            lines = [Text.from_markup(row[position]).plain for row in rows]
+            if name == "setting":
+                table.add_column(name, justify=justify,  # type: ignore[arg-type]
+                                 min_width=max((len(word) for line in lines for word in line.split()), default=8))
+            else:
+                table.add_column(name, justify=justify,  # type: ignore[arg-type]
+                                 max_width=max([len(line) for line in lines] + [len(word) for word in name.split()]))
+        for cells in rows:
             table.add_row(*cells)
         self.console.print(table)
+        if flags:
+            self.console.print("flags: " + ", ".join(f"{spec.short_name} = {spec.config_key}" for spec in flags))
         notes = {r.gpu_note for r in results if r.gpu is None and r.gpu_note and r.ok}
         notes |= {r.mfu.warning for r in results if r.mfu is not None and r.mfu.warning}
         for note in sorted(notes):
