@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II
+from omegaconf import II, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -108,8 +108,9 @@ class DeviceKind(Enum):
 class ModelArgs:
     """The built-in decoder-only GPT, or the user's own model through `_target_`."""
 
-    name: str = "tiny"
-    """Preset name, recorded with every trial."""
+    name: str = "${trainer_tune.model_name:tiny}"
+    """Preset name, recorded with every trial: `${trainer_tune.model_name:PRESET}` is model._target_ when one is
+    set (a model given by its import path), else PRESET."""
     _target_: Optional[str] = None
     """null: the built-in GPT. Else the import path of a class or factory that returns an nn.Module taking
     input_ids [batch, seq_len] and returning logits [batch, seq_len, vocab_size] (or an object with .logits,
@@ -150,6 +151,16 @@ class ModelArgs:
             require(self.nsa_block_size <= self.seq_len, key="model.nsa_block_size", value=self.nsa_block_size,
                     allowed=f"at most model.seq_len={self.seq_len}: with no complete block the compressed and "
                             f"selected branches have nothing to attend to")
+
+
+def _model_name(preset: str, *, _parent_: Any) -> str:
+    """The resolver behind model.name: a preset's name names the built-in GPT, never a `_target_` model."""
+    target = _parent_.get("_target_")
+    return preset if target is None else str(target)
+
+
+# At import, so every process that composes or resolves a config (torchrun ranks, submitit jobs) has it.
+OmegaConf.register_new_resolver("trainer_tune.model_name", _model_name, replace=True)
 
 
 @dataclass

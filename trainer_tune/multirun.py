@@ -172,7 +172,7 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     3 for NO-GO with recommend.fail_on_no_go, else 0."""
     # Imported here: the callback is instantiated for every Hydra start, even `--help`.
     from trainer_tune.metrics import aggregate_by_setting
-    from trainer_tune.recommend import GO, decide
+    from trainer_tune.recommend import NO_GO, decide
     from trainer_tune.sinks.console import ConsoleSink
     from trainer_tune.sinks.publish import publish
     from trainer_tune.sinks.wandb_sink import WandbSink
@@ -202,7 +202,7 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
                            group=sweep_dir.name, config=_resolved(plain))
     publish(sweep_dir, results, recommendation, launch_hint=launch_hint(rank_env), console=console,
             wandb_sink=wandb_sink)
-    if recommendation.decision != GO and recommend_args.fail_on_no_go:
+    if recommendation.decision == NO_GO and recommend_args.fail_on_no_go:
         return 3
     return 0
 

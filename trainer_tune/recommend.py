@@ -1,7 +1,8 @@
 """The go / no-go decision: the only place that compares trials.
 
 GO means: switch to `chosen`, the fastest setting that finished cleanly, because it beats the baseline
-by at least `recommend.min_speedup`. NO-GO means: keep the baseline. Every reason behind the verdict is
+by at least `recommend.min_speedup`. NO-GO means: keep the baseline. MEASURED means: the run measured one
+setting only (no sweep), so there is nothing to compare. Every reason behind the verdict is
 listed, including what a switch would change besides speed (the global batch size).
 """
 
@@ -23,6 +24,8 @@ from trainer_tune.strategy import NotMeasured
 
 GO = "GO"
 NO_GO = "NO-GO"
+MEASURED = "MEASURED"
+"""Only one setting was measured (no sweep): its figures, and no comparison, so neither GO nor NO-GO."""
 
 
 class Outcome(Enum):
@@ -313,6 +316,15 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         reasons.insert(0, f"the baseline {state}; the fastest setting that runs is {best.label} at "
                           f"{best.tokens_per_s:,.0f} tokens/s")
         verdict = f"{GO}: {_setting(best, against=baseline)} (baseline {state})"
+    elif len(results) == 1:
+        decision, chosen = MEASURED, baseline
+        interval = baseline.tokens_per_s_ci95
+        spread = f", 95% CI {interval[0]:,.0f} to {interval[1]:,.0f}" if interval else ""
+        windows = f"{baseline.num_windows} window{'s' if baseline.num_windows != 1 else ''}"
+        reasons.insert(0, f"only the baseline {baseline.label} was measured (no sweep: add +sweep=batch or "
+                          f"sweep.* keys to compare settings), so there is nothing to compare it with")
+        verdict = (f"{MEASURED}: {_setting(baseline, against=None)} at {baseline.tokens_per_s:,.0f} tokens/s "
+                   f"({windows}{spread}); one setting, nothing to compare")
     elif best.trial_key == baseline.trial_key:
         speedup = 1.0
         decision, chosen = NO_GO, baseline
@@ -365,7 +377,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
     environment: dict[str, str] = {}
     if chosen is not None:
         flags = TrialFlags(**chosen.flags)
-        overrides = (f"train.micro_batch_size={chosen.micro_batch_size}", f"train.grad_accum={chosen.grad_accum}",
+        overrides = (*chosen.run_overrides, f"train.micro_batch_size={chosen.micro_batch_size}", f"train.grad_accum={chosen.grad_accum}",
                      *flags_to_overrides(flags))
         environment = flags_to_environ(flags)
     speedup_by_key: dict[str, float] = {}

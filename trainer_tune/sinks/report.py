@@ -15,6 +15,7 @@ from trainer_tune.durable import write_atomically
 from trainer_tune.explain import ObjectiveWinner, ScalingPoint
 from trainer_tune.figures import describe_memory_source
 from trainer_tune.recommend import Recommendation
+from trainer_tune.rerun import shell_line
 from trainer_tune.results import TrialResult
 from trainer_tune.units import format_bytes
 
@@ -162,7 +163,7 @@ def _matrix_section(matrix: Sequence[ObjectiveWinner]) -> list[str]:
 def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set: "ChartSet") -> str:
     lines = ["# trainer_tune report", "", f"**{rec.verdict}**", ""]
     if rec.overrides:
-        lines += ["Train (or measure again) with:", "", "```", " ".join(rec.overrides), "```", ""]
+        lines += ["Train (or measure again) with:", "", "```", shell_line(rec.overrides), "```", ""]
     lines += ["## Why", ""] + [f"- {reason}" for reason in rec.reasons] + [""]
     lines += _trials_section(results, rec)
     lines += _charts_section(chart_set)
