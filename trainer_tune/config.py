@@ -234,7 +234,11 @@ class SweepArgs:
     grad_accums: Optional[List[int]] = None
     """Gradient-accumulation values to measure with each micro-batch size."""
     global_batch_size: Optional[int] = None
-    """Keep only pairs with micro_batch_size * grad_accum * world_size equal to this (samples)."""
+    """Keep only pairs with micro_batch_size * grad_accum * world_size equal to this (samples); wins over
+    sweep.hold_global_batch."""
+    hold_global_batch: bool = False
+    """Keep only pairs with the baseline's global batch (baseline micro-batch x accumulation x world size), so
+    no setting changes the optimisation (+sweep=global_batch sets it)."""
     strategy: Strategy = Strategy.grid
     """grid: every setting from the first round; power: double the micro-batch until failure or no gain. The
     verdict lists what was not measured, and why."""
@@ -265,6 +269,11 @@ class SweepArgs:
     """Values of ddp.find_unused_parameters to measure, multiplying the grid."""
     ddp_bucket_cap_mb: Optional[List[Optional[float]]] = None
     """MiB per DDP bucket; null in the list is DDP's default."""
+
+    @property
+    def fixes_global_batch(self) -> bool:
+        """Every setting of the sweep has one global batch (sweep.global_batch_size or hold_global_batch)."""
+        return self.global_batch_size is not None or self.hold_global_batch
 
     def __post_init__(self) -> None:
         require_list_of_int_at_least("sweep.micro_batch_sizes", self.micro_batch_sizes, 1)
