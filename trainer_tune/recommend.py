@@ -235,12 +235,30 @@ def _tie_break(tied: Sequence[TrialResult], *, fastest: TrialResult, baseline: O
                rule: TieBreak) -> TrialResult:
     if rule == TieBreak.fastest:
         return fastest
+    return min(tied, key=lambda r: _least_change_key(r, baseline))
+
+
+_LEAST_CHANGE_RULES = ("the baseline's global batch", "less memory", "the smaller global batch",
+                       "the smaller micro-batch", "the higher point estimate")
+"""What each part of _least_change_key prefers, in order: named by the tie reason when it decided."""
+
+
+def _least_change_key(result: TrialResult, baseline: Optional[TrialResult]) -> tuple:
     base_batch = baseline.global_batch_size if baseline is not None else None
-    return min(tied, key=lambda r: (r.global_batch_size != base_batch, r.peak_memory_bytes or 0,  # type: ignore
-                                    r.global_batch_size, r.micro_batch_size, -r.tokens_per_s))
+    return (result.global_batch_size != base_batch, result.peak_memory_bytes or 0, result.global_batch_size,
+            result.micro_batch_size, -(result.tokens_per_s or 0.0))
 
 
-def _tie_reason(best: TrialResult, tied: Sequence[TrialResult], rule: TieBreak) -> str:
+def _deciding_rule(best: TrialResult, tied: Sequence[TrialResult], baseline: Optional[TrialResult]) -> str:
+    """The first preference of recommend.tie_break=least_change that set `best` apart from the runner-up."""
+    others = [r for r in tied if r.trial_key != best.trial_key]
+    runner_up = min(others, key=lambda r: _least_change_key(r, baseline))
+    mine, theirs = _least_change_key(best, baseline), _least_change_key(runner_up, baseline)
+    return next((rule for rule, a, b in zip(_LEAST_CHANGE_RULES, mine, theirs) if a != b), "plan order")
+
+
+def _tie_reason(best: TrialResult, tied: Sequence[TrialResult], rule: TieBreak,
+                baseline: Optional[TrialResult] = None) -> str:
     """Names the tie and what it may cost: how much slower the chosen setting may be than each it tied with."""
     costs = []
     for other in tied:
@@ -252,7 +270,7 @@ def _tie_reason(best: TrialResult, tied: Sequence[TrialResult], rule: TieBreak) 
         elif comparison.interval is None:
             costs.append(f"unknown against {other.label} (one window)")
     why = ("the higher point estimate" if rule == TieBreak.fastest
-           else "the baseline's global batch first, then less memory")
+           else f"least change: {_deciding_rule(best, tied, baseline)}")
     text = (f"the measurements cannot order {', '.join(r.label for r in tied)} (their ratios' 95% intervals hold "
             f"1); the tie goes to {best.label} ({why}, recommend.tie_break={rule.value})")
     return text + (f"; at worst it is {', '.join(costs)}" if costs else "")
@@ -301,7 +319,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                 if r.trial_key == fastest.trial_key or compare(r, fastest).outcome in (Outcome.tie, Outcome.unknown)]
         best = _tie_break(tied, fastest=fastest, baseline=baseline, rule=args.tie_break)
         if len(tied) > 1:
-            reasons.append(_tie_reason(best, tied, args.tie_break))
+            reasons.append(_tie_reason(best, tied, args.tie_break, baseline))
 
     speedup: Optional[float] = None
     speedup_interval: Optional[tuple[float, float]] = None
