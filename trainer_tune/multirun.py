@@ -29,6 +29,7 @@ from trainer_tune.config_keys import check_keys, check_override_keys
 from trainer_tune.distributed import RankEnv, adopt_slurm_tasks, launch_hint
 from trainer_tune.durable import write_atomically
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, resolve_flags
+from trainer_tune.units import count
 from trainer_tune.journal import JOURNAL_NAME, read_journal
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     if not results:
         console.console.print(f"trainer_tune: no trial in {sweep_dir / JOURNAL_NAME}; no recommendation")
         return 0
-    console.console.print(f"trainer_tune: multirun finished, {len(results)} trials in {sweep_dir / JOURNAL_NAME}")
+    console.console.print(f"trainer_tune: multirun finished, {count(len(results), 'setting')} in {sweep_dir / JOURNAL_NAME}")
     plain = {k: v for k, v in OmegaConf.to_container(config, resolve=False).items() if k != "hydra"}  # type: ignore
     wandb_sink = WandbSink(_typed(config.wandb, WandbArgs), enabled=True, output_dir=sweep_dir,
                            group=sweep_dir.name, config=_resolved(plain))

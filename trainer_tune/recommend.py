@@ -21,6 +21,7 @@ from trainer_tune.results import TrialResult
 from trainer_tune.stats import RatioEstimate, ratio_estimate
 from trainer_tune.rounds import RaceSummary
 from trainer_tune.strategy import NotMeasured
+from trainer_tune.units import count
 
 GO = "GO"
 NO_GO = "NO-GO"
@@ -286,7 +287,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
     reasons: list[str] = []
     if failed:
         listed = ", ".join(f"{r.label} ({r.status})" for r in failed)
-        reasons.append(f"{len(failed)} of {len(results)} settings did not finish cleanly and cannot be "
+        reasons.append(f"{len(failed)} of {count(len(results), 'setting')} did not finish cleanly and cannot be "
                        f"recommended: {listed}")
     candidates = []
     for r in finished:
@@ -338,7 +339,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         decision, chosen = MEASURED, baseline
         interval = baseline.tokens_per_s_ci95
         spread = f", 95% CI {interval[0]:,.0f} to {interval[1]:,.0f}" if interval else ""
-        windows = f"{baseline.num_windows} window{'s' if baseline.num_windows != 1 else ''}"
+        windows = count(baseline.num_windows, "window")
         reasons.insert(0, f"only the baseline {baseline.label} was measured (no sweep: add +sweep=batch or "
                           f"sweep.* keys to compare settings), so there is nothing to compare it with")
         verdict = (f"{MEASURED}: {_setting(baseline, against=None)} at {baseline.tokens_per_s:,.0f} tokens/s "
@@ -382,13 +383,13 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                        f"{chosen.global_batch_size} samples per optimizer step: that changes optimisation "
                        f"(learning rate and schedule may need retuning), not only speed")
     if race is not None:
-        reasons.append(f"{race.num_rounds} round(s) measured; the race ended: {race.end_reason}")
+        reasons.append(f"{count(race.num_rounds, 'round')} measured; the race ended: {race.end_reason}")
         for drop in race.drops:
             reasons.append(f"{drop.label} left the race after round {drop.after_round}: {drop.reason}")
     if drift is not None:
         reasons.append(_drift_reason(drift))
     if not_measured:
-        reasons.append(f"{len(not_measured)} planned setting(s) not measured: "
+        reasons.append(f"{count(len(not_measured), 'planned setting')} not measured: "
                        + "; ".join(f"{n.label}: {n.reason}" for n in _first_per_reason(not_measured)))
 
     overrides: tuple[str, ...] = ()

@@ -39,3 +39,4 @@ def test_the_measure_again_line_measures_the_same_model(tmp_path: Path) -> None:
     rec = json.loads((again / "recommendation.json").read_text())
     assert rec["decision"] == "MEASURED" and rec["verdict"].startswith("MEASURED: ")
     assert "NO-GO" not in proc.stdout
+    assert "trainer_tune: 1 setting, measured in rounds" in proc.stdout  # not "1 settings"

@@ -174,9 +174,9 @@ def test_settings_left_out_and_the_race_are_named_with_their_reason() -> None:
     rec = decide([base, slow], args=RecommendArgs(), not_measured=skipped, race=race)
     assert rec.not_measured == tuple(skipped)
     assert any("1x1 left the race after round 3: -50.0% against 2x1" in r for r in rec.reasons)
-    assert any("3 round(s) measured; the race ended: one setting left" in r for r in rec.reasons)
+    assert any("3 rounds measured; the race ended: one setting left" in r for r in rec.reasons)
     # One line per reason, naming every setting it left out.
-    assert any("2 planned setting(s) not measured" in r and "8x1, 16x1: 4x1 ended oom" in r for r in rec.reasons)
+    assert any("2 planned settings not measured" in r and "8x1, 16x1: 4x1 ended oom" in r for r in rec.reasons)
     as_json = rec.to_json_dict()
     assert as_json["not_measured"][0] == {"label": "8x1", "reason": "4x1 ended oom, so larger micro-batches were not tried"}
     assert as_json["race"]["drops"][0]["label"] == "1x1" and as_json["race"]["num_rounds"] == 3
