@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II
+from omegaconf import II, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -108,8 +108,9 @@ class DeviceKind(Enum):
 class ModelArgs:
     """The built-in decoder-only GPT, or the user's own model through `_target_`."""
 
-    name: str = "tiny"
-    """Preset name, recorded with every trial."""
+    name: str = "${trainer_tune.model_name:tiny}"
+    """Preset name, recorded with every trial: `${trainer_tune.model_name:PRESET}` is model._target_ when one is
+    set (a model given by its import path), else PRESET."""
     _target_: Optional[str] = None
     """null: the built-in GPT. Else the import path of a class or factory that returns an nn.Module taking
     input_ids [batch, seq_len] and returning logits [batch, seq_len, vocab_size] (or an object with .logits,
@@ -150,6 +151,16 @@ class ModelArgs:
             require(self.nsa_block_size <= self.seq_len, key="model.nsa_block_size", value=self.nsa_block_size,
                     allowed=f"at most model.seq_len={self.seq_len}: with no complete block the compressed and "
                             f"selected branches have nothing to attend to")
+
+
+def _model_name(preset: str, *, _parent_: Any) -> str:
+    """The resolver behind model.name: a preset's name names the built-in GPT, never a `_target_` model."""
+    target = _parent_.get("_target_")
+    return preset if target is None else str(target)
+
+
+# At import, so every process that composes or resolves a config (torchrun ranks, submitit jobs) has it.
+OmegaConf.register_new_resolver("trainer_tune.model_name", _model_name, replace=True)
 
 
 @dataclass
@@ -223,7 +234,11 @@ class SweepArgs:
     grad_accums: Optional[List[int]] = None
     """Gradient-accumulation values to measure with each micro-batch size."""
     global_batch_size: Optional[int] = None
-    """Keep only pairs with micro_batch_size * grad_accum * world_size equal to this (samples)."""
+    """Keep only pairs with micro_batch_size * grad_accum * world_size equal to this (samples); wins over
+    sweep.hold_global_batch."""
+    hold_global_batch: bool = False
+    """Keep only pairs with the baseline's global batch (baseline micro-batch x accumulation x world size), so
+    no setting changes the optimisation (+sweep=global_batch sets it)."""
     strategy: Strategy = Strategy.grid
     """grid: every setting from the first round; power: double the micro-batch until failure or no gain. The
     verdict lists what was not measured, and why."""
@@ -254,6 +269,11 @@ class SweepArgs:
     """Values of ddp.find_unused_parameters to measure, multiplying the grid."""
     ddp_bucket_cap_mb: Optional[List[Optional[float]]] = None
     """MiB per DDP bucket; null in the list is DDP's default."""
+
+    @property
+    def fixes_global_batch(self) -> bool:
+        """Every setting of the sweep has one global batch (sweep.global_batch_size or hold_global_batch)."""
+        return self.global_batch_size is not None or self.hold_global_batch
 
     def __post_init__(self) -> None:
         require_list_of_int_at_least("sweep.micro_batch_sizes", self.micro_batch_sizes, 1)

@@ -39,6 +39,15 @@ class JournalContents:
         return {r.trial_key: r for r in self.results}
 
 
+_MARKS = {"trial_key", "status", "label", "micro_batch_size", "grad_accum", "tokens_per_s"}
+"""Fields every record has (any version): a line without them is another program's."""
+
+
+def _foreign(path: Path, number: int, what: str) -> ConfigError:
+    return ConfigError(f"journal={path} is not allowed: line {number} is {what}, not a trainer_tune trial record; "
+                       f"move the file away or choose another output directory (hydra.run.dir=...)")
+
+
 def read_journal(path: Path) -> JournalContents:
     if not path.exists():
         return JournalContents(results=(), problems=())
@@ -60,12 +69,16 @@ def read_journal(path: Path) -> JournalContents:
                 problems.append(f"{path.name} line {number} is incomplete (the writer was killed mid-line); "
                                 f"ignored, that trial will be measured again")
                 continue
-            record = None
+            raise _foreign(path, number, "not JSON")
+        if not isinstance(record, dict):
+            raise _foreign(path, number, f"JSON, but a {type(record).__name__} where a record is an object")
+        missing = _MARKS - set(record)
+        if missing:
+            raise _foreign(path, number, f"a JSON object without {', '.join(sorted(missing))}")
         try:
-            result = TrialResult.from_json_dict(record)  # type: ignore[arg-type]
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise ConfigError(f"journal {path} line {number} is not a trainer_tune trial record ({exc}); "
-                              f"move the file away or choose another output directory") from None
+            result = TrialResult.from_json_dict(record)
+        except (ValueError, TypeError, AttributeError, KeyError):
+            raise _foreign(path, number, "a JSON object whose fields are not a trial record's") from None
         if result.trial_key in first_line:
             problems.append(f"{path.name} line {number} records trial {result.label} again (first on line "
                             f"{first_line[result.trial_key]}); the first is kept")

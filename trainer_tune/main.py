@@ -32,7 +32,7 @@ from trainer_tune.flags import resolve_flags
 from trainer_tune.logging_setup import setup_logging
 from trainer_tune.multirun import current_job
 from trainer_tune.plan import build_plan, job_plan
-from trainer_tune.recommend import GO
+from trainer_tune.recommend import NO_GO
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_config
 from trainer_tune.sinks.wandb_sink import WandbSink
@@ -114,7 +114,7 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
         session.close()
         _fail(str(exc), rank_env)
     session.close()
-    if outcome.recommendation is not None and outcome.recommendation.decision != GO and cfg.recommend.fail_on_no_go:
+    if outcome.recommendation is not None and outcome.recommendation.decision == NO_GO and cfg.recommend.fail_on_no_go:
         # Every rank holds rank 0's recommendation (published before anyone got here): all exit with this code.
         tell_launcher(f"trainer_tune: NO-GO with recommend.fail_on_no_go=true (exit {EXIT_NO_GO}): "
                       f"see {output_dir / 'report.md'}")

@@ -42,6 +42,8 @@ class TrialContext:
     """Why there is no peak (so no MFU), e.g. an unknown device."""
     device_memory_bytes: Optional[int] = None
     """Total memory of one device (CUDA), for recommend.max_memory_fraction."""
+    run_overrides: tuple[str, ...] = ()
+    """Overrides that compose this run's configuration again, the sweep and the setting aside (rerun.py)."""
 
 
 def _finite_or_none(value: float) -> Optional[float]:
@@ -57,7 +59,7 @@ def _base_fields(spec: TrialSpec, ctx: TrialContext, *, started_at: str, finishe
         flags=spec.flags.as_dict(), environment=flags_to_environ(spec.flags), model=ctx.model_name,
         device=ctx.device, backend=ctx.backend, torch_version=torch.__version__,
         num_warmup_steps=ctx.num_warmup_steps, num_measured_steps=ctx.num_measured_steps,
-        started_at=started_at, finished_at=finished_at)
+        started_at=started_at, finished_at=finished_at, run_overrides=ctx.run_overrides)
 
 
 def _mean(values: Sequence[Optional[float]]) -> Optional[float]:

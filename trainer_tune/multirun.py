@@ -29,6 +29,7 @@ from trainer_tune.config_keys import check_keys, check_override_keys
 from trainer_tune.distributed import RankEnv, adopt_slurm_tasks, launch_hint
 from trainer_tune.durable import write_atomically
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, resolve_flags
+from trainer_tune.units import count
 from trainer_tune.journal import JOURNAL_NAME, read_journal
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     3 for NO-GO with recommend.fail_on_no_go, else 0."""
     # Imported here: the callback is instantiated for every Hydra start, even `--help`.
     from trainer_tune.metrics import aggregate_by_setting
-    from trainer_tune.recommend import GO, decide
+    from trainer_tune.recommend import NO_GO, decide
     from trainer_tune.sinks.console import ConsoleSink
     from trainer_tune.sinks.publish import publish
     from trainer_tune.sinks.wandb_sink import WandbSink
@@ -196,13 +197,13 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     if not results:
         console.console.print(f"trainer_tune: no trial in {sweep_dir / JOURNAL_NAME}; no recommendation")
         return 0
-    console.console.print(f"trainer_tune: multirun finished, {len(results)} trials in {sweep_dir / JOURNAL_NAME}")
+    console.console.print(f"trainer_tune: multirun finished, {count(len(results), 'setting')} in {sweep_dir / JOURNAL_NAME}")
     plain = {k: v for k, v in OmegaConf.to_container(config, resolve=False).items() if k != "hydra"}  # type: ignore
     wandb_sink = WandbSink(_typed(config.wandb, WandbArgs), enabled=True, output_dir=sweep_dir,
                            group=sweep_dir.name, config=_resolved(plain))
     publish(sweep_dir, results, recommendation, launch_hint=launch_hint(rank_env), console=console,
             wandb_sink=wandb_sink)
-    if recommendation.decision != GO and recommend_args.fail_on_no_go:
+    if recommendation.decision == NO_GO and recommend_args.fail_on_no_go:
         return 3
     return 0
 

@@ -90,14 +90,19 @@ def batch_pairs(cfg: TuneConfig, *, world_size: int) -> list[tuple[int, int]]:
     accums = cfg.sweep.grad_accums or [cfg.train.grad_accum]
     pairs = [(m, a) for m in sorted(sizes) for a in sorted(accums)]
     target = cfg.sweep.global_batch_size
+    key = f"sweep.global_batch_size={target}"
+    if target is None and cfg.sweep.hold_global_batch:
+        target = cfg.baseline.micro_batch_size * cfg.baseline.grad_accum * world_size
+        key = (f"sweep.hold_global_batch=true (the baseline's global batch {cfg.baseline.micro_batch_size} x "
+               f"{cfg.baseline.grad_accum} x {world_size} ranks = {target})")
     if target is None:
         return pairs
     kept = [(m, a) for m, a in pairs if m * a * world_size == target]
     if not kept:
         reachable = sorted({m * a * world_size for m, a in pairs})
         raise ConfigError(
-            f"sweep.global_batch_size={target} is not allowed: no micro_batch_size x grad_accum pair of the "
-            f"sweep reaches it at world size {world_size}; reachable global batch sizes are {reachable}")
+            f"{key} is not allowed: no micro_batch_size x grad_accum pair of the sweep reaches it at world size "
+            f"{world_size}; reachable global batch sizes are {reachable}")
     return kept
 
 

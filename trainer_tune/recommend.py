@@ -1,7 +1,8 @@
 """The go / no-go decision: the only place that compares trials.
 
 GO means: switch to `chosen`, the fastest setting that finished cleanly, because it beats the baseline
-by at least `recommend.min_speedup`. NO-GO means: keep the baseline. Every reason behind the verdict is
+by at least `recommend.min_speedup`. NO-GO means: keep the baseline. MEASURED means: the run measured one
+setting only (no sweep), so there is nothing to compare. Every reason behind the verdict is
 listed, including what a switch would change besides speed (the global batch size).
 """
 
@@ -20,9 +21,12 @@ from trainer_tune.results import TrialResult
 from trainer_tune.stats import RatioEstimate, ratio_estimate
 from trainer_tune.rounds import RaceSummary
 from trainer_tune.strategy import NotMeasured
+from trainer_tune.units import count
 
 GO = "GO"
 NO_GO = "NO-GO"
+MEASURED = "MEASURED"
+"""Only one setting was measured (no sweep): its figures, and no comparison, so neither GO nor NO-GO."""
 
 
 class Outcome(Enum):
@@ -232,12 +236,30 @@ def _tie_break(tied: Sequence[TrialResult], *, fastest: TrialResult, baseline: O
                rule: TieBreak) -> TrialResult:
     if rule == TieBreak.fastest:
         return fastest
+    return min(tied, key=lambda r: _least_change_key(r, baseline))
+
+
+_LEAST_CHANGE_RULES = ("the baseline's global batch", "less memory", "the smaller global batch",
+                       "the smaller micro-batch", "the higher point estimate")
+"""What each part of _least_change_key prefers, in order: named by the tie reason when it decided."""
+
+
+def _least_change_key(result: TrialResult, baseline: Optional[TrialResult]) -> tuple:
     base_batch = baseline.global_batch_size if baseline is not None else None
-    return min(tied, key=lambda r: (r.global_batch_size != base_batch, r.peak_memory_bytes or 0,  # type: ignore
-                                    r.global_batch_size, r.micro_batch_size, -r.tokens_per_s))
+    return (result.global_batch_size != base_batch, result.peak_memory_bytes or 0, result.global_batch_size,
+            result.micro_batch_size, -(result.tokens_per_s or 0.0))
 
 
-def _tie_reason(best: TrialResult, tied: Sequence[TrialResult], rule: TieBreak) -> str:
+def _deciding_rule(best: TrialResult, tied: Sequence[TrialResult], baseline: Optional[TrialResult]) -> str:
+    """The first preference of recommend.tie_break=least_change that set `best` apart from the runner-up."""
+    others = [r for r in tied if r.trial_key != best.trial_key]
+    runner_up = min(others, key=lambda r: _least_change_key(r, baseline))
+    mine, theirs = _least_change_key(best, baseline), _least_change_key(runner_up, baseline)
+    return next((rule for rule, a, b in zip(_LEAST_CHANGE_RULES, mine, theirs) if a != b), "plan order")
+
+
+def _tie_reason(best: TrialResult, tied: Sequence[TrialResult], rule: TieBreak,
+                baseline: Optional[TrialResult] = None) -> str:
     """Names the tie and what it may cost: how much slower the chosen setting may be than each it tied with."""
     costs = []
     for other in tied:
@@ -249,7 +271,7 @@ def _tie_reason(best: TrialResult, tied: Sequence[TrialResult], rule: TieBreak) 
         elif comparison.interval is None:
             costs.append(f"unknown against {other.label} (one window)")
     why = ("the higher point estimate" if rule == TieBreak.fastest
-           else "the baseline's global batch first, then less memory")
+           else f"least change: {_deciding_rule(best, tied, baseline)}")
     text = (f"the measurements cannot order {', '.join(r.label for r in tied)} (their ratios' 95% intervals hold "
             f"1); the tie goes to {best.label} ({why}, recommend.tie_break={rule.value})")
     return text + (f"; at worst it is {', '.join(costs)}" if costs else "")
@@ -265,7 +287,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
     reasons: list[str] = []
     if failed:
         listed = ", ".join(f"{r.label} ({r.status})" for r in failed)
-        reasons.append(f"{len(failed)} of {len(results)} settings did not finish cleanly and cannot be "
+        reasons.append(f"{len(failed)} of {count(len(results), 'setting')} did not finish cleanly and cannot be "
                        f"recommended: {listed}")
     candidates = []
     for r in finished:
@@ -298,7 +320,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                 if r.trial_key == fastest.trial_key or compare(r, fastest).outcome in (Outcome.tie, Outcome.unknown)]
         best = _tie_break(tied, fastest=fastest, baseline=baseline, rule=args.tie_break)
         if len(tied) > 1:
-            reasons.append(_tie_reason(best, tied, args.tie_break))
+            reasons.append(_tie_reason(best, tied, args.tie_break, baseline))
 
     speedup: Optional[float] = None
     speedup_interval: Optional[tuple[float, float]] = None
@@ -313,6 +335,15 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         reasons.insert(0, f"the baseline {state}; the fastest setting that runs is {best.label} at "
                           f"{best.tokens_per_s:,.0f} tokens/s")
         verdict = f"{GO}: {_setting(best, against=baseline)} (baseline {state})"
+    elif len(results) == 1:
+        decision, chosen = MEASURED, baseline
+        interval = baseline.tokens_per_s_ci95
+        spread = f", 95% CI {interval[0]:,.0f} to {interval[1]:,.0f}" if interval else ""
+        windows = count(baseline.num_windows, "window")
+        reasons.insert(0, f"only the baseline {baseline.label} was measured (no sweep: add +sweep=batch or "
+                          f"sweep.* keys to compare settings), so there is nothing to compare it with")
+        verdict = (f"{MEASURED}: {_setting(baseline, against=None)} at {baseline.tokens_per_s:,.0f} tokens/s "
+                   f"({windows}{spread}); one setting, nothing to compare")
     elif best.trial_key == baseline.trial_key:
         speedup = 1.0
         decision, chosen = NO_GO, baseline
@@ -354,20 +385,20 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
     if best is not None:
         reasons.extend(_measured_apart_reason(best, contenders, baseline=baseline))
     if race is not None:
-        reasons.append(f"{race.num_rounds} round(s) measured; the race ended: {race.end_reason}")
+        reasons.append(f"{count(race.num_rounds, 'round')} measured; the race ended: {race.end_reason}")
         for drop in race.drops:
             reasons.append(f"{drop.label} left the race after round {drop.after_round}: {drop.reason}")
     if drift is not None:
         reasons.append(_drift_reason(drift))
     if not_measured:
-        reasons.append(f"{len(not_measured)} planned setting(s) not measured: "
+        reasons.append(f"{count(len(not_measured), 'planned setting')} not measured: "
                        + "; ".join(f"{n.label}: {n.reason}" for n in _first_per_reason(not_measured)))
 
     overrides: tuple[str, ...] = ()
     environment: dict[str, str] = {}
     if chosen is not None:
         flags = TrialFlags(**chosen.flags)
-        overrides = (f"train.micro_batch_size={chosen.micro_batch_size}", f"train.grad_accum={chosen.grad_accum}",
+        overrides = (*chosen.run_overrides, f"train.micro_batch_size={chosen.micro_batch_size}", f"train.grad_accum={chosen.grad_accum}",
                      *flags_to_overrides(flags))
         environment = flags_to_environ(flags)
     speedup_by_key: dict[str, float] = {}

@@ -125,6 +125,9 @@ class TrialResult:
     wall_s: Optional[float] = None
     """Wall time the window took on rank 0: model build, warm-up, measured and comm-split steps. What
     sweep.budget_s counts; summed over windows for a setting."""
+    run_overrides: tuple[str, ...] = ()
+    """Hydra overrides that compose this result's run again (model, data, loss, train, window, dist,
+    telemetry), without the setting and the sweep (rerun.py); empty in journals from before them."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Diagnostics for people, read by no decision and no sink: `ddp_applied`, `tracebacks`."""
     record_version: int = RECORD_VERSION
@@ -161,7 +164,7 @@ class TrialResult:
         typed = {"step_time_s": lambda v: from_fields(StepTimeStats, v), "gpu": GpuFigures.from_json_dict,
                  "cpu": CpuFigures.from_json_dict, "comm": lambda v: from_fields(CommSplit, v),
                  "mfu": lambda v: from_fields(MfuFigures, v), "step_times_s": tuple, "losses": tuple,
-                 "nsa_aux_stats": tuple, "gpu_utilization_series": lambda v: tuple(tuple(p) for p in v),
+                 "nsa_aux_stats": tuple, "run_overrides": tuple, "gpu_utilization_series": lambda v: tuple(tuple(p) for p in v),
                  "noise": lambda v: from_fields(NoiseFloor, v)}
         values = dict(data)
         for name, build in typed.items():

@@ -19,6 +19,8 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence, TypeVar
 
+from trainer_tune.units import count
+
 
 class Raced(Protocol):
     """What the race needs to know of a setting: a result aggregated over its windows so far."""
@@ -83,12 +85,12 @@ def race_over(*, alive: Sequence[str], round_index: int, min_rounds: int, max_ro
     if round_index < min_rounds:
         return None
     if len(alive) <= 1:
-        return f"one setting left after {round_index} rounds: the race is decided"
+        return f"one setting left after {count(round_index, 'round')}: the race is decided"
     if round_index >= max_rounds:
-        return f"sweep.max_rounds={max_rounds} reached with {len(alive)} settings still in the race"
+        return f"sweep.max_rounds={max_rounds} reached with {count(len(alive), 'setting')} still in the race"
     if budget_s is not None and last_round_s is not None and elapsed_s + last_round_s > budget_s:
         return (f"sweep.budget_s={budget_s:g}: {elapsed_s:.0f} s spent and another round takes about "
-                f"{last_round_s:.0f} s; {len(alive)} settings still in the race")
+                f"{last_round_s:.0f} s; {count(len(alive), 'setting')} still in the race")
     return None
 
 

@@ -37,7 +37,7 @@ def first_entrants(plan: Sequence[TrialSpec], sweep: SweepArgs) -> list[TrialSpe
     """The settings measured from the first round on; the baseline always among them."""
     if sweep.strategy == Strategy.grid:
         return list(plan)
-    fixed = sweep.global_batch_size is not None
+    fixed = sweep.fixes_global_batch
     smallest: dict[tuple, TrialSpec] = {}
     for spec in plan[1:]:
         key = _chain_key(spec, fixed_global_batch=fixed)
@@ -73,7 +73,7 @@ def power_gate(spec: TrialSpec, *, plan: Sequence[TrialSpec], settings: Mapping[
     finished cleanly, be decided by `faster` against the chain's best so far (None means: not enough
     windows yet, so wait), and the run of doublings that were not faster must stay shorter than
     sweep.power_patience."""
-    fixed = sweep.global_batch_size is not None
+    fixed = sweep.fixes_global_batch
     key = _chain_key(spec, fixed_global_batch=fixed)
     # The baseline belongs to a chain it matches: it is measured in every round anyway.
     smaller = sorted((s for s in plan if s.micro_batch_size < spec.micro_batch_size

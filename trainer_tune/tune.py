@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 
 from trainer_tune.config import ConfigError, ModelArgs, Precision, Strategy, TuneConfig
 from trainer_tune.distributed import DistSession
@@ -38,6 +39,7 @@ from trainer_tune.model import build_model, count_parameters
 from trainer_tune.multirun import MultirunJob
 from trainer_tune.plan import TrialSpec, build_plan, differing_flag_names, job_plan, swept_flag_names, window_of
 from trainer_tune.recommend import Outcome, Recommendation, behind, compare, decide
+from trainer_tune.rerun import current_run_overrides
 from trainer_tune.results import Status, TrialResult, utc_now
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.publish import publish
@@ -123,6 +125,7 @@ class _Sweep:
         self.num_settings = num_settings
         self._current: Optional[tuple[TrialSpec, TrialContext, str]] = None
         self.flops_per_token, self.peak_tflops, self.peak_note = _flops_context(cfg, session.device)
+        self.run_overrides = current_run_overrides(cfg) if HydraConfig.initialized() else ()
         self.probe = TelemetryProbe(cfg.telemetry, local_rank=self.rank_env.local_rank, device=session.device)
         self.pool = TrainerPool()
         self._keep_decided = False
@@ -138,7 +141,7 @@ class _Sweep:
                             num_warmup_steps=self.cfg.window.warmup_steps,
                             num_measured_steps=self.cfg.window.measure_steps, label=spec.label(swept_flags=self.swept),
                             flops_per_token=self.flops_per_token, peak_tflops_per_device=self.peak_tflops,
-                            peak_note=self.peak_note,
+                            peak_note=self.peak_note, run_overrides=self.run_overrides,
                             device_memory_bytes=(torch.cuda.get_device_properties(self.session.device).total_memory
                                                  if self.session.device.type == "cuda" else None))
 

@@ -14,3 +14,8 @@ def format_bytes(value: Optional[int]) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def count(number: int, noun: str, plural: Optional[str] = None) -> str:
+    """`1 trial`, `3 trials`: a count with its noun in the right number (plural defaults to noun + s)."""
+    return f"{number} {noun if number == 1 else (plural or noun + 's')}"

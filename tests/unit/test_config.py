@@ -119,8 +119,17 @@ def test_bad_environment_flag_names_the_variable(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_cfg_job_shows_the_resolved_config() -> None:
-    proc = run_tune(["--cfg", "job", "+sweep=batch"])
+    proc = run_tune(["--cfg", "job", "--resolve", "+sweep=batch"])
     assert proc.returncode == 0, proc.stderr
     shown = yaml.safe_load(proc.stdout)
     assert shown["sweep"]["micro_batch_sizes"] == [1, 2, 4, 8]
     assert shown["model"]["name"] == "tiny"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [["model=conv_lm"], ["model._target_=trainer_tune.examples.models.ConvLM"]])
+def test_a_model_given_by_its_target_is_named_by_it(overrides: list[str]) -> None:
+    """config.yaml once said `name: tiny` for a model given by a config file or by model._target_."""
+    proc = run_tune(["--cfg", "job", "--resolve", *overrides])
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["model"]["name"] == "trainer_tune.examples.models.ConvLM"

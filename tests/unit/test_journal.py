@@ -74,8 +74,25 @@ def test_a_foreign_line_in_the_middle_stops_the_run(tmp_path: Path) -> None:
     path = tmp_path / "trials.jsonl"
     path.write_text('{"hello": "world"}\n')
     append_result(path, make_result(index=0, key="a"))
-    with pytest.raises(ConfigError, match="line 1 is not a trainer_tune trial record"):
+    with pytest.raises(ConfigError, match="line 1 is a JSON object without .*, not a trainer_tune trial record"):
         read_journal(path)
+
+
+@pytest.mark.parametrize("line,what", [
+    ("hello world", "line 1 is not JSON, not a trainer_tune trial record"),
+    ("[1, 2]", "line 1 is JSON, but a list where a record is an object, not a trainer_tune trial record"),
+    ('{"trial_key": "x", "status": "ok", "label": "1x1", "micro_batch_size": 1, "grad_accum": 1, '
+     '"tokens_per_s": 1}', "line 1 is a JSON object whose fields are not a trial record's"),
+])
+def test_a_foreign_journal_is_one_line_in_the_documented_form(tmp_path: Path, line: str, what: str) -> None:
+    """Once Python's own text: "('NoneType' object has no attribute 'get')", "(missing fields [...30 names])"."""
+    path = tmp_path / "trials.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigError) as raised:
+        read_journal(path)
+    message = str(raised.value)
+    assert message.startswith(f"journal={path} is not allowed: {what}")
+    assert "\n" not in message and "object has no attribute" not in message and "missing fields" not in message
 
 
 def test_a_trial_recorded_twice_keeps_its_first_line(tmp_path: Path) -> None:

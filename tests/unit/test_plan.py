@@ -148,3 +148,39 @@ def test_a_window_is_keyed_by_its_setting_and_round() -> None:
         (plan[1].micro_batch_size, plan[1].grad_accum, plan[1].flags, plan[1].index)
     assert window_of(plan[1], "job2/r0").key != first.key  # a multirun job's rounds are its own
 
+
+
+def test_held_global_batch_is_the_baselines() -> None:
+    """+sweep=global_batch once fixed 16 while the default baseline's global batch is 4 (2x1 on 2 ranks): every
+    setting then changed the optimisation the sweep promised to keep."""
+    plan = build_plan(_cfg(micro_batch_sizes=[1, 2, 4, 8, 16], grad_accums=[1, 2, 4, 8, 16], hold_global_batch=True),
+                      world_size=2, base_flags=TrialFlags(), device_type="cpu")
+    assert _pairs(plan) == [(2, 1), (1, 2)]
+    assert {s.global_batch_size for s in plan} == {4}
+
+
+def test_a_global_batch_size_wins_over_holding_the_baselines() -> None:
+    plan = build_plan(_cfg(micro_batch_sizes=[1, 2, 4, 8, 16], grad_accums=[1, 2, 4, 8, 16], hold_global_batch=True,
+                           global_batch_size=16), world_size=2, base_flags=TrialFlags(), device_type="cpu")
+    assert _pairs(plan)[1:] == [(1, 8), (2, 4), (4, 2), (8, 1)]
+
+
+def test_an_unreachable_held_global_batch_names_the_baselines() -> None:
+    with pytest.raises(ConfigError, match=r"sweep.hold_global_batch=true \(the baseline's global batch 2 x 1 x 2 "
+                                          r"ranks = 4\) is not allowed: .* reachable global batch sizes are \[8\]"):
+        build_plan(_cfg(micro_batch_sizes=[4], grad_accums=[1], hold_global_batch=True), world_size=2,
+                   base_flags=TrialFlags(), device_type="cpu")
+
+
+def test_the_global_batch_sweep_holds_the_baselines_by_default() -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from conftest import REPO
+    from trainer_tune.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg: TuneConfig = OmegaConf.to_object(compose(config_name="config", overrides=["+sweep=global_batch"]))  # type: ignore
+    plan = build_plan(cfg, world_size=2, base_flags=TrialFlags(), device_type="cpu")
+    assert {s.global_batch_size for s in plan} == {plan[0].global_batch_size} == {4}

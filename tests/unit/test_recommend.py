@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from typing import Optional
 
 import pytest
 
@@ -173,9 +174,9 @@ def test_settings_left_out_and_the_race_are_named_with_their_reason() -> None:
     rec = decide([base, slow], args=RecommendArgs(), not_measured=skipped, race=race)
     assert rec.not_measured == tuple(skipped)
     assert any("1x1 left the race after round 3: -50.0% against 2x1" in r for r in rec.reasons)
-    assert any("3 round(s) measured; the race ended: one setting left" in r for r in rec.reasons)
+    assert any("3 rounds measured; the race ended: one setting left" in r for r in rec.reasons)
     # One line per reason, naming every setting it left out.
-    assert any("2 planned setting(s) not measured" in r and "8x1, 16x1: 4x1 ended oom" in r for r in rec.reasons)
+    assert any("2 planned settings not measured" in r and "8x1, 16x1: 4x1 ended oom" in r for r in rec.reasons)
     as_json = rec.to_json_dict()
     assert as_json["not_measured"][0] == {"label": "8x1", "reason": "4x1 ended oom, so larger micro-batches were not tried"}
     assert as_json["race"]["drops"][0]["label"] == "1x1" and as_json["race"]["num_rounds"] == 3
@@ -211,3 +212,22 @@ def test_a_setting_measured_once_is_not_recommended_over_settings_measured_in_se
     rec = decide(results, args=ARGS)
     assert rec.decision == GO and rec.chosen is not None and rec.chosen.trial_key == "4x1"
     assert any("4x2: measured in one window only" in r for r in rec.reasons)
+
+
+@pytest.mark.parametrize("lean_memory,rule", [(100, "least change: less memory"),
+                                              (None, "least change: the smaller micro-batch")])
+def test_the_tie_reason_names_the_rule_that_decided(lean_memory: Optional[int], rule: str) -> None:
+    """It once always said "the baseline's global batch first, then less memory", even where every tied setting
+    had the baseline's global batch and no memory was measured (a CPU)."""
+    from trainer_tune.config import TieBreak
+
+    results = [make_result(index=0, key="base", windows={"r0": 500, "r1": 505, "r2": 495}, is_baseline=True),
+               make_result(index=1, key="accum", windows={"r0": 960, "r1": 950, "r2": 970}, micro_batch_size=2,
+                           grad_accum=2, memory_bytes=None if lean_memory is None else 200),
+               make_result(index=2, key="lean", windows={"r0": 950, "r1": 960, "r2": 940}, micro_batch_size=1,
+                           grad_accum=4, memory_bytes=lean_memory)]
+    # The baseline is 2x1 on 2 ranks (global batch 4): neither tied setting has it, so that rule cannot decide.
+    rec = decide(results, args=RecommendArgs(min_speedup=1.05, tie_break=TieBreak.least_change))
+    [reason] = [r for r in rec.reasons if "the tie goes to" in r]
+    assert f"the tie goes to 1x4 ({rule}, recommend.tie_break=least_change)" in reason
+    assert "the baseline's global batch" not in reason

@@ -189,3 +189,22 @@ def test_the_floor_widens_a_paired_comparison_but_keeps_its_pairing() -> None:
     low, high = floored.interval  # type: ignore[misc]
     # The ratio floor (3% per round), not the window floor (20%, drift included), sets the width: pairing holds.
     assert 1.05 < low < 1.1 < high < 1.15 and floored.paired
+
+
+def test_counts_agree_with_their_nouns() -> None:
+    """"after 1 rounds", "1 trials": a count of one reads in the singular, everywhere the output counts."""
+    from result_factory import make_result
+    from trainer_tune.config import RecommendArgs
+    from trainer_tune.recommend import decide
+    from trainer_tune.rounds import RaceSummary, race_over
+
+    ended = race_over(round_index=1, min_rounds=1, max_rounds=5, alive=["a"], elapsed_s=1.0, last_round_s=1.0,
+                      budget_s=None)
+    assert ended == "one setting left after 1 round: the race is decided"
+    results = [make_result(index=0, key="base", tokens_per_s=1000, is_baseline=True, status="oom")]
+    race = RaceSummary(num_rounds=1, end_reason=ended, drops=(), baseline_series=(), contenders=("2x1",),
+                       contender_keys=("base",))
+    rec = decide(results, args=RecommendArgs(), race=race)
+    text = " ".join(rec.reasons)
+    assert "1 of 1 setting did not finish" in text and "1 round measured" in text
+    assert "1 settings" not in text and "1 rounds" not in text

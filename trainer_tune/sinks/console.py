@@ -15,7 +15,7 @@ from trainer_tune.flags import FlagSpec, format_flag
 from trainer_tune.recommend import GO, Recommendation
 from trainer_tune.results import TrialResult
 from trainer_tune.rounds import Drop
-from trainer_tune.units import format_bytes
+from trainer_tune.units import count, format_bytes
 
 
 def _number(value: Optional[float], spec: str) -> str:
@@ -54,8 +54,8 @@ class ConsoleSink:
     def sweep_started(self, *, num_settings: int, num_windows_done: int, output_dir: str) -> None:
         if not self.enabled:
             return
-        done = f", {num_windows_done} windows already in the journal" if num_windows_done else ""
-        self.console.print(f"trainer_tune: {num_settings} settings, measured in rounds{done}; results in {output_dir}")
+        done = f", {count(num_windows_done, 'window')} already in the journal" if num_windows_done else ""
+        self.console.print(f"trainer_tune: {count(num_settings, 'setting')}, measured in rounds{done}; results in {output_dir}")
         self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), console=self.console, transient=True)
         self._progress.start()

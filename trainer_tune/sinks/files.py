@@ -10,6 +10,7 @@ import yaml
 from trainer_tune.durable import write_atomically
 from trainer_tune.finite import finite_json
 from trainer_tune.recommend import Recommendation
+from trainer_tune.rerun import shell_line
 
 RECOMMENDATION_JSON = "recommendation.json"
 RECOMMENDATION_YAML = "recommendation.yaml"
@@ -21,7 +22,7 @@ def write_recommendation(output_dir: Path, rec: Recommendation, *, launch_hint: 
     header = [f"# {rec.verdict}"]
     if rec.overrides:
         header += ["# Measure again, or train, with the chosen setting:",
-                   f"#   {launch_hint} {' '.join(rec.overrides)}"]
+                   f"#   {launch_hint} {shell_line(rec.overrides)}"]
     body: dict[str, Any] = {"decision": rec.decision, "overrides": list(rec.overrides),
                             "environment": dict(rec.environment)}
     write_atomically(output_dir / RECOMMENDATION_YAML,

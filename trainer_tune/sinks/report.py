@@ -15,8 +15,9 @@ from trainer_tune.durable import write_atomically
 from trainer_tune.explain import ObjectiveWinner, ScalingPoint
 from trainer_tune.figures import describe_memory_source
 from trainer_tune.recommend import Recommendation
+from trainer_tune.rerun import shell_line
 from trainer_tune.results import TrialResult
-from trainer_tune.units import format_bytes
+from trainer_tune.units import count, format_bytes
 
 if TYPE_CHECKING:  # charts imports matplotlib: only write_report loads it, at the end of a sweep
     from trainer_tune.sinks.charts import Chart, ChartSet
@@ -162,7 +163,7 @@ def _matrix_section(matrix: Sequence[ObjectiveWinner]) -> list[str]:
 def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set: "ChartSet") -> str:
     lines = ["# trainer_tune report", "", f"**{rec.verdict}**", ""]
     if rec.overrides:
-        lines += ["Train (or measure again) with:", "", "```", " ".join(rec.overrides), "```", ""]
+        lines += ["Train (or measure again) with:", "", "```", shell_line(rec.overrides), "```", ""]
     lines += ["## Why", ""] + [f"- {reason}" for reason in rec.reasons] + [""]
     lines += _trials_section(results, rec)
     lines += _charts_section(chart_set)
@@ -173,7 +174,7 @@ def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set
         lines += ["## Settings not measured", ""] + [f"- {n.label}: {n.reason}" for n in rec.not_measured] + [""]
     if rec.race is not None:
         lines += ["## The race", "",
-                  f"{rec.race.num_rounds} round(s), each measuring every setting still in the race and the baseline "
+                  f"{count(rec.race.num_rounds, 'round')}, each measuring every setting still in the race and the baseline "
                   f"in a shuffled order; it ended: {rec.race.end_reason}.", ""]
         lines += [f"- {d.label} left after round {d.after_round}: {d.reason}" for d in rec.race.drops]
         lines += [""]

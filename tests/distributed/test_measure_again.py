@@ -1,0 +1,42 @@
+"""recommendation.yaml's "measure again" line, pasted as written, measures the same model, data and loss."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ONE_ROUND, read_jsonl, run_tune
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_measure_again_line_measures_the_same_model(tmp_path: Path) -> None:
+    """Once the overrides held only train.*, nsa.*, ddp.*: pasted after a sweep of another model they
+    measured the built-in tiny one. One process: the overrides, not the ranks, are under test."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    proc = run_tune(["model=tiny_nsa", "model.n_layers=1", "data=bytes", "+sweep=batch", "window=quick",
+                     "sweep.micro_batch_sizes=[1,2]", "sweep.grad_accums=[1]", *ONE_ROUND, "wandb=off",
+                     f"hydra.run.dir={first}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header = (first / "recommendation.yaml").read_text().splitlines()
+    line = next(h for h in header if h.startswith("#   python -m trainer_tune "))
+    pasted = shlex.split(line.removeprefix("#   python -m trainer_tune "))
+    assert pasted == yaml.safe_load((first / "recommendation.yaml").read_text())["overrides"]
+    assert {"model=tiny_nsa", "model.n_layers=1", "data=bytes", "window=quick"} <= set(pasted)
+
+    proc = run_tune([*pasted, *ONE_ROUND, "wandb=off", f"hydra.run.dir={again}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    chosen = json.loads((first / "recommendation.json").read_text())["chosen"]
+    [window] = read_jsonl(again / "trials.jsonl")
+    assert window["model"] == chosen["model"] == "tiny_nsa"
+    assert window["num_parameters"] == chosen["num_parameters"]
+    assert (window["micro_batch_size"], window["grad_accum"]) == (chosen["micro_batch_size"], chosen["grad_accum"])
+    # One setting and no sweep: its figures, not a NO-GO against itself.
+    rec = json.loads((again / "recommendation.json").read_text())
+    assert rec["decision"] == "MEASURED" and rec["verdict"].startswith("MEASURED: ")
+    assert "NO-GO" not in proc.stdout
+    assert "trainer_tune: 1 setting, measured in rounds" in proc.stdout  # not "1 settings"
