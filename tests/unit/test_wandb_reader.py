@@ -240,7 +240,8 @@ def test_typed_history_values_keep_their_python_types(tmp_path: Path) -> None:
             run.log(row, step=0)
         finally:
             run.finish()
-    (logged,) = summarize_wandb_run(find_offline_run_files(tmp_path)[0]).history
+    # finish() can return before wandb's service has written the log: wait for the run's exit record.
+    (logged,) = summarize_finished_run(find_offline_run_files(tmp_path)[0]).history
     assert type(logged["f"]) is float and logged["f"] == 1.0
     assert type(logged["i"]) is int and logged["i"] == 2
     assert (logged["s"], logged["b"], logged["n"], logged["nested/x"]) == ("text", True, None, 0.5)
