@@ -160,6 +160,12 @@ class Watchdog:
         self._thread.join(timeout=5)
         self.end_trial()
         faulthandler.unregister(signal.SIGTERM)
+        # A process killed outright (fault=exit, OOM killer) leaves the empty file it held open for a dump; the
+        # restarted rank removes its own empty files, so stacks/ holds only real dumps.
+        for path in self.stacks_dir.glob(f"trial-*-rank-{self.rank}.txt"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_size == 0:
+                    path.unlink()
         # stacks/ exists only where something stalled (README): rmdir removes it only while it is empty.
         with contextlib.suppress(OSError):
             self.stacks_dir.rmdir()

@@ -92,3 +92,31 @@ def test_watchdog_thread_writes_a_stack_file_naming_the_stuck_function(tmp_path:
         time.sleep(0.8)
     finally:
         watchdog.stop()
+
+
+def test_a_restarted_rank_removes_the_empty_stack_files_a_killed_attempt_left(tmp_path: Path) -> None:
+    """A rank killed outright (fault=exit) never closes the file it held open for a dump; the restarted rank
+    removes its own empty ones when it stops, so stacks/ exists only where something was dumped."""
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    (stacks / "trial-2-rank-0.txt").write_text("")  # the killed attempt's
+    (stacks / "trial-2-rank-1.txt").write_text("")  # another rank's: that rank cleans its own
+    watchdog = Watchdog(WatchdogArgs(stall_s=60, abort_after_s=120), rank=0, hostname="host",
+                        stacks_dir=stacks, on_abort=lambda stall: None).start()
+    watchdog.begin_trial(3)
+    watchdog.end_trial()
+    watchdog.stop()
+    assert sorted(p.name for p in stacks.iterdir()) == ["trial-2-rank-1.txt"]
+    rank1 = Watchdog(WatchdogArgs(stall_s=60, abort_after_s=120), rank=1, hostname="host",
+                     stacks_dir=stacks, on_abort=lambda stall: None).start()
+    rank1.stop()
+    assert not stacks.exists()
+
+
+def test_a_real_dump_is_kept(tmp_path: Path) -> None:
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    (stacks / "trial-1-rank-0.txt").write_text("=== watchdog_dump ...\n")
+    Watchdog(WatchdogArgs(stall_s=60, abort_after_s=120), rank=0, hostname="host", stacks_dir=stacks,
+             on_abort=lambda stall: None).start().stop()
+    assert (stacks / "trial-1-rank-0.txt").read_text().startswith("=== watchdog_dump")
