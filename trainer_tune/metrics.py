@@ -216,7 +216,7 @@ def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFl
     ordered = sorted(windows, key=lambda w: w.started_at)
     first = ordered[0]
     clean = [w for w in ordered if w.ok and w.tokens_per_s is not None]
-    rates = {w.round_id or w.trial_key: w.tokens_per_s for w in clean}
+    rates = {r: v for w in clean for r, v in w.rates_by_round().items()}
     common: dict[str, Any] = dict(
         trial_key=first.setting_key or first.trial_key, setting_key=None, round_id=None,
         started_at=first.started_at, finished_at=ordered[-1].finished_at,
@@ -273,9 +273,9 @@ def aggregate_by_setting(windows: Sequence[TrialResult]) -> list[TrialResult]:
 def sweep_noise(windows_by_setting: Mapping[str, Sequence[TrialResult]]) -> Optional[NoiseFloor]:
     """The noise floor of a sweep from every setting's clean windows (stats.noise_floor)."""
     baseline = next((key for key, group in windows_by_setting.items() if any(w.is_baseline for w in group)), "")
-    rates = {key: {w.round_id or w.trial_key: w.tokens_per_s for w in group if w.ok and w.tokens_per_s}
+    rates = {key: {r: v for w in group for r, v in w.rates_by_round().items()}
              for key, group in windows_by_setting.items()}
-    return noise_floor(rates, baseline=baseline)  # type: ignore[arg-type]
+    return noise_floor(rates, baseline=baseline)
 
 
 def _max_or_none(values: Sequence[Optional[int]]) -> Optional[int]:

@@ -83,21 +83,12 @@ def compare(a: TrialResult, b: TrialResult) -> Comparison:
     From the settings' window rates keyed by round: paired within rounds where both were measured (drift
     common to a round cancels), else unpaired (stats.ratio_estimate); never narrower than the sweep's noise
     floor (stats.NoiseFloor)."""
-    rates_a, rates_b = _window_rates(a), _window_rates(b)
+    rates_a, rates_b = a.rates_by_round(), b.rates_by_round()
     if not rates_a or not rates_b:
         raise ValueError(f"compare({a.label}, {b.label}): both need a clean window")
     # Both settings' results carry the same sweep's noise floor (metrics.sweep_noise).
     return Comparison(a_label=a.label, b_label=b.label,
                       estimate=ratio_estimate(rates_a, rates_b, floor=a.noise or b.noise))
-
-
-def _window_rates(result: TrialResult) -> dict[str, float]:
-    """A result's tokens/s by round; a record of one window (or from before rounds) is its own single window."""
-    if result.window_tokens_per_s:
-        return result.window_tokens_per_s
-    if result.ok and result.tokens_per_s:
-        return {result.round_id or result.trial_key: result.tokens_per_s}
-    return {}
 
 
 @dataclass(frozen=True)
@@ -305,7 +296,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         contenders = candidates
     # One window says nothing about the next one: such a setting (say, one strategy=power let in last) cannot
     # be recommended over settings measured in several, however fast its one window was.
-    several = [r for r in contenders if len(_window_rates(r)) >= 2]
+    several = [r for r in contenders if len(r.rates_by_round()) >= 2]
     if several and len(several) < len(contenders):
         once = ", ".join(r.label for r in contenders if r not in several)
         reasons.append(f"{once}: measured in one window only, which gives no interval, so not recommended over "
@@ -421,9 +412,9 @@ def _measured_apart_reason(best: TrialResult, contenders: Sequence[TrialResult],
                            baseline: Optional[TrialResult]) -> list[str]:
     """Say so when `best` was chosen over settings it shares no round with: the jobs of a multirun each race
     their setting against the baseline in rounds of their own, so two jobs' settings are compared unpaired."""
-    rounds = set(_window_rates(best))
+    rounds = set(best.rates_by_round())
     apart = [r.label for r in contenders if r.trial_key != best.trial_key and not r.is_baseline
-             and not rounds & set(_window_rates(r))]
+             and not rounds & set(r.rates_by_round())]
     if not apart or best.is_baseline:
         return []
     return [f"{best.label} and {', '.join(apart)} were measured at different times, in rounds with none in common "

@@ -149,6 +149,15 @@ class TrialResult:
     def ok(self) -> bool:
         return self.status == Status.ok.name
 
+    def rates_by_round(self) -> dict[str, float]:
+        """tokens/s by round id: a setting's windows; a window's record (or one from before rounds) is its own
+        single window; nothing for a window that did not finish cleanly."""
+        if self.window_tokens_per_s:
+            return self.window_tokens_per_s
+        if self.ok and self.tokens_per_s:
+            return {self.round_id or self.trial_key: self.tokens_per_s}
+        return {}
+
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

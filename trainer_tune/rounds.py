@@ -103,8 +103,6 @@ class RaceSummary:
     """Why no further round was measured."""
     drops: tuple[Drop, ...]
     """Settings that left the race, in the order they left."""
-    baseline_series: tuple[tuple[str, float], ...]
-    """(round id, tokens/s) of the baseline's clean windows: the machine's drift over the sweep."""
     contenders: tuple[str, ...]
     """Labels of the settings still in the race when it ended."""
     contender_keys: tuple[str, ...] = ()
@@ -113,5 +111,4 @@ class RaceSummary:
     def to_json_dict(self) -> dict[str, object]:
         return {"num_rounds": self.num_rounds, "end_reason": self.end_reason,
                 "drops": [{"label": d.label, "after_round": d.after_round, "reason": d.reason} for d in self.drops],
-                "baseline_series": [list(point) for point in self.baseline_series],
                 "contenders": list(self.contenders)}

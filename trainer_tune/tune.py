@@ -471,11 +471,9 @@ def _race(sweep: _Sweep, plan: list[TrialSpec], *, done: dict[str, TrialResult],
         label = spec.label(swept_flags=sweep.swept)
         if spec.key not in entered_keys and label not in {n.label for n in not_measured}:
             not_measured.append(NotMeasured(label=label, reason=f"the race ended first ({end_reason})"))
-    baseline_series = tuple((r.round_id or "", r.tokens_per_s) for r in windows.get(baseline.key, [])
-                            if r.ok and r.tokens_per_s is not None)
     still = sorted(k for k in contenders if k in settings)
     summary = RaceSummary(num_rounds=round_index, end_reason=end_reason, drops=tuple(drops),
-                          baseline_series=baseline_series, contenders=tuple(settings[k].label for k in still),
+                          contenders=tuple(settings[k].label for k in still),
                           contender_keys=tuple(still))
     return _RaceResult(settings=settings, not_measured=not_measured, summary=summary,
                        num_windows_measured=num_measured)

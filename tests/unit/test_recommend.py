@@ -169,7 +169,7 @@ def test_settings_left_out_and_the_race_are_named_with_their_reason() -> None:
                NotMeasured("16x1", "4x1 ended oom, so larger micro-batches were not tried")]
     race = RaceSummary(num_rounds=3, end_reason="one setting left after 3 rounds: the race is decided",
                        drops=(Drop(label="1x1", trial_key="c", after_round=3, reason="-50.0% against 2x1"),),
-                       baseline_series=(("r0", 1000.0), ("r1", 990.0), ("r2", 1010.0)), contenders=("2x1",),
+                       contenders=("2x1",),
                        contender_keys=("b",))
     rec = decide([base, slow], args=RecommendArgs(), not_measured=skipped, race=race)
     assert rec.not_measured == tuple(skipped)

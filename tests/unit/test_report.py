@@ -51,7 +51,7 @@ def test_report_of_a_mixed_sweep_has_every_section_and_valid_charts(tmp_path: Pa
     rec = decide(results, args=RecommendArgs(min_speedup=1.05))
     race = RaceSummary(num_rounds=3, end_reason="sweep.max_rounds=3 reached with 2 settings still in the race",
                        drops=(Drop(label="1x1", trial_key="a", after_round=3, reason="-40.0% against 4x1"),),
-                       baseline_series=(), contenders=("4x1", "2x1"))
+                       contenders=("4x1", "2x1"))
     rec = dataclasses.replace(rec, not_measured=(NotMeasured("16x1", "8x1 ended oom, so larger micro-batches were not tried"),),
                               race=race)
     files = write_report(tmp_path, results, rec)

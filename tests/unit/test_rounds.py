@@ -202,7 +202,7 @@ def test_counts_agree_with_their_nouns() -> None:
                       budget_s=None)
     assert ended == "one setting left after 1 round: the race is decided"
     results = [make_result(index=0, key="base", tokens_per_s=1000, is_baseline=True, status="oom")]
-    race = RaceSummary(num_rounds=1, end_reason=ended, drops=(), baseline_series=(), contenders=("2x1",),
+    race = RaceSummary(num_rounds=1, end_reason=ended, drops=(), contenders=("2x1",),
                        contender_keys=("base",))
     rec = decide(results, args=RecommendArgs(), race=race)
     text = " ".join(rec.reasons)
