@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer_tune.config import DistArgs, TelemetryArgs, TuneConfig
-from trainer_tune.data import build_batches
+from trainer_tune.workloads.data import build_batches
 from trainer_tune.distributed import DistSession, RankEnv
 from trainer_tune.flags import TrialFlags
 from trainer_tune.metrics import TrialContext, result_from_window
-from trainer_tune.model import build_model
+from trainer_tune.workloads.model import build_model
 from trainer_tune.plan import build_plan
 from trainer_tune.telemetry import TelemetryProbe
 from trainer_tune.window import combine_ranks, measure_local

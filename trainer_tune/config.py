@@ -51,7 +51,7 @@ class Attention(Enum):
     dense = "dense"
     """Causal scaled-dot-product attention over every earlier position."""
     nsa = "nsa"
-    """Native sparse attention (trainer_tune/nsa_attention.py): compressed blocks, top-k selected blocks and a
+    """Native sparse attention (trainer_tune/workloads/nsa_attention.py): compressed blocks, top-k selected blocks and a
     sliding window, mixed by a learned per-head gate. Switched per trial by nsa.prefill_batched and
     nsa.disable_aux_stats."""
 
@@ -63,7 +63,7 @@ class DataKind(Enum):
 
 def require_target(key: str, target: Optional[str]) -> None:
     """A `_target_` must at least look like a dotted import path; whether it imports is checked by
-    trainer_tune.targets.check_targets before any process group starts."""
+    trainer_tune.workloads.targets.check_targets before any process group starts."""
     if target is None:
         return
     parts = target.split(".")
@@ -171,7 +171,7 @@ class DataArgs:
     seed: int = 1234
     """Seed of the token stream; every trial sees the same tokens."""
     _target_: Optional[str] = None
-    """null: data.kind. Else the import path of the user's batch source (see trainer_tune.data.BatchSource),
+    """null: data.kind. Else the import path of the user's batch source (see trainer_tune.workloads.data.BatchSource),
     called with data.kwargs plus micro_batch_size, seq_len, vocab_size, rank, world_size, seed and device."""
     kwargs: Dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for data._target_."""

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from trainer_tune.config import Attention, ModelArgs
-from trainer_tune.nsa_attention import nsa_attention_flops_per_token
+from trainer_tune.workloads.nsa_attention import nsa_attention_flops_per_token
 
 __all__ = [
     "PEAK_TFLOPS",
@@ -98,7 +98,7 @@ def nsa_compression_flops_per_token(*, d_model: int, n_heads: int, seq_len: int,
 
 
 def gpt_flops_per_token(args: ModelArgs, *, num_parameters: int) -> float:
-    """Training FLOPs per token of the built-in GPT (trainer_tune/model.py) with ``num_parameters`` distinct
+    """Training FLOPs per token of the built-in GPT (trainer_tune/workloads/model.py) with ``num_parameters`` distinct
     parameters: ``transformer_flops_per_token`` with the attention term the layer really needs.
 
     The position table is a lookup (no FLOPs); the token embedding is counted once, as the tied LM head; biases

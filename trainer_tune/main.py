@@ -36,7 +36,7 @@ from trainer_tune.recommend import NO_GO
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_config
 from trainer_tune.sinks.wandb_sink import WandbSink
-from trainer_tune.targets import check_targets, ignored_settings
+from trainer_tune.workloads.targets import check_targets, ignored_settings
 from trainer_tune.tune import run_sweep
 
 log = logging.getLogger("trainer_tune")

@@ -35,7 +35,7 @@ from trainer_tune.flops import gpt_flops_per_token, lookup_peak_tflops
 from trainer_tune.journal import (
     JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, write_inflight)
 from trainer_tune.metrics import TrialContext, aggregate_windows, failed_result, result_from_window, sweep_noise
-from trainer_tune.model import build_model, count_parameters
+from trainer_tune.workloads.model import build_model, count_parameters
 from trainer_tune.multirun import MultirunJob
 from trainer_tune.plan import TrialSpec, build_plan, differing_flag_names, job_plan, swept_flag_names, window_of
 from trainer_tune.recommend import Outcome, Recommendation, behind, compare, decide

@@ -24,15 +24,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer_tune.config import Precision, TuneConfig, WindowArgs
-from trainer_tune.data import build_batches
+from trainer_tune.workloads.data import build_batches
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import NO_FAULT, FaultPlan
-from trainer_tune.loss import build_loss, checked_loss
-from trainer_tune.model import build_model, count_parameters
-from trainer_tune.nsa_stats import AuxStatsCollector
+from trainer_tune.workloads.loss import build_loss, checked_loss
+from trainer_tune.workloads.model import build_model, count_parameters
+from trainer_tune.workloads.nsa_stats import AuxStatsCollector
 from trainer_tune.plan import TrialSpec
 from trainer_tune.stats import relative_half_width, throughput_ci
-from trainer_tune.targets import logits_of
+from trainer_tune.workloads.targets import logits_of
 from trainer_tune.telemetry import RankTelemetry, TelemetryProbe
 from trainer_tune.units import format_bytes
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import ONE_ROUND, read_jsonl, run_tune
 from trainer_tune.config import Attention, ModelArgs
 from trainer_tune.flops import gpt_flops_per_token
-from trainer_tune.nsa_attention import AUX_STAT_NAMES
+from trainer_tune.workloads.nsa_attention import AUX_STAT_NAMES
 from helpers.wandb_reader import find_offline_run_files, summarize_wandb_run
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def test_wrong_output_shape_is_a_trial_error_not_a_hang(tmp_path: Path) -> None:
     assert trial["status"] == "error"
     host = socket.gethostname()
     for rank in (0, 1):  # each rank's error, named by rank and host
-        assert (f"rank {rank} on {host}: trainer_tune.targets.TargetError: model._target_='helpers.models."
+        assert (f"rank {rank} on {host}: trainer_tune.workloads.targets.TargetError: model._target_='helpers.models."
                 f"WrongShape' returned logits of shape [2, 256] for input_ids of shape [2, 128]; expected "
                 f"[2, 128, 256]") in trial["error"]
 

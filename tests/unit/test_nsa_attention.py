@@ -1,4 +1,4 @@
-"""Unit tests for trainer_tune.nsa_attention (CPU, a few seconds in total)."""
+"""Unit tests for trainer_tune.workloads.nsa_attention (CPU, a few seconds in total)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from trainer_tune.nsa_attention import (
+from trainer_tune.workloads.nsa_attention import (
     AUX_STAT_NAMES,
     NativeSparseAttention,
     compress_blocks,
@@ -19,7 +19,7 @@ from trainer_tune.nsa_attention import (
     selected_branch,
     window_branch,
 )
-from trainer_tune.nsa_stats import reduce_aux_stats
+from trainer_tune.workloads.nsa_stats import reduce_aux_stats
 
 
 def _layer(**overrides: object) -> NativeSparseAttention:

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from trainer_tune.config import Attention, ConfigError, DataArgs, DataKind, LossArgs, ModelArgs, SweepArgs, TuneConfig
-from trainer_tune.data import _checked, build_batches, corpus_bytes
+from trainer_tune.workloads.data import _checked, build_batches, corpus_bytes
 from trainer_tune.flags import TrialFlags
-from trainer_tune.loss import build_loss, checked_loss, next_token_cross_entropy
-from trainer_tune.model import build_model
-from trainer_tune.nsa_stats import AuxStatsCollector
-from trainer_tune.targets import TargetError, check_targets, ignored_settings, logits_of
+from trainer_tune.workloads.loss import build_loss, checked_loss, next_token_cross_entropy
+from trainer_tune.workloads.model import build_model
+from trainer_tune.workloads.nsa_stats import AuxStatsCollector
+from trainer_tune.workloads.targets import TargetError, check_targets, ignored_settings, logits_of
 
 CONV_LM = "trainer_tune.examples.models.ConvLM"
 COUNTING = "trainer_tune.examples.batches.counting_batches"

@@ -1,4 +1,4 @@
-"""A batch source given by `data._target_` (the contract is trainer_tune.data.BatchSource)."""
+"""A batch source given by `data._target_` (the contract is trainer_tune.workloads.data.BatchSource)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Pre-norm blocks (LayerNorm, causal multi-head attention, GELU MLP), learned position embeddings, and an LM
 head tied to the token embedding. Attention is dense (`scaled_dot_product_attention`) or native sparse
-attention (`model.attention=nsa`, trainer_tune/nsa_attention.py), whose code path and auxiliary statistics
+attention (`model.attention=nsa`, trainer_tune/workloads/nsa_attention.py), whose code path and auxiliary statistics
 follow the trial's `nsa.prefill_batched` and `nsa.disable_aux_stats`. `forward(input_ids)` takes
 `[batch, seq]` token ids and returns logits `[batch, seq, vocab]`.
 """
@@ -17,7 +17,7 @@ from torch import nn
 
 from trainer_tune.config import Attention, ModelArgs
 from trainer_tune.flags import TrialFlags
-from trainer_tune.nsa_attention import NativeSparseAttention
+from trainer_tune.workloads.nsa_attention import NativeSparseAttention
 
 
 class CausalSelfAttention(nn.Module):
@@ -97,12 +97,12 @@ class GPT(nn.Module):
 
 
 def build_model(args: ModelArgs, flags: TrialFlags = TrialFlags()) -> nn.Module:
-    """The built-in GPT, or `model._target_` instantiated with `model.kwargs` (see trainer_tune/targets.py).
+    """The built-in GPT, or `model._target_` instantiated with `model.kwargs` (see trainer_tune/workloads/targets.py).
 
     `flags` sets the NSA layers' code path and statistics; a user model reads the same values from the NSA_*
     environment variables, which are exported before it is built."""
     if args._target_ is not None:
-        from trainer_tune.targets import instantiate_model
+        from trainer_tune.workloads.targets import instantiate_model
         return instantiate_model(args)
     return GPT(args, flags)
 

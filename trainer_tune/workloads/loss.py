@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer_tune.config import LossArgs
-from trainer_tune.targets import LossFn, TargetError, instantiate_target
+from trainer_tune.workloads.targets import LossFn, TargetError, instantiate_target
 
 
 def next_token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, Protocol
 import torch
 
 from trainer_tune.config import DataArgs, DataKind, ModelArgs
-from trainer_tune.targets import TargetError, instantiate_target
+from trainer_tune.workloads.targets import TargetError, instantiate_target
 
 CORPUS_FILE = "corpus/docs.txt"
 

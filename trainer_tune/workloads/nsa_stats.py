@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from trainer_tune.nsa_attention import NativeSparseAttention
+from trainer_tune.workloads.nsa_attention import NativeSparseAttention
 
 
 def reduce_aux_stats(stats: dict[str, Tensor]) -> dict[str, float]:

@@ -24,7 +24,7 @@ from torch import nn
 from trainer_tune.config import Attention, ConfigError, DataKind, ModelArgs, TuneConfig
 
 DATA_RUNTIME_KWARGS = ("micro_batch_size", "seq_len", "vocab_size", "rank", "world_size", "seed", "device")
-"""What every batch source is called with besides data.kwargs (see trainer_tune.data.BatchSource)."""
+"""What every batch source is called with besides data.kwargs (see trainer_tune.workloads.data.BatchSource)."""
 
 
 class TargetError(RuntimeError):
