@@ -82,7 +82,7 @@ def identical(args: argparse.Namespace) -> None:
     run = run_sweep(args.out / f"identical-load{args.load}", nproc=args.nproc, overrides=overrides, load=args.load)
     copies = [s for s in run["rec"]["settings"] if not s["is_baseline"] and s["status"] == "ok"]
     median = statistics.median(s["tokens_per_s"] for s in copies)
-    hold = [_contains(s["tokens_per_s_ci95"], median) for s in copies]
+    hold = [_contains(s["throughput_ci95"], median) for s in copies]
     speedups = run["rec"]["speedup_intervals"]
     hold_one = [_contains(speedups.get(s["trial_key"]), 1.0) for s in copies]
     rates = [s["tokens_per_s"] for s in copies]
@@ -90,7 +90,7 @@ def identical(args: argparse.Namespace) -> None:
     print("| copy | tokens/s | 95% CI | holds the median | speedup vs baseline 95% CI | holds 1 |")
     print("| --- | --- | --- | --- | --- | --- |")
     for s, h, h1 in zip(copies, hold, hold_one):
-        ci, sp = s["tokens_per_s_ci95"], speedups.get(s["trial_key"])
+        ci, sp = s["throughput_ci95"], speedups.get(s["trial_key"])
         print(f"| {s['label']} | {s['tokens_per_s']:,.0f} | {ci[0]:,.0f}-{ci[1]:,.0f} | {'yes' if h else 'NO'} | "
               f"{sp[0]:.3f}-{sp[1]:.3f} | {'yes' if h1 else 'NO'} |" if ci and sp else f"| {s['label']} | - |")
     cv = statistics.stdev(rates) / statistics.fmean(rates)
@@ -109,7 +109,7 @@ def reference(args: argparse.Namespace) -> None:
     print("| setting | tokens/s | 95% CI |")
     print("| --- | --- | --- |")
     for label, s in sorted(run["settings"].items(), key=lambda kv: -(kv[1]["tokens_per_s"] or 0)):
-        ci = s["tokens_per_s_ci95"]
+        ci = s["throughput_ci95"]
         print(f"| {label} | {s['tokens_per_s']:,.0f} | {ci[0]:,.0f}-{ci[1]:,.0f} |" if ci else f"| {label} | - | - |")
 
 

@@ -171,13 +171,79 @@ class DataArgs:
     seed: int = 1234
     """Seed of the token stream; every trial sees the same tokens."""
     _target_: Optional[str] = None
-    """null: data.kind. Else the import path of the user's batch source (see trainer_tune.workloads.data.BatchSource),
-    called with data.kwargs plus micro_batch_size, seq_len, vocab_size, rank, world_size, seed and device."""
+    """null: data.kind. Else the import path of the user's batch source (trainer_tune.workloads.data.BatchSource),
+    called with data.kwargs plus whichever of micro_batch_size, seq_len, vocab_size, rank, world_size, seed and
+    device it takes; it returns a map-style Dataset (trainer_tune builds the DataLoader), an IterableDataset, a
+    DataLoader, or any iterable of batches."""
     kwargs: Dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for data._target_."""
+    num_workers: int = 0
+    """DataLoader worker processes for a Dataset source (0: batches are made in the training process);
+    sweep.num_workers makes it an axis."""
+    pin_memory: Optional[bool] = None
+    """Page-locked host batches for a Dataset source, so copies to the GPU run asynchronously; null: true on
+    CUDA, false on CPU."""
+    prefetch_factor: Optional[int] = None
+    """Batches each worker loads ahead (num_workers > 0); null: the DataLoader's default (2)."""
+    persistent_workers: bool = True
+    """Keep a Dataset source's workers alive from epoch to epoch (num_workers > 0), as long training runs do;
+    false starts them again at every epoch, and that start is then measured."""
 
     def __post_init__(self) -> None:
         require_target("data._target_", self._target_)
+        require_int_at_least("data.num_workers", self.num_workers, 0)
+        if self.prefetch_factor is not None:
+            require_int_at_least("data.prefetch_factor", self.prefetch_factor, 1)
+
+
+@dataclass
+class StepArgs:
+    """How one micro-step turns a batch into a loss (trainer_tune/workloads/step.py)."""
+
+    _target_: Optional[str] = None
+    """null: the default rule for the batch's type (a dict calls model(**batch) and uses its .loss; a pair
+    (inputs, targets) computes loss(model(inputs), targets); token ids are the language-model path). Else the
+    import path of a function step(model, batch, **step.kwargs) -> scalar loss tensor; trainer_tune runs
+    backward."""
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for step._target_."""
+
+    def __post_init__(self) -> None:
+        require_target("step._target_", self._target_)
+
+
+class ThroughputUnit(Enum):
+    auto = "auto"
+    samples = "samples"
+    tokens = "tokens"
+
+
+@dataclass
+class CountArgs:
+    """A count of your own unit per batch, in place of the token rule (trainer_tune/workloads/batch.py)."""
+
+    _target_: Optional[str] = None
+    """null: tokens are counted by the rule (attention_mask sum, else the token ids). Else the import path of a
+    function count(batch, **kwargs) -> int, whose total per second is recorded as tokens_per_s and named
+    throughput.count.unit."""
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for throughput.count._target_."""
+    unit: str = "tokens"
+    """What the count counts, as the verdict, tables and charts name it (e.g. frames, patches)."""
+
+    def __post_init__(self) -> None:
+        require_target("throughput.count._target_", self._target_)
+        require(bool(self.unit.strip()) and "/" not in self.unit, key="throughput.count.unit", value=self.unit,
+                allowed="a plural noun such as tokens or frames")
+
+
+@dataclass
+class ThroughputArgs:
+    """What a sweep's decision compares: samples/s or tokens/s."""
+
+    unit: ThroughputUnit = ThroughputUnit.auto
+    """auto: tokens when the batches carry tokens (or throughput.count._target_ counts them), else samples."""
+    count: CountArgs = field(default_factory=CountArgs)
 
 
 @dataclass
@@ -385,8 +451,8 @@ class RecommendArgs:
     """Exit with code 3 on NO-GO (for CI gates); otherwise a finished sweep exits 0."""
     max_memory_fraction: float = 0.9
     """A setting whose peak memory exceeds this share of the device is never recommended (CUDA only)."""
-    target_tokens_per_s: Optional[float] = None
-    """GO also needs at least this many tokens/s, when set."""
+    target_throughput_per_s: Optional[float] = None
+    """GO also needs at least this rate, in the decision's unit per second (see throughput.unit)."""
     tie_break: TieBreak = TieBreak.fastest
     """fastest: among settings the measurements cannot order, the highest point estimate; least_change: the
     baseline's global batch first, then less memory. The verdict names the tie and its worst-case cost."""
@@ -394,9 +460,9 @@ class RecommendArgs:
     def __post_init__(self) -> None:
         require(0 < self.max_memory_fraction <= 1, key="recommend.max_memory_fraction",
                 value=self.max_memory_fraction, allowed="a share of the device in (0, 1]")
-        if self.target_tokens_per_s is not None:
-            require(self.target_tokens_per_s > 0, key="recommend.target_tokens_per_s",
-                    value=self.target_tokens_per_s, allowed="tokens/s > 0, or null")
+        if self.target_throughput_per_s is not None:
+            require(self.target_throughput_per_s > 0, key="recommend.target_throughput_per_s",
+                    value=self.target_throughput_per_s, allowed="a rate > 0 in the decision's unit per second, or null")
         require(self.min_speedup > 0, key="recommend.min_speedup", value=self.min_speedup,
                 allowed="a number > 0 (1.05 means at least 5% faster)")
 
@@ -525,6 +591,8 @@ class TuneConfig:
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataArgs = field(default_factory=DataArgs)
     loss: LossArgs = field(default_factory=LossArgs)
+    step: StepArgs = field(default_factory=StepArgs)
+    throughput: ThroughputArgs = field(default_factory=ThroughputArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
     sweep: SweepArgs = field(default_factory=SweepArgs)
     window: WindowArgs = field(default_factory=WindowArgs)

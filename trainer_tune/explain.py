@@ -9,11 +9,12 @@ Scaling. A *series* is a set of finished settings that differ in one knob only: 
 grad_accum and flags) or the accumulation (same micro-batch and flags). Within a series, linear scaling from
 the smallest global batch means the step time grows in proportion to the batch, so a sample costs the same:
 
-    per_sample_time_s = (tokens_per_step / global_batch_size) / tokens_per_s      (whole job, all ranks)
+    per_sample_time_s = 1 / samples_per_s                                          (whole job, all ranks)
     efficiency        = per_sample_time_s(reference) / per_sample_time_s(point)
 
 Above 1 a sample is cheaper than at the reference (super-linear), below 1 dearer (sub-linear). With the same
-tokens per sample, efficiency is the ratio of the two settings' tokens/s, so it and its 95% interval come from
+samples per unit of the decision's rate (always, in samples; in tokens unless padding differs), efficiency is
+the ratio of the two settings' rates, so it and its 95% interval come from
 the one comparison rule the decision uses (recommend.compare, passed in as `compare`: paired over rounds); a
 point is flagged only when that interval stays on one side of 1.
 """
@@ -38,7 +39,7 @@ SUB_LINEAR = "sub-linear"
 LINEAR = "linear within noise"
 REFERENCE = "reference"
 NO_INTERVAL = "no interval"
-"""A tokens/s interval is missing (an old journal line), so noise cannot be told from a real difference."""
+"""A rate's interval is missing (an old journal line), so noise cannot be told from a real difference."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class ScalingPoint:
 @dataclass(frozen=True)
 class ObjectiveWinner:
     objective: str
-    """max_tokens_per_s, min_memory_bytes or min_energy_j_per_token."""
+    """max_throughput, min_memory_bytes or min_energy_j_per_token."""
     trial_key: Optional[str]
     label: Optional[str]
     value: Optional[float]
@@ -95,16 +96,17 @@ class Explanations:
 
 
 def per_sample_time_s(result: TrialResult) -> float:
-    assert result.tokens_per_s, "only finished trials have a per-sample time"
-    return result.tokens_per_step / result.global_batch_size / result.tokens_per_s
+    assert result.samples_per_s, "only finished trials have a per-sample time"
+    return 1.0 / result.samples_per_s
 
 
 def per_sample_time_interval_s(result: TrialResult) -> Optional[tuple[float, float]]:
-    if result.tokens_per_s_ci95 is None:
+    """The per-sample time's interval from the decision rate's: samples per unit of that rate scale it."""
+    if result.throughput_ci95 is None or not result.throughput_per_s or not result.samples_per_s:
         return None
-    tokens_per_sample = result.tokens_per_step / result.global_batch_size
-    low, high = result.tokens_per_s_ci95
-    return tokens_per_sample / high, tokens_per_sample / low
+    samples_per_unit = result.samples_per_s / result.throughput_per_s
+    low, high = result.throughput_ci95
+    return 1.0 / (high * samples_per_unit), 1.0 / (low * samples_per_unit)
 
 
 def varying_flags(results: Sequence[TrialResult]) -> tuple[FlagSpec, ...]:
@@ -150,7 +152,7 @@ def _point(r: TrialResult, ref: TrialResult, *, series: str, varies: str, compar
     time_s, ref_time_s = per_sample_time_s(r), per_sample_time_s(ref)
     interval, ref_interval = per_sample_time_interval_s(r), per_sample_time_interval_s(ref)
     is_ref = r.trial_key == ref.trial_key
-    # Same tokens per sample: the efficiency is the tokens/s ratio, so it and its interval are the comparison's.
+    # Same samples per unit of rate: the efficiency is the rate ratio, so it and its interval are the comparison's.
     comparison = None if is_ref else compare(r, ref)
     efficiency_ci = comparison.interval if comparison is not None else None
     comm = r.comm
@@ -221,13 +223,13 @@ def _trial_facts(finished: Sequence[TrialResult]) -> list[str]:
 
 def _max_throughput(finished: Sequence[TrialResult], compare: Compare) -> ObjectiveWinner:
     if not finished:
-        return ObjectiveWinner("max_tokens_per_s", None, None, None, None, (), "no setting finished cleanly")
-    best = max(finished, key=lambda r: r.tokens_per_s)  # type: ignore[arg-type,return-value]
+        return ObjectiveWinner("max_throughput", None, None, None, None, (), "no setting finished cleanly")
+    best = max(finished, key=lambda r: r.throughput_per_s)  # type: ignore[arg-type,return-value]
     tied = tuple(r.label for r in finished if r is not best and compare(r, best).outcome.value in ("tie", "unknown"))
     note = (f"the measurements cannot order {', '.join(tied)} against the winner (recommend.compare): a tie" if tied
             else "every other setting is slower than the winner beyond noise")
-    ci = tuple(best.tokens_per_s_ci95) if best.tokens_per_s_ci95 else None
-    return ObjectiveWinner("max_tokens_per_s", best.trial_key, best.label, best.tokens_per_s, ci, tied,  # type: ignore
+    ci = tuple(best.throughput_ci95) if best.throughput_ci95 else None
+    return ObjectiveWinner("max_throughput", best.trial_key, best.label, best.throughput_per_s, ci, tied,  # type: ignore
                            note)
 
 
@@ -238,7 +240,7 @@ def _min_memory(finished: Sequence[TrialResult]) -> ObjectiveWinner:
         why = "; ".join(notes) if finished and notes else "no setting finished cleanly"
         return ObjectiveWinner("min_memory_bytes", None, None, None, None, (), f"not measured: {why}")
     # Equal peaks are a tie (allocators round to blocks); the faster setting wins it.
-    best = min(measured, key=lambda r: (r.peak_memory_bytes, -r.tokens_per_s))  # type: ignore
+    best = min(measured, key=lambda r: (r.peak_memory_bytes, -r.throughput_per_s))  # type: ignore
     value = best.peak_memory_bytes
     tied = tuple(r.label for r in measured if r is not best and r.peak_memory_bytes == value)
     note = "peak memory " + describe_memory_source(best.peak_memory_source)
@@ -269,7 +271,7 @@ def _min_energy(finished: Sequence[TrialResult]) -> ObjectiveWinner:
 
 
 def explain(results: Sequence[TrialResult], *, compare: Compare) -> Explanations:
-    finished = sorted((r for r in results if r.ok and r.tokens_per_s), key=lambda r: r.index)
+    finished = sorted((r for r in results if r.ok and r.throughput_per_s), key=lambda r: r.index)
     points: list[ScalingPoint] = []
     for name, varies, members in _series(finished):
         points += [_point(r, members[0], series=name, varies=varies, compare=compare) for r in members]

@@ -16,7 +16,8 @@ from trainer_tune.flags import flags_to_environ
 from trainer_tune.flops import mfu
 from trainer_tune.gpu_sampler import GpuSummary
 from trainer_tune.plan import TrialSpec
-from trainer_tune.results import Status, TrialResult
+from trainer_tune.config import ThroughputUnit
+from trainer_tune.results import SAMPLES, TOKENS, Status, TrialResult
 from trainer_tune.stats import (
     NoiseFloor, StepTimeStats, count_outliers, geometric_mean, log_t_interval, noise_floor, quantile, throughput_ci,
     throughput_per_s)
@@ -29,7 +30,6 @@ class TrialContext:
     """Facts about the run that every result records."""
 
     model_name: str
-    seq_len: int
     device: str
     backend: Optional[str]
     num_warmup_steps: int
@@ -44,6 +44,10 @@ class TrialContext:
     """Total memory of one device (CUDA), for recommend.max_memory_fraction."""
     run_overrides: tuple[str, ...] = ()
     """Overrides that compose this run's configuration again, the sweep and the setting aside (rerun.py)."""
+    throughput_unit: ThroughputUnit = ThroughputUnit.auto
+    """throughput.unit: what the decision compares (auto: tokens when the batches carry them)."""
+    count_unit: str = TOKENS
+    """throughput.count.unit: the name of what tokens_per_s counts."""
 
 
 def _finite_or_none(value: float) -> Optional[float]:
@@ -55,7 +59,7 @@ def _base_fields(spec: TrialSpec, ctx: TrialContext, *, started_at: str, finishe
         trial_key=spec.key, index=spec.index, label=ctx.label, is_baseline=spec.is_baseline,
         round_id=spec.round_id, setting_key=spec.setting_key,
         micro_batch_size=spec.micro_batch_size, grad_accum=spec.grad_accum, world_size=spec.world_size,
-        global_batch_size=spec.global_batch_size, tokens_per_step=spec.global_batch_size * ctx.seq_len,
+        global_batch_size=spec.global_batch_size,
         flags=spec.flags.as_dict(), environment=flags_to_environ(spec.flags), model=ctx.model_name,
         device=ctx.device, backend=ctx.backend, torch_version=torch.__version__,
         num_warmup_steps=ctx.num_warmup_steps, num_measured_steps=ctx.num_measured_steps,
@@ -138,10 +142,15 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
     if bad_steps:
         # A diverged setting is never recommendable, however fast it ran.
         status, error = Status.nan, f"loss was not finite at measured step(s) {bad_steps}"
-    expected_tokens = spec.global_batch_size * ctx.seq_len * len(m.step_times_s)
-    if m.tokens != expected_tokens:
-        raise AssertionError(f"counted {m.tokens} tokens, the plan implies {expected_tokens}")
-    tokens_per_s = throughput_per_s(m.tokens, m.measured_s)
+    expected_samples = spec.global_batch_size * len(m.step_times_s)
+    if m.samples != expected_samples:
+        raise AssertionError(f"counted {m.samples} samples, the plan implies {expected_samples}")
+    unit, unit_error = decision_unit(ctx.throughput_unit, has_tokens=m.tokens is not None, count_unit=ctx.count_unit)
+    if unit_error is not None and status == Status.ok:
+        status, error = Status.error, unit_error
+    samples_per_s = throughput_per_s(m.samples, m.measured_s)
+    tokens_per_s = throughput_per_s(m.tokens, m.measured_s) if m.tokens is not None else None
+    rate = samples_per_s if unit == SAMPLES else tokens_per_s
     # The bootstrap runs over the per-step slowest times; its relative interval is applied to the reported
     # figure (which divides by the slowest rank's total, see docs/measurement.md).
     per_step_rate = len(m.step_times_s) / math.fsum(m.step_times_s)
@@ -154,12 +163,15 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         **(_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at)
            | {"num_measured_steps": len(m.step_times_s), "num_warmup_steps": m.num_warmup_steps}),
         status=status.name, error=error, gpu=gpu, gpu_note=gpu_note, cpu=cpu,
-        tokens_per_s_ci95=[tokens_per_s * low / per_step_rate, tokens_per_s * high / per_step_rate],
+        throughput_unit=unit,
+        throughput_ci95=[rate * low / per_step_rate, rate * high / per_step_rate] if rate is not None else None,
+        tokens_per_step=m.tokens / len(m.step_times_s) if m.tokens is not None else None,
+        data_wait_fraction=math.fsum(m.data_wait_s) / m.measured_s if m.data_wait_s and m.measured_s else None,
+        data_wait_s_median=statistics.median(m.data_wait_s) if m.data_wait_s else None,
         window_stop=m.stop_reason, num_outlier_steps=count_outliers(m.step_times_s),
         comm=comm_split(sync_step_times_s=m.step_times_s, no_sync_step_times_s=m.no_sync_step_times_s),
-        mfu=mfu_figures(ctx, tokens_per_s=tokens_per_s, world_size=spec.world_size),
-        tokens_per_s=tokens_per_s,
-        samples_per_s=throughput_per_s(m.samples, m.measured_s), measured_s=m.measured_s,
+        mfu=mfu_figures(ctx, tokens_per_s=tokens_per_s, world_size=spec.world_size) if tokens_per_s else None,
+        tokens_per_s=tokens_per_s, samples_per_s=samples_per_s, measured_s=m.measured_s,
         step_time_s=StepTimeStats.of(m.step_times_s), warmup_s=m.warmup_s,
         loss_first=_finite_or_none(m.losses[0]), loss_last=_finite_or_none(m.losses[-1]),
         peak_memory_bytes=memory_bytes, peak_memory_source=memory_source,
@@ -169,8 +181,20 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         step_times_s=tuple(m.step_times_s), losses=tuple(_finite_or_none(x) for x in m.losses),
         nsa_aux_stats=tuple(dict(s) for s in m.aux_stats), device_memory_bytes=ctx.device_memory_bytes,
         gpu_utilization_series=rank0.gpu_utilization_series if rank0 is not None else (),
-        window_tokens_per_s={spec.round_id or spec.key: tokens_per_s} if status == Status.ok else {},
+        window_throughput_per_s={spec.round_id or spec.key: rate} if status == Status.ok and rate else {},
         extra={"ddp_applied": m.ddp_applied})
+
+
+def decision_unit(setting: ThroughputUnit, *, has_tokens: bool, count_unit: str) -> tuple[str, Optional[str]]:
+    """(the unit the decision compares, why the trial cannot be decided on it): throughput.unit resolved
+    against what the batches carry. `count_unit` names what tokens_per_s counts (throughput.count.unit)."""
+    if setting == ThroughputUnit.samples or (setting == ThroughputUnit.auto and not has_tokens):
+        return SAMPLES, None
+    if not has_tokens:
+        return count_unit, (f"throughput.unit=tokens is not allowed for these batches: they carry no tokens (no "
+                            f"attention_mask, input_ids or integer token ids); use throughput.unit=samples or "
+                            f"count them with throughput.count._target_")
+    return count_unit, None
 
 
 def comm_split(*, sync_step_times_s: Sequence[float], no_sync_step_times_s: Sequence[float]) -> Optional[CommSplit]:
@@ -196,6 +220,8 @@ def failed_result(spec: TrialSpec, ctx: TrialContext, *, status: Status, error: 
     return TrialResult(
         **_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at),
         status=status.name, error=error, tokens_per_s=None, samples_per_s=None, measured_s=None, step_time_s=None,
+        tokens_per_step=None,
+        throughput_unit=SAMPLES if ctx.throughput_unit == ThroughputUnit.samples else ctx.count_unit,
         warmup_s=None, loss_first=None, loss_last=None, peak_memory_bytes=None, peak_memory_source=None,
         peak_memory_allocated_bytes=None, peak_memory_reserved_bytes=None,
         peak_memory_note="not measured: the trial did not finish", device_memory_bytes=ctx.device_memory_bytes,
@@ -206,7 +232,7 @@ def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFl
     """One setting's result from its windows (one per round): the record the decision and the sinks read.
 
     tokens/s is the geometric mean of the windows' rates and its interval Student's t over them (stats.py says
-    why the window, not the step, is the unit); every window's rate stays in `window_tokens_per_s` by round,
+    why the window, not the step, is the unit); every window's rate stays in `window_throughput_per_s` by round,
     which is what recommend.compare pairs; `noise` is the sweep's noise floor (stats.noise_floor), below which
     neither the interval nor a comparison may shrink. Step-time figures pool the windows' steps; memory is the highest
     window's; energy is summed. A setting with any window that did not finish cleanly takes that window's
@@ -215,30 +241,35 @@ def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFl
         raise ValueError("a setting's result needs at least one window")
     ordered = sorted(windows, key=lambda w: w.started_at)
     first = ordered[0]
-    clean = [w for w in ordered if w.ok and w.tokens_per_s is not None]
+    clean = [w for w in ordered if w.ok and w.throughput_per_s is not None]
     rates = {r: v for w in clean for r, v in w.rates_by_round().items()}
     common: dict[str, Any] = dict(
         trial_key=first.setting_key or first.trial_key, setting_key=None, round_id=None,
         started_at=first.started_at, finished_at=ordered[-1].finished_at,
-        wall_s=math.fsum(w.wall_s or 0.0 for w in ordered), num_windows=len(clean), window_tokens_per_s=rates,
+        wall_s=math.fsum(w.wall_s or 0.0 for w in ordered), num_windows=len(clean), window_throughput_per_s=rates,
         noise=noise)
     failed = [w for w in ordered if not w.ok]
     if failed:
         worst = max(failed, key=lambda w: Status[w.status].value)
         where = f"round {worst.round_id}: " if worst.round_id else ""
         return dataclasses.replace(worst, **common, error=f"{where}{worst.error}" if worst.error else worst.error)
-    tokens_per_s = geometric_mean(list(rates.values()))  # type: ignore[arg-type]
     interval = log_t_interval(list(rates.values()), floor=noise)  # type: ignore[arg-type]
     step_times_s = tuple(t for w in ordered for t in w.step_times_s)
-    samples_per_token = first.samples_per_s / first.tokens_per_s if first.samples_per_s and first.tokens_per_s else None
+    # Every rate is the geometric mean of the windows' own (the decision's is the mean of `rates`, the same).
+    samples_per_s = _geometric_mean_or_none([w.samples_per_s for w in ordered])
+    tokens_per_s = _geometric_mean_or_none([w.tokens_per_s for w in ordered])
+    measured_s = math.fsum(w.measured_s or 0.0 for w in ordered)
+    waits = [w.data_wait_fraction * w.measured_s for w in ordered
+             if w.data_wait_fraction is not None and w.measured_s is not None]
     peaks = [w.peak_memory_bytes for w in ordered]
     peak_index = max(range(len(ordered)), key=lambda i: peaks[i] or -1)
     return dataclasses.replace(
         first, **common,
-        tokens_per_s=tokens_per_s,
-        tokens_per_s_ci95=list(interval) if interval is not None else None,
-        samples_per_s=tokens_per_s * samples_per_token if samples_per_token is not None else None,
-        measured_s=math.fsum(w.measured_s or 0.0 for w in ordered),
+        tokens_per_s=tokens_per_s, samples_per_s=samples_per_s,
+        throughput_ci95=list(interval) if interval is not None else None,
+        tokens_per_step=_mean([w.tokens_per_step for w in ordered]), measured_s=measured_s,
+        data_wait_fraction=math.fsum(waits) / measured_s if len(waits) == len(ordered) and measured_s else None,
+        data_wait_s_median=_median_or_none([w.data_wait_s_median for w in ordered]),
         step_time_s=StepTimeStats.of(step_times_s) if step_times_s else first.step_time_s,
         num_measured_steps=sum(w.num_measured_steps for w in ordered),
         num_warmup_steps=sum(w.num_warmup_steps for w in ordered),
@@ -251,7 +282,8 @@ def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFl
         num_outlier_steps=sum(w.num_outlier_steps or 0 for w in ordered),
         window_stop="; ".join(f"{w.round_id}: {w.window_stop}" for w in ordered),
         comm=next((w.comm for w in ordered if w.comm is not None), None),
-        mfu=_rescaled_mfu(first.mfu, tokens_per_s / first.tokens_per_s) if first.tokens_per_s else first.mfu,
+        mfu=_rescaled_mfu(first.mfu, tokens_per_s / first.tokens_per_s) if first.tokens_per_s and tokens_per_s
+        else first.mfu,
         gpu=_gpu_over_windows(ordered), cpu=_cpu_over_windows(ordered),
         step_times_s=step_times_s, losses=tuple(x for w in ordered for x in w.losses),
         nsa_aux_stats=tuple(s for w in ordered for s in w.nsa_aux_stats))
@@ -278,6 +310,14 @@ def sweep_noise(windows_by_setting: Mapping[str, Sequence[TrialResult]]) -> Opti
     return noise_floor(rates, baseline=baseline)
 
 
+def _geometric_mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
+    return geometric_mean(values) if values and all(v for v in values) else None  # type: ignore[arg-type]
+
+
+def _median_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
+    return statistics.median(values) if values and all(v is not None for v in values) else None  # type: ignore
+
+
 def _max_or_none(values: Sequence[Optional[int]]) -> Optional[int]:
     return max(v for v in values if v is not None) if values and all(v is not None for v in values) else None
 
@@ -301,7 +341,7 @@ def _gpu_over_windows(windows: Sequence[TrialResult]) -> Optional[GpuFigures]:
         return None
     gpus = [g for g in figures if g is not None]
     energy_j = _total([g.energy_j for g in gpus])
-    tokens = sum(w.tokens_per_step * w.num_measured_steps for w in windows)
+    tokens = math.fsum((w.tokens_per_step or 0.0) * w.num_measured_steps for w in windows)
     peaks = [g.memory_used_peak_bytes for g in gpus]
     return dataclasses.replace(
         gpus[0], util_mean_pct=_mean([g.util_mean_pct for g in gpus]),
@@ -334,14 +374,16 @@ def step_history(result: TrialResult) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for step, time_s in enumerate(result.step_times_s):
         row: dict[str, Any] = {"step": step, "train/step_time_s": time_s,
-                               "train/tokens_per_s": result.tokens_per_step / time_s}
+                               "train/samples_per_s": result.global_batch_size / time_s}
+        if result.tokens_per_step is not None:
+            row["train/tokens_per_s"] = result.tokens_per_step / time_s
         if step < len(losses) and losses[step] is not None:
             row["train/loss"] = losses[step]
         if step < len(aux_stats):
             row.update({f"nsa/{name}": value for name, value in aux_stats[step].items()})
         rows.append(row)
-    for number, tokens_per_s in enumerate(result.window_tokens_per_s.values()):
-        rows.append({"round": number, "round/tokens_per_s": tokens_per_s})
+    for number, rate in enumerate(result.window_throughput_per_s.values()):
+        rows.append({"round": number, f"round/{result.throughput_unit}_per_s": rate})
     for t_s, util_pct in result.gpu_utilization_series:
         rows.append({"gpu_time_s": t_s, "gpu/util_pct": util_pct})
     return rows
@@ -355,6 +397,8 @@ def summary_figures(result: TrialResult) -> dict[str, Any]:
         "micro_batch_size": result.micro_batch_size, "grad_accum": result.grad_accum,
         "global_batch_size": result.global_batch_size, "world_size": result.world_size,
         "tokens_per_s": result.tokens_per_s, "samples_per_s": result.samples_per_s,
+        "throughput_unit": result.throughput_unit, "throughput_per_s": result.throughput_per_s,
+        "data_wait_fraction": result.data_wait_fraction,
         "step_time_s_median": steps.median if steps else None, "step_time_s_p90": steps.p90 if steps else None,
         "peak_memory_bytes": result.peak_memory_bytes, "peak_memory_source": result.peak_memory_source,
         "gpu_util_mean_pct": gpu.util_mean_pct if gpu else None,

@@ -17,7 +17,7 @@ from trainer_tune.config import RecommendArgs, TieBreak
 from trainer_tune.explain import Explanations, explain
 from trainer_tune.figures import describe_memory_source
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides, format_flag
-from trainer_tune.results import TrialResult
+from trainer_tune.results import TOKENS, TrialResult
 from trainer_tune.stats import RatioEstimate, ratio_estimate
 from trainer_tune.rounds import RaceSummary
 from trainer_tune.strategy import NotMeasured
@@ -93,14 +93,14 @@ def compare(a: TrialResult, b: TrialResult) -> Comparison:
 
 @dataclass(frozen=True)
 class Drift:
-    """The baseline's tokens/s in each round: how the machine's speed moved during the sweep.
+    """The baseline's rate in each round: how the machine's speed moved during the sweep.
 
     Shown, charted and recorded, never used to widen a comparison: comparisons pair windows of the same
     round (compare), so a drift common to a round cancels in the ratio instead of blurring it."""
 
     label: str
     series: tuple[tuple[str, float], ...]
-    """(round id, baseline tokens/s) in measurement order."""
+    """(round id, the baseline's rate) in measurement order."""
 
     @property
     def change(self) -> float:
@@ -120,14 +120,14 @@ class Drift:
 
 def baseline_drift(baseline: Optional[TrialResult]) -> Optional[Drift]:
     """None unless the baseline finished cleanly in at least two rounds."""
-    if baseline is None or not baseline.ok or len(baseline.window_tokens_per_s) < 2:
+    if baseline is None or not baseline.ok or len(baseline.window_throughput_per_s) < 2:
         return None
-    return Drift(label=baseline.label, series=tuple(baseline.window_tokens_per_s.items()))
+    return Drift(label=baseline.label, series=tuple(baseline.window_throughput_per_s.items()))
 
 
-def _drift_reason(drift: Drift) -> str:
+def _drift_reason(drift: Drift, unit: str) -> str:
     rates = ", ".join(f"{v:,.0f}" for _, v in drift.series)
-    return (f"the baseline {drift.label} in each of its {len(drift.series)} rounds: {rates} tokens/s "
+    return (f"the baseline {drift.label} in each of its {len(drift.series)} rounds: {rates} {unit}/s "
             f"({_percent(1.0 + drift.change)} first to last, {drift.spread:.1%} between its fastest and slowest "
             f"round); comparisons pair windows of the same round, so drift shared by a round cancels")
 
@@ -140,6 +140,14 @@ def behind(contender: TrialResult, leader: TrialResult) -> Optional[str]:
     return f"{comparison.describe()} against {leader.label}"
 
 
+def sweep_unit(results: Sequence[TrialResult]) -> str:
+    """The unit every rate of the decision is in: the baseline's, else another finished setting's (the settings
+    of a sweep share one data source and throughput.unit, so they agree)."""
+    finished = [r for r in results if r.ok]
+    pick = next((r for r in finished if r.is_baseline), finished[0] if finished else next(iter(results), None))
+    return pick.throughput_unit if pick is not None else TOKENS
+
+
 @dataclass(frozen=True)
 class Recommendation:
     decision: str
@@ -149,7 +157,7 @@ class Recommendation:
     """The fastest setting that finished cleanly."""
     baseline: Optional[TrialResult]
     speedup: Optional[float]
-    """best tokens/s over baseline tokens/s; None when either is missing."""
+    """best's rate over the baseline's (in `unit` per second); None when either is missing."""
     speedup_ci95: Optional[tuple[float, float]]
     """95% interval of the speedup (compare: paired over rounds); None with one window on a side."""
     min_speedup: float
@@ -161,7 +169,7 @@ class Recommendation:
     num_trials: int
     num_failed: int
     speedup_by_key: dict[str, float]
-    """Each finished trial's tokens/s over the baseline's (empty when the baseline did not finish)."""
+    """Each finished trial's rate over the baseline's (empty when the baseline did not finish)."""
     explanations: Optional[Explanations] = None
     """Per-sample efficiency, measured facts and the decision matrix (explain.py); computed from the same
     results, never an input to the verdict."""
@@ -169,7 +177,7 @@ class Recommendation:
     """Planned settings the search strategy did not measure, each with the reason."""
     """Labels of trials whose window strategy=adaptive ended early (they could not reach the best)."""
     drift: Optional[Drift] = None
-    """The baseline's tokens/s round by round; None with fewer than two clean baseline windows."""
+    """The baseline's rate round by round; None with fewer than two clean baseline windows."""
     race: Optional[RaceSummary] = None
     """How the race went (rounds, drops, why it ended); None for results decided without one."""
     comparison: Optional[Comparison] = None
@@ -179,13 +187,15 @@ class Recommendation:
     settings: tuple[TrialResult, ...] = ()
     """Every setting decided on, aggregated over its windows: the evidence behind the verdict."""
     speedup_intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
-    """Each finished setting's 95% interval of tokens/s over the baseline's (compare), where it has one."""
+    """Each finished setting's 95% interval of its rate over the baseline's (compare), where it has one."""
+    unit: str = TOKENS
+    """What every rate of the decision counts per second: samples, tokens or throughput.count.unit."""
 
     def to_json_dict(self) -> dict[str, Any]:
         def trial(result: Optional[TrialResult]) -> Optional[dict[str, Any]]:
             return None if result is None else result.to_json_dict()
 
-        return {"decision": self.decision, "verdict": self.verdict, "speedup": self.speedup,
+        return {"decision": self.decision, "verdict": self.verdict, "unit": self.unit, "speedup": self.speedup,
                 "speedup_ci95": list(self.speedup_ci95) if self.speedup_ci95 else None,
                 "min_speedup": self.min_speedup, "reasons": list(self.reasons), "chosen": trial(self.chosen),
                 "best": trial(self.best), "baseline": trial(self.baseline), "overrides": list(self.overrides),
@@ -238,7 +248,7 @@ _LEAST_CHANGE_RULES = ("the baseline's global batch", "less memory", "the smalle
 def _least_change_key(result: TrialResult, baseline: Optional[TrialResult]) -> tuple:
     base_batch = baseline.global_batch_size if baseline is not None else None
     return (result.global_batch_size != base_batch, result.peak_memory_bytes or 0, result.global_batch_size,
-            result.micro_batch_size, -(result.tokens_per_s or 0.0))
+            result.micro_batch_size, -(result.throughput_per_s or 0.0))
 
 
 def _deciding_rule(best: TrialResult, tied: Sequence[TrialResult], baseline: Optional[TrialResult]) -> str:
@@ -273,7 +283,8 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
     """The verdict from each setting's result aggregated over its windows (metrics.aggregate_windows)."""
     baseline = next((r for r in results if r.is_baseline), None)
     drift = baseline_drift(baseline)
-    finished = [r for r in results if r.ok and r.tokens_per_s is not None]
+    finished = [r for r in results if r.ok and r.throughput_per_s is not None]
+    unit = sweep_unit(results)
     failed = [r for r in results if not r.ok]
     reasons: list[str] = []
     if failed:
@@ -303,7 +314,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                        f"settings measured in several")
         contenders = several
 
-    fastest = max(contenders, key=lambda r: r.tokens_per_s, default=None)  # type: ignore[arg-type,return-value]
+    fastest = max(contenders, key=lambda r: r.throughput_per_s, default=None)  # type: ignore[arg-type,return-value]
     best = fastest
     tied: list[TrialResult] = []
     if fastest is not None:
@@ -324,22 +335,22 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         decision, chosen = GO, best
         state = "was not measured" if baseline is None else f"{baseline.label} failed ({baseline.status})"
         reasons.insert(0, f"the baseline {state}; the fastest setting that runs is {best.label} at "
-                          f"{best.tokens_per_s:,.0f} tokens/s")
+                          f"{best.throughput_per_s:,.0f} {unit}/s")
         verdict = f"{GO}: {_setting(best, against=baseline)} (baseline {state})"
     elif len(results) == 1:
         decision, chosen = MEASURED, baseline
-        interval = baseline.tokens_per_s_ci95
+        interval = baseline.throughput_ci95
         spread = f", 95% CI {interval[0]:,.0f} to {interval[1]:,.0f}" if interval else ""
         windows = count(baseline.num_windows, "window")
         reasons.insert(0, f"only the baseline {baseline.label} was measured (no sweep: add +sweep=batch or "
                           f"sweep.* keys to compare settings), so there is nothing to compare it with")
-        verdict = (f"{MEASURED}: {_setting(baseline, against=None)} at {baseline.tokens_per_s:,.0f} tokens/s "
+        verdict = (f"{MEASURED}: {_setting(baseline, against=None)} at {baseline.throughput_per_s:,.0f} {unit}/s "
                    f"({windows}{spread}); one setting, nothing to compare")
     elif best.trial_key == baseline.trial_key:
         speedup = 1.0
         decision, chosen = NO_GO, baseline
         reasons.insert(0, f"the baseline {baseline.label} is the fastest setting measured, or the measurements "
-                          f"cannot tell it from the fastest ({baseline.tokens_per_s:,.0f} tokens/s)")
+                          f"cannot tell it from the fastest ({baseline.throughput_per_s:,.0f} {unit}/s)")
         verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (fastest measured)"
     else:
         comparison = compare(best, baseline)
@@ -351,22 +362,22 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         elif speedup_interval[0] < args.min_speedup:
             shortfalls.append(f"the lower end of its speedup ({_percent(speedup_interval[0])}) is below the required "
                               f"{_percent(args.min_speedup)} (recommend.min_speedup={args.min_speedup:g})")
-        if args.target_tokens_per_s is not None and best.tokens_per_s < args.target_tokens_per_s:  # type: ignore
-            shortfalls.append(f"{best.tokens_per_s:,.0f} tokens/s is below recommend.target_tokens_per_s="
-                              f"{args.target_tokens_per_s:,.0f}")
-        measured = (f"{best.label} reaches {best.tokens_per_s:,.0f} tokens/s vs {baseline.tokens_per_s:,.0f} for the "
+        if args.target_throughput_per_s is not None and best.throughput_per_s < args.target_throughput_per_s:  # type: ignore
+            shortfalls.append(f"{best.throughput_per_s:,.0f} {unit}/s is below recommend.target_throughput_per_s="
+                              f"{args.target_throughput_per_s:,.0f}")
+        measured = (f"{best.label} reaches {best.throughput_per_s:,.0f} {unit}/s vs {baseline.throughput_per_s:,.0f} for the "
                     f"baseline {baseline.label}: {comparison.describe()}")
         if not shortfalls:
             decision, chosen = GO, best
             reasons.insert(0, f"{measured}; at least the required {_percent(args.min_speedup)} even at the "
                               f"interval's lower end")
-            verdict = (f"{GO}: {_setting(best, against=baseline)} ({_percent(speedup)} tokens/s vs baseline "
+            verdict = (f"{GO}: {_setting(best, against=baseline)} ({_percent(speedup)} {unit}/s vs baseline "
                        f"{baseline.label}{_ci_text(speedup_interval)})")
         else:
             decision, chosen = NO_GO, baseline
             reasons.insert(0, f"{measured}; but " + "; and ".join(shortfalls))
             verdict = (f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (best {best.label} is "
-                       f"{_percent(speedup)} tokens/s{_ci_text(speedup_interval)}, needs {_percent(args.min_speedup)})")
+                       f"{_percent(speedup)} {unit}/s{_ci_text(speedup_interval)}, needs {_percent(args.min_speedup)})")
 
     if decision == GO and chosen is not None and baseline is not None \
             and chosen.global_batch_size != baseline.global_batch_size:
@@ -380,7 +391,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         for drop in race.drops:
             reasons.append(f"{drop.label} left the race after round {drop.after_round}: {drop.reason}")
     if drift is not None:
-        reasons.append(_drift_reason(drift))
+        reasons.append(_drift_reason(drift, unit))
     if not_measured:
         reasons.append(f"{count(len(not_measured), 'planned setting')} not measured: "
                        + "; ".join(f"{n.label}: {n.reason}" for n in _first_per_reason(not_measured)))
@@ -394,11 +405,11 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         environment = flags_to_environ(flags)
     speedup_by_key: dict[str, float] = {}
     speedup_intervals: dict[str, tuple[float, float]] = {}
-    if baseline is not None and baseline.ok and baseline.tokens_per_s:
+    if baseline is not None and baseline.ok and baseline.throughput_per_s:
         against_baseline = {r.trial_key: compare(r, baseline) for r in finished}
         speedup_by_key = {key: c.ratio for key, c in against_baseline.items()}
         speedup_intervals = {key: c.interval for key, c in against_baseline.items() if c.interval is not None}
-    return Recommendation(decision=decision, speedup_by_key=speedup_by_key, speedup_ci95=speedup_interval,
+    return Recommendation(decision=decision, unit=unit, speedup_by_key=speedup_by_key, speedup_ci95=speedup_interval,
                           chosen=chosen, best=best, baseline=baseline, speedup=speedup,
                           min_speedup=args.min_speedup, reasons=tuple(reasons), verdict=verdict,
                           overrides=overrides, environment=environment, num_trials=len(results),

@@ -17,8 +17,10 @@ from trainer_tune.figures import CommSplit, CpuFigures, GpuFigures, MfuFigures, 
 from trainer_tune.finite import NON_FINITE_KEY, finite_only
 from trainer_tune.stats import NoiseFloor, StepTimeStats
 
-RECORD_VERSION = 2
-"""2: step times, losses, telemetry and the one peak memory figure are typed fields (1: some were in `extra`)."""
+RECORD_VERSION = 3
+"""3: the decision's rate has a unit (throughput_unit; throughput_ci95 and window_throughput_per_s were
+tokens_per_s_ci95 and window_tokens_per_s), tokens may be absent, the input pipeline's wait is recorded.
+2: step times, losses, telemetry and the one peak memory figure are typed fields (1: some were in `extra`)."""
 
 
 class Status(Enum):
@@ -32,6 +34,10 @@ class Status(Enum):
     """No progress for watchdog.abort_after_s; the process was ended and restarted."""
     crashed = 5
     """The group died during the trial (a rank was killed or exited) and was restarted."""
+
+
+SAMPLES = "samples"
+TOKENS = "tokens"
 
 
 def utc_now() -> str:
@@ -51,14 +57,17 @@ class TrialResult:
     world_size: int
     global_batch_size: int
     """Samples per optimizer step over all ranks: micro_batch_size * grad_accum * world_size."""
-    tokens_per_step: int
+    tokens_per_step: Optional[float]
+    """Tokens per optimizer step over all ranks (the mean over measured steps: padding makes it vary); None when
+    the batches carry no tokens or the trial did not finish."""
     flags: dict[str, Any]
     environment: dict[str, str]
     """The NSA_* variables exported to the training processes during the trial."""
     tokens_per_s: Optional[float]
+    """Tokens per second over all ranks (workloads/batch.py says what counts); None for batches without tokens."""
     samples_per_s: Optional[float]
     measured_s: Optional[float]
-    """Total time of the measured steps on the slowest rank; tokens_per_s = tokens_per_step * steps / this."""
+    """Total time of the measured steps on the slowest rank: the denominator of every rate."""
     step_time_s: Optional[StepTimeStats]
     num_warmup_steps: int
     num_measured_steps: int
@@ -84,8 +93,11 @@ class TrialResult:
     finished_at: str
     error: Optional[str] = None
     """What went wrong, for a trial whose status is not ok (the first line of the exception, by rank)."""
-    tokens_per_s_ci95: Optional[list[float]] = None
-    """[low, high] 95% interval of tokens_per_s: block bootstrap over the measured steps."""
+    throughput_unit: str = "tokens"
+    """What the decision compares: `samples`, `tokens`, or throughput.count.unit; throughput_per_s reads it."""
+    throughput_ci95: Optional[list[float]] = None
+    """[low, high] 95% interval of throughput_per_s: a window's from the block bootstrap over its steps, a
+    setting's from Student's t over its windows."""
     window_stop: Optional[str] = None
     """Why the measured steps ended (interval reached, a cap, or a fixed window)."""
     num_outlier_steps: Optional[int] = None
@@ -116,8 +128,13 @@ class TrialResult:
     setting_key: Optional[str] = None
     """On a window's record: the key of the setting it measures (trial_key is the window's own key). None on
     a setting's result aggregated over its windows, whose trial_key is the setting's key."""
-    window_tokens_per_s: dict[str, float] = field(default_factory=dict)
-    """tokens/s of each clean window of this setting, keyed by round id: what recommend.compare pairs."""
+    window_throughput_per_s: dict[str, float] = field(default_factory=dict)
+    """throughput_per_s of each clean window of this setting, keyed by round id: what recommend.compare pairs."""
+    data_wait_fraction: Optional[float] = None
+    """Share of the measured time the slowest rank spent waiting for its batches (fetching from the source and
+    moving to the device); high means the setting is input-bound."""
+    data_wait_s_median: Optional[float] = None
+    """Median per measured step of the slowest rank's wait for batches."""
     num_windows: int = 1
     """Windows this result stands for: 1 for a window's record, the clean windows for a setting's."""
     noise: Optional[NoiseFloor] = None
@@ -149,13 +166,18 @@ class TrialResult:
     def ok(self) -> bool:
         return self.status == Status.ok.name
 
+    @property
+    def throughput_per_s(self) -> Optional[float]:
+        """The rate the decision compares, in throughput_unit per second."""
+        return self.samples_per_s if self.throughput_unit == SAMPLES else self.tokens_per_s
+
     def rates_by_round(self) -> dict[str, float]:
-        """tokens/s by round id: a setting's windows; a window's record (or one from before rounds) is its own
-        single window; nothing for a window that did not finish cleanly."""
-        if self.window_tokens_per_s:
-            return self.window_tokens_per_s
-        if self.ok and self.tokens_per_s:
-            return {self.round_id or self.trial_key: self.tokens_per_s}
+        """throughput_per_s by round id: a setting's windows; a window's record (or one from before rounds) is
+        its own single window; nothing for a window that did not finish cleanly."""
+        if self.window_throughput_per_s:
+            return self.window_throughput_per_s
+        if self.ok and self.throughput_per_s:
+            return {self.round_id or self.trial_key: self.throughput_per_s}
         return {}
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -165,6 +187,8 @@ class TrialResult:
     def from_json_dict(data: dict[str, Any]) -> "TrialResult":
         if data.get("record_version", 1) < 2:
             data = _upgrade_v1(data)
+        if data.get("record_version", 1) < 3:
+            data = _upgrade_v2(data)
         required = {f.name for f in dataclasses.fields(TrialResult)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         missing = required - set(data)
@@ -180,6 +204,16 @@ class TrialResult:
             if values.get(name) is not None:
                 values[name] = build(values[name])
         return from_fields(TrialResult, values)
+
+
+def _upgrade_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """A journal line from before units: its rates were tokens/s, under the old names."""
+    data = dict(data)
+    data["throughput_unit"] = TOKENS
+    data["throughput_ci95"] = data.pop("tokens_per_s_ci95", None)
+    data["window_throughput_per_s"] = data.pop("window_tokens_per_s", None) or {}
+    data["record_version"] = RECORD_VERSION
+    return data
 
 
 def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
@@ -200,5 +234,5 @@ def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
     nvml_used_bytes = (data.get("gpu") or {}).get("memory_used_peak_bytes")
     data["peak_memory_bytes"], data["peak_memory_source"] = peak_memory(
         reserved_bytes=data.get("peak_memory_reserved_bytes"), nvml_used_bytes=nvml_used_bytes)
-    data["record_version"] = RECORD_VERSION
+    data["record_version"] = 2
     return data

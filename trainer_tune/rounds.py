@@ -27,7 +27,7 @@ class Raced(Protocol):
 
     trial_key: str
     label: str
-    tokens_per_s: Optional[float]
+    throughput_per_s: Optional[float]
 
 
 R = TypeVar("R", bound=Raced)
@@ -60,10 +60,10 @@ def race_drops(contenders: Sequence[R], *, after_round: int,
                behind: Callable[[R, R], Optional[str]]) -> list[Drop]:
     """The contenders clearly behind the leader (the highest point estimate): `behind(c, leader)` returns
     why c loses to the leader beyond noise, or None while the comparison cannot tell them apart."""
-    measured = [c for c in contenders if c.tokens_per_s is not None]
+    measured = [c for c in contenders if c.throughput_per_s is not None]
     if len(measured) < 2:
         return []
-    leader = max(measured, key=lambda c: c.tokens_per_s)  # type: ignore[arg-type,return-value]
+    leader = max(measured, key=lambda c: c.throughput_per_s)  # type: ignore[arg-type,return-value]
     drops = []
     for contender in measured:
         if contender.trial_key == leader.trial_key:

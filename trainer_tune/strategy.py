@@ -100,9 +100,9 @@ def power_gate(spec: TrialSpec, *, plan: Sequence[TrialSpec], settings: Mapping[
             continue
         no_gain += 1
         if no_gain >= sweep.power_patience:
-            return Gate(enter=False, reason=(f"{result.label} ({result.tokens_per_s:,.0f} tokens/s) was not faster "
-                                             f"beyond noise than {best.label} ({best.tokens_per_s:,.0f}), so "
+            return Gate(enter=False, reason=(f"{result.label} ({result.throughput_per_s:,.0f} {result.throughput_unit}/s) was not faster "
+                                             f"beyond noise than {best.label} ({best.throughput_per_s:,.0f}), so "
                                              f"larger micro-batches were not tried"))
-        if result.tokens_per_s > best.tokens_per_s:  # type: ignore[operator]
+        if result.throughput_per_s > best.throughput_per_s:  # type: ignore[operator]
             best = result
     return Gate(enter=True)

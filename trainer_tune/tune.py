@@ -136,7 +136,8 @@ class _Sweep:
                                      peer_failed=self._peer_failed).start()
 
     def context(self, spec: TrialSpec) -> TrialContext:
-        return TrialContext(model_name=model_name(self.cfg.model), seq_len=self.cfg.model.seq_len,
+        return TrialContext(model_name=model_name(self.cfg.model), throughput_unit=self.cfg.throughput.unit,
+                            count_unit=self.cfg.throughput.count.unit,
                             device=str(self.session.device), backend=self.session.backend,
                             num_warmup_steps=self.cfg.window.warmup_steps,
                             num_measured_steps=self.cfg.window.measure_steps, label=spec.label(swept_flags=self.swept),
@@ -256,7 +257,7 @@ class _Sweep:
                                  error="; ".join(f"{_who(rank, o)}: {o['message']}" for rank, o in failures),
                                  extra={"tracebacks": {str(rank): o["traceback"] for rank, o in failures}})
         assert local is not None
-        measurement = combine_ranks(local, session=session, seq_len=cfg.model.seq_len)
+        measurement = combine_ranks(local, session=session)
         return result_from_window(spec, measurement, ctx, started_at=started_at, finished_at=finished_at,
                                   telemetry=[RankTelemetry.from_json_dict(o["telemetry"]) if o.get("telemetry")
                                              else None for o in outcomes])
@@ -495,7 +496,7 @@ def _after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, 
         entered_keys = {s.key for s in entered}
 
         def faster(a: TrialResult, b: TrialResult) -> Optional[bool]:
-            if min(len(a.window_tokens_per_s), len(b.window_tokens_per_s)) < cfg.sweep.min_rounds:
+            if min(len(a.window_throughput_per_s), len(b.window_throughput_per_s)) < cfg.sweep.min_rounds:
                 return None
             return compare(a, b).outcome == Outcome.better
 

@@ -16,7 +16,7 @@ import math
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import psutil
 import torch
@@ -24,17 +24,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer_tune.config import Precision, TuneConfig, WindowArgs
-from trainer_tune.workloads.data import build_batches
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import NO_FAULT, FaultPlan
-from trainer_tune.workloads.loss import build_loss, checked_loss
-from trainer_tune.workloads.model import build_model, count_parameters
-from trainer_tune.workloads.nsa_stats import AuxStatsCollector
 from trainer_tune.plan import TrialSpec
 from trainer_tune.stats import relative_half_width, throughput_ci
-from trainer_tune.workloads.targets import logits_of
 from trainer_tune.telemetry import RankTelemetry, TelemetryProbe
 from trainer_tune.units import format_bytes
+from trainer_tune.workloads.batch import Count, count_samples, count_tokens, read_count
+from trainer_tune.workloads.data import build_batches
+from trainer_tune.workloads.loss import build_loss
+from trainer_tune.workloads.model import build_model, count_parameters
+from trainer_tune.workloads.nsa_stats import AuxStatsCollector
+from trainer_tune.workloads.step import StepFn, StepRules, default_step, user_step
+from trainer_tune.workloads.targets import TargetError, instantiate_target
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,11 @@ class WindowMeasurement:
     measured_s: float
     """The measured steps' total time on the slowest rank: the denominator of throughput. (Summing the
     per-step maxima instead would add cross-rank jitter, since the slowest rank changes from step to step.)"""
-    tokens: int
-    """Tokens fed to the model in the measured steps, summed over ranks and micro-steps."""
+    tokens: Optional[int]
+    """Tokens fed to the model in the measured steps, summed over ranks and micro-steps (workloads/batch.py
+    says what counts as a token); None when the batches carry none (images)."""
     samples: int
+    """Samples fed to the model in the measured steps, summed over ranks and micro-steps."""
     losses: tuple[float, ...]
     """Per measured step, the loss averaged over micro-steps and ranks."""
     warmup_s: float
@@ -68,6 +72,9 @@ class WindowMeasurement:
     aux_stats: tuple[dict[str, float], ...] = ()
     """Per measured step, the NSA auxiliary statistics already averaged over ranks (every rank holds the same);
     empty when nsa.disable_aux_stats is true or the model has no NSA layer."""
+    data_wait_s: tuple[float, ...] = ()
+    """Per measured step, the slowest rank's time waiting for its batches (fetching the next one from the
+    source and moving it to the device), summed over micro-steps."""
 
 
 StepCallback = Callable[[int, bool], None]
@@ -152,55 +159,101 @@ class _Trainer:
         self.module = _wrap(model, session=session, spec=spec)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                            fused=device.type == "cuda")
-        self.batches: Iterator[torch.Tensor] = build_batches(
+        self.batches: Iterator[Any] = build_batches(
             data=cfg.data, model=cfg.model, micro_batch_size=spec.micro_batch_size,
-            rank=session.rank_env.rank, world_size=session.rank_env.world_size, device=device)
-        self.loss_fn = build_loss(cfg.loss)
-        self.loss_target = cfg.loss._target_
-        self.model_target = cfg.model._target_
-        self.grad_accum = spec.grad_accum
-        self.vocab_size = cfg.model.vocab_size
-        self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) \
+            rank=session.rank_env.rank, world_size=session.rank_env.world_size, device=device,
+            num_workers=getattr(spec.flags, "num_workers", None))
+        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) \
             if cfg.train.precision == Precision.bf16 else contextlib.nullcontext
+        self.loss_of: StepFn = _step_fn(cfg, autocast)
+        self.count_tokens = _token_counter(cfg)
+        self.grad_accum = spec.grad_accum
         self.can_skip_sync = isinstance(self.module, DistributedDataParallel)
         self.ddp_applied = _ddp_settings(self.module)
         self.steps_done = 0
         """Optimizer steps this trainer has run, over all its windows: the next step's index."""
 
-    def step(self, index: int, *, sync: bool = True) -> tuple[torch.Tensor, int, Optional[dict[str, float]]]:
-        """Optimizer step `index` of the window; returns the mean micro-step loss (on device), the tokens fed,
-        and the NSA auxiliary statistics of the step averaged over ranks (None when they are off).
+    def next_batch(self) -> tuple[Any, float]:
+        """The next micro-step's batch on the device, and the host time spent waiting for it."""
+        start_s = time.perf_counter()
+        batch = next(self.batches)
+        return batch, time.perf_counter() - start_s
+
+    def step(self, index: int, *, sync: bool = True) -> StepOutcome:
+        """Optimizer step `index` of the window.
 
         sync=False keeps DDP from all-reducing gradients on every micro-step, the last one included: the same
         compute without the gradient communication (ranks' weights then drift apart, which is harmless for a
         model thrown away at the end of the trial). The statistics are still all-reduced: they are part of the
         step's work with nsa.disable_aux_stats=false."""
         loss_sum = torch.zeros((), device=self.device)
-        tokens = 0
+        samples = 0
+        tokens: Optional[Count] = 0
+        data_wait_s = 0.0
         self.steps_done += 1
         loss_scale = self.fault.loss_scale(step=index)
         for micro in range(self.grad_accum):
             self.heartbeat(index, micro)
             self.fault.before_micro_step(step=index, micro_step=micro, device=self.device)
-            batch = next(self.batches)
-            inputs, targets = batch[:, :-1], batch[:, 1:]
+            batch, wait_s = self.next_batch()
+            data_wait_s += wait_s
             # DDP all-reduces in the backward of a micro-step outside no_sync: only the last one of a synced step.
             reduce_now = sync and micro == self.grad_accum - 1
             sync_context = contextlib.nullcontext() if reduce_now or not self.can_skip_sync else self.module.no_sync()
             with sync_context:
-                with self.autocast():
-                    logits = logits_of(self.module(inputs), input_ids=inputs, vocab_size=self.vocab_size,
-                                       target=self.model_target)
-                loss = checked_loss(self.loss_fn(logits, targets), target=self.loss_target)
+                loss = self.loss_of(self.module, batch)
                 if loss_scale != 1.0:
                     loss = loss * loss_scale
                 (loss / self.grad_accum).backward()
             self.aux_stats.add_micro_step()
-            loss_sum += loss.detach()
-            tokens += inputs.numel()
+            loss_sum += loss.detach().float()
+            samples += count_samples(batch) or 0
+            micro_tokens = self.count_tokens(batch)
+            tokens = None if tokens is None or micro_tokens is None else tokens + micro_tokens
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum / self.grad_accum, tokens, self.aux_stats.reduce_step()
+        return StepOutcome(loss=loss_sum / self.grad_accum, samples=samples, tokens=tokens, data_wait_s=data_wait_s,
+                           aux_stats=self.aux_stats.reduce_step())
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    loss: torch.Tensor
+    """The mean micro-step loss, on the device (reading it would wait for the device)."""
+    samples: int
+    tokens: Optional[Count]
+    """Tokens fed (an int, or a device tensor when counted from a mask on the device); None without tokens."""
+    data_wait_s: float
+    aux_stats: Optional[dict[str, float]]
+    """The NSA auxiliary statistics of the step averaged over ranks; None when they are off."""
+
+
+def _step_fn(cfg: TuneConfig, autocast: Callable[[], Any]) -> StepFn:
+    """step._target_, or the default rules of workloads/step.py with the configured loss."""
+    if cfg.step._target_ is not None:
+        fn = instantiate_target("step._target_", cfg.step._target_, cfg.step.kwargs, partial=True)
+        return user_step(fn, target=cfg.step._target_, autocast=autocast)
+    rules = StepRules(loss_fn=build_loss(cfg.loss), loss_target=cfg.loss._target_, model_target=cfg.model._target_,
+                      vocab_size=cfg.model.vocab_size, autocast=autocast)
+    return lambda module, batch: default_step(module, batch, rules)
+
+
+def _token_counter(cfg: TuneConfig) -> Callable[[Any], Optional[Count]]:
+    """throughput.count._target_ (checked to return an int >= 0), else the token rule of workloads/batch.py."""
+    target = cfg.throughput.count._target_
+    if target is None:
+        return count_tokens
+    fn = instantiate_target("throughput.count._target_", target, cfg.throughput.count.kwargs, partial=True)
+
+    def count(batch: Any) -> int:
+        value = fn(batch)
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+            value = int(value.item())
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise TargetError(f"throughput.count._target_={target!r} returned {value!r}; expected an int >= 0 "
+                              f"(the {cfg.throughput.count.unit} in the batch)")
+        return value
+    return count
 
 
 @dataclass(frozen=True)
@@ -208,7 +261,9 @@ class LocalWindow:
     """What one rank measured, before the ranks agree that the trial succeeded everywhere."""
 
     step_times_s: list[float]
-    tokens: int
+    tokens: Optional[int]
+    """Tokens this rank fed in its measured steps; None when its batches carry none."""
+    samples: int
     losses: list[float]
     warmup_s: float
     peak_memory_bytes: Optional[int]
@@ -225,6 +280,8 @@ class LocalWindow:
     """This rank's times of the extra steps without gradient sync (window.comm_split_steps); may be empty."""
     aux_stats: list[dict[str, float]]
     """Per measured step, the NSA auxiliary statistics, already averaged over ranks in the step; may be empty."""
+    data_wait_s: list[float]
+    """Per measured step, this rank's host time waiting for its batches."""
 
 
 def _no_heartbeat(_step: int, _micro_step: int) -> None:
@@ -356,7 +413,9 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
     clock = _CudaEventClock() if device.type == "cuda" else _HostClock()
     losses: list[torch.Tensor] = []
     aux_stats: list[dict[str, float]] = []
-    tokens = 0
+    data_wait_s: list[float] = []
+    tokens: Optional[Count] = 0
+    samples = 0
     window = cfg.window
     stop_reason: Optional[str] = None
     try:
@@ -365,12 +424,14 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
         while stop_reason is None:
             step = trainer.steps_done
             clock.start()
-            loss, step_tokens, step_aux_stats = trainer.step(step)
+            outcome = trainer.step(step)
             clock.stop()
-            losses.append(loss)
-            if step_aux_stats is not None:
-                aux_stats.append(step_aux_stats)
-            tokens += step_tokens
+            losses.append(outcome.loss)
+            if outcome.aux_stats is not None:
+                aux_stats.append(outcome.aux_stats)
+            data_wait_s.append(outcome.data_wait_s)
+            samples += outcome.samples
+            tokens = None if tokens is None or outcome.tokens is None else tokens + outcome.tokens
             if on_step:
                 on_step(step, True)
             done = len(losses)
@@ -379,7 +440,8 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
                 # Every rank decides from the same all-reduced step times, so all stop at the same step.
                 stop_reason = window_stop_reason(session.max_over_ranks(clock.read_s()), window)
         step_times_s = clock.read_s()  # synchronizes the device: the probe stops when the work has ended
-        telemetry = probe.stop(tokens=tokens) if probe is not None else None
+        num_tokens = read_count(tokens) if tokens is not None else None
+        telemetry = probe.stop(tokens=num_tokens or 0) if probe is not None else None
     finally:
         if probe is not None:
             probe.abandon()  # a window that failed while sampling (after stop() there is nothing to do)
@@ -389,7 +451,8 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
     peak = reserved = None
     if device.type == "cuda":
         peak, reserved = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
-    return LocalWindow(step_times_s=step_times_s, tokens=tokens, losses=local_losses, warmup_s=warmup_s,
+    return LocalWindow(step_times_s=step_times_s, tokens=num_tokens, samples=samples, losses=local_losses,
+                       warmup_s=warmup_s, data_wait_s=data_wait_s,
                        peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved,
                        num_parameters=trainer.num_parameters, ddp_applied=trainer.ddp_applied, telemetry=telemetry,
                        stop_reason=stop_reason, num_warmup_steps=num_warmup_steps,
@@ -431,11 +494,14 @@ def window_stop_reason(times_s: Sequence[float], window: WindowArgs) -> Optional
     return None
 
 
-def combine_ranks(local: LocalWindow, *, session: DistSession, seq_len: int) -> WindowMeasurement:
-    """Per step the slowest rank's time, tokens summed over ranks, memory peaks maxed over ranks."""
+def combine_ranks(local: LocalWindow, *, session: DistSession) -> WindowMeasurement:
+    """Per step the slowest rank's time (and data wait), samples and tokens summed over ranks (tokens are None
+    when any rank's batches carry none), memory peaks maxed over ranks."""
     step_times_s = session.max_over_ranks(local.step_times_s)
     measured_s, = session.max_over_ranks([math.fsum(local.step_times_s)])
-    total_tokens, = session.sum_over_ranks([local.tokens])
+    # The last entry counts the ranks without tokens: one such rank makes the trial's tokens None.
+    total_samples, total_tokens, no_tokens = session.sum_over_ranks(
+        [local.samples, local.tokens or 0, 1 if local.tokens is None else 0])
     warmup_s, = session.max_over_ranks([local.warmup_s])
     peak = reserved = None
     note: Optional[str] = f"the {session.device.type} device does not report allocator peaks"
@@ -444,7 +510,9 @@ def combine_ranks(local: LocalWindow, *, session: DistSession, seq_len: int) -> 
                                                      float(local.peak_memory_reserved_bytes)])
         peak, reserved, note = int(peak_f), int(reserved_f), None
     return WindowMeasurement(
-        step_times_s=tuple(step_times_s), measured_s=measured_s, tokens=int(total_tokens), samples=int(total_tokens) // seq_len,
+        step_times_s=tuple(step_times_s), measured_s=measured_s,
+        tokens=int(total_tokens) if no_tokens == 0 else None, samples=int(total_samples),
+        data_wait_s=tuple(session.max_over_ranks(local.data_wait_s)),
         losses=tuple(session.mean_over_ranks(local.losses)), warmup_s=warmup_s,
         peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, peak_memory_note=note,
         num_parameters=local.num_parameters, ddp_applied=local.ddp_applied, stop_reason=local.stop_reason,

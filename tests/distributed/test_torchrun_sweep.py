@@ -63,9 +63,9 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
     trials = sorted(settings.values(), key=lambda t: t["index"])
     for t in trials:
         rates = [w["tokens_per_s"] for w in lines if w["setting_key"] == t["trial_key"]]
-        assert t["num_windows"] == 2 and sorted(t["window_tokens_per_s"].values()) == sorted(rates)
+        assert t["num_windows"] == 2 and sorted(t["window_throughput_per_s"].values()) == sorted(rates)
         assert t["tokens_per_s"] == pytest.approx(geometric_mean(rates))
-        low, high = t["tokens_per_s_ci95"]
+        low, high = t["throughput_ci95"]
         assert low <= t["tokens_per_s"] <= high
         assert t["num_measured_steps"] == 8
 

@@ -47,7 +47,7 @@ def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> 
         assert run.defined_metrics["train/tokens_per_s"]["stepMetric"] == "step"
         rounds = [row for row in run.history if "round/tokens_per_s" in row]
         assert [row["round/tokens_per_s"] for row in rounds] == pytest.approx(
-            list(trial["window_tokens_per_s"].values()))
+            list(trial["window_throughput_per_s"].values()))
         assert run.defined_metrics["round/tokens_per_s"]["stepMetric"] == "round"
 
     (recommendation,) = by_type["recommendation"]
@@ -72,7 +72,7 @@ def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> 
         assert row[f"{key}/path"] in recommendation.files
         assert (run_dir / "files" / row[f"{key}/path"]).read_bytes() == png.read_bytes()
     matrix = rec["explanations"]["matrix"]
-    assert recommendation.summary["objective_winners"]["max_tokens_per_s"]["label"] == matrix[0]["label"]
+    assert recommendation.summary["objective_winners"]["max_throughput"]["label"] == matrix[0]["label"]
     assert recommendation.summary["facts"] == rec["explanations"]["facts"]
     assert any(name.startswith("run_table:") and name.endswith("decision_matrix") for name in recommendation.artifacts)
 

@@ -41,7 +41,7 @@ def make_result(*, index: int, key: str, tokens_per_s: Optional[float] = 1000.0,
         trial_key=key, index=index, label=f"{micro_batch_size}x{grad_accum}", is_baseline=is_baseline, status=status,
         micro_batch_size=micro_batch_size, grad_accum=grad_accum, world_size=world_size,
         global_batch_size=micro_batch_size * grad_accum * world_size,
-        tokens_per_step=tokens_per_step, flags=flags.as_dict(), tokens_per_s_ci95=ci,
+        tokens_per_step=tokens_per_step, flags=flags.as_dict(), throughput_ci95=ci,
         environment=flags_to_environ(flags), tokens_per_s=tokens_per_s if ok else None,
         samples_per_s=tokens_per_s / 128 if ok and tokens_per_s else None, measured_s=0.33 if ok else None,
         step_time_s=StepTimeStats.of([0.1, 0.12, 0.11]) if ok else None, num_warmup_steps=1, num_measured_steps=3,
@@ -53,7 +53,7 @@ def make_result(*, index: int, key: str, tokens_per_s: Optional[float] = 1000.0,
         model="tiny", device="cpu", backend="gloo", torch_version="2.13.0", started_at="t0", finished_at="t1",
         error=None if ok else f"{status} on rank 1",
         step_times_s=tuple(step_times or ()), device_memory_bytes=device_memory_bytes,
-        window_tokens_per_s=dict(windows or {}) if ok else {}, num_windows=len(windows or {}) if ok else 0)
+        window_throughput_per_s=dict(windows or {}) if ok else {}, num_windows=len(windows or {}) if ok else 0)
 
 
 def make_gpu(*, util_mean_pct: Optional[float] = None, energy_j_per_token: Optional[float] = None,
@@ -94,7 +94,7 @@ def make_measured(*, index: int, micro_batch_size: int, step_s: float, allocated
         peak_memory_reserved_bytes=int(reserved_gib * GIB), peak_memory_note=None, num_parameters=1000,
         ddp_applied=None, stop_reason="fixed window of 8 steps", no_sync_step_times_s=(0.8 * step_s,) * 3,
         aux_stats=tuple({"selection_entropy": 1.5 + 0.1 * i} for i in range(len(times))))
-    ctx = TrialContext(model_name="tiny", seq_len=SEQ_LEN, device="cuda:0", backend="nccl", num_warmup_steps=1,
+    ctx = TrialContext(model_name="tiny", device="cuda:0", backend="nccl", num_warmup_steps=1,
                        num_measured_steps=len(times), label=spec.label(), device_memory_bytes=DEVICE_BYTES)
     # NVML's reading differs per rank: the trial's is the higher one.
     telemetry = [make_rank_telemetry(nvml_used_bytes=int(nvml_gib * GIB)),

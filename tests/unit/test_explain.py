@@ -93,7 +93,7 @@ def test_facts_state_measured_figures_side_by_side() -> None:
 
 def test_decision_matrix_by_objective() -> None:
     throughput, memory, energy = explain(_sweep(), compare=compare).matrix
-    assert (throughput.objective, throughput.label) == ("max_tokens_per_s", "2x2")
+    assert (throughput.objective, throughput.label) == ("max_throughput", "2x2")
     # 2x2 is ahead of 2x1 in every round (+6.7%, +0.7%, +4.0%), but three rounds cannot rule out a tie.
     assert throughput.tied_with == ("2x1",)
     assert (memory.objective, memory.label, memory.value) == ("min_memory_bytes", "1x1", GIB)
@@ -146,7 +146,7 @@ def test_recommendation_json_carries_the_explanations() -> None:
     data = json.loads(json.dumps(rec.to_json_dict()))
     assert data["verdict"] == rec.verdict
     assert [w["objective"] for w in data["explanations"]["matrix"]] == \
-        ["max_tokens_per_s", "min_memory_bytes", "min_energy_j_per_token"]
+        ["max_throughput", "min_memory_bytes", "min_energy_j_per_token"]
     assert data["explanations"]["facts"] == list(rec.explanations.facts)  # type: ignore[union-attr]
     assert data["not_measured"] == []
 

@@ -155,8 +155,8 @@ def test_settings_over_the_memory_limit_are_never_chosen() -> None:
 def test_a_throughput_target_must_be_met() -> None:
     results = [make_result(index=0, key="base", tokens_per_s=500, is_baseline=True),
                make_result(index=1, key="fast", tokens_per_s=800, micro_batch_size=4)]
-    rec = decide(results, args=RecommendArgs(min_speedup=1.05, target_tokens_per_s=1000))
-    assert rec.decision == NO_GO and "below recommend.target_tokens_per_s=1,000" in rec.reasons[0]
+    rec = decide(results, args=RecommendArgs(min_speedup=1.05, target_throughput_per_s=1000))
+    assert rec.decision == NO_GO and "below recommend.target_throughput_per_s=1,000" in rec.reasons[0]
 
 
 def test_settings_left_out_and_the_race_are_named_with_their_reason() -> None:

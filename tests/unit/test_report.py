@@ -40,7 +40,7 @@ def _mixed_sweep() -> list:
     series = tuple((0.1 * i, 40.0 + 5 * (i % 3)) for i in range(20))
     comm = make_comm(sync_s=0.07, no_sync_s=0.03)
     return [dataclasses.replace(r, gpu=make_gpu(util_mean_pct=42.0, energy_j_per_token=0.001 * (r.index + 1)),
-                                tokens_per_s_ci95=[r.tokens_per_s * 0.97, r.tokens_per_s * 1.03],
+                                throughput_ci95=[r.tokens_per_s * 0.97, r.tokens_per_s * 1.03],
                                 gpu_utilization_series=series,
                                 comm=comm if r.trial_key == "4x1" else None)
             if r.ok else r for r in results]

@@ -97,7 +97,7 @@ def test_paired_ratios_cancel_a_drift_that_unpaired_ones_do_not() -> None:
 
 def _setting(label: str, rates: dict[str, float]):
     result = make_result(index=0, key=label, tokens_per_s=geometric_mean(list(rates.values())))
-    return dataclasses.replace(result, label=label, window_tokens_per_s=rates)
+    return dataclasses.replace(result, label=label, window_throughput_per_s=rates)
 
 
 def test_compare_outcomes() -> None:

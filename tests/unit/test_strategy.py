@@ -26,7 +26,7 @@ def _result(spec: TrialSpec, *, tokens_per_s: float = 1000.0, status: str = "ok"
     result = make_result(index=spec.index, key=spec.key, tokens_per_s=tokens_per_s, status=status,
                          micro_batch_size=spec.micro_batch_size, grad_accum=spec.grad_accum,
                          is_baseline=spec.is_baseline)
-    return dataclasses.replace(result, window_tokens_per_s={"r0": tokens_per_s} if status == "ok" else {})
+    return dataclasses.replace(result, window_throughput_per_s={"r0": tokens_per_s} if status == "ok" else {})
 
 
 def _sweep(**kw: object) -> SweepArgs:

@@ -12,7 +12,8 @@ import torch
 from trainer_tune.config import Attention, ConfigError, DataArgs, DataKind, LossArgs, ModelArgs, SweepArgs, TuneConfig
 from trainer_tune.workloads.data import _checked, build_batches, corpus_bytes
 from trainer_tune.flags import TrialFlags
-from trainer_tune.workloads.loss import build_loss, checked_loss, next_token_cross_entropy
+from trainer_tune.workloads.loss import build_loss, cross_entropy
+from trainer_tune.workloads.step import checked_loss
 from trainer_tune.workloads.model import build_model
 from trainer_tune.workloads.nsa_stats import AuxStatsCollector
 from trainer_tune.workloads.targets import TargetError, check_targets, ignored_settings, logits_of
@@ -136,24 +137,25 @@ def test_user_batch_source_gets_its_kwargs_and_the_runtime_arguments() -> None:
 def test_token_ids_out_of_the_vocabulary_are_caught() -> None:
     with pytest.raises(TargetError, match=r"^data._target_='trainer_tune.examples.batches.counting_batches' "
                                           r"yielded token ids in \[5, 17\]; expected ids in \[0, 10\) \(model.vocab_size=10\)"):
-        next(_checked(iter([torch.arange(13).repeat(3, 1) + 5]), target=COUNTING, shape=(3, 13), vocab_size=10,
-                      device=CPU))
+        next(_checked(iter([torch.arange(13).repeat(3, 1) + 5]), target=COUNTING, micro_batch_size=3,
+                      vocab_size=10, device=CPU, non_blocking=False))
 
 
 @pytest.mark.parametrize("batch,message", [
-    (torch.ones(3, 13), r"yielded torch.float32 of shape \[3, 13\]; expected integer token ids of shape \[3, 13\]"),
-    (torch.zeros(3, 12, dtype=torch.long), r"yielded torch.int64 of shape \[3, 12\]; expected integer"),
-    ([1, 2, 3], r"yielded list; expected integer token ids"),
+    (torch.zeros(2, 13, dtype=torch.long), r"yielded a batch of 2 samples \(int64\[2, 13\]\); expected "
+                                           r"micro_batch_size=3 samples"),
+    ({"x": torch.zeros(4, 2)}, r"yielded a batch of 4 samples \(dict\(x: float32\[4, 2\]\)\)"),
+    ([1, 2, 3], r"yielded a batch with no tensor \(list\(int, int, int\)\)"),
 ])
-def test_batches_of_the_wrong_kind_or_shape_are_caught(batch: object, message: str) -> None:
-    stream = _checked(iter([batch]), target="x.y", shape=(3, 13), vocab_size=10, device=CPU)
+def test_batches_of_the_wrong_size_or_kind_are_caught(batch: object, message: str) -> None:
+    stream = _checked(iter([batch]), target="x.y", micro_batch_size=3, vocab_size=10, device=CPU, non_blocking=False)
     with pytest.raises(TargetError, match=r"^data._target_='x.y' " + message):
         next(stream)
 
 
 def test_a_batch_source_that_runs_out_is_named() -> None:
-    stream = _checked(iter([torch.zeros(1, 5, dtype=torch.long)]), target="x.y", shape=(1, 5),
-                                  vocab_size=4, device=CPU)
+    stream = _checked(iter([torch.zeros(1, 5, dtype=torch.long)]), target="x.y", micro_batch_size=1,
+                      vocab_size=4, device=CPU, non_blocking=False)
     next(stream)
     with pytest.raises(TargetError, match=r"data._target_='x.y' ran out of batches"):
         next(stream)
@@ -175,16 +177,19 @@ def test_bytes_need_a_vocabulary_of_256() -> None:
         TuneConfig(model=ModelArgs(vocab_size=100), data=DataArgs(kind=DataKind.bytes))
 
 
-def test_default_loss_is_next_token_cross_entropy_and_a_target_replaces_it() -> None:
+def test_default_loss_is_cross_entropy_and_a_target_replaces_it() -> None:
     logits, targets = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
-    assert build_loss(LossArgs()) is next_token_cross_entropy
+    assert build_loss(LossArgs()) is None  # the default: cross-entropy (or the model's own .loss)
     expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1))
-    torch.testing.assert_close(next_token_cross_entropy(logits, targets), expected)
+    torch.testing.assert_close(cross_entropy(logits, targets), expected)
+    classes, labels = torch.randn(4, 3), torch.tensor([0, 2, 1, 1])
+    torch.testing.assert_close(cross_entropy(classes, labels), torch.nn.functional.cross_entropy(classes, labels))
     smoothed = build_loss(LossArgs(_target_=SMOOTHED, kwargs={"smoothing": 0.2}))
     expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1), label_smoothing=0.2)
     torch.testing.assert_close(smoothed(logits, targets), expected)
-    with pytest.raises(TargetError, match=r"^loss._target_='a.b' returned \[2, 5\]; expected a scalar tensor"):
-        checked_loss(torch.zeros(2, 5), target="a.b")
+    with pytest.raises(TargetError, match=r"^loss._target_='a.b' returned a tensor of shape \[2, 5\]; expected a "
+                                          r"scalar tensor"):
+        checked_loss(torch.zeros(2, 5), source="loss._target_='a.b'")
 
 
 def test_aux_stats_collector_averages_layers_and_micro_steps() -> None:

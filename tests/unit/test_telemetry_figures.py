@@ -49,7 +49,7 @@ def test_step_history_and_summary() -> None:
                                  gpu_utilization_series=((0.0, 80.0), (0.1, 95.0)))
     rows = step_history(result)
     assert rows[0] == {"step": 0, "train/step_time_s": 0.5, "train/tokens_per_s": result.tokens_per_step / 0.5,
-                       "train/loss": 5.0}
+                       "train/samples_per_s": result.global_batch_size / 0.5, "train/loss": 5.0}
     assert "train/loss" not in rows[1]
     # Each window's tokens/s on the round axis (make_result: three rounds at 1,000), then the GPU samples.
     assert rows[2:5] == [{"round": i, "round/tokens_per_s": 1000.0} for i in range(3)]

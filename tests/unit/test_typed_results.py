@@ -93,13 +93,13 @@ def test_a_journal_from_before_the_typed_fields_reads_into_them() -> None:
 def test_the_speedup_interval_comes_from_the_window_rates_field() -> None:
     base = make_result(index=0, key="base", is_baseline=True, windows={"r0": 1000, "r1": 950, "r2": 1040})
     fast = make_result(index=1, key="fast", micro_batch_size=4, windows={"r0": 1700, "r1": 1640, "r2": 1790})
-    assert fast.extra == {} and len(fast.window_tokens_per_s) == 3
+    assert fast.extra == {} and len(fast.window_throughput_per_s) == 3
     rec = decide([base, fast], args=RecommendArgs(min_speedup=1.05))
     assert rec.best is fast and rec.speedup_ci95 is not None
     low, high = rec.speedup_ci95
     assert low < rec.speedup < high  # type: ignore[operator]
     back = TrialResult.from_json_dict(json.loads(json.dumps(fast.to_json_dict())))
-    assert back.window_tokens_per_s == fast.window_tokens_per_s
+    assert back.window_throughput_per_s == fast.window_throughput_per_s
 
 def test_step_history_reads_the_typed_fields() -> None:
     result = make_measured(index=0, micro_batch_size=2, step_s=0.1, allocated_gib=3, reserved_gib=4, nvml_gib=5)

@@ -69,7 +69,7 @@ def _tokens_per_s(finished: Sequence[TrialResult], rec: Recommendation, path: Pa
     ax = fig.add_subplot()
     for name, members in tokens_per_s_lines(finished).items():
         y = [r.tokens_per_s for r in members]
-        bounds = [r.tokens_per_s_ci95 or [r.tokens_per_s, r.tokens_per_s] for r in members]
+        bounds = [r.throughput_ci95 or [r.tokens_per_s, r.tokens_per_s] for r in members]
         low = [v - b[0] for v, b in zip(y, bounds)]  # type: ignore[operator]
         high = [b[1] - v for v, b in zip(y, bounds)]  # type: ignore[operator]
         ax.errorbar([r.micro_batch_size for r in members], y, yerr=[low, high], marker="o", capsize=4,
@@ -160,7 +160,7 @@ def _rounds(finished: Sequence[TrialResult], rec: Recommendation, path: Path) ->
     fig = _new_figure()
     ax = fig.add_subplot()
     for r in finished:
-        rounds = list(r.window_tokens_per_s.items())
+        rounds = list(r.window_throughput_per_s.items())
         is_baseline = rec.baseline is not None and r.trial_key == rec.baseline.trial_key
         ax.plot([name for name, _ in rounds], [value for _, value in rounds], marker="o",
                 linewidth=2.5 if is_baseline else 1.0, color="black" if is_baseline else None,
@@ -203,7 +203,7 @@ def draw_charts(results: Sequence[TrialResult], rec: Recommendation, *, charts_d
          (none_finished if not finished else "the journal holds no per-step times for these trials"),
          lambda path: _step_times(finished, path)),
         ("rounds", "tokens/s of each window by round",
-         None if any(len(r.window_tokens_per_s) > 1 for r in finished) else
+         None if any(len(r.window_throughput_per_s) > 1 for r in finished) else
          (none_finished if not finished else "every setting was measured in one round only"),
          lambda path: _rounds(finished, rec, path)),
         ("gpu_util", "GPU utilization over time",

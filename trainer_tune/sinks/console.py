@@ -31,9 +31,9 @@ def _setting_text(result: TrialResult, flags: Sequence[FlagSpec]) -> str:
 
 def _ci_percent(result: TrialResult) -> str:
     """The 95% interval as +-x% of tokens/s (rounded outwards to the wider side), to keep the table narrow."""
-    if not result.tokens_per_s_ci95 or not result.tokens_per_s:
+    if not result.throughput_ci95 or not result.tokens_per_s:
         return "n/a"
-    low, high = result.tokens_per_s_ci95
+    low, high = result.throughput_ci95
     return f"+-{max(result.tokens_per_s - low, high - result.tokens_per_s) / result.tokens_per_s:.1%}"
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # charts imports matplotlib: only write_report loads it, at t
 REPORT_MD = "report.md"
 CHARTS_DIR = "charts"
 
-_OBJECTIVES = {"max_tokens_per_s": ("max throughput", "tokens/s"),
+_OBJECTIVES = {"max_throughput": ("max throughput", "tokens/s"),
                "min_memory_bytes": ("min memory", "peak memory per device"),
                "min_energy_j_per_token": ("min energy per token", "J/token")}
 
@@ -61,8 +61,8 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
         ("global batch", lambda r: r.global_batch_size),
         ("status", lambda r: r.status if r.ok else f"**{r.status}**"),
         ("tokens/s", lambda r: _fmt(r.tokens_per_s, ",.0f")),
-        ("95% CI", lambda r: f"{r.tokens_per_s_ci95[0]:,.0f} to {r.tokens_per_s_ci95[1]:,.0f}"
-         if r.tokens_per_s_ci95 else None),
+        ("95% CI", lambda r: f"{r.throughput_ci95[0]:,.0f} to {r.throughput_ci95[1]:,.0f}"
+         if r.throughput_ci95 else None),
         ("step p50 s", lambda r: _fmt(r.step_time_s.median if r.step_time_s else None, ".4f")),
         ("step p90 s", lambda r: _fmt(r.step_time_s.p90 if r.step_time_s else None, ".4f")),
         ("outliers", lambda r: None if r.num_outlier_steps is None
@@ -150,7 +150,7 @@ def _matrix_section(matrix: Sequence[ObjectiveWinner]) -> list[str]:
             figure = None
         elif w.objective == "min_memory_bytes":
             figure = format_bytes(int(w.value))
-        elif w.objective == "max_tokens_per_s":
+        elif w.objective == "max_throughput":
             figure = f"{w.value:,.0f} tokens/s" + (f" (95% CI {w.value_ci95[0]:,.0f} to {w.value_ci95[1]:,.0f})"
                                                   if w.value_ci95 else "")
         else:

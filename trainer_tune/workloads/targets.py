@@ -24,15 +24,23 @@ from torch import nn
 from trainer_tune.config import Attention, ConfigError, DataKind, ModelArgs, TuneConfig
 
 DATA_RUNTIME_KWARGS = ("micro_batch_size", "seq_len", "vocab_size", "rank", "world_size", "seed", "device")
-"""What every batch source is called with besides data.kwargs (see trainer_tune.workloads.data.BatchSource)."""
+"""What a batch source may take besides data.kwargs (trainer_tune.workloads.data.BatchSource); it is given those
+its signature names (all of them when it takes **kwargs), so a Dataset class that needs none of them is called
+with data.kwargs alone."""
 
 
 class TargetError(RuntimeError):
     """User code behind a `_target_` could not be built or broke its contract; the message is one line."""
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and message. An exception re-raised from a DataLoader worker carries
+    the worker's whole traceback in its message; its last line is the original error."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        return f"in a DataLoader worker: {last}"
+    text = " ".join(text.split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -55,7 +63,7 @@ def locate(key: str, target: str) -> Any:
             found = get_object(target)
     except Exception as exc:  # noqa: BLE001 - ImportError, or whatever the user's module raises on import
         cause = exc.__cause__ if exc.__cause__ is not None else exc
-        raise ConfigError(f"{key}={target!r} is not allowed: it cannot be imported ({_one_line(cause)}); "
+        raise ConfigError(f"{key}={target!r} is not allowed: it cannot be imported ({one_line(cause)}); "
                           f"give a dotted path importable from the working directory or PYTHONPATH") from exc
     if not callable(found):
         raise ConfigError(f"{key}={target!r} is not allowed: it names a {type(found).__name__}, not a class or "
@@ -77,6 +85,20 @@ def _check_binds(key: str, target: str, found: Any, user_kwargs: dict[str, Any],
                           f"(its signature is {signature})") from exc
 
 
+def runtime_kwargs_taken(found: Any, runtime: dict[str, Any]) -> dict[str, Any]:
+    """The runtime arguments `found`'s signature takes (all of them with **kwargs, or when it has none we can
+    read)."""
+    try:
+        parameters = inspect.signature(found).parameters.values()
+    except (TypeError, ValueError):
+        return runtime
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return runtime
+    names = {p.name for p in parameters if p.kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                      inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    return {name: value for name, value in runtime.items() if name in names}
+
+
 def check_targets(cfg: TuneConfig) -> None:
     """Import every `_target_` and bind its arguments, on every rank, before any process group starts."""
     if cfg.model._target_ is not None:
@@ -89,10 +111,13 @@ def check_targets(cfg: TuneConfig) -> None:
                               f"source by trainer_tune (from model.*, data.seed and the trial), not by data.kwargs")
         found = locate("data._target_", cfg.data._target_)
         _check_binds("data._target_", cfg.data._target_, found, cfg.data.kwargs,
-                     **{name: None for name in DATA_RUNTIME_KWARGS})
-    if cfg.loss._target_ is not None:
-        found = locate("loss._target_", cfg.loss._target_)
-        _check_binds("loss._target_", cfg.loss._target_, found, cfg.loss.kwargs, None, None)
+                     **runtime_kwargs_taken(found, {name: None for name in DATA_RUNTIME_KWARGS}))
+    # A loss, a step and a count are called with two, two and one positional arguments.
+    for key, args, positional in (("loss._target_", cfg.loss, 2), ("step._target_", cfg.step, 2),
+                                  ("throughput.count._target_", cfg.throughput.count, 1)):
+        if args._target_ is not None:
+            found = locate(key, args._target_)
+            _check_binds(key, args._target_, found, args.kwargs, *([None] * positional))
 
 
 def ignored_settings(cfg: TuneConfig) -> list[str]:
@@ -122,7 +147,7 @@ def instantiate_target(key: str, target: str, kwargs: dict[str, Any], *, partial
             return instantiate(node, **runtime)
     except Exception as exc:  # noqa: BLE001 - anything user code raises is reported as this trial's error
         cause = exc.__cause__ if exc.__cause__ is not None else exc
-        raise TargetError(f"{key}={target!r} failed when called: {_one_line(cause)}") from exc
+        raise TargetError(f"{key}={target!r} failed when called: {one_line(cause)}") from exc
 
 
 def instantiate_model(args: ModelArgs) -> nn.Module:
