@@ -92,6 +92,17 @@ class Precision(Enum):
     bf16 = "bf16"
 
 
+class Mode(Enum):
+    train = "train"
+    inference = "inference"
+
+
+class Objective(Enum):
+    throughput = "throughput"
+    latency = "latency"
+    energy = "energy"
+
+
 class Backend(Enum):
     auto = "auto"
     gloo = "gloo"
@@ -453,6 +464,13 @@ class RecommendArgs:
     """A setting whose peak memory exceeds this share of the device is never recommended (CUDA only)."""
     target_throughput_per_s: Optional[float] = None
     """GO also needs at least this rate, in the decision's unit per second (see throughput.unit)."""
+    max_latency_ms: Optional[float] = None
+    """mode=inference: the p99 latency budget per batch (slowest replica), in milliseconds. A batch size over it
+    is listed as over budget and never chosen; null: no budget."""
+    objective: Objective = Objective.throughput
+    """What the GO optimises: throughput (the highest rate within the latency budget, against the baseline by
+    the usual rule), latency (the lowest p99 per batch) or energy (the least energy per sample; where energy
+    is not measured, NO-GO says so). Every objective's winner is shown in the decision matrix."""
     tie_break: TieBreak = TieBreak.fastest
     """fastest: among settings the measurements cannot order, the highest point estimate; least_change: the
     baseline's global batch first, then less memory. The verdict names the tie and its worst-case cost."""
@@ -460,6 +478,9 @@ class RecommendArgs:
     def __post_init__(self) -> None:
         require(0 < self.max_memory_fraction <= 1, key="recommend.max_memory_fraction",
                 value=self.max_memory_fraction, allowed="a share of the device in (0, 1]")
+        if self.max_latency_ms is not None:
+            require(self.max_latency_ms > 0, key="recommend.max_latency_ms", value=self.max_latency_ms,
+                    allowed="milliseconds > 0, or null")
         if self.target_throughput_per_s is not None:
             require(self.target_throughput_per_s > 0, key="recommend.target_throughput_per_s",
                     value=self.target_throughput_per_s, allowed="a rate > 0 in the decision's unit per second, or null")
@@ -588,6 +609,10 @@ class WandbArgs:
 
 @dataclass
 class TuneConfig:
+    mode: Mode = Mode.train
+    """train: DDP training windows (forward, backward, optimizer step). inference: every rank is an independent
+    serving replica (no DDP, no gradients, eval mode under torch.inference_mode), timing each batch to its
+    outputs; sweep.micro_batch_sizes is the serving batch (docs/inference.md)."""
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataArgs = field(default_factory=DataArgs)
     loss: LossArgs = field(default_factory=LossArgs)
@@ -607,6 +632,8 @@ class TuneConfig:
     wandb: WandbArgs = field(default_factory=WandbArgs)
 
     def __post_init__(self) -> None:
+        if self.mode == Mode.inference:
+            _require_inference_axes(self)
         if self.data.kind == DataKind.bytes and self.data._target_ is None:
             require(self.model.vocab_size >= 256, key="model.vocab_size", value=self.model.vocab_size,
                     allowed="at least 256 with data=bytes (one token per byte value)")
@@ -615,6 +642,23 @@ class TuneConfig:
                     value=self.watchdog.abort_after_s,
                     allowed=f"less than dist.timeout_s={self.dist.timeout_s:g}, so the watchdog acts before a "
                             f"collective times out")
+
+
+_TRAINING_ONLY_AXES = ("grad_accums", "ddp_static_graph", "ddp_find_unused_parameters", "ddp_bucket_cap_mb")
+
+
+def _require_inference_axes(cfg: "TuneConfig") -> None:
+    """Inference has no gradients to accumulate and no DDP: axes over them would measure nothing."""
+    for name in _TRAINING_ONLY_AXES:
+        values = getattr(cfg.sweep, name)
+        require(values is None, key=f"sweep.{name}", value=values,
+                allowed="null with mode=inference (no gradients, no DDP: each rank serves on its own)")
+    for key, value in (("train.grad_accum", cfg.train.grad_accum), ("baseline.grad_accum", cfg.baseline.grad_accum)):
+        require(value == 1, key=key, value=value, allowed="1 with mode=inference (there is nothing to accumulate)")
+    why = "with mode=inference (no optimizer step to hold a batch for; sweep.micro_batch_sizes is the serving batch)"
+    require(cfg.sweep.global_batch_size is None, key="sweep.global_batch_size", value=cfg.sweep.global_batch_size,
+            allowed=f"null {why}")
+    require(not cfg.sweep.hold_global_batch, key="sweep.hold_global_batch", value=True, allowed=f"false {why}")
 
 
 def register_configs() -> None:

@@ -127,3 +127,19 @@ class MfuFigures:
     """None when not trustworthy (no peak, or a ratio above 1), with the reason in `warning`."""
     mfu_raw: Optional[float]
     warning: Optional[str]
+
+
+# --- latency (mode=inference) --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LatencyFigures:
+    """Per-batch serving latency, from taking the batch to its outputs being ready, of the slowest replica at each
+    batch (the max over ranks), in milliseconds; pooled over a setting's windows."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    """The budget figure (recommend.max_latency_ms). With fewer than 100 batches it interpolates towards the
+    slowest one: `num_batches` says how much evidence stands behind it."""
+    max_ms: float
+    mean_ms: float
+    num_batches: int

@@ -10,17 +10,17 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from trainer_tune.config import Mode, ThroughputUnit
 from trainer_tune.cpu_usage import CpuUtilization
 from trainer_tune.figures import CommSplit, CpuFigures, GpuFigures, MfuFigures, peak_memory
 from trainer_tune.flags import flags_to_environ
 from trainer_tune.flops import mfu
 from trainer_tune.gpu_sampler import GpuSummary
 from trainer_tune.plan import TrialSpec
-from trainer_tune.config import ThroughputUnit
 from trainer_tune.results import SAMPLES, TOKENS, Status, TrialResult
 from trainer_tune.stats import (
-    NoiseFloor, StepTimeStats, count_outliers, geometric_mean, log_t_interval, noise_floor, quantile, throughput_ci,
-    throughput_per_s)
+    NoiseFloor, StepTimeStats, count_outliers, geometric_mean, latency_figures, log_t_interval, noise_floor, quantile,
+    throughput_ci, throughput_per_s)
 from trainer_tune.telemetry import RankTelemetry
 from trainer_tune.window import WindowMeasurement
 
@@ -48,6 +48,7 @@ class TrialContext:
     """throughput.unit: what the decision compares (auto: tokens when the batches carry them)."""
     count_unit: str = TOKENS
     """throughput.count.unit: the name of what tokens_per_s counts."""
+    mode: Mode = Mode.train
 
 
 def _finite_or_none(value: float) -> Optional[float]:
@@ -173,7 +174,9 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         mfu=mfu_figures(ctx, tokens_per_s=tokens_per_s, world_size=spec.world_size) if tokens_per_s else None,
         tokens_per_s=tokens_per_s, samples_per_s=samples_per_s, measured_s=m.measured_s,
         step_time_s=StepTimeStats.of(m.step_times_s), warmup_s=m.warmup_s,
-        loss_first=_finite_or_none(m.losses[0]), loss_last=_finite_or_none(m.losses[-1]),
+        loss_first=_finite_or_none(m.losses[0]) if m.losses else None,
+        loss_last=_finite_or_none(m.losses[-1]) if m.losses else None,
+        mode=ctx.mode.value, latency=latency_figures(m.step_times_s) if ctx.mode == Mode.inference else None,
         peak_memory_bytes=memory_bytes, peak_memory_source=memory_source,
         peak_memory_allocated_bytes=m.peak_memory_bytes, peak_memory_reserved_bytes=m.peak_memory_reserved_bytes,
         peak_memory_note=None if memory_bytes is not None else m.peak_memory_note,
@@ -271,6 +274,7 @@ def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFl
         data_wait_fraction=math.fsum(waits) / measured_s if len(waits) == len(ordered) and measured_s else None,
         data_wait_s_median=_median_or_none([w.data_wait_s_median for w in ordered]),
         step_time_s=StepTimeStats.of(step_times_s) if step_times_s else first.step_time_s,
+        latency=latency_figures(step_times_s) if first.latency is not None and step_times_s else first.latency,
         num_measured_steps=sum(w.num_measured_steps for w in ordered),
         num_warmup_steps=sum(w.num_warmup_steps for w in ordered),
         warmup_s=math.fsum(w.warmup_s or 0.0 for w in ordered),

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
-from trainer_tune.figures import CommSplit, CpuFigures, GpuFigures, MfuFigures, from_fields, peak_memory
+from trainer_tune.figures import (
+    CommSplit, CpuFigures, GpuFigures, LatencyFigures, MfuFigures, from_fields, peak_memory)
 from trainer_tune.finite import NON_FINITE_KEY, finite_only
 from trainer_tune.stats import NoiseFloor, StepTimeStats
 
@@ -135,6 +136,10 @@ class TrialResult:
     moving to the device); high means the setting is input-bound."""
     data_wait_s_median: Optional[float] = None
     """Median per measured step of the slowest rank's wait for batches."""
+    mode: str = "train"
+    """train, or inference (every rank a serving replica; step times are per-batch latencies)."""
+    latency: Optional[LatencyFigures] = None
+    """mode=inference: per-batch latency percentiles of the slowest replica (stats.latency_figures)."""
     num_windows: int = 1
     """Windows this result stands for: 1 for a window's record, the clean windows for a setting's."""
     noise: Optional[NoiseFloor] = None
@@ -198,7 +203,8 @@ class TrialResult:
                  "cpu": CpuFigures.from_json_dict, "comm": lambda v: from_fields(CommSplit, v),
                  "mfu": lambda v: from_fields(MfuFigures, v), "step_times_s": tuple, "losses": tuple,
                  "nsa_aux_stats": tuple, "run_overrides": tuple, "gpu_utilization_series": lambda v: tuple(tuple(p) for p in v),
-                 "noise": lambda v: from_fields(NoiseFloor, v)}
+                 "noise": lambda v: from_fields(NoiseFloor, v),
+                 "latency": lambda v: from_fields(LatencyFigures, v)}
         values = dict(data)
         for name, build in typed.items():
             if values.get(name) is not None:

@@ -9,6 +9,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from trainer_tune.figures import LatencyFigures
+
 
 def quantile(values: Sequence[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default), for 0 <= q <= 1."""
@@ -39,6 +41,13 @@ class StepTimeStats:
             median=quantile(times_s, 0.5), p10=quantile(times_s, 0.1), p90=quantile(times_s, 0.9),
             mean=statistics.fmean(times_s), min=min(times_s), max=max(times_s),
             stdev=statistics.stdev(times_s) if len(times_s) > 1 else 0.0)
+
+
+def latency_figures(times_s: Sequence[float]) -> LatencyFigures:
+    """Latency percentiles (ms) of per-batch times: the interpolated quantiles of `quantile`."""
+    return LatencyFigures(p50_ms=1e3 * quantile(times_s, 0.5), p90_ms=1e3 * quantile(times_s, 0.9),
+                          p99_ms=1e3 * quantile(times_s, 0.99), max_ms=1e3 * max(times_s),
+                          mean_ms=1e3 * statistics.fmean(times_s), num_batches=len(times_s))
 
 
 def throughput_per_s(amount: int, elapsed_s: float) -> float:

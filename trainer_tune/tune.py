@@ -137,7 +137,7 @@ class _Sweep:
 
     def context(self, spec: TrialSpec) -> TrialContext:
         return TrialContext(model_name=model_name(self.cfg.model), throughput_unit=self.cfg.throughput.unit,
-                            count_unit=self.cfg.throughput.count.unit,
+                            count_unit=self.cfg.throughput.count.unit, mode=self.cfg.mode,
                             device=str(self.session.device), backend=self.session.backend,
                             num_warmup_steps=self.cfg.window.warmup_steps,
                             num_measured_steps=self.cfg.window.measure_steps, label=spec.label(swept_flags=self.swept),

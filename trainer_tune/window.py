@@ -23,20 +23,21 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer_tune.config import Precision, TuneConfig, WindowArgs
+from trainer_tune.config import Mode, Precision, TuneConfig, WindowArgs
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import NO_FAULT, FaultPlan
 from trainer_tune.plan import TrialSpec
+from trainer_tune.replica import InferenceReplica
 from trainer_tune.stats import relative_half_width, throughput_ci
 from trainer_tune.telemetry import RankTelemetry, TelemetryProbe
 from trainer_tune.units import format_bytes
-from trainer_tune.workloads.batch import Count, count_samples, count_tokens, read_count
+from trainer_tune.workloads.batch import Count, count_samples, read_count, token_counter
 from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.loss import build_loss
 from trainer_tune.workloads.model import build_model, count_parameters
 from trainer_tune.workloads.nsa_stats import AuxStatsCollector
-from trainer_tune.workloads.step import StepFn, StepRules, default_step, user_step
-from trainer_tune.workloads.targets import TargetError, instantiate_target
+from trainer_tune.workloads.step import StepFn, StepOutcome, StepRules, default_step, user_step
+from trainer_tune.workloads.targets import instantiate_target
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ class _Trainer:
         autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) \
             if cfg.train.precision == Precision.bf16 else contextlib.nullcontext
         self.loss_of: StepFn = _step_fn(cfg, autocast)
-        self.count_tokens = _token_counter(cfg)
+        self.count_tokens = token_counter(cfg.throughput.count)
         self.grad_accum = spec.grad_accum
         self.can_skip_sync = isinstance(self.module, DistributedDataParallel)
         self.ddp_applied = _ddp_settings(self.module)
@@ -216,18 +217,6 @@ class _Trainer:
                            aux_stats=self.aux_stats.reduce_step())
 
 
-@dataclass(frozen=True)
-class StepOutcome:
-    loss: torch.Tensor
-    """The mean micro-step loss, on the device (reading it would wait for the device)."""
-    samples: int
-    tokens: Optional[Count]
-    """Tokens fed (an int, or a device tensor when counted from a mask on the device); None without tokens."""
-    data_wait_s: float
-    aux_stats: Optional[dict[str, float]]
-    """The NSA auxiliary statistics of the step averaged over ranks; None when they are off."""
-
-
 def _step_fn(cfg: TuneConfig, autocast: Callable[[], Any]) -> StepFn:
     """step._target_, or the default rules of workloads/step.py with the configured loss."""
     if cfg.step._target_ is not None:
@@ -236,24 +225,6 @@ def _step_fn(cfg: TuneConfig, autocast: Callable[[], Any]) -> StepFn:
     rules = StepRules(loss_fn=build_loss(cfg.loss), loss_target=cfg.loss._target_, model_target=cfg.model._target_,
                       vocab_size=cfg.model.vocab_size, autocast=autocast)
     return lambda module, batch: default_step(module, batch, rules)
-
-
-def _token_counter(cfg: TuneConfig) -> Callable[[Any], Optional[Count]]:
-    """throughput.count._target_ (checked to return an int >= 0), else the token rule of workloads/batch.py."""
-    target = cfg.throughput.count._target_
-    if target is None:
-        return count_tokens
-    fn = instantiate_target("throughput.count._target_", target, cfg.throughput.count.kwargs, partial=True)
-
-    def count(batch: Any) -> int:
-        value = fn(batch)
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-            value = int(value.item())
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise TargetError(f"throughput.count._target_={target!r} returned {value!r}; expected an int >= 0 "
-                              f"(the {cfg.throughput.count.unit} in the batch)")
-        return value
-    return count
 
 
 @dataclass(frozen=True)
@@ -359,7 +330,8 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
     trainer = pool.take(key) if pool is not None else None
     try:
         if trainer is None:
-            trainer = _Trainer(cfg=cfg, spec=spec, session=session, fault=fault, heartbeat=heartbeat)
+            runner = InferenceReplica if cfg.mode == Mode.inference else _Trainer
+            trainer = runner(cfg=cfg, spec=spec, session=session, fault=fault, heartbeat=heartbeat)
             num_warmup_steps = cfg.window.warmup_steps
         else:
             # Other settings ran since: one step brings caches and the allocator back before the clock starts.
@@ -414,6 +386,7 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
     losses: list[torch.Tensor] = []
     aux_stats: list[dict[str, float]] = []
     data_wait_s: list[float] = []
+    num_steps = 0
     tokens: Optional[Count] = 0
     samples = 0
     window = cfg.window
@@ -426,7 +399,9 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
             clock.start()
             outcome = trainer.step(step)
             clock.stop()
-            losses.append(outcome.loss)
+            num_steps += 1
+            if outcome.loss is not None:
+                losses.append(outcome.loss)
             if outcome.aux_stats is not None:
                 aux_stats.append(outcome.aux_stats)
             data_wait_s.append(outcome.data_wait_s)
@@ -434,7 +409,7 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
             tokens = None if tokens is None or outcome.tokens is None else tokens + outcome.tokens
             if on_step:
                 on_step(step, True)
-            done = len(losses)
+            done = num_steps
             if done >= window.measure_steps and (window.target_rel_ci is None or done >= window.max_measure_steps
                                                  or (done - window.measure_steps) % window.check_every_steps == 0):
                 # Every rank decides from the same all-reduced step times, so all stop at the same step.
@@ -445,7 +420,7 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
     finally:
         if probe is not None:
             probe.abandon()  # a window that failed while sampling (after stop() there is nothing to do)
-    local_losses = torch.stack(losses).tolist()
+    local_losses = torch.stack(losses).tolist() if losses else []
     no_sync_step_times_s = _no_sync_steps(trainer, num_steps=window.comm_split_steps if comm_split else 0,
                                           device=device)
     peak = reserved = None
@@ -513,7 +488,7 @@ def combine_ranks(local: LocalWindow, *, session: DistSession) -> WindowMeasurem
         step_times_s=tuple(step_times_s), measured_s=measured_s,
         tokens=int(total_tokens) if no_tokens == 0 else None, samples=int(total_samples),
         data_wait_s=tuple(session.max_over_ranks(local.data_wait_s)),
-        losses=tuple(session.mean_over_ranks(local.losses)), warmup_s=warmup_s,
+        losses=tuple(session.mean_over_ranks(local.losses)) if local.losses else (), warmup_s=warmup_s,
         peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved, peak_memory_note=note,
         num_parameters=local.num_parameters, ddp_applied=local.ddp_applied, stop_reason=local.stop_reason,
         num_warmup_steps=local.num_warmup_steps,

@@ -22,6 +22,9 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from trainer_tune.config import CountArgs
+from trainer_tune.workloads.targets import TargetError, instantiate_target
+
 Count = Union[int, torch.Tensor]
 """A count of samples or tokens: an int, or a 0-d integer tensor still on the device."""
 
@@ -107,3 +110,21 @@ def describe(batch: Any) -> str:
         inner = ", ".join(describe(value) for value in list(batch)[:6])
         return f"{type(batch).__name__}({inner}{', ...' if len(batch) > 6 else ''})"
     return type(batch).__name__
+
+
+def token_counter(args: CountArgs) -> Callable[[Any], Optional[Count]]:
+    """throughput.count._target_ (checked to return an int >= 0), else the token rule of workloads/batch.py."""
+    target = args._target_
+    if target is None:
+        return count_tokens
+    fn = instantiate_target("throughput.count._target_", target, args.kwargs, partial=True)
+
+    def count(batch: Any) -> int:
+        value = fn(batch)
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+            value = int(value.item())
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise TargetError(f"throughput.count._target_={target!r} returned {value!r}; expected an int >= 0 "
+                              f"(the {args.unit} in the batch)")
+        return value
+    return count

@@ -24,11 +24,25 @@ from typing import Any, Callable, ContextManager, Optional
 import torch
 from torch import nn
 
-from trainer_tune.workloads.batch import _is_token_ids, describe
+from trainer_tune.workloads.batch import Count, _is_token_ids, describe
 from trainer_tune.workloads.loss import cross_entropy
 from trainer_tune.workloads.targets import TargetError, logits_of
 
 StepFn = Callable[[nn.Module, Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one step of a measurement window fed and produced (a training step, or one served batch)."""
+
+    loss: Optional[torch.Tensor]
+    """The mean micro-step loss, on the device (reading it would wait for the device); None in inference."""
+    samples: int
+    tokens: Optional[Count]
+    """Tokens fed (an int, or a device tensor when counted from a mask on the device); None without tokens."""
+    data_wait_s: float
+    aux_stats: Optional[dict[str, float]]
+    """The NSA auxiliary statistics of the step averaged over ranks; None when they are off."""
 
 
 @dataclass(frozen=True)
