@@ -90,8 +90,15 @@ def render(configs: Optional[Path] = None) -> str:
         from trainer_tune.main import config_dir
         configs = Path(config_dir())
     lines: list[str] = []
+    top_level = [f for f in dataclasses.fields(TuneConfig) if not dataclasses.is_dataclass(_default(f))]
+    if top_level:
+        lines += ["### top-level keys", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        lines += _rows("", TuneConfig, top_level)
+        lines.append("")
     for group in dataclasses.fields(TuneConfig):
         cls = _default(group).__class__
+        if not dataclasses.is_dataclass(cls):
+            continue
         lines.append(f"### `{group.name}`")
         lines.append("")
         if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}("):
@@ -100,13 +107,24 @@ def render(configs: Optional[Path] = None) -> str:
         if options:
             lines += ["Options: " + ", ".join(f"`{group.name}={o}`" for o in options)
                       + (" (add with `+`)" if group.name == "sweep" else "") + ".", ""]
-        docs = field_docs(cls)
         lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-        for f in dataclasses.fields(cls):
-            lines.append(f"| `{group.name}.{f.name}` | {_cell(_type(f, cls))} | `{_cell(_show(_default(f)))}` | "
-                         f"{_cell(docs.get(f.name, '-'))} |")
+        lines += _rows(f"{group.name}.", cls, dataclasses.fields(cls))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _rows(prefix: str, cls: type, fields: Any) -> list[str]:
+    """One table row per key; a nested group (throughput.count) is flattened into its keys."""
+    docs = field_docs(cls)
+    rows = []
+    for f in fields:
+        default = _default(f)
+        if dataclasses.is_dataclass(default):
+            rows += _rows(f"{prefix}{f.name}.", type(default), dataclasses.fields(default))
+            continue
+        rows.append(f"| `{prefix}{f.name}` | {_cell(_type(f, cls))} | `{_cell(_show(default))}` | "
+                    f"{_cell(docs.get(f.name, '-'))} |")
+    return rows
 
 
 def page_path() -> Path:

@@ -157,6 +157,7 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
     per_step_rate = len(m.step_times_s) / math.fsum(m.step_times_s)
     low, high = throughput_ci(m.step_times_s, amount_per_step=1.0)
     gpu, gpu_note, cpu = _combine_telemetry(telemetry, tokens=m.tokens)
+    energy_per_sample, energy_source, energy_note = energy_per_sample_of(gpu, gpu_note, samples=m.samples)
     memory_bytes, memory_source = peak_memory(reserved_bytes=m.peak_memory_reserved_bytes,
                                               nvml_used_bytes=gpu.memory_used_peak_bytes if gpu else None)
     rank0 = telemetry[0] if telemetry else None
@@ -176,6 +177,7 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         step_time_s=StepTimeStats.of(m.step_times_s), warmup_s=m.warmup_s,
         loss_first=_finite_or_none(m.losses[0]) if m.losses else None,
         loss_last=_finite_or_none(m.losses[-1]) if m.losses else None,
+        energy_j_per_sample=energy_per_sample, energy_source=energy_source, energy_note=energy_note,
         mode=ctx.mode.value, latency=latency_figures(m.step_times_s) if ctx.mode == Mode.inference else None,
         peak_memory_bytes=memory_bytes, peak_memory_source=memory_source,
         peak_memory_allocated_bytes=m.peak_memory_bytes, peak_memory_reserved_bytes=m.peak_memory_reserved_bytes,
@@ -186,6 +188,15 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         gpu_utilization_series=rank0.gpu_utilization_series if rank0 is not None else (),
         window_throughput_per_s={spec.round_id or spec.key: rate} if status == Status.ok and rate else {},
         extra={"ddp_applied": m.ddp_applied})
+
+
+def energy_per_sample_of(gpu: Optional[GpuFigures], gpu_note: Optional[str], *,
+                         samples: int) -> tuple[Optional[float], Optional[str], Optional[str]]:
+    """(joules per sample, source, why not measured): the GPUs' energy over the measured steps (NVML's energy
+    counter, summed over GPUs) per sample fed."""
+    if gpu is not None and gpu.energy_j is not None and samples:
+        return gpu.energy_j / samples, f"NVML ({gpu.energy_source})", None
+    return None, None, f"GPU energy: {gpu_note or 'no energy reading'}"
 
 
 def decision_unit(setting: ThroughputUnit, *, has_tokens: bool, count_unit: str) -> tuple[str, Optional[str]]:
@@ -275,6 +286,7 @@ def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFl
         data_wait_s_median=_median_or_none([w.data_wait_s_median for w in ordered]),
         step_time_s=StepTimeStats.of(step_times_s) if step_times_s else first.step_time_s,
         latency=latency_figures(step_times_s) if first.latency is not None and step_times_s else first.latency,
+        energy_j_per_sample=_energy_over_windows(ordered),
         num_measured_steps=sum(w.num_measured_steps for w in ordered),
         num_warmup_steps=sum(w.num_warmup_steps for w in ordered),
         warmup_s=math.fsum(w.warmup_s or 0.0 for w in ordered),
@@ -312,6 +324,15 @@ def sweep_noise(windows_by_setting: Mapping[str, Sequence[TrialResult]]) -> Opti
     rates = {key: {r: v for w in group for r, v in w.rates_by_round().items()}
              for key, group in windows_by_setting.items()}
     return noise_floor(rates, baseline=baseline)
+
+
+def _energy_over_windows(windows: Sequence[TrialResult]) -> Optional[float]:
+    """Energy summed over windows per sample summed over windows; None unless every window measured it."""
+    energies = [w.energy_j_per_sample for w in windows]
+    samples = [(w.samples_per_s or 0.0) * (w.measured_s or 0.0) for w in windows]
+    if not energies or any(e is None for e in energies) or not all(samples):
+        return None
+    return math.fsum(e * n for e, n in zip(energies, samples)) / math.fsum(samples)  # type: ignore[operator]
 
 
 def _geometric_mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional, Sequence
 
-from trainer_tune.config import RecommendArgs, TieBreak
+from trainer_tune.config import Objective, RecommendArgs, TieBreak
 from trainer_tune.explain import Explanations, explain
 from trainer_tune.figures import describe_memory_source
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides, format_flag
@@ -300,6 +300,11 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                            f"recommend.max_memory_fraction={args.max_memory_fraction:g}")
         else:
             candidates.append(r)
+    over_budget: list[TrialResult] = []
+    if args.max_latency_ms is not None:
+        candidates, over_budget = within_latency_budget(candidates, args.max_latency_ms)
+        reasons.extend(f"{r.label} is over the latency budget: p99 {r.latency.p99_ms:,.1f} ms > "  # type: ignore
+                       f"recommend.max_latency_ms={args.max_latency_ms:g} (never chosen)" for r in over_budget)
     if race is not None:
         # Settings the race dropped stay candidates (their figures stand), but they lost to the leader.
         contenders = [r for r in candidates if r.trial_key in race.contender_keys] or candidates
@@ -317,7 +322,12 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
     fastest = max(contenders, key=lambda r: r.throughput_per_s, default=None)  # type: ignore[arg-type,return-value]
     best = fastest
     tied: list[TrialResult] = []
-    if fastest is not None:
+    point_objective = args.objective != Objective.throughput
+    if point_objective:
+        best, why_none = _point_objective_best(contenders, args.objective)
+        if why_none:
+            reasons.append(why_none)
+    elif fastest is not None:
         tied = [r for r in contenders
                 if r.trial_key == fastest.trial_key or compare(r, fastest).outcome in (Outcome.tie, Outcome.unknown)]
         best = _tie_break(tied, fastest=fastest, baseline=baseline, rule=args.tie_break)
@@ -327,10 +337,24 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
     speedup: Optional[float] = None
     speedup_interval: Optional[tuple[float, float]] = None
     comparison: Optional[Comparison] = None
-    if best is None:
+    baseline_over = baseline is not None and any(r.trial_key == baseline.trial_key for r in over_budget)
+    if best is None and over_budget and not candidates:
         decision, chosen = NO_GO, (baseline if baseline is not None and baseline.ok else None)
-        reasons.insert(0, "no setting finished cleanly within the memory limit, so there is nothing to recommend")
-        verdict = f"{NO_GO}: no setting finished cleanly"
+        quickest = min(over_budget, key=lambda r: r.latency.p99_ms)  # type: ignore[union-attr]
+        smallest = f"{quickest.latency.p99_ms:,.1f} ms at {quickest.label}"  # type: ignore[union-attr]
+        reasons.insert(0, f"no batch size meets the p99 latency budget recommend.max_latency_ms="
+                          f"{args.max_latency_ms:g}: the smallest p99 measured is {smallest}")
+        verdict = f"{NO_GO}: no batch size meets the p99 budget of {args.max_latency_ms:g} ms (smallest p99 {smallest})"
+    elif best is None:
+        decision, chosen = NO_GO, (baseline if baseline is not None and baseline.ok else None)
+        if point_objective and contenders:
+            reasons.insert(0, f"recommend.objective={args.objective.value} cannot be decided: "
+                              f"{_OBJECTIVE_FIGURE[args.objective]} was not measured")
+            verdict = f"{NO_GO}: {_OBJECTIVE_FIGURE[args.objective]} not measured (recommend.objective=" \
+                      f"{args.objective.value})"
+        else:
+            reasons.insert(0, "no setting finished cleanly within the memory limit, so there is nothing to recommend")
+            verdict = f"{NO_GO}: no setting finished cleanly"
     elif baseline is None or not baseline.ok:
         decision, chosen = GO, best
         state = "was not measured" if baseline is None else f"{baseline.label} failed ({baseline.status})"
@@ -346,12 +370,24 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                           f"sweep.* keys to compare settings), so there is nothing to compare it with")
         verdict = (f"{MEASURED}: {_setting(baseline, against=None)} at {baseline.throughput_per_s:,.0f} {unit}/s "
                    f"({windows}{spread}); one setting, nothing to compare")
+    elif baseline_over:
+        decision, chosen = GO, best
+        reasons.insert(0, f"the baseline {baseline.label} breaks the latency budget (p99 "
+                          f"{baseline.latency.p99_ms:,.1f} ms > {args.max_latency_ms:g} ms); {best.label} is the "  # type: ignore
+                          f"{_OBJECTIVE_BEST[args.objective]} within it: {_objective_text(best, args.objective, unit)}")
+        verdict = (f"{GO}: {_setting(best, against=baseline)} (the baseline {baseline.label} is over the p99 budget of "
+                   f"{args.max_latency_ms:g} ms; {_objective_text(best, args.objective, unit)})")
     elif best.trial_key == baseline.trial_key:
         speedup = 1.0
         decision, chosen = NO_GO, baseline
         reasons.insert(0, f"the baseline {baseline.label} is the fastest setting measured, or the measurements "
                           f"cannot tell it from the fastest ({baseline.throughput_per_s:,.0f} {unit}/s)")
         verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (fastest measured)"
+    elif point_objective:
+        decision, chosen, verdict, reason = _decide_point_objective(best, baseline, args=args, unit=unit)
+        if decision == NO_GO:
+            chosen = baseline
+        reasons.insert(0, reason)
     else:
         comparison = compare(best, baseline)
         speedup, speedup_interval = comparison.ratio, comparison.interval
@@ -379,7 +415,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
             verdict = (f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (best {best.label} is "
                        f"{_percent(speedup)} {unit}/s{_ci_text(speedup_interval)}, needs {_percent(args.min_speedup)})")
 
-    if decision == GO and chosen is not None and baseline is not None \
+    if decision == GO and chosen is not None and baseline is not None and chosen.mode == "train" \
             and chosen.global_batch_size != baseline.global_batch_size:
         reasons.append(f"the global batch changes from {baseline.global_batch_size} to "
                        f"{chosen.global_batch_size} samples per optimizer step: that changes optimisation "
@@ -417,6 +453,75 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                           comparison=comparison, tied=tuple(r.label for r in tied), settings=tuple(results),
                           speedup_intervals=speedup_intervals,
                           explanations=explain(results, compare=compare))
+
+
+_OBJECTIVE_FIGURE = {Objective.latency: "p99 latency per batch", Objective.energy: "energy per sample",
+                     Objective.throughput: "throughput"}
+_OBJECTIVE_BEST = {Objective.latency: "lowest p99 latency", Objective.energy: "least energy per sample",
+                   Objective.throughput: "highest throughput"}
+
+
+def within_latency_budget(results: Sequence[TrialResult],
+                          max_latency_ms: float) -> tuple[list[TrialResult], list[TrialResult]]:
+    """(within, over) the p99 budget; a result without latency figures (a training trial) is within it."""
+    over = [r for r in results if r.latency is not None and r.latency.p99_ms > max_latency_ms]
+    return [r for r in results if r not in over], over
+
+
+def objective_value(result: TrialResult, objective: Objective) -> Optional[float]:
+    """The figure a point objective minimises: p99 latency (ms) or energy per sample (J); None if unmeasured."""
+    if objective == Objective.latency:
+        return result.latency.p99_ms if result.latency is not None else None
+    if objective == Objective.energy:
+        return result.energy_j_per_sample
+    raise ValueError(f"{objective} is decided by recommend.compare, not by a point figure")
+
+
+def _point_objective_best(contenders: Sequence[TrialResult],
+                          objective: Objective) -> tuple[Optional[TrialResult], Optional[str]]:
+    """The contender with the smallest figure (ties to the higher throughput), or None and why."""
+    measured = [r for r in contenders if objective_value(r, objective) is not None]
+    if not measured:
+        notes = sorted({r.energy_note for r in contenders if r.energy_note}) if objective == Objective.energy else []
+        return None, (f"{_OBJECTIVE_FIGURE[objective]} was measured for no setting"
+                      + (f": {'; '.join(notes)}" if notes else ""))
+    best = min(measured, key=lambda r: (objective_value(r, objective), -(r.throughput_per_s or 0.0)))
+    missing = [r.label for r in contenders if r not in measured]
+    return best, (f"{_OBJECTIVE_FIGURE[objective]} was not measured for {', '.join(missing)}" if missing else None)
+
+
+def _objective_text(result: TrialResult, objective: Objective, unit: str) -> str:
+    if objective == Objective.latency:
+        return f"p99 {result.latency.p99_ms:,.1f} ms"  # type: ignore[union-attr]
+    if objective == Objective.energy:
+        return f"{result.energy_j_per_sample:.3g} J per sample"
+    return f"{result.throughput_per_s:,.0f} {unit}/s"
+
+
+def _decide_point_objective(best: TrialResult, baseline: TrialResult, *, args: RecommendArgs,
+                            unit: str) -> tuple[str, TrialResult, str, str]:
+    """(decision, chosen, verdict, first reason) for recommend.objective=latency or energy. These figures have no
+    interval (a percentile of pooled batches, one energy reading per window): GO needs the baseline's figure to
+    be at least recommend.min_speedup times the best's, and the reason says the comparison is of point values."""
+    objective = args.objective
+    mine, theirs = objective_value(best, objective), objective_value(baseline, objective)
+    name = _OBJECTIVE_FIGURE[objective]
+    if theirs is None:
+        return GO, best, (f"{GO}: {_setting(best, against=baseline)} ({_objective_text(best, objective, unit)}; the "
+                          f"baseline's {name} was not measured)"), \
+            f"{best.label} has the {_OBJECTIVE_BEST[objective]}: {_objective_text(best, objective, unit)}"
+    gain = theirs / mine if mine else float("inf")  # type: ignore[operator]
+    measured = (f"{best.label} has the {_OBJECTIVE_BEST[objective]}: {_objective_text(best, objective, unit)} vs "
+                f"{_objective_text(baseline, objective, unit)} for the baseline {baseline.label} ({gain:.2f}x; point "
+                f"values, no interval)")
+    if gain >= args.min_speedup:
+        return GO, best, (f"{GO}: {_setting(best, against=baseline)} ({_objective_text(best, objective, unit)} vs "
+                          f"{_objective_text(baseline, objective, unit)} for baseline {baseline.label})"), \
+            f"{measured}; at least recommend.min_speedup={args.min_speedup:g}"
+    return NO_GO, baseline, (f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (best {best.label} "
+                             f"{_objective_text(best, objective, unit)}, {gain:.2f}x, needs "
+                             f"{args.min_speedup:g}x)"), \
+        f"{measured}; below recommend.min_speedup={args.min_speedup:g}"
 
 
 def _measured_apart_reason(best: TrialResult, contenders: Sequence[TrialResult], *,

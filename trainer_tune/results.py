@@ -140,6 +140,11 @@ class TrialResult:
     """train, or inference (every rank a serving replica; step times are per-batch latencies)."""
     latency: Optional[LatencyFigures] = None
     """mode=inference: per-batch latency percentiles of the slowest replica (stats.latency_figures)."""
+    energy_j_per_sample: Optional[float] = None
+    """Energy of the whole job over the measured steps per sample (NVML on GPUs, RAPL on CPUs: energy_source);
+    None where not measured, with the reason in energy_note, never zero."""
+    energy_source: Optional[str] = None
+    energy_note: Optional[str] = None
     num_windows: int = 1
     """Windows this result stands for: 1 for a window's record, the clean windows for a setting's."""
     noise: Optional[NoiseFloor] = None
