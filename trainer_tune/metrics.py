@@ -17,6 +17,7 @@ from trainer_tune.flags import flags_to_environ
 from trainer_tune.flops import mfu
 from trainer_tune.gpu_sampler import GpuSummary
 from trainer_tune.plan import TrialSpec
+from trainer_tune.rapl import CpuEnergy
 from trainer_tune.results import SAMPLES, TOKENS, Status, TrialResult
 from trainer_tune.stats import (
     NoiseFloor, StepTimeStats, count_outliers, geometric_mean, latency_figures, log_t_interval, noise_floor, quantile,
@@ -121,6 +122,18 @@ def mfu_figures(ctx: TrialContext, *, tokens_per_s: float, world_size: int) -> O
                       warning=result.warning if ctx.peak_note is None else ctx.peak_note)
 
 
+def combine_cpu_energy(telemetry: Sequence[RankTelemetry]) -> CpuEnergy:
+    """The job's CPU package energy: the sum of the nodes' readings (each node's local rank 0 reads its own);
+    None when any node could not read it."""
+    readings = [t.cpu_energy for t in telemetry if t.cpu_energy is not None]
+    if not readings:
+        return CpuEnergy(energy_j=None, note="CPU energy not measured: no rank read RAPL")
+    missing = [r.note for r in readings if r.energy_j is None]
+    if missing:
+        return CpuEnergy(energy_j=None, note=missing[0])
+    return CpuEnergy(energy_j=math.fsum(r.energy_j for r in readings), note=readings[0].note)  # type: ignore
+
+
 def _combine_telemetry(telemetry: Sequence[Optional[RankTelemetry]], *,
                        tokens: int) -> tuple[Optional[GpuFigures], Optional[str], Optional[CpuFigures]]:
     """(GPU figures, why there are none, CPU figures) from every rank's readings; all or nothing."""
@@ -157,7 +170,10 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
     per_step_rate = len(m.step_times_s) / math.fsum(m.step_times_s)
     low, high = throughput_ci(m.step_times_s, amount_per_step=1.0)
     gpu, gpu_note, cpu = _combine_telemetry(telemetry, tokens=m.tokens)
-    energy_per_sample, energy_source, energy_note = energy_per_sample_of(gpu, gpu_note, samples=m.samples)
+    cpu_energy = combine_cpu_energy([t for t in telemetry if t is not None]) if telemetry and all(telemetry) \
+        else CpuEnergy(energy_j=None, note="CPU energy not measured: not sampled")
+    energy_per_sample, energy_source, energy_note = energy_per_sample_of(
+        gpu, gpu_note, cpu_energy, samples=m.samples, on_gpu=ctx.device.startswith("cuda"))
     memory_bytes, memory_source = peak_memory(reserved_bytes=m.peak_memory_reserved_bytes,
                                               nvml_used_bytes=gpu.memory_used_peak_bytes if gpu else None)
     rank0 = telemetry[0] if telemetry else None
@@ -190,13 +206,19 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         extra={"ddp_applied": m.ddp_applied})
 
 
-def energy_per_sample_of(gpu: Optional[GpuFigures], gpu_note: Optional[str], *,
-                         samples: int) -> tuple[Optional[float], Optional[str], Optional[str]]:
-    """(joules per sample, source, why not measured): the GPUs' energy over the measured steps (NVML's energy
-    counter, summed over GPUs) per sample fed."""
-    if gpu is not None and gpu.energy_j is not None and samples:
-        return gpu.energy_j / samples, f"NVML ({gpu.energy_source})", None
-    return None, None, f"GPU energy: {gpu_note or 'no energy reading'}"
+def energy_per_sample_of(gpu: Optional[GpuFigures], gpu_note: Optional[str], cpu_energy: CpuEnergy, *,
+                         samples: int, on_gpu: bool) -> tuple[Optional[float], Optional[str], Optional[str]]:
+    """(joules per sample, source, why not measured) over the measured steps: on GPUs their energy (NVML,
+    summed over GPUs; the host CPUs are not added), on CPUs the nodes' package energy (RAPL, rapl.py)."""
+    if not samples:
+        return None, None, "no samples"
+    if on_gpu:
+        if gpu is not None and gpu.energy_j is not None:
+            return gpu.energy_j / samples, f"NVML ({gpu.energy_source})", None
+        return None, None, f"GPU energy not measured: {gpu_note or 'no energy reading'}"
+    if cpu_energy.energy_j is not None:
+        return cpu_energy.energy_j / samples, cpu_energy.note, None
+    return None, None, cpu_energy.note
 
 
 def decision_unit(setting: ThroughputUnit, *, has_tokens: bool, count_unit: str) -> tuple[str, Optional[str]]:

@@ -19,6 +19,7 @@ from trainer_tune.config import TelemetryArgs
 from trainer_tune.cpu_usage import CpuMeter, CpuUtilization
 from trainer_tune.figures import from_fields
 from trainer_tune.gpu_sampler import GpuSampler, GpuSummary, summarize_gpu_samples
+from trainer_tune.rapl import CpuEnergy, RaplMeter
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class RankTelemetry:
     """(seconds since start, utilization %) per sample."""
     cuda_allocator: Optional[AllocatorCounts] = None
     """None on a device without the CUDA caching allocator."""
+    cpu_energy: Optional[CpuEnergy] = None
+    """The node's CPU package energy (rapl.py), read by local rank 0 only; None on the other ranks."""
 
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -51,7 +54,8 @@ class RankTelemetry:
             gpu=from_fields(GpuSummary, data["gpu"]) if data.get("gpu") is not None else None,
             gpu_utilization_series=tuple((t_s, pct) for t_s, pct in data.get("gpu_utilization_series") or ()),
             cuda_allocator=(from_fields(AllocatorCounts, data["cuda_allocator"])
-                            if data.get("cuda_allocator") is not None else None))
+                            if data.get("cuda_allocator") is not None else None),
+            cpu_energy=from_fields(CpuEnergy, data["cpu_energy"]) if data.get("cpu_energy") is not None else None)
 
 
 _ALLOCATOR_COUNTERS = ("num_alloc_retries", "num_ooms")
@@ -76,6 +80,8 @@ class TelemetryProbe:
             self.gpu = GpuSampler(local_rank=local_rank, interval_s=1.0 / args.sample_hz)
             self.gpu_off_reason = self.gpu.unavailable_reason
         self._allocator_start: dict[str, int] = {}
+        # The sockets are the node's: one reader per node, or each rank would count them again.
+        self.rapl: Optional[RaplMeter] = RaplMeter() if local_rank == 0 else None
 
     @property
     def running(self) -> bool:
@@ -88,6 +94,8 @@ class TelemetryProbe:
         # The counters count from process start: an earlier trial's OOM must not show in this one's window.
         self._allocator_start = _allocator_counts(self.device)
         self.cpu.start()
+        if self.rapl is not None:
+            self.rapl.start()
         if self.gpu is not None:
             self.gpu.start()
 
@@ -95,6 +103,7 @@ class TelemetryProbe:
         """This rank's readings; `tokens` are the tokens this rank processed while sampling."""
         try:
             cpu = self.cpu.stop()
+            cpu_energy = self.rapl.stop() if self.rapl is not None else None
             gpu, series = None, ()
             if self.gpu is not None:
                 samples = self.gpu.stop()
@@ -105,7 +114,8 @@ class TelemetryProbe:
                 counts = _allocator_counts(self.device)
                 allocator = AllocatorCounts(**{name: counts[name] - self._allocator_start.get(name, 0)
                                                for name in _ALLOCATOR_COUNTERS})
-            return RankTelemetry(cpu=cpu, gpu=gpu, gpu_utilization_series=series, cuda_allocator=allocator)
+            return RankTelemetry(cpu=cpu, gpu=gpu, gpu_utilization_series=series, cuda_allocator=allocator,
+                                 cpu_energy=cpu_energy)
         finally:
             self.abandon()  # whatever an exception above left sampling
 

@@ -1,0 +1,80 @@
+"""mode=inference decisions: the p99 budget, the point objectives (latency, energy) and what NO-GO says."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import pytest
+
+from tests.unit.result_factory import make_result
+from trainer_tune.config import ConfigError, Objective, RecommendArgs, SweepArgs, TrainArgs, TuneConfig
+from trainer_tune.config import Mode
+from trainer_tune.figures import LatencyFigures
+from trainer_tune.recommend import GO, NO_GO, decide
+from trainer_tune.results import TrialResult
+
+
+def _served(index: int, batch: int, *, rate: float, p99_ms: float, energy: Optional[float] = None) -> TrialResult:
+    result = make_result(index=index, key=f"k{batch}", micro_batch_size=batch, tokens_per_s=rate,
+                         is_baseline=index == 0)
+    latency = LatencyFigures(p50_ms=p99_ms / 2, p90_ms=p99_ms * 0.8, p99_ms=p99_ms, max_ms=p99_ms * 1.1,
+                             mean_ms=p99_ms / 2, num_batches=40)
+    return dataclasses.replace(result, mode="inference", latency=latency, energy_j_per_sample=energy,
+                               energy_note=None if energy is not None else "CPU energy not measured: no powercap")
+
+
+def _sweep() -> list[TrialResult]:
+    # Baseline batch 4; throughput grows with the batch, and so does the p99.
+    return [_served(0, 4, rate=1000.0, p99_ms=20.0, energy=0.4), _served(1, 1, rate=500.0, p99_ms=8.0, energy=0.9),
+            _served(2, 16, rate=1600.0, p99_ms=60.0, energy=0.3), _served(3, 64, rate=2000.0, p99_ms=200.0,
+                                                                          energy=0.25)]
+
+
+def test_a_budget_rules_out_the_largest_batches_and_go_is_the_fastest_within_it() -> None:
+    rec = decide(_sweep(), args=RecommendArgs(max_latency_ms=100.0))
+    assert rec.decision == GO and rec.chosen is not None and rec.chosen.micro_batch_size == 16
+    assert any(r.startswith("64x1 is over the latency budget: p99 200.0 ms > recommend.max_latency_ms=100") for r in
+               rec.reasons)
+    assert "micro_batch_size=16" in rec.verdict
+
+
+def test_no_batch_meets_the_budget_no_go_names_the_smallest_p99() -> None:
+    rec = decide(_sweep(), args=RecommendArgs(max_latency_ms=5.0))
+    assert rec.decision == NO_GO
+    assert rec.verdict == "NO-GO: no batch size meets the p99 budget of 5 ms (smallest p99 8.0 ms at 1x1)"
+
+
+def test_a_baseline_over_budget_must_change() -> None:
+    rec = decide(_sweep(), args=RecommendArgs(max_latency_ms=10.0))
+    assert rec.decision == GO and rec.chosen is not None and rec.chosen.micro_batch_size == 1
+    assert "the baseline 4x1 is over the p99 budget of 10 ms" in rec.verdict
+
+
+def test_latency_and_energy_objectives_pick_their_own_winner() -> None:
+    latency = decide(_sweep(), args=RecommendArgs(objective=Objective.latency))
+    assert latency.decision == GO and latency.chosen is not None and latency.chosen.micro_batch_size == 1
+    assert "p99 8.0 ms vs p99 20.0 ms for baseline 4x1" in latency.verdict
+    energy = decide(_sweep(), args=RecommendArgs(objective=Objective.energy, max_latency_ms=100.0))
+    assert energy.decision == GO and energy.chosen is not None and energy.chosen.micro_batch_size == 16
+
+
+def test_energy_objective_without_any_reading_is_no_go_named_unmeasured_never_zero() -> None:
+    results = [dataclasses.replace(r, energy_j_per_sample=None, energy_note="CPU energy not measured: no powercap")
+               for r in _sweep()]
+    rec = decide(results, args=RecommendArgs(objective=Objective.energy))
+    assert rec.decision == NO_GO
+    assert rec.verdict == "NO-GO: energy per sample not measured (recommend.objective=energy)"
+    assert any("energy per sample was measured for no setting: CPU energy not measured: no powercap" in r
+               for r in rec.reasons)
+
+
+@pytest.mark.parametrize("sweep,train,key", [
+    (SweepArgs(grad_accums=[1, 2]), TrainArgs(), "sweep.grad_accums"),
+    (SweepArgs(ddp_static_graph=[True, False]), TrainArgs(), "sweep.ddp_static_graph"),
+    (SweepArgs(), TrainArgs(grad_accum=2), "train.grad_accum"),
+    (SweepArgs(hold_global_batch=True), TrainArgs(), "sweep.hold_global_batch"),
+])
+def test_inference_refuses_training_axes(sweep: SweepArgs, train: TrainArgs, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{key}=.* is not allowed: .* with mode=inference"):
+        TuneConfig(mode=Mode.inference, sweep=sweep, train=train)
