@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -31,6 +31,7 @@ from trainer_tune.durable import write_atomically
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, resolve_flags
 from trainer_tune.units import count
 from trainer_tune.journal import JOURNAL_NAME, read_journal
+from trainer_tune.results import TrialResult
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,29 @@ class MultirunJob:
 
     @property
     def trial_index(self) -> int:
-        """The job's trial in the shared journal: job 0 is trial 1, trial 0 being the baseline."""
+        """The job's trial in the shared journal: job 0 is trial 1, trial 0 being the baseline (job_of_trial
+        undoes this)."""
         return self.job_num + 1
+
+
+def job_of_trial(index: int) -> Optional[int]:
+    """The job whose own setting is trial `index` (MultirunJob.trial_index); None for the baseline, trial 0,
+    which every job measures."""
+    return index - 1 if index > 0 else None
+
+
+ALL_JOBS = "all"
+
+
+def jobs_by_key(results: Sequence[TrialResult]) -> dict[str, str]:
+    """The table's `job` column, by trial key: the job that measured each setting, as Hydra numbers it when it
+    launches (`#2 : train.micro_batch_size=4`) and names its folder in hydra.sweep.dir (`2/`: its config and
+    logs); `all` for the baseline, measured in every job."""
+    jobs = {}
+    for result in results:
+        job = None if result.is_baseline else job_of_trial(result.index)
+        jobs[result.trial_key] = ALL_JOBS if job is None else str(job)
+    return jobs
 
 
 def current_job(*, sweep: SweepArgs, baseline: BaselineArgs) -> Optional[MultirunJob]:
@@ -202,7 +224,7 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     wandb_sink = WandbSink(_typed(config.wandb, WandbArgs), enabled=True, output_dir=sweep_dir,
                            group=sweep_dir.name, config=_resolved(plain))
     publish(sweep_dir, results, recommendation, launch_hint=launch_hint(rank_env), console=console,
-            wandb_sink=wandb_sink)
+            wandb_sink=wandb_sink, jobs=jobs_by_key(results))
     if recommendation.decision == NO_GO and recommend_args.fail_on_no_go:
         return 3
     return 0
