@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -15,6 +15,7 @@ from trainer_tune.flags import FlagSpec, format_flag
 from trainer_tune.recommend import GO, Recommendation
 from trainer_tune.results import TrialResult
 from trainer_tune.rounds import Drop
+from trainer_tune.sinks.rows import table_rows
 from trainer_tune.units import count, format_bytes
 
 
@@ -96,7 +97,9 @@ class ConsoleSink:
             self._progress.stop()
             self._progress = None
 
-    def show(self, results: Sequence[TrialResult], rec: Recommendation) -> None:
+    def show(self, results: Sequence[TrialResult], rec: Recommendation, *,
+             jobs: Optional[Mapping[str, str]] = None) -> None:
+        """The table and the verdict; `jobs` (a multirun's, by trial key) adds the column of the job behind each row."""
         if not self.enabled:
             return
         table = Table(title="trainer_tune trials", title_justify="left")
@@ -104,21 +107,23 @@ class ConsoleSink:
         has_gpu = any(r.gpu for r in results)
         has_mfu = any(r.mfu is not None and r.mfu.mfu is not None for r in results)
         has_comm = any(r.comm for r in results)
-        columns = [("#", "right"), ("setting", "left"), ("global batch", "right"), ("status", "left"),
-                   ("tokens/s", "right"), ("95% CI (windows)", "right"), ("step p50 s", "right"), ("step p90 s", "right"),
-                   ("peak memory", "right")]
+        columns = [("#", "right"), *([("job", "right")] if jobs is not None else []), ("setting", "left"),
+                   ("global batch", "right"), ("status", "left"), ("tokens/s", "right"), ("95% CI (windows)", "right"),
+                   ("step p50 s", "right"), ("step p90 s", "right"), ("peak memory", "right")]
         columns += [("GPU util %", "right"), ("J/token", "right")] if has_gpu else []
         columns += [("MFU", "right")] if has_mfu else [("TFLOP/s", "right")]
         columns += [("exposed comm", "right")] if has_comm else []
         columns += [("CPU %", "right"), ("vs baseline", "right")]
         flags = varying_flags(results)
         rows = []
-        for r in sorted(results, key=lambda r: r.index):
+        for row in table_rows(results, jobs=jobs):
+            r = row.result
             marks = (" (baseline)" if r.is_baseline else "") + \
                 (" *" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "")
             speedup = rec.speedup_by_key.get(r.trial_key)
             gpu, mfu, cpu = r.gpu, r.mfu, r.cpu
-            cells = [str(r.index), _setting_text(r, flags) + marks, str(r.global_batch_size),
+            cells = [str(row.number), *([row.job] if row.job is not None else []), _setting_text(r, flags) + marks,
+                     str(r.global_batch_size),
                      r.status if r.ok else f"[red]{r.status}[/red]",
                      _number(r.tokens_per_s, ",.0f"),
                      f"{_ci_percent(r)} ({r.num_windows})",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 from trainer_tune.durable import write_atomically
 from trainer_tune.explain import ObjectiveWinner, ScalingPoint
@@ -17,6 +17,7 @@ from trainer_tune.figures import describe_memory_source
 from trainer_tune.recommend import Recommendation
 from trainer_tune.rerun import shell_line
 from trainer_tune.results import TrialResult
+from trainer_tune.sinks.rows import table_rows
 from trainer_tune.units import count, format_bytes
 
 if TYPE_CHECKING:  # charts imports matplotlib: only write_report loads it, at the end of a sweep
@@ -53,9 +54,9 @@ def _fmt(value: Optional[float], spec: str, suffix: str = "") -> Optional[str]:
 
 
 def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple[list[tuple[str, Callable]], list[str]]:
-    """(header, cell function) per column; a column no trial measured is left out and a note says why."""
+    """(header, cell function) per column after `#` and `job` (rows.py); a column no trial measured is left out
+    and a note says why."""
     columns: list[tuple[str, Callable[[TrialResult], Any]]] = [
-        ("#", lambda r: r.index),
         ("setting", lambda r: r.label + (" (baseline)" if r.is_baseline else "")
          + (" **chosen**" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "")),
         ("global batch", lambda r: r.global_batch_size),
@@ -101,10 +102,13 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
     return columns, notes
 
 
-def _trials_section(results: Sequence[TrialResult], rec: Recommendation) -> list[str]:
+def _trials_section(results: Sequence[TrialResult], rec: Recommendation,
+                    jobs: Optional[Mapping[str, str]]) -> list[str]:
     columns, notes = _trial_columns(results, rec)
-    rows = [[cell(r) for _, cell in columns] for r in sorted(results, key=lambda r: r.index)]
-    lines = ["## Trials", "", *_table([h for h, _ in columns], rows), ""]
+    header = ["#", *(["job"] if jobs is not None else []), *(h for h, _ in columns)]
+    rows = [[row.number, *([row.job] if row.job is not None else []), *(cell(row.result) for _, cell in columns)]
+            for row in table_rows(results, jobs=jobs)]
+    lines = ["## Trials", "", *_table(header, rows), ""]
     lines += [f"- {note}" for note in notes]
     return lines + ([""] if notes else [])
 
@@ -160,12 +164,14 @@ def _matrix_section(matrix: Sequence[ObjectiveWinner]) -> list[str]:
             ""]
 
 
-def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set: "ChartSet") -> str:
+def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set: "ChartSet", *,
+                  jobs: Optional[Mapping[str, str]] = None) -> str:
+    """`jobs`: in a multirun, the job that measured each setting, by trial key (a column of the trials table)."""
     lines = ["# trainer_tune report", "", f"**{rec.verdict}**", ""]
     if rec.overrides:
         lines += ["Train (or measure again) with:", "", "```", shell_line(rec.overrides), "```", ""]
     lines += ["## Why", ""] + [f"- {reason}" for reason in rec.reasons] + [""]
-    lines += _trials_section(results, rec)
+    lines += _trials_section(results, rec, jobs)
     lines += _charts_section(chart_set)
     if rec.explanations is not None:
         lines += _scaling_section(rec.explanations.points, rec.explanations.facts)
@@ -181,11 +187,12 @@ def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set
     return "\n".join(lines)
 
 
-def write_report(output_dir: Path, results: Sequence[TrialResult], rec: Recommendation) -> ReportFiles:
+def write_report(output_dir: Path, results: Sequence[TrialResult], rec: Recommendation, *,
+                 jobs: Optional[Mapping[str, str]] = None) -> ReportFiles:
     # matplotlib is imported here, on rank 0 at the end, so no rank pays for it at start-up.
     from trainer_tune.sinks.charts import draw_charts
 
     chart_set = draw_charts(results, rec, charts_dir=output_dir / CHARTS_DIR)
     path = output_dir / REPORT_MD
-    write_atomically(path, render_report(results, rec, chart_set))
+    write_atomically(path, render_report(results, rec, chart_set, jobs=jobs))
     return ReportFiles(report=path, charts=chart_set.charts)
