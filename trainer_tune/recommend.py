@@ -191,6 +191,12 @@ class Recommendation:
     unit: str = TOKENS
     """What every rate of the decision counts per second: samples, tokens or throughput.count.unit."""
 
+    @property
+    def count_unit(self) -> Optional[str]:
+        """What the settings' tokens_per_s counts (TrialResult.count_unit: tokens, or throughput.count.unit);
+        None when no setting's batches carried any, so the sinks show no such figure."""
+        return next((r.count_unit for r in self.settings if r.tokens_per_s is not None), None)
+
     def to_json_dict(self) -> dict[str, Any]:
         def trial(result: Optional[TrialResult]) -> Optional[dict[str, Any]]:
             return None if result is None else result.to_json_dict()

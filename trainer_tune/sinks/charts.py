@@ -54,8 +54,8 @@ def _log2_axis(ax, values: Sequence[int]) -> None:  # noqa: ANN001 - a matplotli
     ax.xaxis.set_minor_locator(NullLocator())
 
 
-def tokens_per_s_lines(finished: Sequence[TrialResult]) -> dict[str, list[TrialResult]]:
-    """The lines of the tokens/s chart: one per grad_accum and flags (from result.flags), by micro-batch."""
+def throughput_lines(finished: Sequence[TrialResult]) -> dict[str, list[TrialResult]]:
+    """The lines of the throughput chart: one per grad_accum and flags (from result.flags), by micro-batch."""
     differing = varying_flags(finished)
     lines: dict[tuple[int, str], list[TrialResult]] = {}
     for r in finished:
@@ -64,26 +64,27 @@ def tokens_per_s_lines(finished: Sequence[TrialResult]) -> dict[str, list[TrialR
             for (grad_accum, flags), members in sorted(lines.items())}
 
 
-def _tokens_per_s(finished: Sequence[TrialResult], rec: Recommendation, path: Path) -> None:
+def _throughput(finished: Sequence[TrialResult], rec: Recommendation, path: Path) -> None:
+    """The decision's rate (rec.unit per second) of every finished setting."""
     fig = _new_figure()
     ax = fig.add_subplot()
-    for name, members in tokens_per_s_lines(finished).items():
-        y = [r.tokens_per_s for r in members]
-        bounds = [r.throughput_ci95 or [r.tokens_per_s, r.tokens_per_s] for r in members]
+    for name, members in throughput_lines(finished).items():
+        y = [r.throughput_per_s for r in members]
+        bounds = [r.throughput_ci95 or [r.throughput_per_s, r.throughput_per_s] for r in members]
         low = [v - b[0] for v, b in zip(y, bounds)]  # type: ignore[operator]
         high = [b[1] - v for v, b in zip(y, bounds)]  # type: ignore[operator]
         ax.errorbar([r.micro_batch_size for r in members], y, yerr=[low, high], marker="o", capsize=4,
                     label=name)
     marks = [(rec.baseline, "*", "baseline", 16), (rec.chosen, "o", "chosen", 14)]
     for trial, marker, name, size in marks:
-        if trial is not None and trial.ok and trial.tokens_per_s:
-            ax.plot([trial.micro_batch_size], [trial.tokens_per_s], marker=marker, markersize=size, linestyle="none",
+        if trial is not None and trial.ok and trial.throughput_per_s:
+            ax.plot([trial.micro_batch_size], [trial.throughput_per_s], marker=marker, markersize=size, linestyle="none",
                     markerfacecolor="none" if name == "chosen" else "gold", markeredgecolor="black",
                     label=f"{name} ({trial.label})")
     _log2_axis(ax, [r.micro_batch_size for r in finished])
     ax.set_xlabel("micro-batch size per rank")
-    ax.set_ylabel("tokens/s (whole job)")
-    ax.set_title("tokens/s by micro-batch, one line per grad_accum (bars: 95% CI)")
+    ax.set_ylabel(f"{rec.unit}/s (whole job)")
+    ax.set_title(f"{rec.unit}/s by micro-batch, one line per grad_accum (bars: 95% CI)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(path)
@@ -155,7 +156,7 @@ def _gpu_util(with_series: Sequence[TrialResult], path: Path) -> None:
 
 
 def _rounds(finished: Sequence[TrialResult], rec: Recommendation, path: Path) -> None:
-    """tokens/s of every window by round: the baseline's line is the machine's drift; a setting's distance from
+    """The decision's rate of every window by round: the baseline's line is the machine's drift; a setting's distance from
     it in each round is the paired ratio the decision uses."""
     fig = _new_figure()
     ax = fig.add_subplot()
@@ -165,7 +166,7 @@ def _rounds(finished: Sequence[TrialResult], rec: Recommendation, path: Path) ->
         ax.plot([name for name, _ in rounds], [value for _, value in rounds], marker="o",
                 linewidth=2.5 if is_baseline else 1.0, color="black" if is_baseline else None,
                 label=r.label + (" (baseline)" if is_baseline else ""))
-    _finish_lines(fig, ax, path, xlabel="round", ylabel="tokens/s of the window",
+    _finish_lines(fig, ax, path, xlabel="round", ylabel=f"{rec.unit}/s of the window",
                   title="Each window by round: the baseline shows the machine's drift")
 
 
@@ -186,14 +187,16 @@ def _gpu_reason(finished: Sequence[TrialResult]) -> str:
 
 def draw_charts(results: Sequence[TrialResult], rec: Recommendation, *, charts_dir: Path) -> ChartSet:
     charts_dir.mkdir(parents=True, exist_ok=True)
-    finished = sorted((r for r in results if r.ok and r.tokens_per_s), key=lambda r: r.index)
+    # A resumed sweep's directory may hold the throughput chart under its name from before units.
+    (charts_dir / "tokens_per_s.png").unlink(missing_ok=True)
+    finished = sorted((r for r in results if r.ok and r.throughput_per_s), key=lambda r: r.index)
     explanations: Optional[Explanations] = rec.explanations
     points = explanations.points if explanations is not None else ()
     none_finished = "no setting finished cleanly"
     with_series = [r for r in finished if r.gpu_utilization_series]
     plans = [
-        ("tokens_per_s", "tokens/s by micro-batch", none_finished if not finished else None,
-         lambda path: _tokens_per_s(finished, rec, path)),
+        ("throughput", f"{rec.unit}/s by micro-batch", none_finished if not finished else None,
+         lambda path: _throughput(finished, rec, path)),
         ("efficiency", "per-sample efficiency",
          None if points else (none_finished if not finished else
                               "needs two finished settings that differ only in micro-batch or only in grad_accum"),
@@ -202,7 +205,7 @@ def draw_charts(results: Sequence[TrialResult], rec: Recommendation, *, charts_d
          None if any(r.step_times_s for r in finished) else
          (none_finished if not finished else "the journal holds no per-step times for these trials"),
          lambda path: _step_times(finished, path)),
-        ("rounds", "tokens/s of each window by round",
+        ("rounds", f"{rec.unit}/s of each window by round",
          None if any(len(r.window_throughput_per_s) > 1 for r in finished) else
          (none_finished if not finished else "every setting was measured in one round only"),
          lambda path: _rounds(finished, rec, path)),
