@@ -342,7 +342,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         state = "was not measured" if baseline is None else f"{baseline.label} failed ({baseline.status})"
         reasons.insert(0, f"the baseline {state}; the fastest setting that runs is {best.label} at "
                           f"{best.throughput_per_s:,.0f} {unit}/s")
-        verdict = f"{GO}: {_setting(best, against=baseline)} (baseline {state})"
+        verdict = f"{GO}: {_setting(best, against=baseline)} (fastest in {unit}/s; baseline {state})"
     elif len(results) == 1:
         decision, chosen = MEASURED, baseline
         interval = baseline.throughput_ci95
@@ -357,7 +357,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         decision, chosen = NO_GO, baseline
         reasons.insert(0, f"the baseline {baseline.label} is the fastest setting measured, or the measurements "
                           f"cannot tell it from the fastest ({baseline.throughput_per_s:,.0f} {unit}/s)")
-        verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (fastest measured)"
+        verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (fastest measured in {unit}/s)"
     else:
         comparison = compare(best, baseline)
         speedup, speedup_interval = comparison.ratio, comparison.interval

@@ -77,6 +77,9 @@ def test_console_names_samples_per_s_and_has_no_tokens_column() -> None:
 
 def test_report_and_charts_name_samples_per_s(tmp_path: Path) -> None:
     results, rec = _decided()
+    # A directory resumed from before units holds the throughput chart under its old name: it goes.
+    (tmp_path / "charts").mkdir()
+    (tmp_path / "charts" / "tokens_per_s.png").write_bytes(b"an old chart")
     files = write_report(tmp_path, results, rec)
     text = files.report.read_text()
     assert "tokens" not in text
@@ -162,3 +165,16 @@ def test_a_count_of_your_own_is_named_by_its_unit(tmp_path: Path) -> None:
     assert rec.verdict.startswith("GO: micro_batch_size=4 grad_accum=1 (+200.0% frames/s vs baseline 1x1")
     report = write_report(tmp_path, results, rec).report.read_text()
     assert "tokens" not in report and "| samples/s | frames/s | 95% CI of frames/s |" in report
+
+
+def test_every_verdict_that_compares_names_the_unit() -> None:
+    fast_base = [in_samples(make_result(index=0, key="b", is_baseline=True, tokens_per_s=2000.0)),
+                 in_samples(make_result(index=1, key="s", micro_batch_size=4, tokens_per_s=1000.0))]
+    assert decide(fast_base, args=RecommendArgs()).verdict == \
+        "NO-GO: keep baseline micro_batch_size=2 grad_accum=1 (fastest measured in samples/s)"
+    failed_base = [in_samples(make_result(index=0, key="b", is_baseline=True, status="oom")), fast_base[1]]
+    assert decide(failed_base, args=RecommendArgs()).verdict == \
+        "GO: micro_batch_size=4 grad_accum=1 (fastest in samples/s; baseline 2x1 failed (oom))"
+    (alone,) = [in_samples(make_result(index=0, key="b", is_baseline=True, tokens_per_s=1280.0))]
+    assert decide([alone], args=RecommendArgs()).verdict.startswith(
+        "MEASURED: micro_batch_size=2 grad_accum=1 at 10 samples/s (3 windows")
