@@ -82,12 +82,15 @@ def test_report_and_charts_name_samples_per_s(tmp_path: Path) -> None:
     (tmp_path / "charts" / "tokens_per_s.png").write_bytes(b"an old chart")
     files = write_report(tmp_path, results, rec)
     text = files.report.read_text()
-    assert "tokens" not in text
+    assert "tokens/s" not in text and "tokens_per_s" not in text
     assert f"**{rec.verdict}**" in text
     header = next(line for line in text.splitlines() if line.startswith("| # |"))
     assert "| samples/s | 95% CI of samples/s |" in header
     assert "| 2 | 4x1 **chosen** | 8 | ok | 160 | 152 to 168 |" in text
     assert "| max throughput | 4x1 | 160 samples/s (95% CI 152 to 168) |" in text
+    # No tokens, so no energy per token, whatever the GPU could read: said as such, not as a missing reading.
+    assert "not measured, so not in the table: energy per token: the batches carry no tokens" in text
+    assert "| min energy per token | none | n/a | - | not measured: the batches carry no tokens" in text
     charts = {c.name: c.title for c in files.charts}
     assert charts["throughput"] == "samples/s by micro-batch" and "rounds" in charts
     assert not (tmp_path / "charts" / "tokens_per_s.png").exists()

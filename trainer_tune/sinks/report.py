@@ -83,7 +83,8 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
          "MFU: " + "; ".join(sorted({(r.mfu.warning if r.mfu else None) or "no FLOP count"
                                      for r in results if r.ok}))),
         ("J/token", lambda r: _fmt(r.gpu.energy_j_per_token if r.gpu else None, ".3g"),
-         "energy per token: " + "; ".join(sorted({r.gpu_note or "no energy reading" for r in results if r.ok}))),
+         "energy per token: " + ("the batches carry no tokens" if rec.count_unit is None else
+                                 "; ".join(sorted({r.gpu_note or "no energy reading" for r in results if r.ok})))),
         ("exposed comm", lambda r: _fmt(r.comm.exposed_comm_fraction if r.comm else None, ".0%",
                                         " (noise)" if r.comm and r.comm.within_noise else ""),
          "compute vs communication split: no trial recorded one (it needs more than one rank and "
