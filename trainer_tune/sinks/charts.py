@@ -78,7 +78,8 @@ def throughput_figure(finished: Sequence[TrialResult], rec: Recommendation) -> F
     marks = [(rec.baseline, "*", "baseline", 16), (rec.chosen, "o", "chosen", 14)]
     for trial, marker, name, size in marks:
         if trial is not None and trial.ok and trial.throughput_per_s:
-            ax.plot([trial.micro_batch_size], [trial.throughput_per_s], marker=marker, markersize=size, linestyle="none",
+            ax.plot([trial.micro_batch_size], [trial.throughput_per_s], marker=marker, markersize=size,
+                    linestyle="none",
                     markerfacecolor="none" if name == "chosen" else "gold", markeredgecolor="black",
                     label=f"{name} ({trial.label})")
     _log2_axis(ax, [r.micro_batch_size for r in finished])
@@ -156,8 +157,8 @@ def _gpu_util(with_series: Sequence[TrialResult]) -> Figure:
 
 
 def rounds_figure(finished: Sequence[TrialResult], rec: Recommendation) -> Figure:
-    """The decision's rate of every window by round: the baseline's line is the machine's drift; a setting's distance from
-    it in each round is the paired ratio the decision uses."""
+    """The decision's rate of every window by round: the baseline's line is the machine's drift; a setting's
+    distance from it in each round is the paired ratio the decision uses."""
     fig = _new_figure()
     ax = fig.add_subplot()
     for r in finished:

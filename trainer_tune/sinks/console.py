@@ -103,7 +103,7 @@ class ConsoleSink:
             return
         table = Table(title="trainer_tune trials", title_justify="left")
         # Columns for figures no trial measured (GPU utilization or peak memory on a CPU, say) are left out, not
-        # shown as n/a: the notes under the table say why, and the table keeps within 120 columns.
+        # shown as n/a: the notes under the table say why, and the table stays narrow.
         has_memory = any(r.peak_memory_bytes is not None for r in results)
         has_gpu = any(r.gpu for r in results)
         has_energy = any(r.gpu is not None and r.gpu.energy_j_per_token is not None for r in results)
