@@ -82,7 +82,7 @@ class Strategy(Enum):
 
 class TieBreak(Enum):
     fastest = "fastest"
-    """Among settings the measurements cannot order, the highest point estimate of tokens/s."""
+    """Among settings the measurements cannot order, the highest point estimate of throughput (throughput.unit)."""
     least_change = "least_change"
     """Among them, the baseline's global batch first (another one changes optimisation), then less memory."""
 
@@ -369,7 +369,7 @@ class WindowArgs:
     measure_steps: int = 4
     """Steps timed and counted per window: all of them with target_rel_ci=null, else the minimum."""
     target_rel_ci: Optional[float] = 0.02
-    """Keep measuring until the 95% interval of tokens/s is within +-this share of it (block bootstrap over
+    """Keep measuring until the 95% interval of throughput is within +-this share of it (block bootstrap over
     the slowest rank's step times), or a cap is reached; null: exactly measure_steps."""
     max_measure_steps: int = 200
     """Cap on measured steps per trial when measuring to target_rel_ci."""
@@ -446,7 +446,7 @@ class BaselineArgs:
 @dataclass
 class RecommendArgs:
     min_speedup: float = 1.05
-    """GO only when the lower end of the 95% interval of best tokens/s over baseline tokens/s reaches this."""
+    """GO only when the lower end of the 95% interval of best throughput over baseline throughput reaches this."""
     fail_on_no_go: bool = False
     """Exit with code 3 on NO-GO (for CI gates); otherwise a finished sweep exits 0."""
     max_memory_fraction: float = 0.9

@@ -63,7 +63,7 @@ def _base_fields(spec: TrialSpec, ctx: TrialContext, *, started_at: str, finishe
         flags=spec.flags.as_dict(), environment=flags_to_environ(spec.flags), model=ctx.model_name,
         device=ctx.device, backend=ctx.backend, torch_version=torch.__version__,
         num_warmup_steps=ctx.num_warmup_steps, num_measured_steps=ctx.num_measured_steps,
-        started_at=started_at, finished_at=finished_at, run_overrides=ctx.run_overrides)
+        started_at=started_at, finished_at=finished_at, run_overrides=ctx.run_overrides, count_unit=ctx.count_unit)
 
 
 def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
@@ -366,10 +366,10 @@ def _cpu_over_windows(windows: Sequence[TrialResult]) -> Optional[CpuFigures]:
 
 
 def step_history(result: TrialResult) -> list[dict[str, Any]]:
-    """Per measured step (slowest rank, the setting's windows one after the other): step time, the tokens/s that
-    step sustained, the loss and, when the model collected them, the NSA auxiliary statistics (averaged over
-    ranks in the step); then each window's tokens/s by round, and the GPU utilization samples of rank 0, each on
-    its own axis."""
+    """Per measured step (slowest rank, the setting's windows one after the other): step time, the samples/s (and
+    tokens/s, where batches carry tokens) that step sustained, the loss and, when the model collected them, the
+    NSA auxiliary statistics (averaged over ranks in the step); then each window's rate in the decision's unit by
+    round (`round/<unit>_per_s`), and the GPU utilization samples of rank 0, each on its own axis."""
     losses, aux_stats = result.losses, result.nsa_aux_stats
     rows: list[dict[str, Any]] = []
     for step, time_s in enumerate(result.step_times_s):
@@ -390,13 +390,16 @@ def step_history(result: TrialResult) -> list[dict[str, Any]]:
 
 
 def summary_figures(result: TrialResult) -> dict[str, Any]:
-    """The flat figures of one trial, as dashboards and tables show them (None where not measured)."""
+    """The flat figures of one trial, as dashboards and tables show them (None where not measured).
+    tokens_per_s (named by count_unit) only where there is one: batches without tokens have no such figure."""
     gpu, mfu_info, cpu, steps = result.gpu, result.mfu, result.cpu, result.step_time_s
+    counted = {} if result.tokens_per_s is None else {"tokens_per_s": result.tokens_per_s,
+                                                      "count_unit": result.count_unit}
     return {
         "index": result.index, "label": result.label, "status": result.status, "is_baseline": result.is_baseline,
         "micro_batch_size": result.micro_batch_size, "grad_accum": result.grad_accum,
         "global_batch_size": result.global_batch_size, "world_size": result.world_size,
-        "tokens_per_s": result.tokens_per_s, "samples_per_s": result.samples_per_s,
+        "samples_per_s": result.samples_per_s, **counted,
         "throughput_unit": result.throughput_unit, "throughput_per_s": result.throughput_per_s,
         "data_wait_fraction": result.data_wait_fraction,
         "step_time_s_median": steps.median if steps else None, "step_time_s_p90": steps.p90 if steps else None,

@@ -191,6 +191,12 @@ class Recommendation:
     unit: str = TOKENS
     """What every rate of the decision counts per second: samples, tokens or throughput.count.unit."""
 
+    @property
+    def count_unit(self) -> Optional[str]:
+        """What the settings' tokens_per_s counts (TrialResult.count_unit: tokens, or throughput.count.unit);
+        None when no setting's batches carried any, so the sinks show no such figure."""
+        return next((r.count_unit for r in self.settings if r.tokens_per_s is not None), None)
+
     def to_json_dict(self) -> dict[str, Any]:
         def trial(result: Optional[TrialResult]) -> Optional[dict[str, Any]]:
             return None if result is None else result.to_json_dict()
@@ -336,7 +342,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         state = "was not measured" if baseline is None else f"{baseline.label} failed ({baseline.status})"
         reasons.insert(0, f"the baseline {state}; the fastest setting that runs is {best.label} at "
                           f"{best.throughput_per_s:,.0f} {unit}/s")
-        verdict = f"{GO}: {_setting(best, against=baseline)} (baseline {state})"
+        verdict = f"{GO}: {_setting(best, against=baseline)} (fastest in {unit}/s; baseline {state})"
     elif len(results) == 1:
         decision, chosen = MEASURED, baseline
         interval = baseline.throughput_ci95
@@ -351,7 +357,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         decision, chosen = NO_GO, baseline
         reasons.insert(0, f"the baseline {baseline.label} is the fastest setting measured, or the measurements "
                           f"cannot tell it from the fastest ({baseline.throughput_per_s:,.0f} {unit}/s)")
-        verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (fastest measured)"
+        verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (fastest measured in {unit}/s)"
     else:
         comparison = compare(best, baseline)
         speedup, speedup_interval = comparison.ratio, comparison.interval

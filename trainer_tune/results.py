@@ -95,6 +95,9 @@ class TrialResult:
     """What went wrong, for a trial whose status is not ok (the first line of the exception, by rank)."""
     throughput_unit: str = "tokens"
     """What the decision compares: `samples`, `tokens`, or throughput.count.unit; throughput_per_s reads it."""
+    count_unit: str = "tokens"
+    """What tokens_per_s counts: tokens, or throughput.count.unit (frames, patches) when a count of your own
+    replaces the token rule; the sinks name the tokens_per_s figure by it."""
     throughput_ci95: Optional[list[float]] = None
     """[low, high] 95% interval of throughput_per_s: a window's from the block bootstrap over its steps, a
     setting's from Student's t over its windows."""

@@ -17,7 +17,7 @@ from trainer_tune.journal import append_result, read_journal
 from trainer_tune.metrics import step_history
 from trainer_tune.recommend import decide
 from trainer_tune.results import RECORD_VERSION, TrialResult
-from trainer_tune.sinks.charts import tokens_per_s_lines
+from trainer_tune.sinks.charts import throughput_lines
 from trainer_tune.telemetry import RankTelemetry
 
 OLD_JOURNAL = Path(__file__).parent / "data" / "trials_before_typed_fields.jsonl"
@@ -117,7 +117,7 @@ def test_chart_lines_come_from_the_flags_never_the_label() -> None:
                      for i, m in enumerate((1, 2))]
     # Labels are for people: a multirun job names only what it changed, and anyone may rename a setting.
     renamed = dataclasses.replace(small_buckets[1], label="2x1 (small buckets)")
-    lines = tokens_per_s_lines([*plain, small_buckets[0], renamed])
+    lines = throughput_lines([*plain, small_buckets[0], renamed])
     assert {name: [r.trial_key for r in members] for name, members in lines.items()} == {
         "grad_accum=1 bucket_cap_mb=1": ["b1", "b2"], "grad_accum=1 bucket_cap_mb=null": ["p1", "p2"]}
-    assert list(tokens_per_s_lines(plain)) == ["grad_accum=1"]  # a flag no setting varies is not named
+    assert list(throughput_lines(plain)) == ["grad_accum=1"]  # a flag no setting varies is not named

@@ -26,9 +26,10 @@ if TYPE_CHECKING:  # charts imports matplotlib: only write_report loads it, at t
 REPORT_MD = "report.md"
 CHARTS_DIR = "charts"
 
-_OBJECTIVES = {"max_throughput": ("max throughput", "tokens/s"),
+_OBJECTIVES = {"max_throughput": ("max throughput", ""),
                "min_memory_bytes": ("min memory", "peak memory per device"),
                "min_energy_j_per_token": ("min energy per token", "J/token")}
+"""(name, unit) of each objective; max_throughput's unit is the decision's (Recommendation.unit) per second."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,10 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
          + (" **chosen**" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "")),
         ("global batch", lambda r: r.global_batch_size),
         ("status", lambda r: r.status if r.ok else f"**{r.status}**"),
-        ("tokens/s", lambda r: _fmt(r.tokens_per_s, ",.0f")),
-        ("95% CI", lambda r: f"{r.throughput_ci95[0]:,.0f} to {r.throughput_ci95[1]:,.0f}"
+        ("samples/s", lambda r: _fmt(r.samples_per_s, ",.0f")),
+        # The count's rate (tokens/s) only where batches carried one: no column of n/a for images.
+        *([(f"{rec.count_unit}/s", lambda r: _fmt(r.tokens_per_s, ",.0f"))] if rec.count_unit else []),
+        (f"95% CI of {rec.unit}/s", lambda r: f"{r.throughput_ci95[0]:,.0f} to {r.throughput_ci95[1]:,.0f}"
          if r.throughput_ci95 else None),
         ("step p50 s", lambda r: _fmt(r.step_time_s.median if r.step_time_s else None, ".4f")),
         ("step p90 s", lambda r: _fmt(r.step_time_s.p90 if r.step_time_s else None, ".4f")),
@@ -81,7 +84,8 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
          "MFU: " + "; ".join(sorted({(r.mfu.warning if r.mfu else None) or "no FLOP count"
                                      for r in results if r.ok}))),
         ("J/token", lambda r: _fmt(r.gpu.energy_j_per_token if r.gpu else None, ".3g"),
-         "energy per token: " + "; ".join(sorted({r.gpu_note or "no energy reading" for r in results if r.ok}))),
+         "energy per token: " + ("the batches carry no tokens" if rec.count_unit is None else
+                                 "; ".join(sorted({r.gpu_note or "no energy reading" for r in results if r.ok})))),
         ("exposed comm", lambda r: _fmt(r.comm.exposed_comm_fraction if r.comm else None, ".0%",
                                         " (noise)" if r.comm and r.comm.within_noise else ""),
          "compute vs communication split: no trial recorded one (it needs more than one rank and "
@@ -146,7 +150,7 @@ def _scaling_section(points: Sequence[ScalingPoint], facts: Sequence[str]) -> li
     return lines + [""]
 
 
-def _matrix_section(matrix: Sequence[ObjectiveWinner]) -> list[str]:
+def _matrix_section(matrix: Sequence[ObjectiveWinner], rate_unit: str) -> list[str]:
     rows = []
     for w in matrix:
         name, unit = _OBJECTIVES.get(w.objective, (w.objective, ""))
@@ -155,8 +159,8 @@ def _matrix_section(matrix: Sequence[ObjectiveWinner]) -> list[str]:
         elif w.objective == "min_memory_bytes":
             figure = format_bytes(int(w.value))
         elif w.objective == "max_throughput":
-            figure = f"{w.value:,.0f} tokens/s" + (f" (95% CI {w.value_ci95[0]:,.0f} to {w.value_ci95[1]:,.0f})"
-                                                  if w.value_ci95 else "")
+            figure = f"{w.value:,.0f} {rate_unit}/s" + (
+                f" (95% CI {w.value_ci95[0]:,.0f} to {w.value_ci95[1]:,.0f})" if w.value_ci95 else "")
         else:
             figure = f"{w.value:.3g} {unit}"
         rows.append([name, w.label or "none", figure, ", ".join(w.tied_with) or "-", w.note])
@@ -175,7 +179,7 @@ def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set
     lines += _charts_section(chart_set)
     if rec.explanations is not None:
         lines += _scaling_section(rec.explanations.points, rec.explanations.facts)
-        lines += _matrix_section(rec.explanations.matrix)
+        lines += _matrix_section(rec.explanations.matrix, rec.unit)
     if rec.not_measured:
         lines += ["## Settings not measured", ""] + [f"- {n.label}: {n.reason}" for n in rec.not_measured] + [""]
     if rec.race is not None:
