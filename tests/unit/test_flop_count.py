@@ -18,8 +18,8 @@ from trainer_tune.figures import ANALYTIC, FLOP_COUNTER
 from trainer_tune.flags import TrialFlags
 from trainer_tune.flop_count import count_step_flops
 from trainer_tune.flops import gpt_flops_per_token
-from trainer_tune.metrics import TrialContext, result_from_window
-from trainer_tune.plan import TrialSpec, build_plan
+from trainer_tune.metrics import TrialContext, aggregate_windows, result_from_window
+from trainer_tune.plan import TrialSpec, build_plan, window_of
 from trainer_tune.results import TrialResult
 from trainer_tune.window import LocalWindow, TrainerPool, combine_ranks, measure_local
 from trainer_tune.workloads.model import build_model, count_parameters
@@ -77,6 +77,22 @@ def test_a_plain_mlp_is_counted_as_by_hand() -> None:
     assert result.samples_per_s is not None
     assert mfu.achieved_tflops == pytest.approx(hand / MICRO_BATCH * result.samples_per_s / 1e12)
     assert mfu.mfu == pytest.approx(mfu.achieved_tflops / PEAK_TFLOPS) and mfu.warning is None
+
+
+def test_a_settings_mfu_follows_its_samples_per_s_over_windows() -> None:
+    cfg = _cfg()
+    setting = _spec(cfg)
+    pool = TrainerPool()
+    windows = []
+    for round_id in ("r0", "r1"):
+        spec = window_of(setting, round_id)
+        windows.append(_result(spec, measure_local(cfg=cfg, spec=spec, session=_session(), pool=pool)))
+    pool.clear()
+    setting_result = aggregate_windows(windows)
+    mfu = setting_result.mfu
+    assert mfu is not None and setting_result.samples_per_s is not None and mfu.flops_per_sample is not None
+    assert mfu.achieved_tflops == pytest.approx(mfu.flops_per_sample * setting_result.samples_per_s / 1e12)
+    assert mfu.mfu == pytest.approx(mfu.achieved_tflops / PEAK_TFLOPS)
 
 
 def test_counting_leaves_the_model_and_the_random_stream_as_they_were() -> None:
