@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_backward_flop_count, sdpa_flop_count
 
 from trainer_tune.workloads.step import StepFn
 from trainer_tune.workloads.targets import one_line
@@ -41,8 +41,9 @@ class StepFlops:
         return self.flops / self.micro_batch_size if self.flops is not None else None
 
 
-# torch 2.13's table lacks the fused CPU attention kernel (SDPA on CPU would count 0): it gets the counter's own
-# formulas for the attention kernels it knows, so a model counts the same on CPU as on CUDA's flash kernels.
+# Two corrections to torch 2.13's table, each pinned by tests/unit/test_flop_count.py.
+# 1. It lacks the fused CPU attention kernel (SDPA on CPU would count 0): that gets the counter's own formulas for
+#    the attention kernels it knows, so a model counts the same on CPU as on CUDA's flash kernels.
 def _cpu_flash_forward(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
     return sdpa_flop_count(query, key, value)
 
@@ -52,9 +53,19 @@ def _cpu_flash_backward(grad_out: Any, query: Any, key: Any, value: Any, *args: 
     return sdpa_backward_flop_count(grad_out, query, key, value)
 
 
+# 2. Its convolution backward ignores `groups` for the weight gradient: a depthwise convolution of C channels
+#    counted C times its real work. Each gradient a convolution's backward computes (input, weight) takes as many
+#    multiply-adds as its forward, whatever the groups; the forward formula is the counter's own.
+def _conv_backward(grad_out: Any, x: Any, weight: Any, _bias: Any, _stride: Any, _padding: Any, _dilation: Any,
+                   transposed: bool, _output_padding: Any, _groups: Any, output_mask: Any, out_shape: Any = None,
+                   **kwargs: Any) -> int:
+    return conv_flop_count(x, weight, grad_out, transposed) * (int(output_mask[0]) + int(output_mask[1]))
+
+
 _EXTRA_FORMULAS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_forward,
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward,
+    torch.ops.aten.convolution_backward: _conv_backward,
 }
 
 _PRODUCT_OP = re.compile(r"attention|convolution|conv\dd|^(mv|addmv|dot|vdot|addbmm|addr|_int_mm)$")

@@ -170,6 +170,29 @@ def test_attention_on_cpu_counts_as_the_fused_kernels_do() -> None:
     assert (flops.flops, flops.note) == (14 * b * h * s * s * d, None)
 
 
+@pytest.mark.parametrize("groups", [1, 8])
+def test_a_convolution_backward_counts_twice_its_forward_whatever_the_groups(groups: int) -> None:
+    # Conv1d(8 -> 8 channels, kernel 3, groups) on [b, 8, 20] (output 18 long) whose input needs a gradient (it is
+    # scaled by a parameter first): forward 2*b*18*8*(8/groups)*3 FLOPs, then the input gradient and the weight
+    # gradient take as many each: 3x the forward. torch 2.13's own formula ignores groups for the weight gradient,
+    # which for the depthwise case (groups=8) would read 8x too much there.
+    b, channels, length, kernel = 2, 8, 20, 3
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+            self.conv = nn.Conv1d(channels, channels, kernel, groups=groups, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x * self.scale).square().mean()
+
+    forward = 2 * b * (length - kernel + 1) * channels * (channels // groups) * kernel
+    flops = count_step_flops(Scaled(), torch.randn(b, channels, length), lambda m, batch: m(batch),
+                             micro_batch_size=b, device=torch.device("cpu"))
+    assert (flops.flops, flops.note) == (3 * forward, None)
+
+
 def test_the_built_in_gpt_keeps_its_formula_and_is_not_counted() -> None:
     cfg = _cfg(model_target=None)
     spec = _spec(cfg)
