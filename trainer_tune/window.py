@@ -1,7 +1,8 @@
 """One trial's measurement window: a short, real DDP training run at one setting.
 
-Every trial starts from the same seed with a fresh model, DDP wrapper and optimizer. Warm-up optimizer
-steps run first and are not counted. Each measured optimizer step is `grad_accum` micro-steps, with
+Every trial starts from the same seed with a fresh model, DDP wrapper and optimizer. A setting's first build
+counts one micro-step's FLOPs with FlopCounterMode before DDP wraps the model (flop_count.py; not for the built-in
+GPT, whose FLOPs are a formula). Warm-up optimizer steps run first and are not measured. Each measured optimizer step is `grad_accum` micro-steps, with
 DDP's `no_sync` on all but the last, then `optimizer.step()`. Step boundaries are timed on the host
 clock on CPU and with CUDA events on GPU (which time the device's own stream without stalling the
 host each step); the device is synchronized before any time is read. Per step, the time that counts
@@ -198,6 +199,9 @@ class _Trainer:
         flops = count_step_flops(model, batch, self.loss_of, micro_batch_size=micro_batch_size, device=self.device)
         for layer in self.aux_stats.layers:
             layer.last_aux_stats = None
+        # The count was progress (a slow micro-step under the counter): the watchdog's wait for the first step
+        # starts after it, as it would after the build. (0, 0) is the first micro-step's own beat: no interval.
+        self.heartbeat(0, 0)
         return flops
 
     def next_batch(self) -> tuple[Any, float]:
