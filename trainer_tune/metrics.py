@@ -121,9 +121,11 @@ def mfu_figures(ctx: TrialContext, m: WindowMeasurement, *, samples_per_s: float
         flops_per_token: Optional[float] = ctx.flops_per_token
         flops_per_sample, source = ctx.flops_per_token * m.tokens / m.samples, ANALYTIC
     elif m.flops_per_sample:
-        # Per token: the FLOPs of every sample fed over the tokens really fed (padding does work, and no tokens).
+        # Per token: the FLOPs of every sample fed over the tokens really fed (padding costs FLOPs but is no token).
         flops_per_token = m.flops_per_sample * m.samples / m.tokens if m.tokens else None
         flops_per_sample, source = m.flops_per_sample, FLOP_COUNTER
+    elif m.flops_per_sample == 0:
+        return None, "FlopCounterMode counted 0 FLOPs: the step runs no matrix product it knows"
     else:
         return None, m.flops_note or "no FLOP count for this step"
     result = mfu(flops_per_sample=flops_per_sample, samples_per_s=samples_per_s, num_devices=world_size,
