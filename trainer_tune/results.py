@@ -111,7 +111,8 @@ class TrialResult:
     gpu_note: Optional[str] = None
     cpu: Optional[CpuFigures] = None
     mfu: Optional[MfuFigures] = None
-    """None when the model's FLOPs per token are unknown."""
+    """Achieved FLOP/s and MFU (metrics.mfu_figures); None when there is no FLOP count, with the reason in
+    mfu_note."""
     comm: Optional[CommSplit] = None
     """Compute vs communication split (metrics.comm_split); exposed means not hidden behind backward compute.
     None when not measured (one rank, or window.comm_split_steps=0)."""
@@ -148,6 +149,8 @@ class TrialResult:
     run_overrides: tuple[str, ...] = ()
     """Hydra overrides that compose this result's run again (model, data, loss, train, window, dist,
     telemetry), without the setting and the sweep (rerun.py); empty in journals from before them."""
+    mfu_note: Optional[str] = None
+    """Why mfu is None: e.g. FlopCounterMode could not count the step (absent in journals from before it)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Diagnostics for people, read by no decision and no sink: `ddp_applied`, `tracebacks`."""
     record_version: int = RECORD_VERSION
