@@ -4,19 +4,24 @@ data.num_workers as a flag and a sweep axis (labels, keys, overrides, config che
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Optional
 
 import pytest
+import torch
 
+import trainer_tune.workloads.data as data_module
 from result_factory import make_result
-from trainer_tune.config import ConfigError, DataArgs, DdpArgs, NsaArgs, RecommendArgs, SweepArgs, TuneConfig
+from trainer_tune.config import (
+    ConfigError, DataArgs, DdpArgs, ModelArgs, NsaArgs, RecommendArgs, SweepArgs, TuneConfig)
 from trainer_tune.flags import TrialFlags, flags_to_environ, flags_to_overrides, resolve_flags
 from trainer_tune.plan import build_plan
 from trainer_tune.recommend import GO, MEASURED, NO_GO, decide
 from trainer_tune.rerun import run_overrides
 from trainer_tune.results import TrialResult
 from trainer_tune.sinks.report import write_report
+from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.targets import ignored_settings
 
 ARGS = RecommendArgs(min_speedup=1.05)
@@ -167,3 +172,18 @@ def test_workers_with_the_built_in_data_are_named_as_changing_nothing() -> None:
     with_source = _cfg(num_workers=[0, 2])
     with_source.data._target_ = "helpers.input_pipeline.SlowDataset"
     assert ignored_settings(with_source) == []
+
+
+def test_workers_for_a_source_that_is_not_a_dataset_are_named_once(caplog: pytest.LogCaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source that returns its own iterable is used as given: data.num_workers cannot reach it."""
+    monkeypatch.setattr(data_module, "_warned_unused_workers", set())
+    source = DataArgs(_target_="trainer_tune.examples.batches.counting_batches")
+    with caplog.at_level(logging.WARNING, logger=data_module.__name__):
+        for _ in range(2):  # two trials of the sweep
+            next(build_batches(data=source, model=ModelArgs(), micro_batch_size=2, rank=0, world_size=1,
+                               device=torch.device("cpu"), num_workers=2))
+    assert [r.getMessage() for r in caplog.records] == [
+        "data.num_workers=2 (or sweep.num_workers) changes nothing here: "
+        "data._target_='trainer_tune.examples.batches.counting_batches' returned a generator, used as given; "
+        "workers only load a Dataset that trainer_tune wraps in its own DataLoader"]
