@@ -335,6 +335,10 @@ class SweepArgs:
     """Values of ddp.find_unused_parameters to measure, multiplying the grid."""
     ddp_bucket_cap_mb: Optional[List[Optional[float]]] = None
     """MiB per DDP bucket; null in the list is DDP's default."""
+    num_workers: Optional[List[int]] = None
+    """Values of data.num_workers to measure, multiplying the grid (with a data._target_ that returns a
+    Dataset: trainer_tune builds its DataLoader); e.g. [0, 2, 4] shows whether more workers end an input-bound
+    setting's wait for batches."""
 
     @property
     def fixes_global_batch(self) -> bool:
@@ -355,6 +359,7 @@ class SweepArgs:
         for key in ("nsa_prefill_batched", "nsa_disable_aux_stats", "ddp_static_graph",
                     "ddp_find_unused_parameters", "ddp_bucket_cap_mb"):
             require_non_empty(f"sweep.{key}", getattr(self, key))
+        require_list_of_int_at_least("sweep.num_workers", self.num_workers, 0)
         for mb in self.ddp_bucket_cap_mb or []:
             require(mb is None or mb > 0, key="sweep.ddp_bucket_cap_mb", value=list(self.ddp_bucket_cap_mb or []),
                     allowed="every entry a number of MiB > 0, or null for DDP's default")
@@ -456,6 +461,10 @@ class RecommendArgs:
     tie_break: TieBreak = TieBreak.fastest
     """fastest: among settings the measurements cannot order, the highest point estimate; least_change: the
     baseline's global batch first, then less memory. The verdict names the tie and its worst-case cost."""
+    input_bound_fraction: Optional[float] = 0.1
+    """A setting whose slowest rank waited for its batches more than this share of the measured time is named
+    input-bound, with what to try (it never blocks a GO). 0.1: removing such a wait would gain at least 11%,
+    more than twice the margin recommend.min_speedup asks by default; null names none."""
 
     def __post_init__(self) -> None:
         require(0 < self.max_memory_fraction <= 1, key="recommend.max_memory_fraction",
@@ -465,6 +474,9 @@ class RecommendArgs:
                     value=self.target_throughput_per_s, allowed="a rate > 0 in the decision's unit per second, or null")
         require(self.min_speedup > 0, key="recommend.min_speedup", value=self.min_speedup,
                 allowed="a number > 0 (1.05 means at least 5% faster)")
+        if self.input_bound_fraction is not None:
+            require(0 < self.input_bound_fraction < 1, key="recommend.input_bound_fraction",
+                    value=self.input_bound_fraction, allowed="a share of the step time in (0, 1), or null")
 
 
 @dataclass

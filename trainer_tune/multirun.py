@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from trainer_tune.config import (
-    BaselineArgs, ConfigError, DdpArgs, DistArgs, NsaArgs, RecommendArgs, SweepArgs, WandbArgs)
+    BaselineArgs, ConfigError, DataArgs, DdpArgs, DistArgs, NsaArgs, RecommendArgs, SweepArgs, WandbArgs)
 from trainer_tune.config_keys import check_keys, check_override_keys
 from trainer_tune.distributed import DistSession, RankEnv, adopt_slurm_tasks, launch_hint
 from trainer_tune.durable import write_atomically
@@ -167,7 +167,8 @@ class MultirunCallback(Callback):
         # The multirun's own config has no sweep values in it: train.* here is the setting the jobs'
         # train.* sweep moves away from, and baseline.* (train.* unless set) is what they are measured against.
         baseline: BaselineArgs = _typed(config.baseline, BaselineArgs)
-        flags = resolve_flags(nsa=_typed(config.nsa, NsaArgs), ddp=_typed(config.ddp, DdpArgs), environ=os.environ)
+        flags = resolve_flags(nsa=_typed(config.nsa, NsaArgs), ddp=_typed(config.ddp, DdpArgs),
+                              data=_typed(config.data, DataArgs), environ=os.environ)
         pin = BaselinePin(micro_batch_size=baseline.micro_batch_size, grad_accum=baseline.grad_accum, flags=flags)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         pin_path = sweep_dir / PIN_NAME

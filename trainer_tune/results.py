@@ -206,6 +206,9 @@ class TrialResult:
                  "nsa_aux_stats": tuple, "run_overrides": tuple, "gpu_utilization_series": lambda v: tuple(tuple(p) for p in v),
                  "noise": lambda v: from_fields(NoiseFloor, v)}
         values = dict(data)
+        # Lines from before data.num_workers was one of the flags: their batches were made in the training
+        # process unless data.num_workers said otherwise, which they did not record with the setting.
+        values["flags"] = {"num_workers": 0, **(values.get("flags") or {})}
         for name, build in typed.items():
             if values.get(name) is not None:
                 values[name] = build(values[name])

@@ -168,7 +168,7 @@ class _Trainer:
         self.batches: Iterator[Any] = build_batches(
             data=cfg.data, model=cfg.model, micro_batch_size=spec.micro_batch_size,
             rank=session.rank_env.rank, world_size=session.rank_env.world_size, device=device,
-            num_workers=getattr(spec.flags, "num_workers", None))
+            num_workers=spec.flags.num_workers)
         autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) \
             if cfg.train.precision == Precision.bf16 else contextlib.nullcontext
         self.loss_of: StepFn = _step_fn(cfg, autocast)

@@ -117,6 +117,21 @@ def _trials_section(results: Sequence[TrialResult], rec: Recommendation,
     return lines + ([""] if notes else [])
 
 
+def _input_pipeline_section(rec: Recommendation) -> list[str]:
+    """Each setting's wait for batches; only when a setting is input-bound or data.num_workers was swept."""
+    if not rec.input_waits:
+        return []
+    threshold = ("" if rec.input_bound_fraction is None
+                 else f"; input-bound: above recommend.input_bound_fraction={rec.input_bound_fraction:g}")
+    rows = [[w.label, w.num_workers, _fmt(w.data_wait_fraction, ".0%"),
+             _fmt(None if w.data_wait_s_median is None else w.data_wait_s_median * 1e3, ".3g"),
+             "**yes**" if w.input_bound else "no"] for w in rec.input_waits]
+    return ["## Input pipeline", "",
+            f"The share of the measured time the slowest rank spent waiting for its next batch{threshold} "
+            f"(docs/measurement.md says what the wait includes).", "",
+            *_table(["setting", "data.num_workers", "wait share", "median wait ms/step", "input-bound"], rows), ""]
+
+
 def _charts_section(chart_set: "ChartSet") -> list[str]:
     lines = ["## Charts", ""]
     for chart in chart_set.charts:
@@ -176,6 +191,7 @@ def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set
         lines += ["Train (or measure again) with:", "", "```", shell_line(rec.overrides), "```", ""]
     lines += ["## Why", ""] + [f"- {reason}" for reason in rec.reasons] + [""]
     lines += _trials_section(results, rec, jobs)
+    lines += _input_pipeline_section(rec)
     lines += _charts_section(chart_set)
     if rec.explanations is not None:
         lines += _scaling_section(rec.explanations.points, rec.explanations.facts)
