@@ -79,7 +79,7 @@ class ConsoleSink:
         if not self.enabled:
             return
         if result.ok:
-            detail = (f"{result.tokens_per_s:,.0f} tokens/s, median step "
+            detail = (f"{result.throughput_per_s:,.0f} {result.throughput_unit}/s, median step "
                       f"{result.step_time_s.median:.4f} s")  # type: ignore[union-attr]
         else:
             detail = result.error or ""
