@@ -21,7 +21,8 @@ from torch import nn
 
 class PairEncoder(nn.Module):
     """One MLP encoder applied to both views: (anchor [B, dim], positive [B, dim]) -> two unit-length
-    embeddings [B, embed_dim]. Both views go through one forward call, so DDP sees one forward per backward."""
+    embeddings [B, embed_dim]. Both views go through the encoder in one call, as one batch of 2B rows: faster
+    than two calls of B rows each."""
 
     def __init__(self, *, dim: int = 32, hidden: int = 128, embed_dim: int = 32) -> None:
         super().__init__()
