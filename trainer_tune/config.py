@@ -112,10 +112,10 @@ class ModelArgs:
     """Preset name, recorded with every trial: `${trainer_tune.model_name:PRESET}` is model._target_ when one is
     set (a model given by its import path), else PRESET."""
     _target_: Optional[str] = None
-    """null: the built-in GPT. Else the import path of a class or factory that returns an nn.Module taking
-    input_ids [batch, seq_len] and returning logits [batch, seq_len, vocab_size] (or an object with .logits,
-    as Hugging Face causal LMs do); built with hydra.utils.instantiate and model.kwargs. The built-in GPT's
-    shape keys below are then unused, except vocab_size and seq_len, which the data and the loss check use."""
+    """null: the built-in GPT. Else the import path of a class or factory that returns the nn.Module to train,
+    built with hydra.utils.instantiate and model.kwargs; the batches decide how it is called (step._target_,
+    docs/your-model.md). The built-in GPT's shape keys below are then unused; vocab_size and seq_len only
+    serve models of tokens (the language-model path checks logits against them; a source may take them)."""
     kwargs: Dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for model._target_ (add one with +model.kwargs.NAME=VALUE; nested `_target_` nodes
     are instantiated too, e.g. a Hugging Face config object)."""
@@ -248,11 +248,12 @@ class ThroughputArgs:
 
 @dataclass
 class LossArgs:
-    """The training loss; next-token cross-entropy unless `_target_` names another."""
+    """The loss the default step computes; cross-entropy unless `_target_` names another."""
 
     _target_: Optional[str] = None
-    """null: cross-entropy of logits [batch, seq, vocab] against the next tokens. Else the import path of a
-    function loss(logits, targets, **loss.kwargs) -> scalar tensor, with targets [batch, seq] token ids."""
+    """null: cross-entropy (a dict batch's model may compute its own .loss). Else the import path of a function
+    loss(outputs, targets, **loss.kwargs) -> scalar tensor: (model(inputs), targets) for a pair batch,
+    (outputs, batch) for a dict batch whose model returns no .loss, (logits, next token ids) for token ids."""
     kwargs: Dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for loss._target_."""
 

@@ -96,3 +96,56 @@ def test_docs_command_exits_as_documented(tmp_path: Path, command: str, extra: l
     assert (out / "trials.jsonl").exists() and (out / "recommendation.yaml").exists()
     missing = [name for name in files if not (out / name).exists()]
     assert not missing, f"{command}: no {missing} in {out}\n{proc.stderr[-3000:]}"
+
+
+YOUR_MODEL = "docs/your-model.md"
+
+ONE_SETTING_AND_BASELINE = ["sweep.micro_batch_sizes=[1]", "sweep.grad_accums=[1]"]
+"""The example sweeps cut to 1x1 beside the baseline 2x1: two settings, so the verdict is GO or NO-GO."""
+
+YOUR_MODEL_COMMANDS: list[tuple[str, list[str], int]] = [
+    # (the command as docs/your-model.md writes it, continuation lines joined, what the test appends, exit code)
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch model._target_=trainer_tune.examples.models.ConvLM "
+     "'+model.kwargs.vocab_size=${model.vocab_size}' +model.kwargs.d_model=128", ONE_SETTING_AND_BASELINE, 0),
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch model=conv_lm "
+     "data._target_=trainer_tune.examples.batches.counting_batches +data.kwargs.max_step=3 "
+     "loss._target_=trainer_tune.examples.losses.label_smoothed_cross_entropy +loss.kwargs.smoothing=0.05",
+     ONE_SETTING_AND_BASELINE, 0),
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch model=hf_gpt2", ONE_SETTING_AND_BASELINE, 0),
+    # The NSA measurements at micro-batch 2, both flag values (one of them is the baseline): two windows.
+    ("torchrun --nproc_per_node=2 -m trainer_tune model=tiny_nsa +sweep=batch 'sweep.micro_batch_sizes=[1,4]' "
+     "'sweep.grad_accums=[1]' 'sweep.nsa_prefill_batched=[true,false]' window.max_measure_s=8 wandb=off",
+     ["sweep.micro_batch_sizes=[2]"], 0),
+    ("torchrun --nproc_per_node=2 -m trainer_tune model=tiny_nsa +sweep=batch 'sweep.micro_batch_sizes=[1,4]' "
+     "'sweep.grad_accums=[1]' 'sweep.nsa_disable_aux_stats=[true,false]' window.max_measure_s=8 wandb=off",
+     ["sweep.micro_batch_sizes=[2]"], 0),
+]
+"""docs/your-model.md's trainer_tune commands, but those for GPUs (train=gpu_bf16) and those below."""
+
+YOUR_MODEL_RUN_BY_TEST_WORKLOADS = (
+    "torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch model=resnet_small data=images",
+    "torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch model=distilbert_cls data=text_cls",
+    "torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch model=pair_encoder data=pairs "
+    "step._target_=trainer_tune.examples.contrastive.contrastive_step +step.kwargs.temperature=0.05",
+)
+"""The examples' commands: tests/distributed/test_workloads.py runs them as written and checks what they record."""
+
+
+def _your_model_commands_in_the_docs() -> list[str]:
+    """The trainer_tune commands of docs/your-model.md's code blocks, continuation lines joined, spaces collapsed."""
+    blocks = (REPO / YOUR_MODEL).read_text().split("```")[1::2]
+    lines = [" ".join(line.split()) for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    return [line for line in lines if line.startswith(("torchrun ", "python ")) and " trainer_tune" in line]
+
+
+def test_every_your_model_command_is_run_here() -> None:
+    """Both ways: a command added to the docs must be added here, a command here must still be in the docs."""
+    in_docs = {command for command in _your_model_commands_in_the_docs() if "train=gpu_bf16" not in command}
+    listed = {command for command, _, _ in YOUR_MODEL_COMMANDS} | set(YOUR_MODEL_RUN_BY_TEST_WORKLOADS)
+    assert in_docs == listed, f"only in the docs: {sorted(in_docs - listed)}; only here: {sorted(listed - in_docs)}"
+
+
+@pytest.mark.parametrize("command,extra,exit_code", YOUR_MODEL_COMMANDS, ids=[c for c, _, _ in YOUR_MODEL_COMMANDS])
+def test_your_model_command_exits_as_documented(tmp_path: Path, command: str, extra: list[str],
+                                                exit_code: int) -> None:
+    test_docs_command_exits_as_documented(tmp_path, command, extra, exit_code, ())
