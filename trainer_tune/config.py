@@ -82,7 +82,7 @@ class Strategy(Enum):
 
 class TieBreak(Enum):
     fastest = "fastest"
-    """Among settings the measurements cannot order, the highest point estimate of tokens/s."""
+    """Among settings the measurements cannot order, the highest point estimate of throughput (throughput.unit)."""
     least_change = "least_change"
     """Among them, the baseline's global batch first (another one changes optimisation), then less memory."""
 
@@ -123,10 +123,10 @@ class ModelArgs:
     """Preset name, recorded with every trial: `${trainer_tune.model_name:PRESET}` is model._target_ when one is
     set (a model given by its import path), else PRESET."""
     _target_: Optional[str] = None
-    """null: the built-in GPT. Else the import path of a class or factory that returns an nn.Module taking
-    input_ids [batch, seq_len] and returning logits [batch, seq_len, vocab_size] (or an object with .logits,
-    as Hugging Face causal LMs do); built with hydra.utils.instantiate and model.kwargs. The built-in GPT's
-    shape keys below are then unused, except vocab_size and seq_len, which the data and the loss check use."""
+    """null: the built-in GPT. Else the import path of a class or factory that returns the nn.Module to train,
+    built with hydra.utils.instantiate and model.kwargs; the batches decide how it is called (step._target_,
+    docs/your-model.md). The built-in GPT's shape keys below are then unused; vocab_size and seq_len only
+    serve models of tokens (the language-model path checks logits against them; a source may take them)."""
     kwargs: Dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for model._target_ (add one with +model.kwargs.NAME=VALUE; nested `_target_` nodes
     are instantiated too, e.g. a Hugging Face config object)."""
@@ -259,11 +259,12 @@ class ThroughputArgs:
 
 @dataclass
 class LossArgs:
-    """The training loss; next-token cross-entropy unless `_target_` names another."""
+    """The loss the default step computes; cross-entropy unless `_target_` names another."""
 
     _target_: Optional[str] = None
-    """null: cross-entropy of logits [batch, seq, vocab] against the next tokens. Else the import path of a
-    function loss(logits, targets, **loss.kwargs) -> scalar tensor, with targets [batch, seq] token ids."""
+    """null: cross-entropy (a dict batch's model may compute its own .loss). Else the import path of a function
+    loss(outputs, targets, **loss.kwargs) -> scalar tensor: (model(inputs), targets) for a pair batch,
+    (outputs, batch) for a dict batch whose model returns no .loss, (logits, next token ids) for token ids."""
     kwargs: Dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for loss._target_."""
 
@@ -346,6 +347,10 @@ class SweepArgs:
     """Values of ddp.find_unused_parameters to measure, multiplying the grid."""
     ddp_bucket_cap_mb: Optional[List[Optional[float]]] = None
     """MiB per DDP bucket; null in the list is DDP's default."""
+    num_workers: Optional[List[int]] = None
+    """Values of data.num_workers to measure, multiplying the grid (with a data._target_ that returns a
+    Dataset: trainer_tune builds its DataLoader); e.g. [0, 2, 4] shows whether more workers end an input-bound
+    setting's wait for batches."""
 
     @property
     def fixes_global_batch(self) -> bool:
@@ -366,6 +371,7 @@ class SweepArgs:
         for key in ("nsa_prefill_batched", "nsa_disable_aux_stats", "ddp_static_graph",
                     "ddp_find_unused_parameters", "ddp_bucket_cap_mb"):
             require_non_empty(f"sweep.{key}", getattr(self, key))
+        require_list_of_int_at_least("sweep.num_workers", self.num_workers, 0)
         for mb in self.ddp_bucket_cap_mb or []:
             require(mb is None or mb > 0, key="sweep.ddp_bucket_cap_mb", value=list(self.ddp_bucket_cap_mb or []),
                     allowed="every entry a number of MiB > 0, or null for DDP's default")
@@ -380,7 +386,7 @@ class WindowArgs:
     measure_steps: int = 4
     """Steps timed and counted per window: all of them with target_rel_ci=null, else the minimum."""
     target_rel_ci: Optional[float] = 0.02
-    """Keep measuring until the 95% interval of tokens/s is within +-this share of it (block bootstrap over
+    """Keep measuring until the 95% interval of throughput is within +-this share of it (block bootstrap over
     the slowest rank's step times), or a cap is reached; null: exactly measure_steps."""
     max_measure_steps: int = 200
     """Cap on measured steps per trial when measuring to target_rel_ci."""
@@ -457,7 +463,7 @@ class BaselineArgs:
 @dataclass
 class RecommendArgs:
     min_speedup: float = 1.05
-    """GO only when the lower end of the 95% interval of best tokens/s over baseline tokens/s reaches this."""
+    """GO only when the lower end of the 95% interval of best throughput over baseline throughput reaches this."""
     fail_on_no_go: bool = False
     """Exit with code 3 on NO-GO (for CI gates); otherwise a finished sweep exits 0."""
     max_memory_fraction: float = 0.9
@@ -474,6 +480,10 @@ class RecommendArgs:
     tie_break: TieBreak = TieBreak.fastest
     """fastest: among settings the measurements cannot order, the highest point estimate; least_change: the
     baseline's global batch first, then less memory. The verdict names the tie and its worst-case cost."""
+    input_bound_fraction: Optional[float] = 0.1
+    """A setting whose slowest rank waited for its batches more than this share of the measured time is named
+    input-bound, with what to try (it never blocks a GO). 0.1: removing such a wait would gain at least 11%,
+    more than twice the margin recommend.min_speedup asks by default; null names none."""
 
     def __post_init__(self) -> None:
         require(0 < self.max_memory_fraction <= 1, key="recommend.max_memory_fraction",
@@ -486,6 +496,9 @@ class RecommendArgs:
                     value=self.target_throughput_per_s, allowed="a rate > 0 in the decision's unit per second, or null")
         require(self.min_speedup > 0, key="recommend.min_speedup", value=self.min_speedup,
                 allowed="a number > 0 (1.05 means at least 5% faster)")
+        if self.input_bound_fraction is not None:
+            require(0 < self.input_bound_fraction < 1, key="recommend.input_bound_fraction",
+                    value=self.input_bound_fraction, allowed="a share of the step time in (0, 1), or null")
 
 
 @dataclass

@@ -256,6 +256,8 @@ def _min_energy(finished: Sequence[TrialResult]) -> ObjectiveWinner:
         notes = sorted({r.gpu_note or "GPU figures were not recorded" for r in finished if r.gpu is None})
         if not finished:
             why = "no setting finished cleanly"
+        elif all(r.tokens_per_s is None for r in finished):
+            why = "the batches carry no tokens, so there is no energy per token"
         elif notes:
             why = "; ".join(notes)
         else:

@@ -73,11 +73,14 @@ class GpuFigures:
     energy_j: Optional[float]
     """Summed over GPUs: the whole job's energy over the measured steps."""
     energy_j_per_token: Optional[float]
+    """energy_j over every rank's tokens; None for batches without tokens."""
     energy_source: Optional[str]
     per_rank: tuple[GpuSummary, ...]
     num_alloc_retries: Optional[int] = None
     """cudaMalloc retries of the caching allocator summed over ranks (CUDA only): memory pressure short of OOM."""
     num_ooms: Optional[int] = None
+    energy_j_per_sample: Optional[float] = None
+    """energy_j over every rank's samples: the energy figure of every workload (images have no tokens)."""
 
     @staticmethod
     def from_json_dict(data: dict[str, Any]) -> "GpuFigures":
@@ -117,16 +120,34 @@ class CommSplit:
     """The gap is inside the synced steps' own spread: not distinguishable from 0."""
 
 
+ANALYTIC = "analytic"
+"""MfuFigures.flops_source: flops.gpt_flops_per_token, the built-in GPT's formula."""
+FLOP_COUNTER = "FlopCounterMode"
+"""MfuFigures.flops_source: torch's FlopCounterMode over one micro-step (flop_count.py)."""
+
+
 @dataclass(frozen=True)
 class MfuFigures:
-    flops_per_token: float
+    """Achieved model FLOP/s and MFU (docs/measurement.md, "FLOPs of any model")."""
+
+    flops_per_token: Optional[float]
+    """Training FLOPs per token; None for batches without tokens."""
     achieved_tflops: float
+    """flops_per_sample x samples/s: model TFLOP/s summed over all devices."""
     achieved_tflops_per_device: float
     peak_tflops_per_device: Optional[float]
     mfu: Optional[float]
-    """None when not trustworthy (no peak, or a ratio above 1), with the reason in `warning`."""
+    """None when not trustworthy (no peak, a ratio above 1, a partial FLOP count), with the reason in `warning`."""
     mfu_raw: Optional[float]
     warning: Optional[str]
+    flops_per_sample: Optional[float] = None
+    """Training FLOPs (forward and backward) per sample: the figure behind achieved_tflops. None in records from
+    before it (their flops_per_token was the figure)."""
+    flops_source: str = ANALYTIC
+    """Where flops_per_sample comes from: ANALYTIC (the built-in GPT) or FLOP_COUNTER (every other step)."""
+    count_note: Optional[str] = None
+    """With FLOP_COUNTER: the ops the count left out (no formula, counted as 0), so flops_per_sample is a lower
+    bound and mfu is None; None when nothing was left out."""
 
 
 # --- latency (mode=inference) --------------------------------------------------------------------------------

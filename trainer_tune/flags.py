@@ -1,9 +1,9 @@
-"""The NSA and DDP environment flags: where each value comes from and how it is exported.
+"""A setting's flags besides its batch shape: the NSA and DDP switches and the DataLoader's worker count.
 
 Precedence, per flag: a value given in the config (command line or YAML) wins; else the environment
 variable if it is set; else the built-in default. The effective values are exported to the process
 environment while each trial runs, so user code that reads `NSA_*` sees what was measured, and they are
-recorded with every trial.
+recorded with every trial. data.num_workers has no variable: it only shapes the DataLoader trainer_tune builds.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import contextlib
 from dataclasses import asdict, dataclass, replace
 from typing import Iterator, Mapping, MutableMapping, Optional
 
-from trainer_tune.config import ConfigError, DdpArgs, NsaArgs, SweepArgs
+from trainer_tune.config import ConfigError, DataArgs, DdpArgs, NsaArgs, SweepArgs
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class TrialFlags:
     find_unused_parameters: bool = False
     bucket_cap_mb: Optional[float] = None
     """None: DDP's own default, which is not the same as 25: a 1 MiB first bucket, then 25 MiB buckets."""
+    num_workers: int = 0
+    """DataLoader worker processes for a Dataset source (data.num_workers); a flag so it can be swept."""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -32,7 +34,8 @@ class TrialFlags:
 class FlagSpec:
     field_name: str
     config_key: str
-    env_var: str
+    env_var: Optional[str]
+    """The NSA_* variable that sets it and is exported during a trial; None for a flag with no variable."""
     sweep_key: str
     short_name: str
     """The flag's name in narrow places (the console table), where `find_unused_parameters=false` would not fit."""
@@ -45,6 +48,7 @@ FLAG_SPECS: tuple[FlagSpec, ...] = (
     FlagSpec("find_unused_parameters", "ddp.find_unused_parameters", "NSA_DDP_FIND_UNUSED",
              "ddp_find_unused_parameters", "unused"),
     FlagSpec("bucket_cap_mb", "ddp.bucket_cap_mb", "NSA_DDP_BUCKET_MB", "ddp_bucket_cap_mb", "bucket_mb"),
+    FlagSpec("num_workers", "data.num_workers", None, "num_workers", "workers"),
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -70,16 +74,18 @@ def _parse_env(spec: FlagSpec, raw: str, default: object) -> object:
     return value
 
 
-def resolve_flags(*, nsa: NsaArgs, ddp: DdpArgs, environ: Mapping[str, str]) -> TrialFlags:
+def resolve_flags(*, nsa: NsaArgs, ddp: DdpArgs, data: DataArgs, environ: Mapping[str, str]) -> TrialFlags:
     """The effective flags for trials that do not sweep them."""
     defaults = TrialFlags()
-    given: dict[str, Optional[object]] = {**asdict(nsa), **asdict(ddp)}
+    groups = {"nsa": nsa, "ddp": ddp, "data": data}
     values: dict[str, object] = {}
     for spec in FLAG_SPECS:
         default = getattr(defaults, spec.field_name)
-        if given[spec.field_name] is not None:
-            values[spec.field_name] = given[spec.field_name]
-        elif environ.get(spec.env_var, "").strip():
+        group, name = spec.config_key.split(".")
+        given = getattr(groups[group], name)
+        if given is not None:
+            values[spec.field_name] = given
+        elif spec.env_var is not None and environ.get(spec.env_var, "").strip():
             values[spec.field_name] = _parse_env(spec, environ[spec.env_var], default)
         else:
             values[spec.field_name] = default
@@ -119,7 +125,7 @@ def flags_to_environ(flags: TrialFlags) -> dict[str, str]:
     out: dict[str, str] = {}
     for spec in FLAG_SPECS:
         value = getattr(flags, spec.field_name)
-        if value is None:
+        if value is None or spec.env_var is None:
             continue
         out[spec.env_var] = ("1" if value else "0") if isinstance(value, bool) else f"{value:g}"
     return out
@@ -129,6 +135,8 @@ def export_flags(flags: TrialFlags, environ: MutableMapping[str, str]) -> None:
     """Make `environ` show exactly this trial's flags, removing what an earlier trial set."""
     exported = flags_to_environ(flags)
     for spec in FLAG_SPECS:
+        if spec.env_var is None:
+            continue
         if spec.env_var in exported:
             environ[spec.env_var] = exported[spec.env_var]
         else:
@@ -140,7 +148,7 @@ def exported_flags(flags: TrialFlags, environ: MutableMapping[str, str]) -> Iter
     """`export_flags` for one trial, then every variable as it was before, however the trial ends: what a
     trial exported never reaches what runs after it (the next job of a multirun resolves its flags from
     the environment)."""
-    before = {spec.env_var: environ.get(spec.env_var) for spec in FLAG_SPECS}
+    before = {spec.env_var: environ.get(spec.env_var) for spec in FLAG_SPECS if spec.env_var is not None}
     export_flags(flags, environ)
     try:
         yield

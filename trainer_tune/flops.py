@@ -1,9 +1,11 @@
-"""Model FLOPs per token, achieved FLOP/s and model FLOPs utilization (MFU).
+"""Model FLOPs per token of the built-in GPT, achieved FLOP/s and model FLOPs utilization (MFU).
 
-MFU here is *model* FLOPs utilization: the FLOPs the model mathematically needs per token (no
-recomputation from activation checkpointing, no masked-out attention blocks a kernel computes
-anyway) divided by the device's dense peak. It is a comparison figure, not a measurement of what
-the hardware did; tokens/s stays the measure of throughput.
+MFU here is *model* FLOPs utilization: the FLOPs the model needs per sample divided by the device's dense
+peak. For the built-in GPT trained by its own step they are known in closed form: what it mathematically needs
+(no recomputation from activation checkpointing, no masked-out attention blocks a kernel computes anyway). Every
+other model's are counted once per setting by FlopCounterMode (flop_count.py), which counts what the kernels are
+asked to compute. It is a comparison figure, not a measurement of what the hardware did; the throughput stays
+the measure of speed.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from trainer_tune.config import Attention, ModelArgs
+from trainer_tune.config import Attention, ModelArgs, TuneConfig
 from trainer_tune.workloads.nsa_attention import nsa_attention_flops_per_token
 
 __all__ = [
     "PEAK_TFLOPS",
     "MfuResult",
+    "analytic_flops_apply",
     "gpt_flops_per_token",
     "lookup_peak_tflops",
     "mfu",
@@ -122,6 +125,14 @@ def gpt_flops_per_token(args: ModelArgs, *, num_parameters: int) -> float:
     return transformer_flops_per_token(num_params_non_embedding=num_params_non_embedding, n_layers=args.n_layers,
                                        d_model=args.d_model, seq_len=args.seq_len,
                                        attention_flops_per_token_per_layer=attention)
+
+
+def analytic_flops_apply(cfg: TuneConfig) -> bool:
+    """Whether `gpt_flops_per_token` gives the FLOPs of the step the sweep trains: the built-in GPT (no
+    model._target_) on its own step (no step._target_, which may run the model any number of times). Every other
+    step is counted by FlopCounterMode when its trainer is built (flop_count.py); docs/measurement.md says why the
+    GPT keeps its formula."""
+    return cfg.model._target_ is None and cfg.step._target_ is None
 
 
 # Dense (no structured sparsity) peak TFLOP/s per device, keyed by (family, dtype).
@@ -294,25 +305,26 @@ class MfuResult:
 
 def mfu(
     *,
-    flops_per_token: float,
-    tokens_per_s: float,
+    flops_per_sample: float,
+    samples_per_s: float,
     num_devices: int,
     peak_tflops_per_device: float | None,
 ) -> MfuResult:
-    """Model FLOPs utilization for ``tokens_per_s`` processed over ``num_devices`` devices.
+    """Model FLOPs utilization for ``samples_per_s`` processed over ``num_devices`` devices.
 
-    ``tokens_per_s`` is the global rate (all ranks, all accumulation steps).
+    ``samples_per_s`` is the global rate (all ranks, all accumulation steps). Any unit works as long as both
+    figures are in it (FLOPs per token with tokens/s gives the same).
     """
-    if flops_per_token <= 0:
-        raise ValueError(f"flops_per_token must be > 0, got {flops_per_token}")
-    if tokens_per_s < 0:
-        raise ValueError(f"tokens_per_s must be >= 0, got {tokens_per_s}")
+    if flops_per_sample <= 0:
+        raise ValueError(f"flops_per_sample must be > 0, got {flops_per_sample}")
+    if samples_per_s < 0:
+        raise ValueError(f"samples_per_s must be >= 0, got {samples_per_s}")
     if num_devices <= 0:
         raise ValueError(f"num_devices must be > 0, got {num_devices}")
     if peak_tflops_per_device is not None and peak_tflops_per_device <= 0:
         raise ValueError(f"peak_tflops_per_device must be > 0, got {peak_tflops_per_device}")
 
-    achieved_tflops = flops_per_token * tokens_per_s / 1e12
+    achieved_tflops = flops_per_sample * samples_per_s / 1e12
     per_device = achieved_tflops / num_devices
     if peak_tflops_per_device is None:
         return MfuResult(
@@ -326,8 +338,8 @@ def mfu(
     ratio = per_device / peak_tflops_per_device
     warning = None
     if ratio > 1.0:
-        # Above peak is physically impossible: the token count, the clock (no device sync?) or the
-        # FLOP formula is wrong. Never let such a number through as a result.
+        # Above peak is physically impossible: the sample count, the clock (no device sync?) or the
+        # FLOP count is wrong. Never let such a number through as a result.
         warning = (
             f"MFU {ratio:.1%} exceeds 100% ({per_device:.1f} of {peak_tflops_per_device:.1f} TFLOP/s "
             "per device): a measurement or FLOP-count error, not reported"

@@ -340,6 +340,8 @@ class GpuSummary:
     duration_s: float | None
     unavailable_reason: str | None
     """One line naming every figure that is None and why; None when all were measured."""
+    energy_j_per_sample: float | None = None
+    """Energy over the samples this GPU trained on in the window (the figure for batches without tokens)."""
 
 
 def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -355,14 +357,15 @@ def _trapezoid_j(power_w: Sequence[tuple[float, float]]) -> float:
     return sum((t1 - t0) * (p0 + p1) / 2.0 for (t0, p0), (t1, p1) in zip(power_w, power_w[1:]))
 
 
-def summarize_gpu_samples(samples: GpuSamples, *, tokens: int) -> GpuSummary:
-    """Summarize one window. ``tokens``: tokens this GPU processed in the window (for J/token).
+def summarize_gpu_samples(samples: GpuSamples, *, tokens: int | None, data_samples: int | None = None) -> GpuSummary:
+    """Summarize one window. ``tokens``: tokens this GPU processed in the window (for J/token; None when its
+    batches carry none); ``data_samples``: the samples it trained on (for J/sample; None: not given).
 
     Energy prefers the board's energy counter (exact, but it ticks every 20-100 ms, so windows
     under about a second carry that much quantisation) and falls back to integrating sampled power
     over time when the counter is unsupported.
     """
-    if tokens < 0:
+    if tokens is not None and tokens < 0:
         raise ValueError(f"tokens must be >= 0, got {tokens}")
     if samples.unavailable_reason is not None:
         return GpuSummary(
@@ -409,7 +412,8 @@ def summarize_gpu_samples(samples: GpuSamples, *, tokens: int) -> GpuSummary:
         power_mean_w=sum(power) / len(power) if power else None,
         energy_j=energy_j,
         energy_source=energy_source,
-        energy_j_per_token=energy_j / tokens if energy_j is not None and tokens > 0 else None,
+        energy_j_per_token=energy_j / tokens if energy_j is not None and tokens else None,
+        energy_j_per_sample=energy_j / data_samples if energy_j is not None and data_samples else None,
         num_samples=num_samples or None,
         duration_s=samples.duration_s,
         unavailable_reason="; ".join(missing) or None,

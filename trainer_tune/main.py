@@ -35,12 +35,15 @@ from trainer_tune.plan import build_plan, job_plan
 from trainer_tune.recommend import NO_GO
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_config
+from trainer_tune.sinks.report import REPORT_MD
 from trainer_tune.sinks.wandb_sink import WandbSink
 from trainer_tune.workloads.targets import check_targets, ignored_settings
 from trainer_tune.tune import run_sweep
 
 log = logging.getLogger("trainer_tune")
 
+EXIT_FAILED = 1
+"""An unexpected error (a traceback), as Python itself exits; also Hydra's code for a bad command line."""
 EXIT_USAGE = 2
 """A user mistake: bad config, bad environment, unreadable journal. Nothing was measured."""
 EXIT_NO_GO = 3
@@ -70,7 +73,7 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
     try:
         check_keys(raw)  # to_object would drop a key added with + that the schema lacks, without a word
         cfg: TuneConfig = OmegaConf.to_object(raw)  # type: ignore[assignment]
-        base_flags = resolve_flags(nsa=cfg.nsa, ddp=cfg.ddp, environ=os.environ)
+        base_flags = resolve_flags(nsa=cfg.nsa, ddp=cfg.ddp, data=cfg.data, environ=os.environ)
         device = choose_device(cfg.dist, rank_env)
         if rank_env.world_size > 1:
             choose_backend(cfg.dist, device)
@@ -116,12 +119,17 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
     session.close()
     if outcome.recommendation is not None and outcome.recommendation.decision == NO_GO and cfg.recommend.fail_on_no_go:
         # Every rank holds rank 0's recommendation (published before anyone got here): all exit with this code.
-        tell_launcher(f"trainer_tune: NO-GO with recommend.fail_on_no_go=true (exit {EXIT_NO_GO}): "
-                      f"see {output_dir / 'report.md'}")
-        if rank_env.world_size > 1:
-            leave_with_agreed_code()
-        return EXIT_NO_GO
+        return leave_no_go(output_dir / REPORT_MD, rank_env)
     return 0
+
+
+def leave_no_go(report: Path, rank_env: RankEnv) -> int:
+    """EXIT_NO_GO, for a rank about to exit with the gate's verdict that every rank agreed on after rank 0
+    published it (a sweep's end, a multirun's end); torchrun's failure summary names the report."""
+    tell_launcher(f"trainer_tune: NO-GO with recommend.fail_on_no_go=true (exit {EXIT_NO_GO}): see {report}")
+    if rank_env.world_size > 1:
+        leave_with_agreed_code()
+    return EXIT_NO_GO
 
 
 def _rank_env() -> RankEnv:

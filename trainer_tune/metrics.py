@@ -12,7 +12,7 @@ import torch
 
 from trainer_tune.config import Mode, ThroughputUnit
 from trainer_tune.cpu_usage import CpuUtilization
-from trainer_tune.figures import CommSplit, CpuFigures, GpuFigures, MfuFigures, peak_memory
+from trainer_tune.figures import ANALYTIC, FLOP_COUNTER, CommSplit, CpuFigures, GpuFigures, MfuFigures, peak_memory
 from trainer_tune.flags import flags_to_environ
 from trainer_tune.flops import mfu
 from trainer_tune.gpu_sampler import GpuSummary
@@ -37,7 +37,8 @@ class TrialContext:
     num_measured_steps: int
     label: str
     flops_per_token: Optional[float] = None
-    """Training FLOPs per token of the model (6N plus attention); None when the shape is unknown."""
+    """Training FLOPs per token of the built-in GPT by its formula (flops.gpt_flops_per_token); None for every other
+    step, whose FLOPs FlopCounterMode counts (WindowMeasurement.flops_per_sample)."""
     peak_tflops_per_device: Optional[float] = None
     peak_note: Optional[str] = None
     """Why there is no peak (so no MFU), e.g. an unknown device."""
@@ -65,7 +66,7 @@ def _base_fields(spec: TrialSpec, ctx: TrialContext, *, started_at: str, finishe
         flags=spec.flags.as_dict(), environment=flags_to_environ(spec.flags), model=ctx.model_name,
         device=ctx.device, backend=ctx.backend, torch_version=torch.__version__,
         num_warmup_steps=ctx.num_warmup_steps, num_measured_steps=ctx.num_measured_steps,
-        started_at=started_at, finished_at=finished_at, run_overrides=ctx.run_overrides)
+        started_at=started_at, finished_at=finished_at, run_overrides=ctx.run_overrides, count_unit=ctx.count_unit)
 
 
 def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
@@ -77,12 +78,14 @@ def _total(values: Sequence[Optional[float]]) -> Optional[float]:
     return math.fsum(values) if values and all(v is not None for v in values) else None  # type: ignore[arg-type]
 
 
-def combine_gpu(per_rank: Sequence[Optional[GpuSummary]], *, tokens: int) -> tuple[Optional[GpuFigures], Optional[str]]:
+def combine_gpu(per_rank: Sequence[Optional[GpuSummary]], *, tokens: Optional[int],
+                samples: int) -> tuple[Optional[GpuFigures], Optional[str]]:
     """One GPU figure set for the trial from each rank's own GPU summary.
 
     Utilization and power are per-GPU means over ranks (the ranks' p10/p90 averaged: a rank that idles shows
-    in `per_rank`); memory is the highest rank's; energy is summed over GPUs, so energy per token is the
-    whole job's. A figure any rank could not measure is None for the trial, never a partial sum.
+    in `per_rank`); memory is the highest rank's; energy is summed over GPUs, so energy per token (None without
+    tokens) and per sample are the whole job's. A figure any rank could not measure is None for the trial, never
+    a partial sum.
     """
     if not per_rank or any(r is None for r in per_rank):
         return None, "GPU sampling was off (telemetry.gpu_sampling=false)"
@@ -100,6 +103,7 @@ def combine_gpu(per_rank: Sequence[Optional[GpuSummary]], *, tokens: int) -> tup
         power_mean_w=_mean([r.power_mean_w for r in ranks]),
         energy_j=energy_j,
         energy_j_per_token=energy_j / tokens if energy_j is not None and tokens else None,
+        energy_j_per_sample=energy_j / samples if energy_j is not None and samples else None,
         energy_source=ranks[0].energy_source,
         per_rank=tuple(ranks),
     )
@@ -111,15 +115,32 @@ def combine_cpu(per_rank: Sequence[CpuUtilization]) -> CpuFigures:
                       system_pct_mean=_mean([r.system_pct for r in per_rank]), per_rank=tuple(per_rank))
 
 
-def mfu_figures(ctx: TrialContext, *, tokens_per_s: float, world_size: int) -> Optional[MfuFigures]:
-    if ctx.flops_per_token is None:
-        return None
-    result = mfu(flops_per_token=ctx.flops_per_token, tokens_per_s=tokens_per_s, num_devices=world_size,
+def mfu_figures(ctx: TrialContext, m: WindowMeasurement, *, samples_per_s: float,
+                world_size: int) -> tuple[Optional[MfuFigures], Optional[str]]:
+    """(MFU figures, why there are none) of a window: from the built-in GPT's formula, else from FlopCounterMode's
+    count of one micro-step. A partial count (ops without a formula) gives its lower-bound FLOP/s and no MFU."""
+    if ctx.flops_per_token is not None and m.tokens:
+        flops_per_token: Optional[float] = ctx.flops_per_token
+        flops_per_sample, source = ctx.flops_per_token * m.tokens / m.samples, ANALYTIC
+    elif m.flops_per_sample:
+        # Per token: the FLOPs of every sample fed over the tokens really fed (padding costs FLOPs but is no token).
+        flops_per_token = m.flops_per_sample * m.samples / m.tokens if m.tokens else None
+        flops_per_sample, source = m.flops_per_sample, FLOP_COUNTER
+    elif m.flops_per_sample == 0:
+        return None, "FlopCounterMode counted 0 FLOPs: the step runs no matrix product it knows"
+    else:
+        return None, m.flops_note or "no FLOP count for this step"
+    result = mfu(flops_per_sample=flops_per_sample, samples_per_s=samples_per_s, num_devices=world_size,
                  peak_tflops_per_device=ctx.peak_tflops_per_device)
-    return MfuFigures(flops_per_token=ctx.flops_per_token, achieved_tflops=result.achieved_tflops,
+    value, warning = result.mfu, result.warning if ctx.peak_note is None else ctx.peak_note
+    count_note = m.flops_note if source == FLOP_COUNTER else None
+    if count_note is not None:
+        value, warning = None, f"{count_note}; MFU not reported"
+    return MfuFigures(flops_per_token=flops_per_token, flops_per_sample=flops_per_sample, flops_source=source,
+                      count_note=count_note, achieved_tflops=result.achieved_tflops,
                       achieved_tflops_per_device=result.achieved_tflops_per_device,
-                      peak_tflops_per_device=result.peak_tflops_per_device, mfu=result.mfu, mfu_raw=result.mfu_raw,
-                      warning=result.warning if ctx.peak_note is None else ctx.peak_note)
+                      peak_tflops_per_device=result.peak_tflops_per_device, mfu=value, mfu_raw=result.mfu_raw,
+                      warning=warning), None
 
 
 def combine_cpu_energy(telemetry: Sequence[RankTelemetry]) -> CpuEnergy:
@@ -134,13 +155,13 @@ def combine_cpu_energy(telemetry: Sequence[RankTelemetry]) -> CpuEnergy:
     return CpuEnergy(energy_j=math.fsum(r.energy_j for r in readings), note=readings[0].note)  # type: ignore
 
 
-def _combine_telemetry(telemetry: Sequence[Optional[RankTelemetry]], *,
-                       tokens: int) -> tuple[Optional[GpuFigures], Optional[str], Optional[CpuFigures]]:
+def _combine_telemetry(telemetry: Sequence[Optional[RankTelemetry]], *, tokens: Optional[int],
+                       samples: int) -> tuple[Optional[GpuFigures], Optional[str], Optional[CpuFigures]]:
     """(GPU figures, why there are none, CPU figures) from every rank's readings; all or nothing."""
     if not telemetry or any(t is None for t in telemetry):
         return None, "not sampled", None
     ranks = [t for t in telemetry if t is not None]
-    gpu, gpu_note = combine_gpu([t.gpu for t in ranks], tokens=tokens)
+    gpu, gpu_note = combine_gpu([t.gpu for t in ranks], tokens=tokens, samples=samples)
     allocator = [t.cuda_allocator for t in ranks]
     if gpu is not None and all(a is not None for a in allocator):
         gpu = dataclasses.replace(gpu, num_alloc_retries=sum(a.num_alloc_retries for a in allocator if a),
@@ -169,7 +190,9 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
     # figure (which divides by the slowest rank's total, see docs/measurement.md).
     per_step_rate = len(m.step_times_s) / math.fsum(m.step_times_s)
     low, high = throughput_ci(m.step_times_s, amount_per_step=1.0)
-    gpu, gpu_note, cpu = _combine_telemetry(telemetry, tokens=m.tokens)
+    gpu, gpu_note, cpu = _combine_telemetry(telemetry, tokens=m.tokens, samples=m.samples)
+    mfu_info, mfu_note = mfu_figures(ctx, m, samples_per_s=samples_per_s, world_size=spec.world_size) \
+        if samples_per_s else (None, "no samples measured")
     cpu_energy = combine_cpu_energy([t for t in telemetry if t is not None]) if telemetry and all(telemetry) \
         else CpuEnergy(energy_j=None, note="CPU energy not measured: not sampled")
     energy_per_sample, energy_source, energy_note = energy_per_sample_of(
@@ -188,7 +211,7 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         data_wait_s_median=statistics.median(m.data_wait_s) if m.data_wait_s else None,
         window_stop=m.stop_reason, num_outlier_steps=count_outliers(m.step_times_s),
         comm=comm_split(sync_step_times_s=m.step_times_s, no_sync_step_times_s=m.no_sync_step_times_s),
-        mfu=mfu_figures(ctx, tokens_per_s=tokens_per_s, world_size=spec.world_size) if tokens_per_s else None,
+        mfu=mfu_info, mfu_note=mfu_note,
         tokens_per_s=tokens_per_s, samples_per_s=samples_per_s, measured_s=m.measured_s,
         step_time_s=StepTimeStats.of(m.step_times_s), warmup_s=m.warmup_s,
         loss_first=_finite_or_none(m.losses[0]) if m.losses else None,
@@ -320,8 +343,8 @@ def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFl
         num_outlier_steps=sum(w.num_outlier_steps or 0 for w in ordered),
         window_stop="; ".join(f"{w.round_id}: {w.window_stop}" for w in ordered),
         comm=next((w.comm for w in ordered if w.comm is not None), None),
-        mfu=_rescaled_mfu(first.mfu, tokens_per_s / first.tokens_per_s) if first.tokens_per_s and tokens_per_s
-        else first.mfu,
+        mfu=_rescaled_mfu(first.mfu, samples_per_s=samples_per_s, first_samples_per_s=first.samples_per_s,
+                          tokens_per_s=tokens_per_s),
         gpu=_gpu_over_windows(ordered), cpu=_cpu_over_windows(ordered),
         step_times_s=step_times_s, losses=tuple(x for w in ordered for x in w.losses),
         nsa_aux_stats=tuple(s for w in ordered for s in w.nsa_aux_stats))
@@ -369,12 +392,18 @@ def _max_or_none(values: Sequence[Optional[int]]) -> Optional[int]:
     return max(v for v in values if v is not None) if values and all(v is not None for v in values) else None
 
 
-def _rescaled_mfu(figures: Optional[MfuFigures], scale: float) -> Optional[MfuFigures]:
-    """MFU figures scale with tokens/s: a window's, moved to the setting's tokens/s."""
-    if figures is None:
-        return None
+def _rescaled_mfu(figures: Optional[MfuFigures], *, samples_per_s: Optional[float],
+                  first_samples_per_s: Optional[float], tokens_per_s: Optional[float]) -> Optional[MfuFigures]:
+    """MFU figures scale with samples/s: the first window's, moved to the setting's samples/s. A counted step's
+    FLOPs per token follow the setting's tokens per sample (padding varies it); the formula's are fixed."""
+    if figures is None or not samples_per_s or not first_samples_per_s:
+        return figures
+    scale = samples_per_s / first_samples_per_s
+    flops_per_token = figures.flops_per_token
+    if figures.flops_source == FLOP_COUNTER and figures.flops_per_sample is not None:
+        flops_per_token = figures.flops_per_sample * samples_per_s / tokens_per_s if tokens_per_s else None
     return dataclasses.replace(
-        figures, achieved_tflops=figures.achieved_tflops * scale,
+        figures, flops_per_token=flops_per_token, achieved_tflops=figures.achieved_tflops * scale,
         achieved_tflops_per_device=figures.achieved_tflops_per_device * scale,
         mfu=figures.mfu * scale if figures.mfu is not None else None,
         mfu_raw=figures.mfu_raw * scale if figures.mfu_raw is not None else None)
@@ -382,19 +411,21 @@ def _rescaled_mfu(figures: Optional[MfuFigures], scale: float) -> Optional[MfuFi
 
 def _gpu_over_windows(windows: Sequence[TrialResult]) -> Optional[GpuFigures]:
     """Utilization and power averaged over windows, memory the highest window's, energy summed over windows
-    and divided by all their tokens; None unless every window has GPU figures."""
+    and divided by all their tokens and samples; None unless every window has GPU figures."""
     figures = [w.gpu for w in windows]
     if not figures or any(g is None for g in figures):
         return None
     gpus = [g for g in figures if g is not None]
     energy_j = _total([g.energy_j for g in gpus])
     tokens = math.fsum((w.tokens_per_step or 0.0) * w.num_measured_steps for w in windows)
+    samples = sum(w.global_batch_size * w.num_measured_steps for w in windows)
     peaks = [g.memory_used_peak_bytes for g in gpus]
     return dataclasses.replace(
         gpus[0], util_mean_pct=_mean([g.util_mean_pct for g in gpus]),
         util_p10_pct=_mean([g.util_p10_pct for g in gpus]), util_p90_pct=_mean([g.util_p90_pct for g in gpus]),
         memory_used_peak_bytes=_max_or_none(peaks), power_mean_w=_mean([g.power_mean_w for g in gpus]),
         energy_j=energy_j, energy_j_per_token=energy_j / tokens if energy_j is not None and tokens else None,
+        energy_j_per_sample=energy_j / samples if energy_j is not None and samples else None,
         num_alloc_retries=_int_total([g.num_alloc_retries for g in gpus]),
         num_ooms=_int_total([g.num_ooms for g in gpus]))
 
@@ -413,10 +444,10 @@ def _cpu_over_windows(windows: Sequence[TrialResult]) -> Optional[CpuFigures]:
 
 
 def step_history(result: TrialResult) -> list[dict[str, Any]]:
-    """Per measured step (slowest rank, the setting's windows one after the other): step time, the tokens/s that
-    step sustained, the loss and, when the model collected them, the NSA auxiliary statistics (averaged over
-    ranks in the step); then each window's tokens/s by round, and the GPU utilization samples of rank 0, each on
-    its own axis."""
+    """Per measured step (slowest rank, the setting's windows one after the other): step time, the samples/s (and
+    tokens/s, where batches carry tokens) that step sustained, the loss and, when the model collected them, the
+    NSA auxiliary statistics (averaged over ranks in the step); then each window's rate in the decision's unit by
+    round (`round/<unit>_per_s`), and the GPU utilization samples of rank 0, each on its own axis."""
     losses, aux_stats = result.losses, result.nsa_aux_stats
     rows: list[dict[str, Any]] = []
     for step, time_s in enumerate(result.step_times_s):
@@ -437,13 +468,16 @@ def step_history(result: TrialResult) -> list[dict[str, Any]]:
 
 
 def summary_figures(result: TrialResult) -> dict[str, Any]:
-    """The flat figures of one trial, as dashboards and tables show them (None where not measured)."""
+    """The flat figures of one trial, as dashboards and tables show them (None where not measured).
+    tokens_per_s (named by count_unit) only where there is one: batches without tokens have no such figure."""
     gpu, mfu_info, cpu, steps = result.gpu, result.mfu, result.cpu, result.step_time_s
+    counted = {} if result.tokens_per_s is None else {"tokens_per_s": result.tokens_per_s,
+                                                      "count_unit": result.count_unit}
     return {
         "index": result.index, "label": result.label, "status": result.status, "is_baseline": result.is_baseline,
         "micro_batch_size": result.micro_batch_size, "grad_accum": result.grad_accum,
         "global_batch_size": result.global_batch_size, "world_size": result.world_size,
-        "tokens_per_s": result.tokens_per_s, "samples_per_s": result.samples_per_s,
+        "samples_per_s": result.samples_per_s, **counted,
         "throughput_unit": result.throughput_unit, "throughput_per_s": result.throughput_per_s,
         "data_wait_fraction": result.data_wait_fraction,
         "step_time_s_median": steps.median if steps else None, "step_time_s_p90": steps.p90 if steps else None,
@@ -451,7 +485,8 @@ def summary_figures(result: TrialResult) -> dict[str, Any]:
         "gpu_util_mean_pct": gpu.util_mean_pct if gpu else None,
         "gpu_memory_used_peak_bytes": gpu.memory_used_peak_bytes if gpu else None,
         "gpu_power_mean_w": gpu.power_mean_w if gpu else None,
-        "energy_j_per_token": gpu.energy_j_per_token if gpu else None, "mfu": mfu_info.mfu if mfu_info else None,
+        "energy_j_per_token": gpu.energy_j_per_token if gpu else None,
+        "energy_j_per_sample": gpu.energy_j_per_sample if gpu else None, "mfu": mfu_info.mfu if mfu_info else None,
         "achieved_tflops": mfu_info.achieved_tflops if mfu_info else None,
         "cpu_process_pct_mean": cpu.process_pct_mean if cpu else None,
         "error": result.error,

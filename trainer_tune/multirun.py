@@ -17,20 +17,22 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from trainer_tune.config import BaselineArgs, ConfigError, DdpArgs, NsaArgs, RecommendArgs, SweepArgs, WandbArgs
+from trainer_tune.config import (
+    BaselineArgs, ConfigError, DataArgs, DdpArgs, DistArgs, NsaArgs, RecommendArgs, SweepArgs, WandbArgs)
 from trainer_tune.config_keys import check_keys, check_override_keys
-from trainer_tune.distributed import RankEnv, adopt_slurm_tasks, launch_hint
+from trainer_tune.distributed import DistSession, RankEnv, adopt_slurm_tasks, launch_hint
 from trainer_tune.durable import write_atomically
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, resolve_flags
 from trainer_tune.units import count
 from trainer_tune.journal import JOURNAL_NAME, read_journal
+from trainer_tune.results import TrialResult
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,29 @@ class MultirunJob:
 
     @property
     def trial_index(self) -> int:
-        """The job's trial in the shared journal: job 0 is trial 1, trial 0 being the baseline."""
+        """The job's trial in the shared journal: job 0 is trial 1, trial 0 being the baseline (job_of_trial
+        undoes this)."""
         return self.job_num + 1
+
+
+def job_of_trial(index: int) -> Optional[int]:
+    """The job whose own setting is trial `index` (MultirunJob.trial_index); None for the baseline, trial 0,
+    which every job measures."""
+    return index - 1 if index > 0 else None
+
+
+ALL_JOBS = "all"
+
+
+def jobs_by_key(results: Sequence[TrialResult]) -> dict[str, str]:
+    """The table's `job` column, by trial key: the job that measured each setting, as Hydra numbers it when it
+    launches (`#2 : train.micro_batch_size=4`) and names its folder in hydra.sweep.dir (`2/`: its config and
+    logs); `all` for the baseline, measured in every job."""
+    jobs = {}
+    for result in results:
+        job = None if result.is_baseline else job_of_trial(result.index)
+        jobs[result.trial_key] = ALL_JOBS if job is None else str(job)
+    return jobs
 
 
 def current_job(*, sweep: SweepArgs, baseline: BaselineArgs) -> Optional[MultirunJob]:
@@ -116,7 +139,7 @@ def _typed(node: Any, schema: type) -> Any:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.to_container(node, resolve=True)))
 
 
-def _rank_env_here() -> RankEnv:
+def rank_env_here() -> RankEnv:
     """This process's rank, as the jobs see theirs; a plain single process where the environment says nothing
     usable (the jobs themselves report that)."""
     adopt_slurm_tasks(os.environ)
@@ -144,7 +167,8 @@ class MultirunCallback(Callback):
         # The multirun's own config has no sweep values in it: train.* here is the setting the jobs'
         # train.* sweep moves away from, and baseline.* (train.* unless set) is what they are measured against.
         baseline: BaselineArgs = _typed(config.baseline, BaselineArgs)
-        flags = resolve_flags(nsa=_typed(config.nsa, NsaArgs), ddp=_typed(config.ddp, DdpArgs), environ=os.environ)
+        flags = resolve_flags(nsa=_typed(config.nsa, NsaArgs), ddp=_typed(config.ddp, DdpArgs),
+                              data=_typed(config.data, DataArgs), environ=os.environ)
         pin = BaselinePin(micro_batch_size=baseline.micro_batch_size, grad_accum=baseline.grad_accum, flags=flags)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         pin_path = sweep_dir / PIN_NAME
@@ -159,10 +183,33 @@ class MultirunCallback(Callback):
         write_atomically(pin_path, json.dumps(pin.to_json_dict(), indent=2) + "\n")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        rank_env = _rank_env_here()
-        if not rank_env.is_rank0:
-            return
-        code = publish_multirun(config, rank_env=rank_env)
+        """Rank 0 publishes; every rank waits for it to finish, then all exit with its code (under torchrun, a
+        rank leaving first with a code would make torchrun end rank 0 mid-publish, and one leaving with 0
+        would hide the gate's verdict from the rank's own exit status). The rule of a single run
+        (DistSession.from_rank0_when_done), in a process group of its own: the jobs' groups are closed."""
+        # Imported here: main imports this module, and the sinks load only when a multirun ends.
+        from trainer_tune.main import EXIT_FAILED, EXIT_NO_GO, leave_no_go
+        from trainer_tune.sinks.report import REPORT_MD
+        rank_env = rank_env_here()
+        if rank_env.world_size == 1:
+            # `python -m`, or the launching process of a launcher such as submitit (no GPU there, maybe): no
+            # one to wait for, and no device to choose.
+            code = publish_multirun(config, rank_env=rank_env)
+        else:
+            session = DistSession.start(_typed(config.dist, DistArgs), rank_env, namespace="multirun_end/")
+            try:
+                code = 0
+                if rank_env.is_rank0:
+                    try:
+                        code = publish_multirun(config, rank_env=rank_env)
+                    except BaseException:
+                        session.from_rank0_when_done(EXIT_FAILED)  # the others leave with the failure at once
+                        raise
+                code = session.from_rank0_when_done(code)
+            finally:
+                session.close()
+        if code == EXIT_NO_GO:
+            sys.exit(leave_no_go(Path(str(config.hydra.sweep.dir)).absolute() / REPORT_MD, rank_env))
         if code:
             sys.exit(code)
 
@@ -170,8 +217,9 @@ class MultirunCallback(Callback):
 def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     """Read the multirun's journal, decide, and write the recommendation (files, console, wandb) into
     hydra.sweep.dir; `rank_env` is how this process was started (for the launch hint). Returns the exit code:
-    3 for NO-GO with recommend.fail_on_no_go, else 0."""
+    EXIT_NO_GO for NO-GO with recommend.fail_on_no_go, else 0."""
     # Imported here: the callback is instantiated for every Hydra start, even `--help`.
+    from trainer_tune.main import EXIT_NO_GO
     from trainer_tune.metrics import aggregate_by_setting
     from trainer_tune.recommend import NO_GO, decide
     from trainer_tune.sinks.console import ConsoleSink
@@ -202,9 +250,9 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     wandb_sink = WandbSink(_typed(config.wandb, WandbArgs), enabled=True, output_dir=sweep_dir,
                            group=sweep_dir.name, config=_resolved(plain))
     publish(sweep_dir, results, recommendation, launch_hint=launch_hint(rank_env), console=console,
-            wandb_sink=wandb_sink)
+            wandb_sink=wandb_sink, jobs=jobs_by_key(results))
     if recommendation.decision == NO_GO and recommend_args.fail_on_no_go:
-        return 3
+        return EXIT_NO_GO
     return 0
 
 

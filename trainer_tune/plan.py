@@ -55,10 +55,12 @@ def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -
     train = asdict(cfg.train)
     train.pop("micro_batch_size")
     train.pop("grad_accum")
+    data = asdict(cfg.data)
+    data.pop("num_workers")  # a flag of the setting (TrialFlags.num_workers), keyed with the flags
     telemetry = cfg.telemetry
     return {
         "model": asdict(cfg.model),
-        "data": asdict(cfg.data),
+        "data": data,
         "loss": asdict(cfg.loss),
         "train": train,
         "window": asdict(cfg.window),  # comm_split_steps included: it decides whether exposed comm is measured

@@ -17,6 +17,7 @@ from trainer_tune.config import Objective, RecommendArgs, TieBreak
 from trainer_tune.explain import Explanations, explain
 from trainer_tune.figures import describe_memory_source
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides, format_flag
+from trainer_tune.input_bound import InputWait, input_bound_reasons, input_waits, verdict_note
 from trainer_tune.results import TOKENS, TrialResult
 from trainer_tune.stats import RatioEstimate, ratio_estimate
 from trainer_tune.rounds import RaceSummary
@@ -190,6 +191,17 @@ class Recommendation:
     """Each finished setting's 95% interval of its rate over the baseline's (compare), where it has one."""
     unit: str = TOKENS
     """What every rate of the decision counts per second: samples, tokens or throughput.count.unit."""
+    input_waits: tuple[InputWait, ...] = ()
+    """Each finished setting's wait for batches, when a setting is input-bound or the settings differ in
+    data.num_workers (input_bound.input_waits); empty otherwise."""
+    input_bound_fraction: Optional[float] = None
+    """recommend.input_bound_fraction the decision named input-bound settings by."""
+
+    @property
+    def count_unit(self) -> Optional[str]:
+        """What the settings' tokens_per_s counts (TrialResult.count_unit: tokens, or throughput.count.unit);
+        None when no setting's batches carried any, so the sinks show no such figure."""
+        return next((r.count_unit for r in self.settings if r.tokens_per_s is not None), None)
 
     def to_json_dict(self) -> dict[str, Any]:
         def trial(result: Optional[TrialResult]) -> Optional[dict[str, Any]]:
@@ -212,6 +224,8 @@ class Recommendation:
                 "tied": list(self.tied),
                 "settings": [r.to_json_dict() for r in self.settings],
                 "speedup_intervals": {k: list(v) for k, v in self.speedup_intervals.items()},
+                "input_waits": [w.to_json_dict() for w in self.input_waits],
+                "input_bound_fraction": self.input_bound_fraction,
                 "explanations": self.explanations.to_json_dict() if self.explanations else None}
 
 
@@ -360,7 +374,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         state = "was not measured" if baseline is None else f"{baseline.label} failed ({baseline.status})"
         reasons.insert(0, f"the baseline {state}; the fastest setting that runs is {best.label} at "
                           f"{best.throughput_per_s:,.0f} {unit}/s")
-        verdict = f"{GO}: {_setting(best, against=baseline)} (baseline {state})"
+        verdict = f"{GO}: {_setting(best, against=baseline)} (fastest in {unit}/s; baseline {state})"
     elif len(results) == 1:
         decision, chosen = MEASURED, baseline
         interval = baseline.throughput_ci95
@@ -382,7 +396,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         decision, chosen = NO_GO, baseline
         reasons.insert(0, f"the baseline {baseline.label} is the fastest setting measured, or the measurements "
                           f"cannot tell it from the fastest ({baseline.throughput_per_s:,.0f} {unit}/s)")
-        verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (fastest measured)"
+        verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (fastest measured in {unit}/s)"
     elif point_objective:
         decision, chosen, verdict, reason = _decide_point_objective(best, baseline, args=args, unit=unit)
         if decision == NO_GO:
@@ -422,6 +436,10 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                        f"(learning rate and schedule may need retuning), not only speed")
     if best is not None:
         reasons.extend(_measured_apart_reason(best, contenders, baseline=baseline))
+    # Named, never disqualifying: a faster pipeline would only make an input-bound setting faster still.
+    shown = chosen if chosen is not None else best
+    reasons.extend(input_bound_reasons(finished, threshold=args.input_bound_fraction, first=shown))
+    verdict += verdict_note(shown, threshold=args.input_bound_fraction)
     if race is not None:
         reasons.append(f"{count(race.num_rounds, 'round')} measured; the race ended: {race.end_reason}")
         for drop in race.drops:
@@ -452,6 +470,8 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                           num_failed=len(failed), not_measured=tuple(not_measured), drift=drift, race=race,
                           comparison=comparison, tied=tuple(r.label for r in tied), settings=tuple(results),
                           speedup_intervals=speedup_intervals,
+                          input_waits=input_waits(results, args.input_bound_fraction),
+                          input_bound_fraction=args.input_bound_fraction,
                           explanations=explain(results, compare=compare))
 
 

@@ -28,6 +28,8 @@ from torch import nn
 from trainer_tune.config import Precision, TuneConfig
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import FaultPlan
+from trainer_tune.flop_count import StepFlops, count_step_flops
+from trainer_tune.flops import analytic_flops_apply
 from trainer_tune.plan import TrialSpec
 from trainer_tune.workloads.batch import _is_token_ids, count_samples, describe, token_counter
 from trainer_tune.workloads.data import build_batches
@@ -70,7 +72,7 @@ class InferenceReplica:
     ddp_applied: Optional[dict[str, object]] = None
 
     def __init__(self, *, cfg: TuneConfig, spec: TrialSpec, session: DistSession, fault: FaultPlan,
-                 heartbeat: Callable[[int, int], None]) -> None:
+                 heartbeat: Callable[[int, int], None], flops: Optional[StepFlops] = None) -> None:
         device = session.device
         self.device = device
         self.fault = fault
@@ -90,6 +92,14 @@ class InferenceReplica:
         if cfg.step._target_ is not None:
             self.serve = instantiate_target("step._target_", cfg.step._target_, cfg.step.kwargs, partial=True)
         self.steps_done = 0
+        self.flops = flops
+        """FlopCounterMode's count of one served batch (the forward only); None for the built-in GPT, whose
+        forward FLOPs are known (a third of its training formula, tune._flops_context)."""
+        if flops is None and not analytic_flops_apply(cfg):
+            batch = next(self.batches)  # one batch more from the stream, before any timing, for every setting
+            self.flops = count_step_flops(self.model, batch, self.serve, micro_batch_size=spec.micro_batch_size,
+                                          device=device, backward=False)
+            self.heartbeat(0, 0)
 
     def step(self, index: int, *, sync: bool = True) -> StepOutcome:
         """Serve one batch: the measurement window's step. `sync` (gradient sync) has no meaning here."""

@@ -17,8 +17,9 @@ REPRODUCED_GROUPS = ("model", "data", "loss", "train", "window", "dist", "teleme
 """Config groups a rerun must match. Not here: sweep and baseline (what is compared), nsa and ddp (the
 setting's flags, pinned one by one), recommend, watchdog, fault, wandb (they decide, guard or record)."""
 
-SETTING_KEYS = ("train.micro_batch_size", "train.grad_accum")
-"""Set by the recommendation from the chosen setting, so never part of the run's own overrides."""
+SETTING_KEYS = ("train.micro_batch_size", "train.grad_accum", "data.num_workers")
+"""Set by the recommendation from the chosen setting (data.num_workers is one of its flags), so never part of
+the run's own overrides."""
 
 _BARE = re.compile(r"[A-Za-z_/][\w./:-]*")
 _RESERVED = {"null", "true", "false", "nan", "inf", "-inf"}

@@ -96,6 +96,9 @@ class TrialResult:
     """What went wrong, for a trial whose status is not ok (the first line of the exception, by rank)."""
     throughput_unit: str = "tokens"
     """What the decision compares: `samples`, `tokens`, or throughput.count.unit; throughput_per_s reads it."""
+    count_unit: str = "tokens"
+    """What tokens_per_s counts: tokens, or throughput.count.unit (frames, patches) when a count of your own
+    replaces the token rule; the sinks name the tokens_per_s figure by it."""
     throughput_ci95: Optional[list[float]] = None
     """[low, high] 95% interval of throughput_per_s: a window's from the block bootstrap over its steps, a
     setting's from Student's t over its windows."""
@@ -109,7 +112,8 @@ class TrialResult:
     gpu_note: Optional[str] = None
     cpu: Optional[CpuFigures] = None
     mfu: Optional[MfuFigures] = None
-    """None when the model's FLOPs per token are unknown."""
+    """Achieved FLOP/s and MFU (metrics.mfu_figures); None when there is no FLOP count, with the reason in
+    mfu_note."""
     comm: Optional[CommSplit] = None
     """Compute vs communication split (metrics.comm_split); exposed means not hidden behind backward compute.
     None when not measured (one rank, or window.comm_split_steps=0)."""
@@ -155,6 +159,8 @@ class TrialResult:
     run_overrides: tuple[str, ...] = ()
     """Hydra overrides that compose this result's run again (model, data, loss, train, window, dist,
     telemetry), without the setting and the sweep (rerun.py); empty in journals from before them."""
+    mfu_note: Optional[str] = None
+    """Why mfu is None: e.g. FlopCounterMode could not count the step (absent in journals from before it)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Diagnostics for people, read by no decision and no sink: `ddp_applied`, `tracebacks`."""
     record_version: int = RECORD_VERSION
@@ -211,6 +217,9 @@ class TrialResult:
                  "noise": lambda v: from_fields(NoiseFloor, v),
                  "latency": lambda v: from_fields(LatencyFigures, v)}
         values = dict(data)
+        # Lines from before data.num_workers was one of the flags: their batches were made in the training
+        # process unless data.num_workers said otherwise, which they did not record with the setting.
+        values["flags"] = {"num_workers": 0, **(values.get("flags") or {})}
         for name, build in typed.items():
             if values.get(name) is not None:
                 values[name] = build(values[name])

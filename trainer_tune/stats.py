@@ -139,7 +139,7 @@ def geometric_mean(values: Sequence[float]) -> float:
 
 @dataclass(frozen=True)
 class NoiseFloor:
-    """The machine's noise on log tokens/s, estimated from every setting's windows in one sweep.
+    """The machine's noise on log throughput, estimated from every setting's windows in one sweep.
 
     A setting measured in 3 windows that happen to agree gets a narrow t-interval by luck, and a shared machine's
     noise is heavy-tailed (a burst of other load slows one window by half): three calm windows say little about
@@ -149,7 +149,7 @@ class NoiseFloor:
 
     window_log_sd: float
     """Pooled standard deviation of a setting's log window rates around its own mean (drift between rounds
-    included): the floor of a setting's tokens/s interval."""
+    included): the floor of a setting's throughput interval."""
     window_df: int
     ratio_log_sd: float
     """Pooled standard deviation of a setting's per-round log ratio to the baseline (drift shared by a round

@@ -99,16 +99,17 @@ class TelemetryProbe:
         if self.gpu is not None:
             self.gpu.start()
 
-    def stop(self, *, tokens: int) -> RankTelemetry:
-        """This rank's readings; `tokens` are the tokens this rank processed while sampling."""
+    def stop(self, *, tokens: Optional[int], samples: Optional[int] = None) -> RankTelemetry:
+        """This rank's readings; `tokens` (None: its batches carry none) and `samples` are what this rank
+        processed while sampling."""
         try:
             cpu = self.cpu.stop()
             cpu_energy = self.rapl.stop() if self.rapl is not None else None
             gpu, series = None, ()
             if self.gpu is not None:
-                samples = self.gpu.stop()
-                gpu = summarize_gpu_samples(samples, tokens=tokens)
-                series = tuple((t_s, pct) for t_s, pct in samples.utilization_pct)
+                readings = self.gpu.stop()
+                gpu = summarize_gpu_samples(readings, tokens=tokens, data_samples=samples)
+                series = tuple((t_s, pct) for t_s, pct in readings.utilization_pct)
             allocator = None
             if self.device.type == "cuda":
                 counts = _allocator_counts(self.device)

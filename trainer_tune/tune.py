@@ -27,11 +27,11 @@ from typing import Any, Optional, Sequence
 import torch
 from hydra.core.hydra_config import HydraConfig
 
-from trainer_tune.config import ConfigError, ModelArgs, Precision, Strategy, TuneConfig
+from trainer_tune.config import ConfigError, Mode, ModelArgs, Precision, Strategy, TuneConfig
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import fault_for
 from trainer_tune.flags import TrialFlags, exported_flags
-from trainer_tune.flops import gpt_flops_per_token, lookup_peak_tflops
+from trainer_tune.flops import analytic_flops_apply, gpt_flops_per_token, lookup_peak_tflops
 from trainer_tune.journal import (
     JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, write_inflight)
 from trainer_tune.metrics import TrialContext, aggregate_windows, failed_result, result_from_window, sweep_noise
@@ -314,14 +314,17 @@ def model_name(args: ModelArgs) -> str:
 
 
 def _flops_context(cfg: TuneConfig, device: torch.device) -> tuple[Optional[float], Optional[float], Optional[str]]:
-    """(training FLOPs per token, peak TFLOP/s of one device, why there is no MFU) for MFU."""
-    if cfg.model._target_ is not None:
-        # The shape of a user's model is unknown here (and building it twice could have side effects).
-        return None, None, (f"no FLOPs per token for model._target_={cfg.model._target_!r} (its shape is not "
-                            f"known to trainer_tune), so no MFU")
-    with torch.device("meta"):
-        num_parameters = count_parameters(build_model(cfg.model))
-    flops_per_token = gpt_flops_per_token(cfg.model, num_parameters=num_parameters)
+    """(the built-in GPT's FLOPs per token (training, or the forward only with mode=inference), peak TFLOP/s of one device, why there is no MFU) for MFU.
+
+    FLOPs per token are None for every other step: FlopCounterMode counts those when a setting's trainer is
+    built (window.py), so the peak is looked up for every model."""
+    flops_per_token: Optional[float] = None
+    if analytic_flops_apply(cfg):
+        with torch.device("meta"):
+            num_parameters = count_parameters(build_model(cfg.model))
+        flops_per_token = gpt_flops_per_token(cfg.model, num_parameters=num_parameters)
+        if cfg.mode == Mode.inference:
+            flops_per_token /= 3  # the forward pass only: a third of forward plus backward, attention included
     if cfg.telemetry.peak_tflops is not None:
         return flops_per_token, cfg.telemetry.peak_tflops, None
     if device.type != "cuda":

@@ -162,7 +162,11 @@ class Watchdog:
         faulthandler.unregister(signal.SIGTERM)
         # A process killed outright (fault=exit, OOM killer) leaves the empty file it held open for a dump; the
         # restarted rank removes its own empty files, so stacks/ holds only real dumps.
-        for path in self.stacks_dir.glob(f"trial-*-rank-{self.rank}.txt"):
+        try:
+            mine = list(self.stacks_dir.glob(f"trial-*-rank-{self.rank}.txt"))
+        except FileNotFoundError:  # another rank of this node stopped first and removed the empty stacks/
+            mine = []
+        for path in mine:
             with contextlib.suppress(OSError):
                 if path.stat().st_size == 0:
                     path.unlink()

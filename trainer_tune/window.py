@@ -1,11 +1,12 @@
 """One trial's measurement window: a short, real DDP training run at one setting.
 
-Every trial starts from the same seed with a fresh model, DDP wrapper and optimizer. Warm-up optimizer
-steps run first and are not counted. Each measured optimizer step is `grad_accum` micro-steps, with
-DDP's `no_sync` on all but the last, then `optimizer.step()`. Step boundaries are timed on the host
-clock on CPU and with CUDA events on GPU (which time the device's own stream without stalling the
-host each step); the device is synchronized before any time is read. Per step, the time that counts
-is the slowest rank's, and tokens are the ones really fed to the model on every rank.
+Every trial starts from the same seed with a fresh model, DDP wrapper and optimizer. A setting's first build
+counts one micro-step's FLOPs with FlopCounterMode before DDP wraps the model (flop_count.py; not for the built-in
+GPT, whose FLOPs are a formula). Warm-up optimizer steps run first and are not measured. Each measured optimizer
+step is `grad_accum` micro-steps, with DDP's `no_sync` on all but the last, then `optimizer.step()`. Step
+boundaries are timed on the host clock on CPU and with CUDA events on GPU (which time the device's own stream
+without stalling the host each step); the device is synchronized before any time is read. Per step, the time
+that counts is the slowest rank's, and tokens are the ones really fed to the model on every rank.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 from trainer_tune.config import Mode, Precision, TuneConfig, WindowArgs
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import NO_FAULT, FaultPlan
+from trainer_tune.flop_count import StepFlops, count_step_flops
+from trainer_tune.flops import analytic_flops_apply
 from trainer_tune.plan import TrialSpec
 from trainer_tune.replica import InferenceReplica
 from trainer_tune.stats import relative_half_width, throughput_ci
@@ -76,6 +79,12 @@ class WindowMeasurement:
     data_wait_s: tuple[float, ...] = ()
     """Per measured step, the slowest rank's time waiting for its batches (fetching the next one from the
     source and moving it to the device), summed over micro-steps."""
+    flops_per_sample: Optional[float] = None
+    """Training FLOPs (forward and backward) per sample as FlopCounterMode counted one micro-step when the
+    setting's trainer was built: the max over ranks (the same on every rank for a fixed model and batch shape;
+    the max keeps a rank's count when another's failed). None when not counted; flops_note says why."""
+    flops_note: Optional[str] = None
+    """This rank's word on the count: why there is none, or the ops it left out (then it is a lower bound)."""
 
 
 StepCallback = Callable[[int, bool], None]
@@ -148,7 +157,7 @@ class _Trainer:
     """The optimizer step of one trial, kept free of measurement code so the window times it as a whole."""
 
     def __init__(self, *, cfg: TuneConfig, spec: TrialSpec, session: DistSession, fault: FaultPlan,
-                 heartbeat: Heartbeat) -> None:
+                 heartbeat: Heartbeat, flops: Optional[StepFlops] = None) -> None:
         device = session.device
         self.device = device
         self.fault = fault
@@ -157,22 +166,44 @@ class _Trainer:
         model = build_model(cfg.model, spec.flags).to(device)
         self.num_parameters = count_parameters(model)
         self.aux_stats = AuxStatsCollector(model)
-        self.module = _wrap(model, session=session, spec=spec)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                           fused=device.type == "cuda")
         self.batches: Iterator[Any] = build_batches(
             data=cfg.data, model=cfg.model, micro_batch_size=spec.micro_batch_size,
             rank=session.rank_env.rank, world_size=session.rank_env.world_size, device=device,
-            num_workers=getattr(spec.flags, "num_workers", None))
+            num_workers=spec.flags.num_workers)
         autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) \
             if cfg.train.precision == Precision.bf16 else contextlib.nullcontext
         self.loss_of: StepFn = _step_fn(cfg, autocast)
         self.count_tokens = token_counter(cfg.throughput.count)
+        self.flops = flops
+        """FlopCounterMode's count of one micro-step (this setting's count from an earlier window when given);
+        None where the FLOPs are known without counting (flops.analytic_flops_apply)."""
+        if flops is None and not analytic_flops_apply(cfg):
+            self.flops = self._count_flops(model, micro_batch_size=spec.micro_batch_size)
+        # Wrapped after the count: DDP's hooks would all-reduce the counted gradients from this rank alone. DDP
+        # then broadcasts rank 0's weights and buffers, so whatever the count moved agrees on every rank again.
+        self.module = _wrap(model, session=session, spec=spec)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                           fused=device.type == "cuda")
         self.grad_accum = spec.grad_accum
         self.can_skip_sync = isinstance(self.module, DistributedDataParallel)
         self.ddp_applied = _ddp_settings(self.module)
         self.steps_done = 0
         """Optimizer steps this trainer has run, over all its windows: the next step's index."""
+
+    def _count_flops(self, model: nn.Module, *, micro_batch_size: int) -> StepFlops:
+        """Count one micro-step of one real batch through the trainer's own step, before any timing (warm-up
+        included). What it perturbs, the same way for every setting: one batch more is taken from the stream,
+        first-call costs (allocations, worker start) move out of the warm-up, BatchNorm running statistics move
+        once. The gradients are dropped and the random generators restored (flop_count.count_step_flops); the NSA
+        statistics of the counted forward are dropped too, so the first trained step starts as before."""
+        batch, _wait_s = self.next_batch()
+        flops = count_step_flops(model, batch, self.loss_of, micro_batch_size=micro_batch_size, device=self.device)
+        for layer in self.aux_stats.layers:
+            layer.last_aux_stats = None
+        # The count was progress (a slow micro-step under the counter): the watchdog's wait for the first step
+        # starts after it, as it would after the build. (0, 0) is the first micro-step's own beat: no interval.
+        self.heartbeat(0, 0)
+        return flops
 
     def next_batch(self) -> tuple[Any, float]:
         """The next micro-step's batch on the device, and the host time spent waiting for it."""
@@ -253,6 +284,8 @@ class LocalWindow:
     """Per measured step, the NSA auxiliary statistics, already averaged over ranks in the step; may be empty."""
     data_wait_s: list[float]
     """Per measured step, this rank's host time waiting for its batches."""
+    flops: Optional[StepFlops] = None
+    """FlopCounterMode's count of one micro-step of this setting on this rank; None where not counted."""
 
 
 def _no_heartbeat(_step: int, _micro_step: int) -> None:
@@ -289,6 +322,8 @@ class TrainerPool:
     def __init__(self) -> None:
         self.keep = True
         self._trainers: dict[str, _Trainer] = {}
+        self.flops: dict[str, Optional[StepFlops]] = {}
+        """Each setting's FLOP count, kept even when its trainer is not: a setting is counted once per process."""
 
     def take(self, key: str) -> Optional[_Trainer]:
         return self._trainers.pop(key, None)
@@ -331,8 +366,11 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
     try:
         if trainer is None:
             runner = InferenceReplica if cfg.mode == Mode.inference else _Trainer
-            trainer = runner(cfg=cfg, spec=spec, session=session, fault=fault, heartbeat=heartbeat)
+            trainer = runner(cfg=cfg, spec=spec, session=session, fault=fault, heartbeat=heartbeat,
+                             flops=pool.flops.get(key) if pool is not None else None)
             num_warmup_steps = cfg.window.warmup_steps
+            if pool is not None:
+                pool.flops[key] = trainer.flops
         else:
             # Other settings ran since: one step brings caches and the allocator back before the clock starts.
             num_warmup_steps = min(1, cfg.window.warmup_steps)
@@ -416,7 +454,7 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
                 stop_reason = window_stop_reason(session.max_over_ranks(clock.read_s()), window)
         step_times_s = clock.read_s()  # synchronizes the device: the probe stops when the work has ended
         num_tokens = read_count(tokens) if tokens is not None else None
-        telemetry = probe.stop(tokens=num_tokens or 0) if probe is not None else None
+        telemetry = probe.stop(tokens=num_tokens, samples=samples) if probe is not None else None
     finally:
         if probe is not None:
             probe.abandon()  # a window that failed while sampling (after stop() there is nothing to do)
@@ -431,7 +469,7 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
                        peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved,
                        num_parameters=trainer.num_parameters, ddp_applied=trainer.ddp_applied, telemetry=telemetry,
                        stop_reason=stop_reason, num_warmup_steps=num_warmup_steps,
-                       no_sync_step_times_s=no_sync_step_times_s, aux_stats=aux_stats)
+                       no_sync_step_times_s=no_sync_step_times_s, aux_stats=aux_stats, flops=trainer.flops)
 
 
 def _no_sync_steps(trainer: _Trainer, *, num_steps: int, device: torch.device) -> list[float]:
@@ -471,13 +509,16 @@ def window_stop_reason(times_s: Sequence[float], window: WindowArgs) -> Optional
 
 def combine_ranks(local: LocalWindow, *, session: DistSession) -> WindowMeasurement:
     """Per step the slowest rank's time (and data wait), samples and tokens summed over ranks (tokens are None
-    when any rank's batches carry none), memory peaks maxed over ranks."""
+    when any rank's batches carry none), memory peaks and counted FLOPs per sample maxed over ranks."""
     step_times_s = session.max_over_ranks(local.step_times_s)
     measured_s, = session.max_over_ranks([math.fsum(local.step_times_s)])
     # The last entry counts the ranks without tokens: one such rank makes the trial's tokens None.
     total_samples, total_tokens, no_tokens = session.sum_over_ranks(
         [local.samples, local.tokens or 0, 1 if local.tokens is None else 0])
-    warmup_s, = session.max_over_ranks([local.warmup_s])
+    # A rank without a count sends -1: the max is a count whenever any rank has one.
+    flops_per_sample = local.flops.flops_per_sample if local.flops is not None else None
+    warmup_s, most_flops_per_sample = session.max_over_ranks(
+        [local.warmup_s, flops_per_sample if flops_per_sample is not None else -1.0])
     peak = reserved = None
     note: Optional[str] = f"the {session.device.type} device does not report allocator peaks"
     if local.peak_memory_bytes is not None and local.peak_memory_reserved_bytes is not None:
@@ -494,4 +535,6 @@ def combine_ranks(local: LocalWindow, *, session: DistSession) -> WindowMeasurem
         num_warmup_steps=local.num_warmup_steps,
         no_sync_step_times_s=tuple(session.max_over_ranks(local.no_sync_step_times_s))
         if local.no_sync_step_times_s else (),
-        aux_stats=tuple(local.aux_stats))
+        aux_stats=tuple(local.aux_stats),
+        flops_per_sample=most_flops_per_sample if most_flops_per_sample >= 0 else None,
+        flops_note=local.flops.note if local.flops is not None else None)

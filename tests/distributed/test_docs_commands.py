@@ -1,7 +1,8 @@
-"""The README's and docs/quick-start.md's CPU commands, run as written (plus overrides that keep them short):
-each exits with the code the docs promise and writes the recommendation. The commands are listed here verbatim
-and each must still be in the docs, so docs and behaviour cannot drift apart. GPU, SLURM and multi-node
-commands are left out (tests/gpu, tests/slurm and test_multinode.py cover their CPU forms)."""
+"""The CPU commands of the README, docs/quick-start.md and docs/troubleshooting.md, run as written (plus overrides
+that keep them short): each exits with the code the docs promise and writes the recommendation and the files the
+docs name. The commands are listed here verbatim and each must still be in the docs, so docs and behaviour cannot
+drift apart. GPU, SLURM and multi-node commands are left out (tests/gpu, tests/slurm and test_multinode.py cover
+their CPU forms)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from conftest import REPO, clean_env
 
 pytestmark = pytest.mark.slow
 
-DOCS = ("README.md", "docs/quick-start.md")
+DOCS = ("README.md", "docs/quick-start.md", "docs/troubleshooting.md")
 
 SHORT = ["window=quick", "sweep.min_rounds=1", "sweep.max_rounds=1", "wandb=off"]
 """One quick window per setting, no wandb: these runs check the commands, not the figures."""
@@ -27,18 +28,27 @@ SHORT = ["window=quick", "sweep.min_rounds=1", "sweep.max_rounds=1", "wandb=off"
 SMALL_GRID = ["sweep.micro_batch_sizes=[1,2]"]
 """The sweeps' grids cut to two micro-batch sizes (the baseline is measured whatever the grid)."""
 
-COMMANDS: list[tuple[str, list[str], int]] = [
-    # (the command as the docs write it, what the test appends, the exit code the docs promise)
-    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch", SMALL_GRID, 0),
+COMMANDS: list[tuple[str, list[str], int, tuple[str, ...]]] = [
+    # (the command as the docs write it, what the test appends, the exit code the docs promise, the files the
+    # docs say it writes besides the recommendation's)
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch", SMALL_GRID, 0, ()),
     ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch baseline.micro_batch_size=4 baseline.grad_accum=2",
-     SMALL_GRID, 0),
-    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=global_batch", [], 0),
+     SMALL_GRID, 0, ()),
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=global_batch", [], 0, ()),
     ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch sweep.ddp_bucket_cap_mb=[5,25,100]",
-     ["sweep.micro_batch_sizes=[1]", "sweep.grad_accums=[1]"], 0),
+     ["sweep.micro_batch_sizes=[1]", "sweep.grad_accums=[1]"], 0, ()),
     # One window per setting gives no interval, so no setting can be shown 10% faster: NO-GO, exit 3.
-    ("python -m trainer_tune +sweep=batch recommend=ci_gate recommend.min_speedup=1.10", SMALL_GRID, 3),
-    ("launch/local.sh +sweep=batch baseline.micro_batch_size=4 baseline.grad_accum=2", SMALL_GRID, 0),
-    ("python -m trainer_tune -m train.micro_batch_size=1,2,4 train.grad_accum=1,2", [], 0),
+    ("python -m trainer_tune +sweep=batch recommend=ci_gate recommend.min_speedup=1.10", SMALL_GRID, 3, ()),
+    ("launch/local.sh +sweep=batch baseline.micro_batch_size=4 baseline.grad_accum=2", SMALL_GRID, 0, ()),
+    ("python -m trainer_tune -m train.micro_batch_size=1,2,4 train.grad_accum=1,2", [], 0, ()),
+    # troubleshooting.md's stall rehearsal: rank 1 hangs in trial 1, both ranks dump their stacks, the watchdog
+    # ends the trial (exit 4), torchrun restarts the group once and the sweep finishes (exit 0). As written it
+    # takes 85 s here (the 30 s abort and 8 settings in 3 rounds), so it is shrunk: a 2 s stall threshold, an
+    # abort after 6 s, two settings (the baseline and the stalled 1x1).
+    ("torchrun --nproc_per_node=2 --max-restarts=1 -m trainer_tune +sweep=batch fault=stall watchdog.stall_s=10 "
+     "watchdog.abort_after_s=30",
+     ["watchdog.stall_s=2", "watchdog.abort_after_s=6", "sweep.micro_batch_sizes=[1,2]", "sweep.grad_accums=[1]"],
+     0, ("stacks/trial-1-rank-0.txt", "stacks/trial-1-rank-1.txt")),
 ]
 
 
@@ -53,7 +63,7 @@ def _docs_code() -> str:
 
 def test_every_command_is_still_in_the_docs() -> None:
     lines = [line.split(" && ")[-1].split("  #")[0].strip() for line in _docs_code().splitlines()]
-    missing = [command for command, _, _ in COMMANDS if command not in lines]
+    missing = [command for command, _, _, _ in COMMANDS if command not in lines]
     assert not missing, f"no longer in {', '.join(DOCS)} as written: {missing}"
 
 
@@ -63,8 +73,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("command,extra,exit_code", COMMANDS, ids=[c for c, _, _ in COMMANDS])
-def test_docs_command_exits_as_documented(tmp_path: Path, command: str, extra: list[str], exit_code: int) -> None:
+@pytest.mark.parametrize("command,extra,exit_code,files", COMMANDS, ids=[c for c, _, _, _ in COMMANDS])
+def test_docs_command_exits_as_documented(tmp_path: Path, command: str, extra: list[str], exit_code: int,
+                                          files: tuple[str, ...]) -> None:
     argv = shlex.split(command)
     if argv[0] == "python":
         argv[0] = sys.executable
@@ -83,3 +94,58 @@ def test_docs_command_exits_as_documented(tmp_path: Path, command: str, extra: l
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["verdict"].startswith(("GO", "NO-GO")) and (out / "report.md").exists()
     assert (out / "trials.jsonl").exists() and (out / "recommendation.yaml").exists()
+    missing = [name for name in files if not (out / name).exists()]
+    assert not missing, f"{command}: no {missing} in {out}\n{proc.stderr[-3000:]}"
+
+
+YOUR_MODEL = "docs/your-model.md"
+
+ONE_SETTING_AND_BASELINE = ["sweep.micro_batch_sizes=[1]", "sweep.grad_accums=[1]"]
+"""The example sweeps cut to 1x1 beside the baseline 2x1: two settings, so the verdict is GO or NO-GO."""
+
+YOUR_MODEL_COMMANDS: list[tuple[str, list[str], int]] = [
+    # (the command as docs/your-model.md writes it, continuation lines joined, what the test appends, exit code)
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch model._target_=trainer_tune.examples.models.ConvLM "
+     "'+model.kwargs.vocab_size=${model.vocab_size}' +model.kwargs.d_model=128", ONE_SETTING_AND_BASELINE, 0),
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch model=conv_lm "
+     "data._target_=trainer_tune.examples.batches.counting_batches +data.kwargs.max_step=3 "
+     "loss._target_=trainer_tune.examples.losses.label_smoothed_cross_entropy +loss.kwargs.smoothing=0.05",
+     ONE_SETTING_AND_BASELINE, 0),
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch model=hf_gpt2", ONE_SETTING_AND_BASELINE, 0),
+    # The NSA measurements at micro-batch 2, both flag values (one of them is the baseline): two windows.
+    ("torchrun --nproc_per_node=2 -m trainer_tune model=tiny_nsa +sweep=batch 'sweep.micro_batch_sizes=[1,4]' "
+     "'sweep.grad_accums=[1]' 'sweep.nsa_prefill_batched=[true,false]' window.max_measure_s=8 wandb=off",
+     ["sweep.micro_batch_sizes=[2]"], 0),
+    ("torchrun --nproc_per_node=2 -m trainer_tune model=tiny_nsa +sweep=batch 'sweep.micro_batch_sizes=[1,4]' "
+     "'sweep.grad_accums=[1]' 'sweep.nsa_disable_aux_stats=[true,false]' window.max_measure_s=8 wandb=off",
+     ["sweep.micro_batch_sizes=[2]"], 0),
+]
+"""docs/your-model.md's trainer_tune commands, but those for GPUs (train=gpu_bf16) and those below."""
+
+YOUR_MODEL_RUN_BY_TEST_WORKLOADS = (
+    "torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch model=resnet_small data=images",
+    "torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch model=distilbert_cls data=text_cls",
+    "torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch model=pair_encoder data=pairs "
+    "step._target_=trainer_tune.examples.contrastive.contrastive_step +step.kwargs.temperature=0.05",
+)
+"""The examples' commands: tests/distributed/test_workloads.py runs them as written and checks what they record."""
+
+
+def _your_model_commands_in_the_docs() -> list[str]:
+    """The trainer_tune commands of docs/your-model.md's code blocks, continuation lines joined, spaces collapsed."""
+    blocks = (REPO / YOUR_MODEL).read_text().split("```")[1::2]
+    lines = [" ".join(line.split()) for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    return [line for line in lines if line.startswith(("torchrun ", "python ")) and " trainer_tune" in line]
+
+
+def test_every_your_model_command_is_run_here() -> None:
+    """Both ways: a command added to the docs must be added here, a command here must still be in the docs."""
+    in_docs = {command for command in _your_model_commands_in_the_docs() if "train=gpu_bf16" not in command}
+    listed = {command for command, _, _ in YOUR_MODEL_COMMANDS} | set(YOUR_MODEL_RUN_BY_TEST_WORKLOADS)
+    assert in_docs == listed, f"only in the docs: {sorted(in_docs - listed)}; only here: {sorted(listed - in_docs)}"
+
+
+@pytest.mark.parametrize("command,extra,exit_code", YOUR_MODEL_COMMANDS, ids=[c for c, _, _ in YOUR_MODEL_COMMANDS])
+def test_your_model_command_exits_as_documented(tmp_path: Path, command: str, extra: list[str],
+                                                exit_code: int) -> None:
+    test_docs_command_exits_as_documented(tmp_path, command, extra, exit_code, ())

@@ -4,13 +4,14 @@ own rounds, one shared journal, one recommendation."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import clean_env, read_jsonl, read_settings, run_tune
+from conftest import ONE_ROUND, clean_env, read_jsonl, read_settings, run_tune
 
 ROUNDS = ["sweep.min_rounds=2", "sweep.max_rounds=2"]
 
@@ -74,3 +75,19 @@ def test_sweep_axes_in_a_multirun_are_refused_before_anything_runs(tmp_path: Pat
                           cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "trainer_tune: error: sweep.micro_batch_sizes=[1, 2, 4, 8] is not allowed in a Hydra multirun" in proc.stderr
+
+
+def test_no_go_gate_of_a_multirun_under_torchrun_publishes_then_every_rank_exits_3(tmp_path: Path) -> None:
+    # Every rank runs the multirun's end; only rank 0 publishes. Were rank 1 to leave first (0 or 3), the ranks'
+    # codes would disagree, or torchrun would end rank 0 mid-publish: no table, no NO-GO line, no report.md.
+    out = tmp_path / "gate"
+    proc = run_tune(["-m", "ddp.static_graph=true,false", "recommend=ci_gate", "recommend.min_speedup=10",
+                     "window=quick", "wandb=off", *ONE_ROUND, f"hydra.sweep.dir={out}"], nproc=2, cwd=tmp_path)
+    # torchrun itself exits 1 whenever a worker fails; its summary lists each rank's own code.
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert sorted(re.findall(r"exitcode\s+:\s*(-?\d+) \(pid", proc.stderr)) == ["3", "3"], proc.stderr[-3000:]
+    assert "traceback : trainer_tune: NO-GO with recommend.fail_on_no_go=true" in proc.stderr, proc.stderr[-3000:]
+    rec = json.loads((out / "recommendation.json").read_text())
+    assert rec["decision"] == "NO-GO" and rec["verdict"] in proc.stdout and "trainer_tune trials" in proc.stdout
+    assert rec["verdict"] in (out / "report.md").read_text()
+    assert (out / "charts" / "tokens_per_s.png").exists()

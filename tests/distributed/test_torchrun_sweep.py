@@ -94,7 +94,7 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
     assert rec["verdict"] in report and "## Decision matrix" in report
     linked = re.findall(r"\]\((charts/[a-z_]+\.png)\)", report)
     assert sorted(linked) == ["charts/efficiency.png", "charts/rounds.png", "charts/step_times.png",
-                              "charts/tokens_per_s.png"]
+                              "charts/throughput.png"]
     for link in linked:
         assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "no chart of GPU utilization over time" in report
@@ -172,8 +172,8 @@ def test_single_process_no_go_gate_exits_3(tmp_path: Path) -> None:
     trials = read_jsonl(out / "trials.jsonl")
     assert len(trials) == 4 and all(t["world_size"] == 1 and t["backend"] is None for t in trials)
     assert all(t["extra"]["ddp_applied"] is None and t["comm"] is None for t in trials)
-    # One rank: the report renders all the same, with its tokens/s chart.
-    assert "NO-GO" in (out / "report.md").read_text() and (out / "charts" / "tokens_per_s.png").exists()
+    # One rank: the report renders all the same, with its throughput chart.
+    assert "NO-GO" in (out / "report.md").read_text() and (out / "charts" / "throughput.png").exists()
 
 
 def test_no_go_gate_under_torchrun_publishes_before_any_rank_exits(tmp_path: Path) -> None:

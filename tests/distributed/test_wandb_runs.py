@@ -38,6 +38,8 @@ def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> 
     for run in by_type["trial"]:
         trial = trials[run.config["trial"]["index"]]
         assert run.summary["tokens_per_s"] == pytest.approx(trial["tokens_per_s"])
+        assert run.summary["samples_per_s"] == pytest.approx(trial["samples_per_s"])
+        assert run.summary["throughput_unit"] == "tokens" and run.summary["count_unit"] == "tokens"
         assert run.summary["status"] == trial["status"] and run.summary["label"] == trial["label"]
         assert run.config["trial"]["micro_batch_size"] == trial["micro_batch_size"]
         assert run.config["tune"]["window"]["measure_steps"] == 4
@@ -62,7 +64,7 @@ def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> 
     # The report's PNGs, byte for byte, are images of the recommendation run, with their files kept for upload.
     pngs = sorted((out / "charts").glob("*.png"))
     # No GPU: no utilization chart.
-    assert {p.stem for p in pngs} == {"tokens_per_s", "efficiency", "step_times", "rounds"}
+    assert {p.stem for p in pngs} == {"throughput", "efficiency", "step_times", "rounds"}
     (row,) = [row for row in recommendation.history if any(k.startswith("charts/") for k in row)]
     run_dir = paths[runs.index(recommendation)].parent
     for png in pngs:

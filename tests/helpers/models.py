@@ -1,7 +1,9 @@
-"""Models given by `model._target_` that break the forward contract on purpose, for the tests and the docs'
-examples of what such a mistake looks like."""
+"""Models given by `model._target_` for the tests: some break the forward contract on purpose (what such a mistake
+looks like), some have FLOPs counted by hand or that FlopCounterMode cannot count."""
 
 from __future__ import annotations
+
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -16,3 +18,81 @@ class WrongShape(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed(input_ids).mean(dim=1)
+
+
+# --- models whose FLOPs tests/unit/test_flop_count.py counts -------------------------------------------------
+def random_features(*, micro_batch_size: int, rank: int, seed: int, in_features: int = 12,
+                    num_classes: int = 5) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(features [batch, in_features], class labels [batch]): batches without tokens, for the models below."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
+    while True:
+        yield (torch.randn(micro_batch_size, in_features, generator=generator),
+               torch.randint(0, num_classes, (micro_batch_size,), generator=generator))
+
+
+class PlainMLP(nn.Module):
+    """in_features -> hidden (ReLU) -> num_classes: two Linear layers, nothing else that FlopCounterMode counts."""
+
+    num_forwards = 0
+    """Forward calls over every instance (a class attribute: a rebuilt model's calls count too)."""
+
+    def __init__(self, *, in_features: int = 12, hidden: int = 32, num_classes: int = 5) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        PlainMLP.num_forwards += 1
+        return self.fc2(torch.relu(self.fc1(features)))
+
+
+@torch.library.custom_op("trainer_tune_tests::opaque_matmul", mutates_args=())
+def opaque_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight as a custom operator: FlopCounterMode sees the operator, not the product inside, and has no
+    formula for it (what a fused kernel from an extension looks like to it)."""
+    return x @ weight
+
+
+@opaque_matmul.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], weight.shape[1])
+
+
+def _opaque_matmul_setup(ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor], output: torch.Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _opaque_matmul_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x, weight = ctx.saved_tensors
+    return opaque_matmul(grad, weight.t().contiguous()), opaque_matmul(x.t().contiguous(), grad)
+
+
+opaque_matmul.register_autograd(_opaque_matmul_backward, setup_context=_opaque_matmul_setup)
+
+
+class OpaqueHeadMLP(nn.Module):
+    """PlainMLP whose second layer is `opaque_matmul`: the counter sees only the first layer's products."""
+
+    def __init__(self, *, in_features: int = 12, hidden: int = 32, num_classes: int = 5) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.head = nn.Parameter(torch.randn(hidden, num_classes) / hidden ** 0.5)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return opaque_matmul(torch.relu(self.fc1(features)), self.head)
+
+
+class JaggedMLP(nn.Module):
+    """Runs its first layer on a nested jagged tensor (one row per sample), as models of variable-length inputs
+    do. It trains; FlopCounterMode (torch 2.13) raises on the product instead of counting it. Should a later torch
+    count it, tests/unit/test_flop_count.py says so and needs another model the counter cannot count."""
+
+    def __init__(self, *, in_features: int = 12, hidden: int = 32, num_classes: int = 5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(in_features, hidden) / in_features ** 0.5)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        rows = torch.nested.nested_tensor([row[None] for row in features], layout=torch.jagged)
+        hidden = (rows @ self.weight).values()  # [batch, hidden]: every row has length 1
+        return self.fc2(torch.relu(hidden))

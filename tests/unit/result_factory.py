@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 from trainer_tune.cpu_usage import CpuUtilization
@@ -10,7 +11,7 @@ from trainer_tune.flags import TrialFlags, flags_to_environ
 from trainer_tune.gpu_sampler import GpuSummary
 from trainer_tune.metrics import TrialContext, result_from_window
 from trainer_tune.plan import TrialSpec
-from trainer_tune.results import TrialResult
+from trainer_tune.results import SAMPLES, TrialResult
 from trainer_tune.stats import StepTimeStats, geometric_mean
 from trainer_tune.telemetry import AllocatorCounts, RankTelemetry
 from trainer_tune.window import WindowMeasurement
@@ -100,3 +101,14 @@ def make_measured(*, index: int, micro_batch_size: int, step_s: float, allocated
     telemetry = [make_rank_telemetry(nvml_used_bytes=int(nvml_gib * GIB)),
                  make_rank_telemetry(nvml_used_bytes=int((nvml_gib - 0.25) * GIB))]
     return result_from_window(spec, window, ctx, started_at="t0", finished_at="t1", telemetry=telemetry)
+
+
+def in_samples(result: TrialResult) -> TrialResult:
+    """The same setting on batches that carry no tokens (images), decided in samples/s as metrics.decision_unit
+    decides it: tokens_per_s is None, and every rate the decision reads (windows, interval) is samples per
+    second (make_result's samples carry SEQ_LEN tokens each)."""
+    per_sample = 1.0 / SEQ_LEN
+    return dataclasses.replace(
+        result, throughput_unit=SAMPLES, tokens_per_s=None, tokens_per_step=None,
+        window_throughput_per_s={r: v * per_sample for r, v in result.window_throughput_per_s.items()},
+        throughput_ci95=[v * per_sample for v in result.throughput_ci95] if result.throughput_ci95 else None)

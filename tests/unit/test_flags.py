@@ -4,35 +4,35 @@ import contextlib
 
 import pytest
 
-from trainer_tune.config import ConfigError, DdpArgs, NsaArgs
+from trainer_tune.config import ConfigError, DataArgs, DdpArgs, NsaArgs
 from trainer_tune.flags import (
     TrialFlags, export_flags, exported_flags, flags_to_environ, flags_to_overrides, resolve_flags)
 
 
 def test_builtin_defaults_without_environment() -> None:
-    assert resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), environ={}) == TrialFlags()
+    assert resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), data=DataArgs(), environ={}) == TrialFlags()
 
 
 def test_environment_is_the_default_and_config_wins() -> None:
     environ = {"NSA_PREFILL_BATCHED": "0", "NSA_DISABLE_AUX_STATS": "yes", "NSA_DDP_STATIC_GRAPH": "true",
                "NSA_DDP_FIND_UNUSED": "1", "NSA_DDP_BUCKET_MB": "100"}
-    from_env = resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), environ=environ)
+    from_env = resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), data=DataArgs(), environ=environ)
     assert from_env == TrialFlags(prefill_batched=False, disable_aux_stats=True, static_graph=True,
                                   find_unused_parameters=True, bucket_cap_mb=100.0)
-    given = resolve_flags(nsa=NsaArgs(prefill_batched=True), ddp=DdpArgs(bucket_cap_mb=10.0), environ=environ)
+    given = resolve_flags(nsa=NsaArgs(prefill_batched=True), ddp=DdpArgs(bucket_cap_mb=10.0), data=DataArgs(), environ=environ)
     assert given.prefill_batched is True and given.bucket_cap_mb == 10.0
     assert given.static_graph is True  # not given on the command line: the environment's value
 
 
 def test_empty_environment_variable_counts_as_unset() -> None:
-    assert resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), environ={"NSA_DDP_BUCKET_MB": " "}).bucket_cap_mb is None
+    assert resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), data=DataArgs(), environ={"NSA_DDP_BUCKET_MB": " "}).bucket_cap_mb is None
 
 
 @pytest.mark.parametrize("name,value", [("NSA_PREFILL_BATCHED", "maybe"), ("NSA_DDP_BUCKET_MB", "-5"),
                                         ("NSA_DDP_BUCKET_MB", "nan")])
 def test_bad_environment_values_are_rejected(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"environment {name}='{value}'"):
-        resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), environ={name: value})
+        resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), data=DataArgs(), environ={name: value})
 
 
 def test_ddp_default_bucket_exports_no_variable_and_clears_an_earlier_one() -> None:
@@ -48,7 +48,7 @@ def test_exported_environment_and_overrides_round_trip() -> None:
     environ = flags_to_environ(flags)
     assert environ == {"NSA_PREFILL_BATCHED": "0", "NSA_DISABLE_AUX_STATS": "0", "NSA_DDP_STATIC_GRAPH": "0",
                        "NSA_DDP_FIND_UNUSED": "0", "NSA_DDP_BUCKET_MB": "12.5"}
-    assert resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), environ=environ) == flags
+    assert resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), data=DataArgs(), environ=environ) == flags
     assert "nsa.prefill_batched=false" in flags_to_overrides(flags)
     assert "ddp.bucket_cap_mb=12.5" in flags_to_overrides(flags)
 

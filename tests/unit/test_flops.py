@@ -218,9 +218,9 @@ def test_every_peak_is_positive_and_dense_bf16_matches_fp16() -> None:
 
 
 def test_mfu_hand_worked() -> None:
-    # 6e9 FLOPs/token * 100,000 tokens/s = 6e14 FLOP/s = 600 TFLOP/s over 2 devices
+    # 6e9 FLOPs/sample * 100,000 samples/s = 6e14 FLOP/s = 600 TFLOP/s over 2 devices
     # = 300 TFLOP/s per device; / 989.4 peak = 0.30321...
-    result = mfu(flops_per_token=6e9, tokens_per_s=100_000, num_devices=2, peak_tflops_per_device=989.4)
+    result = mfu(flops_per_sample=6e9, samples_per_s=100_000, num_devices=2, peak_tflops_per_device=989.4)
     assert result.achieved_tflops == pytest.approx(600.0)
     assert result.achieved_tflops_per_device == pytest.approx(300.0)
     assert result.mfu == pytest.approx(300.0 / 989.4)
@@ -229,7 +229,7 @@ def test_mfu_hand_worked() -> None:
 
 
 def test_mfu_unknown_peak_is_none_with_warning() -> None:
-    result = mfu(flops_per_token=6e9, tokens_per_s=1000, num_devices=1, peak_tflops_per_device=None)
+    result = mfu(flops_per_sample=6e9, samples_per_s=1000, num_devices=1, peak_tflops_per_device=None)
     assert result.mfu is None and result.mfu_raw is None
     assert result.achieved_tflops == pytest.approx(6.0)
     assert result.warning is not None and "unknown" in result.warning
@@ -237,22 +237,22 @@ def test_mfu_unknown_peak_is_none_with_warning() -> None:
 
 def test_mfu_above_one_is_flagged_not_reported() -> None:
     # 6e9 * 1e6 = 6e15 FLOP/s = 6000 TFLOP/s on one 989.4 TFLOP/s device: 606%.
-    result = mfu(flops_per_token=6e9, tokens_per_s=1_000_000, num_devices=1, peak_tflops_per_device=989.4)
+    result = mfu(flops_per_sample=6e9, samples_per_s=1_000_000, num_devices=1, peak_tflops_per_device=989.4)
     assert result.mfu is None
     assert result.mfu_raw == pytest.approx(6000.0 / 989.4)
     assert result.warning is not None and "measurement" in result.warning
 
 
 def test_mfu_exactly_one_is_allowed() -> None:
-    result = mfu(flops_per_token=1e12, tokens_per_s=100, num_devices=1, peak_tflops_per_device=100.0)
+    result = mfu(flops_per_sample=1e12, samples_per_s=100, num_devices=1, peak_tflops_per_device=100.0)
     assert result.mfu is not None and math.isclose(result.mfu, 1.0)
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"flops_per_token": 0}, {"tokens_per_s": -1}, {"num_devices": 0}, {"peak_tflops_per_device": 0.0}],
+    [{"flops_per_sample": 0}, {"samples_per_s": -1}, {"num_devices": 0}, {"peak_tflops_per_device": 0.0}],
 )
 def test_mfu_rejects_bad_arguments(kwargs: dict) -> None:
-    args = {"flops_per_token": 1.0, "tokens_per_s": 1.0, "num_devices": 1, "peak_tflops_per_device": 1.0} | kwargs
+    args = {"flops_per_sample": 1.0, "samples_per_s": 1.0, "num_devices": 1, "peak_tflops_per_device": 1.0} | kwargs
     with pytest.raises(ValueError):
         mfu(**args)

@@ -349,3 +349,13 @@ def test_zero_tokens_leaves_energy_per_token_unmeasured() -> None:
     assert summary.energy_j == 2.0 and summary.energy_j_per_token is None
     with pytest.raises(ValueError):
         summarize_gpu_samples(samples, tokens=-1)
+
+
+def test_batches_without_tokens_get_energy_per_sample_only() -> None:
+    samples = GpuSamples(power_w=((0.0, 1.0), (1.0, 1.0)), energy_counter_start_j=1.0, energy_counter_stop_j=3.0)
+    images = summarize_gpu_samples(samples, tokens=None, data_samples=8)
+    assert images.energy_j == 2.0 and images.energy_j_per_token is None and images.energy_j_per_sample == 0.25
+    # No tokens is what the batches are, not a failed reading: the reason names only the series left empty here.
+    assert "energy" not in (images.unavailable_reason or "")
+    text = summarize_gpu_samples(samples, tokens=40, data_samples=8)
+    assert text.energy_j_per_token == 0.05 and text.energy_j_per_sample == 0.25

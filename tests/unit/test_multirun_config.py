@@ -13,7 +13,7 @@ from result_factory import make_result
 from trainer_tune.config import TuneConfig, register_configs
 from trainer_tune.flags import TrialFlags
 from trainer_tune.journal import JOURNAL_NAME, append_result
-from trainer_tune.multirun import BaselinePin, MultirunCallback
+from trainer_tune.multirun import BaselinePin, rank_env_here, publish_multirun
 from trainer_tune.plan import build_plan, differing_flag_names, job_plan
 
 
@@ -85,8 +85,8 @@ def test_a_multirun_under_srun_recommends_an_srun_command(tmp_path: Path, monkey
     # here, so nothing leaks into other tests.
     monkeypatch.setattr(os, "environ", {**{k: v for k, v in clean_env().items() if not k.startswith("SLURM_")},
                                         **SLURM_TASK_0})
-    MultirunCallback().on_multirun_end(config)
+    publish_multirun(config, rank_env=rank_env_here())  # what the callback publishes on rank 0
     hint = [line for line in (tmp_path / "recommendation.yaml").read_text().splitlines() if line.startswith("#   ")]
     assert hint == ["#   srun --nodes=2 --ntasks-per-node=2 python -m trainer_tune train.micro_batch_size=4 "
                     "train.grad_accum=1 nsa.prefill_batched=true nsa.disable_aux_stats=false ddp.static_graph=false "
-                    "ddp.find_unused_parameters=false ddp.bucket_cap_mb=null"]
+                    "ddp.find_unused_parameters=false ddp.bucket_cap_mb=null data.num_workers=0"]

@@ -63,7 +63,7 @@ def test_report_of_a_mixed_sweep_has_every_section_and_valid_charts(tmp_path: Pa
         assert heading in text
     assert "16x1: 8x1 ended oom, so larger micro-batches were not tried" in text
     assert "- 1x1 left after round 3: -40.0% against 4x1" in text
-    assert sorted(c.name for c in files.charts) == ["efficiency", "gpu_util", "rounds", "step_times", "tokens_per_s"]
+    assert sorted(c.name for c in files.charts) == ["efficiency", "gpu_util", "rounds", "step_times", "throughput"]
     assert sorted(_linked_charts(text)) == sorted(f"charts/{c.name}.png" for c in files.charts)
     for chart in files.charts:
         width, height = _png_size(chart.path)
@@ -94,7 +94,7 @@ def test_report_when_only_the_baseline_ran_on_one_rank(tmp_path: Path) -> None:
     base = dataclasses.replace(base, gpu_note="no NVIDIA driver")
     files = write_report(tmp_path, [base], decide([base], args=RecommendArgs()))
     text = files.report.read_text()
-    assert sorted(c.name for c in files.charts) == ["rounds", "step_times", "tokens_per_s"]
+    assert sorted(c.name for c in files.charts) == ["rounds", "step_times", "throughput"]
     for chart in files.charts:
         _png_size(chart.path)
     assert "no chart of per-sample efficiency: needs two finished settings" in text

@@ -21,27 +21,36 @@ def _gpu(util: float, memory: int, energy: float | None, *, reason: str | None =
 
 
 def test_gpu_figures_combine_over_ranks() -> None:
-    combined, note = combine_gpu([_gpu(90.0, 10, 600.0), _gpu(40.0, 30, 400.0)], tokens=2000)
+    combined, note = combine_gpu([_gpu(90.0, 10, 600.0), _gpu(40.0, 30, 400.0)], tokens=2000, samples=16)
     assert note is None and combined is not None
     assert combined.util_mean_pct == 65.0  # per-GPU mean: the idle rank pulls it down
     assert combined.util_p10_pct == 55.0 and combined.util_p90_pct == 70.0
     assert combined.memory_used_peak_bytes == 30  # the fullest rank
     assert combined.energy_j == 1000.0 and combined.energy_j_per_token == 0.5  # the whole job's energy
+    assert combined.energy_j_per_sample == 62.5
     assert len(combined.per_rank) == 2
+
+
+def test_batches_without_tokens_get_energy_per_sample() -> None:
+    combined, note = combine_gpu([_gpu(90.0, 10, 600.0), _gpu(40.0, 30, 400.0)], tokens=None, samples=16)
+    assert note is None and combined is not None
+    assert combined.energy_j_per_token is None and combined.energy_j_per_sample == 62.5
 
 
 def test_a_figure_one_rank_lacks_is_none_not_a_partial_sum() -> None:
     combined, note = combine_gpu([_gpu(90.0, 10, 600.0), _gpu(40.0, 30, None, reason="energy: NotSupported")],
-                                 tokens=2000)
+                                 tokens=2000, samples=16)
     assert combined is not None and combined.energy_j is None and combined.energy_j_per_token is None
+    assert combined.energy_j_per_sample is None
     assert note == "energy: NotSupported"
 
 
 def test_no_nvml_means_no_gpu_figures_and_a_reason() -> None:
     off = GpuSummary(**{f.name: None for f in dataclasses.fields(GpuSummary)}
                      | {"unavailable_reason": "NVML Shared Library Not Found"})
-    assert combine_gpu([off, off], tokens=10) == (None, "NVML Shared Library Not Found")
-    assert combine_gpu([None, None], tokens=10)[0] is None
+    assert combine_gpu([off, off], tokens=10, samples=2) == (None, "NVML Shared Library Not Found")
+    assert combine_gpu([off, off], tokens=None, samples=2) == (None, "NVML Shared Library Not Found")
+    assert combine_gpu([None, None], tokens=10, samples=2)[0] is None
 
 
 def test_step_history_and_summary() -> None:

@@ -7,17 +7,18 @@ import dataclasses
 import json
 from pathlib import Path
 
-from result_factory import GIB, make_measured, make_rank_telemetry, make_result
+from result_factory import GIB, make_gpu, make_measured, make_rank_telemetry, make_result
 from trainer_tune.config import RecommendArgs
 from trainer_tune.cpu_usage import CpuUtilization
-from trainer_tune.figures import ALLOCATOR_RESERVED, CommSplit, CpuFigures, GpuFigures, MfuFigures
+from trainer_tune.figures import (
+    ALLOCATOR_RESERVED, ANALYTIC, FLOP_COUNTER, CommSplit, CpuFigures, GpuFigures, MfuFigures)
 from trainer_tune.flags import TrialFlags
 from trainer_tune.gpu_sampler import GpuSummary
 from trainer_tune.journal import append_result, read_journal
 from trainer_tune.metrics import step_history
 from trainer_tune.recommend import decide
 from trainer_tune.results import RECORD_VERSION, TrialResult
-from trainer_tune.sinks.charts import tokens_per_s_lines
+from trainer_tune.sinks.charts import throughput_lines
 from trainer_tune.telemetry import RankTelemetry
 
 OLD_JOURNAL = Path(__file__).parent / "data" / "trials_before_typed_fields.jsonl"
@@ -46,8 +47,33 @@ def test_mfu_figures_survive_the_journal(tmp_path: Path) -> None:
     mfu = MfuFigures(flops_per_token=2e6, achieved_tflops=0.5, achieved_tflops_per_device=0.25,
                      peak_tflops_per_device=None, mfu=None, mfu_raw=None, warning="no peak")
     result = dataclasses.replace(make_result(index=0, key="a", step_times=[0.1, 0.2]), mfu=mfu)
-    append_result(tmp_path / "trials.jsonl", result)
-    assert read_journal(tmp_path / "trials.jsonl").results == (result,)
+    counted = MfuFigures(flops_per_token=None, flops_per_sample=3e6, flops_source=FLOP_COUNTER,
+                         count_note="FlopCounterMode has no formula for x.y", achieved_tflops=0.5,
+                         achieved_tflops_per_device=0.25, peak_tflops_per_device=1.0, mfu=None, mfu_raw=0.25,
+                         warning="FlopCounterMode has no formula for x.y; MFU not reported")
+    images = dataclasses.replace(make_result(index=1, key="b", step_times=[0.1, 0.2]), mfu=counted,
+                                 gpu=dataclasses.replace(make_gpu(), energy_j=8.0, energy_j_per_sample=0.5))
+    uncounted = dataclasses.replace(make_result(index=2, key="c"), mfu=None,
+                                    mfu_note="FlopCounterMode could not count one micro-step: TypeError: x")
+    for record in (result, images, uncounted):
+        append_result(tmp_path / "trials.jsonl", record)
+    assert read_journal(tmp_path / "trials.jsonl").results == (result, images, uncounted)
+
+
+def test_a_record_from_before_counted_flops_and_energy_per_sample_reads_back() -> None:
+    mfu = MfuFigures(flops_per_token=2e6, flops_per_sample=2e6 * 128, achieved_tflops=0.5,
+                     achieved_tflops_per_device=0.25, peak_tflops_per_device=None, mfu=None, mfu_raw=None,
+                     warning="no peak")
+    record = dataclasses.replace(make_result(index=0, key="a"), mfu=mfu,
+                                 gpu=dataclasses.replace(make_gpu(), energy_j=8.0, energy_j_per_sample=0.5))
+    line = json.loads(json.dumps(record.to_json_dict()))
+    for name in ("flops_per_sample", "flops_source", "count_note"):
+        del line["mfu"][name]
+    del line["gpu"]["energy_j_per_sample"], line["mfu_note"]
+    old = TrialResult.from_json_dict(line)  # a RECORD_VERSION 3 line written before these fields
+    assert old.mfu == dataclasses.replace(mfu, flops_per_sample=None)  # it was the formula's: flops_source analytic
+    assert old.mfu is not None and old.mfu.flops_source == ANALYTIC and old.mfu_note is None
+    assert old.gpu is not None and old.gpu.energy_j == 8.0 and old.gpu.energy_j_per_sample is None
 
 
 def test_rank_telemetry_crosses_the_store_as_a_dict_and_comes_back_equal() -> None:
@@ -117,7 +143,7 @@ def test_chart_lines_come_from_the_flags_never_the_label() -> None:
                      for i, m in enumerate((1, 2))]
     # Labels are for people: a multirun job names only what it changed, and anyone may rename a setting.
     renamed = dataclasses.replace(small_buckets[1], label="2x1 (small buckets)")
-    lines = tokens_per_s_lines([*plain, small_buckets[0], renamed])
+    lines = throughput_lines([*plain, small_buckets[0], renamed])
     assert {name: [r.trial_key for r in members] for name, members in lines.items()} == {
         "grad_accum=1 bucket_cap_mb=1": ["b1", "b2"], "grad_accum=1 bucket_cap_mb=null": ["p1", "p2"]}
-    assert list(tokens_per_s_lines(plain)) == ["grad_accum=1"]  # a flag no setting varies is not named
+    assert list(throughput_lines(plain)) == ["grad_accum=1"]  # a flag no setting varies is not named

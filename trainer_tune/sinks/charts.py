@@ -54,8 +54,8 @@ def _log2_axis(ax, values: Sequence[int]) -> None:  # noqa: ANN001 - a matplotli
     ax.xaxis.set_minor_locator(NullLocator())
 
 
-def tokens_per_s_lines(finished: Sequence[TrialResult]) -> dict[str, list[TrialResult]]:
-    """The lines of the tokens/s chart: one per grad_accum and flags (from result.flags), by micro-batch."""
+def throughput_lines(finished: Sequence[TrialResult]) -> dict[str, list[TrialResult]]:
+    """The lines of the throughput chart: one per grad_accum and flags (from result.flags), by micro-batch."""
     differing = varying_flags(finished)
     lines: dict[tuple[int, str], list[TrialResult]] = {}
     for r in finished:
@@ -64,32 +64,34 @@ def tokens_per_s_lines(finished: Sequence[TrialResult]) -> dict[str, list[TrialR
             for (grad_accum, flags), members in sorted(lines.items())}
 
 
-def _tokens_per_s(finished: Sequence[TrialResult], rec: Recommendation, path: Path) -> None:
+def throughput_figure(finished: Sequence[TrialResult], rec: Recommendation) -> Figure:
+    """The decision's rate (rec.unit per second) of every finished setting, by micro-batch."""
     fig = _new_figure()
     ax = fig.add_subplot()
-    for name, members in tokens_per_s_lines(finished).items():
-        y = [r.tokens_per_s for r in members]
-        bounds = [r.throughput_ci95 or [r.tokens_per_s, r.tokens_per_s] for r in members]
+    for name, members in throughput_lines(finished).items():
+        y = [r.throughput_per_s for r in members]
+        bounds = [r.throughput_ci95 or [r.throughput_per_s, r.throughput_per_s] for r in members]
         low = [v - b[0] for v, b in zip(y, bounds)]  # type: ignore[operator]
         high = [b[1] - v for v, b in zip(y, bounds)]  # type: ignore[operator]
         ax.errorbar([r.micro_batch_size for r in members], y, yerr=[low, high], marker="o", capsize=4,
                     label=name)
     marks = [(rec.baseline, "*", "baseline", 16), (rec.chosen, "o", "chosen", 14)]
     for trial, marker, name, size in marks:
-        if trial is not None and trial.ok and trial.tokens_per_s:
-            ax.plot([trial.micro_batch_size], [trial.tokens_per_s], marker=marker, markersize=size, linestyle="none",
+        if trial is not None and trial.ok and trial.throughput_per_s:
+            ax.plot([trial.micro_batch_size], [trial.throughput_per_s], marker=marker, markersize=size,
+                    linestyle="none",
                     markerfacecolor="none" if name == "chosen" else "gold", markeredgecolor="black",
                     label=f"{name} ({trial.label})")
     _log2_axis(ax, [r.micro_batch_size for r in finished])
     ax.set_xlabel("micro-batch size per rank")
-    ax.set_ylabel("tokens/s (whole job)")
-    ax.set_title("tokens/s by micro-batch, one line per grad_accum (bars: 95% CI)")
+    ax.set_ylabel(f"{rec.unit}/s (whole job)")
+    ax.set_title(f"{rec.unit}/s by micro-batch, one line per grad_accum (bars: 95% CI)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.savefig(path)
+    return fig
 
 
-def _efficiency(points: Sequence[ScalingPoint], path: Path) -> None:
+def _efficiency(points: Sequence[ScalingPoint]) -> Figure:
     kinds = [k for k in ("micro_batch_size", "grad_accum") if any(p.varies == k for p in points)]
     fig = _new_figure(width_in=7.5 if len(kinds) == 1 else 11.0)
     for i, kind in enumerate(kinds):
@@ -117,10 +119,10 @@ def _efficiency(points: Sequence[ScalingPoint], path: Path) -> None:
         ax.legend(fontsize="small")
     fig.suptitle("per-sample efficiency: per-sample time at the smallest batch / per-sample time (bars: 95% CI)",
                  fontsize="medium")
-    fig.savefig(path)
+    return fig
 
 
-def _step_times(finished: Sequence[TrialResult], path: Path) -> None:
+def _step_times(finished: Sequence[TrialResult]) -> Figure:
     with_steps = [r for r in finished if r.step_times_s]
     fig = _new_figure(width_in=max(7.5, 0.9 * len(with_steps) + 2))
     ax = fig.add_subplot()
@@ -139,10 +141,10 @@ def _step_times(finished: Sequence[TrialResult], path: Path) -> None:
     ax.set_title("step time per measured step, per setting (box: quartiles; dots: every step)")
     ax.tick_params(axis="x", labelrotation=30)
     ax.grid(alpha=0.3, axis="y")
-    fig.savefig(path)
+    return fig
 
 
-def _gpu_util(with_series: Sequence[TrialResult], path: Path) -> None:
+def _gpu_util(with_series: Sequence[TrialResult]) -> Figure:
     fig = _new_figure()
     ax = fig.add_subplot()
     for r in with_series:
@@ -150,13 +152,13 @@ def _gpu_util(with_series: Sequence[TrialResult], path: Path) -> None:
         start_s = series[0][0]
         ax.plot([t - start_s for t, _ in series], [u for _, u in series], marker=".", label=r.label)
     ax.set_ylim(0, 105)
-    _finish_lines(fig, ax, path, xlabel="seconds into the measured steps", ylabel="GPU utilization % (rank 0)",
-                  title="GPU utilization over the measured steps")
+    return _finish_lines(fig, ax, xlabel="seconds into the measured steps", ylabel="GPU utilization % (rank 0)",
+                         title="GPU utilization over the measured steps")
 
 
-def _rounds(finished: Sequence[TrialResult], rec: Recommendation, path: Path) -> None:
-    """tokens/s of every window by round: the baseline's line is the machine's drift; a setting's distance from
-    it in each round is the paired ratio the decision uses."""
+def rounds_figure(finished: Sequence[TrialResult], rec: Recommendation) -> Figure:
+    """The decision's rate of every window by round: the baseline's line is the machine's drift; a setting's
+    distance from it in each round is the paired ratio the decision uses."""
     fig = _new_figure()
     ax = fig.add_subplot()
     for r in finished:
@@ -165,18 +167,18 @@ def _rounds(finished: Sequence[TrialResult], rec: Recommendation, path: Path) ->
         ax.plot([name for name, _ in rounds], [value for _, value in rounds], marker="o",
                 linewidth=2.5 if is_baseline else 1.0, color="black" if is_baseline else None,
                 label=r.label + (" (baseline)" if is_baseline else ""))
-    _finish_lines(fig, ax, path, xlabel="round", ylabel="tokens/s of the window",
-                  title="Each window by round: the baseline shows the machine's drift")
+    return _finish_lines(fig, ax, xlabel="round", ylabel=f"{rec.unit}/s of the window",
+                         title="Each window by round: the baseline shows the machine's drift")
 
 
-def _finish_lines(fig: Figure, ax, path: Path, *, xlabel: str, ylabel: str, title: str) -> None:  # noqa: ANN001
-    """Labels, grid and legend of a chart with one line per setting, then the file."""
+def _finish_lines(fig: Figure, ax, *, xlabel: str, ylabel: str, title: str) -> Figure:  # noqa: ANN001
+    """Labels, grid and legend of a chart with one line per setting."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
-    fig.savefig(path)
+    return fig
 
 
 def _gpu_reason(finished: Sequence[TrialResult]) -> str:
@@ -186,36 +188,38 @@ def _gpu_reason(finished: Sequence[TrialResult]) -> str:
 
 def draw_charts(results: Sequence[TrialResult], rec: Recommendation, *, charts_dir: Path) -> ChartSet:
     charts_dir.mkdir(parents=True, exist_ok=True)
-    finished = sorted((r for r in results if r.ok and r.tokens_per_s), key=lambda r: r.index)
+    # A resumed sweep's directory may hold the throughput chart under its name from before units.
+    (charts_dir / "tokens_per_s.png").unlink(missing_ok=True)
+    finished = sorted((r for r in results if r.ok and r.throughput_per_s), key=lambda r: r.index)
     explanations: Optional[Explanations] = rec.explanations
     points = explanations.points if explanations is not None else ()
     none_finished = "no setting finished cleanly"
     with_series = [r for r in finished if r.gpu_utilization_series]
     plans = [
-        ("tokens_per_s", "tokens/s by micro-batch", none_finished if not finished else None,
-         lambda path: _tokens_per_s(finished, rec, path)),
+        ("throughput", f"{rec.unit}/s by micro-batch", none_finished if not finished else None,
+         lambda: throughput_figure(finished, rec)),
         ("efficiency", "per-sample efficiency",
          None if points else (none_finished if not finished else
                               "needs two finished settings that differ only in micro-batch or only in grad_accum"),
-         lambda path: _efficiency(points, path)),
+         lambda: _efficiency(points)),
         ("step_times", "step-time distribution",
          None if any(r.step_times_s for r in finished) else
          (none_finished if not finished else "the journal holds no per-step times for these trials"),
-         lambda path: _step_times(finished, path)),
-        ("rounds", "tokens/s of each window by round",
+         lambda: _step_times(finished)),
+        ("rounds", f"{rec.unit}/s of each window by round",
          None if any(len(r.window_throughput_per_s) > 1 for r in finished) else
          (none_finished if not finished else "every setting was measured in one round only"),
-         lambda path: _rounds(finished, rec, path)),
+         lambda: rounds_figure(finished, rec)),
         ("gpu_util", "GPU utilization over time",
          None if with_series else (none_finished if not finished else _gpu_reason(finished)),
-         lambda path: _gpu_util(with_series, path)),
+         lambda: _gpu_util(with_series)),
     ]
     charts, omitted = [], []
     for name, title, why_not, draw in plans:
         path = charts_dir / f"{name}.png"
         if why_not is None:
             try:
-                draw(path)
+                draw().savefig(path)
             except Exception as exc:  # noqa: BLE001 - a chart must not cost the report; it says what failed
                 log.warning("chart %s could not be drawn: %s", name, exc, exc_info=True)
                 omitted.append((title, f"drawing it failed: {exc}"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -15,6 +15,7 @@ from trainer_tune.flags import FlagSpec, format_flag
 from trainer_tune.recommend import GO, Recommendation
 from trainer_tune.results import TrialResult
 from trainer_tune.rounds import Drop
+from trainer_tune.sinks.rows import table_rows
 from trainer_tune.units import count, format_bytes
 
 
@@ -30,11 +31,13 @@ def _setting_text(result: TrialResult, flags: Sequence[FlagSpec]) -> str:
 
 
 def _ci_percent(result: TrialResult) -> str:
-    """The 95% interval as +-x% of tokens/s (rounded outwards to the wider side), to keep the table narrow."""
-    if not result.throughput_ci95 or not result.tokens_per_s:
+    """The 95% interval as +-x% of the decision's rate (rounded outwards to the wider side), to keep the table
+    narrow."""
+    rate = result.throughput_per_s
+    if not result.throughput_ci95 or not rate:
         return "n/a"
     low, high = result.throughput_ci95
-    return f"+-{max(result.tokens_per_s - low, high - result.tokens_per_s) / result.tokens_per_s:.1%}"
+    return f"+-{max(rate - low, high - rate) / rate:.1%}"
 
 
 class ConsoleSink:
@@ -79,7 +82,7 @@ class ConsoleSink:
         if not self.enabled:
             return
         if result.ok:
-            detail = (f"{result.tokens_per_s:,.0f} tokens/s, median step "
+            detail = (f"{_number(result.throughput_per_s, ',.0f')} {result.throughput_unit}/s, median step "
                       f"{result.step_time_s.median:.4f} s")  # type: ignore[union-attr]
         else:
             detail = result.error or ""
@@ -96,47 +99,65 @@ class ConsoleSink:
             self._progress.stop()
             self._progress = None
 
-    def show(self, results: Sequence[TrialResult], rec: Recommendation) -> None:
+    def show(self, results: Sequence[TrialResult], rec: Recommendation, *,
+             jobs: Optional[Mapping[str, str]] = None) -> None:
+        """The table and the verdict; `jobs` (a multirun's, by trial key) adds the column of the job behind each row."""
         if not self.enabled:
             return
         table = Table(title="trainer_tune trials", title_justify="left")
-        # Columns for figures no trial measured (GPU utilization on a CPU, say) are left out, not shown as n/a.
+        # Columns for figures no trial measured (GPU utilization or peak memory on a CPU, say) are left out, not
+        # shown as n/a: the notes under the table say why, and the table stays narrow.
+        has_memory = any(r.peak_memory_bytes is not None for r in results)
         has_gpu = any(r.gpu for r in results)
+        has_energy = any(r.gpu is not None and r.gpu.energy_j_per_token is not None for r in results)
         has_mfu = any(r.mfu is not None and r.mfu.mfu is not None for r in results)
+        has_tflops = any(r.mfu is not None for r in results)
         has_comm = any(r.comm for r in results)
-        columns = [("#", "right"), ("setting", "left"), ("global batch", "right"), ("status", "left"),
-                   ("tokens/s", "right"), ("95% CI (windows)", "right"), ("step p50 s", "right"), ("step p90 s", "right"),
-                   ("peak memory", "right")]
-        columns += [("GPU util %", "right"), ("J/token", "right")] if has_gpu else []
-        columns += [("MFU", "right")] if has_mfu else [("TFLOP/s", "right")]
+        has_cpu = any(r.cpu is not None and r.cpu.process_pct_mean is not None for r in results)
+        # samples/s always; the count's rate (tokens/s) only where batches carried one; the interval is the rate
+        # the decision compares, named by its unit.
+        rates = [("samples/s", "right")] + ([(f"{rec.count_unit}/s", "right")] if rec.count_unit else [])
+        columns = [("#", "right"), *([("job", "right")] if jobs is not None else []), ("setting", "left"),
+                   ("global batch", "right"), ("status", "left"), *rates,
+                   (f"95% CI of {rec.unit}/s (windows)", "right"), ("step p50 s", "right"), ("step p90 s", "right")]
+        columns += [("peak memory", "right")] if has_memory else []
+        columns += [("GPU util %", "right")] if has_gpu else []
+        columns += [("J/token", "right")] if has_energy else []
+        columns += [("MFU", "right")] if has_mfu else [("TFLOP/s", "right")] if has_tflops else []
         columns += [("exposed comm", "right")] if has_comm else []
-        columns += [("CPU %", "right"), ("vs baseline", "right")]
+        columns += [("CPU %", "right")] if has_cpu else []
+        columns += [("vs baseline", "right")]
         flags = varying_flags(results)
         rows = []
-        for r in sorted(results, key=lambda r: r.index):
+        for row in table_rows(results, jobs=jobs):
+            r = row.result
             marks = (" (baseline)" if r.is_baseline else "") + \
                 (" *" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "")
             speedup = rec.speedup_by_key.get(r.trial_key)
             gpu, mfu, cpu = r.gpu, r.mfu, r.cpu
-            cells = [str(r.index), _setting_text(r, flags) + marks, str(r.global_batch_size),
+            cells = [str(row.number), *([row.job] if row.job is not None else []), _setting_text(r, flags) + marks,
+                     str(r.global_batch_size),
                      r.status if r.ok else f"[red]{r.status}[/red]",
-                     _number(r.tokens_per_s, ",.0f"),
+                     _number(r.samples_per_s, ",.0f"),
+                     *([_number(r.tokens_per_s, ",.0f")] if rec.count_unit else []),
                      f"{_ci_percent(r)} ({r.num_windows})",
                      _number(r.step_time_s.median if r.step_time_s else None, ".4f"),
-                     _number(r.step_time_s.p90 if r.step_time_s else None, ".4f"),
-                     format_bytes(r.peak_memory_bytes)]
+                     _number(r.step_time_s.p90 if r.step_time_s else None, ".4f")]
+            cells += [format_bytes(r.peak_memory_bytes)] if has_memory else []
             if has_gpu:
-                cells += [_number(gpu.util_mean_pct if gpu else None, ".0f"),
-                          _number(gpu.energy_j_per_token if gpu else None, ".2e")]
+                cells += [_number(gpu.util_mean_pct if gpu else None, ".0f")]
+            if has_energy:
+                cells += [_number(gpu.energy_j_per_token if gpu else None, ".2e")]
             mfu_value = mfu.mfu if mfu else None
-            cells += [_number(mfu_value * 100 if mfu_value is not None else None, ".1f") + "%"
-                      if has_mfu else _number(mfu.achieved_tflops if mfu else None, ".3f")]
+            if has_tflops:
+                cells += [("n/a" if mfu_value is None else f"{mfu_value:.1%}")
+                          if has_mfu else _number(mfu.achieved_tflops if mfu else None, ".3f")]
             if has_comm:
                 comm = r.comm
                 cells += ["n/a" if comm is None else f"{comm.exposed_comm_fraction:.0%}"
                           + (" (noise)" if comm.within_noise else "")]
-            cells += [_number(cpu.process_pct_mean if cpu else None, ".0f"),
-                      "n/a" if speedup is None else f"{(speedup - 1) * 100:+.1f}%"]
+            cells += [_number(cpu.process_pct_mean if cpu else None, ".0f")] if has_cpu else []
+            cells += ["n/a" if speedup is None else f"{(speedup - 1) * 100:+.1f}%"]
             rows.append(cells)
         # The setting is what a reader matches rows by: it may wrap at a space, never shrink into an ellipsis. Rich
         # narrows the widest columns first and then all of them alike, cutting figures and headers; so every other

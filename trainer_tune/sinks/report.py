@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 from trainer_tune.durable import write_atomically
 from trainer_tune.explain import ObjectiveWinner, ScalingPoint
@@ -17,6 +17,7 @@ from trainer_tune.figures import describe_memory_source
 from trainer_tune.recommend import Recommendation
 from trainer_tune.rerun import shell_line
 from trainer_tune.results import TrialResult
+from trainer_tune.sinks.rows import table_rows
 from trainer_tune.units import count, format_bytes
 
 if TYPE_CHECKING:  # charts imports matplotlib: only write_report loads it, at the end of a sweep
@@ -25,9 +26,10 @@ if TYPE_CHECKING:  # charts imports matplotlib: only write_report loads it, at t
 REPORT_MD = "report.md"
 CHARTS_DIR = "charts"
 
-_OBJECTIVES = {"max_throughput": ("max throughput", "tokens/s"),
+_OBJECTIVES = {"max_throughput": ("max throughput", ""),
                "min_memory_bytes": ("min memory", "peak memory per device"),
                "min_energy_j_per_token": ("min energy per token", "J/token")}
+"""(name, unit) of each objective; max_throughput's unit is the decision's (Recommendation.unit) per second."""
 
 
 @dataclass(frozen=True)
@@ -53,15 +55,17 @@ def _fmt(value: Optional[float], spec: str, suffix: str = "") -> Optional[str]:
 
 
 def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple[list[tuple[str, Callable]], list[str]]:
-    """(header, cell function) per column; a column no trial measured is left out and a note says why."""
+    """(header, cell function) per column after `#` and `job` (rows.py); a column no trial measured is left out
+    and a note says why."""
     columns: list[tuple[str, Callable[[TrialResult], Any]]] = [
-        ("#", lambda r: r.index),
         ("setting", lambda r: r.label + (" (baseline)" if r.is_baseline else "")
          + (" **chosen**" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "")),
         ("global batch", lambda r: r.global_batch_size),
         ("status", lambda r: r.status if r.ok else f"**{r.status}**"),
-        ("tokens/s", lambda r: _fmt(r.tokens_per_s, ",.0f")),
-        ("95% CI", lambda r: f"{r.throughput_ci95[0]:,.0f} to {r.throughput_ci95[1]:,.0f}"
+        ("samples/s", lambda r: _fmt(r.samples_per_s, ",.0f")),
+        # The count's rate (tokens/s) only where batches carried one: no column of n/a for images.
+        *([(f"{rec.count_unit}/s", lambda r: _fmt(r.tokens_per_s, ",.0f"))] if rec.count_unit else []),
+        (f"95% CI of {rec.unit}/s", lambda r: f"{r.throughput_ci95[0]:,.0f} to {r.throughput_ci95[1]:,.0f}"
          if r.throughput_ci95 else None),
         ("step p50 s", lambda r: _fmt(r.step_time_s.median if r.step_time_s else None, ".4f")),
         ("step p90 s", lambda r: _fmt(r.step_time_s.p90 if r.step_time_s else None, ".4f")),
@@ -80,7 +84,8 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
          "MFU: " + "; ".join(sorted({(r.mfu.warning if r.mfu else None) or "no FLOP count"
                                      for r in results if r.ok}))),
         ("J/token", lambda r: _fmt(r.gpu.energy_j_per_token if r.gpu else None, ".3g"),
-         "energy per token: " + "; ".join(sorted({r.gpu_note or "no energy reading" for r in results if r.ok}))),
+         "energy per token: " + ("the batches carry no tokens" if rec.count_unit is None else
+                                 "; ".join(sorted({r.gpu_note or "no energy reading" for r in results if r.ok})))),
         ("exposed comm", lambda r: _fmt(r.comm.exposed_comm_fraction if r.comm else None, ".0%",
                                         " (noise)" if r.comm and r.comm.within_noise else ""),
          "compute vs communication split: no trial recorded one (it needs more than one rank and "
@@ -101,12 +106,30 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
     return columns, notes
 
 
-def _trials_section(results: Sequence[TrialResult], rec: Recommendation) -> list[str]:
+def _trials_section(results: Sequence[TrialResult], rec: Recommendation,
+                    jobs: Optional[Mapping[str, str]]) -> list[str]:
     columns, notes = _trial_columns(results, rec)
-    rows = [[cell(r) for _, cell in columns] for r in sorted(results, key=lambda r: r.index)]
-    lines = ["## Trials", "", *_table([h for h, _ in columns], rows), ""]
+    header = ["#", *(["job"] if jobs is not None else []), *(h for h, _ in columns)]
+    rows = [[row.number, *([row.job] if row.job is not None else []), *(cell(row.result) for _, cell in columns)]
+            for row in table_rows(results, jobs=jobs)]
+    lines = ["## Trials", "", *_table(header, rows), ""]
     lines += [f"- {note}" for note in notes]
     return lines + ([""] if notes else [])
+
+
+def _input_pipeline_section(rec: Recommendation) -> list[str]:
+    """Each setting's wait for batches; only when a setting is input-bound or data.num_workers was swept."""
+    if not rec.input_waits:
+        return []
+    threshold = ("" if rec.input_bound_fraction is None
+                 else f"; input-bound: above recommend.input_bound_fraction={rec.input_bound_fraction:g}")
+    rows = [[w.label, w.num_workers, _fmt(w.data_wait_fraction, ".0%"),
+             _fmt(None if w.data_wait_s_median is None else w.data_wait_s_median * 1e3, ".3g"),
+             "**yes**" if w.input_bound else "no"] for w in rec.input_waits]
+    return ["## Input pipeline", "",
+            f"The share of the measured time the slowest rank spent waiting for its next batch{threshold} "
+            f"(docs/measurement.md says what the wait includes).", "",
+            *_table(["setting", "data.num_workers", "wait share", "median wait ms/step", "input-bound"], rows), ""]
 
 
 def _charts_section(chart_set: "ChartSet") -> list[str]:
@@ -142,7 +165,7 @@ def _scaling_section(points: Sequence[ScalingPoint], facts: Sequence[str]) -> li
     return lines + [""]
 
 
-def _matrix_section(matrix: Sequence[ObjectiveWinner]) -> list[str]:
+def _matrix_section(matrix: Sequence[ObjectiveWinner], rate_unit: str) -> list[str]:
     rows = []
     for w in matrix:
         name, unit = _OBJECTIVES.get(w.objective, (w.objective, ""))
@@ -151,8 +174,8 @@ def _matrix_section(matrix: Sequence[ObjectiveWinner]) -> list[str]:
         elif w.objective == "min_memory_bytes":
             figure = format_bytes(int(w.value))
         elif w.objective == "max_throughput":
-            figure = f"{w.value:,.0f} tokens/s" + (f" (95% CI {w.value_ci95[0]:,.0f} to {w.value_ci95[1]:,.0f})"
-                                                  if w.value_ci95 else "")
+            figure = f"{w.value:,.0f} {rate_unit}/s" + (
+                f" (95% CI {w.value_ci95[0]:,.0f} to {w.value_ci95[1]:,.0f})" if w.value_ci95 else "")
         else:
             figure = f"{w.value:.3g} {unit}"
         rows.append([name, w.label or "none", figure, ", ".join(w.tied_with) or "-", w.note])
@@ -160,16 +183,19 @@ def _matrix_section(matrix: Sequence[ObjectiveWinner]) -> list[str]:
             ""]
 
 
-def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set: "ChartSet") -> str:
+def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set: "ChartSet", *,
+                  jobs: Optional[Mapping[str, str]] = None) -> str:
+    """`jobs`: in a multirun, the job that measured each setting, by trial key (a column of the trials table)."""
     lines = ["# trainer_tune report", "", f"**{rec.verdict}**", ""]
     if rec.overrides:
         lines += ["Train (or measure again) with:", "", "```", shell_line(rec.overrides), "```", ""]
     lines += ["## Why", ""] + [f"- {reason}" for reason in rec.reasons] + [""]
-    lines += _trials_section(results, rec)
+    lines += _trials_section(results, rec, jobs)
+    lines += _input_pipeline_section(rec)
     lines += _charts_section(chart_set)
     if rec.explanations is not None:
         lines += _scaling_section(rec.explanations.points, rec.explanations.facts)
-        lines += _matrix_section(rec.explanations.matrix)
+        lines += _matrix_section(rec.explanations.matrix, rec.unit)
     if rec.not_measured:
         lines += ["## Settings not measured", ""] + [f"- {n.label}: {n.reason}" for n in rec.not_measured] + [""]
     if rec.race is not None:
@@ -181,11 +207,12 @@ def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set
     return "\n".join(lines)
 
 
-def write_report(output_dir: Path, results: Sequence[TrialResult], rec: Recommendation) -> ReportFiles:
+def write_report(output_dir: Path, results: Sequence[TrialResult], rec: Recommendation, *,
+                 jobs: Optional[Mapping[str, str]] = None) -> ReportFiles:
     # matplotlib is imported here, on rank 0 at the end, so no rank pays for it at start-up.
     from trainer_tune.sinks.charts import draw_charts
 
     chart_set = draw_charts(results, rec, charts_dir=output_dir / CHARTS_DIR)
     path = output_dir / REPORT_MD
-    write_atomically(path, render_report(results, rec, chart_set))
+    write_atomically(path, render_report(results, rec, chart_set, jobs=jobs))
     return ReportFiles(report=path, charts=chart_set.charts)

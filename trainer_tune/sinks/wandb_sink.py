@@ -85,9 +85,12 @@ class WandbSink:
             run.define_metric("train/*", step_metric="step")
             run.define_metric("gpu_time_s")
             run.define_metric("gpu/*", step_metric="gpu_time_s")
+            # The round axis carries the decision's rate, named by its unit as metrics.step_history logs it.
             run.define_metric("round")
-            run.define_metric("round/tokens_per_s", step_metric="round", summary="mean")
-            run.define_metric("train/tokens_per_s", step_metric="step", summary="mean")
+            run.define_metric(f"round/{result.throughput_unit}_per_s", step_metric="round", summary="mean")
+            run.define_metric("train/samples_per_s", step_metric="step", summary="mean")
+            if result.tokens_per_step is not None:
+                run.define_metric("train/tokens_per_s", step_metric="step", summary="mean")
             for row in step_history(result):
                 run.log(row)
             run.summary.update(summary_figures(result))
@@ -107,8 +110,8 @@ class WandbSink:
             columns = sorted({key for row in rows for key in row})
             table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
             charts = {"trials": table,
-                      "tokens_per_s_by_setting": wandb.plot.bar(table, "label", "tokens_per_s",
-                                                                title="tokens/s per setting")}
+                      "throughput_by_setting": wandb.plot.bar(table, "label", "throughput_per_s",
+                                                              title=f"{rec.unit}/s per setting")}
             if any(row.get("gpu_util_mean_pct") is not None for row in rows):
                 charts["gpu_util_by_setting"] = wandb.plot.bar(table, "label", "gpu_util_mean_pct",
                                                                title="GPU utilization % per setting")
@@ -129,7 +132,8 @@ class WandbSink:
             run.summary.update({"decision": rec.decision, "verdict": rec.verdict, "speedup": rec.speedup,
                                 "min_speedup": rec.min_speedup, "reasons": list(rec.reasons),
                                 "chosen": rec.chosen.label if rec.chosen else None,
-                                "chosen_tokens_per_s": rec.chosen.tokens_per_s if rec.chosen else None,
+                                "unit": rec.unit,
+                                "chosen_throughput_per_s": rec.chosen.throughput_per_s if rec.chosen else None,
                                 "num_trials": rec.num_trials, "num_failed": rec.num_failed})
             artifact = wandb.Artifact(f"recommendation-{self.group}", type="recommendation")
             for path in files:

@@ -6,9 +6,9 @@ as deep as the user likes; anything else inside (strings, numbers, None) rides a
 Counting decides the units every figure is in (docs/your-model.md, "Units"):
 - samples: the first dimension of the batch's first tensor (the model's inputs come first by convention);
 - tokens: with an `attention_mask`, its sum (the non-padding tokens); else the element count of the token ids,
-  meaning `input_ids` in a mapping, the positions a bare integer batch `[batch, seq_len + 1]` feeds on the
-  language-model path (`seq_len` per sample, see step.py), or the first element of a tuple when it is an
-  integer tensor of rank 2 or more; else none (images, audio, tabular rows): `tokens_per_s` is then null, never zero;
+  meaning `input_ids` in a mapping, the inputs of a bare integer batch (the language-model path: `seq_len` of
+  each sample's `seq_len + 1` ids, see step.py), or the first element of a tuple when it is an integer tensor of
+  rank 2 or more; else none (images, audio, tabular rows): `tokens_per_s` is then null, never zero;
 - `throughput.count._target_`, when set, counts the batch instead of the token rule.
 
 A count read from a tensor on the device is kept as a tensor and added up on the device, so counting never
@@ -85,10 +85,8 @@ def count_tokens(batch: Any) -> Optional[Count]:
         ids = batch.get("input_ids")
         return ids.numel() if isinstance(ids, torch.Tensor) else None
     if isinstance(batch, torch.Tensor):
-        if not _is_token_ids(batch):
-            return None
-        # The language-model path (step.py) reads all positions but the last: [batch, seq_len + 1] feeds seq_len.
-        return batch.shape[0] * (batch.shape[1] - 1) if batch.dim() == 2 else batch.numel()
+        # The language-model path: [batch, seq_len + 1], of which the model reads (and is scored on) seq_len.
+        return batch[:, :-1].numel() if _is_token_ids(batch) else None
     if isinstance(batch, (tuple, list)) and batch:
         inputs = batch[0]
         if isinstance(inputs, Mapping):

@@ -21,6 +21,7 @@ device-side assert on CUDA).
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Iterable, Iterator, Optional, Protocol
@@ -33,6 +34,10 @@ from trainer_tune.workloads.batch import _is_token_ids, count_samples, describe,
 from trainer_tune.workloads.targets import TargetError, instantiate_target, locate, one_line, runtime_kwargs_taken
 
 CORPUS_FILE = "corpus/docs.txt"
+
+log = logging.getLogger(__name__)
+_warned_unused_workers: set[str] = set()
+"""Targets already warned about (once per process, not once per trial)."""
 
 class BatchSource(Protocol):
     """What `data._target_` must name: a function or class called once per trial and rank as
@@ -60,7 +65,8 @@ class LoaderSettings:
 
 
 def loader_settings(data: DataArgs, *, device: torch.device, num_workers: Optional[int] = None) -> LoaderSettings:
-    """data.* for this trial; `num_workers` is the trial's value when sweep.num_workers is an axis."""
+    """data.* for this trial; `num_workers` is the trial's own (its TrialFlags.num_workers: data.num_workers, or
+    its value on the sweep.num_workers axis)."""
     workers = data.num_workers if num_workers is None else num_workers
     pin = data.pin_memory if data.pin_memory is not None else device.type == "cuda"
     return LoaderSettings(num_workers=workers, pin_memory=pin,
@@ -129,6 +135,11 @@ def _loader(source: Any, *, target: str, micro_batch_size: int, rank: int, world
     if not isinstance(source, Iterable):
         raise TargetError(f"data._target_={target!r} returned a {type(source).__name__}; expected a Dataset, a "
                           f"DataLoader or an iterable of batches")
+    if settings.num_workers > 0 and target not in _warned_unused_workers:
+        _warned_unused_workers.add(target)
+        log.warning("data.num_workers=%d (or sweep.num_workers) changes nothing here: data._target_=%r returned a "
+                    "%s, used as given; workers only load a Dataset that trainer_tune wraps in its own DataLoader",
+                    settings.num_workers, target, type(source).__name__)
     return source, None
 
 

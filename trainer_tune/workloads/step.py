@@ -70,14 +70,15 @@ def _call(module: nn.Module, inputs: Any) -> Any:
     return module(inputs)
 
 
-def checked_loss(value: object, *, source: str) -> torch.Tensor:
-    """A loss must be a scalar tensor to call backward() on; say so in one line, naming its source, when not."""
+def checked_loss(value: object, *, source: str, what: str = "tensor") -> torch.Tensor:
+    """A loss must be a scalar tensor to call backward() on; say so in one line, naming its source (the key) and
+    what of it was the loss (a tensor, a `.loss`), when not."""
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
-        shape = f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else \
+        shape = f"a {what} of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else \
             f"a {type(value).__name__}"
         raise TargetError(f"{source} returned {shape}; expected a scalar tensor (the loss to call backward on)")
     if not (value.is_floating_point() or value.is_complex()):
-        raise TargetError(f"{source} returned a {value.dtype} tensor; expected a floating-point scalar loss")
+        raise TargetError(f"{source} returned a {value.dtype} {what}; expected a floating-point scalar loss")
     return value.reshape(())
 
 
@@ -92,7 +93,8 @@ def default_step(module: nn.Module, batch: Any, rules: StepRules) -> torch.Tenso
             outputs = module(**batch)
         loss = _output_loss(outputs)
         if loss is not None:
-            return checked_loss(loss, source="the model's output .loss")
+            source = f"model._target_={rules.model_target!r}" if rules.model_target else "the model"
+            return checked_loss(loss, source=source, what=".loss")
         if rules.loss_fn is not None:
             return checked_loss(rules.loss_fn(outputs, batch), source=_loss_source(rules))
         labels = batch.get("labels")

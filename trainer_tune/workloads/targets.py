@@ -134,6 +134,16 @@ def ignored_settings(cfg: TuneConfig) -> list[str]:
             if getattr(cfg.sweep, key) is not None:
                 notes.append(f"sweep.{key} multiplies the grid but changes nothing the built-in GPT does with "
                              f"model.attention=dense (use model=tiny_nsa, or a model that reads NSA_* itself)")
+    if cfg.data._target_ is None:
+        # A source that returns something else than a Dataset is only known once called: data.py warns then.
+        if cfg.sweep.num_workers is not None:
+            notes.append(f"sweep.num_workers={cfg.sweep.num_workers} multiplies the grid but changes nothing with the "
+                         f"built-in data (data.kind={cfg.data.kind.value}, made without a DataLoader): workers only "
+                         f"load a Dataset that data._target_ returns")
+        elif cfg.data.num_workers > 0:
+            notes.append(f"data.num_workers={cfg.data.num_workers} is ignored: the built-in data "
+                         f"(data.kind={cfg.data.kind.value}) is made without a DataLoader; workers only load a "
+                         f"Dataset that data._target_ returns")
     return notes
 
 
