@@ -101,6 +101,17 @@ class Objective(Enum):
     throughput = "throughput"
     latency = "latency"
     energy = "energy"
+    goodput = "goodput"
+    """Throughput times statistical efficiency (docs/measurement.md, "Gradient noise scale and goodput")."""
+
+
+class LrScaling(Enum):
+    sqrt = "sqrt"
+    """lr x sqrt(B / B0): the square-root rule for Adam-family optimizers (trainer_tune trains with AdamW)."""
+    linear = "linear"
+    """lr x B / B0: the linear rule for SGD."""
+    none = "none"
+    """Leave train.lr as it is."""
 
 
 class Backend(Enum):
@@ -406,12 +417,18 @@ class WindowArgs:
     off (DDP no_sync on every micro-step), timed apart: their median against the synced median is the exposed
     communication time.
     Not counted in any throughput figure; 0 switches it off; ignored with one rank (no sync to remove)."""
+    noise_steps: int = 4
+    """After the measured steps of every training window, this many extra optimizer steps, untimed, that read
+    the gradient's squared norm at two or three batch sizes (a micro-batch, a rank's accumulated batch, the
+    global batch) for the gradient noise scale B_noise; needs two ranks or grad_accum >= 2. 0 switches it off
+    (and with it goodput)."""
 
     def __post_init__(self) -> None:
         require_int_at_least("window.warmup_steps", self.warmup_steps, 0)
         require_int_at_least("window.measure_steps", self.measure_steps, 2)
         require_int_at_least("window.check_every_steps", self.check_every_steps, 1)
         require_int_at_least("window.comm_split_steps", self.comm_split_steps, 0)
+        require_int_at_least("window.noise_steps", self.noise_steps, 0)
         require_int_at_least("window.max_measure_steps", self.max_measure_steps, self.measure_steps)
         require(self.max_measure_s > 0, key="window.max_measure_s", value=self.max_measure_s, allowed="seconds > 0")
         if self.target_rel_ci is not None:
@@ -475,8 +492,12 @@ class RecommendArgs:
     is listed as over budget and never chosen; null: no budget."""
     objective: Objective = Objective.throughput
     """What the GO optimises: throughput (the highest rate within the latency budget, against the baseline by
-    the usual rule), latency (the lowest p99 per batch) or energy (the least energy per sample; where energy
-    is not measured, NO-GO says so). Every objective's winner is shown in the decision matrix."""
+    the usual rule), goodput (training only: throughput times statistical efficiency from the gradient noise
+    scale, by the same rule), latency (the lowest p99 per batch) or energy (the least energy per sample; where
+    energy is not measured, NO-GO says so). Every objective's winner is shown in the decision matrix."""
+    lr_scaling: LrScaling = LrScaling.sqrt
+    """When a GO changes the global batch: sqrt (lr x sqrt(B/B0), for Adam-family optimizers), linear (lr x B/B0,
+    for SGD) or none. recommendation.yaml's overrides then carry the scaled train.lr."""
     tie_break: TieBreak = TieBreak.fastest
     """fastest: among settings the measurements cannot order, the highest point estimate; least_change: the
     baseline's global batch first, then less memory. The verdict names the tie and its worst-case cost."""
@@ -647,6 +668,9 @@ class TuneConfig:
     def __post_init__(self) -> None:
         if self.mode == Mode.inference:
             _require_inference_axes(self)
+        if self.mode == Mode.inference:
+            require(self.recommend.objective != Objective.goodput, key="recommend.objective", value="goodput",
+                    allowed="throughput, latency or energy with mode=inference (goodput is a training figure)")
         if self.data.kind == DataKind.bytes and self.data._target_ is None:
             require(self.model.vocab_size >= 256, key="model.vocab_size", value=self.model.vocab_size,
                     allowed="at least 256 with data=bytes (one token per byte value)")

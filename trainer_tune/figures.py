@@ -164,3 +164,33 @@ class LatencyFigures:
     max_ms: float
     mean_ms: float
     num_batches: int
+
+
+# --- gradient noise scale (noise_scale.py) -------------------------------------------------------------------
+@dataclass(frozen=True)
+class NoiseScaleFigures:
+    """The gradient noise scale B_noise = tr(Sigma) / |G|^2 (McCandlish et al. 2018), in samples, from the extra
+    noise steps of a window, a setting's windows pooled, or a sweep's settings pooled (noise_scale.py)."""
+
+    value: Optional[float]
+    """trace_sigma_mean / g2_mean; None when either mean is not positive (then `note` says what that means)."""
+    ci95: Optional[list[Optional[float]]]
+    """[low, high] 95% interval of `value` (bootstrap over steps); high is None when the interval is unbounded
+    above (|G|^2 not distinguishable from 0). None with fewer than two steps."""
+    num_steps: int
+    batch_sizes: tuple[int, ...]
+    """The batch sizes (samples) whose squared gradient norms were read, over all steps pooled."""
+    g2_mean: float
+    """Mean over steps of the unbiased estimate of |G|^2, the true gradient's squared norm."""
+    trace_sigma_mean: float
+    """Mean over steps of the unbiased estimate of tr(Sigma), the per-sample gradient covariance's trace."""
+    step_g2: tuple[float, ...] = ()
+    """Per step, its |G|^2 estimate (may be negative): what pooling over windows and settings starts from."""
+    step_trace_sigma: tuple[float, ...] = ()
+    note: Optional[str] = None
+
+    @staticmethod
+    def from_json_dict(data: dict[str, Any]) -> "NoiseScaleFigures":
+        return from_fields(NoiseScaleFigures, data | {
+            "batch_sizes": tuple(data.get("batch_sizes") or ()), "step_g2": tuple(data.get("step_g2") or ()),
+            "step_trace_sigma": tuple(data.get("step_trace_sigma") or ())})

@@ -15,6 +15,7 @@ from trainer_tune.cpu_usage import CpuUtilization
 from trainer_tune.figures import ANALYTIC, FLOP_COUNTER, CommSplit, CpuFigures, GpuFigures, MfuFigures, peak_memory
 from trainer_tune.flags import flags_to_environ
 from trainer_tune.flops import mfu
+from trainer_tune.noise_scale import estimate as estimate_noise_scale, pool as pool_noise_scale
 from trainer_tune.gpu_sampler import GpuSummary
 from trainer_tune.plan import TrialSpec
 from trainer_tune.rapl import CpuEnergy
@@ -226,6 +227,8 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         nsa_aux_stats=tuple(dict(s) for s in m.aux_stats), device_memory_bytes=ctx.device_memory_bytes,
         gpu_utilization_series=rank0.gpu_utilization_series if rank0 is not None else (),
         window_throughput_per_s={spec.round_id or spec.key: rate} if status == Status.ok and rate else {},
+        noise_scale=estimate_noise_scale(m.noise_readings) if m.noise_readings else None,
+        noise_scale_note=m.noise_note,
         extra={"ddp_applied": m.ddp_applied})
 
 
@@ -346,6 +349,7 @@ def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFl
         mfu=_rescaled_mfu(first.mfu, samples_per_s=samples_per_s, first_samples_per_s=first.samples_per_s,
                           tokens_per_s=tokens_per_s),
         gpu=_gpu_over_windows(ordered), cpu=_cpu_over_windows(ordered),
+        noise_scale=pool_noise_scale([w.noise_scale for w in ordered]),
         step_times_s=step_times_s, losses=tuple(x for w in ordered for x in w.losses),
         nsa_aux_stats=tuple(s for w in ordered for s in w.nsa_aux_stats))
 

@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any, Optional
 
 from trainer_tune.figures import (
-    CommSplit, CpuFigures, GpuFigures, LatencyFigures, MfuFigures, from_fields, peak_memory)
+    CommSplit, CpuFigures, GpuFigures, LatencyFigures, MfuFigures, NoiseScaleFigures, from_fields, peak_memory)
 from trainer_tune.finite import NON_FINITE_KEY, finite_only
 from trainer_tune.stats import NoiseFloor, StepTimeStats
 
@@ -161,6 +161,20 @@ class TrialResult:
     telemetry), without the setting and the sweep (rerun.py); empty in journals from before them."""
     mfu_note: Optional[str] = None
     """Why mfu is None: e.g. FlopCounterMode could not count the step (absent in journals from before it)."""
+    noise_scale: Optional[NoiseScaleFigures] = None
+    """The gradient noise scale B_noise from this window's noise steps (window.noise_steps), or the setting's
+    windows pooled; None where not measured, with the reason in noise_scale_note."""
+    noise_scale_note: Optional[str] = None
+    statistical_efficiency: Optional[float] = None
+    """On a setting's result in a recommendation: what one of its samples is worth against one at the
+    baseline's global batch, (B_noise + B0) / (B_noise + B) with the sweep's B_noise (noise_scale.py); None
+    where B_noise was not measured."""
+    statistical_efficiency_ci95: Optional[list[float]] = None
+    """statistical_efficiency at the ends of the sweep's B_noise 95% interval."""
+    goodput_samples_per_s: Optional[float] = None
+    """samples_per_s x statistical_efficiency (Pollux's goodput); None without an efficiency."""
+    goodput_tokens_per_s: Optional[float] = None
+    """tokens_per_s x statistical_efficiency; None without tokens or without an efficiency."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Diagnostics for people, read by no decision and no sink: `ddp_applied`, `tracebacks`."""
     record_version: int = RECORD_VERSION
@@ -186,6 +200,17 @@ class TrialResult:
     def throughput_per_s(self) -> Optional[float]:
         """The rate the decision compares, in throughput_unit per second."""
         return self.samples_per_s if self.throughput_unit == SAMPLES else self.tokens_per_s
+
+    @property
+    def goodput_per_s(self) -> Optional[float]:
+        """throughput_per_s times statistical_efficiency, in throughput_unit per second."""
+        return self.goodput_samples_per_s if self.throughput_unit == SAMPLES else self.goodput_tokens_per_s
+
+    def goodput_rates_by_round(self) -> dict[str, float]:
+        """rates_by_round times statistical_efficiency (a constant of the setting); empty without one."""
+        if self.statistical_efficiency is None:
+            return {}
+        return {r: v * self.statistical_efficiency for r, v in self.rates_by_round().items()}
 
     def rates_by_round(self) -> dict[str, float]:
         """throughput_per_s by round id: a setting's windows; a window's record (or one from before rounds) is
@@ -215,7 +240,8 @@ class TrialResult:
                  "mfu": lambda v: from_fields(MfuFigures, v), "step_times_s": tuple, "losses": tuple,
                  "nsa_aux_stats": tuple, "run_overrides": tuple, "gpu_utilization_series": lambda v: tuple(tuple(p) for p in v),
                  "noise": lambda v: from_fields(NoiseFloor, v),
-                 "latency": lambda v: from_fields(LatencyFigures, v)}
+                 "latency": lambda v: from_fields(LatencyFigures, v),
+                 "noise_scale": NoiseScaleFigures.from_json_dict}
         values = dict(data)
         # Lines from before data.num_workers was one of the flags: their batches were made in the training
         # process unless data.num_workers said otherwise, which they did not record with the setting.

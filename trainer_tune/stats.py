@@ -71,6 +71,11 @@ def default_block_len(n: int) -> int:
     return max(1, round(n ** (1 / 3)))
 
 
+def block_bootstrap_indices(n: int, *, resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """(resamples, n) moving-block bootstrap indices into n consecutive observations, default block length."""
+    return _block_indices(n, resamples=resamples, block_len=default_block_len(n), rng=np.random.default_rng(seed))
+
+
 def bootstrap_rates(times_s: Sequence[float], *, amount_per_step: float, resamples: int = 2000,
                     seed: int = 0) -> np.ndarray:
     """Bootstrap distribution of amount_per_step x n / (sum of n resampled step times)."""

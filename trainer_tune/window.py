@@ -12,6 +12,7 @@ that counts is the slowest rank's, and tokens are the ones really fed to the mod
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import math
 import time
@@ -29,6 +30,8 @@ from trainer_tune.distributed import DistSession
 from trainer_tune.faults import NO_FAULT, FaultPlan
 from trainer_tune.flop_count import StepFlops, count_step_flops
 from trainer_tune.flops import analytic_flops_apply
+from trainer_tune.noise_scale import NoiseReading
+from trainer_tune.noise_steps import GradientNormReader, run_noise_steps, why_not_measured
 from trainer_tune.plan import TrialSpec
 from trainer_tune.replica import InferenceReplica
 from trainer_tune.stats import relative_half_width, throughput_ci
@@ -85,6 +88,10 @@ class WindowMeasurement:
     the max keeps a rank's count when another's failed). None when not counted; flops_note says why."""
     flops_note: Optional[str] = None
     """This rank's word on the count: why there is none, or the ops it left out (then it is a lower bound)."""
+    noise_readings: tuple[NoiseReading, ...] = ()
+    """Per noise step (window.noise_steps, after the measured ones), the squared gradient norms by batch size,
+    averaged over ranks; empty when not measured, with the reason in noise_note."""
+    noise_note: Optional[str] = None
 
 
 StepCallback = Callable[[int, bool], None]
@@ -185,6 +192,7 @@ class _Trainer:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                            fused=device.type == "cuda")
         self.grad_accum = spec.grad_accum
+        self.micro_batch_size = spec.micro_batch_size
         self.can_skip_sync = isinstance(self.module, DistributedDataParallel)
         self.ddp_applied = _ddp_settings(self.module)
         self.steps_done = 0
@@ -211,13 +219,15 @@ class _Trainer:
         batch = next(self.batches)
         return batch, time.perf_counter() - start_s
 
-    def step(self, index: int, *, sync: bool = True) -> StepOutcome:
+    def step(self, index: int, *, sync: bool = True,
+             grad_reader: Optional[GradientNormReader] = None) -> StepOutcome:
         """Optimizer step `index` of the window.
 
         sync=False keeps DDP from all-reducing gradients on every micro-step, the last one included: the same
         compute without the gradient communication (ranks' weights then drift apart, which is harmless for a
         model thrown away at the end of the trial). The statistics are still all-reduced: they are part of the
-        step's work with nsa.disable_aux_stats=false."""
+        step's work with nsa.disable_aux_stats=false. A `grad_reader` (a noise step, noise_steps.py) reads the
+        gradients after each micro-step and before the update, where it also all-reduces them by hand."""
         loss_sum = torch.zeros((), device=self.device)
         samples = 0
         tokens: Optional[Count] = 0
@@ -238,10 +248,14 @@ class _Trainer:
                     loss = loss * loss_scale
                 (loss / self.grad_accum).backward()
             self.aux_stats.add_micro_step()
+            if grad_reader is not None:
+                grad_reader.after_micro_step(micro)
             loss_sum += loss.detach().float()
             samples += count_samples(batch) or 0
             micro_tokens = self.count_tokens(batch)
             tokens = None if tokens is None or micro_tokens is None else tokens + micro_tokens
+        if grad_reader is not None:
+            grad_reader.before_update()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepOutcome(loss=loss_sum / self.grad_accum, samples=samples, tokens=tokens, data_wait_s=data_wait_s,
@@ -286,6 +300,10 @@ class LocalWindow:
     """Per measured step, this rank's host time waiting for its batches."""
     flops: Optional[StepFlops] = None
     """FlopCounterMode's count of one micro-step of this setting on this rank; None where not counted."""
+    noise_readings: list[NoiseReading] = dataclasses.field(default_factory=list)
+    """Per noise step, the squared gradient norms by batch size (already averaged over ranks); may be empty."""
+    noise_note: Optional[str] = None
+    """Why there are no noise readings."""
 
 
 def _no_heartbeat(_step: int, _micro_step: int) -> None:
@@ -459,6 +477,13 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
         if probe is not None:
             probe.abandon()  # a window that failed while sampling (after stop() there is nothing to do)
     local_losses = torch.stack(losses).tolist() if losses else []
+    # Before the comm split: its steps without sync leave the ranks' weights apart, and the noise steps read
+    # every rank's gradient as one of the same model's.
+    world_size = session.rank_env.world_size if isinstance(trainer, _Trainer) and trainer.can_skip_sync else 1
+    noise_note = why_not_measured(num_steps=window.noise_steps, world_size=world_size,
+                                  grad_accum=getattr(trainer, "grad_accum", 1), training=isinstance(trainer, _Trainer))
+    noise_readings = run_noise_steps(trainer, num_steps=window.noise_steps, world_size=world_size) \
+        if noise_note is None else []
     no_sync_step_times_s = _no_sync_steps(trainer, num_steps=window.comm_split_steps if comm_split else 0,
                                           device=device)
     peak = reserved = None
@@ -469,7 +494,8 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
                        peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved,
                        num_parameters=trainer.num_parameters, ddp_applied=trainer.ddp_applied, telemetry=telemetry,
                        stop_reason=stop_reason, num_warmup_steps=num_warmup_steps,
-                       no_sync_step_times_s=no_sync_step_times_s, aux_stats=aux_stats, flops=trainer.flops)
+                       no_sync_step_times_s=no_sync_step_times_s, aux_stats=aux_stats, flops=trainer.flops,
+                       noise_readings=noise_readings, noise_note=noise_note)
 
 
 def _no_sync_steps(trainer: _Trainer, *, num_steps: int, device: torch.device) -> list[float]:
@@ -537,4 +563,6 @@ def combine_ranks(local: LocalWindow, *, session: DistSession) -> WindowMeasurem
         if local.no_sync_step_times_s else (),
         aux_stats=tuple(local.aux_stats),
         flops_per_sample=most_flops_per_sample if most_flops_per_sample >= 0 else None,
-        flops_note=local.flops.note if local.flops is not None else None)
+        flops_note=local.flops.note if local.flops is not None else None,
+        # Every rank holds the same readings (averaged over ranks in each noise step).
+        noise_readings=tuple(local.noise_readings), noise_note=local.noise_note)

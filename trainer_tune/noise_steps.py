@@ -1,0 +1,98 @@
+"""The noise steps of a window: extra optimizer steps that read gradient norms for the noise scale (noise_scale.py).
+
+They run after the measured steps, outside every timed region, because reading a rank's own gradient means
+keeping DDP from all-reducing it: every micro-step runs under `no_sync`. (A DDP comm hook would see the buckets
+before the all-reduce, but it replaces DDP's own all-reduce in the measured steps too, changing the throughput
+being measured, and cannot be removed again.) Per step:
+
+- after micro-step 0 (when grad_accum >= 2): the squared norm of the gradient of one micro-batch. Each
+  micro-step's loss is divided by grad_accum, so the gradients then hold g0 / grad_accum: rescaled here;
+- after the last micro-step: the rank's accumulated gradient, a mean over micro_batch_size x grad_accum samples;
+- with two ranks or more: one flat all-reduce by hand, divided by the world size, gives the global batch's
+  gradient. It is written back, so the optimizer step that follows is a real synced step, the same on every rank.
+
+A rank's squared norms are each an unbiased reading; they are averaged over ranks (a small float64 all-reduce),
+which keeps them unbiased and makes them less noisy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from trainer_tune.noise_scale import NoiseReading
+
+
+def squared_norm(parameters: Iterable[nn.Parameter]) -> torch.Tensor:
+    """The squared L2 norm of the gradients, in float64 (a zero-dimensional tensor on their device)."""
+    norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float64) ** 2 for p in parameters if p.grad is not None]
+    return torch.stack(norms).sum() if norms else torch.zeros((), dtype=torch.float64)
+
+
+class GradientNormReader:
+    """The hooks one noise step calls (window._Trainer.step): after each micro-step, and before the update."""
+
+    def __init__(self, parameters: Iterable[nn.Parameter], *, micro_batch_size: int, grad_accum: int,
+                 world_size: int) -> None:
+        self.parameters = [p for p in parameters if p.requires_grad]
+        self.micro_batch_size, self.grad_accum, self.world_size = micro_batch_size, grad_accum, world_size
+        self._micro: Optional[torch.Tensor] = None
+        self.readings: list[NoiseReading] = []
+
+    def after_micro_step(self, micro: int) -> None:
+        if micro == 0 and self.grad_accum > 1:
+            self._micro = squared_norm(self.parameters) * self.grad_accum ** 2
+
+    def before_update(self) -> None:
+        local_batch = self.micro_batch_size * self.grad_accum
+        local = [squared_norm(self.parameters)] + ([self._micro] if self._micro is not None else [])
+        sizes = [local_batch] + ([self.micro_batch_size] if self._micro is not None else [])
+        norms = torch.stack(local)
+        reading = []
+        if self.world_size > 1:
+            dist.all_reduce(norms, op=dist.ReduceOp.SUM)
+            norms = norms / self.world_size
+            reading.append((local_batch * self.world_size, float(self._all_reduce_gradients())))
+        reading += [(b, float(v)) for b, v in zip(sizes, norms.tolist())]
+        self.readings.append(tuple(sorted(reading)))
+        self._micro = None
+
+    def _all_reduce_gradients(self) -> torch.Tensor:
+        """Average the gradients over ranks in place (what DDP would have done); the global squared norm."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world_size
+        offset = 0
+        for p in self.parameters:
+            chunk = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+            if p.grad is None:
+                p.grad = chunk.to(p.dtype).clone()
+            else:
+                p.grad.copy_(chunk)
+        return torch.linalg.vector_norm(flat, dtype=torch.float64) ** 2
+
+
+def why_not_measured(*, num_steps: int, world_size: int, grad_accum: int, training: bool) -> Optional[str]:
+    """Why a window reads no noise steps, or None when it does."""
+    if not training:
+        return "mode=inference: no gradients"
+    if num_steps == 0:
+        return "window.noise_steps=0"
+    if world_size < 2 and grad_accum < 2:
+        return ("one rank and grad_accum=1 give one batch size only; the noise scale needs two (two ranks, or "
+                "grad_accum >= 2)")
+    return None
+
+
+def run_noise_steps(trainer: Any, *, num_steps: int, world_size: int) -> list[NoiseReading]:
+    """`num_steps` noise steps of `trainer` (window._Trainer): one reading per step, the same on every rank."""
+    reader = GradientNormReader(trainer.module.parameters(), micro_batch_size=trainer.micro_batch_size,
+                                grad_accum=trainer.grad_accum, world_size=world_size)
+    for _ in range(num_steps):
+        trainer.step(trainer.steps_done, sync=False, grad_reader=reader)
+    return reader.readings
