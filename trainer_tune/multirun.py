@@ -240,7 +240,7 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
                     "recommendation compares against the first", len(baselines), sweep_dir / JOURNAL_NAME)
         results = [r for r in results if not r.is_baseline or r is baselines[0]]
     recommend_args: RecommendArgs = _typed(config.recommend, RecommendArgs)
-    recommendation = decide(results, args=recommend_args)
+    recommendation = decide(results, args=recommend_args, lr=float(config.train.lr))
     console = ConsoleSink(enabled=True)
     if not results:
         console.console.print(f"trainer_tune: no trial in {sweep_dir / JOURNAL_NAME}; no recommendation")

@@ -140,7 +140,9 @@ def sweep_noise_scale(settings: Sequence[TrialResult]) -> tuple[Optional[NoiseSc
     measured = [r for r in finished if r.noise_scale is not None and r.noise_scale.step_g2]
     if not measured:
         notes = sorted({r.noise_scale_note for r in finished if r.noise_scale_note})
-        return None, "not measured: " + ("; ".join(notes) if notes else "no finished training setting")
+        why = "; ".join(notes) if notes else ("no finished setting measured noise steps" if finished
+                                              else "no finished training setting")
+        return None, f"not measured: {why}"
     pooled = pool([r.noise_scale for r in measured])
     assert pooled is not None
     note = (f"pooled over {pooled.num_steps} noise steps of {len(measured)} of {len(finished)} finished settings "

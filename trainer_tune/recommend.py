@@ -15,9 +15,12 @@ from typing import Any, Optional, Sequence
 
 from trainer_tune.config import Objective, RecommendArgs, TieBreak
 from trainer_tune.explain import Explanations, explain
-from trainer_tune.figures import describe_memory_source
+from trainer_tune.figures import NoiseScaleFigures, describe_memory_source
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides, format_flag
+from trainer_tune.goodput import (
+    LrChange, batch_change_reason, lr_change, noise_scale_reason, other_measure_note, throughput_vs_goodput, without_lr)
 from trainer_tune.input_bound import InputWait, input_bound_reasons, input_waits, verdict_note
+from trainer_tune.noise_scale import sweep_noise_scale, with_goodput
 from trainer_tune.results import TOKENS, TrialResult
 from trainer_tune.stats import RatioEstimate, ratio_estimate
 from trainer_tune.rounds import RaceSummary
@@ -78,15 +81,19 @@ class Comparison:
         return f"{_percent(self.ratio)} (95% CI {_percent(self.interval[0])} to {_percent(self.interval[1])}, {how})"
 
 
-def compare(a: TrialResult, b: TrialResult) -> Comparison:
+def compare(a: TrialResult, b: TrialResult, *, goodput: bool = False) -> Comparison:
     """The one comparison rule, used by the decision, the race, the strategies and the explanations.
 
     From the settings' window rates keyed by round: paired within rounds where both were measured (drift
     common to a round cancels), else unpaired (stats.ratio_estimate); never narrower than the sweep's noise
-    floor (stats.NoiseFloor)."""
-    rates_a, rates_b = a.rates_by_round(), b.rates_by_round()
+    floor (stats.NoiseFloor). goodput=True compares the window rates times each setting's statistical
+    efficiency, a constant per setting: the interval is the throughput ratio's, moved by the ratio of the two
+    efficiencies (B_noise's own uncertainty is not in it; the goodput reason states what it could change)."""
+    rates_a = a.goodput_rates_by_round() if goodput else a.rates_by_round()
+    rates_b = b.goodput_rates_by_round() if goodput else b.rates_by_round()
     if not rates_a or not rates_b:
-        raise ValueError(f"compare({a.label}, {b.label}): both need a clean window")
+        raise ValueError(f"compare({a.label}, {b.label}): both need a clean window"
+                         + (" and a statistical efficiency" if goodput else ""))
     # Both settings' results carry the same sweep's noise floor (metrics.sweep_noise).
     return Comparison(a_label=a.label, b_label=b.label,
                       estimate=ratio_estimate(rates_a, rates_b, floor=a.noise or b.noise))
@@ -133,12 +140,13 @@ def _drift_reason(drift: Drift, unit: str) -> str:
             f"round); comparisons pair windows of the same round, so drift shared by a round cancels")
 
 
-def behind(contender: TrialResult, leader: TrialResult) -> Optional[str]:
-    """Why `contender` is out of the race against `leader` (slower beyond noise), or None."""
-    comparison = compare(contender, leader)
+def behind(contender: TrialResult, leader: TrialResult, *, goodput: bool = False) -> Optional[str]:
+    """Why `contender` is out of the race against `leader` (slower beyond noise, in goodput with goodput=True),
+    or None."""
+    comparison = compare(contender, leader, goodput=goodput)
     if comparison.outcome != Outcome.worse:
         return None
-    return f"{comparison.describe()} against {leader.label}"
+    return f"{comparison.describe()}{' in goodput' if goodput else ''} against {leader.label}"
 
 
 def sweep_unit(results: Sequence[TrialResult]) -> str:
@@ -196,6 +204,17 @@ class Recommendation:
     data.num_workers (input_bound.input_waits); empty otherwise."""
     input_bound_fraction: Optional[float] = None
     """recommend.input_bound_fraction the decision named input-bound settings by."""
+    objective: str = Objective.throughput.value
+    """recommend.objective the verdict was decided on."""
+    gradient_noise_scale: Optional[NoiseScaleFigures] = None
+    """The sweep's B_noise, pooled over every finished setting's noise steps (noise_scale.sweep_noise_scale);
+    None when not measured, with the reason in gradient_noise_scale_note. Every setting's statistical_efficiency
+    and goodput come from it."""
+    gradient_noise_scale_note: Optional[str] = None
+    """What B_noise rests on (steps, settings pooled), or why there is none."""
+    lr_change: Optional[LrChange] = None
+    """The scaled train.lr recommendation.yaml's overrides carry (recommend.lr_scaling); None when the global
+    batch does not change, on NO-GO, or with lr_scaling=none."""
 
     @property
     def count_unit(self) -> Optional[str]:
@@ -226,7 +245,19 @@ class Recommendation:
                 "speedup_intervals": {k: list(v) for k, v in self.speedup_intervals.items()},
                 "input_waits": [w.to_json_dict() for w in self.input_waits],
                 "input_bound_fraction": self.input_bound_fraction,
+                "objective": self.objective,
+                "gradient_noise_scale": _noise_scale_json(self.gradient_noise_scale, self.gradient_noise_scale_note),
+                "lr": dataclasses.asdict(self.lr_change) if self.lr_change else None,
                 "explanations": self.explanations.to_json_dict() if self.explanations else None}
+
+
+def _noise_scale_json(figures: Optional[NoiseScaleFigures], note: Optional[str]) -> dict[str, Any]:
+    """recommendation.json's `gradient_noise_scale`: the sweep's figure without the per-step estimates."""
+    if figures is None:
+        return {"value": None, "ci95": None, "num_steps": 0, "note": note}
+    return {"value": figures.value, "ci95": figures.ci95, "num_steps": figures.num_steps,
+            "batch_sizes": list(figures.batch_sizes), "g2_mean": figures.g2_mean,
+            "trace_sigma_mean": figures.trace_sigma_mean, "note": note}
 
 
 def _setting(result: TrialResult, *, against: Optional[TrialResult]) -> str:
@@ -274,15 +305,16 @@ def _deciding_rule(best: TrialResult, tied: Sequence[TrialResult], baseline: Opt
 
 
 def _tie_reason(best: TrialResult, tied: Sequence[TrialResult], rule: TieBreak,
-                baseline: Optional[TrialResult] = None) -> str:
+                baseline: Optional[TrialResult] = None, *, goodput: bool = False) -> str:
     """Names the tie and what it may cost: how much slower the chosen setting may be than each it tied with."""
     costs = []
     for other in tied:
         if other.trial_key == best.trial_key:
             continue
-        comparison = compare(best, other)
+        comparison = compare(best, other, goodput=goodput)
         if comparison.interval is not None and comparison.interval[0] < 1.0:
-            costs.append(f"{(1.0 - comparison.interval[0]) * 100:.1f}% slower than {other.label}")
+            costs.append(f"{(1.0 - comparison.interval[0]) * 100:.1f}% {'less goodput' if goodput else 'slower'} "
+                         f"than {other.label}")
         elif comparison.interval is None:
             costs.append(f"unknown against {other.label} (one window)")
     why = ("the higher point estimate" if rule == TieBreak.fastest
@@ -293,8 +325,16 @@ def _tie_reason(best: TrialResult, tied: Sequence[TrialResult], rule: TieBreak,
 
 
 def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured: Sequence[NotMeasured] = (),
-           race: Optional[RaceSummary] = None) -> Recommendation:
-    """The verdict from each setting's result aggregated over its windows (metrics.aggregate_windows)."""
+           race: Optional[RaceSummary] = None, lr: Optional[float] = None) -> Recommendation:
+    """The verdict from each setting's result aggregated over its windows (metrics.aggregate_windows). `lr`: the
+    sweep's train.lr, which recommend.lr_scaling scales when a GO changes the global batch.
+
+    In training, every setting first gets its statistical efficiency and goodput from the sweep's gradient noise
+    scale (noise_scale.py); recommend.objective=goodput then decides on goodput by the same comparison rule."""
+    training = any(r.mode == "train" for r in results)
+    gradient_noise, gradient_noise_note = sweep_noise_scale(results) if training else (None, None)
+    results = with_goodput(results, gradient_noise)
+    goodput = args.objective == Objective.goodput
     baseline = next((r for r in results if r.is_baseline), None)
     drift = baseline_drift(baseline)
     finished = [r for r in results if r.ok and r.throughput_per_s is not None]
@@ -336,17 +376,21 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
     fastest = max(contenders, key=lambda r: r.throughput_per_s, default=None)  # type: ignore[arg-type,return-value]
     best = fastest
     tied: list[TrialResult] = []
-    point_objective = args.objective != Objective.throughput
+    point_objective = args.objective in (Objective.latency, Objective.energy)
     if point_objective:
         best, why_none = _point_objective_best(contenders, args.objective)
         if why_none:
             reasons.append(why_none)
+    elif goodput and any(r.goodput_per_s is None for r in contenders):
+        best = None  # no efficiency: the gradient noise scale was not measured (noise_scale_reason says why)
     elif fastest is not None:
-        tied = [r for r in contenders
-                if r.trial_key == fastest.trial_key or compare(r, fastest).outcome in (Outcome.tie, Outcome.unknown)]
+        if goodput:
+            fastest = max(contenders, key=lambda r: r.goodput_per_s)  # type: ignore[arg-type,return-value]
+        tied = [r for r in contenders if r.trial_key == fastest.trial_key
+                or compare(r, fastest, goodput=goodput).outcome in (Outcome.tie, Outcome.unknown)]
         best = _tie_break(tied, fastest=fastest, baseline=baseline, rule=args.tie_break)
         if len(tied) > 1:
-            reasons.append(_tie_reason(best, tied, args.tie_break, baseline))
+            reasons.append(_tie_reason(best, tied, args.tie_break, baseline, goodput=goodput))
 
     speedup: Optional[float] = None
     speedup_interval: Optional[tuple[float, float]] = None
@@ -361,7 +405,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         verdict = f"{NO_GO}: no batch size meets the p99 budget of {args.max_latency_ms:g} ms (smallest p99 {smallest})"
     elif best is None:
         decision, chosen = NO_GO, (baseline if baseline is not None and baseline.ok else None)
-        if point_objective and contenders:
+        if (point_objective or goodput) and contenders:
             reasons.insert(0, f"recommend.objective={args.objective.value} cannot be decided: "
                               f"{_OBJECTIVE_FIGURE[args.objective]} was not measured")
             verdict = f"{NO_GO}: {_OBJECTIVE_FIGURE[args.objective]} not measured (recommend.objective=" \
@@ -391,6 +435,12 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                           f"{_OBJECTIVE_BEST[args.objective]} within it: {_objective_text(best, args.objective, unit)}")
         verdict = (f"{GO}: {_setting(best, against=baseline)} (the baseline {baseline.label} is over the p99 budget of "
                    f"{args.max_latency_ms:g} ms; {_objective_text(best, args.objective, unit)})")
+    elif best.trial_key == baseline.trial_key and goodput:
+        speedup = 1.0
+        decision, chosen = NO_GO, baseline
+        reasons.insert(0, f"the baseline {baseline.label} has the most goodput measured, or the measurements cannot "
+                          f"tell it from the setting that has ({baseline.goodput_per_s:,.0f} {unit}/s of goodput)")
+        verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (most goodput measured in {unit}/s)"
     elif best.trial_key == baseline.trial_key:
         speedup = 1.0
         decision, chosen = NO_GO, baseline
@@ -403,8 +453,9 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
             chosen = baseline
         reasons.insert(0, reason)
     else:
-        comparison = compare(best, baseline)
+        comparison = compare(best, baseline, goodput=goodput)
         speedup, speedup_interval = comparison.ratio, comparison.interval
+        measure = f"goodput in {unit}/s" if goodput else f"{unit}/s"
         shortfalls = []
         if speedup_interval is None:
             shortfalls.append("a side was measured in one window only, which gives no interval "
@@ -417,23 +468,35 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                               f"{args.target_throughput_per_s:,.0f}")
         measured = (f"{best.label} reaches {best.throughput_per_s:,.0f} {unit}/s vs {baseline.throughput_per_s:,.0f} for the "
                     f"baseline {baseline.label}: {comparison.describe()}")
+        if goodput:
+            measured = (f"{best.label} reaches a goodput of {best.goodput_per_s:,.0f} {unit}/s ({best.throughput_per_s:,.0f} "
+                        f"{unit}/s x efficiency {best.statistical_efficiency:.2f}) vs {baseline.goodput_per_s:,.0f} for "
+                        f"the baseline {baseline.label}: {comparison.describe()} (recommend.objective=goodput)")
         if not shortfalls:
             decision, chosen = GO, best
             reasons.insert(0, f"{measured}; at least the required {_percent(args.min_speedup)} even at the "
                               f"interval's lower end")
-            verdict = (f"{GO}: {_setting(best, against=baseline)} ({_percent(speedup)} {unit}/s vs baseline "
+            verdict = (f"{GO}: {_setting(best, against=baseline)} ({_percent(speedup)} {measure} vs baseline "
                        f"{baseline.label}{_ci_text(speedup_interval)})")
         else:
             decision, chosen = NO_GO, baseline
             reasons.insert(0, f"{measured}; but " + "; and ".join(shortfalls))
             verdict = (f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (best {best.label} is "
-                       f"{_percent(speedup)} {unit}/s{_ci_text(speedup_interval)}, needs {_percent(args.min_speedup)})")
+                       f"{_percent(speedup)} {measure}{_ci_text(speedup_interval)}, needs {_percent(args.min_speedup)})")
 
+    change: Optional[LrChange] = None
     if decision == GO and chosen is not None and baseline is not None and chosen.mode == "train" \
             and chosen.global_batch_size != baseline.global_batch_size:
-        reasons.append(f"the global batch changes from {baseline.global_batch_size} to "
-                       f"{chosen.global_batch_size} samples per optimizer step: that changes optimisation "
-                       f"(learning rate and schedule may need retuning), not only speed")
+        change = lr_change(lr, chosen=chosen, baseline=baseline, rule=args.lr_scaling)
+        reasons.append(batch_change_reason(change, chosen=chosen, baseline=baseline, rule=args.lr_scaling))
+    if training:
+        reasons.append(noise_scale_reason(gradient_noise, gradient_noise_note, baseline=baseline))
+        conflict, conflict_note = throughput_vs_goodput(contenders, compare=compare, unit=unit, noise=gradient_noise)
+        if conflict is not None:
+            reasons.append(conflict)
+        verdict += other_measure_note(best, baseline, goodput=goodput, compare=compare) + conflict_note
+    if change is not None:
+        verdict += f"; train.lr {change.from_lr:g} -> {change.to_lr:.3g} ({change.rule} rule)"
     if best is not None:
         reasons.extend(_measured_apart_reason(best, contenders, baseline=baseline))
     # Named, never disqualifying: a faster pipeline would only make an input-bound setting faster still.
@@ -456,6 +519,8 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         flags = TrialFlags(**chosen.flags)
         overrides = (*chosen.run_overrides, f"train.micro_batch_size={chosen.micro_batch_size}", f"train.grad_accum={chosen.grad_accum}",
                      *flags_to_overrides(flags))
+        if change is not None:
+            overrides = (*without_lr(overrides), change.override)
         environment = flags_to_environ(flags)
     speedup_by_key: dict[str, float] = {}
     speedup_intervals: dict[str, tuple[float, float]] = {}
@@ -471,14 +536,15 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                           comparison=comparison, tied=tuple(r.label for r in tied), settings=tuple(results),
                           speedup_intervals=speedup_intervals,
                           input_waits=input_waits(results, args.input_bound_fraction),
-                          input_bound_fraction=args.input_bound_fraction,
-                          explanations=explain(results, compare=compare))
+                          input_bound_fraction=args.input_bound_fraction, objective=args.objective.value,
+                          gradient_noise_scale=gradient_noise, gradient_noise_scale_note=gradient_noise_note,
+                          lr_change=change, explanations=explain(results, compare=compare))
 
 
 _OBJECTIVE_FIGURE = {Objective.latency: "p99 latency per batch", Objective.energy: "energy per sample",
-                     Objective.throughput: "throughput"}
+                     Objective.throughput: "throughput", Objective.goodput: "goodput"}
 _OBJECTIVE_BEST = {Objective.latency: "lowest p99 latency", Objective.energy: "least energy per sample",
-                   Objective.throughput: "highest throughput"}
+                   Objective.throughput: "highest throughput", Objective.goodput: "most goodput"}
 
 
 def within_latency_budget(results: Sequence[TrialResult],

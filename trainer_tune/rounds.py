@@ -56,14 +56,19 @@ class Drop:
     reason: str
 
 
-def race_drops(contenders: Sequence[R], *, after_round: int,
-               behind: Callable[[R, R], Optional[str]]) -> list[Drop]:
-    """The contenders clearly behind the leader (the highest point estimate): `behind(c, leader)` returns
-    why c loses to the leader beyond noise, or None while the comparison cannot tell them apart."""
-    measured = [c for c in contenders if c.throughput_per_s is not None]
+def _throughput(contender: Raced) -> Optional[float]:
+    return contender.throughput_per_s
+
+
+def race_drops(contenders: Sequence[R], *, after_round: int, behind: Callable[[R, R], Optional[str]],
+               rate: Callable[[R], Optional[float]] = _throughput) -> list[Drop]:
+    """The contenders clearly behind the leader (the highest point estimate of `rate`: throughput, or goodput with
+    recommend.objective=goodput): `behind(c, leader)` returns why c loses to the leader beyond noise, or None
+    while the comparison cannot tell them apart. Contenders without a rate neither lead nor leave."""
+    measured = [c for c in contenders if rate(c) is not None]
     if len(measured) < 2:
         return []
-    leader = max(measured, key=lambda c: c.throughput_per_s)  # type: ignore[arg-type,return-value]
+    leader = max(measured, key=rate)  # type: ignore[arg-type]
     drops = []
     for contender in measured:
         if contender.trial_key == leader.trial_key:

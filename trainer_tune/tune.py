@@ -27,7 +27,7 @@ from typing import Any, Optional, Sequence
 import torch
 from hydra.core.hydra_config import HydraConfig
 
-from trainer_tune.config import ConfigError, Mode, ModelArgs, Precision, Strategy, TuneConfig
+from trainer_tune.config import ConfigError, Mode, ModelArgs, Objective, Precision, Strategy, TuneConfig
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import fault_for
 from trainer_tune.flags import TrialFlags, exported_flags
@@ -37,6 +37,7 @@ from trainer_tune.journal import (
 from trainer_tune.metrics import TrialContext, aggregate_windows, failed_result, result_from_window, sweep_noise
 from trainer_tune.workloads.model import build_model, count_parameters
 from trainer_tune.multirun import MultirunJob
+from trainer_tune.noise_scale import sweep_noise_scale, with_goodput
 from trainer_tune.plan import TrialSpec, build_plan, differing_flag_names, job_plan, swept_flag_names, window_of
 from trainer_tune.recommend import Outcome, Recommendation, behind, compare, decide
 from trainer_tune.rerun import current_run_overrides
@@ -371,7 +372,8 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
     settings = sorted(race.settings.values(), key=lambda r: r.index)  # plan order, whatever order measured in
     recommendation = None
     if multirun is None:
-        recommendation = decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary)
+        recommendation = decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary,
+                                lr=cfg.train.lr)
         if session.rank_env.is_rank0:
             publish(output_dir, settings, recommendation, launch_hint=launch_hint, console=console,
                     wandb_sink=wandb_sink)
@@ -491,8 +493,18 @@ def _after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, 
     # No setting leaves before sweep.min_rounds: an interval from two windows rests on one difference of two
     # numbers, and a race that tests after every round gets many chances to drop a setting by bad luck.
     if cfg.sweep.race and rounds_done >= max(2, cfg.sweep.min_rounds):
-        drops = race_drops([settings[k] for k in sorted(contenders) if k in settings and settings[k].ok],
-                           after_round=rounds_done, behind=behind)
+        racing = [settings[k] for k in sorted(contenders) if k in settings and settings[k].ok]
+        if cfg.recommend.objective == Objective.goodput:
+            # Raced on goodput, with the sweep's B_noise so far (against the baseline's batch, whether or not it
+            # still races): a smaller batch slower in throughput may lead. Without a noise scale yet, nobody has
+            # goodput and nobody leaves.
+            everyone = list(settings.values())
+            with_rates = {r.trial_key: r for r in with_goodput(everyone, sweep_noise_scale(everyone)[0])}
+            drops = race_drops([with_rates[r.trial_key] for r in racing], after_round=rounds_done,
+                               rate=lambda r: r.goodput_per_s,
+                               behind=lambda c, leader: behind(c, leader, goodput=True))
+        else:
+            drops = race_drops(racing, after_round=rounds_done, behind=behind)
     entering: list[str] = []
     closed: list[NotMeasured] = []
     if cfg.sweep.strategy == Strategy.power:
