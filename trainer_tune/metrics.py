@@ -493,5 +493,7 @@ def summary_figures(result: TrialResult) -> dict[str, Any]:
         "energy_j_per_sample": gpu.energy_j_per_sample if gpu else None, "mfu": mfu_info.mfu if mfu_info else None,
         "achieved_tflops": mfu_info.achieved_tflops if mfu_info else None,
         "cpu_process_pct_mean": cpu.process_pct_mean if cpu else None,
+        "gradient_noise_scale": result.noise_scale.value if result.noise_scale else None,
+        "statistical_efficiency": result.statistical_efficiency, "goodput_per_s": result.goodput_per_s,
         "error": result.error,
     }

@@ -241,6 +241,7 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
         results = [r for r in results if not r.is_baseline or r is baselines[0]]
     recommend_args: RecommendArgs = _typed(config.recommend, RecommendArgs)
     recommendation = decide(results, args=recommend_args, lr=float(config.train.lr))
+    results = list(recommendation.settings)  # the same settings, with their efficiency and goodput
     console = ConsoleSink(enabled=True)
     if not results:
         console.console.print(f"trainer_tune: no trial in {sweep_dir / JOURNAL_NAME}; no recommendation")

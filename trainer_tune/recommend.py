@@ -472,6 +472,11 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
             measured = (f"{best.label} reaches a goodput of {best.goodput_per_s:,.0f} {unit}/s ({best.throughput_per_s:,.0f} "
                         f"{unit}/s x efficiency {best.statistical_efficiency:.2f}) vs {baseline.goodput_per_s:,.0f} for "
                         f"the baseline {baseline.label}: {comparison.describe()} (recommend.objective=goodput)")
+            if best.statistical_efficiency_ci95 is not None and best.statistical_efficiency:
+                # The baseline's efficiency is 1 whatever B_noise is: only best's moves with it.
+                ends = [comparison.ratio * e / best.statistical_efficiency for e in best.statistical_efficiency_ci95]
+                measured += (f"; with B_noise at either end of its 95% interval the ratio would be "
+                             f"{_percent(ends[0])} to {_percent(ends[1])}")
         if not shortfalls:
             decision, chosen = GO, best
             reasons.insert(0, f"{measured}; at least the required {_percent(args.min_speedup)} even at the "

@@ -374,6 +374,7 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
     if multirun is None:
         recommendation = decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary,
                                 lr=cfg.train.lr)
+        settings = list(recommendation.settings)  # the same settings, with their efficiency and goodput
         if session.rank_env.is_rank0:
             publish(output_dir, settings, recommendation, launch_hint=launch_hint, console=console,
                     wandb_sink=wandb_sink)

@@ -114,6 +114,7 @@ class ConsoleSink:
         has_tflops = any(r.mfu is not None for r in results)
         has_comm = any(r.comm for r in results)
         has_cpu = any(r.cpu is not None and r.cpu.process_pct_mean is not None for r in results)
+        has_goodput = any(r.statistical_efficiency is not None for r in results)
         # samples/s always; the count's rate (tokens/s) only where batches carried one; the interval is the rate
         # the decision compares, named by its unit.
         rates = [("samples/s", "right")] + ([(f"{rec.count_unit}/s", "right")] if rec.count_unit else [])
@@ -126,6 +127,7 @@ class ConsoleSink:
         columns += [("MFU", "right")] if has_mfu else [("TFLOP/s", "right")] if has_tflops else []
         columns += [("exposed comm", "right")] if has_comm else []
         columns += [("CPU %", "right")] if has_cpu else []
+        columns += [("efficiency", "right"), (f"goodput {rec.unit}/s", "right")] if has_goodput else []
         columns += [("vs baseline", "right")]
         flags = varying_flags(results)
         rows = []
@@ -157,6 +159,8 @@ class ConsoleSink:
                 cells += ["n/a" if comm is None else f"{comm.exposed_comm_fraction:.0%}"
                           + (" (noise)" if comm.within_noise else "")]
             cells += [_number(cpu.process_pct_mean if cpu else None, ".0f")] if has_cpu else []
+            if has_goodput:
+                cells += [_number(r.statistical_efficiency, ".2f"), _number(r.goodput_per_s, ",.0f")]
             cells += ["n/a" if speedup is None else f"{(speedup - 1) * 100:+.1f}%"]
             rows.append(cells)
         # The setting is what a reader matches rows by: it may wrap at a space, never shrink into an ellipsis. Rich

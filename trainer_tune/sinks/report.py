@@ -91,10 +91,15 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
          "compute vs communication split: no trial recorded one (it needs more than one rank and "
          "window.comm_split_steps > 0)"),
     ]
+    if rec.gradient_noise_scale_note is not None:  # training: goodput beside throughput, or why there is none
+        optional += [
+            ("efficiency", lambda r: _fmt(r.statistical_efficiency, ".2f"),
+             f"statistical efficiency and goodput: gradient noise scale {rec.gradient_noise_scale_note}"),
+            (f"goodput {rec.unit}/s", lambda r: _fmt(r.goodput_per_s, ",.0f"), "")]
     for header, cell, why in optional:
         if any(cell(r) not in (None, "n/a") for r in results):
             columns.append((header, cell))
-        elif any(r.ok for r in results):
+        elif any(r.ok for r in results) and why:  # no why: another column's note says it
             notes.append(f"not measured, so not in the table: {why}")
     sources = sorted({r.peak_memory_source for r in results if r.peak_memory_source})
     if sources:

@@ -134,6 +134,13 @@ class WandbSink:
                                 "chosen": rec.chosen.label if rec.chosen else None,
                                 "unit": rec.unit,
                                 "chosen_throughput_per_s": rec.chosen.throughput_per_s if rec.chosen else None,
+                                "chosen_goodput_per_s": rec.chosen.goodput_per_s if rec.chosen else None,
+                                "objective": rec.objective,
+                                "gradient_noise_scale": rec.gradient_noise_scale.value
+                                if rec.gradient_noise_scale else None,
+                                "gradient_noise_scale_ci95": rec.gradient_noise_scale.ci95
+                                if rec.gradient_noise_scale else None,
+                                "lr": asdict(rec.lr_change) if rec.lr_change else None,
                                 "num_trials": rec.num_trials, "num_failed": rec.num_failed})
             artifact = wandb.Artifact(f"recommendation-{self.group}", type="recommendation")
             for path in files:
