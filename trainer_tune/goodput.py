@@ -100,11 +100,12 @@ def noise_scale_reason(noise: Optional[NoiseScaleFigures], note: Optional[str], 
             f"intervals leave out B_noise's own uncertainty)")
 
 
-def throughput_vs_goodput(contenders: Sequence[TrialResult], *, compare: GoodputCompare, unit: str,
+def throughput_vs_goodput(candidates: Sequence[TrialResult], *, compare: GoodputCompare, unit: str,
                           noise: Optional[NoiseScaleFigures]) -> tuple[Optional[str], str]:
-    """(reason, verdict note) naming the setting that wins on throughput but loses on goodput: the fastest setting
-    against the one with the most goodput, when they differ. (None, "") when they agree or goodput is unknown."""
-    measured = [r for r in contenders if r.goodput_per_s is not None and r.throughput_per_s is not None]
+    """(reason, verdict note) naming the setting that wins on throughput but loses on goodput: the fastest candidate
+    (finished, within the memory limit and latency budget; left the race or not) against the one with the most
+    goodput, when they differ. (None, "") when they agree or goodput is unknown."""
+    measured = [r for r in candidates if r.goodput_per_s is not None and r.throughput_per_s is not None]
     if len(measured) < 2 or noise is None or noise.value is None:
         return None, ""
     fastest = max(measured, key=lambda r: r.throughput_per_s)  # type: ignore[arg-type,return-value]

@@ -496,7 +496,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         reasons.append(batch_change_reason(change, chosen=chosen, baseline=baseline, rule=args.lr_scaling))
     if training:
         reasons.append(noise_scale_reason(gradient_noise, gradient_noise_note, baseline=baseline))
-        conflict, conflict_note = throughput_vs_goodput(contenders, compare=compare, unit=unit, noise=gradient_noise)
+        conflict, conflict_note = throughput_vs_goodput(candidates, compare=compare, unit=unit, noise=gradient_noise)
         if conflict is not None:
             reasons.append(conflict)
         verdict += other_measure_note(best, baseline, goodput=goodput, compare=compare) + conflict_note
