@@ -63,7 +63,8 @@ def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -
         "data": data,
         "loss": asdict(cfg.loss),
         "train": train,
-        "window": asdict(cfg.window),  # comm_split_steps included: it decides whether exposed comm is measured
+        # comm_split_steps and noise_steps included: they decide whether exposed comm and B_noise are measured.
+        "window": asdict(cfg.window),
         "world_size": world_size,
         "device_type": device_type,
         # The backend the group really uses (auto resolves to it), so auto and its value share results.

@@ -103,6 +103,7 @@ MEASURES_ELSE = {
     "a rehearsed oom": _changed(fault=FaultArgs(kind=FaultKind.oom)),
     "the same fault at another step": _changed(fault=FaultArgs(kind=FaultKind.error, step=5)),
     "no gradient-sync split": _changed(window=WindowArgs(comm_split_steps=0)),
+    "no noise steps": _changed(window=WindowArgs(noise_steps=0)),
     "no GPU sampling": _changed(telemetry=TelemetryArgs(gpu_sampling=False)),
     "faster GPU sampling": _changed(telemetry=TelemetryArgs(sample_hz=50.0)),
     "another peak for MFU": _changed(telemetry=TelemetryArgs(peak_tflops=100.0)),

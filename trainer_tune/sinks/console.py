@@ -192,4 +192,5 @@ class ConsoleSink:
         for reason in rec.reasons:
             self.console.print(f"  - {reason}")
         colour = "green" if rec.decision == GO else "yellow"
-        self.console.print(f"[bold {colour}]{rec.verdict}[/bold {colour}]")
+        # One line however long (goodput and the learning rate lengthen it): logs and CI greps find it whole.
+        self.console.print(f"[bold {colour}]{rec.verdict}[/bold {colour}]", soft_wrap=True)
