@@ -73,7 +73,7 @@ class ScalingPoint:
 @dataclass(frozen=True)
 class ObjectiveWinner:
     objective: str
-    """max_throughput, min_memory_bytes or min_energy_j_per_token."""
+    """max_throughput, min_memory_bytes, min_energy_j_per_token, or max_goodput (where goodput was measured)."""
     trial_key: Optional[str]
     label: Optional[str]
     value: Optional[float]
@@ -233,6 +233,19 @@ def _max_throughput(finished: Sequence[TrialResult], compare: Compare) -> Object
                            note)
 
 
+def _max_goodput(finished: Sequence[TrialResult], compare: Compare) -> list[ObjectiveWinner]:
+    """The setting with the most goodput (noise_scale.with_goodput put it on the settings); no row without it."""
+    measured = [r for r in finished if r.goodput_per_s is not None]
+    if not measured:
+        return []
+    best = max(measured, key=lambda r: r.goodput_per_s)  # type: ignore[arg-type,return-value]
+    tied = tuple(r.label for r in measured if r is not best
+                 and compare(r, best, goodput=True).outcome.value in ("tie", "unknown"))  # type: ignore[call-arg]
+    note = ("throughput x statistical efficiency from the sweep's gradient noise scale (recommend.objective="
+            "goodput); B_noise's own uncertainty is not in the tie test")
+    return [ObjectiveWinner("max_goodput", best.trial_key, best.label, best.goodput_per_s, None, tied, note)]
+
+
 def _min_memory(finished: Sequence[TrialResult]) -> ObjectiveWinner:
     measured = [r for r in finished if r.peak_memory_bytes is not None]
     if not measured:
@@ -282,4 +295,5 @@ def explain(results: Sequence[TrialResult], *, compare: Compare) -> Explanations
         facts.insert(0, "no scaling to compare: that needs two finished settings that differ only in micro-batch "
                         "or only in grad_accum")
     return Explanations(points=tuple(points), facts=tuple(facts),
-                        matrix=(_max_throughput(finished, compare), _min_memory(finished), _min_energy(finished)))
+                        matrix=(_max_throughput(finished, compare), _min_memory(finished), _min_energy(finished),
+                                *_max_goodput(finished, compare)))

@@ -469,9 +469,10 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         measured = (f"{best.label} reaches {best.throughput_per_s:,.0f} {unit}/s vs {baseline.throughput_per_s:,.0f} for the "
                     f"baseline {baseline.label}: {comparison.describe()}")
         if goodput:
-            measured = (f"{best.label} reaches a goodput of {best.goodput_per_s:,.0f} {unit}/s ({best.throughput_per_s:,.0f} "
-                        f"{unit}/s x efficiency {best.statistical_efficiency:.2f}) vs {baseline.goodput_per_s:,.0f} for "
-                        f"the baseline {baseline.label}: {comparison.describe()} (recommend.objective=goodput)")
+            measured = (f"{best.label} reaches a goodput of {best.goodput_per_s:,.0f} {unit}/s "
+                        f"({best.throughput_per_s:,.0f} {unit}/s x efficiency {best.statistical_efficiency:.2f}) "
+                        f"vs {baseline.goodput_per_s:,.0f} for the baseline {baseline.label}: "
+                        f"{comparison.describe()} (recommend.objective=goodput)")
             if best.statistical_efficiency_ci95 is not None and best.statistical_efficiency:
                 # The baseline's efficiency is 1 whatever B_noise is: only best's moves with it.
                 ends = [comparison.ratio * e / best.statistical_efficiency for e in best.statistical_efficiency_ci95]
@@ -487,7 +488,8 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
             decision, chosen = NO_GO, baseline
             reasons.insert(0, f"{measured}; but " + "; and ".join(shortfalls))
             verdict = (f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (best {best.label} is "
-                       f"{_percent(speedup)} {measure}{_ci_text(speedup_interval)}, needs {_percent(args.min_speedup)})")
+                       f"{_percent(speedup)} {measure}{_ci_text(speedup_interval)}, "
+                       f"needs {_percent(args.min_speedup)})")
 
     change: Optional[LrChange] = None
     if decision == GO and chosen is not None and baseline is not None and chosen.mode == "train" \

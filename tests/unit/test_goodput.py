@@ -13,9 +13,10 @@ import yaml
 from result_factory import make_result
 from trainer_tune.config import ConfigError, LrScaling, Mode, Objective, RecommendArgs, TuneConfig
 from trainer_tune.figures import NoiseScaleFigures
-from trainer_tune.noise_scale import from_step_estimates
-from trainer_tune.recommend import GO, NO_GO, decide
+from trainer_tune.noise_scale import from_step_estimates, pool, with_goodput
+from trainer_tune.recommend import GO, NO_GO, behind, decide
 from trainer_tune.results import TrialResult
+from trainer_tune.rounds import race_drops
 from trainer_tune.sinks.files import write_recommendation
 
 B_NOISE = 4.0
@@ -122,3 +123,23 @@ def test_no_lr_change_when_the_global_batch_stays() -> None:
 def test_goodput_is_a_training_objective() -> None:
     with pytest.raises(ConfigError, match=r"^recommend.objective='goodput' is not allowed: .* with mode=inference"):
         TuneConfig(mode=Mode.inference, recommend=RecommendArgs(objective=Objective.goodput))
+
+
+def test_decision_matrix_names_the_goodput_winner() -> None:
+    matrix = {w.objective: w for w in decide(_settings(), args=RecommendArgs()).explanations.matrix}
+    assert matrix["max_throughput"].label == "8x1" and matrix["max_goodput"].label == "1x1"
+    assert matrix["max_goodput"].value == pytest.approx(800 * 8 / 6)
+    assert "max_goodput" not in {w.objective for w in decide(_settings(noise=False), args=RecommendArgs())
+                                 .explanations.matrix}
+
+
+def test_the_race_on_goodput_drops_the_big_batch_not_the_small_one() -> None:
+    """With recommend.objective=goodput the sweep races on goodput (tune._after_round): the leader is the setting
+    with the most goodput, and a setting leaves when it has less beyond noise."""
+    settings = with_goodput(_settings(), pool([r.noise_scale for r in _settings()]))
+    on_throughput = race_drops(settings, after_round=3, behind=behind)
+    on_goodput = race_drops(settings, after_round=3, rate=lambda r: r.goodput_per_s,
+                            behind=lambda c, leader: behind(c, leader, goodput=True))
+    assert sorted(d.trial_key for d in on_throughput) == ["base", "small"]
+    assert sorted(d.trial_key for d in on_goodput) == ["base", "big"]
+    assert all("in goodput against 1x1" in d.reason for d in on_goodput)

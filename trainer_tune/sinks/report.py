@@ -26,10 +26,11 @@ if TYPE_CHECKING:  # charts imports matplotlib: only write_report loads it, at t
 REPORT_MD = "report.md"
 CHARTS_DIR = "charts"
 
-_OBJECTIVES = {"max_throughput": ("max throughput", ""),
+_OBJECTIVES = {"max_throughput": ("max throughput", ""), "max_goodput": ("max goodput", ""),
                "min_memory_bytes": ("min memory", "peak memory per device"),
                "min_energy_j_per_token": ("min energy per token", "J/token")}
-"""(name, unit) of each objective; max_throughput's unit is the decision's (Recommendation.unit) per second."""
+"""(name, unit) of each objective; max_throughput's and max_goodput's unit is the decision's (Recommendation.unit)
+per second."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,8 @@ def _matrix_section(matrix: Sequence[ObjectiveWinner], rate_unit: str) -> list[s
             figure = None
         elif w.objective == "min_memory_bytes":
             figure = format_bytes(int(w.value))
+        elif w.objective == "max_goodput":
+            figure = f"{w.value:,.0f} {rate_unit}/s of goodput"
         elif w.objective == "max_throughput":
             figure = f"{w.value:,.0f} {rate_unit}/s" + (
                 f" (95% CI {w.value_ci95[0]:,.0f} to {w.value_ci95[1]:,.0f})" if w.value_ci95 else "")
