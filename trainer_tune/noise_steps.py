@@ -8,8 +8,8 @@ being measured, and cannot be removed again.) Per step:
 - after micro-step 0 (when grad_accum >= 2): the squared norm of the gradient of one micro-batch. Each
   micro-step's loss is divided by grad_accum, so the gradients then hold g0 / grad_accum: rescaled here;
 - after the last micro-step: the rank's accumulated gradient, a mean over micro_batch_size x grad_accum samples;
-- with two ranks or more: one flat all-reduce by hand, divided by the world size, gives the global batch's
-  gradient. It is written back, so the optimizer step that follows is a real synced step, the same on every rank.
+- with two ranks or more: all-reducing the gradients by hand, in place, divided by the world size, gives the global
+  batch's gradient, and makes the optimizer step that follows a real synced step, the same on every rank.
 
 A rank's squared norms are each an unbiased reading; they are averaged over ranks (a small float64 all-reduce),
 which keeps them unbiased and makes them less noisy.
@@ -27,8 +27,11 @@ from trainer_tune.noise_scale import NoiseReading
 
 
 def squared_norm(parameters: Iterable[nn.Parameter]) -> torch.Tensor:
-    """The squared L2 norm of the gradients, in float64 (a zero-dimensional tensor on their device)."""
-    norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float64) ** 2 for p in parameters if p.grad is not None]
+    """The squared L2 norm of the gradients, summed in float64 (a zero-dimensional tensor on their device). Each
+    tensor's norm is taken in float32, which copies nothing for fp32 gradients: no memory a setting that fits
+    would run out of here."""
+    norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float32).double() ** 2
+             for p in parameters if p.grad is not None]
     return torch.stack(norms).sum() if norms else torch.zeros((), dtype=torch.float64)
 
 
@@ -61,20 +64,21 @@ class GradientNormReader:
         self._micro = None
 
     def _all_reduce_gradients(self) -> torch.Tensor:
-        """Average the gradients over ranks in place (what DDP would have done); the global squared norm."""
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
-        flat = torch.cat([g.reshape(-1).float() for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= self.world_size
-        offset = 0
-        for p in self.parameters:
-            chunk = flat[offset:offset + p.numel()].view_as(p)
-            offset += p.numel()
-            if p.grad is None:
-                p.grad = chunk.to(p.dtype).clone()
-            else:
-                p.grad.copy_(chunk)
-        return torch.linalg.vector_norm(flat, dtype=torch.float64) ** 2
+        """Average the gradients over ranks in place (what DDP would have done); the global squared norm.
+
+        One all-reduce per parameter, in place: untimed, so their number does not matter, and no flat copy of
+        every gradient is made (on a GPU close to full, that copy alone could run out of memory)."""
+        device = self.parameters[0].device if self.parameters else torch.device("cpu")
+        used = torch.tensor([p.grad is not None for p in self.parameters], dtype=torch.int32, device=device)
+        dist.all_reduce(used, op=dist.ReduceOp.SUM)
+        for p, ranks_using in zip(self.parameters, used.tolist()):
+            if not ranks_using:
+                continue  # unused on every rank: no gradient, as after DDP's own all-reduce
+            if p.grad is None:  # unused on this rank only: a zero contribution
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= self.world_size
+        return squared_norm(self.parameters)
 
 
 def why_not_measured(*, num_steps: int, world_size: int, grad_accum: int, training: bool) -> Optional[str]:

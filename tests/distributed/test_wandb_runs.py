@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -12,6 +13,10 @@ from conftest import read_settings, run_tune
 from helpers.wandb_reader import find_offline_run_files, summarize_wandb_run
 
 pytestmark = pytest.mark.slow
+
+
+def _approx(value: Optional[float]) -> object:
+    return None if value is None else pytest.approx(value)
 
 
 def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> None:
@@ -41,6 +46,10 @@ def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> 
         assert run.summary["samples_per_s"] == pytest.approx(trial["samples_per_s"])
         assert run.summary["throughput_unit"] == "tokens" and run.summary["count_unit"] == "tokens"
         assert run.summary["status"] == trial["status"] and run.summary["label"] == trial["label"]
+        # Two ranks measure the gradient noise scale: each setting's efficiency and goodput (None only if the
+        # sweep's B_noise could not be told from 0 or infinity) are in its summary as in the recommendation.
+        assert run.summary["statistical_efficiency"] == _approx(trial["statistical_efficiency"])
+        assert run.summary["goodput_per_s"] == _approx(trial["goodput_tokens_per_s"])
         assert run.config["trial"]["micro_batch_size"] == trial["micro_batch_size"]
         assert run.config["tune"]["window"]["measure_steps"] == 4
         steps = [row for row in run.history if "train/step_time_s" in row]
@@ -58,6 +67,7 @@ def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> 
     assert recommendation.summary["num_trials"] == 3
     assert recommendation.summary["drift"]["series"] == rec["drift"]["series"]
     assert recommendation.summary["race"]["num_rounds"] == 2
+    assert recommendation.summary["gradient_noise_scale"] == _approx(rec["gradient_noise_scale"]["value"])
     assert f"recommendation:recommendation-{out.name}" in recommendation.artifacts
     assert any(name.startswith("run_table:") for name in recommendation.artifacts)
 
