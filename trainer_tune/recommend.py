@@ -196,6 +196,16 @@ class Recommendation:
     data.num_workers (input_bound.input_waits); empty otherwise."""
     input_bound_fraction: Optional[float] = None
     """recommend.input_bound_fraction the decision named input-bound settings by."""
+    max_latency_ms: Optional[float] = None
+    """recommend.max_latency_ms: the p99 budget per batch the decision held the settings to; None without one."""
+    over_budget: tuple[str, ...] = ()
+    """Trial keys of the finished settings whose p99 is over max_latency_ms (never chosen, picked by no row of
+    the decision matrix)."""
+
+    @property
+    def serving(self) -> bool:
+        """mode=inference: the settings are serving batch sizes, with latency figures."""
+        return any(r.mode == "inference" for r in self.settings)
 
     @property
     def count_unit(self) -> Optional[str]:
@@ -226,6 +236,7 @@ class Recommendation:
                 "speedup_intervals": {k: list(v) for k, v in self.speedup_intervals.items()},
                 "input_waits": [w.to_json_dict() for w in self.input_waits],
                 "input_bound_fraction": self.input_bound_fraction,
+                "max_latency_ms": self.max_latency_ms, "over_budget": list(self.over_budget),
                 "explanations": self.explanations.to_json_dict() if self.explanations else None}
 
 
@@ -457,6 +468,9 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         overrides = (*chosen.run_overrides, f"train.micro_batch_size={chosen.micro_batch_size}", f"train.grad_accum={chosen.grad_accum}",
                      *flags_to_overrides(flags))
         environment = flags_to_environ(flags)
+    # Every finished setting over the budget, those the memory limit excluded too: what the sinks mark.
+    over_all = tuple(r.trial_key for r in (within_latency_budget(finished, args.max_latency_ms)[1]
+                                           if args.max_latency_ms is not None else ()))
     speedup_by_key: dict[str, float] = {}
     speedup_intervals: dict[str, tuple[float, float]] = {}
     if baseline is not None and baseline.ok and baseline.throughput_per_s:
@@ -472,7 +486,9 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                           speedup_intervals=speedup_intervals,
                           input_waits=input_waits(results, args.input_bound_fraction),
                           input_bound_fraction=args.input_bound_fraction,
-                          explanations=explain(results, compare=compare))
+                          max_latency_ms=args.max_latency_ms, over_budget=over_all,
+                          explanations=explain(results, compare=compare, max_latency_ms=args.max_latency_ms,
+                                               over_budget=over_all))
 
 
 _OBJECTIVE_FIGURE = {Objective.latency: "p99 latency per batch", Objective.energy: "energy per sample",

@@ -72,8 +72,8 @@ def test_explanations_use_the_same_figure(results: list[TrialResult]) -> None:
     explanations = decide(results, args=RecommendArgs()).explanations
     assert explanations is not None
     assert [(p.label, p.memory_bytes) for p in explanations.points] == [("2x1", 4 * GIB), ("4x1", 7 * GIB)]
-    memory = explanations.matrix[1]
-    assert (memory.objective, memory.label, memory.value) == ("min_memory_bytes", "2x1", 4 * GIB)
+    memory = explanations.winner("min_memory_bytes")
+    assert memory is not None and (memory.objective, memory.label, memory.value) == ("min_memory_bytes", "2x1", 4 * GIB)
     assert memory.note == f"peak memory {RESERVED}"
 
 
