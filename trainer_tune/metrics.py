@@ -473,11 +473,14 @@ def summary_figures(result: TrialResult) -> dict[str, Any]:
     gpu, mfu_info, cpu, steps = result.gpu, result.mfu, result.cpu, result.step_time_s
     counted = {} if result.tokens_per_s is None else {"tokens_per_s": result.tokens_per_s,
                                                       "count_unit": result.count_unit}
+    # mode=inference: the batch latency percentiles, and how many batches stand behind them.
+    latency = {} if result.latency is None else {f"latency_{name}": value
+                                                 for name, value in dataclasses.asdict(result.latency).items()}
     return {
         "index": result.index, "label": result.label, "status": result.status, "is_baseline": result.is_baseline,
         "micro_batch_size": result.micro_batch_size, "grad_accum": result.grad_accum,
         "global_batch_size": result.global_batch_size, "world_size": result.world_size,
-        "samples_per_s": result.samples_per_s, **counted,
+        "mode": result.mode, "samples_per_s": result.samples_per_s, **counted, **latency,
         "throughput_unit": result.throughput_unit, "throughput_per_s": result.throughput_per_s,
         "data_wait_fraction": result.data_wait_fraction,
         "step_time_s_median": steps.median if steps else None, "step_time_s_p90": steps.p90 if steps else None,
@@ -486,7 +489,8 @@ def summary_figures(result: TrialResult) -> dict[str, Any]:
         "gpu_memory_used_peak_bytes": gpu.memory_used_peak_bytes if gpu else None,
         "gpu_power_mean_w": gpu.power_mean_w if gpu else None,
         "energy_j_per_token": gpu.energy_j_per_token if gpu else None,
-        "energy_j_per_sample": gpu.energy_j_per_sample if gpu else None, "mfu": mfu_info.mfu if mfu_info else None,
+        "energy_j_per_sample": result.energy_j_per_sample, "energy_source": result.energy_source,
+        "mfu": mfu_info.mfu if mfu_info else None,
         "achieved_tflops": mfu_info.achieved_tflops if mfu_info else None,
         "cpu_process_pct_mean": cpu.process_pct_mean if cpu else None,
         "error": result.error,

@@ -94,7 +94,7 @@ def test_report_shows_the_same_figure_and_source(results: list[TrialResult]) -> 
     assert f"- peak memory: {RESERVED}" in text
     explanations = text.split("## Explanations", 1)[1]
     assert "| 2x1 | 4 |" in explanations and "| 90 | 4.0 GiB |" in explanations
-    assert "peak memory 7.0 GiB vs 4.0 GiB" in explanations and "| min memory | 2x1 | 4.0 GiB |" in explanations
+    assert "peak memory 7.0 GiB vs 4.0 GiB" in explanations and "| min peak memory | 2x1 | 2 | 5,076 tokens/s | 6.25 J/sample | **4.0 GiB** |" in explanations
     assert not any(figure in text for figure in OTHER_FIGURES)
 
 
