@@ -301,6 +301,9 @@ def _point_note(best: TrialResult, others: Sequence[TrialResult], value_of: Call
     if not rest:
         return f"{what}; a point value with no interval"
     runner_up = min(rest, key=value_of)
+    if value_of(runner_up) == value_of(best):
+        same = [r.label for r in rest if value_of(r) == value_of(best)]
+        return f"{what}; {', '.join(same)} measured the same, so the higher throughput won the tie"
     return (f"{what}; a point value with no interval, so the measurements cannot say whether it beats the "
             f"runner-up {runner_up.label} ({fmt(value_of(runner_up))}) beyond noise")
 

@@ -80,8 +80,8 @@ def test_console_shows_latencies_the_budget_and_the_matrix() -> None:
     words = " ".join(text.split())
     matrix = words[words.index("decision matrix (each objective alone):"):words.index(rec.verdict)]
     assert words.index(rec.reasons[-1]) < words.index("decision matrix")
-    assert "- max throughput: 16x1 at 1,600 tokens/s (p99 60.0 ms, 0.3 J/sample): " in matrix
-    assert "- min p99 latency: 1x1 at p99 8.0 ms (500 tokens/s, 0.9 J/sample): p99 of 40 batches" in matrix
+    assert "- max throughput: 16x1 at 1,600 tokens/s, with p99 60.0 ms, 0.3 J/sample: every other setting" in matrix
+    assert "- min p99 latency: 1x1 at p99 8.0 ms, with 500 tokens/s, 0.9 J/sample: p99 of 40 batches" in matrix
     assert "- min energy per sample: 16x1 at 0.3 J/sample" in matrix
     assert "- min peak memory: none (not measured: cpu)" in matrix
 
@@ -97,8 +97,10 @@ def test_console_of_a_training_sweep_prints_the_matrix_and_energy_per_sample() -
     assert "J/sample" in header and "J/token" not in header and "global" in header and "p99" not in header
     assert "decision matrix (each objective alone):" in text
     words = " ".join(text.split())
-    assert "- max throughput: 4x1 at 1,500 tokens/s (1.28 J/sample): " in words
-    assert "- min energy per sample: 4x1 at 1.28 J/sample" in words  # equal energy: the faster one
+    assert "- max throughput: 4x1 at 1,500 tokens/s, with 1.28 J/sample: " in words
+    # Equal energy per sample: the faster one, and the row says why.
+    assert "- min energy per sample: 4x1 at 1.28 J/sample, with 1,500 tokens/s: whole-job energy" in words
+    assert "2x1 measured the same, so the higher throughput won the tie" in words
     assert "min p99 latency" not in words  # no latency in training
 
 

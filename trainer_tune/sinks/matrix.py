@@ -56,10 +56,10 @@ def other_figures_text(row: ObjectiveWinner, unit: str) -> str:
 
 
 def matrix_line(row: ObjectiveWinner, unit: str) -> str:
-    """One line per objective: `max throughput: 16x1 at 1,600 samples/s (...); also p99 60.0 ms. <note>`."""
+    """One line per objective: `max throughput: 16x1 at 1,600 samples/s (95% CI ...), with p99 60.0 ms: <note>`
+    (the note names any tie)."""
     if row.label is None:
         return f"{objective_name(row)}: none ({row.note})"
     others = other_figures_text(row, unit)
-    tied = f"; tied with {', '.join(row.tied_with)}" if row.tied_with else ""
-    return (f"{objective_name(row)}: {row.label} at {figure_text(row, unit)}{f' ({others})' if others else ''}"
-            f"{tied}: {row.note}")
+    return f"{objective_name(row)}: {row.label} at {figure_text(row, unit)}{f', with {others}' if others else ''}: " \
+           f"{row.note}"
