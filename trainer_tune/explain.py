@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Optional, Sequence
 from trainer_tune.figures import describe_memory_source
 from trainer_tune.flags import FLAG_SPECS, FlagSpec, format_flag
 from trainer_tune.results import TrialResult
-from trainer_tune.units import count, format_bytes
+from trainer_tune.units import count, format_bytes, format_ms
 
 if TYPE_CHECKING:
     from trainer_tune.recommend import Comparison
@@ -336,7 +336,7 @@ def _min_latency(finished: Sequence[TrialResult], budget: _Budget) -> ObjectiveW
     if batches < 100:
         what += ", fewer than 100, so it interpolates towards the slowest batch"
     tied = tuple(r.label for r in measured if r is not best and p99(r) == p99(best))
-    note = _point_note(best, measured, p99, lambda v: f"{v:,.1f} ms", what)
+    note = _point_note(best, measured, p99, lambda v: f"{format_ms(v)} ms", what)
     if budget.max_latency_ms is not None and p99(best) > budget.max_latency_ms:
         note += f"; over {_budget_text(budget.max_latency_ms)}, as is every batch size"
     return _winner(MIN_LATENCY, best, p99(best), tied=tied, note=note)

@@ -59,7 +59,7 @@ def test_no_row_picks_a_setting_over_the_budget() -> None:
     assert (latency.label, latency.value, latency.throughput_per_s) == ("1x1", 8.0, 500.0)
     assert latency.note == ("p99 of 40 batches (the slowest replica at each), fewer than 100, so it interpolates "
                             "towards the slowest batch; a point value with no interval, so the measurements cannot say "
-                            "whether it beats the runner-up 4x1 (20.0 ms) beyond noise")
+                            "whether it beats the runner-up 4x1 (20 ms) beyond noise")
     assert rows[MIN_MEMORY].note == "not measured: cpu"
 
 

@@ -80,8 +80,8 @@ def test_console_shows_latencies_the_budget_and_the_matrix() -> None:
     words = " ".join(text.split())
     matrix = words[words.index("decision matrix (each objective alone):"):words.index(rec.verdict)]
     assert words.index(rec.reasons[-1]) < words.index("decision matrix")
-    assert "- max throughput: 16x1 at 1,600 tokens/s, with p99 60.0 ms, 0.3 J/sample: every other setting" in matrix
-    assert "- min p99 latency: 1x1 at p99 8.0 ms, with 500 tokens/s, 0.9 J/sample: p99 of 40 batches" in matrix
+    assert "- max throughput: 16x1 at 1,600 tokens/s, with p99 60 ms, 0.3 J/sample: every other setting" in matrix
+    assert "- min p99 latency: 1x1 at p99 8 ms, with 500 tokens/s, 0.9 J/sample: p99 of 40 batches" in matrix
     assert "- min energy per sample: 16x1 at 0.3 J/sample" in matrix
     assert "- min peak memory: none (not measured: cpu)" in matrix
 
@@ -131,8 +131,8 @@ def test_report_has_the_serving_columns_section_and_matrix(tmp_path: Path) -> No
     matrix = text[text.index("## Decision matrix"):]
     assert ("| objective | picks | batch per replica | tokens/s | p99 latency | energy | tied | how it was picked, and "
             "whether the measurements can order it |") in matrix
-    assert "| max throughput | 16x1 | 16 | **1,600 tokens/s** | p99 60.0 ms | 0.3 J/sample | - | every other" in matrix
-    assert "| min p99 latency | 1x1 | 1 | 500 tokens/s | **p99 8.0 ms** | 0.9 J/sample | - | p99 of 40 " in matrix
+    assert "| max throughput | 16x1 | 16 | **1,600 tokens/s** | p99 60 ms | 0.3 J/sample | - | every other" in matrix
+    assert "| min p99 latency | 1x1 | 1 | 500 tokens/s | **p99 8 ms** | 0.9 J/sample | - | p99 of 40 " in matrix
     assert "| min peak memory | none | n/a | n/a | n/a | n/a | - | not measured: cpu |" in matrix
     assert text.startswith(f"# trainer_tune report\n\n**{rec.verdict}**\n\nServe (or measure again) with:")
     assert sorted(c.name for c in files.charts) == ["latency_percentiles", "latency_throughput", "rounds"]

@@ -17,16 +17,11 @@ from trainer_tune.results import TrialResult
 from trainer_tune.rounds import Drop
 from trainer_tune.sinks.matrix import matrix_line
 from trainer_tune.sinks.rows import table_rows
-from trainer_tune.units import count, format_bytes
+from trainer_tune.units import count, format_bytes, format_ms
 
 
 def _number(value: Optional[float], spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
-
-
-def _ms(value: Optional[float]) -> str:
-    """Three significant digits, whole milliseconds from 100 on: `0.84`, `12.3`, `1,234` (narrow columns)."""
-    return "n/a" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def _setting_text(result: TrialResult, flags: Sequence[FlagSpec], *, serving: bool = False) -> str:
@@ -91,7 +86,7 @@ class ConsoleSink:
             return
         if result.ok and result.latency is not None:
             detail = (f"{_number(result.throughput_per_s, ',.0f')} {result.throughput_unit}/s, batch latency p50 "
-                      f"{result.latency.p50_ms:,.1f} ms, p99 {result.latency.p99_ms:,.1f} ms")
+                      f"{format_ms(result.latency.p50_ms)} ms, p99 {format_ms(result.latency.p99_ms)} ms")
         elif result.ok:
             detail = (f"{_number(result.throughput_per_s, ',.0f')} {result.throughput_unit}/s, median step "
                       f"{result.step_time_s.median:.4f} s")  # type: ignore[union-attr]
@@ -162,8 +157,8 @@ class ConsoleSink:
                      *([_number(r.tokens_per_s, ",.0f")] if rec.count_unit else []),
                      f"{_ci_percent(r)} ({r.num_windows})"]
             if serving:
-                cells += [_ms(latency.p50_ms if latency else None), _ms(latency.p99_ms if latency else None),
-                          _ms(latency.max_ms if latency else None)]
+                cells += [format_ms(latency.p50_ms if latency else None), format_ms(latency.p99_ms if latency else None),
+                          format_ms(latency.max_ms if latency else None)]
             else:
                 cells += [_number(r.step_time_s.median if r.step_time_s else None, ".4f"),
                           _number(r.step_time_s.p90 if r.step_time_s else None, ".4f")]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 from trainer_tune.explain import MAX_THROUGHPUT, MIN_ENERGY, MIN_LATENCY, MIN_MEMORY, ObjectiveWinner
-from trainer_tune.units import format_bytes
+from trainer_tune.units import format_bytes, format_ms
 
 OBJECTIVE_NAMES = {MAX_THROUGHPUT: "max throughput", MIN_LATENCY: "min p99 latency",
                    MIN_ENERGY: "min energy per sample", MIN_MEMORY: "min peak memory"}
@@ -21,7 +21,7 @@ def rate_text(value: Optional[float], unit: str) -> Optional[str]:
 
 
 def p99_text(value: Optional[float]) -> Optional[str]:
-    return None if value is None else f"p99 {value:,.1f} ms"
+    return None if value is None else f"p99 {format_ms(value)} ms"
 
 
 def energy_text(value: Optional[float]) -> Optional[str]:

@@ -19,7 +19,7 @@ from trainer_tune.rerun import shell_line
 from trainer_tune.sinks.matrix import energy_text, figure_text, memory_text, objective_name, p99_text, rate_text
 from trainer_tune.results import TrialResult
 from trainer_tune.sinks.rows import table_rows
-from trainer_tune.units import count, format_bytes
+from trainer_tune.units import count, format_bytes, format_ms
 
 if TYPE_CHECKING:  # charts imports matplotlib: only write_report loads it, at the end of a sweep
     from trainer_tune.sinks.charts import Chart, ChartSet
@@ -55,10 +55,10 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
     # Serving: each replica takes its own batch, so the batch per replica is the setting's size (a "global batch"
     # means nothing there), and the batch latencies replace the step times.
     times: list[tuple[str, Callable[[TrialResult], Any]]] = [
-        ("p50 ms", lambda r: _fmt(r.latency.p50_ms if r.latency else None, ".3g")),
-        ("p90 ms", lambda r: _fmt(r.latency.p90_ms if r.latency else None, ".3g")),
-        ("p99 ms", lambda r: _fmt(r.latency.p99_ms if r.latency else None, ".3g")),
-        ("max ms", lambda r: _fmt(r.latency.max_ms if r.latency else None, ".3g")),
+        ("p50 ms", lambda r: format_ms(r.latency.p50_ms) if r.latency else None),
+        ("p90 ms", lambda r: format_ms(r.latency.p90_ms) if r.latency else None),
+        ("p99 ms", lambda r: format_ms(r.latency.p99_ms) if r.latency else None),
+        ("max ms", lambda r: format_ms(r.latency.max_ms) if r.latency else None),
         ("batches", lambda r: r.latency.num_batches if r.latency else None),
     ] if rec.serving else [
         ("step p50 s", lambda r: _fmt(r.step_time_s.median if r.step_time_s else None, ".4f")),
@@ -213,7 +213,7 @@ def _serving_section(results: Sequence[TrialResult], rec: Recommendation) -> lis
     if rec.max_latency_ms is None:
         lines += ["- latency budget: none (recommend.max_latency_ms=null): every batch size can be chosen"]
     else:
-        over = [f"{r.label} (p99 {r.latency.p99_ms:.3g} ms)" for r in results  # type: ignore[union-attr]
+        over = [f"{r.label} (p99 {format_ms(r.latency.p99_ms)} ms)" for r in results  # type: ignore[union-attr]
                 if r.trial_key in rec.over_budget]
         lines += [f"- latency budget: p99 at most {rec.max_latency_ms:g} ms per batch (recommend.max_latency_ms)",
                   "- over the budget, never chosen: " + (", ".join(over) if over else "none")]
