@@ -474,8 +474,10 @@ def summary_figures(result: TrialResult) -> dict[str, Any]:
     counted = {} if result.tokens_per_s is None else {"tokens_per_s": result.tokens_per_s,
                                                       "count_unit": result.count_unit}
     # mode=inference: the batch latency percentiles, and how many batches stand behind them.
-    latency = {} if result.latency is None else {f"latency_{name}": value
-                                                 for name, value in dataclasses.asdict(result.latency).items()}
+    served = result.latency
+    latency = {} if served is None else {
+        "latency_p50_ms": served.p50_ms, "latency_p90_ms": served.p90_ms, "latency_p99_ms": served.p99_ms,
+        "latency_max_ms": served.max_ms, "latency_mean_ms": served.mean_ms, "latency_num_batches": served.num_batches}
     return {
         "index": result.index, "label": result.label, "status": result.status, "is_baseline": result.is_baseline,
         "micro_batch_size": result.micro_batch_size, "grad_accum": result.grad_accum,
