@@ -29,8 +29,9 @@ BUDGET_MS = 100.0
 
 
 def _decided(max_latency_ms: float | None = BUDGET_MS) -> tuple[list[TrialResult], Recommendation]:
-    results = sweep() + [dataclasses.replace(served(5, 128, rate=0.0, p99_ms=1.0), status="oom", tokens_per_s=None,
-                                             samples_per_s=None, latency=None, window_throughput_per_s={})]
+    oom = dataclasses.replace(served(5, 128, rate=0.0, p99_ms=1.0), status="oom", error="OutOfMemoryError on rank 1",
+                              tokens_per_s=None, samples_per_s=None, latency=None, window_throughput_per_s={})
+    results = sweep() + [oom]
     return results, decide(results, args=RecommendArgs(max_latency_ms=max_latency_ms))
 
 
@@ -102,6 +103,16 @@ def test_console_of_a_training_sweep_prints_the_matrix_and_energy_per_sample() -
     assert "- min energy per sample: 4x1 at 1.28 J/sample, with 1,500 tokens/s: whole-job energy" in words
     assert "2x1 measured the same, so the higher throughput won the tie" in words
     assert "min p99 latency" not in words  # no latency in training
+
+
+def test_console_reports_each_window_by_its_batch_latency() -> None:
+    results, _ = _decided()
+    out = io.StringIO()
+    sink = ConsoleSink(enabled=True, console=Console(file=out, width=120))
+    sink.window_finished(results[1], round_index=0)
+    sink.window_finished(results[-1], round_index=0)
+    assert out.getvalue().splitlines() == ["round 1 1x1: ok 500 tokens/s, batch latency p50 4 ms, p99 8 ms",
+                                           "round 1 128x1: oom OutOfMemoryError on rank 1"]
 
 
 def test_console_names_unmeasured_energy() -> None:
