@@ -317,10 +317,11 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
     over_budget: list[TrialResult] = []
     if args.max_latency_ms is not None:
         candidates, over_budget = within_latency_budget(candidates, args.max_latency_ms)
-        reasons.extend(f"{r.label} is over the latency budget: p99 {r.latency.p99_ms:,.1f} ms > "  # type: ignore
-                       f"recommend.max_latency_ms={args.max_latency_ms:g} (never chosen)" for r in over_budget)
-    if race is not None:
-        # Settings the race dropped stay candidates (their figures stand), but they lost to the leader.
+        reasons.extend(f"{r.label} is {over_latency_budget(r, args.max_latency_ms)}" for r in over_budget)
+    point_objective = args.objective != Objective.throughput
+    if race is not None and not point_objective:
+        # Settings the race dropped stay candidates (their figures stand), but they lost to the leader. (The race
+        # compares throughput: a point objective's winner may be a setting it dropped, so those see every one.)
         contenders = [r for r in candidates if r.trial_key in race.contender_keys] or candidates
     else:
         contenders = candidates
@@ -336,7 +337,6 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
     fastest = max(contenders, key=lambda r: r.throughput_per_s, default=None)  # type: ignore[arg-type,return-value]
     best = fastest
     tied: list[TrialResult] = []
-    point_objective = args.objective != Objective.throughput
     if point_objective:
         best, why_none = _point_objective_best(contenders, args.objective)
         if why_none:
@@ -481,10 +481,19 @@ _OBJECTIVE_BEST = {Objective.latency: "lowest p99 latency", Objective.energy: "l
                    Objective.throughput: "highest throughput"}
 
 
+def over_latency_budget(result: TrialResult, max_latency_ms: float) -> Optional[str]:
+    """Why `result` can never be chosen under the p99 budget, or None when it meets it (a result without latency
+    figures, a training trial, meets it). The decision's rule, and the race's (tune.py drops such a setting)."""
+    if result.latency is None or result.latency.p99_ms <= max_latency_ms:
+        return None
+    return (f"over the latency budget: p99 {result.latency.p99_ms:,.1f} ms > recommend.max_latency_ms="
+            f"{max_latency_ms:g} (never chosen)")
+
+
 def within_latency_budget(results: Sequence[TrialResult],
                           max_latency_ms: float) -> tuple[list[TrialResult], list[TrialResult]]:
-    """(within, over) the p99 budget; a result without latency figures (a training trial) is within it."""
-    over = [r for r in results if r.latency is not None and r.latency.p99_ms > max_latency_ms]
+    """(within, over) the p99 budget (over_latency_budget)."""
+    over = [r for r in results if over_latency_budget(r, max_latency_ms) is not None]
     return [r for r in results if r not in over], over
 
 
