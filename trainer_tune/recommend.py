@@ -380,10 +380,12 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         interval = baseline.throughput_ci95
         spread = f", 95% CI {interval[0]:,.0f} to {interval[1]:,.0f}" if interval else ""
         windows = count(baseline.num_windows, "window")
-        reasons.insert(0, f"only the baseline {baseline.label} was measured (no sweep: add +sweep=batch or "
+        sweep = "+sweep=serving" if baseline.latency is not None else "+sweep=batch"
+        reasons.insert(0, f"only the baseline {baseline.label} was measured (no sweep: add {sweep} or "
                           f"sweep.* keys to compare settings), so there is nothing to compare it with")
+        p99 = f", p99 {baseline.latency.p99_ms:,.1f} ms" if baseline.latency is not None else ""
         verdict = (f"{MEASURED}: {_setting(baseline, against=None)} at {baseline.throughput_per_s:,.0f} {unit}/s "
-                   f"({windows}{spread}); one setting, nothing to compare")
+                   f"({windows}{spread}{p99}); one setting, nothing to compare")
     elif baseline_over:
         decision, chosen = GO, best
         reasons.insert(0, f"the baseline {baseline.label} breaks the latency budget (p99 "

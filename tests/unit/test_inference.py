@@ -12,12 +12,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import REPO
-from trainer_tune.config import Mode, TuneConfig, register_configs
+from trainer_tune.config import Mode, RecommendArgs, TuneConfig, register_configs
 from trainer_tune.distributed import DistSession, RankEnv
 from trainer_tune.figures import FLOP_COUNTER
 from trainer_tune.flags import TrialFlags
 from trainer_tune.metrics import TrialContext, failed_result, result_from_window
 from trainer_tune.plan import build_plan
+from trainer_tune.recommend import MEASURED, decide
 from trainer_tune.results import Status
 from trainer_tune.tune import _flops_context
 from trainer_tune.window import combine_ranks, measure_local
@@ -26,10 +27,10 @@ from trainer_tune.workloads.model import build_model
 MICRO_BATCH = 4
 
 
-def _compose(overrides: list[str]) -> TuneConfig:
+def _compose(overrides: list[str], *, sweep: str = "+sweep=serving") -> TuneConfig:
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        raw = compose(config_name="config", overrides=["+sweep=serving", "window=quick", *overrides])
+        raw = compose(config_name="config", overrides=[sweep, "window=quick", *overrides])
     return OmegaConf.to_object(raw)  # type: ignore[return-value]
 
 
@@ -117,3 +118,15 @@ def test_a_served_cnn_counts_one_forward_and_its_tflops_follow_samples_per_s() -
     assert mfu is not None and mfu.flops_source == FLOP_COUNTER and mfu.flops_per_sample == hand / MICRO_BATCH
     assert result.samples_per_s is not None
     assert mfu.achieved_tflops == pytest.approx(hand / MICRO_BATCH * result.samples_per_s / 1e12)
+
+
+def test_one_served_setting_is_measured_with_its_p99_and_the_serving_sweep_to_add() -> None:
+    cfg = _compose(["model=resnet_small", "data=images"], sweep="mode=inference")
+    spec = build_plan(cfg, world_size=1, base_flags=TrialFlags(), device_type="cpu")[0]
+    result = result_from_window(spec, combine_ranks(measure_local(cfg=cfg, spec=spec, session=_session()),
+                                                    session=_session()),
+                                _context(cfg, spec.label()), started_at="t0", finished_at="t1")
+    rec = decide([result], args=RecommendArgs())
+    assert result.latency is not None and rec.decision == MEASURED
+    assert f", p99 {result.latency.p99_ms:,.1f} ms); one setting, nothing to compare" in rec.verdict
+    assert "no sweep: add +sweep=serving or sweep.* keys" in rec.reasons[0]
