@@ -473,8 +473,8 @@ class RecommendArgs:
     """GO also needs at least this rate, in the decision's unit per second (see throughput.unit)."""
     max_latency_ms: Optional[float] = None
     """mode=inference: the p99 latency budget per batch (slowest replica), in milliseconds. A batch size over it
-    is listed as over budget and never chosen (the race stops measuring it after sweep.min_rounds); null: no
-    budget."""
+    is listed as over budget and never chosen (the race stops measuring it after its sweep.min_rounds windows);
+    null: no budget."""
     objective: Objective = Objective.throughput
     """What the GO optimises: throughput (the highest rate within the latency budget, against the baseline by
     the usual rule), latency (the lowest p99 per batch) or energy (the least energy per sample; where energy

@@ -490,10 +490,12 @@ def _after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, 
     drops: list[Drop] = []
     racing = [settings[k] for k in sorted(contenders) if k in settings and settings[k].ok]
     budget = cfg.recommend.max_latency_ms
-    if cfg.sweep.race and budget is not None and rounds_done >= cfg.sweep.min_rounds:
-        # Over the p99 budget after sweep.min_rounds: never chosen, so it leaves first (its figures stand, and the
-        # decision names it over budget). Fewer batches tend to under-read a p99, not over-read it.
-        drops = limit_drops(racing, after_round=rounds_done, over_limit=lambda r: over_latency_budget(r, budget))
+    if cfg.sweep.race and budget is not None:
+        # Over the p99 budget in its first sweep.min_rounds windows (a setting strategy=power let in late has its
+        # own): never chosen, so it leaves first (its figures stand, and the decision names it over budget).
+        # Fewer batches tend to under-read a p99, not over-read it.
+        measured = [r for r in racing if r.num_windows >= cfg.sweep.min_rounds]
+        drops = limit_drops(measured, after_round=rounds_done, over_limit=lambda r: over_latency_budget(r, budget))
         racing = [r for r in racing if r.trial_key not in {d.trial_key for d in drops}]
     # No setting leaves before sweep.min_rounds: an interval from two windows rests on one difference of two
     # numbers, and a race that tests after every round gets many chances to drop a setting by bad luck. The race

@@ -12,6 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import REPO
+from helpers.models import hand_forward_flops
 from trainer_tune.config import Mode, RecommendArgs, TuneConfig, register_configs
 from trainer_tune.distributed import DistSession, RankEnv
 from trainer_tune.figures import FLOP_COUNTER
@@ -79,36 +80,13 @@ def test_the_gpts_serving_flops_are_its_counted_forward() -> None:
     assert per_token - counted == pytest.approx(2 * biases_and_gains, rel=1e-6)
 
 
-def _hand_forward_flops(model: nn.Module, images: torch.Tensor) -> int:
-    """2 FLOPs per multiply-add of every convolution and linear layer in one forward, from the shapes their
-    outputs really have (forward hooks), not from any FLOP counter."""
-    total = 0
-
-    def hook(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            total += 2 * output.numel() * (module.in_channels // module.groups) * kh * kw
-        elif isinstance(module, nn.Linear):
-            total += 2 * output.numel() * module.in_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.inference_mode():
-            model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
-
-
 def test_a_served_cnn_counts_one_forward_and_its_tflops_follow_samples_per_s() -> None:
     cfg = _compose(["model=resnet_small", "data=images", f"train.micro_batch_size={MICRO_BATCH}"])
     spec = build_plan(cfg, world_size=1, base_flags=TrialFlags(), device_type="cpu")[0]
     local = measure_local(cfg=cfg, spec=spec, session=_session())
     assert local.losses == [] and local.no_sync_step_times_s == [] and local.ddp_applied is None
     model = build_model(cfg.model, TrialFlags())
-    hand = _hand_forward_flops(model, torch.zeros(MICRO_BATCH, 3, 32, 32))
+    hand = hand_forward_flops(model, torch.zeros(MICRO_BATCH, 3, 32, 32))
     assert local.flops is not None and (local.flops.flops, local.flops.note) == (hand, None)
     ctx = _context(cfg, spec.label())
     result = result_from_window(spec, combine_ranks(local, session=_session()),

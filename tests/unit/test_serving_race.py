@@ -15,19 +15,21 @@ from trainer_tune.rounds import RaceSummary
 from trainer_tune.tune import _after_round
 
 
-def _served(index: int, batch: int, *, rate: float, p99_ms: float) -> TrialResult:
-    """A setting measured in three rounds at exactly `rate` (comparisons are exact), with its p99."""
-    result = make_result(index=index, key=f"k{batch}", micro_batch_size=batch, tokens_per_s=rate,
-                         is_baseline=index == 0)
+def _served(index: int, batch: int, *, rate: float, p99_ms: float, num_windows: int = 3) -> TrialResult:
+    """A setting measured in its last `num_windows` of three rounds at exactly `rate` (comparisons are exact),
+    with its p99."""
+    result = make_result(index=index, key=f"k{batch}", micro_batch_size=batch, is_baseline=index == 0,
+                         windows={f"r{i}": rate for i in range(3 - num_windows, 3)})
     latency = LatencyFigures(p50_ms=p99_ms / 2, p90_ms=p99_ms * 0.8, p99_ms=p99_ms, max_ms=p99_ms * 1.1,
                              mean_ms=p99_ms / 2, num_batches=12)
     return dataclasses.replace(result, mode="inference", latency=latency)
 
 
-def _settings() -> dict[str, TrialResult]:
-    # The baseline, batch 4, within a 100 ms budget; batch 1 slower and within it; batch 64 the fastest, over it.
+def _settings(*, late: bool = False) -> dict[str, TrialResult]:
+    # The baseline, batch 4, within a 100 ms budget; batch 1 slower and within it; batch 64 the fastest, over it
+    # (with `late`, let in for the last round only, as strategy=power lets a doubling in).
     served = [_served(0, 4, rate=1000.0, p99_ms=20.0), _served(1, 1, rate=500.0, p99_ms=8.0),
-              _served(2, 64, rate=2000.0, p99_ms=200.0)]
+              _served(2, 64, rate=2000.0, p99_ms=200.0, num_windows=1 if late else 3)]
     return {r.trial_key: r for r in served}
 
 
@@ -40,8 +42,8 @@ def _cfg(*, max_latency_ms: float | None = 100.0, objective: Objective = Objecti
     return cfg
 
 
-def _drops(cfg: TuneConfig, *, rounds_done: int = 3) -> dict[str, str]:
-    settings = _settings()
+def _drops(cfg: TuneConfig, *, rounds_done: int = 3, late: bool = False) -> dict[str, str]:
+    settings = _settings(late=late)
     drops, _entering, _closed = _after_round(cfg, [], settings=settings, contenders=set(settings), entered=[],
                                              rounds_done=rounds_done, swept=())
     return {d.label: d.reason for d in drops}
@@ -57,8 +59,12 @@ def test_a_batch_over_the_budget_leaves_and_does_not_lead_the_throughput_race() 
 
 
 def test_nothing_leaves_before_min_rounds_or_without_the_race() -> None:
-    assert _drops(_cfg(), rounds_done=2) == {}
+    assert _drops(_cfg(min_rounds=4)) == {}  # three windows each
     assert _drops(_cfg(race=False)) == {}
+
+
+def test_a_late_entrant_over_the_budget_stays_for_its_own_min_rounds_windows() -> None:
+    assert set(_drops(_cfg(objective=Objective.latency), late=True)) == set()
 
 
 def test_the_budget_alone_drops_from_min_rounds_even_when_that_is_one_round() -> None:
