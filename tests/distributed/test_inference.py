@@ -94,6 +94,7 @@ def test_the_gpt_serves_and_budgets_decide_from_its_journal(tmp_path: Path) -> N
                f"{budget:g} (never chosen)" in rec["reasons"]
         assert f"{label} left the race after round 1: over the latency budget" in " ".join(rec["reasons"])
     assert rec["chosen"] is not None and rec["chosen"]["label"] not in over
+    assert "mode=inference" in rec["overrides"]  # measuring the chosen batch again serves it
     if "16x1" in over:  # the baseline: it must change
         assert rec["decision"] == "GO" and "the baseline 16x1 is over the p99 budget" in rec["verdict"]
 
