@@ -23,6 +23,7 @@ from trainer_tune.recommend import MEASURED, decide
 from trainer_tune.results import Status
 from trainer_tune.tune import _flops_context
 from trainer_tune.window import combine_ranks, measure_local
+from trainer_tune.workloads.targets import ignored_settings
 from trainer_tune.workloads.model import build_model
 
 MICRO_BATCH = 4
@@ -108,3 +109,12 @@ def test_one_served_setting_is_measured_with_its_p99_and_the_serving_sweep_to_ad
     assert result.latency is not None and rec.decision == MEASURED
     assert f", p99 {result.latency.p99_ms:,.1f} ms); one setting, nothing to compare" in rec.verdict
     assert "no sweep: add +sweep=serving or sweep.* keys" in rec.reasons[0]
+
+
+def test_training_only_settings_are_named_as_ignored_in_inference() -> None:
+    notes = ignored_settings(_compose(["loss._target_=torch.nn.functional.mse_loss", "ddp.static_graph=true"]))
+    assert notes == ["loss._target_='torch.nn.functional.mse_loss' is ignored with mode=inference: a served batch "
+                     "has no loss",
+                     "ddp.static_graph=true is ignored with mode=inference: there is no DDP, each rank serves on its "
+                     "own"]
+    assert ignored_settings(_compose([])) == []
