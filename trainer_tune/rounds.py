@@ -7,9 +7,10 @@ baseline's window in the same round is the pair each setting's ratio is taken ag
 
 After each round from `race_from` on, a setting clearly behind the leader by that one comparison rule
 leaves the race (F-Race, Birattari et al. 2002; successive halving drops by rank instead); a setting over a
-hard limit of the decision (the p99 latency budget) leaves it first, from sweep.min_rounds on. The race ends
-when one setting is left ahead of all others (separated), at `sweep.max_rounds`, or when the next round
-would overrun `sweep.budget_s`; the baseline is measured in every round regardless, as the reference.
+hard limit of the decision (the p99 latency budget) leaves it first, once it has sweep.min_rounds windows.
+The race ends when one setting is left ahead of all others (separated), at `sweep.max_rounds`, or when the
+next round would overrun `sweep.budget_s`; the baseline is measured in every round regardless, as the
+reference.
 
 Everything here is a pure function of what every rank holds; the sweep still broadcasts rank 0's answers.
 """

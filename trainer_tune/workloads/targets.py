@@ -150,9 +150,10 @@ def ignored_settings(cfg: TuneConfig) -> list[str]:
             notes.append(f"loss._target_={cfg.loss._target_!r} is ignored with mode=inference: a served batch has "
                          f"no loss")
         for key in ("static_graph", "find_unused_parameters", "bucket_cap_mb"):
-            if getattr(cfg.ddp, key) is not None:
-                notes.append(f"ddp.{key}={format_flag(getattr(cfg.ddp, key))} is ignored with mode=inference: there is no DDP, "
-                             f"each rank serves on its own")
+            value = getattr(cfg.ddp, key)
+            if value is not None:
+                notes.append(f"ddp.{key}={format_flag(value)} is ignored with mode=inference: there is no DDP, each "
+                             f"rank serves on its own")
     return notes
 
 
