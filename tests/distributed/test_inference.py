@@ -134,14 +134,14 @@ def test_the_cnn_serves_and_an_error_on_one_replica_is_recorded(tmp_path: Path) 
 # --- the race with a budget, a stall, an OOM at a large batch -----------------------------------------------------
 def test_a_batch_over_budget_leaves_the_race_and_an_oom_or_a_stall_is_an_outcome(tmp_path: Path) -> None:
     """helpers.models.PacedServer sleeps 5 ms per sample (a latency the machine's load hardly moves) and runs out
-    of memory above 32 samples on every rank. Budget 60 ms: 1, 2 and 4 (5-20 ms) are within it, 32 (160 ms) over;
-    64 is an OOM on both replicas, recorded like any outcome. Rank 1 stalls in 2x1's window (fault=stall): the
-    watchdog records it and torchrun restarts the group. After round 1 (sweep.min_rounds=1) 32x1 leaves the race,
-    so round 2 measures 1x1 and 4x1 only."""
+    of memory above 32 samples on every rank. Budget 100 ms: 1, 2 and 4 (5-20 ms) are well within it, 32 (at
+    least 160 ms asleep) over; 64 is an OOM on both replicas, recorded like any outcome. Rank 1 stalls in 2x1's
+    window (fault=stall): the watchdog records it and torchrun restarts the group. After round 1
+    (sweep.min_rounds=1) 32x1 leaves the race, so round 2 measures 1x1 and 4x1 only."""
     out = tmp_path / "paced"
     proc = run_tune(["+sweep=serving", "model._target_=helpers.models.PacedServer",
                      "data._target_=helpers.models.random_features", "sweep.micro_batch_sizes=[1,2,4,32,64]",
-                     "train.micro_batch_size=1", "recommend.max_latency_ms=60", "sweep.min_rounds=1",
+                     "train.micro_batch_size=1", "recommend.max_latency_ms=100", "sweep.min_rounds=1",
                      "sweep.max_rounds=2", *QUICK, "fault=stall", *WATCHDOG, f"hydra.run.dir={out}"],
                     nproc=2, max_restarts=1)
     assert proc.returncode == 0, proc.stderr[-8000:]
@@ -154,7 +154,7 @@ def test_a_batch_over_budget_leaves_the_race_and_an_oom_or_a_stall_is_an_outcome
     assert (out / "stacks" / "trial-1-rank-1.txt").exists() and "recorded as stalled" in proc.stderr
     rec = json.loads((out / "recommendation.json").read_text())
     settings = read_settings(out)
-    assert settings["32x1"]["latency"]["p99_ms"] > 60  # its figures stand
+    assert settings["32x1"]["latency"]["p99_ms"] > 100  # its figures stand
     reasons = " ".join(rec["reasons"])
     assert "32x1 left the race after round 1: over the latency budget: p99" in reasons
     assert "32x1 is over the latency budget" in reasons and "2x1 (stalled), 64x1 (oom)" in reasons
