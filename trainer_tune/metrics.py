@@ -66,7 +66,8 @@ def _base_fields(spec: TrialSpec, ctx: TrialContext, *, started_at: str, finishe
         flags=spec.flags.as_dict(), environment=flags_to_environ(spec.flags), model=ctx.model_name,
         device=ctx.device, backend=ctx.backend, torch_version=torch.__version__,
         num_warmup_steps=ctx.num_warmup_steps, num_measured_steps=ctx.num_measured_steps,
-        started_at=started_at, finished_at=finished_at, run_overrides=ctx.run_overrides, count_unit=ctx.count_unit)
+        started_at=started_at, finished_at=finished_at, run_overrides=ctx.run_overrides, count_unit=ctx.count_unit,
+        mode=ctx.mode.value)
 
 
 def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
@@ -217,7 +218,7 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         loss_first=_finite_or_none(m.losses[0]) if m.losses else None,
         loss_last=_finite_or_none(m.losses[-1]) if m.losses else None,
         energy_j_per_sample=energy_per_sample, energy_source=energy_source, energy_note=energy_note,
-        mode=ctx.mode.value, latency=latency_figures(m.step_times_s) if ctx.mode == Mode.inference else None,
+        latency=latency_figures(m.step_times_s) if ctx.mode == Mode.inference else None,
         peak_memory_bytes=memory_bytes, peak_memory_source=memory_source,
         peak_memory_allocated_bytes=m.peak_memory_bytes, peak_memory_reserved_bytes=m.peak_memory_reserved_bytes,
         peak_memory_note=None if memory_bytes is not None else m.peak_memory_note,

@@ -328,10 +328,11 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
     over_budget: list[TrialResult] = []
     if args.max_latency_ms is not None:
         candidates, over_budget = within_latency_budget(candidates, args.max_latency_ms)
-        reasons.extend(f"{r.label} is over the latency budget: p99 {r.latency.p99_ms:,.1f} ms > "  # type: ignore
-                       f"recommend.max_latency_ms={args.max_latency_ms:g} (never chosen)" for r in over_budget)
-    if race is not None:
-        # Settings the race dropped stay candidates (their figures stand), but they lost to the leader.
+        reasons.extend(f"{r.label} is {over_latency_budget(r, args.max_latency_ms)}" for r in over_budget)
+    point_objective = args.objective != Objective.throughput
+    if race is not None and not point_objective:
+        # Settings the race dropped stay candidates (their figures stand), but they lost to the leader. (The race
+        # compares throughput: a point objective's winner may be a setting it dropped, so those see every one.)
         contenders = [r for r in candidates if r.trial_key in race.contender_keys] or candidates
     else:
         contenders = candidates
@@ -347,7 +348,6 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
     fastest = max(contenders, key=lambda r: r.throughput_per_s, default=None)  # type: ignore[arg-type,return-value]
     best = fastest
     tied: list[TrialResult] = []
-    point_objective = args.objective != Objective.throughput
     if point_objective:
         best, why_none = _point_objective_best(contenders, args.objective)
         if why_none:
@@ -391,10 +391,12 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         interval = baseline.throughput_ci95
         spread = f", 95% CI {interval[0]:,.0f} to {interval[1]:,.0f}" if interval else ""
         windows = count(baseline.num_windows, "window")
-        reasons.insert(0, f"only the baseline {baseline.label} was measured (no sweep: add +sweep=batch or "
+        sweep = "+sweep=serving" if baseline.latency is not None else "+sweep=batch"
+        reasons.insert(0, f"only the baseline {baseline.label} was measured (no sweep: add {sweep} or "
                           f"sweep.* keys to compare settings), so there is nothing to compare it with")
+        p99 = f", p99 {baseline.latency.p99_ms:,.1f} ms" if baseline.latency is not None else ""
         verdict = (f"{MEASURED}: {_setting(baseline, against=None)} at {baseline.throughput_per_s:,.0f} {unit}/s "
-                   f"({windows}{spread}); one setting, nothing to compare")
+                   f"({windows}{spread}{p99}); one setting, nothing to compare")
     elif baseline_over:
         decision, chosen = GO, best
         reasons.insert(0, f"the baseline {baseline.label} breaks the latency budget (p99 "
@@ -497,10 +499,19 @@ _OBJECTIVE_BEST = {Objective.latency: "lowest p99 latency", Objective.energy: "l
                    Objective.throughput: "highest throughput"}
 
 
+def over_latency_budget(result: TrialResult, max_latency_ms: float) -> Optional[str]:
+    """Why `result` can never be chosen under the p99 budget, or None when it meets it (a result without latency
+    figures, a training trial, meets it). The decision's rule, and the race's (tune.py drops such a setting)."""
+    if result.latency is None or result.latency.p99_ms <= max_latency_ms:
+        return None
+    return (f"over the latency budget: p99 {result.latency.p99_ms:,.1f} ms > recommend.max_latency_ms="
+            f"{max_latency_ms:g} (never chosen)")
+
+
 def within_latency_budget(results: Sequence[TrialResult],
                           max_latency_ms: float) -> tuple[list[TrialResult], list[TrialResult]]:
-    """(within, over) the p99 budget; a result without latency figures (a training trial) is within it."""
-    over = [r for r in results if r.latency is not None and r.latency.p99_ms > max_latency_ms]
+    """(within, over) the p99 budget (over_latency_budget)."""
+    over = [r for r in results if over_latency_budget(r, max_latency_ms) is not None]
     return [r for r in results if r not in over], over
 
 

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from trainer_tune.config import (
-    Backend, ConfigError, DistArgs, FaultArgs, FaultKind, Precision, RecommendArgs, Strategy, SweepArgs,
+    Backend, ConfigError, DistArgs, FaultArgs, FaultKind, Mode, Precision, RecommendArgs, Strategy, SweepArgs,
     TelemetryArgs, TrainArgs, TuneConfig, WandbArgs, WatchdogArgs, WindowArgs)
 from trainer_tune.flags import TrialFlags
 from trainer_tune.plan import build_plan, window_of
@@ -108,6 +108,7 @@ MEASURES_ELSE = {
     "another peak for MFU": _changed(telemetry=TelemetryArgs(peak_tflops=100.0)),
     "bf16": _changed(train=TrainArgs(precision=Precision.bf16)),
     "models rebuilt for every window": _changed(window=WindowArgs(keep_models=False)),
+    "serving instead of training": _changed(mode=Mode.inference),
 }
 
 MEASURES_THE_SAME = {

@@ -60,6 +60,17 @@ def test_the_overrides_compose_the_run_again(hydra_compose: Any, overrides: list
     assert _groups(rerun) == _groups(run)
 
 
+@pytest.mark.parametrize("overrides", [["+sweep=serving"], ["mode=inference", "model=resnet_small", "data=images"]])
+def test_a_serving_run_is_measured_again_as_serving(hydra_compose: Any, overrides: list[str]) -> None:
+    """The sweep is not reproduced (the setting is given instead), but the mode it set is: a recommended serving
+    batch measured again as a training step would be another measurement."""
+    run, choices = _run(hydra_compose, [*overrides, "train.micro_batch_size=4"])
+    found = reproducing_overrides(run, choices=choices, compose=hydra_compose)
+    assert "mode=inference" in found
+    rerun, _ = _run(hydra_compose, [*found, "train.micro_batch_size=4"])
+    assert rerun["mode"] == "inference" and _groups(rerun) == _groups(run)
+
+
 def test_a_value_hydra_would_misread_is_quoted_and_survives_the_shell(hydra_compose: Any) -> None:
     run, choices = _run(hydra_compose, ["+model.kwargs.note='two words, a comma'", "+model.kwargs.flag='true'",
                                         "model._target_=trainer_tune.examples.models.ConvLM",
