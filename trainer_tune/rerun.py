@@ -13,7 +13,7 @@ import re
 import shlex
 from typing import Any, Callable, Mapping, Optional
 
-REPRODUCED_GROUPS = ("model", "data", "loss", "train", "window", "dist", "telemetry")
+REPRODUCED_GROUPS = ("model", "data", "loss", "step", "throughput", "train", "window", "dist", "telemetry")
 """Config groups a rerun must match. Not here: sweep and baseline (what is compared), nsa and ddp (the
 setting's flags, pinned one by one), recommend, watchdog, fault, wandb (they decide, guard or record)."""
 

@@ -50,6 +50,10 @@ def _groups(cfg: Any) -> dict[str, Any]:
     (["data=bytes"], ["data=bytes"]),
     (["data.seed=7", "train.precision=bf16", "window=quick"], ["data.seed=7", "train.precision=bf16", "window=quick"]),
     (["model=hf_gpt2", "model.seq_len=64"], ["model=hf_gpt2", "model.seq_len=64"]),
+    (["step._target_=trainer_tune.examples.contrastive.contrastive_step", "+step.kwargs.temperature=0.05",
+      "throughput.unit=samples"],
+     ["step._target_=trainer_tune.examples.contrastive.contrastive_step", "+step.kwargs.temperature=0.05",
+      "throughput.unit=samples"]),
     ([], []),
 ])
 def test_the_overrides_compose_the_run_again(hydra_compose: Any, overrides: list[str], expected: list[str]) -> None:
