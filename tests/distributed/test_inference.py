@@ -72,7 +72,7 @@ def test_the_gpt_serves_and_budgets_decide_from_its_journal(tmp_path: Path) -> N
     for window in windows:
         _check_served(window)
         assert window["tokens_per_s"] == pytest.approx(window["samples_per_s"] * args.seq_len)
-        # The forward only: a third of the training formula (tests/unit/test_inference.py counts it).
+        # The forward only: a third of the training formula (tests/unit/test_serving_trials.py counts it).
         assert window["mfu"]["flops_per_token"] == pytest.approx(training_flops_per_token / 3)
     p99 = {label: s["latency"]["p99_ms"] for label, s in read_settings(out).items()}
     smallest = min(p99, key=p99.__getitem__)
