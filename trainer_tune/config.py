@@ -345,7 +345,8 @@ class SweepArgs:
     that would end past it (estimated from the last round). null: no limit but sweep.max_rounds."""
     race: bool = True
     """After each round from sweep.min_rounds on, stop measuring the settings that are slower than the leader
-    beyond noise (recommend.compare); false measures every setting in every round."""
+    beyond noise (recommend.compare; with recommend.objective=throughput only) and those over
+    recommend.max_latency_ms; false measures every setting in every round."""
     seed: int = 0
     """Seed of each round's shuffled order (the same on every rank and on resume)."""
     nsa_prefill_batched: Optional[List[bool]] = None
@@ -489,7 +490,8 @@ class RecommendArgs:
     """GO also needs at least this rate, in the decision's unit per second (see throughput.unit)."""
     max_latency_ms: Optional[float] = None
     """mode=inference: the p99 latency budget per batch (slowest replica), in milliseconds. A batch size over it
-    is listed as over budget and never chosen; null: no budget."""
+    is listed as over budget and never chosen (the race stops measuring it after its sweep.min_rounds windows);
+    null: no budget."""
     objective: Objective = Objective.throughput
     """What the GO optimises: throughput (the highest rate within the latency budget, against the baseline by
     the usual rule), goodput (training only: throughput times statistical efficiency from the gradient noise

@@ -17,17 +17,24 @@ samples per unit of the decision's rate (always, in samples; in tokens unless pa
 the ratio of the two settings' rates, so it and its 95% interval come from
 the one comparison rule the decision uses (recommend.compare, passed in as `compare`: paired over rounds); a
 point is flagged only when that interval stays on one side of 1.
+
+The decision matrix. One row per objective, each ignoring the others, within the latency budget when one is set
+(recommend.max_latency_ms: a setting over it is picked by no row): the highest throughput (ties by
+recommend.compare), the lowest p99 latency per batch (mode=inference only), the least energy per sample
+(TrialResult.energy_j_per_sample), the least peak memory. Latency, energy and memory are point figures with no
+interval: their rows say the measurements cannot tell whether the winner beats the runner-up beyond noise.
+Unmeasured figures give a row without a winner and the reason, never a zero.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Optional, Sequence
 
 from trainer_tune.figures import describe_memory_source
 from trainer_tune.flags import FLAG_SPECS, FlagSpec, format_flag
 from trainer_tune.results import TrialResult
-from trainer_tune.units import format_bytes
+from trainer_tune.units import count, format_bytes, format_ms
 
 if TYPE_CHECKING:
     from trainer_tune.recommend import Comparison
@@ -70,18 +77,40 @@ class ScalingPoint:
     """The sync vs no-sync gap is inside the synced steps' own spread: the share is not distinguishable from 0."""
 
 
+MAX_THROUGHPUT = "max_throughput"
+MIN_LATENCY = "min_latency_p99_ms"
+MIN_ENERGY = "min_energy_j_per_sample"
+MIN_MEMORY = "min_memory_bytes"
+OBJECTIVES = (MAX_THROUGHPUT, MIN_LATENCY, MIN_ENERGY, MIN_MEMORY)
+"""The decision matrix's rows, in order; MIN_LATENCY only for mode=inference."""
+MAX_GOODPUT = "max_goodput"
+"""A last row in training, where a gradient noise scale was measured (throughput x statistical efficiency)."""
+
+
 @dataclass(frozen=True)
 class ObjectiveWinner:
+    """One row of the decision matrix: the setting an objective picks, ignoring the others, and its figures."""
+
     objective: str
-    """max_throughput, min_memory_bytes, min_energy_j_per_token, or max_goodput (where goodput was measured)."""
+    """One of OBJECTIVES, or MAX_GOODPUT where a gradient noise scale was measured."""
     trial_key: Optional[str]
     label: Optional[str]
     value: Optional[float]
     """The winner's figure in the objective's unit; None (with the reason in `note`) when not measured."""
     value_ci95: Optional[tuple[float, float]]
     tied_with: tuple[str, ...]
-    """Labels of the settings that measurement cannot tell apart from the winner."""
+    """Labels of the settings that measurement cannot tell apart from the winner (recommend.compare) or, for a
+    point figure (latency, energy, memory), that have exactly the winner's figure."""
     note: str
+    """How the winner was found and when the measurements cannot order it (a tie, a point value)."""
+    micro_batch_size: Optional[int] = None
+    throughput_per_s: Optional[float] = None
+    """The winner's rate in the decision's unit (Recommendation.unit) per second."""
+    latency_p99_ms: Optional[float] = None
+    energy_j_per_sample: Optional[float] = None
+    memory_bytes: Optional[int] = None
+    goodput_per_s: Optional[float] = None
+    """The winner's goodput in the decision's unit per second; None where no gradient noise scale was measured."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +119,12 @@ class Explanations:
     facts: tuple[str, ...]
     """Plain-language statements, each built only from measured figures."""
     matrix: tuple[ObjectiveWinner, ...]
+    """One row per objective, in OBJECTIVES order (then MAX_GOODPUT, where measured)."""
+    pareto_keys: tuple[str, ...] = ()
+    """mode=inference: trial keys of the settings on the throughput vs p99 Pareto front (pareto_front)."""
+
+    def winner(self, objective: str) -> Optional[ObjectiveWinner]:
+        return next((w for w in self.matrix if w.objective == objective), None)
 
     def to_json_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -221,21 +256,82 @@ def _trial_facts(finished: Sequence[TrialResult]) -> list[str]:
     return facts
 
 
-def _max_throughput(finished: Sequence[TrialResult], compare: Compare) -> ObjectiveWinner:
+@dataclass(frozen=True)
+class _Budget:
+    max_latency_ms: Optional[float]
+    over_keys: frozenset[str]
+
+
+def _budget_text(max_latency_ms: Optional[float]) -> str:
+    return f"the p99 budget of {max_latency_ms:g} ms (recommend.max_latency_ms)"
+
+
+def _winner(objective: str, best: TrialResult, value: float, *, ci: Optional[tuple[float, float]] = None,
+            tied: tuple[str, ...] = (), note: str) -> ObjectiveWinner:
+    latency = best.latency
+    return ObjectiveWinner(objective=objective, trial_key=best.trial_key, label=best.label, value=value,
+                           value_ci95=ci, tied_with=tied, note=note, micro_batch_size=best.micro_batch_size,
+                           throughput_per_s=best.throughput_per_s,
+                           latency_p99_ms=latency.p99_ms if latency is not None else None,
+                           energy_j_per_sample=best.energy_j_per_sample, memory_bytes=best.peak_memory_bytes,
+                           goodput_per_s=best.goodput_per_s)
+
+
+def _nobody(objective: str, note: str) -> ObjectiveWinner:
+    return ObjectiveWinner(objective, None, None, None, None, (), note)
+
+
+def _within(finished: Sequence[TrialResult], budget: _Budget) -> tuple[list[TrialResult], Optional[str]]:
+    """The settings an objective may pick (those within the latency budget), or none and why."""
     if not finished:
-        return ObjectiveWinner("max_throughput", None, None, None, None, (), "no setting finished cleanly")
-    best = max(finished, key=lambda r: r.throughput_per_s)  # type: ignore[arg-type,return-value]
-    tied = tuple(r.label for r in finished if r is not best and compare(r, best).outcome.value in ("tie", "unknown"))
+        return [], "no setting finished cleanly"
+    within = [r for r in finished if r.trial_key not in budget.over_keys]
+    if not within:
+        return [], f"no batch size meets {_budget_text(budget.max_latency_ms)}"
+    return within, None
+
+
+def _budget_note(finished: Sequence[TrialResult], budget: _Budget) -> str:
+    over = [r.label for r in finished if r.trial_key in budget.over_keys]
+    if budget.max_latency_ms is None:
+        return ""
+    return f"; within {_budget_text(budget.max_latency_ms)}" + (f" ({', '.join(over)} over it, never picked)"
+                                                                 if over else "")
+
+
+def _point_note(best: TrialResult, others: Sequence[TrialResult], value_of: Callable[[TrialResult], float],
+                fmt: Callable[[float], str], what: str) -> str:
+    """A point figure has no interval: say so, naming the runner-up whose gap the measurements cannot judge."""
+    rest = [r for r in others if r.trial_key != best.trial_key]
+    if not rest:
+        return f"{what}; a point value with no interval"
+    runner_up = min(rest, key=value_of)
+    if value_of(runner_up) == value_of(best):
+        same = [r.label for r in rest if value_of(r) == value_of(best)]
+        return f"{what}; {', '.join(same)} measured the same, so the higher throughput won the tie"
+    return (f"{what}; a point value with no interval, so the measurements cannot say whether it beats the "
+            f"runner-up {runner_up.label} ({fmt(value_of(runner_up))}) beyond noise")
+
+
+def _max_throughput(finished: Sequence[TrialResult], compare: Compare, budget: _Budget) -> ObjectiveWinner:
+    within, why = _within(finished, budget)
+    if not within:
+        return _nobody(MAX_THROUGHPUT, why or "")
+    best = max(within, key=lambda r: r.throughput_per_s)  # type: ignore[arg-type,return-value]
+    tied = tuple(r.label for r in within if r is not best and compare(r, best).outcome.value in ("tie", "unknown"))
+    others = "every other setting" + (" within the budget" if budget.max_latency_ms is not None else "")
     note = (f"the measurements cannot order {', '.join(tied)} against the winner (recommend.compare): a tie" if tied
-            else "every other setting is slower than the winner beyond noise")
-    ci = tuple(best.throughput_ci95) if best.throughput_ci95 else None
-    return ObjectiveWinner("max_throughput", best.trial_key, best.label, best.throughput_per_s, ci, tied,  # type: ignore
-                           note)
+            else f"{others} is slower than the winner beyond noise (recommend.compare)" if len(within) > 1
+            else "the only setting to pick from")
+    ci = (best.throughput_ci95[0], best.throughput_ci95[1]) if best.throughput_ci95 else None
+    return _winner(MAX_THROUGHPUT, best, best.throughput_per_s, ci=ci, tied=tied,  # type: ignore[arg-type]
+                   note=note + _budget_note(finished, budget))
 
 
-def _max_goodput(finished: Sequence[TrialResult], compare: Compare) -> list[ObjectiveWinner]:
+def _max_goodput(finished: Sequence[TrialResult], compare: Compare, budget: _Budget) -> list[ObjectiveWinner]:
     """The setting with the most goodput (noise_scale.with_goodput put it on the settings); no row without it."""
-    measured = [r for r in finished if r.goodput_per_s is not None]
+    within, _why = _within(finished, budget)
+    measured = [r for r in within if r.goodput_per_s is not None]
     if not measured:
         return []
     best = max(measured, key=lambda r: r.goodput_per_s)  # type: ignore[arg-type,return-value]
@@ -243,49 +339,87 @@ def _max_goodput(finished: Sequence[TrialResult], compare: Compare) -> list[Obje
                  and compare(r, best, goodput=True).outcome.value in ("tie", "unknown"))  # type: ignore[call-arg]
     note = ("throughput x statistical efficiency from the sweep's gradient noise scale (recommend.objective="
             "goodput); B_noise's own uncertainty is not in the tie test")
-    return [ObjectiveWinner("max_goodput", best.trial_key, best.label, best.goodput_per_s, None, tied, note)]
+    return [_winner(MAX_GOODPUT, best, best.goodput_per_s, tied=tied, note=note)]  # type: ignore[arg-type]
 
 
-def _min_memory(finished: Sequence[TrialResult]) -> ObjectiveWinner:
-    measured = [r for r in finished if r.peak_memory_bytes is not None]
+def _min_latency(finished: Sequence[TrialResult], budget: _Budget) -> ObjectiveWinner:
+    """The lowest p99 per batch: within the budget whenever any setting is, so the budget needs no filter here."""
+    measured = [r for r in finished if r.latency is not None]
     if not measured:
-        notes = sorted({r.peak_memory_note for r in finished if r.peak_memory_note})
-        why = "; ".join(notes) if finished and notes else "no setting finished cleanly"
-        return ObjectiveWinner("min_memory_bytes", None, None, None, None, (), f"not measured: {why}")
+        return _nobody(MIN_LATENCY, "no setting finished cleanly" if not finished
+                       else "not measured: no setting has latency figures")
+    p99 = lambda r: r.latency.p99_ms  # noqa: E731 - the one figure this objective orders by
+    best = min(measured, key=lambda r: (p99(r), -(r.throughput_per_s or 0.0)))
+    batches = best.latency.num_batches  # type: ignore[union-attr]
+    what = f"p99 of {count(batches, 'batch', 'batches')} (the slowest replica at each)"
+    if batches < 100:
+        what += ", fewer than 100, so it interpolates towards the slowest batch"
+    tied = tuple(r.label for r in measured if r is not best and p99(r) == p99(best))
+    note = _point_note(best, measured, p99, lambda v: f"{format_ms(v)} ms", what)
+    if budget.max_latency_ms is not None and p99(best) > budget.max_latency_ms:
+        note += f"; over {_budget_text(budget.max_latency_ms)}, as is every batch size"
+    return _winner(MIN_LATENCY, best, p99(best), tied=tied, note=note)
+
+
+def _min_energy(finished: Sequence[TrialResult], budget: _Budget) -> ObjectiveWinner:
+    within, why = _within(finished, budget)
+    if not within:
+        return _nobody(MIN_ENERGY, why or "")
+    measured = [r for r in within if r.energy_j_per_sample is not None]
+    if not measured:
+        notes = sorted({r.energy_note or "no energy reading" for r in within})
+        return _nobody(MIN_ENERGY, f"not measured: {'; '.join(notes)}")
+    energy = lambda r: r.energy_j_per_sample  # noqa: E731 - the one figure this objective orders by
+    best = min(measured, key=lambda r: (energy(r), -(r.throughput_per_s or 0.0)))
+    sources = sorted({r.energy_source for r in measured if r.energy_source})
+    what = (f"whole-job energy over the measured steps per sample ({'; '.join(sources) or 'source not recorded'})"
+            f"; one reading per window")
+    note = _point_note(best, measured, energy, lambda v: f"{v:.3g} J", what)
+    if len(measured) < len(within):
+        note += f"; measured for {len(measured)} of {len(within)} settings"
+    tied = tuple(r.label for r in measured if r is not best and energy(r) == energy(best))
+    return _winner(MIN_ENERGY, best, energy(best), tied=tied,  # type: ignore[arg-type]
+                   note=note + _budget_note(finished, budget))
+
+
+def _min_memory(finished: Sequence[TrialResult], budget: _Budget) -> ObjectiveWinner:
+    within, why = _within(finished, budget)
+    if not within:
+        return _nobody(MIN_MEMORY, why or "")
+    measured = [r for r in within if r.peak_memory_bytes is not None]
+    if not measured:
+        notes = sorted({r.peak_memory_note for r in within if r.peak_memory_note})
+        return _nobody(MIN_MEMORY, f"not measured: {'; '.join(notes) or 'no peak memory reading'}")
     # Equal peaks are a tie (allocators round to blocks); the faster setting wins it.
     best = min(measured, key=lambda r: (r.peak_memory_bytes, -r.throughput_per_s))  # type: ignore
     value = best.peak_memory_bytes
     tied = tuple(r.label for r in measured if r is not best and r.peak_memory_bytes == value)
     note = "peak memory " + describe_memory_source(best.peak_memory_source)
-    if len(measured) < len(finished):
-        note += f"; measured for {len(measured)} of {len(finished)} finished settings"
-    return ObjectiveWinner("min_memory_bytes", best.trial_key, best.label, float(value),  # type: ignore[arg-type]
-                           None, tied, note)
+    if len(measured) < len(within):
+        note += f"; measured for {len(measured)} of {len(within)} settings"
+    return _winner(MIN_MEMORY, best, float(value), tied=tied,  # type: ignore[arg-type]
+                   note=note + _budget_note(finished, budget))
 
 
-def _min_energy(finished: Sequence[TrialResult]) -> ObjectiveWinner:
-    measured = [r for r in finished if r.gpu is not None and r.gpu.energy_j_per_token is not None]
-    if not measured:
-        notes = sorted({r.gpu_note or "GPU figures were not recorded" for r in finished if r.gpu is None})
-        if not finished:
-            why = "no setting finished cleanly"
-        elif all(r.tokens_per_s is None for r in finished):
-            why = "the batches carry no tokens, so there is no energy per token"
-        elif notes:
-            why = "; ".join(notes)
-        else:
-            sources = sorted({str(r.gpu.energy_source) for r in finished})  # type: ignore[union-attr]
-            why = f"the GPUs reported no energy reading (energy source: {', '.join(sources)})"
-        return ObjectiveWinner("min_energy_j_per_token", None, None, None, None, (), f"not measured: {why}")
-    best = min(measured, key=lambda r: r.gpu.energy_j_per_token)  # type: ignore[union-attr]
-    note = "whole-job energy over the measured steps; no interval (one energy reading per window)"
-    if len(measured) < len(finished):
-        note += f"; measured for {len(measured)} of {len(finished)} finished settings"
-    value = best.gpu.energy_j_per_token  # type: ignore[union-attr]
-    return ObjectiveWinner("min_energy_j_per_token", best.trial_key, best.label, value, None, (), note)
+def pareto_front(finished: Sequence[TrialResult]) -> tuple[str, ...]:
+    """Trial keys of the settings with latency figures that no other beats on both throughput and p99 (at least
+    as fast and at most as slow, better in one): the batch sizes worth choosing between. Point values: a setting
+    just off the front may be on it within noise."""
+    served = [r for r in finished if r.latency is not None and r.throughput_per_s]
+
+    def beats(a: TrialResult, b: TrialResult) -> bool:
+        rate_a, rate_b = a.throughput_per_s, b.throughput_per_s
+        p99_a, p99_b = a.latency.p99_ms, b.latency.p99_ms  # type: ignore[union-attr]
+        return rate_a >= rate_b and p99_a <= p99_b and (rate_a > rate_b or p99_a < p99_b)  # type: ignore[operator]
+
+    return tuple(r.trial_key for r in sorted(served, key=lambda r: r.micro_batch_size)
+                 if not any(beats(other, r) for other in served if other is not r))
 
 
-def explain(results: Sequence[TrialResult], *, compare: Compare) -> Explanations:
+def explain(results: Sequence[TrialResult], *, compare: Compare, max_latency_ms: Optional[float] = None,
+            over_budget: Collection[str] = ()) -> Explanations:
+    """`over_budget`: trial keys of the settings whose p99 is over `max_latency_ms` (recommend.within_latency_budget
+    decides it); no objective picks them."""
     finished = sorted((r for r in results if r.ok and r.throughput_per_s), key=lambda r: r.index)
     points: list[ScalingPoint] = []
     for name, varies, members in _series(finished):
@@ -294,6 +428,10 @@ def explain(results: Sequence[TrialResult], *, compare: Compare) -> Explanations
     if finished and not points:
         facts.insert(0, "no scaling to compare: that needs two finished settings that differ only in micro-batch "
                         "or only in grad_accum")
-    return Explanations(points=tuple(points), facts=tuple(facts),
-                        matrix=(_max_throughput(finished, compare), _min_memory(finished), _min_energy(finished),
-                                *_max_goodput(finished, compare)))
+    budget = _Budget(max_latency_ms=max_latency_ms, over_keys=frozenset(over_budget))
+    # Latency has a row only where it was measured (mode=inference): training steps are not served batches.
+    serving = any(r.mode == "inference" for r in results)
+    matrix = (_max_throughput(finished, compare, budget), *([_min_latency(finished, budget)] if serving else []),
+              _min_energy(finished, budget), _min_memory(finished, budget), *_max_goodput(finished, compare, budget))
+    return Explanations(points=tuple(points), facts=tuple(facts), matrix=matrix,
+                        pareto_keys=pareto_front(finished) if serving else ())

@@ -67,7 +67,8 @@ def _base_fields(spec: TrialSpec, ctx: TrialContext, *, started_at: str, finishe
         flags=spec.flags.as_dict(), environment=flags_to_environ(spec.flags), model=ctx.model_name,
         device=ctx.device, backend=ctx.backend, torch_version=torch.__version__,
         num_warmup_steps=ctx.num_warmup_steps, num_measured_steps=ctx.num_measured_steps,
-        started_at=started_at, finished_at=finished_at, run_overrides=ctx.run_overrides, count_unit=ctx.count_unit)
+        started_at=started_at, finished_at=finished_at, run_overrides=ctx.run_overrides, count_unit=ctx.count_unit,
+        mode=ctx.mode.value)
 
 
 def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
@@ -218,7 +219,7 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         loss_first=_finite_or_none(m.losses[0]) if m.losses else None,
         loss_last=_finite_or_none(m.losses[-1]) if m.losses else None,
         energy_j_per_sample=energy_per_sample, energy_source=energy_source, energy_note=energy_note,
-        mode=ctx.mode.value, latency=latency_figures(m.step_times_s) if ctx.mode == Mode.inference else None,
+        latency=latency_figures(m.step_times_s) if ctx.mode == Mode.inference else None,
         peak_memory_bytes=memory_bytes, peak_memory_source=memory_source,
         peak_memory_allocated_bytes=m.peak_memory_bytes, peak_memory_reserved_bytes=m.peak_memory_reserved_bytes,
         peak_memory_note=None if memory_bytes is not None else m.peak_memory_note,
@@ -477,11 +478,16 @@ def summary_figures(result: TrialResult) -> dict[str, Any]:
     gpu, mfu_info, cpu, steps = result.gpu, result.mfu, result.cpu, result.step_time_s
     counted = {} if result.tokens_per_s is None else {"tokens_per_s": result.tokens_per_s,
                                                       "count_unit": result.count_unit}
+    # mode=inference: the batch latency percentiles, and how many batches stand behind them.
+    served = result.latency
+    latency = {} if served is None else {
+        "latency_p50_ms": served.p50_ms, "latency_p90_ms": served.p90_ms, "latency_p99_ms": served.p99_ms,
+        "latency_max_ms": served.max_ms, "latency_mean_ms": served.mean_ms, "latency_num_batches": served.num_batches}
     return {
         "index": result.index, "label": result.label, "status": result.status, "is_baseline": result.is_baseline,
         "micro_batch_size": result.micro_batch_size, "grad_accum": result.grad_accum,
         "global_batch_size": result.global_batch_size, "world_size": result.world_size,
-        "samples_per_s": result.samples_per_s, **counted,
+        "mode": result.mode, "samples_per_s": result.samples_per_s, **counted, **latency,
         "throughput_unit": result.throughput_unit, "throughput_per_s": result.throughput_per_s,
         "data_wait_fraction": result.data_wait_fraction,
         "step_time_s_median": steps.median if steps else None, "step_time_s_p90": steps.p90 if steps else None,
@@ -490,7 +496,8 @@ def summary_figures(result: TrialResult) -> dict[str, Any]:
         "gpu_memory_used_peak_bytes": gpu.memory_used_peak_bytes if gpu else None,
         "gpu_power_mean_w": gpu.power_mean_w if gpu else None,
         "energy_j_per_token": gpu.energy_j_per_token if gpu else None,
-        "energy_j_per_sample": gpu.energy_j_per_sample if gpu else None, "mfu": mfu_info.mfu if mfu_info else None,
+        "energy_j_per_sample": result.energy_j_per_sample, "energy_source": result.energy_source,
+        "mfu": mfu_info.mfu if mfu_info else None,
         "achieved_tflops": mfu_info.achieved_tflops if mfu_info else None,
         "cpu_process_pct_mean": cpu.process_pct_mean if cpu else None,
         "gradient_noise_scale": result.noise_scale.value if result.noise_scale else None,

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional
 
 import torch
 
-from trainer_tune.config import ConfigError, FaultKind, Strategy, TuneConfig
+from trainer_tune.config import ConfigError, FaultKind, Mode, StepArgs, Strategy, ThroughputArgs, TuneConfig
 from trainer_tune.distributed import choose_backend
 from trainer_tune.flags import TrialFlags, format_flag, swept_flag_values, with_flag
 
@@ -58,7 +58,7 @@ def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -
     data = asdict(cfg.data)
     data.pop("num_workers")  # a flag of the setting (TrialFlags.num_workers), keyed with the flags
     telemetry = cfg.telemetry
-    return {
+    context: dict[str, Any] = {
         "model": asdict(cfg.model),
         "data": data,
         "loss": asdict(cfg.loss),
@@ -77,6 +77,16 @@ def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -
                       "sample_hz": telemetry.sample_hz if telemetry.gpu_sampling else None,
                       "peak_tflops": telemetry.peak_tflops},
     }
+    # The step and what throughput counts change what is measured; they join the key only when set, so the keys
+    # of journals written before they existed stay the same (their runs had the defaults).
+    for name, args, default in (("step", cfg.step, StepArgs()), ("throughput", cfg.throughput, ThroughputArgs())):
+        if asdict(args) != asdict(default):
+            context[name] = asdict(args)
+    if cfg.mode == Mode.inference:
+        # A served batch is not a training step. Only inference adds the key: training keys stay those of
+        # journals written before inference existed, so those sweeps still resume.
+        context["mode"] = cfg.mode.value
+    return context
 
 
 def _trial_key(*, micro_batch_size: int, grad_accum: int, flags: TrialFlags, context: dict[str, Any]) -> str:

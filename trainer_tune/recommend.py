@@ -215,6 +215,16 @@ class Recommendation:
     lr_change: Optional[LrChange] = None
     """The scaled train.lr recommendation.yaml's overrides carry (recommend.lr_scaling); None when the global
     batch does not change, on NO-GO, or with lr_scaling=none."""
+    max_latency_ms: Optional[float] = None
+    """recommend.max_latency_ms: the p99 budget per batch the decision held the settings to; None without one."""
+    over_budget: tuple[str, ...] = ()
+    """Trial keys of the finished settings whose p99 is over max_latency_ms (never chosen, picked by no row of
+    the decision matrix)."""
+
+    @property
+    def serving(self) -> bool:
+        """mode=inference: the settings are serving batch sizes, with latency figures."""
+        return any(r.mode == "inference" for r in self.settings)
 
     @property
     def count_unit(self) -> Optional[str]:
@@ -248,6 +258,7 @@ class Recommendation:
                 "objective": self.objective,
                 "gradient_noise_scale": _noise_scale_json(self.gradient_noise_scale, self.gradient_noise_scale_note),
                 "lr": dataclasses.asdict(self.lr_change) if self.lr_change else None,
+                "max_latency_ms": self.max_latency_ms, "over_budget": list(self.over_budget),
                 "explanations": self.explanations.to_json_dict() if self.explanations else None}
 
 
@@ -357,10 +368,12 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
     over_budget: list[TrialResult] = []
     if args.max_latency_ms is not None:
         candidates, over_budget = within_latency_budget(candidates, args.max_latency_ms)
-        reasons.extend(f"{r.label} is over the latency budget: p99 {r.latency.p99_ms:,.1f} ms > "  # type: ignore
-                       f"recommend.max_latency_ms={args.max_latency_ms:g} (never chosen)" for r in over_budget)
-    if race is not None:
-        # Settings the race dropped stay candidates (their figures stand), but they lost to the leader.
+        reasons.extend(f"{r.label} is {over_latency_budget(r, args.max_latency_ms)}" for r in over_budget)
+    point_objective = args.objective in (Objective.latency, Objective.energy)
+    if race is not None and not point_objective:
+        # Settings the race dropped stay candidates (their figures stand), but they lost to the leader. (The race
+        # compares throughput, or goodput with that objective: a point objective's winner may be a setting it
+        # dropped, so those see every one.)
         contenders = [r for r in candidates if r.trial_key in race.contender_keys] or candidates
     else:
         contenders = candidates
@@ -376,7 +389,6 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
     fastest = max(contenders, key=lambda r: r.throughput_per_s, default=None)  # type: ignore[arg-type,return-value]
     best = fastest
     tied: list[TrialResult] = []
-    point_objective = args.objective in (Objective.latency, Objective.energy)
     if point_objective:
         best, why_none = _point_objective_best(contenders, args.objective)
         if why_none:
@@ -424,10 +436,12 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         interval = baseline.throughput_ci95
         spread = f", 95% CI {interval[0]:,.0f} to {interval[1]:,.0f}" if interval else ""
         windows = count(baseline.num_windows, "window")
-        reasons.insert(0, f"only the baseline {baseline.label} was measured (no sweep: add +sweep=batch or "
+        sweep = "+sweep=serving" if baseline.latency is not None else "+sweep=batch"
+        reasons.insert(0, f"only the baseline {baseline.label} was measured (no sweep: add {sweep} or "
                           f"sweep.* keys to compare settings), so there is nothing to compare it with")
+        p99 = f", p99 {baseline.latency.p99_ms:,.1f} ms" if baseline.latency is not None else ""
         verdict = (f"{MEASURED}: {_setting(baseline, against=None)} at {baseline.throughput_per_s:,.0f} {unit}/s "
-                   f"({windows}{spread}); one setting, nothing to compare")
+                   f"({windows}{spread}{p99}); one setting, nothing to compare")
     elif baseline_over:
         decision, chosen = GO, best
         reasons.insert(0, f"the baseline {baseline.label} breaks the latency budget (p99 "
@@ -529,6 +543,9 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         if change is not None:
             overrides = (*without_lr(overrides), change.override)
         environment = flags_to_environ(flags)
+    # Every finished setting over the budget, those the memory limit excluded too: what the sinks mark.
+    over_all = tuple(r.trial_key for r in (within_latency_budget(finished, args.max_latency_ms)[1]
+                                           if args.max_latency_ms is not None else ()))
     speedup_by_key: dict[str, float] = {}
     speedup_intervals: dict[str, tuple[float, float]] = {}
     if baseline is not None and baseline.ok and baseline.throughput_per_s:
@@ -545,7 +562,9 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                           input_waits=input_waits(results, args.input_bound_fraction),
                           input_bound_fraction=args.input_bound_fraction, objective=args.objective.value,
                           gradient_noise_scale=gradient_noise, gradient_noise_scale_note=gradient_noise_note,
-                          lr_change=change, explanations=explain(results, compare=compare))
+                          lr_change=change, max_latency_ms=args.max_latency_ms, over_budget=over_all,
+                          explanations=explain(results, compare=compare, max_latency_ms=args.max_latency_ms,
+                                               over_budget=over_all))
 
 
 _OBJECTIVE_FIGURE = {Objective.latency: "p99 latency per batch", Objective.energy: "energy per sample",
@@ -554,10 +573,19 @@ _OBJECTIVE_BEST = {Objective.latency: "lowest p99 latency", Objective.energy: "l
                    Objective.throughput: "highest throughput", Objective.goodput: "most goodput"}
 
 
+def over_latency_budget(result: TrialResult, max_latency_ms: float) -> Optional[str]:
+    """Why `result` can never be chosen under the p99 budget, or None when it meets it (a result without latency
+    figures, a training trial, meets it). The decision's rule, and the race's (tune.py drops such a setting)."""
+    if result.latency is None or result.latency.p99_ms <= max_latency_ms:
+        return None
+    return (f"over the latency budget: p99 {result.latency.p99_ms:,.1f} ms > recommend.max_latency_ms="
+            f"{max_latency_ms:g} (never chosen)")
+
+
 def within_latency_budget(results: Sequence[TrialResult],
                           max_latency_ms: float) -> tuple[list[TrialResult], list[TrialResult]]:
-    """(within, over) the p99 budget; a result without latency figures (a training trial) is within it."""
-    over = [r for r in results if r.latency is not None and r.latency.p99_ms > max_latency_ms]
+    """(within, over) the p99 budget (over_latency_budget)."""
+    over = [r for r in results if over_latency_budget(r, max_latency_ms) is not None]
     return [r for r in results if r not in over], over
 
 

@@ -1,10 +1,10 @@
 """The overrides that run a result's configuration again: everything that shaped the measurement but the sweep.
 
 A recommendation's "measure again" line is these plus the chosen setting (micro-batch, accumulation, flags).
-They are the config groups that change what is measured (model, data, loss, train, window, dist, telemetry):
-each group's preset when it is not the default one (`model=hf_gpt2`), then every key whose resolved value
-differs from what that preset alone composes to, so a rerun composes to the same values. Each override is
-quoted for a POSIX shell where it needs it.
+They are the mode (train or inference) and the config groups that change what is measured (model, data, loss,
+train, window, dist, telemetry): each group's preset when it is not the default one (`model=hf_gpt2`), then
+every key whose resolved value differs from what that preset alone composes to, so a rerun composes to the same
+values. Each override is quoted for a POSIX shell where it needs it.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ import re
 import shlex
 from typing import Any, Callable, Mapping, Optional
 
-REPRODUCED_GROUPS = ("model", "data", "loss", "train", "window", "dist", "telemetry")
+REPRODUCED_GROUPS = ("model", "data", "loss", "step", "throughput", "train", "window", "dist", "telemetry")
 """Config groups a rerun must match. Not here: sweep and baseline (what is compared), nsa and ddp (the
 setting's flags, pinned one by one), recommend, watchdog, fault, wandb (they decide, guard or record)."""
+
+REPRODUCED_KEYS = ("mode",)
+"""Top-level keys a rerun must match: +sweep=serving sets mode=inference, and the sweep is not reproduced."""
 
 SETTING_KEYS = ("train.micro_batch_size", "train.grad_accum", "data.num_workers")
 """Set by the recommendation from the chosen setting (data.num_workers is one of its flags), so never part of
@@ -64,6 +67,8 @@ def run_overrides(run: Mapping[str, Any], base: Mapping[str, Any], *, choices: M
     choices / default_choices: Hydra's runtime choices of the run and of the default config.
     """
     out: list[str] = []
+    for key in REPRODUCED_KEYS:
+        _diff(key, run.get(key), base.get(key), missing=False, out=out)
     for group in REPRODUCED_GROUPS:
         choice: Optional[str] = choices.get(group)
         if choice is not None and choice != default_choices.get(group):

@@ -6,9 +6,11 @@ so a resumed sweep repeats it): slow drift of the machine's speed then hits ever
 baseline's window in the same round is the pair each setting's ratio is taken against (recommend.compare).
 
 After each round from `race_from` on, a setting clearly behind the leader by that one comparison rule
-leaves the race (F-Race, Birattari et al. 2002; successive halving drops by rank instead). The race ends
-when one setting is left ahead of all others (separated), at `sweep.max_rounds`, or when the next round
-would overrun `sweep.budget_s`; the baseline is measured in every round regardless, as the reference.
+leaves the race (F-Race, Birattari et al. 2002; successive halving drops by rank instead); a setting over a
+hard limit of the decision (the p99 latency budget) leaves it first, once it has sweep.min_rounds windows.
+The race ends when one setting is left ahead of all others (separated), at `sweep.max_rounds`, or when the
+next round would overrun `sweep.budget_s`; the baseline is measured in every round regardless, as the
+reference.
 
 Everything here is a pure function of what every rank holds; the sweep still broadcasts rank 0's answers.
 """
@@ -74,6 +76,21 @@ def race_drops(contenders: Sequence[R], *, after_round: int, behind: Callable[[R
         if contender.trial_key == leader.trial_key:
             continue
         reason = behind(contender, leader)
+        if reason is not None:
+            drops.append(Drop(label=contender.label, trial_key=contender.trial_key, after_round=after_round,
+                              reason=reason))
+    return drops
+
+
+def limit_drops(contenders: Sequence[R], *, after_round: int,
+                over_limit: Callable[[R], Optional[str]]) -> list[Drop]:
+    """The contenders whose figures break a hard limit of the decision (recommend.max_latency_ms):
+    `over_limit(c)` returns why c can never be chosen, or None. Such a setting cannot win whatever its speed, so
+    more windows of it would only cost time, and while it stays it could lead the race and drop the settings
+    that can be chosen."""
+    drops = []
+    for contender in contenders:
+        reason = over_limit(contender)
         if reason is not None:
             drops.append(Drop(label=contender.label, trial_key=contender.trial_key, after_round=after_round,
                               reason=reason))

@@ -39,13 +39,13 @@ from trainer_tune.workloads.model import build_model, count_parameters
 from trainer_tune.multirun import MultirunJob
 from trainer_tune.noise_scale import sweep_noise_scale, with_goodput
 from trainer_tune.plan import TrialSpec, build_plan, differing_flag_names, job_plan, swept_flag_names, window_of
-from trainer_tune.recommend import Outcome, Recommendation, behind, compare, decide
+from trainer_tune.recommend import Outcome, Recommendation, behind, compare, decide, over_latency_budget
 from trainer_tune.rerun import current_run_overrides
 from trainer_tune.results import Status, TrialResult, utc_now
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.publish import publish
 from trainer_tune.sinks.wandb_sink import WandbSink
-from trainer_tune.rounds import Drop, RaceSummary, race_drops, race_over, round_id, round_order
+from trainer_tune.rounds import Drop, RaceSummary, limit_drops, race_drops, race_over, round_id, round_order
 from trainer_tune.strategy import NotMeasured, first_entrants, power_gate
 from trainer_tune.telemetry import RankTelemetry, TelemetryProbe
 from trainer_tune.watchdog import Stall, Watchdog
@@ -491,21 +491,32 @@ def _after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, 
                  swept: tuple[str, ...]) -> tuple[list[Drop], list[str], list[NotMeasured]]:
     """(settings that leave the race, settings that enter it next round, settings that never will)."""
     drops: list[Drop] = []
+    racing = [settings[k] for k in sorted(contenders) if k in settings and settings[k].ok]
+    budget = cfg.recommend.max_latency_ms
+    if cfg.sweep.race and budget is not None:
+        # Over the p99 budget in its first sweep.min_rounds windows (a setting strategy=power let in late has its
+        # own): never chosen, so it leaves first (its figures stand, and the decision names it over budget).
+        # Fewer batches tend to under-read a p99, not over-read it.
+        measured = [r for r in racing if r.num_windows >= cfg.sweep.min_rounds]
+        drops = limit_drops(measured, after_round=rounds_done, over_limit=lambda r: over_latency_budget(r, budget))
+        racing = [r for r in racing if r.trial_key not in {d.trial_key for d in drops}]
     # No setting leaves before sweep.min_rounds: an interval from two windows rests on one difference of two
-    # numbers, and a race that tests after every round gets many chances to drop a setting by bad luck.
-    if cfg.sweep.race and rounds_done >= max(2, cfg.sweep.min_rounds):
-        racing = [settings[k] for k in sorted(contenders) if k in settings and settings[k].ok]
+    # numbers, and a race that tests after every round gets many chances to drop a setting by bad luck. The race
+    # compares throughput (goodput with that objective): with recommend.objective=latency or energy it would drop
+    # the very settings those pick.
+    if cfg.sweep.race and cfg.recommend.objective in (Objective.throughput, Objective.goodput) and \
+            rounds_done >= max(2, cfg.sweep.min_rounds):
         if cfg.recommend.objective == Objective.goodput:
             # Raced on goodput, with the sweep's B_noise so far (against the baseline's batch, whether or not it
             # still races): a smaller batch slower in throughput may lead. Without a noise scale yet, nobody has
             # goodput and nobody leaves.
             everyone = list(settings.values())
             with_rates = {r.trial_key: r for r in with_goodput(everyone, sweep_noise_scale(everyone)[0])}
-            drops = race_drops([with_rates[r.trial_key] for r in racing], after_round=rounds_done,
-                               rate=lambda r: r.goodput_per_s,
-                               behind=lambda c, leader: behind(c, leader, goodput=True))
+            drops += race_drops([with_rates[r.trial_key] for r in racing], after_round=rounds_done,
+                                rate=lambda r: r.goodput_per_s,
+                                behind=lambda c, leader: behind(c, leader, goodput=True))
         else:
-            drops = race_drops(racing, after_round=rounds_done, behind=behind)
+            drops += race_drops(racing, after_round=rounds_done, behind=behind)
     entering: list[str] = []
     closed: list[NotMeasured] = []
     if cfg.sweep.strategy == Strategy.power:

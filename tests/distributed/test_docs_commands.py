@@ -149,3 +149,63 @@ def test_every_your_model_command_is_run_here() -> None:
 def test_your_model_command_exits_as_documented(tmp_path: Path, command: str, extra: list[str],
                                                 exit_code: int) -> None:
     test_docs_command_exits_as_documented(tmp_path, command, extra, exit_code, ())
+
+
+INFERENCE = "docs/inference.md"
+
+SERVING_GRID = ["sweep.micro_batch_sizes=[1]"]
+"""The serving grid cut to batch 1 beside the baseline 2: two settings, one quick window each."""
+
+INFERENCE_COMMANDS: list[tuple[str, list[str], int]] = [
+    # (the command as docs/inference.md (and the README's "Serving batch size") writes it, what the test appends,
+    # the exit code the docs promise)
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=serving recommend.max_latency_ms=50", SERVING_GRID, 0),
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=serving model=resnet_small data=images "
+     "recommend.max_latency_ms=20", SERVING_GRID, 0),
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=serving model=distilbert_cls data=text_cls "
+     "recommend.max_latency_ms=50", SERVING_GRID, 0),
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=serving recommend.objective=latency", SERVING_GRID, 0),
+    # Refused before any process group starts: one line, exit 2.
+    ("python -m trainer_tune +sweep=serving 'sweep.grad_accums=[1,2]'", [], 2),
+]
+"""The serving commands of docs/inference.md and the README, but the GPU one (train=gpu_bf16)."""
+
+
+def _serving_commands_in_the_docs() -> list[str]:
+    """trainer_tune commands of docs/inference.md's code blocks and the README's serving ones, spaces collapsed."""
+    blocks = (REPO / INFERENCE).read_text().split("```")[1::2]
+    blocks += [block for block in (REPO / "README.md").read_text().split("```")[1::2] if "+sweep=serving" in block]
+    lines = [" ".join(line.split()) for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    return [line for line in lines if line.startswith(("torchrun ", "python ")) and " trainer_tune" in line]
+
+
+def test_every_serving_command_is_run_here() -> None:
+    """Both ways: a command added to the docs must be added here, a command here must still be in the docs."""
+    in_docs = {command for command in _serving_commands_in_the_docs() if "train=gpu_bf16" not in command}
+    listed = {command for command, _, _ in INFERENCE_COMMANDS}
+    assert in_docs == listed, f"only in the docs: {sorted(in_docs - listed)}; only here: {sorted(listed - in_docs)}"
+
+
+@pytest.mark.parametrize("command,extra,exit_code", INFERENCE_COMMANDS, ids=[c for c, _, _ in INFERENCE_COMMANDS])
+def test_serving_command_exits_as_documented(tmp_path: Path, command: str, extra: list[str], exit_code: int) -> None:
+    if exit_code == 2:
+        argv = [sys.executable, *shlex.split(command)[1:]]
+        proc = subprocess.run([*argv, f"hydra.run.dir={tmp_path / 'out'}"], cwd=REPO, env=clean_env({}),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        (line,) = [line for line in proc.stderr.splitlines() if line.startswith("trainer_tune: error: ")]
+        assert line in (REPO / INFERENCE).read_text(), f"the docs show another message than {line!r}"
+        assert not (tmp_path / "out" / "trials.jsonl").exists()
+        return
+    test_docs_command_exits_as_documented(tmp_path, command, extra, exit_code, ())
+    out = tmp_path / "out"
+    rec = json.loads((out / "recommendation.json").read_text())
+    assert len(rec["settings"]) == 2
+    for setting in rec["settings"]:
+        assert setting["mode"] == "inference" and setting["status"] == "ok", setting.get("error")
+        assert setting["latency"]["num_batches"] >= 4 and setting["latency"]["p99_ms"] > 0
+    budget = next((float(a.split("=")[1]) for a in shlex.split(command) if a.startswith("recommend.max_latency_ms=")),
+                  None)
+    assert rec["max_latency_ms"] == budget
+    report = (out / "report.md").read_text()
+    assert "## Serving" in report and "## Decision matrix" in report and "| min p99 latency |" in report

@@ -90,4 +90,4 @@ def test_no_go_gate_of_a_multirun_under_torchrun_publishes_then_every_rank_exits
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["decision"] == "NO-GO" and rec["verdict"] in proc.stdout and "trainer_tune trials" in proc.stdout
     assert rec["verdict"] in (out / "report.md").read_text()
-    assert (out / "charts" / "tokens_per_s.png").exists()
+    assert (out / "charts" / "throughput.png").exists()

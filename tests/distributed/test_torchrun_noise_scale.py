@@ -48,4 +48,4 @@ def test_two_ranks_measure_a_finite_positive_noise_scale(out_dir: Path) -> None:
     assert bigger["goodput_tokens_per_s"] == pytest.approx(bigger["tokens_per_s"] * bigger["statistical_efficiency"])
     assert any(r.startswith("gradient noise scale B_noise = ") for r in rec["reasons"])
     report = (out_dir / "report.md").read_text()
-    assert "| efficiency |" in report and "goodput tokens/s" in report
+    assert "| statistical efficiency |" in report and "goodput tokens/s" in report

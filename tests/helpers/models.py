@@ -3,6 +3,7 @@ looks like), some have FLOPs counted by hand or that FlopCounterMode cannot coun
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator
 
 import torch
@@ -96,3 +97,47 @@ class JaggedMLP(nn.Module):
         rows = torch.nested.nested_tensor([row[None] for row in features], layout=torch.jagged)
         hidden = (rows @ self.weight).values()  # [batch, hidden]: every row has length 1
         return self.fc2(torch.relu(hidden))
+
+
+# --- a served model whose latency the test sets (tests/distributed/test_inference.py) ---------------------------
+class PacedServer(nn.Module):
+    """Takes `ms_per_sample` ms per sample of a batch, asleep (a load-independent latency, so a p99 budget between
+    two batch sizes holds on a busy machine), and runs out of memory above `max_batch_size` samples on every
+    rank, as a device that cannot hold a batch does: features [B, in_features] -> logits [B, num_classes]."""
+
+    def __init__(self, *, ms_per_sample: float = 5.0, max_batch_size: int = 32, in_features: int = 12,
+                 num_classes: int = 5) -> None:
+        super().__init__()
+        self.ms_per_sample = ms_per_sample
+        self.max_batch_size = max_batch_size
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        batch = features.shape[0]
+        if batch > self.max_batch_size:
+            raise torch.OutOfMemoryError(f"PacedServer holds at most {self.max_batch_size} samples, got {batch}")
+        time.sleep(self.ms_per_sample * batch / 1e3)
+        return self.fc(features)
+
+
+def hand_forward_flops(model: nn.Module, inputs: torch.Tensor) -> int:
+    """2 FLOPs per multiply-add of every convolution and linear layer in one forward of `inputs`, from the shapes
+    their outputs really have (forward hooks), not from any FLOP counter."""
+    total = 0
+
+    def hook(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += 2 * output.numel() * (module.in_channels // module.groups) * kh * kw
+        elif isinstance(module, nn.Linear):
+            total += 2 * output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.inference_mode():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total

@@ -87,3 +87,13 @@ class Classifier(nn.Module):
         if labels is None:
             return logits
         return {"logits": logits, "loss": F.cross_entropy(logits, labels, reduction="none")}
+
+
+def sharded_loader(*, micro_batch_size: int, rank: int, world_size: int, seed: int) -> DataLoader:
+    """A DataLoader with its own DistributedSampler, as a training script builds it: trainer_tune tells the
+    sampler each epoch's number, as the script's loop would, so every epoch has a new order."""
+    from torch.utils.data import DistributedSampler
+
+    dataset = IndexDataset(size=16)
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    return DataLoader(dataset, batch_size=micro_batch_size, sampler=sampler, drop_last=True)

@@ -109,3 +109,11 @@ def test_loader_settings_follow_the_device_and_the_trial() -> None:
     none = loader_settings(data, device=CPU, num_workers=0)
     assert (none.num_workers, none.prefetch_factor, none.persistent_workers) == (0, None, False)
     assert loader_settings(DataArgs(pin_memory=True), device=CPU).pin_memory
+
+
+def test_a_data_loader_with_its_own_distributed_sampler_gets_each_epoch_number() -> None:
+    # 16 samples, 2 ranks, micro-batch 2: 4 batches per epoch on rank 0; without set_epoch every epoch repeats.
+    stream = _stream("sharded_loader")
+    epochs = [tuple(itertools.chain(*_indices([next(stream) for _ in range(4)]))) for _ in range(4)]
+    assert all(len(set(order)) == 8 for order in epochs)  # each epoch this rank's half, no sample twice
+    assert len(set(epochs)) > 1  # reshuffled: the sampler was told the epoch

@@ -28,10 +28,12 @@ def _sweep() -> list:
 
     ref = make_result(index=0, key="1x1", micro_batch_size=1, windows=windows(1, 1, 1), is_baseline=True,
                       memory_bytes=GIB)
-    ref = dataclasses.replace(ref, gpu=make_gpu(util_mean_pct=100.0, energy_j_per_token=0.002))
+    ref = dataclasses.replace(ref, gpu=make_gpu(util_mean_pct=100.0), energy_j_per_sample=0.25,
+                              energy_source="NVML (counter)")
     slow = make_result(index=2, key="4x1", micro_batch_size=4, windows=windows(0.9, 0.905, 0.895),
                        memory_bytes=2 * GIB)
-    slow = dataclasses.replace(slow, gpu=make_gpu(util_mean_pct=35.0, energy_j_per_token=0.003), num_outlier_steps=3,
+    slow = dataclasses.replace(slow, gpu=make_gpu(util_mean_pct=35.0), energy_j_per_sample=0.4,
+                               energy_source="NVML (counter)", num_outlier_steps=3,
                                comm=make_comm(sync_s=0.05, no_sync_s=0.02))
     return [ref,
             make_result(index=1, key="2x1", micro_batch_size=2, windows=windows(1.5, 1.52, 1.49)),
@@ -92,13 +94,22 @@ def test_facts_state_measured_figures_side_by_side() -> None:
 
 
 def test_decision_matrix_by_objective() -> None:
-    throughput, memory, energy = explain(_sweep(), compare=compare).matrix
+    # Training: no latency row; energy per sample (TrialResult.energy_j_per_sample), in training too.
+    throughput, energy, memory = explain(_sweep(), compare=compare).matrix
     assert (throughput.objective, throughput.label) == ("max_throughput", "2x2")
     # 2x2 is ahead of 2x1 in every round (+6.7%, +0.7%, +4.0%), but three rounds cannot rule out a tie.
     assert throughput.tied_with == ("2x1",)
     assert (memory.objective, memory.label, memory.value) == ("min_memory_bytes", "1x1", GIB)
-    assert memory.note == f"peak memory {MEMORY_SOURCES[ALLOCATOR_RESERVED]}; measured for 2 of 5 finished settings"
-    assert (energy.objective, energy.label, energy.value) == ("min_energy_j_per_token", "1x1", 0.002)
+    assert memory.note.startswith(f"peak memory {MEMORY_SOURCES[ALLOCATOR_RESERVED]}; measured for 2 of 5 settings")
+    assert (energy.objective, energy.label, energy.value) == ("min_energy_j_per_sample", "1x1", 0.25)
+    # A point value: the row says the measurements cannot order it against the runner-up.
+    assert energy.note == ("whole-job energy over the measured steps per sample (NVML (counter)); one reading per "
+                           "window; a point value with no interval, so the measurements cannot say whether it beats "
+                           "the runner-up 4x1 (0.4 J) beyond noise; measured for 2 of 5 settings")
+    # Each row carries its winner's figures, so a sink shows them without looking anything up.
+    assert (throughput.micro_batch_size, throughput.energy_j_per_sample, throughput.memory_bytes) == (2, None, None)
+    ref = _by_key(_sweep())["1x1"]
+    assert (energy.throughput_per_s, energy.memory_bytes, energy.latency_p99_ms) == (ref.tokens_per_s, GIB, None)
 
 
 def test_not_measured_objectives_say_why() -> None:
@@ -106,11 +117,11 @@ def test_not_measured_objectives_say_why() -> None:
                                    gpu_note="GPU sampling was off (telemetry.gpu_sampling=false)")
                for i, m in enumerate((1, 2))]
     explained = explain(results, compare=compare)
-    throughput, memory, energy = explained.matrix
+    throughput, energy, memory = explained.matrix
     # Equal tokens/s, one window each (no interval): the first measured wins, the other is tied with it.
     assert (throughput.label, throughput.tied_with, throughput.value_ci95) == ("1x1", ("2x1",), None)
     assert memory.value is None and memory.note == "not measured: cpu"  # make_result's peak_memory_note
-    assert energy.value is None and energy.note == "not measured: GPU sampling was off (telemetry.gpu_sampling=false)"
+    assert energy.value is None and energy.note == "not measured: no energy reading"
     assert [p.scaling for p in explained.points] == [REFERENCE, NO_INTERVAL]
 
 
@@ -119,6 +130,7 @@ def test_all_failed_and_baseline_only() -> None:
                       make_result(index=1, key="b", status="error", micro_batch_size=4)])
     assert failed.points == () and failed.facts == ()
     assert [w.value for w in failed.matrix] == [None, None, None]
+    assert [w.objective for w in failed.matrix] == ["max_throughput", "min_energy_j_per_sample", "min_memory_bytes"]
     assert all("no setting finished cleanly" in w.note for w in failed.matrix)
 
     alone = explain(compare=compare, results=[make_result(index=0, key="a", is_baseline=True, ci=[900, 1100])])
@@ -146,19 +158,20 @@ def test_recommendation_json_carries_the_explanations() -> None:
     data = json.loads(json.dumps(rec.to_json_dict()))
     assert data["verdict"] == rec.verdict
     assert [w["objective"] for w in data["explanations"]["matrix"]] == \
-        ["max_throughput", "min_memory_bytes", "min_energy_j_per_token"]
+        ["max_throughput", "min_energy_j_per_sample", "min_memory_bytes"]
     assert data["explanations"]["facts"] == list(rec.explanations.facts)  # type: ignore[union-attr]
     assert data["not_measured"] == []
 
 
-def test_energy_without_a_reading_names_the_source() -> None:
-    gpu = make_gpu(util_mean_pct=80.0, energy_j_per_token=None, energy_source="power_integral")
-    results = [dataclasses.replace(make_result(index=0, key="a"), gpu=gpu),
-               make_result(index=1, key="b", micro_batch_size=4)]
-    energy = explain(results, compare=compare).matrix[2]
-    assert energy.note == "not measured: GPU figures were not recorded"  # b has no GPU figures at all
-    energy = explain(results[:1], compare=compare).matrix[2]
-    assert energy.note == "not measured: the GPUs reported no energy reading (energy source: power_integral)"
+def test_energy_without_a_reading_is_named_unmeasured_never_zero() -> None:
+    """No energy figure (a CPU without readable RAPL counters): the row has no winner and gives the trials' own
+    reason, never 0 J."""
+    why = "CPU energy not measured: no powercap interface (/sys/class/powercap does not exist)"
+    results = [dataclasses.replace(make_result(index=i, key=str(i), micro_batch_size=2 ** i), energy_note=why)
+               for i in range(2)]
+    energy = explain(results, compare=compare).winner("min_energy_j_per_sample")
+    assert energy is not None
+    assert (energy.label, energy.value, energy.note) == (None, None, f"not measured: {why}")
 
 
 def test_an_exposed_share_within_noise_is_said_to_be() -> None:

@@ -72,8 +72,8 @@ def test_explanations_use_the_same_figure(results: list[TrialResult]) -> None:
     explanations = decide(results, args=RecommendArgs()).explanations
     assert explanations is not None
     assert [(p.label, p.memory_bytes) for p in explanations.points] == [("2x1", 4 * GIB), ("4x1", 7 * GIB)]
-    memory = explanations.matrix[1]
-    assert (memory.objective, memory.label, memory.value) == ("min_memory_bytes", "2x1", 4 * GIB)
+    memory = explanations.winner("min_memory_bytes")
+    assert memory is not None and (memory.objective, memory.label, memory.value) == ("min_memory_bytes", "2x1", 4 * GIB)
     assert memory.note == f"peak memory {RESERVED}"
 
 
@@ -94,7 +94,7 @@ def test_report_shows_the_same_figure_and_source(results: list[TrialResult]) -> 
     assert f"- peak memory: {RESERVED}" in text
     explanations = text.split("## Explanations", 1)[1]
     assert "| 2x1 | 4 |" in explanations and "| 90 | 4.0 GiB |" in explanations
-    assert "peak memory 7.0 GiB vs 4.0 GiB" in explanations and "| min memory | 2x1 | 4.0 GiB |" in explanations
+    assert "peak memory 7.0 GiB vs 4.0 GiB" in explanations and "| min peak memory | 2x1 | 2 | 5,076 tokens/s | 6.25 J/sample | **4.0 GiB** |" in explanations
     assert not any(figure in text for figure in OTHER_FIGURES)
 
 

@@ -5,8 +5,9 @@ import dataclasses
 import pytest
 
 from trainer_tune.config import (
-    Backend, ConfigError, DistArgs, FaultArgs, FaultKind, Precision, RecommendArgs, Strategy, SweepArgs,
-    TelemetryArgs, TrainArgs, TuneConfig, WandbArgs, WatchdogArgs, WindowArgs)
+    Backend, ConfigError, CountArgs, DistArgs, FaultArgs, FaultKind, Mode, Precision, RecommendArgs, StepArgs,
+    Strategy, SweepArgs, TelemetryArgs, ThroughputArgs, ThroughputUnit, TrainArgs, TuneConfig, WandbArgs,
+    WatchdogArgs, WindowArgs)
 from trainer_tune.flags import TrialFlags
 from trainer_tune.plan import build_plan, window_of
 
@@ -109,6 +110,10 @@ MEASURES_ELSE = {
     "another peak for MFU": _changed(telemetry=TelemetryArgs(peak_tflops=100.0)),
     "bf16": _changed(train=TrainArgs(precision=Precision.bf16)),
     "models rebuilt for every window": _changed(window=WindowArgs(keep_models=False)),
+    "serving instead of training": _changed(mode=Mode.inference),
+    "a step function": _changed(step=StepArgs(_target_="helpers.workloads.pair_step")),
+    "the samples unit": _changed(throughput=ThroughputArgs(unit=ThroughputUnit.samples)),
+    "a count of your own": _changed(throughput=ThroughputArgs(count=CountArgs(_target_="a.count", unit="frames"))),
 }
 
 MEASURES_THE_SAME = {

@@ -50,6 +50,10 @@ def _groups(cfg: Any) -> dict[str, Any]:
     (["data=bytes"], ["data=bytes"]),
     (["data.seed=7", "train.precision=bf16", "window=quick"], ["data.seed=7", "train.precision=bf16", "window=quick"]),
     (["model=hf_gpt2", "model.seq_len=64"], ["model=hf_gpt2", "model.seq_len=64"]),
+    (["step._target_=trainer_tune.examples.contrastive.contrastive_step", "+step.kwargs.temperature=0.05",
+      "throughput.unit=samples"],
+     ["step._target_=trainer_tune.examples.contrastive.contrastive_step", "+step.kwargs.temperature=0.05",
+      "throughput.unit=samples"]),
     ([], []),
 ])
 def test_the_overrides_compose_the_run_again(hydra_compose: Any, overrides: list[str], expected: list[str]) -> None:
@@ -58,6 +62,17 @@ def test_the_overrides_compose_the_run_again(hydra_compose: Any, overrides: list
     assert sorted(found) == sorted(expected)
     rerun, _ = _run(hydra_compose, [*found, *SETTING])
     assert _groups(rerun) == _groups(run)
+
+
+@pytest.mark.parametrize("overrides", [["+sweep=serving"], ["mode=inference", "model=resnet_small", "data=images"]])
+def test_a_serving_run_is_measured_again_as_serving(hydra_compose: Any, overrides: list[str]) -> None:
+    """The sweep is not reproduced (the setting is given instead), but the mode it set is: a recommended serving
+    batch measured again as a training step would be another measurement."""
+    run, choices = _run(hydra_compose, [*overrides, "train.micro_batch_size=4"])
+    found = reproducing_overrides(run, choices=choices, compose=hydra_compose)
+    assert "mode=inference" in found
+    rerun, _ = _run(hydra_compose, [*found, "train.micro_batch_size=4"])
+    assert rerun["mode"] == "inference" and _groups(rerun) == _groups(run)
 
 
 def test_a_value_hydra_would_misread_is_quoted_and_survives_the_shell(hydra_compose: Any) -> None:

@@ -87,10 +87,10 @@ def test_report_and_charts_name_samples_per_s(tmp_path: Path) -> None:
     header = next(line for line in text.splitlines() if line.startswith("| # |"))
     assert "| samples/s | 95% CI of samples/s |" in header
     assert "| 2 | 4x1 **chosen** | 8 | ok | 160 | 152 to 168 |" in text
-    assert "| max throughput | 4x1 | 160 samples/s (95% CI 152 to 168) |" in text
-    # No tokens, so no energy per token, whatever the GPU could read: said as such, not as a missing reading.
-    assert "not measured, so not in the table: energy per token: the batches carry no tokens" in text
-    assert "| min energy per token | none | n/a | - | not measured: the batches carry no tokens" in text
+    assert "| max throughput | 4x1 | 4 | **160 samples/s (95% CI 152 to 168)** |" in text
+    # Energy is per sample, which images have too: unmeasured here (make_result records no reading), and said so.
+    assert "not measured, so not in the table: energy per sample: no energy reading" in text
+    assert "| min energy per sample | none | n/a | n/a | - | not measured: no energy reading |" in text
     charts = {c.name: c.title for c in files.charts}
     assert charts["throughput"] == "samples/s by micro-batch" and "rounds" in charts
     assert not (tmp_path / "charts" / "tokens_per_s.png").exists()

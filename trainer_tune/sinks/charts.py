@@ -1,5 +1,9 @@
 """PNG charts of a sweep, drawn once and shared by report.md and the wandb recommendation run.
 
+A training sweep gets throughput by micro-batch, efficiency and step times; a serving sweep (mode=inference)
+throughput against p99 latency with the budget and the Pareto front, and latency percentiles by batch; both get
+the rounds and GPU utilization.
+
 Only finished trials are drawn (a failed trial has no figures; the report's table shows it). Every value
 drawn is a recorded figure or a per-step time from the journal; box plots summarise those steps as matplotlib
 draws them (quartiles, whiskers), which is presentation, not a reported figure. Figures are rendered with the
@@ -171,6 +175,69 @@ def rounds_figure(finished: Sequence[TrialResult], rec: Recommendation) -> Figur
                          title="Each window by round: the baseline shows the machine's drift")
 
 
+def latency_throughput_figure(served: Sequence[TrialResult], rec: Recommendation) -> Figure:
+    """mode=inference: each batch size's throughput against its p99 latency, the budget as a vertical line and the
+    Pareto front (explain.pareto_front: no other batch is both faster and quicker) joined by a line."""
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    front = set(rec.explanations.pareto_keys if rec.explanations is not None else ())
+    over = set(rec.over_budget)
+    for r in served:
+        x, y = r.latency.p99_ms, r.throughput_per_s  # type: ignore[union-attr]
+        ax.plot([x], [y], linestyle="none", marker="o", markersize=7,
+                color="tab:grey" if r.trial_key in over else "tab:blue",
+                markerfacecolor="none" if r.trial_key in over else None)
+        ax.annotate(f"{r.micro_batch_size}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize="small")
+    on_front = sorted((r for r in served if r.trial_key in front), key=lambda r: r.latency.p99_ms)  # type: ignore
+    if on_front:
+        ax.plot([r.latency.p99_ms for r in on_front], [r.throughput_per_s for r in on_front],  # type: ignore
+                color="tab:green", linewidth=1.5, label="Pareto front (no batch both faster and quicker)")
+    for trial, marker, name, size in [(rec.baseline, "*", "baseline", 16), (rec.chosen, "o", "chosen", 14)]:
+        if trial is not None and trial.ok and trial.latency is not None and trial.throughput_per_s:
+            ax.plot([trial.latency.p99_ms], [trial.throughput_per_s], marker=marker, markersize=size,
+                    linestyle="none", markerfacecolor="none" if name == "chosen" else "gold",
+                    markeredgecolor="black", label=f"{name} ({trial.label})")
+    if rec.max_latency_ms is not None:
+        ax.axvline(rec.max_latency_ms, color="tab:red", linestyle="--", linewidth=1,
+                   label=f"p99 budget {rec.max_latency_ms:g} ms" + (" (hollow: over it)" if over else ""))
+    p99s = [r.latency.p99_ms for r in served] + ([rec.max_latency_ms] if rec.max_latency_ms else [])  # type: ignore
+    if max(p99s) > 10 * min(p99s):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.set_xlabel("p99 latency per batch, ms (slowest replica)")
+    ax.set_ylabel(f"{rec.unit}/s (all replicas)")
+    ax.set_title("throughput against p99 latency, labelled by batch per replica (point values)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+LATENCY_PERCENTILES = (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"), ("max", "max_ms"))
+
+
+def latency_percentiles_figure(served: Sequence[TrialResult], rec: Recommendation) -> Figure:
+    """mode=inference: p50, p90, p99 and max batch latency by batch per replica, with the budget line."""
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ordered = sorted(served, key=lambda r: r.micro_batch_size)
+    batches = [r.micro_batch_size for r in ordered]
+    for name, field_name in LATENCY_PERCENTILES:
+        ax.plot(batches, [getattr(r.latency, field_name) for r in ordered], marker="o", label=name)
+    if rec.max_latency_ms is not None:
+        ax.axhline(rec.max_latency_ms, color="tab:red", linestyle="--", linewidth=1,
+                   label=f"p99 budget {rec.max_latency_ms:g} ms")
+    _log2_axis(ax, batches)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.set_xlabel("batch per replica")
+    ax.set_ylabel("latency per batch, ms (slowest replica; log scale)")
+    fewest = min(r.latency.num_batches for r in ordered)  # type: ignore[union-attr]
+    ax.set_title(f"batch latency percentiles (at least {fewest} batches per point)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
 def _finish_lines(fig: Figure, ax, *, xlabel: str, ylabel: str, title: str) -> Figure:  # noqa: ANN001
     """Labels, grid and legend of a chart with one line per setting."""
     ax.set_xlabel(xlabel)
@@ -195,7 +262,15 @@ def draw_charts(results: Sequence[TrialResult], rec: Recommendation, *, charts_d
     points = explanations.points if explanations is not None else ()
     none_finished = "no setting finished cleanly"
     with_series = [r for r in finished if r.gpu_utilization_series]
-    plans = [
+    served = [r for r in finished if r.latency is not None]
+    no_latency = none_finished if not finished else "no setting recorded latency figures"
+    serving_plans = [
+        ("latency_throughput", f"{rec.unit}/s against p99 latency", None if served else no_latency,
+         lambda: latency_throughput_figure(served, rec)),
+        ("latency_percentiles", "batch latency percentiles", None if served else no_latency,
+         lambda: latency_percentiles_figure(served, rec)),
+    ]
+    training_plans = [
         ("throughput", f"{rec.unit}/s by micro-batch", none_finished if not finished else None,
          lambda: throughput_figure(finished, rec)),
         ("efficiency", "per-sample efficiency",
@@ -206,6 +281,8 @@ def draw_charts(results: Sequence[TrialResult], rec: Recommendation, *, charts_d
          None if any(r.step_times_s for r in finished) else
          (none_finished if not finished else "the journal holds no per-step times for these trials"),
          lambda: _step_times(finished)),
+    ]
+    common_plans = [
         ("rounds", f"{rec.unit}/s of each window by round",
          None if any(len(r.window_throughput_per_s) > 1 for r in finished) else
          (none_finished if not finished else "every setting was measured in one round only"),
@@ -214,6 +291,10 @@ def draw_charts(results: Sequence[TrialResult], rec: Recommendation, *, charts_d
          None if with_series else (none_finished if not finished else _gpu_reason(finished)),
          lambda: _gpu_util(with_series)),
     ]
+    # Serving has its own charts (latency, the budget); the per-micro-batch and per-step ones are training's.
+    plans = (serving_plans if rec.serving else training_plans) + common_plans
+    for name, *_ in (training_plans if rec.serving else serving_plans):
+        (charts_dir / f"{name}.png").unlink(missing_ok=True)  # the other mode's chart from an earlier report
     charts, omitted = [], []
     for name, title, why_not, draw in plans:
         path = charts_dir / f"{name}.png"

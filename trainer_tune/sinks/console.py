@@ -15,18 +15,21 @@ from trainer_tune.flags import FlagSpec, format_flag
 from trainer_tune.recommend import GO, Recommendation
 from trainer_tune.results import TrialResult
 from trainer_tune.rounds import Drop
+from trainer_tune.sinks.matrix import matrix_line
 from trainer_tune.sinks.rows import table_rows
-from trainer_tune.units import count, format_bytes
+from trainer_tune.units import count, format_bytes, format_ms
 
 
 def _number(value: Optional[float], spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _setting_text(result: TrialResult, flags: Sequence[FlagSpec]) -> str:
+def _setting_text(result: TrialResult, flags: Sequence[FlagSpec], *, serving: bool = False) -> str:
     """`2x1 static=true bucket_mb=25.0`: the setting with the short name of each flag that tells rows apart, so
-    every word fits a narrow column (result.label spells flags out in full, too wide beside 12 other columns)."""
-    return " ".join([f"{result.micro_batch_size}x{result.grad_accum}",
+    every word fits a narrow column (result.label spells flags out in full, too wide beside 12 other columns).
+    Serving: the batch per replica alone (`4 workers=2`): there is no accumulation to name."""
+    batch = str(result.micro_batch_size) if serving else f"{result.micro_batch_size}x{result.grad_accum}"
+    return " ".join([batch,
                      *(f"{spec.short_name}={format_flag(result.flags.get(spec.field_name))}" for spec in flags)])
 
 
@@ -81,7 +84,10 @@ class ConsoleSink:
     def window_finished(self, result: TrialResult, *, round_index: int) -> None:
         if not self.enabled:
             return
-        if result.ok:
+        if result.ok and result.latency is not None:
+            detail = (f"{_number(result.throughput_per_s, ',.0f')} {result.throughput_unit}/s, batch latency p50 "
+                      f"{format_ms(result.latency.p50_ms)} ms, p99 {format_ms(result.latency.p99_ms)} ms")
+        elif result.ok:
             detail = (f"{_number(result.throughput_per_s, ',.0f')} {result.throughput_unit}/s, median step "
                       f"{result.step_time_s.median:.4f} s")  # type: ignore[union-attr]
         else:
@@ -109,7 +115,8 @@ class ConsoleSink:
         # shown as n/a: the notes under the table say why, and the table stays narrow.
         has_memory = any(r.peak_memory_bytes is not None for r in results)
         has_gpu = any(r.gpu for r in results)
-        has_energy = any(r.gpu is not None and r.gpu.energy_j_per_token is not None for r in results)
+        has_energy = any(r.energy_j_per_sample is not None for r in results)
+        serving = rec.serving
         has_mfu = any(r.mfu is not None and r.mfu.mfu is not None for r in results)
         has_tflops = any(r.mfu is not None for r in results)
         has_comm = any(r.comm for r in results)
@@ -118,12 +125,17 @@ class ConsoleSink:
         # samples/s always; the count's rate (tokens/s) only where batches carried one; the interval is the rate
         # the decision compares, named by its unit.
         rates = [("samples/s", "right")] + ([(f"{rec.count_unit}/s", "right")] if rec.count_unit else [])
-        columns = [("#", "right"), *([("job", "right")] if jobs is not None else []), ("setting", "left"),
-                   ("global batch", "right"), ("status", "left"), *rates,
-                   (f"95% CI of {rec.unit}/s (windows)", "right"), ("step p50 s", "right"), ("step p90 s", "right")]
+        # Serving: each replica takes its own batch, so the batch per replica is the setting and a "global batch"
+        # means nothing; the batch latencies replace the step times.
+        times = [("p50 ms", "right"), ("p99 ms", "right"), ("max ms", "right")] if serving \
+            else [("step p50 s", "right"), ("step p90 s", "right")]
+        setting = "batch per replica" if serving else "setting"
+        columns = [("#", "right"), *([("job", "right")] if jobs is not None else []), (setting, "left"),
+                   *([] if serving else [("global batch", "right")]), ("status", "left"), *rates,
+                   (f"95% CI of {rec.unit}/s (windows)", "right"), *times]
         columns += [("peak memory", "right")] if has_memory else []
         columns += [("GPU util %", "right")] if has_gpu else []
-        columns += [("J/token", "right")] if has_energy else []
+        columns += [("J/sample", "right")] if has_energy else []
         columns += [("MFU", "right")] if has_mfu else [("TFLOP/s", "right")] if has_tflops else []
         columns += [("exposed comm", "right")] if has_comm else []
         columns += [("CPU %", "right")] if has_cpu else []
@@ -135,22 +147,29 @@ class ConsoleSink:
         for row in table_rows(results, jobs=jobs):
             r = row.result
             marks = (" (baseline)" if r.is_baseline else "") + \
-                (" *" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "")
+                (" *" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "") + \
+                (" [red](over budget)[/red]" if r.trial_key in rec.over_budget else "")
             speedup = rec.speedup_by_key.get(r.trial_key)
             gpu, mfu, cpu = r.gpu, r.mfu, r.cpu
-            cells = [str(row.number), *([row.job] if row.job is not None else []), _setting_text(r, flags) + marks,
-                     str(r.global_batch_size),
+            latency = r.latency
+            cells = [str(row.number), *([row.job] if row.job is not None else []),
+                     _setting_text(r, flags, serving=serving) + marks,
+                     *([] if serving else [str(r.global_batch_size)]),
                      r.status if r.ok else f"[red]{r.status}[/red]",
                      _number(r.samples_per_s, ",.0f"),
                      *([_number(r.tokens_per_s, ",.0f")] if rec.count_unit else []),
-                     f"{_ci_percent(r)} ({r.num_windows})",
-                     _number(r.step_time_s.median if r.step_time_s else None, ".4f"),
-                     _number(r.step_time_s.p90 if r.step_time_s else None, ".4f")]
+                     f"{_ci_percent(r)} ({r.num_windows})"]
+            if serving:
+                cells += [format_ms(latency.p50_ms if latency else None), format_ms(latency.p99_ms if latency else None),
+                          format_ms(latency.max_ms if latency else None)]
+            else:
+                cells += [_number(r.step_time_s.median if r.step_time_s else None, ".4f"),
+                          _number(r.step_time_s.p90 if r.step_time_s else None, ".4f")]
             cells += [format_bytes(r.peak_memory_bytes)] if has_memory else []
             if has_gpu:
                 cells += [_number(gpu.util_mean_pct if gpu else None, ".0f")]
             if has_energy:
-                cells += [_number(gpu.energy_j_per_token if gpu else None, ".2e")]
+                cells += [_number(r.energy_j_per_sample, ".3g")]
             mfu_value = mfu.mfu if mfu else None
             if has_tflops:
                 cells += [("n/a" if mfu_value is None else f"{mfu_value:.1%}")
@@ -169,7 +188,7 @@ class ConsoleSink:
         # column is held to its widest cell (its header wraps at spaces) and the setting column gets what is left.
         for position, (name, justify) in enumerate(columns):
             lines = [Text.from_markup(row[position]).plain for row in rows]
-            if name == "setting":
+            if name == setting:
                 table.add_column(name, justify=justify,  # type: ignore[arg-type]
                                  min_width=max((len(word) for line in lines for word in line.split()), default=8))
             else:
@@ -189,8 +208,30 @@ class ConsoleSink:
             self.console.print("peak memory: " + "; ".join(describe_memory_source(s) for s in sources))
         elif results and results[0].peak_memory_note:
             self.console.print(f"peak memory n/a: {results[0].peak_memory_note}")
+        energy_notes = sorted({r.energy_note for r in results if r.ok and r.energy_j_per_sample is None
+                               and r.energy_note})
+        if energy_notes:
+            self.console.print(f"energy per sample n/a: {'; '.join(energy_notes)}")
+        if serving:
+            self._serving_notes(results, rec)
         for reason in rec.reasons:
             self.console.print(f"  - {reason}")
+        if rec.explanations is not None:
+            self.console.print("decision matrix (each objective alone):")
+            for objective in rec.explanations.matrix:
+                self.console.print(f"  - {matrix_line(objective, rec.unit)}")
         colour = "green" if rec.decision == GO else "yellow"
         # One line however long (goodput and the learning rate lengthen it): logs and CI greps find it whole.
         self.console.print(f"[bold {colour}]{rec.verdict}[/bold {colour}]", soft_wrap=True)
+
+    def _serving_notes(self, results: Sequence[TrialResult], rec: Recommendation) -> None:
+        """What the latency columns are, how many batches stand behind each p99, and the budget."""
+        batches = [r.latency.num_batches for r in results if r.latency is not None]
+        if batches:
+            few = " (under 100: the p99 interpolates towards the slowest batch)" if min(batches) < 100 else ""
+            spread = str(min(batches)) if min(batches) == max(batches) else f"{min(batches)} to {max(batches)}"
+            self.console.print(f"latency: per batch, of the slowest replica; {spread} batches per setting{few}")
+        if rec.max_latency_ms is not None:
+            over = [r.label for r in results if r.trial_key in rec.over_budget]
+            self.console.print(f"latency budget: p99 at most {rec.max_latency_ms:g} ms (recommend.max_latency_ms); "
+                               + (f"over it, never chosen: {', '.join(over)}" if over else "every batch meets it"))

@@ -12,26 +12,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 from trainer_tune.durable import write_atomically
-from trainer_tune.explain import ObjectiveWinner, ScalingPoint
+from trainer_tune.explain import (
+    MAX_GOODPUT, MAX_THROUGHPUT, MIN_ENERGY, MIN_LATENCY, MIN_MEMORY, ObjectiveWinner, ScalingPoint)
 from trainer_tune.figures import describe_memory_source
 from trainer_tune.recommend import Recommendation
 from trainer_tune.rerun import shell_line
+from trainer_tune.sinks.matrix import energy_text, figure_text, memory_text, objective_name, p99_text, rate_text
 from trainer_tune.results import TrialResult
 from trainer_tune.sinks.rows import table_rows
-from trainer_tune.units import count, format_bytes
+from trainer_tune.units import count, format_bytes, format_ms
 
 if TYPE_CHECKING:  # charts imports matplotlib: only write_report loads it, at the end of a sweep
     from trainer_tune.sinks.charts import Chart, ChartSet
 
 REPORT_MD = "report.md"
 CHARTS_DIR = "charts"
-
-_OBJECTIVES = {"max_throughput": ("max throughput", ""), "max_goodput": ("max goodput", ""),
-               "min_memory_bytes": ("min memory", "peak memory per device"),
-               "min_energy_j_per_token": ("min energy per token", "J/token")}
-"""(name, unit) of each objective; max_throughput's and max_goodput's unit is the decision's (Recommendation.unit)
-per second."""
-
 
 @dataclass(frozen=True)
 class ReportFiles:
@@ -58,18 +53,31 @@ def _fmt(value: Optional[float], spec: str, suffix: str = "") -> Optional[str]:
 def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple[list[tuple[str, Callable]], list[str]]:
     """(header, cell function) per column after `#` and `job` (rows.py); a column no trial measured is left out
     and a note says why."""
+    # Serving: each replica takes its own batch, so the batch per replica is the setting's size (a "global batch"
+    # means nothing there), and the batch latencies replace the step times.
+    times: list[tuple[str, Callable[[TrialResult], Any]]] = [
+        ("p50 ms", lambda r: format_ms(r.latency.p50_ms) if r.latency else None),
+        ("p90 ms", lambda r: format_ms(r.latency.p90_ms) if r.latency else None),
+        ("p99 ms", lambda r: format_ms(r.latency.p99_ms) if r.latency else None),
+        ("max ms", lambda r: format_ms(r.latency.max_ms) if r.latency else None),
+        ("batches", lambda r: r.latency.num_batches if r.latency else None),
+    ] if rec.serving else [
+        ("step p50 s", lambda r: _fmt(r.step_time_s.median if r.step_time_s else None, ".4f")),
+        ("step p90 s", lambda r: _fmt(r.step_time_s.p90 if r.step_time_s else None, ".4f")),
+    ]
     columns: list[tuple[str, Callable[[TrialResult], Any]]] = [
         ("setting", lambda r: r.label + (" (baseline)" if r.is_baseline else "")
-         + (" **chosen**" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "")),
-        ("global batch", lambda r: r.global_batch_size),
+         + (" **chosen**" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "")
+         + (" **over budget**" if r.trial_key in rec.over_budget else "")),
+        ("batch per replica", lambda r: r.micro_batch_size) if rec.serving
+        else ("global batch", lambda r: r.global_batch_size),
         ("status", lambda r: r.status if r.ok else f"**{r.status}**"),
         ("samples/s", lambda r: _fmt(r.samples_per_s, ",.0f")),
         # The count's rate (tokens/s) only where batches carried one: no column of n/a for images.
         *([(f"{rec.count_unit}/s", lambda r: _fmt(r.tokens_per_s, ",.0f"))] if rec.count_unit else []),
         (f"95% CI of {rec.unit}/s", lambda r: f"{r.throughput_ci95[0]:,.0f} to {r.throughput_ci95[1]:,.0f}"
          if r.throughput_ci95 else None),
-        ("step p50 s", lambda r: _fmt(r.step_time_s.median if r.step_time_s else None, ".4f")),
-        ("step p90 s", lambda r: _fmt(r.step_time_s.p90 if r.step_time_s else None, ".4f")),
+        *times,
         ("outliers", lambda r: None if r.num_outlier_steps is None
          else f"{r.num_outlier_steps}/{r.num_measured_steps}"),
     ]
@@ -84,9 +92,8 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
         ("MFU", lambda r: _fmt(r.mfu.mfu if r.mfu else None, ".1%"),
          "MFU: " + "; ".join(sorted({(r.mfu.warning if r.mfu else None) or "no FLOP count"
                                      for r in results if r.ok}))),
-        ("J/token", lambda r: _fmt(r.gpu.energy_j_per_token if r.gpu else None, ".3g"),
-         "energy per token: " + ("the batches carry no tokens" if rec.count_unit is None else
-                                 "; ".join(sorted({r.gpu_note or "no energy reading" for r in results if r.ok})))),
+        ("J/sample", lambda r: _fmt(r.energy_j_per_sample, ".3g"),
+         "energy per sample: " + "; ".join(sorted({r.energy_note or "no energy reading" for r in results if r.ok}))),
         ("exposed comm", lambda r: _fmt(r.comm.exposed_comm_fraction if r.comm else None, ".0%",
                                         " (noise)" if r.comm and r.comm.within_noise else ""),
          "compute vs communication split: no trial recorded one (it needs more than one rank and "
@@ -94,7 +101,7 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
     ]
     if rec.gradient_noise_scale_note is not None:  # training: goodput beside throughput, or why there is none
         optional += [
-            ("efficiency", lambda r: _fmt(r.statistical_efficiency, ".2f"),
+            ("statistical efficiency", lambda r: _fmt(r.statistical_efficiency, ".2f"),
              f"statistical efficiency and goodput: gradient noise scale {rec.gradient_noise_scale_note}"),
             (f"goodput {rec.unit}/s", lambda r: _fmt(r.goodput_per_s, ",.0f"), "")]
     for header, cell, why in optional:
@@ -171,24 +178,53 @@ def _scaling_section(points: Sequence[ScalingPoint], facts: Sequence[str]) -> li
     return lines + [""]
 
 
-def _matrix_section(matrix: Sequence[ObjectiveWinner], rate_unit: str) -> list[str]:
-    rows = []
-    for w in matrix:
-        name, unit = _OBJECTIVES.get(w.objective, (w.objective, ""))
-        if w.value is None:
-            figure = None
-        elif w.objective == "min_memory_bytes":
-            figure = format_bytes(int(w.value))
-        elif w.objective == "max_goodput":
-            figure = f"{w.value:,.0f} {rate_unit}/s of goodput"
-        elif w.objective == "max_throughput":
-            figure = f"{w.value:,.0f} {rate_unit}/s" + (
-                f" (95% CI {w.value_ci95[0]:,.0f} to {w.value_ci95[1]:,.0f})" if w.value_ci95 else "")
-        else:
-            figure = f"{w.value:.3g} {unit}"
-        rows.append([name, w.label or "none", figure, ", ".join(w.tied_with) or "-", w.note])
-    return ["## Decision matrix", "", *_table(["objective", "winner", "figure", "tied within noise", "note"], rows),
-            ""]
+def _matrix_section(matrix: Sequence[ObjectiveWinner], rate_unit: str, *, serving: bool) -> list[str]:
+    """One row per objective: the setting it picks, ignoring the others, and that setting's figures (the one it
+    was picked by in bold)."""
+    figures: list[tuple[str, str, Callable[[ObjectiveWinner], Optional[str]]]] = [
+        (MAX_THROUGHPUT, f"{rate_unit}/s", lambda w: rate_text(w.throughput_per_s, rate_unit)),
+        *([(MIN_LATENCY, "p99 latency", lambda w: p99_text(w.latency_p99_ms))] if serving else []),
+        (MIN_ENERGY, "energy", lambda w: energy_text(w.energy_j_per_sample)),
+        (MIN_MEMORY, "peak memory", lambda w: memory_text(w.memory_bytes)),
+        (MAX_GOODPUT, f"goodput {rate_unit}/s", lambda w: rate_text(w.goodput_per_s, rate_unit)),
+    ]
+    # A figure no winner has (energy or memory on a CPU) is a column of n/a: left out, the rows' notes say why.
+    figures = [(objective, name, cell) for objective, name, cell in figures if any(cell(w) for w in matrix)]
+
+    def cell_of(w: ObjectiveWinner, objective: str, cell: Callable[[ObjectiveWinner], Optional[str]]) -> Optional[str]:
+        return f"**{figure_text(w, rate_unit)}**" if objective == w.objective and w.value is not None else cell(w)
+
+    rows = [[objective_name(w), w.label or "none", w.micro_batch_size,
+             *(cell_of(w, objective, cell) for objective, _, cell in figures), ", ".join(w.tied_with) or "-",
+             w.note] for w in matrix]
+    header = ["objective", "picks", "batch per replica" if serving else "micro-batch", *(n for _, n, _ in figures),
+              "tied", "how it was picked, and whether the measurements can order it"]
+    return ["## Decision matrix", "",
+            "Each objective alone" + (", within the latency budget" if serving else "") + ": the setting it would "
+            "pick and that setting's figures (in bold, the one it was picked by). The verdict above weighs more "
+            "(failures, the memory limit, the required gain).", "", *_table(header, rows), ""]
+
+
+def _serving_section(results: Sequence[TrialResult], rec: Recommendation) -> list[str]:
+    """mode=inference: what the latency figures are, the budget and the batch sizes over it."""
+    batches = sorted({r.latency.num_batches for r in results if r.latency is not None})
+    lines = ["## Serving", "",
+             "Every rank serves as an independent replica; each batch is timed, device-synced, from taking the batch "
+             "to its outputs being ready, and the latency of a batch is that of the slowest replica. Throughput sums "
+             "the replicas' samples (docs/inference.md)."]
+    if batches:
+        evidence = f"{batches[0]}" if len(batches) == 1 else f"{batches[0]} to {batches[-1]}"
+        lines += ["", f"- batches behind each setting's percentiles: {evidence}"
+                  + ("; with fewer than 100 the p99 interpolates towards the slowest batch" if batches[0] < 100
+                     else "")]
+    if rec.max_latency_ms is None:
+        lines += ["- latency budget: none (recommend.max_latency_ms=null): every batch size can be chosen"]
+    else:
+        over = [f"{r.label} (p99 {format_ms(r.latency.p99_ms)} ms)" for r in results  # type: ignore[union-attr]
+                if r.trial_key in rec.over_budget]
+        lines += [f"- latency budget: p99 at most {rec.max_latency_ms:g} ms per batch (recommend.max_latency_ms)",
+                  "- over the budget, never chosen: " + (", ".join(over) if over else "none")]
+    return lines + [""]
 
 
 def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set: "ChartSet", *,
@@ -196,14 +232,17 @@ def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set
     """`jobs`: in a multirun, the job that measured each setting, by trial key (a column of the trials table)."""
     lines = ["# trainer_tune report", "", f"**{rec.verdict}**", ""]
     if rec.overrides:
-        lines += ["Train (or measure again) with:", "", "```", shell_line(rec.overrides), "```", ""]
+        lines += [f"{'Serve' if rec.serving else 'Train'} (or measure again) with:", "", "```",
+                  shell_line(rec.overrides), "```", ""]
     lines += ["## Why", ""] + [f"- {reason}" for reason in rec.reasons] + [""]
     lines += _trials_section(results, rec, jobs)
+    if rec.serving:
+        lines += _serving_section(results, rec)
     lines += _input_pipeline_section(rec)
     lines += _charts_section(chart_set)
     if rec.explanations is not None:
         lines += _scaling_section(rec.explanations.points, rec.explanations.facts)
-        lines += _matrix_section(rec.explanations.matrix, rec.unit)
+        lines += _matrix_section(rec.explanations.matrix, rec.unit, serving=rec.serving)
     if rec.not_measured:
         lines += ["## Settings not measured", ""] + [f"- {n.label}: {n.reason}" for n in rec.not_measured] + [""]
     if rec.race is not None:

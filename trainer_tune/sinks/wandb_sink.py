@@ -112,6 +112,10 @@ class WandbSink:
             charts = {"trials": table,
                       "throughput_by_setting": wandb.plot.bar(table, "label", "throughput_per_s",
                                                               title=f"{rec.unit}/s per setting")}
+            if rec.serving and any(row.get("latency_p99_ms") is not None for row in rows):
+                # Interactive beside the report's PNG (charts/latency_throughput): each setting a point.
+                charts["throughput_vs_p99"] = wandb.plot.scatter(
+                    table, "latency_p99_ms", "throughput_per_s", title=f"{rec.unit}/s against p99 latency (ms)")
             if any(row.get("gpu_util_mean_pct") is not None for row in rows):
                 charts["gpu_util_by_setting"] = wandb.plot.bar(table, "label", "gpu_util_mean_pct",
                                                                title="GPU utilization % per setting")
@@ -123,8 +127,13 @@ class WandbSink:
                 charts.update(_explanation_tables(wandb, rec.explanations))
                 summary = {"facts": list(rec.explanations.facts),
                            "objective_winners": {w.objective: {"label": w.label, "value": w.value, "note": w.note,
+                                                               "micro_batch_size": w.micro_batch_size,
                                                                "tied_with": list(w.tied_with)}
                                                  for w in rec.explanations.matrix}}
+            if rec.serving:
+                labels = {r.trial_key: r.label for r in results}
+                summary |= {"max_latency_ms": rec.max_latency_ms,
+                            "over_budget": [labels.get(key, key) for key in rec.over_budget]}
             run.log(charts)
             run.summary.update(summary | {"not_measured": [f"{n.label}: {n.reason}" for n in rec.not_measured],
                                    "race": rec.race.to_json_dict() if rec.race else None,

@@ -113,7 +113,7 @@ def _is_map_dataset(source: object) -> bool:
 
 
 def _loader(source: Any, *, target: str, micro_batch_size: int, rank: int, world_size: int, seed: int,
-            settings: LoaderSettings) -> tuple[Iterable[Any], Optional[DistributedSampler]]:
+            settings: LoaderSettings) -> tuple[Iterable[Any], Optional[Any]]:
     """(what to iterate, the sampler to advance each epoch) for what the source returned."""
     common = dict(batch_size=micro_batch_size, num_workers=settings.num_workers, pin_memory=settings.pin_memory,
                   drop_last=True, persistent_workers=settings.persistent_workers)
@@ -140,10 +140,13 @@ def _loader(source: Any, *, target: str, micro_batch_size: int, rank: int, world
         log.warning("data.num_workers=%d (or sweep.num_workers) changes nothing here: data._target_=%r returned a "
                     "%s, used as given; workers only load a Dataset that trainer_tune wraps in its own DataLoader",
                     settings.num_workers, target, type(source).__name__)
-    return source, None
+    # A DataLoader given as is: its own sampler is advanced each epoch too (a DistributedSampler reshuffles only
+    # when told the epoch, as a training loop tells it).
+    sampler = getattr(source, "sampler", None) if isinstance(source, DataLoader) else None
+    return source, sampler if callable(getattr(sampler, "set_epoch", None)) else None
 
 
-def _epochs(source: Iterable[Any], sampler: Optional[DistributedSampler], *, target: str) -> Iterator[Any]:
+def _epochs(source: Iterable[Any], sampler: Optional[Any], *, target: str) -> Iterator[Any]:
     """Batches epoch after epoch from a source that can be iterated again; a one-pass iterator once."""
     epoch = 0
     while True:

@@ -21,7 +21,8 @@ import torch
 from hydra.utils import get_object, instantiate
 from torch import nn
 
-from trainer_tune.config import Attention, ConfigError, DataKind, ModelArgs, TuneConfig
+from trainer_tune.config import Attention, ConfigError, DataKind, Mode, ModelArgs, TuneConfig
+from trainer_tune.flags import format_flag
 
 DATA_RUNTIME_KWARGS = ("micro_batch_size", "seq_len", "vocab_size", "rank", "world_size", "seed", "device")
 """What a batch source may take besides data.kwargs (trainer_tune.workloads.data.BatchSource); it is given those
@@ -144,6 +145,15 @@ def ignored_settings(cfg: TuneConfig) -> list[str]:
             notes.append(f"data.num_workers={cfg.data.num_workers} is ignored: the built-in data "
                          f"(data.kind={cfg.data.kind.value}) is made without a DataLoader; workers only load a "
                          f"Dataset that data._target_ returns")
+    if cfg.mode == Mode.inference:
+        if cfg.loss._target_ is not None:
+            notes.append(f"loss._target_={cfg.loss._target_!r} is ignored with mode=inference: a served batch has "
+                         f"no loss")
+        for key in ("static_graph", "find_unused_parameters", "bucket_cap_mb"):
+            value = getattr(cfg.ddp, key)
+            if value is not None:
+                notes.append(f"ddp.{key}={format_flag(value)} is ignored with mode=inference: there is no DDP, each "
+                             f"rank serves on its own")
     return notes
 
 
