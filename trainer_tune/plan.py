@@ -18,6 +18,7 @@ import torch
 from trainer_tune.config import ConfigError, FaultKind, Strategy, TuneConfig
 from trainer_tune.distributed import choose_backend
 from trainer_tune.flags import TrialFlags, format_flag, swept_flag_values, with_flag
+from trainer_tune.workloads.checkpoint import checkpoint_fingerprint
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,14 @@ def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -
     data = asdict(cfg.data)
     data.pop("num_workers")  # a flag of the setting (TrialFlags.num_workers), keyed with the flags
     telemetry = cfg.telemetry
+    model = asdict(cfg.model)
+    if cfg.model.checkpoint is None:
+        del model["checkpoint"]  # so sweeps without one keep the keys they had before the key existed
+    else:
+        # The path alone would let a checkpoint rewritten in place (trained further) stand for the old one.
+        model["checkpoint_fingerprint"] = checkpoint_fingerprint(cfg.model)
     return {
-        "model": asdict(cfg.model),
+        "model": model,
         "data": data,
         "loss": asdict(cfg.loss),
         "train": train,

@@ -37,7 +37,7 @@ from trainer_tune.units import format_bytes
 from trainer_tune.workloads.batch import Count, count_samples, read_count, token_counter
 from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.loss import build_loss
-from trainer_tune.workloads.model import build_model, count_parameters
+from trainer_tune.workloads.model import build_trial_model, count_parameters
 from trainer_tune.workloads.nsa_stats import AuxStatsCollector
 from trainer_tune.workloads.step import StepFn, StepOutcome, StepRules, default_step, user_step
 from trainer_tune.workloads.targets import instantiate_target
@@ -163,7 +163,7 @@ class _Trainer:
         self.fault = fault
         self.heartbeat = heartbeat
         torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model, spec.flags).to(device)
+        model = build_trial_model(cfg.model, spec.flags).to(device)
         self.num_parameters = count_parameters(model)
         self.aux_stats = AuxStatsCollector(model)
         self.batches: Iterator[Any] = build_batches(
