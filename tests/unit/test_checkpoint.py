@@ -134,6 +134,15 @@ def test_a_save_pretrained_directory_loads_into_a_hugging_face_target(tmp_path: 
     assert not _same_weights(build_model(replace(args, checkpoint=None)), saved)
 
 
+def test_a_bf16_directory_loads_as_float32_as_a_built_model_is(tmp_path: Path) -> None:
+    """transformers 5 keeps the saved dtype: a bf16 save would have made a bf16 model, measured as another one."""
+    saved, _ = _hf_saved(tmp_path)
+    saved.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    loaded = build_trial_model(_hf_args(tmp_path, checkpoint=str(tmp_path / "bf16")))
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert _same_weights(loaded, saved.float())
+
+
 def test_the_model_preset_hf_gpt2_takes_a_checkpoint_directory(tmp_path: Path) -> None:
     """model=hf_gpt2 model.checkpoint=DIR, composed as a user's command line is."""
     transformers = pytest.importorskip("transformers")

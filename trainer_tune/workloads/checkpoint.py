@@ -214,6 +214,10 @@ def _from_pretrained(args: ModelArgs, hf_class: type) -> nn.Module:
     if info.get("unexpected_keys"):
         log.warning("model.checkpoint=%s: %s not used by %s", path, _first(sorted(info["unexpected_keys"])),
                     args._target_)
+    if not {"dtype", "torch_dtype"} & set(kwargs):
+        # As built: transformers >= 5 keeps the saved dtype (bf16 weights would make a bf16 model), older ones and
+        # a model built from its config give float32; train.precision=bf16 autocasts float32 weights.
+        model = model.to(torch.get_default_dtype())
     model.train()  # from_pretrained returns the model in eval mode; a built one trains (dropout on)
     log.info("model.checkpoint=%s loaded by %s.from_pretrained", path, args._target_)
     return model
