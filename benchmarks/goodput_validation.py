@@ -1,6 +1,6 @@
 """Does goodput rank global batches the way training does? A check on the bundled byte corpus, on CPU.
 
-    python benchmarks/goodput_validation.py --out /tmp/goodput             # everything, ~10 min on 2 cores
+    python benchmarks/goodput_validation.py --out /tmp/goodput             # everything, ~5 min on 2 cores
     python benchmarks/goodput_validation.py --out /tmp/goodput --no-sweep  # without the sweep's estimate
 
 1. **Pretrain**: the built-in tiny GPT (`model=tiny`) on `data=bytes`, `--pretrain-steps` AdamW steps, saved as
@@ -13,7 +13,7 @@
    two-batch-size estimator of McCandlish et al. (2018), appendix A.1.
 4. **Train from the checkpoint** at each of `--batches` global batches for the same number of tokens, AdamW
    with the learning rate scaled by the square-root rule from the smallest batch, the loss evaluated on the
-   same held batches along the way; `--seeds` data orders per batch.
+   same fixed windows along the way; `--seeds` data orders per batch.
 5. **Compare** the efficiency the noise scale predicts, per sample relative to the smallest batch B_ref,
    (B_noise + B_ref) / (B_noise + B), with the efficiency training shows: the tokens B_ref's run needed to
    reach the loss B's run ended at, over the tokens B's run spent. Does the ranking of final losses follow,
@@ -47,7 +47,7 @@ CPU = torch.device("cpu")
 MODEL = ModelArgs()
 """model=tiny: 2 layers, d_model 128, 128 tokens per sample, one token per byte."""
 EVAL_SEED = 424_242
-"""The held batches' windows: the same for every run (not held out: the corpus is 40 kB, see README)."""
+"""The evaluation windows: the same for every run (not held out: the corpus is 40 kB, see README)."""
 
 
 def _batches(*, seed: int, micro_batch_size: int) -> Iterator[torch.Tensor]:
@@ -67,10 +67,10 @@ def eval_batches(num_samples: int) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def eval_loss(model: nn.Module, held: Sequence[torch.Tensor]) -> float:
+def eval_loss(model: nn.Module, eval_windows: Sequence[torch.Tensor]) -> float:
     was_training = model.training
     model.eval()
-    loss = statistics.fmean(_loss(model, batch).item() for batch in held)
+    loss = statistics.fmean(_loss(model, batch).item() for batch in eval_windows)
     model.train(was_training)
     return loss
 
@@ -156,12 +156,12 @@ class Run:
     tokens: list[int]
     """Tokens trained on at each evaluation (0 first: the checkpoint itself)."""
     losses: list[float]
-    """The held batches' loss at each evaluation."""
+    """The loss on the evaluation windows at each evaluation."""
     wall_s: float
 
 
 def train_from(checkpoint: Path, *, global_batch: int, num_tokens: int, lr: float, seed: int,
-               held: Sequence[torch.Tensor], num_evals: int, max_micro_batch: int,
+               eval_windows: Sequence[torch.Tensor], num_evals: int, max_micro_batch: int,
                save_to: Optional[Path] = None) -> Run:
     """Plain PyTorch: the checkpoint, a fresh AdamW, `global_batch` samples per optimizer step (gradient
     accumulation above max_micro_batch), a constant learning rate after a warm-up of a tenth of the tokens.
@@ -177,7 +177,7 @@ def train_from(checkpoint: Path, *, global_batch: int, num_tokens: int, lr: floa
     warmup_steps = max(1, num_steps // 10)
     eval_at = {round(num_steps * (i + 1) / num_evals) for i in range(num_evals)}
     stream = _batches(seed=1000 + seed, micro_batch_size=micro)
-    tokens, losses = [0], [eval_loss(model, held)]
+    tokens, losses = [0], [eval_loss(model, eval_windows)]
     start_s = time.perf_counter()
     for step in range(1, num_steps + 1):
         for group in optimizer.param_groups:
@@ -188,7 +188,7 @@ def train_from(checkpoint: Path, *, global_batch: int, num_tokens: int, lr: floa
         optimizer.zero_grad(set_to_none=True)
         if step in eval_at:
             tokens.append(step * tokens_per_step)
-            losses.append(eval_loss(model, held))
+            losses.append(eval_loss(model, eval_windows))
     if save_to is not None:
         torch.save(model.state_dict(), save_to)
     return Run(global_batch=global_batch, seed=seed, lr=lr, tokens=tokens, losses=losses,
@@ -306,8 +306,8 @@ def main() -> None:
     parser.add_argument("--lr-factors", type=lambda s: [float(x) for x in s.split(",")], default=[1.0],
                         help="also train at the sqrt-rule lr times these (comma-separated, 1 included), keeping the "
                              "best per batch: the efficiency model assumes a tuned lr")
-    parser.add_argument("--evals", type=int, default=12, help="evaluations of the held loss per run")
-    parser.add_argument("--held-samples", type=int, default=128)
+    parser.add_argument("--evals", type=int, default=12, help="evaluations of the eval loss per run")
+    parser.add_argument("--eval-samples", type=int, default=128)
     parser.add_argument("--max-micro-batch", type=int, default=32)
     parser.add_argument("--noise-groups", type=int, default=24)
     parser.add_argument("--nproc", type=int, default=2)
@@ -333,7 +333,7 @@ def main() -> None:
               f"{args.pretrain_steps * args.pretrain_batch * MODEL.seq_len / 39_760:.1f} passes over the corpus): "
               f"training loss {statistics.fmean(losses[:10]):.3f} -> {statistics.fmean(losses[-10:]):.3f}; "
               f"saved {checkpoint} ({time.perf_counter() - start_s:.0f} s)")
-    held = eval_batches(args.held_samples)
+    eval_windows = eval_batches(args.eval_samples)
 
     estimates: dict[str, float] = {}
     if not args.no_sweep:
@@ -350,7 +350,7 @@ def main() -> None:
         ref = reference_noise_scale(model, small_batch=4, num_small=16, num_groups=args.noise_groups)
         print(f"reference B_simple at {where}: {ref.value:.1f} samples (95% CI {ref.ci95[0]:.1f}-{ref.ci95[1]:.1f}; "
               f"|G|^2 {ref.g2_mean:.3g}, tr(Sigma) {ref.trace_sigma_mean:.3g}; b={ref.small_batch}, "
-              f"B={ref.big_batch}, {ref.num_groups} groups; held loss {eval_loss(model, held):.3f}; "
+              f"B={ref.big_batch}, {ref.num_groups} groups; eval loss {eval_loss(model, eval_windows):.3f}; "
               f"{time.perf_counter() - t_s:.0f} s)", flush=True)
         return ref
 
@@ -364,10 +364,10 @@ def main() -> None:
         for seed in range(args.seeds):
             save_to = args.out / "after_reference_run.pt" if (batch, seed, factor) == (reference_batch, 0, 1.0) \
                 else None
-            run = train_from(checkpoint, global_batch=batch, num_tokens=args.tokens, lr=lr, seed=seed, held=held,
+            run = train_from(checkpoint, global_batch=batch, num_tokens=args.tokens, lr=lr, seed=seed, eval_windows=eval_windows,
                              num_evals=args.evals, max_micro_batch=args.max_micro_batch, save_to=save_to)
             runs.append(run)
-            print(f"batch {batch} seed {seed}: lr {lr:.2e}, held loss {run.losses[0]:.4f} -> {run.losses[-1]:.4f} "
+            print(f"batch {batch} seed {seed}: lr {lr:.2e}, eval loss {run.losses[0]:.4f} -> {run.losses[-1]:.4f} "
                   f"over {run.tokens[-1]:,} tokens ({run.wall_s:.0f} s)", flush=True)
     # The noise scale grows as the loss falls: where the comparison runs end, it is no longer the checkpoint's.
     estimates["reference, end"] = reference_at(f"the end of batch {reference_batch}'s run",
