@@ -141,6 +141,14 @@ class ModelArgs:
     kwargs: Dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for model._target_ (add one with +model.kwargs.NAME=VALUE; nested `_target_` nodes
     are instantiated too, e.g. a Hugging Face config object)."""
+    checkpoint: Optional[str] = None
+    """null: every trial starts from the model's random initialisation. Else the weights every trial starts
+    from, so a sweep measures where training will be (the gradient noise scale at initialisation is not the one
+    later in training): a state dict file (`torch.save(model.state_dict(), PATH)`), loaded strictly into the
+    built-in GPT or the model._target_ builds; for a Hugging Face model._target_ (a class with from_pretrained)
+    a `save_pretrained` directory, loaded by that class's from_pretrained with model.kwargs (a config there is
+    the architecture the weights must fit). Relative to the working directory. Trials are keyed by its size
+    and a sample of its bytes: a changed checkpoint is measured again."""
     vocab_size: int = 256
     """Token ids run from 0 to vocab_size - 1: the embedding and LM-head size, and the range of synthetic data."""
     seq_len: int = 128
@@ -164,6 +172,8 @@ class ModelArgs:
 
     def __post_init__(self) -> None:
         require_target("model._target_", self._target_)
+        require(self.checkpoint is None or self.checkpoint.strip() != "", key="model.checkpoint",
+                value=self.checkpoint, allowed="a path to a state dict file or a save_pretrained directory, or null")
         for key in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "mlp_ratio", "nsa_block_size",
                     "nsa_num_selected_blocks", "nsa_window_size"):
             require_int_at_least(f"model.{key}", getattr(self, key), 1)
@@ -419,7 +429,8 @@ class WindowArgs:
     communication time.
     Not counted in any throughput figure; 0 switches it off; ignored with one rank (no sync to remove)."""
     noise_steps: int = 4
-    """After the measured steps of every training window, this many extra optimizer steps, untimed, that read
+    """After the measured steps of a setting's first training window, this many extra optimizer steps, untimed
+    (but counted by sweep.budget_s), that read
     the gradient's squared norm at two or three batch sizes (a micro-batch, a rank's accumulated batch, the
     global batch) for the gradient noise scale B_noise; needs two ranks or grad_accum >= 2. 0 switches it off
     (and with it goodput)."""

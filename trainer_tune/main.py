@@ -37,6 +37,7 @@ from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_config
 from trainer_tune.sinks.report import REPORT_MD
 from trainer_tune.sinks.wandb_sink import WandbSink
+from trainer_tune.workloads.checkpoint import check_checkpoint
 from trainer_tune.workloads.targets import check_targets, ignored_settings
 from trainer_tune.tune import run_sweep
 
@@ -78,6 +79,7 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
         if rank_env.world_size > 1:
             choose_backend(cfg.dist, device)
         multirun = current_job(sweep=cfg.sweep, baseline=cfg.baseline)
+        check_checkpoint(cfg.model)  # before the plan, whose keys hold the checkpoint's fingerprint
         if multirun is None:
             build_plan(cfg, world_size=rank_env.world_size, base_flags=base_flags, device_type=device.type)
         else:

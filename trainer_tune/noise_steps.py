@@ -81,12 +81,15 @@ class GradientNormReader:
         return squared_norm(self.parameters)
 
 
-def why_not_measured(*, num_steps: int, world_size: int, grad_accum: int, training: bool) -> Optional[str]:
-    """Why a window reads no noise steps, or None when it does."""
+def why_not_measured(*, num_steps: int, world_size: int, grad_accum: int, training: bool,
+                     first_window: bool = True) -> Optional[str]:
+    """Why a window reads no noise steps, or None when it does (a setting's first window only)."""
     if not training:
         return "mode=inference: no gradients"
     if num_steps == 0:
         return "window.noise_steps=0"
+    if not first_window:
+        return "read in the setting's first window only"
     if world_size < 2 and grad_accum < 2:
         return ("one rank and grad_accum=1 give one batch size only; the noise scale needs two (two ranks, or "
                 "grad_accum >= 2)")

@@ -18,6 +18,7 @@ import torch
 from trainer_tune.config import ConfigError, FaultKind, Mode, StepArgs, Strategy, ThroughputArgs, TuneConfig
 from trainer_tune.distributed import choose_backend
 from trainer_tune.flags import TrialFlags, format_flag, swept_flag_values, with_flag
+from trainer_tune.workloads.checkpoint import checkpoint_fingerprint
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,22 @@ def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -
     data = asdict(cfg.data)
     data.pop("num_workers")  # a flag of the setting (TrialFlags.num_workers), keyed with the flags
     telemetry = cfg.telemetry
+    window = asdict(cfg.window)
+    if cfg.window.noise_steps == 0:
+        del window["noise_steps"]  # off, as in journals written before it existed: their keys stay the same
+    model = asdict(cfg.model)
+    if cfg.model.checkpoint is None:
+        del model["checkpoint"]  # so sweeps without one keep the keys they had before the key existed
+    else:
+        # The path alone would let a checkpoint rewritten in place (trained further) stand for the old one.
+        model["checkpoint_fingerprint"] = checkpoint_fingerprint(cfg.model)
     context: dict[str, Any] = {
-        "model": asdict(cfg.model),
+        "model": model,
         "data": data,
         "loss": asdict(cfg.loss),
         "train": train,
         # comm_split_steps and noise_steps included: they decide whether exposed comm and B_noise are measured.
-        "window": asdict(cfg.window),
+        "window": window,
         "world_size": world_size,
         "device_type": device_type,
         # The backend the group really uses (auto resolves to it), so auto and its value share results.

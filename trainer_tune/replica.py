@@ -33,7 +33,7 @@ from trainer_tune.flops import analytic_flops_apply
 from trainer_tune.plan import TrialSpec
 from trainer_tune.workloads.batch import _is_token_ids, count_samples, describe, token_counter
 from trainer_tune.workloads.data import build_batches
-from trainer_tune.workloads.model import build_model, count_parameters
+from trainer_tune.workloads.model import build_trial_model, count_parameters
 from trainer_tune.workloads.step import StepOutcome
 from trainer_tune.workloads.targets import TargetError, instantiate_target
 
@@ -79,7 +79,7 @@ class InferenceReplica:
         self.heartbeat = heartbeat
         self.count_tokens = token_counter(cfg.throughput.count)
         torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model, spec.flags).to(device)
+        model = build_trial_model(cfg.model, spec.flags).to(device)
         model.eval()  # dropout off, BatchNorm on its running statistics: as served
         self.model = model
         self.num_parameters = count_parameters(model)

@@ -40,7 +40,7 @@ from trainer_tune.units import format_bytes
 from trainer_tune.workloads.batch import Count, count_samples, read_count, token_counter
 from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.loss import build_loss
-from trainer_tune.workloads.model import build_model, count_parameters
+from trainer_tune.workloads.model import build_trial_model, count_parameters
 from trainer_tune.workloads.nsa_stats import AuxStatsCollector
 from trainer_tune.workloads.step import StepFn, StepOutcome, StepRules, default_step, user_step
 from trainer_tune.workloads.targets import instantiate_target
@@ -170,7 +170,7 @@ class _Trainer:
         self.fault = fault
         self.heartbeat = heartbeat
         torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model, spec.flags).to(device)
+        model = build_trial_model(cfg.model, spec.flags).to(device)
         self.num_parameters = count_parameters(model)
         self.aux_stats = AuxStatsCollector(model)
         self.batches: Iterator[Any] = build_batches(
@@ -480,8 +480,11 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
     # Before the comm split: its steps without sync leave the ranks' weights apart, and the noise steps read
     # every rank's gradient as one of the same model's.
     world_size = session.rank_env.world_size if isinstance(trainer, _Trainer) and trainer.can_skip_sync else 1
+    # In a setting's first window only (as the comm split): four extra steps in every window would cost the race
+    # rounds (sweep.budget_s counts them), and the sweep's figure pools every setting's steps anyway.
     noise_note = why_not_measured(num_steps=window.noise_steps, world_size=world_size,
-                                  grad_accum=getattr(trainer, "grad_accum", 1), training=isinstance(trainer, _Trainer))
+                                  grad_accum=getattr(trainer, "grad_accum", 1), training=isinstance(trainer, _Trainer),
+                                  first_window=comm_split)
     noise_readings = run_noise_steps(trainer, num_steps=window.noise_steps, world_size=world_size) \
         if noise_note is None else []
     no_sync_step_times_s = _no_sync_steps(trainer, num_steps=window.comm_split_steps if comm_split else 0,

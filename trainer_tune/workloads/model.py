@@ -4,7 +4,8 @@ Pre-norm blocks (LayerNorm, causal multi-head attention, GELU MLP), learned posi
 head tied to the token embedding. Attention is dense (`scaled_dot_product_attention`) or native sparse
 attention (`model.attention=nsa`, trainer_tune/workloads/nsa_attention.py), whose code path and auxiliary statistics
 follow the trial's `nsa.prefill_batched` and `nsa.disable_aux_stats`. `forward(input_ids)` takes
-`[batch, seq]` token ids and returns logits `[batch, seq, vocab]`.
+`[batch, seq]` token ids and returns logits `[batch, seq, vocab]`. `build_trial_model` is what a trial runs: the
+same model, starting from model.checkpoint's weights when set.
 """
 
 from __future__ import annotations
@@ -105,6 +106,15 @@ def build_model(args: ModelArgs, flags: TrialFlags = TrialFlags()) -> nn.Module:
         from trainer_tune.workloads.targets import instantiate_model
         return instantiate_model(args)
     return GPT(args, flags)
+
+
+def build_trial_model(args: ModelArgs, flags: TrialFlags = TrialFlags()) -> nn.Module:
+    """The model a trial trains or serves, on the CPU: `build_model`'s, starting from model.checkpoint when one
+    is set (trainer_tune/workloads/checkpoint.py). The caller moves it to the device and wraps it in DDP."""
+    if args.checkpoint is None:
+        return build_model(args, flags)
+    from trainer_tune.workloads.checkpoint import load_checkpoint
+    return load_checkpoint(args, lambda: build_model(args, flags))
 
 
 def count_parameters(model: nn.Module) -> int:
