@@ -34,18 +34,10 @@ from trainer_tune.plan import TrialSpec
 from trainer_tune.workloads.batch import _is_token_ids, count_samples, describe, token_counter
 from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.model import build_trial_model, count_parameters
-from trainer_tune.workloads.step import StepOutcome
+from trainer_tune.workloads.step import StepOutcome, call_model
 from trainer_tune.workloads.targets import TargetError, instantiate_target
 
 ServeFn = Callable[[nn.Module, Any], Any]
-
-
-def _call(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
 
 
 def default_serve(model: nn.Module, batch: Any) -> Any:
@@ -56,7 +48,7 @@ def default_serve(model: nn.Module, batch: Any) -> Any:
         if len(batch) != 2:
             raise TargetError(f"mode=inference takes a pair (inputs, targets), got {describe(batch)}: set "
                               f"step._target_ to a function step(model, batch) for this batch")
-        return _call(model, batch[0])
+        return call_model(model, batch[0])
     if _is_token_ids(batch) and batch.dim() == 2:
         return model(batch[:, :-1])
     raise TargetError(f"mode=inference cannot serve a batch {describe(batch)}: it takes integer token ids "

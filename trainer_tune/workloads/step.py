@@ -62,7 +62,8 @@ def _output_loss(outputs: Any) -> Optional[torch.Tensor]:
     return loss if isinstance(loss, torch.Tensor) else None
 
 
-def _call(module: nn.Module, inputs: Any) -> Any:
+def call_model(module: nn.Module, inputs: Any) -> Any:
+    """The model on a batch's inputs: a mapping as keywords, a tuple or list as positional arguments."""
     if isinstance(inputs, Mapping):
         return module(**inputs)
     if isinstance(inputs, (tuple, list)):
@@ -109,7 +110,7 @@ def default_step(module: nn.Module, batch: Any, rules: StepRules) -> torch.Tenso
                               f"step._target_ to a function step(model, batch) -> loss for this batch")
         inputs, targets = batch
         with rules.autocast():
-            outputs = _call(module, inputs)
+            outputs = call_model(module, inputs)
         loss_fn = rules.loss_fn or cross_entropy
         return checked_loss(loss_fn(outputs, targets), source=_loss_source(rules))
     if _is_token_ids(batch) and batch.dim() == 2:
