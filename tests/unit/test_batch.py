@@ -33,20 +33,11 @@ class Encoding(Mapping):
         return len(self._data)
 
 
-class FixedKeys(Mapping):
+class FixedKeys(Encoding):
     """A mapping type that cannot be built from a dict (its constructor takes no arguments)."""
 
     def __init__(self) -> None:
-        self._data = {"x": torch.zeros(2)}
-
-    def __getitem__(self, key: str) -> object:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
+        super().__init__({"x": torch.zeros(2)})
 
 
 def _devices(batch: object) -> list[str]:
