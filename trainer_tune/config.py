@@ -90,6 +90,20 @@ class TieBreak(Enum):
 class Precision(Enum):
     fp32 = "fp32"
     bf16 = "bf16"
+    """bfloat16 autocast of the forward (weights, gradients and optimizer state stay float32)."""
+    fp16 = "fp16"
+    """float16 autocast of the forward with a GradScaler (loss scaling keeps small gradients from flushing to 0)."""
+
+
+class CompileMode(Enum):
+    """torch.compile's `mode`."""
+
+    default = "default"
+    reduce_overhead = "reduce-overhead"
+    """CUDA graphs: fewer kernel launches, more memory."""
+    max_autotune = "max-autotune"
+    """Autotuned kernels (and CUDA graphs): the longest compile."""
+    max_autotune_no_cudagraphs = "max-autotune-no-cudagraphs"
 
 
 class Mode(Enum):
@@ -308,7 +322,18 @@ class TrainArgs:
     seed: int = 0
     """Seed for model initialisation; the same for every trial."""
     precision: Precision = Precision.fp32
-    """fp32, or bf16 autocast (on CUDA; on CPU bf16 autocast is valid but usually slower)."""
+    """fp32; bf16 autocast (on CPU valid but usually slower); or fp16 autocast with a GradScaler (meant for
+    CUDA). sweep.precision makes it an axis."""
+    compile: bool = False
+    """torch.compile the model (train.compile_mode) before its first warm-up step: compilation happens in the
+    warm-up, is never counted in throughput, and is recorded as the trial's compile_s. sweep.compile makes it an
+    axis."""
+    compile_mode: CompileMode = CompileMode.default
+    """torch.compile's mode: default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward instead of keeping them (less memory, more compute):
+    per block for the built-in GPT, gradient_checkpointing_enable() for a model that has it (Hugging Face), see
+    docs/your-model.md for your own. sweep.activation_checkpointing makes it an axis."""
     max_memory_fraction: Optional[float] = None
     """CUDA only: cap this process's allocator at this share of the device, so a setting that would not fit
     next to another job runs out of memory here, at the real limit, and is recorded as oom."""
@@ -373,6 +398,13 @@ class SweepArgs:
     """Values of data.num_workers to measure, multiplying the grid (with a data._target_ that returns a
     Dataset: trainer_tune builds its DataLoader); e.g. [0, 2, 4] shows whether more workers end an input-bound
     setting's wait for batches."""
+    compile: Optional[List[bool]] = None
+    """Values of train.compile to measure, multiplying the grid: [false, true] shows what torch.compile gains and
+    after how many steps its compile time pays back."""
+    activation_checkpointing: Optional[List[bool]] = None
+    """Values of train.activation_checkpointing to measure, multiplying the grid (training only)."""
+    precision: Optional[List[Precision]] = None
+    """Values of train.precision to measure, multiplying the grid, e.g. [fp32, bf16]."""
 
     @property
     def fixes_global_batch(self) -> bool:
@@ -391,7 +423,8 @@ class SweepArgs:
         if self.global_batch_size is not None:
             require_int_at_least("sweep.global_batch_size", self.global_batch_size, 1)
         for key in ("nsa_prefill_batched", "nsa_disable_aux_stats", "ddp_static_graph",
-                    "ddp_find_unused_parameters", "ddp_bucket_cap_mb"):
+                    "ddp_find_unused_parameters", "ddp_bucket_cap_mb", "compile", "activation_checkpointing",
+                    "precision"):
             require_non_empty(f"sweep.{key}", getattr(self, key))
         require_list_of_int_at_least("sweep.num_workers", self.num_workers, 0)
         for mb in self.ddp_bucket_cap_mb or []:
@@ -694,7 +727,8 @@ class TuneConfig:
                             f"collective times out")
 
 
-_TRAINING_ONLY_AXES = ("grad_accums", "ddp_static_graph", "ddp_find_unused_parameters", "ddp_bucket_cap_mb")
+_TRAINING_ONLY_AXES = ("grad_accums", "ddp_static_graph", "ddp_find_unused_parameters", "ddp_bucket_cap_mb",
+                       "activation_checkpointing")
 
 
 def _require_inference_axes(cfg: "TuneConfig") -> None:
@@ -703,6 +737,8 @@ def _require_inference_axes(cfg: "TuneConfig") -> None:
         values = getattr(cfg.sweep, name)
         require(values is None, key=f"sweep.{name}", value=values,
                 allowed="null with mode=inference (no gradients, no DDP: each rank serves on its own)")
+    require(not cfg.train.activation_checkpointing, key="train.activation_checkpointing", value=True,
+            allowed="false with mode=inference (there is no backward to recompute activations for)")
     for key, value in (("train.grad_accum", cfg.train.grad_accum), ("baseline.grad_accum", cfg.baseline.grad_accum)):
         # An unresolved ${train.grad_accum} (a dataclass built by hand) is checked through train.grad_accum.
         require(not isinstance(value, int) or value == 1, key=key, value=value, allowed="1 with mode=inference (there is nothing to accumulate)")

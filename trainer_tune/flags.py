@@ -1,18 +1,21 @@
-"""A setting's flags besides its batch shape: the NSA and DDP switches and the DataLoader's worker count.
+"""A setting's flags besides its batch shape: the NSA and DDP switches, the DataLoader's worker count, and the
+training knobs after the batch size (torch.compile, activation checkpointing, precision).
 
 Precedence, per flag: a value given in the config (command line or YAML) wins; else the environment
 variable if it is set; else the built-in default. The effective values are exported to the process
 environment while each trial runs, so user code that reads `NSA_*` sees what was measured, and they are
-recorded with every trial. data.num_workers has no variable: it only shapes the DataLoader trainer_tune builds.
+recorded with every trial. data.num_workers and the train.* knobs have no variable: they only shape what
+trainer_tune builds.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, replace
+from enum import Enum
 from typing import Iterator, Mapping, MutableMapping, Optional
 
-from trainer_tune.config import ConfigError, DataArgs, DdpArgs, NsaArgs, SweepArgs
+from trainer_tune.config import ConfigError, DataArgs, DdpArgs, NsaArgs, Precision, SweepArgs, TrainArgs
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,12 @@ class TrialFlags:
     """None: DDP's own default, which is not the same as 25: a 1 MiB first bucket, then 25 MiB buckets."""
     num_workers: int = 0
     """DataLoader worker processes for a Dataset source (data.num_workers); a flag so it can be swept."""
+    compile: bool = False
+    """torch.compile the model (train.compile, with train.compile_mode), compiled in the warm-up."""
+    activation_checkpointing: bool = False
+    """Recompute activations in the backward instead of keeping them (train.activation_checkpointing)."""
+    precision: str = Precision.fp32.value
+    """A Precision value (train.precision): fp32, bf16 or fp16 autocast."""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -49,7 +58,14 @@ FLAG_SPECS: tuple[FlagSpec, ...] = (
              "ddp_find_unused_parameters", "unused"),
     FlagSpec("bucket_cap_mb", "ddp.bucket_cap_mb", "NSA_DDP_BUCKET_MB", "ddp_bucket_cap_mb", "bucket_mb"),
     FlagSpec("num_workers", "data.num_workers", None, "num_workers", "workers"),
+    FlagSpec("compile", "train.compile", None, "compile", "compile"),
+    FlagSpec("activation_checkpointing", "train.activation_checkpointing", None, "activation_checkpointing", "ac"),
+    FlagSpec("precision", "train.precision", None, "precision", "prec"),
 )
+
+KEYED_WHEN_SET = {"compile": False, "activation_checkpointing": False, "precision": Precision.fp32.value}
+"""Flags that join a trial's key only away from these values: journals written before they existed measured
+exactly these, so their keys stay the same (plan._trial_key)."""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -74,17 +90,18 @@ def _parse_env(spec: FlagSpec, raw: str, default: object) -> object:
     return value
 
 
-def resolve_flags(*, nsa: NsaArgs, ddp: DdpArgs, data: DataArgs, environ: Mapping[str, str]) -> TrialFlags:
-    """The effective flags for trials that do not sweep them."""
+def resolve_flags(*, nsa: NsaArgs, ddp: DdpArgs, data: DataArgs, environ: Mapping[str, str],
+                  train: Optional[TrainArgs] = None) -> TrialFlags:
+    """The effective flags for trials that do not sweep them (train=None: train.*'s defaults)."""
     defaults = TrialFlags()
-    groups = {"nsa": nsa, "ddp": ddp, "data": data}
+    groups = {"nsa": nsa, "ddp": ddp, "data": data, "train": train if train is not None else TrainArgs()}
     values: dict[str, object] = {}
     for spec in FLAG_SPECS:
         default = getattr(defaults, spec.field_name)
         group, name = spec.config_key.split(".")
         given = getattr(groups[group], name)
         if given is not None:
-            values[spec.field_name] = given
+            values[spec.field_name] = given.value if isinstance(given, Enum) else given
         elif spec.env_var is not None and environ.get(spec.env_var, "").strip():
             values[spec.field_name] = _parse_env(spec, environ[spec.env_var], default)
         else:
@@ -100,22 +117,26 @@ def swept_flag_values(sweep: SweepArgs) -> dict[str, list[object]]:
     for spec in FLAG_SPECS:
         values = getattr(sweep, spec.sweep_key)
         if values is not None:
-            axes[spec.field_name] = list(values)
+            axes[spec.field_name] = [v.value if isinstance(v, Enum) else v for v in values]
     return axes
 
 
 def with_flag(flags: TrialFlags, field_name: str, value: object) -> TrialFlags:
     if field_name == "bucket_cap_mb" and value is not None:
         value = float(value)  # type: ignore[arg-type]
+    if isinstance(value, Enum):
+        value = value.value
     return replace(flags, **{field_name: value})
 
 
 def format_flag(value: object) -> str:
-    """A flag value as written in overrides and labels: true/false, 12.5, or null for DDP's default."""
+    """A flag value as written in overrides and labels: true/false, 12.5, bf16, or null for DDP's default."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, str):
+        return value
     return f"{value:g}"
 
 

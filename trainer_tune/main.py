@@ -74,7 +74,7 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
     try:
         check_keys(raw)  # to_object would drop a key added with + that the schema lacks, without a word
         cfg: TuneConfig = OmegaConf.to_object(raw)  # type: ignore[assignment]
-        base_flags = resolve_flags(nsa=cfg.nsa, ddp=cfg.ddp, data=cfg.data, environ=os.environ)
+        base_flags = resolve_flags(nsa=cfg.nsa, ddp=cfg.ddp, data=cfg.data, train=cfg.train, environ=os.environ)
         device = choose_device(cfg.dist, rank_env)
         if rank_env.world_size > 1:
             choose_backend(cfg.dist, device)

@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from trainer_tune.config import (
-    BaselineArgs, ConfigError, DataArgs, DdpArgs, DistArgs, NsaArgs, RecommendArgs, SweepArgs, WandbArgs)
+    BaselineArgs, ConfigError, DataArgs, DdpArgs, DistArgs, NsaArgs, RecommendArgs, SweepArgs, TrainArgs, WandbArgs)
 from trainer_tune.config_keys import check_keys, check_override_keys
 from trainer_tune.distributed import DistSession, RankEnv, adopt_slurm_tasks, launch_hint
 from trainer_tune.durable import write_atomically
@@ -168,7 +168,8 @@ class MultirunCallback(Callback):
         # train.* sweep moves away from, and baseline.* (train.* unless set) is what they are measured against.
         baseline: BaselineArgs = _typed(config.baseline, BaselineArgs)
         flags = resolve_flags(nsa=_typed(config.nsa, NsaArgs), ddp=_typed(config.ddp, DdpArgs),
-                              data=_typed(config.data, DataArgs), environ=os.environ)
+                              data=_typed(config.data, DataArgs), train=_typed(config.train, TrainArgs),
+                              environ=os.environ)
         pin = BaselinePin(micro_batch_size=baseline.micro_batch_size, grad_accum=baseline.grad_accum, flags=flags)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         pin_path = sweep_dir / PIN_NAME

@@ -15,9 +15,9 @@ from typing import Any, Iterable, Optional
 
 import torch
 
-from trainer_tune.config import ConfigError, FaultKind, Mode, StepArgs, Strategy, ThroughputArgs, TuneConfig
+from trainer_tune.config import CompileMode, ConfigError, FaultKind, Mode, StepArgs, Strategy, ThroughputArgs, TuneConfig
 from trainer_tune.distributed import choose_backend
-from trainer_tune.flags import TrialFlags, format_flag, swept_flag_values, with_flag
+from trainer_tune.flags import KEYED_WHEN_SET, TrialFlags, format_flag, swept_flag_values, with_flag
 from trainer_tune.workloads.checkpoint import checkpoint_fingerprint
 
 
@@ -56,6 +56,12 @@ def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -
     train = asdict(cfg.train)
     train.pop("micro_batch_size")
     train.pop("grad_accum")
+    # Flags of the setting (TrialFlags), keyed with the flags. train.precision stays too, as in journals from
+    # before it was a flag; compile_mode joins only when set, for the same reason.
+    train.pop("compile")
+    train.pop("activation_checkpointing")
+    if cfg.train.compile_mode == CompileMode.default:
+        del train["compile_mode"]
     data = asdict(cfg.data)
     data.pop("num_workers")  # a flag of the setting (TrialFlags.num_workers), keyed with the flags
     telemetry = cfg.telemetry
@@ -100,8 +106,10 @@ def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -
 
 
 def _trial_key(*, micro_batch_size: int, grad_accum: int, flags: TrialFlags, context: dict[str, Any]) -> str:
+    keyed = {name: value for name, value in flags.as_dict().items()
+             if name not in KEYED_WHEN_SET or value != KEYED_WHEN_SET[name]}
     blob = json.dumps({"micro_batch_size": micro_batch_size, "grad_accum": grad_accum,
-                       "flags": flags.as_dict(), "context": context}, sort_keys=True, default=str)
+                       "flags": keyed, "context": context}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

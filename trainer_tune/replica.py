@@ -17,7 +17,6 @@ What the replica calls per batch (workloads/step.py's rules, without the loss):
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
@@ -25,7 +24,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from trainer_tune.config import Precision, TuneConfig
+from trainer_tune.config import TuneConfig
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import FaultPlan
 from trainer_tune.flop_count import StepFlops, count_step_flops
@@ -34,6 +33,7 @@ from trainer_tune.plan import TrialSpec
 from trainer_tune.workloads.batch import _is_token_ids, count_samples, describe, token_counter
 from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.model import build_trial_model, count_parameters
+from trainer_tune.workloads.precision import autocast_for
 from trainer_tune.workloads.step import StepOutcome, call_model
 from trainer_tune.workloads.targets import TargetError, instantiate_target
 
@@ -78,8 +78,7 @@ class InferenceReplica:
         self.batches = build_batches(data=cfg.data, model=cfg.model, micro_batch_size=spec.micro_batch_size,
                                      rank=session.rank_env.rank, world_size=session.rank_env.world_size,
                                      device=device, num_workers=getattr(spec.flags, "num_workers", None))
-        self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) \
-            if cfg.train.precision == Precision.bf16 else contextlib.nullcontext
+        self.autocast = autocast_for(spec.flags.precision, device)
         self.serve: ServeFn = default_serve
         if cfg.step._target_ is not None:
             self.serve = instantiate_target("step._target_", cfg.step._target_, cfg.step.kwargs, partial=True)

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from trainer_tune.figures import (
     CommSplit, CpuFigures, GpuFigures, LatencyFigures, MfuFigures, NoiseScaleFigures, from_fields, peak_memory)
+from trainer_tune.flags import KEYED_WHEN_SET
 from trainer_tune.finite import NON_FINITE_KEY, finite_only
 from trainer_tune.stats import NoiseFloor, StepTimeStats
 
@@ -245,7 +246,9 @@ class TrialResult:
         values = dict(data)
         # Lines from before data.num_workers was one of the flags: their batches were made in the training
         # process unless data.num_workers said otherwise, which they did not record with the setting.
-        values["flags"] = {"num_workers": 0, **(values.get("flags") or {})}
+        # Likewise the train.* knobs (compile, activation checkpointing, precision) before they were flags: those
+        # lines measured the defaults unless train.precision said otherwise (kept in their run's config).
+        values["flags"] = {"num_workers": 0, **KEYED_WHEN_SET, **(values.get("flags") or {})}
         for name, build in typed.items():
             if values.get(name) is not None:
                 values[name] = build(values[name])

@@ -331,7 +331,7 @@ def _flops_context(cfg: TuneConfig, device: torch.device) -> tuple[Optional[floa
     if device.type != "cuda":
         return flops_per_token, None, (f"no peak TFLOP/s for a {device.type} device, so no MFU "
                                        f"(telemetry.peak_tflops sets one)")
-    dtype = "bfloat16" if cfg.train.precision == Precision.bf16 else "float32"
+    dtype = {Precision.bf16: "bfloat16", Precision.fp16: "float16"}.get(cfg.train.precision, "float32")
     peak, reason = lookup_peak_tflops(device_name=torch.cuda.get_device_name(device), dtype=dtype,
                                       tf32=torch.backends.cuda.matmul.allow_tf32)
     if reason is not None:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer_tune.config import Mode, Precision, TuneConfig, WindowArgs
+from trainer_tune.config import Mode, TuneConfig, WindowArgs
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import NO_FAULT, FaultPlan
 from trainer_tune.flop_count import StepFlops, count_step_flops
@@ -41,6 +41,7 @@ from trainer_tune.workloads.batch import Count, count_samples, read_count, token
 from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.loss import build_loss
 from trainer_tune.workloads.model import build_trial_model, count_parameters
+from trainer_tune.workloads.precision import autocast_for
 from trainer_tune.workloads.nsa_stats import AuxStatsCollector
 from trainer_tune.workloads.step import StepFn, StepOutcome, StepRules, default_step, user_step
 from trainer_tune.workloads.targets import instantiate_target
@@ -177,8 +178,7 @@ class _Trainer:
             data=cfg.data, model=cfg.model, micro_batch_size=spec.micro_batch_size,
             rank=session.rank_env.rank, world_size=session.rank_env.world_size, device=device,
             num_workers=spec.flags.num_workers)
-        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) \
-            if cfg.train.precision == Precision.bf16 else contextlib.nullcontext
+        autocast = autocast_for(spec.flags.precision, device)
         self.loss_of: StepFn = _step_fn(cfg, autocast)
         self.count_tokens = token_counter(cfg.throughput.count)
         self.flops = flops

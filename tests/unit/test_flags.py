@@ -63,3 +63,13 @@ def test_a_trial_exports_its_flags_only_while_it_runs(fails: bool) -> None:
             if fails:
                 raise RuntimeError("the trial failed")
     assert environ == before  # the next job of a multirun resolves its flags from what the user set
+
+
+def test_train_knobs_are_flags_resolved_from_train() -> None:
+    from trainer_tune.config import Precision, TrainArgs
+    flags = resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), data=DataArgs(), environ={},
+                          train=TrainArgs(compile=True, activation_checkpointing=True, precision=Precision.bf16))
+    assert (flags.compile, flags.activation_checkpointing, flags.precision) == (True, True, "bf16")
+    assert {"train.compile=true", "train.activation_checkpointing=true", "train.precision=bf16"} <= \
+        set(flags_to_overrides(flags))
+    assert flags_to_environ(flags) == flags_to_environ(TrialFlags())  # no NSA_* variable for them

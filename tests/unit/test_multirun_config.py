@@ -89,6 +89,7 @@ def test_a_multirun_under_srun_recommends_an_srun_command(tmp_path: Path, monkey
     hint = [line for line in (tmp_path / "recommendation.yaml").read_text().splitlines() if line.startswith("#   ")]
     assert hint == ["#   srun --nodes=2 --ntasks-per-node=2 python -m trainer_tune train.micro_batch_size=4 "
                     "train.grad_accum=1 nsa.prefill_batched=true nsa.disable_aux_stats=false ddp.static_graph=false "
-                    "ddp.find_unused_parameters=false ddp.bucket_cap_mb=null data.num_workers=0 "
+                    "ddp.find_unused_parameters=false ddp.bucket_cap_mb=null data.num_workers=0 train.compile=false "
+                    "train.activation_checkpointing=false train.precision=fp32 "
                     # The global batch doubles: train.lr (3e-4) times sqrt(2), recommend.lr_scaling's default.
                     "train.lr=0.000424264"]

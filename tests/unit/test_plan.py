@@ -190,3 +190,24 @@ def test_the_global_batch_sweep_holds_the_baselines_by_default() -> None:
         cfg: TuneConfig = OmegaConf.to_object(compose(config_name="config", overrides=["+sweep=global_batch"]))  # type: ignore
     plan = build_plan(cfg, world_size=2, base_flags=TrialFlags(), device_type="cpu")
     assert {s.global_batch_size for s in plan} == {plan[0].global_batch_size} == {4}
+
+
+def test_compile_checkpointing_and_precision_axes_multiply_the_grid_and_key_only_when_set() -> None:
+    plan = build_plan(_cfg(micro_batch_sizes=[2], compile=[False, True], activation_checkpointing=[False, True],
+                           precision=[Precision.fp32, Precision.bf16]),
+                      world_size=1, base_flags=TrialFlags(), device_type="cpu")
+    assert len(plan) == 8  # the baseline (2x1, defaults) is one of the 2 x 2 x 2
+    assert {(s.flags.compile, s.flags.activation_checkpointing, s.flags.precision) for s in plan} == {
+        (c, a, p) for c in (False, True) for a in (False, True) for p in ("fp32", "bf16")}
+    assert len({s.key for s in plan}) == 8
+    assert plan[1].label(swept_flags=("compile", "precision")) == "2x1 compile=false precision=bf16"
+    # A journal written before these flags existed measured their defaults: its keys are the ones still computed.
+    defaults = build_plan(_cfg(), world_size=1, base_flags=TrialFlags(), device_type="cpu")[0]
+    assert defaults.key == plan[0].key
+
+
+def test_compile_mode_changes_the_key() -> None:
+    cfg = _cfg()
+    cfg.train = TrainArgs(compile_mode="max-autotune")  # type: ignore[arg-type]
+    assert build_plan(cfg, world_size=1, base_flags=TrialFlags(compile=True), device_type="cpu")[0].key != \
+        build_plan(_cfg(), world_size=1, base_flags=TrialFlags(compile=True), device_type="cpu")[0].key

@@ -74,6 +74,8 @@ def test_energy_objective_without_any_reading_is_no_go_named_unmeasured_never_ze
     (SweepArgs(ddp_static_graph=[True, False]), TrainArgs(), "sweep.ddp_static_graph"),
     (SweepArgs(), TrainArgs(grad_accum=2), "train.grad_accum"),
     (SweepArgs(hold_global_batch=True), TrainArgs(), "sweep.hold_global_batch"),
+    (SweepArgs(activation_checkpointing=[False, True]), TrainArgs(), "sweep.activation_checkpointing"),
+    (SweepArgs(), TrainArgs(activation_checkpointing=True), "train.activation_checkpointing"),
 ])
 def test_inference_refuses_training_axes(sweep: SweepArgs, train: TrainArgs, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{key}=.* is not allowed: .* with mode=inference"):
