@@ -24,6 +24,10 @@ recommend.compare), the lowest p99 latency per batch (mode=inference only), the 
 (TrialResult.energy_j_per_sample), the least peak memory. Latency, energy and memory are point figures with no
 interval: their rows say the measurements cannot tell whether the winner beats the runner-up beyond noise.
 Unmeasured figures give a row without a winner and the reason, never a zero.
+
+Busy but idle. NVML's GPU utilization is the share of time any kernel ran; on Hopper and newer, GPM's SM
+activity (gpm.py) is the share of SMs busy. A setting whose utilization is at least BUSY_UTIL_PCT while its SM
+activity is below IDLE_SM_ACTIVE_PCT gets a fact saying both figures (`sms_mostly_idle` is the rule).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable, Collection, Optional, Sequence
 
-from trainer_tune.figures import describe_memory_source
+from trainer_tune.figures import GpuFigures, describe_memory_source
 from trainer_tune.flags import FLAG_SPECS, FlagSpec, format_flag
 from trainer_tune.results import TrialResult
 from trainer_tune.units import count, format_bytes, format_ms
@@ -122,6 +126,8 @@ class Explanations:
     """One row per objective, in OBJECTIVES order (then MAX_GOODPUT, where measured)."""
     pareto_keys: tuple[str, ...] = ()
     """mode=inference: trial keys of the settings on the throughput vs p99 Pareto front (pareto_front)."""
+    sms_mostly_idle: tuple[str, ...] = ()
+    """Labels of the settings whose GPU read busy while most SMs idled (sms_mostly_idle); their facts say more."""
 
     def winner(self, objective: str) -> Optional[ObjectiveWinner]:
         return next((w for w in self.matrix if w.objective == objective), None)
@@ -232,8 +238,33 @@ def _scaling_facts(points: Sequence[ScalingPoint]) -> list[str]:
     return facts
 
 
+BUSY_UTIL_PCT = 80.0
+"""NVML utilization from here up reads as a GPU kept busy: what a user takes for "the GPU is not the problem"."""
+IDLE_SM_ACTIVE_PCT = 40.0
+"""GPM SM activity under this means most SMs sat idle over the window. A step of large matrix products keeps it
+well above (every SM gets tiles); under 40% while utilization reads busy, the time counted as busy went to kernels
+that use few SMs or wait (an all-reduce waiting on the network, small kernels between launch gaps)."""
+
+
+def sms_mostly_idle(gpu: Optional[GpuFigures]) -> bool:
+    """The GPU read busy (utilization >= BUSY_UTIL_PCT) while its SMs were mostly idle (GPM SM activity
+    < IDLE_SM_ACTIVE_PCT); False where either figure was not measured."""
+    if gpu is None or gpu.util_mean_pct is None or gpu.sm_active_mean_pct is None:
+        return False
+    return gpu.util_mean_pct >= BUSY_UTIL_PCT and gpu.sm_active_mean_pct < IDLE_SM_ACTIVE_PCT
+
+
+def _idle_sm_fact(r: TrialResult) -> str:
+    gpu = r.gpu
+    assert gpu is not None and gpu.util_mean_pct is not None and gpu.sm_active_mean_pct is not None
+    tensor = f", tensor cores active {gpu.tensor_active_mean_pct:.0f}%" \
+        if gpu.tensor_active_mean_pct is not None else ""
+    return (f"GPU busy {gpu.util_mean_pct:.0f}% but SMs active {gpu.sm_active_mean_pct:.0f}%{tensor} at {r.label}: "
+            f"utilization counts any kernel running, so kernels ran on few SMs or waited (communication, launches)")
+
+
 def _trial_facts(finished: Sequence[TrialResult]) -> list[str]:
-    facts = []
+    facts = [_idle_sm_fact(r) for r in finished if sms_mostly_idle(r.gpu)]
     noisy = []
     for r in finished:
         comm = r.comm
@@ -434,4 +465,5 @@ def explain(results: Sequence[TrialResult], *, compare: Compare, max_latency_ms:
     matrix = (_max_throughput(finished, compare, budget), *([_min_latency(finished, budget)] if serving else []),
               _min_energy(finished, budget), _min_memory(finished, budget), *_max_goodput(finished, compare, budget))
     return Explanations(points=tuple(points), facts=tuple(facts), matrix=matrix,
-                        pareto_keys=pareto_front(finished) if serving else ())
+                        pareto_keys=pareto_front(finished) if serving else (),
+                        sms_mostly_idle=tuple(r.label for r in finished if sms_mostly_idle(r.gpu)))

@@ -81,6 +81,16 @@ class GpuFigures:
     num_ooms: Optional[int] = None
     energy_j_per_sample: Optional[float] = None
     """energy_j over every rank's samples: the energy figure of every workload (images have no tokens)."""
+    sm_active_mean_pct: Optional[float] = None
+    """NVML GPM (Hopper and newer, gpm.py): share of SMs busy, mean over GPUs; what utilization overstates."""
+    sm_occupancy_mean_pct: Optional[float] = None
+    """NVML GPM: resident warps vs the SMs' maximum, mean over GPUs."""
+    tensor_active_mean_pct: Optional[float] = None
+    """NVML GPM: time the SMs ran any tensor-core instruction, mean over GPUs."""
+    dram_bw_mean_pct: Optional[float] = None
+    """NVML GPM: DRAM bandwidth used vs its maximum, mean over GPUs."""
+    gpm_note: Optional[str] = None
+    """Why a GPM figure is None (no GPM before Hopper, a metric failed on a rank); None when all were measured."""
 
     @staticmethod
     def from_json_dict(data: dict[str, Any]) -> "GpuFigures":

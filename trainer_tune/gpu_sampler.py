@@ -7,7 +7,8 @@ never synchronizes or slows the training stream.
 Everything NVML says is board-wide: memory used includes other processes and the CUDA context,
 power and energy include every process on the GPU. Utilization is the share of the last sample
 period in which *any* kernel ran, so a waiting NCCL kernel reads as busy; tokens/s stays the measure
-of throughput.
+of throughput. On Hopper and newer the sampler also reads NVML's GPM counters (gpm.py: SM activity,
+occupancy, tensor activity, DRAM bandwidth), which say how much of the GPU those kernels kept busy.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
+
+from trainer_tune.gpm import GPM_METRICS, GPM_MIN_INTERVAL_S, GpmReader, summarize_gpm
 
 __all__ = [
     "GpuSampler",
@@ -170,6 +173,12 @@ class GpuSamples:
     """Metric name -> why it is off. A metric listed here is not to be trusted for this window."""
     unavailable_reason: str | None = None
     """Why there is no GPU telemetry at all (no NVML, no device for this rank); None otherwise."""
+    gpm_pct: Mapping[str, tuple[tuple[float, float, float], ...]] = field(default_factory=dict)
+    """GPM metric name (gpm.GPM_METRICS) -> (start t_s, end t_s, value %) per interval between GPM samples."""
+    gpm_disabled: Mapping[str, str] = field(default_factory=dict)
+    """GPM metric name -> why it failed in this window."""
+    gpm_unavailable_reason: str | None = None
+    """Why this GPU has no GPM figures at all (older than Hopper, old driver or nvidia-ml-py); None otherwise."""
 
 
 class GpuSampler:
@@ -199,6 +208,11 @@ class GpuSampler:
         self._start_s = 0.0
         self._energy_start_j: float | None = None
         self._series: dict[str, list[tuple[float, float]]] = {}
+        self._gpm: Optional[GpmReader] = None
+        self._gpm_reason: Optional[str] = None
+        self._gpm_series: dict[str, list[tuple[float, float, float]]] = {}
+        self._gpm_disabled: dict[str, str] = {}
+        self._gpm_last_t_s: Optional[float] = None
 
         if nvml is None:
             nvml, reason = _import_nvml()
@@ -213,6 +227,10 @@ class GpuSampler:
         if reason is not None:
             # Said once here, not at every window: the cause cannot change during the run.
             logger.warning("GPU telemetry off for local rank %d: %s", local_rank, reason)
+        else:
+            self._gpm, self._gpm_reason = GpmReader.open(nvml, self._handle)
+            if self._gpm_reason is not None:  # expected before Hopper: not a warning
+                logger.info("GPM figures off for local rank %d: %s", local_rank, self._gpm_reason)
 
     @property
     def available(self) -> bool:
@@ -232,6 +250,11 @@ class GpuSampler:
             raise RuntimeError("GpuSampler.start() called twice without stop()")
         self._running = True
         self._series = {metric: [] for metric in _PERIODIC_METRICS}
+        self._gpm_series = {name: [] for name in GPM_METRICS}
+        self._gpm_disabled = {}
+        self._gpm_last_t_s = None
+        if self._gpm is not None:
+            self._gpm.reset()
         self._stop_event.clear()
         self._start_s = time.monotonic()
         if self._handle is None:
@@ -267,12 +290,18 @@ class GpuSampler:
             energy_counter_stop_j=energy_stop_j if energy_start_j is not None else None,
             duration_s=duration_s,
             disabled=dict(self._disabled),
+            gpm_pct={name: tuple(series) for name, series in self._gpm_series.items()},
+            gpm_disabled=dict(self._gpm_disabled),
+            gpm_unavailable_reason=self._gpm_reason,
         )
 
     def close(self) -> None:
         """Stop sampling if running and release NVML."""
         if self._running:
             self.stop()
+        if self._gpm is not None:
+            self._gpm.close()
+            self._gpm, self._gpm_reason = None, "GpuSampler was closed"
         if self._handle is not None:
             _shutdown_quietly(self._nvml)
             self._handle = None
@@ -302,6 +331,29 @@ class GpuSampler:
             value = self._read(metric)
             if value is not None:
                 self._series[metric].append((t_s, value))
+        self._sample_gpm(t_s=t_s)
+
+    def _sample_gpm(self, *, t_s: float) -> None:
+        if self._gpm is None or self._gpm_reason is not None:
+            return
+        last_t_s = self._gpm_last_t_s
+        if last_t_s is not None and t_s - last_t_s < GPM_MIN_INTERVAL_S:
+            return
+        try:
+            values = self._gpm.sample()
+        except Exception as exc:  # noqa: BLE001 - GPM must never take utilization, memory and power down with it
+            # Off for the sampler's lifetime, as any failing metric: a half-covered window would mislead.
+            self._gpm_reason = f"GPM sampling failed: {exc}"
+            logger.warning("GPM figures off for the rest of the run (local rank %d): %s", self._local_rank, exc)
+            return
+        self._gpm_last_t_s = t_s
+        if values is None or last_t_s is None:  # the first sample of the window: the others count from it
+            return
+        for name, (value, why) in values.items():
+            if value is None:
+                self._gpm_disabled.setdefault(name, why or "no value")
+            else:
+                self._gpm_series[name].append((last_t_s, t_s, value))
 
     def _run(self) -> None:
         try:
@@ -321,6 +373,8 @@ class GpuSampler:
             logger.exception("GPU sampler thread failed (local rank %d)", self._local_rank)
             for metric in _PERIODIC_METRICS:
                 self._disabled.setdefault(metric, f"sampler thread failed: {exc!r}")
+            for name in GPM_METRICS:
+                self._gpm_disabled.setdefault(name, f"sampler thread failed: {exc!r}")
 
 
 @dataclass(frozen=True)
@@ -342,6 +396,17 @@ class GpuSummary:
     """One line naming every figure that is None and why; None when all were measured."""
     energy_j_per_sample: float | None = None
     """Energy over the samples this GPU trained on in the window (the figure for batches without tokens)."""
+    sm_active_mean_pct: float | None = None
+    """NVML GPM: share of SMs busy, time-weighted mean over the window (gpm.py); None before Hopper."""
+    sm_occupancy_mean_pct: float | None = None
+    """NVML GPM: resident warps vs the SMs' maximum, mean over the window."""
+    tensor_active_mean_pct: float | None = None
+    """NVML GPM: time the SMs ran any tensor-core instruction, mean over the window."""
+    dram_bw_mean_pct: float | None = None
+    """NVML GPM: DRAM bandwidth used vs its maximum, mean over the window."""
+    gpm_note: str | None = None
+    """Why any GPM figure is None (the GPU has no GPM, a metric failed); None when all were measured. Kept out
+    of unavailable_reason: most GPUs have no GPM, and that is no fault of the window."""
 
 
 def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -403,6 +468,9 @@ def summarize_gpu_samples(samples: GpuSamples, *, tokens: int | None, data_sampl
     if energy_j is not None and tokens == 0:
         missing.append("energy_j_per_token: no tokens in the window")
     num_samples = max(len(samples.utilization_pct), len(samples.memory_used_bytes), len(samples.power_w))
+    gpm_means, gpm_note = summarize_gpm(samples.gpm_pct, disabled=samples.gpm_disabled,
+                                        unavailable_reason=samples.gpm_unavailable_reason,
+                                        duration_s=samples.duration_s)
     return GpuSummary(
         util_mean_pct=sum(util) / len(util) if util else None,
         util_p10_pct=_percentile(util, 0.1) if util else None,
@@ -417,4 +485,6 @@ def summarize_gpu_samples(samples: GpuSamples, *, tokens: int | None, data_sampl
         num_samples=num_samples or None,
         duration_s=samples.duration_s,
         unavailable_reason="; ".join(missing) or None,
+        **gpm_means,
+        gpm_note=gpm_note,
     )

@@ -16,6 +16,7 @@ from trainer_tune.figures import ANALYTIC, FLOP_COUNTER, CommSplit, CpuFigures, 
 from trainer_tune.flags import flags_to_environ
 from trainer_tune.flops import mfu
 from trainer_tune.noise_scale import estimate as estimate_noise_scale, pool as pool_noise_scale
+from trainer_tune.gpm import GPM_FIELDS
 from trainer_tune.gpu_sampler import GpuSummary
 from trainer_tune.plan import TrialSpec
 from trainer_tune.rapl import CpuEnergy
@@ -108,6 +109,8 @@ def combine_gpu(per_rank: Sequence[Optional[GpuSummary]], *, tokens: Optional[in
         energy_j_per_sample=energy_j / samples if energy_j is not None and samples else None,
         energy_source=ranks[0].energy_source,
         per_rank=tuple(ranks),
+        **{name: _mean([getattr(r, name) for r in ranks]) for name in GPM_FIELDS},
+        gpm_note="; ".join(sorted({r.gpm_note for r in ranks if r.gpm_note})) or None,
     )
     return combined, ("; ".join(sorted(reasons)) or None)
 
@@ -432,7 +435,9 @@ def _gpu_over_windows(windows: Sequence[TrialResult]) -> Optional[GpuFigures]:
         energy_j=energy_j, energy_j_per_token=energy_j / tokens if energy_j is not None and tokens else None,
         energy_j_per_sample=energy_j / samples if energy_j is not None and samples else None,
         num_alloc_retries=_int_total([g.num_alloc_retries for g in gpus]),
-        num_ooms=_int_total([g.num_ooms for g in gpus]))
+        num_ooms=_int_total([g.num_ooms for g in gpus]),
+        **{name: _mean([getattr(g, name) for g in gpus]) for name in GPM_FIELDS},
+        gpm_note="; ".join(sorted({g.gpm_note for g in gpus if g.gpm_note})) or None)
 
 
 def _int_total(values: Sequence[Optional[int]]) -> Optional[int]:
@@ -495,6 +500,7 @@ def summary_figures(result: TrialResult) -> dict[str, Any]:
         "gpu_util_mean_pct": gpu.util_mean_pct if gpu else None,
         "gpu_memory_used_peak_bytes": gpu.memory_used_peak_bytes if gpu else None,
         "gpu_power_mean_w": gpu.power_mean_w if gpu else None,
+        **{f"gpu_{name}": getattr(gpu, name) if gpu else None for name in GPM_FIELDS},
         "energy_j_per_token": gpu.energy_j_per_token if gpu else None,
         "energy_j_per_sample": result.energy_j_per_sample, "energy_source": result.energy_source,
         "mfu": mfu_info.mfu if mfu_info else None,

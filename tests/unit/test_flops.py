@@ -217,6 +217,31 @@ def test_every_peak_is_positive_and_dense_bf16_matches_fp16() -> None:
             assert PEAK_TFLOPS[(family, "float16")] == peak
 
 
+# Hopper datasheets quote tensor-core rates *with sparsity* (the asterisked figures): bf16/fp16 and TF32 per GPU,
+# from the H100 (SXM, PCIe, NVL), H200 (SXM, NVL) and GH200 datasheets. MFU needs the dense rate, half of each.
+# Keyed by what torch.cuda.get_device_name() reports on each part.
+HOPPER_SPARSE_DATASHEET_TFLOPS = {
+    "NVIDIA H100 80GB HBM3": (1979.0, 989.0),
+    "NVIDIA H100 PCIe": (1513.0, 756.0),
+    "NVIDIA H100 NVL": (1671.0, 835.0),
+    "NVIDIA H200": (1979.0, 989.0),
+    "NVIDIA H200 NVL": (1671.0, 835.0),
+    "NVIDIA GH200 480GB": (1979.0, 989.0),
+    "NVIDIA GH200 144G HBM3e": (1979.0, 989.0),
+}
+
+
+@pytest.mark.parametrize("device_name", sorted(HOPPER_SPARSE_DATASHEET_TFLOPS))
+def test_hopper_peaks_are_dense_not_sparse(device_name: str) -> None:
+    sparse_bf16, sparse_tf32 = HOPPER_SPARSE_DATASHEET_TFLOPS[device_name]
+    for dtype, tf32, sparse in (("bfloat16", False, sparse_bf16), ("float16", False, sparse_bf16),
+                                ("float32", True, sparse_tf32)):
+        peak, reason = lookup_peak_tflops(device_name=device_name, dtype=dtype, tf32=tf32)
+        assert reason is None and peak is not None, (device_name, dtype)
+        # Datasheets round the sparse figure (1,979 for 2 x 989.4): half of it within 0.2%.
+        assert peak == pytest.approx(sparse / 2, rel=2e-3), (device_name, dtype)
+
+
 def test_mfu_hand_worked() -> None:
     # 6e9 FLOPs/sample * 100,000 samples/s = 6e14 FLOP/s = 600 TFLOP/s over 2 devices
     # = 300 TFLOP/s per device; / 989.4 peak = 0.30321...

@@ -203,6 +203,9 @@ class ConsoleSink:
         notes |= {r.mfu.warning for r in results if r.mfu is not None and r.mfu.warning}
         for note in sorted(notes):
             self.console.print(f"note: {note}")
+        if rec.explanations is not None and rec.explanations.sms_mostly_idle:
+            self.console.print(f"note: GPU busy but most SMs idle (NVML GPM) at "
+                               f"{', '.join(rec.explanations.sms_mostly_idle)}: see report.md")
         sources = sorted({r.peak_memory_source for r in results if r.peak_memory_source})
         if sources:
             self.console.print("peak memory: " + "; ".join(describe_memory_source(s) for s in sources))

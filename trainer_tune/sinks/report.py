@@ -87,6 +87,11 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
          "peak memory: " + "; ".join(sorted({r.peak_memory_note or "not reported" for r in results if r.ok}))),
         ("GPU util %", lambda r: _fmt(r.gpu.util_mean_pct if r.gpu else None, ".0f"),
          "GPU utilization: " + "; ".join(sorted({r.gpu_note or "not sampled" for r in results if r.ok}))),
+        # NVML GPM (Hopper and newer); where no GPU was sampled at all, the GPU utilization note says why.
+        ("SM active %", lambda r: _fmt(r.gpu.sm_active_mean_pct if r.gpu else None, ".0f"),
+         "SM activity (NVML GPM): " + "; ".join(sorted({r.gpu.gpm_note or "not measured" for r in results
+                                                         if r.ok and r.gpu})) if any(r.gpu for r in results) else ""),
+        ("tensor active %", lambda r: _fmt(r.gpu.tensor_active_mean_pct if r.gpu else None, ".0f"), ""),
         ("TFLOP/s", lambda r: _fmt(r.mfu.achieved_tflops if r.mfu else None, ".3g"),
          "achieved TFLOP/s: the model's FLOPs per token are unknown"),
         ("MFU", lambda r: _fmt(r.mfu.mfu if r.mfu else None, ".1%"),
