@@ -154,10 +154,10 @@ def probe_nccl(work: Path) -> int:
     from trainer_tune.distributed import DistSession, RankEnv
 
     device = torch.device("cuda", 0)
-    torch.cuda.set_device(device)
     result: dict[str, Any] = {"ok": False}
     store = dist.HashStore()
     try:
+        torch.cuda.set_device(device)
         dist.init_process_group("nccl", store=store, rank=0, world_size=1, device_id=device,
                                 timeout=datetime.timedelta(seconds=60))
         env = RankEnv(rank=0, local_rank=0, world_size=1, local_world_size=1, node_rank=0,
@@ -261,7 +261,8 @@ def setting_row(setting: dict[str, Any]) -> dict[str, Any]:
         "peak_memory_gib": None if peak is None else peak / GIB, "peak_memory_source": setting.get("peak_memory_source"),
         "gpu_util_pct": gpu.get("util_mean_pct"), "sm_activity_pct": sm_activity_pct(gpu),
         "compile_s": compile_s(setting), "num_windows": setting.get("num_windows"),
-        "error": None if not error else str(error).splitlines()[0][:160],
+        # A Markdown table cell cannot hold a bare '|'.
+        "error": None if not error else str(error).splitlines()[0][:160].replace("|", "/"),
     }
 
 

@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_check.sh DEST             # summary in DEST
 #   bash benchmarks/gpu_check.sh --fetch-wheels   # on a machine with internet: hydra/omegaconf wheels into .whl/
 #
-# Steps, in this order, each under its own `timeout` and all within GPU_CHECK_BUDGET_S (default 440 s; a step
+# Steps, in this order, each under its own `timeout` and all within GPU_CHECK_BUDGET_S (default 420 s; a step
 # that no longer fits is skipped and says so): the device and NVML/GPM probe, a world-size-1 nccl group, the
 # GPT-2-small sweep in bf16 (CUDA events, allocator peaks, NVML, GPM, MFU), torch.compile on CUDA, a real OOM
 # found by strategy=power under an 8 GiB cap, fault=oom, precision fp32/bf16/fp16, 2 ranks on one GPU over
@@ -14,6 +14,7 @@
 # DEST gets summary.md, summary.json (pass/fail per path, with figures), gpu_check.log (every step's output)
 # and runs.tar.gz (each sweep's trials.jsonl, recommendation.json, report.md, logs). Exit 0 when every step
 # passed, 1 when one failed, 2 when the environment is incomplete, 3 without a CUDA device (one line, fast).
+# GPU_CHECK_STEPS="compile oom_power" runs only the steps named (a rerun of the failed ones, say).
 #
 # The GPU machine needs torch with CUDA; trainer_tune is used from this checkout (PYTHONPATH, no install).
 # hydra-core, omegaconf and antlr4 are installed from wheels in GPU_CHECK_WHEELS (default .whl/ here) when
@@ -24,7 +25,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
 PYTHON="${PYTHON:-python3}"
 WHEELS="${GPU_CHECK_WHEELS:-$REPO/.whl}"
-BUDGET_S="${GPU_CHECK_BUDGET_S:-440}"
+BUDGET_S="${GPU_CHECK_BUDGET_S:-420}"
 MIN_STEP_S=20
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
@@ -81,6 +82,9 @@ DEADLINE=$((SECONDS + BUDGET_S))
 step() {
     local name="$1" cap_s="$2"
     shift 2
+    if [[ -n "${GPU_CHECK_STEPS:-}" && " $GPU_CHECK_STEPS " != *" $name "* ]]; then
+        return
+    fi
     local left_s=$((DEADLINE - SECONDS))
     if ((left_s < MIN_STEP_S)); then
         printf '%s\tskipped\t0\t0\t%s\n' "$name" "$*" >>"$STEPS"
