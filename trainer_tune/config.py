@@ -332,8 +332,9 @@ class TrainArgs:
     """torch.compile's mode: default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward instead of keeping them (less memory, more compute):
-    per block for the built-in GPT, gradient_checkpointing_enable() for a model that has it (Hugging Face), see
-    docs/your-model.md for your own. sweep.activation_checkpointing makes it an axis."""
+    per block for the built-in GPT; through the model's activation_checkpointing_enable() (or
+    gradient_checkpointing_enable()) for Hugging Face models and your own (docs/your-model.md). Non-reentrant.
+    sweep.activation_checkpointing makes it an axis."""
     max_memory_fraction: Optional[float] = None
     """CUDA only: cap this process's allocator at this share of the device, so a setting that would not fit
     next to another job runs out of memory here, at the real limit, and is recorded as oom."""

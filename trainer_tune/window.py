@@ -40,6 +40,7 @@ from trainer_tune.units import format_bytes
 from trainer_tune.workloads.batch import Count, count_samples, read_count, token_counter
 from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.loss import build_loss
+from trainer_tune.workloads.checkpointing import enable_activation_checkpointing
 from trainer_tune.workloads.model import build_trial_model, count_parameters
 from trainer_tune.workloads.precision import autocast_for
 from trainer_tune.workloads.nsa_stats import AuxStatsCollector
@@ -186,6 +187,10 @@ class _Trainer:
         None where the FLOPs are known without counting (flops.analytic_flops_apply)."""
         if flops is None and not analytic_flops_apply(cfg):
             self.flops = self._count_flops(model, micro_batch_size=spec.micro_batch_size)
+        if spec.flags.activation_checkpointing:
+            # After the count: MFU counts the model's FLOPs, not the forward recomputed in the backward (as the
+            # GPT's formula does); a model without the hook fails here, the setting's one-line error.
+            enable_activation_checkpointing(model)
         # Wrapped after the count: DDP's hooks would all-reduce the counted gradients from this rank alone. DDP
         # then broadcasts rank 0's weights and buffers, so whatever the count moved agrees on every rank again.
         self.module = _wrap(model, session=session, spec=spec)

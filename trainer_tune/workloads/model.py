@@ -5,7 +5,8 @@ head tied to the token embedding. Attention is dense (`scaled_dot_product_attent
 attention (`model.attention=nsa`, trainer_tune/workloads/nsa_attention.py), whose code path and auxiliary statistics
 follow the trial's `nsa.prefill_batched` and `nsa.disable_aux_stats`. `forward(input_ids)` takes
 `[batch, seq]` token ids and returns logits `[batch, seq, vocab]`. `build_trial_model` is what a trial runs: the
-same model, starting from model.checkpoint's weights when set.
+same model, starting from model.checkpoint's weights when set. `activation_checkpointing_enable()` checkpoints
+each block (trainer_tune/workloads/checkpointing.py: the hook through which any model turns it on).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 
 from trainer_tune.config import Attention, ModelArgs
 from trainer_tune.flags import TrialFlags
+from trainer_tune.workloads.checkpointing import checkpoint_blocks
 from trainer_tune.workloads.nsa_attention import NativeSparseAttention
 
 
@@ -85,6 +87,11 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def activation_checkpointing_enable(self) -> None:
+        """Activation checkpointing per block (train.activation_checkpointing): each block keeps only its input
+        for the backward and recomputes its attention and MLP there. The embeddings and the head stay as they are."""
+        checkpoint_blocks(self.blocks)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         seq = input_ids.shape[1]
