@@ -112,7 +112,8 @@ class InferenceReplica:
             with torch.inference_mode(), self.autocast():
                 self.serve(self.model, batch)
         except Exception as exc:
-            failure = compile_failure(exc, self.compile_mode) if self.compiled else None
+            failure = compile_failure(exc, self.compile_mode, first_call=self.steps_done == 1) \
+                if self.compiled else None
             if failure is None:
                 raise
             raise failure from exc

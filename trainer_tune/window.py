@@ -269,7 +269,8 @@ class _Trainer:
                     scaled = loss / self.grad_accum
                     (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
                 except Exception as exc:
-                    failure = compile_failure(exc, self.compile_mode) if self.compiled else None
+                    failure = compile_failure(exc, self.compile_mode, first_call=self.steps_done == 1) \
+                        if self.compiled else None
                     if failure is None:
                         raise
                     raise failure from exc

@@ -9,6 +9,7 @@ of the real cause (dynamo's messages end in advice about TORCHDYNAMO_VERBOSE, no
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -40,10 +41,28 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def compile_failure(exc: BaseException, mode: CompileMode) -> Optional[CompileFailed]:
+_COMPILER_DIRS = (f"torch{os.sep}_dynamo{os.sep}", f"torch{os.sep}_inductor{os.sep}", f"torch{os.sep}_functorch{os.sep}")
+"""Where torch.compile's tracing and compiling code lives: a failure raised there on the first call is compiling's."""
+
+
+def _raised_in_compiler(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if any(part in tb.tb_frame.f_code.co_filename for part in _COMPILER_DIRS):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def compile_failure(exc: BaseException, mode: CompileMode, *, first_call: bool) -> Optional[CompileFailed]:
     """A CompileFailed for an exception dynamo or inductor raised; None for any other (an OOM, a model error the
-    eager model would raise too). The cause is the innermost exception dynamo wrapped."""
-    if not isinstance(exc, _dynamo_errors()):
+    eager model would raise too). dynamo wraps most in its own exception types; a few are raised bare before it does
+    (DDPOptimizer's AssertionError when ddp.bucket_cap_mb makes DDP's first bucket larger than the others): those
+    count when raised from torch.compile's own code in the `first_call`, where compilation happens. The cause named
+    is the innermost exception dynamo wrapped."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return None
+    if not isinstance(exc, _dynamo_errors()) and not (first_call and _raised_in_compiler(exc)):
         return None
     cause: BaseException = exc
     while True:
