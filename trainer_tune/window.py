@@ -2,8 +2,10 @@
 
 Every trial starts from the same seed with a fresh model, DDP wrapper and optimizer. A setting's first build
 counts one micro-step's FLOPs with FlopCounterMode before DDP wraps the model (flop_count.py; not for the built-in
-GPT, whose FLOPs are a formula). Warm-up optimizer steps run first and are not measured. Each measured optimizer
-step is `grad_accum` micro-steps, with DDP's `no_sync` on all but the last, then `optimizer.step()`. Step
+GPT, whose FLOPs are a formula). A setting with train.compile then torch.compiles the DDP-wrapped model, which
+compiles in the first warm-up step (workloads/compile.py). Warm-up optimizer steps run first and are not
+measured. Each measured optimizer step is `grad_accum` micro-steps, with DDP's `no_sync` on all but the last, then
+`optimizer.step()` (through a GradScaler with fp16). Step
 boundaries are timed on the host clock on CPU and with CUDA events on GPU (which time the device's own stream
 without stalling the host each step); the device is synchronized before any time is read. Per step, the time
 that counts is the slowest rank's, and tokens are the ones really fed to the model on every rank.
