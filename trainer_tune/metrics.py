@@ -10,6 +10,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from trainer_tune.compile_payback import compile_seconds
 from trainer_tune.config import Mode, ThroughputUnit
 from trainer_tune.cpu_usage import CpuUtilization
 from trainer_tune.figures import ANALYTIC, FLOP_COUNTER, CommSplit, CpuFigures, GpuFigures, MfuFigures, peak_memory
@@ -232,8 +233,19 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         gpu_utilization_series=rank0.gpu_utilization_series if rank0 is not None else (),
         window_throughput_per_s={spec.round_id or spec.key: rate} if status == Status.ok and rate else {},
         noise_scale=estimate_noise_scale(m.noise_readings) if m.noise_readings else None,
-        noise_scale_note=m.noise_note,
+        noise_scale_note=m.noise_note, **compile_figures(m),
         extra={"ddp_applied": m.ddp_applied})
+
+
+def compile_figures(m: WindowMeasurement) -> dict[str, Any]:
+    """A window's compile_s, compile_note and num_graphs_compiled_measured (TrialResult); nothing when eager."""
+    if not m.compiled:
+        return {}
+    compile_s = compile_seconds(warmup_s=m.warmup_s, num_warmup_steps=m.num_warmup_steps,
+                                step_times_s=m.step_times_s) if m.compiled_build else None
+    note = None if m.compiled_build else "compiled when its trainer was built, in an earlier window"
+    return {"compile_s": compile_s, "compile_note": note,
+            "num_graphs_compiled_measured": m.num_graphs_compiled_measured}
 
 
 def energy_per_sample_of(gpu: Optional[GpuFigures], gpu_note: Optional[str], cpu_energy: CpuEnergy, *,
@@ -354,6 +366,9 @@ def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFl
                           tokens_per_s=tokens_per_s),
         gpu=_gpu_over_windows(ordered), cpu=_cpu_over_windows(ordered),
         noise_scale=pool_noise_scale([w.noise_scale for w in ordered]),
+        compile_s=max((w.compile_s for w in ordered if w.compile_s is not None), default=None),
+        compile_note=None if any(w.compile_s is not None for w in ordered) else first.compile_note,
+        num_graphs_compiled_measured=_int_total([w.num_graphs_compiled_measured for w in ordered]),
         step_times_s=step_times_s, losses=tuple(x for w in ordered for x in w.losses),
         nsa_aux_stats=tuple(s for w in ordered for s in w.nsa_aux_stats))
 
@@ -508,5 +523,6 @@ def summary_figures(result: TrialResult) -> dict[str, Any]:
         "cpu_process_pct_mean": cpu.process_pct_mean if cpu else None,
         "gradient_noise_scale": result.noise_scale.value if result.noise_scale else None,
         "statistical_efficiency": result.statistical_efficiency, "goodput_per_s": result.goodput_per_s,
+        "compile_s": result.compile_s,
         "error": result.error,
     }

@@ -7,6 +7,8 @@ being measured, and cannot be removed again.) Per step:
 
 - after micro-step 0 (when grad_accum >= 2): the squared norm of the gradient of one micro-batch. Each
   micro-step's loss is divided by grad_accum, so the gradients then hold g0 / grad_accum: rescaled here;
+- with fp16, the GradScaler's scale is divided out of micro-step 0's reading, and the gradients are unscaled
+  (GradScaler.unscale_) before the last reading;
 - after the last micro-step: the rank's accumulated gradient, a mean over micro_batch_size x grad_accum samples;
 - with two ranks or more: all-reducing the gradients by hand, in place, divided by the world size, gives the global
   batch's gradient, and makes the optimizer step that follows a real synced step, the same on every rank.
@@ -45,9 +47,10 @@ class GradientNormReader:
         self._micro: Optional[torch.Tensor] = None
         self.readings: list[NoiseReading] = []
 
-    def after_micro_step(self, micro: int) -> None:
+    def after_micro_step(self, micro: int, *, grad_scale: float = 1.0) -> None:
+        """`grad_scale`: the fp16 GradScaler's loss scale the gradients still carry (1 without one)."""
         if micro == 0 and self.grad_accum > 1:
-            self._micro = squared_norm(self.parameters) * self.grad_accum ** 2
+            self._micro = squared_norm(self.parameters) * (self.grad_accum / grad_scale) ** 2
 
     def before_update(self) -> None:
         local_batch = self.micro_batch_size * self.grad_accum

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional, Sequence
 
+from trainer_tune.compile_payback import CompilePayback, compile_paybacks
 from trainer_tune.config import Objective, RecommendArgs, TieBreak
 from trainer_tune.explain import Explanations, explain
 from trainer_tune.figures import NoiseScaleFigures, describe_memory_source
@@ -220,6 +221,9 @@ class Recommendation:
     over_budget: tuple[str, ...] = ()
     """Trial keys of the finished settings whose p99 is over max_latency_ms (never chosen, picked by no row of
     the decision matrix)."""
+    compile_paybacks: tuple[CompilePayback, ...] = ()
+    """Each compiled setting against its eager twin: compile time and the steps after which it pays back
+    (compile_payback.py); empty without such pairs."""
 
     @property
     def serving(self) -> bool:
@@ -259,6 +263,7 @@ class Recommendation:
                 "gradient_noise_scale": _noise_scale_json(self.gradient_noise_scale, self.gradient_noise_scale_note),
                 "lr": dataclasses.asdict(self.lr_change) if self.lr_change else None,
                 "max_latency_ms": self.max_latency_ms, "over_budget": list(self.over_budget),
+                "compile_payback": [p.to_json_dict() for p in self.compile_paybacks],
                 "explanations": self.explanations.to_json_dict() if self.explanations else None}
 
 
@@ -563,6 +568,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                           input_bound_fraction=args.input_bound_fraction, objective=args.objective.value,
                           gradient_noise_scale=gradient_noise, gradient_noise_scale_note=gradient_noise_note,
                           lr_change=change, max_latency_ms=args.max_latency_ms, over_budget=over_all,
+                          compile_paybacks=tuple(compile_paybacks(results, compare=compare)),
                           explanations=explain(results, compare=compare, max_latency_ms=args.max_latency_ms,
                                                over_budget=over_all))
 

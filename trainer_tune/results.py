@@ -176,6 +176,15 @@ class TrialResult:
     """samples_per_s x statistical_efficiency (Pollux's goodput); None without an efficiency."""
     goodput_tokens_per_s: Optional[float] = None
     """tokens_per_s x statistical_efficiency; None without tokens or without an efficiency."""
+    compile_s: Optional[float] = None
+    """torch.compile's compile time (compile_payback.compile_seconds: the build window's warm-up beyond as many
+    measured steps), never in any rate; None for an eager setting, a kept trainer's later window (compile_note),
+    or journals from before it. A setting's is its costliest build's."""
+    compile_note: Optional[str] = None
+    """For a compiled setting: why compile_s is None."""
+    num_graphs_compiled_measured: Optional[int] = None
+    """Graphs dynamo compiled during the measured steps (recompilation, whose time is then in the throughput), the
+    most over ranks, summed over a setting's windows; None for an eager setting."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Diagnostics for people, read by no decision and no sink: `ddp_applied`, `tracebacks`."""
     record_version: int = RECORD_VERSION

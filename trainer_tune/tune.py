@@ -125,7 +125,9 @@ class _Sweep:
         self.swept = swept
         self.num_settings = num_settings
         self._current: Optional[tuple[TrialSpec, TrialContext, str]] = None
-        self.flops_per_token, self.peak_tflops, self.peak_note = _flops_context(cfg, session.device)
+        self.flops_per_token = _flops_per_token(cfg)
+        self._peaks: dict[str, tuple[Optional[float], Optional[str]]] = {}
+        """Peak TFLOP/s of one device and why there is none, by the setting's precision (each looked up once)."""
         self.run_overrides = current_run_overrides(cfg) if HydraConfig.initialized() else ()
         self.probe = TelemetryProbe(cfg.telemetry, local_rank=self.rank_env.local_rank, device=session.device)
         self.pool = TrainerPool()
@@ -137,13 +139,17 @@ class _Sweep:
                                      peer_failed=self._peer_failed).start()
 
     def context(self, spec: TrialSpec) -> TrialContext:
+        precision = spec.flags.precision
+        if precision not in self._peaks:
+            self._peaks[precision] = _peak_tflops(self.cfg, self.session.device, precision=Precision(precision))
+        peak_tflops, peak_note = self._peaks[precision]
         return TrialContext(model_name=model_name(self.cfg.model), throughput_unit=self.cfg.throughput.unit,
                             count_unit=self.cfg.throughput.count.unit, mode=self.cfg.mode,
                             device=str(self.session.device), backend=self.session.backend,
                             num_warmup_steps=self.cfg.window.warmup_steps,
                             num_measured_steps=self.cfg.window.measure_steps, label=spec.label(swept_flags=self.swept),
-                            flops_per_token=self.flops_per_token, peak_tflops_per_device=self.peak_tflops,
-                            peak_note=self.peak_note, run_overrides=self.run_overrides,
+                            flops_per_token=self.flops_per_token, peak_tflops_per_device=peak_tflops,
+                            peak_note=peak_note, run_overrides=self.run_overrides,
                             device_memory_bytes=(torch.cuda.get_device_properties(self.session.device).total_memory
                                                  if self.session.device.type == "cuda" else None))
 
@@ -314,29 +320,38 @@ def model_name(args: ModelArgs) -> str:
     return args.name if args._target_ is None else args._target_
 
 
-def _flops_context(cfg: TuneConfig, device: torch.device) -> tuple[Optional[float], Optional[float], Optional[str]]:
-    """(the built-in GPT's FLOPs per token (training, or the forward only with mode=inference), peak TFLOP/s of one device, why there is no MFU) for MFU.
+def _flops_per_token(cfg: TuneConfig) -> Optional[float]:
+    """The built-in GPT's FLOPs per token (training, or the forward only with mode=inference), for MFU.
 
-    FLOPs per token are None for every other step: FlopCounterMode counts those when a setting's trainer is
-    built (window.py), so the peak is looked up for every model."""
-    flops_per_token: Optional[float] = None
-    if analytic_flops_apply(cfg):
-        with torch.device("meta"):
-            num_parameters = count_parameters(build_model(cfg.model))
-        flops_per_token = gpt_flops_per_token(cfg.model, num_parameters=num_parameters)
-        if cfg.mode == Mode.inference:
-            flops_per_token /= 3  # the forward pass only: a third of forward plus backward, attention included
+    None for every other step: FlopCounterMode counts those when a setting's trainer is built (window.py)."""
+    if not analytic_flops_apply(cfg):
+        return None
+    with torch.device("meta"):
+        num_parameters = count_parameters(build_model(cfg.model))
+    flops_per_token = gpt_flops_per_token(cfg.model, num_parameters=num_parameters)
+    if cfg.mode == Mode.inference:
+        flops_per_token /= 3  # the forward pass only: a third of forward plus backward, attention included
+    return flops_per_token
+
+
+_PEAK_DTYPES = {Precision.bf16: "bfloat16", Precision.fp16: "float16"}
+"""The peak-table dtype of a setting's precision; fp32 reads the float32 (or TF32, when enabled) peak."""
+
+
+def _peak_tflops(cfg: TuneConfig, device: torch.device, *,
+                 precision: Precision) -> tuple[Optional[float], Optional[str]]:
+    """(peak TFLOP/s of one device at a setting's precision, why there is none) for MFU: a swept precision gets
+    its own peak (bf16's is several times fp32's on a GPU). telemetry.peak_tflops, when set, is every setting's."""
     if cfg.telemetry.peak_tflops is not None:
-        return flops_per_token, cfg.telemetry.peak_tflops, None
+        return cfg.telemetry.peak_tflops, None
     if device.type != "cuda":
-        return flops_per_token, None, (f"no peak TFLOP/s for a {device.type} device, so no MFU "
-                                       f"(telemetry.peak_tflops sets one)")
-    dtype = {Precision.bf16: "bfloat16", Precision.fp16: "float16"}.get(cfg.train.precision, "float32")
-    peak, reason = lookup_peak_tflops(device_name=torch.cuda.get_device_name(device), dtype=dtype,
+        return None, f"no peak TFLOP/s for a {device.type} device, so no MFU (telemetry.peak_tflops sets one)"
+    peak, reason = lookup_peak_tflops(device_name=torch.cuda.get_device_name(device),
+                                      dtype=_PEAK_DTYPES.get(precision, "float32"),
                                       tf32=torch.backends.cuda.matmul.allow_tf32)
     if reason is not None:
         log.warning("MFU not computed: %s (telemetry.peak_tflops sets the peak)", reason)
-    return flops_per_token, peak, reason
+    return peak, reason
 
 
 def _ignore_beat(_step: int, _micro_step: int) -> None:

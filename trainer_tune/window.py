@@ -2,8 +2,10 @@
 
 Every trial starts from the same seed with a fresh model, DDP wrapper and optimizer. A setting's first build
 counts one micro-step's FLOPs with FlopCounterMode before DDP wraps the model (flop_count.py; not for the built-in
-GPT, whose FLOPs are a formula). Warm-up optimizer steps run first and are not measured. Each measured optimizer
-step is `grad_accum` micro-steps, with DDP's `no_sync` on all but the last, then `optimizer.step()`. Step
+GPT, whose FLOPs are a formula). A setting with train.compile then torch.compiles the DDP-wrapped model, which
+compiles in the first warm-up step (workloads/compile.py). Warm-up optimizer steps run first and are not
+measured. Each measured optimizer step is `grad_accum` micro-steps, with DDP's `no_sync` on all but the last, then
+`optimizer.step()` (through a GradScaler with fp16). Step
 boundaries are timed on the host clock on CPU and with CUDA events on GPU (which time the device's own stream
 without stalling the host each step); the device is synchronized before any time is read. Per step, the time
 that counts is the slowest rank's, and tokens are the ones really fed to the model on every rank.
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer_tune.config import Mode, TuneConfig, WindowArgs
+from trainer_tune.config import Mode, Precision, TuneConfig, WindowArgs
 from trainer_tune.distributed import DistSession
 from trainer_tune.faults import NO_FAULT, FaultPlan
 from trainer_tune.flop_count import StepFlops, count_step_flops
@@ -38,6 +40,7 @@ from trainer_tune.stats import relative_half_width, throughput_ci
 from trainer_tune.telemetry import RankTelemetry, TelemetryProbe
 from trainer_tune.units import format_bytes
 from trainer_tune.workloads.batch import Count, count_samples, read_count, token_counter
+from trainer_tune.workloads.compile import compile_failure, compile_module, graphs_compiled
 from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.loss import build_loss
 from trainer_tune.workloads.checkpointing import enable_activation_checkpointing
@@ -94,6 +97,14 @@ class WindowMeasurement:
     """Per noise step (window.noise_steps, after the measured ones), the squared gradient norms by batch size,
     averaged over ranks; empty when not measured, with the reason in noise_note."""
     noise_note: Optional[str] = None
+    compiled_build: bool = False
+    """This window built a torch.compile'd trainer: its warm-up holds the compilation (metrics computes compile_s
+    from it). False for an eager trainer and for a compiled one kept from an earlier window."""
+    compiled: bool = False
+    """The trainer is torch.compile'd (train.compile), built in this window or an earlier one."""
+    num_graphs_compiled_measured: Optional[int] = None
+    """Graphs dynamo compiled during the measured steps, most over ranks (recompilation: its time is then in the
+    throughput); None for an eager trainer."""
 
 
 StepCallback = Callable[[int, bool], None]
@@ -193,13 +204,20 @@ class _Trainer:
             enable_activation_checkpointing(model)
         # Wrapped after the count: DDP's hooks would all-reduce the counted gradients from this rank alone. DDP
         # then broadcasts rank 0's weights and buffers, so whatever the count moved agrees on every rank again.
-        self.module = _wrap(model, session=session, spec=spec)
+        self.ddp = _wrap(model, session=session, spec=spec)
+        self.compiled = spec.flags.compile
+        self.compile_mode = cfg.train.compile_mode
+        # Compiled after DDP wraps the model (workloads/compile.py says why); no_sync is still called on the DDP
+        # module itself (self.ddp), which the compiled module calls into.
+        self.module = compile_module(self.ddp, self.compile_mode) if self.compiled else self.ddp
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                            fused=device.type == "cuda")
+        # fp16 only: float16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
+        self.scaler = torch.amp.GradScaler(device.type) if spec.flags.precision == Precision.fp16.value else None
         self.grad_accum = spec.grad_accum
         self.micro_batch_size = spec.micro_batch_size
-        self.can_skip_sync = isinstance(self.module, DistributedDataParallel)
-        self.ddp_applied = _ddp_settings(self.module)
+        self.can_skip_sync = isinstance(self.ddp, DistributedDataParallel)
+        self.ddp_applied = _ddp_settings(self.ddp)
         self.steps_done = 0
         """Optimizer steps this trainer has run, over all its windows: the next step's index."""
 
@@ -232,7 +250,10 @@ class _Trainer:
         compute without the gradient communication (ranks' weights then drift apart, which is harmless for a
         model thrown away at the end of the trial). The statistics are still all-reduced: they are part of the
         step's work with nsa.disable_aux_stats=false. A `grad_reader` (a noise step, noise_steps.py) reads the
-        gradients after each micro-step and before the update, where it also all-reduces them by hand."""
+        gradients after each micro-step and before the update, where it also all-reduces them by hand.
+
+        With fp16 the GradScaler scales each micro-step's loss before backward and unscales in its step (or before
+        a grad_reader reads the gradients), skipping an update whose gradients overflowed."""
         loss_sum = torch.zeros((), device=self.device)
         samples = 0
         tokens: Optional[Count] = 0
@@ -246,22 +267,36 @@ class _Trainer:
             data_wait_s += wait_s
             # DDP all-reduces in the backward of a micro-step outside no_sync: only the last one of a synced step.
             reduce_now = sync and micro == self.grad_accum - 1
-            sync_context = contextlib.nullcontext() if reduce_now or not self.can_skip_sync else self.module.no_sync()
+            sync_context = contextlib.nullcontext() if reduce_now or not self.can_skip_sync else self.ddp.no_sync()
             with sync_context:
-                loss = self.loss_of(self.module, batch)
-                if loss_scale != 1.0:
-                    loss = loss * loss_scale
-                (loss / self.grad_accum).backward()
+                try:
+                    loss = self.loss_of(self.module, batch)
+                    if loss_scale != 1.0:
+                        loss = loss * loss_scale
+                    scaled = loss / self.grad_accum
+                    (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                except Exception as exc:
+                    failure = compile_failure(exc, self.compile_mode, first_call=self.steps_done == 1) \
+                        if self.compiled else None
+                    if failure is None:
+                        raise
+                    raise failure from exc
             self.aux_stats.add_micro_step()
             if grad_reader is not None:
-                grad_reader.after_micro_step(micro)
+                grad_reader.after_micro_step(micro, grad_scale=self.scaler.get_scale() if self.scaler else 1.0)
             loss_sum += loss.detach().float()
             samples += count_samples(batch) or 0
             micro_tokens = self.count_tokens(batch)
             tokens = None if tokens is None or micro_tokens is None else tokens + micro_tokens
         if grad_reader is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # the reader reads true gradients; step() will not unscale again
             grad_reader.before_update()
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepOutcome(loss=loss_sum / self.grad_accum, samples=samples, tokens=tokens, data_wait_s=data_wait_s,
                            aux_stats=self.aux_stats.reduce_step())
@@ -309,6 +344,11 @@ class LocalWindow:
     """Per noise step, the squared gradient norms by batch size (already averaged over ranks); may be empty."""
     noise_note: Optional[str] = None
     """Why there are no noise readings."""
+    compiled_build: bool = False
+    """This window built a torch.compile'd trainer (WindowMeasurement.compiled_build)."""
+    compiled: bool = False
+    num_graphs_compiled_measured: Optional[int] = None
+    """Graphs dynamo compiled on this rank during the measured steps; None for an eager trainer."""
 
 
 def _no_heartbeat(_step: int, _micro_step: int) -> None:
@@ -392,13 +432,19 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
             trainer = runner(cfg=cfg, spec=spec, session=session, fault=fault, heartbeat=heartbeat,
                              flops=pool.flops.get(key) if pool is not None else None)
             num_warmup_steps = cfg.window.warmup_steps
+            if trainer.compiled:
+                # torch.compile compiles on the first call: that call must be a warm-up step, never a measured one.
+                num_warmup_steps = max(1, num_warmup_steps)
+            built = True
             if pool is not None:
                 pool.flops[key] = trainer.flops
         else:
             # Other settings ran since: one step brings caches and the allocator back before the clock starts.
             num_warmup_steps = min(1, cfg.window.warmup_steps)
+            built = False
         local = _measure(cfg=cfg, trainer=trainer, session=session, on_step=on_step, probe=probe,
                          num_warmup_steps=num_warmup_steps, comm_split=comm_split)
+        local = dataclasses.replace(local, compiled_build=built and trainer.compiled, compiled=trainer.compiled)
         if pool is not None:
             pool.give_back(key, trainer)
         return local
@@ -444,6 +490,7 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
         torch.cuda.reset_peak_memory_stats(device)
 
     clock = _CudaEventClock() if device.type == "cuda" else _HostClock()
+    graphs_before = graphs_compiled() if trainer.compiled else None
     losses: list[torch.Tensor] = []
     aux_stats: list[dict[str, float]] = []
     data_wait_s: list[float] = []
@@ -476,6 +523,7 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
                 # Every rank decides from the same all-reduced step times, so all stop at the same step.
                 stop_reason = window_stop_reason(session.max_over_ranks(clock.read_s()), window)
         step_times_s = clock.read_s()  # synchronizes the device: the probe stops when the work has ended
+        recompiled = graphs_compiled() - graphs_before if graphs_before is not None else None
         num_tokens = read_count(tokens) if tokens is not None else None
         telemetry = probe.stop(tokens=num_tokens, samples=samples) if probe is not None else None
     finally:
@@ -503,7 +551,7 @@ def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_ste
                        num_parameters=trainer.num_parameters, ddp_applied=trainer.ddp_applied, telemetry=telemetry,
                        stop_reason=stop_reason, num_warmup_steps=num_warmup_steps,
                        no_sync_step_times_s=no_sync_step_times_s, aux_stats=aux_stats, flops=trainer.flops,
-                       noise_readings=noise_readings, noise_note=noise_note)
+                       noise_readings=noise_readings, noise_note=noise_note, num_graphs_compiled_measured=recompiled)
 
 
 def _no_sync_steps(trainer: _Trainer, *, num_steps: int, device: torch.device) -> list[float]:
@@ -551,8 +599,9 @@ def combine_ranks(local: LocalWindow, *, session: DistSession) -> WindowMeasurem
         [local.samples, local.tokens or 0, 1 if local.tokens is None else 0])
     # A rank without a count sends -1: the max is a count whenever any rank has one.
     flops_per_sample = local.flops.flops_per_sample if local.flops is not None else None
-    warmup_s, most_flops_per_sample = session.max_over_ranks(
-        [local.warmup_s, flops_per_sample if flops_per_sample is not None else -1.0])
+    warmup_s, most_flops_per_sample, most_graphs = session.max_over_ranks(
+        [local.warmup_s, flops_per_sample if flops_per_sample is not None else -1.0,
+         float(local.num_graphs_compiled_measured) if local.num_graphs_compiled_measured is not None else -1.0])
     peak = reserved = None
     note: Optional[str] = f"the {session.device.type} device does not report allocator peaks"
     if local.peak_memory_bytes is not None and local.peak_memory_reserved_bytes is not None:
@@ -573,4 +622,6 @@ def combine_ranks(local: LocalWindow, *, session: DistSession) -> WindowMeasurem
         flops_per_sample=most_flops_per_sample if most_flops_per_sample >= 0 else None,
         flops_note=local.flops.note if local.flops is not None else None,
         # Every rank holds the same readings (averaged over ranks in each noise step).
-        noise_readings=tuple(local.noise_readings), noise_note=local.noise_note)
+        noise_readings=tuple(local.noise_readings), noise_note=local.noise_note,
+        compiled_build=local.compiled_build, compiled=local.compiled,
+        num_graphs_compiled_measured=int(most_graphs) if most_graphs >= 0 else None)

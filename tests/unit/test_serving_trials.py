@@ -21,7 +21,7 @@ from trainer_tune.metrics import TrialContext, failed_result, result_from_window
 from trainer_tune.plan import build_plan
 from trainer_tune.recommend import MEASURED, decide
 from trainer_tune.results import Status
-from trainer_tune.tune import _flops_context
+from trainer_tune.tune import _flops_per_token
 from trainer_tune.window import combine_ranks, measure_local
 from trainer_tune.workloads.targets import ignored_settings
 from trainer_tune.workloads.model import build_model
@@ -62,7 +62,7 @@ def test_the_gpts_serving_flops_are_its_counted_forward() -> None:
     biases and LayerNorm gains, 2 FLOPs each per token in a forward: under 1%."""
     cfg = _compose([])
     assert cfg.mode == Mode.inference
-    per_token, _peak, _note = _flops_context(cfg, torch.device("cpu"))
+    per_token = _flops_per_token(cfg)
     args = cfg.model
     torch.manual_seed(0)
     model = build_model(args, TrialFlags()).eval()

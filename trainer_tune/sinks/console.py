@@ -217,6 +217,8 @@ class ConsoleSink:
             self.console.print(f"energy per sample n/a: {'; '.join(energy_notes)}")
         if serving:
             self._serving_notes(results, rec)
+        for payback in rec.compile_paybacks:
+            self.console.print(f"torch.compile: {payback.describe()}")
         for reason in rec.reasons:
             self.console.print(f"  - {reason}")
         if rec.explanations is not None:

@@ -150,6 +150,32 @@ def _input_pipeline_section(rec: Recommendation) -> list[str]:
             *_table(["setting", "data.num_workers", "wait share", "median wait ms/step", "input-bound"], rows), ""]
 
 
+def _compile_section(results: Sequence[TrialResult], rec: Recommendation) -> list[str]:
+    """Each compiled setting's compile time and payback against its eager twin; only when a setting compiled."""
+    compiled = [r for r in results if r.flags.get("compile")]
+    if not compiled:
+        return []
+    lines = ["## torch.compile", "",
+             "compile_s is the compiled trainer's warm-up beyond as many measured steps, never counted in throughput; "
+             "payback is compile_s over the time a compiled step saves against the same setting uncompiled "
+             "(docs/measurement.md, \"torch.compile: compile_s and payback\").", ""]
+    rows = [[p.compiled_label, p.eager_label, _fmt(p.compile_s, ".1f"), f"{p.step_time_eager_s * 1e3:.3g}",
+             f"{p.step_time_compiled_s * 1e3:.3g}", f"{p.saved_s_per_step * 1e3:+.3g}",
+             _fmt(p.payback_steps, ",.0f") or ("never" if p.saved_s_per_step <= 0 else None), p.outcome]
+            for p in rec.compile_paybacks]
+    if rows:
+        lines += _table(["compiled", "uncompiled twin", "compile s", "step ms uncompiled", "step ms compiled",
+                         "saved ms/step", "pays back after steps", "compiled vs uncompiled"], rows) + [""]
+    paired = {p.compiled_label for p in rec.compile_paybacks}
+    lines += [f"- {r.label}: " + (f"compile {r.compile_s:.1f} s, " if r.compile_s is not None else "")
+              + "no uncompiled twin finished, so no payback" for r in compiled if r.ok and r.label not in paired]
+    lines += [f"- {r.label}: compile_s not measured: {r.compile_note}" for r in compiled
+              if r.ok and r.compile_s is None and r.compile_note]
+    lines += [f"- {r.label}: dynamo compiled {r.num_graphs_compiled_measured} graph(s) during measured steps "
+              f"(their time is in its throughput)" for r in compiled if r.num_graphs_compiled_measured]
+    return lines + [""]
+
+
 def _charts_section(chart_set: "ChartSet") -> list[str]:
     lines = ["## Charts", ""]
     for chart in chart_set.charts:
@@ -244,6 +270,7 @@ def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set
     if rec.serving:
         lines += _serving_section(results, rec)
     lines += _input_pipeline_section(rec)
+    lines += _compile_section(results, rec)
     lines += _charts_section(chart_set)
     if rec.explanations is not None:
         lines += _scaling_section(rec.explanations.points, rec.explanations.facts)

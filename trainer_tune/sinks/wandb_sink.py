@@ -150,6 +150,7 @@ class WandbSink:
                                 "gradient_noise_scale_ci95": rec.gradient_noise_scale.ci95
                                 if rec.gradient_noise_scale else None,
                                 "lr": asdict(rec.lr_change) if rec.lr_change else None,
+                                "compile_payback": [p.to_json_dict() for p in rec.compile_paybacks],
                                 "num_trials": rec.num_trials, "num_failed": rec.num_failed})
             artifact = wandb.Artifact(f"recommendation-{self.group}", type="recommendation")
             for path in files:
