@@ -216,6 +216,8 @@ class ConsoleSink:
             self._serving_notes(results, rec)
         for reason in rec.reasons:
             self.console.print(f"  - {reason}")
+        for fit in rec.memory_fits:
+            self.console.print(f"memory fit {fit.verdict()}")
         if rec.explanations is not None:
             self.console.print("decision matrix (each objective alone):")
             for objective in rec.explanations.matrix:
