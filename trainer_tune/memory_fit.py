@@ -58,6 +58,8 @@ class MemoryFit:
     """figures' memory source of every fitted peak (a fit never mixes sources)."""
     points: tuple[tuple[int, int], ...]
     """(micro_batch_size, measured peak bytes) of each fitted setting, by micro-batch."""
+    labels: tuple[str, ...]
+    """Each fitted setting's label, in the order of `points`."""
     intercept_bytes: float
     slope_bytes: float
     """Bytes per sample of micro-batch: the activations of one sample (and what else grows with it)."""
@@ -75,9 +77,9 @@ class MemoryFit:
         return (f"fit over {sizes}: {format_bytes(round(self.intercept_bytes))} + "
                 f"{format_bytes(round(self.slope_bytes))} x mbs")
 
-    def rows(self) -> list[tuple[int, int, float]]:
-        """(micro_batch_size, measured peak bytes, the line's peak bytes) of each fitted setting."""
-        return [(m, measured, self.predict_bytes(m)) for m, measured in self.points]
+    def rows(self) -> list[tuple[str, int, int, float]]:
+        """(label, micro_batch_size, measured peak bytes, the line's peak bytes) of each fitted setting."""
+        return [(label, m, measured, self.predict_bytes(m)) for label, (m, measured) in zip(self.labels, self.points)]
 
     def verdict(self) -> str:
         """One line for people: the series, the line, and the largest micro-batch predicted to fit."""
@@ -90,7 +92,7 @@ class MemoryFit:
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"series": self.series, "flags": self.flags, "source": self.source,
-                "points": [list(p) for p in self.points], "intercept_bytes": self.intercept_bytes,
+                "points": [list(p) for p in self.points], "labels": list(self.labels), "intercept_bytes": self.intercept_bytes,
                 "slope_bytes": self.slope_bytes, "limit": self.limit.to_json_dict() if self.limit else None,
                 "largest_micro_batch_size": self.largest_micro_batch_size, "note": self.note}
 
@@ -125,15 +127,16 @@ def fit_memory(results: Sequence[TrialResult], *, limit: Optional[MemoryLimit]) 
         if r.ok and r.peak_memory_bytes is not None and r.peak_memory_source is not None:
             groups.setdefault(_series_key(r.flags), []).append(r)
     fits: list[MemoryFit] = []
-    usable: list[tuple[dict[str, Any], str, list[tuple[int, int]]]] = []
+    usable: list[tuple[dict[str, Any], str, list[TrialResult]]] = []
     for members in groups.values():
         sources = [r.peak_memory_source for r in members]
         source = max(set(sources), key=sources.count)  # type: ignore[arg-type]
-        points = sorted((r.micro_batch_size, r.peak_memory_bytes) for r in members  # type: ignore[misc]
-                        if r.peak_memory_source == source)
-        if len({m for m, _ in points}) >= 2:
-            usable.append((dict(members[0].flags), str(source), points))
-    for (flags, source, points), name in zip(usable, _series_names([u[0] for u in usable])):
+        fitted = sorted((r for r in members if r.peak_memory_source == source),
+                        key=lambda r: (r.micro_batch_size, r.grad_accum))
+        if len({r.micro_batch_size for r in fitted}) >= 2:
+            usable.append((dict(members[0].flags), str(source), fitted))
+    for (flags, source, fitted), name in zip(usable, _series_names([u[0] for u in usable])):
+        points = [(r.micro_batch_size, int(r.peak_memory_bytes)) for r in fitted]  # type: ignore[arg-type]
         intercept, slope = least_squares(points)
         largest: Optional[int] = None
         note: Optional[str] = None
@@ -146,6 +149,7 @@ def fit_memory(results: Sequence[TrialResult], *, limit: Optional[MemoryLimit]) 
             if largest < 1:
                 largest, note = None, f"not even micro-batch 1 is predicted to fit ({limit.describe()})"
         fits.append(MemoryFit(series=name, flags=flags, source=source, points=tuple(points),
+                              labels=tuple(r.label for r in fitted),
                               intercept_bytes=intercept, slope_bytes=slope, limit=limit,
                               largest_micro_batch_size=largest, note=note))
     return fits

@@ -5,7 +5,6 @@ cannot be read."""
 from __future__ import annotations
 
 import mmap
-import sys
 from pathlib import Path
 
 import pytest
@@ -74,7 +73,6 @@ def _session() -> DistSession:
 
 
 @linux_only
-@pytest.mark.skipif(sys.platform != "linux", reason="needs Linux /proc")
 def test_a_cpu_window_records_its_growth_as_the_peak_memory_and_a_kept_trainer_says_why_not() -> None:
     cfg = TuneConfig()
     cfg.model.seq_len = 64

@@ -4,19 +4,20 @@ reason), and every strategy reporting predicted beside measured."""
 
 from __future__ import annotations
 
-import dataclasses
+import io
 
 import pytest
+from rich.console import Console
 
 from result_factory import GIB, make_result
-from trainer_tune.config import Strategy, SweepArgs, TuneConfig
+from trainer_tune.config import RecommendArgs, Strategy, SweepArgs, TuneConfig
 from trainer_tune.flags import TrialFlags
 from trainer_tune.memory_fit import MemoryLimit, fit_memory, least_squares, predicted_not_to_fit
 from trainer_tune.plan import TrialSpec, build_plan
 from trainer_tune.recommend import decide
-from trainer_tune.config import RecommendArgs
 from trainer_tune.results import TrialResult
 from trainer_tune.sinks.charts import ChartSet
+from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import render_report
 from trainer_tune.tune import _after_round
 
@@ -49,7 +50,8 @@ def test_each_series_gets_its_own_line_and_largest_micro_batch() -> None:
     assert (fp32.intercept_bytes / GIB, fp32.slope_bytes / GIB) == pytest.approx((2.0, 4.0))
     assert fp32.largest_micro_batch_size == 17  # (72 - 2) / 4 = 17.5
     assert bf16.largest_micro_batch_size == 35  # (72 - 2) / 2
-    assert [(m, measured, predicted / GIB) for m, measured, predicted in fp32.rows()][0] == (2, 10 * GIB, 10.0)
+    assert [(label, m, measured, predicted / GIB) for label, m, measured, predicted in fp32.rows()] == \
+        [("2x1", 2, 10 * GIB, 10.0), ("4x1", 4, 18 * GIB, 18.0), ("4x2", 4, 18 * GIB, 18.0), ("8x1", 8, 34 * GIB, 34.0)]
     assert fp32.verdict() == ("precision=fp32: fit over 2, 4, 8: 2.0 GiB + 4.0 GiB x mbs; largest micro-batch "
                               "predicted to fit: 17 (limit 80.0 GiB x 0.9, recommend.max_memory_fraction)")
 
@@ -80,9 +82,9 @@ def _power_round(plan: list[TrialSpec], memory_gib: dict[int, float],
     settings = {}
     for size, gib in memory_gib.items():
         spec = by_size[size]
-        settings[spec.key] = dataclasses.replace(
-            make_result(index=spec.index, key=spec.key, micro_batch_size=size, memory_bytes=int(gib * GIB),
-                        is_baseline=spec.is_baseline, tokens_per_s=1000.0 * size))
+        settings[spec.key] = make_result(index=spec.index, key=spec.key, micro_batch_size=size,
+                                         memory_bytes=int(gib * GIB), is_baseline=spec.is_baseline,
+                                         tokens_per_s=1000.0 * size)
     entered = [by_size[size] for size in memory_gib]
     _drops, entering, closed = _after_round(cfg, plan, settings=settings, contenders=set(settings),
                                             entered=entered, rounds_done=3, swept=(), limit=limit)
@@ -116,5 +118,9 @@ def test_grid_reports_predicted_beside_measured() -> None:
     assert data["memory_limit"]["limit_bytes"] == pytest.approx(72 * GIB)
     report = render_report(results, rec, ChartSet(charts=(), omitted=()))
     assert "## Memory prediction" in report
-    assert "| 8 | 34.0 GiB | 34.0 GiB |" in report
+    assert "| 8x1 | 8 | 34.0 GiB | 34.0 GiB |" in report
     assert "largest micro-batch predicted to fit: 17" in report
+    out = io.StringIO()
+    ConsoleSink(enabled=True, console=Console(file=out, width=200)).show(results, rec)
+    assert "memory fit all settings: fit over 2, 4, 8: 2.0 GiB + 4.0 GiB x mbs; largest micro-batch predicted to " \
+           "fit: 17 (limit 80.0 GiB x 0.9, recommend.max_memory_fraction)" in out.getvalue()

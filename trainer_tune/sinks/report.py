@@ -238,9 +238,9 @@ def _memory_section(rec: Recommendation) -> list[str]:
                 f"{rec.memory_limit.fraction_key})." if rec.memory_limit else "."), ""]
     for fit in rec.memory_fits:
         lines += [f"- {fit.verdict()}; peak memory {describe_memory_source(fit.source)}", ""]
-        lines += _table(["micro-batch", "measured peak", "predicted peak"],
-                        [(m, format_bytes(measured), format_bytes(round(predicted)))
-                         for m, measured, predicted in fit.rows()]) + [""]
+        lines += _table(["setting", "micro-batch", "measured peak", "predicted peak"],
+                        [(label, m, format_bytes(measured), format_bytes(round(predicted)))
+                         for label, m, measured, predicted in fit.rows()]) + [""]
     return lines
 
 
