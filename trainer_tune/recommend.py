@@ -16,11 +16,11 @@ from typing import Any, Optional, Sequence
 from trainer_tune.config import Objective, RecommendArgs, TieBreak
 from trainer_tune.explain import Explanations, explain
 from trainer_tune.figures import NoiseScaleFigures, describe_memory_source
-from trainer_tune.memory_fit import MemoryFit, MemoryLimit, fit_memory
 from trainer_tune.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides, format_flag
 from trainer_tune.goodput import (
     LrChange, batch_change_reason, lr_change, noise_scale_reason, other_measure_note, throughput_vs_goodput, without_lr)
 from trainer_tune.input_bound import InputWait, input_bound_reasons, input_waits, verdict_note
+from trainer_tune.memory_fit import MemoryFit, MemoryLimit, fit_memory
 from trainer_tune.noise_scale import sweep_noise_scale, with_goodput
 from trainer_tune.results import TOKENS, TrialResult
 from trainer_tune.stats import RatioEstimate, ratio_estimate

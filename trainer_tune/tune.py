@@ -378,8 +378,8 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
         prefix = f"job{multirun.job_num}/"  # the job's own rounds: its windows pair with its own baseline's
     sweep = _Sweep(cfg=cfg, session=session, output_dir=output_dir, console=console, journal_path=journal_path,
                    swept=swept, num_settings=len(plan))
-    limit = session.broadcast_from_rank0(memory_limit(cfg, session))  # ranks predict against one figure
     try:
+        limit = session.broadcast_from_rank0(memory_limit(cfg, session))  # ranks predict against one figure
         done, attempts = sweep.resume_state(plan)
         console.sweep_started(num_settings=len(plan), num_windows_done=len(done),
                               output_dir=str(output_dir if multirun is None else multirun.sweep_dir))
