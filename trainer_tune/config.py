@@ -337,7 +337,8 @@ class TrainArgs:
     sweep.activation_checkpointing makes it an axis."""
     max_memory_fraction: Optional[float] = None
     """CUDA only: cap this process's allocator at this share of the device, so a setting that would not fit
-    next to another job runs out of memory here, at the real limit, and is recorded as oom."""
+    next to another job runs out of memory here, at the real limit, and is recorded as oom. Also the memory
+    prediction's limit when set (docs/measurement.md, "Memory, predicted")."""
 
     def __post_init__(self) -> None:
         if self.max_memory_fraction is not None:
@@ -530,7 +531,8 @@ class RecommendArgs:
     fail_on_no_go: bool = False
     """Exit with code 3 on NO-GO (for CI gates); otherwise a finished sweep exits 0."""
     max_memory_fraction: float = 0.9
-    """A setting whose peak memory exceeds this share of the device is never recommended (CUDA only)."""
+    """A setting whose peak memory exceeds this share of the device is never recommended (CUDA only); the
+    memory prediction's limit without train.max_memory_fraction (of host memory per rank on a CPU)."""
     target_throughput_per_s: Optional[float] = None
     """GO also needs at least this rate, in the decision's unit per second (see throughput.unit)."""
     max_latency_ms: Optional[float] = None

@@ -26,16 +26,19 @@ def from_fields(cls: type[T], data: dict[str, Any]) -> T:
 # --- peak memory ------------------------------------------------------------------------------------------
 ALLOCATOR_RESERVED = "allocator_reserved"
 NVML_USED = "nvml_used"
+RSS_GROWTH = "rss_growth"
 MEMORY_SOURCES = {
     ALLOCATOR_RESERVED: "reserved by the CUDA caching allocator (torch.cuda.max_memory_reserved), highest rank",
     NVML_USED: "GPU memory used as NVML reports it (board-wide: the CUDA context and other processes too), "
                "highest GPU",
+    RSS_GROWTH: "growth of the training process's resident memory (peak RSS over the window that built the "
+                "trainer minus RSS before it; host_memory.py), highest rank",
 }
 """Each source of TrialResult.peak_memory_bytes, as every sink names it."""
 
 
-def peak_memory(*, reserved_bytes: Optional[int],
-                nvml_used_bytes: Optional[int]) -> tuple[Optional[int], Optional[str]]:
+def peak_memory(*, reserved_bytes: Optional[int], nvml_used_bytes: Optional[int],
+                rss_growth_bytes: Optional[int] = None) -> tuple[Optional[int], Optional[str]]:
     """THE peak memory of a trial, and its source: the one definition the decision and every sink use.
 
     The caching allocator's reserved peak first: it is what the process really held on the device (allocated
@@ -44,12 +47,15 @@ def peak_memory(*, reserved_bytes: Optional[int],
     fragmentation and cache, so it would let a setting pass that is in fact close to OOM: it is recorded
     (TrialResult.peak_memory_allocated_bytes) but never the figure. Without allocator statistics, NVML's used
     memory is the only reading left; it is larger (the CUDA context, other processes on the board), so it errs
-    on the safe side. Neither (a CPU): None, and TrialResult.peak_memory_note says why.
+    on the safe side. Neither (a CPU): the training processes' peak resident memory growth (host_memory.py),
+    measured on CPU devices only; without it None, and TrialResult.peak_memory_note says why.
     """
     if reserved_bytes is not None:
         return reserved_bytes, ALLOCATOR_RESERVED
     if nvml_used_bytes is not None:
         return nvml_used_bytes, NVML_USED
+    if rss_growth_bytes is not None:
+        return rss_growth_bytes, RSS_GROWTH
     return None, None
 
 

@@ -105,8 +105,8 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
         if session.device.type == "cuda":
             torch.cuda.set_per_process_memory_fraction(cfg.train.max_memory_fraction, session.device)
         else:
-            log.warning("train.max_memory_fraction=%s is ignored: it caps the CUDA allocator and the device is %s",
-                        cfg.train.max_memory_fraction, session.device)
+            log.warning("train.max_memory_fraction=%s caps no allocator: it caps the CUDA allocator and the device is "
+                        "%s (it still sets the memory prediction's limit)", cfg.train.max_memory_fraction, session.device)
     try:
         # A multirun's jobs log their trial runs next to the multirun's journal, in one wandb group.
         shared_dir = output_dir if multirun is None else multirun.sweep_dir

@@ -204,7 +204,8 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
     energy_per_sample, energy_source, energy_note = energy_per_sample_of(
         gpu, gpu_note, cpu_energy, samples=m.samples, on_gpu=ctx.device.startswith("cuda"))
     memory_bytes, memory_source = peak_memory(reserved_bytes=m.peak_memory_reserved_bytes,
-                                              nvml_used_bytes=gpu.memory_used_peak_bytes if gpu else None)
+                                              nvml_used_bytes=gpu.memory_used_peak_bytes if gpu else None,
+                                              rss_growth_bytes=m.rss_growth_bytes)
     rank0 = telemetry[0] if telemetry else None
     return TrialResult(
         **(_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at)

@@ -21,6 +21,7 @@ from trainer_tune.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_t
 from trainer_tune.goodput import (
     LrChange, batch_change_reason, lr_change, noise_scale_reason, other_measure_note, throughput_vs_goodput, without_lr)
 from trainer_tune.input_bound import InputWait, input_bound_reasons, input_waits, verdict_note
+from trainer_tune.memory_fit import MemoryFit, MemoryLimit, fit_memory
 from trainer_tune.noise_scale import sweep_noise_scale, with_goodput
 from trainer_tune.results import TOKENS, TrialResult
 from trainer_tune.stats import RatioEstimate, ratio_estimate
@@ -218,6 +219,11 @@ class Recommendation:
     batch does not change, on NO-GO, or with lr_scaling=none."""
     max_latency_ms: Optional[float] = None
     """recommend.max_latency_ms: the p99 budget per batch the decision held the settings to; None without one."""
+    memory_fits: tuple[MemoryFit, ...] = ()
+    """Per series with peaks at two or more micro-batch sizes, the line through them and the largest micro-batch
+    predicted to fit under `memory_limit` (memory_fit.py)."""
+    memory_limit: Optional[MemoryLimit] = None
+    """The memory one rank may use, the predictions' limit; None where the caller did not know it (a multirun)."""
     over_budget: tuple[str, ...] = ()
     """Trial keys of the finished settings whose p99 is over max_latency_ms (never chosen, picked by no row of
     the decision matrix)."""
@@ -264,6 +270,8 @@ class Recommendation:
                 "lr": dataclasses.asdict(self.lr_change) if self.lr_change else None,
                 "max_latency_ms": self.max_latency_ms, "over_budget": list(self.over_budget),
                 "compile_payback": [p.to_json_dict() for p in self.compile_paybacks],
+                "memory_fits": [f.to_json_dict() for f in self.memory_fits],
+                "memory_limit": self.memory_limit.to_json_dict() if self.memory_limit else None,
                 "explanations": self.explanations.to_json_dict() if self.explanations else None}
 
 
@@ -341,7 +349,8 @@ def _tie_reason(best: TrialResult, tied: Sequence[TrialResult], rule: TieBreak,
 
 
 def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured: Sequence[NotMeasured] = (),
-           race: Optional[RaceSummary] = None, lr: Optional[float] = None) -> Recommendation:
+           race: Optional[RaceSummary] = None, lr: Optional[float] = None,
+           memory_limit: Optional[MemoryLimit] = None) -> Recommendation:
     """The verdict from each setting's result aggregated over its windows (metrics.aggregate_windows). `lr`: the
     sweep's train.lr, which recommend.lr_scaling scales when a GO changes the global batch.
 
@@ -569,6 +578,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                           gradient_noise_scale=gradient_noise, gradient_noise_scale_note=gradient_noise_note,
                           lr_change=change, max_latency_ms=args.max_latency_ms, over_budget=over_all,
                           compile_paybacks=tuple(compile_paybacks(results, compare=compare)),
+                          memory_fits=tuple(fit_memory(results, limit=memory_limit)), memory_limit=memory_limit,
                           explanations=explain(results, compare=compare, max_latency_ms=args.max_latency_ms,
                                                over_budget=over_all))
 

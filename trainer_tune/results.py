@@ -77,10 +77,10 @@ class TrialResult:
     loss_first: Optional[float]
     loss_last: Optional[float]
     peak_memory_bytes: Optional[int]
-    """THE peak memory of one device (figures.peak_memory: allocator reserved, else NVML used), highest rank;
-    what the decision and every sink use."""
+    """THE peak memory of one device (figures.peak_memory: allocator reserved, else NVML used; on a CPU the
+    training process's peak resident memory growth), highest rank; what the decision and every sink use."""
     peak_memory_source: Optional[str]
-    """Where peak_memory_bytes comes from: figures.ALLOCATOR_RESERVED or figures.NVML_USED; None with it."""
+    """Where peak_memory_bytes comes from: figures.ALLOCATOR_RESERVED, NVML_USED or RSS_GROWTH; None with it."""
     peak_memory_allocated_bytes: Optional[int]
     """The allocator's allocated peak (CUDA), highest rank: recorded, never the figure."""
     peak_memory_reserved_bytes: Optional[int]

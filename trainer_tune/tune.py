@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import psutil
 import torch
 from hydra.core.hydra_config import HydraConfig
 
@@ -34,6 +35,7 @@ from trainer_tune.flags import TrialFlags, exported_flags
 from trainer_tune.flops import analytic_flops_apply, gpt_flops_per_token, lookup_peak_tflops
 from trainer_tune.journal import (
     JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, write_inflight)
+from trainer_tune.memory_fit import MemoryLimit, fit_memory, predicted_not_to_fit
 from trainer_tune.metrics import TrialContext, aggregate_windows, failed_result, result_from_window, sweep_noise
 from trainer_tune.workloads.model import build_model, count_parameters
 from trainer_tune.multirun import MultirunJob
@@ -354,6 +356,22 @@ def _peak_tflops(cfg: TuneConfig, device: torch.device, *,
     return peak, reason
 
 
+def memory_limit(cfg: TuneConfig, session: DistSession) -> MemoryLimit:
+    """What one rank may use, for the memory prediction (memory_fit.py): train.max_memory_fraction (else
+    recommend.max_memory_fraction) of a CUDA device's memory, or on CPUs of the host memory available now shared
+    by the node's ranks (read once, at the start of the sweep: other processes come and go)."""
+    fraction, key = ((cfg.train.max_memory_fraction, "train.max_memory_fraction")
+                     if cfg.train.max_memory_fraction is not None
+                     else (cfg.recommend.max_memory_fraction, "recommend.max_memory_fraction"))
+    if session.device.type == "cuda":
+        return MemoryLimit(capacity_bytes=torch.cuda.get_device_properties(session.device).total_memory,
+                           fraction=fraction, fraction_key=key, capacity_source="the CUDA device's total memory")
+    ranks = max(session.rank_env.local_world_size, 1)
+    return MemoryLimit(capacity_bytes=psutil.virtual_memory().available // ranks, fraction=fraction,
+                       fraction_key=key,
+                       capacity_source=f"host memory available at the start of the sweep / {ranks} local rank(s)")
+
+
 def _ignore_beat(_step: int, _micro_step: int) -> None:
     pass
 
@@ -376,10 +394,11 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
     sweep = _Sweep(cfg=cfg, session=session, output_dir=output_dir, console=console, journal_path=journal_path,
                    swept=swept, num_settings=len(plan))
     try:
+        limit = session.broadcast_from_rank0(memory_limit(cfg, session))  # ranks predict against one figure
         done, attempts = sweep.resume_state(plan)
         console.sweep_started(num_settings=len(plan), num_windows_done=len(done),
                               output_dir=str(output_dir if multirun is None else multirun.sweep_dir))
-        race = _race(sweep, plan, done=done, attempts=attempts, prefix=prefix)
+        race = _race(sweep, plan, done=done, attempts=attempts, prefix=prefix, limit=limit)
     finally:
         console.sweep_finished()
         sweep.close()
@@ -388,7 +407,7 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
     recommendation = None
     if multirun is None:
         recommendation = decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary,
-                                lr=cfg.train.lr)
+                                lr=cfg.train.lr, memory_limit=limit)
         settings = list(recommendation.settings)  # the same settings, with their efficiency and goodput
         if session.rank_env.is_rank0:
             publish(output_dir, settings, recommendation, launch_hint=launch_hint, console=console,
@@ -409,7 +428,7 @@ class _RaceResult:
 
 
 def _race(sweep: _Sweep, plan: list[TrialSpec], *, done: dict[str, TrialResult], attempts: dict[str, int],
-          prefix: str) -> _RaceResult:
+          prefix: str, limit: Optional[MemoryLimit] = None) -> _RaceResult:
     """Measure rounds until the race is decided, sweep.max_rounds or sweep.budget_s (see rounds.py).
 
     Every decision that changes what is measured next (which settings enter, which leave, whether another
@@ -477,7 +496,7 @@ def _race(sweep: _Sweep, plan: list[TrialSpec], *, done: dict[str, TrialResult],
         # Rank 0 decides who leaves and who enters; every rank applies the same answer.
         new_drops, entering, closed = session.broadcast_from_rank0(
             _after_round(cfg, plan, settings=settings, contenders=contenders, entered=entered,
-                         rounds_done=round_index, swept=sweep.swept))
+                         rounds_done=round_index, swept=sweep.swept, limit=limit))
         for drop in new_drops:
             contenders.discard(drop.trial_key)
             if drop.trial_key != baseline.key:  # the baseline is measured in every round regardless
@@ -502,9 +521,12 @@ def _race(sweep: _Sweep, plan: list[TrialSpec], *, done: dict[str, TrialResult],
 
 
 def _after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, TrialResult], contenders: set[str],
-                 entered: list[TrialSpec], rounds_done: int,
-                 swept: tuple[str, ...]) -> tuple[list[Drop], list[str], list[NotMeasured]]:
-    """(settings that leave the race, settings that enter it next round, settings that never will)."""
+                 entered: list[TrialSpec], rounds_done: int, swept: tuple[str, ...],
+                 limit: Optional[MemoryLimit] = None) -> tuple[list[Drop], list[str], list[NotMeasured]]:
+    """(settings that leave the race, settings that enter it next round, settings that never will).
+
+    strategy=power: a setting the memory fit of its series (memory_fit.py, against `limit`) puts over the limit
+    never enters, whether its chain would let it in now or later; the prediction is the reason."""
     drops: list[Drop] = []
     racing = [settings[k] for k in sorted(contenders) if k in settings and settings[k].ok]
     budget = cfg.recommend.max_latency_ms
@@ -542,11 +564,16 @@ def _after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, 
                 return None
             return compare(a, b).outcome == Outcome.better
 
+        fits = fit_memory(list(settings.values()), limit=limit)
         for spec in plan:
             if spec.key in entered_keys:
                 continue
             gate = power_gate(spec, plan=plan, settings=settings, sweep=cfg.sweep, faster=faster)
-            if gate.enter:
+            too_big = predicted_not_to_fit(spec.micro_batch_size, spec.flags.as_dict(), fits) \
+                if gate.reason is None else None
+            if too_big is not None:
+                closed.append(NotMeasured(label=spec.label(swept_flags=swept), reason=too_big))
+            elif gate.enter:
                 entering.append(spec.key)
             elif gate.reason is not None:
                 closed.append(NotMeasured(label=spec.label(swept_flags=swept), reason=gate.reason))

@@ -32,6 +32,7 @@ from trainer_tune.distributed import DistSession
 from trainer_tune.faults import NO_FAULT, FaultPlan
 from trainer_tune.flop_count import StepFlops, count_step_flops
 from trainer_tune.flops import analytic_flops_apply
+from trainer_tune.host_memory import RssGrowth, RssWatch
 from trainer_tune.noise_scale import NoiseReading
 from trainer_tune.noise_steps import GradientNormReader, run_noise_steps, why_not_measured
 from trainer_tune.plan import TrialSpec
@@ -105,6 +106,9 @@ class WindowMeasurement:
     num_graphs_compiled_measured: Optional[int] = None
     """Graphs dynamo compiled during the measured steps, most over ranks (recompilation: its time is then in the
     throughput); None for an eager trainer."""
+    rss_growth_bytes: Optional[int] = None
+    """CPU devices: the highest rank's peak resident memory growth over the window that built the trainer
+    (host_memory.py); None elsewhere (peak_memory_note says why on a CPU)."""
 
 
 StepCallback = Callable[[int, bool], None]
@@ -349,6 +353,9 @@ class LocalWindow:
     compiled: bool = False
     num_graphs_compiled_measured: Optional[int] = None
     """Graphs dynamo compiled on this rank during the measured steps; None for an eager trainer."""
+    rss: Optional[RssGrowth] = None
+    """CPU devices: this process's peak resident memory growth from before the trainer was built to the end of
+    the window; None on other devices."""
 
 
 def _no_heartbeat(_step: int, _micro_step: int) -> None:
@@ -426,6 +433,11 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
     """
     key = spec.setting_key or spec.key
     trainer = pool.take(key) if pool is not None else None
+    # CPU peak memory is the resident set's growth, which only a window that builds its trainer can see whole.
+    rss_watch = None
+    if session.device.type == "cpu" and trainer is None:
+        _import_first_use_modules()
+        rss_watch = RssWatch().start()
     try:
         if trainer is None:
             runner = InferenceReplica if cfg.mode == Mode.inference else _Trainer
@@ -445,6 +457,10 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
         local = _measure(cfg=cfg, trainer=trainer, session=session, on_step=on_step, probe=probe,
                          num_warmup_steps=num_warmup_steps, comm_split=comm_split)
         local = dataclasses.replace(local, compiled_build=built and trainer.compiled, compiled=trainer.compiled)
+        if session.device.type == "cpu":
+            local = dataclasses.replace(local, rss=rss_watch.read() if rss_watch is not None else RssGrowth(
+                None, "not measured in this window: its trainer was kept from an earlier window "
+                      "(window.keep_models), whose growth counts"))
         if pool is not None:
             pool.give_back(key, trainer)
         return local
@@ -456,6 +472,13 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
         gc.collect()  # DDP's reducer and the model refer to each other: only the collector frees them
         if session.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _import_first_use_modules() -> None:
+    """Import what torch.optim's first step imports (torch._dynamo, sympy: about 70 MB of Python objects that
+    stay resident): a one-time cost of the process that would otherwise land in the resident memory growth of
+    whichever setting happens to be built first."""
+    import torch._dynamo  # noqa: F401
 
 
 def _clear_frames(exc: BaseException) -> None:
@@ -604,6 +627,16 @@ def combine_ranks(local: LocalWindow, *, session: DistSession) -> WindowMeasurem
          float(local.num_graphs_compiled_measured) if local.num_graphs_compiled_measured is not None else -1.0])
     peak = reserved = None
     note: Optional[str] = f"the {session.device.type} device does not report allocator peaks"
+    rss_growth_bytes: Optional[int] = None
+    if local.rss is not None:
+        # A rank without a reading sends -1 and a flag: the growth is the max only when every rank has one.
+        rss_max, rss_missing = session.max_over_ranks(
+            [float(local.rss.growth_bytes if local.rss.growth_bytes is not None else -1),
+             float(local.rss.growth_bytes is None)])
+        if rss_missing:
+            note = local.rss.note or "peak resident memory not read on some rank"
+        else:
+            rss_growth_bytes = int(rss_max)
     if local.peak_memory_bytes is not None and local.peak_memory_reserved_bytes is not None:
         peak_f, reserved_f = session.max_over_ranks([float(local.peak_memory_bytes),
                                                      float(local.peak_memory_reserved_bytes)])
@@ -624,4 +657,5 @@ def combine_ranks(local: LocalWindow, *, session: DistSession) -> WindowMeasurem
         # Every rank holds the same readings (averaged over ranks in each noise step).
         noise_readings=tuple(local.noise_readings), noise_note=local.noise_note,
         compiled_build=local.compiled_build, compiled=local.compiled,
-        num_graphs_compiled_measured=int(most_graphs) if most_graphs >= 0 else None)
+        num_graphs_compiled_measured=int(most_graphs) if most_graphs >= 0 else None,
+        rss_growth_bytes=rss_growth_bytes)

@@ -50,7 +50,12 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
         assert t["step_time_s"]["p90"] >= t["step_time_s"]["median"] > 0
         assert t["num_measured_steps"] == 4 and t["num_warmup_steps"] == 1
         assert t["window_stop"] == "fixed window of 4 steps" and t["wall_s"] > 0
-        assert t["peak_memory_bytes"] is None and "does not report" in t["peak_memory_note"]
+        # CPU peak memory: the training processes' peak resident memory growth, highest rank, measured in the
+        # window that built the trainer (r0); a trainer kept for a later window cannot separate its growth.
+        if t["round_id"] == "r0" or t["peak_memory_bytes"] is not None:
+            assert t["peak_memory_source"] == "rss_growth" and t["peak_memory_bytes"] > 0
+        else:
+            assert "kept from an earlier window" in t["peak_memory_note"]
         assert "NSA_DDP_BUCKET_MB" not in t["environment"] and t["flags"]["bucket_cap_mb"] is None
         assert t["extra"]["ddp_applied"] == {"static_graph": False, "find_unused_parameters": False,
                                              "bucket_cap_bytes": 25 * 1024 * 1024, "bucket_cap_is_default": True}
@@ -71,6 +76,11 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
 
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["num_trials"] == 6
+    # One series (the same flags at every setting): peak memory fitted against micro-batches 1, 2 and 4.
+    assert all(t["peak_memory_source"] == "rss_growth" for t in trials)
+    fit, = rec["memory_fits"]
+    assert fit["series"] == "all settings" and sorted({m for m, _ in fit["points"]}) == [1, 2, 4]
+    assert "host memory available" in rec["memory_limit"]["capacity_source"]
     assert [round_id for round_id, _ in rec["drift"]["series"]] == ["r0", "r1"]
     assert any("in each of its 2 rounds" in reason for reason in rec["reasons"])
     assert rec["race"]["num_rounds"] == 2 and "max_rounds=2" in rec["race"]["end_reason"]
@@ -98,6 +108,7 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
     for link in linked:
         assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "no chart of GPU utilization over time" in report
+    assert "## Memory prediction" in report and "memory fit all settings: fit over 1, 2, 4" in proc.stdout
     assert [line.split(" | ")[1] for line in report.splitlines() if re.match(r"\| \d+ \| ", line)] == \
         [t["label"] + (" (baseline)" if t["is_baseline"] else "")
          + (" **chosen**" if t["trial_key"] == rec["chosen"]["trial_key"] else "") for t in trials]

@@ -221,6 +221,8 @@ class ConsoleSink:
             self.console.print(f"torch.compile: {payback.describe()}")
         for reason in rec.reasons:
             self.console.print(f"  - {reason}")
+        for fit in rec.memory_fits:
+            self.console.print(f"memory fit {fit.verdict()}")
         if rec.explanations is not None:
             self.console.print("decision matrix (each objective alone):")
             for objective in rec.explanations.matrix:

@@ -258,6 +258,23 @@ def _serving_section(results: Sequence[TrialResult], rec: Recommendation) -> lis
     return lines + [""]
 
 
+def _memory_section(rec: Recommendation) -> list[str]:
+    """Predicted beside measured: each series' line through its peaks (memory_fit.py)."""
+    if not rec.memory_fits:
+        return []
+    lines = ["## Memory prediction", "",
+             "Per series of settings that share every flag, the least-squares line peak = a + b x micro-batch "
+             "through the measured peaks, and the largest micro-batch it puts under the limit"
+             + (f" ({rec.memory_limit.describe()}: {rec.memory_limit.capacity_source}, "
+                f"{rec.memory_limit.fraction_key})." if rec.memory_limit else "."), ""]
+    for fit in rec.memory_fits:
+        lines += [f"- {fit.verdict()}; peak memory {describe_memory_source(fit.source)}", ""]
+        lines += _table(["setting", "micro-batch", "measured peak", "predicted peak"],
+                        [(label, m, format_bytes(measured), format_bytes(round(predicted)))
+                         for label, m, measured, predicted in fit.rows()]) + [""]
+    return lines
+
+
 def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set: "ChartSet", *,
                   jobs: Optional[Mapping[str, str]] = None) -> str:
     """`jobs`: in a multirun, the job that measured each setting, by trial key (a column of the trials table)."""
@@ -275,6 +292,7 @@ def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set
     if rec.explanations is not None:
         lines += _scaling_section(rec.explanations.points, rec.explanations.facts)
         lines += _matrix_section(rec.explanations.matrix, rec.unit, serving=rec.serving)
+    lines += _memory_section(rec)
     if rec.not_measured:
         lines += ["## Settings not measured", ""] + [f"- {n.label}: {n.reason}" for n in rec.not_measured] + [""]
     if rec.race is not None:
