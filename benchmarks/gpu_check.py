@@ -7,8 +7,8 @@
 
 gpu_check.sh runs the steps and records each as a line of WORK/steps.tsv (name, exit code, wall s, limit s);
 a sweep step writes its results to WORK/runs/NAME. The summary reads those files and nothing else; it never
-measures. Figures that other work adds to the records (compile_s, GPM fields, the memory prediction) are read
-tolerantly: a missing key is "n/a", never an error.
+measures. A figure a record lacks (an older journal, a path that did not run) is "n/a", never an error: only the
+check that needs it fails.
 """
 
 from __future__ import annotations
@@ -201,26 +201,12 @@ def _get(record: Optional[dict], *path: str) -> Any:
     return value
 
 
-def _find(record: Optional[dict], *fragments: str) -> Any:
-    """The value of the first key of `record` whose name holds every fragment (for fields still being named
-    in parallel work, e.g. the GPM SM activity); None when none does."""
-    for key, value in (record or {}).items():
-        if all(f in key for f in fragments) and value is not None and not isinstance(value, (dict, list)):
-            return value
-    return None
-
-
-def _find_any(record: Optional[dict], fragment: str) -> Any:
-    """The first non-empty value (of any type) of a key of `record` whose name holds `fragment`."""
-    return next((v for k, v in (record or {}).items() if fragment in k and v not in (None, [], {})), None)
-
-
 def sm_activity_pct(gpu: Optional[dict]) -> Optional[float]:
-    return _find(gpu, "sm_activ") or _find(gpu, "sm_util") or _find(gpu, "gpm", "sm")
+    return _get(gpu, "sm_active_mean_pct")
 
 
 def compile_s(record: Optional[dict]) -> Optional[float]:
-    return _get(record, "compile_s") if _get(record, "compile_s") is not None else _get(record, "extra", "compile_s")
+    return _get(record, "compile_s")
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -342,9 +328,9 @@ def _check_compile(rows: list[dict], recommendation: dict) -> list[Check]:
     compiled = [r for r in rows if r["compile"] is True and r["status"] == "ok"]
     checks.append(_check("compile_s recorded", bool(compiled) and all(r["compile_s"] is not None for r in compiled),
                          ", ".join(f"{r['label']} {_fmt(r['compile_s'], '.1f')} s" for r in compiled) or "none"))
-    payback = _find_any(recommendation, "payback")
+    payback = _get(recommendation, "compile_payback") or None
     checks.append(("payback in recommendation.json", PASS if payback is not None else FAIL,
-                   json.dumps(payback)[:200] if payback is not None else "no key holding 'payback'"))
+                   json.dumps(payback)[:200] if payback is not None else "no compile_payback entry"))
     return checks
 
 
@@ -398,10 +384,9 @@ def summarize_step(step: dict[str, Any], work: Path, device: dict) -> dict[str, 
             checks.extend(SWEEP_CHECKS[name](rows, run["windows"], run["recommendation"], device))
             rec = run["recommendation"]
             extra = {k: rec.get(k) for k in ("decision", "verdict") if rec.get(k) is not None}
-            for fragment in ("payback", "memory_fit", "predicted"):
-                found = _find_any(rec, fragment)
-                if found is not None:
-                    extra[fragment] = found
+            for key in ("compile_payback", "memory_fits"):
+                if rec.get(key):
+                    extra[key] = rec[key]
         elif name == "nccl":
             nccl = _load(work / "nccl.json")
             checks.append(_check("world-size-1 nccl group: DistSession collectives, DDP step",

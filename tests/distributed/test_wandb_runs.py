@@ -86,6 +86,10 @@ def test_wandb_runs_match_the_journal_and_the_recommendation(tmp_path: Path) -> 
     matrix = rec["explanations"]["matrix"]
     assert recommendation.summary["objective_winners"]["max_throughput"]["label"] == matrix[0]["label"]
     assert recommendation.summary["facts"] == rec["explanations"]["facts"]
+    # The memory fit over 1, 2, 4 (peak RSS growth on CPU) as recommendation.json has it.
+    assert len(rec["memory_fits"]) == 1 and [p[0] for p in rec["memory_fits"][0]["points"]] == [1, 2, 4]
+    assert recommendation.summary["memory_fits"][0]["slope_bytes"] == \
+        pytest.approx(rec["memory_fits"][0]["slope_bytes"])
     assert any(name.startswith("run_table:") and name.endswith("decision_matrix") for name in recommendation.artifacts)
 
     # Nothing we wrote holds a credential.

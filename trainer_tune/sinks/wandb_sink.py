@@ -151,6 +151,7 @@ class WandbSink:
                                 if rec.gradient_noise_scale else None,
                                 "lr": asdict(rec.lr_change) if rec.lr_change else None,
                                 "compile_payback": [p.to_json_dict() for p in rec.compile_paybacks],
+                                "memory_fits": [f.to_json_dict() for f in rec.memory_fits],
                                 "num_trials": rec.num_trials, "num_failed": rec.num_failed})
             artifact = wandb.Artifact(f"recommendation-{self.group}", type="recommendation")
             for path in files:
