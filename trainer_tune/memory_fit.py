@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from trainer_tune.flags import format_flag
 from trainer_tune.results import TrialResult
 from trainer_tune.units import format_bytes
 
@@ -104,7 +105,7 @@ def _series_key(flags: Mapping[str, Any]) -> str:
 def _series_names(flag_sets: Sequence[Mapping[str, Any]]) -> list[str]:
     """Each series named by the flags that differ between series (the shared ones say nothing)."""
     differing = sorted({k for f in flag_sets for k in f if any(g.get(k) != f.get(k) for g in flag_sets)})
-    return [" ".join(f"{k}={f.get(k)}" for k in differing) or "all settings" for f in flag_sets]
+    return [" ".join(f"{k}={format_flag(f.get(k))}" for k in differing) or "all settings" for f in flag_sets]
 
 
 def least_squares(points: Sequence[tuple[int, int]]) -> tuple[float, float]:
