@@ -84,7 +84,9 @@ class CpuMeter:
             process_pct = 100.0 * (process_stop_s - self._process_start_s) / duration_s
         system_pct = None
         if total_s > total_start_s:
-            system_pct = 100.0 * (busy_s - busy_start_s) / (total_s - total_start_s)
+            # A share of the machine's time: summing psutil's per-state seconds can round just past 100% when every
+            # core was busy the whole window.
+            system_pct = min(100.0, 100.0 * (busy_s - busy_start_s) / (total_s - total_start_s))
         reason = self._reason
         if reason is None and system_pct is None:
             reason = "window too short for the system CPU counters to advance"

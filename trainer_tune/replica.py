@@ -31,7 +31,7 @@ from trainer_tune.flop_count import StepFlops, count_step_flops
 from trainer_tune.flops import analytic_flops_apply
 from trainer_tune.plan import TrialSpec
 from trainer_tune.workloads.batch import _is_token_ids, count_samples, describe, token_counter
-from trainer_tune.workloads.compile import compile_failure, compile_module
+from trainer_tune.workloads.compile import compile_failures_named, compile_module
 from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.model import build_trial_model, count_parameters
 from trainer_tune.workloads.precision import autocast_for
@@ -108,15 +108,9 @@ class InferenceReplica:
         start_s = time.perf_counter()
         batch = next(self.batches)
         data_wait_s = time.perf_counter() - start_s
-        try:
-            with torch.inference_mode(), self.autocast():
-                self.serve(self.model, batch)
-        except Exception as exc:
-            failure = compile_failure(exc, self.compile_mode, first_call=self.steps_done == 1) \
-                if self.compiled else None
-            if failure is None:
-                raise
-            raise failure from exc
+        with compile_failures_named(self.compiled, self.compile_mode, first_call=self.steps_done == 1), \
+                torch.inference_mode(), self.autocast():
+            self.serve(self.model, batch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the batch is served when its outputs exist
         return StepOutcome(loss=None, samples=count_samples(batch) or 0, tokens=self.count_tokens(batch),

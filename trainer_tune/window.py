@@ -41,7 +41,7 @@ from trainer_tune.stats import relative_half_width, throughput_ci
 from trainer_tune.telemetry import RankTelemetry, TelemetryProbe
 from trainer_tune.units import format_bytes
 from trainer_tune.workloads.batch import Count, count_samples, read_count, token_counter
-from trainer_tune.workloads.compile import compile_failure, compile_module, graphs_compiled
+from trainer_tune.workloads.compile import compile_failures_named, compile_module, graphs_compiled
 from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.loss import build_loss
 from trainer_tune.workloads.checkpointing import enable_activation_checkpointing
@@ -272,19 +272,13 @@ class _Trainer:
             # DDP all-reduces in the backward of a micro-step outside no_sync: only the last one of a synced step.
             reduce_now = sync and micro == self.grad_accum - 1
             sync_context = contextlib.nullcontext() if reduce_now or not self.can_skip_sync else self.ddp.no_sync()
-            with sync_context:
-                try:
-                    loss = self.loss_of(self.module, batch)
-                    if loss_scale != 1.0:
-                        loss = loss * loss_scale
-                    scaled = loss / self.grad_accum
-                    (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-                except Exception as exc:
-                    failure = compile_failure(exc, self.compile_mode, first_call=self.steps_done == 1) \
-                        if self.compiled else None
-                    if failure is None:
-                        raise
-                    raise failure from exc
+            with sync_context, compile_failures_named(self.compiled, self.compile_mode,
+                                                      first_call=self.steps_done == 1):
+                loss = self.loss_of(self.module, batch)
+                if loss_scale != 1.0:
+                    loss = loss * loss_scale
+                scaled = loss / self.grad_accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             self.aux_stats.add_micro_step()
             if grad_reader is not None:
                 grad_reader.after_micro_step(micro, grad_scale=self.scaler.get_scale() if self.scaler else 1.0)

@@ -9,8 +9,9 @@ of the real cause (dynamo's messages end in advice about TORCHDYNAMO_VERBOSE, no
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -71,6 +72,19 @@ def compile_failure(exc: BaseException, mode: CompileMode, *, first_call: bool) 
             break
         cause = inner
     return CompileFailed(f"torch.compile (train.compile_mode={mode.value}) failed: {_first_line(cause)}")
+
+
+@contextlib.contextmanager
+def compile_failures_named(compiled: bool, mode: CompileMode, *, first_call: bool) -> Iterator[None]:
+    """Around a call of a (maybe) compiled module: a failure of torch.compile leaves as a CompileFailed naming it
+    (compile_failure), anything else as it was raised."""
+    try:
+        yield
+    except Exception as exc:
+        failure = compile_failure(exc, mode, first_call=first_call) if compiled else None
+        if failure is None:
+            raise
+        raise failure from exc
 
 
 def graphs_compiled() -> int:
