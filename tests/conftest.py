@@ -58,11 +58,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow tests first, so that with several workers (pytest -n) the long multi-process runs start early and the
-    quick unit tests fill the end instead of one worker finishing a long test alone; and @pytest.mark.gpu tests
-    skip, with the reason, where torch sees no CUDA device (torch is imported only when such a test was
-    collected)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: collection order within each
+    """@pytest.mark.gpu tests skip, with the reason, where torch sees no CUDA device (torch is imported only
+    when such a test was collected)."""
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not gpu_items:
         return
