@@ -21,7 +21,6 @@ written (macOS, a locked-down container) there is no reading, and the reason say
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,12 +54,14 @@ def _read_status_bytes(proc: Path) -> dict[str, int]:
 
 
 def _trim_heap() -> None:
-    """Hand freed heap pages back to the kernel (glibc only; elsewhere nothing to do)."""
-    name = ctypes.util.find_library("c")
+    """Hand freed heap pages back to the kernel (glibc only; elsewhere nothing to do).
+
+    malloc_trim is looked up in the symbols already loaded (ctypes.CDLL(None)), not through
+    ctypes.util.find_library, which runs `ldconfig -p` in a subprocess at every call: a fork of a rank with live
+    gloo threads at every trainer build."""
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError, TypeError):  # musl, macOS: no malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # musl, macOS: no malloc_trim
         return
     trim.argtypes = [ctypes.c_size_t]
     trim(0)
