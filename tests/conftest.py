@@ -32,6 +32,15 @@ def clean_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     return env
 
 
+def use_offline_wandb(mp: pytest.MonkeyPatch, root: Path) -> None:
+    """wandb in this test process as in every run the tests start: offline (no account here), silent, its caches
+    and artifact staging under `root` instead of $HOME (without WANDB_MODE a later run in the process asks for a key)."""
+    mp.setenv("WANDB_MODE", "offline")
+    mp.setenv("WANDB_SILENT", "true")
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        mp.setenv(name, str(root / name.lower()))
+
+
 def run_tune(args: Sequence[str], *, nproc: Optional[int] = None, env: Optional[dict[str, str]] = None,
              cwd: Optional[Path] = None, timeout_s: float = 240, max_restarts: int = 0) -> subprocess.CompletedProcess:
     """`python -m trainer_tune ARGS`, or `torchrun --standalone --nproc_per_node=N -m trainer_tune ARGS`."""

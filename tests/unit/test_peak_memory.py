@@ -22,6 +22,7 @@ from trainer_tune.sinks.charts import ChartSet
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import render_report
 from trainer_tune.sinks.wandb_sink import WandbSink
+from conftest import use_offline_wandb
 
 RESERVED = MEMORY_SOURCES[ALLOCATOR_RESERVED]
 
@@ -100,10 +101,7 @@ def test_report_shows_the_same_figure_and_source(results: list[TrialResult]) -> 
 
 def test_wandb_logs_the_same_figure_and_source(results: list[TrialResult], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    # Offline as every wandb run of the tests: without it, a later test's run in this process asked for an API key.
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    use_offline_wandb(monkeypatch, tmp_path)
     sink = WandbSink(WandbArgs(mode=WandbMode.offline), enabled=True, output_dir=tmp_path, group="g", config={})
     sink.trial_finished(results[0])
     assert sink.enabled, "the wandb sink turned itself off"

@@ -24,6 +24,7 @@ from trainer_tune.sinks.charts import latency_percentiles_figure, latency_throug
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import write_report
 from trainer_tune.sinks.wandb_sink import WandbSink
+from conftest import use_offline_wandb
 
 BUDGET_MS = 100.0
 
@@ -188,10 +189,7 @@ def test_charts_draw_the_recorded_figures() -> None:
 
 
 def test_wandb_runs_carry_latencies_the_matrix_and_the_chart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    use_offline_wandb(monkeypatch, tmp_path)
     results, rec = _decided()
     charts = write_report(tmp_path, results, rec).charts
     sink = WandbSink(WandbArgs(project="tt-serving"), enabled=True, output_dir=tmp_path, group="serving", config={})

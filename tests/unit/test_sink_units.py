@@ -20,6 +20,7 @@ from trainer_tune.sinks.charts import rounds_figure, throughput_figure
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import write_report
 from trainer_tune.sinks.wandb_sink import WandbSink
+from conftest import use_offline_wandb
 
 
 def _image_sweep() -> list[TrialResult]:
@@ -110,10 +111,7 @@ def test_report_and_charts_name_samples_per_s(tmp_path: Path) -> None:
 
 
 def test_wandb_runs_log_samples_per_s_and_no_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    use_offline_wandb(monkeypatch, tmp_path)
     results, rec = _decided()
     sink = WandbSink(WandbArgs(project="tt-units"), enabled=True, output_dir=tmp_path, group="images", config={})
     for result in results:

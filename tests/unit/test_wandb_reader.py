@@ -15,6 +15,7 @@ from helpers.wandb_reader import (
     summarize_finished_run,
     summarize_wandb_run,
 )
+from conftest import use_offline_wandb
 
 # Long enough that the run record (which carries the config) needs three 32 KiB blocks, so the
 # reader must reassemble first/middle/last fragments.
@@ -42,19 +43,11 @@ class LoggedRun:
     file: Path
 
 
-def _wandb_env(mp: pytest.MonkeyPatch, root: Path) -> None:
-    mp.setenv("WANDB_MODE", "offline")
-    mp.setenv("WANDB_SILENT", "true")
-    # Keep wandb's caches and artifact staging out of the home directory.
-    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-        mp.setenv(name, str(root / name.lower()))
-
-
 @pytest.fixture(scope="module")
 def logged_run(tmp_path_factory: pytest.TempPathFactory) -> LoggedRun:
     root = tmp_path_factory.mktemp("wandb_run")
     with pytest.MonkeyPatch.context() as mp:
-        _wandb_env(mp, root)
+        use_offline_wandb(mp, root)
         run = wandb.init(
             project="trainer-tune-test",
             group="sweep-7",
@@ -230,7 +223,7 @@ def test_typed_history_values_keep_their_python_types(tmp_path: Path) -> None:
     # can also write typed values (an experimental setting); the reader prefers those.
     row = {"f": 1.0, "i": 2, "s": "text", "b": True, "n": None, "nested": {"x": 0.5}}
     with pytest.MonkeyPatch.context() as mp:
-        _wandb_env(mp, tmp_path)
+        use_offline_wandb(mp, tmp_path)
         try:
             settings = wandb.Settings(console="off", x_history_value_encoding="json,typed")
         except Exception as exc:  # the setting is experimental and may go away
