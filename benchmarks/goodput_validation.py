@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer_tune.config import DataArgs, DataKind, ModelArgs
+from trainer_tune.config.schema import DataArgs, DataKind, ModelArgs
 from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.model import build_model
 

@@ -151,7 +151,7 @@ def probe_nccl(work: Path) -> int:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from trainer_tune.distributed import DistSession, RankEnv
+    from trainer_tune.platform.distributed import DistSession, RankEnv
 
     device = torch.device("cuda", 0)
     result: dict[str, Any] = {"ok": False}

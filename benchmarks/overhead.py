@@ -27,15 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer_tune.config import DistArgs, TelemetryArgs, TuneConfig
+from trainer_tune.config.schema import DistArgs, TelemetryArgs, TuneConfig
 from trainer_tune.workloads.data import build_batches
-from trainer_tune.distributed import DistSession, RankEnv
-from trainer_tune.flags import TrialFlags
-from trainer_tune.metrics import TrialContext, result_from_window
+from trainer_tune.platform.distributed import DistSession, RankEnv
+from trainer_tune.config.flags import TrialFlags
+from trainer_tune.measure.summarize import TrialContext, result_from_window
 from trainer_tune.workloads.model import build_model
 from trainer_tune.plan import build_plan
-from trainer_tune.telemetry import TelemetryProbe
-from trainer_tune.window import combine_ranks, measure_local
+from trainer_tune.measure.telemetry import TelemetryProbe
+from trainer_tune.measure.window import combine_ranks, measure_local
 
 
 def _bare_tokens_per_s(cfg: TuneConfig, session: DistSession, *, steps: int) -> float:

@@ -1,3 +1,3 @@
-from trainer_tune.main import main
+from trainer_tune.run.main import main
 
 main()

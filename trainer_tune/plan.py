@@ -15,9 +15,9 @@ from typing import Any, Iterable, Optional
 
 import torch
 
-from trainer_tune.config import CompileMode, ConfigError, FaultKind, Mode, StepArgs, Strategy, ThroughputArgs, TuneConfig
-from trainer_tune.distributed import choose_backend
-from trainer_tune.flags import KEYED_WHEN_SET, TrialFlags, format_flag, swept_flag_values, with_flag
+from trainer_tune.config.schema import CompileMode, ConfigError, FaultKind, Mode, StepArgs, Strategy, ThroughputArgs, TuneConfig
+from trainer_tune.platform.distributed import choose_backend
+from trainer_tune.config.flags import KEYED_WHEN_SET, TrialFlags, format_flag, swept_flag_values, with_flag
 from trainer_tune.workloads.checkpoint import checkpoint_fingerprint
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ONE_ROUND, read_jsonl, run_tune
-from trainer_tune.config import DataArgs, DataKind, ModelArgs
+from trainer_tune.config.schema import DataArgs, DataKind, ModelArgs
 from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.model import GPT
 

@@ -14,12 +14,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-from trainer_tune.config import TuneConfig
-from trainer_tune.distributed import DistSession, RankEnv
-from trainer_tune.faults import NO_FAULT
-from trainer_tune.flags import TrialFlags
+from trainer_tune.config.schema import TuneConfig
+from trainer_tune.platform.distributed import DistSession, RankEnv
+from trainer_tune.platform.faults import NO_FAULT
+from trainer_tune.config.flags import TrialFlags
 from trainer_tune.plan import TrialSpec
-from trainer_tune.window import _Trainer
+from trainer_tune.measure.window import _Trainer
 
 pytestmark = pytest.mark.slow
 

@@ -17,10 +17,10 @@ import torch
 
 from conftest import ONE_ROUND, read_jsonl, read_settings, run_tune
 from helpers.models import hand_forward_flops
-from trainer_tune.config import ModelArgs
+from trainer_tune.config.schema import ModelArgs
 from trainer_tune.examples.vision import ResNet
-from trainer_tune.flops import gpt_flops_per_token
-from trainer_tune.rapl import RaplMeter
+from trainer_tune.measure.flops import gpt_flops_per_token
+from trainer_tune.measure.rapl import RaplMeter
 from trainer_tune.workloads.model import build_model, count_parameters
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ONE_ROUND, REPO, clean_env, read_jsonl
-from trainer_tune.journal import read_journal
-from trainer_tune.rounds import round_order
+from trainer_tune.run.journal import read_journal
+from trainer_tune.decide.race import round_order
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ONE_ROUND, read_jsonl, run_tune
-from trainer_tune.config import Attention, ModelArgs
-from trainer_tune.flops import gpt_flops_per_token
+from trainer_tune.config.schema import Attention, ModelArgs
+from trainer_tune.measure.flops import gpt_flops_per_token
 from trainer_tune.workloads.nsa_attention import AUX_STAT_NAMES
 from helpers.wandb_reader import find_offline_run_files, summarize_wandb_run
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import ONE_ROUND, read_jsonl, read_settings, run_tune
-from trainer_tune.stats import geometric_mean
+from trainer_tune.evidence.stats import geometric_mean
 
 pytestmark = pytest.mark.slow
 

@@ -39,7 +39,7 @@ def _fitting(windows: list[dict]) -> list[dict]:
 
 
 def test_cuda_event_clock_times_the_device_work() -> None:
-    from trainer_tune.window import _CudaEventClock
+    from trainer_tune.measure.window import _CudaEventClock
 
     a = torch.randn(4096, 4096, device="cuda")
     torch.cuda.synchronize()

@@ -5,16 +5,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from trainer_tune.cpu_usage import CpuUtilization
-from trainer_tune.figures import ALLOCATOR_RESERVED, CommSplit, GpuFigures
-from trainer_tune.flags import TrialFlags, flags_to_environ
-from trainer_tune.gpu_sampler import GpuSummary
-from trainer_tune.metrics import TrialContext, result_from_window
+from trainer_tune.measure.cpu_usage import CpuUtilization
+from trainer_tune.measure.figures import ALLOCATOR_RESERVED, CommSplit, GpuFigures
+from trainer_tune.config.flags import TrialFlags, flags_to_environ
+from trainer_tune.measure.gpu_sampler import GpuSummary
+from trainer_tune.measure.summarize import TrialContext, result_from_window
 from trainer_tune.plan import TrialSpec
-from trainer_tune.results import SAMPLES, TrialResult
-from trainer_tune.stats import StepTimeStats, geometric_mean
-from trainer_tune.telemetry import AllocatorCounts, RankTelemetry
-from trainer_tune.window import WindowMeasurement
+from trainer_tune.measure.record import SAMPLES, TrialResult
+from trainer_tune.evidence.stats import StepTimeStats, geometric_mean
+from trainer_tune.measure.telemetry import AllocatorCounts, RankTelemetry
+from trainer_tune.measure.window import WindowMeasurement
 
 GIB = 1024 ** 3
 SEQ_LEN = 128

@@ -14,11 +14,11 @@ from torch import nn
 
 from helpers.checkpointing_models import MLPBlock, RefusesCheckpointing, ResidualMLP
 from helpers.models import PlainMLP
-from trainer_tune.config import ModelArgs, TuneConfig
-from trainer_tune.distributed import DistSession, RankEnv
-from trainer_tune.flags import TrialFlags
+from trainer_tune.config.schema import ModelArgs, TuneConfig
+from trainer_tune.platform.distributed import DistSession, RankEnv
+from trainer_tune.config.flags import TrialFlags
 from trainer_tune.plan import TrialSpec, build_plan
-from trainer_tune.window import measure_local
+from trainer_tune.measure.window import measure_local
 from trainer_tune.workloads.checkpointing import checkpoint_blocks, enable_activation_checkpointing
 from trainer_tune.workloads.model import build_model
 from trainer_tune.workloads.targets import TargetError

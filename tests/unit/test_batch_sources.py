@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import pytest
 import torch
 
-from trainer_tune.config import DataArgs, ModelArgs
+from trainer_tune.config.schema import DataArgs, ModelArgs
 from trainer_tune.workloads.data import build_batches, loader_settings
 from trainer_tune.workloads.targets import TargetError
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from conftest import run_tune
-from trainer_tune.config import ConfigError, ModelArgs, TuneConfig
-from trainer_tune.flags import TrialFlags
+from trainer_tune.config.schema import ConfigError, ModelArgs, TuneConfig
+from trainer_tune.config.flags import TrialFlags
 from trainer_tune.plan import build_plan
 from trainer_tune.workloads.checkpoint import check_checkpoint, checkpoint_fingerprint
 from trainer_tune.workloads.model import GPT, build_model, build_trial_model
@@ -148,8 +148,8 @@ def test_the_model_preset_hf_gpt2_takes_a_checkpoint_directory(tmp_path: Path) -
     transformers = pytest.importorskip("transformers")
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
-    from trainer_tune.config import register_configs
-    from trainer_tune.main import config_dir
+    from trainer_tune.config.schema import register_configs
+    from trainer_tune.run.main import config_dir
     torch.manual_seed(4)
     saved = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=256, n_positions=128, n_embd=128, n_layer=2, n_head=4, bos_token_id=None, eos_token_id=None))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainer_tune.metrics import comm_split
+from trainer_tune.measure.summarize import comm_split
 
 
 def test_exposed_communication_is_the_gap_between_medians() -> None:

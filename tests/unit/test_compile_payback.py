@@ -9,10 +9,10 @@ import dataclasses
 import pytest
 
 from result_factory import make_result
-from trainer_tune.compile_payback import compile_paybacks, compile_seconds
-from trainer_tune.config import RecommendArgs
-from trainer_tune.flags import TrialFlags
-from trainer_tune.recommend import decide
+from trainer_tune.evidence.compile_payback import compile_paybacks, compile_seconds
+from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.config.flags import TrialFlags
+from trainer_tune.decide.verdict import decide
 
 EAGER = TrialFlags()
 COMPILED = TrialFlags(compile=True)

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO, run_tune
-from trainer_tune.config import ConfigError, TuneConfig, register_configs
+from trainer_tune.config.schema import ConfigError, TuneConfig, register_configs
 
 CONFIGS = REPO / "configs"
 GROUPS_IN_DEFAULTS = ["model", "data", "loss", "train", "window", "nsa", "ddp", "baseline", "recommend", "dist", "watchdog",

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from trainer_tune.config import TuneConfig
-from trainer_tune.config_doc import REGENERATE, field_docs, generated_part, page_path, render
+from trainer_tune.config.schema import TuneConfig
+from trainer_tune.config.reference import REGENERATE, field_docs, generated_part, page_path, render
 
 
 def test_the_page_matches_the_schema() -> None:
     page = generated_part(page_path().read_text())
     assert page == render(), (
-        f"docs/configuration.md and trainer_tune/config.py disagree (a key, default, type, docstring or "
+        f"docs/configuration.md and trainer_tune/config/schema.py disagree (a key, default, type, docstring or "
         f"config option changed). Regenerate the page with `{REGENERATE}` and commit it.")
 
 

@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from conftest import REPO, run_tune
-from trainer_tune.config import ConfigError, TuneConfig, register_configs
-from trainer_tune.config_keys import check_keys, check_override_keys
+from trainer_tune.config.schema import ConfigError, TuneConfig, register_configs
+from trainer_tune.config.keys import check_keys, check_override_keys
 
 CONFIGS = REPO / "configs"
 IN_DEFAULTS = {"model", "data", "loss", "train", "window", "nsa", "ddp", "baseline", "recommend", "dist", "watchdog",

@@ -10,11 +10,11 @@ import itertools
 from rich.console import Console
 
 from result_factory import make_result
-from trainer_tune.config import RecommendArgs
-from trainer_tune.flags import FLAG_SPECS, TrialFlags, format_flag
+from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.config.flags import FLAG_SPECS, TrialFlags, format_flag
 from trainer_tune.plan import TrialSpec
-from trainer_tune.recommend import decide
-from trainer_tune.results import TrialResult
+from trainer_tune.decide.verdict import decide
+from trainer_tune.measure.record import TrialResult
 from trainer_tune.sinks.console import ConsoleSink
 
 SWEPT = ("bucket_cap_mb", "static_graph", "find_unused_parameters", "prefill_batched")

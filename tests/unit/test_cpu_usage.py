@@ -6,7 +6,7 @@ import time
 import psutil
 import pytest
 
-from trainer_tune.cpu_usage import CpuMeter
+from trainer_tune.measure.cpu_usage import CpuMeter
 
 
 def _spin(duration_s: float) -> None:

@@ -8,11 +8,11 @@ import json
 import pytest
 
 from result_factory import make_comm, make_gpu, make_result
-from trainer_tune.config import RecommendArgs
-from trainer_tune.explain import LINEAR, NO_INTERVAL, REFERENCE, SUB_LINEAR, SUPER_LINEAR, explain
-from trainer_tune.figures import ALLOCATOR_RESERVED, MEMORY_SOURCES
-from trainer_tune.flags import TrialFlags
-from trainer_tune.recommend import compare, decide
+from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.explain.matrix import LINEAR, NO_INTERVAL, REFERENCE, SUB_LINEAR, SUPER_LINEAR, explain
+from trainer_tune.measure.figures import ALLOCATOR_RESERVED, MEMORY_SOURCES
+from trainer_tune.config.flags import TrialFlags
+from trainer_tune.decide.verdict import compare, decide
 
 GIB = 1024 ** 3
 

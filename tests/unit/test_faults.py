@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from trainer_tune.config import FaultArgs, FaultKind
-from trainer_tune.faults import NO_FAULT, fault_for
+from trainer_tune.config.schema import FaultArgs, FaultKind
+from trainer_tune.platform.faults import NO_FAULT, fault_for
 
 
 def test_only_the_chosen_rank_trial_and_first_attempt() -> None:

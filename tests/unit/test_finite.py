@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import strict_loads
-from trainer_tune.finite import finite_json, finite_only, finite_record
+from trainer_tune.platform.finite import finite_json, finite_only, finite_record
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ import contextlib
 
 import pytest
 
-from trainer_tune.config import ConfigError, DataArgs, DdpArgs, NsaArgs
-from trainer_tune.flags import (
+from trainer_tune.config.schema import ConfigError, DataArgs, DdpArgs, NsaArgs
+from trainer_tune.config.flags import (
     TrialFlags, export_flags, exported_flags, flags_to_environ, flags_to_overrides, resolve_flags)
 
 
@@ -66,7 +66,7 @@ def test_a_trial_exports_its_flags_only_while_it_runs(fails: bool) -> None:
 
 
 def test_train_knobs_are_flags_resolved_from_train() -> None:
-    from trainer_tune.config import Precision, TrainArgs
+    from trainer_tune.config.schema import Precision, TrainArgs
     flags = resolve_flags(nsa=NsaArgs(), ddp=DdpArgs(), data=DataArgs(), environ={},
                           train=TrainArgs(compile=True, activation_checkpointing=True, precision=Precision.bf16))
     assert (flags.compile, flags.activation_checkpointing, flags.precision) == (True, True, "bf16")

@@ -12,16 +12,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.models import PlainMLP, random_features
-from trainer_tune.config import TuneConfig
-from trainer_tune.distributed import DistSession, RankEnv
-from trainer_tune.figures import ANALYTIC, FLOP_COUNTER
-from trainer_tune.flags import TrialFlags
-from trainer_tune.flop_count import count_step_flops
-from trainer_tune.flops import gpt_flops_per_token
-from trainer_tune.metrics import TrialContext, aggregate_windows, result_from_window
+from trainer_tune.config.schema import TuneConfig
+from trainer_tune.platform.distributed import DistSession, RankEnv
+from trainer_tune.measure.figures import ANALYTIC, FLOP_COUNTER
+from trainer_tune.config.flags import TrialFlags
+from trainer_tune.measure.flop_count import count_step_flops
+from trainer_tune.measure.flops import gpt_flops_per_token
+from trainer_tune.measure.summarize import TrialContext, aggregate_windows, result_from_window
 from trainer_tune.plan import TrialSpec, build_plan, window_of
-from trainer_tune.results import TrialResult
-from trainer_tune.window import LocalWindow, TrainerPool, combine_ranks, measure_local
+from trainer_tune.measure.record import TrialResult
+from trainer_tune.measure.window import LocalWindow, TrainerPool, combine_ranks, measure_local
 from trainer_tune.workloads.model import build_model, count_parameters
 
 MICRO_BATCH = 4

@@ -8,9 +8,9 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainer_tune.config import Attention, ModelArgs
-from trainer_tune.flags import TrialFlags
-from trainer_tune.flops import PEAK_TFLOPS, gpt_flops_per_token, lookup_peak_tflops, mfu, transformer_flops_per_token
+from trainer_tune.config.schema import Attention, ModelArgs
+from trainer_tune.config.flags import TrialFlags
+from trainer_tune.measure.flops import PEAK_TFLOPS, gpt_flops_per_token, lookup_peak_tflops, mfu, transformer_flops_per_token
 from trainer_tune.workloads.model import GPT, count_parameters
 from trainer_tune.workloads.nsa_attention import select_blocks, selected_token_mask
 

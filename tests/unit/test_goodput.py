@@ -11,12 +11,12 @@ import pytest
 import yaml
 
 from result_factory import make_result
-from trainer_tune.config import ConfigError, LrScaling, Mode, Objective, RecommendArgs, TuneConfig
-from trainer_tune.figures import NoiseScaleFigures
-from trainer_tune.noise_scale import from_step_estimates, pool, with_goodput
-from trainer_tune.recommend import GO, NO_GO, behind, decide
-from trainer_tune.results import TrialResult
-from trainer_tune.rounds import race_drops
+from trainer_tune.config.schema import ConfigError, LrScaling, Mode, Objective, RecommendArgs, TuneConfig
+from trainer_tune.measure.figures import NoiseScaleFigures
+from trainer_tune.evidence.noise_scale import from_step_estimates, pool, with_goodput
+from trainer_tune.decide.verdict import GO, NO_GO, behind, decide
+from trainer_tune.measure.record import TrialResult
+from trainer_tune.decide.race import race_drops
 from trainer_tune.sinks.files import write_recommendation
 
 B_NOISE = 4.0

@@ -16,18 +16,18 @@ from rich.console import Console
 
 from helpers.fake_nvml import GPM_FUNCTIONS, NVML_ERROR_NOT_SUPPORTED, FakeNvml
 from result_factory import make_result
-from trainer_tune.config import RecommendArgs
-from trainer_tune.cpu_usage import CpuUtilization
-from trainer_tune.explain import BUSY_UTIL_PCT, IDLE_SM_ACTIVE_PCT, explain, sms_mostly_idle
-from trainer_tune.figures import GpuFigures
-from trainer_tune.gpm import GPM_FIELDS, GPM_METRICS, GPM_MIN_INTERVAL_S, summarize_gpm
-from trainer_tune.gpu_sampler import GpuSampler, GpuSummary, summarize_gpu_samples
-from trainer_tune.metrics import aggregate_windows, combine_gpu, summary_figures
-from trainer_tune.recommend import compare, decide
-from trainer_tune.results import TrialResult
+from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.measure.cpu_usage import CpuUtilization
+from trainer_tune.explain.matrix import BUSY_UTIL_PCT, IDLE_SM_ACTIVE_PCT, explain, sms_mostly_idle
+from trainer_tune.measure.figures import GpuFigures
+from trainer_tune.measure.gpm import GPM_FIELDS, GPM_METRICS, GPM_MIN_INTERVAL_S, summarize_gpm
+from trainer_tune.measure.gpu_sampler import GpuSampler, GpuSummary, summarize_gpu_samples
+from trainer_tune.measure.summarize import aggregate_windows, combine_gpu, summary_figures
+from trainer_tune.decide.verdict import compare, decide
+from trainer_tune.measure.record import TrialResult
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import write_report
-from trainer_tune.telemetry import RankTelemetry
+from trainer_tune.measure.telemetry import RankTelemetry
 
 ACTIVITY = {"NVML_GPM_METRIC_SM_UTIL": 23.0, "NVML_GPM_METRIC_SM_OCCUPANCY": 12.0,
             "NVML_GPM_METRIC_ANY_TENSOR_UTIL": 4.0, "NVML_GPM_METRIC_DRAM_BW_UTIL": 31.0}

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from trainer_tune.gpu_sampler import GpuSampler, GpuSamples, open_nvml_device, summarize_gpu_samples
+from trainer_tune.measure.gpu_sampler import GpuSampler, GpuSamples, open_nvml_device, summarize_gpu_samples
 
 
 class FakeNvmlError(Exception):
@@ -117,7 +117,7 @@ def test_real_nvml_absent_gives_reason() -> None:
 
 @pytest.mark.skipif(_real_nvml_works(), reason="NVML works here; this test is about its absence")
 def test_real_sampler_without_nvml_logs_once_and_reports_none(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="trainer_tune.gpu_sampler"):
+    with caplog.at_level(logging.WARNING, logger="trainer_tune.measure.gpu_sampler"):
         sampler = GpuSampler(local_rank=0, environ={}, interval_s=0.01)
         for _ in range(2):
             sampler.start()

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer_tune.config import TuneConfig
-from trainer_tune.distributed import DistSession, RankEnv
-from trainer_tune.figures import MEMORY_SOURCES, RSS_GROWTH
-from trainer_tune.flags import TrialFlags
-from trainer_tune.host_memory import RssWatch
-from trainer_tune.metrics import TrialContext, result_from_window
+from trainer_tune.config.schema import TuneConfig
+from trainer_tune.platform.distributed import DistSession, RankEnv
+from trainer_tune.measure.figures import MEMORY_SOURCES, RSS_GROWTH
+from trainer_tune.config.flags import TrialFlags
+from trainer_tune.measure.host_memory import RssWatch
+from trainer_tune.measure.summarize import TrialContext, result_from_window
 from trainer_tune.plan import build_plan
-from trainer_tune.window import TrainerPool, combine_ranks, measure_local
+from trainer_tune.measure.window import TrainerPool, combine_ranks, measure_local
 
 MIB = 1024 ** 2
 SLACK_BYTES = 2 * MIB

@@ -13,13 +13,13 @@ import torch
 
 import trainer_tune.workloads.data as data_module
 from result_factory import make_result
-from trainer_tune.config import (
+from trainer_tune.config.schema import (
     ConfigError, DataArgs, DdpArgs, ModelArgs, NsaArgs, RecommendArgs, SweepArgs, TuneConfig)
-from trainer_tune.flags import TrialFlags, flags_to_environ, flags_to_overrides, resolve_flags
+from trainer_tune.config.flags import TrialFlags, flags_to_environ, flags_to_overrides, resolve_flags
 from trainer_tune.plan import build_plan
-from trainer_tune.recommend import GO, MEASURED, NO_GO, decide
-from trainer_tune.rerun import run_overrides
-from trainer_tune.results import TrialResult
+from trainer_tune.decide.verdict import GO, MEASURED, NO_GO, decide
+from trainer_tune.config.rerun import run_overrides
+from trainer_tune.measure.record import TrialResult
 from trainer_tune.sinks.report import write_report
 from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.targets import ignored_settings

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import strict_loads
 from result_factory import make_result
-from trainer_tune.config import ConfigError
-from trainer_tune.journal import append_result, read_journal
+from trainer_tune.config.schema import ConfigError
+from trainer_tune.run.journal import append_result, read_journal
 
 
 def test_round_trip(tmp_path: Path) -> None:

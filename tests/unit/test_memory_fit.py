@@ -10,16 +10,16 @@ import pytest
 from rich.console import Console
 
 from result_factory import GIB, make_result
-from trainer_tune.config import RecommendArgs, Strategy, SweepArgs, TuneConfig
-from trainer_tune.flags import TrialFlags
-from trainer_tune.memory_fit import MemoryLimit, fit_memory, least_squares, predicted_not_to_fit
+from trainer_tune.config.schema import RecommendArgs, Strategy, SweepArgs, TuneConfig
+from trainer_tune.config.flags import TrialFlags
+from trainer_tune.evidence.memory_fit import MemoryLimit, fit_memory, least_squares, predicted_not_to_fit
 from trainer_tune.plan import TrialSpec, build_plan
-from trainer_tune.recommend import decide
-from trainer_tune.results import TrialResult
+from trainer_tune.decide.verdict import decide
+from trainer_tune.measure.record import TrialResult
 from trainer_tune.sinks.charts import ChartSet
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import render_report
-from trainer_tune.tune import _after_round
+from trainer_tune.run.sweep import _after_round
 
 LIMIT = MemoryLimit(capacity_bytes=80 * GIB, fraction=0.9, fraction_key="recommend.max_memory_fraction",
                     capacity_source="the CUDA device's total memory")

@@ -9,9 +9,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO
-from trainer_tune.config import Attention, ModelArgs, register_configs
-from trainer_tune.flags import TrialFlags
-from trainer_tune.flops import gpt_flops_per_token
+from trainer_tune.config.schema import Attention, ModelArgs, register_configs
+from trainer_tune.config.flags import TrialFlags
+from trainer_tune.measure.flops import gpt_flops_per_token
 from trainer_tune.workloads.model import build_model, count_parameters
 from trainer_tune.workloads.nsa_attention import AUX_STAT_NAMES, NativeSparseAttention, nsa_attention_flops_per_token
 

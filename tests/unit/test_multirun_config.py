@@ -10,10 +10,10 @@ from hydra import compose, initialize_config_dir
 
 from conftest import REPO, clean_env
 from result_factory import make_result
-from trainer_tune.config import TuneConfig, register_configs
-from trainer_tune.flags import TrialFlags
-from trainer_tune.journal import JOURNAL_NAME, append_result
-from trainer_tune.multirun import BaselinePin, rank_env_here, publish_multirun
+from trainer_tune.config.schema import TuneConfig, register_configs
+from trainer_tune.config.flags import TrialFlags
+from trainer_tune.run.journal import JOURNAL_NAME, append_result
+from trainer_tune.run.multirun import BaselinePin, rank_env_here, publish_multirun
 from trainer_tune.plan import build_plan, differing_flag_names, job_plan
 
 
@@ -32,7 +32,7 @@ def test_slurm_launcher_config_composes_onto_submitit() -> None:
 
 def test_the_callback_is_configured() -> None:
     callbacks = _hydra_config([]).callbacks
-    assert callbacks.trainer_tune._target_ == "trainer_tune.multirun.MultirunCallback"
+    assert callbacks.trainer_tune._target_ == "trainer_tune.run.multirun.MultirunCallback"
 
 
 def test_job_plan_shares_the_baseline_key_with_a_single_run() -> None:

@@ -4,9 +4,9 @@ own, so settings of different jobs share no round and were compared unpaired, at
 from __future__ import annotations
 
 from result_factory import make_result
-from trainer_tune.config import RecommendArgs
-from trainer_tune.recommend import GO, decide
-from trainer_tune.results import TrialResult
+from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.decide.verdict import GO, decide
+from trainer_tune.measure.record import TrialResult
 
 
 def _settings(*, rounds_a: list[str], rounds_b: list[str]) -> list[TrialResult]:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer_tune.noise_scale import (
+from trainer_tune.evidence.noise_scale import (
     NoiseReading, efficiency_interval, estimate, pool, statistical_efficiency, step_estimate)
-from trainer_tune.noise_steps import GradientNormReader, squared_norm
+from trainer_tune.measure.noise_steps import GradientNormReader, squared_norm
 
 DIM = 64
 G2 = 1.0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer_tune.output_dir import unusable_reason
+from trainer_tune.run.output_dir import unusable_reason
 
 
 def test_a_path_under_a_regular_file_names_the_file(tmp_path: Path) -> None:

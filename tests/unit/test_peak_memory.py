@@ -14,10 +14,10 @@ from rich.console import Console
 
 from helpers.wandb_reader import find_offline_run_files, summarize_finished_run
 from result_factory import GIB, make_measured
-from trainer_tune.config import RecommendArgs, WandbArgs, WandbMode
-from trainer_tune.figures import ALLOCATOR_RESERVED, MEMORY_SOURCES, NVML_USED, peak_memory
-from trainer_tune.recommend import decide
-from trainer_tune.results import TrialResult
+from trainer_tune.config.schema import RecommendArgs, WandbArgs, WandbMode
+from trainer_tune.measure.figures import ALLOCATOR_RESERVED, MEMORY_SOURCES, NVML_USED, peak_memory
+from trainer_tune.decide.verdict import decide
+from trainer_tune.measure.record import TrialResult
 from trainer_tune.sinks.charts import ChartSet
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import render_report

@@ -4,11 +4,11 @@ import dataclasses
 
 import pytest
 
-from trainer_tune.config import (
+from trainer_tune.config.schema import (
     Backend, ConfigError, CountArgs, DistArgs, FaultArgs, FaultKind, Mode, Precision, RecommendArgs, StepArgs,
     Strategy, SweepArgs, TelemetryArgs, ThroughputArgs, ThroughputUnit, TrainArgs, TuneConfig, WandbArgs,
     WatchdogArgs, WindowArgs)
-from trainer_tune.flags import TrialFlags
+from trainer_tune.config.flags import TrialFlags
 from trainer_tune.plan import build_plan, window_of
 
 
@@ -183,7 +183,7 @@ def test_the_global_batch_sweep_holds_the_baselines_by_default() -> None:
     from omegaconf import OmegaConf
 
     from conftest import REPO
-    from trainer_tune.config import register_configs
+    from trainer_tune.config.schema import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):

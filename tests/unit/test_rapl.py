@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer_tune.rapl import RaplMeter
+from trainer_tune.measure.rapl import RaplMeter
 
 
 def _domain(root: Path, name: str, label: str, *, energy_uj: int, max_uj: int = 262_143_328_850) -> Path:

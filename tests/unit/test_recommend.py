@@ -6,9 +6,9 @@ from typing import Optional
 import pytest
 
 from result_factory import make_result
-from trainer_tune.config import RecommendArgs
-from trainer_tune.flags import TrialFlags
-from trainer_tune.recommend import GO, NO_GO, decide
+from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.config.flags import TrialFlags
+from trainer_tune.decide.verdict import GO, NO_GO, decide
 
 ARGS = RecommendArgs(min_speedup=1.05)
 
@@ -124,7 +124,7 @@ def test_one_window_gives_no_interval_and_no_go() -> None:
 
 
 def test_least_change_breaks_a_tie_toward_the_baselines_global_batch_then_less_memory() -> None:
-    from trainer_tune.config import TieBreak
+    from trainer_tune.config.schema import TieBreak
 
     results = [make_result(index=0, key="base", windows={"r0": 500, "r1": 505, "r2": 495}, is_baseline=True),
                make_result(index=1, key="big", windows={"r0": 1000, "r1": 940, "r2": 1060}, micro_batch_size=8),
@@ -160,8 +160,8 @@ def test_a_throughput_target_must_be_met() -> None:
 
 
 def test_settings_left_out_and_the_race_are_named_with_their_reason() -> None:
-    from trainer_tune.rounds import Drop, RaceSummary
-    from trainer_tune.strategy import NotMeasured
+    from trainer_tune.decide.race import Drop, RaceSummary
+    from trainer_tune.decide.strategy import NotMeasured
 
     base = make_result(index=0, key="b", windows={"r0": 1000, "r1": 990, "r2": 1010}, is_baseline=True)
     slow = make_result(index=1, key="c", windows={"r0": 500, "r1": 490, "r2": 505}, micro_batch_size=1)
@@ -219,7 +219,7 @@ def test_a_setting_measured_once_is_not_recommended_over_settings_measured_in_se
 def test_the_tie_reason_names_the_rule_that_decided(lean_memory: Optional[int], rule: str) -> None:
     """It once always said "the baseline's global batch first, then less memory", even where every tied setting
     had the baseline's global batch and no memory was measured (a CPU)."""
-    from trainer_tune.config import TieBreak
+    from trainer_tune.config.schema import TieBreak
 
     results = [make_result(index=0, key="base", windows={"r0": 500, "r1": 505, "r2": 495}, is_baseline=True),
                make_result(index=1, key="accum", windows={"r0": 960, "r1": 950, "r2": 970}, micro_batch_size=2,

@@ -8,11 +8,11 @@ import struct
 from pathlib import Path
 
 from result_factory import make_comm, make_gpu, make_result
-from trainer_tune.config import RecommendArgs
-from trainer_tune.recommend import decide
+from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.decide.verdict import decide
 from trainer_tune.sinks.report import write_report
-from trainer_tune.rounds import Drop, RaceSummary
-from trainer_tune.strategy import NotMeasured
+from trainer_tune.decide.race import Drop, RaceSummary
+from trainer_tune.decide.strategy import NotMeasured
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

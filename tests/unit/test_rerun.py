@@ -11,9 +11,9 @@ from omegaconf import OmegaConf
 
 from conftest import REPO
 from result_factory import make_result
-from trainer_tune.config import RecommendArgs, TuneConfig, register_configs
-from trainer_tune.recommend import MEASURED, decide
-from trainer_tune.rerun import REPRODUCED_GROUPS, hydra_value, reproducing_overrides, shell_line
+from trainer_tune.config.schema import RecommendArgs, TuneConfig, register_configs
+from trainer_tune.decide.verdict import MEASURED, decide
+from trainer_tune.config.rerun import REPRODUCED_GROUPS, hydra_value, reproducing_overrides, shell_line
 
 SETTING = ["train.micro_batch_size=4", "train.grad_accum=2"]
 

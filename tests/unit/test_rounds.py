@@ -9,9 +9,9 @@ import statistics
 
 import pytest
 
-from trainer_tune.recommend import Outcome, compare
-from trainer_tune.rounds import race_drops, race_over, round_order
-from trainer_tune.stats import geometric_mean, log_t_interval, ratio_estimate
+from trainer_tune.decide.verdict import Outcome, compare
+from trainer_tune.decide.race import race_drops, race_over, round_order
+from trainer_tune.evidence.stats import geometric_mean, log_t_interval, ratio_estimate
 from tests.unit.result_factory import make_result
 
 
@@ -57,7 +57,7 @@ def test_between_window_interval_covers_the_true_rate_95_percent_of_the_time(n_w
 
 def test_a_within_window_bootstrap_would_not_cover_between_window_noise() -> None:
     """Why intervals are taken between windows: the steps of one window cannot see the window's offset."""
-    from trainer_tune.stats import throughput_ci
+    from trainer_tune.evidence.stats import throughput_ci
 
     rng = random.Random(5)
     hits = 0
@@ -158,7 +158,7 @@ def _bursty_sweep(rng: random.Random, *, settings: int = 12, rounds: int = 4) ->
 def test_the_noise_floor_keeps_lucky_calm_settings_honest() -> None:
     """Three calm windows give a narrow t-interval by luck; on a machine where other windows burst, the sweep's
     pooled noise is the floor. Measured over many simulated sweeps: share of intervals holding the median."""
-    from trainer_tune.stats import noise_floor
+    from trainer_tune.evidence.stats import noise_floor
 
     rng = random.Random(21)
     held_floor = held_own = total = 0
@@ -179,7 +179,7 @@ def test_the_noise_floor_keeps_lucky_calm_settings_honest() -> None:
 
 
 def test_the_floor_widens_a_paired_comparison_but_keeps_its_pairing() -> None:
-    from trainer_tune.stats import NoiseFloor
+    from trainer_tune.evidence.stats import NoiseFloor
 
     a = {"r0": 1100.0, "r1": 990.0, "r2": 880.0}  # exactly +10% over b in every round, through a 20% drift
     b = {"r0": 1000.0, "r1": 900.0, "r2": 800.0}
@@ -194,9 +194,9 @@ def test_the_floor_widens_a_paired_comparison_but_keeps_its_pairing() -> None:
 def test_counts_agree_with_their_nouns() -> None:
     """"after 1 rounds", "1 trials": a count of one reads in the singular, everywhere the output counts."""
     from result_factory import make_result
-    from trainer_tune.config import RecommendArgs
-    from trainer_tune.recommend import decide
-    from trainer_tune.rounds import RaceSummary, race_over
+    from trainer_tune.config.schema import RecommendArgs
+    from trainer_tune.decide.verdict import decide
+    from trainer_tune.decide.race import RaceSummary, race_over
 
     ended = race_over(round_index=1, min_rounds=1, max_rounds=5, alive=["a"], elapsed_s=1.0, last_round_s=1.0,
                       budget_s=None)

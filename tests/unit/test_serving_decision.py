@@ -8,11 +8,11 @@ from typing import Optional
 import pytest
 
 from tests.unit.result_factory import make_result
-from trainer_tune.config import ConfigError, Objective, RecommendArgs, SweepArgs, TrainArgs, TuneConfig
-from trainer_tune.config import Mode
-from trainer_tune.figures import LatencyFigures
-from trainer_tune.recommend import GO, NO_GO, decide
-from trainer_tune.results import TrialResult
+from trainer_tune.config.schema import ConfigError, Objective, RecommendArgs, SweepArgs, TrainArgs, TuneConfig
+from trainer_tune.config.schema import Mode
+from trainer_tune.measure.figures import LatencyFigures
+from trainer_tune.decide.verdict import GO, NO_GO, decide
+from trainer_tune.measure.record import TrialResult
 
 
 def _served(index: int, batch: int, *, rate: float, p99_ms: float, energy: Optional[float] = None) -> TrialResult:

@@ -8,11 +8,11 @@ import json
 from typing import Optional
 
 from result_factory import make_result
-from trainer_tune.config import RecommendArgs
-from trainer_tune.explain import MAX_THROUGHPUT, MIN_ENERGY, MIN_LATENCY, MIN_MEMORY, explain
-from trainer_tune.figures import LatencyFigures
-from trainer_tune.recommend import compare, decide
-from trainer_tune.results import TrialResult
+from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.explain.matrix import MAX_THROUGHPUT, MIN_ENERGY, MIN_LATENCY, MIN_MEMORY, explain
+from trainer_tune.measure.figures import LatencyFigures
+from trainer_tune.decide.verdict import compare, decide
+from trainer_tune.measure.record import TrialResult
 
 NO_RAPL = "CPU energy not measured: no powercap interface (/sys/class/powercap does not exist)"
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import dataclasses
 
 from tests.unit.result_factory import make_result
-from trainer_tune.config import Mode, Objective, RecommendArgs, SweepArgs, TuneConfig
-from trainer_tune.figures import LatencyFigures
-from trainer_tune.recommend import GO, decide
-from trainer_tune.results import TrialResult
-from trainer_tune.rounds import RaceSummary
-from trainer_tune.tune import _after_round
+from trainer_tune.config.schema import Mode, Objective, RecommendArgs, SweepArgs, TuneConfig
+from trainer_tune.measure.figures import LatencyFigures
+from trainer_tune.decide.verdict import GO, decide
+from trainer_tune.measure.record import TrialResult
+from trainer_tune.decide.race import RaceSummary
+from trainer_tune.run.sweep import _after_round
 
 
 def _served(index: int, batch: int, *, rate: float, p99_ms: float, num_windows: int = 3) -> TrialResult:

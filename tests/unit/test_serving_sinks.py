@@ -17,9 +17,9 @@ from rich.console import Console
 from helpers.wandb_reader import find_offline_run_files, summarize_finished_run
 from result_factory import make_gpu, make_result
 from test_serving_matrix import NO_RAPL, served, sweep
-from trainer_tune.config import RecommendArgs, WandbArgs
-from trainer_tune.recommend import Recommendation, decide
-from trainer_tune.results import TrialResult
+from trainer_tune.config.schema import RecommendArgs, WandbArgs
+from trainer_tune.decide.verdict import Recommendation, decide
+from trainer_tune.measure.record import TrialResult
 from trainer_tune.sinks.charts import latency_percentiles_figure, latency_throughput_figure
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import write_report

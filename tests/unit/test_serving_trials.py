@@ -13,16 +13,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import REPO
 from helpers.models import hand_forward_flops
-from trainer_tune.config import Mode, RecommendArgs, TuneConfig, register_configs
-from trainer_tune.distributed import DistSession, RankEnv
-from trainer_tune.figures import FLOP_COUNTER
-from trainer_tune.flags import TrialFlags
-from trainer_tune.metrics import TrialContext, failed_result, result_from_window
+from trainer_tune.config.schema import Mode, RecommendArgs, TuneConfig, register_configs
+from trainer_tune.platform.distributed import DistSession, RankEnv
+from trainer_tune.measure.figures import FLOP_COUNTER
+from trainer_tune.config.flags import TrialFlags
+from trainer_tune.measure.summarize import TrialContext, failed_result, result_from_window
 from trainer_tune.plan import build_plan
-from trainer_tune.recommend import MEASURED, decide
-from trainer_tune.results import Status
-from trainer_tune.tune import _flops_per_token
-from trainer_tune.window import combine_ranks, measure_local
+from trainer_tune.decide.verdict import MEASURED, decide
+from trainer_tune.measure.record import Status
+from trainer_tune.run.sweep import _flops_per_token
+from trainer_tune.measure.window import combine_ranks, measure_local
 from trainer_tune.workloads.targets import ignored_settings
 from trainer_tune.workloads.model import build_model
 

@@ -13,9 +13,9 @@ from rich.console import Console
 
 from helpers.wandb_reader import find_offline_run_files, summarize_finished_run
 from result_factory import in_samples, make_result
-from trainer_tune.config import RecommendArgs, WandbArgs
-from trainer_tune.recommend import Recommendation, decide
-from trainer_tune.results import TrialResult
+from trainer_tune.config.schema import RecommendArgs, WandbArgs
+from trainer_tune.decide.verdict import Recommendation, decide
+from trainer_tune.measure.record import TrialResult
 from trainer_tune.sinks.charts import rounds_figure, throughput_figure
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import write_report

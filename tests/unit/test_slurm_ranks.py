@@ -1,11 +1,11 @@
-"""SLURM tasks as torch.distributed ranks (trainer_tune.distributed.adopt_slurm_tasks)."""
+"""SLURM tasks as torch.distributed ranks (trainer_tune.platform.distributed.adopt_slurm_tasks)."""
 
 from __future__ import annotations
 
 import pytest
 
-from trainer_tune.config import ConfigError
-from trainer_tune.distributed import RankEnv, adopt_slurm_tasks, first_host, launch_hint
+from trainer_tune.config.schema import ConfigError
+from trainer_tune.platform.distributed import RankEnv, adopt_slurm_tasks, first_host, launch_hint
 
 STEP = {"SLURM_JOB_ID": "1234", "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "4",
         "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_STEP_TASKS_PER_NODE": "2(x2)",

@@ -4,10 +4,10 @@ import pytest
 
 import random
 
-from trainer_tune.config import WindowArgs
-from trainer_tune.stats import (
+from trainer_tune.config.schema import WindowArgs
+from trainer_tune.evidence.stats import (
     StepTimeStats, count_outliers, quantile, ratio_ci, relative_half_width, throughput_ci, throughput_per_s)
-from trainer_tune.window import window_stop_reason
+from trainer_tune.measure.window import window_stop_reason
 
 
 def test_quantile_interpolates_like_numpy() -> None:

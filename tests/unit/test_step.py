@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer_tune.config import ConfigError, CountArgs, StepArgs, ThroughputArgs, TuneConfig
+from trainer_tune.config.schema import ConfigError, CountArgs, StepArgs, ThroughputArgs, TuneConfig
 from trainer_tune.examples.contrastive import PairEncoder, contrastive_step
 from trainer_tune.workloads.step import StepRules, default_step, user_step
 from trainer_tune.workloads.targets import TargetError, check_targets

@@ -8,11 +8,11 @@ from typing import Optional
 import pytest
 
 from result_factory import make_result
-from trainer_tune.config import ConfigError, Strategy, SweepArgs, TuneConfig
-from trainer_tune.flags import TrialFlags
+from trainer_tune.config.schema import ConfigError, Strategy, SweepArgs, TuneConfig
+from trainer_tune.config.flags import TrialFlags
 from trainer_tune.plan import TrialSpec, build_plan, power_ladder
-from trainer_tune.results import TrialResult
-from trainer_tune.strategy import first_entrants, power_gate
+from trainer_tune.measure.record import TrialResult
+from trainer_tune.decide.strategy import first_entrants, power_gate
 
 
 def _plan(**sweep: object) -> list[TrialSpec]:

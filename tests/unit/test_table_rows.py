@@ -8,10 +8,10 @@ import io
 from rich.console import Console
 
 from result_factory import make_result
-from trainer_tune.config import RecommendArgs
-from trainer_tune.multirun import jobs_by_key
-from trainer_tune.recommend import decide
-from trainer_tune.results import TrialResult
+from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.run.multirun import jobs_by_key
+from trainer_tune.decide.verdict import decide
+from trainer_tune.measure.record import TrialResult
 from trainer_tune.sinks.charts import ChartSet
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import render_report

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from trainer_tune.config import Attention, ConfigError, DataArgs, DataKind, LossArgs, ModelArgs, SweepArgs, TuneConfig
+from trainer_tune.config.schema import Attention, ConfigError, DataArgs, DataKind, LossArgs, ModelArgs, SweepArgs, TuneConfig
 from trainer_tune.workloads.data import _checked, build_batches, corpus_bytes
-from trainer_tune.flags import TrialFlags
+from trainer_tune.config.flags import TrialFlags
 from trainer_tune.workloads.loss import build_loss, cross_entropy
 from trainer_tune.workloads.step import checked_loss
 from trainer_tune.workloads.model import build_model

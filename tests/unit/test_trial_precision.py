@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from trainer_tune.config import Precision, TuneConfig
-from trainer_tune.distributed import DistSession, RankEnv
-from trainer_tune.faults import NO_FAULT
-from trainer_tune.flags import TrialFlags
-from trainer_tune.flops import lookup_peak_tflops
-from trainer_tune.noise_steps import run_noise_steps
+from trainer_tune.config.schema import Precision, TuneConfig
+from trainer_tune.platform.distributed import DistSession, RankEnv
+from trainer_tune.platform.faults import NO_FAULT
+from trainer_tune.config.flags import TrialFlags
+from trainer_tune.measure.flops import lookup_peak_tflops
+from trainer_tune.measure.noise_steps import run_noise_steps
 from trainer_tune.plan import build_plan
-from trainer_tune.tune import _peak_tflops
-from trainer_tune.window import _Trainer
+from trainer_tune.run.sweep import _peak_tflops
+from trainer_tune.measure.window import _Trainer
 
 
 def _trainer(precision: str, *, grad_accum: int = 1) -> _Trainer:

@@ -8,18 +8,18 @@ import json
 from pathlib import Path
 
 from result_factory import GIB, make_gpu, make_measured, make_rank_telemetry, make_result
-from trainer_tune.config import RecommendArgs
-from trainer_tune.cpu_usage import CpuUtilization
-from trainer_tune.figures import (
+from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.measure.cpu_usage import CpuUtilization
+from trainer_tune.measure.figures import (
     ALLOCATOR_RESERVED, ANALYTIC, FLOP_COUNTER, CommSplit, CpuFigures, GpuFigures, MfuFigures)
-from trainer_tune.flags import TrialFlags
-from trainer_tune.gpu_sampler import GpuSummary
-from trainer_tune.journal import append_result, read_journal
-from trainer_tune.metrics import step_history
-from trainer_tune.recommend import decide
-from trainer_tune.results import RECORD_VERSION, TrialResult
+from trainer_tune.config.flags import TrialFlags
+from trainer_tune.measure.gpu_sampler import GpuSummary
+from trainer_tune.run.journal import append_result, read_journal
+from trainer_tune.measure.summarize import step_history
+from trainer_tune.decide.verdict import decide
+from trainer_tune.measure.record import RECORD_VERSION, TrialResult
 from trainer_tune.sinks.charts import throughput_lines
-from trainer_tune.telemetry import RankTelemetry
+from trainer_tune.measure.telemetry import RankTelemetry
 
 OLD_JOURNAL = Path(__file__).parent / "data" / "trials_before_typed_fields.jsonl"
 """Written by trainer_tune at commit 6e910f1, before the typed fields: lines 1-3 by a real 2-rank CPU sweep

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer_tune.config import WatchdogArgs
-from trainer_tune.watchdog import StallTracker, Watchdog
+from trainer_tune.config.schema import WatchdogArgs
+from trainer_tune.run.watchdog import StallTracker, Watchdog
 
 
 class FakeClock:

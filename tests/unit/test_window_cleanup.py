@@ -9,13 +9,13 @@ import gc
 import pytest
 import torch
 
-from trainer_tune.config import FaultKind, TelemetryArgs, TuneConfig
-from trainer_tune.distributed import DistSession, RankEnv
-from trainer_tune.faults import NO_FAULT, FaultPlan
-from trainer_tune.flags import TrialFlags
+from trainer_tune.config.schema import FaultKind, TelemetryArgs, TuneConfig
+from trainer_tune.platform.distributed import DistSession, RankEnv
+from trainer_tune.platform.faults import NO_FAULT, FaultPlan
+from trainer_tune.config.flags import TrialFlags
 from trainer_tune.plan import build_plan
-from trainer_tune.telemetry import AllocatorCounts, TelemetryProbe
-from trainer_tune.window import _Trainer, measure_local
+from trainer_tune.measure.telemetry import AllocatorCounts, TelemetryProbe
+from trainer_tune.measure.window import _Trainer, measure_local
 
 
 def _setup() -> tuple[TuneConfig, DistSession, TelemetryProbe]:

@@ -22,9 +22,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import (
     FixedLocator, FormatStrFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter)
 
-from trainer_tune.explain import SUB_LINEAR, SUPER_LINEAR, Explanations, ScalingPoint, flags_text, varying_flags
-from trainer_tune.recommend import Recommendation
-from trainer_tune.results import TrialResult
+from trainer_tune.explain.matrix import SUB_LINEAR, SUPER_LINEAR, Explanations, ScalingPoint, flags_text, varying_flags
+from trainer_tune.decide.verdict import Recommendation
+from trainer_tune.measure.record import TrialResult
 
 log = logging.getLogger(__name__)
 

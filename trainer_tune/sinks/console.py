@@ -9,15 +9,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from trainer_tune.explain import varying_flags
-from trainer_tune.figures import describe_memory_source
-from trainer_tune.flags import FlagSpec, format_flag
-from trainer_tune.recommend import GO, Recommendation
-from trainer_tune.results import TrialResult
-from trainer_tune.rounds import Drop
+from trainer_tune.explain.matrix import varying_flags
+from trainer_tune.measure.figures import describe_memory_source
+from trainer_tune.config.flags import FlagSpec, format_flag
+from trainer_tune.decide.verdict import GO, Recommendation
+from trainer_tune.measure.record import TrialResult
+from trainer_tune.decide.race import Drop
 from trainer_tune.sinks.matrix import matrix_line
 from trainer_tune.sinks.rows import table_rows
-from trainer_tune.units import count, format_bytes, format_ms
+from trainer_tune.platform.units import count, format_bytes, format_ms
 
 
 def _number(value: Optional[float], spec: str) -> str:

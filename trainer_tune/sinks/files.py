@@ -7,10 +7,10 @@ from typing import Any
 
 import yaml
 
-from trainer_tune.durable import write_atomically
-from trainer_tune.finite import finite_json
-from trainer_tune.recommend import Recommendation
-from trainer_tune.rerun import shell_line
+from trainer_tune.platform.durable import write_atomically
+from trainer_tune.platform.finite import finite_json
+from trainer_tune.decide.verdict import Recommendation
+from trainer_tune.config.rerun import shell_line
 
 RECOMMENDATION_JSON = "recommendation.json"
 RECOMMENDATION_YAML = "recommendation.yaml"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from trainer_tune.explain import MAX_GOODPUT, MAX_THROUGHPUT, MIN_ENERGY, MIN_LATENCY, MIN_MEMORY, ObjectiveWinner
-from trainer_tune.units import format_bytes, format_ms
+from trainer_tune.explain.matrix import MAX_GOODPUT, MAX_THROUGHPUT, MIN_ENERGY, MIN_LATENCY, MIN_MEMORY, ObjectiveWinner
+from trainer_tune.platform.units import format_bytes, format_ms
 
 OBJECTIVE_NAMES = {MAX_THROUGHPUT: "max throughput", MIN_LATENCY: "min p99 latency",
                    MIN_ENERGY: "min energy per sample", MIN_MEMORY: "min peak memory", MAX_GOODPUT: "max goodput"}

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from trainer_tune.recommend import Recommendation
-from trainer_tune.results import TrialResult
+from trainer_tune.decide.verdict import Recommendation
+from trainer_tune.measure.record import TrialResult
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_recommendation
 from trainer_tune.sinks.report import write_report

@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
-from trainer_tune.durable import write_atomically
-from trainer_tune.explain import (
+from trainer_tune.platform.durable import write_atomically
+from trainer_tune.explain.matrix import (
     MAX_GOODPUT, MAX_THROUGHPUT, MIN_ENERGY, MIN_LATENCY, MIN_MEMORY, ObjectiveWinner, ScalingPoint)
-from trainer_tune.figures import describe_memory_source
-from trainer_tune.recommend import Recommendation
-from trainer_tune.rerun import shell_line
+from trainer_tune.measure.figures import describe_memory_source
+from trainer_tune.decide.verdict import Recommendation
+from trainer_tune.config.rerun import shell_line
 from trainer_tune.sinks.matrix import energy_text, figure_text, memory_text, objective_name, p99_text, rate_text
-from trainer_tune.results import TrialResult
+from trainer_tune.measure.record import TrialResult
 from trainer_tune.sinks.rows import table_rows
-from trainer_tune.units import count, format_bytes, format_ms
+from trainer_tune.platform.units import count, format_bytes, format_ms
 
 if TYPE_CHECKING:  # charts imports matplotlib: only write_report loads it, at the end of a sweep
     from trainer_tune.sinks.charts import Chart, ChartSet

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from trainer_tune.results import TrialResult
+from trainer_tune.measure.record import TrialResult
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
-from trainer_tune.config import WandbArgs, WandbMode
-from trainer_tune.metrics import step_history, summary_figures
-from trainer_tune.recommend import Recommendation
-from trainer_tune.results import TrialResult
+from trainer_tune.config.schema import WandbArgs, WandbMode
+from trainer_tune.measure.summarize import step_history, summary_figures
+from trainer_tune.decide.verdict import Recommendation
+from trainer_tune.measure.record import TrialResult
 
 if TYPE_CHECKING:
-    from trainer_tune.explain import Explanations
+    from trainer_tune.explain.matrix import Explanations
     from trainer_tune.sinks.charts import Chart
 
 log = logging.getLogger(__name__)

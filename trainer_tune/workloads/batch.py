@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from trainer_tune.config import CountArgs
+from trainer_tune.config.schema import CountArgs
 from trainer_tune.workloads.targets import TargetError, instantiate_target
 
 Count = Union[int, torch.Tensor]

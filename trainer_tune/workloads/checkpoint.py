@@ -22,7 +22,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from trainer_tune.config import ConfigError, ModelArgs
+from trainer_tune.config.schema import ConfigError, ModelArgs
 from trainer_tune.workloads.targets import TargetError, locate, one_line
 
 log = logging.getLogger(__name__)

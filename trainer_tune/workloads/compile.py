@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from trainer_tune.config import CompileMode
+from trainer_tune.config.schema import CompileMode
 
 
 class CompileFailed(RuntimeError):

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Optional, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
-from trainer_tune.config import DataArgs, DataKind, ModelArgs
+from trainer_tune.config.schema import DataArgs, DataKind, ModelArgs
 from trainer_tune.workloads.batch import _is_token_ids, count_samples, describe, move_to_device
 from trainer_tune.workloads.targets import TargetError, instantiate_target, locate, one_line, runtime_kwargs_taken
 

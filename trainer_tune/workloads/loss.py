@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from trainer_tune.config import LossArgs
+from trainer_tune.config.schema import LossArgs
 from trainer_tune.workloads.targets import instantiate_target
 
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer_tune.config import Attention, ModelArgs
-from trainer_tune.flags import TrialFlags
+from trainer_tune.config.schema import Attention, ModelArgs
+from trainer_tune.config.flags import TrialFlags
 from trainer_tune.workloads.checkpointing import checkpoint_blocks
 from trainer_tune.workloads.nsa_attention import NativeSparseAttention
 

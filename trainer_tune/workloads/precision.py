@@ -8,7 +8,7 @@ from typing import Callable, ContextManager
 
 import torch
 
-from trainer_tune.config import Precision
+from trainer_tune.config.schema import Precision
 
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {Precision.bf16.value: torch.bfloat16, Precision.fp16.value: torch.float16}
 """Autocast dtype by precision; fp32 has none (no autocast)."""

@@ -21,8 +21,8 @@ import torch
 from hydra.utils import get_object, instantiate
 from torch import nn
 
-from trainer_tune.config import Attention, ConfigError, DataKind, Mode, ModelArgs, TuneConfig
-from trainer_tune.flags import format_flag
+from trainer_tune.config.schema import Attention, ConfigError, DataKind, Mode, ModelArgs, TuneConfig
+from trainer_tune.config.flags import format_flag
 
 DATA_RUNTIME_KWARGS = ("micro_batch_size", "seq_len", "vocab_size", "rank", "world_size", "seed", "device")
 """What a batch source may take besides data.kwargs (trainer_tune.workloads.data.BatchSource); it is given those

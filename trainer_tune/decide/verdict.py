@@ -1,0 +1,685 @@
+"""The go / no-go decision: the only place that compares trials.
+
+GO means: switch to `chosen`, the fastest setting that finished cleanly, because it beats the baseline
+by at least `recommend.min_speedup`. NO-GO means: keep the baseline. MEASURED means: the run measured one
+setting only (no sweep), so there is nothing to compare. Every reason behind the verdict is
+listed, including what a switch would change besides speed (the global batch size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Optional, Sequence
+
+from trainer_tune.evidence.compile_payback import CompilePayback, compile_paybacks
+from trainer_tune.config.schema import Objective, RecommendArgs, TieBreak
+from trainer_tune.explain.matrix import Explanations, explain
+from trainer_tune.measure.figures import NoiseScaleFigures, describe_memory_source
+from trainer_tune.config.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides, format_flag
+from trainer_tune.decide.goodput import (
+    LrChange, batch_change_reason, lr_change, noise_scale_reason, other_measure_note, throughput_vs_goodput, without_lr)
+from trainer_tune.evidence.input_bound import InputWait, input_bound_reasons, input_waits, verdict_note
+from trainer_tune.evidence.memory_fit import MemoryFit, MemoryLimit, fit_memory
+from trainer_tune.evidence.noise_scale import sweep_noise_scale, with_goodput
+from trainer_tune.measure.record import TOKENS, TrialResult
+from trainer_tune.evidence.stats import RatioEstimate, ratio_estimate
+from trainer_tune.decide.race import RaceSummary
+from trainer_tune.decide.strategy import NotMeasured
+from trainer_tune.platform.units import count
+
+GO = "GO"
+NO_GO = "NO-GO"
+MEASURED = "MEASURED"
+"""Only one setting was measured (no sweep): its figures, and no comparison, so neither GO nor NO-GO."""
+
+
+class Outcome(Enum):
+    """How setting a compares with setting b by the one comparison rule (`compare`)."""
+
+    better = "better"
+    """a is faster than b beyond noise: the whole 95% interval of rate(a) / rate(b) is above 1."""
+    worse = "worse"
+    """a is slower than b beyond noise: the whole interval is below 1."""
+    tie = "tie"
+    """The interval holds 1: the measurements cannot order them."""
+    unknown = "unknown"
+    """No interval: a side was measured in one window only, which says nothing about the next window."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """rate(a) / rate(b), its interval and what it means: the only way two settings are compared."""
+
+    a_label: str
+    b_label: str
+    estimate: RatioEstimate
+
+    @property
+    def ratio(self) -> float:
+        return self.estimate.ratio
+
+    @property
+    def interval(self) -> Optional[tuple[float, float]]:
+        return self.estimate.interval
+
+    @property
+    def outcome(self) -> Outcome:
+        if self.interval is None:
+            return Outcome.unknown
+        if self.interval[0] > 1.0:
+            return Outcome.better
+        if self.interval[1] < 1.0:
+            return Outcome.worse
+        return Outcome.tie
+
+    def describe(self) -> str:
+        """`+12.3% (95% CI +5.0% to +20.1%, paired over 4 rounds)`: a's speed relative to b's."""
+        how = (f"paired over {self.estimate.num_pairs} rounds" if self.estimate.paired
+               else "unpaired windows")
+        if self.interval is None:
+            return f"{_percent(self.ratio)} (one window: no interval)"
+        return f"{_percent(self.ratio)} (95% CI {_percent(self.interval[0])} to {_percent(self.interval[1])}, {how})"
+
+
+def compare(a: TrialResult, b: TrialResult, *, goodput: bool = False) -> Comparison:
+    """The one comparison rule, used by the decision, the race, the strategies and the explanations.
+
+    From the settings' window rates keyed by round: paired within rounds where both were measured (drift
+    common to a round cancels), else unpaired (stats.ratio_estimate); never narrower than the sweep's noise
+    floor (stats.NoiseFloor). goodput=True compares the window rates times each setting's statistical
+    efficiency, a constant per setting: the interval is the throughput ratio's, moved by the ratio of the two
+    efficiencies (B_noise's own uncertainty is not in it; the goodput reason states what it could change)."""
+    rates_a = a.goodput_rates_by_round() if goodput else a.rates_by_round()
+    rates_b = b.goodput_rates_by_round() if goodput else b.rates_by_round()
+    if not rates_a or not rates_b:
+        raise ValueError(f"compare({a.label}, {b.label}): both need a clean window"
+                         + (" and a statistical efficiency" if goodput else ""))
+    # Both settings' results carry the same sweep's noise floor (metrics.sweep_noise).
+    return Comparison(a_label=a.label, b_label=b.label,
+                      estimate=ratio_estimate(rates_a, rates_b, floor=a.noise or b.noise))
+
+
+@dataclass(frozen=True)
+class Drift:
+    """The baseline's rate in each round: how the machine's speed moved during the sweep.
+
+    Shown, charted and recorded, never used to widen a comparison: comparisons pair windows of the same
+    round (compare), so a drift common to a round cancels in the ratio instead of blurring it."""
+
+    label: str
+    series: tuple[tuple[str, float], ...]
+    """(round id, the baseline's rate) in measurement order."""
+
+    @property
+    def change(self) -> float:
+        """last / first - 1: the drift from the first round to the last."""
+        return self.series[-1][1] / self.series[0][1] - 1.0
+
+    @property
+    def spread(self) -> float:
+        """fastest / slowest round - 1."""
+        values = [v for _, v in self.series]
+        return max(values) / min(values) - 1.0
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "series": [list(p) for p in self.series], "change": self.change,
+                "spread": self.spread}
+
+
+def baseline_drift(baseline: Optional[TrialResult]) -> Optional[Drift]:
+    """None unless the baseline finished cleanly in at least two rounds."""
+    if baseline is None or not baseline.ok or len(baseline.window_throughput_per_s) < 2:
+        return None
+    return Drift(label=baseline.label, series=tuple(baseline.window_throughput_per_s.items()))
+
+
+def _drift_reason(drift: Drift, unit: str) -> str:
+    rates = ", ".join(f"{v:,.0f}" for _, v in drift.series)
+    return (f"the baseline {drift.label} in each of its {len(drift.series)} rounds: {rates} {unit}/s "
+            f"({_percent(1.0 + drift.change)} first to last, {drift.spread:.1%} between its fastest and slowest "
+            f"round); comparisons pair windows of the same round, so drift shared by a round cancels")
+
+
+def behind(contender: TrialResult, leader: TrialResult, *, goodput: bool = False) -> Optional[str]:
+    """Why `contender` is out of the race against `leader` (slower beyond noise, in goodput with goodput=True),
+    or None."""
+    comparison = compare(contender, leader, goodput=goodput)
+    if comparison.outcome != Outcome.worse:
+        return None
+    return f"{comparison.describe()}{' in goodput' if goodput else ''} against {leader.label}"
+
+
+def sweep_unit(results: Sequence[TrialResult]) -> str:
+    """The unit every rate of the decision is in: the baseline's, else another finished setting's (the settings
+    of a sweep share one data source and throughput.unit, so they agree)."""
+    finished = [r for r in results if r.ok]
+    pick = next((r for r in finished if r.is_baseline), finished[0] if finished else next(iter(results), None))
+    return pick.throughput_unit if pick is not None else TOKENS
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    decision: str
+    chosen: Optional[TrialResult]
+    """The setting to train with: the best one on GO, the baseline on NO-GO (None if it failed too)."""
+    best: Optional[TrialResult]
+    """The fastest setting that finished cleanly."""
+    baseline: Optional[TrialResult]
+    speedup: Optional[float]
+    """best's rate over the baseline's (in `unit` per second); None when either is missing."""
+    speedup_ci95: Optional[tuple[float, float]]
+    """95% interval of the speedup (compare: paired over rounds); None with one window on a side."""
+    min_speedup: float
+    reasons: tuple[str, ...]
+    verdict: str
+    overrides: tuple[str, ...]
+    """Hydra overrides that measure (or train with) the chosen setting."""
+    environment: dict[str, str]
+    num_trials: int
+    num_failed: int
+    speedup_by_key: dict[str, float]
+    """Each finished trial's rate over the baseline's (empty when the baseline did not finish)."""
+    explanations: Optional[Explanations] = None
+    """Per-sample efficiency, measured facts and the decision matrix (explain.py); computed from the same
+    results, never an input to the verdict."""
+    not_measured: tuple[NotMeasured, ...] = ()
+    """Planned settings the search strategy did not measure, each with the reason."""
+    """Labels of trials whose window strategy=adaptive ended early (they could not reach the best)."""
+    drift: Optional[Drift] = None
+    """The baseline's rate round by round; None with fewer than two clean baseline windows."""
+    race: Optional[RaceSummary] = None
+    """How the race went (rounds, drops, why it ended); None for results decided without one."""
+    comparison: Optional[Comparison] = None
+    """The chosen (or best) setting against the baseline, by the one comparison rule."""
+    tied: tuple[str, ...] = ()
+    """Labels of the settings the measurements could not order against the best (the best included)."""
+    settings: tuple[TrialResult, ...] = ()
+    """Every setting decided on, aggregated over its windows: the evidence behind the verdict."""
+    speedup_intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    """Each finished setting's 95% interval of its rate over the baseline's (compare), where it has one."""
+    unit: str = TOKENS
+    """What every rate of the decision counts per second: samples, tokens or throughput.count.unit."""
+    input_waits: tuple[InputWait, ...] = ()
+    """Each finished setting's wait for batches, when a setting is input-bound or the settings differ in
+    data.num_workers (input_bound.input_waits); empty otherwise."""
+    input_bound_fraction: Optional[float] = None
+    """recommend.input_bound_fraction the decision named input-bound settings by."""
+    objective: str = Objective.throughput.value
+    """recommend.objective the verdict was decided on."""
+    gradient_noise_scale: Optional[NoiseScaleFigures] = None
+    """The sweep's B_noise, pooled over every finished setting's noise steps (noise_scale.sweep_noise_scale);
+    None when not measured, with the reason in gradient_noise_scale_note. Every setting's statistical_efficiency
+    and goodput come from it."""
+    gradient_noise_scale_note: Optional[str] = None
+    """What B_noise rests on (steps, settings pooled), or why there is none."""
+    lr_change: Optional[LrChange] = None
+    """The scaled train.lr recommendation.yaml's overrides carry (recommend.lr_scaling); None when the global
+    batch does not change, on NO-GO, or with lr_scaling=none."""
+    max_latency_ms: Optional[float] = None
+    """recommend.max_latency_ms: the p99 budget per batch the decision held the settings to; None without one."""
+    memory_fits: tuple[MemoryFit, ...] = ()
+    """Per series with peaks at two or more micro-batch sizes, the line through them and the largest micro-batch
+    predicted to fit under `memory_limit` (memory_fit.py)."""
+    memory_limit: Optional[MemoryLimit] = None
+    """The memory one rank may use, the predictions' limit; None where the caller did not know it (a multirun)."""
+    over_budget: tuple[str, ...] = ()
+    """Trial keys of the finished settings whose p99 is over max_latency_ms (never chosen, picked by no row of
+    the decision matrix)."""
+    compile_paybacks: tuple[CompilePayback, ...] = ()
+    """Each compiled setting against its eager twin: compile time and the steps after which it pays back
+    (compile_payback.py); empty without such pairs."""
+
+    @property
+    def serving(self) -> bool:
+        """mode=inference: the settings are serving batch sizes, with latency figures."""
+        return any(r.mode == "inference" for r in self.settings)
+
+    @property
+    def count_unit(self) -> Optional[str]:
+        """What the settings' tokens_per_s counts (TrialResult.count_unit: tokens, or throughput.count.unit);
+        None when no setting's batches carried any, so the sinks show no such figure."""
+        return next((r.count_unit for r in self.settings if r.tokens_per_s is not None), None)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        def trial(result: Optional[TrialResult]) -> Optional[dict[str, Any]]:
+            return None if result is None else result.to_json_dict()
+
+        return {"decision": self.decision, "verdict": self.verdict, "unit": self.unit, "speedup": self.speedup,
+                "speedup_ci95": list(self.speedup_ci95) if self.speedup_ci95 else None,
+                "min_speedup": self.min_speedup, "reasons": list(self.reasons), "chosen": trial(self.chosen),
+                "best": trial(self.best), "baseline": trial(self.baseline), "overrides": list(self.overrides),
+                "environment": self.environment, "num_trials": self.num_trials, "num_failed": self.num_failed,
+                "speedup_by_key": self.speedup_by_key,
+                "not_measured": [{"label": n.label, "reason": n.reason} for n in self.not_measured],
+                "drift": self.drift.to_json_dict() if self.drift else None,
+                "race": self.race.to_json_dict() if self.race else None,
+                "comparison": None if self.comparison is None else {
+                    "a": self.comparison.a_label, "b": self.comparison.b_label, "ratio": self.comparison.ratio,
+                    "ci95": list(self.comparison.interval) if self.comparison.interval else None,
+                    "paired": self.comparison.estimate.paired, "num_pairs": self.comparison.estimate.num_pairs,
+                    "outcome": self.comparison.outcome.value},
+                "tied": list(self.tied),
+                "settings": [r.to_json_dict() for r in self.settings],
+                "speedup_intervals": {k: list(v) for k, v in self.speedup_intervals.items()},
+                "input_waits": [w.to_json_dict() for w in self.input_waits],
+                "input_bound_fraction": self.input_bound_fraction,
+                "objective": self.objective,
+                "gradient_noise_scale": _noise_scale_json(self.gradient_noise_scale, self.gradient_noise_scale_note),
+                "lr": dataclasses.asdict(self.lr_change) if self.lr_change else None,
+                "max_latency_ms": self.max_latency_ms, "over_budget": list(self.over_budget),
+                "compile_payback": [p.to_json_dict() for p in self.compile_paybacks],
+                "memory_fits": [f.to_json_dict() for f in self.memory_fits],
+                "memory_limit": self.memory_limit.to_json_dict() if self.memory_limit else None,
+                "explanations": self.explanations.to_json_dict() if self.explanations else None}
+
+
+def _noise_scale_json(figures: Optional[NoiseScaleFigures], note: Optional[str]) -> dict[str, Any]:
+    """recommendation.json's `gradient_noise_scale`: the sweep's figure without the per-step estimates."""
+    if figures is None:
+        return {"value": None, "ci95": None, "num_steps": 0, "note": note}
+    return {"value": figures.value, "ci95": figures.ci95, "num_steps": figures.num_steps,
+            "batch_sizes": list(figures.batch_sizes), "g2_mean": figures.g2_mean,
+            "trace_sigma_mean": figures.trace_sigma_mean, "note": note}
+
+
+def _setting(result: TrialResult, *, against: Optional[TrialResult]) -> str:
+    """`micro_batch_size=4 grad_accum=1`, plus every flag that differs from `against`."""
+    text = f"micro_batch_size={result.micro_batch_size} grad_accum={result.grad_accum}"
+    for spec in FLAG_SPECS:
+        value = result.flags[spec.field_name]
+        if against is not None and against.flags[spec.field_name] != value:
+            text += f" {spec.config_key}={format_flag(value)}"
+    return text
+
+
+def _percent(speedup: float) -> str:
+    return f"{(speedup - 1.0) * 100:+.1f}%"
+
+
+def _ci_text(interval: Optional[tuple[float, float]]) -> str:
+    return "" if interval is None else f", 95% CI {_percent(interval[0])} to {_percent(interval[1])}"
+
+
+def _tie_break(tied: Sequence[TrialResult], *, fastest: TrialResult, baseline: Optional[TrialResult],
+               rule: TieBreak) -> TrialResult:
+    if rule == TieBreak.fastest:
+        return fastest
+    return min(tied, key=lambda r: _least_change_key(r, baseline))
+
+
+_LEAST_CHANGE_RULES = ("the baseline's global batch", "less memory", "the smaller global batch",
+                       "the smaller micro-batch", "the higher point estimate")
+"""What each part of _least_change_key prefers, in order: named by the tie reason when it decided."""
+
+
+def _least_change_key(result: TrialResult, baseline: Optional[TrialResult]) -> tuple:
+    base_batch = baseline.global_batch_size if baseline is not None else None
+    return (result.global_batch_size != base_batch, result.peak_memory_bytes or 0, result.global_batch_size,
+            result.micro_batch_size, -(result.throughput_per_s or 0.0))
+
+
+def _deciding_rule(best: TrialResult, tied: Sequence[TrialResult], baseline: Optional[TrialResult]) -> str:
+    """The first preference of recommend.tie_break=least_change that set `best` apart from the runner-up."""
+    others = [r for r in tied if r.trial_key != best.trial_key]
+    runner_up = min(others, key=lambda r: _least_change_key(r, baseline))
+    mine, theirs = _least_change_key(best, baseline), _least_change_key(runner_up, baseline)
+    return next((rule for rule, a, b in zip(_LEAST_CHANGE_RULES, mine, theirs) if a != b), "plan order")
+
+
+def _tie_reason(best: TrialResult, tied: Sequence[TrialResult], rule: TieBreak,
+                baseline: Optional[TrialResult] = None, *, goodput: bool = False) -> str:
+    """Names the tie and what it may cost: how much slower the chosen setting may be than each it tied with."""
+    costs = []
+    for other in tied:
+        if other.trial_key == best.trial_key:
+            continue
+        comparison = compare(best, other, goodput=goodput)
+        if comparison.interval is not None and comparison.interval[0] < 1.0:
+            costs.append(f"{(1.0 - comparison.interval[0]) * 100:.1f}% {'less goodput' if goodput else 'slower'} "
+                         f"than {other.label}")
+        elif comparison.interval is None:
+            costs.append(f"unknown against {other.label} (one window)")
+    why = ("the higher point estimate" if rule == TieBreak.fastest
+           else f"least change: {_deciding_rule(best, tied, baseline)}")
+    text = (f"the measurements cannot order {', '.join(r.label for r in tied)} (their ratios' 95% intervals hold "
+            f"1); the tie goes to {best.label} ({why}, recommend.tie_break={rule.value})")
+    return text + (f"; at worst it is {', '.join(costs)}" if costs else "")
+
+
+def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured: Sequence[NotMeasured] = (),
+           race: Optional[RaceSummary] = None, lr: Optional[float] = None,
+           memory_limit: Optional[MemoryLimit] = None) -> Recommendation:
+    """The verdict from each setting's result aggregated over its windows (metrics.aggregate_windows). `lr`: the
+    sweep's train.lr, which recommend.lr_scaling scales when a GO changes the global batch.
+
+    In training, every setting first gets its statistical efficiency and goodput from the sweep's gradient noise
+    scale (noise_scale.py); recommend.objective=goodput then decides on goodput by the same comparison rule."""
+    training = any(r.mode == "train" for r in results)
+    gradient_noise, gradient_noise_note = sweep_noise_scale(results) if training else (None, None)
+    results = with_goodput(results, gradient_noise)
+    goodput = args.objective == Objective.goodput
+    baseline = next((r for r in results if r.is_baseline), None)
+    drift = baseline_drift(baseline)
+    finished = [r for r in results if r.ok and r.throughput_per_s is not None]
+    unit = sweep_unit(results)
+    failed = [r for r in results if not r.ok]
+    reasons: list[str] = []
+    if failed:
+        listed = ", ".join(f"{r.label} ({r.status})" for r in failed)
+        reasons.append(f"{len(failed)} of {count(len(results), 'setting')} did not finish cleanly and cannot be "
+                       f"recommended: {listed}")
+    candidates = []
+    for r in finished:
+        memory, device_memory = r.peak_memory_bytes, r.device_memory_bytes
+        if memory is not None and device_memory and memory > args.max_memory_fraction * device_memory:
+            reasons.append(f"{r.label} is excluded: its peak memory is {memory / device_memory:.0%} of the device "
+                           f"({describe_memory_source(r.peak_memory_source)}), above "
+                           f"recommend.max_memory_fraction={args.max_memory_fraction:g}")
+        else:
+            candidates.append(r)
+    over_budget: list[TrialResult] = []
+    if args.max_latency_ms is not None:
+        candidates, over_budget = within_latency_budget(candidates, args.max_latency_ms)
+        reasons.extend(f"{r.label} is {over_latency_budget(r, args.max_latency_ms)}" for r in over_budget)
+    point_objective = args.objective in (Objective.latency, Objective.energy)
+    if race is not None and not point_objective:
+        # Settings the race dropped stay candidates (their figures stand), but they lost to the leader. (The race
+        # compares throughput, or goodput with that objective: a point objective's winner may be a setting it
+        # dropped, so those see every one.)
+        contenders = [r for r in candidates if r.trial_key in race.contender_keys] or candidates
+    else:
+        contenders = candidates
+    # One window says nothing about the next one: such a setting (say, one strategy=power let in last) cannot
+    # be recommended over settings measured in several, however fast its one window was.
+    several = [r for r in contenders if len(r.rates_by_round()) >= 2]
+    if several and len(several) < len(contenders):
+        once = ", ".join(r.label for r in contenders if r not in several)
+        reasons.append(f"{once}: measured in one window only, which gives no interval, so not recommended over "
+                       f"settings measured in several")
+        contenders = several
+
+    fastest = max(contenders, key=lambda r: r.throughput_per_s, default=None)  # type: ignore[arg-type,return-value]
+    best = fastest
+    tied: list[TrialResult] = []
+    if point_objective:
+        best, why_none = _point_objective_best(contenders, args.objective)
+        if why_none:
+            reasons.append(why_none)
+    elif goodput and any(r.goodput_per_s is None for r in contenders):
+        best = None  # no efficiency: the gradient noise scale was not measured (noise_scale_reason says why)
+    elif fastest is not None:
+        if goodput:
+            fastest = max(contenders, key=lambda r: r.goodput_per_s)  # type: ignore[arg-type,return-value]
+        tied = [r for r in contenders if r.trial_key == fastest.trial_key
+                or compare(r, fastest, goodput=goodput).outcome in (Outcome.tie, Outcome.unknown)]
+        best = _tie_break(tied, fastest=fastest, baseline=baseline, rule=args.tie_break)
+        if len(tied) > 1:
+            reasons.append(_tie_reason(best, tied, args.tie_break, baseline, goodput=goodput))
+
+    speedup: Optional[float] = None
+    speedup_interval: Optional[tuple[float, float]] = None
+    comparison: Optional[Comparison] = None
+    baseline_over = baseline is not None and any(r.trial_key == baseline.trial_key for r in over_budget)
+    if best is None and over_budget and not candidates:
+        decision, chosen = NO_GO, (baseline if baseline is not None and baseline.ok else None)
+        quickest = min(over_budget, key=lambda r: r.latency.p99_ms)  # type: ignore[union-attr]
+        smallest = f"{quickest.latency.p99_ms:,.1f} ms at {quickest.label}"  # type: ignore[union-attr]
+        reasons.insert(0, f"no batch size meets the p99 latency budget recommend.max_latency_ms="
+                          f"{args.max_latency_ms:g}: the smallest p99 measured is {smallest}")
+        verdict = f"{NO_GO}: no batch size meets the p99 budget of {args.max_latency_ms:g} ms (smallest p99 {smallest})"
+    elif best is None:
+        decision, chosen = NO_GO, (baseline if baseline is not None and baseline.ok else None)
+        if (point_objective or goodput) and contenders:
+            reasons.insert(0, f"recommend.objective={args.objective.value} cannot be decided: "
+                              f"{_OBJECTIVE_FIGURE[args.objective]} was not measured")
+            verdict = f"{NO_GO}: {_OBJECTIVE_FIGURE[args.objective]} not measured (recommend.objective=" \
+                      f"{args.objective.value})"
+        else:
+            reasons.insert(0, "no setting finished cleanly within the memory limit, so there is nothing to recommend")
+            verdict = f"{NO_GO}: no setting finished cleanly"
+    elif baseline is None or not baseline.ok:
+        decision, chosen = GO, best
+        state = "was not measured" if baseline is None else f"{baseline.label} failed ({baseline.status})"
+        reasons.insert(0, f"the baseline {state}; the fastest setting that runs is {best.label} at "
+                          f"{best.throughput_per_s:,.0f} {unit}/s")
+        verdict = f"{GO}: {_setting(best, against=baseline)} (fastest in {unit}/s; baseline {state})"
+    elif len(results) == 1:
+        decision, chosen = MEASURED, baseline
+        interval = baseline.throughput_ci95
+        spread = f", 95% CI {interval[0]:,.0f} to {interval[1]:,.0f}" if interval else ""
+        windows = count(baseline.num_windows, "window")
+        sweep = "+sweep=serving" if baseline.latency is not None else "+sweep=batch"
+        reasons.insert(0, f"only the baseline {baseline.label} was measured (no sweep: add {sweep} or "
+                          f"sweep.* keys to compare settings), so there is nothing to compare it with")
+        p99 = f", p99 {baseline.latency.p99_ms:,.1f} ms" if baseline.latency is not None else ""
+        verdict = (f"{MEASURED}: {_setting(baseline, against=None)} at {baseline.throughput_per_s:,.0f} {unit}/s "
+                   f"({windows}{spread}{p99}); one setting, nothing to compare")
+    elif baseline_over:
+        decision, chosen = GO, best
+        reasons.insert(0, f"the baseline {baseline.label} breaks the latency budget (p99 "
+                          f"{baseline.latency.p99_ms:,.1f} ms > {args.max_latency_ms:g} ms); {best.label} is the "  # type: ignore
+                          f"{_OBJECTIVE_BEST[args.objective]} within it: {_objective_text(best, args.objective, unit)}")
+        verdict = (f"{GO}: {_setting(best, against=baseline)} (the baseline {baseline.label} is over the p99 budget of "
+                   f"{args.max_latency_ms:g} ms; {_objective_text(best, args.objective, unit)})")
+    elif best.trial_key == baseline.trial_key and goodput:
+        speedup = 1.0
+        decision, chosen = NO_GO, baseline
+        reasons.insert(0, f"the baseline {baseline.label} has the most goodput measured, or the measurements cannot "
+                          f"tell it from the setting that has ({baseline.goodput_per_s:,.0f} {unit}/s of goodput)")
+        verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (most goodput measured in {unit}/s)"
+    elif best.trial_key == baseline.trial_key:
+        speedup = 1.0
+        decision, chosen = NO_GO, baseline
+        reasons.insert(0, f"the baseline {baseline.label} is the fastest setting measured, or the measurements "
+                          f"cannot tell it from the fastest ({baseline.throughput_per_s:,.0f} {unit}/s)")
+        verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (fastest measured in {unit}/s)"
+    elif point_objective:
+        decision, chosen, verdict, reason = _decide_point_objective(best, baseline, args=args, unit=unit)
+        if decision == NO_GO:
+            chosen = baseline
+        reasons.insert(0, reason)
+    else:
+        comparison = compare(best, baseline, goodput=goodput)
+        speedup, speedup_interval = comparison.ratio, comparison.interval
+        measure = f"goodput in {unit}/s" if goodput else f"{unit}/s"
+        shortfalls = []
+        if speedup_interval is None:
+            shortfalls.append("a side was measured in one window only, which gives no interval "
+                              "(sweep.min_rounds >= 2 gives one)")
+        elif speedup_interval[0] < args.min_speedup:
+            shortfalls.append(f"the lower end of its speedup ({_percent(speedup_interval[0])}) is below the required "
+                              f"{_percent(args.min_speedup)} (recommend.min_speedup={args.min_speedup:g})")
+        if args.target_throughput_per_s is not None and best.throughput_per_s < args.target_throughput_per_s:  # type: ignore
+            shortfalls.append(f"{best.throughput_per_s:,.0f} {unit}/s is below recommend.target_throughput_per_s="
+                              f"{args.target_throughput_per_s:,.0f}")
+        measured = (f"{best.label} reaches {best.throughput_per_s:,.0f} {unit}/s vs {baseline.throughput_per_s:,.0f} for the "
+                    f"baseline {baseline.label}: {comparison.describe()}")
+        if goodput:
+            measured = (f"{best.label} reaches a goodput of {best.goodput_per_s:,.0f} {unit}/s "
+                        f"({best.throughput_per_s:,.0f} {unit}/s x efficiency {best.statistical_efficiency:.2f}) "
+                        f"vs {baseline.goodput_per_s:,.0f} for the baseline {baseline.label}: "
+                        f"{comparison.describe()} (recommend.objective=goodput)")
+            if best.statistical_efficiency_ci95 is not None and best.statistical_efficiency:
+                # The baseline's efficiency is 1 whatever B_noise is: only best's moves with it.
+                ends = [comparison.ratio * e / best.statistical_efficiency for e in best.statistical_efficiency_ci95]
+                measured += (f"; with B_noise at either end of its 95% interval the ratio would be "
+                             f"{_percent(ends[0])} to {_percent(ends[1])}")
+        if not shortfalls:
+            decision, chosen = GO, best
+            reasons.insert(0, f"{measured}; at least the required {_percent(args.min_speedup)} even at the "
+                              f"interval's lower end")
+            verdict = (f"{GO}: {_setting(best, against=baseline)} ({_percent(speedup)} {measure} vs baseline "
+                       f"{baseline.label}{_ci_text(speedup_interval)})")
+        else:
+            decision, chosen = NO_GO, baseline
+            reasons.insert(0, f"{measured}; but " + "; and ".join(shortfalls))
+            verdict = (f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (best {best.label} is "
+                       f"{_percent(speedup)} {measure}{_ci_text(speedup_interval)}, "
+                       f"needs {_percent(args.min_speedup)})")
+
+    change: Optional[LrChange] = None
+    if decision == GO and chosen is not None and baseline is not None and chosen.mode == "train" \
+            and chosen.global_batch_size != baseline.global_batch_size:
+        change = lr_change(lr, chosen=chosen, baseline=baseline, rule=args.lr_scaling)
+        reasons.append(batch_change_reason(change, chosen=chosen, baseline=baseline, rule=args.lr_scaling))
+    if training:
+        reasons.append(noise_scale_reason(gradient_noise, gradient_noise_note, baseline=baseline))
+        conflict, conflict_note = throughput_vs_goodput(candidates, compare=compare, unit=unit, noise=gradient_noise)
+        if conflict is not None:
+            reasons.append(conflict)
+        verdict += other_measure_note(best, baseline, goodput=goodput, compare=compare) + conflict_note
+    if change is not None:
+        verdict += f"; train.lr {change.from_lr:g} -> {change.to_lr:.3g} ({change.rule} rule)"
+    if best is not None:
+        reasons.extend(_measured_apart_reason(best, contenders, baseline=baseline))
+    # Named, never disqualifying: a faster pipeline would only make an input-bound setting faster still.
+    shown = chosen if chosen is not None else best
+    reasons.extend(input_bound_reasons(finished, threshold=args.input_bound_fraction, first=shown))
+    verdict += verdict_note(shown, threshold=args.input_bound_fraction)
+    if race is not None:
+        reasons.append(f"{count(race.num_rounds, 'round')} measured; the race ended: {race.end_reason}")
+        for drop in race.drops:
+            reasons.append(f"{drop.label} left the race after round {drop.after_round}: {drop.reason}")
+    if drift is not None:
+        reasons.append(_drift_reason(drift, unit))
+    if not_measured:
+        reasons.append(f"{count(len(not_measured), 'planned setting')} not measured: "
+                       + "; ".join(f"{n.label}: {n.reason}" for n in _first_per_reason(not_measured)))
+
+    overrides: tuple[str, ...] = ()
+    environment: dict[str, str] = {}
+    if chosen is not None:
+        flags = TrialFlags(**chosen.flags)
+        overrides = (*chosen.run_overrides, f"train.micro_batch_size={chosen.micro_batch_size}", f"train.grad_accum={chosen.grad_accum}",
+                     *flags_to_overrides(flags))
+        if change is not None:
+            overrides = (*without_lr(overrides), change.override)
+        environment = flags_to_environ(flags)
+    # Every finished setting over the budget, those the memory limit excluded too: what the sinks mark.
+    over_all = tuple(r.trial_key for r in (within_latency_budget(finished, args.max_latency_ms)[1]
+                                           if args.max_latency_ms is not None else ()))
+    speedup_by_key: dict[str, float] = {}
+    speedup_intervals: dict[str, tuple[float, float]] = {}
+    if baseline is not None and baseline.ok and baseline.throughput_per_s:
+        against_baseline = {r.trial_key: compare(r, baseline) for r in finished}
+        speedup_by_key = {key: c.ratio for key, c in against_baseline.items()}
+        speedup_intervals = {key: c.interval for key, c in against_baseline.items() if c.interval is not None}
+    return Recommendation(decision=decision, unit=unit, speedup_by_key=speedup_by_key, speedup_ci95=speedup_interval,
+                          chosen=chosen, best=best, baseline=baseline, speedup=speedup,
+                          min_speedup=args.min_speedup, reasons=tuple(reasons), verdict=verdict,
+                          overrides=overrides, environment=environment, num_trials=len(results),
+                          num_failed=len(failed), not_measured=tuple(not_measured), drift=drift, race=race,
+                          comparison=comparison, tied=tuple(r.label for r in tied), settings=tuple(results),
+                          speedup_intervals=speedup_intervals,
+                          input_waits=input_waits(results, args.input_bound_fraction),
+                          input_bound_fraction=args.input_bound_fraction, objective=args.objective.value,
+                          gradient_noise_scale=gradient_noise, gradient_noise_scale_note=gradient_noise_note,
+                          lr_change=change, max_latency_ms=args.max_latency_ms, over_budget=over_all,
+                          compile_paybacks=tuple(compile_paybacks(results, compare=compare)),
+                          memory_fits=tuple(fit_memory(results, limit=memory_limit)), memory_limit=memory_limit,
+                          explanations=explain(results, compare=compare, max_latency_ms=args.max_latency_ms,
+                                               over_budget=over_all))
+
+
+_OBJECTIVE_FIGURE = {Objective.latency: "p99 latency per batch", Objective.energy: "energy per sample",
+                     Objective.throughput: "throughput", Objective.goodput: "goodput"}
+_OBJECTIVE_BEST = {Objective.latency: "lowest p99 latency", Objective.energy: "least energy per sample",
+                   Objective.throughput: "highest throughput", Objective.goodput: "most goodput"}
+
+
+def over_latency_budget(result: TrialResult, max_latency_ms: float) -> Optional[str]:
+    """Why `result` can never be chosen under the p99 budget, or None when it meets it (a result without latency
+    figures, a training trial, meets it). The decision's rule, and the race's (tune.py drops such a setting)."""
+    if result.latency is None or result.latency.p99_ms <= max_latency_ms:
+        return None
+    return (f"over the latency budget: p99 {result.latency.p99_ms:,.1f} ms > recommend.max_latency_ms="
+            f"{max_latency_ms:g} (never chosen)")
+
+
+def within_latency_budget(results: Sequence[TrialResult],
+                          max_latency_ms: float) -> tuple[list[TrialResult], list[TrialResult]]:
+    """(within, over) the p99 budget (over_latency_budget)."""
+    over = [r for r in results if over_latency_budget(r, max_latency_ms) is not None]
+    return [r for r in results if r not in over], over
+
+
+def objective_value(result: TrialResult, objective: Objective) -> Optional[float]:
+    """The figure a point objective minimises: p99 latency (ms) or energy per sample (J); None if unmeasured."""
+    if objective == Objective.latency:
+        return result.latency.p99_ms if result.latency is not None else None
+    if objective == Objective.energy:
+        return result.energy_j_per_sample
+    raise ValueError(f"{objective} is decided by recommend.compare, not by a point figure")
+
+
+def _point_objective_best(contenders: Sequence[TrialResult],
+                          objective: Objective) -> tuple[Optional[TrialResult], Optional[str]]:
+    """The contender with the smallest figure (ties to the higher throughput), or None and why."""
+    measured = [r for r in contenders if objective_value(r, objective) is not None]
+    if not measured:
+        notes = sorted({r.energy_note for r in contenders if r.energy_note}) if objective == Objective.energy else []
+        return None, (f"{_OBJECTIVE_FIGURE[objective]} was measured for no setting"
+                      + (f": {'; '.join(notes)}" if notes else ""))
+    best = min(measured, key=lambda r: (objective_value(r, objective), -(r.throughput_per_s or 0.0)))
+    missing = [r.label for r in contenders if r not in measured]
+    return best, (f"{_OBJECTIVE_FIGURE[objective]} was not measured for {', '.join(missing)}" if missing else None)
+
+
+def _objective_text(result: TrialResult, objective: Objective, unit: str) -> str:
+    if objective == Objective.latency:
+        return f"p99 {result.latency.p99_ms:,.1f} ms"  # type: ignore[union-attr]
+    if objective == Objective.energy:
+        return f"{result.energy_j_per_sample:.3g} J per sample"
+    return f"{result.throughput_per_s:,.0f} {unit}/s"
+
+
+def _decide_point_objective(best: TrialResult, baseline: TrialResult, *, args: RecommendArgs,
+                            unit: str) -> tuple[str, TrialResult, str, str]:
+    """(decision, chosen, verdict, first reason) for recommend.objective=latency or energy. These figures have no
+    interval (a percentile of pooled batches, one energy reading per window): GO needs the baseline's figure to
+    be at least recommend.min_speedup times the best's, and the reason says the comparison is of point values."""
+    objective = args.objective
+    mine, theirs = objective_value(best, objective), objective_value(baseline, objective)
+    name = _OBJECTIVE_FIGURE[objective]
+    if theirs is None:
+        return GO, best, (f"{GO}: {_setting(best, against=baseline)} ({_objective_text(best, objective, unit)}; the "
+                          f"baseline's {name} was not measured)"), \
+            f"{best.label} has the {_OBJECTIVE_BEST[objective]}: {_objective_text(best, objective, unit)}"
+    gain = theirs / mine if mine else float("inf")  # type: ignore[operator]
+    measured = (f"{best.label} has the {_OBJECTIVE_BEST[objective]}: {_objective_text(best, objective, unit)} vs "
+                f"{_objective_text(baseline, objective, unit)} for the baseline {baseline.label} ({gain:.2f}x; point "
+                f"values, no interval)")
+    if gain >= args.min_speedup:
+        return GO, best, (f"{GO}: {_setting(best, against=baseline)} ({_objective_text(best, objective, unit)} vs "
+                          f"{_objective_text(baseline, objective, unit)} for baseline {baseline.label})"), \
+            f"{measured}; at least recommend.min_speedup={args.min_speedup:g}"
+    return NO_GO, baseline, (f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (best {best.label} "
+                             f"{_objective_text(best, objective, unit)}, {gain:.2f}x, needs "
+                             f"{args.min_speedup:g}x)"), \
+        f"{measured}; below recommend.min_speedup={args.min_speedup:g}"
+
+
+def _measured_apart_reason(best: TrialResult, contenders: Sequence[TrialResult], *,
+                           baseline: Optional[TrialResult]) -> list[str]:
+    """Say so when `best` was chosen over settings it shares no round with: the jobs of a multirun each race
+    their setting against the baseline in rounds of their own, so two jobs' settings are compared unpaired."""
+    rounds = set(best.rates_by_round())
+    apart = [r.label for r in contenders if r.trial_key != best.trial_key and not r.is_baseline
+             and not rounds & set(r.rates_by_round())]
+    if not apart or best.is_baseline:
+        return []
+    return [f"{best.label} and {', '.join(apart)} were measured at different times, in rounds with none in common "
+            f"(separate jobs of a multirun): each one's speedup over the baseline pairs it with the baseline's "
+            f"windows of its own job, but {best.label} was chosen over them from unpaired windows, where a change "
+            f"in the machine's speed between jobs does not cancel; to choose between close settings, measure them "
+            f"in one sweep (+sweep=... or sweep.* axes, without -m)"]
+
+
+def _first_per_reason(items: Sequence[NotMeasured]) -> list[NotMeasured]:
+    """One line per distinct reason: a chain stopped at 8 leaves 16, 32, ... with the same reason."""
+    grouped: dict[str, list[str]] = {}
+    for item in items:
+        grouped.setdefault(item.reason, []).append(item.label)
+    return [NotMeasured(label=", ".join(labels), reason=reason) for reason, labels in grouped.items()]

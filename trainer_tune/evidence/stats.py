@@ -1,0 +1,260 @@
+"""Summary statistics of measured step times: the maths behind every reported figure."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from trainer_tune.measure.figures import LatencyFigures
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), for 0 <= q <= 1."""
+    if not values:
+        raise ValueError("quantile of no values")
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q={q} is outside [0, 1]")
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass(frozen=True)
+class StepTimeStats:
+    median: float
+    p10: float
+    p90: float
+    mean: float
+    min: float
+    max: float
+    stdev: float
+
+    @staticmethod
+    def of(times_s: Sequence[float]) -> "StepTimeStats":
+        return StepTimeStats(
+            median=quantile(times_s, 0.5), p10=quantile(times_s, 0.1), p90=quantile(times_s, 0.9),
+            mean=statistics.fmean(times_s), min=min(times_s), max=max(times_s),
+            stdev=statistics.stdev(times_s) if len(times_s) > 1 else 0.0)
+
+
+def latency_figures(times_s: Sequence[float]) -> LatencyFigures:
+    """Latency percentiles (ms) of per-batch times: the interpolated quantiles of `quantile`."""
+    return LatencyFigures(p50_ms=1e3 * quantile(times_s, 0.5), p90_ms=1e3 * quantile(times_s, 0.9),
+                          p99_ms=1e3 * quantile(times_s, 0.99), max_ms=1e3 * max(times_s),
+                          mean_ms=1e3 * statistics.fmean(times_s), num_batches=len(times_s))
+
+
+def throughput_per_s(amount: int, elapsed_s: float) -> float:
+    """Amount processed over the time it took: the rate a long run of these steps would sustain."""
+    if not elapsed_s > 0:
+        raise ValueError(f"throughput over a window of {elapsed_s} s")
+    return amount / elapsed_s
+
+
+def _block_indices(n: int, *, resamples: int, block_len: int, rng: np.random.Generator) -> np.ndarray:
+    """Moving-block bootstrap indices: consecutive runs of `block_len` steps, drawn with replacement and
+    cut to n. Blocks keep the correlation between neighbouring steps (allocator and cache effects, a
+    periodic slow step), which an i.i.d. bootstrap would ignore and so report too narrow an interval."""
+    block_len = min(block_len, n)
+    num_blocks = math.ceil(n / block_len)
+    starts = rng.integers(0, n - block_len + 1, size=(resamples, num_blocks))
+    return (starts[:, :, None] + np.arange(block_len)).reshape(resamples, -1)[:, :n]
+
+
+def default_block_len(n: int) -> int:
+    return max(1, round(n ** (1 / 3)))
+
+
+def block_bootstrap_indices(n: int, *, resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """(resamples, n) moving-block bootstrap indices into n consecutive observations, default block length."""
+    return _block_indices(n, resamples=resamples, block_len=default_block_len(n), rng=np.random.default_rng(seed))
+
+
+def bootstrap_rates(times_s: Sequence[float], *, amount_per_step: float, resamples: int = 2000,
+                    seed: int = 0) -> np.ndarray:
+    """Bootstrap distribution of amount_per_step x n / (sum of n resampled step times)."""
+    times = np.asarray(times_s, dtype=float)
+    if len(times) < 2:
+        raise ValueError("a bootstrap needs at least 2 steps")
+    rng = np.random.default_rng(seed)
+    idx = _block_indices(len(times), resamples=resamples, block_len=default_block_len(len(times)), rng=rng)
+    return amount_per_step * len(times) / times[idx].sum(axis=1)
+
+
+def interval(samples: np.ndarray, *, confidence: float = 0.95) -> tuple[float, float]:
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(samples, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def throughput_ci(times_s: Sequence[float], *, amount_per_step: float, confidence: float = 0.95,
+                  seed: int = 0) -> tuple[float, float]:
+    """Confidence interval of the sustained rate over these steps (percentile block bootstrap)."""
+    return interval(bootstrap_rates(times_s, amount_per_step=amount_per_step, seed=seed), confidence=confidence)
+
+
+def relative_half_width(low: float, high: float, estimate: float) -> float:
+    return (high - low) / 2.0 / estimate
+
+
+def ratio_ci(times_a_s: Sequence[float], times_b_s: Sequence[float], *, amount_a: float, amount_b: float,
+             confidence: float = 0.95) -> tuple[float, float]:
+    """Interval of rate(a) / rate(b) for two independent windows (bootstrapped separately, then paired)."""
+    rates_a = bootstrap_rates(times_a_s, amount_per_step=amount_a, seed=1)
+    rates_b = bootstrap_rates(times_b_s, amount_per_step=amount_b, seed=2)
+    return interval(rates_a / rates_b, confidence=confidence)
+
+
+def count_outliers(times_s: Sequence[float]) -> int:
+    """Steps slower than median + 5 x MAD (scaled to a normal sigma): counted and shown, never dropped."""
+    median = statistics.median(times_s)
+    mad = statistics.median(abs(t - median) for t in times_s) * 1.4826
+    if mad == 0:
+        return 0
+    return sum(t > median + 5 * mad for t in times_s)
+
+
+# --- Between-window statistics (rounds) ------------------------------------------------------------------
+# A machine's speed wanders over tens of seconds, so the steps of one window are not independent draws of a
+# setting's speed: the window is. Intervals below therefore treat each window's rate as one observation (the
+# top level of a hierarchical experiment, Kalibera and Jones, "Rigorous Benchmarking in Reasonable Time",
+# ISMM 2013): a window's rate already contains its own step-to-step noise, so the spread of window rates
+# measures both levels. With the few windows a sweep can afford (3 to 10), a bootstrap over windows covers
+# far less than its nominal 95% (a percentile interval of 3 values spans at most their range), so the
+# interval is Student's t on log rates: exact for log-normal window rates and the right width for any n.
+
+
+def _t_quantile(confidence: float, df: int) -> float:
+    from scipy.stats import t as student_t  # scipy is slow to import; only sweeps that finish need it
+
+    return float(student_t.ppf(0.5 + confidence / 2.0, df))
+
+
+def geometric_mean(values: Sequence[float]) -> float:
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"geometric mean of {list(values)}: needs positive values")
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """The machine's noise on log throughput, estimated from every setting's windows in one sweep.
+
+    A setting measured in 3 windows that happen to agree gets a narrow t-interval by luck, and a shared machine's
+    noise is heavy-tailed (a burst of other load slows one window by half): three calm windows say little about
+    the fourth. Every setting of a sweep runs on the same machine in the same rounds, so the sweep estimates its
+    noise once, from all of them, with many degrees of freedom, and no interval is narrower than that floor.
+    """
+
+    window_log_sd: float
+    """Pooled standard deviation of a setting's log window rates around its own mean (drift between rounds
+    included): the floor of a setting's throughput interval."""
+    window_df: int
+    ratio_log_sd: float
+    """Pooled standard deviation of a setting's per-round log ratio to the baseline (drift shared by a round
+    cancels): the floor of a paired comparison's interval."""
+    ratio_df: int
+
+
+def _pooled_sd(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
+    """(pooled standard deviation, degrees of freedom) of groups with their own means."""
+    sum_sq, df = 0.0, 0
+    for values in groups:
+        if len(values) >= 2:
+            sum_sq += statistics.variance(values) * (len(values) - 1)
+            df += len(values) - 1
+    return (math.sqrt(sum_sq / df), df) if df else (0.0, 0)
+
+
+def noise_floor(rates_by_setting: Mapping[str, Mapping[str, float]], *, baseline: str) -> Optional[NoiseFloor]:
+    """The sweep's noise from each setting's window rates by round (`baseline`: the key of the setting measured
+    in every round, whose per-round ratios carry the paired noise). None without two windows of anything.
+
+    The ratio floor pools every setting's log ratios to the baseline round by round; the settings share the
+    baseline's windows, so these are not independent and the degrees of freedom overstate the evidence a
+    little: the floor is a floor, not the interval."""
+    logs = {key: {r: math.log(v) for r, v in rates.items()} for key, rates in rates_by_setting.items() if rates}
+    window_sd, window_df = _pooled_sd([list(by_round.values()) for by_round in logs.values()])
+    if window_df == 0:
+        return None
+    base = logs.get(baseline, {})
+    diffs = [[by_round[r] - base[r] for r in by_round if r in base] for key, by_round in logs.items() if key != baseline]
+    ratio_sd, ratio_df = _pooled_sd(diffs)
+    return NoiseFloor(window_log_sd=window_sd, window_df=window_df, ratio_log_sd=ratio_sd, ratio_df=ratio_df)
+
+
+def _half_width(logs: Sequence[float], *, confidence: float, floor_sd: float, floor_df: int) -> float:
+    """Student's t half-width of the mean of `logs`, never below the floor's at the same number of values."""
+    n = len(logs)
+    own = _t_quantile(confidence, n - 1) * statistics.stdev(logs) / math.sqrt(n)
+    if floor_df < 1 or floor_sd == 0:
+        return own
+    return max(own, _t_quantile(confidence, floor_df) * floor_sd / math.sqrt(n))
+
+
+def log_t_interval(values: Sequence[float], *, confidence: float = 0.95,
+                   floor: Optional[NoiseFloor] = None) -> Optional[tuple[float, float]]:
+    """Interval of the geometric mean of positive window rates: Student's t on their logs, never narrower than
+    the sweep's noise floor. None with fewer than two observations: one window says nothing about the next."""
+    if len(values) < 2:
+        return None
+    logs = [math.log(v) for v in values]
+    centre = statistics.fmean(logs)
+    half = _half_width(logs, confidence=confidence, floor_sd=floor.window_log_sd if floor else 0.0,
+                       floor_df=floor.window_df if floor else 0)
+    return math.exp(centre - half), math.exp(centre + half)
+
+
+@dataclass(frozen=True)
+class RatioEstimate:
+    """rate(a) / rate(b) from windows, with how it was estimated."""
+
+    ratio: float
+    """Geometric mean of the per-round ratios (paired), or the ratio of geometric means (unpaired)."""
+    interval: Optional[tuple[float, float]]
+    """95% interval of the ratio; None when the windows cannot support one (a side with one window)."""
+    paired: bool
+    """Both sides were measured in the same rounds, at least two of them: drift common to a round cancels."""
+    num_pairs: int
+    """Rounds both sides were measured in."""
+
+
+def ratio_estimate(a_by_round: Mapping[str, float], b_by_round: Mapping[str, float], *,
+                   confidence: float = 0.95, floor: Optional[NoiseFloor] = None) -> RatioEstimate:
+    """rate(a) / rate(b) from per-round window rates keyed by round id.
+
+    Paired when at least two rounds hold both: the ratio inside each round cancels whatever slowed or sped up
+    the machine during that round, and the interval is over the per-round ratios. Otherwise the two sides are
+    independent samples: Welch's t on the difference of mean log rates."""
+    if not a_by_round or not b_by_round:
+        raise ValueError("a ratio needs at least one window on each side")
+    common = sorted(set(a_by_round) & set(b_by_round))
+    if len(common) >= 2:
+        logs = [math.log(a_by_round[r] / b_by_round[r]) for r in common]
+        centre = statistics.fmean(logs)
+        half = _half_width(logs, confidence=confidence, floor_sd=floor.ratio_log_sd if floor else 0.0,
+                           floor_df=floor.ratio_df if floor else 0)
+        return RatioEstimate(ratio=math.exp(centre), interval=(math.exp(centre - half), math.exp(centre + half)),
+                             paired=True, num_pairs=len(common))
+    a, b = list(a_by_round.values()), list(b_by_round.values())
+    ratio = geometric_mean(a) / geometric_mean(b)
+    if len(a) < 2 or len(b) < 2:
+        return RatioEstimate(ratio=ratio, interval=None, paired=False, num_pairs=len(common))
+    log_a, log_b = [math.log(v) for v in a], [math.log(v) for v in b]
+    floor_var = floor.window_log_sd ** 2 if floor else 0.0
+    var_a = max(statistics.variance(log_a), floor_var) / len(a)
+    var_b = max(statistics.variance(log_b), floor_var) / len(b)
+    se = math.sqrt(var_a + var_b)
+    if se == 0:
+        return RatioEstimate(ratio=ratio, interval=(ratio, ratio), paired=False, num_pairs=len(common))
+    # Welch-Satterthwaite degrees of freedom.
+    df = (var_a + var_b) ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1))
+    half = _t_quantile(confidence, max(1, math.floor(df))) * se
+    return RatioEstimate(ratio=ratio, interval=(ratio * math.exp(-half), ratio * math.exp(half)), paired=False,
+                         num_pairs=len(common))

@@ -1,0 +1,296 @@
+"""A trial's result: the record written as one journal line and read back on resume.
+
+Everything the decision or a sink reads is a typed field; `extra` holds only diagnostics for people (DDP's
+applied settings, each failed rank's traceback). Journal lines written before the typed fields (no
+`record_version`) are read back into them by `_upgrade_v1`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from trainer_tune.measure.figures import (
+    CommSplit, CpuFigures, GpuFigures, LatencyFigures, MfuFigures, NoiseScaleFigures, from_fields, peak_memory)
+from trainer_tune.config.flags import KEYED_WHEN_SET
+from trainer_tune.platform.finite import NON_FINITE_KEY, finite_only
+from trainer_tune.evidence.stats import NoiseFloor, StepTimeStats
+
+RECORD_VERSION = 3
+"""3: the decision's rate has a unit (throughput_unit; throughput_ci95 and window_throughput_per_s were
+tokens_per_s_ci95 and window_tokens_per_s), tokens may be absent, the input pipeline's wait is recorded.
+2: step times, losses, telemetry and the one peak memory figure are typed fields (1: some were in `extra`)."""
+
+
+class Status(Enum):
+    """Trial outcomes, ordered by severity: ranks agree on the worst one any of them saw."""
+
+    ok = 0
+    nan = 1
+    oom = 2
+    error = 3
+    stalled = 4
+    """No progress for watchdog.abort_after_s; the process was ended and restarted."""
+    crashed = 5
+    """The group died during the trial (a rank was killed or exited) and was restarted."""
+
+
+SAMPLES = "samples"
+TOKENS = "tokens"
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    trial_key: str
+    index: int
+    label: str
+    is_baseline: bool
+    status: str
+    """A `Status` name: ok, nan, oom, error, stalled or crashed."""
+    micro_batch_size: int
+    grad_accum: int
+    world_size: int
+    global_batch_size: int
+    """Samples per optimizer step over all ranks: micro_batch_size * grad_accum * world_size."""
+    tokens_per_step: Optional[float]
+    """Tokens per optimizer step over all ranks (the mean over measured steps: padding makes it vary); None when
+    the batches carry no tokens or the trial did not finish."""
+    flags: dict[str, Any]
+    environment: dict[str, str]
+    """The NSA_* variables exported to the training processes during the trial."""
+    tokens_per_s: Optional[float]
+    """Tokens per second over all ranks (workloads/batch.py says what counts); None for batches without tokens."""
+    samples_per_s: Optional[float]
+    measured_s: Optional[float]
+    """Total time of the measured steps on the slowest rank: the denominator of every rate."""
+    step_time_s: Optional[StepTimeStats]
+    num_warmup_steps: int
+    num_measured_steps: int
+    warmup_s: Optional[float]
+    loss_first: Optional[float]
+    loss_last: Optional[float]
+    peak_memory_bytes: Optional[int]
+    """THE peak memory of one device (figures.peak_memory: allocator reserved, else NVML used; on a CPU the
+    training process's peak resident memory growth), highest rank; what the decision and every sink use."""
+    peak_memory_source: Optional[str]
+    """Where peak_memory_bytes comes from: figures.ALLOCATOR_RESERVED, NVML_USED or RSS_GROWTH; None with it."""
+    peak_memory_allocated_bytes: Optional[int]
+    """The allocator's allocated peak (CUDA), highest rank: recorded, never the figure."""
+    peak_memory_reserved_bytes: Optional[int]
+    peak_memory_note: Optional[str]
+    """Why there is no peak memory (e.g. a CPU device); None when measured."""
+    num_parameters: Optional[int]
+    model: str
+    device: str
+    backend: Optional[str]
+    torch_version: str
+    started_at: str
+    finished_at: str
+    error: Optional[str] = None
+    """What went wrong, for a trial whose status is not ok (the first line of the exception, by rank)."""
+    throughput_unit: str = "tokens"
+    """What the decision compares: `samples`, `tokens`, or throughput.count.unit; throughput_per_s reads it."""
+    count_unit: str = "tokens"
+    """What tokens_per_s counts: tokens, or throughput.count.unit (frames, patches) when a count of your own
+    replaces the token rule; the sinks name the tokens_per_s figure by it."""
+    throughput_ci95: Optional[list[float]] = None
+    """[low, high] 95% interval of throughput_per_s: a window's from the block bootstrap over its steps, a
+    setting's from Student's t over its windows."""
+    window_stop: Optional[str] = None
+    """Why the measured steps ended (interval reached, a cap, or a fixed window)."""
+    num_outlier_steps: Optional[int] = None
+    """Measured steps slower than median + 5 MAD: counted in every figure, shown here, never dropped."""
+    gpu: Optional[GpuFigures] = None
+    """GPU readings over the measured steps, combined over ranks (see metrics.combine_gpu); None without NVML,
+    with the reason in gpu_note."""
+    gpu_note: Optional[str] = None
+    cpu: Optional[CpuFigures] = None
+    mfu: Optional[MfuFigures] = None
+    """Achieved FLOP/s and MFU (metrics.mfu_figures); None when there is no FLOP count, with the reason in
+    mfu_note."""
+    comm: Optional[CommSplit] = None
+    """Compute vs communication split (metrics.comm_split); exposed means not hidden behind backward compute.
+    None when not measured (one rank, or window.comm_split_steps=0)."""
+    step_times_s: tuple[float, ...] = ()
+    """Per measured step, the slowest rank's time: the step-time distribution and the bootstrap intervals."""
+    losses: tuple[Optional[float], ...] = ()
+    """Per measured step, the loss averaged over micro-steps and ranks; None where it was not finite."""
+    nsa_aux_stats: tuple[dict[str, float], ...] = ()
+    """Per measured step, the NSA auxiliary statistics by name (averaged over ranks); empty when off."""
+    gpu_utilization_series: tuple[tuple[float, float], ...] = ()
+    """(seconds since the measured steps began, GPU utilization %) samples of rank 0; empty without NVML."""
+    device_memory_bytes: Optional[int] = None
+    """Total memory of one device (CUDA), for recommend.max_memory_fraction; None elsewhere."""
+    round_id: Optional[str] = None
+    """The round this window was measured in (`r0`, `r1`, ...; `job2/r0` in a multirun job); None on a
+    setting's result aggregated over its windows."""
+    setting_key: Optional[str] = None
+    """On a window's record: the key of the setting it measures (trial_key is the window's own key). None on
+    a setting's result aggregated over its windows, whose trial_key is the setting's key."""
+    window_throughput_per_s: dict[str, float] = field(default_factory=dict)
+    """throughput_per_s of each clean window of this setting, keyed by round id: what recommend.compare pairs."""
+    data_wait_fraction: Optional[float] = None
+    """Share of the measured time the slowest rank spent waiting for its batches (fetching from the source and
+    moving to the device); high means the setting is input-bound."""
+    data_wait_s_median: Optional[float] = None
+    """Median per measured step of the slowest rank's wait for batches."""
+    mode: str = "train"
+    """train, or inference (every rank a serving replica; step times are per-batch latencies)."""
+    latency: Optional[LatencyFigures] = None
+    """mode=inference: per-batch latency percentiles of the slowest replica (stats.latency_figures)."""
+    energy_j_per_sample: Optional[float] = None
+    """Energy of the whole job over the measured steps per sample (NVML on GPUs, RAPL on CPUs: energy_source);
+    None where not measured, with the reason in energy_note, never zero."""
+    energy_source: Optional[str] = None
+    energy_note: Optional[str] = None
+    num_windows: int = 1
+    """Windows this result stands for: 1 for a window's record, the clean windows for a setting's."""
+    noise: Optional[NoiseFloor] = None
+    """On a setting's result: the sweep's noise floor its interval and its comparisons respect (stats.py)."""
+    wall_s: Optional[float] = None
+    """Wall time the window took on rank 0: model build, warm-up, measured and comm-split steps. What
+    sweep.budget_s counts; summed over windows for a setting."""
+    run_overrides: tuple[str, ...] = ()
+    """Hydra overrides that compose this result's run again (model, data, loss, train, window, dist,
+    telemetry), without the setting and the sweep (rerun.py); empty in journals from before them."""
+    mfu_note: Optional[str] = None
+    """Why mfu is None: e.g. FlopCounterMode could not count the step (absent in journals from before it)."""
+    noise_scale: Optional[NoiseScaleFigures] = None
+    """The gradient noise scale B_noise from this window's noise steps (window.noise_steps), or the setting's
+    windows pooled; None where not measured, with the reason in noise_scale_note."""
+    noise_scale_note: Optional[str] = None
+    statistical_efficiency: Optional[float] = None
+    """On a setting's result in a recommendation: what one of its samples is worth against one at the
+    baseline's global batch, (B_noise + B0) / (B_noise + B) with the sweep's B_noise (noise_scale.py); None
+    where B_noise was not measured."""
+    statistical_efficiency_ci95: Optional[list[float]] = None
+    """statistical_efficiency at the ends of the sweep's B_noise 95% interval."""
+    goodput_samples_per_s: Optional[float] = None
+    """samples_per_s x statistical_efficiency (Pollux's goodput); None without an efficiency."""
+    goodput_tokens_per_s: Optional[float] = None
+    """tokens_per_s x statistical_efficiency; None without tokens or without an efficiency."""
+    compile_s: Optional[float] = None
+    """torch.compile's compile time (compile_payback.compile_seconds: the build window's warm-up beyond as many
+    measured steps), never in any rate; None for an eager setting, a kept trainer's later window (compile_note),
+    or journals from before it. A setting's is its costliest build's."""
+    compile_note: Optional[str] = None
+    """For a compiled setting: why compile_s is None."""
+    num_graphs_compiled_measured: Optional[int] = None
+    """Graphs dynamo compiled during the measured steps (recompilation, whose time is then in the throughput), the
+    most over ranks, summed over a setting's windows; None for an eager setting."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Diagnostics for people, read by no decision and no sink: `ddp_applied`, `tracebacks`."""
+    record_version: int = RECORD_VERSION
+    non_finite: list[str] = field(default_factory=list)
+    """Paths of figures that were not finite numbers (NaN, inf) and are None instead, e.g.
+    extra.nsa_aux_stats[3].gate_entropy after a diverged loss (the trial's status then says nan)."""
+
+    def __post_init__(self) -> None:
+        # A record never holds a NaN: every sink and the journal (strict JSON) see the same None, fresh or resumed.
+        for f in dataclasses.fields(self):
+            if f.name == NON_FINITE_KEY:
+                continue
+            cleaned, bad = finite_only(getattr(self, f.name), path=f.name)
+            if bad:
+                object.__setattr__(self, f.name, cleaned)
+                object.__setattr__(self, NON_FINITE_KEY, [*self.non_finite, *bad])
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.ok.name
+
+    @property
+    def throughput_per_s(self) -> Optional[float]:
+        """The rate the decision compares, in throughput_unit per second."""
+        return self.samples_per_s if self.throughput_unit == SAMPLES else self.tokens_per_s
+
+    @property
+    def goodput_per_s(self) -> Optional[float]:
+        """throughput_per_s times statistical_efficiency, in throughput_unit per second."""
+        return self.goodput_samples_per_s if self.throughput_unit == SAMPLES else self.goodput_tokens_per_s
+
+    def goodput_rates_by_round(self) -> dict[str, float]:
+        """rates_by_round times statistical_efficiency (a constant of the setting); empty without one."""
+        if self.statistical_efficiency is None:
+            return {}
+        return {r: v * self.statistical_efficiency for r, v in self.rates_by_round().items()}
+
+    def rates_by_round(self) -> dict[str, float]:
+        """throughput_per_s by round id: a setting's windows; a window's record (or one from before rounds) is
+        its own single window; nothing for a window that did not finish cleanly."""
+        if self.window_throughput_per_s:
+            return self.window_throughput_per_s
+        if self.ok and self.throughput_per_s:
+            return {self.round_id or self.trial_key: self.throughput_per_s}
+        return {}
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_json_dict(data: dict[str, Any]) -> "TrialResult":
+        if data.get("record_version", 1) < 2:
+            data = _upgrade_v1(data)
+        if data.get("record_version", 1) < 3:
+            data = _upgrade_v2(data)
+        required = {f.name for f in dataclasses.fields(TrialResult)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = required - set(data)
+        if missing:
+            raise ValueError(f"missing fields {sorted(missing)}")
+        typed = {"step_time_s": lambda v: from_fields(StepTimeStats, v), "gpu": GpuFigures.from_json_dict,
+                 "cpu": CpuFigures.from_json_dict, "comm": lambda v: from_fields(CommSplit, v),
+                 "mfu": lambda v: from_fields(MfuFigures, v), "step_times_s": tuple, "losses": tuple,
+                 "nsa_aux_stats": tuple, "run_overrides": tuple, "gpu_utilization_series": lambda v: tuple(tuple(p) for p in v),
+                 "noise": lambda v: from_fields(NoiseFloor, v),
+                 "latency": lambda v: from_fields(LatencyFigures, v),
+                 "noise_scale": NoiseScaleFigures.from_json_dict}
+        values = dict(data)
+        # Lines from before data.num_workers was one of the flags: their batches were made in the training
+        # process unless data.num_workers said otherwise, which they did not record with the setting.
+        # Likewise the train.* knobs (compile, activation checkpointing, precision) before they were flags: those
+        # lines measured the defaults unless train.precision said otherwise (kept in their run's config).
+        values["flags"] = {"num_workers": 0, **KEYED_WHEN_SET, **(values.get("flags") or {})}
+        for name, build in typed.items():
+            if values.get(name) is not None:
+                values[name] = build(values[name])
+        return from_fields(TrialResult, values)
+
+
+def _upgrade_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """A journal line from before units: its rates were tokens/s, under the old names."""
+    data = dict(data)
+    data["throughput_unit"] = TOKENS
+    data["throughput_ci95"] = data.pop("tokens_per_s_ci95", None)
+    data["window_throughput_per_s"] = data.pop("window_tokens_per_s", None) or {}
+    data["record_version"] = RECORD_VERSION
+    return data
+
+
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A journal line from before the typed fields: the same figures, moved where version 2 keeps them.
+
+    Its `peak_memory_bytes` was the allocated peak; the figure is now chosen by figures.peak_memory from the
+    readings the line holds (reserved, NVML), as if the trial had been measured today.
+    """
+    data = dict(data)
+    extra = dict(data.get("extra") or {})
+    for name in ("step_times_s", "losses", "nsa_aux_stats", "gpu_utilization_series", "device_memory_bytes"):
+        if name in extra:
+            value = extra.pop(name)
+            if value is not None:
+                data[name] = value
+    data["extra"] = extra
+    data["peak_memory_allocated_bytes"] = data.get("peak_memory_bytes")
+    nvml_used_bytes = (data.get("gpu") or {}).get("memory_used_peak_bytes")
+    data["peak_memory_bytes"], data["peak_memory_source"] = peak_memory(
+        reserved_bytes=data.get("peak_memory_reserved_bytes"), nvml_used_bytes=nvml_used_bytes)
+    data["record_version"] = 2
+    return data

@@ -1,0 +1,529 @@
+"""Turns a measurement window into a trial result: the one place that computes reported figures."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+
+from trainer_tune.evidence.compile_payback import compile_seconds
+from trainer_tune.config.schema import Mode, ThroughputUnit
+from trainer_tune.measure.cpu_usage import CpuUtilization
+from trainer_tune.measure.figures import ANALYTIC, FLOP_COUNTER, CommSplit, CpuFigures, GpuFigures, MfuFigures, peak_memory
+from trainer_tune.config.flags import flags_to_environ
+from trainer_tune.measure.flops import mfu
+from trainer_tune.evidence.noise_scale import estimate as estimate_noise_scale, pool as pool_noise_scale
+from trainer_tune.measure.gpm import GPM_FIELDS
+from trainer_tune.measure.gpu_sampler import GpuSummary
+from trainer_tune.plan import TrialSpec
+from trainer_tune.measure.rapl import CpuEnergy
+from trainer_tune.measure.record import SAMPLES, TOKENS, Status, TrialResult
+from trainer_tune.evidence.stats import (
+    NoiseFloor, StepTimeStats, count_outliers, geometric_mean, latency_figures, log_t_interval, noise_floor, quantile,
+    throughput_ci, throughput_per_s)
+from trainer_tune.measure.telemetry import RankTelemetry
+from trainer_tune.measure.window import WindowMeasurement
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Facts about the run that every result records."""
+
+    model_name: str
+    device: str
+    backend: Optional[str]
+    num_warmup_steps: int
+    num_measured_steps: int
+    label: str
+    flops_per_token: Optional[float] = None
+    """Training FLOPs per token of the built-in GPT by its formula (flops.gpt_flops_per_token); None for every other
+    step, whose FLOPs FlopCounterMode counts (WindowMeasurement.flops_per_sample)."""
+    peak_tflops_per_device: Optional[float] = None
+    peak_note: Optional[str] = None
+    """Why there is no peak (so no MFU), e.g. an unknown device."""
+    device_memory_bytes: Optional[int] = None
+    """Total memory of one device (CUDA), for recommend.max_memory_fraction."""
+    run_overrides: tuple[str, ...] = ()
+    """Overrides that compose this run's configuration again, the sweep and the setting aside (rerun.py)."""
+    throughput_unit: ThroughputUnit = ThroughputUnit.auto
+    """throughput.unit: what the decision compares (auto: tokens when the batches carry them)."""
+    count_unit: str = TOKENS
+    """throughput.count.unit: the name of what tokens_per_s counts."""
+    mode: Mode = Mode.train
+
+
+def _finite_or_none(value: float) -> Optional[float]:
+    return value if math.isfinite(value) else None
+
+
+def _base_fields(spec: TrialSpec, ctx: TrialContext, *, started_at: str, finished_at: str) -> dict:
+    return dict(
+        trial_key=spec.key, index=spec.index, label=ctx.label, is_baseline=spec.is_baseline,
+        round_id=spec.round_id, setting_key=spec.setting_key,
+        micro_batch_size=spec.micro_batch_size, grad_accum=spec.grad_accum, world_size=spec.world_size,
+        global_batch_size=spec.global_batch_size,
+        flags=spec.flags.as_dict(), environment=flags_to_environ(spec.flags), model=ctx.model_name,
+        device=ctx.device, backend=ctx.backend, torch_version=torch.__version__,
+        num_warmup_steps=ctx.num_warmup_steps, num_measured_steps=ctx.num_measured_steps,
+        started_at=started_at, finished_at=finished_at, run_overrides=ctx.run_overrides, count_unit=ctx.count_unit,
+        mode=ctx.mode.value)
+
+
+def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if len(present) == len(values) and present else None
+
+
+def _total(values: Sequence[Optional[float]]) -> Optional[float]:
+    return math.fsum(values) if values and all(v is not None for v in values) else None  # type: ignore[arg-type]
+
+
+def combine_gpu(per_rank: Sequence[Optional[GpuSummary]], *, tokens: Optional[int],
+                samples: int) -> tuple[Optional[GpuFigures], Optional[str]]:
+    """One GPU figure set for the trial from each rank's own GPU summary.
+
+    Utilization and power are per-GPU means over ranks (the ranks' p10/p90 averaged: a rank that idles shows
+    in `per_rank`); memory is the highest rank's; energy is summed over GPUs, so energy per token (None without
+    tokens) and per sample are the whole job's. A figure any rank could not measure is None for the trial, never
+    a partial sum.
+    """
+    if not per_rank or any(r is None for r in per_rank):
+        return None, "GPU sampling was off (telemetry.gpu_sampling=false)"
+    ranks = [r for r in per_rank if r is not None]
+    reasons = {r.unavailable_reason for r in ranks if r.unavailable_reason}
+    if all(r.num_samples is None for r in ranks):
+        return None, "; ".join(sorted(reasons)) or "no GPU samples"
+    energy_j = _total([r.energy_j for r in ranks])
+    peaks = [r.memory_used_peak_bytes for r in ranks]
+    combined = GpuFigures(
+        util_mean_pct=_mean([r.util_mean_pct for r in ranks]),
+        util_p10_pct=_mean([r.util_p10_pct for r in ranks]),
+        util_p90_pct=_mean([r.util_p90_pct for r in ranks]),
+        memory_used_peak_bytes=max(p for p in peaks if p is not None) if all(p is not None for p in peaks) else None,
+        power_mean_w=_mean([r.power_mean_w for r in ranks]),
+        energy_j=energy_j,
+        energy_j_per_token=energy_j / tokens if energy_j is not None and tokens else None,
+        energy_j_per_sample=energy_j / samples if energy_j is not None and samples else None,
+        energy_source=ranks[0].energy_source,
+        per_rank=tuple(ranks),
+        **{name: _mean([getattr(r, name) for r in ranks]) for name in GPM_FIELDS},
+        gpm_note="; ".join(sorted({r.gpm_note for r in ranks if r.gpm_note})) or None,
+    )
+    return combined, ("; ".join(sorted(reasons)) or None)
+
+
+def combine_cpu(per_rank: Sequence[CpuUtilization]) -> CpuFigures:
+    return CpuFigures(process_pct_mean=_mean([r.process_pct for r in per_rank]),
+                      system_pct_mean=_mean([r.system_pct for r in per_rank]), per_rank=tuple(per_rank))
+
+
+def mfu_figures(ctx: TrialContext, m: WindowMeasurement, *, samples_per_s: float,
+                world_size: int) -> tuple[Optional[MfuFigures], Optional[str]]:
+    """(MFU figures, why there are none) of a window: from the built-in GPT's formula, else from FlopCounterMode's
+    count of one micro-step. A partial count (ops without a formula) gives its lower-bound FLOP/s and no MFU."""
+    if ctx.flops_per_token is not None and m.tokens:
+        flops_per_token: Optional[float] = ctx.flops_per_token
+        flops_per_sample, source = ctx.flops_per_token * m.tokens / m.samples, ANALYTIC
+    elif m.flops_per_sample:
+        # Per token: the FLOPs of every sample fed over the tokens really fed (padding costs FLOPs but is no token).
+        flops_per_token = m.flops_per_sample * m.samples / m.tokens if m.tokens else None
+        flops_per_sample, source = m.flops_per_sample, FLOP_COUNTER
+    elif m.flops_per_sample == 0:
+        return None, "FlopCounterMode counted 0 FLOPs: the step runs no matrix product it knows"
+    else:
+        return None, m.flops_note or "no FLOP count for this step"
+    result = mfu(flops_per_sample=flops_per_sample, samples_per_s=samples_per_s, num_devices=world_size,
+                 peak_tflops_per_device=ctx.peak_tflops_per_device)
+    value, warning = result.mfu, result.warning if ctx.peak_note is None else ctx.peak_note
+    count_note = m.flops_note if source == FLOP_COUNTER else None
+    if count_note is not None:
+        value, warning = None, f"{count_note}; MFU not reported"
+    return MfuFigures(flops_per_token=flops_per_token, flops_per_sample=flops_per_sample, flops_source=source,
+                      count_note=count_note, achieved_tflops=result.achieved_tflops,
+                      achieved_tflops_per_device=result.achieved_tflops_per_device,
+                      peak_tflops_per_device=result.peak_tflops_per_device, mfu=value, mfu_raw=result.mfu_raw,
+                      warning=warning), None
+
+
+def combine_cpu_energy(telemetry: Sequence[RankTelemetry]) -> CpuEnergy:
+    """The job's CPU package energy: the sum of the nodes' readings (each node's local rank 0 reads its own);
+    None when any node could not read it."""
+    readings = [t.cpu_energy for t in telemetry if t.cpu_energy is not None]
+    if not readings:
+        return CpuEnergy(energy_j=None, note="CPU energy not measured: no rank read RAPL")
+    missing = [r.note for r in readings if r.energy_j is None]
+    if missing:
+        return CpuEnergy(energy_j=None, note=missing[0])
+    return CpuEnergy(energy_j=math.fsum(r.energy_j for r in readings), note=readings[0].note)  # type: ignore
+
+
+def _combine_telemetry(telemetry: Sequence[Optional[RankTelemetry]], *, tokens: Optional[int],
+                       samples: int) -> tuple[Optional[GpuFigures], Optional[str], Optional[CpuFigures]]:
+    """(GPU figures, why there are none, CPU figures) from every rank's readings; all or nothing."""
+    if not telemetry or any(t is None for t in telemetry):
+        return None, "not sampled", None
+    ranks = [t for t in telemetry if t is not None]
+    gpu, gpu_note = combine_gpu([t.gpu for t in ranks], tokens=tokens, samples=samples)
+    allocator = [t.cuda_allocator for t in ranks]
+    if gpu is not None and all(a is not None for a in allocator):
+        gpu = dataclasses.replace(gpu, num_alloc_retries=sum(a.num_alloc_retries for a in allocator if a),
+                                  num_ooms=sum(a.num_ooms for a in allocator if a))
+    return gpu, gpu_note, combine_cpu([t.cpu for t in ranks])
+
+
+def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext, *,
+                       started_at: str, finished_at: str,
+                       telemetry: Sequence[Optional[RankTelemetry]] = ()) -> TrialResult:
+    status, error = Status.ok, None
+    bad_steps = [i for i, loss in enumerate(m.losses) if not math.isfinite(loss)]
+    if bad_steps:
+        # A diverged setting is never recommendable, however fast it ran.
+        status, error = Status.nan, f"loss was not finite at measured step(s) {bad_steps}"
+    expected_samples = spec.global_batch_size * len(m.step_times_s)
+    if m.samples != expected_samples:
+        raise AssertionError(f"counted {m.samples} samples, the plan implies {expected_samples}")
+    unit, unit_error = decision_unit(ctx.throughput_unit, has_tokens=m.tokens is not None, count_unit=ctx.count_unit)
+    if unit_error is not None and status == Status.ok:
+        status, error = Status.error, unit_error
+    samples_per_s = throughput_per_s(m.samples, m.measured_s)
+    tokens_per_s = throughput_per_s(m.tokens, m.measured_s) if m.tokens is not None else None
+    rate = samples_per_s if unit == SAMPLES else tokens_per_s
+    # The bootstrap runs over the per-step slowest times; its relative interval is applied to the reported
+    # figure (which divides by the slowest rank's total, see docs/measurement.md).
+    per_step_rate = len(m.step_times_s) / math.fsum(m.step_times_s)
+    low, high = throughput_ci(m.step_times_s, amount_per_step=1.0)
+    gpu, gpu_note, cpu = _combine_telemetry(telemetry, tokens=m.tokens, samples=m.samples)
+    mfu_info, mfu_note = mfu_figures(ctx, m, samples_per_s=samples_per_s, world_size=spec.world_size) \
+        if samples_per_s else (None, "no samples measured")
+    cpu_energy = combine_cpu_energy([t for t in telemetry if t is not None]) if telemetry and all(telemetry) \
+        else CpuEnergy(energy_j=None, note="CPU energy not measured: not sampled")
+    energy_per_sample, energy_source, energy_note = energy_per_sample_of(
+        gpu, gpu_note, cpu_energy, samples=m.samples, on_gpu=ctx.device.startswith("cuda"))
+    memory_bytes, memory_source = peak_memory(reserved_bytes=m.peak_memory_reserved_bytes,
+                                              nvml_used_bytes=gpu.memory_used_peak_bytes if gpu else None,
+                                              rss_growth_bytes=m.rss_growth_bytes)
+    rank0 = telemetry[0] if telemetry else None
+    return TrialResult(
+        **(_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at)
+           | {"num_measured_steps": len(m.step_times_s), "num_warmup_steps": m.num_warmup_steps}),
+        status=status.name, error=error, gpu=gpu, gpu_note=gpu_note, cpu=cpu,
+        throughput_unit=unit,
+        throughput_ci95=[rate * low / per_step_rate, rate * high / per_step_rate] if rate is not None else None,
+        tokens_per_step=m.tokens / len(m.step_times_s) if m.tokens is not None else None,
+        data_wait_fraction=math.fsum(m.data_wait_s) / m.measured_s if m.data_wait_s and m.measured_s else None,
+        data_wait_s_median=statistics.median(m.data_wait_s) if m.data_wait_s else None,
+        window_stop=m.stop_reason, num_outlier_steps=count_outliers(m.step_times_s),
+        comm=comm_split(sync_step_times_s=m.step_times_s, no_sync_step_times_s=m.no_sync_step_times_s),
+        mfu=mfu_info, mfu_note=mfu_note,
+        tokens_per_s=tokens_per_s, samples_per_s=samples_per_s, measured_s=m.measured_s,
+        step_time_s=StepTimeStats.of(m.step_times_s), warmup_s=m.warmup_s,
+        loss_first=_finite_or_none(m.losses[0]) if m.losses else None,
+        loss_last=_finite_or_none(m.losses[-1]) if m.losses else None,
+        energy_j_per_sample=energy_per_sample, energy_source=energy_source, energy_note=energy_note,
+        latency=latency_figures(m.step_times_s) if ctx.mode == Mode.inference else None,
+        peak_memory_bytes=memory_bytes, peak_memory_source=memory_source,
+        peak_memory_allocated_bytes=m.peak_memory_bytes, peak_memory_reserved_bytes=m.peak_memory_reserved_bytes,
+        peak_memory_note=None if memory_bytes is not None else m.peak_memory_note,
+        num_parameters=m.num_parameters,
+        step_times_s=tuple(m.step_times_s), losses=tuple(_finite_or_none(x) for x in m.losses),
+        nsa_aux_stats=tuple(dict(s) for s in m.aux_stats), device_memory_bytes=ctx.device_memory_bytes,
+        gpu_utilization_series=rank0.gpu_utilization_series if rank0 is not None else (),
+        window_throughput_per_s={spec.round_id or spec.key: rate} if status == Status.ok and rate else {},
+        noise_scale=estimate_noise_scale(m.noise_readings) if m.noise_readings else None,
+        noise_scale_note=m.noise_note, **compile_figures(m),
+        extra={"ddp_applied": m.ddp_applied})
+
+
+def compile_figures(m: WindowMeasurement) -> dict[str, Any]:
+    """A window's compile_s, compile_note and num_graphs_compiled_measured (TrialResult); nothing when eager."""
+    if not m.compiled:
+        return {}
+    compile_s = compile_seconds(warmup_s=m.warmup_s, num_warmup_steps=m.num_warmup_steps,
+                                step_times_s=m.step_times_s) if m.compiled_build else None
+    note = None if m.compiled_build else "compiled when its trainer was built, in an earlier window"
+    return {"compile_s": compile_s, "compile_note": note,
+            "num_graphs_compiled_measured": m.num_graphs_compiled_measured}
+
+
+def energy_per_sample_of(gpu: Optional[GpuFigures], gpu_note: Optional[str], cpu_energy: CpuEnergy, *,
+                         samples: int, on_gpu: bool) -> tuple[Optional[float], Optional[str], Optional[str]]:
+    """(joules per sample, source, why not measured) over the measured steps: on GPUs their energy (NVML,
+    summed over GPUs; the host CPUs are not added), on CPUs the nodes' package energy (RAPL, rapl.py)."""
+    if not samples:
+        return None, None, "no samples"
+    if on_gpu:
+        if gpu is not None and gpu.energy_j is not None:
+            return gpu.energy_j / samples, f"NVML ({gpu.energy_source})", None
+        return None, None, f"GPU energy not measured: {gpu_note or 'no energy reading'}"
+    if cpu_energy.energy_j is not None:
+        return cpu_energy.energy_j / samples, cpu_energy.note, None
+    return None, None, cpu_energy.note
+
+
+def decision_unit(setting: ThroughputUnit, *, has_tokens: bool, count_unit: str) -> tuple[str, Optional[str]]:
+    """(the unit the decision compares, why the trial cannot be decided on it): throughput.unit resolved
+    against what the batches carry. `count_unit` names what tokens_per_s counts (throughput.count.unit)."""
+    if setting == ThroughputUnit.samples or (setting == ThroughputUnit.auto and not has_tokens):
+        return SAMPLES, None
+    if not has_tokens:
+        return count_unit, (f"throughput.unit=tokens is not allowed for these batches: they carry no tokens (no "
+                            f"attention_mask, input_ids or integer token ids); use throughput.unit=samples or "
+                            f"count them with throughput.count._target_")
+    return count_unit, None
+
+
+def comm_split(*, sync_step_times_s: Sequence[float], no_sync_step_times_s: Sequence[float]) -> Optional[CommSplit]:
+    """Compute vs communication from two kinds of steps of one trial: the measured ones (gradients
+    all-reduced) and extra ones with sync off. The difference of their medians is the communication the
+    backward pass did not hide (exposed), the part that costs step time; overlapped traffic is invisible here
+    by design. A negative difference is noise around zero: exposed time is then reported as 0."""
+    if len(no_sync_step_times_s) == 0 or len(sync_step_times_s) == 0:
+        return None
+    sync_s = statistics.median(sync_step_times_s)
+    no_sync_s = statistics.median(no_sync_step_times_s)
+    exposed_s = max(0.0, sync_s - no_sync_s)
+    # Within noise: removing the sync moved the median by less than the synced steps' own p10..median spread.
+    within_noise = no_sync_s >= quantile(sync_step_times_s, 0.1)
+    return CommSplit(step_time_sync_s=sync_s, step_time_no_sync_s=no_sync_s, exposed_comm_s=exposed_s,
+                     exposed_comm_fraction=exposed_s / sync_s, num_no_sync_steps=len(no_sync_step_times_s),
+                     within_noise=within_noise)
+
+
+def failed_result(spec: TrialSpec, ctx: TrialContext, *, status: Status, error: str,
+                  started_at: str, finished_at: str, extra: Optional[dict] = None) -> TrialResult:
+    """A trial that produced no trustworthy measurement: every figure is None, never zero."""
+    return TrialResult(
+        **_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at),
+        status=status.name, error=error, tokens_per_s=None, samples_per_s=None, measured_s=None, step_time_s=None,
+        tokens_per_step=None,
+        throughput_unit=SAMPLES if ctx.throughput_unit == ThroughputUnit.samples else ctx.count_unit,
+        warmup_s=None, loss_first=None, loss_last=None, peak_memory_bytes=None, peak_memory_source=None,
+        peak_memory_allocated_bytes=None, peak_memory_reserved_bytes=None,
+        peak_memory_note="not measured: the trial did not finish", device_memory_bytes=ctx.device_memory_bytes,
+        num_parameters=None, extra=extra or {})
+
+
+def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFloor] = None) -> TrialResult:
+    """One setting's result from its windows (one per round): the record the decision and the sinks read.
+
+    tokens/s is the geometric mean of the windows' rates and its interval Student's t over them (stats.py says
+    why the window, not the step, is the unit); every window's rate stays in `window_throughput_per_s` by round,
+    which is what recommend.compare pairs; `noise` is the sweep's noise floor (stats.noise_floor), below which
+    neither the interval nor a comparison may shrink. Step-time figures pool the windows' steps; memory is the highest
+    window's; energy is summed. A setting with any window that did not finish cleanly takes that window's
+    status: a setting that fails in one round of five is not one to train with."""
+    if not windows:
+        raise ValueError("a setting's result needs at least one window")
+    ordered = sorted(windows, key=lambda w: w.started_at)
+    first = ordered[0]
+    clean = [w for w in ordered if w.ok and w.throughput_per_s is not None]
+    rates = {r: v for w in clean for r, v in w.rates_by_round().items()}
+    common: dict[str, Any] = dict(
+        trial_key=first.setting_key or first.trial_key, setting_key=None, round_id=None,
+        started_at=first.started_at, finished_at=ordered[-1].finished_at,
+        wall_s=math.fsum(w.wall_s or 0.0 for w in ordered), num_windows=len(clean), window_throughput_per_s=rates,
+        noise=noise)
+    failed = [w for w in ordered if not w.ok]
+    if failed:
+        worst = max(failed, key=lambda w: Status[w.status].value)
+        where = f"round {worst.round_id}: " if worst.round_id else ""
+        return dataclasses.replace(worst, **common, error=f"{where}{worst.error}" if worst.error else worst.error)
+    interval = log_t_interval(list(rates.values()), floor=noise)  # type: ignore[arg-type]
+    step_times_s = tuple(t for w in ordered for t in w.step_times_s)
+    # Every rate is the geometric mean of the windows' own (the decision's is the mean of `rates`, the same).
+    samples_per_s = _geometric_mean_or_none([w.samples_per_s for w in ordered])
+    tokens_per_s = _geometric_mean_or_none([w.tokens_per_s for w in ordered])
+    measured_s = math.fsum(w.measured_s or 0.0 for w in ordered)
+    waits = [w.data_wait_fraction * w.measured_s for w in ordered
+             if w.data_wait_fraction is not None and w.measured_s is not None]
+    peaks = [w.peak_memory_bytes for w in ordered]
+    peak_index = max(range(len(ordered)), key=lambda i: peaks[i] or -1)
+    return dataclasses.replace(
+        first, **common,
+        tokens_per_s=tokens_per_s, samples_per_s=samples_per_s,
+        throughput_ci95=list(interval) if interval is not None else None,
+        tokens_per_step=_mean([w.tokens_per_step for w in ordered]), measured_s=measured_s,
+        data_wait_fraction=math.fsum(waits) / measured_s if len(waits) == len(ordered) and measured_s else None,
+        data_wait_s_median=_median_or_none([w.data_wait_s_median for w in ordered]),
+        step_time_s=StepTimeStats.of(step_times_s) if step_times_s else first.step_time_s,
+        latency=latency_figures(step_times_s) if first.latency is not None and step_times_s else first.latency,
+        energy_j_per_sample=_energy_over_windows(ordered),
+        num_measured_steps=sum(w.num_measured_steps for w in ordered),
+        num_warmup_steps=sum(w.num_warmup_steps for w in ordered),
+        warmup_s=math.fsum(w.warmup_s or 0.0 for w in ordered),
+        loss_first=first.loss_first, loss_last=ordered[-1].loss_last,
+        peak_memory_bytes=ordered[peak_index].peak_memory_bytes,
+        peak_memory_source=ordered[peak_index].peak_memory_source,
+        peak_memory_allocated_bytes=_max_or_none([w.peak_memory_allocated_bytes for w in ordered]),
+        peak_memory_reserved_bytes=_max_or_none([w.peak_memory_reserved_bytes for w in ordered]),
+        num_outlier_steps=sum(w.num_outlier_steps or 0 for w in ordered),
+        window_stop="; ".join(f"{w.round_id}: {w.window_stop}" for w in ordered),
+        comm=next((w.comm for w in ordered if w.comm is not None), None),
+        mfu=_rescaled_mfu(first.mfu, samples_per_s=samples_per_s, first_samples_per_s=first.samples_per_s,
+                          tokens_per_s=tokens_per_s),
+        gpu=_gpu_over_windows(ordered), cpu=_cpu_over_windows(ordered),
+        noise_scale=pool_noise_scale([w.noise_scale for w in ordered]),
+        compile_s=max((w.compile_s for w in ordered if w.compile_s is not None), default=None),
+        compile_note=None if any(w.compile_s is not None for w in ordered) else first.compile_note,
+        num_graphs_compiled_measured=_int_total([w.num_graphs_compiled_measured for w in ordered]),
+        step_times_s=step_times_s, losses=tuple(x for w in ordered for x in w.losses),
+        nsa_aux_stats=tuple(s for w in ordered for s in w.nsa_aux_stats))
+
+
+def aggregate_by_setting(windows: Sequence[TrialResult]) -> list[TrialResult]:
+    """Each setting's result from a journal's windows (several jobs' windows of one setting together), in plan
+    order. A record without a setting key (written before rounds) stands for itself."""
+    groups: dict[str, list[TrialResult]] = {}
+    settings = [w for w in windows if w.setting_key is None]
+    for window in windows:
+        if window.setting_key is not None:
+            groups.setdefault(window.setting_key, []).append(window)
+    noise = sweep_noise(groups)
+    return sorted(settings + [aggregate_windows(group, noise=noise) for group in groups.values()],
+                  key=lambda r: r.index)
+
+
+def sweep_noise(windows_by_setting: Mapping[str, Sequence[TrialResult]]) -> Optional[NoiseFloor]:
+    """The noise floor of a sweep from every setting's clean windows (stats.noise_floor)."""
+    baseline = next((key for key, group in windows_by_setting.items() if any(w.is_baseline for w in group)), "")
+    rates = {key: {r: v for w in group for r, v in w.rates_by_round().items()}
+             for key, group in windows_by_setting.items()}
+    return noise_floor(rates, baseline=baseline)
+
+
+def _energy_over_windows(windows: Sequence[TrialResult]) -> Optional[float]:
+    """Energy summed over windows per sample summed over windows; None unless every window measured it."""
+    energies = [w.energy_j_per_sample for w in windows]
+    samples = [(w.samples_per_s or 0.0) * (w.measured_s or 0.0) for w in windows]
+    if not energies or any(e is None for e in energies) or not all(samples):
+        return None
+    return math.fsum(e * n for e, n in zip(energies, samples)) / math.fsum(samples)  # type: ignore[operator]
+
+
+def _geometric_mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
+    return geometric_mean(values) if values and all(v for v in values) else None  # type: ignore[arg-type]
+
+
+def _median_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
+    return statistics.median(values) if values and all(v is not None for v in values) else None  # type: ignore
+
+
+def _max_or_none(values: Sequence[Optional[int]]) -> Optional[int]:
+    return max(v for v in values if v is not None) if values and all(v is not None for v in values) else None
+
+
+def _rescaled_mfu(figures: Optional[MfuFigures], *, samples_per_s: Optional[float],
+                  first_samples_per_s: Optional[float], tokens_per_s: Optional[float]) -> Optional[MfuFigures]:
+    """MFU figures scale with samples/s: the first window's, moved to the setting's samples/s. A counted step's
+    FLOPs per token follow the setting's tokens per sample (padding varies it); the formula's are fixed."""
+    if figures is None or not samples_per_s or not first_samples_per_s:
+        return figures
+    scale = samples_per_s / first_samples_per_s
+    flops_per_token = figures.flops_per_token
+    if figures.flops_source == FLOP_COUNTER and figures.flops_per_sample is not None:
+        flops_per_token = figures.flops_per_sample * samples_per_s / tokens_per_s if tokens_per_s else None
+    return dataclasses.replace(
+        figures, flops_per_token=flops_per_token, achieved_tflops=figures.achieved_tflops * scale,
+        achieved_tflops_per_device=figures.achieved_tflops_per_device * scale,
+        mfu=figures.mfu * scale if figures.mfu is not None else None,
+        mfu_raw=figures.mfu_raw * scale if figures.mfu_raw is not None else None)
+
+
+def _gpu_over_windows(windows: Sequence[TrialResult]) -> Optional[GpuFigures]:
+    """Utilization and power averaged over windows, memory the highest window's, energy summed over windows
+    and divided by all their tokens and samples; None unless every window has GPU figures."""
+    figures = [w.gpu for w in windows]
+    if not figures or any(g is None for g in figures):
+        return None
+    gpus = [g for g in figures if g is not None]
+    energy_j = _total([g.energy_j for g in gpus])
+    tokens = math.fsum((w.tokens_per_step or 0.0) * w.num_measured_steps for w in windows)
+    samples = sum(w.global_batch_size * w.num_measured_steps for w in windows)
+    peaks = [g.memory_used_peak_bytes for g in gpus]
+    return dataclasses.replace(
+        gpus[0], util_mean_pct=_mean([g.util_mean_pct for g in gpus]),
+        util_p10_pct=_mean([g.util_p10_pct for g in gpus]), util_p90_pct=_mean([g.util_p90_pct for g in gpus]),
+        memory_used_peak_bytes=_max_or_none(peaks), power_mean_w=_mean([g.power_mean_w for g in gpus]),
+        energy_j=energy_j, energy_j_per_token=energy_j / tokens if energy_j is not None and tokens else None,
+        energy_j_per_sample=energy_j / samples if energy_j is not None and samples else None,
+        num_alloc_retries=_int_total([g.num_alloc_retries for g in gpus]),
+        num_ooms=_int_total([g.num_ooms for g in gpus]),
+        **{name: _mean([getattr(g, name) for g in gpus]) for name in GPM_FIELDS},
+        gpm_note="; ".join(sorted({g.gpm_note for g in gpus if g.gpm_note})) or None)
+
+
+def _int_total(values: Sequence[Optional[int]]) -> Optional[int]:
+    return sum(v for v in values if v is not None) if values and all(v is not None for v in values) else None
+
+
+def _cpu_over_windows(windows: Sequence[TrialResult]) -> Optional[CpuFigures]:
+    figures = [w.cpu for w in windows]
+    if not figures or any(c is None for c in figures):
+        return None
+    cpus = [c for c in figures if c is not None]
+    return dataclasses.replace(cpus[0], process_pct_mean=_mean([c.process_pct_mean for c in cpus]),
+                               system_pct_mean=_mean([c.system_pct_mean for c in cpus]))
+
+
+def step_history(result: TrialResult) -> list[dict[str, Any]]:
+    """Per measured step (slowest rank, the setting's windows one after the other): step time, the samples/s (and
+    tokens/s, where batches carry tokens) that step sustained, the loss and, when the model collected them, the
+    NSA auxiliary statistics (averaged over ranks in the step); then each window's rate in the decision's unit by
+    round (`round/<unit>_per_s`), and the GPU utilization samples of rank 0, each on its own axis."""
+    losses, aux_stats = result.losses, result.nsa_aux_stats
+    rows: list[dict[str, Any]] = []
+    for step, time_s in enumerate(result.step_times_s):
+        row: dict[str, Any] = {"step": step, "train/step_time_s": time_s,
+                               "train/samples_per_s": result.global_batch_size / time_s}
+        if result.tokens_per_step is not None:
+            row["train/tokens_per_s"] = result.tokens_per_step / time_s
+        if step < len(losses) and losses[step] is not None:
+            row["train/loss"] = losses[step]
+        if step < len(aux_stats):
+            row.update({f"nsa/{name}": value for name, value in aux_stats[step].items()})
+        rows.append(row)
+    for number, rate in enumerate(result.window_throughput_per_s.values()):
+        rows.append({"round": number, f"round/{result.throughput_unit}_per_s": rate})
+    for t_s, util_pct in result.gpu_utilization_series:
+        rows.append({"gpu_time_s": t_s, "gpu/util_pct": util_pct})
+    return rows
+
+
+def summary_figures(result: TrialResult) -> dict[str, Any]:
+    """The flat figures of one trial, as dashboards and tables show them (None where not measured).
+    tokens_per_s (named by count_unit) only where there is one: batches without tokens have no such figure."""
+    gpu, mfu_info, cpu, steps = result.gpu, result.mfu, result.cpu, result.step_time_s
+    counted = {} if result.tokens_per_s is None else {"tokens_per_s": result.tokens_per_s,
+                                                      "count_unit": result.count_unit}
+    # mode=inference: the batch latency percentiles, and how many batches stand behind them.
+    served = result.latency
+    latency = {} if served is None else {
+        "latency_p50_ms": served.p50_ms, "latency_p90_ms": served.p90_ms, "latency_p99_ms": served.p99_ms,
+        "latency_max_ms": served.max_ms, "latency_mean_ms": served.mean_ms, "latency_num_batches": served.num_batches}
+    return {
+        "index": result.index, "label": result.label, "status": result.status, "is_baseline": result.is_baseline,
+        "micro_batch_size": result.micro_batch_size, "grad_accum": result.grad_accum,
+        "global_batch_size": result.global_batch_size, "world_size": result.world_size,
+        "mode": result.mode, "samples_per_s": result.samples_per_s, **counted, **latency,
+        "throughput_unit": result.throughput_unit, "throughput_per_s": result.throughput_per_s,
+        "data_wait_fraction": result.data_wait_fraction,
+        "step_time_s_median": steps.median if steps else None, "step_time_s_p90": steps.p90 if steps else None,
+        "peak_memory_bytes": result.peak_memory_bytes, "peak_memory_source": result.peak_memory_source,
+        "gpu_util_mean_pct": gpu.util_mean_pct if gpu else None,
+        "gpu_memory_used_peak_bytes": gpu.memory_used_peak_bytes if gpu else None,
+        "gpu_power_mean_w": gpu.power_mean_w if gpu else None,
+        **{f"gpu_{name}": getattr(gpu, name) if gpu else None for name in GPM_FIELDS},
+        "energy_j_per_token": gpu.energy_j_per_token if gpu else None,
+        "energy_j_per_sample": result.energy_j_per_sample, "energy_source": result.energy_source,
+        "mfu": mfu_info.mfu if mfu_info else None,
+        "achieved_tflops": mfu_info.achieved_tflops if mfu_info else None,
+        "cpu_process_pct_mean": cpu.process_pct_mean if cpu else None,
+        "gradient_noise_scale": result.noise_scale.value if result.noise_scale else None,
+        "statistical_efficiency": result.statistical_efficiency, "goodput_per_s": result.goodput_per_s,
+        "compile_s": result.compile_s,
+        "error": result.error,
+    }

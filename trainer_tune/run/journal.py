@@ -1,0 +1,158 @@
+"""The journal `trials.jsonl`: one JSON line per finished trial, appended by rank 0 only.
+
+Each line is flushed and fsynced before the sweep moves on, so nothing measured is lost when a process
+dies. A line cut short by a kill mid-write is reported and ignored (later appends start on a fresh line);
+any other unreadable line means the file is not ours (or was edited), and the run stops rather than guess.
+
+Several writers may share one journal (the jobs of a Hydra multirun): appends are atomic lines under a
+lock, a trial already recorded is not appended again, and should a trial still appear twice, readers keep
+its first line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from trainer_tune.config.schema import ConfigError
+from trainer_tune.platform.durable import append_line, write_atomically
+from trainer_tune.platform.finite import NON_FINITE_KEY, finite_json, finite_record
+from trainer_tune.measure.record import TrialResult
+
+log = logging.getLogger(__name__)
+
+JOURNAL_NAME = "trials.jsonl"
+INFLIGHT_NAME = "inflight.json"
+
+
+@dataclass(frozen=True)
+class JournalContents:
+    results: tuple[TrialResult, ...]
+    problems: tuple[str, ...]
+    """Tolerated defects, e.g. a torn last line, for the log."""
+
+    def by_key(self) -> dict[str, TrialResult]:
+        return {r.trial_key: r for r in self.results}
+
+
+_MARKS = {"trial_key", "status", "label", "micro_batch_size", "grad_accum", "tokens_per_s"}
+"""Fields every record has (any version): a line without them is another program's."""
+
+
+def _foreign(path: Path, number: int, what: str) -> ConfigError:
+    return ConfigError(f"journal={path} is not allowed: line {number} is {what}, not a trainer_tune trial record; "
+                       f"move the file away or choose another output directory (hydra.run.dir=...)")
+
+
+def read_journal(path: Path) -> JournalContents:
+    if not path.exists():
+        return JournalContents(results=(), problems=())
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"journal {path} is not readable: {exc.strerror}") from None
+    results: list[TrialResult] = []
+    problems: list[str] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            # Our lines start with '{'; one that does and still does not parse was cut short by a kill.
+            if line.startswith("{"):
+                problems.append(f"{path.name} line {number} is incomplete (the writer was killed mid-line); "
+                                f"ignored, that trial will be measured again")
+                continue
+            raise _foreign(path, number, "not JSON")
+        if not isinstance(record, dict):
+            raise _foreign(path, number, f"JSON, but a {type(record).__name__} where a record is an object")
+        missing = _MARKS - set(record)
+        if missing:
+            raise _foreign(path, number, f"a JSON object without {', '.join(sorted(missing))}")
+        try:
+            result = TrialResult.from_json_dict(record)
+        except (ValueError, TypeError, AttributeError, KeyError):
+            raise _foreign(path, number, "a JSON object whose fields are not a trial record's") from None
+        if result.trial_key in first_line:
+            problems.append(f"{path.name} line {number} records trial {result.label} again (first on line "
+                            f"{first_line[result.trial_key]}); the first is kept")
+            continue
+        first_line[result.trial_key] = number
+        results.append(result)
+    return JournalContents(results=tuple(results), problems=tuple(problems))
+
+
+def append_result(path: Path, result: TrialResult) -> bool:
+    """Append the trial unless the journal already records it (another writer was first); returns whether
+    this line was written."""
+    key = json.dumps(result.trial_key)
+
+    def recorded(text: str) -> bool:
+        # The cheap textual test first; a real read settles it (a key could appear in another trial's text).
+        return f'"trial_key": {key}' in text and any(
+            r.trial_key == result.trial_key for r in _parse_lines(text))
+
+    # Strict JSON, and never an exception over a figure: a NaN is written as null and its path listed.
+    record = finite_record(result.to_json_dict())
+    if record.get(NON_FINITE_KEY):
+        paths = record[NON_FINITE_KEY]
+        log.warning("trial %s (%s): %d figure(s) were not finite and are recorded as null (%s%s)", result.index,
+                    result.label, len(paths), ", ".join(paths[:3]), ", ..." if len(paths) > 3 else "")
+    written = append_line(path, finite_json(record, sort_keys=True), unless=recorded)
+    if not written:
+        log.info("trial %s (%s) is already in %s; this measurement is not recorded again",
+                 result.index, result.label, path)
+    return written
+
+
+def _parse_lines(text: str) -> list[TrialResult]:
+    results = []
+    for line in text.split("\n"):
+        try:
+            results.append(TrialResult.from_json_dict(json.loads(line)))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return results
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """The trial rank 0 was measuring; written before it starts, removed once it is in the journal.
+
+    Found at start-up with no journal line for its trial, it means the group died during that trial.
+    """
+
+    trial_key: str
+    index: int
+    label: str
+    attempts: int
+    """How many times this window has been started; a window that kills the group twice is not retried."""
+    setting_key: Optional[str] = None
+    """The setting the window measures (plan.window_of)."""
+    round_id: Optional[str] = None
+    """The round the window belongs to."""
+
+
+def read_inflight(output_dir: Path) -> Optional[InFlight]:
+    path = output_dir / INFLIGHT_NAME
+    try:
+        return InFlight(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as exc:
+        log.warning("ignoring unreadable %s (%s)", path, exc)
+        return None
+
+
+def write_inflight(output_dir: Path, inflight: InFlight) -> None:
+    write_atomically(output_dir / INFLIGHT_NAME, json.dumps(dataclasses.asdict(inflight)) + "\n")
+
+
+def clear_inflight(output_dir: Path) -> None:
+    (output_dir / INFLIGHT_NAME).unlink(missing_ok=True)

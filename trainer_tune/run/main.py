@@ -1,0 +1,154 @@
+"""Entry point: `python -m trainer_tune` or `torchrun --nproc_per_node=N -m trainer_tune +sweep=batch`.
+
+Also the task of every job of a Hydra multirun (`-m`, see trainer_tune/run/multirun.py), including jobs that a
+launcher such as submitit starts in other processes, where `main` never runs: `_task` therefore reads the
+rank environment itself.
+
+Order matters: agree on the output directory (before Hydra picks one per rank), compose and convert the
+config once, validate everything that can be validated, and only then start the process group. A user
+mistake ends every rank with one line and exit code 2, before any rank can wait on another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from trainer_tune.config.schema import ConfigError, TuneConfig, config_dir, register_configs
+from trainer_tune.config.keys import check_keys
+from trainer_tune.platform.distributed import (
+    DistSession, RankEnv, adopt_slurm_tasks, choose_backend, choose_device, launch_hint, leave_with_agreed_code,
+    shared_run_stamp, tell_launcher)
+from trainer_tune.config.flags import resolve_flags
+from trainer_tune.platform.logging_setup import setup_logging
+from trainer_tune.run.multirun import current_job
+from trainer_tune.plan import build_plan, job_plan
+from trainer_tune.decide.verdict import NO_GO
+from trainer_tune.sinks.console import ConsoleSink
+from trainer_tune.sinks.files import write_config
+from trainer_tune.sinks.report import REPORT_MD
+from trainer_tune.sinks.wandb_sink import WandbSink
+from trainer_tune.workloads.checkpoint import check_checkpoint
+from trainer_tune.workloads.targets import check_targets, ignored_settings
+from trainer_tune.run.sweep import run_sweep
+
+log = logging.getLogger("trainer_tune")
+
+EXIT_FAILED = 1
+"""An unexpected error (a traceback), as Python itself exits; also Hydra's code for a bad command line."""
+EXIT_USAGE = 2
+"""A user mistake: bad config, bad environment, unreadable journal. Nothing was measured."""
+EXIT_NO_GO = 3
+"""The sweep finished with NO-GO and recommend.fail_on_no_go=true."""
+
+RUN_STAMP_ENV = "TRAINER_TUNE_RUN_STAMP"
+
+
+def _fail(message: str, rank_env: RankEnv | None) -> None:
+    line = f"trainer_tune: error: {message}"
+    # One copy per node is enough: every rank got the same arguments and fails the same way.
+    if rank_env is None or rank_env.local_rank == 0:
+        print(line, file=sys.stderr, flush=True)
+    tell_launcher(line)  # every rank: torchrun's summary names whichever failed first
+    leave_with_agreed_code()
+    sys.exit(EXIT_USAGE)
+
+
+def tune(raw: DictConfig, rank_env: RankEnv) -> int:
+    try:
+        check_keys(raw)  # to_object would drop a key added with + that the schema lacks, without a word
+        cfg: TuneConfig = OmegaConf.to_object(raw)  # type: ignore[assignment]
+        base_flags = resolve_flags(nsa=cfg.nsa, ddp=cfg.ddp, data=cfg.data, train=cfg.train, environ=os.environ)
+        device = choose_device(cfg.dist, rank_env)
+        if rank_env.world_size > 1:
+            choose_backend(cfg.dist, device)
+        multirun = current_job(sweep=cfg.sweep, baseline=cfg.baseline)
+        check_checkpoint(cfg.model)  # before the plan, whose keys hold the checkpoint's fingerprint
+        if multirun is None:
+            build_plan(cfg, world_size=rank_env.world_size, base_flags=base_flags, device_type=device.type)
+        else:
+            job_plan(cfg, world_size=rank_env.world_size, flags=base_flags, baseline=multirun.baseline.setting(),
+                     index=multirun.trial_index, device_type=device.type)
+        check_targets(cfg)
+    except (ConfigError, OmegaConfBaseException) as exc:
+        # Hydra made the run directory before calling us; leave nothing behind for a run that never started.
+        with contextlib.suppress(OSError):
+            os.rmdir(HydraConfig.get().runtime.output_dir)
+        _fail(str(exc).splitlines()[0], rank_env)
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    setup_logging(rank_env, log_dir=output_dir / "logs")
+    if rank_env.is_rank0:
+        write_config(output_dir, OmegaConf.to_yaml(raw, resolve=True),
+                     overrides=list(HydraConfig.get().overrides.task))
+    log.info("%s on %s; output in %s", rank_env.describe(), device, output_dir)
+    for note in ignored_settings(cfg):
+        log.warning(note)
+
+    session = DistSession.start(cfg.dist, rank_env, namespace="" if multirun is None else f"job_{multirun.job_num}/")
+    if cfg.train.max_memory_fraction is not None:
+        if session.device.type == "cuda":
+            torch.cuda.set_per_process_memory_fraction(cfg.train.max_memory_fraction, session.device)
+        else:
+            log.warning("train.max_memory_fraction=%s caps no allocator: it caps the CUDA allocator and the device is "
+                        "%s (it still sets the memory prediction's limit)", cfg.train.max_memory_fraction, session.device)
+    try:
+        # A multirun's jobs log their trial runs next to the multirun's journal, in one wandb group.
+        shared_dir = output_dir if multirun is None else multirun.sweep_dir
+        wandb_sink = WandbSink(cfg.wandb, enabled=rank_env.is_rank0, output_dir=shared_dir, group=shared_dir.name,
+                               config=OmegaConf.to_container(raw, resolve=True, enum_to_str=True))  # type: ignore[arg-type]
+        outcome = run_sweep(cfg=cfg, session=session, output_dir=output_dir, base_flags=base_flags,
+                            console=ConsoleSink(enabled=rank_env.is_rank0), launch_hint=launch_hint(rank_env),
+                            wandb_sink=wandb_sink, multirun=multirun)
+    except ConfigError as exc:
+        session.close()
+        _fail(str(exc), rank_env)
+    session.close()
+    if outcome.recommendation is not None and outcome.recommendation.decision == NO_GO and cfg.recommend.fail_on_no_go:
+        # Every rank holds rank 0's recommendation (published before anyone got here): all exit with this code.
+        return leave_no_go(output_dir / REPORT_MD, rank_env)
+    return 0
+
+
+def leave_no_go(report: Path, rank_env: RankEnv) -> int:
+    """EXIT_NO_GO, for a rank about to exit with the gate's verdict that every rank agreed on after rank 0
+    published it (a sweep's end, a multirun's end); torchrun's failure summary names the report."""
+    tell_launcher(f"trainer_tune: NO-GO with recommend.fail_on_no_go=true (exit {EXIT_NO_GO}): see {report}")
+    if rank_env.world_size > 1:
+        leave_with_agreed_code()
+    return EXIT_NO_GO
+
+
+def _rank_env() -> RankEnv:
+    try:
+        adopt_slurm_tasks(os.environ)
+        return RankEnv.from_environ(os.environ)
+    except ConfigError as exc:
+        _fail(str(exc), None)
+        raise  # unreachable: _fail exits
+
+
+def _task(raw: DictConfig) -> None:
+    """One run, or one job of a multirun (possibly in a process `main` never ran in)."""
+    code = tune(raw, _rank_env())
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    rank_env = _rank_env()
+    try:
+        if RUN_STAMP_ENV not in os.environ:
+            os.environ[RUN_STAMP_ENV] = shared_run_stamp(rank_env, os.environ)
+    except ConfigError as exc:
+        _fail(str(exc), None)
+    register_configs()
+    hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")(_task)()
