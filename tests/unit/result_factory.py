@@ -12,7 +12,8 @@ from trainer_tune.measure.gpu_sampler import GpuSummary
 from trainer_tune.measure.summarize import TrialContext, result_from_window
 from trainer_tune.plan import TrialSpec
 from trainer_tune.measure.record import SAMPLES, TrialResult
-from trainer_tune.evidence.stats import StepTimeStats, geometric_mean
+from trainer_tune.evidence.stats import geometric_mean
+from trainer_tune.measure.step_stats import StepTimeStats
 from trainer_tune.measure.telemetry import AllocatorCounts, RankTelemetry
 from trainer_tune.measure.window import WindowMeasurement
 

@@ -149,7 +149,7 @@ def test_the_model_preset_hf_gpt2_takes_a_checkpoint_directory(tmp_path: Path) -
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
     from trainer_tune.config.schema import register_configs
-    from trainer_tune.run.main import config_dir
+    from trainer_tune.config.schema import config_dir
     torch.manual_seed(4)
     saved = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=256, n_positions=128, n_embd=128, n_layer=2, n_head=4, bos_token_id=None, eos_token_id=None))

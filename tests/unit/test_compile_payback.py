@@ -9,7 +9,8 @@ import dataclasses
 import pytest
 
 from result_factory import make_result
-from trainer_tune.evidence.compile_payback import compile_paybacks, compile_seconds
+from trainer_tune.evidence.compile_payback import compile_paybacks
+from trainer_tune.measure.summarize import compile_seconds
 from trainer_tune.config.schema import RecommendArgs
 from trainer_tune.config.flags import TrialFlags
 from trainer_tune.decide.verdict import decide

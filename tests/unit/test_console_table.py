@@ -11,6 +11,7 @@ from rich.console import Console
 
 from result_factory import make_result
 from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.explain.report import build_report
 from trainer_tune.config.flags import FLAG_SPECS, TrialFlags, format_flag
 from trainer_tune.plan import TrialSpec
 from trainer_tune.decide.verdict import decide
@@ -54,8 +55,8 @@ def _setting_cells(table_text: str) -> dict[str, str]:
 def test_every_flag_value_is_readable_at_120_columns() -> None:
     results = _flag_sweep()
     out = io.StringIO()
-    ConsoleSink(enabled=True, console=Console(file=out, width=120)).show(results, decide(results,
-                                                                                         args=RecommendArgs()))
+    ConsoleSink(enabled=True, console=Console(file=out, width=120)).show(
+        results, build_report(decide(results, args=RecommendArgs())))
     text = out.getvalue()
     assert "…" not in text
     table = text[text.index("┏"):text.index("┘") + 1]

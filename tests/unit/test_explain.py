@@ -9,10 +9,12 @@ import pytest
 
 from result_factory import make_comm, make_gpu, make_result
 from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.explain.report import build_report
 from trainer_tune.explain.matrix import LINEAR, NO_INTERVAL, REFERENCE, SUB_LINEAR, SUPER_LINEAR, explain
 from trainer_tune.measure.figures import ALLOCATOR_RESERVED, MEMORY_SOURCES
 from trainer_tune.config.flags import TrialFlags
-from trainer_tune.decide.verdict import compare, decide
+from trainer_tune.evidence.comparison import compare
+from trainer_tune.decide.verdict import decide
 
 GIB = 1024 ** 3
 
@@ -155,11 +157,11 @@ def test_settings_that_differ_in_a_flag_are_not_one_series() -> None:
 
 def test_recommendation_json_carries_the_explanations() -> None:
     rec = decide(_sweep(), args=RecommendArgs(min_speedup=1.05))
-    data = json.loads(json.dumps(rec.to_json_dict()))
+    data = json.loads(json.dumps(build_report(rec).to_json_dict()))
     assert data["verdict"] == rec.verdict
     assert [w["objective"] for w in data["explanations"]["matrix"]] == \
         ["max_throughput", "min_energy_j_per_sample", "min_memory_bytes"]
-    assert data["explanations"]["facts"] == list(rec.explanations.facts)  # type: ignore[union-attr]
+    assert data["explanations"]["facts"] == list(build_report(rec).explanations.facts)  # type: ignore[union-attr]
     assert data["not_measured"] == []
 
 

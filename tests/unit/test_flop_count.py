@@ -18,7 +18,8 @@ from trainer_tune.measure.figures import ANALYTIC, FLOP_COUNTER
 from trainer_tune.config.flags import TrialFlags
 from trainer_tune.measure.flop_count import count_step_flops
 from trainer_tune.measure.flops import gpt_flops_per_token
-from trainer_tune.measure.summarize import TrialContext, aggregate_windows, result_from_window
+from trainer_tune.measure.summarize import TrialContext, result_from_window
+from trainer_tune.evidence.estimate import aggregate_windows
 from trainer_tune.plan import TrialSpec, build_plan, window_of
 from trainer_tune.measure.record import TrialResult
 from trainer_tune.measure.window import LocalWindow, TrainerPool, combine_ranks, measure_local

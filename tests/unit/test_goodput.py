@@ -12,9 +12,12 @@ import yaml
 
 from result_factory import make_result
 from trainer_tune.config.schema import ConfigError, LrScaling, Mode, Objective, RecommendArgs, TuneConfig
+from trainer_tune.explain.report import build_report
 from trainer_tune.measure.figures import NoiseScaleFigures
-from trainer_tune.evidence.noise_scale import from_step_estimates, pool, with_goodput
-from trainer_tune.decide.verdict import GO, NO_GO, behind, decide
+from trainer_tune.evidence.noise_scale import with_goodput
+from trainer_tune.measure.noise_estimate import from_step_estimates, pool
+from trainer_tune.decide.verdict import GO, NO_GO, decide
+from trainer_tune.evidence.comparison import behind
 from trainer_tune.measure.record import TrialResult
 from trainer_tune.decide.race import race_drops
 from trainer_tune.sinks.files import write_recommendation
@@ -95,7 +98,7 @@ def test_scaled_learning_rate_in_recommendation_yaml(tmp_path: Path, rule: LrSca
     place of the train.lr the run was measured with."""
     settings = [dataclasses.replace(r, run_overrides=("model=tiny", "train.lr=0.001")) for r in _settings()]
     rec = decide(settings, args=RecommendArgs(lr_scaling=rule), lr=1e-3)
-    write_recommendation(tmp_path, rec, launch_hint="python -m trainer_tune")
+    write_recommendation(tmp_path, build_report(rec), launch_hint="python -m trainer_tune")
     text = (tmp_path / "recommendation.yaml").read_text()
     overrides = yaml.safe_load(text)["overrides"]
     lrs = [o for o in overrides if o.startswith("train.lr=")]
@@ -126,15 +129,15 @@ def test_goodput_is_a_training_objective() -> None:
 
 
 def test_decision_matrix_names_the_goodput_winner() -> None:
-    matrix = {w.objective: w for w in decide(_settings(), args=RecommendArgs()).explanations.matrix}
+    matrix = {w.objective: w for w in build_report(decide(_settings(), args=RecommendArgs())).explanations.matrix}
     assert matrix["max_throughput"].label == "8x1" and matrix["max_goodput"].label == "1x1"
     assert matrix["max_goodput"].value == pytest.approx(800 * 8 / 6)
-    assert "max_goodput" not in {w.objective for w in decide(_settings(noise=False), args=RecommendArgs())
-                                 .explanations.matrix}
+    assert "max_goodput" not in {w.objective for w in build_report(decide(_settings(noise=False),
+                                                                          args=RecommendArgs())).explanations.matrix}
 
 
 def test_the_race_on_goodput_drops_the_big_batch_not_the_small_one() -> None:
-    """With recommend.objective=goodput the sweep races on goodput (tune._after_round): the leader is the setting
+    """With recommend.objective=goodput the sweep races on goodput (tune.after_round): the leader is the setting
     with the most goodput, and a setting leaves when it has less beyond noise."""
     settings = with_goodput(_settings(), pool([r.noise_scale for r in _settings()]))
     on_throughput = race_drops(settings, after_round=3, behind=behind)

@@ -17,13 +17,16 @@ from rich.console import Console
 from helpers.fake_nvml import GPM_FUNCTIONS, NVML_ERROR_NOT_SUPPORTED, FakeNvml
 from result_factory import make_result
 from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.explain.report import build_report
 from trainer_tune.measure.cpu_usage import CpuUtilization
 from trainer_tune.explain.matrix import BUSY_UTIL_PCT, IDLE_SM_ACTIVE_PCT, explain, sms_mostly_idle
 from trainer_tune.measure.figures import GpuFigures
 from trainer_tune.measure.gpm import GPM_FIELDS, GPM_METRICS, GPM_MIN_INTERVAL_S, summarize_gpm
 from trainer_tune.measure.gpu_sampler import GpuSampler, GpuSummary, summarize_gpu_samples
-from trainer_tune.measure.summarize import aggregate_windows, combine_gpu, summary_figures
-from trainer_tune.decide.verdict import compare, decide
+from trainer_tune.evidence.estimate import aggregate_windows
+from trainer_tune.measure.summarize import combine_gpu, summary_figures
+from trainer_tune.evidence.comparison import compare
+from trainer_tune.decide.verdict import decide
 from trainer_tune.measure.record import TrialResult
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import write_report
@@ -220,19 +223,19 @@ def test_busy_gpu_with_idle_sms_is_a_fact_in_the_report_and_a_console_note(tmp_p
         "GPU busy 97% but SMs active 23%, tensor cores active 4% at 2x1: utilization counts any kernel running, "
         "so kernels ran on few SMs or waited (communication, launches)"]
     rec = decide(results, args=RecommendArgs())
-    assert rec.explanations is not None and rec.explanations.sms_mostly_idle == ("2x1",)
-    report = write_report(tmp_path, results, rec).report.read_text()
+    assert build_report(rec).explanations is not None and build_report(rec).explanations.sms_mostly_idle == ("2x1",)
+    report = write_report(tmp_path, results, build_report(rec)).report.read_text()
     assert "- GPU busy 97% but SMs active 23%" in report
     header = next(line for line in report.splitlines() if line.startswith("| #"))
     assert "| SM active % | tensor active % |" in header
     out = io.StringIO()
-    ConsoleSink(enabled=True, console=Console(file=out, width=120)).show(results, rec)
+    ConsoleSink(enabled=True, console=Console(file=out, width=120)).show(results, build_report(rec))
     assert "note: GPU busy but most SMs idle (NVML GPM) at 2x1: see report.md" in out.getvalue()
 
 
 def test_without_gpm_no_fact_and_no_column(tmp_path: Path) -> None:
     results = [dataclasses.replace(make_result(index=0, key="2x1", is_baseline=True), gpu=_gpu(97.0, None))]
     rec = decide(results, args=RecommendArgs())
-    assert rec.explanations is not None and rec.explanations.sms_mostly_idle == ()
-    report = write_report(tmp_path, results, rec).report.read_text()
+    assert build_report(rec).explanations is not None and build_report(rec).explanations.sms_mostly_idle == ()
+    report = write_report(tmp_path, results, build_report(rec)).report.read_text()
     assert "GPU busy" not in report and "| SM active % |" not in report

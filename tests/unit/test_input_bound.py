@@ -15,6 +15,7 @@ import trainer_tune.workloads.data as data_module
 from result_factory import make_result
 from trainer_tune.config.schema import (
     ConfigError, DataArgs, DdpArgs, ModelArgs, NsaArgs, RecommendArgs, SweepArgs, TuneConfig)
+from trainer_tune.explain.report import build_report
 from trainer_tune.config.flags import TrialFlags, flags_to_environ, flags_to_overrides, resolve_flags
 from trainer_tune.plan import build_plan
 from trainer_tune.decide.verdict import GO, MEASURED, NO_GO, decide
@@ -99,7 +100,7 @@ def test_many_input_bound_settings_share_one_line_past_the_first_few() -> None:
 def test_a_num_workers_sweep_is_shown_even_when_nothing_waits(tmp_path: Path) -> None:
     rec = decide(_sweep(base_wait=0.01, fast_wait=0.0, fast_workers=2), args=ARGS)
     assert [(w.label, w.num_workers, w.input_bound) for w in rec.input_waits] == [("2x1", 0, False), ("4x1", 2, False)]
-    report = write_report(tmp_path, rec.settings, rec).report.read_text()
+    report = write_report(tmp_path, rec.settings, build_report(rec)).report.read_text()
     section = report.split("## Input pipeline", 1)[1].split("\n## ", 1)[0]
     assert "| 2x1 | 0 | 1% | 4 | no |" in section and "| 4x1 | 2 | 0% | 12 | no |" in section
     assert "recommend.input_bound_fraction=0.1" in section
@@ -107,7 +108,7 @@ def test_a_num_workers_sweep_is_shown_even_when_nothing_waits(tmp_path: Path) ->
 
 def test_the_report_has_no_input_pipeline_section_when_there_is_nothing_to_say(tmp_path: Path) -> None:
     rec = decide(_sweep(base_wait=0.01, fast_wait=0.02), args=ARGS)
-    assert "## Input pipeline" not in write_report(tmp_path, rec.settings, rec).report.read_text()
+    assert "## Input pipeline" not in write_report(tmp_path, rec.settings, build_report(rec)).report.read_text()
 
 
 def test_num_workers_is_a_flag_with_no_environment_variable() -> None:

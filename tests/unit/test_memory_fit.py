@@ -11,6 +11,7 @@ from rich.console import Console
 
 from result_factory import GIB, make_result
 from trainer_tune.config.schema import RecommendArgs, Strategy, SweepArgs, TuneConfig
+from trainer_tune.explain.report import build_report
 from trainer_tune.config.flags import TrialFlags
 from trainer_tune.evidence.memory_fit import MemoryLimit, fit_memory, least_squares, predicted_not_to_fit
 from trainer_tune.plan import TrialSpec, build_plan
@@ -19,7 +20,7 @@ from trainer_tune.measure.record import TrialResult
 from trainer_tune.sinks.charts import ChartSet
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import render_report
-from trainer_tune.run.sweep import _after_round
+from trainer_tune.decide.race import after_round
 
 LIMIT = MemoryLimit(capacity_bytes=80 * GIB, fraction=0.9, fraction_key="recommend.max_memory_fraction",
                     capacity_source="the CUDA device's total memory")
@@ -86,7 +87,7 @@ def _power_round(plan: list[TrialSpec], memory_gib: dict[int, float],
                                          memory_bytes=int(gib * GIB), is_baseline=spec.is_baseline,
                                          tokens_per_s=1000.0 * size)
     entered = [by_size[size] for size in memory_gib]
-    _drops, entering, closed = _after_round(cfg, plan, settings=settings, contenders=set(settings),
+    _drops, entering, closed = after_round(cfg, plan, settings=settings, contenders=set(settings),
                                             entered=entered, rounds_done=3, swept=(), limit=limit)
     labels = {s.key: s.label() for s in plan}
     return [labels[k] for k in entering], {n.label: n.reason for n in closed}
@@ -116,11 +117,11 @@ def test_grid_reports_predicted_beside_measured() -> None:
     data = rec.to_json_dict()
     assert data["memory_fits"][0]["largest_micro_batch_size"] == 17
     assert data["memory_limit"]["limit_bytes"] == pytest.approx(72 * GIB)
-    report = render_report(results, rec, ChartSet(charts=(), omitted=()))
+    report = render_report(results, build_report(rec), ChartSet(charts=(), omitted=()))
     assert "## Memory prediction" in report
     assert "| 8x1 | 8 | 34.0 GiB | 34.0 GiB |" in report
     assert "largest micro-batch predicted to fit: 17" in report
     out = io.StringIO()
-    ConsoleSink(enabled=True, console=Console(file=out, width=200)).show(results, rec)
+    ConsoleSink(enabled=True, console=Console(file=out, width=200)).show(results, build_report(rec))
     assert "memory fit all settings: fit over 2, 4, 8: 2.0 GiB + 4.0 GiB x mbs; largest micro-batch predicted to " \
            "fit: 17 (limit 80.0 GiB x 0.9, recommend.max_memory_fraction)" in out.getvalue()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer_tune.evidence.noise_scale import (
-    NoiseReading, efficiency_interval, estimate, pool, statistical_efficiency, step_estimate)
+from trainer_tune.evidence.noise_scale import efficiency_interval, statistical_efficiency
+from trainer_tune.measure.noise_estimate import NoiseReading, estimate, pool, step_estimate
 from trainer_tune.measure.noise_steps import GradientNormReader, squared_norm
 
 DIM = 64

@@ -15,6 +15,7 @@ from rich.console import Console
 from helpers.wandb_reader import find_offline_run_files, summarize_finished_run
 from result_factory import GIB, make_measured
 from trainer_tune.config.schema import RecommendArgs, WandbArgs, WandbMode
+from trainer_tune.explain.report import build_report
 from trainer_tune.measure.figures import ALLOCATOR_RESERVED, MEMORY_SOURCES, NVML_USED, peak_memory
 from trainer_tune.decide.verdict import decide
 from trainer_tune.measure.record import TrialResult
@@ -70,7 +71,7 @@ def test_the_decision_excludes_by_the_same_figure(results: list[TrialResult]) ->
 
 
 def test_explanations_use_the_same_figure(results: list[TrialResult]) -> None:
-    explanations = decide(results, args=RecommendArgs()).explanations
+    explanations = build_report(decide(results, args=RecommendArgs())).explanations
     assert explanations is not None
     assert [(p.label, p.memory_bytes) for p in explanations.points] == [("2x1", 4 * GIB), ("4x1", 7 * GIB)]
     memory = explanations.winner("min_memory_bytes")
@@ -80,7 +81,7 @@ def test_explanations_use_the_same_figure(results: list[TrialResult]) -> None:
 
 def test_console_shows_the_same_figure_and_source(results: list[TrialResult]) -> None:
     out = io.StringIO()
-    ConsoleSink(enabled=True, console=Console(file=out, width=220)).show(results, decide(results, args=RecommendArgs()))
+    ConsoleSink(enabled=True, console=Console(file=out, width=220)).show(results, build_report(decide(results, args=RecommendArgs())))
     text = out.getvalue()
     rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.startswith("│ ")}
     assert "4.0 GiB" in rows["0"] and "7.0 GiB" in rows["1"]
@@ -89,7 +90,7 @@ def test_console_shows_the_same_figure_and_source(results: list[TrialResult]) ->
 
 
 def test_report_shows_the_same_figure_and_source(results: list[TrialResult]) -> None:
-    text = render_report(results, decide(results, args=RecommendArgs()), ChartSet(charts=(), omitted=()))
+    text = render_report(results, build_report(decide(results, args=RecommendArgs())), ChartSet(charts=(), omitted=()))
     trial_rows = [line for line in text.split("## Trials", 1)[1].splitlines() if line.startswith(("| 0 |", "| 1 |"))]
     assert "| 4.0 GiB |" in trial_rows[0] and "| 7.0 GiB |" in trial_rows[1]
     assert f"- peak memory: {RESERVED}" in text

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from result_factory import make_comm, make_gpu, make_result
 from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.explain.report import build_report
 from trainer_tune.decide.verdict import decide
 from trainer_tune.sinks.report import write_report
 from trainer_tune.decide.race import Drop, RaceSummary
@@ -54,7 +55,7 @@ def test_report_of_a_mixed_sweep_has_every_section_and_valid_charts(tmp_path: Pa
                        contenders=("4x1", "2x1"))
     rec = dataclasses.replace(rec, not_measured=(NotMeasured("16x1", "8x1 ended oom, so larger micro-batches were not tried"),),
                               race=race)
-    files = write_report(tmp_path, results, rec)
+    files = write_report(tmp_path, results, build_report(rec))
     text = files.report.read_text()
     assert files.report == tmp_path / "report.md"
     assert rec.verdict in text
@@ -79,7 +80,7 @@ def test_report_of_a_mixed_sweep_has_every_section_and_valid_charts(tmp_path: Pa
 def test_report_when_every_trial_failed(tmp_path: Path) -> None:
     results = [make_result(index=0, key="b", status="oom", is_baseline=True),
                make_result(index=1, key="x", status="error", micro_batch_size=4)]
-    files = write_report(tmp_path, results, decide(results, args=RecommendArgs()))
+    files = write_report(tmp_path, results, build_report(decide(results, args=RecommendArgs())))
     text = files.report.read_text()
     assert files.charts == () and _linked_charts(text) == []
     assert not any((tmp_path / "charts").glob("*.png"))
@@ -92,7 +93,7 @@ def test_report_when_only_the_baseline_ran_on_one_rank(tmp_path: Path) -> None:
     (base,) = [make_result(index=0, key="b", is_baseline=True, world_size=1, step_times=[0.05, 0.06, 0.05],
                            ci=[4_000, 5_500])]
     base = dataclasses.replace(base, gpu_note="no NVIDIA driver")
-    files = write_report(tmp_path, [base], decide([base], args=RecommendArgs()))
+    files = write_report(tmp_path, [base], build_report(decide([base], args=RecommendArgs())))
     text = files.report.read_text()
     assert sorted(c.name for c in files.charts) == ["rounds", "step_times", "throughput"]
     for chart in files.charts:
@@ -104,8 +105,8 @@ def test_report_when_only_the_baseline_ran_on_one_rank(tmp_path: Path) -> None:
 
 def test_a_later_report_removes_charts_that_no_longer_hold(tmp_path: Path) -> None:
     results = _mixed_sweep()
-    write_report(tmp_path, results, decide(results, args=RecommendArgs()))
+    write_report(tmp_path, results, build_report(decide(results, args=RecommendArgs())))
     assert (tmp_path / "charts" / "gpu_util.png").exists()
     failed = [make_result(index=0, key="b", status="oom", is_baseline=True)]
-    write_report(tmp_path, failed, decide(failed, args=RecommendArgs()))
+    write_report(tmp_path, failed, build_report(decide(failed, args=RecommendArgs())))
     assert not any((tmp_path / "charts").glob("*.png"))

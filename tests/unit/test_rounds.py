@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from trainer_tune.decide.verdict import Outcome, compare
+from trainer_tune.evidence.comparison import Outcome, compare
 from trainer_tune.decide.race import race_drops, race_over, round_order
 from trainer_tune.evidence.stats import geometric_mean, log_t_interval, ratio_estimate
 from tests.unit.result_factory import make_result
@@ -57,7 +57,7 @@ def test_between_window_interval_covers_the_true_rate_95_percent_of_the_time(n_w
 
 def test_a_within_window_bootstrap_would_not_cover_between_window_noise() -> None:
     """Why intervals are taken between windows: the steps of one window cannot see the window's offset."""
-    from trainer_tune.evidence.stats import throughput_ci
+    from trainer_tune.measure.step_stats import throughput_ci
 
     rng = random.Random(5)
     hits = 0
@@ -179,7 +179,7 @@ def test_the_noise_floor_keeps_lucky_calm_settings_honest() -> None:
 
 
 def test_the_floor_widens_a_paired_comparison_but_keeps_its_pairing() -> None:
-    from trainer_tune.evidence.stats import NoiseFloor
+    from trainer_tune.measure.figures import NoiseFloor
 
     a = {"r0": 1100.0, "r1": 990.0, "r2": 880.0}  # exactly +10% over b in every round, through a 20% drift
     b = {"r0": 1000.0, "r1": 900.0, "r2": 800.0}

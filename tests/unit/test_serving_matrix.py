@@ -9,9 +9,11 @@ from typing import Optional
 
 from result_factory import make_result
 from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.explain.report import build_report
 from trainer_tune.explain.matrix import MAX_THROUGHPUT, MIN_ENERGY, MIN_LATENCY, MIN_MEMORY, explain
 from trainer_tune.measure.figures import LatencyFigures
-from trainer_tune.decide.verdict import compare, decide
+from trainer_tune.evidence.comparison import compare
+from trainer_tune.decide.verdict import decide
 from trainer_tune.measure.record import TrialResult
 
 NO_RAPL = "CPU energy not measured: no powercap interface (/sys/class/powercap does not exist)"
@@ -89,12 +91,12 @@ def test_energy_unmeasured_is_named_never_zero() -> None:
 def test_pareto_front_and_the_recommendation_carry_the_budget() -> None:
     rec = decide(sweep(), args=RecommendArgs(max_latency_ms=100.0))
     assert rec.serving and rec.max_latency_ms == 100.0 and rec.over_budget == ("k64",)
-    assert rec.explanations is not None
+    assert build_report(rec).explanations is not None
     # 8x1 is slower than 4x1 and has the higher p99: every other batch is on the front.
-    assert rec.explanations.pareto_keys == ("k1", "k4", "k16", "k64")
-    data = json.loads(json.dumps(rec.to_json_dict()))
+    assert build_report(rec).explanations.pareto_keys == ("k1", "k4", "k16", "k64")
+    data = json.loads(json.dumps(build_report(rec).to_json_dict()))
     assert data["max_latency_ms"] == 100.0 and data["over_budget"] == ["k64"]
     assert [w["objective"] for w in data["explanations"]["matrix"]] == [MAX_THROUGHPUT, MIN_LATENCY, MIN_ENERGY,
                                                                         MIN_MEMORY]
     training = decide([dataclasses.replace(r, mode="train", latency=None) for r in sweep()], args=RecommendArgs())
-    assert not training.serving and training.explanations.pareto_keys == ()  # type: ignore[union-attr]
+    assert not training.serving and build_report(training).explanations.pareto_keys == ()  # type: ignore[union-attr]

@@ -12,7 +12,7 @@ from trainer_tune.measure.figures import LatencyFigures
 from trainer_tune.decide.verdict import GO, decide
 from trainer_tune.measure.record import TrialResult
 from trainer_tune.decide.race import RaceSummary
-from trainer_tune.run.sweep import _after_round
+from trainer_tune.decide.race import after_round
 
 
 def _served(index: int, batch: int, *, rate: float, p99_ms: float, num_windows: int = 3) -> TrialResult:
@@ -44,7 +44,7 @@ def _cfg(*, max_latency_ms: float | None = 100.0, objective: Objective = Objecti
 
 def _drops(cfg: TuneConfig, *, rounds_done: int = 3, late: bool = False) -> dict[str, str]:
     settings = _settings(late=late)
-    drops, _entering, _closed = _after_round(cfg, [], settings=settings, contenders=set(settings), entered=[],
+    drops, _entering, _closed = after_round(cfg, [], settings=settings, contenders=set(settings), entered=[],
                                              rounds_done=rounds_done, swept=())
     return {d.label: d.reason for d in drops}
 

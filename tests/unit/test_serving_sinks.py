@@ -18,7 +18,8 @@ from helpers.wandb_reader import find_offline_run_files, summarize_finished_run
 from result_factory import make_gpu, make_result
 from test_serving_matrix import NO_RAPL, served, sweep
 from trainer_tune.config.schema import RecommendArgs, WandbArgs
-from trainer_tune.decide.verdict import Recommendation, decide
+from trainer_tune.explain.report import build_report
+from trainer_tune.decide.verdict import Decision, decide
 from trainer_tune.measure.record import TrialResult
 from trainer_tune.sinks.charts import latency_percentiles_figure, latency_throughput_figure
 from trainer_tune.sinks.console import ConsoleSink
@@ -29,16 +30,16 @@ from conftest import use_offline_wandb
 BUDGET_MS = 100.0
 
 
-def _decided(max_latency_ms: float | None = BUDGET_MS) -> tuple[list[TrialResult], Recommendation]:
+def _decided(max_latency_ms: float | None = BUDGET_MS) -> tuple[list[TrialResult], Decision]:
     oom = dataclasses.replace(served(5, 128, rate=0.0, p99_ms=1.0), status="oom", error="OutOfMemoryError on rank 1",
                               tokens_per_s=None, samples_per_s=None, latency=None, window_throughput_per_s={})
     results = sweep() + [oom]
     return results, decide(results, args=RecommendArgs(max_latency_ms=max_latency_ms))
 
 
-def _console(results: list[TrialResult], rec: Recommendation) -> str:
+def _console(results: list[TrialResult], rec: Decision) -> str:
     out = io.StringIO()
-    ConsoleSink(enabled=True, console=Console(file=out, width=120)).show(results, rec)
+    ConsoleSink(enabled=True, console=Console(file=out, width=120)).show(results, build_report(rec))
     return out.getvalue()
 
 
@@ -128,7 +129,7 @@ def test_console_names_unmeasured_energy() -> None:
 
 def test_report_has_the_serving_columns_section_and_matrix(tmp_path: Path) -> None:
     results, rec = _decided()
-    files = write_report(tmp_path, results, rec)
+    files = write_report(tmp_path, results, build_report(rec))
     text = files.report.read_text()
     header = next(line for line in text.splitlines() if line.startswith("| # |"))
     assert ("| # | setting | batch per replica | status | samples/s | tokens/s | 95% CI of tokens/s | p50 ms | p90 ms "
@@ -153,11 +154,11 @@ def test_report_has_the_serving_columns_section_and_matrix(tmp_path: Path) -> No
 
 def test_report_without_a_budget_and_with_none_met(tmp_path: Path) -> None:
     results, rec = _decided(max_latency_ms=None)
-    text = write_report(tmp_path, results, rec).report.read_text()
+    text = write_report(tmp_path, results, build_report(rec)).report.read_text()
     assert "- latency budget: none (recommend.max_latency_ms=null): every batch size can be chosen" in text
     assert "over budget" not in text
     results, rec = _decided(max_latency_ms=5.0)
-    text = write_report(tmp_path, results, rec).report.read_text()
+    text = write_report(tmp_path, results, build_report(rec)).report.read_text()
     assert rec.verdict.startswith("NO-GO: no batch size meets the p99 budget of 5 ms") and rec.verdict in text
     assert "- over the budget, never chosen: 4x1 (p99 20 ms), 1x1 (p99 8 ms), 8x1 (p99 30 ms)" in text
     assert "| max throughput | none | n/a |" in text and "no batch size meets the p99 budget of 5 ms" in text
@@ -166,7 +167,7 @@ def test_report_without_a_budget_and_with_none_met(tmp_path: Path) -> None:
 def test_charts_draw_the_recorded_figures() -> None:
     results, rec = _decided()
     finished = [r for r in results if r.ok]
-    (ax,) = latency_throughput_figure(finished, rec).axes
+    (ax,) = latency_throughput_figure(finished, rec, build_report(rec).explanations.pareto_keys).axes
     points = {(line.get_xdata()[0], line.get_ydata()[0]) for line in ax.get_lines()
               if len(line.get_xdata()) == 1 and not line.get_label().startswith(("baseline", "chosen"))}
     assert points == {(r.latency.p99_ms, r.throughput_per_s) for r in finished}  # type: ignore[union-attr]
@@ -191,11 +192,11 @@ def test_charts_draw_the_recorded_figures() -> None:
 def test_wandb_runs_carry_latencies_the_matrix_and_the_chart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     use_offline_wandb(monkeypatch, tmp_path)
     results, rec = _decided()
-    charts = write_report(tmp_path, results, rec).charts
+    charts = write_report(tmp_path, results, build_report(rec)).charts
     sink = WandbSink(WandbArgs(project="tt-serving"), enabled=True, output_dir=tmp_path, group="serving", config={})
     for result in results:
         sink.trial_finished(result)
-    sink.sweep_finished(results, rec, files=[], chart_pngs=charts)
+    sink.sweep_finished(results, build_report(rec), files=[], chart_pngs=charts)
     assert sink.enabled, "a wandb call failed and turned the sink off"
     paths = find_offline_run_files(tmp_path / "wandb")
     runs = [summarize_finished_run(path) for path in paths]

@@ -14,7 +14,8 @@ from rich.console import Console
 from helpers.wandb_reader import find_offline_run_files, summarize_finished_run
 from result_factory import in_samples, make_result
 from trainer_tune.config.schema import RecommendArgs, WandbArgs
-from trainer_tune.decide.verdict import Recommendation, decide
+from trainer_tune.explain.report import build_report
+from trainer_tune.decide.verdict import Decision, decide
 from trainer_tune.measure.record import TrialResult
 from trainer_tune.sinks.charts import rounds_figure, throughput_figure
 from trainer_tune.sinks.console import ConsoleSink
@@ -41,7 +42,7 @@ def _image_sweep() -> list[TrialResult]:
             if r.ok and r.samples_per_s else r for r in results]
 
 
-def _decided() -> tuple[list[TrialResult], Recommendation]:
+def _decided() -> tuple[list[TrialResult], Decision]:
     results = _image_sweep()
     return results, decide(results, args=RecommendArgs(min_speedup=1.05))
 
@@ -58,7 +59,7 @@ def test_console_names_samples_per_s_and_has_no_tokens_column() -> None:
     out = io.StringIO()
     sink = ConsoleSink(enabled=True, console=Console(file=out, width=120))
     sink.window_finished(results[2], round_index=0)
-    sink.show(results, rec)
+    sink.show(results, build_report(rec))
     text = out.getvalue()
     assert "tokens" not in text
     assert f"round 1 4x1: ok {results[2].samples_per_s:,.0f} samples/s, median step" in text
@@ -81,7 +82,7 @@ def test_report_and_charts_name_samples_per_s(tmp_path: Path) -> None:
     # A directory resumed from before units holds the throughput chart under its old name: it goes.
     (tmp_path / "charts").mkdir()
     (tmp_path / "charts" / "tokens_per_s.png").write_bytes(b"an old chart")
-    files = write_report(tmp_path, results, rec)
+    files = write_report(tmp_path, results, build_report(rec))
     text = files.report.read_text()
     assert "tokens/s" not in text and "tokens_per_s" not in text
     assert f"**{rec.verdict}**" in text
@@ -116,7 +117,7 @@ def test_wandb_runs_log_samples_per_s_and_no_tokens(tmp_path: Path, monkeypatch:
     sink = WandbSink(WandbArgs(project="tt-units"), enabled=True, output_dir=tmp_path, group="images", config={})
     for result in results:
         sink.trial_finished(result)
-    sink.sweep_finished(results, rec, files=[])
+    sink.sweep_finished(results, build_report(rec), files=[])
     assert sink.enabled, "a wandb call failed and turned the sink off"
     runs = [summarize_finished_run(path) for path in find_offline_run_files(tmp_path / "wandb")]
     trials = {run.config["trial"]["index"]: run for run in runs if run.job_type == "trial"}
@@ -158,13 +159,13 @@ def test_a_count_of_your_own_is_named_by_its_unit(tmp_path: Path) -> None:
     rec = decide(results, args=RecommendArgs())
     assert rec.count_unit == "frames" and rec.unit == "frames"
     out = io.StringIO()
-    ConsoleSink(enabled=True, console=Console(file=out, width=120)).show(results, rec)
+    ConsoleSink(enabled=True, console=Console(file=out, width=120)).show(results, build_report(rec))
     text = out.getvalue()
     assert "tokens" not in text
     header = " ".join(line for line in text.splitlines() if line.startswith("┃"))
     assert "samples/s" in header and "frames/s" in header
     assert rec.verdict.startswith("GO: micro_batch_size=4 grad_accum=1 (+200.0% frames/s vs baseline 1x1")
-    report = write_report(tmp_path, results, rec).report.read_text()
+    report = write_report(tmp_path, results, build_report(rec)).report.read_text()
     assert "tokens" not in report and "| samples/s | frames/s | 95% CI of frames/s |" in report
 
 

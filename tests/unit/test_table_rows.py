@@ -9,6 +9,7 @@ from rich.console import Console
 
 from result_factory import make_result
 from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.explain.report import build_report
 from trainer_tune.run.multirun import jobs_by_key
 from trainer_tune.decide.verdict import decide
 from trainer_tune.measure.record import TrialResult
@@ -28,12 +29,12 @@ def _multirun_of_three_jobs() -> list[TrialResult]:
 def _console_rows(results: list[TrialResult], **kwargs) -> list[list[str]]:
     out = io.StringIO()
     ConsoleSink(enabled=True, console=Console(file=out, width=150)).show(
-        results, decide(results, args=RecommendArgs()), **kwargs)
+        results, build_report(decide(results, args=RecommendArgs())), **kwargs)
     return [_first_words(line.split("│")[1:-1]) for line in out.getvalue().splitlines() if line.startswith("│")]
 
 
 def _report_rows(results: list[TrialResult], **kwargs) -> list[list[str]]:
-    text = render_report(results, decide(results, args=RecommendArgs()), ChartSet(charts=(), omitted=()), **kwargs)
+    text = render_report(results, build_report(decide(results, args=RecommendArgs())), ChartSet(charts=(), omitted=()), **kwargs)
     lines = text.split("## Trials", 1)[1].strip().split("\n\n", 1)[0].splitlines()
     return [_first_words(line.strip("|").split("|")) for line in lines]
 

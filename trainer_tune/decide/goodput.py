@@ -15,7 +15,7 @@ from trainer_tune.measure.figures import NoiseScaleFigures
 from trainer_tune.measure.record import TrialResult
 
 if TYPE_CHECKING:
-    from trainer_tune.decide.verdict import Comparison
+    from trainer_tune.evidence.comparison import Comparison
 
 GoodputCompare = Callable[..., "Comparison"]
 """recommend.compare: (a, b, goodput=False) -> Comparison."""

@@ -21,6 +21,15 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence, TypeVar
 
+from trainer_tune.config.schema import Objective, Strategy, TuneConfig
+from trainer_tune.decide.eligible import eligible
+from trainer_tune.decide.strategy import NotMeasured, first_entrants, power_gate
+from trainer_tune.evidence.comparison import Outcome, behind, compare
+from trainer_tune.evidence.memory_fit import MemoryLimit, fit_memory, predicted_not_to_fit
+from trainer_tune.evidence.noise_scale import sweep_noise_scale, with_goodput
+from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import aggregate_windows, sweep_noise
+from trainer_tune.plan import TrialSpec, window_of
 from trainer_tune.platform.units import count
 
 
@@ -33,6 +42,7 @@ class Raced(Protocol):
 
 
 R = TypeVar("R", bound=Raced)
+T = TypeVar("T")
 
 
 def round_id(round_index: int, *, prefix: str = "") -> str:
@@ -134,3 +144,192 @@ class RaceSummary:
         return {"num_rounds": self.num_rounds, "end_reason": self.end_reason,
                 "drops": [{"label": d.label, "after_round": d.after_round, "reason": d.reason} for d in self.drops],
                 "contenders": list(self.contenders)}
+
+
+class RaceHost(Protocol):
+    """What the race needs from whoever runs it: the live sweep (run/sweep.py) measures and journals each window
+    and broadcasts rank 0's answers; a replay (decide/__main__.py) reads the windows from a journal."""
+
+    def broadcast(self, value: T) -> T:
+        """Rank 0's value, on every rank."""
+
+    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool) -> Optional[TrialResult]:
+        """One window of `spec` in `round_id`, recorded; None when it cannot be had (the replay's journal ends)."""
+
+    def round_started(self, *, round_index: int, num_windows: int) -> None: ...
+
+    def window_finished(self, result: TrialResult, *, round_index: int) -> None: ...
+
+    def dropped(self, drop: Drop) -> None: ...
+
+    def release(self, setting_key: str) -> None:
+        """The setting left the race: whatever was kept for its next window can go."""
+
+
+@dataclass(frozen=True)
+class RaceResult:
+    settings: dict[str, TrialResult]
+    """Each setting that entered the race, aggregated over its windows, by setting key."""
+    not_measured: list[NotMeasured]
+    summary: RaceSummary
+    num_windows_measured: int
+
+
+def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: dict[str, TrialResult],
+             attempts: dict[str, int], prefix: str, swept: tuple[str, ...],
+             limit: Optional[MemoryLimit] = None) -> RaceResult:
+    """Measure rounds until the race is decided, sweep.max_rounds or sweep.budget_s (see rounds.py).
+
+    Every decision that changes what is measured next (which settings enter, which leave, whether another
+    round starts) is rank 0's, broadcast: the inputs are the same on every rank, but the budget reads a
+    clock, and a choice one rank made alone would leave the others waiting in the next window's collectives.
+    Windows found in the journal are taken as measured, so a resumed sweep replays the same rounds and
+    continues where the group died, losing no measured window."""
+    by_key = {spec.key: spec for spec in plan}
+    baseline = plan[0]
+    windows: dict[str, list[TrialResult]] = {}
+    entered: list[TrialSpec] = []
+    contenders: set[str] = set()
+    failed: set[str] = set()
+    drops: list[Drop] = []
+    not_measured: list[NotMeasured] = []
+    num_measured = 0
+    elapsed_s = 0.0
+    last_round_s: Optional[float] = None
+    end_reason = ""
+    settings: dict[str, TrialResult] = {}
+
+    def enter(specs: Sequence[TrialSpec]) -> None:
+        for spec in specs:
+            if spec.key not in {s.key for s in entered}:
+                entered.append(spec)
+                contenders.add(spec.key)
+
+    enter(first_entrants(plan, cfg.sweep))
+    round_index = 0
+    while True:
+        over = host.broadcast(race_over(
+            alive=sorted(contenders), round_index=round_index, min_rounds=cfg.sweep.min_rounds,
+            max_rounds=cfg.sweep.max_rounds, elapsed_s=elapsed_s, budget_s=cfg.sweep.budget_s,
+            last_round_s=last_round_s))
+        members = sorted(contenders | ({baseline.key} if baseline.key not in failed else set()))
+        if over is not None or not members:
+            end_reason = over or "every setting failed"
+            break
+        rid = round_id(round_index, prefix=prefix)
+        order = round_order(members, round_index=round_index, seed=cfg.sweep.seed)
+        host.round_started(round_index=round_index, num_windows=len(order))
+        round_s = 0.0
+        missing: Optional[str] = None
+        for key in order:
+            spec = by_key[key]
+            wkey = window_of(spec, rid).key
+            if wkey in done:
+                result = done[wkey]
+            else:
+                measured = host.measure(spec, round_id=rid, attempts=attempts.get(wkey, 0),
+                                        first=not windows.get(key))
+                if measured is None:  # a replay of a journal that ends here (decide/__main__.py)
+                    missing = f"the journal has no window of {spec.label(swept_flags=swept)} in round {rid}"
+                    break
+                result = measured
+                num_measured += 1
+            round_s += result.wall_s or 0.0
+            windows.setdefault(key, []).append(result)
+            host.window_finished(result, round_index=round_index)
+            if not result.ok:
+                failed.add(key)
+                contenders.discard(key)
+        elapsed_s += round_s
+        last_round_s = round_s
+        noise = sweep_noise(windows)
+        settings = {key: aggregate_windows(found, noise=noise) for key, found in windows.items()}
+        if missing is not None:
+            end_reason = f"{missing}: decided on the windows measured before it"
+            break
+        round_index += 1
+        # Rank 0 decides who leaves and who enters; every rank applies the same answer.
+        new_drops, entering, closed = host.broadcast(
+            after_round(cfg, plan, settings=settings, contenders=contenders, entered=entered,
+                         rounds_done=round_index, swept=swept, limit=limit))
+        for drop in new_drops:
+            contenders.discard(drop.trial_key)
+            if drop.trial_key != baseline.key:  # the baseline is measured in every round regardless
+                host.release(drop.trial_key)
+            drops.append(drop)
+            host.dropped(drop)
+        enter([by_key[key] for key in entering])
+        # The strategy's view of what will never enter, as of this round (more windows can change a verdict).
+        not_measured = list(closed)
+    # Settings the strategy never let in (power: the chain stopped, or the race ended first).
+    entered_keys = {s.key for s in entered}
+    for spec in plan:
+        label = spec.label(swept_flags=swept)
+        if spec.key not in entered_keys and label not in {n.label for n in not_measured}:
+            not_measured.append(NotMeasured(label=label, reason=f"the race ended first ({end_reason})"))
+    still = sorted(k for k in contenders if k in settings)
+    summary = RaceSummary(num_rounds=round_index, end_reason=end_reason, drops=tuple(drops),
+                          contenders=tuple(settings[k].label for k in still),
+                          contender_keys=tuple(still))
+    return RaceResult(settings=settings, not_measured=not_measured, summary=summary,
+                       num_windows_measured=num_measured)
+
+
+def after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, TrialResult], contenders: set[str],
+                 entered: list[TrialSpec], rounds_done: int, swept: tuple[str, ...],
+                 limit: Optional[MemoryLimit] = None) -> tuple[list[Drop], list[str], list[NotMeasured]]:
+    """(settings that leave the race, settings that enter it next round, settings that never will).
+
+    strategy=power: a setting the memory fit of its series (memory_fit.py, against `limit`) puts over the limit
+    never enters, whether its chain would let it in now or later; the prediction is the reason."""
+    drops: list[Drop] = []
+    racing = [settings[k] for k in sorted(contenders) if k in settings and settings[k].ok]
+    if cfg.sweep.race:
+        # A setting that may never be chosen (decide/eligible.py: over the p99 budget or over memory) in its first
+        # sweep.min_rounds windows (a setting strategy=power let in late has its own) leaves first: its figures
+        # stand, and the decision names why. Fewer batches tend to under-read a p99, not over-read it.
+        measured = [r for r in racing if r.num_windows >= cfg.sweep.min_rounds]
+        drops = limit_drops(measured, after_round=rounds_done, over_limit=lambda r: eligible(r, cfg.recommend))
+        racing = [r for r in racing if r.trial_key not in {d.trial_key for d in drops}]
+    # No setting leaves before sweep.min_rounds: an interval from two windows rests on one difference of two
+    # numbers, and a race that tests after every round gets many chances to drop a setting by bad luck. The race
+    # compares throughput (goodput with that objective): with recommend.objective=latency or energy it would drop
+    # the very settings those pick.
+    if cfg.sweep.race and cfg.recommend.objective in (Objective.throughput, Objective.goodput) and \
+            rounds_done >= max(2, cfg.sweep.min_rounds):
+        if cfg.recommend.objective == Objective.goodput:
+            # Raced on goodput, with the sweep's B_noise so far (against the baseline's batch, whether or not it
+            # still races): a smaller batch slower in throughput may lead. Without a noise scale yet, nobody has
+            # goodput and nobody leaves.
+            everyone = list(settings.values())
+            with_rates = {r.trial_key: r for r in with_goodput(everyone, sweep_noise_scale(everyone)[0])}
+            drops += race_drops([with_rates[r.trial_key] for r in racing], after_round=rounds_done,
+                                rate=lambda r: r.goodput_per_s,
+                                behind=lambda c, leader: behind(c, leader, goodput=True))
+        else:
+            drops += race_drops(racing, after_round=rounds_done, behind=behind)
+    entering: list[str] = []
+    closed: list[NotMeasured] = []
+    if cfg.sweep.strategy == Strategy.power:
+        entered_keys = {s.key for s in entered}
+
+        def faster(a: TrialResult, b: TrialResult) -> Optional[bool]:
+            if min(len(a.window_throughput_per_s), len(b.window_throughput_per_s)) < cfg.sweep.min_rounds:
+                return None
+            return compare(a, b).outcome == Outcome.better
+
+        fits = fit_memory(list(settings.values()), limit=limit)
+        for spec in plan:
+            if spec.key in entered_keys:
+                continue
+            gate = power_gate(spec, plan=plan, settings=settings, sweep=cfg.sweep, faster=faster,
+                              recommend=cfg.recommend)
+            too_big = predicted_not_to_fit(spec.micro_batch_size, spec.flags.as_dict(), fits) \
+                if gate.reason is None else None
+            if too_big is not None:
+                closed.append(NotMeasured(label=spec.label(swept_flags=swept), reason=too_big))
+            elif gate.enter:
+                entering.append(spec.key)
+            elif gate.reason is not None:
+                closed.append(NotMeasured(label=spec.label(swept_flags=swept), reason=gate.reason))
+    return drops, entering, closed

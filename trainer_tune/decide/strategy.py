@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
 
-from trainer_tune.config.schema import Strategy, SweepArgs
+from trainer_tune.config.schema import RecommendArgs, Strategy, SweepArgs
+from trainer_tune.decide.eligible import eligible
 from trainer_tune.plan import TrialSpec
 from trainer_tune.measure.record import TrialResult
 
@@ -66,7 +67,7 @@ class Gate:
 
 
 def power_gate(spec: TrialSpec, *, plan: Sequence[TrialSpec], settings: Mapping[str, TrialResult],
-               sweep: SweepArgs, faster: Faster) -> Gate:
+               sweep: SweepArgs, faster: Faster, recommend: Optional[RecommendArgs] = None) -> Gate:
     """Whether `spec` enters the race now, waits, or never enters (with the reason).
 
     Walks the smaller settings of spec's chain in order of micro-batch size: each must have entered and
@@ -84,11 +85,15 @@ def power_gate(spec: TrialSpec, *, plan: Sequence[TrialSpec], settings: Mapping[
         result = settings.get(member.key)
         if result is None:
             # Not entered yet: wait for it, unless its own chain below stopped (then for the same reason).
-            inner = power_gate(member, plan=plan, settings=settings, sweep=sweep, faster=faster)
+            inner = power_gate(member, plan=plan, settings=settings, sweep=sweep, faster=faster, recommend=recommend)
             return Gate(enter=False, reason=inner.reason)
         if not result.ok:
             return Gate(enter=False, reason=f"{result.label} ended {result.status}, so larger micro-batches were "
                                             f"not tried")
+        why = eligible(result, recommend) if recommend is not None else None
+        if why is not None:
+            return Gate(enter=False, reason=f"{result.label} may not be chosen ({why}), so larger micro-batches "
+                                            f"were not tried")
         if best is None:
             best = result
             continue

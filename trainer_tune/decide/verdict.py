@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Optional, Sequence
 
 from trainer_tune.evidence.compile_payback import CompilePayback, compile_paybacks
 from trainer_tune.config.schema import Objective, RecommendArgs, TieBreak
-from trainer_tune.explain.matrix import Explanations, explain
-from trainer_tune.measure.figures import NoiseScaleFigures, describe_memory_source
+from trainer_tune.measure.figures import NoiseScaleFigures
 from trainer_tune.config.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides, format_flag
 from trainer_tune.decide.goodput import (
     LrChange, batch_change_reason, lr_change, noise_scale_reason, other_measure_note, throughput_vs_goodput, without_lr)
@@ -24,7 +22,9 @@ from trainer_tune.evidence.input_bound import InputWait, input_bound_reasons, in
 from trainer_tune.evidence.memory_fit import MemoryFit, MemoryLimit, fit_memory
 from trainer_tune.evidence.noise_scale import sweep_noise_scale, with_goodput
 from trainer_tune.measure.record import TOKENS, TrialResult
-from trainer_tune.evidence.stats import RatioEstimate, ratio_estimate
+from trainer_tune.evidence.comparison import (
+    Comparison, Drift, Outcome, baseline_drift, compare, percent)
+from trainer_tune.decide.eligible import OVER_LATENCY, OVER_MEMORY, eligible, ineligibility, over_latency_budget
 from trainer_tune.decide.race import RaceSummary
 from trainer_tune.decide.strategy import NotMeasured
 from trainer_tune.platform.units import count
@@ -35,120 +35,11 @@ MEASURED = "MEASURED"
 """Only one setting was measured (no sweep): its figures, and no comparison, so neither GO nor NO-GO."""
 
 
-class Outcome(Enum):
-    """How setting a compares with setting b by the one comparison rule (`compare`)."""
-
-    better = "better"
-    """a is faster than b beyond noise: the whole 95% interval of rate(a) / rate(b) is above 1."""
-    worse = "worse"
-    """a is slower than b beyond noise: the whole interval is below 1."""
-    tie = "tie"
-    """The interval holds 1: the measurements cannot order them."""
-    unknown = "unknown"
-    """No interval: a side was measured in one window only, which says nothing about the next window."""
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """rate(a) / rate(b), its interval and what it means: the only way two settings are compared."""
-
-    a_label: str
-    b_label: str
-    estimate: RatioEstimate
-
-    @property
-    def ratio(self) -> float:
-        return self.estimate.ratio
-
-    @property
-    def interval(self) -> Optional[tuple[float, float]]:
-        return self.estimate.interval
-
-    @property
-    def outcome(self) -> Outcome:
-        if self.interval is None:
-            return Outcome.unknown
-        if self.interval[0] > 1.0:
-            return Outcome.better
-        if self.interval[1] < 1.0:
-            return Outcome.worse
-        return Outcome.tie
-
-    def describe(self) -> str:
-        """`+12.3% (95% CI +5.0% to +20.1%, paired over 4 rounds)`: a's speed relative to b's."""
-        how = (f"paired over {self.estimate.num_pairs} rounds" if self.estimate.paired
-               else "unpaired windows")
-        if self.interval is None:
-            return f"{_percent(self.ratio)} (one window: no interval)"
-        return f"{_percent(self.ratio)} (95% CI {_percent(self.interval[0])} to {_percent(self.interval[1])}, {how})"
-
-
-def compare(a: TrialResult, b: TrialResult, *, goodput: bool = False) -> Comparison:
-    """The one comparison rule, used by the decision, the race, the strategies and the explanations.
-
-    From the settings' window rates keyed by round: paired within rounds where both were measured (drift
-    common to a round cancels), else unpaired (stats.ratio_estimate); never narrower than the sweep's noise
-    floor (stats.NoiseFloor). goodput=True compares the window rates times each setting's statistical
-    efficiency, a constant per setting: the interval is the throughput ratio's, moved by the ratio of the two
-    efficiencies (B_noise's own uncertainty is not in it; the goodput reason states what it could change)."""
-    rates_a = a.goodput_rates_by_round() if goodput else a.rates_by_round()
-    rates_b = b.goodput_rates_by_round() if goodput else b.rates_by_round()
-    if not rates_a or not rates_b:
-        raise ValueError(f"compare({a.label}, {b.label}): both need a clean window"
-                         + (" and a statistical efficiency" if goodput else ""))
-    # Both settings' results carry the same sweep's noise floor (metrics.sweep_noise).
-    return Comparison(a_label=a.label, b_label=b.label,
-                      estimate=ratio_estimate(rates_a, rates_b, floor=a.noise or b.noise))
-
-
-@dataclass(frozen=True)
-class Drift:
-    """The baseline's rate in each round: how the machine's speed moved during the sweep.
-
-    Shown, charted and recorded, never used to widen a comparison: comparisons pair windows of the same
-    round (compare), so a drift common to a round cancels in the ratio instead of blurring it."""
-
-    label: str
-    series: tuple[tuple[str, float], ...]
-    """(round id, the baseline's rate) in measurement order."""
-
-    @property
-    def change(self) -> float:
-        """last / first - 1: the drift from the first round to the last."""
-        return self.series[-1][1] / self.series[0][1] - 1.0
-
-    @property
-    def spread(self) -> float:
-        """fastest / slowest round - 1."""
-        values = [v for _, v in self.series]
-        return max(values) / min(values) - 1.0
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "series": [list(p) for p in self.series], "change": self.change,
-                "spread": self.spread}
-
-
-def baseline_drift(baseline: Optional[TrialResult]) -> Optional[Drift]:
-    """None unless the baseline finished cleanly in at least two rounds."""
-    if baseline is None or not baseline.ok or len(baseline.window_throughput_per_s) < 2:
-        return None
-    return Drift(label=baseline.label, series=tuple(baseline.window_throughput_per_s.items()))
-
-
 def _drift_reason(drift: Drift, unit: str) -> str:
     rates = ", ".join(f"{v:,.0f}" for _, v in drift.series)
     return (f"the baseline {drift.label} in each of its {len(drift.series)} rounds: {rates} {unit}/s "
             f"({_percent(1.0 + drift.change)} first to last, {drift.spread:.1%} between its fastest and slowest "
             f"round); comparisons pair windows of the same round, so drift shared by a round cancels")
-
-
-def behind(contender: TrialResult, leader: TrialResult, *, goodput: bool = False) -> Optional[str]:
-    """Why `contender` is out of the race against `leader` (slower beyond noise, in goodput with goodput=True),
-    or None."""
-    comparison = compare(contender, leader, goodput=goodput)
-    if comparison.outcome != Outcome.worse:
-        return None
-    return f"{comparison.describe()}{' in goodput' if goodput else ''} against {leader.label}"
 
 
 def sweep_unit(results: Sequence[TrialResult]) -> str:
@@ -160,7 +51,7 @@ def sweep_unit(results: Sequence[TrialResult]) -> str:
 
 
 @dataclass(frozen=True)
-class Recommendation:
+class Decision:
     decision: str
     chosen: Optional[TrialResult]
     """The setting to train with: the best one on GO, the baseline on NO-GO (None if it failed too)."""
@@ -181,9 +72,6 @@ class Recommendation:
     num_failed: int
     speedup_by_key: dict[str, float]
     """Each finished trial's rate over the baseline's (empty when the baseline did not finish)."""
-    explanations: Optional[Explanations] = None
-    """Per-sample efficiency, measured facts and the decision matrix (explain.py); computed from the same
-    results, never an input to the verdict."""
     not_measured: tuple[NotMeasured, ...] = ()
     """Planned settings the search strategy did not measure, each with the reason."""
     """Labels of trials whose window strategy=adaptive ended early (they could not reach the best)."""
@@ -227,6 +115,9 @@ class Recommendation:
     over_budget: tuple[str, ...] = ()
     """Trial keys of the finished settings whose p99 is over max_latency_ms (never chosen, picked by no row of
     the decision matrix)."""
+    ineligible: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Why each setting that may not be chosen may not (decide/eligible.py), by trial key: what the decision
+    matrix and every sink respect."""
     compile_paybacks: tuple[CompilePayback, ...] = ()
     """Each compiled setting against its eager twin: compile time and the steps after which it pays back
     (compile_payback.py); empty without such pairs."""
@@ -272,7 +163,7 @@ class Recommendation:
                 "compile_payback": [p.to_json_dict() for p in self.compile_paybacks],
                 "memory_fits": [f.to_json_dict() for f in self.memory_fits],
                 "memory_limit": self.memory_limit.to_json_dict() if self.memory_limit else None,
-                "explanations": self.explanations.to_json_dict() if self.explanations else None}
+                "ineligible": dict(self.ineligible)}
 
 
 def _noise_scale_json(figures: Optional[NoiseScaleFigures], note: Optional[str]) -> dict[str, Any]:
@@ -294,8 +185,7 @@ def _setting(result: TrialResult, *, against: Optional[TrialResult]) -> str:
     return text
 
 
-def _percent(speedup: float) -> str:
-    return f"{(speedup - 1.0) * 100:+.1f}%"
+_percent = percent
 
 
 def _ci_text(interval: Optional[tuple[float, float]]) -> str:
@@ -348,9 +238,44 @@ def _tie_reason(best: TrialResult, tied: Sequence[TrialResult], rule: TieBreak,
     return text + (f"; at worst it is {', '.join(costs)}" if costs else "")
 
 
+def _contenders(finished: Sequence[TrialResult], *, args: RecommendArgs, race: Optional[RaceSummary],
+                point_objective: bool) -> tuple[list[TrialResult], list[TrialResult], list[TrialResult], list[str]]:
+    """(candidates, contenders, over the latency budget, reasons) by the one rule, decide/eligible.py: candidates
+    may be chosen (finished, within memory and the latency budget); contenders are the candidates still in the race
+    at its end, measured in as many windows as the best-measured of them."""
+    reasons: list[str] = []
+    candidates: list[TrialResult] = []
+    over_budget: list[TrialResult] = []
+    for r in finished:
+        found = ineligibility(r, args)
+        if found is None:
+            candidates.append(r)
+        elif found[0] == OVER_MEMORY:
+            reasons.append(f"{r.label} is excluded: {found[1]}")
+        elif found[0] == OVER_LATENCY:
+            over_budget.append(r)
+    reasons.extend(f"{r.label} is {over_latency_budget(r, args.max_latency_ms)}" for r in over_budget)  # type: ignore
+    if race is not None and not point_objective:
+        # Settings the race dropped stay candidates (their figures stand), but they lost to the leader. (The race
+        # compares throughput, or goodput with that objective: a point objective's winner may be a setting it
+        # dropped, so those see every one.)
+        contenders = [r for r in candidates if r.trial_key in race.contender_keys] or candidates
+    else:
+        contenders = candidates
+    # One window says nothing about the next one: such a setting (say, one strategy=power let in last) cannot
+    # be recommended over settings measured in several, however fast its one window was.
+    several = [r for r in contenders if eligible(r, args, min_windows=2) is None]
+    if several and len(several) < len(contenders):
+        once = ", ".join(r.label for r in contenders if r not in several)
+        reasons.append(f"{once}: measured in one window only, which gives no interval, so not recommended over "
+                       f"settings measured in several")
+        contenders = several
+    return candidates, contenders, over_budget, reasons
+
+
 def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured: Sequence[NotMeasured] = (),
            race: Optional[RaceSummary] = None, lr: Optional[float] = None,
-           memory_limit: Optional[MemoryLimit] = None) -> Recommendation:
+           memory_limit: Optional[MemoryLimit] = None) -> Decision:
     """The verdict from each setting's result aggregated over its windows (metrics.aggregate_windows). `lr`: the
     sweep's train.lr, which recommend.lr_scaling scales when a GO changes the global batch.
 
@@ -370,35 +295,10 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
         listed = ", ".join(f"{r.label} ({r.status})" for r in failed)
         reasons.append(f"{len(failed)} of {count(len(results), 'setting')} did not finish cleanly and cannot be "
                        f"recommended: {listed}")
-    candidates = []
-    for r in finished:
-        memory, device_memory = r.peak_memory_bytes, r.device_memory_bytes
-        if memory is not None and device_memory and memory > args.max_memory_fraction * device_memory:
-            reasons.append(f"{r.label} is excluded: its peak memory is {memory / device_memory:.0%} of the device "
-                           f"({describe_memory_source(r.peak_memory_source)}), above "
-                           f"recommend.max_memory_fraction={args.max_memory_fraction:g}")
-        else:
-            candidates.append(r)
-    over_budget: list[TrialResult] = []
-    if args.max_latency_ms is not None:
-        candidates, over_budget = within_latency_budget(candidates, args.max_latency_ms)
-        reasons.extend(f"{r.label} is {over_latency_budget(r, args.max_latency_ms)}" for r in over_budget)
     point_objective = args.objective in (Objective.latency, Objective.energy)
-    if race is not None and not point_objective:
-        # Settings the race dropped stay candidates (their figures stand), but they lost to the leader. (The race
-        # compares throughput, or goodput with that objective: a point objective's winner may be a setting it
-        # dropped, so those see every one.)
-        contenders = [r for r in candidates if r.trial_key in race.contender_keys] or candidates
-    else:
-        contenders = candidates
-    # One window says nothing about the next one: such a setting (say, one strategy=power let in last) cannot
-    # be recommended over settings measured in several, however fast its one window was.
-    several = [r for r in contenders if len(r.rates_by_round()) >= 2]
-    if several and len(several) < len(contenders):
-        once = ", ".join(r.label for r in contenders if r not in several)
-        reasons.append(f"{once}: measured in one window only, which gives no interval, so not recommended over "
-                       f"settings measured in several")
-        contenders = several
+    candidates, contenders, over_budget, excluded = _contenders(finished, args=args, race=race,
+                                                                 point_objective=point_objective)
+    reasons.extend(excluded)
 
     fastest = max(contenders, key=lambda r: r.throughput_per_s, default=None)  # type: ignore[arg-type,return-value]
     best = fastest
@@ -558,15 +458,15 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
             overrides = (*without_lr(overrides), change.override)
         environment = flags_to_environ(flags)
     # Every finished setting over the budget, those the memory limit excluded too: what the sinks mark.
-    over_all = tuple(r.trial_key for r in (within_latency_budget(finished, args.max_latency_ms)[1]
-                                           if args.max_latency_ms is not None else ()))
+    over_all = tuple(r.trial_key for r in finished if args.max_latency_ms is not None
+                     and over_latency_budget(r, args.max_latency_ms) is not None)
     speedup_by_key: dict[str, float] = {}
     speedup_intervals: dict[str, tuple[float, float]] = {}
     if baseline is not None and baseline.ok and baseline.throughput_per_s:
         against_baseline = {r.trial_key: compare(r, baseline) for r in finished}
         speedup_by_key = {key: c.ratio for key, c in against_baseline.items()}
         speedup_intervals = {key: c.interval for key, c in against_baseline.items() if c.interval is not None}
-    return Recommendation(decision=decision, unit=unit, speedup_by_key=speedup_by_key, speedup_ci95=speedup_interval,
+    return Decision(decision=decision, unit=unit, speedup_by_key=speedup_by_key, speedup_ci95=speedup_interval,
                           chosen=chosen, best=best, baseline=baseline, speedup=speedup,
                           min_speedup=args.min_speedup, reasons=tuple(reasons), verdict=verdict,
                           overrides=overrides, environment=environment, num_trials=len(results),
@@ -579,30 +479,14 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
                           lr_change=change, max_latency_ms=args.max_latency_ms, over_budget=over_all,
                           compile_paybacks=tuple(compile_paybacks(results, compare=compare)),
                           memory_fits=tuple(fit_memory(results, limit=memory_limit)), memory_limit=memory_limit,
-                          explanations=explain(results, compare=compare, max_latency_ms=args.max_latency_ms,
-                                               over_budget=over_all))
+                          ineligible={r.trial_key: why for r in results
+                                      if (why := eligible(r, args)) is not None})
 
 
 _OBJECTIVE_FIGURE = {Objective.latency: "p99 latency per batch", Objective.energy: "energy per sample",
                      Objective.throughput: "throughput", Objective.goodput: "goodput"}
 _OBJECTIVE_BEST = {Objective.latency: "lowest p99 latency", Objective.energy: "least energy per sample",
                    Objective.throughput: "highest throughput", Objective.goodput: "most goodput"}
-
-
-def over_latency_budget(result: TrialResult, max_latency_ms: float) -> Optional[str]:
-    """Why `result` can never be chosen under the p99 budget, or None when it meets it (a result without latency
-    figures, a training trial, meets it). The decision's rule, and the race's (tune.py drops such a setting)."""
-    if result.latency is None or result.latency.p99_ms <= max_latency_ms:
-        return None
-    return (f"over the latency budget: p99 {result.latency.p99_ms:,.1f} ms > recommend.max_latency_ms="
-            f"{max_latency_ms:g} (never chosen)")
-
-
-def within_latency_budget(results: Sequence[TrialResult],
-                          max_latency_ms: float) -> tuple[list[TrialResult], list[TrialResult]]:
-    """(within, over) the p99 budget (over_latency_budget)."""
-    over = [r for r in results if over_latency_budget(r, max_latency_ms) is not None]
-    return [r for r in results if r not in over], over
 
 
 def objective_value(result: TrialResult, objective: Objective) -> Optional[float]:

@@ -15,19 +15,10 @@ decision's figure). A compiled setting that is not faster never pays back.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from trainer_tune.measure.record import TrialResult
-
-
-def compile_seconds(*, warmup_s: float, num_warmup_steps: int, step_times_s: Sequence[float]) -> Optional[float]:
-    """compile_s of a window that built a compiled trainer (see the module docstring); never below 0. None without
-    measured steps to compare the warm-up with."""
-    if not step_times_s:
-        return None
-    return max(0.0, warmup_s - num_warmup_steps * statistics.median(step_times_s))
 
 
 @dataclass(frozen=True)

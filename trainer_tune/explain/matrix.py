@@ -1,7 +1,7 @@
 """Why settings differ, in measured facts only: per-sample time and scaling efficiency, the figures beside each
 point, and the winner for each objective (the decision matrix).
 
-Pure: finished TrialResults in, one frozen `Explanations` out, attached to the Recommendation; the sinks only
+Pure: finished TrialResults in, one frozen `Explanations` out, attached to the Decision; the sinks only
 present it. A sentence here states what was measured side by side ("GPU utilization 35% vs 100% at 1x1"),
 never a cause nobody measured ("a PCIe bottleneck").
 
@@ -41,7 +41,7 @@ from trainer_tune.measure.record import TrialResult
 from trainer_tune.platform.units import count, format_bytes, format_ms
 
 if TYPE_CHECKING:
-    from trainer_tune.decide.verdict import Comparison
+    from trainer_tune.evidence.comparison import Comparison
 
 Compare = Callable[[TrialResult, TrialResult], "Comparison"]
 
@@ -109,7 +109,7 @@ class ObjectiveWinner:
     """How the winner was found and when the measurements cannot order it (a tie, a point value)."""
     micro_batch_size: Optional[int] = None
     throughput_per_s: Optional[float] = None
-    """The winner's rate in the decision's unit (Recommendation.unit) per second."""
+    """The winner's rate in the decision's unit (Decision.unit) per second."""
     latency_p99_ms: Optional[float] = None
     energy_j_per_sample: Optional[float] = None
     memory_bytes: Optional[int] = None
@@ -291,6 +291,9 @@ def _trial_facts(finished: Sequence[TrialResult]) -> list[str]:
 class _Budget:
     max_latency_ms: Optional[float]
     over_keys: frozenset[str]
+    """Over the p99 budget."""
+    excluded_keys: frozenset[str] = frozenset()
+    """May not be chosen for any reason (decide/eligible.py), those over the budget included: no row picks them."""
 
 
 def _budget_text(max_latency_ms: Optional[float]) -> str:
@@ -316,9 +319,11 @@ def _within(finished: Sequence[TrialResult], budget: _Budget) -> tuple[list[Tria
     """The settings an objective may pick (those within the latency budget), or none and why."""
     if not finished:
         return [], "no setting finished cleanly"
-    within = [r for r in finished if r.trial_key not in budget.over_keys]
-    if not within:
+    within = [r for r in finished if r.trial_key not in budget.excluded_keys]
+    if not within and budget.over_keys:
         return [], f"no batch size meets {_budget_text(budget.max_latency_ms)}"
+    if not within:
+        return [], "no setting may be chosen (see the verdict's reasons)"
     return within, None
 
 
@@ -375,7 +380,9 @@ def _max_goodput(finished: Sequence[TrialResult], compare: Compare, budget: _Bud
 
 def _min_latency(finished: Sequence[TrialResult], budget: _Budget) -> ObjectiveWinner:
     """The lowest p99 per batch: within the budget whenever any setting is, so the budget needs no filter here."""
-    measured = [r for r in finished if r.latency is not None]
+    # Over the budget stays in (the row says when every batch size is); excluded for any other reason does not.
+    measured = [r for r in finished if r.latency is not None
+                and (r.trial_key not in budget.excluded_keys or r.trial_key in budget.over_keys)]
     if not measured:
         return _nobody(MIN_LATENCY, "no setting finished cleanly" if not finished
                        else "not measured: no setting has latency figures")
@@ -448,9 +455,9 @@ def pareto_front(finished: Sequence[TrialResult]) -> tuple[str, ...]:
 
 
 def explain(results: Sequence[TrialResult], *, compare: Compare, max_latency_ms: Optional[float] = None,
-            over_budget: Collection[str] = ()) -> Explanations:
-    """`over_budget`: trial keys of the settings whose p99 is over `max_latency_ms` (recommend.within_latency_budget
-    decides it); no objective picks them."""
+            over_budget: Collection[str] = (), ineligible: Collection[str] = ()) -> Explanations:
+    """`over_budget`: trial keys of the settings whose p99 is over `max_latency_ms`; `ineligible`: trial keys of every
+    setting that may not be chosen (decide/eligible.py, over_budget among them). No objective picks either."""
     finished = sorted((r for r in results if r.ok and r.throughput_per_s), key=lambda r: r.index)
     points: list[ScalingPoint] = []
     for name, varies, members in _series(finished):
@@ -459,7 +466,8 @@ def explain(results: Sequence[TrialResult], *, compare: Compare, max_latency_ms:
     if finished and not points:
         facts.insert(0, "no scaling to compare: that needs two finished settings that differ only in micro-batch "
                         "or only in grad_accum")
-    budget = _Budget(max_latency_ms=max_latency_ms, over_keys=frozenset(over_budget))
+    budget = _Budget(max_latency_ms=max_latency_ms, over_keys=frozenset(over_budget),
+                     excluded_keys=frozenset(over_budget) | frozenset(ineligible))
     # Latency has a row only where it was measured (mode=inference): training steps are not served batches.
     serving = any(r.mode == "inference" for r in results)
     matrix = (_max_throughput(finished, compare, budget), *([_min_latency(finished, budget)] if serving else []),

@@ -210,3 +210,23 @@ class NoiseScaleFigures:
         return from_fields(NoiseScaleFigures, data | {
             "batch_sizes": tuple(data.get("batch_sizes") or ()), "step_g2": tuple(data.get("step_g2") or ()),
             "step_trace_sigma": tuple(data.get("step_trace_sigma") or ())})
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """The machine's noise on log throughput, estimated from every setting's windows in one sweep.
+
+    A setting measured in 3 windows that happen to agree gets a narrow t-interval by luck, and a shared machine's
+    noise is heavy-tailed (a burst of other load slows one window by half): three calm windows say little about
+    the fourth. Every setting of a sweep runs on the same machine in the same rounds, so the sweep estimates its
+    noise once, from all of them, with many degrees of freedom, and no interval is narrower than that floor.
+    """
+
+    window_log_sd: float
+    """Pooled standard deviation of a setting's log window rates around its own mean (drift between rounds
+    included): the floor of a setting's throughput interval."""
+    window_df: int
+    ratio_log_sd: float
+    """Pooled standard deviation of a setting's per-round log ratio to the baseline (drift shared by a round
+    cancels): the floor of a paired comparison's interval."""
+    ratio_df: int

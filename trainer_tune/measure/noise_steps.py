@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer_tune.evidence.noise_scale import NoiseReading
+from trainer_tune.measure.noise_estimate import NoiseReading
 
 
 def squared_norm(parameters: Iterable[nn.Parameter]) -> torch.Tensor:

@@ -17,7 +17,8 @@ from trainer_tune.measure.figures import (
     CommSplit, CpuFigures, GpuFigures, LatencyFigures, MfuFigures, NoiseScaleFigures, from_fields, peak_memory)
 from trainer_tune.config.flags import KEYED_WHEN_SET
 from trainer_tune.platform.finite import NON_FINITE_KEY, finite_only
-from trainer_tune.evidence.stats import NoiseFloor, StepTimeStats
+from trainer_tune.measure.step_stats import StepTimeStats
+from trainer_tune.measure.figures import NoiseFloor
 
 RECORD_VERSION = 3
 """3: the decision's rate has a unit (throughput_unit; throughput_ci95 and window_throughput_per_s were

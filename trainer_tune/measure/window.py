@@ -33,11 +33,11 @@ from trainer_tune.platform.faults import NO_FAULT, FaultPlan
 from trainer_tune.measure.flop_count import StepFlops, count_step_flops
 from trainer_tune.measure.flops import analytic_flops_apply
 from trainer_tune.measure.host_memory import RssGrowth, RssWatch
-from trainer_tune.evidence.noise_scale import NoiseReading
+from trainer_tune.measure.noise_estimate import NoiseReading
 from trainer_tune.measure.noise_steps import GradientNormReader, run_noise_steps, why_not_measured
 from trainer_tune.plan import TrialSpec
 from trainer_tune.measure.replica import InferenceReplica
-from trainer_tune.evidence.stats import relative_half_width, throughput_ci
+from trainer_tune.measure.step_stats import relative_half_width, throughput_ci
 from trainer_tune.measure.telemetry import RankTelemetry, TelemetryProbe
 from trainer_tune.platform.units import format_bytes
 from trainer_tune.workloads.batch import Count, count_samples, read_count, token_counter

@@ -26,10 +26,10 @@ from omegaconf.errors import OmegaConfBaseException
 from trainer_tune.config.schema import ConfigError, TuneConfig, config_dir, register_configs
 from trainer_tune.config.keys import check_keys
 from trainer_tune.platform.distributed import (
-    DistSession, RankEnv, adopt_slurm_tasks, choose_backend, choose_device, launch_hint, leave_with_agreed_code,
-    shared_run_stamp, tell_launcher)
+    DistSession, RankEnv, choose_backend, choose_device, launch_hint, shared_run_stamp)
 from trainer_tune.config.flags import resolve_flags
 from trainer_tune.platform.logging_setup import setup_logging
+from trainer_tune.run.exits import fail_usage, leave_no_go, rank_env_or_fail
 from trainer_tune.run.multirun import current_job
 from trainer_tune.plan import build_plan, job_plan
 from trainer_tune.decide.verdict import NO_GO
@@ -43,24 +43,7 @@ from trainer_tune.run.sweep import run_sweep
 
 log = logging.getLogger("trainer_tune")
 
-EXIT_FAILED = 1
-"""An unexpected error (a traceback), as Python itself exits; also Hydra's code for a bad command line."""
-EXIT_USAGE = 2
-"""A user mistake: bad config, bad environment, unreadable journal. Nothing was measured."""
-EXIT_NO_GO = 3
-"""The sweep finished with NO-GO and recommend.fail_on_no_go=true."""
-
 RUN_STAMP_ENV = "TRAINER_TUNE_RUN_STAMP"
-
-
-def _fail(message: str, rank_env: RankEnv | None) -> None:
-    line = f"trainer_tune: error: {message}"
-    # One copy per node is enough: every rank got the same arguments and fails the same way.
-    if rank_env is None or rank_env.local_rank == 0:
-        print(line, file=sys.stderr, flush=True)
-    tell_launcher(line)  # every rank: torchrun's summary names whichever failed first
-    leave_with_agreed_code()
-    sys.exit(EXIT_USAGE)
 
 
 def tune(raw: DictConfig, rank_env: RankEnv) -> int:
@@ -83,7 +66,7 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
         # Hydra made the run directory before calling us; leave nothing behind for a run that never started.
         with contextlib.suppress(OSError):
             os.rmdir(HydraConfig.get().runtime.output_dir)
-        _fail(str(exc).splitlines()[0], rank_env)
+        fail_usage(str(exc).splitlines()[0], rank_env)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     setup_logging(rank_env, log_dir=output_dir / "logs")
     if rank_env.is_rank0:
@@ -110,7 +93,7 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
                             wandb_sink=wandb_sink, multirun=multirun)
     except ConfigError as exc:
         session.close()
-        _fail(str(exc), rank_env)
+        fail_usage(str(exc), rank_env)
     session.close()
     if outcome.recommendation is not None and outcome.recommendation.decision == NO_GO and cfg.recommend.fail_on_no_go:
         # Every rank holds rank 0's recommendation (published before anyone got here): all exit with this code.
@@ -118,37 +101,19 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
     return 0
 
 
-def leave_no_go(report: Path, rank_env: RankEnv) -> int:
-    """EXIT_NO_GO, for a rank about to exit with the gate's verdict that every rank agreed on after rank 0
-    published it (a sweep's end, a multirun's end); torchrun's failure summary names the report."""
-    tell_launcher(f"trainer_tune: NO-GO with recommend.fail_on_no_go=true (exit {EXIT_NO_GO}): see {report}")
-    if rank_env.world_size > 1:
-        leave_with_agreed_code()
-    return EXIT_NO_GO
-
-
-def _rank_env() -> RankEnv:
-    try:
-        adopt_slurm_tasks(os.environ)
-        return RankEnv.from_environ(os.environ)
-    except ConfigError as exc:
-        _fail(str(exc), None)
-        raise  # unreachable: _fail exits
-
-
 def _task(raw: DictConfig) -> None:
     """One run, or one job of a multirun (possibly in a process `main` never ran in)."""
-    code = tune(raw, _rank_env())
+    code = tune(raw, rank_env_or_fail())
     if code:
         sys.exit(code)
 
 
 def main() -> None:
-    rank_env = _rank_env()
+    rank_env = rank_env_or_fail()
     try:
         if RUN_STAMP_ENV not in os.environ:
             os.environ[RUN_STAMP_ENV] = shared_run_stamp(rank_env, os.environ)
     except ConfigError as exc:
-        _fail(str(exc), None)
+        fail_usage(str(exc), None)
     register_configs()
     hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")(_task)()

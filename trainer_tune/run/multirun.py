@@ -161,8 +161,8 @@ class MultirunCallback(Callback):
             check_override_keys(list(config.hydra.overrides.task))
             check_keys(config)
         except ConfigError as exc:
-            from trainer_tune.run.main import _fail, _rank_env  # the entry point owns how a user mistake ends a run
-            _fail(str(exc), _rank_env())
+            from trainer_tune.run.exits import fail_usage, rank_env_or_fail
+            fail_usage(str(exc), rank_env_or_fail())
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         # The multirun's own config has no sweep values in it: train.* here is the setting the jobs'
         # train.* sweep moves away from, and baseline.* (train.* unless set) is what they are measured against.
@@ -189,7 +189,7 @@ class MultirunCallback(Callback):
         would hide the gate's verdict from the rank's own exit status). The rule of a single run
         (DistSession.from_rank0_when_done), in a process group of its own: the jobs' groups are closed."""
         # Imported here: main imports this module, and the sinks load only when a multirun ends.
-        from trainer_tune.run.main import EXIT_FAILED, EXIT_NO_GO, leave_no_go
+        from trainer_tune.run.exits import EXIT_FAILED, EXIT_NO_GO, leave_no_go
         from trainer_tune.sinks.report import REPORT_MD
         rank_env = rank_env_here()
         if rank_env.world_size == 1:
@@ -220,10 +220,11 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     hydra.sweep.dir; `rank_env` is how this process was started (for the launch hint). Returns the exit code:
     EXIT_NO_GO for NO-GO with recommend.fail_on_no_go, else 0."""
     # Imported here: the callback is instantiated for every Hydra start, even `--help`.
-    from trainer_tune.run.main import EXIT_NO_GO
-    from trainer_tune.measure.summarize import aggregate_by_setting
+    from trainer_tune.run.exits import EXIT_NO_GO
+    from trainer_tune.evidence.estimate import aggregate_by_setting
     from trainer_tune.decide.verdict import NO_GO, decide
     from trainer_tune.sinks.console import ConsoleSink
+    from trainer_tune.explain.report import build_report
     from trainer_tune.sinks.publish import publish
     from trainer_tune.sinks.wandb_sink import WandbSink
 
@@ -251,7 +252,7 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     plain = {k: v for k, v in OmegaConf.to_container(config, resolve=False).items() if k != "hydra"}  # type: ignore
     wandb_sink = WandbSink(_typed(config.wandb, WandbArgs), enabled=True, output_dir=sweep_dir,
                            group=sweep_dir.name, config=_resolved(plain))
-    publish(sweep_dir, results, recommendation, launch_hint=launch_hint(rank_env), console=console,
+    publish(sweep_dir, build_report(recommendation), launch_hint=launch_hint(rank_env), console=console,
             wandb_sink=wandb_sink, jobs=jobs_by_key(results))
     if recommendation.decision == NO_GO and recommend_args.fail_on_no_go:
         return EXIT_NO_GO

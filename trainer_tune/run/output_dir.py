@@ -44,8 +44,8 @@ def _check(config: DictConfig, key: str) -> None:
         return  # Hydra's own error for an unresolvable directory names the key
     reason = unusable_reason(directory)
     if reason is not None:
-        from trainer_tune.run.main import _fail, _rank_env  # the entry point owns how a user mistake ends a run
-        _fail(f"{key}={directory} is not allowed: {reason}; an output directory you can write", _rank_env())
+        from trainer_tune.run.exits import fail_usage, rank_env_or_fail
+        fail_usage(f"{key}={directory} is not allowed: {reason}; an output directory you can write", rank_env_or_fail())
 
 
 class OutputDirCallback(Callback):

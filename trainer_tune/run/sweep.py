@@ -22,33 +22,33 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import psutil
 import torch
 from hydra.core.hydra_config import HydraConfig
 
-from trainer_tune.config.schema import ConfigError, Mode, ModelArgs, Objective, Precision, Strategy, TuneConfig
+from trainer_tune.config.schema import ConfigError, Mode, ModelArgs, Precision, TuneConfig
 from trainer_tune.platform.distributed import DistSession
 from trainer_tune.platform.faults import fault_for
 from trainer_tune.config.flags import TrialFlags, exported_flags
 from trainer_tune.measure.flops import analytic_flops_apply, gpt_flops_per_token, lookup_peak_tflops
 from trainer_tune.run.journal import (
     JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, write_inflight)
-from trainer_tune.evidence.memory_fit import MemoryLimit, fit_memory, predicted_not_to_fit
-from trainer_tune.measure.summarize import TrialContext, aggregate_windows, failed_result, result_from_window, sweep_noise
+from trainer_tune.evidence.memory_fit import MemoryLimit
+from trainer_tune.measure.summarize import TrialContext, failed_result, result_from_window
 from trainer_tune.workloads.model import build_model, count_parameters
 from trainer_tune.run.multirun import MultirunJob
-from trainer_tune.evidence.noise_scale import sweep_noise_scale, with_goodput
 from trainer_tune.plan import TrialSpec, build_plan, differing_flag_names, job_plan, swept_flag_names, window_of
-from trainer_tune.decide.verdict import Outcome, Recommendation, behind, compare, decide, over_latency_budget
+from trainer_tune.decide.verdict import Decision, decide
+from trainer_tune.explain.report import build_report
 from trainer_tune.config.rerun import current_run_overrides
 from trainer_tune.measure.record import Status, TrialResult, utc_now
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.publish import publish
 from trainer_tune.sinks.wandb_sink import WandbSink
-from trainer_tune.decide.race import Drop, RaceSummary, limit_drops, race_drops, race_over, round_id, round_order
-from trainer_tune.decide.strategy import NotMeasured, first_entrants, power_gate
+from trainer_tune.decide.race import Drop, RaceSummary, run_race
+from trainer_tune.decide.strategy import NotMeasured
 from trainer_tune.measure.telemetry import RankTelemetry, TelemetryProbe
 from trainer_tune.run.watchdog import Stall, Watchdog
 from trainer_tune.measure.window import TrainerPool, combine_ranks, keep_models_decision, measure_local
@@ -64,7 +64,7 @@ _RECORDED_GRACE_S = 30.0
 class SweepOutcome:
     results: tuple[TrialResult, ...]
     """Each setting that entered the race, aggregated over its windows."""
-    recommendation: Optional[Recommendation]
+    recommendation: Optional[Decision]
     # recommendation is None for a job of a Hydra multirun: the multirun's callback decides once, at the end.
     num_measured: int
     """Windows measured by this run."""
@@ -200,7 +200,29 @@ class _Sweep:
         return done, attempts
 
     # --- one trial ----------------------------------------------------------------------------------
-    def measure(self, setting: TrialSpec, *, round_id: str, attempts: int, first: bool) -> TrialResult:
+    # --- the race's host (decide/race.py) ------------------------------------------------------------
+    def broadcast(self, value: Any) -> Any:
+        return self.session.broadcast_from_rank0(value)
+
+    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool) -> TrialResult:
+        """One window, measured and journaled."""
+        result = self.measure_window(spec, round_id=round_id, attempts=attempts, first=first)
+        self.record(result)
+        return result
+
+    def round_started(self, *, round_index: int, num_windows: int) -> None:
+        self.console.round_started(round_index=round_index, num_windows=num_windows)
+
+    def window_finished(self, result: TrialResult, *, round_index: int) -> None:
+        self.console.window_finished(result, round_index=round_index)
+
+    def dropped(self, drop: Drop) -> None:
+        self.console.dropped(drop)
+
+    def release(self, setting_key: str) -> None:
+        self.pool.release(setting_key)
+
+    def measure_window(self, setting: TrialSpec, *, round_id: str, attempts: int, first: bool) -> TrialResult:
         """One window of `setting` in round `round_id`, agreed by every rank: its journal record. The
         compute vs communication split is measured in a setting's `first` window only."""
         start_s = time.perf_counter()
@@ -398,7 +420,7 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
         done, attempts = sweep.resume_state(plan)
         console.sweep_started(num_settings=len(plan), num_windows_done=len(done),
                               output_dir=str(output_dir if multirun is None else multirun.sweep_dir))
-        race = _race(sweep, plan, done=done, attempts=attempts, prefix=prefix, limit=limit)
+        race = run_race(sweep, cfg, plan, done=done, attempts=attempts, prefix=prefix, swept=swept, limit=limit)
     finally:
         console.sweep_finished()
         sweep.close()
@@ -410,171 +432,9 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
                                 lr=cfg.train.lr, memory_limit=limit)
         settings = list(recommendation.settings)  # the same settings, with their efficiency and goodput
         if session.rank_env.is_rank0:
-            publish(output_dir, settings, recommendation, launch_hint=launch_hint, console=console,
+            publish(output_dir, build_report(recommendation), launch_hint=launch_hint, console=console,
                     wandb_sink=wandb_sink)
         recommendation = session.from_rank0_when_done(recommendation)
     return SweepOutcome(results=tuple(settings), recommendation=recommendation,
                         num_measured=race.num_windows_measured, num_skipped=len(done),
                         not_measured=tuple(race.not_measured), race=race.summary)
-
-
-@dataclass(frozen=True)
-class _RaceResult:
-    settings: dict[str, TrialResult]
-    """Each setting that entered the race, aggregated over its windows, by setting key."""
-    not_measured: list[NotMeasured]
-    summary: RaceSummary
-    num_windows_measured: int
-
-
-def _race(sweep: _Sweep, plan: list[TrialSpec], *, done: dict[str, TrialResult], attempts: dict[str, int],
-          prefix: str, limit: Optional[MemoryLimit] = None) -> _RaceResult:
-    """Measure rounds until the race is decided, sweep.max_rounds or sweep.budget_s (see rounds.py).
-
-    Every decision that changes what is measured next (which settings enter, which leave, whether another
-    round starts) is rank 0's, broadcast: the inputs are the same on every rank, but the budget reads a
-    clock, and a choice one rank made alone would leave the others waiting in the next window's collectives.
-    Windows found in the journal are taken as measured, so a resumed sweep replays the same rounds and
-    continues where the group died, losing no measured window."""
-    cfg, session = sweep.cfg, sweep.session
-    by_key = {spec.key: spec for spec in plan}
-    baseline = plan[0]
-    windows: dict[str, list[TrialResult]] = {}
-    entered: list[TrialSpec] = []
-    contenders: set[str] = set()
-    failed: set[str] = set()
-    drops: list[Drop] = []
-    not_measured: list[NotMeasured] = []
-    num_measured = 0
-    elapsed_s = 0.0
-    last_round_s: Optional[float] = None
-    end_reason = ""
-    settings: dict[str, TrialResult] = {}
-
-    def enter(specs: Sequence[TrialSpec]) -> None:
-        for spec in specs:
-            if spec.key not in {s.key for s in entered}:
-                entered.append(spec)
-                contenders.add(spec.key)
-
-    enter(first_entrants(plan, cfg.sweep))
-    round_index = 0
-    while True:
-        over = session.broadcast_from_rank0(race_over(
-            alive=sorted(contenders), round_index=round_index, min_rounds=cfg.sweep.min_rounds,
-            max_rounds=cfg.sweep.max_rounds, elapsed_s=elapsed_s, budget_s=cfg.sweep.budget_s,
-            last_round_s=last_round_s))
-        members = sorted(contenders | ({baseline.key} if baseline.key not in failed else set()))
-        if over is not None or not members:
-            end_reason = over or "every setting failed"
-            break
-        rid = round_id(round_index, prefix=prefix)
-        order = round_order(members, round_index=round_index, seed=cfg.sweep.seed)
-        sweep.console.round_started(round_index=round_index, num_windows=len(order))
-        round_s = 0.0
-        for key in order:
-            spec = by_key[key]
-            wkey = window_of(spec, rid).key
-            if wkey in done:
-                result = done[wkey]
-            else:
-                result = sweep.measure(spec, round_id=rid, attempts=attempts.get(wkey, 0),
-                                       first=not windows.get(key))
-                sweep.record(result)
-                num_measured += 1
-            round_s += result.wall_s or 0.0
-            windows.setdefault(key, []).append(result)
-            sweep.console.window_finished(result, round_index=round_index)
-            if not result.ok:
-                failed.add(key)
-                contenders.discard(key)
-        elapsed_s += round_s
-        last_round_s = round_s
-        round_index += 1
-        noise = sweep_noise(windows)
-        settings = {key: aggregate_windows(found, noise=noise) for key, found in windows.items()}
-        # Rank 0 decides who leaves and who enters; every rank applies the same answer.
-        new_drops, entering, closed = session.broadcast_from_rank0(
-            _after_round(cfg, plan, settings=settings, contenders=contenders, entered=entered,
-                         rounds_done=round_index, swept=sweep.swept, limit=limit))
-        for drop in new_drops:
-            contenders.discard(drop.trial_key)
-            if drop.trial_key != baseline.key:  # the baseline is measured in every round regardless
-                sweep.pool.release(drop.trial_key)
-            drops.append(drop)
-            sweep.console.dropped(drop)
-        enter([by_key[key] for key in entering])
-        # The strategy's view of what will never enter, as of this round (more windows can change a verdict).
-        not_measured = list(closed)
-    # Settings the strategy never let in (power: the chain stopped, or the race ended first).
-    entered_keys = {s.key for s in entered}
-    for spec in plan:
-        label = spec.label(swept_flags=sweep.swept)
-        if spec.key not in entered_keys and label not in {n.label for n in not_measured}:
-            not_measured.append(NotMeasured(label=label, reason=f"the race ended first ({end_reason})"))
-    still = sorted(k for k in contenders if k in settings)
-    summary = RaceSummary(num_rounds=round_index, end_reason=end_reason, drops=tuple(drops),
-                          contenders=tuple(settings[k].label for k in still),
-                          contender_keys=tuple(still))
-    return _RaceResult(settings=settings, not_measured=not_measured, summary=summary,
-                       num_windows_measured=num_measured)
-
-
-def _after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, TrialResult], contenders: set[str],
-                 entered: list[TrialSpec], rounds_done: int, swept: tuple[str, ...],
-                 limit: Optional[MemoryLimit] = None) -> tuple[list[Drop], list[str], list[NotMeasured]]:
-    """(settings that leave the race, settings that enter it next round, settings that never will).
-
-    strategy=power: a setting the memory fit of its series (memory_fit.py, against `limit`) puts over the limit
-    never enters, whether its chain would let it in now or later; the prediction is the reason."""
-    drops: list[Drop] = []
-    racing = [settings[k] for k in sorted(contenders) if k in settings and settings[k].ok]
-    budget = cfg.recommend.max_latency_ms
-    if cfg.sweep.race and budget is not None:
-        # Over the p99 budget in its first sweep.min_rounds windows (a setting strategy=power let in late has its
-        # own): never chosen, so it leaves first (its figures stand, and the decision names it over budget).
-        # Fewer batches tend to under-read a p99, not over-read it.
-        measured = [r for r in racing if r.num_windows >= cfg.sweep.min_rounds]
-        drops = limit_drops(measured, after_round=rounds_done, over_limit=lambda r: over_latency_budget(r, budget))
-        racing = [r for r in racing if r.trial_key not in {d.trial_key for d in drops}]
-    # No setting leaves before sweep.min_rounds: an interval from two windows rests on one difference of two
-    # numbers, and a race that tests after every round gets many chances to drop a setting by bad luck. The race
-    # compares throughput (goodput with that objective): with recommend.objective=latency or energy it would drop
-    # the very settings those pick.
-    if cfg.sweep.race and cfg.recommend.objective in (Objective.throughput, Objective.goodput) and \
-            rounds_done >= max(2, cfg.sweep.min_rounds):
-        if cfg.recommend.objective == Objective.goodput:
-            # Raced on goodput, with the sweep's B_noise so far (against the baseline's batch, whether or not it
-            # still races): a smaller batch slower in throughput may lead. Without a noise scale yet, nobody has
-            # goodput and nobody leaves.
-            everyone = list(settings.values())
-            with_rates = {r.trial_key: r for r in with_goodput(everyone, sweep_noise_scale(everyone)[0])}
-            drops += race_drops([with_rates[r.trial_key] for r in racing], after_round=rounds_done,
-                                rate=lambda r: r.goodput_per_s,
-                                behind=lambda c, leader: behind(c, leader, goodput=True))
-        else:
-            drops += race_drops(racing, after_round=rounds_done, behind=behind)
-    entering: list[str] = []
-    closed: list[NotMeasured] = []
-    if cfg.sweep.strategy == Strategy.power:
-        entered_keys = {s.key for s in entered}
-
-        def faster(a: TrialResult, b: TrialResult) -> Optional[bool]:
-            if min(len(a.window_throughput_per_s), len(b.window_throughput_per_s)) < cfg.sweep.min_rounds:
-                return None
-            return compare(a, b).outcome == Outcome.better
-
-        fits = fit_memory(list(settings.values()), limit=limit)
-        for spec in plan:
-            if spec.key in entered_keys:
-                continue
-            gate = power_gate(spec, plan=plan, settings=settings, sweep=cfg.sweep, faster=faster)
-            too_big = predicted_not_to_fit(spec.micro_batch_size, spec.flags.as_dict(), fits) \
-                if gate.reason is None else None
-            if too_big is not None:
-                closed.append(NotMeasured(label=spec.label(swept_flags=swept), reason=too_big))
-            elif gate.enter:
-                entering.append(spec.key)
-            elif gate.reason is not None:
-                closed.append(NotMeasured(label=spec.label(swept_flags=swept), reason=gate.reason))
-    return drops, entering, closed

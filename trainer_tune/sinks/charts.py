@@ -23,7 +23,8 @@ from matplotlib.ticker import (
     FixedLocator, FormatStrFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter)
 
 from trainer_tune.explain.matrix import SUB_LINEAR, SUPER_LINEAR, Explanations, ScalingPoint, flags_text, varying_flags
-from trainer_tune.decide.verdict import Recommendation
+from trainer_tune.decide.verdict import Decision
+from trainer_tune.explain.report import Report
 from trainer_tune.measure.record import TrialResult
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def throughput_lines(finished: Sequence[TrialResult]) -> dict[str, list[TrialRes
             for (grad_accum, flags), members in sorted(lines.items())}
 
 
-def throughput_figure(finished: Sequence[TrialResult], rec: Recommendation) -> Figure:
+def throughput_figure(finished: Sequence[TrialResult], rec: Decision) -> Figure:
     """The decision's rate (rec.unit per second) of every finished setting, by micro-batch."""
     fig = _new_figure()
     ax = fig.add_subplot()
@@ -160,7 +161,7 @@ def _gpu_util(with_series: Sequence[TrialResult]) -> Figure:
                          title="GPU utilization over the measured steps")
 
 
-def rounds_figure(finished: Sequence[TrialResult], rec: Recommendation) -> Figure:
+def rounds_figure(finished: Sequence[TrialResult], rec: Decision) -> Figure:
     """The decision's rate of every window by round: the baseline's line is the machine's drift; a setting's
     distance from it in each round is the paired ratio the decision uses."""
     fig = _new_figure()
@@ -175,12 +176,12 @@ def rounds_figure(finished: Sequence[TrialResult], rec: Recommendation) -> Figur
                          title="Each window by round: the baseline shows the machine's drift")
 
 
-def latency_throughput_figure(served: Sequence[TrialResult], rec: Recommendation) -> Figure:
+def latency_throughput_figure(served: Sequence[TrialResult], rec: Decision, pareto_keys: Sequence[str] = ()) -> Figure:
     """mode=inference: each batch size's throughput against its p99 latency, the budget as a vertical line and the
     Pareto front (explain.pareto_front: no other batch is both faster and quicker) joined by a line."""
     fig = _new_figure()
     ax = fig.add_subplot()
-    front = set(rec.explanations.pareto_keys if rec.explanations is not None else ())
+    front = set(pareto_keys)
     over = set(rec.over_budget)
     for r in served:
         x, y = r.latency.p99_ms, r.throughput_per_s  # type: ignore[union-attr]
@@ -215,7 +216,7 @@ def latency_throughput_figure(served: Sequence[TrialResult], rec: Recommendation
 LATENCY_PERCENTILES = (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"), ("max", "max_ms"))
 
 
-def latency_percentiles_figure(served: Sequence[TrialResult], rec: Recommendation) -> Figure:
+def latency_percentiles_figure(served: Sequence[TrialResult], rec: Decision) -> Figure:
     """mode=inference: p50, p90, p99 and max batch latency by batch per replica, with the budget line."""
     fig = _new_figure()
     ax = fig.add_subplot()
@@ -253,12 +254,13 @@ def _gpu_reason(finished: Sequence[TrialResult]) -> str:
     return "no utilization samples were recorded" + (f": {'; '.join(notes)}" if notes else "")
 
 
-def draw_charts(results: Sequence[TrialResult], rec: Recommendation, *, charts_dir: Path) -> ChartSet:
+def draw_charts(results: Sequence[TrialResult], report: Report, *, charts_dir: Path) -> ChartSet:
+    rec = report.decision
     charts_dir.mkdir(parents=True, exist_ok=True)
     # A resumed sweep's directory may hold the throughput chart under its name from before units.
     (charts_dir / "tokens_per_s.png").unlink(missing_ok=True)
     finished = sorted((r for r in results if r.ok and r.throughput_per_s), key=lambda r: r.index)
-    explanations: Optional[Explanations] = rec.explanations
+    explanations: Optional[Explanations] = report.explanations
     points = explanations.points if explanations is not None else ()
     none_finished = "no setting finished cleanly"
     with_series = [r for r in finished if r.gpu_utilization_series]
@@ -266,7 +268,7 @@ def draw_charts(results: Sequence[TrialResult], rec: Recommendation, *, charts_d
     no_latency = none_finished if not finished else "no setting recorded latency figures"
     serving_plans = [
         ("latency_throughput", f"{rec.unit}/s against p99 latency", None if served else no_latency,
-         lambda: latency_throughput_figure(served, rec)),
+         lambda: latency_throughput_figure(served, rec, report.explanations.pareto_keys)),
         ("latency_percentiles", "batch latency percentiles", None if served else no_latency,
          lambda: latency_percentiles_figure(served, rec)),
     ]

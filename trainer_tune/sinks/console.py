@@ -12,7 +12,8 @@ from rich.text import Text
 from trainer_tune.explain.matrix import varying_flags
 from trainer_tune.measure.figures import describe_memory_source
 from trainer_tune.config.flags import FlagSpec, format_flag
-from trainer_tune.decide.verdict import GO, Recommendation
+from trainer_tune.decide.verdict import GO, Decision
+from trainer_tune.explain.report import Report
 from trainer_tune.measure.record import TrialResult
 from trainer_tune.decide.race import Drop
 from trainer_tune.sinks.matrix import matrix_line
@@ -105,11 +106,12 @@ class ConsoleSink:
             self._progress.stop()
             self._progress = None
 
-    def show(self, results: Sequence[TrialResult], rec: Recommendation, *,
+    def show(self, results: Sequence[TrialResult], report: Report, *,
              jobs: Optional[Mapping[str, str]] = None) -> None:
         """The table and the verdict; `jobs` (a multirun's, by trial key) adds the column of the job behind each row."""
         if not self.enabled:
             return
+        rec = report.decision
         table = Table(title="trainer_tune trials", title_justify="left")
         # Columns for figures no trial measured (GPU utilization or peak memory on a CPU, say) are left out, not
         # shown as n/a: the notes under the table say why, and the table stays narrow.
@@ -203,9 +205,9 @@ class ConsoleSink:
         notes |= {r.mfu.warning for r in results if r.mfu is not None and r.mfu.warning}
         for note in sorted(notes):
             self.console.print(f"note: {note}")
-        if rec.explanations is not None and rec.explanations.sms_mostly_idle:
+        if report.explanations is not None and report.explanations.sms_mostly_idle:
             self.console.print(f"note: GPU busy but most SMs idle (NVML GPM) at "
-                               f"{', '.join(rec.explanations.sms_mostly_idle)}: see report.md")
+                               f"{', '.join(report.explanations.sms_mostly_idle)}: see report.md")
         sources = sorted({r.peak_memory_source for r in results if r.peak_memory_source})
         if sources:
             self.console.print("peak memory: " + "; ".join(describe_memory_source(s) for s in sources))
@@ -223,15 +225,15 @@ class ConsoleSink:
             self.console.print(f"  - {reason}")
         for fit in rec.memory_fits:
             self.console.print(f"memory fit {fit.verdict()}")
-        if rec.explanations is not None:
+        if report.explanations is not None:
             self.console.print("decision matrix (each objective alone):")
-            for objective in rec.explanations.matrix:
+            for objective in report.explanations.matrix:
                 self.console.print(f"  - {matrix_line(objective, rec.unit)}")
         colour = "green" if rec.decision == GO else "yellow"
         # One line however long (goodput and the learning rate lengthen it): logs and CI greps find it whole.
         self.console.print(f"[bold {colour}]{rec.verdict}[/bold {colour}]", soft_wrap=True)
 
-    def _serving_notes(self, results: Sequence[TrialResult], rec: Recommendation) -> None:
+    def _serving_notes(self, results: Sequence[TrialResult], rec: Decision) -> None:
         """What the latency columns are, how many batches stand behind each p99, and the budget."""
         batches = [r.latency.num_batches for r in results if r.latency is not None]
         if batches:

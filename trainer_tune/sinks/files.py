@@ -9,7 +9,7 @@ import yaml
 
 from trainer_tune.platform.durable import write_atomically
 from trainer_tune.platform.finite import finite_json
-from trainer_tune.decide.verdict import Recommendation
+from trainer_tune.explain.report import Report
 from trainer_tune.config.rerun import shell_line
 
 RECOMMENDATION_JSON = "recommendation.json"
@@ -17,8 +17,9 @@ RECOMMENDATION_YAML = "recommendation.yaml"
 CONFIG_YAML = "config.yaml"
 
 
-def write_recommendation(output_dir: Path, rec: Recommendation, *, launch_hint: str) -> list[Path]:
-    write_atomically(output_dir / RECOMMENDATION_JSON, finite_json(rec.to_json_dict(), indent=2) + "\n")
+def write_recommendation(output_dir: Path, report: Report, *, launch_hint: str) -> list[Path]:
+    rec = report.decision
+    write_atomically(output_dir / RECOMMENDATION_JSON, finite_json(report.to_json_dict(), indent=2) + "\n")
     header = [f"# {rec.verdict}"]
     if rec.overrides:
         header += ["# Measure again, or train, with the chosen setting:",

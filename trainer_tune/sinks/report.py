@@ -15,7 +15,8 @@ from trainer_tune.platform.durable import write_atomically
 from trainer_tune.explain.matrix import (
     MAX_GOODPUT, MAX_THROUGHPUT, MIN_ENERGY, MIN_LATENCY, MIN_MEMORY, ObjectiveWinner, ScalingPoint)
 from trainer_tune.measure.figures import describe_memory_source
-from trainer_tune.decide.verdict import Recommendation
+from trainer_tune.decide.verdict import Decision
+from trainer_tune.explain.report import Report
 from trainer_tune.config.rerun import shell_line
 from trainer_tune.sinks.matrix import energy_text, figure_text, memory_text, objective_name, p99_text, rate_text
 from trainer_tune.measure.record import TrialResult
@@ -50,7 +51,7 @@ def _fmt(value: Optional[float], spec: str, suffix: str = "") -> Optional[str]:
     return None if value is None else format(value, spec) + suffix
 
 
-def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple[list[tuple[str, Callable]], list[str]]:
+def _trial_columns(results: Sequence[TrialResult], rec: Decision) -> tuple[list[tuple[str, Callable]], list[str]]:
     """(header, cell function) per column after `#` and `job` (rows.py); a column no trial measured is left out
     and a note says why."""
     # Serving: each replica takes its own batch, so the batch per replica is the setting's size (a "global batch"
@@ -124,7 +125,7 @@ def _trial_columns(results: Sequence[TrialResult], rec: Recommendation) -> tuple
     return columns, notes
 
 
-def _trials_section(results: Sequence[TrialResult], rec: Recommendation,
+def _trials_section(results: Sequence[TrialResult], rec: Decision,
                     jobs: Optional[Mapping[str, str]]) -> list[str]:
     columns, notes = _trial_columns(results, rec)
     header = ["#", *(["job"] if jobs is not None else []), *(h for h, _ in columns)]
@@ -135,7 +136,7 @@ def _trials_section(results: Sequence[TrialResult], rec: Recommendation,
     return lines + ([""] if notes else [])
 
 
-def _input_pipeline_section(rec: Recommendation) -> list[str]:
+def _input_pipeline_section(rec: Decision) -> list[str]:
     """Each setting's wait for batches; only when a setting is input-bound or data.num_workers was swept."""
     if not rec.input_waits:
         return []
@@ -150,7 +151,7 @@ def _input_pipeline_section(rec: Recommendation) -> list[str]:
             *_table(["setting", "data.num_workers", "wait share", "median wait ms/step", "input-bound"], rows), ""]
 
 
-def _compile_section(results: Sequence[TrialResult], rec: Recommendation) -> list[str]:
+def _compile_section(results: Sequence[TrialResult], rec: Decision) -> list[str]:
     """Each compiled setting's compile time and payback against its eager twin; only when a setting compiled."""
     compiled = [r for r in results if r.flags.get("compile")]
     if not compiled:
@@ -236,7 +237,7 @@ def _matrix_section(matrix: Sequence[ObjectiveWinner], rate_unit: str, *, servin
             "(failures, the memory limit, the required gain).", "", *_table(header, rows), ""]
 
 
-def _serving_section(results: Sequence[TrialResult], rec: Recommendation) -> list[str]:
+def _serving_section(results: Sequence[TrialResult], rec: Decision) -> list[str]:
     """mode=inference: what the latency figures are, the budget and the batch sizes over it."""
     batches = sorted({r.latency.num_batches for r in results if r.latency is not None})
     lines = ["## Serving", "",
@@ -258,7 +259,7 @@ def _serving_section(results: Sequence[TrialResult], rec: Recommendation) -> lis
     return lines + [""]
 
 
-def _memory_section(rec: Recommendation) -> list[str]:
+def _memory_section(rec: Decision) -> list[str]:
     """Predicted beside measured: each series' line through its peaks (memory_fit.py)."""
     if not rec.memory_fits:
         return []
@@ -275,9 +276,10 @@ def _memory_section(rec: Recommendation) -> list[str]:
     return lines
 
 
-def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set: "ChartSet", *,
+def render_report(results: Sequence[TrialResult], report: Report, chart_set: "ChartSet", *,
                   jobs: Optional[Mapping[str, str]] = None) -> str:
     """`jobs`: in a multirun, the job that measured each setting, by trial key (a column of the trials table)."""
+    rec = report.decision
     lines = ["# trainer_tune report", "", f"**{rec.verdict}**", ""]
     if rec.overrides:
         lines += [f"{'Serve' if rec.serving else 'Train'} (or measure again) with:", "", "```",
@@ -289,9 +291,8 @@ def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set
     lines += _input_pipeline_section(rec)
     lines += _compile_section(results, rec)
     lines += _charts_section(chart_set)
-    if rec.explanations is not None:
-        lines += _scaling_section(rec.explanations.points, rec.explanations.facts)
-        lines += _matrix_section(rec.explanations.matrix, rec.unit, serving=rec.serving)
+    lines += _scaling_section(report.explanations.points, report.explanations.facts)
+    lines += _matrix_section(report.explanations.matrix, rec.unit, serving=rec.serving)
     lines += _memory_section(rec)
     if rec.not_measured:
         lines += ["## Settings not measured", ""] + [f"- {n.label}: {n.reason}" for n in rec.not_measured] + [""]
@@ -304,12 +305,12 @@ def render_report(results: Sequence[TrialResult], rec: Recommendation, chart_set
     return "\n".join(lines)
 
 
-def write_report(output_dir: Path, results: Sequence[TrialResult], rec: Recommendation, *,
+def write_report(output_dir: Path, results: Sequence[TrialResult], report: Report, *,
                  jobs: Optional[Mapping[str, str]] = None) -> ReportFiles:
     # matplotlib is imported here, on rank 0 at the end, so no rank pays for it at start-up.
     from trainer_tune.sinks.charts import draw_charts
 
-    chart_set = draw_charts(results, rec, charts_dir=output_dir / CHARTS_DIR)
+    chart_set = draw_charts(results, report, charts_dir=output_dir / CHARTS_DIR)
     path = output_dir / REPORT_MD
-    write_atomically(path, render_report(results, rec, chart_set, jobs=jobs))
+    write_atomically(path, render_report(results, report, chart_set, jobs=jobs))
     return ReportFiles(report=path, charts=chart_set.charts)

@@ -13,11 +13,11 @@ import netrc
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from trainer_tune.config.schema import WandbArgs, WandbMode
 from trainer_tune.measure.summarize import step_history, summary_figures
-from trainer_tune.decide.verdict import Recommendation
+from trainer_tune.explain.report import Report
 from trainer_tune.measure.record import TrialResult
 
 if TYPE_CHECKING:
@@ -98,10 +98,11 @@ class WandbSink:
         except Exception as exc:  # noqa: BLE001 - wandb must never end a sweep
             self._disable(f"logging trial {result.index} failed: {exc}")
 
-    def sweep_finished(self, results: Sequence[TrialResult], rec: Recommendation, *,
+    def sweep_finished(self, results: Sequence[TrialResult], report: Report, *,
                        files: Sequence[Path], chart_pngs: Sequence[Chart] = ()) -> None:
         if not self.enabled:
             return
+        rec = report.decision
         wandb = self._wandb
         try:
             run = self._init(job_type="recommendation", name="recommendation", config={"tune": self.config})
@@ -123,13 +124,13 @@ class WandbSink:
             charts.update({f"charts/{chart.name}": wandb.Image(str(chart.path), caption=chart.title)
                            for chart in chart_pngs})
             summary = {}
-            if rec.explanations is not None:
-                charts.update(_explanation_tables(wandb, rec.explanations))
-                summary = {"facts": list(rec.explanations.facts),
+            if report.explanations is not None:
+                charts.update(_explanation_tables(wandb, report.explanations))
+                summary = {"facts": list(report.explanations.facts),
                            "objective_winners": {w.objective: {"label": w.label, "value": w.value, "note": w.note,
                                                                "micro_batch_size": w.micro_batch_size,
                                                                "tied_with": list(w.tied_with)}
-                                                 for w in rec.explanations.matrix}}
+                                                 for w in report.explanations.matrix}}
             if rec.serving:
                 labels = {r.trial_key: r.label for r in results}
                 summary |= {"max_latency_ms": rec.max_latency_ms,

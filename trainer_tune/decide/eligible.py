@@ -1,0 +1,73 @@
+"""The one rule of what may be chosen: `eligible(setting, args)` is None, or why the setting may not be chosen.
+
+The verdict, the race, the search strategies, goodput advice and the decision matrix all ask this function; none
+keeps a rule of its own. A setting that is not eligible keeps its figures (they are shown), it is only never picked.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from trainer_tune.config.schema import RecommendArgs
+from trainer_tune.measure.figures import describe_memory_source
+from trainer_tune.measure.record import TrialResult
+
+FAILED = "failed"
+NO_RATE = "no rate"
+OVER_MEMORY = "over memory"
+OVER_LATENCY = "over the latency budget"
+TOO_FEW_WINDOWS = "too few windows"
+KINDS = (FAILED, NO_RATE, OVER_MEMORY, OVER_LATENCY, TOO_FEW_WINDOWS)
+"""What `ineligibility` names as the kind of each reason, in the order the rule checks them."""
+
+
+def over_latency_budget(setting: TrialResult, max_latency_ms: float) -> Optional[str]:
+    """Why `setting` breaks the p99 budget, or None when it meets it (a setting without latency figures, a training
+    trial, meets it)."""
+    if setting.latency is None or setting.latency.p99_ms <= max_latency_ms:
+        return None
+    return (f"over the latency budget: p99 {setting.latency.p99_ms:,.1f} ms > recommend.max_latency_ms="
+            f"{max_latency_ms:g} (never chosen)")
+
+
+def over_memory(setting: TrialResult, max_memory_fraction: float) -> Optional[str]:
+    """Why `setting`'s peak memory is over recommend.max_memory_fraction of its device, or None (also when either
+    figure is unknown: on a CPU there is no device memory to be a fraction of)."""
+    memory, device_memory = setting.peak_memory_bytes, setting.device_memory_bytes
+    if memory is None or not device_memory or memory <= max_memory_fraction * device_memory:
+        return None
+    return (f"its peak memory is {memory / device_memory:.0%} of the device "
+            f"({describe_memory_source(setting.peak_memory_source)}), above "
+            f"recommend.max_memory_fraction={max_memory_fraction:g}")
+
+
+def ineligibility(setting: TrialResult, args: RecommendArgs, *, min_windows: int = 1) -> Optional[tuple[str, str]]:
+    """(kind, reason) why `setting` may not be chosen, or None. `min_windows`: how many clean windows a setting
+    needs; the verdict asks for 2 once any contender has them (one window says nothing about the next)."""
+    if not setting.ok:
+        return FAILED, f"did not finish cleanly ({setting.status})"
+    if setting.throughput_per_s is None:
+        return NO_RATE, "no rate was measured"
+    memory = over_memory(setting, args.max_memory_fraction)
+    if memory is not None:
+        return OVER_MEMORY, memory
+    if args.max_latency_ms is not None:
+        latency = over_latency_budget(setting, args.max_latency_ms)
+        if latency is not None:
+            return OVER_LATENCY, latency
+    if len(setting.rates_by_round()) < min_windows:
+        return TOO_FEW_WINDOWS, ("measured in one window only, which gives no interval, so not recommended over "
+                                 "settings measured in several")
+    return None
+
+
+def eligible(setting: TrialResult, args: RecommendArgs, *, min_windows: int = 1) -> Optional[str]:
+    """None when `setting` may be chosen, else why not (see ineligibility)."""
+    found = ineligibility(setting, args, min_windows=min_windows)
+    return None if found is None else found[1]
+
+
+def eligible_only(settings: Sequence[TrialResult], args: RecommendArgs, *,
+                  min_windows: int = 1) -> list[TrialResult]:
+    """The settings that may be chosen, in their order."""
+    return [s for s in settings if eligible(s, args, min_windows=min_windows) is None]

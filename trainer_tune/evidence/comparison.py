@@ -1,0 +1,127 @@
+"""The one comparison of two settings: rate(a) / rate(b), paired by round, with its interval and what it means.
+
+Every caller that asks "is A faster than B?" (the verdict, the race, the strategies, goodput advice, the decision
+matrix, compile payback) calls `compare` here; nothing else orders two settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Optional
+
+from trainer_tune.evidence.stats import RatioEstimate, ratio_estimate
+from trainer_tune.measure.record import TrialResult
+
+
+def percent(speedup: float) -> str:
+    """A ratio as a signed change: 1.123 -> `+12.3%`."""
+    return f"{(speedup - 1.0) * 100:+.1f}%"
+
+
+class Outcome(Enum):
+    """How setting a compares with setting b by the one comparison rule (`compare`)."""
+
+    better = "better"
+    """a is faster than b beyond noise: the whole 95% interval of rate(a) / rate(b) is above 1."""
+    worse = "worse"
+    """a is slower than b beyond noise: the whole interval is below 1."""
+    tie = "tie"
+    """The interval holds 1: the measurements cannot order them."""
+    unknown = "unknown"
+    """No interval: a side was measured in one window only, which says nothing about the next window."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """rate(a) / rate(b), its interval and what it means: the only way two settings are compared."""
+
+    a_label: str
+    b_label: str
+    estimate: RatioEstimate
+
+    @property
+    def ratio(self) -> float:
+        return self.estimate.ratio
+
+    @property
+    def interval(self) -> Optional[tuple[float, float]]:
+        return self.estimate.interval
+
+    @property
+    def outcome(self) -> Outcome:
+        if self.interval is None:
+            return Outcome.unknown
+        if self.interval[0] > 1.0:
+            return Outcome.better
+        if self.interval[1] < 1.0:
+            return Outcome.worse
+        return Outcome.tie
+
+    def describe(self) -> str:
+        """`+12.3% (95% CI +5.0% to +20.1%, paired over 4 rounds)`: a's speed relative to b's."""
+        how = (f"paired over {self.estimate.num_pairs} rounds" if self.estimate.paired
+               else "unpaired windows")
+        if self.interval is None:
+            return f"{percent(self.ratio)} (one window: no interval)"
+        return f"{percent(self.ratio)} (95% CI {percent(self.interval[0])} to {percent(self.interval[1])}, {how})"
+
+
+def compare(a: TrialResult, b: TrialResult, *, goodput: bool = False) -> Comparison:
+    """The one comparison rule, used by the decision, the race, the strategies and the explanations.
+
+    From the settings' window rates keyed by round: paired within rounds where both were measured (drift
+    common to a round cancels), else unpaired (stats.ratio_estimate); never narrower than the sweep's noise
+    floor (stats.NoiseFloor). goodput=True compares the window rates times each setting's statistical
+    efficiency, a constant per setting: the interval is the throughput ratio's, moved by the ratio of the two
+    efficiencies (B_noise's own uncertainty is not in it; the goodput reason states what it could change)."""
+    rates_a = a.goodput_rates_by_round() if goodput else a.rates_by_round()
+    rates_b = b.goodput_rates_by_round() if goodput else b.rates_by_round()
+    if not rates_a or not rates_b:
+        raise ValueError(f"compare({a.label}, {b.label}): both need a clean window"
+                         + (" and a statistical efficiency" if goodput else ""))
+    # Both settings' results carry the same sweep's noise floor (metrics.sweep_noise).
+    return Comparison(a_label=a.label, b_label=b.label,
+                      estimate=ratio_estimate(rates_a, rates_b, floor=a.noise or b.noise))
+
+
+@dataclass(frozen=True)
+class Drift:
+    """The baseline's rate in each round: how the machine's speed moved during the sweep.
+
+    Shown, charted and recorded, never used to widen a comparison: comparisons pair windows of the same
+    round (compare), so a drift common to a round cancels in the ratio instead of blurring it."""
+
+    label: str
+    series: tuple[tuple[str, float], ...]
+    """(round id, the baseline's rate) in measurement order."""
+
+    @property
+    def change(self) -> float:
+        """last / first - 1: the drift from the first round to the last."""
+        return self.series[-1][1] / self.series[0][1] - 1.0
+
+    @property
+    def spread(self) -> float:
+        """fastest / slowest round - 1."""
+        values = [v for _, v in self.series]
+        return max(values) / min(values) - 1.0
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "series": [list(p) for p in self.series], "change": self.change,
+                "spread": self.spread}
+
+
+def baseline_drift(baseline: Optional[TrialResult]) -> Optional[Drift]:
+    """None unless the baseline finished cleanly in at least two rounds."""
+    if baseline is None or not baseline.ok or len(baseline.window_throughput_per_s) < 2:
+        return None
+    return Drift(label=baseline.label, series=tuple(baseline.window_throughput_per_s.items()))
+
+
+def behind(contender: TrialResult, leader: TrialResult, *, goodput: bool = False) -> Optional[str]:
+    """Why `contender` is out of the race against `leader` (slower beyond noise, in goodput with goodput=True),
+    or None."""
+    comparison = compare(contender, leader, goodput=goodput)
+    if comparison.outcome != Outcome.worse:
+        return None
+    return f"{comparison.describe()}{' in goodput' if goodput else ''} against {leader.label}"
