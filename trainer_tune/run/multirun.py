@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -33,6 +33,9 @@ from trainer_tune.config.flags import FLAG_SPECS, TrialFlags, resolve_flags
 from trainer_tune.platform.units import count
 from trainer_tune.run.journal import JOURNAL_NAME, read_journal
 from trainer_tune.measure.record import TrialResult
+
+if TYPE_CHECKING:
+    from trainer_tune.decide.verdict import Decision
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +224,7 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     EXIT_NO_GO for NO-GO with recommend.fail_on_no_go, else 0."""
     # Imported here: the callback is instantiated for every Hydra start, even `--help`.
     from trainer_tune.run.exits import EXIT_NO_GO
-    from trainer_tune.evidence.estimate import aggregate_by_setting
-    from trainer_tune.decide.verdict import NO_GO, decide
+    from trainer_tune.decide.verdict import NO_GO
     from trainer_tune.sinks.console import ConsoleSink
     from trainer_tune.explain.report import build_report
     from trainer_tune.sinks.publish import publish
@@ -232,17 +234,9 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     contents = read_journal(sweep_dir / JOURNAL_NAME)
     for problem in contents.problems:
         log.warning(problem)
-    # The journal holds windows; every job measured its setting and the baseline in rounds of its own
-    # (job-prefixed round ids), so each setting pairs with the baseline windows of its own job.
-    results = aggregate_by_setting(contents.results)
-    baselines = [r for r in results if r.is_baseline]
-    if len(baselines) > 1:
-        # Jobs that differ in more than the setting (say model=... swept) each measured their own baseline.
-        log.warning("%d baselines in %s (the multirun swept keys that change what a trial measures); the "
-                    "recommendation compares against the first", len(baselines), sweep_dir / JOURNAL_NAME)
-        results = [r for r in results if not r.is_baseline or r is baselines[0]]
     recommend_args: RecommendArgs = _typed(config.recommend, RecommendArgs)
-    recommendation = decide(results, args=recommend_args, lr=float(config.train.lr))
+    recommendation = decide_multirun(contents.results, args=recommend_args, lr=float(config.train.lr),
+                                     journal=sweep_dir / JOURNAL_NAME)
     results = list(recommendation.settings)  # the same settings, with their efficiency and goodput
     console = ConsoleSink(enabled=True)
     if not results:
@@ -257,6 +251,22 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     if recommendation.decision == NO_GO and recommend_args.fail_on_no_go:
         return EXIT_NO_GO
     return 0
+
+
+def decide_multirun(windows: Sequence[TrialResult], *, args: RecommendArgs, lr: float, journal: Path) -> "Decision":
+    """The decision of a multirun from its journal's windows. Every job measured its setting and the baseline in
+    rounds of its own (job-prefixed round ids), so each setting pairs with the baseline windows of its own job."""
+    from trainer_tune.decide.verdict import decide
+    from trainer_tune.evidence.estimate import aggregate_by_setting
+
+    results = aggregate_by_setting(windows)
+    baselines = [r for r in results if r.is_baseline]
+    if len(baselines) > 1:
+        # Jobs that differ in more than the setting (say model=... swept) each measured their own baseline.
+        log.warning("%d baselines in %s (the multirun swept keys that change what a trial measures); the "
+                    "recommendation compares against the first", len(baselines), journal)
+        results = [r for r in results if not r.is_baseline or r is baselines[0]]
+    return decide(results, args=args, lr=lr)
 
 
 def _resolved(plain: dict[str, Any]) -> dict[str, Any]:

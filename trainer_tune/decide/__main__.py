@@ -1,0 +1,204 @@
+"""`python -m trainer_tune.decide OUTPUT_DIR [recommend.KEY=VALUE ...]`: decide a finished or interrupted sweep
+again from its journal, without measuring and without torchrun.
+
+The windows in OUTPUT_DIR/trials.jsonl are replayed through the same race (decide/race.py) and the same verdict
+(decide/verdict.py) as the sweep that measured them, with the sweep's own config.yaml and any recommend.* keys
+given here; where the replay would need a window the journal lacks (an interrupted sweep, or another objective
+that keeps other settings racing), it decides on the windows there are and says so. recommendation.json,
+recommendation.yaml and report.md go to OUTPUT_DIR/redecided/ (replaced on each call); the sweep's own files are
+never touched. The last line says what changed against the recorded decision.
+
+Exit codes: 0, or 2 for a usage mistake (no journal there, a key outside recommend.*), in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from trainer_tune.config.flags import TrialFlags
+from trainer_tune.config.keys import check_keys
+from trainer_tune.config.schema import ConfigError, TuneConfig
+from trainer_tune.decide.race import Drop, run_race
+from trainer_tune.decide.verdict import Decision, decide
+from trainer_tune.evidence.comparison import percent
+from trainer_tune.evidence.memory_fit import MemoryLimit
+from trainer_tune.explain.report import Report, build_report
+from trainer_tune.measure.record import TrialResult
+from trainer_tune.plan import TrialSpec, build_plan, swept_flag_names
+from trainer_tune.run.journal import JOURNAL_NAME, read_journal
+from trainer_tune.run.multirun import decide_multirun
+from trainer_tune.sinks.console import ConsoleSink
+from trainer_tune.sinks.files import CONFIG_YAML, RECOMMENDATION_JSON
+from trainer_tune.sinks.publish import publish
+
+REDECIDED_DIR = "redecided"
+USAGE = "usage: python -m trainer_tune.decide OUTPUT_DIR [recommend.KEY=VALUE ...]"
+
+
+@dataclass(frozen=True)
+class Redecided:
+    report: Report
+    recorded: Optional[dict[str, Any]]
+    """The sweep's own recommendation.json, when it wrote one (an interrupted sweep did not)."""
+    world_size: int
+
+
+class _Replay:
+    """The race's host over a journal: every window it asks for is read, none is measured."""
+
+    def broadcast(self, value: Any) -> Any:
+        return value
+
+    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool) -> Optional[TrialResult]:
+        return None
+
+    def round_started(self, *, round_index: int, num_windows: int) -> None:
+        pass
+
+    def window_finished(self, result: TrialResult, *, round_index: int) -> None:
+        pass
+
+    def dropped(self, drop: Drop) -> None:
+        pass
+
+    def release(self, setting_key: str) -> None:
+        pass
+
+
+def _config_file(output_dir: Path) -> Path:
+    """The sweep's config.yaml; a multirun's sweep dir has one per job (0/, 1/, ...), which agree on recommend.*."""
+    own = output_dir / CONFIG_YAML
+    if own.exists():
+        return own
+    jobs = sorted((p for p in output_dir.glob(f"*/{CONFIG_YAML}") if p.parent.name.isdigit()),
+                  key=lambda p: int(p.parent.name))
+    if not jobs:
+        raise ConfigError(f"OUTPUT_DIR={output_dir} has {JOURNAL_NAME} but no {CONFIG_YAML} (nor a multirun job's): "
+                          f"the config the sweep ran with is needed to decide again")
+    return jobs[0]
+
+
+def load_config(output_dir: Path, overrides: Sequence[str]) -> TuneConfig:
+    """The sweep's resolved config with `overrides` (recommend.* only) on top, typed and validated."""
+    for override in overrides:
+        key, sep, _value = override.partition("=")
+        if not sep or not key.startswith("recommend.") or key.startswith("+"):
+            raise ConfigError(f"{override} is not allowed: only recommend.KEY=VALUE overrides decide again "
+                              f"(the windows were measured with the rest); {USAGE}")
+    try:
+        recorded = yaml.safe_load(_config_file(output_dir).read_text()) or {}
+        recorded.pop("hydra", None)
+        merged = OmegaConf.merge(OmegaConf.structured(TuneConfig), recorded)
+        given = OmegaConf.from_dotlist(list(overrides))
+        check_keys(given)
+        merged = OmegaConf.merge(merged, given)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        given = next((o for o in overrides if key and o.startswith(f"{key}=")), None)
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"{given} is not allowed: {first}" if given else first) from None
+
+
+def _memory_limit(recorded: Optional[dict[str, Any]]) -> Optional[MemoryLimit]:
+    """The limit the sweep predicted memory against (host memory free at its start cannot be read again later)."""
+    data = (recorded or {}).get("memory_limit")
+    if not data:
+        return None
+    return MemoryLimit(capacity_bytes=int(data["capacity_bytes"]), fraction=float(data["fraction"]),
+                       fraction_key=str(data["fraction_key"]), capacity_source=str(data["capacity_source"]))
+
+
+def redecide(output_dir: Path, overrides: Sequence[str] = ()) -> Redecided:
+    """Decide the sweep in `output_dir` again from its journal (see the module docstring)."""
+    journal = output_dir / JOURNAL_NAME
+    if not journal.exists():
+        raise ConfigError(f"OUTPUT_DIR={output_dir} has no {JOURNAL_NAME}: not the output directory of a sweep "
+                          f"(hydra.run.dir of a run, hydra.sweep.dir of a multirun)")
+    cfg = load_config(output_dir, overrides)
+    windows = list(read_journal(journal).results)
+    if not windows:
+        raise ConfigError(f"{journal} holds no window: nothing was measured, so there is nothing to decide")
+    recorded_path = output_dir / RECOMMENDATION_JSON
+    recorded = json.loads(recorded_path.read_text()) if recorded_path.exists() else None
+    world_size = windows[0].world_size
+    if any(w.round_id is not None and "/" in w.round_id for w in windows):  # a multirun's job-prefixed rounds
+        decision = decide_multirun(windows, args=cfg.recommend, lr=cfg.train.lr, journal=journal)
+        return Redecided(report=build_report(decision), recorded=recorded, world_size=world_size)
+    baseline = next((w for w in windows if w.is_baseline), None)
+    if baseline is None:
+        raise ConfigError(f"{journal} has no window of the baseline: it is not a sweep's journal")
+    plan = build_plan(cfg, world_size=world_size, base_flags=TrialFlags(**baseline.flags),
+                      device_type=baseline.device.split(":")[0])
+    if not {s.key for s in plan} & {w.setting_key for w in windows}:
+        raise ConfigError(f"{journal} has no window of any setting that {output_dir / CONFIG_YAML} plans: the "
+                          f"journal and the config are not of one sweep")
+    limit = _memory_limit(recorded)
+    race = run_race(_Replay(), cfg, plan, done={w.trial_key: w for w in windows}, attempts={}, prefix="",
+                    swept=swept_flag_names(cfg), limit=limit)
+    settings = sorted(race.settings.values(), key=lambda r: r.index)
+    decision = decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary,
+                      lr=cfg.train.lr, memory_limit=limit)
+    return Redecided(report=build_report(decision), recorded=recorded, world_size=world_size)
+
+
+def _summary(decision: str, chosen: Optional[str], speedup: Optional[float],
+             interval: Optional[Sequence[float]]) -> str:
+    text = f"{decision} {chosen or 'nothing'}"
+    if speedup is not None:
+        text += f" {percent(speedup)}"
+        if interval:
+            text += f" [{percent(interval[0])}, {percent(interval[1])}]"
+    return text
+
+
+def what_changed(decision: Decision, recorded: Optional[dict[str, Any]]) -> str:
+    """One line: the new verdict against the recorded one."""
+    now = _summary(decision.decision, decision.chosen.label if decision.chosen else None, decision.speedup,
+                   decision.speedup_ci95)
+    if recorded is None:
+        return f"decided again: {now} (the sweep wrote no recommendation to compare with)"
+    chosen = recorded.get("chosen") or {}
+    before = _summary(recorded["decision"], chosen.get("label"), recorded.get("speedup"), recorded.get("speedup_ci95"))
+    if before == now and list(decision.reasons) == list(recorded.get("reasons", [])):
+        return f"decided again: unchanged ({now})"
+    if before == now:
+        return f"decided again: {now}, as recorded; the reasons changed (see report.md)"
+    return f"decided again: {before} -> {now}"
+
+
+def _launch_hint(world_size: int) -> str:
+    return "python -m trainer_tune" if world_size == 1 else f"torchrun --nproc_per_node={world_size} -m trainer_tune"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__.strip() if args else USAGE, file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
+    output_dir, overrides = Path(args[0]), args[1:]
+    try:
+        result = redecide(output_dir, overrides)
+    except ConfigError as exc:
+        print(f"trainer_tune.decide: error: {exc}", file=sys.stderr)
+        return 2
+    target = output_dir / REDECIDED_DIR
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    publish(target, result.report, launch_hint=_launch_hint(result.world_size), console=ConsoleSink(enabled=True),
+            wandb_sink=None)
+    print(what_changed(result.report.decision, result.recorded))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
