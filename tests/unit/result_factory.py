@@ -1,4 +1,4 @@
-"""Builds TrialResult records for unit tests of the journal and the decision."""
+"""Builds SettingEstimate records for unit tests of the journal and the decision."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from trainer_tune.config.flags import TrialFlags, flags_to_environ
 from trainer_tune.measure.gpu_sampler import GpuSummary
 from trainer_tune.measure.summarize import TrialContext, result_from_window
 from trainer_tune.plan import TrialSpec
-from trainer_tune.measure.record import SAMPLES, TrialResult
+from trainer_tune.measure.record import SAMPLES, WindowRecord, shared_figures
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.evidence.stats import geometric_mean
 from trainer_tune.measure.step_stats import StepTimeStats
 from trainer_tune.measure.telemetry import AllocatorCounts, RankTelemetry
@@ -27,7 +28,7 @@ def make_result(*, index: int, key: str, tokens_per_s: Optional[float] = 1000.0,
                 flags: TrialFlags = TrialFlags(), step_times: Optional[list[float]] = None,
                 ci: Optional[list[float]] = None, memory_bytes: Optional[int] = None,
                 device_memory_bytes: Optional[int] = None,
-                windows: Optional[dict[str, float]] = None) -> TrialResult:
+                windows: Optional[dict[str, float]] = None) -> SettingEstimate:
     """A setting's result as metrics.aggregate_windows makes it. With `step_times`, tokens/s is what those steps
     sustain. `windows` are its tokens/s by round; by default three rounds at exactly tokens/s, so comparisons of
     two such results are exact (a zero-width interval) and ties only happen at equal figures."""
@@ -39,7 +40,7 @@ def make_result(*, index: int, key: str, tokens_per_s: Optional[float] = 1000.0,
         tokens_per_s = geometric_mean(list(windows.values()))
     elif ok and tokens_per_s is not None:
         windows = {f"r{i}": tokens_per_s for i in range(3)}
-    return TrialResult(
+    return SettingEstimate(
         trial_key=key, index=index, label=f"{micro_batch_size}x{grad_accum}", is_baseline=is_baseline, status=status,
         micro_batch_size=micro_batch_size, grad_accum=grad_accum, world_size=world_size,
         global_batch_size=micro_batch_size * grad_accum * world_size,
@@ -56,6 +57,19 @@ def make_result(*, index: int, key: str, tokens_per_s: Optional[float] = 1000.0,
         error=None if ok else f"{status} on rank 1",
         step_times_s=tuple(step_times or ()), device_memory_bytes=device_memory_bytes,
         window_throughput_per_s=dict(windows or {}) if ok else {}, num_windows=len(windows or {}) if ok else 0)
+
+
+def make_window(*, round_id: str, setting_key: Optional[str] = None, **kwargs) -> WindowRecord:
+    """One window of a setting (measure/record.py) with make_result's figures: `setting_key` defaults to the key."""
+    setting = make_result(**kwargs)
+    return WindowRecord(**shared_figures(setting), round_id=round_id,
+                        setting_key=setting_key if setting_key is not None else setting.trial_key)
+
+
+def as_setting(window: WindowRecord, rates_by_round: Optional[dict[str, float]] = None) -> SettingEstimate:
+    """A setting's estimate with `window`'s figures and these window rates (by default the window's own)."""
+    rates = rates_by_round if rates_by_round is not None else window.rates_by_round()
+    return SettingEstimate(**shared_figures(window), window_throughput_per_s=dict(rates), num_windows=len(rates))
 
 
 def make_gpu(*, util_mean_pct: Optional[float] = None, energy_j_per_token: Optional[float] = None,
@@ -83,7 +97,7 @@ def make_rank_telemetry(*, nvml_used_bytes: int) -> RankTelemetry:
 
 
 def make_measured(*, index: int, micro_batch_size: int, step_s: float, allocated_gib: float, reserved_gib: float,
-                  nvml_gib: float, flags: TrialFlags = TrialFlags()) -> TrialResult:
+                  nvml_gib: float, flags: TrialFlags = TrialFlags()) -> SettingEstimate:
     """A 2-rank CUDA trial built by metrics.result_from_window from its window and the ranks' readings, as a sweep
     builds it: every typed field set (comm split, NSA statistics, GPU and CPU figures)."""
     spec = TrialSpec(index=index, micro_batch_size=micro_batch_size, grad_accum=1, world_size=2, flags=flags,
@@ -104,7 +118,7 @@ def make_measured(*, index: int, micro_batch_size: int, step_s: float, allocated
     return result_from_window(spec, window, ctx, started_at="t0", finished_at="t1", telemetry=telemetry)
 
 
-def in_samples(result: TrialResult) -> TrialResult:
+def in_samples(result: SettingEstimate) -> SettingEstimate:
     """The same setting on batches that carry no tokens (images), decided in samples/s as metrics.decision_unit
     decides it: tokens_per_s is None, and every rate the decision reads (windows, interval) is samples per
     second (make_result's samples carry SEQ_LEN tokens each)."""

@@ -15,13 +15,13 @@ from trainer_tune.explain.report import build_report
 from trainer_tune.config.flags import FLAG_SPECS, TrialFlags, format_flag
 from trainer_tune.plan import TrialSpec
 from trainer_tune.decide.verdict import decide
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.sinks.console import ConsoleSink
 
 SWEPT = ("bucket_cap_mb", "static_graph", "find_unused_parameters", "prefill_batched")
 
 
-def _flag_sweep() -> list[TrialResult]:
+def _flag_sweep() -> list[SettingEstimate]:
     """Results labelled as plan.py labels a sweep of four flags (labels like
     `1x1 bucket_cap_mb=null static_graph=false find_unused_parameters=true prefill_batched=true`), one failed."""
     results = []

@@ -96,7 +96,7 @@ def test_facts_state_measured_figures_side_by_side() -> None:
 
 
 def test_decision_matrix_by_objective() -> None:
-    # Training: no latency row; energy per sample (TrialResult.energy_j_per_sample), in training too.
+    # Training: no latency row; energy per sample (SettingEstimate.energy_j_per_sample), in training too.
     throughput, energy, memory = explain(_sweep(), compare=compare).matrix
     assert (throughput.objective, throughput.label) == ("max_throughput", "2x2")
     # 2x2 is ahead of 2x1 in every round (+6.7%, +0.7%, +4.0%), but three rounds cannot rule out a tie.

@@ -21,7 +21,7 @@ from trainer_tune.measure.flops import gpt_flops_per_token
 from trainer_tune.measure.summarize import TrialContext, result_from_window
 from trainer_tune.evidence.estimate import aggregate_windows
 from trainer_tune.plan import TrialSpec, build_plan, window_of
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.measure.window import LocalWindow, TrainerPool, combine_ranks, measure_local
 from trainer_tune.workloads.model import build_model, count_parameters
 
@@ -52,7 +52,7 @@ def _spec(cfg: TuneConfig) -> TrialSpec:
     return build_plan(cfg, world_size=1, base_flags=TrialFlags(), device_type="cpu")[0]
 
 
-def _result(spec: TrialSpec, local: LocalWindow, *, flops_per_token: float | None = None) -> TrialResult:
+def _result(spec: TrialSpec, local: LocalWindow, *, flops_per_token: float | None = None) -> SettingEstimate:
     ctx = TrialContext(model_name="m", device="cpu", backend=None, num_warmup_steps=1, num_measured_steps=2,
                        label=spec.label(), flops_per_token=flops_per_token, peak_tflops_per_device=PEAK_TFLOPS)
     return result_from_window(spec, combine_ranks(local, session=_session()), ctx, started_at="t0", finished_at="t1")

@@ -18,7 +18,7 @@ from trainer_tune.evidence.noise_scale import with_goodput
 from trainer_tune.measure.noise_estimate import from_step_estimates, pool
 from trainer_tune.decide.verdict import GO, NO_GO, decide
 from trainer_tune.evidence.comparison import behind
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.decide.race import race_drops
 from trainer_tune.sinks.files import write_recommendation
 
@@ -30,7 +30,7 @@ def _noise() -> NoiseScaleFigures:
     return from_step_estimates([1.0, 1.1, 0.9, 1.0], [3.0, 5.0, 4.0, 4.0], batch_sizes=(2, 4))
 
 
-def _settings(noise: bool = True) -> list[TrialResult]:
+def _settings(noise: bool = True) -> list[SettingEstimate]:
     """Two ranks: the baseline 2x1 (global batch 4), 8x1 (16: 30% faster, far past B_noise) and 1x1 (2: 20%
     slower, below it). Each measured in three rounds at exactly its rate, so every comparison is exact."""
     results = [make_result(index=0, key="base", micro_batch_size=2, is_baseline=True, tokens_per_s=1000.0),

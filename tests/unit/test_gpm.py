@@ -15,7 +15,8 @@ import pytest
 from rich.console import Console
 
 from helpers.fake_nvml import GPM_FUNCTIONS, NVML_ERROR_NOT_SUPPORTED, FakeNvml
-from result_factory import make_result
+from result_factory import make_result, make_window
+from trainer_tune.measure.record import WindowRecord
 from trainer_tune.config.schema import RecommendArgs
 from trainer_tune.explain.report import build_report
 from trainer_tune.measure.cpu_usage import CpuUtilization
@@ -24,10 +25,11 @@ from trainer_tune.measure.figures import GpuFigures
 from trainer_tune.measure.gpm import GPM_FIELDS, GPM_METRICS, GPM_MIN_INTERVAL_S, summarize_gpm
 from trainer_tune.measure.gpu_sampler import GpuSampler, GpuSummary, summarize_gpu_samples
 from trainer_tune.evidence.estimate import aggregate_windows
-from trainer_tune.measure.summarize import combine_gpu, summary_figures
+from trainer_tune.measure.summarize import combine_gpu
+from trainer_tune.sinks.wandb_sink import summary_figures
 from trainer_tune.evidence.comparison import compare
 from trainer_tune.decide.verdict import decide
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import write_report
 from trainer_tune.measure.telemetry import RankTelemetry
@@ -114,7 +116,7 @@ def test_gpm_figures_combine_over_ranks_and_windows() -> None:
     assert partial is not None and partial.sm_active_mean_pct is None and partial.gpm_note == "sm_active: Not Supported"
     assert partial.dram_bw_mean_pct == pytest.approx(31.0)
     # Over a setting's windows: the mean of the windows', and into the flat figures a wandb trial run logs.
-    windows = [dataclasses.replace(make_result(index=0, key="k", windows={f"r{i}": 1000.0}), round_id=f"r{i}",
+    windows = [dataclasses.replace(make_window(index=0, key="k", round_id=f"r{i}"),
                                    gpu=dataclasses.replace(combined, sm_active_mean_pct=value))
                for i, value in enumerate((30.0, 34.0))]
     setting = aggregate_windows(windows)
@@ -123,8 +125,8 @@ def test_gpm_figures_combine_over_ranks_and_windows() -> None:
     assert figures["gpu_sm_active_mean_pct"] == pytest.approx(32.0)
     assert {f"gpu_{name}" for name in GPM_FIELDS} <= set(figures)
     # And back from the journal.
-    again = TrialResult.from_json_dict(setting.to_json_dict())
-    assert again.gpu == setting.gpu
+    again = WindowRecord.from_json_dict(windows[0].to_json_dict())
+    assert again.gpu == windows[0].gpu
 
 
 # --- no GPM: None with the reason, never 0, never a crash ----------------------------------------------------------

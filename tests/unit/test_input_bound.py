@@ -20,7 +20,7 @@ from trainer_tune.config.flags import TrialFlags, flags_to_environ, flags_to_ove
 from trainer_tune.plan import build_plan
 from trainer_tune.decide.verdict import GO, MEASURED, NO_GO, decide
 from trainer_tune.config.rerun import run_overrides
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.sinks.report import write_report
 from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.targets import ignored_settings
@@ -28,11 +28,11 @@ from trainer_tune.workloads.targets import ignored_settings
 ARGS = RecommendArgs(min_speedup=1.05)
 
 
-def _waiting(result: TrialResult, fraction: Optional[float], median_s: Optional[float] = 0.012) -> TrialResult:
+def _waiting(result: SettingEstimate, fraction: Optional[float], median_s: Optional[float] = 0.012) -> SettingEstimate:
     return dataclasses.replace(result, data_wait_fraction=fraction, data_wait_s_median=median_s)
 
 
-def _sweep(*, base_wait: float, fast_wait: float, fast_workers: int = 0) -> list[TrialResult]:
+def _sweep(*, base_wait: float, fast_wait: float, fast_workers: int = 0) -> list[SettingEstimate]:
     return [_waiting(make_result(index=0, key="base", tokens_per_s=1000, is_baseline=True), base_wait, 0.004),
             _waiting(make_result(index=1, key="fast", tokens_per_s=1300, micro_batch_size=4,
                                  flags=TrialFlags(num_workers=fast_workers)), fast_wait, 0.012)]

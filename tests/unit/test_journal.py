@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from conftest import strict_loads
-from result_factory import make_result
+from result_factory import make_window
 from trainer_tune.config.schema import ConfigError
 from trainer_tune.run.journal import append_result, read_journal
 
 
 def test_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "trials.jsonl"
-    first, second = make_result(index=0, key="a", is_baseline=True), make_result(index=1, key="b", status="oom")
+    first, second = make_window(round_id="r0", index=0, key="a", is_baseline=True), make_window(round_id="r0", index=1, key="b", status="oom")
     append_result(path, first)
     append_result(path, second)
     contents = read_journal(path)
@@ -27,7 +27,7 @@ def test_round_trip(tmp_path: Path) -> None:
 def test_a_record_with_nan_and_inf_is_written_with_nulls_and_their_paths(tmp_path: Path) -> None:
     """A diverged trial (its NSA statistics NaN) is journaled, strict JSON, and reads back the same."""
     path = tmp_path / "trials.jsonl"
-    diverged = make_result(index=1, key="a", status="nan")
+    diverged = make_window(round_id="r0", index=1, key="a", status="nan")
     diverged = dataclasses.replace(diverged, extra={
         **diverged.extra, "nsa_aux_stats": [{"gate": 0.5}, {"gate": math.nan, "entropy": math.inf}],
         "nested": {"deeper": [1.0, [-math.inf, 2.0]]}})
@@ -46,7 +46,7 @@ def test_a_record_with_nan_and_inf_is_written_with_nulls_and_their_paths(tmp_pat
 
 def test_a_figure_made_non_finite_after_the_record_was_built_is_still_written(tmp_path: Path) -> None:
     path = tmp_path / "trials.jsonl"
-    result = make_result(index=0, key="a", is_baseline=True)
+    result = make_window(round_id="r0", index=0, key="a", is_baseline=True)
     result.extra["late"] = math.nan  # extra is a plain dict: nothing stops a writer from adding to it
     assert append_result(path, result)
     record = strict_loads(path.read_text())
@@ -59,21 +59,21 @@ def test_missing_journal_is_empty(tmp_path: Path) -> None:
 
 def test_torn_last_line_is_reported_and_the_next_append_starts_fresh(tmp_path: Path) -> None:
     path = tmp_path / "trials.jsonl"
-    append_result(path, make_result(index=0, key="a"))
-    whole = json.dumps(make_result(index=1, key="b").to_json_dict())
+    append_result(path, make_window(round_id="r0", index=0, key="a"))
+    whole = json.dumps(make_window(round_id="r0", index=1, key="b").to_json_dict())
     with open(path, "a") as handle:
         handle.write(whole[: len(whole) // 2])  # a writer killed mid-line
     contents = read_journal(path)
     assert [r.trial_key for r in contents.results] == ["a"]
     assert "line 2 is incomplete" in contents.problems[0]
-    append_result(path, make_result(index=1, key="b"))
+    append_result(path, make_window(round_id="r0", index=1, key="b"))
     assert [r.trial_key for r in read_journal(path).results] == ["a", "b"]
 
 
 def test_a_foreign_line_in_the_middle_stops_the_run(tmp_path: Path) -> None:
     path = tmp_path / "trials.jsonl"
     path.write_text('{"hello": "world"}\n')
-    append_result(path, make_result(index=0, key="a"))
+    append_result(path, make_window(round_id="r0", index=0, key="a"))
     with pytest.raises(ConfigError, match="line 1 is a JSON object without .*, not a trainer_tune trial record"):
         read_journal(path)
 
@@ -97,8 +97,8 @@ def test_a_foreign_journal_is_one_line_in_the_documented_form(tmp_path: Path, li
 
 def test_a_trial_recorded_twice_keeps_its_first_line(tmp_path: Path) -> None:
     path = tmp_path / "trials.jsonl"
-    first = make_result(index=0, key="a", is_baseline=True)
-    second = make_result(index=0, key="a", is_baseline=True, status="oom")
+    first = make_window(round_id="r0", index=0, key="a", is_baseline=True)
+    second = make_window(round_id="r0", index=0, key="a", is_baseline=True, status="oom")
     append_result(path, first)
     with open(path, "a") as handle:  # as a writer that did not check would leave it
         handle.write(json.dumps(second.to_json_dict()) + "\n")
@@ -109,17 +109,17 @@ def test_a_trial_recorded_twice_keeps_its_first_line(tmp_path: Path) -> None:
 
 def test_an_already_recorded_trial_is_not_appended_again(tmp_path: Path) -> None:
     path = tmp_path / "trials.jsonl"
-    assert append_result(path, make_result(index=0, key="a", is_baseline=True))
-    assert not append_result(path, make_result(index=0, key="a", is_baseline=True, status="oom"))
-    assert append_result(path, make_result(index=1, key="b"))
+    assert append_result(path, make_window(round_id="r0", index=0, key="a", is_baseline=True))
+    assert not append_result(path, make_window(round_id="r0", index=0, key="a", is_baseline=True, status="oom"))
+    assert append_result(path, make_window(round_id="r0", index=1, key="b"))
     assert len(path.read_text().splitlines()) == 2
 
 
 def _append_many(path: str, writer: int, count: int) -> None:
     for i in range(count):
-        append_result(Path(path), make_result(index=i, key=f"w{writer}-{i}"))
+        append_result(Path(path), make_window(round_id="r0", index=i, key=f"w{writer}-{i}"))
         # every writer also tries the shared baseline: exactly one line of it may land
-        append_result(Path(path), make_result(index=0, key="baseline", is_baseline=True))
+        append_result(Path(path), make_window(round_id="r0", index=0, key="baseline", is_baseline=True))
 
 
 def test_concurrent_writers_leave_whole_lines_and_one_baseline(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from trainer_tune.config.flags import TrialFlags
 from trainer_tune.evidence.memory_fit import MemoryLimit, fit_memory, least_squares, predicted_not_to_fit
 from trainer_tune.plan import TrialSpec, build_plan
 from trainer_tune.decide.verdict import decide
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.sinks.charts import ChartSet
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import render_report
@@ -28,7 +28,7 @@ BF16 = TrialFlags(precision="bf16")
 
 
 def _measured(index: int, micro_batch_size: int, memory_gib: float, *, flags: TrialFlags = TrialFlags(),
-              grad_accum: int = 1) -> TrialResult:
+              grad_accum: int = 1) -> SettingEstimate:
     return make_result(index=index, key=f"k{index}", micro_batch_size=micro_batch_size, grad_accum=grad_accum,
                        memory_bytes=int(memory_gib * GIB), flags=flags, is_baseline=index == 0)
 

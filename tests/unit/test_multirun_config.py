@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import REPO, clean_env
-from result_factory import make_result
+from result_factory import make_window
 from trainer_tune.config.schema import TuneConfig, register_configs
 from trainer_tune.config.flags import TrialFlags
 from trainer_tune.run.journal import JOURNAL_NAME, append_result
@@ -77,10 +77,13 @@ def test_a_multirun_under_srun_recommends_an_srun_command(tmp_path: Path, monkey
 
     def steps(base_s: float) -> list[float]:
         return [base_s * (1 + 0.03 * ((i * 7) % 5)) for i in range(12)]
-    append_result(tmp_path / JOURNAL_NAME, make_result(index=0, key="b", micro_batch_size=2, is_baseline=True,
-                                                       world_size=4, step_times=steps(0.08)))
-    append_result(tmp_path / JOURNAL_NAME, make_result(index=1, key="4x1", micro_batch_size=4, world_size=4,
-                                                       step_times=steps(0.08)))
+    for i in range(3):  # the job's rounds: each setting's window beside the baseline's
+        append_result(tmp_path / JOURNAL_NAME, make_window(index=0, key=f"b/r{i}", setting_key="b", round_id=f"job1/r{i}",
+                                                           micro_batch_size=2, is_baseline=True, world_size=4,
+                                                           step_times=steps(0.08)))
+        append_result(tmp_path / JOURNAL_NAME, make_window(index=1, key=f"4x1/r{i}", setting_key="4x1",
+                                                           round_id=f"job1/r{i}", micro_batch_size=4, world_size=4,
+                                                           step_times=steps(0.08)))
     # The callback adopts SLURM's task variables into the process environment, as every job does: a copy of it
     # here, so nothing leaks into other tests.
     monkeypatch.setattr(os, "environ", {**{k: v for k, v in clean_env().items() if not k.startswith("SLURM_")},

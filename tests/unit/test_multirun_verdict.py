@@ -6,10 +6,10 @@ from __future__ import annotations
 from result_factory import make_result
 from trainer_tune.config.schema import RecommendArgs
 from trainer_tune.decide.verdict import GO, decide
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 
 
-def _settings(*, rounds_a: list[str], rounds_b: list[str]) -> list[TrialResult]:
+def _settings(*, rounds_a: list[str], rounds_b: list[str]) -> list[SettingEstimate]:
     """The baseline measured beside each setting; A clearly faster than the baseline, B a little less fast."""
     baseline_rounds = sorted(set(rounds_a) | set(rounds_b))
     baseline = make_result(index=0, key="k0", micro_batch_size=2, is_baseline=True,

@@ -13,12 +13,12 @@ import pytest
 from rich.console import Console
 
 from helpers.wandb_reader import find_offline_run_files, summarize_finished_run
-from result_factory import GIB, make_measured
+from result_factory import GIB, make_measured, as_setting
 from trainer_tune.config.schema import RecommendArgs, WandbArgs, WandbMode
 from trainer_tune.explain.report import build_report
 from trainer_tune.measure.figures import ALLOCATOR_RESERVED, MEMORY_SOURCES, NVML_USED, peak_memory
 from trainer_tune.decide.verdict import decide
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.sinks.charts import ChartSet
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import render_report
@@ -29,22 +29,22 @@ RESERVED = MEMORY_SOURCES[ALLOCATOR_RESERVED]
 
 
 @pytest.fixture(scope="module")
-def results() -> list[TrialResult]:
+def results() -> list[SettingEstimate]:
     # allocated < reserved < NVML used, and no figure of one trial equals one of the other's.
     measured = [make_measured(index=0, micro_batch_size=2, step_s=0.10, allocated_gib=3.0, reserved_gib=4.0,
                               nvml_gib=5.0),
                 make_measured(index=1, micro_batch_size=4, step_s=0.12, allocated_gib=6.0, reserved_gib=7.0,
                               nvml_gib=7.5)]
     # Three rounds each, moving together: the settings' comparison is exact, so only memory is in question.
-    return [dataclasses.replace(r, window_throughput_per_s={f"r{i}": r.tokens_per_s * f for i, f in  # type: ignore
-                                                        enumerate((1.0, 0.95, 1.05))}) for r in measured]
+    return [as_setting(r, {f"r{i}": r.tokens_per_s * f for i, f in enumerate((1.0, 0.95, 1.05))})  # type: ignore
+            for r in measured]
 
 
 OTHER_FIGURES = ("3.0 GiB", "5.0 GiB", "6.0 GiB", "7.5 GiB")
 """The allocated and NVML figures of the fixture as format_bytes writes them: no sink may show them."""
 
 
-def test_the_figure_is_the_reserved_peak_and_says_so(results: list[TrialResult]) -> None:
+def test_the_figure_is_the_reserved_peak_and_says_so(results: list[SettingEstimate]) -> None:
     base, big = results
     assert (base.peak_memory_bytes, base.peak_memory_source) == (4 * GIB, ALLOCATOR_RESERVED)
     assert (big.peak_memory_bytes, big.peak_memory_source) == (7 * GIB, ALLOCATOR_RESERVED)
@@ -58,7 +58,7 @@ def test_without_allocator_statistics_nvml_is_the_figure() -> None:
     assert peak_memory(reserved_bytes=None, nvml_used_bytes=None) == (None, None)
 
 
-def test_the_decision_excludes_by_the_same_figure(results: list[TrialResult]) -> None:
+def test_the_decision_excludes_by_the_same_figure(results: list[SettingEstimate]) -> None:
     # 4x1 is faster per token. Its peak is 70% of the device (allocated: 60%, NVML: 75%).
     assert results[1].tokens_per_s > results[0].tokens_per_s  # type: ignore[operator]
     strict = decide(results, args=RecommendArgs(min_speedup=1.0, max_memory_fraction=0.65))
@@ -70,7 +70,7 @@ def test_the_decision_excludes_by_the_same_figure(results: list[TrialResult]) ->
     assert not any("excluded" in reason for reason in loose.reasons)
 
 
-def test_explanations_use_the_same_figure(results: list[TrialResult]) -> None:
+def test_explanations_use_the_same_figure(results: list[SettingEstimate]) -> None:
     explanations = build_report(decide(results, args=RecommendArgs())).explanations
     assert explanations is not None
     assert [(p.label, p.memory_bytes) for p in explanations.points] == [("2x1", 4 * GIB), ("4x1", 7 * GIB)]
@@ -79,7 +79,7 @@ def test_explanations_use_the_same_figure(results: list[TrialResult]) -> None:
     assert memory.note == f"peak memory {RESERVED}"
 
 
-def test_console_shows_the_same_figure_and_source(results: list[TrialResult]) -> None:
+def test_console_shows_the_same_figure_and_source(results: list[SettingEstimate]) -> None:
     out = io.StringIO()
     ConsoleSink(enabled=True, console=Console(file=out, width=220)).show(results, build_report(decide(results, args=RecommendArgs())))
     text = out.getvalue()
@@ -89,7 +89,7 @@ def test_console_shows_the_same_figure_and_source(results: list[TrialResult]) ->
     assert not any(figure in text for figure in OTHER_FIGURES)
 
 
-def test_report_shows_the_same_figure_and_source(results: list[TrialResult]) -> None:
+def test_report_shows_the_same_figure_and_source(results: list[SettingEstimate]) -> None:
     text = render_report(results, build_report(decide(results, args=RecommendArgs())), ChartSet(charts=(), omitted=()))
     trial_rows = [line for line in text.split("## Trials", 1)[1].splitlines() if line.startswith(("| 0 |", "| 1 |"))]
     assert "| 4.0 GiB |" in trial_rows[0] and "| 7.0 GiB |" in trial_rows[1]
@@ -100,7 +100,7 @@ def test_report_shows_the_same_figure_and_source(results: list[TrialResult]) -> 
     assert not any(figure in text for figure in OTHER_FIGURES)
 
 
-def test_wandb_logs_the_same_figure_and_source(results: list[TrialResult], tmp_path: Path,
+def test_wandb_logs_the_same_figure_and_source(results: list[SettingEstimate], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     use_offline_wandb(monkeypatch, tmp_path)
     sink = WandbSink(WandbArgs(mode=WandbMode.offline), enabled=True, output_dir=tmp_path, group="g", config={})

@@ -12,10 +12,10 @@ from trainer_tune.config.schema import ConfigError, Objective, RecommendArgs, Sw
 from trainer_tune.config.schema import Mode
 from trainer_tune.measure.figures import LatencyFigures
 from trainer_tune.decide.verdict import GO, NO_GO, decide
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 
 
-def _served(index: int, batch: int, *, rate: float, p99_ms: float, energy: Optional[float] = None) -> TrialResult:
+def _served(index: int, batch: int, *, rate: float, p99_ms: float, energy: Optional[float] = None) -> SettingEstimate:
     result = make_result(index=index, key=f"k{batch}", micro_batch_size=batch, tokens_per_s=rate,
                          is_baseline=index == 0)
     latency = LatencyFigures(p50_ms=p99_ms / 2, p90_ms=p99_ms * 0.8, p99_ms=p99_ms, max_ms=p99_ms * 1.1,
@@ -24,7 +24,7 @@ def _served(index: int, batch: int, *, rate: float, p99_ms: float, energy: Optio
                                energy_note=None if energy is not None else "CPU energy not measured: no powercap")
 
 
-def _sweep() -> list[TrialResult]:
+def _sweep() -> list[SettingEstimate]:
     # Baseline batch 4; throughput grows with the batch, and so does the p99.
     return [_served(0, 4, rate=1000.0, p99_ms=20.0, energy=0.4), _served(1, 1, rate=500.0, p99_ms=8.0, energy=0.9),
             _served(2, 16, rate=1600.0, p99_ms=60.0, energy=0.3), _served(3, 64, rate=2000.0, p99_ms=200.0,

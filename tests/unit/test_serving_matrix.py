@@ -14,13 +14,13 @@ from trainer_tune.explain.matrix import MAX_THROUGHPUT, MIN_ENERGY, MIN_LATENCY,
 from trainer_tune.measure.figures import LatencyFigures
 from trainer_tune.evidence.comparison import compare
 from trainer_tune.decide.verdict import decide
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 
 NO_RAPL = "CPU energy not measured: no powercap interface (/sys/class/powercap does not exist)"
 
 
 def served(index: int, batch: int, *, rate: float, p99_ms: float, energy: Optional[float] = None,
-           num_batches: int = 40) -> TrialResult:
+           num_batches: int = 40) -> SettingEstimate:
     """A serving setting of `batch` per replica: `rate` tokens/s (exact in three rounds) and a p99 of `p99_ms`."""
     result = make_result(index=index, key=f"k{batch}", micro_batch_size=batch, tokens_per_s=rate,
                          is_baseline=index == 0)
@@ -31,7 +31,7 @@ def served(index: int, batch: int, *, rate: float, p99_ms: float, energy: Option
                                energy_note=None if energy is not None else NO_RAPL)
 
 
-def sweep() -> list[TrialResult]:
+def sweep() -> list[SettingEstimate]:
     """Batch 4 the baseline; throughput, p99 and energy efficiency all grow with the batch; batch 8 is worse than
     batch 4 on both throughput and p99 (off the Pareto front)."""
     return [served(0, 4, rate=1000.0, p99_ms=20.0, energy=0.4), served(1, 1, rate=500.0, p99_ms=8.0, energy=0.9),
@@ -39,7 +39,7 @@ def sweep() -> list[TrialResult]:
             served(4, 64, rate=2000.0, p99_ms=200.0, energy=0.25, num_batches=120)]
 
 
-def _rows(results: list[TrialResult], max_latency_ms: Optional[float]) -> dict:
+def _rows(results: list[SettingEstimate], max_latency_ms: Optional[float]) -> dict:
     over = [r.trial_key for r in results if r.latency is not None and max_latency_ms is not None
             and r.latency.p99_ms > max_latency_ms]
     matrix = explain(results, compare=compare, max_latency_ms=max_latency_ms, over_budget=over).matrix

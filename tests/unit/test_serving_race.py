@@ -10,12 +10,12 @@ from tests.unit.result_factory import make_result
 from trainer_tune.config.schema import Mode, Objective, RecommendArgs, SweepArgs, TuneConfig
 from trainer_tune.measure.figures import LatencyFigures
 from trainer_tune.decide.verdict import GO, decide
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.decide.race import RaceSummary
 from trainer_tune.decide.race import after_round
 
 
-def _served(index: int, batch: int, *, rate: float, p99_ms: float, num_windows: int = 3) -> TrialResult:
+def _served(index: int, batch: int, *, rate: float, p99_ms: float, num_windows: int = 3) -> SettingEstimate:
     """A setting measured in its last `num_windows` of three rounds at exactly `rate` (comparisons are exact),
     with its p99."""
     result = make_result(index=index, key=f"k{batch}", micro_batch_size=batch, is_baseline=index == 0,
@@ -25,7 +25,7 @@ def _served(index: int, batch: int, *, rate: float, p99_ms: float, num_windows: 
     return dataclasses.replace(result, mode="inference", latency=latency)
 
 
-def _settings(*, late: bool = False) -> dict[str, TrialResult]:
+def _settings(*, late: bool = False) -> dict[str, SettingEstimate]:
     # The baseline, batch 4, within a 100 ms budget; batch 1 slower and within it; batch 64 the fastest, over it
     # (with `late`, let in for the last round only, as strategy=power lets a doubling in).
     served = [_served(0, 4, rate=1000.0, p99_ms=20.0), _served(1, 1, rate=500.0, p99_ms=8.0),

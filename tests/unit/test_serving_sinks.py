@@ -20,7 +20,7 @@ from test_serving_matrix import NO_RAPL, served, sweep
 from trainer_tune.config.schema import RecommendArgs, WandbArgs
 from trainer_tune.explain.report import build_report
 from trainer_tune.decide.verdict import Decision, decide
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.sinks.charts import latency_percentiles_figure, latency_throughput_figure
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import write_report
@@ -30,14 +30,14 @@ from conftest import use_offline_wandb
 BUDGET_MS = 100.0
 
 
-def _decided(max_latency_ms: float | None = BUDGET_MS) -> tuple[list[TrialResult], Decision]:
+def _decided(max_latency_ms: float | None = BUDGET_MS) -> tuple[list[SettingEstimate], Decision]:
     oom = dataclasses.replace(served(5, 128, rate=0.0, p99_ms=1.0), status="oom", error="OutOfMemoryError on rank 1",
                               tokens_per_s=None, samples_per_s=None, latency=None, window_throughput_per_s={})
     results = sweep() + [oom]
     return results, decide(results, args=RecommendArgs(max_latency_ms=max_latency_ms))
 
 
-def _console(results: list[TrialResult], rec: Decision) -> str:
+def _console(results: list[SettingEstimate], rec: Decision) -> str:
     out = io.StringIO()
     ConsoleSink(enabled=True, console=Console(file=out, width=120)).show(results, build_report(rec))
     return out.getvalue()

@@ -17,6 +17,7 @@ from trainer_tune.config.schema import Mode, RecommendArgs, TuneConfig, register
 from trainer_tune.platform.distributed import DistSession, RankEnv
 from trainer_tune.measure.figures import FLOP_COUNTER
 from trainer_tune.config.flags import TrialFlags
+from trainer_tune.evidence.estimate import aggregate_windows
 from trainer_tune.measure.summarize import TrialContext, failed_result, result_from_window
 from trainer_tune.plan import build_plan
 from trainer_tune.decide.verdict import MEASURED, decide
@@ -105,7 +106,7 @@ def test_one_served_setting_is_measured_with_its_p99_and_the_serving_sweep_to_ad
     result = result_from_window(spec, combine_ranks(measure_local(cfg=cfg, spec=spec, session=_session()),
                                                     session=_session()),
                                 _context(cfg, spec.label()), started_at="t0", finished_at="t1")
-    rec = decide([result], args=RecommendArgs())
+    rec = decide([aggregate_windows([result])], args=RecommendArgs())
     assert result.latency is not None and rec.decision == MEASURED
     assert f", p99 {result.latency.p99_ms:,.1f} ms); one setting, nothing to compare" in rec.verdict
     assert "no sweep: add +sweep=serving or sweep.* keys" in rec.reasons[0]

@@ -16,7 +16,7 @@ from result_factory import in_samples, make_result
 from trainer_tune.config.schema import RecommendArgs, WandbArgs
 from trainer_tune.explain.report import build_report
 from trainer_tune.decide.verdict import Decision, decide
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.sinks.charts import rounds_figure, throughput_figure
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import write_report
@@ -24,7 +24,7 @@ from trainer_tune.sinks.wandb_sink import WandbSink
 from conftest import use_offline_wandb
 
 
-def _image_sweep() -> list[TrialResult]:
+def _image_sweep() -> list[SettingEstimate]:
     """Four settings of an image model, one failed; 4x1 is clearly fastest in samples/s, round by round."""
     def rounds(samples_per_s: float) -> dict[str, float]:
         """Three windows around `samples_per_s` (the machine drifts; every setting alike), as make_result takes
@@ -42,7 +42,7 @@ def _image_sweep() -> list[TrialResult]:
             if r.ok and r.samples_per_s else r for r in results]
 
 
-def _decided() -> tuple[list[TrialResult], Decision]:
+def _decided() -> tuple[list[SettingEstimate], Decision]:
     results = _image_sweep()
     return results, decide(results, args=RecommendArgs(min_speedup=1.05))
 

@@ -11,7 +11,7 @@ from result_factory import make_result
 from trainer_tune.config.schema import ConfigError, Strategy, SweepArgs, TuneConfig
 from trainer_tune.config.flags import TrialFlags
 from trainer_tune.plan import TrialSpec, build_plan, power_ladder
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.decide.strategy import first_entrants, power_gate
 
 
@@ -22,7 +22,7 @@ def _plan(**sweep: object) -> list[TrialSpec]:
     return build_plan(cfg, world_size=2, base_flags=TrialFlags(), device_type="cpu")
 
 
-def _result(spec: TrialSpec, *, tokens_per_s: float = 1000.0, status: str = "ok") -> TrialResult:
+def _result(spec: TrialSpec, *, tokens_per_s: float = 1000.0, status: str = "ok") -> SettingEstimate:
     result = make_result(index=spec.index, key=spec.key, tokens_per_s=tokens_per_s, status=status,
                          micro_batch_size=spec.micro_batch_size, grad_accum=spec.grad_accum,
                          is_baseline=spec.is_baseline)
@@ -33,12 +33,12 @@ def _sweep(**kw: object) -> SweepArgs:
     return SweepArgs(strategy=Strategy.power, **kw)  # type: ignore[arg-type]
 
 
-def _by_speed(a: TrialResult, b: TrialResult) -> Optional[bool]:
+def _by_speed(a: SettingEstimate, b: SettingEstimate) -> Optional[bool]:
     """A stand-in for the sweep's rule: faster by more than 10%, decided at once."""
     return a.tokens_per_s > 1.1 * b.tokens_per_s  # type: ignore[operator]
 
 
-def _undecided(a: TrialResult, b: TrialResult) -> Optional[bool]:
+def _undecided(a: SettingEstimate, b: SettingEstimate) -> Optional[bool]:
     return None
 
 

@@ -12,13 +12,13 @@ from trainer_tune.config.schema import RecommendArgs
 from trainer_tune.explain.report import build_report
 from trainer_tune.run.multirun import jobs_by_key
 from trainer_tune.decide.verdict import decide
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.sinks.charts import ChartSet
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.report import render_report
 
 
-def _multirun_of_three_jobs() -> list[TrialResult]:
+def _multirun_of_three_jobs() -> list[SettingEstimate]:
     """`-m train.micro_batch_size=1,2,4` against the baseline 2x1: job 1's setting is the baseline itself, so
     its trial (index 2) never exists; jobs 0 and 2 measured trials 1 and 3."""
     return [make_result(index=0, key="2x1", micro_batch_size=2, is_baseline=True, tokens_per_s=1000.0),
@@ -26,14 +26,14 @@ def _multirun_of_three_jobs() -> list[TrialResult]:
             make_result(index=1, key="1x1", micro_batch_size=1, tokens_per_s=600.0)]
 
 
-def _console_rows(results: list[TrialResult], **kwargs) -> list[list[str]]:
+def _console_rows(results: list[SettingEstimate], **kwargs) -> list[list[str]]:
     out = io.StringIO()
     ConsoleSink(enabled=True, console=Console(file=out, width=150)).show(
         results, build_report(decide(results, args=RecommendArgs())), **kwargs)
     return [_first_words(line.split("│")[1:-1]) for line in out.getvalue().splitlines() if line.startswith("│")]
 
 
-def _report_rows(results: list[TrialResult], **kwargs) -> list[list[str]]:
+def _report_rows(results: list[SettingEstimate], **kwargs) -> list[list[str]]:
     text = render_report(results, build_report(decide(results, args=RecommendArgs())), ChartSet(charts=(), omitted=()), **kwargs)
     lines = text.split("## Trials", 1)[1].strip().split("\n\n", 1)[0].splitlines()
     return [_first_words(line.strip("|").split("|")) for line in lines]

@@ -10,7 +10,8 @@ import pytest
 from result_factory import make_result
 from trainer_tune.config.schema import WandbArgs, WandbMode
 from trainer_tune.measure.gpu_sampler import GpuSummary
-from trainer_tune.measure.summarize import combine_gpu, step_history, summary_figures
+from trainer_tune.measure.summarize import combine_gpu
+from trainer_tune.sinks.wandb_sink import step_history, summary_figures
 from trainer_tune.sinks.wandb_sink import resolve_mode
 
 

@@ -1,4 +1,4 @@
-"""Figures travel typed: what the decision and the sinks read are fields of TrialResult, telemetry is frozen
+"""Figures travel typed: what the decision and the sinks read are fields of SettingEstimate, telemetry is frozen
 dataclasses that become dicts only to cross the store or the journal, and labels are never parsed back."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from result_factory import GIB, make_gpu, make_measured, make_rank_telemetry, make_result
+from result_factory import GIB, as_setting, make_gpu, make_measured, make_rank_telemetry, make_result, make_window
 from trainer_tune.config.schema import RecommendArgs
 from trainer_tune.measure.cpu_usage import CpuUtilization
 from trainer_tune.measure.figures import (
@@ -15,9 +15,11 @@ from trainer_tune.measure.figures import (
 from trainer_tune.config.flags import TrialFlags
 from trainer_tune.measure.gpu_sampler import GpuSummary
 from trainer_tune.run.journal import append_result, read_journal
-from trainer_tune.measure.summarize import step_history
+from trainer_tune.sinks.wandb_sink import step_history
 from trainer_tune.decide.verdict import decide
-from trainer_tune.measure.record import RECORD_VERSION, TrialResult
+from trainer_tune.measure.record import RECORD_VERSION
+from trainer_tune.evidence.estimate import SettingEstimate, estimate_of_window
+from trainer_tune.measure.record import WindowRecord
 from trainer_tune.sinks.charts import throughput_lines
 from trainer_tune.measure.telemetry import RankTelemetry
 
@@ -46,14 +48,14 @@ def test_a_measured_result_survives_the_journal_typed(tmp_path: Path) -> None:
 def test_mfu_figures_survive_the_journal(tmp_path: Path) -> None:
     mfu = MfuFigures(flops_per_token=2e6, achieved_tflops=0.5, achieved_tflops_per_device=0.25,
                      peak_tflops_per_device=None, mfu=None, mfu_raw=None, warning="no peak")
-    result = dataclasses.replace(make_result(index=0, key="a", step_times=[0.1, 0.2]), mfu=mfu)
+    result = dataclasses.replace(make_window(round_id="r0", index=0, key="a", step_times=[0.1, 0.2]), mfu=mfu)
     counted = MfuFigures(flops_per_token=None, flops_per_sample=3e6, flops_source=FLOP_COUNTER,
                          count_note="FlopCounterMode has no formula for x.y", achieved_tflops=0.5,
                          achieved_tflops_per_device=0.25, peak_tflops_per_device=1.0, mfu=None, mfu_raw=0.25,
                          warning="FlopCounterMode has no formula for x.y; MFU not reported")
-    images = dataclasses.replace(make_result(index=1, key="b", step_times=[0.1, 0.2]), mfu=counted,
+    images = dataclasses.replace(make_window(round_id="r0", index=1, key="b", step_times=[0.1, 0.2]), mfu=counted,
                                  gpu=dataclasses.replace(make_gpu(), energy_j=8.0, energy_j_per_sample=0.5))
-    uncounted = dataclasses.replace(make_result(index=2, key="c"), mfu=None,
+    uncounted = dataclasses.replace(make_window(round_id="r0", index=2, key="c"), mfu=None,
                                     mfu_note="FlopCounterMode could not count one micro-step: TypeError: x")
     for record in (result, images, uncounted):
         append_result(tmp_path / "trials.jsonl", record)
@@ -64,13 +66,13 @@ def test_a_record_from_before_counted_flops_and_energy_per_sample_reads_back() -
     mfu = MfuFigures(flops_per_token=2e6, flops_per_sample=2e6 * 128, achieved_tflops=0.5,
                      achieved_tflops_per_device=0.25, peak_tflops_per_device=None, mfu=None, mfu_raw=None,
                      warning="no peak")
-    record = dataclasses.replace(make_result(index=0, key="a"), mfu=mfu,
+    record = dataclasses.replace(make_window(round_id="r0", index=0, key="a"), mfu=mfu,
                                  gpu=dataclasses.replace(make_gpu(), energy_j=8.0, energy_j_per_sample=0.5))
     line = json.loads(json.dumps(record.to_json_dict()))
     for name in ("flops_per_sample", "flops_source", "count_note"):
         del line["mfu"][name]
     del line["gpu"]["energy_j_per_sample"], line["mfu_note"]
-    old = TrialResult.from_json_dict(line)  # a RECORD_VERSION 3 line written before these fields
+    old = WindowRecord.from_json_dict(line)  # a line written before these fields
     assert old.mfu == dataclasses.replace(mfu, flops_per_sample=None)  # it was the formula's: flops_source analytic
     assert old.mfu is not None and old.mfu.flops_source == ANALYTIC and old.mfu_note is None
     assert old.gpu is not None and old.gpu.energy_j == 8.0 and old.gpu.energy_j_per_sample is None
@@ -111,7 +113,8 @@ def test_a_journal_from_before_the_typed_fields_reads_into_them() -> None:
     assert gpu_trial.nsa_aux_stats == tuple(lines[3]["extra"]["nsa_aux_stats"])
     # A line from before rounds is one window: it is compared, but with no interval (and so no GO on it).
     slow_base = dataclasses.replace(results[1], is_baseline=True)
-    rec = decide([dataclasses.replace(results[0], is_baseline=False), slow_base], args=RecommendArgs())
+    rec = decide([estimate_of_window(dataclasses.replace(results[0], is_baseline=False)),
+                  estimate_of_window(slow_base)], args=RecommendArgs())
     assert rec.best is not None and rec.best.trial_key == results[0].trial_key and rec.speedup_ci95 is None
     assert rec.speedup is not None and "one window only" in rec.reasons[0]
 
@@ -124,12 +127,12 @@ def test_the_speedup_interval_comes_from_the_window_rates_field() -> None:
     assert rec.best is fast and rec.speedup_ci95 is not None
     low, high = rec.speedup_ci95
     assert low < rec.speedup < high  # type: ignore[operator]
-    back = TrialResult.from_json_dict(json.loads(json.dumps(fast.to_json_dict())))
-    assert back.window_throughput_per_s == fast.window_throughput_per_s
+    settings = json.loads(json.dumps(rec.to_json_dict()))["settings"]
+    assert settings[1]["window_throughput_per_s"] == fast.window_throughput_per_s
 
 def test_step_history_reads_the_typed_fields() -> None:
     result = make_measured(index=0, micro_batch_size=2, step_s=0.1, allocated_gib=3, reserved_gib=4, nvml_gib=5)
-    rows = step_history(result)
+    rows = step_history(as_setting(result))
     steps = [row for row in rows if "step" in row]
     assert [row["train/step_time_s"] for row in steps] == list(result.step_times_s)
     assert [row["nsa/selection_entropy"] for row in steps] == [s["selection_entropy"] for s in result.nsa_aux_stats]

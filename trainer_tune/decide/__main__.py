@@ -32,7 +32,7 @@ from trainer_tune.decide.verdict import Decision, decide
 from trainer_tune.evidence.comparison import percent
 from trainer_tune.evidence.memory_fit import MemoryLimit
 from trainer_tune.explain.report import Report, build_report
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.measure.record import WindowRecord
 from trainer_tune.plan import TrialSpec, build_plan, swept_flag_names
 from trainer_tune.run.journal import JOURNAL_NAME, read_journal
 from trainer_tune.run.multirun import decide_multirun
@@ -58,13 +58,13 @@ class _Replay:
     def broadcast(self, value: Any) -> Any:
         return value
 
-    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool) -> Optional[TrialResult]:
+    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool) -> Optional[WindowRecord]:
         return None
 
     def round_started(self, *, round_index: int, num_windows: int) -> None:
         pass
 
-    def window_finished(self, result: TrialResult, *, round_index: int) -> None:
+    def window_finished(self, result: WindowRecord, *, round_index: int) -> None:
         pass
 
     def dropped(self, drop: Drop) -> None:

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from trainer_tune.config.schema import RecommendArgs
 from trainer_tune.measure.figures import describe_memory_source
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 
 FAILED = "failed"
 NO_RATE = "no rate"
@@ -21,7 +21,7 @@ KINDS = (FAILED, NO_RATE, OVER_MEMORY, OVER_LATENCY, TOO_FEW_WINDOWS)
 """What `ineligibility` names as the kind of each reason, in the order the rule checks them."""
 
 
-def over_latency_budget(setting: TrialResult, max_latency_ms: float) -> Optional[str]:
+def over_latency_budget(setting: SettingEstimate, max_latency_ms: float) -> Optional[str]:
     """Why `setting` breaks the p99 budget, or None when it meets it (a setting without latency figures, a training
     trial, meets it)."""
     if setting.latency is None or setting.latency.p99_ms <= max_latency_ms:
@@ -30,7 +30,7 @@ def over_latency_budget(setting: TrialResult, max_latency_ms: float) -> Optional
             f"{max_latency_ms:g} (never chosen)")
 
 
-def over_memory(setting: TrialResult, max_memory_fraction: float) -> Optional[str]:
+def over_memory(setting: SettingEstimate, max_memory_fraction: float) -> Optional[str]:
     """Why `setting`'s peak memory is over recommend.max_memory_fraction of its device, or None (also when either
     figure is unknown: on a CPU there is no device memory to be a fraction of)."""
     memory, device_memory = setting.peak_memory_bytes, setting.device_memory_bytes
@@ -41,7 +41,7 @@ def over_memory(setting: TrialResult, max_memory_fraction: float) -> Optional[st
             f"recommend.max_memory_fraction={max_memory_fraction:g}")
 
 
-def ineligibility(setting: TrialResult, args: RecommendArgs, *, min_windows: int = 1) -> Optional[tuple[str, str]]:
+def ineligibility(setting: SettingEstimate, args: RecommendArgs, *, min_windows: int = 1) -> Optional[tuple[str, str]]:
     """(kind, reason) why `setting` may not be chosen, or None. `min_windows`: how many clean windows a setting
     needs; the verdict asks for 2 once any contender has them (one window says nothing about the next)."""
     if not setting.ok:
@@ -61,13 +61,13 @@ def ineligibility(setting: TrialResult, args: RecommendArgs, *, min_windows: int
     return None
 
 
-def eligible(setting: TrialResult, args: RecommendArgs, *, min_windows: int = 1) -> Optional[str]:
+def eligible(setting: SettingEstimate, args: RecommendArgs, *, min_windows: int = 1) -> Optional[str]:
     """None when `setting` may be chosen, else why not (see ineligibility)."""
     found = ineligibility(setting, args, min_windows=min_windows)
     return None if found is None else found[1]
 
 
-def eligible_only(settings: Sequence[TrialResult], args: RecommendArgs, *,
-                  min_windows: int = 1) -> list[TrialResult]:
+def eligible_only(settings: Sequence[SettingEstimate], args: RecommendArgs, *,
+                  min_windows: int = 1) -> list[SettingEstimate]:
     """The settings that may be chosen, in their order."""
     return [s for s in settings if eligible(s, args, min_windows=min_windows) is None]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from trainer_tune.config.schema import LrScaling
 from trainer_tune.measure.figures import NoiseScaleFigures
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 
 if TYPE_CHECKING:
     from trainer_tune.evidence.comparison import Comparison
@@ -50,7 +50,7 @@ def scaled_lr(lr: float, *, batch_size: int, baseline_batch_size: int, rule: LrS
     return lr
 
 
-def lr_change(lr: Optional[float], *, chosen: TrialResult, baseline: TrialResult,
+def lr_change(lr: Optional[float], *, chosen: SettingEstimate, baseline: SettingEstimate,
               rule: LrScaling) -> Optional[LrChange]:
     """The scaled learning rate when `chosen` trains at another global batch than the baseline; None when it does
     not, with lr_scaling=none, or when the sweep's train.lr is not known."""
@@ -62,7 +62,7 @@ def lr_change(lr: Optional[float], *, chosen: TrialResult, baseline: TrialResult
                     from_global_batch_size=baseline.global_batch_size)
 
 
-def batch_change_reason(change: Optional[LrChange], *, chosen: TrialResult, baseline: TrialResult,
+def batch_change_reason(change: Optional[LrChange], *, chosen: SettingEstimate, baseline: SettingEstimate,
                         rule: LrScaling) -> str:
     """Why a GO at another global batch is more than a speed-up, and what recommendation.yaml does about it."""
     text = (f"the global batch changes from {baseline.global_batch_size} to {chosen.global_batch_size} samples per "
@@ -88,7 +88,7 @@ def _ci(values: Optional[Sequence[Optional[float]]]) -> str:
 
 
 def noise_scale_reason(noise: Optional[NoiseScaleFigures], note: Optional[str], *,
-                       baseline: Optional[TrialResult]) -> str:
+                       baseline: Optional[SettingEstimate]) -> str:
     """What the sweep's B_noise is and what it rests on, or why there is no goodput."""
     if noise is None or noise.value is None:
         why = (noise.note if noise is not None else None) or note or "not measured"
@@ -100,7 +100,7 @@ def noise_scale_reason(noise: Optional[NoiseScaleFigures], note: Optional[str], 
             f"intervals leave out B_noise's own uncertainty)")
 
 
-def throughput_vs_goodput(candidates: Sequence[TrialResult], *, compare: GoodputCompare, unit: str,
+def throughput_vs_goodput(candidates: Sequence[SettingEstimate], *, compare: GoodputCompare, unit: str,
                           noise: Optional[NoiseScaleFigures]) -> tuple[Optional[str], str]:
     """(reason, verdict note) naming the setting that wins on throughput but loses on goodput: the fastest candidate
     (finished, within the memory limit and latency budget; left the race or not) against the one with the most
@@ -120,7 +120,7 @@ def throughput_vs_goodput(candidates: Sequence[TrialResult], *, compare: Goodput
     return reason, f"; {fastest.label} is fastest in {unit}/s but {most.label} has more goodput"
 
 
-def other_measure_note(best: Optional[TrialResult], baseline: Optional[TrialResult], *, goodput: bool,
+def other_measure_note(best: Optional[SettingEstimate], baseline: Optional[SettingEstimate], *, goodput: bool,
                        compare: GoodputCompare) -> str:
     """The verdict's word on the measure it was not decided on: goodput beside a throughput verdict, throughput
     beside a goodput one ("" when either side lacks it)."""

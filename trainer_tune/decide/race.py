@@ -27,8 +27,8 @@ from trainer_tune.decide.strategy import NotMeasured, first_entrants, power_gate
 from trainer_tune.evidence.comparison import Outcome, behind, compare
 from trainer_tune.evidence.memory_fit import MemoryLimit, fit_memory, predicted_not_to_fit
 from trainer_tune.evidence.noise_scale import sweep_noise_scale, with_goodput
-from trainer_tune.measure.record import TrialResult
-from trainer_tune.evidence.estimate import aggregate_windows, sweep_noise
+from trainer_tune.evidence.estimate import SettingEstimate, aggregate_windows, sweep_noise
+from trainer_tune.measure.record import WindowRecord
 from trainer_tune.plan import TrialSpec, window_of
 from trainer_tune.platform.units import count
 
@@ -153,12 +153,12 @@ class RaceHost(Protocol):
     def broadcast(self, value: T) -> T:
         """Rank 0's value, on every rank."""
 
-    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool) -> Optional[TrialResult]:
+    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool) -> Optional[WindowRecord]:
         """One window of `spec` in `round_id`, recorded; None when it cannot be had (the replay's journal ends)."""
 
     def round_started(self, *, round_index: int, num_windows: int) -> None: ...
 
-    def window_finished(self, result: TrialResult, *, round_index: int) -> None: ...
+    def window_finished(self, result: WindowRecord, *, round_index: int) -> None: ...
 
     def dropped(self, drop: Drop) -> None: ...
 
@@ -168,14 +168,14 @@ class RaceHost(Protocol):
 
 @dataclass(frozen=True)
 class RaceResult:
-    settings: dict[str, TrialResult]
+    settings: dict[str, SettingEstimate]
     """Each setting that entered the race, aggregated over its windows, by setting key."""
     not_measured: list[NotMeasured]
     summary: RaceSummary
     num_windows_measured: int
 
 
-def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: dict[str, TrialResult],
+def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: dict[str, WindowRecord],
              attempts: dict[str, int], prefix: str, swept: tuple[str, ...],
              limit: Optional[MemoryLimit] = None) -> RaceResult:
     """Measure rounds until the race is decided, sweep.max_rounds or sweep.budget_s (see rounds.py).
@@ -187,7 +187,7 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
     continues where the group died, losing no measured window."""
     by_key = {spec.key: spec for spec in plan}
     baseline = plan[0]
-    windows: dict[str, list[TrialResult]] = {}
+    windows: dict[str, list[WindowRecord]] = {}
     entered: list[TrialSpec] = []
     contenders: set[str] = set()
     failed: set[str] = set()
@@ -197,7 +197,7 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
     elapsed_s = 0.0
     last_round_s: Optional[float] = None
     end_reason = ""
-    settings: dict[str, TrialResult] = {}
+    settings: dict[str, SettingEstimate] = {}
 
     def enter(specs: Sequence[TrialSpec]) -> None:
         for spec in specs:
@@ -275,7 +275,7 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
                        num_windows_measured=num_measured)
 
 
-def after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, TrialResult], contenders: set[str],
+def after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, SettingEstimate], contenders: set[str],
                  entered: list[TrialSpec], rounds_done: int, swept: tuple[str, ...],
                  limit: Optional[MemoryLimit] = None) -> tuple[list[Drop], list[str], list[NotMeasured]]:
     """(settings that leave the race, settings that enter it next round, settings that never will).
@@ -313,7 +313,7 @@ def after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, T
     if cfg.sweep.strategy == Strategy.power:
         entered_keys = {s.key for s in entered}
 
-        def faster(a: TrialResult, b: TrialResult) -> Optional[bool]:
+        def faster(a: SettingEstimate, b: SettingEstimate) -> Optional[bool]:
             if min(len(a.window_throughput_per_s), len(b.window_throughput_per_s)) < cfg.sweep.min_rounds:
                 return None
             return compare(a, b).outcome == Outcome.better

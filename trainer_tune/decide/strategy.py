@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Optional, Sequence
 from trainer_tune.config.schema import RecommendArgs, Strategy, SweepArgs
 from trainer_tune.decide.eligible import eligible
 from trainer_tune.plan import TrialSpec
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def _chain_key(spec: TrialSpec, *, fixed_global_batch: bool) -> tuple:
     return (spec.flags,) if fixed_global_batch else (spec.flags, spec.grad_accum)
 
 
-Faster = Callable[[TrialResult, TrialResult], Optional[bool]]
+Faster = Callable[[SettingEstimate, SettingEstimate], Optional[bool]]
 """faster(a, b): True when a is faster than b beyond noise, False when not, None while either has too few
 windows to tell (the sweep passes recommend.compare with sweep.min_rounds)."""
 
@@ -66,7 +66,7 @@ class Gate:
     """Why it never will (the chain stopped below it); None while it may still enter."""
 
 
-def power_gate(spec: TrialSpec, *, plan: Sequence[TrialSpec], settings: Mapping[str, TrialResult],
+def power_gate(spec: TrialSpec, *, plan: Sequence[TrialSpec], settings: Mapping[str, SettingEstimate],
                sweep: SweepArgs, faster: Faster, recommend: Optional[RecommendArgs] = None) -> Gate:
     """Whether `spec` enters the race now, waits, or never enters (with the reason).
 
@@ -79,7 +79,7 @@ def power_gate(spec: TrialSpec, *, plan: Sequence[TrialSpec], settings: Mapping[
     # The baseline belongs to a chain it matches: it is measured in every round anyway.
     smaller = sorted((s for s in plan if s.micro_batch_size < spec.micro_batch_size
                       and _chain_key(s, fixed_global_batch=fixed) == key), key=lambda s: s.micro_batch_size)
-    best: Optional[TrialResult] = None
+    best: Optional[SettingEstimate] = None
     no_gain = 0
     for member in smaller:
         result = settings.get(member.key)

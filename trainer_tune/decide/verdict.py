@@ -21,7 +21,8 @@ from trainer_tune.decide.goodput import (
 from trainer_tune.evidence.input_bound import InputWait, input_bound_reasons, input_waits, verdict_note
 from trainer_tune.evidence.memory_fit import MemoryFit, MemoryLimit, fit_memory
 from trainer_tune.evidence.noise_scale import sweep_noise_scale, with_goodput
-from trainer_tune.measure.record import TOKENS, TrialResult
+from trainer_tune.measure.record import TOKENS
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.evidence.comparison import (
     Comparison, Drift, Outcome, baseline_drift, compare, percent)
 from trainer_tune.decide.eligible import OVER_LATENCY, OVER_MEMORY, eligible, ineligibility, over_latency_budget
@@ -42,7 +43,7 @@ def _drift_reason(drift: Drift, unit: str) -> str:
             f"round); comparisons pair windows of the same round, so drift shared by a round cancels")
 
 
-def sweep_unit(results: Sequence[TrialResult]) -> str:
+def sweep_unit(results: Sequence[SettingEstimate]) -> str:
     """The unit every rate of the decision is in: the baseline's, else another finished setting's (the settings
     of a sweep share one data source and throughput.unit, so they agree)."""
     finished = [r for r in results if r.ok]
@@ -53,11 +54,11 @@ def sweep_unit(results: Sequence[TrialResult]) -> str:
 @dataclass(frozen=True)
 class Decision:
     decision: str
-    chosen: Optional[TrialResult]
+    chosen: Optional[SettingEstimate]
     """The setting to train with: the best one on GO, the baseline on NO-GO (None if it failed too)."""
-    best: Optional[TrialResult]
+    best: Optional[SettingEstimate]
     """The fastest setting that finished cleanly."""
-    baseline: Optional[TrialResult]
+    baseline: Optional[SettingEstimate]
     speedup: Optional[float]
     """best's rate over the baseline's (in `unit` per second); None when either is missing."""
     speedup_ci95: Optional[tuple[float, float]]
@@ -83,7 +84,7 @@ class Decision:
     """The chosen (or best) setting against the baseline, by the one comparison rule."""
     tied: tuple[str, ...] = ()
     """Labels of the settings the measurements could not order against the best (the best included)."""
-    settings: tuple[TrialResult, ...] = ()
+    settings: tuple[SettingEstimate, ...] = ()
     """Every setting decided on, aggregated over its windows: the evidence behind the verdict."""
     speedup_intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     """Each finished setting's 95% interval of its rate over the baseline's (compare), where it has one."""
@@ -129,12 +130,12 @@ class Decision:
 
     @property
     def count_unit(self) -> Optional[str]:
-        """What the settings' tokens_per_s counts (TrialResult.count_unit: tokens, or throughput.count.unit);
+        """What the settings' tokens_per_s counts (SettingEstimate.count_unit: tokens, or throughput.count.unit);
         None when no setting's batches carried any, so the sinks show no such figure."""
         return next((r.count_unit for r in self.settings if r.tokens_per_s is not None), None)
 
     def to_json_dict(self) -> dict[str, Any]:
-        def trial(result: Optional[TrialResult]) -> Optional[dict[str, Any]]:
+        def trial(result: Optional[SettingEstimate]) -> Optional[dict[str, Any]]:
             return None if result is None else result.to_json_dict()
 
         return {"decision": self.decision, "verdict": self.verdict, "unit": self.unit, "speedup": self.speedup,
@@ -175,7 +176,7 @@ def _noise_scale_json(figures: Optional[NoiseScaleFigures], note: Optional[str])
             "trace_sigma_mean": figures.trace_sigma_mean, "note": note}
 
 
-def _setting(result: TrialResult, *, against: Optional[TrialResult]) -> str:
+def _setting(result: SettingEstimate, *, against: Optional[SettingEstimate]) -> str:
     """`micro_batch_size=4 grad_accum=1`, plus every flag that differs from `against`."""
     text = f"micro_batch_size={result.micro_batch_size} grad_accum={result.grad_accum}"
     for spec in FLAG_SPECS:
@@ -192,8 +193,8 @@ def _ci_text(interval: Optional[tuple[float, float]]) -> str:
     return "" if interval is None else f", 95% CI {_percent(interval[0])} to {_percent(interval[1])}"
 
 
-def _tie_break(tied: Sequence[TrialResult], *, fastest: TrialResult, baseline: Optional[TrialResult],
-               rule: TieBreak) -> TrialResult:
+def _tie_break(tied: Sequence[SettingEstimate], *, fastest: SettingEstimate, baseline: Optional[SettingEstimate],
+               rule: TieBreak) -> SettingEstimate:
     if rule == TieBreak.fastest:
         return fastest
     return min(tied, key=lambda r: _least_change_key(r, baseline))
@@ -204,13 +205,13 @@ _LEAST_CHANGE_RULES = ("the baseline's global batch", "less memory", "the smalle
 """What each part of _least_change_key prefers, in order: named by the tie reason when it decided."""
 
 
-def _least_change_key(result: TrialResult, baseline: Optional[TrialResult]) -> tuple:
+def _least_change_key(result: SettingEstimate, baseline: Optional[SettingEstimate]) -> tuple:
     base_batch = baseline.global_batch_size if baseline is not None else None
     return (result.global_batch_size != base_batch, result.peak_memory_bytes or 0, result.global_batch_size,
             result.micro_batch_size, -(result.throughput_per_s or 0.0))
 
 
-def _deciding_rule(best: TrialResult, tied: Sequence[TrialResult], baseline: Optional[TrialResult]) -> str:
+def _deciding_rule(best: SettingEstimate, tied: Sequence[SettingEstimate], baseline: Optional[SettingEstimate]) -> str:
     """The first preference of recommend.tie_break=least_change that set `best` apart from the runner-up."""
     others = [r for r in tied if r.trial_key != best.trial_key]
     runner_up = min(others, key=lambda r: _least_change_key(r, baseline))
@@ -218,8 +219,8 @@ def _deciding_rule(best: TrialResult, tied: Sequence[TrialResult], baseline: Opt
     return next((rule for rule, a, b in zip(_LEAST_CHANGE_RULES, mine, theirs) if a != b), "plan order")
 
 
-def _tie_reason(best: TrialResult, tied: Sequence[TrialResult], rule: TieBreak,
-                baseline: Optional[TrialResult] = None, *, goodput: bool = False) -> str:
+def _tie_reason(best: SettingEstimate, tied: Sequence[SettingEstimate], rule: TieBreak,
+                baseline: Optional[SettingEstimate] = None, *, goodput: bool = False) -> str:
     """Names the tie and what it may cost: how much slower the chosen setting may be than each it tied with."""
     costs = []
     for other in tied:
@@ -238,14 +239,14 @@ def _tie_reason(best: TrialResult, tied: Sequence[TrialResult], rule: TieBreak,
     return text + (f"; at worst it is {', '.join(costs)}" if costs else "")
 
 
-def _contenders(finished: Sequence[TrialResult], *, args: RecommendArgs, race: Optional[RaceSummary],
-                point_objective: bool) -> tuple[list[TrialResult], list[TrialResult], list[TrialResult], list[str]]:
+def _contenders(finished: Sequence[SettingEstimate], *, args: RecommendArgs, race: Optional[RaceSummary],
+                point_objective: bool) -> tuple[list[SettingEstimate], list[SettingEstimate], list[SettingEstimate], list[str]]:
     """(candidates, contenders, over the latency budget, reasons) by the one rule, decide/eligible.py: candidates
     may be chosen (finished, within memory and the latency budget); contenders are the candidates still in the race
     at its end, measured in as many windows as the best-measured of them."""
     reasons: list[str] = []
-    candidates: list[TrialResult] = []
-    over_budget: list[TrialResult] = []
+    candidates: list[SettingEstimate] = []
+    over_budget: list[SettingEstimate] = []
     for r in finished:
         found = ineligibility(r, args)
         if found is None:
@@ -273,7 +274,7 @@ def _contenders(finished: Sequence[TrialResult], *, args: RecommendArgs, race: O
     return candidates, contenders, over_budget, reasons
 
 
-def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured: Sequence[NotMeasured] = (),
+def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measured: Sequence[NotMeasured] = (),
            race: Optional[RaceSummary] = None, lr: Optional[float] = None,
            memory_limit: Optional[MemoryLimit] = None) -> Decision:
     """The verdict from each setting's result aggregated over its windows (metrics.aggregate_windows). `lr`: the
@@ -302,7 +303,7 @@ def decide(results: Sequence[TrialResult], *, args: RecommendArgs, not_measured:
 
     fastest = max(contenders, key=lambda r: r.throughput_per_s, default=None)  # type: ignore[arg-type,return-value]
     best = fastest
-    tied: list[TrialResult] = []
+    tied: list[SettingEstimate] = []
     if point_objective:
         best, why_none = _point_objective_best(contenders, args.objective)
         if why_none:
@@ -489,7 +490,7 @@ _OBJECTIVE_BEST = {Objective.latency: "lowest p99 latency", Objective.energy: "l
                    Objective.throughput: "highest throughput", Objective.goodput: "most goodput"}
 
 
-def objective_value(result: TrialResult, objective: Objective) -> Optional[float]:
+def objective_value(result: SettingEstimate, objective: Objective) -> Optional[float]:
     """The figure a point objective minimises: p99 latency (ms) or energy per sample (J); None if unmeasured."""
     if objective == Objective.latency:
         return result.latency.p99_ms if result.latency is not None else None
@@ -498,8 +499,8 @@ def objective_value(result: TrialResult, objective: Objective) -> Optional[float
     raise ValueError(f"{objective} is decided by recommend.compare, not by a point figure")
 
 
-def _point_objective_best(contenders: Sequence[TrialResult],
-                          objective: Objective) -> tuple[Optional[TrialResult], Optional[str]]:
+def _point_objective_best(contenders: Sequence[SettingEstimate],
+                          objective: Objective) -> tuple[Optional[SettingEstimate], Optional[str]]:
     """The contender with the smallest figure (ties to the higher throughput), or None and why."""
     measured = [r for r in contenders if objective_value(r, objective) is not None]
     if not measured:
@@ -511,7 +512,7 @@ def _point_objective_best(contenders: Sequence[TrialResult],
     return best, (f"{_OBJECTIVE_FIGURE[objective]} was not measured for {', '.join(missing)}" if missing else None)
 
 
-def _objective_text(result: TrialResult, objective: Objective, unit: str) -> str:
+def _objective_text(result: SettingEstimate, objective: Objective, unit: str) -> str:
     if objective == Objective.latency:
         return f"p99 {result.latency.p99_ms:,.1f} ms"  # type: ignore[union-attr]
     if objective == Objective.energy:
@@ -519,8 +520,8 @@ def _objective_text(result: TrialResult, objective: Objective, unit: str) -> str
     return f"{result.throughput_per_s:,.0f} {unit}/s"
 
 
-def _decide_point_objective(best: TrialResult, baseline: TrialResult, *, args: RecommendArgs,
-                            unit: str) -> tuple[str, TrialResult, str, str]:
+def _decide_point_objective(best: SettingEstimate, baseline: SettingEstimate, *, args: RecommendArgs,
+                            unit: str) -> tuple[str, SettingEstimate, str, str]:
     """(decision, chosen, verdict, first reason) for recommend.objective=latency or energy. These figures have no
     interval (a percentile of pooled batches, one energy reading per window): GO needs the baseline's figure to
     be at least recommend.min_speedup times the best's, and the reason says the comparison is of point values."""
@@ -545,8 +546,8 @@ def _decide_point_objective(best: TrialResult, baseline: TrialResult, *, args: R
         f"{measured}; below recommend.min_speedup={args.min_speedup:g}"
 
 
-def _measured_apart_reason(best: TrialResult, contenders: Sequence[TrialResult], *,
-                           baseline: Optional[TrialResult]) -> list[str]:
+def _measured_apart_reason(best: SettingEstimate, contenders: Sequence[SettingEstimate], *,
+                           baseline: Optional[SettingEstimate]) -> list[str]:
     """Say so when `best` was chosen over settings it shares no round with: the jobs of a multirun each race
     their setting against the baseline in rounds of their own, so two jobs' settings are compared unpaired."""
     rounds = set(best.rates_by_round())

@@ -10,7 +10,7 @@ from enum import Enum
 from typing import Any, Optional
 
 from trainer_tune.evidence.stats import RatioEstimate, ratio_estimate
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 
 
 def percent(speedup: float) -> str:
@@ -66,7 +66,7 @@ class Comparison:
         return f"{percent(self.ratio)} (95% CI {percent(self.interval[0])} to {percent(self.interval[1])}, {how})"
 
 
-def compare(a: TrialResult, b: TrialResult, *, goodput: bool = False) -> Comparison:
+def compare(a: SettingEstimate, b: SettingEstimate, *, goodput: bool = False) -> Comparison:
     """The one comparison rule, used by the decision, the race, the strategies and the explanations.
 
     From the settings' window rates keyed by round: paired within rounds where both were measured (drift
@@ -111,14 +111,14 @@ class Drift:
                 "spread": self.spread}
 
 
-def baseline_drift(baseline: Optional[TrialResult]) -> Optional[Drift]:
+def baseline_drift(baseline: Optional[SettingEstimate]) -> Optional[Drift]:
     """None unless the baseline finished cleanly in at least two rounds."""
     if baseline is None or not baseline.ok or len(baseline.window_throughput_per_s) < 2:
         return None
     return Drift(label=baseline.label, series=tuple(baseline.window_throughput_per_s.items()))
 
 
-def behind(contender: TrialResult, leader: TrialResult, *, goodput: bool = False) -> Optional[str]:
+def behind(contender: SettingEstimate, leader: SettingEstimate, *, goodput: bool = False) -> Optional[str]:
     """Why `contender` is out of the race against `leader` (slower beyond noise, in goodput with goodput=True),
     or None."""
     comparison = compare(contender, leader, goodput=goodput)

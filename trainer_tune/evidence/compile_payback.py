@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,17 @@ class CompilePayback:
                 "never": self.payback_steps is None and self.saved_s_per_step <= 0, "outcome": self.outcome}
 
 
-def _step_time_s(result: TrialResult) -> Optional[float]:
+def _step_time_s(result: SettingEstimate) -> Optional[float]:
     return result.global_batch_size / result.samples_per_s if result.samples_per_s else None
 
 
-def _twin_key(result: TrialResult) -> tuple:
+def _twin_key(result: SettingEstimate) -> tuple:
     flags = {name: value for name, value in result.flags.items() if name != "compile"}
     return result.micro_batch_size, result.grad_accum, result.world_size, tuple(sorted(flags.items()))
 
 
-def compile_paybacks(results: Sequence[TrialResult], *,
-                     compare: Optional[Callable[[TrialResult, TrialResult], Any]] = None) -> list[CompilePayback]:
+def compile_paybacks(results: Sequence[SettingEstimate], *,
+                     compare: Optional[Callable[[SettingEstimate, SettingEstimate], Any]] = None) -> list[CompilePayback]:
     """A payback for each finished compiled setting whose eager twin finished too, in the order given. `compare`
     (recommend.compare) says whether the gain is beyond noise; it is only recorded, never used in the maths."""
     finished = [r for r in results if r.ok and _step_time_s(r) is not None]

@@ -6,18 +6,74 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 from trainer_tune.evidence.stats import geometric_mean, log_t_interval, noise_floor
 from trainer_tune.measure.figures import FLOP_COUNTER, CpuFigures, GpuFigures, MfuFigures, NoiseFloor
 from trainer_tune.measure.noise_estimate import pool as pool_noise_scale
-from trainer_tune.measure.record import Status, TrialResult
+from trainer_tune.measure.record import SAMPLES, MeasuredFigures, Status, WindowRecord, shared_figures
 from trainer_tune.measure.step_stats import StepTimeStats, latency_figures
 from trainer_tune.measure.gpm import GPM_FIELDS
 from trainer_tune.measure.summarize import mean_of_known as _mean, total_of_known as _total
 
 
-def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFloor] = None) -> TrialResult:
+@dataclass(frozen=True, kw_only=True)
+class SettingEstimate(MeasuredFigures):
+    """One setting over its windows: the evidence stage's record, what the decision, the explanations and every
+    sink read. trial_key is the setting's key; rates are geometric means over the windows, throughput_ci95 is
+    Student's t over them (never narrower than the sweep's noise floor), peaks are the highest window's, step
+    times pool every window's steps. Built by aggregate_windows and, for goodput, noise_scale.with_goodput (which
+    makes a new estimate); nothing writes into one."""
+
+    window_throughput_per_s: dict[str, float] = field(default_factory=dict)
+    """throughput_per_s of each clean window of this setting, keyed by round id: what recommend.compare pairs."""
+    num_windows: int = 1
+    """The clean windows behind this estimate."""
+    noise: Optional[NoiseFloor] = None
+    """The sweep's noise floor its interval and its comparisons respect (evidence/stats.py)."""
+    statistical_efficiency: Optional[float] = None
+    """What one of its samples is worth against one at the
+    baseline's global batch, (B_noise + B0) / (B_noise + B) with the sweep's B_noise (noise_scale.py); None
+    where B_noise was not measured."""
+    statistical_efficiency_ci95: Optional[list[float]] = None
+    """statistical_efficiency at the ends of the sweep's B_noise 95% interval."""
+    goodput_samples_per_s: Optional[float] = None
+    """samples_per_s x statistical_efficiency (Pollux's goodput); None without an efficiency."""
+    goodput_tokens_per_s: Optional[float] = None
+    """tokens_per_s x statistical_efficiency; None without tokens or without an efficiency."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ok and self.throughput_per_s is not None and not self.window_throughput_per_s:
+            raise ValueError(f"a setting that finished ({self.label}) needs its windows' rates by round")
+
+    @property
+    def goodput_per_s(self) -> Optional[float]:
+        """throughput_per_s times statistical_efficiency, in throughput_unit per second."""
+        return self.goodput_samples_per_s if self.throughput_unit == SAMPLES else self.goodput_tokens_per_s
+
+    def rates_by_round(self) -> dict[str, float]:
+        """throughput_per_s of each clean window by round id: what evidence/comparison.py pairs."""
+        return self.window_throughput_per_s
+
+    def goodput_rates_by_round(self) -> dict[str, float]:
+        """rates_by_round times statistical_efficiency (a constant of the setting); empty without one."""
+        if self.statistical_efficiency is None:
+            return {}
+        return {r: v * self.statistical_efficiency for r, v in self.rates_by_round().items()}
+
+
+def _estimate(base: MeasuredFigures, **fields: Any) -> SettingEstimate:
+    return SettingEstimate(**{**shared_figures(base), **fields})
+
+
+def estimate_of_window(window: WindowRecord) -> SettingEstimate:
+    """A record from before rounds stands for its setting: one window, its own rate."""
+    return _estimate(window, window_throughput_per_s=window.rates_by_round(), num_windows=1 if window.ok else 0)
+
+
+def aggregate_windows(windows: Sequence[WindowRecord], *, noise: Optional[NoiseFloor] = None) -> SettingEstimate:
     """One setting's result from its windows (one per round): the record the decision and the sinks read.
 
     tokens/s is the geometric mean of the windows' rates and its interval Student's t over them (stats.py says
@@ -33,7 +89,7 @@ def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFl
     clean = [w for w in ordered if w.ok and w.throughput_per_s is not None]
     rates = {r: v for w in clean for r, v in w.rates_by_round().items()}
     common: dict[str, Any] = dict(
-        trial_key=first.setting_key or first.trial_key, setting_key=None, round_id=None,
+        trial_key=first.setting_key or first.trial_key,
         started_at=first.started_at, finished_at=ordered[-1].finished_at,
         wall_s=math.fsum(w.wall_s or 0.0 for w in ordered), num_windows=len(clean), window_throughput_per_s=rates,
         noise=noise)
@@ -41,7 +97,7 @@ def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFl
     if failed:
         worst = max(failed, key=lambda w: Status[w.status].value)
         where = f"round {worst.round_id}: " if worst.round_id else ""
-        return dataclasses.replace(worst, **common, error=f"{where}{worst.error}" if worst.error else worst.error)
+        return _estimate(worst, **common, error=f"{where}{worst.error}" if worst.error else worst.error)
     interval = log_t_interval(list(rates.values()), floor=noise)  # type: ignore[arg-type]
     step_times_s = tuple(t for w in ordered for t in w.step_times_s)
     # Every rate is the geometric mean of the windows' own (the decision's is the mean of `rates`, the same).
@@ -52,7 +108,7 @@ def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFl
              if w.data_wait_fraction is not None and w.measured_s is not None]
     peaks = [w.peak_memory_bytes for w in ordered]
     peak_index = max(range(len(ordered)), key=lambda i: peaks[i] or -1)
-    return dataclasses.replace(
+    return _estimate(
         first, **common,
         tokens_per_s=tokens_per_s, samples_per_s=samples_per_s,
         throughput_ci95=list(interval) if interval is not None else None,
@@ -84,11 +140,11 @@ def aggregate_windows(windows: Sequence[TrialResult], *, noise: Optional[NoiseFl
         nsa_aux_stats=tuple(s for w in ordered for s in w.nsa_aux_stats))
 
 
-def aggregate_by_setting(windows: Sequence[TrialResult]) -> list[TrialResult]:
+def aggregate_by_setting(windows: Sequence[WindowRecord]) -> list[SettingEstimate]:
     """Each setting's result from a journal's windows (several jobs' windows of one setting together), in plan
     order. A record without a setting key (written before rounds) stands for itself."""
-    groups: dict[str, list[TrialResult]] = {}
-    settings = [w for w in windows if w.setting_key is None]
+    groups: dict[str, list[WindowRecord]] = {}
+    settings = [estimate_of_window(w) for w in windows if w.setting_key is None]
     for window in windows:
         if window.setting_key is not None:
             groups.setdefault(window.setting_key, []).append(window)
@@ -97,7 +153,7 @@ def aggregate_by_setting(windows: Sequence[TrialResult]) -> list[TrialResult]:
                   key=lambda r: r.index)
 
 
-def sweep_noise(windows_by_setting: Mapping[str, Sequence[TrialResult]]) -> Optional[NoiseFloor]:
+def sweep_noise(windows_by_setting: Mapping[str, Sequence[WindowRecord]]) -> Optional[NoiseFloor]:
     """The noise floor of a sweep from every setting's clean windows (stats.noise_floor)."""
     baseline = next((key for key, group in windows_by_setting.items() if any(w.is_baseline for w in group)), "")
     rates = {key: {r: v for w in group for r, v in w.rates_by_round().items()}
@@ -105,7 +161,7 @@ def sweep_noise(windows_by_setting: Mapping[str, Sequence[TrialResult]]) -> Opti
     return noise_floor(rates, baseline=baseline)
 
 
-def _energy_over_windows(windows: Sequence[TrialResult]) -> Optional[float]:
+def _energy_over_windows(windows: Sequence[WindowRecord]) -> Optional[float]:
     """Energy summed over windows per sample summed over windows; None unless every window measured it."""
     energies = [w.energy_j_per_sample for w in windows]
     samples = [(w.samples_per_s or 0.0) * (w.measured_s or 0.0) for w in windows]
@@ -143,7 +199,7 @@ def _rescaled_mfu(figures: Optional[MfuFigures], *, samples_per_s: Optional[floa
         mfu_raw=figures.mfu_raw * scale if figures.mfu_raw is not None else None)
 
 
-def _gpu_over_windows(windows: Sequence[TrialResult]) -> Optional[GpuFigures]:
+def _gpu_over_windows(windows: Sequence[WindowRecord]) -> Optional[GpuFigures]:
     """Utilization and power averaged over windows, memory the highest window's, energy summed over windows
     and divided by all their tokens and samples; None unless every window has GPU figures."""
     figures = [w.gpu for w in windows]
@@ -170,7 +226,7 @@ def _int_total(values: Sequence[Optional[int]]) -> Optional[int]:
     return sum(v for v in values if v is not None) if values and all(v is not None for v in values) else None
 
 
-def _cpu_over_windows(windows: Sequence[TrialResult]) -> Optional[CpuFigures]:
+def _cpu_over_windows(windows: Sequence[WindowRecord]) -> Optional[CpuFigures]:
     figures = [w.cpu for w in windows]
     if not figures or any(c is None for c in figures):
         return None

@@ -1,7 +1,7 @@
 """The input pipeline's part of the decision: which settings are input-bound, and what to try.
 
 A setting is input-bound when its slowest rank spent more than recommend.input_bound_fraction of the measured
-time waiting for batches (TrialResult.data_wait_fraction). Being input-bound never blocks a GO: the figures
+time waiting for batches (SettingEstimate.data_wait_fraction). Being input-bound never blocks a GO: the figures
 stand, and a faster pipeline would only make the setting faster still. recommend.decide names such settings
 in its reasons and its verdict; the figures behind them travel on the Decision, so sinks only show them.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 
 MAX_LISTED = 3
 """Input-bound settings named one reason each; more are named together in one line (the report lists all)."""
@@ -36,16 +36,16 @@ class InputWait:
                 "data_wait_s_median": self.data_wait_s_median, "input_bound": self.input_bound}
 
 
-def _num_workers(result: TrialResult) -> int:
+def _num_workers(result: SettingEstimate) -> int:
     return int(result.flags.get("num_workers", 0))
 
 
-def is_input_bound(result: TrialResult, threshold: Optional[float]) -> bool:
+def is_input_bound(result: SettingEstimate, threshold: Optional[float]) -> bool:
     return threshold is not None and result.ok and result.data_wait_fraction is not None \
         and result.data_wait_fraction > threshold
 
 
-def input_waits(results: Sequence[TrialResult], threshold: Optional[float]) -> tuple[InputWait, ...]:
+def input_waits(results: Sequence[SettingEstimate], threshold: Optional[float]) -> tuple[InputWait, ...]:
     """Every finished setting's wait, when there is something to show: a setting is input-bound, or the
     settings differ in data.num_workers (a sweep over it shows what workers change). Else empty."""
     finished = [r for r in results if r.ok]
@@ -57,7 +57,7 @@ def input_waits(results: Sequence[TrialResult], threshold: Optional[float]) -> t
                  for r in sorted(finished, key=lambda r: r.index))
 
 
-def _waited(result: TrialResult) -> str:
+def _waited(result: SettingEstimate) -> str:
     """`38% of its step time waiting for batches (median 12 ms per step)`."""
     assert result.data_wait_fraction is not None
     median = (f" (median {result.data_wait_s_median * 1e3:.3g} ms per step)"
@@ -71,8 +71,8 @@ def _more_workers(now: int) -> str:
     return "[" + ",".join(str(v) for v in values) + "]"
 
 
-def input_bound_reasons(results: Sequence[TrialResult], *, threshold: Optional[float],
-                        first: Optional[TrialResult]) -> list[str]:
+def input_bound_reasons(results: Sequence[SettingEstimate], *, threshold: Optional[float],
+                        first: Optional[SettingEstimate]) -> list[str]:
     """One reason per input-bound setting (`first`, the chosen or best one, leads); past MAX_LISTED, the rest in
     one line."""
     bound = [r for r in results if is_input_bound(r, threshold)]
@@ -89,7 +89,7 @@ def input_bound_reasons(results: Sequence[TrialResult], *, threshold: Optional[f
     return reasons
 
 
-def verdict_note(result: Optional[TrialResult], *, threshold: Optional[float]) -> str:
+def verdict_note(result: Optional[SettingEstimate], *, threshold: Optional[float]) -> str:
     """What the verdict adds when the setting it names is input-bound, else nothing."""
     if result is None or not is_input_bound(result, threshold):
         return ""

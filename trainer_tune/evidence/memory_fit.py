@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from trainer_tune.config.flags import format_flag
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.platform.units import format_bytes
 
 
@@ -120,15 +120,15 @@ def least_squares(points: Sequence[tuple[int, int]]) -> tuple[float, float]:
     return mean_y - slope * mean_x, slope
 
 
-def fit_memory(results: Sequence[TrialResult], *, limit: Optional[MemoryLimit]) -> list[MemoryFit]:
+def fit_memory(results: Sequence[SettingEstimate], *, limit: Optional[MemoryLimit]) -> list[MemoryFit]:
     """A fit per series with peaks measured at two or more micro-batch sizes (settings that finished cleanly
     with a peak memory figure; a series whose peaks come from different sources is fitted on the commonest)."""
-    groups: dict[str, list[TrialResult]] = {}
+    groups: dict[str, list[SettingEstimate]] = {}
     for r in results:
         if r.ok and r.peak_memory_bytes is not None and r.peak_memory_source is not None:
             groups.setdefault(_series_key(r.flags), []).append(r)
     fits: list[MemoryFit] = []
-    usable: list[tuple[dict[str, Any], str, list[TrialResult]]] = []
+    usable: list[tuple[dict[str, Any], str, list[SettingEstimate]]] = []
     for members in groups.values():
         sources = [r.peak_memory_source for r in members]
         source = max(set(sources), key=sources.count)  # type: ignore[arg-type]

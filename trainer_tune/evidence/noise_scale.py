@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 
 
 from trainer_tune.measure.figures import NoiseScaleFigures
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.measure.noise_estimate import pool
 
 def statistical_efficiency(batch_size: int, *, baseline_batch_size: int, noise_scale: float) -> float:
@@ -53,7 +53,7 @@ def efficiency_interval(batch_size: int, *, baseline_batch_size: int,
     return [min(ends), max(ends)]
 
 
-def sweep_noise_scale(settings: Sequence[TrialResult]) -> tuple[Optional[NoiseScaleFigures], str]:
+def sweep_noise_scale(settings: Sequence[SettingEstimate]) -> tuple[Optional[NoiseScaleFigures], str]:
     """The sweep's one B_noise, pooled over every finished setting's noise steps, and a note on what it rests on.
 
     One model, one data source, one starting point: the noise scale is a property of those, not of the setting
@@ -72,8 +72,8 @@ def sweep_noise_scale(settings: Sequence[TrialResult]) -> tuple[Optional[NoiseSc
     return pooled, note + (f"; {pooled.note}" if pooled.note else "")
 
 
-def with_goodput(settings: Sequence[TrialResult],
-                 noise: Optional[NoiseScaleFigures]) -> list[TrialResult]:
+def with_goodput(settings: Sequence[SettingEstimate],
+                 noise: Optional[NoiseScaleFigures]) -> list[SettingEstimate]:
     """Each finished setting with its statistical efficiency against the baseline's global batch and its goodput
     (samples/s and tokens/s times the efficiency); unchanged where B_noise or the baseline is missing."""
     baseline = next((r for r in settings if r.is_baseline), None)

@@ -21,7 +21,7 @@ point is flagged only when that interval stays on one side of 1.
 The decision matrix. One row per objective, each ignoring the others, within the latency budget when one is set
 (recommend.max_latency_ms: a setting over it is picked by no row): the highest throughput (ties by
 recommend.compare), the lowest p99 latency per batch (mode=inference only), the least energy per sample
-(TrialResult.energy_j_per_sample), the least peak memory. Latency, energy and memory are point figures with no
+(SettingEstimate.energy_j_per_sample), the least peak memory. Latency, energy and memory are point figures with no
 interval: their rows say the measurements cannot tell whether the winner beats the runner-up beyond noise.
 Unmeasured figures give a row without a winner and the reason, never a zero.
 
@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Optional, Sequence
 
 from trainer_tune.measure.figures import GpuFigures, describe_memory_source
 from trainer_tune.config.flags import FLAG_SPECS, FlagSpec, format_flag
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.platform.units import count, format_bytes, format_ms
 
 if TYPE_CHECKING:
     from trainer_tune.evidence.comparison import Comparison
 
-Compare = Callable[[TrialResult, TrialResult], "Comparison"]
+Compare = Callable[[SettingEstimate, SettingEstimate], "Comparison"]
 
 SUPER_LINEAR = "super-linear"
 SUB_LINEAR = "sub-linear"
@@ -74,9 +74,9 @@ class ScalingPoint:
     """SUPER_LINEAR, SUB_LINEAR, LINEAR, REFERENCE or NO_INTERVAL."""
     gpu_util_mean_pct: Optional[float]
     memory_bytes: Optional[int]
-    """TrialResult.peak_memory_bytes."""
+    """SettingEstimate.peak_memory_bytes."""
     exposed_comm_fraction: Optional[float]
-    """Share of the synced step that the gradient all-reduce adds (TrialResult.comm); None when not measured."""
+    """Share of the synced step that the gradient all-reduce adds (SettingEstimate.comm); None when not measured."""
     exposed_comm_within_noise: Optional[bool]
     """The sync vs no-sync gap is inside the synced steps' own spread: the share is not distinguishable from 0."""
 
@@ -136,12 +136,12 @@ class Explanations:
         return asdict(self)
 
 
-def per_sample_time_s(result: TrialResult) -> float:
+def per_sample_time_s(result: SettingEstimate) -> float:
     assert result.samples_per_s, "only finished trials have a per-sample time"
     return 1.0 / result.samples_per_s
 
 
-def per_sample_time_interval_s(result: TrialResult) -> Optional[tuple[float, float]]:
+def per_sample_time_interval_s(result: SettingEstimate) -> Optional[tuple[float, float]]:
     """The per-sample time's interval from the decision rate's: samples per unit of that rate scale it."""
     if result.throughput_ci95 is None or not result.throughput_per_s or not result.samples_per_s:
         return None
@@ -150,27 +150,27 @@ def per_sample_time_interval_s(result: TrialResult) -> Optional[tuple[float, flo
     return 1.0 / (high * samples_per_unit), 1.0 / (low * samples_per_unit)
 
 
-def varying_flags(results: Sequence[TrialResult]) -> tuple[FlagSpec, ...]:
+def varying_flags(results: Sequence[SettingEstimate]) -> tuple[FlagSpec, ...]:
     """The flags whose value differs between some of `results`: what tells settings apart besides the batch."""
     return tuple(spec for spec in FLAG_SPECS if len({r.flags.get(spec.field_name) for r in results}) > 1)
 
 
-def flags_text(result: TrialResult, flags: Sequence[FlagSpec]) -> str:
+def flags_text(result: SettingEstimate, flags: Sequence[FlagSpec]) -> str:
     """`bucket_cap_mb=1` for each of `flags`, read from result.flags (labels are for people, never parsed)."""
     return " ".join(f"{spec.field_name}={format_flag(result.flags.get(spec.field_name))}" for spec in flags)
 
 
-def _series(finished: Sequence[TrialResult]) -> list[tuple[str, str, list[TrialResult]]]:
+def _series(finished: Sequence[SettingEstimate]) -> list[tuple[str, str, list[SettingEstimate]]]:
     """(name, varying knob, members by global batch) for every series of at least two finished settings.
     Settings that differ in a flag are never in one series."""
-    groups: dict[tuple[str, str], list[TrialResult]] = {}
+    groups: dict[tuple[str, str], list[SettingEstimate]] = {}
     differing = varying_flags(finished)
     for r in finished:
         flags = flags_text(r, differing)
         for varies, fixed in (("micro_batch_size", f"grad_accum={r.grad_accum}"),
                               ("grad_accum", f"micro_batch_size={r.micro_batch_size}")):
             groups.setdefault((varies, f"{fixed} {flags}".strip()), []).append(r)
-    def order(group: tuple[tuple[str, str], list[TrialResult]]) -> tuple:
+    def order(group: tuple[tuple[str, str], list[SettingEstimate]]) -> tuple:
         (varies, name), members = group
         fixed = members[0].grad_accum if varies == "micro_batch_size" else members[0].micro_batch_size
         return varies != "micro_batch_size", fixed, name
@@ -189,7 +189,7 @@ def _classify(interval: Optional[tuple[float, float]]) -> str:
     return LINEAR
 
 
-def _point(r: TrialResult, ref: TrialResult, *, series: str, varies: str, compare: Compare) -> ScalingPoint:
+def _point(r: SettingEstimate, ref: SettingEstimate, *, series: str, varies: str, compare: Compare) -> ScalingPoint:
     time_s, ref_time_s = per_sample_time_s(r), per_sample_time_s(ref)
     interval, ref_interval = per_sample_time_interval_s(r), per_sample_time_interval_s(ref)
     is_ref = r.trial_key == ref.trial_key
@@ -254,7 +254,7 @@ def sms_mostly_idle(gpu: Optional[GpuFigures]) -> bool:
     return gpu.util_mean_pct >= BUSY_UTIL_PCT and gpu.sm_active_mean_pct < IDLE_SM_ACTIVE_PCT
 
 
-def _idle_sm_fact(r: TrialResult) -> str:
+def _idle_sm_fact(r: SettingEstimate) -> str:
     gpu = r.gpu
     assert gpu is not None and gpu.util_mean_pct is not None and gpu.sm_active_mean_pct is not None
     tensor = f", tensor cores active {gpu.tensor_active_mean_pct:.0f}%" \
@@ -263,7 +263,7 @@ def _idle_sm_fact(r: TrialResult) -> str:
             f"utilization counts any kernel running, so kernels ran on few SMs or waited (communication, launches)")
 
 
-def _trial_facts(finished: Sequence[TrialResult]) -> list[str]:
+def _trial_facts(finished: Sequence[SettingEstimate]) -> list[str]:
     facts = [_idle_sm_fact(r) for r in finished if sms_mostly_idle(r.gpu)]
     noisy = []
     for r in finished:
@@ -300,7 +300,7 @@ def _budget_text(max_latency_ms: Optional[float]) -> str:
     return f"the p99 budget of {max_latency_ms:g} ms (recommend.max_latency_ms)"
 
 
-def _winner(objective: str, best: TrialResult, value: float, *, ci: Optional[tuple[float, float]] = None,
+def _winner(objective: str, best: SettingEstimate, value: float, *, ci: Optional[tuple[float, float]] = None,
             tied: tuple[str, ...] = (), note: str) -> ObjectiveWinner:
     latency = best.latency
     return ObjectiveWinner(objective=objective, trial_key=best.trial_key, label=best.label, value=value,
@@ -315,7 +315,7 @@ def _nobody(objective: str, note: str) -> ObjectiveWinner:
     return ObjectiveWinner(objective, None, None, None, None, (), note)
 
 
-def _within(finished: Sequence[TrialResult], budget: _Budget) -> tuple[list[TrialResult], Optional[str]]:
+def _within(finished: Sequence[SettingEstimate], budget: _Budget) -> tuple[list[SettingEstimate], Optional[str]]:
     """The settings an objective may pick (those within the latency budget), or none and why."""
     if not finished:
         return [], "no setting finished cleanly"
@@ -327,7 +327,7 @@ def _within(finished: Sequence[TrialResult], budget: _Budget) -> tuple[list[Tria
     return within, None
 
 
-def _budget_note(finished: Sequence[TrialResult], budget: _Budget) -> str:
+def _budget_note(finished: Sequence[SettingEstimate], budget: _Budget) -> str:
     over = [r.label for r in finished if r.trial_key in budget.over_keys]
     if budget.max_latency_ms is None:
         return ""
@@ -335,7 +335,7 @@ def _budget_note(finished: Sequence[TrialResult], budget: _Budget) -> str:
                                                                  if over else "")
 
 
-def _point_note(best: TrialResult, others: Sequence[TrialResult], value_of: Callable[[TrialResult], float],
+def _point_note(best: SettingEstimate, others: Sequence[SettingEstimate], value_of: Callable[[SettingEstimate], float],
                 fmt: Callable[[float], str], what: str) -> str:
     """A point figure has no interval: say so, naming the runner-up whose gap the measurements cannot judge."""
     rest = [r for r in others if r.trial_key != best.trial_key]
@@ -349,7 +349,7 @@ def _point_note(best: TrialResult, others: Sequence[TrialResult], value_of: Call
             f"runner-up {runner_up.label} ({fmt(value_of(runner_up))}) beyond noise")
 
 
-def _max_throughput(finished: Sequence[TrialResult], compare: Compare, budget: _Budget) -> ObjectiveWinner:
+def _max_throughput(finished: Sequence[SettingEstimate], compare: Compare, budget: _Budget) -> ObjectiveWinner:
     within, why = _within(finished, budget)
     if not within:
         return _nobody(MAX_THROUGHPUT, why or "")
@@ -364,7 +364,7 @@ def _max_throughput(finished: Sequence[TrialResult], compare: Compare, budget: _
                    note=note + _budget_note(finished, budget))
 
 
-def _max_goodput(finished: Sequence[TrialResult], compare: Compare, budget: _Budget) -> list[ObjectiveWinner]:
+def _max_goodput(finished: Sequence[SettingEstimate], compare: Compare, budget: _Budget) -> list[ObjectiveWinner]:
     """The setting with the most goodput (noise_scale.with_goodput put it on the settings); no row without it."""
     within, _why = _within(finished, budget)
     measured = [r for r in within if r.goodput_per_s is not None]
@@ -378,7 +378,7 @@ def _max_goodput(finished: Sequence[TrialResult], compare: Compare, budget: _Bud
     return [_winner(MAX_GOODPUT, best, best.goodput_per_s, tied=tied, note=note)]  # type: ignore[arg-type]
 
 
-def _min_latency(finished: Sequence[TrialResult], budget: _Budget) -> ObjectiveWinner:
+def _min_latency(finished: Sequence[SettingEstimate], budget: _Budget) -> ObjectiveWinner:
     """The lowest p99 per batch: within the budget whenever any setting is, so the budget needs no filter here."""
     # Over the budget stays in (the row says when every batch size is); excluded for any other reason does not.
     measured = [r for r in finished if r.latency is not None
@@ -399,7 +399,7 @@ def _min_latency(finished: Sequence[TrialResult], budget: _Budget) -> ObjectiveW
     return _winner(MIN_LATENCY, best, p99(best), tied=tied, note=note)
 
 
-def _min_energy(finished: Sequence[TrialResult], budget: _Budget) -> ObjectiveWinner:
+def _min_energy(finished: Sequence[SettingEstimate], budget: _Budget) -> ObjectiveWinner:
     within, why = _within(finished, budget)
     if not within:
         return _nobody(MIN_ENERGY, why or "")
@@ -420,7 +420,7 @@ def _min_energy(finished: Sequence[TrialResult], budget: _Budget) -> ObjectiveWi
                    note=note + _budget_note(finished, budget))
 
 
-def _min_memory(finished: Sequence[TrialResult], budget: _Budget) -> ObjectiveWinner:
+def _min_memory(finished: Sequence[SettingEstimate], budget: _Budget) -> ObjectiveWinner:
     within, why = _within(finished, budget)
     if not within:
         return _nobody(MIN_MEMORY, why or "")
@@ -439,13 +439,13 @@ def _min_memory(finished: Sequence[TrialResult], budget: _Budget) -> ObjectiveWi
                    note=note + _budget_note(finished, budget))
 
 
-def pareto_front(finished: Sequence[TrialResult]) -> tuple[str, ...]:
+def pareto_front(finished: Sequence[SettingEstimate]) -> tuple[str, ...]:
     """Trial keys of the settings with latency figures that no other beats on both throughput and p99 (at least
     as fast and at most as slow, better in one): the batch sizes worth choosing between. Point values: a setting
     just off the front may be on it within noise."""
     served = [r for r in finished if r.latency is not None and r.throughput_per_s]
 
-    def beats(a: TrialResult, b: TrialResult) -> bool:
+    def beats(a: SettingEstimate, b: SettingEstimate) -> bool:
         rate_a, rate_b = a.throughput_per_s, b.throughput_per_s
         p99_a, p99_b = a.latency.p99_ms, b.latency.p99_ms  # type: ignore[union-attr]
         return rate_a >= rate_b and p99_a <= p99_b and (rate_a > rate_b or p99_a < p99_b)  # type: ignore[operator]
@@ -454,7 +454,7 @@ def pareto_front(finished: Sequence[TrialResult]) -> tuple[str, ...]:
                  if not any(beats(other, r) for other in served if other is not r))
 
 
-def explain(results: Sequence[TrialResult], *, compare: Compare, max_latency_ms: Optional[float] = None,
+def explain(results: Sequence[SettingEstimate], *, compare: Compare, max_latency_ms: Optional[float] = None,
             over_budget: Collection[str] = (), ineligible: Collection[str] = ()) -> Explanations:
     """`over_budget`: trial keys of the settings whose p99 is over `max_latency_ms`; `ineligible`: trial keys of every
     setting that may not be chosen (decide/eligible.py, over_budget among them). No objective picks either."""

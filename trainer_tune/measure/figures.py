@@ -1,7 +1,7 @@
 """The typed figures a trial records beside its throughput: peak memory (one definition), GPU and CPU readings
 combined over ranks, the compute vs communication split, MFU.
 
-Data only: metrics.py computes them when it builds a TrialResult, the decision and the sinks read their fields.
+Data only: measure/summarize.py computes them when it builds a WindowRecord (measure/record.py), the decision and the sinks read their fields.
 They become plain dicts only where they cross the journal (JSON), and `from_json_dict` builds them back.
 """
 
@@ -34,7 +34,7 @@ MEMORY_SOURCES = {
     RSS_GROWTH: "growth of the training process's resident memory (peak RSS over the window that built the "
                 "trainer minus RSS before it; host_memory.py), highest rank",
 }
-"""Each source of TrialResult.peak_memory_bytes, as every sink names it."""
+"""Each source of WindowRecord.peak_memory_bytes, as every sink names it."""
 
 
 def peak_memory(*, reserved_bytes: Optional[int], nvml_used_bytes: Optional[int],
@@ -45,10 +45,10 @@ def peak_memory(*, reserved_bytes: Optional[int], nvml_used_bytes: Optional[int]
     tensors plus the cached blocks around them), so it is what runs out when a setting OOMs and what
     recommend.max_memory_fraction must be compared with. The allocated peak is smaller by the allocator's
     fragmentation and cache, so it would let a setting pass that is in fact close to OOM: it is recorded
-    (TrialResult.peak_memory_allocated_bytes) but never the figure. Without allocator statistics, NVML's used
+    (WindowRecord.peak_memory_allocated_bytes) but never the figure. Without allocator statistics, NVML's used
     memory is the only reading left; it is larger (the CUDA context, other processes on the board), so it errs
     on the safe side. Neither (a CPU): the training processes' peak resident memory growth (host_memory.py),
-    measured on CPU devices only; without it None, and TrialResult.peak_memory_note says why.
+    measured on CPU devices only; without it None, and WindowRecord.peak_memory_note says why.
     """
     if reserved_bytes is not None:
         return reserved_bytes, ALLOCATOR_RESERVED
@@ -74,7 +74,7 @@ class GpuFigures:
     """The ranks' own p10 utilization, averaged over ranks (not a percentile over ranks and time)."""
     util_p90_pct: Optional[float]
     memory_used_peak_bytes: Optional[int]
-    """NVML's used memory, the highest GPU's (board-wide); TrialResult.peak_memory_bytes is the figure to use."""
+    """NVML's used memory, the highest GPU's (board-wide); WindowRecord.peak_memory_bytes is the figure to use."""
     power_mean_w: Optional[float]
     energy_j: Optional[float]
     """Summed over GPUs: the whole job's energy over the measured steps."""

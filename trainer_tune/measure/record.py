@@ -1,4 +1,4 @@
-"""A trial's result: the record written as one journal line and read back on resume.
+"""WindowRecord: one window of one setting, the record written as one journal line and read back on resume.
 
 Everything the decision or a sink reads is a typed field; `extra` holds only diagnostics for people (DDP's
 applied settings, each failed rank's traceback). Journal lines written before the typed fields (no
@@ -18,10 +18,12 @@ from trainer_tune.measure.figures import (
 from trainer_tune.config.flags import KEYED_WHEN_SET
 from trainer_tune.platform.finite import NON_FINITE_KEY, finite_only
 from trainer_tune.measure.step_stats import StepTimeStats
-from trainer_tune.measure.figures import NoiseFloor
 
-RECORD_VERSION = 3
-"""3: the decision's rate has a unit (throughput_unit; throughput_ci95 and window_throughput_per_s were
+RECORD_VERSION = 4
+"""4: one record per stage: a window's line holds the window alone (round, setting key and figures); the
+setting-level fields (window_throughput_per_s, num_windows, noise, statistical efficiency, goodput) are
+SettingEstimate's (evidence/estimate.py) and are dropped from older lines on read.
+3: the decision's rate has a unit (throughput_unit; throughput_ci95 and window_throughput_per_s were
 tokens_per_s_ci95 and window_tokens_per_s), tokens may be absent, the input pipeline's wait is recorded.
 2: step times, losses, telemetry and the one peak memory figure are typed fields (1: some were in `extra`)."""
 
@@ -47,8 +49,12 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
-@dataclass(frozen=True)
-class TrialResult:
+@dataclass(frozen=True, kw_only=True)
+class MeasuredFigures:
+    """The figures a window measures and a setting's estimate aggregates over its windows: the fields that
+    WindowRecord (one window, this module) and SettingEstimate (one setting, evidence/estimate.py) share. Never
+    built on its own."""
+
     trial_key: str
     index: int
     label: str
@@ -129,14 +135,6 @@ class TrialResult:
     """(seconds since the measured steps began, GPU utilization %) samples of rank 0; empty without NVML."""
     device_memory_bytes: Optional[int] = None
     """Total memory of one device (CUDA), for recommend.max_memory_fraction; None elsewhere."""
-    round_id: Optional[str] = None
-    """The round this window was measured in (`r0`, `r1`, ...; `job2/r0` in a multirun job); None on a
-    setting's result aggregated over its windows."""
-    setting_key: Optional[str] = None
-    """On a window's record: the key of the setting it measures (trial_key is the window's own key). None on
-    a setting's result aggregated over its windows, whose trial_key is the setting's key."""
-    window_throughput_per_s: dict[str, float] = field(default_factory=dict)
-    """throughput_per_s of each clean window of this setting, keyed by round id: what recommend.compare pairs."""
     data_wait_fraction: Optional[float] = None
     """Share of the measured time the slowest rank spent waiting for its batches (fetching from the source and
     moving to the device); high means the setting is input-bound."""
@@ -151,10 +149,6 @@ class TrialResult:
     None where not measured, with the reason in energy_note, never zero."""
     energy_source: Optional[str] = None
     energy_note: Optional[str] = None
-    num_windows: int = 1
-    """Windows this result stands for: 1 for a window's record, the clean windows for a setting's."""
-    noise: Optional[NoiseFloor] = None
-    """On a setting's result: the sweep's noise floor its interval and its comparisons respect (stats.py)."""
     wall_s: Optional[float] = None
     """Wall time the window took on rank 0: model build, warm-up, measured and comm-split steps. What
     sweep.budget_s counts; summed over windows for a setting."""
@@ -167,16 +161,6 @@ class TrialResult:
     """The gradient noise scale B_noise from this window's noise steps (window.noise_steps), or the setting's
     windows pooled; None where not measured, with the reason in noise_scale_note."""
     noise_scale_note: Optional[str] = None
-    statistical_efficiency: Optional[float] = None
-    """On a setting's result in a recommendation: what one of its samples is worth against one at the
-    baseline's global batch, (B_noise + B0) / (B_noise + B) with the sweep's B_noise (noise_scale.py); None
-    where B_noise was not measured."""
-    statistical_efficiency_ci95: Optional[list[float]] = None
-    """statistical_efficiency at the ends of the sweep's B_noise 95% interval."""
-    goodput_samples_per_s: Optional[float] = None
-    """samples_per_s x statistical_efficiency (Pollux's goodput); None without an efficiency."""
-    goodput_tokens_per_s: Optional[float] = None
-    """tokens_per_s x statistical_efficiency; None without tokens or without an efficiency."""
     compile_s: Optional[float] = None
     """torch.compile's compile time (compile_payback.compile_seconds: the build window's warm-up beyond as many
     measured steps), never in any rate; None for an eager setting, a kept trainer's later window (compile_note),
@@ -188,7 +172,6 @@ class TrialResult:
     most over ranks, summed over a setting's windows; None for an eager setting."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Diagnostics for people, read by no decision and no sink: `ddp_applied`, `tracebacks`."""
-    record_version: int = RECORD_VERSION
     non_finite: list[str] = field(default_factory=list)
     """Paths of figures that were not finite numbers (NaN, inf) and are None instead, e.g.
     extra.nsa_aux_stats[3].gate_entropy after a diverged loss (the trial's status then says nan)."""
@@ -212,36 +195,45 @@ class TrialResult:
         """The rate the decision compares, in throughput_unit per second."""
         return self.samples_per_s if self.throughput_unit == SAMPLES else self.tokens_per_s
 
-    @property
-    def goodput_per_s(self) -> Optional[float]:
-        """throughput_per_s times statistical_efficiency, in throughput_unit per second."""
-        return self.goodput_samples_per_s if self.throughput_unit == SAMPLES else self.goodput_tokens_per_s
+    def to_json_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-    def goodput_rates_by_round(self) -> dict[str, float]:
-        """rates_by_round times statistical_efficiency (a constant of the setting); empty without one."""
-        if self.statistical_efficiency is None:
-            return {}
-        return {r: v * self.statistical_efficiency for r, v in self.rates_by_round().items()}
+
+def shared_figures(record: MeasuredFigures) -> dict[str, Any]:
+    """The MeasuredFigures fields of `record`, by name: what a SettingEstimate starts from."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(MeasuredFigures)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class WindowRecord(MeasuredFigures):
+    """One window of one setting, agreed by all ranks: the measure stage's record and one line of the journal.
+    Intervals over windows, goodput and comparisons are evidence's (evidence/estimate.py); no field here is
+    filled by a later stage."""
+
+    round_id: Optional[str] = None
+    """The round this window was measured in (`r0`, `r1`, ...; `job2/r0` in a multirun job); None in journals
+    from before rounds."""
+    setting_key: Optional[str] = None
+    """The key of the setting this window measures (trial_key is the window's own key); None in journals from
+    before rounds, where a record stands for its setting."""
+    record_version: int = RECORD_VERSION
 
     def rates_by_round(self) -> dict[str, float]:
-        """throughput_per_s by round id: a setting's windows; a window's record (or one from before rounds) is
-        its own single window; nothing for a window that did not finish cleanly."""
-        if self.window_throughput_per_s:
-            return self.window_throughput_per_s
+        """This window's rate by its round id (its own key in journals from before rounds); empty unless it
+        finished cleanly with a rate."""
         if self.ok and self.throughput_per_s:
             return {self.round_id or self.trial_key: self.throughput_per_s}
         return {}
 
-    def to_json_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @staticmethod
-    def from_json_dict(data: dict[str, Any]) -> "TrialResult":
+    def from_json_dict(data: dict[str, Any]) -> "WindowRecord":
         if data.get("record_version", 1) < 2:
             data = _upgrade_v1(data)
         if data.get("record_version", 1) < 3:
             data = _upgrade_v2(data)
-        required = {f.name for f in dataclasses.fields(TrialResult)
+        if data.get("record_version", 1) < 4:
+            data = _upgrade_v3(data)
+        required = {f.name for f in dataclasses.fields(WindowRecord)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         missing = required - set(data)
         if missing:
@@ -250,7 +242,6 @@ class TrialResult:
                  "cpu": CpuFigures.from_json_dict, "comm": lambda v: from_fields(CommSplit, v),
                  "mfu": lambda v: from_fields(MfuFigures, v), "step_times_s": tuple, "losses": tuple,
                  "nsa_aux_stats": tuple, "run_overrides": tuple, "gpu_utilization_series": lambda v: tuple(tuple(p) for p in v),
-                 "noise": lambda v: from_fields(NoiseFloor, v),
                  "latency": lambda v: from_fields(LatencyFigures, v),
                  "noise_scale": NoiseScaleFigures.from_json_dict}
         values = dict(data)
@@ -262,7 +253,20 @@ class TrialResult:
         for name, build in typed.items():
             if values.get(name) is not None:
                 values[name] = build(values[name])
-        return from_fields(TrialResult, values)
+        return from_fields(WindowRecord, values)
+
+
+SETTING_ONLY_FIELDS = ("window_throughput_per_s", "num_windows", "noise", "statistical_efficiency",
+                       "statistical_efficiency_ci95", "goodput_samples_per_s", "goodput_tokens_per_s")
+"""Fields version 3 lines carried on every record and version 4 keeps only on a setting's estimate."""
+
+
+def _upgrade_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """A journal line from before one record per stage: the setting-level fields it carried (empty or defaults on
+    a window) belong to SettingEstimate now."""
+    data = {k: v for k, v in data.items() if k not in SETTING_ONLY_FIELDS}
+    data["record_version"] = RECORD_VERSION
+    return data
 
 
 def _upgrade_v2(data: dict[str, Any]) -> dict[str, Any]:
@@ -270,8 +274,8 @@ def _upgrade_v2(data: dict[str, Any]) -> dict[str, Any]:
     data = dict(data)
     data["throughput_unit"] = TOKENS
     data["throughput_ci95"] = data.pop("tokens_per_s_ci95", None)
-    data["window_throughput_per_s"] = data.pop("window_tokens_per_s", None) or {}
-    data["record_version"] = RECORD_VERSION
+    data.pop("window_tokens_per_s", None)
+    data["record_version"] = 3
     return data
 
 

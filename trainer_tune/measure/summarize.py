@@ -20,7 +20,7 @@ from trainer_tune.measure.gpm import GPM_FIELDS
 from trainer_tune.measure.gpu_sampler import GpuSummary
 from trainer_tune.plan import TrialSpec
 from trainer_tune.measure.rapl import CpuEnergy
-from trainer_tune.measure.record import SAMPLES, TOKENS, Status, TrialResult
+from trainer_tune.measure.record import SAMPLES, TOKENS, Status, WindowRecord
 from trainer_tune.measure.step_stats import StepTimeStats, count_outliers, latency_figures, quantile, throughput_ci, throughput_per_s
 from trainer_tune.measure.telemetry import RankTelemetry
 from trainer_tune.measure.window import WindowMeasurement
@@ -174,7 +174,7 @@ def _combine_telemetry(telemetry: Sequence[Optional[RankTelemetry]], *, tokens: 
 
 def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext, *,
                        started_at: str, finished_at: str,
-                       telemetry: Sequence[Optional[RankTelemetry]] = ()) -> TrialResult:
+                       telemetry: Sequence[Optional[RankTelemetry]] = ()) -> WindowRecord:
     status, error = Status.ok, None
     bad_steps = [i for i, loss in enumerate(m.losses) if not math.isfinite(loss)]
     if bad_steps:
@@ -204,7 +204,7 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
                                               nvml_used_bytes=gpu.memory_used_peak_bytes if gpu else None,
                                               rss_growth_bytes=m.rss_growth_bytes)
     rank0 = telemetry[0] if telemetry else None
-    return TrialResult(
+    return WindowRecord(
         **(_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at)
            | {"num_measured_steps": len(m.step_times_s), "num_warmup_steps": m.num_warmup_steps}),
         status=status.name, error=error, gpu=gpu, gpu_note=gpu_note, cpu=cpu,
@@ -229,7 +229,6 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         step_times_s=tuple(m.step_times_s), losses=tuple(_finite_or_none(x) for x in m.losses),
         nsa_aux_stats=tuple(dict(s) for s in m.aux_stats), device_memory_bytes=ctx.device_memory_bytes,
         gpu_utilization_series=rank0.gpu_utilization_series if rank0 is not None else (),
-        window_throughput_per_s={spec.round_id or spec.key: rate} if status == Status.ok and rate else {},
         noise_scale=estimate_noise_scale(m.noise_readings) if m.noise_readings else None,
         noise_scale_note=m.noise_note, **compile_figures(m),
         extra={"ddp_applied": m.ddp_applied})
@@ -244,7 +243,7 @@ def compile_seconds(*, warmup_s: float, num_warmup_steps: int, step_times_s: Seq
 
 
 def compile_figures(m: WindowMeasurement) -> dict[str, Any]:
-    """A window's compile_s, compile_note and num_graphs_compiled_measured (TrialResult); nothing when eager."""
+    """A window's compile_s, compile_note and num_graphs_compiled_measured (WindowRecord); nothing when eager."""
     if not m.compiled:
         return {}
     compile_s = compile_seconds(warmup_s=m.warmup_s, num_warmup_steps=m.num_warmup_steps,
@@ -299,9 +298,9 @@ def comm_split(*, sync_step_times_s: Sequence[float], no_sync_step_times_s: Sequ
 
 
 def failed_result(spec: TrialSpec, ctx: TrialContext, *, status: Status, error: str,
-                  started_at: str, finished_at: str, extra: Optional[dict] = None) -> TrialResult:
+                  started_at: str, finished_at: str, extra: Optional[dict] = None) -> WindowRecord:
     """A trial that produced no trustworthy measurement: every figure is None, never zero."""
-    return TrialResult(
+    return WindowRecord(
         **_base_fields(spec, ctx, started_at=started_at, finished_at=finished_at),
         status=status.name, error=error, tokens_per_s=None, samples_per_s=None, measured_s=None, step_time_s=None,
         tokens_per_step=None,
@@ -310,63 +309,3 @@ def failed_result(spec: TrialSpec, ctx: TrialContext, *, status: Status, error: 
         peak_memory_allocated_bytes=None, peak_memory_reserved_bytes=None,
         peak_memory_note="not measured: the trial did not finish", device_memory_bytes=ctx.device_memory_bytes,
         num_parameters=None, extra=extra or {})
-
-
-def step_history(result: TrialResult) -> list[dict[str, Any]]:
-    """Per measured step (slowest rank, the setting's windows one after the other): step time, the samples/s (and
-    tokens/s, where batches carry tokens) that step sustained, the loss and, when the model collected them, the
-    NSA auxiliary statistics (averaged over ranks in the step); then each window's rate in the decision's unit by
-    round (`round/<unit>_per_s`), and the GPU utilization samples of rank 0, each on its own axis."""
-    losses, aux_stats = result.losses, result.nsa_aux_stats
-    rows: list[dict[str, Any]] = []
-    for step, time_s in enumerate(result.step_times_s):
-        row: dict[str, Any] = {"step": step, "train/step_time_s": time_s,
-                               "train/samples_per_s": result.global_batch_size / time_s}
-        if result.tokens_per_step is not None:
-            row["train/tokens_per_s"] = result.tokens_per_step / time_s
-        if step < len(losses) and losses[step] is not None:
-            row["train/loss"] = losses[step]
-        if step < len(aux_stats):
-            row.update({f"nsa/{name}": value for name, value in aux_stats[step].items()})
-        rows.append(row)
-    for number, rate in enumerate(result.window_throughput_per_s.values()):
-        rows.append({"round": number, f"round/{result.throughput_unit}_per_s": rate})
-    for t_s, util_pct in result.gpu_utilization_series:
-        rows.append({"gpu_time_s": t_s, "gpu/util_pct": util_pct})
-    return rows
-
-
-def summary_figures(result: TrialResult) -> dict[str, Any]:
-    """The flat figures of one trial, as dashboards and tables show them (None where not measured).
-    tokens_per_s (named by count_unit) only where there is one: batches without tokens have no such figure."""
-    gpu, mfu_info, cpu, steps = result.gpu, result.mfu, result.cpu, result.step_time_s
-    counted = {} if result.tokens_per_s is None else {"tokens_per_s": result.tokens_per_s,
-                                                      "count_unit": result.count_unit}
-    # mode=inference: the batch latency percentiles, and how many batches stand behind them.
-    served = result.latency
-    latency = {} if served is None else {
-        "latency_p50_ms": served.p50_ms, "latency_p90_ms": served.p90_ms, "latency_p99_ms": served.p99_ms,
-        "latency_max_ms": served.max_ms, "latency_mean_ms": served.mean_ms, "latency_num_batches": served.num_batches}
-    return {
-        "index": result.index, "label": result.label, "status": result.status, "is_baseline": result.is_baseline,
-        "micro_batch_size": result.micro_batch_size, "grad_accum": result.grad_accum,
-        "global_batch_size": result.global_batch_size, "world_size": result.world_size,
-        "mode": result.mode, "samples_per_s": result.samples_per_s, **counted, **latency,
-        "throughput_unit": result.throughput_unit, "throughput_per_s": result.throughput_per_s,
-        "data_wait_fraction": result.data_wait_fraction,
-        "step_time_s_median": steps.median if steps else None, "step_time_s_p90": steps.p90 if steps else None,
-        "peak_memory_bytes": result.peak_memory_bytes, "peak_memory_source": result.peak_memory_source,
-        "gpu_util_mean_pct": gpu.util_mean_pct if gpu else None,
-        "gpu_memory_used_peak_bytes": gpu.memory_used_peak_bytes if gpu else None,
-        "gpu_power_mean_w": gpu.power_mean_w if gpu else None,
-        **{f"gpu_{name}": getattr(gpu, name) if gpu else None for name in GPM_FIELDS},
-        "energy_j_per_token": gpu.energy_j_per_token if gpu else None,
-        "energy_j_per_sample": result.energy_j_per_sample, "energy_source": result.energy_source,
-        "mfu": mfu_info.mfu if mfu_info else None,
-        "achieved_tflops": mfu_info.achieved_tflops if mfu_info else None,
-        "cpu_process_pct_mean": cpu.process_pct_mean if cpu else None,
-        "gradient_noise_scale": result.noise_scale.value if result.noise_scale else None,
-        "statistical_efficiency": result.statistical_efficiency, "goodput_per_s": result.goodput_per_s,
-        "compile_s": result.compile_s,
-        "error": result.error,
-    }

@@ -69,7 +69,7 @@ class WindowMeasurement:
     warmup_s: float
     """Wall time of the warm-up steps on the slowest rank (includes first-step allocation)."""
     peak_memory_bytes: Optional[int]
-    """Highest allocated peak over ranks during measured steps (TrialResult.peak_memory_allocated_bytes); None
+    """Highest allocated peak over ranks during measured steps (WindowRecord.peak_memory_allocated_bytes); None
     where the device does not report it."""
     peak_memory_reserved_bytes: Optional[int]
     peak_memory_note: Optional[str]

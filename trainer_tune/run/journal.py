@@ -21,7 +21,7 @@ from typing import Optional
 from trainer_tune.config.schema import ConfigError
 from trainer_tune.platform.durable import append_line, write_atomically
 from trainer_tune.platform.finite import NON_FINITE_KEY, finite_json, finite_record
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.measure.record import WindowRecord
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,11 @@ INFLIGHT_NAME = "inflight.json"
 
 @dataclass(frozen=True)
 class JournalContents:
-    results: tuple[TrialResult, ...]
+    results: tuple[WindowRecord, ...]
     problems: tuple[str, ...]
     """Tolerated defects, e.g. a torn last line, for the log."""
 
-    def by_key(self) -> dict[str, TrialResult]:
+    def by_key(self) -> dict[str, WindowRecord]:
         return {r.trial_key: r for r in self.results}
 
 
@@ -55,7 +55,7 @@ def read_journal(path: Path) -> JournalContents:
         text = path.read_bytes().decode("utf-8", errors="replace")
     except OSError as exc:
         raise ConfigError(f"journal {path} is not readable: {exc.strerror}") from None
-    results: list[TrialResult] = []
+    results: list[WindowRecord] = []
     problems: list[str] = []
     first_line: dict[str, int] = {}
     for number, line in enumerate(text.split("\n"), start=1):
@@ -76,7 +76,7 @@ def read_journal(path: Path) -> JournalContents:
         if missing:
             raise _foreign(path, number, f"a JSON object without {', '.join(sorted(missing))}")
         try:
-            result = TrialResult.from_json_dict(record)
+            result = WindowRecord.from_json_dict(record)
         except (ValueError, TypeError, AttributeError, KeyError):
             raise _foreign(path, number, "a JSON object whose fields are not a trial record's") from None
         if result.trial_key in first_line:
@@ -88,7 +88,7 @@ def read_journal(path: Path) -> JournalContents:
     return JournalContents(results=tuple(results), problems=tuple(problems))
 
 
-def append_result(path: Path, result: TrialResult) -> bool:
+def append_result(path: Path, result: WindowRecord) -> bool:
     """Append the trial unless the journal already records it (another writer was first); returns whether
     this line was written."""
     key = json.dumps(result.trial_key)
@@ -111,11 +111,11 @@ def append_result(path: Path, result: TrialResult) -> bool:
     return written
 
 
-def _parse_lines(text: str) -> list[TrialResult]:
+def _parse_lines(text: str) -> list[WindowRecord]:
     results = []
     for line in text.split("\n"):
         try:
-            results.append(TrialResult.from_json_dict(json.loads(line)))
+            results.append(WindowRecord.from_json_dict(json.loads(line)))
         except (ValueError, TypeError, AttributeError):
             continue
     return results

@@ -32,10 +32,11 @@ from trainer_tune.platform.durable import write_atomically
 from trainer_tune.config.flags import FLAG_SPECS, TrialFlags, resolve_flags
 from trainer_tune.platform.units import count
 from trainer_tune.run.journal import JOURNAL_NAME, read_journal
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.measure.record import WindowRecord
 
 if TYPE_CHECKING:
     from trainer_tune.decide.verdict import Decision
+    from trainer_tune.evidence.estimate import SettingEstimate
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def job_of_trial(index: int) -> Optional[int]:
 ALL_JOBS = "all"
 
 
-def jobs_by_key(results: Sequence[TrialResult]) -> dict[str, str]:
+def jobs_by_key(results: Sequence["SettingEstimate"]) -> dict[str, str]:
     """The table's `job` column, by trial key: the job that measured each setting, as Hydra numbers it when it
     launches (`#2 : train.micro_batch_size=4`) and names its folder in hydra.sweep.dir (`2/`: its config and
     logs); `all` for the baseline, measured in every job."""
@@ -253,7 +254,7 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     return 0
 
 
-def decide_multirun(windows: Sequence[TrialResult], *, args: RecommendArgs, lr: float, journal: Path) -> "Decision":
+def decide_multirun(windows: Sequence[WindowRecord], *, args: RecommendArgs, lr: float, journal: Path) -> "Decision":
     """The decision of a multirun from its journal's windows. Every job measured its setting and the baseline in
     rounds of its own (job-prefixed round ids), so each setting pairs with the baseline windows of its own job."""
     from trainer_tune.decide.verdict import decide

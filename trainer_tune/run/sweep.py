@@ -43,7 +43,8 @@ from trainer_tune.plan import TrialSpec, build_plan, differing_flag_names, job_p
 from trainer_tune.decide.verdict import Decision, decide
 from trainer_tune.explain.report import build_report
 from trainer_tune.config.rerun import current_run_overrides
-from trainer_tune.measure.record import Status, TrialResult, utc_now
+from trainer_tune.evidence.estimate import SettingEstimate
+from trainer_tune.measure.record import Status, WindowRecord, utc_now
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.publish import publish
 from trainer_tune.sinks.wandb_sink import WandbSink
@@ -62,7 +63,7 @@ _RECORDED_GRACE_S = 30.0
 
 @dataclass(frozen=True)
 class SweepOutcome:
-    results: tuple[TrialResult, ...]
+    results: tuple[SettingEstimate, ...]
     """Each setting that entered the race, aggregated over its windows."""
     recommendation: Optional[Decision]
     # recommendation is None for a job of a Hydra multirun: the multirun's callback decides once, at the end.
@@ -156,10 +157,10 @@ class _Sweep:
                                                  if self.session.device.type == "cuda" else None))
 
     # --- resume -------------------------------------------------------------------------------------
-    def resume_state(self, plan: list[TrialSpec]) -> tuple[dict[str, TrialResult], dict[str, int]]:
+    def resume_state(self, plan: list[TrialSpec]) -> tuple[dict[str, WindowRecord], dict[str, int]]:
         """Rank 0 reads the journal (and settles a trial that died in flight); every rank gets the same
         view, so all skip the same trials. A journal rank 0 cannot read is the same error on every rank."""
-        payload: tuple[Optional[dict[str, TrialResult]], dict[str, int], Optional[str]] = (None, {}, None)
+        payload: tuple[Optional[dict[str, WindowRecord]], dict[str, int], Optional[str]] = (None, {}, None)
         if self.rank_env.is_rank0:
             try:
                 payload = (*self._settle_journal(plan), None)
@@ -170,7 +171,7 @@ class _Sweep:
             raise ConfigError(error)
         return done or {}, attempts
 
-    def _settle_journal(self, plan: list[TrialSpec]) -> tuple[dict[str, TrialResult], dict[str, int]]:
+    def _settle_journal(self, plan: list[TrialSpec]) -> tuple[dict[str, WindowRecord], dict[str, int]]:
         contents = read_journal(self.journal_path)
         for problem in contents.problems:
             log.warning(problem)
@@ -204,7 +205,7 @@ class _Sweep:
     def broadcast(self, value: Any) -> Any:
         return self.session.broadcast_from_rank0(value)
 
-    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool) -> TrialResult:
+    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool) -> WindowRecord:
         """One window, measured and journaled."""
         result = self.measure_window(spec, round_id=round_id, attempts=attempts, first=first)
         self.record(result)
@@ -213,7 +214,7 @@ class _Sweep:
     def round_started(self, *, round_index: int, num_windows: int) -> None:
         self.console.round_started(round_index=round_index, num_windows=num_windows)
 
-    def window_finished(self, result: TrialResult, *, round_index: int) -> None:
+    def window_finished(self, result: WindowRecord, *, round_index: int) -> None:
         self.console.window_finished(result, round_index=round_index)
 
     def dropped(self, drop: Drop) -> None:
@@ -222,7 +223,7 @@ class _Sweep:
     def release(self, setting_key: str) -> None:
         self.pool.release(setting_key)
 
-    def measure_window(self, setting: TrialSpec, *, round_id: str, attempts: int, first: bool) -> TrialResult:
+    def measure_window(self, setting: TrialSpec, *, round_id: str, attempts: int, first: bool) -> WindowRecord:
         """One window of `setting` in round `round_id`, agreed by every rank: its journal record. The
         compute vs communication split is measured in a setting's `first` window only."""
         start_s = time.perf_counter()
@@ -245,7 +246,7 @@ class _Sweep:
             self.pool.clear()
         log.info("models %s between windows: %s", "kept" if keep else "rebuilt", reason)
 
-    def _measure_window(self, spec: TrialSpec, *, attempts: int, comm_split: bool) -> TrialResult:
+    def _measure_window(self, spec: TrialSpec, *, attempts: int, comm_split: bool) -> WindowRecord:
         cfg, session = self.cfg, self.session
         ctx = self.context(spec)
         started_at = utc_now()
@@ -293,7 +294,7 @@ class _Sweep:
                                   telemetry=[RankTelemetry.from_json_dict(o["telemetry"]) if o.get("telemetry")
                                              else None for o in outcomes])
 
-    def record(self, result: TrialResult) -> None:
+    def record(self, result: WindowRecord) -> None:
         if self.rank_env.is_rank0:
             append_result(self.journal_path, result)
             clear_inflight(self.output_dir)

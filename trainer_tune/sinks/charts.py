@@ -25,7 +25,7 @@ from matplotlib.ticker import (
 from trainer_tune.explain.matrix import SUB_LINEAR, SUPER_LINEAR, Explanations, ScalingPoint, flags_text, varying_flags
 from trainer_tune.decide.verdict import Decision
 from trainer_tune.explain.report import Report
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +59,17 @@ def _log2_axis(ax, values: Sequence[int]) -> None:  # noqa: ANN001 - a matplotli
     ax.xaxis.set_minor_locator(NullLocator())
 
 
-def throughput_lines(finished: Sequence[TrialResult]) -> dict[str, list[TrialResult]]:
+def throughput_lines(finished: Sequence[SettingEstimate]) -> dict[str, list[SettingEstimate]]:
     """The lines of the throughput chart: one per grad_accum and flags (from result.flags), by micro-batch."""
     differing = varying_flags(finished)
-    lines: dict[tuple[int, str], list[TrialResult]] = {}
+    lines: dict[tuple[int, str], list[SettingEstimate]] = {}
     for r in finished:
         lines.setdefault((r.grad_accum, flags_text(r, differing)), []).append(r)
     return {f"grad_accum={grad_accum} {flags}".strip(): sorted(members, key=lambda r: r.micro_batch_size)
             for (grad_accum, flags), members in sorted(lines.items())}
 
 
-def throughput_figure(finished: Sequence[TrialResult], rec: Decision) -> Figure:
+def throughput_figure(finished: Sequence[SettingEstimate], rec: Decision) -> Figure:
     """The decision's rate (rec.unit per second) of every finished setting, by micro-batch."""
     fig = _new_figure()
     ax = fig.add_subplot()
@@ -127,7 +127,7 @@ def _efficiency(points: Sequence[ScalingPoint]) -> Figure:
     return fig
 
 
-def _step_times(finished: Sequence[TrialResult]) -> Figure:
+def _step_times(finished: Sequence[SettingEstimate]) -> Figure:
     with_steps = [r for r in finished if r.step_times_s]
     fig = _new_figure(width_in=max(7.5, 0.9 * len(with_steps) + 2))
     ax = fig.add_subplot()
@@ -149,7 +149,7 @@ def _step_times(finished: Sequence[TrialResult]) -> Figure:
     return fig
 
 
-def _gpu_util(with_series: Sequence[TrialResult]) -> Figure:
+def _gpu_util(with_series: Sequence[SettingEstimate]) -> Figure:
     fig = _new_figure()
     ax = fig.add_subplot()
     for r in with_series:
@@ -161,7 +161,7 @@ def _gpu_util(with_series: Sequence[TrialResult]) -> Figure:
                          title="GPU utilization over the measured steps")
 
 
-def rounds_figure(finished: Sequence[TrialResult], rec: Decision) -> Figure:
+def rounds_figure(finished: Sequence[SettingEstimate], rec: Decision) -> Figure:
     """The decision's rate of every window by round: the baseline's line is the machine's drift; a setting's
     distance from it in each round is the paired ratio the decision uses."""
     fig = _new_figure()
@@ -176,7 +176,7 @@ def rounds_figure(finished: Sequence[TrialResult], rec: Decision) -> Figure:
                          title="Each window by round: the baseline shows the machine's drift")
 
 
-def latency_throughput_figure(served: Sequence[TrialResult], rec: Decision, pareto_keys: Sequence[str] = ()) -> Figure:
+def latency_throughput_figure(served: Sequence[SettingEstimate], rec: Decision, pareto_keys: Sequence[str] = ()) -> Figure:
     """mode=inference: each batch size's throughput against its p99 latency, the budget as a vertical line and the
     Pareto front (explain.pareto_front: no other batch is both faster and quicker) joined by a line."""
     fig = _new_figure()
@@ -216,7 +216,7 @@ def latency_throughput_figure(served: Sequence[TrialResult], rec: Decision, pare
 LATENCY_PERCENTILES = (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"), ("max", "max_ms"))
 
 
-def latency_percentiles_figure(served: Sequence[TrialResult], rec: Decision) -> Figure:
+def latency_percentiles_figure(served: Sequence[SettingEstimate], rec: Decision) -> Figure:
     """mode=inference: p50, p90, p99 and max batch latency by batch per replica, with the budget line."""
     fig = _new_figure()
     ax = fig.add_subplot()
@@ -249,12 +249,12 @@ def _finish_lines(fig: Figure, ax, *, xlabel: str, ylabel: str, title: str) -> F
     return fig
 
 
-def _gpu_reason(finished: Sequence[TrialResult]) -> str:
+def _gpu_reason(finished: Sequence[SettingEstimate]) -> str:
     notes = sorted({r.gpu_note for r in finished if r.gpu_note})
     return "no utilization samples were recorded" + (f": {'; '.join(notes)}" if notes else "")
 
 
-def draw_charts(results: Sequence[TrialResult], report: Report, *, charts_dir: Path) -> ChartSet:
+def draw_charts(results: Sequence[SettingEstimate], report: Report, *, charts_dir: Path) -> ChartSet:
     rec = report.decision
     charts_dir.mkdir(parents=True, exist_ok=True)
     # A resumed sweep's directory may hold the throughput chart under its name from before units.

@@ -14,7 +14,8 @@ from trainer_tune.measure.figures import describe_memory_source
 from trainer_tune.config.flags import FlagSpec, format_flag
 from trainer_tune.decide.verdict import GO, Decision
 from trainer_tune.explain.report import Report
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
+from trainer_tune.measure.record import WindowRecord
 from trainer_tune.decide.race import Drop
 from trainer_tune.sinks.matrix import matrix_line
 from trainer_tune.sinks.rows import table_rows
@@ -25,7 +26,7 @@ def _number(value: Optional[float], spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _setting_text(result: TrialResult, flags: Sequence[FlagSpec], *, serving: bool = False) -> str:
+def _setting_text(result: SettingEstimate, flags: Sequence[FlagSpec], *, serving: bool = False) -> str:
     """`2x1 static=true bucket_mb=25.0`: the setting with the short name of each flag that tells rows apart, so
     every word fits a narrow column (result.label spells flags out in full, too wide beside 12 other columns).
     Serving: the batch per replica alone (`4 workers=2`): there is no accumulation to name."""
@@ -34,7 +35,7 @@ def _setting_text(result: TrialResult, flags: Sequence[FlagSpec], *, serving: bo
                      *(f"{spec.short_name}={format_flag(result.flags.get(spec.field_name))}" for spec in flags)])
 
 
-def _ci_percent(result: TrialResult) -> str:
+def _ci_percent(result: SettingEstimate) -> str:
     """The 95% interval as +-x% of the decision's rate (rounded outwards to the wider side), to keep the table
     narrow."""
     rate = result.throughput_per_s
@@ -82,7 +83,7 @@ class ConsoleSink:
         if self._progress is not None:
             self._progress.advance(self._steps_task)
 
-    def window_finished(self, result: TrialResult, *, round_index: int) -> None:
+    def window_finished(self, result: WindowRecord, *, round_index: int) -> None:
         if not self.enabled:
             return
         if result.ok and result.latency is not None:
@@ -106,7 +107,7 @@ class ConsoleSink:
             self._progress.stop()
             self._progress = None
 
-    def show(self, results: Sequence[TrialResult], report: Report, *,
+    def show(self, results: Sequence[SettingEstimate], report: Report, *,
              jobs: Optional[Mapping[str, str]] = None) -> None:
         """The table and the verdict; `jobs` (a multirun's, by trial key) adds the column of the job behind each row."""
         if not self.enabled:
@@ -233,7 +234,7 @@ class ConsoleSink:
         # One line however long (goodput and the learning rate lengthen it): logs and CI greps find it whole.
         self.console.print(f"[bold {colour}]{rec.verdict}[/bold {colour}]", soft_wrap=True)
 
-    def _serving_notes(self, results: Sequence[TrialResult], rec: Decision) -> None:
+    def _serving_notes(self, results: Sequence[SettingEstimate], rec: Decision) -> None:
         """What the latency columns are, how many batches stand behind each p99, and the budget."""
         batches = [r.latency.num_batches for r in results if r.latency is not None]
         if batches:

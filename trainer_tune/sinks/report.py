@@ -19,7 +19,7 @@ from trainer_tune.decide.verdict import Decision
 from trainer_tune.explain.report import Report
 from trainer_tune.config.rerun import shell_line
 from trainer_tune.sinks.matrix import energy_text, figure_text, memory_text, objective_name, p99_text, rate_text
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.sinks.rows import table_rows
 from trainer_tune.platform.units import count, format_bytes, format_ms
 
@@ -51,12 +51,12 @@ def _fmt(value: Optional[float], spec: str, suffix: str = "") -> Optional[str]:
     return None if value is None else format(value, spec) + suffix
 
 
-def _trial_columns(results: Sequence[TrialResult], rec: Decision) -> tuple[list[tuple[str, Callable]], list[str]]:
+def _trial_columns(results: Sequence[SettingEstimate], rec: Decision) -> tuple[list[tuple[str, Callable]], list[str]]:
     """(header, cell function) per column after `#` and `job` (rows.py); a column no trial measured is left out
     and a note says why."""
     # Serving: each replica takes its own batch, so the batch per replica is the setting's size (a "global batch"
     # means nothing there), and the batch latencies replace the step times.
-    times: list[tuple[str, Callable[[TrialResult], Any]]] = [
+    times: list[tuple[str, Callable[[SettingEstimate], Any]]] = [
         ("p50 ms", lambda r: format_ms(r.latency.p50_ms) if r.latency else None),
         ("p90 ms", lambda r: format_ms(r.latency.p90_ms) if r.latency else None),
         ("p99 ms", lambda r: format_ms(r.latency.p99_ms) if r.latency else None),
@@ -66,7 +66,7 @@ def _trial_columns(results: Sequence[TrialResult], rec: Decision) -> tuple[list[
         ("step p50 s", lambda r: _fmt(r.step_time_s.median if r.step_time_s else None, ".4f")),
         ("step p90 s", lambda r: _fmt(r.step_time_s.p90 if r.step_time_s else None, ".4f")),
     ]
-    columns: list[tuple[str, Callable[[TrialResult], Any]]] = [
+    columns: list[tuple[str, Callable[[SettingEstimate], Any]]] = [
         ("setting", lambda r: r.label + (" (baseline)" if r.is_baseline else "")
          + (" **chosen**" if rec.chosen is not None and r.trial_key == rec.chosen.trial_key else "")
          + (" **over budget**" if r.trial_key in rec.over_budget else "")),
@@ -83,7 +83,7 @@ def _trial_columns(results: Sequence[TrialResult], rec: Decision) -> tuple[list[
          else f"{r.num_outlier_steps}/{r.num_measured_steps}"),
     ]
     notes = []
-    optional: list[tuple[str, Callable[[TrialResult], Any], str]] = [
+    optional: list[tuple[str, Callable[[SettingEstimate], Any], str]] = [
         ("peak memory", lambda r: format_bytes(r.peak_memory_bytes) if r.ok else None,
          "peak memory: " + "; ".join(sorted({r.peak_memory_note or "not reported" for r in results if r.ok}))),
         ("GPU util %", lambda r: _fmt(r.gpu.util_mean_pct if r.gpu else None, ".0f"),
@@ -125,7 +125,7 @@ def _trial_columns(results: Sequence[TrialResult], rec: Decision) -> tuple[list[
     return columns, notes
 
 
-def _trials_section(results: Sequence[TrialResult], rec: Decision,
+def _trials_section(results: Sequence[SettingEstimate], rec: Decision,
                     jobs: Optional[Mapping[str, str]]) -> list[str]:
     columns, notes = _trial_columns(results, rec)
     header = ["#", *(["job"] if jobs is not None else []), *(h for h, _ in columns)]
@@ -151,7 +151,7 @@ def _input_pipeline_section(rec: Decision) -> list[str]:
             *_table(["setting", "data.num_workers", "wait share", "median wait ms/step", "input-bound"], rows), ""]
 
 
-def _compile_section(results: Sequence[TrialResult], rec: Decision) -> list[str]:
+def _compile_section(results: Sequence[SettingEstimate], rec: Decision) -> list[str]:
     """Each compiled setting's compile time and payback against its eager twin; only when a setting compiled."""
     compiled = [r for r in results if r.flags.get("compile")]
     if not compiled:
@@ -237,7 +237,7 @@ def _matrix_section(matrix: Sequence[ObjectiveWinner], rate_unit: str, *, servin
             "(failures, the memory limit, the required gain).", "", *_table(header, rows), ""]
 
 
-def _serving_section(results: Sequence[TrialResult], rec: Decision) -> list[str]:
+def _serving_section(results: Sequence[SettingEstimate], rec: Decision) -> list[str]:
     """mode=inference: what the latency figures are, the budget and the batch sizes over it."""
     batches = sorted({r.latency.num_batches for r in results if r.latency is not None})
     lines = ["## Serving", "",
@@ -276,7 +276,7 @@ def _memory_section(rec: Decision) -> list[str]:
     return lines
 
 
-def render_report(results: Sequence[TrialResult], report: Report, chart_set: "ChartSet", *,
+def render_report(results: Sequence[SettingEstimate], report: Report, chart_set: "ChartSet", *,
                   jobs: Optional[Mapping[str, str]] = None) -> str:
     """`jobs`: in a multirun, the job that measured each setting, by trial key (a column of the trials table)."""
     rec = report.decision
@@ -305,7 +305,7 @@ def render_report(results: Sequence[TrialResult], report: Report, chart_set: "Ch
     return "\n".join(lines)
 
 
-def write_report(output_dir: Path, results: Sequence[TrialResult], report: Report, *,
+def write_report(output_dir: Path, results: Sequence[SettingEstimate], report: Report, *,
                  jobs: Optional[Mapping[str, str]] = None) -> ReportFiles:
     # matplotlib is imported here, on rank 0 at the end, so no rank pays for it at start-up.
     from trainer_tune.sinks.charts import draw_charts

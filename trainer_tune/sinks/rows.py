@@ -10,19 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
 
 
 @dataclass(frozen=True)
 class TableRow:
     number: int
     """The row's `#`: consecutive from 0, the baseline."""
-    result: TrialResult
+    result: SettingEstimate
     job: Optional[str]
     """In a multirun, the job that measured the setting (`all` for the baseline); None in a single run."""
 
 
-def table_rows(results: Sequence[TrialResult], *, jobs: Optional[Mapping[str, str]] = None) -> list[TableRow]:
+def table_rows(results: Sequence[SettingEstimate], *, jobs: Optional[Mapping[str, str]] = None) -> list[TableRow]:
     """`results` as rows; `jobs` (trial_key -> job, multirun.jobs_by_key) adds the job of each row."""
     ordered = sorted(results, key=lambda r: (not r.is_baseline, r.index))
     return [TableRow(number=number, result=result, job=None if jobs is None else jobs.get(result.trial_key, "n/a"))

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from trainer_tune.config.schema import WandbArgs, WandbMode
-from trainer_tune.measure.summarize import step_history, summary_figures
 from trainer_tune.explain.report import Report
-from trainer_tune.measure.record import TrialResult
+from trainer_tune.evidence.estimate import SettingEstimate
+from trainer_tune.measure.gpm import GPM_FIELDS
 
 if TYPE_CHECKING:
     from trainer_tune.explain.matrix import Explanations
@@ -68,7 +68,7 @@ class WandbSink:
             tags=list(self.args.tags), config=config, dir=str(self.output_dir), mode=self.mode,
             reinit="create_new", settings=self._wandb.Settings(console="off", silent=True))
 
-    def trial_finished(self, result: TrialResult) -> None:
+    def trial_finished(self, result: SettingEstimate) -> None:
         if not self.enabled:
             return
         try:
@@ -98,7 +98,7 @@ class WandbSink:
         except Exception as exc:  # noqa: BLE001 - wandb must never end a sweep
             self._disable(f"logging trial {result.index} failed: {exc}")
 
-    def sweep_finished(self, results: Sequence[TrialResult], report: Report, *,
+    def sweep_finished(self, results: Sequence[SettingEstimate], report: Report, *,
                        files: Sequence[Path], chart_pngs: Sequence[Chart] = ()) -> None:
         if not self.enabled:
             return
@@ -178,3 +178,63 @@ def _cell(value: Any) -> Any:
     """wandb tables take scalars: intervals and lists become text."""
     return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
         if isinstance(value, (tuple, list)) else value
+
+
+def step_history(result: SettingEstimate) -> list[dict[str, Any]]:
+    """Per measured step (slowest rank, the setting's windows one after the other): step time, the samples/s (and
+    tokens/s, where batches carry tokens) that step sustained, the loss and, when the model collected them, the
+    NSA auxiliary statistics (averaged over ranks in the step); then each window's rate in the decision's unit by
+    round (`round/<unit>_per_s`), and the GPU utilization samples of rank 0, each on its own axis."""
+    losses, aux_stats = result.losses, result.nsa_aux_stats
+    rows: list[dict[str, Any]] = []
+    for step, time_s in enumerate(result.step_times_s):
+        row: dict[str, Any] = {"step": step, "train/step_time_s": time_s,
+                               "train/samples_per_s": result.global_batch_size / time_s}
+        if result.tokens_per_step is not None:
+            row["train/tokens_per_s"] = result.tokens_per_step / time_s
+        if step < len(losses) and losses[step] is not None:
+            row["train/loss"] = losses[step]
+        if step < len(aux_stats):
+            row.update({f"nsa/{name}": value for name, value in aux_stats[step].items()})
+        rows.append(row)
+    for number, rate in enumerate(result.window_throughput_per_s.values()):
+        rows.append({"round": number, f"round/{result.throughput_unit}_per_s": rate})
+    for t_s, util_pct in result.gpu_utilization_series:
+        rows.append({"gpu_time_s": t_s, "gpu/util_pct": util_pct})
+    return rows
+
+
+def summary_figures(result: SettingEstimate) -> dict[str, Any]:
+    """The flat figures of one trial, as dashboards and tables show them (None where not measured).
+    tokens_per_s (named by count_unit) only where there is one: batches without tokens have no such figure."""
+    gpu, mfu_info, cpu, steps = result.gpu, result.mfu, result.cpu, result.step_time_s
+    counted = {} if result.tokens_per_s is None else {"tokens_per_s": result.tokens_per_s,
+                                                      "count_unit": result.count_unit}
+    # mode=inference: the batch latency percentiles, and how many batches stand behind them.
+    served = result.latency
+    latency = {} if served is None else {
+        "latency_p50_ms": served.p50_ms, "latency_p90_ms": served.p90_ms, "latency_p99_ms": served.p99_ms,
+        "latency_max_ms": served.max_ms, "latency_mean_ms": served.mean_ms, "latency_num_batches": served.num_batches}
+    return {
+        "index": result.index, "label": result.label, "status": result.status, "is_baseline": result.is_baseline,
+        "micro_batch_size": result.micro_batch_size, "grad_accum": result.grad_accum,
+        "global_batch_size": result.global_batch_size, "world_size": result.world_size,
+        "mode": result.mode, "samples_per_s": result.samples_per_s, **counted, **latency,
+        "throughput_unit": result.throughput_unit, "throughput_per_s": result.throughput_per_s,
+        "data_wait_fraction": result.data_wait_fraction,
+        "step_time_s_median": steps.median if steps else None, "step_time_s_p90": steps.p90 if steps else None,
+        "peak_memory_bytes": result.peak_memory_bytes, "peak_memory_source": result.peak_memory_source,
+        "gpu_util_mean_pct": gpu.util_mean_pct if gpu else None,
+        "gpu_memory_used_peak_bytes": gpu.memory_used_peak_bytes if gpu else None,
+        "gpu_power_mean_w": gpu.power_mean_w if gpu else None,
+        **{f"gpu_{name}": getattr(gpu, name) if gpu else None for name in GPM_FIELDS},
+        "energy_j_per_token": gpu.energy_j_per_token if gpu else None,
+        "energy_j_per_sample": result.energy_j_per_sample, "energy_source": result.energy_source,
+        "mfu": mfu_info.mfu if mfu_info else None,
+        "achieved_tflops": mfu_info.achieved_tflops if mfu_info else None,
+        "cpu_process_pct_mean": cpu.process_pct_mean if cpu else None,
+        "gradient_noise_scale": result.noise_scale.value if result.noise_scale else None,
+        "statistical_efficiency": result.statistical_efficiency, "goodput_per_s": result.goodput_per_s,
+        "compile_s": result.compile_s,
+        "error": result.error,
+    }
