@@ -68,7 +68,7 @@ def test_every_flag_value_is_readable_at_120_columns() -> None:
         words = cells[str(r.index)].split()
         assert words[0] == f"{r.micro_batch_size}x{r.grad_accum}"
         for name in SWEPT:
-            assert f"{short[name]}={format_flag(r.flags[name])}" in words, (r.label, cells[str(r.index)])
+            assert f"{short[name]}={format_flag(getattr(r.flags, name))}" in words, (r.label, cells[str(r.index)])
     assert len(set(cells.values())) == len(results)
     # What each short name stands for is said once, under the table.
     legend = " ".join(text.split("┘", 1)[1].split())

@@ -24,7 +24,6 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainer_tune.config.flags import TrialFlags
 from trainer_tune.config.keys import check_keys
 from trainer_tune.config.schema import ConfigError, TuneConfig
 from trainer_tune.decide.race import Drop, run_race
@@ -137,7 +136,7 @@ def redecide(output_dir: Path, overrides: Sequence[str] = ()) -> Redecided:
     baseline = next((w for w in windows if w.is_baseline), None)
     if baseline is None:
         raise ConfigError(f"{journal} has no window of the baseline: it is not a sweep's journal")
-    plan = build_plan(cfg, world_size=world_size, base_flags=TrialFlags(**baseline.flags),
+    plan = build_plan(cfg, world_size=world_size, base_flags=baseline.flags,
                       device_type=baseline.device.split(":")[0])
     if not {s.key for s in plan} & {w.setting_key for w in windows}:
         raise ConfigError(f"{journal} has no window of any setting that {output_dir / CONFIG_YAML} plans: the "

@@ -180,8 +180,8 @@ def _setting(result: SettingEstimate, *, against: Optional[SettingEstimate]) -> 
     """`micro_batch_size=4 grad_accum=1`, plus every flag that differs from `against`."""
     text = f"micro_batch_size={result.micro_batch_size} grad_accum={result.grad_accum}"
     for spec in FLAG_SPECS:
-        value = result.flags[spec.field_name]
-        if against is not None and against.flags[spec.field_name] != value:
+        value = getattr(result.flags, spec.field_name)
+        if against is not None and getattr(against.flags, spec.field_name) != value:
             text += f" {spec.config_key}={format_flag(value)}"
     return text
 
@@ -452,7 +452,7 @@ def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measu
     overrides: tuple[str, ...] = ()
     environment: dict[str, str] = {}
     if chosen is not None:
-        flags = TrialFlags(**chosen.flags)
+        flags = chosen.flags
         overrides = (*chosen.run_overrides, f"train.micro_batch_size={chosen.micro_batch_size}", f"train.grad_accum={chosen.grad_accum}",
                      *flags_to_overrides(flags))
         if change is not None:

@@ -70,7 +70,7 @@ def _step_time_s(result: SettingEstimate) -> Optional[float]:
 
 
 def _twin_key(result: SettingEstimate) -> tuple:
-    flags = {name: value for name, value in result.flags.items() if name != "compile"}
+    flags = {name: value for name, value in result.flags.as_dict().items() if name != "compile"}
     return result.micro_batch_size, result.grad_accum, result.world_size, tuple(sorted(flags.items()))
 
 
@@ -79,9 +79,9 @@ def compile_paybacks(results: Sequence[SettingEstimate], *,
     """A payback for each finished compiled setting whose eager twin finished too, in the order given. `compare`
     (recommend.compare) says whether the gain is beyond noise; it is only recorded, never used in the maths."""
     finished = [r for r in results if r.ok and _step_time_s(r) is not None]
-    eager = {_twin_key(r): r for r in finished if not r.flags.get("compile")}
+    eager = {_twin_key(r): r for r in finished if not r.flags.compile}
     out: list[CompilePayback] = []
-    for compiled in (r for r in finished if r.flags.get("compile")):
+    for compiled in (r for r in finished if r.flags.compile):
         twin = eager.get(_twin_key(compiled))
         if twin is None:
             continue

@@ -37,7 +37,7 @@ class InputWait:
 
 
 def _num_workers(result: SettingEstimate) -> int:
-    return int(result.flags.get("num_workers", 0))
+    return result.flags.num_workers
 
 
 def is_input_bound(result: SettingEstimate, threshold: Optional[float]) -> bool:

@@ -126,7 +126,7 @@ def fit_memory(results: Sequence[SettingEstimate], *, limit: Optional[MemoryLimi
     groups: dict[str, list[SettingEstimate]] = {}
     for r in results:
         if r.ok and r.peak_memory_bytes is not None and r.peak_memory_source is not None:
-            groups.setdefault(_series_key(r.flags), []).append(r)
+            groups.setdefault(_series_key(r.flags.as_dict()), []).append(r)
     fits: list[MemoryFit] = []
     usable: list[tuple[dict[str, Any], str, list[SettingEstimate]]] = []
     for members in groups.values():
@@ -135,7 +135,7 @@ def fit_memory(results: Sequence[SettingEstimate], *, limit: Optional[MemoryLimi
         fitted = sorted((r for r in members if r.peak_memory_source == source),
                         key=lambda r: (r.micro_batch_size, r.grad_accum))
         if len({r.micro_batch_size for r in fitted}) >= 2:
-            usable.append((dict(members[0].flags), str(source), fitted))
+            usable.append((members[0].flags.as_dict(), str(source), fitted))
     for (flags, source, fitted), name in zip(usable, _series_names([u[0] for u in usable])):
         points = [(r.micro_batch_size, int(r.peak_memory_bytes)) for r in fitted]  # type: ignore[arg-type]
         intercept, slope = least_squares(points)

@@ -152,12 +152,12 @@ def per_sample_time_interval_s(result: SettingEstimate) -> Optional[tuple[float,
 
 def varying_flags(results: Sequence[SettingEstimate]) -> tuple[FlagSpec, ...]:
     """The flags whose value differs between some of `results`: what tells settings apart besides the batch."""
-    return tuple(spec for spec in FLAG_SPECS if len({r.flags.get(spec.field_name) for r in results}) > 1)
+    return tuple(spec for spec in FLAG_SPECS if len({getattr(r.flags, spec.field_name) for r in results}) > 1)
 
 
 def flags_text(result: SettingEstimate, flags: Sequence[FlagSpec]) -> str:
     """`bucket_cap_mb=1` for each of `flags`, read from result.flags (labels are for people, never parsed)."""
-    return " ".join(f"{spec.field_name}={format_flag(result.flags.get(spec.field_name))}" for spec in flags)
+    return " ".join(f"{spec.field_name}={format_flag(getattr(result.flags, spec.field_name))}" for spec in flags)
 
 
 def _series(finished: Sequence[SettingEstimate]) -> list[tuple[str, str, list[SettingEstimate]]]:

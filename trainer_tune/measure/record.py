@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from trainer_tune.measure.figures import (
     CommSplit, CpuFigures, GpuFigures, LatencyFigures, MfuFigures, NoiseScaleFigures, from_fields, peak_memory)
-from trainer_tune.config.flags import KEYED_WHEN_SET
+from trainer_tune.config.flags import KEYED_WHEN_SET, TrialFlags
 from trainer_tune.platform.finite import NON_FINITE_KEY, finite_only
 from trainer_tune.measure.step_stats import StepTimeStats
 
@@ -69,7 +69,8 @@ class MeasuredFigures:
     tokens_per_step: Optional[float]
     """Tokens per optimizer step over all ranks (the mean over measured steps: padding makes it vary); None when
     the batches carry no tokens or the trial did not finish."""
-    flags: dict[str, Any]
+    flags: TrialFlags
+    """The knobs of the setting, typed (config/flags.py); labels are rendered from them and never parsed back."""
     environment: dict[str, str]
     """The NSA_* variables exported to the training processes during the trial."""
     tokens_per_s: Optional[float]
@@ -249,7 +250,7 @@ class WindowRecord(MeasuredFigures):
         # process unless data.num_workers said otherwise, which they did not record with the setting.
         # Likewise the train.* knobs (compile, activation checkpointing, precision) before they were flags: those
         # lines measured the defaults unless train.precision said otherwise (kept in their run's config).
-        values["flags"] = {"num_workers": 0, **KEYED_WHEN_SET, **(values.get("flags") or {})}
+        values["flags"] = TrialFlags(**{"num_workers": 0, **KEYED_WHEN_SET, **(values.get("flags") or {})})
         for name, build in typed.items():
             if values.get(name) is not None:
                 values[name] = build(values[name])

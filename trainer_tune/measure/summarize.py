@@ -63,7 +63,7 @@ def _base_fields(spec: TrialSpec, ctx: TrialContext, *, started_at: str, finishe
         round_id=spec.round_id, setting_key=spec.setting_key,
         micro_batch_size=spec.micro_batch_size, grad_accum=spec.grad_accum, world_size=spec.world_size,
         global_batch_size=spec.global_batch_size,
-        flags=spec.flags.as_dict(), environment=flags_to_environ(spec.flags), model=ctx.model_name,
+        flags=spec.flags, environment=flags_to_environ(spec.flags), model=ctx.model_name,
         device=ctx.device, backend=ctx.backend, torch_version=torch.__version__,
         num_warmup_steps=ctx.num_warmup_steps, num_measured_steps=ctx.num_measured_steps,
         started_at=started_at, finished_at=finished_at, run_overrides=ctx.run_overrides, count_unit=ctx.count_unit,

@@ -32,7 +32,7 @@ def _setting_text(result: SettingEstimate, flags: Sequence[FlagSpec], *, serving
     Serving: the batch per replica alone (`4 workers=2`): there is no accumulation to name."""
     batch = str(result.micro_batch_size) if serving else f"{result.micro_batch_size}x{result.grad_accum}"
     return " ".join([batch,
-                     *(f"{spec.short_name}={format_flag(result.flags.get(spec.field_name))}" for spec in flags)])
+                     *(f"{spec.short_name}={format_flag(getattr(result.flags, spec.field_name))}" for spec in flags)])
 
 
 def _ci_percent(result: SettingEstimate) -> str:

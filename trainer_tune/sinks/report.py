@@ -153,7 +153,7 @@ def _input_pipeline_section(rec: Decision) -> list[str]:
 
 def _compile_section(results: Sequence[SettingEstimate], rec: Decision) -> list[str]:
     """Each compiled setting's compile time and payback against its eager twin; only when a setting compiled."""
-    compiled = [r for r in results if r.flags.get("compile")]
+    compiled = [r for r in results if r.flags.compile]
     if not compiled:
         return []
     lines = ["## torch.compile", "",

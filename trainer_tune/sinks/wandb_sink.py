@@ -77,7 +77,7 @@ class WandbSink:
                                                "micro_batch_size": result.micro_batch_size,
                                                "grad_accum": result.grad_accum,
                                                "global_batch_size": result.global_batch_size,
-                                               "world_size": result.world_size, "flags": result.flags,
+                                               "world_size": result.world_size, "flags": result.flags.as_dict(),
                                                "is_baseline": result.is_baseline},
                                      "tune": self.config})
             # Step-indexed history for the per-step charts; GPU samples on their own time axis.
