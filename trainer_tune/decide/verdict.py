@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 from trainer_tune.evidence.compile_payback import CompilePayback, compile_paybacks
 from trainer_tune.config.schema import Objective, RecommendArgs, TieBreak
 from trainer_tune.measure.figures import NoiseScaleFigures
-from trainer_tune.config.flags import FLAG_SPECS, TrialFlags, flags_to_environ, flags_to_overrides, format_flag
+from trainer_tune.config.flags import FLAG_SPECS, flags_to_environ, flags_to_overrides, format_flag
 from trainer_tune.decide.goodput import (
     LrChange, batch_change_reason, lr_change, noise_scale_reason, other_measure_note, throughput_vs_goodput, without_lr)
 from trainer_tune.evidence.input_bound import InputWait, input_bound_reasons, input_waits, verdict_note
@@ -274,22 +274,109 @@ def _contenders(finished: Sequence[SettingEstimate], *, args: RecommendArgs, rac
     return candidates, contenders, over_budget, reasons
 
 
+@dataclass(frozen=True)
+class _Pool:
+    """What the verdict chooses from, by the one eligibility rule (decide/eligible.py)."""
+
+    results: tuple[SettingEstimate, ...]
+    """Every setting, with its statistical efficiency and goodput."""
+    baseline: Optional[SettingEstimate]
+    finished: tuple[SettingEstimate, ...]
+    candidates: tuple[SettingEstimate, ...]
+    """Finished and eligible: may be chosen."""
+    contenders: tuple[SettingEstimate, ...]
+    """Candidates still in the race at its end, measured in as many windows as the best-measured."""
+    over_budget: tuple[SettingEstimate, ...]
+    args: RecommendArgs
+    unit: str
+
+    @property
+    def goodput(self) -> bool:
+        return self.args.objective == Objective.goodput
+
+    @property
+    def point_objective(self) -> bool:
+        return self.args.objective in (Objective.latency, Objective.energy)
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    decision: str
+    chosen: Optional[SettingEstimate]
+    text: str
+    reason: str
+    """The first reason: what decided."""
+    comparison: Optional[Comparison] = None
+    speedup: Optional[float] = None
+
+
 def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measured: Sequence[NotMeasured] = (),
            race: Optional[RaceSummary] = None, lr: Optional[float] = None,
            memory_limit: Optional[MemoryLimit] = None) -> Decision:
-    """The verdict from each setting's result aggregated over its windows (metrics.aggregate_windows). `lr`: the
-    sweep's train.lr, which recommend.lr_scaling scales when a GO changes the global batch.
+    """The verdict from each setting's estimate over its windows (evidence/estimate.py). `lr`: the sweep's
+    train.lr, which recommend.lr_scaling scales when a GO changes the global batch.
 
     In training, every setting first gets its statistical efficiency and goodput from the sweep's gradient noise
-    scale (noise_scale.py); recommend.objective=goodput then decides on goodput by the same comparison rule."""
+    scale (noise_scale.py); recommend.objective=goodput then decides on goodput by the same comparison rule.
+    The steps: the pool of candidates (eligible.py), the best of them (ties broken by recommend.tie_break), the
+    verdict against the baseline, then what else the verdict says (learning rate, goodput, input, the race)."""
     training = any(r.mode == "train" for r in results)
     gradient_noise, gradient_noise_note = sweep_noise_scale(results) if training else (None, None)
     results = with_goodput(results, gradient_noise)
-    goodput = args.objective == Objective.goodput
-    baseline = next((r for r in results if r.is_baseline), None)
+    pool, reasons = _pool(results, args=args, race=race)
+    best, tied, pick_reasons = _pick_best(pool)
+    reasons += pick_reasons
+    verdict = _verdict(pool, best)
+    reasons.insert(0, verdict.reason)
+    baseline, unit, chosen, text = pool.baseline, pool.unit, verdict.chosen, verdict.text
+
+    change: Optional[LrChange] = None
+    if verdict.decision == GO and chosen is not None and baseline is not None and chosen.mode == "train" \
+            and chosen.global_batch_size != baseline.global_batch_size:
+        change = lr_change(lr, chosen=chosen, baseline=baseline, rule=args.lr_scaling)
+        reasons.append(batch_change_reason(change, chosen=chosen, baseline=baseline, rule=args.lr_scaling))
+    if training:
+        reasons.append(noise_scale_reason(gradient_noise, gradient_noise_note, baseline=baseline))
+        conflict, conflict_note = throughput_vs_goodput(pool.candidates, compare=compare, unit=unit,
+                                                        noise=gradient_noise)
+        if conflict is not None:
+            reasons.append(conflict)
+        text += other_measure_note(best, baseline, goodput=pool.goodput, compare=compare) + conflict_note
+    if change is not None:
+        text += f"; train.lr {change.from_lr:g} -> {change.to_lr:.3g} ({change.rule} rule)"
+    if best is not None:
+        reasons.extend(_measured_apart_reason(best, pool.contenders, baseline=baseline))
+    # Named, never disqualifying: a faster pipeline would only make an input-bound setting faster still.
+    shown = chosen if chosen is not None else best
+    reasons.extend(input_bound_reasons(pool.finished, threshold=args.input_bound_fraction, first=shown))
+    text += verdict_note(shown, threshold=args.input_bound_fraction)
     drift = baseline_drift(baseline)
+    reasons.extend(_history_reasons(race=race, drift=drift, not_measured=not_measured, unit=unit))
+    overrides, environment = _overrides(chosen, change)
+    speedup_by_key, speedup_intervals = _against_baseline(pool.finished, baseline)
+    over_all = tuple(r.trial_key for r in pool.finished if args.max_latency_ms is not None
+                     and over_latency_budget(r, args.max_latency_ms) is not None)
+    return Decision(decision=verdict.decision, unit=unit, speedup_by_key=speedup_by_key,
+                    speedup_ci95=verdict.comparison.interval if verdict.comparison else None,
+                    chosen=chosen, best=best, baseline=baseline, speedup=verdict.speedup,
+                    min_speedup=args.min_speedup, reasons=tuple(reasons), verdict=text,
+                    overrides=overrides, environment=environment, num_trials=len(results),
+                    num_failed=sum(1 for r in results if not r.ok), not_measured=tuple(not_measured), drift=drift,
+                    race=race, comparison=verdict.comparison, tied=tuple(r.label for r in tied),
+                    settings=tuple(results), speedup_intervals=speedup_intervals,
+                    input_waits=input_waits(results, args.input_bound_fraction),
+                    input_bound_fraction=args.input_bound_fraction, objective=args.objective.value,
+                    gradient_noise_scale=gradient_noise, gradient_noise_scale_note=gradient_noise_note,
+                    lr_change=change, max_latency_ms=args.max_latency_ms, over_budget=over_all,
+                    compile_paybacks=tuple(compile_paybacks(results, compare=compare)),
+                    memory_fits=tuple(fit_memory(results, limit=memory_limit)), memory_limit=memory_limit,
+                    ineligible={r.trial_key: why for r in results if (why := eligible(r, args)) is not None})
+
+
+def _pool(results: Sequence[SettingEstimate], *, args: RecommendArgs,
+          race: Optional[RaceSummary]) -> tuple[_Pool, list[str]]:
+    """The settings the verdict may choose from, and the reasons for those it may not."""
     finished = [r for r in results if r.ok and r.throughput_per_s is not None]
-    unit = sweep_unit(results)
     failed = [r for r in results if not r.ok]
     reasons: list[str] = []
     if failed:
@@ -299,189 +386,174 @@ def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measu
     point_objective = args.objective in (Objective.latency, Objective.energy)
     candidates, contenders, over_budget, excluded = _contenders(finished, args=args, race=race,
                                                                  point_objective=point_objective)
-    reasons.extend(excluded)
+    pool = _Pool(results=tuple(results), baseline=next((r for r in results if r.is_baseline), None),
+                 finished=tuple(finished), candidates=tuple(candidates), contenders=tuple(contenders),
+                 over_budget=tuple(over_budget), args=args, unit=sweep_unit(results))
+    return pool, reasons + excluded
 
+
+def _pick_best(pool: _Pool) -> tuple[Optional[SettingEstimate], list[SettingEstimate], list[str]]:
+    """(best, the settings tied with it, reasons): the fastest contender (most goodput, or the best point figure
+    with recommend.objective=latency/energy), ties broken by recommend.tie_break."""
+    contenders, args = pool.contenders, pool.args
     fastest = max(contenders, key=lambda r: r.throughput_per_s, default=None)  # type: ignore[arg-type,return-value]
-    best = fastest
-    tied: list[SettingEstimate] = []
-    if point_objective:
+    if pool.point_objective:
         best, why_none = _point_objective_best(contenders, args.objective)
-        if why_none:
-            reasons.append(why_none)
-    elif goodput and any(r.goodput_per_s is None for r in contenders):
-        best = None  # no efficiency: the gradient noise scale was not measured (noise_scale_reason says why)
-    elif fastest is not None:
-        if goodput:
-            fastest = max(contenders, key=lambda r: r.goodput_per_s)  # type: ignore[arg-type,return-value]
-        tied = [r for r in contenders if r.trial_key == fastest.trial_key
-                or compare(r, fastest, goodput=goodput).outcome in (Outcome.tie, Outcome.unknown)]
-        best = _tie_break(tied, fastest=fastest, baseline=baseline, rule=args.tie_break)
-        if len(tied) > 1:
-            reasons.append(_tie_reason(best, tied, args.tie_break, baseline, goodput=goodput))
+        return best, [], [why_none] if why_none else []
+    if pool.goodput and any(r.goodput_per_s is None for r in contenders):
+        return None, [], []  # no efficiency: the gradient noise scale was not measured (noise_scale_reason says why)
+    if fastest is None:
+        return None, [], []
+    if pool.goodput:
+        fastest = max(contenders, key=lambda r: r.goodput_per_s)  # type: ignore[arg-type,return-value]
+    tied = [r for r in contenders if r.trial_key == fastest.trial_key
+            or compare(r, fastest, goodput=pool.goodput).outcome in (Outcome.tie, Outcome.unknown)]
+    best = _tie_break(tied, fastest=fastest, baseline=pool.baseline, rule=args.tie_break)
+    reasons = [_tie_reason(best, tied, args.tie_break, pool.baseline, goodput=pool.goodput)] if len(tied) > 1 else []
+    return best, tied, reasons
 
-    speedup: Optional[float] = None
-    speedup_interval: Optional[tuple[float, float]] = None
-    comparison: Optional[Comparison] = None
-    baseline_over = baseline is not None and any(r.trial_key == baseline.trial_key for r in over_budget)
-    if best is None and over_budget and not candidates:
-        decision, chosen = NO_GO, (baseline if baseline is not None and baseline.ok else None)
-        quickest = min(over_budget, key=lambda r: r.latency.p99_ms)  # type: ignore[union-attr]
-        smallest = f"{quickest.latency.p99_ms:,.1f} ms at {quickest.label}"  # type: ignore[union-attr]
-        reasons.insert(0, f"no batch size meets the p99 latency budget recommend.max_latency_ms="
-                          f"{args.max_latency_ms:g}: the smallest p99 measured is {smallest}")
-        verdict = f"{NO_GO}: no batch size meets the p99 budget of {args.max_latency_ms:g} ms (smallest p99 {smallest})"
-    elif best is None:
-        decision, chosen = NO_GO, (baseline if baseline is not None and baseline.ok else None)
-        if (point_objective or goodput) and contenders:
-            reasons.insert(0, f"recommend.objective={args.objective.value} cannot be decided: "
-                              f"{_OBJECTIVE_FIGURE[args.objective]} was not measured")
-            verdict = f"{NO_GO}: {_OBJECTIVE_FIGURE[args.objective]} not measured (recommend.objective=" \
-                      f"{args.objective.value})"
-        else:
-            reasons.insert(0, "no setting finished cleanly within the memory limit, so there is nothing to recommend")
-            verdict = f"{NO_GO}: no setting finished cleanly"
-    elif baseline is None or not baseline.ok:
-        decision, chosen = GO, best
+
+def _verdict(pool: _Pool, best: Optional[SettingEstimate]) -> _Verdict:
+    """GO, NO-GO or MEASURED for `best` against the baseline, with the reason that decided it."""
+    baseline, args, unit = pool.baseline, pool.args, pool.unit
+    keep = baseline if baseline is not None and baseline.ok else None
+    if best is None:
+        return _nothing_to_choose(pool, keep)
+    if baseline is None or not baseline.ok:
         state = "was not measured" if baseline is None else f"{baseline.label} failed ({baseline.status})"
-        reasons.insert(0, f"the baseline {state}; the fastest setting that runs is {best.label} at "
-                          f"{best.throughput_per_s:,.0f} {unit}/s")
-        verdict = f"{GO}: {_setting(best, against=baseline)} (fastest in {unit}/s; baseline {state})"
-    elif len(results) == 1:
-        decision, chosen = MEASURED, baseline
-        interval = baseline.throughput_ci95
-        spread = f", 95% CI {interval[0]:,.0f} to {interval[1]:,.0f}" if interval else ""
-        windows = count(baseline.num_windows, "window")
-        sweep = "+sweep=serving" if baseline.latency is not None else "+sweep=batch"
-        reasons.insert(0, f"only the baseline {baseline.label} was measured (no sweep: add {sweep} or "
-                          f"sweep.* keys to compare settings), so there is nothing to compare it with")
-        p99 = f", p99 {baseline.latency.p99_ms:,.1f} ms" if baseline.latency is not None else ""
-        verdict = (f"{MEASURED}: {_setting(baseline, against=None)} at {baseline.throughput_per_s:,.0f} {unit}/s "
-                   f"({windows}{spread}{p99}); one setting, nothing to compare")
-    elif baseline_over:
-        decision, chosen = GO, best
-        reasons.insert(0, f"the baseline {baseline.label} breaks the latency budget (p99 "
-                          f"{baseline.latency.p99_ms:,.1f} ms > {args.max_latency_ms:g} ms); {best.label} is the "  # type: ignore
-                          f"{_OBJECTIVE_BEST[args.objective]} within it: {_objective_text(best, args.objective, unit)}")
-        verdict = (f"{GO}: {_setting(best, against=baseline)} (the baseline {baseline.label} is over the p99 budget of "
-                   f"{args.max_latency_ms:g} ms; {_objective_text(best, args.objective, unit)})")
-    elif best.trial_key == baseline.trial_key and goodput:
-        speedup = 1.0
-        decision, chosen = NO_GO, baseline
-        reasons.insert(0, f"the baseline {baseline.label} has the most goodput measured, or the measurements cannot "
-                          f"tell it from the setting that has ({baseline.goodput_per_s:,.0f} {unit}/s of goodput)")
-        verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (most goodput measured in {unit}/s)"
-    elif best.trial_key == baseline.trial_key:
-        speedup = 1.0
-        decision, chosen = NO_GO, baseline
-        reasons.insert(0, f"the baseline {baseline.label} is the fastest setting measured, or the measurements "
-                          f"cannot tell it from the fastest ({baseline.throughput_per_s:,.0f} {unit}/s)")
-        verdict = f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (fastest measured in {unit}/s)"
-    elif point_objective:
-        decision, chosen, verdict, reason = _decide_point_objective(best, baseline, args=args, unit=unit)
-        if decision == NO_GO:
-            chosen = baseline
-        reasons.insert(0, reason)
-    else:
-        comparison = compare(best, baseline, goodput=goodput)
-        speedup, speedup_interval = comparison.ratio, comparison.interval
-        measure = f"goodput in {unit}/s" if goodput else f"{unit}/s"
-        shortfalls = []
-        if speedup_interval is None:
-            shortfalls.append("a side was measured in one window only, which gives no interval "
-                              "(sweep.min_rounds >= 2 gives one)")
-        elif speedup_interval[0] < args.min_speedup:
-            shortfalls.append(f"the lower end of its speedup ({_percent(speedup_interval[0])}) is below the required "
-                              f"{_percent(args.min_speedup)} (recommend.min_speedup={args.min_speedup:g})")
-        if args.target_throughput_per_s is not None and best.throughput_per_s < args.target_throughput_per_s:  # type: ignore
-            shortfalls.append(f"{best.throughput_per_s:,.0f} {unit}/s is below recommend.target_throughput_per_s="
-                              f"{args.target_throughput_per_s:,.0f}")
-        measured = (f"{best.label} reaches {best.throughput_per_s:,.0f} {unit}/s vs {baseline.throughput_per_s:,.0f} for the "
-                    f"baseline {baseline.label}: {comparison.describe()}")
-        if goodput:
-            measured = (f"{best.label} reaches a goodput of {best.goodput_per_s:,.0f} {unit}/s "
-                        f"({best.throughput_per_s:,.0f} {unit}/s x efficiency {best.statistical_efficiency:.2f}) "
-                        f"vs {baseline.goodput_per_s:,.0f} for the baseline {baseline.label}: "
-                        f"{comparison.describe()} (recommend.objective=goodput)")
-            if best.statistical_efficiency_ci95 is not None and best.statistical_efficiency:
-                # The baseline's efficiency is 1 whatever B_noise is: only best's moves with it.
-                ends = [comparison.ratio * e / best.statistical_efficiency for e in best.statistical_efficiency_ci95]
-                measured += (f"; with B_noise at either end of its 95% interval the ratio would be "
-                             f"{_percent(ends[0])} to {_percent(ends[1])}")
-        if not shortfalls:
-            decision, chosen = GO, best
-            reasons.insert(0, f"{measured}; at least the required {_percent(args.min_speedup)} even at the "
-                              f"interval's lower end")
-            verdict = (f"{GO}: {_setting(best, against=baseline)} ({_percent(speedup)} {measure} vs baseline "
-                       f"{baseline.label}{_ci_text(speedup_interval)})")
-        else:
-            decision, chosen = NO_GO, baseline
-            reasons.insert(0, f"{measured}; but " + "; and ".join(shortfalls))
-            verdict = (f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (best {best.label} is "
-                       f"{_percent(speedup)} {measure}{_ci_text(speedup_interval)}, "
-                       f"needs {_percent(args.min_speedup)})")
+        return _Verdict(GO, best, f"{GO}: {_setting(best, against=baseline)} (fastest in {unit}/s; baseline {state})",
+                        f"the baseline {state}; the fastest setting that runs is {best.label} at "
+                        f"{best.throughput_per_s:,.0f} {unit}/s")
+    if len(pool.results) == 1:
+        return _measured_only(baseline, unit)
+    if any(r.trial_key == baseline.trial_key for r in pool.over_budget):
+        return _Verdict(
+            GO, best, (f"{GO}: {_setting(best, against=baseline)} (the baseline {baseline.label} is over the p99 budget "
+                       f"of {args.max_latency_ms:g} ms; {_objective_text(best, args.objective, unit)})"),
+            f"the baseline {baseline.label} breaks the latency budget (p99 {baseline.latency.p99_ms:,.1f} ms > "  # type: ignore
+            f"{args.max_latency_ms:g} ms); {best.label} is the {_OBJECTIVE_BEST[args.objective]} within it: "
+            f"{_objective_text(best, args.objective, unit)}")
+    if best.trial_key == baseline.trial_key and pool.goodput:
+        return _Verdict(NO_GO, baseline, f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (most goodput "
+                                         f"measured in {unit}/s)",
+                        f"the baseline {baseline.label} has the most goodput measured, or the measurements cannot "
+                        f"tell it from the setting that has ({baseline.goodput_per_s:,.0f} {unit}/s of goodput)",
+                        speedup=1.0)
+    if best.trial_key == baseline.trial_key:
+        return _Verdict(NO_GO, baseline, f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (fastest "
+                                         f"measured in {unit}/s)",
+                        f"the baseline {baseline.label} is the fastest setting measured, or the measurements "
+                        f"cannot tell it from the fastest ({baseline.throughput_per_s:,.0f} {unit}/s)", speedup=1.0)
+    if pool.point_objective:
+        decision, chosen, text, reason = _decide_point_objective(best, baseline, args=args, unit=unit)
+        return _Verdict(decision, baseline if decision == NO_GO else chosen, text, reason)
+    return _compared(best, baseline, args=args, unit=unit, goodput=pool.goodput)
 
-    change: Optional[LrChange] = None
-    if decision == GO and chosen is not None and baseline is not None and chosen.mode == "train" \
-            and chosen.global_batch_size != baseline.global_batch_size:
-        change = lr_change(lr, chosen=chosen, baseline=baseline, rule=args.lr_scaling)
-        reasons.append(batch_change_reason(change, chosen=chosen, baseline=baseline, rule=args.lr_scaling))
-    if training:
-        reasons.append(noise_scale_reason(gradient_noise, gradient_noise_note, baseline=baseline))
-        conflict, conflict_note = throughput_vs_goodput(candidates, compare=compare, unit=unit, noise=gradient_noise)
-        if conflict is not None:
-            reasons.append(conflict)
-        verdict += other_measure_note(best, baseline, goodput=goodput, compare=compare) + conflict_note
-    if change is not None:
-        verdict += f"; train.lr {change.from_lr:g} -> {change.to_lr:.3g} ({change.rule} rule)"
-    if best is not None:
-        reasons.extend(_measured_apart_reason(best, contenders, baseline=baseline))
-    # Named, never disqualifying: a faster pipeline would only make an input-bound setting faster still.
-    shown = chosen if chosen is not None else best
-    reasons.extend(input_bound_reasons(finished, threshold=args.input_bound_fraction, first=shown))
-    verdict += verdict_note(shown, threshold=args.input_bound_fraction)
+
+def _nothing_to_choose(pool: _Pool, keep: Optional[SettingEstimate]) -> _Verdict:
+    args = pool.args
+    if pool.over_budget and not pool.candidates:
+        quickest = min(pool.over_budget, key=lambda r: r.latency.p99_ms)  # type: ignore[union-attr]
+        smallest = f"{quickest.latency.p99_ms:,.1f} ms at {quickest.label}"  # type: ignore[union-attr]
+        return _Verdict(NO_GO, keep, f"{NO_GO}: no batch size meets the p99 budget of {args.max_latency_ms:g} ms "
+                                     f"(smallest p99 {smallest})",
+                        f"no batch size meets the p99 latency budget recommend.max_latency_ms="
+                        f"{args.max_latency_ms:g}: the smallest p99 measured is {smallest}")
+    if (pool.point_objective or pool.goodput) and pool.contenders:
+        return _Verdict(NO_GO, keep, f"{NO_GO}: {_OBJECTIVE_FIGURE[args.objective]} not measured (recommend.objective="
+                                     f"{args.objective.value})",
+                        f"recommend.objective={args.objective.value} cannot be decided: "
+                        f"{_OBJECTIVE_FIGURE[args.objective]} was not measured")
+    return _Verdict(NO_GO, keep, f"{NO_GO}: no setting finished cleanly",
+                    "no setting finished cleanly within the memory limit, so there is nothing to recommend")
+
+
+def _measured_only(baseline: SettingEstimate, unit: str) -> _Verdict:
+    interval = baseline.throughput_ci95
+    spread = f", 95% CI {interval[0]:,.0f} to {interval[1]:,.0f}" if interval else ""
+    windows = count(baseline.num_windows, "window")
+    sweep = "+sweep=serving" if baseline.latency is not None else "+sweep=batch"
+    p99 = f", p99 {baseline.latency.p99_ms:,.1f} ms" if baseline.latency is not None else ""
+    return _Verdict(MEASURED, baseline, (f"{MEASURED}: {_setting(baseline, against=None)} at "
+                                         f"{baseline.throughput_per_s:,.0f} {unit}/s ({windows}{spread}{p99}); one "
+                                         f"setting, nothing to compare"),
+                    f"only the baseline {baseline.label} was measured (no sweep: add {sweep} or sweep.* keys to "
+                    f"compare settings), so there is nothing to compare it with")
+
+
+def _compared(best: SettingEstimate, baseline: SettingEstimate, *, args: RecommendArgs, unit: str,
+              goodput: bool) -> _Verdict:
+    """GO when best's paired speedup over the baseline clears recommend.min_speedup at its interval's lower end."""
+    comparison = compare(best, baseline, goodput=goodput)
+    speedup, speedup_interval = comparison.ratio, comparison.interval
+    measure = f"goodput in {unit}/s" if goodput else f"{unit}/s"
+    shortfalls = []
+    if speedup_interval is None:
+        shortfalls.append("a side was measured in one window only, which gives no interval "
+                          "(sweep.min_rounds >= 2 gives one)")
+    elif speedup_interval[0] < args.min_speedup:
+        shortfalls.append(f"the lower end of its speedup ({_percent(speedup_interval[0])}) is below the required "
+                          f"{_percent(args.min_speedup)} (recommend.min_speedup={args.min_speedup:g})")
+    if args.target_throughput_per_s is not None and best.throughput_per_s < args.target_throughput_per_s:  # type: ignore
+        shortfalls.append(f"{best.throughput_per_s:,.0f} {unit}/s is below recommend.target_throughput_per_s="
+                          f"{args.target_throughput_per_s:,.0f}")
+    measured = (f"{best.label} reaches {best.throughput_per_s:,.0f} {unit}/s vs {baseline.throughput_per_s:,.0f} for the "
+                f"baseline {baseline.label}: {comparison.describe()}")
+    if goodput:
+        measured = (f"{best.label} reaches a goodput of {best.goodput_per_s:,.0f} {unit}/s "
+                    f"({best.throughput_per_s:,.0f} {unit}/s x efficiency {best.statistical_efficiency:.2f}) "
+                    f"vs {baseline.goodput_per_s:,.0f} for the baseline {baseline.label}: "
+                    f"{comparison.describe()} (recommend.objective=goodput)")
+        if best.statistical_efficiency_ci95 is not None and best.statistical_efficiency:
+            # The baseline's efficiency is 1 whatever B_noise is: only best's moves with it.
+            ends = [comparison.ratio * e / best.statistical_efficiency for e in best.statistical_efficiency_ci95]
+            measured += (f"; with B_noise at either end of its 95% interval the ratio would be "
+                         f"{_percent(ends[0])} to {_percent(ends[1])}")
+    if not shortfalls:
+        return _Verdict(GO, best, (f"{GO}: {_setting(best, against=baseline)} ({_percent(speedup)} {measure} vs "
+                                   f"baseline {baseline.label}{_ci_text(speedup_interval)})"),
+                        f"{measured}; at least the required {_percent(args.min_speedup)} even at the interval's "
+                        f"lower end", comparison=comparison, speedup=speedup)
+    return _Verdict(NO_GO, baseline, (f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (best {best.label} "
+                                      f"is {_percent(speedup)} {measure}{_ci_text(speedup_interval)}, needs "
+                                      f"{_percent(args.min_speedup)})"),
+                    f"{measured}; but " + "; and ".join(shortfalls), comparison=comparison, speedup=speedup)
+
+
+def _history_reasons(*, race: Optional[RaceSummary], drift: Optional[Drift], not_measured: Sequence[NotMeasured],
+                     unit: str) -> list[str]:
+    """How the sweep went: the race's rounds and drops, the baseline's drift, the settings never measured."""
+    reasons = []
     if race is not None:
         reasons.append(f"{count(race.num_rounds, 'round')} measured; the race ended: {race.end_reason}")
-        for drop in race.drops:
-            reasons.append(f"{drop.label} left the race after round {drop.after_round}: {drop.reason}")
+        reasons += [f"{d.label} left the race after round {d.after_round}: {d.reason}" for d in race.drops]
     if drift is not None:
         reasons.append(_drift_reason(drift, unit))
     if not_measured:
         reasons.append(f"{count(len(not_measured), 'planned setting')} not measured: "
                        + "; ".join(f"{n.label}: {n.reason}" for n in _first_per_reason(not_measured)))
+    return reasons
 
-    overrides: tuple[str, ...] = ()
-    environment: dict[str, str] = {}
-    if chosen is not None:
-        flags = chosen.flags
-        overrides = (*chosen.run_overrides, f"train.micro_batch_size={chosen.micro_batch_size}", f"train.grad_accum={chosen.grad_accum}",
-                     *flags_to_overrides(flags))
-        if change is not None:
-            overrides = (*without_lr(overrides), change.override)
-        environment = flags_to_environ(flags)
-    # Every finished setting over the budget, those the memory limit excluded too: what the sinks mark.
-    over_all = tuple(r.trial_key for r in finished if args.max_latency_ms is not None
-                     and over_latency_budget(r, args.max_latency_ms) is not None)
-    speedup_by_key: dict[str, float] = {}
-    speedup_intervals: dict[str, tuple[float, float]] = {}
-    if baseline is not None and baseline.ok and baseline.throughput_per_s:
-        against_baseline = {r.trial_key: compare(r, baseline) for r in finished}
-        speedup_by_key = {key: c.ratio for key, c in against_baseline.items()}
-        speedup_intervals = {key: c.interval for key, c in against_baseline.items() if c.interval is not None}
-    return Decision(decision=decision, unit=unit, speedup_by_key=speedup_by_key, speedup_ci95=speedup_interval,
-                          chosen=chosen, best=best, baseline=baseline, speedup=speedup,
-                          min_speedup=args.min_speedup, reasons=tuple(reasons), verdict=verdict,
-                          overrides=overrides, environment=environment, num_trials=len(results),
-                          num_failed=len(failed), not_measured=tuple(not_measured), drift=drift, race=race,
-                          comparison=comparison, tied=tuple(r.label for r in tied), settings=tuple(results),
-                          speedup_intervals=speedup_intervals,
-                          input_waits=input_waits(results, args.input_bound_fraction),
-                          input_bound_fraction=args.input_bound_fraction, objective=args.objective.value,
-                          gradient_noise_scale=gradient_noise, gradient_noise_scale_note=gradient_noise_note,
-                          lr_change=change, max_latency_ms=args.max_latency_ms, over_budget=over_all,
-                          compile_paybacks=tuple(compile_paybacks(results, compare=compare)),
-                          memory_fits=tuple(fit_memory(results, limit=memory_limit)), memory_limit=memory_limit,
-                          ineligible={r.trial_key: why for r in results
-                                      if (why := eligible(r, args)) is not None})
+
+def _overrides(chosen: Optional[SettingEstimate], change: Optional[LrChange]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The Hydra overrides and NSA_* environment that train (or measure) with the chosen setting."""
+    if chosen is None:
+        return (), {}
+    overrides = (*chosen.run_overrides, f"train.micro_batch_size={chosen.micro_batch_size}",
+                 f"train.grad_accum={chosen.grad_accum}", *flags_to_overrides(chosen.flags))
+    if change is not None:
+        overrides = (*without_lr(overrides), change.override)
+    return overrides, flags_to_environ(chosen.flags)
+
+
+def _against_baseline(finished: Sequence[SettingEstimate], baseline: Optional[SettingEstimate]
+                      ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """Each finished setting's speedup over the baseline and its interval, where it has one."""
+    if baseline is None or not baseline.ok or not baseline.throughput_per_s:
+        return {}, {}
+    against = {r.trial_key: compare(r, baseline) for r in finished}
+    return ({key: c.ratio for key, c in against.items()},
+            {key: c.interval for key, c in against.items() if c.interval is not None})
 
 
 _OBJECTIVE_FIGURE = {Objective.latency: "p99 latency per batch", Objective.energy: "energy per sample",
