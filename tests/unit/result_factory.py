@@ -29,7 +29,7 @@ def make_result(*, index: int, key: str, tokens_per_s: Optional[float] = 1000.0,
                 ci: Optional[list[float]] = None, memory_bytes: Optional[int] = None,
                 device_memory_bytes: Optional[int] = None,
                 windows: Optional[dict[str, float]] = None) -> SettingEstimate:
-    """A setting's result as metrics.aggregate_windows makes it. With `step_times`, tokens/s is what those steps
+    """A setting's result as estimate.aggregate_windows makes it. With `step_times`, tokens/s is what those steps
     sustain. `windows` are its tokens/s by round; by default three rounds at exactly tokens/s, so comparisons of
     two such results are exact (a zero-width interval) and ties only happen at equal figures."""
     ok = status == "ok"
@@ -98,7 +98,7 @@ def make_rank_telemetry(*, nvml_used_bytes: int) -> RankTelemetry:
 
 def make_measured(*, index: int, micro_batch_size: int, step_s: float, allocated_gib: float, reserved_gib: float,
                   nvml_gib: float, flags: TrialFlags = TrialFlags()) -> SettingEstimate:
-    """A 2-rank CUDA trial built by metrics.result_from_window from its window and the ranks' readings, as a sweep
+    """A 2-rank CUDA trial built by summarize.result_from_window from its window and the ranks' readings, as a sweep
     builds it: every typed field set (comm split, NSA statistics, GPU and CPU figures)."""
     spec = TrialSpec(index=index, micro_batch_size=micro_batch_size, grad_accum=1, world_size=2, flags=flags,
                      is_baseline=index == 0, key=f"k{index}")
@@ -119,7 +119,7 @@ def make_measured(*, index: int, micro_batch_size: int, step_s: float, allocated
 
 
 def in_samples(result: SettingEstimate) -> SettingEstimate:
-    """The same setting on batches that carry no tokens (images), decided in samples/s as metrics.decision_unit
+    """The same setting on batches that carry no tokens (images), decided in samples/s as summarize.decision_unit
     decides it: tokens_per_s is None, and every rate the decision reads (windows, interval) is samples per
     second (make_result's samples carry SEQ_LEN tokens each)."""
     per_sample = 1.0 / SEQ_LEN

@@ -22,7 +22,7 @@ GIB = 1024 ** 3
 def _sweep() -> list:
     """World size 2, 128 tokens per sample, three rounds. The grad_accum=1 series has its reference at 1x1, whose
     rounds run at 1000, 900 and 1100 tokens/s; every other setting moves with those rounds, so the comparisons
-    are paired (recommend.compare) and their intervals are what the decision itself would use."""
+    are paired (comparison.compare) and their intervals are what the decision itself would use."""
     rounds = {"r0": 1.0, "r1": 0.9, "r2": 1.1}
 
     def windows(*per_round: float) -> dict[str, float]:

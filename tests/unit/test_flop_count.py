@@ -1,6 +1,6 @@
 """FLOPs of any model: FlopCounterMode counts one micro-step when a setting's trainer is built (flop_count.py), and
 the result's MFU comes from it; the built-in GPT keeps its formula. One process, no process group: the same code
-path as every rank of a sweep (window.measure_local, then combine_ranks and metrics.result_from_window)."""
+path as every rank of a sweep (window.measure_local, then combine_ranks and summarize.result_from_window)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Statistical efficiency, goodput and the scaled learning rate in the decision (recommend.decide, goodput.py) on
+"""Statistical efficiency, goodput and the scaled learning rate in the decision (verdict.decide, decide/goodput.py) on
 constructed settings whose noise steps give a known B_noise."""
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def test_decision_matrix_names_the_goodput_winner() -> None:
 
 
 def test_the_race_on_goodput_drops_the_big_batch_not_the_small_one() -> None:
-    """With recommend.objective=goodput the sweep races on goodput (tune.after_round): the leader is the setting
+    """With recommend.objective=goodput the sweep races on goodput (race.after_round): the leader is the setting
     with the most goodput, and a setting leaves when it has less beyond noise."""
     settings = with_goodput(_settings(), pool([r.noise_scale for r in _settings()]))
     on_throughput = race_drops(settings, after_round=3, behind=behind)

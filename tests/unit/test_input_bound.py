@@ -1,4 +1,4 @@
-"""Input-bound settings: the threshold, the reasons and the verdict (recommend.decide), the report's section, and
+"""Input-bound settings: the threshold, the reasons and the verdict (verdict.decide), the report's section, and
 data.num_workers as a flag and a sweep axis (labels, keys, overrides, config checks)."""
 
 from __future__ import annotations

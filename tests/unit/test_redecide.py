@@ -57,7 +57,10 @@ def test_a_recorded_sweep_decides_again_to_the_same_decision(name: str) -> None:
     assert [s["trial_key"] for s in now["settings"]] == [s["trial_key"] for s in recorded["settings"]]
     assert [s["throughput_ci95"] for s in now["settings"]] == _approx([s["throughput_ci95"]
                                                                        for s in recorded["settings"]])
-    assert now["explanations"]["matrix"] == _approx(recorded["explanations"]["matrix"])
+    # The matrix's winners, values and ties (its notes are wording for people, which may be reworded).
+    def rows(data: dict) -> list:
+        return [{k: v for k, v in row.items() if k != "note"} for row in data["explanations"]["matrix"]]
+    assert rows(now) == _approx(rows(recorded))
     assert what_changed(redecide(SWEEPS / name).report.decision, recorded).startswith("decided again: unchanged")
 
 

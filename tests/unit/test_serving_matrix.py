@@ -53,7 +53,7 @@ def test_no_row_picks_a_setting_over_the_budget() -> None:
     throughput = rows[MAX_THROUGHPUT]
     assert (throughput.label, throughput.value, throughput.latency_p99_ms) == ("16x1", 1600.0, 60.0)
     assert throughput.note == ("every other setting within the budget is slower than the winner beyond noise "
-                               "(recommend.compare); within the p99 budget of 100 ms (recommend.max_latency_ms) "
+                               "(the paired comparison); within the p99 budget of 100 ms (recommend.max_latency_ms) "
                                "(64x1 over it, never picked)")
     assert (rows[MIN_ENERGY].label, rows[MIN_ENERGY].value) == ("16x1", 0.3)
     assert "runner-up 4x1 (0.4 J)" in rows[MIN_ENERGY].note

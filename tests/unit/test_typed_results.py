@@ -26,7 +26,7 @@ from trainer_tune.measure.telemetry import RankTelemetry
 OLD_JOURNAL = Path(__file__).parent / "data" / "trials_before_typed_fields.jsonl"
 """Written by trainer_tune at commit 6e910f1, before the typed fields: lines 1-3 by a real 2-rank CPU sweep
 (`torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch window=quick sweep.micro_batch_sizes=[1,2]
-sweep.grad_accums=[1] wandb=off`), line 4 by that commit's metrics.result_from_window from a CUDA-like window
+sweep.grad_accums=[1] wandb=off`), line 4 by that commit's summarize.result_from_window from a CUDA-like window
 (allocated 3 GiB, reserved 4 GiB, NVML 5 GiB used, two ranks with GPU readings, NSA statistics)."""
 
 

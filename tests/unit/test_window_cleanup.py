@@ -41,7 +41,7 @@ def test_a_window_that_fails_while_measured_undoes_what_it_started(fault: FaultK
     # Step 2 is the second measured step (step 0 is the warm-up): the probe is sampling when it fails.
     with pytest.raises((RuntimeError, torch.OutOfMemoryError)) as failure:
         measure_local(cfg=cfg, spec=spec, session=session, fault=FaultPlan(kind=fault, step=2), probe=probe)
-    # The caller still holds the exception (tune.py records it), and through it the failed step's frames.
+    # The caller still holds the exception (run/sweep.py records it), and through it the failed step's frames.
     assert failure.value.__traceback__ is not None and "injected" in str(failure.value)
     assert not probe.running and not probe.cpu.running
     assert _live_trainers() == 0, "the failed trial's model and optimizer outlive it"

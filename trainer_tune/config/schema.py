@@ -384,7 +384,7 @@ class SweepArgs:
     that would end past it (estimated from the last round). null: no limit but sweep.max_rounds."""
     race: bool = True
     """After each round from sweep.min_rounds on, stop measuring the settings that are slower than the leader
-    beyond noise (recommend.compare; with recommend.objective=throughput only) and those over
+    beyond noise (comparison.compare; with recommend.objective=throughput only) and those over
     recommend.max_latency_ms; false measures every setting in every round."""
     seed: int = 0
     """Seed of each round's shuffled order (the same on every rank and on resume)."""

@@ -2,7 +2,7 @@
 learning rate that moves with the batch.
 
 Pure text and arithmetic over settings whose statistical efficiency and goodput are already on them
-(noise_scale.with_goodput). Comparisons go through the one rule, recommend.compare, passed in as `compare`.
+(noise_scale.with_goodput). Comparisons go through the one rule, comparison.compare, passed in as `compare`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from trainer_tune.evidence.comparison import Comparison
 
 GoodputCompare = Callable[..., "Comparison"]
-"""recommend.compare: (a, b, goodput=False) -> Comparison."""
+"""comparison.compare: (a, b, goodput=False) -> Comparison."""
 
 _RULES = {LrScaling.sqrt: "the square-root rule for Adam-family optimizers, lr x sqrt(B / B0)",
           LrScaling.linear: "the linear rule for SGD, lr x B / B0"}

@@ -3,7 +3,7 @@
 A sweep measures every candidate in several short windows spread over the whole sweep, in rounds. Each
 round measures every setting still in the race plus the baseline, in an order shuffled per round (seeded,
 so a resumed sweep repeats it): slow drift of the machine's speed then hits every setting alike, and the
-baseline's window in the same round is the pair each setting's ratio is taken against (recommend.compare).
+baseline's window in the same round is the pair each setting's ratio is taken against (comparison.compare).
 
 After each round from `race_from` on, a setting clearly behind the leader by that one comparison rule
 leaves the race (F-Race, Birattari et al. 2002; successive halving drops by rank instead); a setting over a
@@ -178,7 +178,7 @@ class RaceResult:
 def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: dict[str, WindowRecord],
              attempts: dict[str, int], prefix: str, swept: tuple[str, ...],
              limit: Optional[MemoryLimit] = None) -> RaceResult:
-    """Measure rounds until the race is decided, sweep.max_rounds or sweep.budget_s (see rounds.py).
+    """Measure rounds until the race is decided, sweep.max_rounds or sweep.budget_s (see decide/race.py).
 
     Every decision that changes what is measured next (which settings enter, which leave, whether another
     round starts) is rank 0's, broadcast: the inputs are the same on every rank, but the budget reads a

@@ -1,13 +1,13 @@
 """Search strategies: which planned settings enter the race, and when.
 
-The plan (plan.py) lists every setting a strategy may try; the race (rounds.py) measures the settings that
+The plan (plan.py) lists every setting a strategy may try; the race (decide/race.py) measures the settings that
 have entered, round after round, and drops those clearly behind the leader. A strategy only decides entry:
 
 - grid: every planned setting enters in the first round.
 - power: per chain of micro-batch sizes (same accumulation and flags; the same flags only when the global
   batch is fixed), the smallest size enters first; the next doubling enters once the newest one has been
   measured in `sweep.min_rounds` windows and is faster than the chain's best so far by the one comparison
-  rule (recommend.compare). A chain stops at the first failure (OOM, NaN, ...) or after
+  rule (comparison.compare). A chain stops at the first failure (OOM, NaN, ...) or after
   `sweep.power_patience` doublings in a row that were not faster beyond noise. Like Lightning's batch-size
   finder, but judged on measured speed, not only on fit.
 
@@ -54,7 +54,7 @@ def _chain_key(spec: TrialSpec, *, fixed_global_batch: bool) -> tuple:
 
 Faster = Callable[[SettingEstimate, SettingEstimate], Optional[bool]]
 """faster(a, b): True when a is faster than b beyond noise, False when not, None while either has too few
-windows to tell (the sweep passes recommend.compare with sweep.min_rounds)."""
+windows to tell (the sweep passes comparison.compare with sweep.min_rounds)."""
 
 
 @dataclass(frozen=True)

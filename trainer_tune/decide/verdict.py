@@ -568,7 +568,7 @@ def objective_value(result: SettingEstimate, objective: Objective) -> Optional[f
         return result.latency.p99_ms if result.latency is not None else None
     if objective == Objective.energy:
         return result.energy_j_per_sample
-    raise ValueError(f"{objective} is decided by recommend.compare, not by a point figure")
+    raise ValueError(f"{objective} is decided by comparison.compare, not by a point figure")
 
 
 def _point_objective_best(contenders: Sequence[SettingEstimate],

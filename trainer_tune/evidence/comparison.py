@@ -70,7 +70,7 @@ def compare(a: SettingEstimate, b: SettingEstimate, *, goodput: bool = False) ->
     """The one comparison rule, used by the decision, the race, the strategies and the explanations.
 
     From the settings' window rates keyed by round: paired within rounds where both were measured (drift
-    common to a round cancels), else unpaired (stats.ratio_estimate); never narrower than the sweep's noise
+    common to a round cancels), else unpaired (evidence/stats.ratio_estimate); never narrower than the sweep's noise
     floor (stats.NoiseFloor). goodput=True compares the window rates times each setting's statistical
     efficiency, a constant per setting: the interval is the throughput ratio's, moved by the ratio of the two
     efficiencies (B_noise's own uncertainty is not in it; the goodput reason states what it could change)."""
@@ -79,7 +79,7 @@ def compare(a: SettingEstimate, b: SettingEstimate, *, goodput: bool = False) ->
     if not rates_a or not rates_b:
         raise ValueError(f"compare({a.label}, {b.label}): both need a clean window"
                          + (" and a statistical efficiency" if goodput else ""))
-    # Both settings' results carry the same sweep's noise floor (metrics.sweep_noise).
+    # Both settings' results carry the same sweep's noise floor (estimate.sweep_noise).
     return Comparison(a_label=a.label, b_label=b.label,
                       estimate=ratio_estimate(rates_a, rates_b, floor=a.noise or b.noise))
 

@@ -38,7 +38,7 @@ class CompilePayback:
     """compile_s / saved_s_per_step: training steps after which compiling has paid for itself; None when it never
     does (not faster) or compile_s is unknown."""
     outcome: Optional[str] = None
-    """recommend.compare's verdict of compiled against eager (better, worse, tie, unknown): whether the gain is
+    """comparison.compare's verdict of compiled against eager (better, worse, tie, unknown): whether the gain is
     beyond noise."""
 
     def describe(self) -> str:
@@ -77,7 +77,7 @@ def _twin_key(result: SettingEstimate) -> tuple:
 def compile_paybacks(results: Sequence[SettingEstimate], *,
                      compare: Optional[Callable[[SettingEstimate, SettingEstimate], Any]] = None) -> list[CompilePayback]:
     """A payback for each finished compiled setting whose eager twin finished too, in the order given. `compare`
-    (recommend.compare) says whether the gain is beyond noise; it is only recorded, never used in the maths."""
+    (comparison.compare) says whether the gain is beyond noise; it is only recorded, never used in the maths."""
     finished = [r for r in results if r.ok and _step_time_s(r) is not None]
     eager = {_twin_key(r): r for r in finished if not r.flags.compile}
     out: list[CompilePayback] = []

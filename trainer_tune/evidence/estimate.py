@@ -27,7 +27,7 @@ class SettingEstimate(MeasuredFigures):
     makes a new estimate); nothing writes into one."""
 
     window_throughput_per_s: dict[str, float] = field(default_factory=dict)
-    """throughput_per_s of each clean window of this setting, keyed by round id: what recommend.compare pairs."""
+    """throughput_per_s of each clean window of this setting, keyed by round id: what comparison.compare pairs."""
     num_windows: int = 1
     """The clean windows behind this estimate."""
     noise: Optional[NoiseFloor] = None
@@ -78,7 +78,7 @@ def aggregate_windows(windows: Sequence[WindowRecord], *, noise: Optional[NoiseF
 
     tokens/s is the geometric mean of the windows' rates and its interval Student's t over them (stats.py says
     why the window, not the step, is the unit); every window's rate stays in `window_throughput_per_s` by round,
-    which is what recommend.compare pairs; `noise` is the sweep's noise floor (stats.noise_floor), below which
+    which is what comparison.compare pairs; `noise` is the sweep's noise floor (evidence/stats.noise_floor), below which
     neither the interval nor a comparison may shrink. Step-time figures pool the windows' steps; memory is the highest
     window's; energy is summed. A setting with any window that did not finish cleanly takes that window's
     status: a setting that fails in one round of five is not one to train with."""
@@ -154,7 +154,7 @@ def aggregate_by_setting(windows: Sequence[WindowRecord]) -> list[SettingEstimat
 
 
 def sweep_noise(windows_by_setting: Mapping[str, Sequence[WindowRecord]]) -> Optional[NoiseFloor]:
-    """The noise floor of a sweep from every setting's clean windows (stats.noise_floor)."""
+    """The noise floor of a sweep from every setting's clean windows (evidence/stats.noise_floor)."""
     baseline = next((key for key, group in windows_by_setting.items() if any(w.is_baseline for w in group)), "")
     rates = {key: {r: v for w in group for r, v in w.rates_by_round().items()}
              for key, group in windows_by_setting.items()}

@@ -2,7 +2,7 @@
 
 A setting is input-bound when its slowest rank spent more than recommend.input_bound_fraction of the measured
 time waiting for batches (SettingEstimate.data_wait_fraction). Being input-bound never blocks a GO: the figures
-stand, and a faster pipeline would only make the setting faster still. recommend.decide names such settings
+stand, and a faster pipeline would only make the setting faster still. verdict.decide names such settings
 in its reasons and its verdict; the figures behind them travel on the Decision, so sinks only show them.
 """
 

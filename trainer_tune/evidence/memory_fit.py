@@ -5,10 +5,10 @@ A series is the settings that share every flag (precision, compile, checkpointin
 (and the accumulation, which adds no activations) changes along it. What a step holds is the model's state
 (weights, gradients, optimizer moments: the same at every micro-batch) plus the activations of one micro-batch
 (proportional to it), so peak = a + b x micro_batch_size; a least-squares line over the measured settings, from
-two distinct micro-batch sizes on. strategy=power skips a setting this line puts over the limit (tune.py); every
-strategy reports the prediction beside the measured peaks (recommend.decide attaches it, the sinks render it).
+two distinct micro-batch sizes on. strategy=power skips a setting this line puts over the limit (run/sweep.py); every
+strategy reports the prediction beside the measured peaks (verdict.decide attaches it, the sinks render it).
 
-Pure: the limit arrives from the caller (tune.py reads the device), the peaks from aggregated results.
+Pure: the limit arrives from the caller (run/sweep.py reads the device), the peaks from aggregated results.
 """
 
 from __future__ import annotations

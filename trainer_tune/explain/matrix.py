@@ -15,12 +15,12 @@ the smallest global batch means the step time grows in proportion to the batch, 
 Above 1 a sample is cheaper than at the reference (super-linear), below 1 dearer (sub-linear). With the same
 samples per unit of the decision's rate (always, in samples; in tokens unless padding differs), efficiency is
 the ratio of the two settings' rates, so it and its 95% interval come from
-the one comparison rule the decision uses (recommend.compare, passed in as `compare`: paired over rounds); a
+the one comparison rule the decision uses (comparison.compare, passed in as `compare`: paired over rounds); a
 point is flagged only when that interval stays on one side of 1.
 
 The decision matrix. One row per objective, each ignoring the others, within the latency budget when one is set
 (recommend.max_latency_ms: a setting over it is picked by no row): the highest throughput (ties by
-recommend.compare), the lowest p99 latency per batch (mode=inference only), the least energy per sample
+comparison.compare), the lowest p99 latency per batch (mode=inference only), the least energy per sample
 (SettingEstimate.energy_j_per_sample), the least peak memory. Latency, energy and memory are point figures with no
 interval: their rows say the measurements cannot tell whether the winner beats the runner-up beyond noise.
 Unmeasured figures give a row without a winner and the reason, never a zero.
@@ -103,7 +103,7 @@ class ObjectiveWinner:
     """The winner's figure in the objective's unit; None (with the reason in `note`) when not measured."""
     value_ci95: Optional[tuple[float, float]]
     tied_with: tuple[str, ...]
-    """Labels of the settings that measurement cannot tell apart from the winner (recommend.compare) or, for a
+    """Labels of the settings that measurement cannot tell apart from the winner (comparison.compare) or, for a
     point figure (latency, energy, memory), that have exactly the winner's figure."""
     note: str
     """How the winner was found and when the measurements cannot order it (a tie, a point value)."""
@@ -356,8 +356,8 @@ def _max_throughput(finished: Sequence[SettingEstimate], compare: Compare, budge
     best = max(within, key=lambda r: r.throughput_per_s)  # type: ignore[arg-type,return-value]
     tied = tuple(r.label for r in within if r is not best and compare(r, best).outcome.value in ("tie", "unknown"))
     others = "every other setting" + (" within the budget" if budget.max_latency_ms is not None else "")
-    note = (f"the measurements cannot order {', '.join(tied)} against the winner (recommend.compare): a tie" if tied
-            else f"{others} is slower than the winner beyond noise (recommend.compare)" if len(within) > 1
+    note = (f"the measurements cannot order {', '.join(tied)} against the winner (the paired comparison): a tie" if tied
+            else f"{others} is slower than the winner beyond noise (the paired comparison)" if len(within) > 1
             else "the only setting to pick from")
     ci = (best.throughput_ci95[0], best.throughput_ci95[1]) if best.throughput_ci95 else None
     return _winner(MAX_THROUGHPUT, best, best.throughput_per_s, ci=ci, tied=tied,  # type: ignore[arg-type]

@@ -66,7 +66,7 @@ def describe_memory_source(source: Optional[str]) -> str:
 # --- GPU and CPU readings, combined over ranks --------------------------------------------------------------
 @dataclass(frozen=True)
 class GpuFigures:
-    """The GPU figures of a trial, combined over ranks (metrics.combine_gpu says how); None where any rank
+    """The GPU figures of a trial, combined over ranks (summarize.combine_gpu says how); None where any rank
     could not read one."""
 
     util_mean_pct: Optional[float]
@@ -121,7 +121,7 @@ class CpuFigures:
 # --- compute vs communication, MFU ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CommSplit:
-    """Compute vs communication from synced and no-sync steps of one trial (metrics.comm_split)."""
+    """Compute vs communication from synced and no-sync steps of one trial (summarize.comm_split)."""
 
     step_time_sync_s: float
     """Median of the measured steps (gradients all-reduced)."""

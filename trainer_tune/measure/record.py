@@ -116,15 +116,15 @@ class MeasuredFigures:
     num_outlier_steps: Optional[int] = None
     """Measured steps slower than median + 5 MAD: counted in every figure, shown here, never dropped."""
     gpu: Optional[GpuFigures] = None
-    """GPU readings over the measured steps, combined over ranks (see metrics.combine_gpu); None without NVML,
+    """GPU readings over the measured steps, combined over ranks (see summarize.combine_gpu); None without NVML,
     with the reason in gpu_note."""
     gpu_note: Optional[str] = None
     cpu: Optional[CpuFigures] = None
     mfu: Optional[MfuFigures] = None
-    """Achieved FLOP/s and MFU (metrics.mfu_figures); None when there is no FLOP count, with the reason in
+    """Achieved FLOP/s and MFU (summarize.mfu_figures); None when there is no FLOP count, with the reason in
     mfu_note."""
     comm: Optional[CommSplit] = None
-    """Compute vs communication split (metrics.comm_split); exposed means not hidden behind backward compute.
+    """Compute vs communication split (summarize.comm_split); exposed means not hidden behind backward compute.
     None when not measured (one rank, or window.comm_split_steps=0)."""
     step_times_s: tuple[float, ...] = ()
     """Per measured step, the slowest rank's time: the step-time distribution and the bootstrap intervals."""
@@ -144,7 +144,7 @@ class MeasuredFigures:
     mode: str = "train"
     """train, or inference (every rank a serving replica; step times are per-batch latencies)."""
     latency: Optional[LatencyFigures] = None
-    """mode=inference: per-batch latency percentiles of the slowest replica (stats.latency_figures)."""
+    """mode=inference: per-batch latency percentiles of the slowest replica (step_stats.latency_figures)."""
     energy_j_per_sample: Optional[float] = None
     """Energy of the whole job over the measured steps per sample (NVML on GPUs, RAPL on CPUs: energy_source);
     None where not measured, with the reason in energy_note, never zero."""

@@ -6,7 +6,7 @@ one batch, from taking it off the source to its outputs being ready (the device 
 batch: a served request is answered when its outputs exist, so queued kernels must not hide in the next
 batch's time). The window's machinery is the training one: warm-up batches, measured batches until the
 interval is tight or a cap, the slowest replica's time per batch, rounds and intervals; only the per-batch
-times are latencies here (metrics.latency_figures), and throughput sums the replicas' samples.
+times are latencies here (step_stats.latency_figures), and throughput sums the replicas' samples.
 
 What the replica calls per batch (workloads/step.py's rules, without the loss):
 - `step._target_`, when set, is called as `step(model, batch)` and its return value ignored;
@@ -86,7 +86,7 @@ class InferenceReplica:
         self.steps_done = 0
         self.flops = flops
         """FlopCounterMode's count of one served batch (the forward only); None for the built-in GPT, whose
-        forward FLOPs are known (a third of its training formula, tune._flops_context)."""
+        forward FLOPs are known (a third of its training formula, sweep._flops_context)."""
         if flops is None and not analytic_flops_apply(cfg):
             batch = next(self.batches)  # one batch more from the stream, before any timing, for every setting
             self.flops = count_step_flops(self.model, batch, self.serve, micro_batch_size=spec.micro_batch_size,

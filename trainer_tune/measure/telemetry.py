@@ -2,7 +2,7 @@
 
 One probe per process, opened once (NVML initialisation is not free) and started/stopped around the
 measured steps of every trial. `stop()` returns this rank's `RankTelemetry`; it becomes a plain dict only to
-cross the store in the outcome exchange (`to_json_dict` / `from_json_dict`), and metrics.py combines the
+cross the store in the outcome exchange (`to_json_dict` / `from_json_dict`), and measure/summarize.py combines the
 ranks' readings into the trial's figures. A window that fails while sampling calls `abandon()` instead, so
 the next trial finds the probe as a successful one leaves it.
 """

@@ -85,7 +85,7 @@ class WandbSink:
             run.define_metric("train/*", step_metric="step")
             run.define_metric("gpu_time_s")
             run.define_metric("gpu/*", step_metric="gpu_time_s")
-            # The round axis carries the decision's rate, named by its unit as metrics.step_history logs it.
+            # The round axis carries the decision's rate, named by its unit as wandb_sink.step_history logs it.
             run.define_metric("round")
             run.define_metric(f"round/{result.throughput_unit}_per_s", step_metric="round", summary="mean")
             run.define_metric("train/samples_per_s", step_metric="step", summary="mean")
