@@ -39,3 +39,23 @@ def test_every_snake_case_name_in_backticks_exists_in_the_code() -> None:
                       for span in re.findall(r"`([^`\n]+)`", doc.read_text())
                       for name in _SNAKE_CASE.findall(span) if name not in known})
     assert not missing, "names in the docs that nothing in the code defines or uses:\n" + "\n".join(missing)
+
+
+_PATH = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.(?:py|sh|sbatch))\b")
+
+
+def test_every_file_the_docs_name_exists() -> None:
+    """A path (`trainer_tune/decide/verdict.py`) must exist as written from the repository root or inside the
+    package; a bare file name (`verdict.py`) must be some file's name. Moving code leaves the old path behind."""
+    files = [p for p in REPO.rglob("*") if p.is_file() and ".git" not in p.parts and ".venv" not in p.parts[0]]
+    names = {p.name for p in files}
+    missing = []
+    for doc in _DOCS:
+        for path in _PATH.findall(doc.read_text()):
+            if path.split("/")[0] in _READERS_OWN:
+                continue
+            exists = ((REPO / path).exists() or (REPO / "trainer_tune" / path).exists()) if "/" in path \
+                else path in names
+            if not exists:
+                missing.append(f"{doc.relative_to(REPO)}: {path}")
+    assert not missing, "files the docs name that do not exist:\n" + "\n".join(sorted(set(missing)))
