@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from trainer_tune.config.flags import flags_to_environ
-from trainer_tune.decide.race import Drop
 from trainer_tune.measure.record import WindowRecord
 from trainer_tune.measure.step_stats import StepTimeStats
 from trainer_tune.plan import TrialSpec, window_of
@@ -90,15 +89,3 @@ class FakeMachine:
             step_times_s=steps, wall_s=measured_s + self.window_overhead_s)
         self.windows.append(record)
         return record
-
-    def round_started(self, *, round_index: int, num_windows: int) -> None:
-        pass
-
-    def window_finished(self, result: WindowRecord, *, round_index: int) -> None:
-        pass
-
-    def dropped(self, drop: Drop) -> None:
-        pass
-
-    def release(self, setting_key: str) -> None:
-        pass

@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trainer_tune.config.keys import check_keys
 from trainer_tune.config.schema import ConfigError, TuneConfig
-from trainer_tune.decide.race import Drop, run_race
+from trainer_tune.decide.race import run_race
 from trainer_tune.decide.verdict import Decision, decide
 from trainer_tune.evidence.comparison import percent
 from trainer_tune.evidence.memory_fit import MemoryLimit
@@ -59,18 +59,6 @@ class _Replay:
 
     def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool) -> Optional[WindowRecord]:
         return None
-
-    def round_started(self, *, round_index: int, num_windows: int) -> None:
-        pass
-
-    def window_finished(self, result: WindowRecord, *, round_index: int) -> None:
-        pass
-
-    def dropped(self, drop: Drop) -> None:
-        pass
-
-    def release(self, setting_key: str) -> None:
-        pass
 
 
 def _config_file(output_dir: Path) -> Path:

@@ -147,14 +147,19 @@ class RaceSummary:
 
 
 class RaceHost(Protocol):
-    """What the race needs from whoever runs it: the live sweep (run/sweep.py) measures and journals each window
-    and broadcasts rank 0's answers; a replay (decide/__main__.py) reads the windows from a journal."""
+    """Where the race's windows come from: the live sweep (run/sweep.py) measures and journals each window and
+    broadcasts rank 0's answers; a replay (decide/__main__.py) reads the windows from a journal; a test's fake
+    machine (tests/helpers/fake_machine.py) draws them."""
 
     def broadcast(self, value: T) -> T:
         """Rank 0's value, on every rank."""
 
     def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool) -> Optional[WindowRecord]:
         """One window of `spec` in `round_id`, recorded; None when it cannot be had (the replay's journal ends)."""
+
+
+class RaceObserver(Protocol):
+    """Who watches the race go (the live sweep's console and its pool of kept trainers); optional."""
 
     def round_started(self, *, round_index: int, num_windows: int) -> None: ...
 
@@ -177,7 +182,7 @@ class RaceResult:
 
 def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: dict[str, WindowRecord],
              attempts: dict[str, int], prefix: str, swept: tuple[str, ...],
-             limit: Optional[MemoryLimit] = None) -> RaceResult:
+             limit: Optional[MemoryLimit] = None, observer: Optional[RaceObserver] = None) -> RaceResult:
     """Measure rounds until the race is decided, sweep.max_rounds or sweep.budget_s (see decide/race.py).
 
     Every decision that changes what is measured next (which settings enter, which leave, whether another
@@ -218,7 +223,8 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
             break
         rid = round_id(round_index, prefix=prefix)
         order = round_order(members, round_index=round_index, seed=cfg.sweep.seed)
-        host.round_started(round_index=round_index, num_windows=len(order))
+        if observer is not None:
+            observer.round_started(round_index=round_index, num_windows=len(order))
         round_s = 0.0
         missing: Optional[str] = None
         for key in order:
@@ -236,7 +242,8 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
                 num_measured += 1
             round_s += result.wall_s or 0.0
             windows.setdefault(key, []).append(result)
-            host.window_finished(result, round_index=round_index)
+            if observer is not None:
+                observer.window_finished(result, round_index=round_index)
             if not result.ok:
                 failed.add(key)
                 contenders.discard(key)
@@ -254,10 +261,11 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
                          rounds_done=round_index, swept=swept, limit=limit))
         for drop in new_drops:
             contenders.discard(drop.trial_key)
-            if drop.trial_key != baseline.key:  # the baseline is measured in every round regardless
-                host.release(drop.trial_key)
+            if observer is not None:
+                if drop.trial_key != baseline.key:  # the baseline is measured in every round regardless
+                    observer.release(drop.trial_key)
+                observer.dropped(drop)
             drops.append(drop)
-            host.dropped(drop)
         enter([by_key[key] for key in entering])
         # The strategy's view of what will never enter, as of this round (more windows can change a verdict).
         not_measured = list(closed)

@@ -201,7 +201,7 @@ class _Sweep:
         return done, attempts
 
     # --- one trial ----------------------------------------------------------------------------------
-    # --- the race's host (decide/race.py) ------------------------------------------------------------
+    # --- the race's host and observer (decide/race.py) -----------------------------------------------
     def broadcast(self, value: Any) -> Any:
         return self.session.broadcast_from_rank0(value)
 
@@ -421,7 +421,8 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
         done, attempts = sweep.resume_state(plan)
         console.sweep_started(num_settings=len(plan), num_windows_done=len(done),
                               output_dir=str(output_dir if multirun is None else multirun.sweep_dir))
-        race = run_race(sweep, cfg, plan, done=done, attempts=attempts, prefix=prefix, swept=swept, limit=limit)
+        race = run_race(sweep, cfg, plan, done=done, attempts=attempts, prefix=prefix, swept=swept, limit=limit,
+                        observer=sweep)
     finally:
         console.sweep_finished()
         sweep.close()
