@@ -200,7 +200,6 @@ class _Sweep:
             clear_inflight(self.output_dir)
         return done, attempts
 
-    # --- one trial ----------------------------------------------------------------------------------
     # --- the race's host and observer (decide/race.py) -----------------------------------------------
     def broadcast(self, value: Any) -> Any:
         return self.session.broadcast_from_rank0(value)
@@ -223,6 +222,7 @@ class _Sweep:
     def release(self, setting_key: str) -> None:
         self.pool.release(setting_key)
 
+    # --- one trial ----------------------------------------------------------------------------------
     def measure_window(self, setting: TrialSpec, *, round_id: str, attempts: int, first: bool) -> WindowRecord:
         """One window of `setting` in round `round_id`, agreed by every rank: its journal record. The
         compute vs communication split is measured in a setting's `first` window only."""
