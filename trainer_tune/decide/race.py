@@ -5,14 +5,17 @@ round measures every setting still in the race plus the baseline, in an order sh
 so a resumed sweep repeats it): slow drift of the machine's speed then hits every setting alike, and the
 baseline's window in the same round is the pair each setting's ratio is taken against (comparison.compare).
 
-After each round from `race_from` on, a setting clearly behind the leader by that one comparison rule
-leaves the race (F-Race, Birattari et al. 2002; successive halving drops by rank instead); a setting over a
-hard limit of the decision (the p99 latency budget) leaves it first, once it has sweep.min_rounds windows.
+After each round from sweep.min_rounds on, a setting clearly behind the leader by that one comparison rule
+leaves the race (F-Race, Birattari et al. 2002; successive halving drops by rank instead); a setting that may
+never be chosen (decide/eligible.py: over the p99 budget, over memory) leaves it first, once it has
+sweep.min_rounds windows.
 The race ends when one setting is left ahead of all others (separated), at `sweep.max_rounds`, or when the
 next round would overrun `sweep.budget_s`; the baseline is measured in every round regardless, as the
 reference.
 
-Everything here is a pure function of what every rank holds; the sweep still broadcasts rank 0's answers.
+`run_race` drives the rounds for any RaceHost: the live sweep measures each window (run/sweep.py), a replay reads
+them from a journal (decide/__main__.py). Every choice in it is a pure function of what every rank holds; the host
+still broadcasts rank 0's answers.
 """
 
 from __future__ import annotations

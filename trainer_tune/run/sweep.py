@@ -1,4 +1,5 @@
-"""The sweep: plan -> measure each trial -> agree on its outcome -> journal -> recommend -> sinks.
+"""The sweep: plan -> the race (decide/race.py), which this module hosts: measure each window -> agree on its
+outcome -> journal; then decide -> report -> sinks.
 
 Failure handling, in the order things go wrong:
 - a trial that raises on every rank (OOM, an error in model code) or diverges is recorded and the sweep
