@@ -6,6 +6,7 @@
     python benchmarks/decisions.py repeat --runs 4 --load 1 ...     # the same with a CPU-heavy process beside
     python benchmarks/decisions.py strategies --strategies grid,power
     python benchmarks/decisions.py repeat --runs 2 -- sweep.grad_accums=[1]   # extra Hydra overrides
+    python benchmarks/decisions.py simulate --sweeps 400 --settings 8,32 --effects 0,0.1,0.5   # no torchrun
 
 Each sweep is a real `torchrun --standalone --nproc_per_node=N -m trainer_tune +sweep=batch wandb=off`, run
 one after the other (never two at once, unless --load asks for other load on purpose), each in its own output
@@ -25,6 +26,15 @@ fastest setting by the reference (target: within 5%), and whether a run said NO-
 best is more than 20% faster than the baseline.
 
 --load K runs K busy processes (a pure-Python loop each) beside every sweep: the shared-machine case.
+
+simulate: the real race and decision (decide/race.py, decide/verdict.py) on thousands of sweeps of a simulated
+machine (tests/helpers/fake_machine.py: drift in time order, bursts of other load, little noise within a window,
+calibrated on the recorded sweeps in tests/fixtures/sweeps/). K settings (micro-batch sizes 1..K, the baseline
+2x1); with effect e, the largest micro-batch is truly (1 + e) times the baseline's rate and every other setting
+equals the baseline: e = 0 is the null case (identical settings, where any GO is false at min_speedup >= 1). It
+prints, per (K, e): GO, right GO (truly >= min_speedup and within 5% of the true best), false GO (truly below
+min_speedup), NO-GO, the true best dropped by the race, median rounds and simulated seconds to the verdict.
+Nothing is measured; the figures say how often today's decision rules are right on a machine shaped like ours.
 """
 
 from __future__ import annotations
@@ -158,6 +168,60 @@ def strategies(args: argparse.Namespace) -> None:
               f"{len(run['windows'])} | {measured} | {run['wall_s']:.0f} |")
 
 
+def simulate(args: argparse.Namespace) -> None:
+    # The simulated machine is the test suite's (tests/helpers): one model of our noise for tests and benchmarks.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from omegaconf import OmegaConf
+
+    from helpers.fake_machine import FakeMachine
+    from trainer_tune.config.flags import TrialFlags
+    from trainer_tune.config.schema import TuneConfig
+    from trainer_tune.decide.race import run_race
+    from trainer_tune.decide.verdict import GO, NO_GO, decide
+    from trainer_tune.plan import build_plan
+
+    print("\n## simulate\n")
+    print(f"{args.sweeps} simulated sweeps per row, sweep.budget_s={args.budget_s:g}, "
+          f"recommend.min_speedup={args.min_speedup:g}, seed {args.seed}; {' '.join(args.overrides)}\n")
+    print("| settings | true effect | GO | right GO | false GO | NO-GO | best dropped | median rounds | "
+          "median simulated s |")
+    print("| --- " * 9 + "|")
+    for num_settings in (int(k) for k in args.settings.split(",")):
+        sizes = list(range(1, num_settings + 1))
+        for effect in (float(e) for e in args.effects.split(",")):
+            counts = {"go": 0, "right": 0, "false": 0, "no_go": 0, "dropped": 0}
+            rounds, seconds = [], []
+            for i in range(args.sweeps):
+                seed = args.seed * 1_000_003 + i
+                dotlist = [f"sweep.micro_batch_sizes=[{','.join(map(str, sizes))}]", "sweep.grad_accums=[1]",
+                           f"sweep.budget_s={args.budget_s}", f"sweep.seed={seed}",
+                           f"recommend.min_speedup={args.min_speedup}", *args.overrides]
+                cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TuneConfig),
+                                                          OmegaConf.from_dotlist(dotlist)))
+                plan = build_plan(cfg, world_size=2, base_flags=TrialFlags(), device_type="cpu")
+                truth = {s.key: 1.0 + (effect if s.micro_batch_size == num_settings else 0.0) for s in plan}
+                best_key = max(truth, key=truth.get)
+                machine = FakeMachine(true_rate=lambda spec: 20_000.0 * truth[spec.key], seed=seed)
+                race = run_race(machine, cfg, plan, done={}, attempts={}, prefix="", swept=())
+                decision = decide(sorted(race.settings.values(), key=lambda r: r.index), args=cfg.recommend,
+                                  not_measured=race.not_measured, race=race.summary, lr=cfg.train.lr)
+                chosen = truth.get(decision.chosen.trial_key) if decision.chosen is not None else None
+                if decision.decision == GO:
+                    counts["go"] += 1
+                    if chosen is not None and chosen >= args.min_speedup and chosen >= 0.95 * truth[best_key]:
+                        counts["right"] += 1
+                    if chosen is None or chosen < args.min_speedup:
+                        counts["false"] += 1
+                counts["no_go"] += decision.decision == NO_GO
+                counts["dropped"] += any(d.trial_key == best_key for d in race.summary.drops) and effect > 0
+                rounds.append(race.summary.num_rounds)
+                seconds.append(machine.clock_s)
+            share = {k: f"{100.0 * v / args.sweeps:.1f}%" for k, v in counts.items()}
+            print(f"| {len(plan)} | {effect:+.0%} | {share['go']} | {share['right']} | {share['false']} | "
+                  f"{share['no_go']} | {share['dropped'] if effect > 0 else '-'} | {statistics.median(rounds):g} | "
+                  f"{statistics.median(seconds):.0f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=int, default=2)
@@ -173,11 +237,19 @@ def main() -> None:
     rep.add_argument("--reference", type=Path, default=None, help="output directory of a `reference` run")
     strat = sub.add_parser("strategies")
     strat.add_argument("--strategies", default="grid,power")
+    sim = sub.add_parser("simulate")
+    sim.add_argument("--sweeps", type=int, default=200, help="simulated sweeps per (settings, effect)")
+    sim.add_argument("--settings", default="8,32", help="numbers of settings, comma-separated")
+    sim.add_argument("--effects", default="0,0.05,0.1,0.2,0.5", help="true effects of the best setting")
+    sim.add_argument("--budget-s", type=float, default=30.0)
+    sim.add_argument("--min-speedup", type=float, default=1.05)
+    sim.add_argument("--seed", type=int, default=0)
     for p in sub.choices.values():
         p.add_argument("overrides", nargs="*", help="extra Hydra overrides, after --")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    {"identical": identical, "reference": reference, "repeat": repeat, "strategies": strategies}[args.command](args)
+    {"identical": identical, "reference": reference, "repeat": repeat, "strategies": strategies,
+     "simulate": simulate}[args.command](args)
 
 
 if __name__ == "__main__":
