@@ -47,14 +47,16 @@ class FakeMachine:
     window_s: float = 1.0
     """Measured time per window (window.max_measure_s's default): a window runs as many steps as fit, 4 to 200."""
     burst_chance: float = 0.04
-    window_overhead_s: float = 1.0
+    neighbour_log_sd: float = NEIGHBOUR_LOG_SD
+    """How much neighbouring windows' log speed differs: 0.09 on a shared machine, about half that on a quiet one."""
+    window_overhead_s: float = 0.5
     """Build and warm-up time per window, added to its wall time (what sweep.budget_s counts)."""
     clock_s: float = 0.0
     windows: list[WindowRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(f"fake-machine/{self.seed}")
-        self._log_sd = NEIGHBOUR_LOG_SD / math.sqrt(2.0 * (1.0 - LAG1))
+        self._log_sd = self.neighbour_log_sd / math.sqrt(2.0 * (1.0 - LAG1))
         self._drift = self._rng.gauss(0.0, self._log_sd)
         self._burst_left, self._burst_factor = 0, 1.0
 

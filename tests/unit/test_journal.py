@@ -138,3 +138,27 @@ def test_concurrent_writers_leave_whole_lines_and_one_baseline(tmp_path: Path) -
     keys = [r.trial_key for r in contents.results]
     assert len(keys) == 4 * 20 + 1 and keys.count("baseline") == 1
     assert all(line.startswith("{") and line.endswith("}") for line in path.read_text().splitlines())
+
+
+def test_a_budget_the_journal_proves_too_small_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    import dataclasses
+
+    import pytest
+
+    from trainer_tune.config.flags import TrialFlags
+    from trainer_tune.config.schema import ConfigError
+    from trainer_tune.plan import TrialSpec
+    from trainer_tune.run.journal import check_budget
+
+    plan = [TrialSpec(index=i, micro_batch_size=m, grad_accum=1, world_size=2, flags=TrialFlags(), is_baseline=i == 0,
+                      key=f"s{m}") for i, m in enumerate((1, 2, 4))]
+    path = tmp_path / "trials.jsonl"
+    check_budget(5.0, plan=plan, journal=path)  # no journal: nothing to prove
+    for m, wall_s in ((1, 2.0), (2, 4.0)):  # 4x1 not measured yet: it counts as the mean window, 3 s
+        append_result(path, dataclasses.replace(make_window(round_id="r0", index=0, key=f"s{m}/r0", setting_key=f"s{m}"),
+                                                wall_s=wall_s))
+    with pytest.raises(ConfigError, match=r"sweep.budget_s=8 is not allowed: .* about 9 s; the smallest budget "
+                                          r"that fits one round is 9"):
+        check_budget(8.0, plan=plan, journal=path)
+    check_budget(9.0, plan=plan, journal=path)
+    check_budget(None, plan=plan, journal=path)

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 
 from trainer_tune.config.schema import TuneConfig
 from trainer_tune.decide.race import run_race
-from trainer_tune.decide.verdict import GO, decide
+from trainer_tune.decide.sequential import INCONCLUSIVE, error_budget
+from trainer_tune.decide.verdict import GO, NO_GO, decide
 from trainer_tune.evidence.stats import log_t_interval, ratio_estimate
 from trainer_tune.explain.report import build_report
 from trainer_tune.plan import TrialSpec, build_plan
@@ -38,16 +39,16 @@ def _config(*overrides: str) -> TuneConfig:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
-def _sweep(seed: int, *, budget_s: float = 60.0) -> tuple:
+def _sweep(seed: int, *, budget_s: float = 45.0, **machine: float) -> tuple:
     cfg = _config("sweep.micro_batch_sizes=[1,2,4,8]", "sweep.grad_accums=[1,2]", f"sweep.budget_s={budget_s}",
                   f"sweep.seed={seed}")
     plan = build_plan(cfg, world_size=2, base_flags=TrialFlags(), device_type="cpu")
-    machine = FakeMachine(true_rate=_true_rate, seed=seed)
-    race = run_race(machine, cfg, plan, done={}, attempts={}, prefix="", swept=())
+    fake = FakeMachine(true_rate=_true_rate, seed=seed, **machine)
+    race = run_race(fake, cfg, plan, done={}, attempts={}, prefix="", swept=())
     settings = sorted(race.settings.values(), key=lambda r: r.index)
     decision = decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary,
-                      lr=cfg.train.lr)
-    return machine, race, decision
+                      lr=cfg.train.lr, budget=error_budget(num_planned=len(plan), sweep=cfg.sweep), sweep=cfg.sweep)
+    return fake, race, decision
 
 
 def test_the_same_seed_gives_the_same_windows_and_the_same_decision() -> None:
@@ -70,22 +71,16 @@ def test_the_fake_machine_has_the_noise_it_claims() -> None:
 
 
 def test_the_planted_best_is_found_on_a_noisy_machine(tmp_path: Path) -> None:
-    """Over 20 seeded sweeps, the decision never recommends a setting truly slower than the baseline, and every GO
-    picks the planted best or its runner-up (8x1, 16% behind, within a few windows' noise), mostly the best.
-    Today's verdict still answers NO-GO in about 3 sweeps of 10 on this machine although 8x2 is truly +60% (60
-    seeds: 41 GO 8x2, 2 GO 8x1, 17 NO-GO): "cannot tell yet" comes out as "do not change", which the evidence issue
-    (INCONCLUSIVE, pooled noise) is to fix; raise the bar below when it does."""
-    picks = []
-    for seed in range(20):
-        _machine, _race, decision = _sweep(seed)
-        chosen = decision.chosen
-        assert chosen is not None
-        truth = TRUE_SPEEDUP[(chosen.micro_batch_size, chosen.grad_accum)]
-        assert truth >= 1.0, (seed, decision.verdict)
-        if decision.decision == GO:
-            picks.append(chosen.label)
-    assert len(picks) >= 12, picks
-    assert set(picks) <= {"8x2", "8x1"} and picks.count("8x2") >= len(picks) * 0.6, picks
+    """Over 20 seeded sweeps on a shared machine's noise: never a NO-GO (8x2 is truly +60%), every GO is 8x2, and
+    an INCONCLUSIVE names 8x2 as its leader in most sweeps (8x1, 14% behind, is the only close one); on a quiet
+    machine (half the noise, no bursts) every sweep is a GO for 8x2 within the default budget."""
+    noisy = [_sweep(seed)[2] for seed in range(20)]
+    assert not [d.verdict for d in noisy if d.decision == NO_GO]
+    assert all(d.chosen.label == "8x2" for d in noisy if d.decision == GO)
+    leaders = [d.leader.label for d in noisy if d.decision == INCONCLUSIVE]
+    assert leaders.count("8x2") >= 0.8 * len(leaders), leaders
+    quiet = [_sweep(seed, neighbour_log_sd=0.045, burst_chance=0.0)[2] for seed in range(20)]
+    assert [d.decision for d in quiet] == [GO] * 20 and {d.chosen.label for d in quiet} == {"8x2"}
     # And through the sinks: the report and recommendation.json name what was decided.
     _machine, _race, decision = _sweep(seed=0)
     publish(tmp_path, build_report(decision), launch_hint="torchrun --nproc_per_node=2 -m trainer_tune",

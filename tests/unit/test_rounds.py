@@ -134,7 +134,12 @@ def test_race_keeps_settings_measured_in_one_window() -> None:
 
 def test_race_over_rules() -> None:
     common = dict(min_rounds=3, max_rounds=8, budget_s=30.0)
-    assert race_over(alive=["a"], round_index=2, elapsed_s=40.0, last_round_s=10.0, **common) is None
+    # The budget bounds every round, the first ones included; otherwise nothing stops before min_rounds.
+    assert "budget_s" in race_over(alive=["a", "b"], round_index=2, elapsed_s=25.0, last_round_s=10.0, **common)
+    assert race_over(alive=["a"], round_index=2, elapsed_s=10.0, last_round_s=10.0, **common) is None
+    # With throughput or goodput the evidence decides when to stop, not one setting being left.
+    assert race_over(alive=["a"], round_index=3, elapsed_s=5.0, last_round_s=1.0, stop_when_one_left=False,
+                     **common) is None
     assert "decided" in race_over(alive=["a"], round_index=3, elapsed_s=5.0, last_round_s=1.0, **common)
     assert "max_rounds" in race_over(alive=["a", "b"], round_index=8, elapsed_s=5.0, last_round_s=1.0, **common)
     assert "budget_s" in race_over(alive=["a", "b"], round_index=4, elapsed_s=25.0, last_round_s=6.0, **common)

@@ -375,17 +375,21 @@ class SweepArgs:
     power_patience: int = 1
     """strategy=power stops after this many doublings in a row that were not faster beyond noise."""
     min_rounds: int = 3
-    """Rounds every setting in the race is measured in, at least: one window per round, the baseline in
-    every round. Two windows are the fewest that give an interval; three give a usable one."""
+    """The first round after which the evidence may stop the sweep (GO or NO-GO) and settings may leave the race:
+    one window per round, the baseline in every round (unless sweep.budget_s ends the sweep first)."""
     max_rounds: int = 10
-    """The race ends after this many rounds even if the leader is not yet separated from the runner-up."""
-    budget_s: Optional[float] = 30.0
-    """Measuring time of the sweep (windows, warm-ups, model builds): after sweep.min_rounds, no round starts
-    that would end past it (estimated from the last round). null: no limit but sweep.max_rounds."""
+    """The most rounds: the sweep ends after this many even when the evidence has not decided (INCONCLUSIVE). The
+    verdict's error is spread over the looks from sweep.min_rounds to this (decide/sequential.py), so a larger
+    value widens every interval a little."""
+    budget_s: Optional[float] = 45.0
+    """Measuring time of the sweep (windows, warm-ups, model builds), the first rounds included: no round starts
+    that would end past it (estimated from the last round); a sweep it stops before the evidence decides answers
+    INCONCLUSIVE. null: no limit but sweep.max_rounds."""
     race: bool = True
-    """After each round from sweep.min_rounds on, stop measuring the settings that are slower than the leader
-    beyond noise (comparison.compare; with recommend.objective=throughput only) and those over
-    recommend.max_latency_ms; false measures every setting in every round."""
+    """After each round from sweep.min_rounds on, stop the sweep when the evidence decides, and stop measuring the
+    settings behind the leader beyond noise at the corrected level (recommend.objective=throughput or goodput)
+    and those that may never be chosen (over memory, over recommend.max_latency_ms); false measures every setting
+    in every round up to sweep.max_rounds or sweep.budget_s."""
     seed: int = 0
     """Seed of each round's shuffled order (the same on every rank and on resume)."""
     nsa_prefill_batched: Optional[List[bool]] = None
@@ -529,9 +533,15 @@ class BaselineArgs:
 @dataclass
 class RecommendArgs:
     min_speedup: float = 1.05
-    """GO only when the lower end of the 95% interval of best throughput over baseline throughput reaches this."""
+    """GO only when the lower end of the leader's interval of throughput over the baseline's reaches this, at the
+    level that corrects for every setting and every look (decide/sequential.py); NO-GO only when every setting's
+    upper end is below it; otherwise INCONCLUSIVE."""
+    indifference: float = 0.05
+    """GO also needs every other setting still in the race to be, at the same level, at most this much faster than
+    the leader (0.05: within 5%), so a sweep does not stop on the first setting that clears the margin while
+    another is clearly faster."""
     fail_on_no_go: bool = False
-    """Exit with code 3 on NO-GO (for CI gates); otherwise a finished sweep exits 0."""
+    """Exit with code 3 on NO-GO and 5 on INCONCLUSIVE (for CI gates); otherwise a finished sweep exits 0."""
     max_memory_fraction: float = 0.9
     """A setting whose peak memory exceeds this share of the device is never recommended (CUDA only); the
     memory prediction's limit without train.max_memory_fraction (of host memory per rank on a CPU)."""
@@ -568,6 +578,8 @@ class RecommendArgs:
                     value=self.target_throughput_per_s, allowed="a rate > 0 in the decision's unit per second, or null")
         require(self.min_speedup > 0, key="recommend.min_speedup", value=self.min_speedup,
                 allowed="a number > 0 (1.05 means at least 5% faster)")
+        require(0 <= self.indifference < 1, key="recommend.indifference", value=self.indifference,
+                allowed="a share in [0, 1) (0.05: the chosen setting within 5% of the fastest)")
         if self.input_bound_fraction is not None:
             require(0 < self.input_bound_fraction < 1, key="recommend.input_bound_fraction",
                     value=self.input_bound_fraction, allowed="a share of the step time in (0, 1), or null")

@@ -13,6 +13,7 @@ Exit codes: 0, or 2 for a usage mistake (no journal there, a key outside recomme
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -27,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from trainer_tune.config.keys import check_keys
 from trainer_tune.config.schema import ConfigError, TuneConfig
 from trainer_tune.decide.race import run_race
+from trainer_tune.decide.sequential import error_budget
 from trainer_tune.decide.verdict import Decision, decide
 from trainer_tune.evidence.comparison import percent
 from trainer_tune.evidence.memory_fit import MemoryLimit
@@ -130,11 +132,15 @@ def redecide(output_dir: Path, overrides: Sequence[str] = ()) -> Redecided:
         raise ConfigError(f"{journal} has no window of any setting that {output_dir / CONFIG_YAML} plans: the "
                           f"journal and the config are not of one sweep")
     limit = _memory_limit(recorded)
-    race = run_race(_Replay(), cfg, plan, done={w.trial_key: w for w in windows}, attempts={}, prefix="",
+    # A replay measures nothing, so sweep.budget_s (a bound on measuring) cuts none of the windows there are: the
+    # race goes on while the journal has them, up to sweep.max_rounds or until the evidence decides.
+    replayed = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, budget_s=None))
+    race = run_race(_Replay(), replayed, plan, done={w.trial_key: w for w in windows}, attempts={}, prefix="",
                     swept=swept_flag_names(cfg), limit=limit)
     settings = sorted(race.settings.values(), key=lambda r: r.index)
     decision = decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary,
-                      lr=cfg.train.lr, memory_limit=limit)
+                      lr=cfg.train.lr, memory_limit=limit, budget=error_budget(num_planned=len(plan), sweep=cfg.sweep),
+                      sweep=cfg.sweep)
     return Redecided(report=build_report(decision), recorded=recorded, world_size=world_size)
 
 
@@ -150,8 +156,8 @@ def _summary(decision: str, chosen: Optional[str], speedup: Optional[float],
 
 def what_changed(decision: Decision, recorded: Optional[dict[str, Any]]) -> str:
     """One line: the new verdict against the recorded one."""
-    now = _summary(decision.decision, decision.chosen.label if decision.chosen else None, decision.speedup,
-                   decision.speedup_ci95)
+    named = decision.chosen or decision.leader
+    now = _summary(decision.decision, named.label if named else None, decision.speedup, decision.speedup_ci95)
     if recorded is None:
         return f"decided again: {now} (the sweep wrote no recommendation to compare with)"
     chosen = recorded.get("chosen") or {}

@@ -26,6 +26,7 @@ from typing import Callable, Optional, Protocol, Sequence, TypeVar
 
 from trainer_tune.config.schema import Objective, Strategy, TuneConfig
 from trainer_tune.decide.eligible import eligible
+from trainer_tune.decide.sequential import GO, NO_GO, ErrorBudget, error_budget, weigh
 from trainer_tune.decide.strategy import NotMeasured, first_entrants, power_gate
 from trainer_tune.evidence.comparison import Outcome, behind, compare
 from trainer_tune.evidence.memory_fit import MemoryLimit, fit_memory, predicted_not_to_fit
@@ -111,21 +112,24 @@ def limit_drops(contenders: Sequence[R], *, after_round: int,
 
 
 def race_over(*, alive: Sequence[str], round_index: int, min_rounds: int, max_rounds: int,
-              elapsed_s: float, budget_s: Optional[float], last_round_s: Optional[float]) -> Optional[str]:
+              elapsed_s: float, budget_s: Optional[float], last_round_s: Optional[float],
+              stop_when_one_left: bool = True) -> Optional[str]:
     """Why no further round is measured, or None to measure round `round_index` (0-based).
 
-    At least `min_rounds` rounds always run (fewer windows give no interval worth the name). After that the
-    race stops once one setting is left, at `max_rounds`, or when the next round, estimated from the last
-    one's duration, would end past `budget_s`."""
-    if round_index < min_rounds:
-        return None
-    if len(alive) <= 1:
-        return f"one setting left after {count(round_index, 'round')}: the race is decided"
-    if round_index >= max_rounds:
-        return f"sweep.max_rounds={max_rounds} reached with {count(len(alive), 'setting')} still in the race"
+    `budget_s` bounds all measuring, the first rounds included: no round starts that would end past it, estimated
+    from the last one's duration (a sweep stopped so answers INCONCLUSIVE unless the evidence decided). Otherwise
+    at least `min_rounds` rounds run; after that the race stops at `max_rounds`, or once one setting is left when
+    `stop_when_one_left` (a point objective, which has no evidence rule: with throughput or goodput the evidence
+    decides when to stop, see run_race)."""
     if budget_s is not None and last_round_s is not None and elapsed_s + last_round_s > budget_s:
         return (f"sweep.budget_s={budget_s:g}: {elapsed_s:.0f} s spent and another round takes about "
                 f"{last_round_s:.0f} s; {count(len(alive), 'setting')} still in the race")
+    if round_index < min_rounds:
+        return None
+    if len(alive) <= 1 and stop_when_one_left:
+        return f"one setting left after {count(round_index, 'round')}: the race is decided"
+    if round_index >= max_rounds:
+        return f"sweep.max_rounds={max_rounds} reached with {count(len(alive), 'setting')} still in the race"
     return None
 
 
@@ -214,12 +218,14 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
                 contenders.add(spec.key)
 
     enter(first_entrants(plan, cfg.sweep))
+    budget = error_budget(num_planned=len(plan), sweep=cfg.sweep)
+    on_evidence = cfg.sweep.race and cfg.recommend.objective in (Objective.throughput, Objective.goodput)
     round_index = 0
     while True:
         over = host.broadcast(race_over(
             alive=sorted(contenders), round_index=round_index, min_rounds=cfg.sweep.min_rounds,
             max_rounds=cfg.sweep.max_rounds, elapsed_s=elapsed_s, budget_s=cfg.sweep.budget_s,
-            last_round_s=last_round_s))
+            last_round_s=last_round_s, stop_when_one_left=not on_evidence))
         members = sorted(contenders | ({baseline.key} if baseline.key not in failed else set()))
         if over is not None or not members:
             end_reason = over or "every setting failed"
@@ -272,6 +278,12 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
         enter([by_key[key] for key in entering])
         # The strategy's view of what will never enter, as of this round (more windows can change a verdict).
         not_measured = list(closed)
+        if on_evidence and round_index >= cfg.sweep.min_rounds and not entering:
+            said = host.broadcast(evidence_says(cfg, settings, contenders=contenders, baseline_key=baseline.key,
+                                                budget=budget))
+            if said is not None:
+                end_reason = f"after {count(round_index, 'round')} the evidence decided: {said}"
+                break
     # Settings the strategy never let in (power: the chain stopped, or the race ended first).
     entered_keys = {s.key for s in entered}
     for spec in plan:
@@ -306,6 +318,10 @@ def after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, S
     # numbers, and a race that tests after every round gets many chances to drop a setting by bad luck. The race
     # compares throughput (goodput with that objective): with recommend.objective=latency or energy it would drop
     # the very settings those pick.
+    # A drop is a test of the setting against the leader, itself picked as the maximum, after every round: at the
+    # level that corrects for every setting and every look (decide/sequential.py), so the true best is rarely
+    # dropped by bad luck (successive elimination with simultaneous intervals).
+    level = error_budget(num_planned=len(plan), sweep=cfg.sweep).pick_confidence
     if cfg.sweep.race and cfg.recommend.objective in (Objective.throughput, Objective.goodput) and \
             rounds_done >= max(2, cfg.sweep.min_rounds):
         if cfg.recommend.objective == Objective.goodput:
@@ -316,9 +332,10 @@ def after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, S
             with_rates = {r.trial_key: r for r in with_goodput(everyone, sweep_noise_scale(everyone)[0])}
             drops += race_drops([with_rates[r.trial_key] for r in racing], after_round=rounds_done,
                                 rate=lambda r: r.goodput_per_s,
-                                behind=lambda c, leader: behind(c, leader, goodput=True))
+                                behind=lambda c, leader: behind(c, leader, goodput=True, confidence=level))
         else:
-            drops += race_drops(racing, after_round=rounds_done, behind=behind)
+            drops += race_drops(racing, after_round=rounds_done,
+                                behind=lambda c, leader: behind(c, leader, confidence=level))
     entering: list[str] = []
     closed: list[NotMeasured] = []
     if cfg.sweep.strategy == Strategy.power:
@@ -344,3 +361,29 @@ def after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, S
             elif gate.reason is not None:
                 closed.append(NotMeasured(label=spec.label(swept_flags=swept), reason=gate.reason))
     return drops, entering, closed
+
+
+def evidence_says(cfg: TuneConfig, settings: dict[str, SettingEstimate], *, contenders: set[str], baseline_key: str,
+                  budget: ErrorBudget) -> Optional[str]:
+    """GO or NO-GO (with why) when the evidence so far decides (decide/sequential.weigh, the verdict's own rule, on
+    the leader by point estimate among the settings still racing), else None: measure another round."""
+    baseline = settings.get(baseline_key)
+    if baseline is None or not baseline.ok:
+        return None
+    everyone = list(settings.values())
+    goodput = cfg.recommend.objective == Objective.goodput
+    if goodput:
+        everyone = with_goodput(everyone, sweep_noise_scale(everyone)[0])
+        if any(s.ok and s.goodput_per_s is None for s in everyone):
+            return None
+        baseline = next(s for s in everyone if s.trial_key == baseline_key)
+    candidates = [s for s in everyone if eligible(s, cfg.recommend, min_windows=2) is None]
+    racing = [s for s in candidates if s.trial_key in contenders]
+    if not racing or baseline not in candidates:
+        return None
+    leader = max(racing, key=lambda s: (s.goodput_per_s if goodput else s.throughput_per_s) or 0.0)
+    verdict = weigh(leader, baseline, candidates=candidates, contenders=racing, args=cfg.recommend, budget=budget,
+                    goodput=goodput)
+    if verdict.decision not in (GO, NO_GO):
+        return None
+    return f"{verdict.decision} for {leader.label} ({verdict.reason})"

@@ -9,11 +9,12 @@ listed, including what a switch would change besides speed (the global batch siz
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from trainer_tune.evidence.compile_payback import CompilePayback, compile_paybacks
-from trainer_tune.config.schema import Objective, RecommendArgs, TieBreak
+from trainer_tune.config.schema import Objective, RecommendArgs, SweepArgs, TieBreak
 from trainer_tune.measure.figures import NoiseScaleFigures
 from trainer_tune.config.flags import FLAG_SPECS, flags_to_environ, flags_to_overrides, format_flag
 from trainer_tune.decide.goodput import (
@@ -23,15 +24,14 @@ from trainer_tune.evidence.memory_fit import MemoryFit, MemoryLimit, fit_memory
 from trainer_tune.evidence.noise_scale import sweep_noise_scale, with_goodput
 from trainer_tune.measure.record import TOKENS
 from trainer_tune.evidence.estimate import SettingEstimate
-from trainer_tune.evidence.comparison import (
-    Comparison, Drift, Outcome, baseline_drift, compare, percent)
+from trainer_tune.evidence.comparison import Comparison, Drift, Outcome, baseline_drift, compare, level_text, percent
 from trainer_tune.decide.eligible import OVER_LATENCY, OVER_MEMORY, eligible, ineligibility, over_latency_budget
 from trainer_tune.decide.race import RaceSummary
+from trainer_tune.decide.sequential import (
+    GO, INCONCLUSIVE, NO_GO, ErrorBudget, error_budget, rounds_to_decide, weigh)
 from trainer_tune.decide.strategy import NotMeasured
 from trainer_tune.platform.units import count
 
-GO = "GO"
-NO_GO = "NO-GO"
 MEASURED = "MEASURED"
 """Only one setting was measured (no sweep): its figures, and no comparison, so neither GO nor NO-GO."""
 
@@ -116,6 +116,19 @@ class Decision:
     over_budget: tuple[str, ...] = ()
     """Trial keys of the finished settings whose p99 is over max_latency_ms (never chosen, picked by no row of
     the decision matrix)."""
+    leader: Optional[SettingEstimate] = None
+    """The setting ahead on the evidence: the chosen one after a GO, the best after a NO-GO, the one that would be
+    chosen if more rounds confirmed it after INCONCLUSIVE (chosen is then None)."""
+    confidence: float = 0.95
+    """The two-sided level of the comparisons the verdict rests on (decide/sequential.py: corrected for every
+    setting and every look)."""
+    more_rounds: Optional[int] = None
+    """INCONCLUSIVE: about how many more rounds would decide, from the spread seen so far; None otherwise."""
+    more_seconds: Optional[float] = None
+    """more_rounds at this sweep's seconds per round."""
+    continue_overrides: tuple[str, ...] = ()
+    """INCONCLUSIVE: what to add to the same command, with the same hydra.run.dir, to measure the rounds it needs
+    (sweep.budget_s, sweep.max_rounds); empty otherwise."""
     ineligible: dict[str, str] = dataclasses.field(default_factory=dict)
     """Why each setting that may not be chosen may not (decide/eligible.py), by trial key: what the decision
     matrix and every sink respect."""
@@ -164,6 +177,8 @@ class Decision:
                 "compile_payback": [p.to_json_dict() for p in self.compile_paybacks],
                 "memory_fits": [f.to_json_dict() for f in self.memory_fits],
                 "memory_limit": self.memory_limit.to_json_dict() if self.memory_limit else None,
+                "leader": trial(self.leader), "confidence": self.confidence, "more_rounds": self.more_rounds,
+                "more_seconds": self.more_seconds, "continue_overrides": list(self.continue_overrides),
                 "ineligible": dict(self.ineligible)}
 
 
@@ -189,8 +204,9 @@ def _setting(result: SettingEstimate, *, against: Optional[SettingEstimate]) -> 
 _percent = percent
 
 
-def _ci_text(interval: Optional[tuple[float, float]]) -> str:
-    return "" if interval is None else f", 95% CI {_percent(interval[0])} to {_percent(interval[1])}"
+def _ci_text(interval: Optional[tuple[float, float]], confidence: float = 0.95) -> str:
+    return ("" if interval is None
+            else f", {level_text(confidence)} CI {_percent(interval[0])} to {_percent(interval[1])}")
 
 
 def _tie_break(tied: Sequence[SettingEstimate], *, fastest: SettingEstimate, baseline: Optional[SettingEstimate],
@@ -308,11 +324,15 @@ class _Verdict:
     """The first reason: what decided."""
     comparison: Optional[Comparison] = None
     speedup: Optional[float] = None
+    leader: Optional[SettingEstimate] = None
+    """INCONCLUSIVE: the setting ahead so far (chosen is None: nothing is recommended yet)."""
+    more_rounds: Optional[int] = None
 
 
 def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measured: Sequence[NotMeasured] = (),
            race: Optional[RaceSummary] = None, lr: Optional[float] = None,
-           memory_limit: Optional[MemoryLimit] = None) -> Decision:
+           memory_limit: Optional[MemoryLimit] = None, budget: Optional[ErrorBudget] = None,
+           sweep: Optional[SweepArgs] = None) -> Decision:
     """The verdict from each setting's estimate over its windows (evidence/estimate.py). `lr`: the sweep's
     train.lr, which recommend.lr_scaling scales when a GO changes the global batch.
 
@@ -326,7 +346,9 @@ def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measu
     pool, reasons = _pool(results, args=args, race=race)
     best, tied, pick_reasons = _pick_best(pool)
     reasons += pick_reasons
-    verdict = _verdict(pool, best)
+    if budget is None:
+        budget = error_budget(num_planned=len(results) + len(not_measured), sweep=None)
+    verdict = _verdict(pool, best, budget)
     reasons.insert(0, verdict.reason)
     baseline, unit, chosen, text = pool.baseline, pool.unit, verdict.chosen, verdict.text
 
@@ -357,6 +379,10 @@ def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measu
     over_all = tuple(r.trial_key for r in pool.finished if args.max_latency_ms is not None
                      and over_latency_budget(r, args.max_latency_ms) is not None)
     return Decision(decision=verdict.decision, unit=unit, speedup_by_key=speedup_by_key,
+                    leader=verdict.leader if verdict.leader is not None else chosen, confidence=budget.confidence,
+                    more_rounds=verdict.more_rounds,
+                    more_seconds=(verdict.more_rounds * _round_s(pool, race) if verdict.more_rounds else None),
+                    continue_overrides=_continue_overrides(verdict, pool=pool, race=race, sweep=sweep),
                     speedup_ci95=verdict.comparison.interval if verdict.comparison else None,
                     chosen=chosen, best=best, baseline=baseline, speedup=verdict.speedup,
                     min_speedup=args.min_speedup, reasons=tuple(reasons), verdict=text,
@@ -413,8 +439,8 @@ def _pick_best(pool: _Pool) -> tuple[Optional[SettingEstimate], list[SettingEsti
     return best, tied, reasons
 
 
-def _verdict(pool: _Pool, best: Optional[SettingEstimate]) -> _Verdict:
-    """GO, NO-GO or MEASURED for `best` against the baseline, with the reason that decided it."""
+def _verdict(pool: _Pool, best: Optional[SettingEstimate], budget: ErrorBudget) -> _Verdict:
+    """GO, NO-GO, INCONCLUSIVE or MEASURED for `best` against the baseline, with the reason that decided it."""
     baseline, args, unit = pool.baseline, pool.args, pool.unit
     keep = baseline if baseline is not None and baseline.ok else None
     if best is None:
@@ -433,21 +459,15 @@ def _verdict(pool: _Pool, best: Optional[SettingEstimate]) -> _Verdict:
             f"the baseline {baseline.label} breaks the latency budget (p99 {baseline.latency.p99_ms:,.1f} ms > "  # type: ignore
             f"{args.max_latency_ms:g} ms); {best.label} is the {_OBJECTIVE_BEST[args.objective]} within it: "
             f"{_objective_text(best, args.objective, unit)}")
-    if best.trial_key == baseline.trial_key and pool.goodput:
-        return _Verdict(NO_GO, baseline, f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (most goodput "
-                                         f"measured in {unit}/s)",
-                        f"the baseline {baseline.label} has the most goodput measured, or the measurements cannot "
-                        f"tell it from the setting that has ({baseline.goodput_per_s:,.0f} {unit}/s of goodput)",
-                        speedup=1.0)
-    if best.trial_key == baseline.trial_key:
-        return _Verdict(NO_GO, baseline, f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (fastest "
-                                         f"measured in {unit}/s)",
-                        f"the baseline {baseline.label} is the fastest setting measured, or the measurements "
-                        f"cannot tell it from the fastest ({baseline.throughput_per_s:,.0f} {unit}/s)", speedup=1.0)
+    if best.trial_key == baseline.trial_key and pool.point_objective:
+        return _Verdict(NO_GO, baseline, f"{NO_GO}: keep baseline {_setting(baseline, against=None)} "
+                                         f"({_OBJECTIVE_BEST[args.objective]} measured)",
+                        f"the baseline {baseline.label} has the {_OBJECTIVE_BEST[args.objective]}: "
+                        f"{_objective_text(baseline, args.objective, unit)}")
     if pool.point_objective:
         decision, chosen, text, reason = _decide_point_objective(best, baseline, args=args, unit=unit)
         return _Verdict(decision, baseline if decision == NO_GO else chosen, text, reason)
-    return _compared(best, baseline, args=args, unit=unit, goodput=pool.goodput)
+    return _weighed(best, baseline, pool=pool, budget=budget)
 
 
 def _nothing_to_choose(pool: _Pool, keep: Optional[SettingEstimate]) -> _Verdict:
@@ -481,22 +501,16 @@ def _measured_only(baseline: SettingEstimate, unit: str) -> _Verdict:
                     f"compare settings), so there is nothing to compare it with")
 
 
-def _compared(best: SettingEstimate, baseline: SettingEstimate, *, args: RecommendArgs, unit: str,
-              goodput: bool) -> _Verdict:
-    """GO when best's paired speedup over the baseline clears recommend.min_speedup at its interval's lower end."""
-    comparison = compare(best, baseline, goodput=goodput)
-    speedup, speedup_interval = comparison.ratio, comparison.interval
+def _weighed(best: SettingEstimate, baseline: SettingEstimate, *, pool: _Pool, budget: ErrorBudget) -> _Verdict:
+    """GO, NO-GO or INCONCLUSIVE on the evidence (decide/sequential.py): paired against the baseline, at the level
+    that corrects for every setting and every look."""
+    args, unit, goodput = pool.args, pool.unit, pool.goodput
+    weighed = weigh(best, baseline, candidates=pool.candidates, contenders=pool.contenders, args=args,
+                    budget=budget, goodput=goodput)
+    comparison = weighed.comparison
+    assert comparison is not None  # weigh always compares the leader with the baseline
+    speedup, interval, level = comparison.ratio, comparison.interval, budget.confidence
     measure = f"goodput in {unit}/s" if goodput else f"{unit}/s"
-    shortfalls = []
-    if speedup_interval is None:
-        shortfalls.append("a side was measured in one window only, which gives no interval "
-                          "(sweep.min_rounds >= 2 gives one)")
-    elif speedup_interval[0] < args.min_speedup:
-        shortfalls.append(f"the lower end of its speedup ({_percent(speedup_interval[0])}) is below the required "
-                          f"{_percent(args.min_speedup)} (recommend.min_speedup={args.min_speedup:g})")
-    if args.target_throughput_per_s is not None and best.throughput_per_s < args.target_throughput_per_s:  # type: ignore
-        shortfalls.append(f"{best.throughput_per_s:,.0f} {unit}/s is below recommend.target_throughput_per_s="
-                          f"{args.target_throughput_per_s:,.0f}")
     measured = (f"{best.label} reaches {best.throughput_per_s:,.0f} {unit}/s vs {baseline.throughput_per_s:,.0f} for the "
                 f"baseline {baseline.label}: {comparison.describe()}")
     if goodput:
@@ -509,15 +523,62 @@ def _compared(best: SettingEstimate, baseline: SettingEstimate, *, args: Recomme
             ends = [comparison.ratio * e / best.statistical_efficiency for e in best.statistical_efficiency_ci95]
             measured += (f"; with B_noise at either end of its 95% interval the ratio would be "
                          f"{_percent(ends[0])} to {_percent(ends[1])}")
-    if not shortfalls:
+    measured += f" ({budget.describe()})"
+    keep = f"keep baseline {_setting(baseline, against=None)}"
+    if args.target_throughput_per_s is not None and best.throughput_per_s < args.target_throughput_per_s:  # type: ignore
+        return _Verdict(NO_GO, baseline, f"{NO_GO}: {keep} (best {best.label} reaches {best.throughput_per_s:,.0f} "
+                                         f"{unit}/s, below recommend.target_throughput_per_s)",
+                        f"{measured}; but {best.throughput_per_s:,.0f} {unit}/s is below "
+                        f"recommend.target_throughput_per_s={args.target_throughput_per_s:,.0f}",
+                        comparison=comparison, speedup=speedup)
+    if weighed.decision == GO:
         return _Verdict(GO, best, (f"{GO}: {_setting(best, against=baseline)} ({_percent(speedup)} {measure} vs "
-                                   f"baseline {baseline.label}{_ci_text(speedup_interval)})"),
-                        f"{measured}; at least the required {_percent(args.min_speedup)} even at the interval's "
-                        f"lower end", comparison=comparison, speedup=speedup)
-    return _Verdict(NO_GO, baseline, (f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (best {best.label} "
-                                      f"is {_percent(speedup)} {measure}{_ci_text(speedup_interval)}, needs "
-                                      f"{_percent(args.min_speedup)})"),
-                    f"{measured}; but " + "; and ".join(shortfalls), comparison=comparison, speedup=speedup)
+                                   f"baseline {baseline.label}{_ci_text(interval, level)})"),
+                        f"{measured}; {weighed.reason}", comparison=comparison, speedup=speedup)
+    if weighed.decision == NO_GO and best.trial_key == baseline.trial_key:
+        most = "most goodput" if goodput else "fastest"
+        rate = (f"{baseline.goodput_per_s:,.0f} {unit}/s of goodput" if goodput
+                else f"{baseline.throughput_per_s:,.0f} {unit}/s")
+        return _Verdict(NO_GO, baseline, f"{NO_GO}: {keep} ({most} measured in {unit}/s)",
+                        f"the baseline {baseline.label} is the {'setting with the most goodput' if goodput else 'fastest setting'} "
+                        f"measured ({rate}); {weighed.reason} ({budget.describe()})", comparison=comparison,
+                        speedup=speedup)
+    if weighed.decision == NO_GO:
+        return _Verdict(NO_GO, baseline, (f"{NO_GO}: {keep} (no setting reaches {_percent(args.min_speedup)}: best "
+                                          f"{best.label} is {_percent(speedup)} {measure}{_ci_text(interval, level)})"),
+                        f"{measured}; {weighed.reason}", comparison=comparison, speedup=speedup)
+    if weighed.rival is not None:
+        rival, ahead = weighed.rival
+        more = rounds_to_decide(ahead, num_rounds=ahead.estimate.num_pairs, margin=1.0 + args.indifference)
+    else:
+        more = rounds_to_decide(comparison, num_rounds=comparison.estimate.num_pairs, margin=args.min_speedup)
+    leads = "the baseline" if best.trial_key == baseline.trial_key else best.label
+    text = (f"{INCONCLUSIVE}: {leads} leads at {_percent(speedup)} {measure} vs baseline "
+            f"{baseline.label}{_ci_text(interval, level)}, needs {_percent(args.min_speedup)}")
+    text += (f"; about {count(more, 'more round')} would decide" if more
+             else "; the margin sits inside the noise: more rounds alone are unlikely to decide it")
+    return _Verdict(INCONCLUSIVE, None, text, f"{measured}; but {weighed.reason}", comparison=comparison,
+                    speedup=speedup, leader=best, more_rounds=more)
+
+
+def _continue_overrides(verdict: _Verdict, *, pool: _Pool, race: Optional[RaceSummary],
+                        sweep: Optional[SweepArgs]) -> tuple[str, ...]:
+    """INCONCLUSIVE: the overrides that let the same sweep (same output directory) measure the rounds it needs:
+    its finished windows are kept and the race goes on from where it stopped."""
+    if verdict.decision != INCONCLUSIVE or sweep is None or race is None:
+        return ()
+    more = verdict.more_rounds or max(2, race.num_rounds)
+    spent_s = math.fsum(r.wall_s or 0.0 for r in pool.results)
+    budget_s = math.ceil((spent_s + more * _round_s(pool, race)) / 5.0) * 5
+    rounds = max(sweep.max_rounds, race.num_rounds + more)
+    return (f"sweep.budget_s={max(budget_s, sweep.budget_s or 0):g}", f"sweep.max_rounds={rounds}")
+
+
+def _round_s(pool: _Pool, race: Optional[RaceSummary]) -> float:
+    """Seconds one more round takes: a window of the baseline and of every setting still in the race, each at its
+    mean window's wall time so far."""
+    racing = [r for r in pool.finished if r.is_baseline or r in pool.contenders]
+    return math.fsum((r.wall_s or 0.0) / max(1, r.num_windows) for r in racing)
 
 
 def _history_reasons(*, race: Optional[RaceSummary], drift: Optional[Drift], not_measured: Sequence[NotMeasured],

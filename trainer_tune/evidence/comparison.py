@@ -38,6 +38,9 @@ class Comparison:
     a_label: str
     b_label: str
     estimate: RatioEstimate
+    confidence: float = 0.95
+    """Two-sided level of the interval: 0.95 for one comparison, higher where the decision corrects for many
+    settings and many looks (decide/error_budget.py)."""
 
     @property
     def ratio(self) -> float:
@@ -63,10 +66,18 @@ class Comparison:
                else "unpaired windows")
         if self.interval is None:
             return f"{percent(self.ratio)} (one window: no interval)"
-        return f"{percent(self.ratio)} (95% CI {percent(self.interval[0])} to {percent(self.interval[1])}, {how})"
+        return (f"{percent(self.ratio)} ({level_text(self.confidence)} CI {percent(self.interval[0])} to "
+                f"{percent(self.interval[1])}, {how})")
 
 
-def compare(a: SettingEstimate, b: SettingEstimate, *, goodput: bool = False) -> Comparison:
+def level_text(confidence: float) -> str:
+    """0.95 -> `95%`, 0.99911 -> `99.91%`: as many digits as say how far from 1 the level is."""
+    text = f"{100 * confidence:.4g}"
+    return f"{text}%"
+
+
+def compare(a: SettingEstimate, b: SettingEstimate, *, goodput: bool = False,
+            confidence: float = 0.95) -> Comparison:
     """The one comparison rule, used by the decision, the race, the strategies and the explanations.
 
     From the settings' window rates keyed by round: paired within rounds where both were measured (drift
@@ -80,8 +91,8 @@ def compare(a: SettingEstimate, b: SettingEstimate, *, goodput: bool = False) ->
         raise ValueError(f"compare({a.label}, {b.label}): both need a clean window"
                          + (" and a statistical efficiency" if goodput else ""))
     # Both settings' results carry the same sweep's noise floor (estimate.sweep_noise).
-    return Comparison(a_label=a.label, b_label=b.label,
-                      estimate=ratio_estimate(rates_a, rates_b, floor=a.noise or b.noise))
+    return Comparison(a_label=a.label, b_label=b.label, confidence=confidence,
+                      estimate=ratio_estimate(rates_a, rates_b, confidence=confidence, floor=a.noise or b.noise))
 
 
 @dataclass(frozen=True)
@@ -118,10 +129,11 @@ def baseline_drift(baseline: Optional[SettingEstimate]) -> Optional[Drift]:
     return Drift(label=baseline.label, series=tuple(baseline.window_throughput_per_s.items()))
 
 
-def behind(contender: SettingEstimate, leader: SettingEstimate, *, goodput: bool = False) -> Optional[str]:
-    """Why `contender` is out of the race against `leader` (slower beyond noise, in goodput with goodput=True),
-    or None."""
-    comparison = compare(contender, leader, goodput=goodput)
+def behind(contender: SettingEstimate, leader: SettingEstimate, *, goodput: bool = False,
+           confidence: float = 0.95) -> Optional[str]:
+    """Why `contender` is out of the race against `leader` (slower beyond noise at `confidence`, in goodput with
+    goodput=True), or None."""
+    comparison = compare(contender, leader, goodput=goodput, confidence=confidence)
     if comparison.outcome != Outcome.worse:
         return None
     return f"{comparison.describe()}{' in goodput' if goodput else ''} against {leader.label}"

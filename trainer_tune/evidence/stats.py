@@ -62,13 +62,28 @@ def noise_floor(rates_by_setting: Mapping[str, Mapping[str, float]], *, baseline
     return NoiseFloor(window_log_sd=window_sd, window_df=window_df, ratio_log_sd=ratio_sd, ratio_df=ratio_df)
 
 
+def moderated_variance(own_var: float, own_df: int, pooled_var: float, pooled_df: int) -> float:
+    """The variance of one setting's log values to use with the sweep's pooled one: the larger of the pooled
+    variance and the setting's own shrunk towards it (each weighted by its degrees of freedom).
+
+    The round-to-round noise is much the same for every setting of a sweep (one machine, the same rounds), so the
+    pooled estimate, with many degrees of freedom, is the better one; a setting whose own spread is clearly larger
+    (it is unstable, or hit by bursts the others missed) keeps a larger variance. With the 2 degrees of freedom of 3
+    windows a pretest of "clearly larger" has no power, so the own variance is shrunk instead of tested (the
+    moderated variance of Smyth 2004, with the pooled estimate as its prior), and never below the pooled one."""
+    shrunk = (own_df * own_var + pooled_df * pooled_var) / (own_df + pooled_df)
+    return max(pooled_var, shrunk)
+
+
 def _half_width(logs: Sequence[float], *, confidence: float, floor_sd: float, floor_df: int) -> float:
-    """Student's t half-width of the mean of `logs`, never below the floor's at the same number of values."""
+    """Student's t half-width of the mean of `logs`: with the sweep's pooled noise (`floor_sd` on `floor_df` degrees
+    of freedom), from the moderated variance and the pooled degrees of freedom; without it, from the values alone."""
     n = len(logs)
-    own = _t_quantile(confidence, n - 1) * statistics.stdev(logs) / math.sqrt(n)
+    own_var = statistics.variance(logs)
     if floor_df < 1 or floor_sd == 0:
-        return own
-    return max(own, _t_quantile(confidence, floor_df) * floor_sd / math.sqrt(n))
+        return _t_quantile(confidence, n - 1) * math.sqrt(own_var / n)
+    variance = moderated_variance(own_var, n - 1, floor_sd ** 2, floor_df)
+    return _t_quantile(confidence, floor_df) * math.sqrt(variance / n)
 
 
 def log_t_interval(values: Sequence[float], *, confidence: float = 0.95,

@@ -16,15 +16,26 @@ EXIT_USAGE = 2
 """A user mistake: bad config, bad environment, unreadable journal. Nothing was measured."""
 EXIT_NO_GO = 3
 """The sweep finished with NO-GO and recommend.fail_on_no_go=true."""
+EXIT_INCONCLUSIVE = 5
+"""The sweep finished with INCONCLUSIVE and recommend.fail_on_no_go=true (4 is the watchdog's)."""
+
+_GATE_CODES = {"NO-GO": EXIT_NO_GO, "INCONCLUSIVE": EXIT_INCONCLUSIVE}
 
 
-def leave_no_go(report: Path, rank_env: RankEnv) -> int:
-    """EXIT_NO_GO, for a rank about to exit with the gate's verdict that every rank agreed on after rank 0
-    published it (a sweep's end, a multirun's end); torchrun's failure summary names the report."""
-    tell_launcher(f"trainer_tune: NO-GO with recommend.fail_on_no_go=true (exit {EXIT_NO_GO}): see {report}")
+def gate_code(decision: str, *, fail_on_no_go: bool) -> int:
+    """The exit code of a finished sweep: 0, or with recommend.fail_on_no_go 3 for NO-GO and 5 for INCONCLUSIVE."""
+    return _GATE_CODES.get(decision, 0) if fail_on_no_go else 0
+
+
+def leave_no_go(report: Path, rank_env: RankEnv, code: int = EXIT_NO_GO) -> int:
+    """`code` (EXIT_NO_GO or EXIT_INCONCLUSIVE), for a rank about to exit with the gate's verdict that every rank
+    agreed on after rank 0 published it (a sweep's end, a multirun's end); torchrun's failure summary names the
+    report."""
+    verdict = next(name for name, value in _GATE_CODES.items() if value == code)
+    tell_launcher(f"trainer_tune: {verdict} with recommend.fail_on_no_go=true (exit {code}): see {report}")
     if rank_env.world_size > 1:
         leave_with_agreed_code()
-    return EXIT_NO_GO
+    return code
 
 
 def fail_usage(message: str, rank_env: RankEnv | None) -> NoReturn:

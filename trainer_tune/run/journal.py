@@ -14,14 +14,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from trainer_tune.config.schema import ConfigError
 from trainer_tune.platform.durable import append_line, write_atomically
 from trainer_tune.platform.finite import NON_FINITE_KEY, finite_json, finite_record
 from trainer_tune.measure.record import WindowRecord
+from trainer_tune.plan import TrialSpec
 
 log = logging.getLogger(__name__)
 
@@ -156,3 +158,25 @@ def write_inflight(output_dir: Path, inflight: InFlight) -> None:
 
 def clear_inflight(output_dir: Path) -> None:
     (output_dir / INFLIGHT_NAME).unlink(missing_ok=True)
+
+
+def check_budget(budget_s: Optional[float], *, plan: Sequence[TrialSpec], journal: Path) -> None:
+    """Refuse a sweep.budget_s that the output directory's own journal proves too small for one window of each
+    planned setting (a setting not measured yet counts as the mean window measured); without such a journal
+    there is nothing to prove, and a sweep whose budget ends first answers INCONCLUSIVE."""
+    if budget_s is None or not journal.exists():
+        return
+    walls: dict[str, list[float]] = {}
+    for window in read_journal(journal).results:
+        if window.setting_key is not None and window.wall_s:
+            walls.setdefault(window.setting_key, []).append(window.wall_s)
+    if not walls:
+        return
+    mean_s = {key: sum(values) / len(values) for key, values in walls.items()}
+    typical_s = sum(mean_s.values()) / len(mean_s)
+    one_round_s = sum(mean_s.get(spec.key, typical_s) for spec in plan)
+    if budget_s < one_round_s:
+        raise ConfigError(f"sweep.budget_s={budget_s:g} is not allowed: the journal in {journal.parent} shows that "
+                          f"one window of each of the {len(plan)} settings takes about {one_round_s:.0f} s; the "
+                          f"smallest budget that fits one round is {math.ceil(one_round_s)} (and a verdict needs "
+                          f"several rounds)")

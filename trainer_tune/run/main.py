@@ -29,10 +29,10 @@ from trainer_tune.platform.distributed import (
     DistSession, RankEnv, choose_backend, choose_device, launch_hint, shared_run_stamp)
 from trainer_tune.config.flags import resolve_flags
 from trainer_tune.platform.logging_setup import setup_logging
-from trainer_tune.run.exits import fail_usage, leave_no_go, rank_env_or_fail
+from trainer_tune.run.exits import fail_usage, gate_code, leave_no_go, rank_env_or_fail
+from trainer_tune.run.journal import JOURNAL_NAME, check_budget
 from trainer_tune.run.multirun import current_job
 from trainer_tune.plan import build_plan, job_plan
-from trainer_tune.decide.verdict import NO_GO
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_config
 from trainer_tune.sinks.report import REPORT_MD
@@ -57,7 +57,9 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
         multirun = current_job(sweep=cfg.sweep, baseline=cfg.baseline)
         check_checkpoint(cfg.model)  # before the plan, whose keys hold the checkpoint's fingerprint
         if multirun is None:
-            build_plan(cfg, world_size=rank_env.world_size, base_flags=base_flags, device_type=device.type)
+            plan = build_plan(cfg, world_size=rank_env.world_size, base_flags=base_flags, device_type=device.type)
+            check_budget(cfg.sweep.budget_s, plan=plan,
+                         journal=Path(HydraConfig.get().runtime.output_dir) / JOURNAL_NAME)
         else:
             job_plan(cfg, world_size=rank_env.world_size, flags=base_flags, baseline=multirun.baseline.setting(),
                      index=multirun.trial_index, device_type=device.type)
@@ -95,9 +97,11 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
         session.close()
         fail_usage(str(exc), rank_env)
     session.close()
-    if outcome.recommendation is not None and outcome.recommendation.decision == NO_GO and cfg.recommend.fail_on_no_go:
+    code = 0 if outcome.recommendation is None else gate_code(outcome.recommendation.decision,
+                                                              fail_on_no_go=cfg.recommend.fail_on_no_go)
+    if code:
         # Every rank holds rank 0's recommendation (published before anyone got here): all exit with this code.
-        return leave_no_go(output_dir / REPORT_MD, rank_env)
+        return leave_no_go(output_dir / REPORT_MD, rank_env, code)
     return 0
 
 

@@ -193,7 +193,7 @@ class MultirunCallback(Callback):
         would hide the gate's verdict from the rank's own exit status). The rule of a single run
         (DistSession.from_rank0_when_done), in a process group of its own: the jobs' groups are closed."""
         # Imported here: main imports this module, and the sinks load only when a multirun ends.
-        from trainer_tune.run.exits import EXIT_FAILED, EXIT_NO_GO, leave_no_go
+        from trainer_tune.run.exits import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_NO_GO, leave_no_go
         from trainer_tune.sinks.report import REPORT_MD
         rank_env = rank_env_here()
         if rank_env.world_size == 1:
@@ -213,8 +213,8 @@ class MultirunCallback(Callback):
                 code = session.from_rank0_when_done(code)
             finally:
                 session.close()
-        if code == EXIT_NO_GO:
-            sys.exit(leave_no_go(Path(str(config.hydra.sweep.dir)).absolute() / REPORT_MD, rank_env))
+        if code in (EXIT_NO_GO, EXIT_INCONCLUSIVE):
+            sys.exit(leave_no_go(Path(str(config.hydra.sweep.dir)).absolute() / REPORT_MD, rank_env, code))
         if code:
             sys.exit(code)
 
@@ -222,10 +222,9 @@ class MultirunCallback(Callback):
 def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
     """Read the multirun's journal, decide, and write the recommendation (files, console, wandb) into
     hydra.sweep.dir; `rank_env` is how this process was started (for the launch hint). Returns the exit code:
-    EXIT_NO_GO for NO-GO with recommend.fail_on_no_go, else 0."""
+    with recommend.fail_on_no_go 3 for NO-GO and 5 for INCONCLUSIVE, else 0."""
     # Imported here: the callback is instantiated for every Hydra start, even `--help`.
-    from trainer_tune.run.exits import EXIT_NO_GO
-    from trainer_tune.decide.verdict import NO_GO
+    from trainer_tune.run.exits import gate_code
     from trainer_tune.sinks.console import ConsoleSink
     from trainer_tune.explain.report import build_report
     from trainer_tune.sinks.publish import publish
@@ -249,9 +248,7 @@ def publish_multirun(config: DictConfig, *, rank_env: RankEnv) -> int:
                            group=sweep_dir.name, config=_resolved(plain))
     publish(sweep_dir, build_report(recommendation), launch_hint=launch_hint(rank_env), console=console,
             wandb_sink=wandb_sink, jobs=jobs_by_key(results))
-    if recommendation.decision == NO_GO and recommend_args.fail_on_no_go:
-        return EXIT_NO_GO
-    return 0
+    return gate_code(recommendation.decision, fail_on_no_go=recommend_args.fail_on_no_go)
 
 
 def decide_multirun(windows: Sequence[WindowRecord], *, args: RecommendArgs, lr: float, journal: Path) -> "Decision":

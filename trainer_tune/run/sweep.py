@@ -50,6 +50,7 @@ from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.publish import publish
 from trainer_tune.sinks.wandb_sink import WandbSink
 from trainer_tune.decide.race import Drop, RaceSummary, run_race
+from trainer_tune.decide.sequential import error_budget
 from trainer_tune.decide.strategy import NotMeasured
 from trainer_tune.measure.telemetry import RankTelemetry, TelemetryProbe
 from trainer_tune.run.watchdog import Stall, Watchdog
@@ -432,7 +433,8 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
     recommendation = None
     if multirun is None:
         recommendation = decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary,
-                                lr=cfg.train.lr, memory_limit=limit)
+                                lr=cfg.train.lr, memory_limit=limit,
+                                budget=error_budget(num_planned=len(plan), sweep=cfg.sweep), sweep=cfg.sweep)
         settings = list(recommendation.settings)  # the same settings, with their efficiency and goodput
         if session.rank_env.is_rank0:
             publish(output_dir, build_report(recommendation), launch_hint=launch_hint, console=console,

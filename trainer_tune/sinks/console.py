@@ -233,6 +233,9 @@ class ConsoleSink:
         colour = "green" if rec.decision == GO else "yellow"
         # One line however long (goodput and the learning rate lengthen it): logs and CI greps find it whole.
         self.console.print(f"[bold {colour}]{rec.verdict}[/bold {colour}]", soft_wrap=True)
+        if rec.continue_overrides:
+            self.console.print(f"continue this sweep: the same command with the same hydra.run.dir and "
+                               f"{' '.join(rec.continue_overrides)} (finished windows are kept)", soft_wrap=True)
 
     def _serving_notes(self, results: Sequence[SettingEstimate], rec: Decision) -> None:
         """What the latency columns are, how many batches stand behind each p99, and the budget."""

@@ -24,8 +24,13 @@ def write_recommendation(output_dir: Path, report: Report, *, launch_hint: str) 
     if rec.overrides:
         header += ["# Measure again, or train, with the chosen setting:",
                    f"#   {launch_hint} {shell_line(rec.overrides)}"]
+    if rec.continue_overrides:
+        header += ["# The evidence has not decided yet. Continue this sweep (finished windows are kept):",
+                   f"#   {launch_hint} <the same overrides> hydra.run.dir={output_dir} {shell_line(rec.continue_overrides)}"]
     body: dict[str, Any] = {"decision": rec.decision, "overrides": list(rec.overrides),
                             "environment": dict(rec.environment)}
+    if rec.continue_overrides:
+        body["continue_overrides"] = list(rec.continue_overrides)
     write_atomically(output_dir / RECOMMENDATION_YAML,
                      "\n".join(header) + "\n" + yaml.safe_dump(body, sort_keys=False))
     return [output_dir / RECOMMENDATION_JSON, output_dir / RECOMMENDATION_YAML]

@@ -281,6 +281,9 @@ def render_report(results: Sequence[SettingEstimate], report: Report, chart_set:
     """`jobs`: in a multirun, the job that measured each setting, by trial key (a column of the trials table)."""
     rec = report.decision
     lines = ["# trainer_tune report", "", f"**{rec.verdict}**", ""]
+    if rec.continue_overrides:
+        lines += ["The evidence has not decided yet. Continue this sweep (its finished windows are kept) with the same "
+                  "command, the same `hydra.run.dir`, and:", "", "```", shell_line(rec.continue_overrides), "```", ""]
     if rec.overrides:
         lines += [f"{'Serve' if rec.serving else 'Train'} (or measure again) with:", "", "```",
                   shell_line(rec.overrides), "```", ""]
