@@ -7,6 +7,7 @@
     python benchmarks/decisions.py strategies --strategies grid,power
     python benchmarks/decisions.py repeat --runs 2 -- sweep.grad_accums=[1]   # extra Hydra overrides
     python benchmarks/decisions.py simulate --sweeps 400 --settings 8,32 --effects 0,0.1,0.5   # no torchrun
+    python benchmarks/decisions.py --load 1 --bursty null --runs 4   # real sweeps of identical settings
 
 Each sweep is a real `torchrun --standalone --nproc_per_node=N -m trainer_tune +sweep=batch wandb=off`, run
 one after the other (never two at once, unless --load asks for other load on purpose), each in its own output
@@ -25,7 +26,11 @@ repeat: per run, the verdict, the pick, the tie and the race; with --reference, 
 fastest setting by the reference (target: within 5%), and whether a run said NO-GO although the reference's
 best is more than 20% faster than the baseline.
 
---load K runs K busy processes (a pure-Python loop each) beside every sweep: the shared-machine case.
+--load K runs K busy processes (a pure-Python loop each) beside every sweep: the shared-machine case; with
+--bursty each switches on for 1 to 6 s and off for 1 to 8 s (seeded per sweep), which is what a shared machine does.
+
+null: real sweeps of K identical settings (DDP bucket caps a tiny model does not notice) against the baseline, each
+with its own sweep.seed and the race on: every GO is false.
 
 simulate: the real race and decision (decide/race.py, decide/verdict.py) on thousands of sweeps of a simulated
 machine (tests/helpers/fake_machine.py: drift in time order, bursts of other load, little noise within a window,
@@ -50,12 +55,20 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 _BUSY = "import time\nend = time.time() + 3600\nwhile time.time() < end:\n    pass\n"
+_BURSTY = ("import random, sys, time\nrng = random.Random(int(sys.argv[1]))\nend = time.time() + 3600\n"
+           "while time.time() < end:\n"
+           "    busy_until = time.time() + rng.uniform(1.0, 6.0)\n"
+           "    while time.time() < busy_until:\n        pass\n"
+           "    time.sleep(rng.uniform(1.0, 8.0))\n")
+"""Other work switching on for 1 to 6 s and off for 1 to 8 s, seeded: what a shared machine does (bursts)."""
 
 
 @contextlib.contextmanager
-def other_load(num_processes: int) -> Iterator[None]:
-    """K CPU-bound processes for the duration of a sweep: what a shared machine does to a measurement."""
-    procs = [subprocess.Popen([sys.executable, "-c", _BUSY]) for _ in range(num_processes)]
+def other_load(num_processes: int, *, bursty: bool = False, seed: int = 0) -> Iterator[None]:
+    """K CPU-bound processes for the duration of a sweep: what a shared machine does to a measurement; bursty:
+    each switches on and off for seconds at a time (seeded), the harder case for a verdict."""
+    procs = [subprocess.Popen([sys.executable, "-c", _BURSTY, str(seed * 101 + i)] if bursty
+                              else [sys.executable, "-c", _BUSY]) for i in range(num_processes)]
     try:
         yield
     finally:
@@ -64,15 +77,17 @@ def other_load(num_processes: int) -> Iterator[None]:
             proc.wait()
 
 
-def run_sweep(out: Path, *, nproc: int, overrides: list[str], load: int = 0) -> dict[str, Any]:
+def run_sweep(out: Path, *, nproc: int, overrides: list[str], load: int = 0, bursty: bool = False,
+              seed: int = 0) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "trainer_tune", "+sweep=batch", "wandb=off", f"hydra.run.dir={out}", *overrides]
-    print("$", " ".join(cmd[1:]), f"(with {load} busy processes beside it)" if load else "", flush=True)
+    print("$", " ".join(cmd[1:]),
+          f"(with {load} {'bursty' if bursty else 'busy'} processes beside it)" if load else "", flush=True)
     start_s = time.perf_counter()
-    with other_load(load):
+    with other_load(load, bursty=bursty, seed=seed):
         proc = subprocess.run(cmd, capture_output=True, text=True)
     wall_s = time.perf_counter() - start_s
-    if proc.returncode not in (0, 3):
+    if proc.returncode not in (0, 3, 5):
         sys.exit(f"sweep failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     windows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines() if line.strip()]
     rec = json.loads((out / "recommendation.json").read_text())
@@ -89,7 +104,8 @@ def identical(args: argparse.Namespace) -> None:
     overrides = ["ddp.bucket_cap_mb=25", "sweep.micro_batch_sizes=[2]", "sweep.grad_accums=[1]", "sweep.race=false",
                  f"sweep.min_rounds={args.rounds}", f"sweep.max_rounds={args.rounds}", "sweep.budget_s=null",
                  f"sweep.ddp_bucket_cap_mb=[{','.join(str(b) for b in buckets)}]", *args.overrides]
-    run = run_sweep(args.out / f"identical-load{args.load}", nproc=args.nproc, overrides=overrides, load=args.load)
+    run = run_sweep(args.out / f"identical-load{args.load}", nproc=args.nproc, overrides=overrides, load=args.load,
+                    bursty=args.bursty)
     copies = [s for s in run["rec"]["settings"] if not s["is_baseline"] and s["status"] == "ok"]
     median = statistics.median(s["tokens_per_s"] for s in copies)
     hold = [_contains(s["throughput_ci95"], median) for s in copies]
@@ -128,8 +144,9 @@ def repeat(args: argparse.Namespace) -> None:
     if args.reference is not None:
         rec = json.loads((args.reference / "recommendation.json").read_text())
         ref = {s["label"]: s["tokens_per_s"] for s in rec["settings"] if s["status"] == "ok"}
-    runs = [run_sweep(args.out / f"run-{i}-load{args.load}", nproc=args.nproc, overrides=args.overrides,
-                      load=args.load) for i in range(args.runs)]
+    runs = [run_sweep(args.out / f"run-{i}-load{args.load}", nproc=args.nproc,
+                      overrides=[f"sweep.seed={i}", *args.overrides], load=args.load, bursty=args.bursty, seed=i)
+            for i in range(args.runs)]
     print(f"\n## repeat ({args.runs} runs, load {args.load})\n")
     print("| run | verdict | pick | tied | rounds | dropped | wall s | pick vs reference's fastest |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -166,6 +183,33 @@ def strategies(args: argparse.Namespace) -> None:
         measured = sum(w["num_measured_steps"] for w in run["windows"] if w["status"] == "ok")
         print(f"| {name} | {rec['verdict']} | {len(rec['settings'])} | {len(rec.get('not_measured', []))} | "
               f"{len(run['windows'])} | {measured} | {run['wall_s']:.0f} |")
+
+
+def null(args: argparse.Namespace) -> None:
+    """Real sweeps of K identical settings (the baseline's setting with DDP bucket caps that change nothing a tiny
+    model does), each with its own sweep.seed, the race on: every GO is false."""
+    buckets = [round(25 + (i + 1) / 100, 2) for i in range(args.copies)]
+    print(f"\n## null: {args.runs} real sweeps of {args.copies} identical settings and the baseline, load "
+          f"{args.load}{' bursty' if args.bursty else ''}\n")
+    print("| run | seed | verdict | leader | speedup (CI) | rounds | wall s |")
+    print("| --- " * 7 + "|")
+    false_go = 0
+    for run_index in range(args.runs):
+        seed = args.seed + run_index
+        overrides = ["ddp.bucket_cap_mb=25", "sweep.micro_batch_sizes=[2]", "sweep.grad_accums=[1]",
+                     f"sweep.ddp_bucket_cap_mb=[{','.join(str(b) for b in buckets)}]", f"sweep.seed={seed}",
+                     *args.overrides]
+        run = run_sweep(args.out / f"null-{seed}", nproc=args.nproc, overrides=overrides, load=args.load,
+                        bursty=args.bursty, seed=seed)
+        rec = run["rec"]
+        false_go += rec["decision"] == "GO"
+        leader = (rec.get("leader") or {}).get("label", "-")
+        ci = rec.get("speedup_ci95")
+        print(f"| {run_index} | {seed} | {rec['decision']} | {leader} | {rec.get('speedup') or 1:.3f} "
+              f"({ci[0]:.3f}-{ci[1]:.3f}) | {(rec.get('race') or {}).get('num_rounds')} | {run['wall_s']:.0f} |"
+              if ci else f"| {run_index} | {seed} | {rec['decision']} | {leader} | - | - | {run['wall_s']:.0f} |",
+              flush=True)
+    print(f"\n{false_go} false GO in {args.runs} sweeps of identical settings")
 
 
 def simulate(args: argparse.Namespace) -> None:
@@ -227,6 +271,7 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks") / time.strftime("%Y-%m-%d_%H-%M-%S"))
     parser.add_argument("--load", type=int, default=0, help="busy processes running beside each sweep")
+    parser.add_argument("--bursty", action="store_true", help="the busy processes switch on and off (seeded)")
     sub = parser.add_subparsers(dest="command", required=True)
     ident = sub.add_parser("identical")
     ident.add_argument("--copies", type=int, default=12)
@@ -237,6 +282,10 @@ def main() -> None:
     rep.add_argument("--reference", type=Path, default=None, help="output directory of a `reference` run")
     strat = sub.add_parser("strategies")
     strat.add_argument("--strategies", default="grid,power")
+    nul = sub.add_parser("null")
+    nul.add_argument("--runs", type=int, default=4)
+    nul.add_argument("--copies", type=int, default=7)
+    nul.add_argument("--seed", type=int, default=0)
     sim = sub.add_parser("simulate")
     sim.add_argument("--sweeps", type=int, default=200, help="simulated sweeps per (settings, effect)")
     sim.add_argument("--settings", default="8,32", help="numbers of settings, comma-separated")
@@ -249,7 +298,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     {"identical": identical, "reference": reference, "repeat": repeat, "strategies": strategies,
-     "simulate": simulate}[args.command](args)
+     "simulate": simulate, "null": null}[args.command](args)
 
 
 if __name__ == "__main__":
