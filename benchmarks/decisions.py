@@ -252,9 +252,11 @@ def simulate(args: argparse.Namespace) -> None:
                 chosen = truth.get(decision.chosen.trial_key) if decision.chosen is not None else None
                 if decision.decision == GO:
                     counts["go"] += 1
-                    if chosen is not None and chosen >= args.min_speedup and chosen >= 0.95 * truth[best_key]:
+                    # With identical settings (effect 0) every GO is false, whatever the margin.
+                    if effect > 0 and chosen is not None and chosen >= args.min_speedup \
+                            and chosen >= 0.95 * truth[best_key]:
                         counts["right"] += 1
-                    if chosen is None or chosen < args.min_speedup:
+                    if effect == 0 or chosen is None or chosen < args.min_speedup:
                         counts["false"] += 1
                 counts["no_go"] += decision.decision == NO_GO
                 counts["dropped"] += any(d.trial_key == best_key for d in race.summary.drops) and effect > 0

@@ -37,8 +37,8 @@ COMMANDS: list[tuple[str, list[str], int, tuple[str, ...]]] = [
     ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=global_batch", [], 0, ()),
     ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch sweep.ddp_bucket_cap_mb=[5,25,100]",
      ["sweep.micro_batch_sizes=[1]", "sweep.grad_accums=[1]"], 0, ()),
-    # One window per setting gives no interval, so no setting can be shown 10% faster: NO-GO, exit 3.
-    ("python -m trainer_tune +sweep=batch recommend=ci_gate recommend.min_speedup=1.10", SMALL_GRID, 3, ()),
+    # No setting of the small grid comes near 3x the baseline: each is shown short of it, NO-GO, exit 3.
+    ("python -m trainer_tune +sweep=batch recommend=ci_gate recommend.min_speedup=3", SMALL_GRID, 3, ()),
     ("launch/local.sh +sweep=batch baseline.micro_batch_size=4 baseline.grad_accum=2", SMALL_GRID, 0, ()),
     ("python -m trainer_tune -m train.micro_batch_size=1,2,4 train.grad_accum=1,2", [], 0, ()),
     # troubleshooting.md's stall rehearsal: rank 1 hangs in trial 1, both ranks dump their stacks, the watchdog
@@ -92,7 +92,7 @@ def test_docs_command_exits_as_documented(tmp_path: Path, command: str, extra: l
     took_s = time.monotonic() - started
     assert proc.returncode == exit_code, f"{command}: exit {proc.returncode} ({took_s:.0f} s)\n{proc.stderr[-3000:]}"
     rec = json.loads((out / "recommendation.json").read_text())
-    assert rec["verdict"].startswith(("GO", "NO-GO")) and (out / "report.md").exists()
+    assert rec["verdict"].startswith(("GO", "NO-GO", "INCONCLUSIVE")) and (out / "report.md").exists()
     assert (out / "trials.jsonl").exists() and (out / "recommendation.yaml").exists()
     missing = [name for name in files if not (out / name).exists()]
     assert not missing, f"{command}: no {missing} in {out}\n{proc.stderr[-3000:]}"
@@ -101,7 +101,7 @@ def test_docs_command_exits_as_documented(tmp_path: Path, command: str, extra: l
 YOUR_MODEL = "docs/your-model.md"
 
 ONE_SETTING_AND_BASELINE = ["sweep.micro_batch_sizes=[1]", "sweep.grad_accums=[1]"]
-"""The example sweeps cut to 1x1 beside the baseline 2x1: two settings, so the verdict is GO or NO-GO."""
+"""The example sweeps cut to 1x1 beside the baseline 2x1: two settings, so the verdict compares them."""
 
 YOUR_MODEL_COMMANDS: list[tuple[str, list[str], int]] = [
     # (the command as docs/your-model.md writes it, continuation lines joined, what the test appends, exit code)

@@ -51,5 +51,5 @@ def test_the_race_drops_a_setting_that_cannot_win(tmp_path: Path) -> None:
     assert drop["after_round"] == 3 and "against 32x1" in drop["reason"] and "paired over 3 rounds" in drop["reason"]
     assert [w["round_id"] for w in windows_by_label(out)["1x1"]] == ["r0", "r1", "r2"]
     assert "race: 1x1 leaves after round 3" in proc.stdout
-    assert rec["race"]["end_reason"].startswith("one setting left after 3 rounds")
+    assert rec["race"]["end_reason"].startswith("after 3 rounds the evidence decided: NO-GO")
     assert rec["chosen"]["label"] == "32x1" and rec["decision"] == "NO-GO"

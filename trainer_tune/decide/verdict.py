@@ -379,7 +379,8 @@ def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measu
     over_all = tuple(r.trial_key for r in pool.finished if args.max_latency_ms is not None
                      and over_latency_budget(r, args.max_latency_ms) is not None)
     return Decision(decision=verdict.decision, unit=unit, speedup_by_key=speedup_by_key,
-                    leader=verdict.leader if verdict.leader is not None else chosen, confidence=budget.confidence,
+                    leader=(verdict.leader if verdict.leader is not None
+                            else best if verdict.comparison is not None else chosen), confidence=budget.confidence,
                     more_rounds=verdict.more_rounds,
                     more_seconds=(verdict.more_rounds * _round_s(pool, race) if verdict.more_rounds else None),
                     continue_overrides=_continue_overrides(verdict, pool=pool, race=race, sweep=sweep),
