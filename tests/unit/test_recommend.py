@@ -239,3 +239,12 @@ def test_the_tie_reason_names_the_rule_that_decided(lean_memory: Optional[int], 
     [reason] = [r for r in rec.reasons if "the tie goes to" in r]
     assert f"the tie goes to 1x4 ({rule}, recommend.tie_break=least_change)" in reason
     assert "the baseline's global batch" not in reason
+
+
+def test_nothing_else_to_choose_keeps_the_baseline() -> None:
+    """Every other setting failed: the baseline is all there is, a NO-GO (not "cannot tell")."""
+    results = [make_result(index=0, key="base", tokens_per_s=1000, is_baseline=True),
+               make_result(index=1, key="oom", status="oom", micro_batch_size=64)]
+    rec = decide(results, args=ARGS)
+    assert rec.decision == NO_GO and rec.chosen is not None and rec.chosen.trial_key == "base"
+    assert "no other setting may be chosen" in rec.reasons[0]

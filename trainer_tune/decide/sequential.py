@@ -104,8 +104,10 @@ def weigh(leader: SettingEstimate, baseline: SettingEstimate, *, candidates: Seq
         return EvidenceVerdict(INCONCLUSIVE, leader, against, "a side was measured in one window only, which gives "
                                                               "no interval (sweep.min_rounds >= 2 gives one)")
     others = [c for c in candidates if c.trial_key != baseline.trial_key]
+    if not others:
+        return EvidenceVerdict(NO_GO, leader, against, "no other setting may be chosen")
     uppers = [compare(c, baseline, goodput=goodput, confidence=level).interval for c in others]
-    if others and all(u is not None and u[1] < args.min_speedup for u in uppers):
+    if all(u is not None and u[1] < args.min_speedup for u in uppers):
         return EvidenceVerdict(NO_GO, leader, against, f"every eligible setting's speedup is below the required "
                                                        f"{percent(args.min_speedup)} even at the upper end of its "
                                                        f"interval")
