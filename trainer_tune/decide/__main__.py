@@ -160,7 +160,7 @@ def what_changed(decision: Decision, recorded: Optional[dict[str, Any]]) -> str:
     now = _summary(decision.decision, named.label if named else None, decision.speedup, decision.speedup_ci95)
     if recorded is None:
         return f"decided again: {now} (the sweep wrote no recommendation to compare with)"
-    chosen = recorded.get("chosen") or {}
+    chosen = recorded.get("chosen") or recorded.get("leader") or {}
     before = _summary(recorded["decision"], chosen.get("label"), recorded.get("speedup"), recorded.get("speedup_ci95"))
     if before == now and list(decision.reasons) == list(recorded.get("reasons", [])):
         return f"decided again: unchanged ({now})"
