@@ -39,7 +39,7 @@ MEASURED = "MEASURED"
 def _drift_reason(drift: Drift, unit: str) -> str:
     rates = ", ".join(f"{v:,.0f}" for _, v in drift.series)
     return (f"the baseline {drift.label} in each of its {len(drift.series)} rounds: {rates} {unit}/s "
-            f"({_percent(1.0 + drift.change)} first to last, {drift.spread:.1%} between its fastest and slowest "
+            f"({percent(1.0 + drift.change)} first to last, {drift.spread:.1%} between its fastest and slowest "
             f"round); comparisons pair windows of the same round, so drift shared by a round cancels")
 
 
@@ -201,12 +201,9 @@ def _setting(result: SettingEstimate, *, against: Optional[SettingEstimate]) -> 
     return text
 
 
-_percent = percent
-
-
 def _ci_text(interval: Optional[tuple[float, float]], confidence: float = 0.95) -> str:
     return ("" if interval is None
-            else f", {level_text(confidence)} CI {_percent(interval[0])} to {_percent(interval[1])}")
+            else f", {level_text(confidence)} CI {percent(interval[0])} to {percent(interval[1])}")
 
 
 def _tie_break(tied: Sequence[SettingEstimate], *, fastest: SettingEstimate, baseline: Optional[SettingEstimate],
@@ -382,7 +379,7 @@ def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measu
                     leader=(verdict.leader if verdict.leader is not None
                             else best if verdict.comparison is not None else chosen), confidence=budget.confidence,
                     more_rounds=verdict.more_rounds,
-                    more_seconds=(verdict.more_rounds * _round_s(pool, race) if verdict.more_rounds else None),
+                    more_seconds=(verdict.more_rounds * _round_s(pool) if verdict.more_rounds else None),
                     continue_overrides=_continue_overrides(verdict, pool=pool, race=race, sweep=sweep),
                     speedup_ci95=verdict.comparison.interval if verdict.comparison else None,
                     chosen=chosen, best=best, baseline=baseline, speedup=verdict.speedup,
@@ -523,7 +520,7 @@ def _weighed(best: SettingEstimate, baseline: SettingEstimate, *, pool: _Pool, b
             # The baseline's efficiency is 1 whatever B_noise is: only best's moves with it.
             ends = [comparison.ratio * e / best.statistical_efficiency for e in best.statistical_efficiency_ci95]
             measured += (f"; with B_noise at either end of its 95% interval the ratio would be "
-                         f"{_percent(ends[0])} to {_percent(ends[1])}")
+                         f"{percent(ends[0])} to {percent(ends[1])}")
     measured += f" ({budget.describe()})"
     keep = f"keep baseline {_setting(baseline, against=None)}"
     if args.target_throughput_per_s is not None and best.throughput_per_s < args.target_throughput_per_s:  # type: ignore
@@ -533,7 +530,7 @@ def _weighed(best: SettingEstimate, baseline: SettingEstimate, *, pool: _Pool, b
                         f"recommend.target_throughput_per_s={args.target_throughput_per_s:,.0f}",
                         comparison=comparison, speedup=speedup)
     if weighed.decision == GO:
-        return _Verdict(GO, best, (f"{GO}: {_setting(best, against=baseline)} ({_percent(speedup)} {measure} vs "
+        return _Verdict(GO, best, (f"{GO}: {_setting(best, against=baseline)} ({percent(speedup)} {measure} vs "
                                    f"baseline {baseline.label}{_ci_text(interval, level)})"),
                         f"{measured}; {weighed.reason}", comparison=comparison, speedup=speedup)
     if weighed.decision == NO_GO and best.trial_key == baseline.trial_key:
@@ -545,8 +542,8 @@ def _weighed(best: SettingEstimate, baseline: SettingEstimate, *, pool: _Pool, b
                         f"measured ({rate}); {weighed.reason} ({budget.describe()})", comparison=comparison,
                         speedup=speedup)
     if weighed.decision == NO_GO:
-        return _Verdict(NO_GO, baseline, (f"{NO_GO}: {keep} (no setting reaches {_percent(args.min_speedup)}: best "
-                                          f"{best.label} is {_percent(speedup)} {measure}{_ci_text(interval, level)})"),
+        return _Verdict(NO_GO, baseline, (f"{NO_GO}: {keep} (no setting reaches {percent(args.min_speedup)}: best "
+                                          f"{best.label} is {percent(speedup)} {measure}{_ci_text(interval, level)})"),
                         f"{measured}; {weighed.reason}", comparison=comparison, speedup=speedup)
     if weighed.rival is not None:
         rival, ahead = weighed.rival
@@ -554,8 +551,8 @@ def _weighed(best: SettingEstimate, baseline: SettingEstimate, *, pool: _Pool, b
     else:
         more = rounds_to_decide(comparison, num_rounds=comparison.estimate.num_pairs, margin=args.min_speedup)
     leads = "the baseline" if best.trial_key == baseline.trial_key else best.label
-    text = (f"{INCONCLUSIVE}: {leads} leads at {_percent(speedup)} {measure} vs baseline "
-            f"{baseline.label}{_ci_text(interval, level)}, needs {_percent(args.min_speedup)}")
+    text = (f"{INCONCLUSIVE}: {leads} leads at {percent(speedup)} {measure} vs baseline "
+            f"{baseline.label}{_ci_text(interval, level)}, needs {percent(args.min_speedup)}")
     text += (f"; about {count(more, 'more round')} would decide" if more
              else "; the margin sits inside the noise: more rounds alone are unlikely to decide it")
     return _Verdict(INCONCLUSIVE, None, text, f"{measured}; but {weighed.reason}", comparison=comparison,
@@ -570,12 +567,12 @@ def _continue_overrides(verdict: _Verdict, *, pool: _Pool, race: Optional[RaceSu
         return ()
     more = verdict.more_rounds or max(2, race.num_rounds)
     spent_s = math.fsum(r.wall_s or 0.0 for r in pool.results)
-    budget_s = math.ceil((spent_s + more * _round_s(pool, race)) / 5.0) * 5
+    budget_s = math.ceil((spent_s + more * _round_s(pool)) / 5.0) * 5
     rounds = max(sweep.max_rounds, race.num_rounds + more)
     return (f"sweep.budget_s={max(budget_s, sweep.budget_s or 0):g}", f"sweep.max_rounds={rounds}")
 
 
-def _round_s(pool: _Pool, race: Optional[RaceSummary]) -> float:
+def _round_s(pool: _Pool) -> float:
     """Seconds one more round takes: a window of the baseline and of every setting still in the race, each at its
     mean window's wall time so far."""
     racing = [r for r in pool.finished if r.is_baseline or r in pool.contenders]
