@@ -26,6 +26,7 @@ from typing import Callable, Optional, Protocol, Sequence, TypeVar
 
 from trainer_tune.config.schema import Objective, Strategy, TuneConfig
 from trainer_tune.decide.eligible import eligible
+from trainer_tune.decide.pool import build_pool, pick_best, with_sweep_goodput
 from trainer_tune.decide.sequential import GO, NO_GO, ErrorBudget, error_budget, weigh
 from trainer_tune.decide.strategy import NotMeasured, first_entrants, power_gate
 from trainer_tune.evidence.comparison import Outcome, behind, compare
@@ -278,7 +279,13 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
         enter([by_key[key] for key in entering])
         # The strategy's view of what will never enter, as of this round (more windows can change a verdict).
         not_measured = list(closed)
-        if on_evidence and round_index >= cfg.sweep.min_rounds and not entering:
+        # The evidence may stop the race only once the strategy can let nobody else in (strategy=power: every
+        # chain has stopped or reached its end): a GO over the settings measured so far says nothing of the larger
+        # micro-batches a chain would still try.
+        closed_labels = {n.label for n in closed}
+        waiting = [s for s in plan if s.key not in {e.key for e in entered}
+                   and s.label(swept_flags=swept) not in closed_labels]
+        if on_evidence and round_index >= cfg.sweep.min_rounds and not waiting:
             said = host.broadcast(evidence_says(cfg, settings, contenders=contenders, baseline_key=baseline.key,
                                                 budget=budget))
             if said is not None:
@@ -365,25 +372,18 @@ def after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, S
 
 def evidence_says(cfg: TuneConfig, settings: dict[str, SettingEstimate], *, contenders: set[str], baseline_key: str,
                   budget: ErrorBudget) -> Optional[str]:
-    """GO or NO-GO (with why) when the evidence so far decides (decide/sequential.weigh, the verdict's own rule, on
-    the leader by point estimate among the settings still racing), else None: measure another round."""
-    baseline = settings.get(baseline_key)
-    if baseline is None or not baseline.ok:
+    """GO or NO-GO (with why) when the evidence so far decides, else None: measure another round. The verdict's own
+    pool, leader and rule (decide/pool.py, decide/sequential.weigh), on the settings still racing."""
+    results, _, _ = with_sweep_goodput(list(settings.values()))
+    pool, _ = build_pool(results, args=cfg.recommend, contender_keys=contenders)
+    leader, _, _ = pick_best(pool)
+    baseline = pool.baseline
+    if leader is None or baseline is None or baseline.trial_key != baseline_key or baseline not in pool.candidates:
         return None
-    everyone = list(settings.values())
-    goodput = cfg.recommend.objective == Objective.goodput
-    if goodput:
-        everyone = with_goodput(everyone, sweep_noise_scale(everyone)[0])
-        if any(s.ok and s.goodput_per_s is None for s in everyone):
-            return None
-        baseline = next(s for s in everyone if s.trial_key == baseline_key)
-    candidates = [s for s in everyone if eligible(s, cfg.recommend, min_windows=2) is None]
-    racing = [s for s in candidates if s.trial_key in contenders]
-    if not racing or baseline not in candidates:
+    if len(baseline.rates_by_round()) < 2 or (pool.goodput and any(c.goodput_per_s is None for c in pool.candidates)):
         return None
-    leader = max(racing, key=lambda s: (s.goodput_per_s if goodput else s.throughput_per_s) or 0.0)
-    verdict = weigh(leader, baseline, candidates=candidates, contenders=racing, args=cfg.recommend, budget=budget,
-                    goodput=goodput)
+    verdict = weigh(leader, baseline, candidates=pool.candidates, contenders=pool.contenders, args=cfg.recommend,
+                    budget=budget, goodput=pool.goodput)
     if verdict.decision not in (GO, NO_GO):
         return None
     return f"{verdict.decision} for {leader.label} ({verdict.reason})"

@@ -14,18 +14,19 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from trainer_tune.evidence.compile_payback import CompilePayback, compile_paybacks
-from trainer_tune.config.schema import Objective, RecommendArgs, SweepArgs, TieBreak
+from trainer_tune.config.schema import Objective, RecommendArgs, SweepArgs
 from trainer_tune.measure.figures import NoiseScaleFigures
 from trainer_tune.config.flags import FLAG_SPECS, flags_to_environ, flags_to_overrides, format_flag
 from trainer_tune.decide.goodput import (
     LrChange, batch_change_reason, lr_change, noise_scale_reason, other_measure_note, throughput_vs_goodput, without_lr)
 from trainer_tune.evidence.input_bound import InputWait, input_bound_reasons, input_waits, verdict_note
 from trainer_tune.evidence.memory_fit import MemoryFit, MemoryLimit, fit_memory
-from trainer_tune.evidence.noise_scale import sweep_noise_scale, with_goodput
 from trainer_tune.measure.record import TOKENS
 from trainer_tune.evidence.estimate import SettingEstimate
-from trainer_tune.evidence.comparison import Comparison, Drift, Outcome, baseline_drift, compare, level_text, percent
-from trainer_tune.decide.eligible import OVER_LATENCY, OVER_MEMORY, eligible, ineligibility, over_latency_budget
+from trainer_tune.evidence.comparison import Comparison, Drift, baseline_drift, compare, level_text, percent
+from trainer_tune.decide.eligible import eligible, over_latency_budget
+from trainer_tune.decide.pool import (
+    OBJECTIVE_BEST, OBJECTIVE_FIGURE, Pool, build_pool, objective_value, pick_best, with_sweep_goodput)
 from trainer_tune.decide.race import RaceSummary
 from trainer_tune.decide.sequential import (
     GO, INCONCLUSIVE, NO_GO, ErrorBudget, error_budget, rounds_to_decide, weigh)
@@ -41,14 +42,6 @@ def _drift_reason(drift: Drift, unit: str) -> str:
     return (f"the baseline {drift.label} in each of its {len(drift.series)} rounds: {rates} {unit}/s "
             f"({percent(1.0 + drift.change)} first to last, {drift.spread:.1%} between its fastest and slowest "
             f"round); comparisons pair windows of the same round, so drift shared by a round cancels")
-
-
-def sweep_unit(results: Sequence[SettingEstimate]) -> str:
-    """The unit every rate of the decision is in: the baseline's, else another finished setting's (the settings
-    of a sweep share one data source and throughput.unit, so they agree)."""
-    finished = [r for r in results if r.ok]
-    pick = next((r for r in finished if r.is_baseline), finished[0] if finished else next(iter(results), None))
-    return pick.throughput_unit if pick is not None else TOKENS
 
 
 @dataclass(frozen=True)
@@ -206,112 +199,6 @@ def _ci_text(interval: Optional[tuple[float, float]], confidence: float = 0.95) 
             else f", {level_text(confidence)} CI {percent(interval[0])} to {percent(interval[1])}")
 
 
-def _tie_break(tied: Sequence[SettingEstimate], *, fastest: SettingEstimate, baseline: Optional[SettingEstimate],
-               rule: TieBreak) -> SettingEstimate:
-    if rule == TieBreak.fastest:
-        return fastest
-    return min(tied, key=lambda r: _least_change_key(r, baseline))
-
-
-_LEAST_CHANGE_RULES = ("the baseline's global batch", "less memory", "the smaller global batch",
-                       "the smaller micro-batch", "the higher point estimate")
-"""What each part of _least_change_key prefers, in order: named by the tie reason when it decided."""
-
-
-def _least_change_key(result: SettingEstimate, baseline: Optional[SettingEstimate]) -> tuple:
-    base_batch = baseline.global_batch_size if baseline is not None else None
-    return (result.global_batch_size != base_batch, result.peak_memory_bytes or 0, result.global_batch_size,
-            result.micro_batch_size, -(result.throughput_per_s or 0.0))
-
-
-def _deciding_rule(best: SettingEstimate, tied: Sequence[SettingEstimate], baseline: Optional[SettingEstimate]) -> str:
-    """The first preference of recommend.tie_break=least_change that set `best` apart from the runner-up."""
-    others = [r for r in tied if r.trial_key != best.trial_key]
-    runner_up = min(others, key=lambda r: _least_change_key(r, baseline))
-    mine, theirs = _least_change_key(best, baseline), _least_change_key(runner_up, baseline)
-    return next((rule for rule, a, b in zip(_LEAST_CHANGE_RULES, mine, theirs) if a != b), "plan order")
-
-
-def _tie_reason(best: SettingEstimate, tied: Sequence[SettingEstimate], rule: TieBreak,
-                baseline: Optional[SettingEstimate] = None, *, goodput: bool = False) -> str:
-    """Names the tie and what it may cost: how much slower the chosen setting may be than each it tied with."""
-    costs = []
-    for other in tied:
-        if other.trial_key == best.trial_key:
-            continue
-        comparison = compare(best, other, goodput=goodput)
-        if comparison.interval is not None and comparison.interval[0] < 1.0:
-            costs.append(f"{(1.0 - comparison.interval[0]) * 100:.1f}% {'less goodput' if goodput else 'slower'} "
-                         f"than {other.label}")
-        elif comparison.interval is None:
-            costs.append(f"unknown against {other.label} (one window)")
-    why = ("the higher point estimate" if rule == TieBreak.fastest
-           else f"least change: {_deciding_rule(best, tied, baseline)}")
-    text = (f"the measurements cannot order {', '.join(r.label for r in tied)} (their ratios' 95% intervals hold "
-            f"1); the tie goes to {best.label} ({why}, recommend.tie_break={rule.value})")
-    return text + (f"; at worst it is {', '.join(costs)}" if costs else "")
-
-
-def _contenders(finished: Sequence[SettingEstimate], *, args: RecommendArgs, race: Optional[RaceSummary],
-                point_objective: bool) -> tuple[list[SettingEstimate], list[SettingEstimate], list[SettingEstimate], list[str]]:
-    """(candidates, contenders, over the latency budget, reasons) by the one rule, decide/eligible.py: candidates
-    may be chosen (finished, within memory and the latency budget); contenders are the candidates still in the race
-    at its end, measured in as many windows as the best-measured of them."""
-    reasons: list[str] = []
-    candidates: list[SettingEstimate] = []
-    over_budget: list[SettingEstimate] = []
-    for r in finished:
-        found = ineligibility(r, args)
-        if found is None:
-            candidates.append(r)
-        elif found[0] == OVER_MEMORY:
-            reasons.append(f"{r.label} is excluded: {found[1]}")
-        elif found[0] == OVER_LATENCY:
-            over_budget.append(r)
-    reasons.extend(f"{r.label} is {over_latency_budget(r, args.max_latency_ms)}" for r in over_budget)  # type: ignore
-    if race is not None and not point_objective:
-        # Settings the race dropped stay candidates (their figures stand), but they lost to the leader. (The race
-        # compares throughput, or goodput with that objective: a point objective's winner may be a setting it
-        # dropped, so those see every one.)
-        contenders = [r for r in candidates if r.trial_key in race.contender_keys] or candidates
-    else:
-        contenders = candidates
-    # One window says nothing about the next one: such a setting (say, one strategy=power let in last) cannot
-    # be recommended over settings measured in several, however fast its one window was.
-    several = [r for r in contenders if eligible(r, args, min_windows=2) is None]
-    if several and len(several) < len(contenders):
-        once = ", ".join(r.label for r in contenders if r not in several)
-        reasons.append(f"{once}: measured in one window only, which gives no interval, so not recommended over "
-                       f"settings measured in several")
-        contenders = several
-    return candidates, contenders, over_budget, reasons
-
-
-@dataclass(frozen=True)
-class _Pool:
-    """What the verdict chooses from, by the one eligibility rule (decide/eligible.py)."""
-
-    results: tuple[SettingEstimate, ...]
-    """Every setting, with its statistical efficiency and goodput."""
-    baseline: Optional[SettingEstimate]
-    finished: tuple[SettingEstimate, ...]
-    candidates: tuple[SettingEstimate, ...]
-    """Finished and eligible: may be chosen."""
-    contenders: tuple[SettingEstimate, ...]
-    """Candidates still in the race at its end, measured in as many windows as the best-measured."""
-    over_budget: tuple[SettingEstimate, ...]
-    args: RecommendArgs
-    unit: str
-
-    @property
-    def goodput(self) -> bool:
-        return self.args.objective == Objective.goodput
-
-    @property
-    def point_objective(self) -> bool:
-        return self.args.objective in (Objective.latency, Objective.energy)
-
-
 @dataclass(frozen=True)
 class _Verdict:
     decision: str
@@ -338,10 +225,9 @@ def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measu
     The steps: the pool of candidates (eligible.py), the best of them (ties broken by recommend.tie_break), the
     verdict against the baseline, then what else the verdict says (learning rate, goodput, input, the race)."""
     training = any(r.mode == "train" for r in results)
-    gradient_noise, gradient_noise_note = sweep_noise_scale(results) if training else (None, None)
-    results = with_goodput(results, gradient_noise)
-    pool, reasons = _pool(results, args=args, race=race)
-    best, tied, pick_reasons = _pick_best(pool)
+    results, gradient_noise, gradient_noise_note = with_sweep_goodput(results)
+    pool, reasons = build_pool(results, args=args, contender_keys=race.contender_keys if race is not None else None)
+    best, tied, pick_reasons = pick_best(pool)
     reasons += pick_reasons
     if budget is None:
         budget = error_budget(num_planned=len(results) + len(not_measured), sweep=None)
@@ -397,47 +283,7 @@ def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measu
                     ineligible={r.trial_key: why for r in results if (why := eligible(r, args)) is not None})
 
 
-def _pool(results: Sequence[SettingEstimate], *, args: RecommendArgs,
-          race: Optional[RaceSummary]) -> tuple[_Pool, list[str]]:
-    """The settings the verdict may choose from, and the reasons for those it may not."""
-    finished = [r for r in results if r.ok and r.throughput_per_s is not None]
-    failed = [r for r in results if not r.ok]
-    reasons: list[str] = []
-    if failed:
-        listed = ", ".join(f"{r.label} ({r.status})" for r in failed)
-        reasons.append(f"{len(failed)} of {count(len(results), 'setting')} did not finish cleanly and cannot be "
-                       f"recommended: {listed}")
-    point_objective = args.objective in (Objective.latency, Objective.energy)
-    candidates, contenders, over_budget, excluded = _contenders(finished, args=args, race=race,
-                                                                 point_objective=point_objective)
-    pool = _Pool(results=tuple(results), baseline=next((r for r in results if r.is_baseline), None),
-                 finished=tuple(finished), candidates=tuple(candidates), contenders=tuple(contenders),
-                 over_budget=tuple(over_budget), args=args, unit=sweep_unit(results))
-    return pool, reasons + excluded
-
-
-def _pick_best(pool: _Pool) -> tuple[Optional[SettingEstimate], list[SettingEstimate], list[str]]:
-    """(best, the settings tied with it, reasons): the fastest contender (most goodput, or the best point figure
-    with recommend.objective=latency/energy), ties broken by recommend.tie_break."""
-    contenders, args = pool.contenders, pool.args
-    fastest = max(contenders, key=lambda r: r.throughput_per_s, default=None)  # type: ignore[arg-type,return-value]
-    if pool.point_objective:
-        best, why_none = _point_objective_best(contenders, args.objective)
-        return best, [], [why_none] if why_none else []
-    if pool.goodput and any(r.goodput_per_s is None for r in contenders):
-        return None, [], []  # no efficiency: the gradient noise scale was not measured (noise_scale_reason says why)
-    if fastest is None:
-        return None, [], []
-    if pool.goodput:
-        fastest = max(contenders, key=lambda r: r.goodput_per_s)  # type: ignore[arg-type,return-value]
-    tied = [r for r in contenders if r.trial_key == fastest.trial_key
-            or compare(r, fastest, goodput=pool.goodput).outcome in (Outcome.tie, Outcome.unknown)]
-    best = _tie_break(tied, fastest=fastest, baseline=pool.baseline, rule=args.tie_break)
-    reasons = [_tie_reason(best, tied, args.tie_break, pool.baseline, goodput=pool.goodput)] if len(tied) > 1 else []
-    return best, tied, reasons
-
-
-def _verdict(pool: _Pool, best: Optional[SettingEstimate], budget: ErrorBudget) -> _Verdict:
+def _verdict(pool: Pool, best: Optional[SettingEstimate], budget: ErrorBudget) -> _Verdict:
     """GO, NO-GO, INCONCLUSIVE or MEASURED for `best` against the baseline, with the reason that decided it."""
     baseline, args, unit = pool.baseline, pool.args, pool.unit
     keep = baseline if baseline is not None and baseline.ok else None
@@ -455,12 +301,12 @@ def _verdict(pool: _Pool, best: Optional[SettingEstimate], budget: ErrorBudget) 
             GO, best, (f"{GO}: {_setting(best, against=baseline)} (the baseline {baseline.label} is over the p99 budget "
                        f"of {args.max_latency_ms:g} ms; {_objective_text(best, args.objective, unit)})"),
             f"the baseline {baseline.label} breaks the latency budget (p99 {baseline.latency.p99_ms:,.1f} ms > "  # type: ignore
-            f"{args.max_latency_ms:g} ms); {best.label} is the {_OBJECTIVE_BEST[args.objective]} within it: "
+            f"{args.max_latency_ms:g} ms); {best.label} is the {OBJECTIVE_BEST[args.objective]} within it: "
             f"{_objective_text(best, args.objective, unit)}")
     if best.trial_key == baseline.trial_key and pool.point_objective:
         return _Verdict(NO_GO, baseline, f"{NO_GO}: keep baseline {_setting(baseline, against=None)} "
-                                         f"({_OBJECTIVE_BEST[args.objective]} measured)",
-                        f"the baseline {baseline.label} has the {_OBJECTIVE_BEST[args.objective]}: "
+                                         f"({OBJECTIVE_BEST[args.objective]} measured)",
+                        f"the baseline {baseline.label} has the {OBJECTIVE_BEST[args.objective]}: "
                         f"{_objective_text(baseline, args.objective, unit)}")
     if pool.point_objective:
         decision, chosen, text, reason = _decide_point_objective(best, baseline, args=args, unit=unit)
@@ -468,7 +314,7 @@ def _verdict(pool: _Pool, best: Optional[SettingEstimate], budget: ErrorBudget) 
     return _weighed(best, baseline, pool=pool, budget=budget)
 
 
-def _nothing_to_choose(pool: _Pool, keep: Optional[SettingEstimate]) -> _Verdict:
+def _nothing_to_choose(pool: Pool, keep: Optional[SettingEstimate]) -> _Verdict:
     args = pool.args
     if pool.over_budget and not pool.candidates:
         quickest = min(pool.over_budget, key=lambda r: r.latency.p99_ms)  # type: ignore[union-attr]
@@ -478,10 +324,10 @@ def _nothing_to_choose(pool: _Pool, keep: Optional[SettingEstimate]) -> _Verdict
                         f"no batch size meets the p99 latency budget recommend.max_latency_ms="
                         f"{args.max_latency_ms:g}: the smallest p99 measured is {smallest}")
     if (pool.point_objective or pool.goodput) and pool.contenders:
-        return _Verdict(NO_GO, keep, f"{NO_GO}: {_OBJECTIVE_FIGURE[args.objective]} not measured (recommend.objective="
+        return _Verdict(NO_GO, keep, f"{NO_GO}: {OBJECTIVE_FIGURE[args.objective]} not measured (recommend.objective="
                                      f"{args.objective.value})",
                         f"recommend.objective={args.objective.value} cannot be decided: "
-                        f"{_OBJECTIVE_FIGURE[args.objective]} was not measured")
+                        f"{OBJECTIVE_FIGURE[args.objective]} was not measured")
     return _Verdict(NO_GO, keep, f"{NO_GO}: no setting finished cleanly",
                     "no setting finished cleanly within the memory limit, so there is nothing to recommend")
 
@@ -499,7 +345,7 @@ def _measured_only(baseline: SettingEstimate, unit: str) -> _Verdict:
                     f"compare settings), so there is nothing to compare it with")
 
 
-def _weighed(best: SettingEstimate, baseline: SettingEstimate, *, pool: _Pool, budget: ErrorBudget) -> _Verdict:
+def _weighed(best: SettingEstimate, baseline: SettingEstimate, *, pool: Pool, budget: ErrorBudget) -> _Verdict:
     """GO, NO-GO or INCONCLUSIVE on the evidence (decide/sequential.py): paired against the baseline, at the level
     that corrects for every setting and every look."""
     args, unit, goodput = pool.args, pool.unit, pool.goodput
@@ -559,7 +405,7 @@ def _weighed(best: SettingEstimate, baseline: SettingEstimate, *, pool: _Pool, b
                     speedup=speedup, leader=best, more_rounds=more)
 
 
-def _continue_overrides(verdict: _Verdict, *, pool: _Pool, race: Optional[RaceSummary],
+def _continue_overrides(verdict: _Verdict, *, pool: Pool, race: Optional[RaceSummary],
                         sweep: Optional[SweepArgs]) -> tuple[str, ...]:
     """INCONCLUSIVE: the overrides that let the same sweep (same output directory) measure the rounds it needs:
     its finished windows are kept and the race goes on from where it stopped."""
@@ -572,7 +418,7 @@ def _continue_overrides(verdict: _Verdict, *, pool: _Pool, race: Optional[RaceSu
     return (f"sweep.budget_s={max(budget_s, sweep.budget_s or 0):g}", f"sweep.max_rounds={rounds}")
 
 
-def _round_s(pool: _Pool) -> float:
+def _round_s(pool: Pool) -> float:
     """Seconds one more round takes: a window of the baseline and of every setting still in the race, each at its
     mean window's wall time so far."""
     racing = [r for r in pool.finished if r.is_baseline or r in pool.contenders]
@@ -615,34 +461,6 @@ def _against_baseline(finished: Sequence[SettingEstimate], baseline: Optional[Se
             {key: c.interval for key, c in against.items() if c.interval is not None})
 
 
-_OBJECTIVE_FIGURE = {Objective.latency: "p99 latency per batch", Objective.energy: "energy per sample",
-                     Objective.throughput: "throughput", Objective.goodput: "goodput"}
-_OBJECTIVE_BEST = {Objective.latency: "lowest p99 latency", Objective.energy: "least energy per sample",
-                   Objective.throughput: "highest throughput", Objective.goodput: "most goodput"}
-
-
-def objective_value(result: SettingEstimate, objective: Objective) -> Optional[float]:
-    """The figure a point objective minimises: p99 latency (ms) or energy per sample (J); None if unmeasured."""
-    if objective == Objective.latency:
-        return result.latency.p99_ms if result.latency is not None else None
-    if objective == Objective.energy:
-        return result.energy_j_per_sample
-    raise ValueError(f"{objective} is decided by comparison.compare, not by a point figure")
-
-
-def _point_objective_best(contenders: Sequence[SettingEstimate],
-                          objective: Objective) -> tuple[Optional[SettingEstimate], Optional[str]]:
-    """The contender with the smallest figure (ties to the higher throughput), or None and why."""
-    measured = [r for r in contenders if objective_value(r, objective) is not None]
-    if not measured:
-        notes = sorted({r.energy_note for r in contenders if r.energy_note}) if objective == Objective.energy else []
-        return None, (f"{_OBJECTIVE_FIGURE[objective]} was measured for no setting"
-                      + (f": {'; '.join(notes)}" if notes else ""))
-    best = min(measured, key=lambda r: (objective_value(r, objective), -(r.throughput_per_s or 0.0)))
-    missing = [r.label for r in contenders if r not in measured]
-    return best, (f"{_OBJECTIVE_FIGURE[objective]} was not measured for {', '.join(missing)}" if missing else None)
-
-
 def _objective_text(result: SettingEstimate, objective: Objective, unit: str) -> str:
     if objective == Objective.latency:
         return f"p99 {result.latency.p99_ms:,.1f} ms"  # type: ignore[union-attr]
@@ -658,13 +476,13 @@ def _decide_point_objective(best: SettingEstimate, baseline: SettingEstimate, *,
     be at least recommend.min_speedup times the best's, and the reason says the comparison is of point values."""
     objective = args.objective
     mine, theirs = objective_value(best, objective), objective_value(baseline, objective)
-    name = _OBJECTIVE_FIGURE[objective]
+    name = OBJECTIVE_FIGURE[objective]
     if theirs is None:
         return GO, best, (f"{GO}: {_setting(best, against=baseline)} ({_objective_text(best, objective, unit)}; the "
                           f"baseline's {name} was not measured)"), \
-            f"{best.label} has the {_OBJECTIVE_BEST[objective]}: {_objective_text(best, objective, unit)}"
+            f"{best.label} has the {OBJECTIVE_BEST[objective]}: {_objective_text(best, objective, unit)}"
     gain = theirs / mine if mine else float("inf")  # type: ignore[operator]
-    measured = (f"{best.label} has the {_OBJECTIVE_BEST[objective]}: {_objective_text(best, objective, unit)} vs "
+    measured = (f"{best.label} has the {OBJECTIVE_BEST[objective]}: {_objective_text(best, objective, unit)} vs "
                 f"{_objective_text(baseline, objective, unit)} for the baseline {baseline.label} ({gain:.2f}x; point "
                 f"values, no interval)")
     if gain >= args.min_speedup:
