@@ -36,9 +36,14 @@ simulate: the real race and decision (decide/race.py, decide/verdict.py) on thou
 machine (tests/helpers/fake_machine.py: drift in time order, bursts of other load, little noise within a window,
 calibrated on the recorded sweeps in tests/fixtures/sweeps/). K settings (micro-batch sizes 1..K, the baseline
 2x1); with effect e, the largest micro-batch is truly (1 + e) times the baseline's rate and every other setting
-equals the baseline: e = 0 is the null case (identical settings, where any GO is false at min_speedup >= 1). It
-prints, per (K, e): GO, right GO (truly >= min_speedup and within 5% of the true best), false GO (truly below
-min_speedup), NO-GO, the true best dropped by the race, median rounds and simulated seconds to the verdict.
+equals the baseline (--others spread: each other setting is drawn from 0.5 to 1.0 times the baseline, seeded, the
+shape of a large grid where screening can drop something): e = 0 is the null case (identical settings, where any
+GO is false at min_speedup >= 1). The verdict is decide_race's, with the error budget the race spent. It prints,
+per (K, e): GO, right GO (truly >= min_speedup and within 5% of the true best), false GO (truly below min_speedup),
+NO-GO, INCONCLUSIVE, the true best dropped by the race, settings screened out (mean), median rounds, median
+simulated seconds and median seconds of the sweeps that reached GO or NO-GO. --window-overhead-s, --build-s and
+--first-window-extra-s set what a window costs beside measuring (the defaults are the calibrated 0.5 s per window;
+a real first round costs about 1.2 s per window, later ones about 0.3 s: outputs/*/trials.jsonl wall_s).
 Nothing is measured; the figures say how often today's decision rules are right on a machine shaped like ours.
 """
 
@@ -47,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -221,20 +227,21 @@ def simulate(args: argparse.Namespace) -> None:
     from trainer_tune.config.flags import TrialFlags
     from trainer_tune.config.schema import TuneConfig
     from trainer_tune.decide.race import run_race
-    from trainer_tune.decide.verdict import GO, NO_GO, decide
+    from trainer_tune.decide.verdict import GO, NO_GO, decide_race
     from trainer_tune.plan import build_plan
 
     print("\n## simulate\n")
     print(f"{args.sweeps} simulated sweeps per row, sweep.budget_s={args.budget_s:g}, "
-          f"recommend.min_speedup={args.min_speedup:g}, seed {args.seed}; {' '.join(args.overrides)}\n")
-    print("| settings | true effect | GO | right GO | false GO | NO-GO | best dropped | median rounds | "
-          "median simulated s |")
-    print("| --- " * 9 + "|")
+          f"recommend.min_speedup={args.min_speedup:g}, other settings {args.others}, seed {args.seed}; "
+          f"{' '.join(args.overrides)}\n")
+    print("| settings | true effect | GO | right GO | false GO | NO-GO | INCONCLUSIVE | best dropped | screened out | "
+          "median rounds | median simulated s | median s to GO/NO-GO |")
+    print("| --- " * 12 + "|")
     for num_settings in (int(k) for k in args.settings.split(",")):
         sizes = list(range(1, num_settings + 1))
         for effect in (float(e) for e in args.effects.split(",")):
-            counts = {"go": 0, "right": 0, "false": 0, "no_go": 0, "dropped": 0}
-            rounds, seconds = [], []
+            counts = {"go": 0, "right": 0, "false": 0, "no_go": 0, "dropped": 0, "inconclusive": 0}
+            rounds, seconds, decided_s, screened = [], [], [], []
             for i in range(args.sweeps):
                 seed = args.seed * 1_000_003 + i
                 dotlist = [f"sweep.micro_batch_sizes=[{','.join(map(str, sizes))}]", "sweep.grad_accums=[1]",
@@ -243,12 +250,16 @@ def simulate(args: argparse.Namespace) -> None:
                 cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TuneConfig),
                                                           OmegaConf.from_dotlist(dotlist)))
                 plan = build_plan(cfg, world_size=2, base_flags=TrialFlags(), device_type="cpu")
-                truth = {s.key: 1.0 + (effect if s.micro_batch_size == num_settings else 0.0) for s in plan}
+                others = random.Random(f"others/{seed}")
+                truth = {s.key: (1.0 + effect if s.micro_batch_size == num_settings
+                                 else 1.0 if args.others == "baseline" or s.is_baseline
+                                 else others.uniform(0.5, 1.0)) for s in plan}
                 best_key = max(truth, key=truth.get)
-                machine = FakeMachine(true_rate=lambda spec: 20_000.0 * truth[spec.key], seed=seed)
+                machine = FakeMachine(true_rate=lambda spec: 20_000.0 * truth[spec.key], seed=seed,
+                                      window_overhead_s=args.window_overhead_s, build_s=args.build_s,
+                                      first_window_extra_s=args.first_window_extra_s)
                 race = run_race(machine, cfg, plan, done={}, attempts={}, prefix="", swept=())
-                decision = decide(sorted(race.settings.values(), key=lambda r: r.index), args=cfg.recommend,
-                                  not_measured=race.not_measured, race=race.summary, lr=cfg.train.lr)
+                decision = decide_race(race, cfg)
                 chosen = truth.get(decision.chosen.trial_key) if decision.chosen is not None else None
                 if decision.decision == GO:
                     counts["go"] += 1
@@ -259,13 +270,19 @@ def simulate(args: argparse.Namespace) -> None:
                     if effect == 0 or chosen is None or chosen < args.min_speedup:
                         counts["false"] += 1
                 counts["no_go"] += decision.decision == NO_GO
+                counts["inconclusive"] += decision.decision not in (GO, NO_GO)
                 counts["dropped"] += any(d.trial_key == best_key for d in race.summary.drops) and effect > 0
+                screened.append(sum(d.reason.startswith("screened out") for d in race.summary.drops))
                 rounds.append(race.summary.num_rounds)
                 seconds.append(machine.clock_s)
+                if decision.decision in (GO, NO_GO):
+                    decided_s.append(machine.clock_s)
             share = {k: f"{100.0 * v / args.sweeps:.1f}%" for k, v in counts.items()}
             print(f"| {len(plan)} | {effect:+.0%} | {share['go']} | {share['right']} | {share['false']} | "
-                  f"{share['no_go']} | {share['dropped'] if effect > 0 else '-'} | {statistics.median(rounds):g} | "
-                  f"{statistics.median(seconds):.0f} |", flush=True)
+                  f"{share['no_go']} | {share['inconclusive']} | {share['dropped'] if effect > 0 else '-'} | "
+                  f"{statistics.fmean(screened):.1f} | {statistics.median(rounds):g} | "
+                  f"{statistics.median(seconds):.0f} | "
+                  f"{f'{statistics.median(decided_s):.0f}' if decided_s else '-'} |", flush=True)
 
 
 def main() -> None:
@@ -295,6 +312,12 @@ def main() -> None:
     sim.add_argument("--budget-s", type=float, default=30.0)
     sim.add_argument("--min-speedup", type=float, default=1.05)
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--others", choices=("baseline", "spread"), default="baseline",
+                     help="every other setting equals the baseline, or is drawn from 0.5 to 1.0 times it (seeded)")
+    sim.add_argument("--window-overhead-s", type=float, default=0.5, help="wall time per window beside measuring")
+    sim.add_argument("--build-s", type=float, default=0.0, help="extra time of a setting's first window (its build)")
+    sim.add_argument("--first-window-extra-s", type=float, default=0.0,
+                     help="extra time of a setting's first full window (comm split, noise steps)")
     for p in sub.choices.values():
         p.add_argument("overrides", nargs="*", help="extra Hydra overrides, after --")
     args = parser.parse_args()

@@ -51,6 +51,12 @@ class FakeMachine:
     """How much neighbouring windows' log speed differs: 0.09 on a shared machine, about half that on a quiet one."""
     window_overhead_s: float = 0.5
     """Build and warm-up time per window, added to its wall time (what sweep.budget_s counts)."""
+    build_s: float = 0.0
+    """Extra time of a setting's first window of any kind (building its model; later windows reuse it); 0 keeps the
+    calibrated sweeps as they were."""
+    first_window_extra_s: float = 0.0
+    """Extra time of a setting's first full window (comm split, noise steps); 0 keeps the calibrated sweeps as they
+    were."""
     clock_s: float = 0.0
     windows: list[WindowRecord] = field(default_factory=list)
 
@@ -59,6 +65,7 @@ class FakeMachine:
         self._log_sd = self.neighbour_log_sd / math.sqrt(2.0 * (1.0 - LAG1))
         self._drift = self._rng.gauss(0.0, self._log_sd)
         self._burst_left, self._burst_factor = 0, 1.0
+        self._built: set[str] = set()
 
     def _speed(self) -> float:
         """The machine's speed factor for the next window: drift in time order times any burst."""
@@ -74,15 +81,22 @@ class FakeMachine:
     def broadcast(self, value):  # noqa: ANN001, ANN201 - one process: every rank is this one
         return value
 
-    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool) -> Optional[WindowRecord]:
+    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool,
+                screening: bool = False) -> Optional[WindowRecord]:
         window = window_of(spec, round_id)
         tokens_per_step = spec.micro_batch_size * spec.grad_accum * self.world_size * SEQ_LEN
         step_s = tokens_per_step / (self.true_rate(spec) * self._speed())
-        num_steps = min(200, max(4, round(self.window_s / step_s)))
+        # A screening window is half as long; its rate varies as much as a full one's, the noise being the machine's
+        # between windows rather than the steps' within one (FACTS.md). A first full window adds the extras.
+        window_s = self.window_s / 2.0 if screening else self.window_s
+        num_steps = min(200, max(4, round(window_s / step_s)))
         steps = tuple(step_s * (1.0 + self._rng.gauss(0.0, 0.02)) for _ in range(num_steps))
         measured_s = math.fsum(steps)
         tokens_per_s = tokens_per_step * len(steps) / measured_s
-        self.clock_s += measured_s + self.window_overhead_s
+        overhead_s = (self.window_overhead_s + (self.first_window_extra_s if first else 0.0)
+                      + (self.build_s if spec.key not in self._built else 0.0))
+        self._built.add(spec.key)
+        self.clock_s += measured_s + overhead_s
         record = WindowRecord(
             trial_key=window.key, setting_key=spec.key, round_id=round_id, index=spec.index, label=spec.label(),
             is_baseline=spec.is_baseline, status="ok", micro_batch_size=spec.micro_batch_size,
@@ -95,6 +109,6 @@ class FakeMachine:
             peak_memory_allocated_bytes=None, peak_memory_reserved_bytes=None, peak_memory_note="fake machine",
             num_parameters=1000, model="fake", device="cpu", backend="gloo", torch_version="fake",
             started_at=f"{self.clock_s - measured_s:012.3f}", finished_at=f"{self.clock_s:012.3f}",
-            step_times_s=steps, wall_s=measured_s + self.window_overhead_s)
+            step_times_s=steps, wall_s=measured_s + overhead_s)
         self.windows.append(record)
         return record

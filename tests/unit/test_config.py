@@ -84,6 +84,9 @@ def test_baseline_follows_train_unless_set() -> None:
     (["watchdog.stall_s=10", "watchdog.abort_after_s=5"], "watchdog.abort_after_s=5.0 is not allowed: at least"),
     (["train.max_memory_fraction=1.5"], "train.max_memory_fraction=1.5 is not allowed"),
     (["fault=stall", "fault.rank=-1"], "fault.rank=-1 is not allowed"),
+    (["+sweep=batch", "sweep.screen=true", "sweep.strategy=power"],
+     "sweep.screen=True is not allowed: null or false, or true only with sweep.strategy=grid"),
+    (["+sweep=batch", "sweep.screen=true", "recommend.objective=goodput"], "sweep.screen=True is not allowed"),
 ])
 def test_range_errors_name_key_value_and_allowed(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 
 from trainer_tune.config.schema import TuneConfig
 from trainer_tune.decide.race import run_race
-from trainer_tune.decide.sequential import INCONCLUSIVE, error_budget
-from trainer_tune.decide.verdict import GO, NO_GO, decide
+from trainer_tune.decide.sequential import INCONCLUSIVE
+from trainer_tune.decide.verdict import GO, NO_GO, decide_race
 from trainer_tune.evidence.stats import log_t_interval, ratio_estimate
 from trainer_tune.explain.report import build_report
 from trainer_tune.plan import TrialSpec, build_plan
@@ -45,9 +45,7 @@ def _sweep(seed: int, *, budget_s: float = 45.0, **machine: float) -> tuple:
     plan = build_plan(cfg, world_size=2, base_flags=TrialFlags(), device_type="cpu")
     fake = FakeMachine(true_rate=_true_rate, seed=seed, **machine)
     race = run_race(fake, cfg, plan, done={}, attempts={}, prefix="", swept=())
-    settings = sorted(race.settings.values(), key=lambda r: r.index)
-    decision = decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary,
-                      lr=cfg.train.lr, budget=error_budget(num_planned=len(plan), sweep=cfg.sweep), sweep=cfg.sweep)
+    decision = decide_race(race, cfg)
     return fake, race, decision
 
 

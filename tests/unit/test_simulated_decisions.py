@@ -16,8 +16,8 @@ from helpers.fake_machine import FakeMachine
 from trainer_tune.config.flags import TrialFlags
 from trainer_tune.config.schema import TuneConfig
 from trainer_tune.decide.race import run_race
-from trainer_tune.decide.sequential import GO, error_budget
-from trainer_tune.decide.verdict import NO_GO, decide
+from trainer_tune.decide.sequential import GO
+from trainer_tune.decide.verdict import NO_GO, decide_race
 from trainer_tune.plan import build_plan
 
 NUM_SWEEPS = 150
@@ -30,9 +30,7 @@ def _decision(seed: int, true_speedup: dict[int, float], *overrides: str):
     plan = build_plan(cfg, world_size=2, base_flags=TrialFlags(), device_type="cpu")
     machine = FakeMachine(true_rate=lambda spec: 20_000.0 * true_speedup.get(spec.micro_batch_size, 1.0), seed=seed)
     race = run_race(machine, cfg, plan, done={}, attempts={}, prefix="", swept=())
-    return decide(sorted(race.settings.values(), key=lambda r: r.index), args=cfg.recommend,
-                  not_measured=race.not_measured, race=race.summary, lr=cfg.train.lr,
-                  budget=error_budget(num_planned=len(plan), sweep=cfg.sweep), sweep=cfg.sweep)
+    return decide_race(race, cfg)
 
 
 def test_identical_settings_give_a_false_go_no_more_often_than_promised() -> None:

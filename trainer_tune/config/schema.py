@@ -392,6 +392,13 @@ class SweepArgs:
     in every round up to sweep.max_rounds or sweep.budget_s."""
     seed: int = 0
     """Seed of each round's shuffled order (the same on every rank and on resume)."""
+    screen: Optional[bool] = None
+    """Screening for large spaces (decide/race.py): the first 2 rounds measure every setting in short windows
+    (half window.max_measure_s, without the comm split and noise steps), with the baseline repeated every 8 windows
+    so each setting pairs with a baseline window measured near it; after them, settings far behind the leader
+    leave by the race's rule with the noise pooled over every setting, counted as one more look in the error
+    budget. null: screen when more than 16 settings enter the first round (strategy=grid, race on,
+    recommend.objective=throughput, no recommend.max_latency_ms); true: screen whenever those hold; false: never."""
     nsa_prefill_batched: Optional[List[bool]] = None
     """Values of nsa.prefill_batched to measure, multiplying the grid."""
     nsa_disable_aux_stats: Optional[List[bool]] = None
@@ -737,6 +744,12 @@ class TuneConfig:
         if self.data.kind == DataKind.bytes and self.data._target_ is None:
             require(self.model.vocab_size >= 256, key="model.vocab_size", value=self.model.vocab_size,
                     allowed="at least 256 with data=bytes (one token per byte value)")
+        if self.sweep.screen:
+            why = ("with sweep.strategy=grid, sweep.race=true, recommend.objective=throughput and no "
+                   "recommend.max_latency_ms (screening drops on throughput alone, after two short rounds)")
+            require(self.sweep.strategy == Strategy.grid and self.sweep.race
+                    and self.recommend.objective == Objective.throughput and self.recommend.max_latency_ms is None,
+                    key="sweep.screen", value=True, allowed=f"null or false, or true only {why}")
         if self.watchdog.enabled:
             require(self.watchdog.abort_after_s < self.dist.timeout_s, key="watchdog.abort_after_s",
                     value=self.watchdog.abort_after_s,

@@ -28,8 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from trainer_tune.config.keys import check_keys
 from trainer_tune.config.schema import ConfigError, TuneConfig
 from trainer_tune.decide.race import run_race
-from trainer_tune.decide.sequential import error_budget
-from trainer_tune.decide.verdict import Decision, decide
+from trainer_tune.decide.verdict import Decision, decide_race
 from trainer_tune.evidence.comparison import percent
 from trainer_tune.evidence.memory_fit import MemoryLimit
 from trainer_tune.explain.report import Report, build_report
@@ -59,7 +58,8 @@ class _Replay:
     def broadcast(self, value: Any) -> Any:
         return value
 
-    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool) -> Optional[WindowRecord]:
+    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool,
+                screening: bool = False) -> Optional[WindowRecord]:
         return None
 
 
@@ -137,10 +137,7 @@ def redecide(output_dir: Path, overrides: Sequence[str] = ()) -> Redecided:
     replayed = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, budget_s=None))
     race = run_race(_Replay(), replayed, plan, done={w.trial_key: w for w in windows}, attempts={}, prefix="",
                     swept=swept_flag_names(cfg), limit=limit)
-    settings = sorted(race.settings.values(), key=lambda r: r.index)
-    decision = decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary,
-                      lr=cfg.train.lr, memory_limit=limit, budget=error_budget(num_planned=len(plan), sweep=cfg.sweep),
-                      sweep=cfg.sweep)
+    decision = decide_race(race, cfg, memory_limit=limit)
     return Redecided(report=build_report(decision), recorded=recorded, world_size=world_size)
 
 

@@ -14,7 +14,7 @@ from typing import Collection, Optional, Sequence
 
 from trainer_tune.config.schema import Objective, RecommendArgs, TieBreak
 from trainer_tune.decide.eligible import OVER_LATENCY, OVER_MEMORY, eligible, ineligibility, over_latency_budget
-from trainer_tune.evidence.comparison import Outcome, compare
+from trainer_tune.evidence.comparison import Outcome, compare, ranking
 from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.evidence.noise_scale import sweep_noise_scale, with_goodput
 from trainer_tune.measure.figures import NoiseScaleFigures
@@ -168,7 +168,7 @@ def pick_best(pool: Pool) -> tuple[Optional[SettingEstimate], list[SettingEstima
     """(best, the settings tied with it, reasons): the fastest contender (most goodput, or the best point figure
     with recommend.objective=latency/energy), ties broken by recommend.tie_break."""
     contenders, args = pool.contenders, pool.args
-    fastest = max(contenders, key=lambda r: r.throughput_per_s, default=None)  # type: ignore[arg-type,return-value]
+    fastest = max(contenders, key=ranking(pool.results), default=None)
     if pool.point_objective:
         best, why_none = _point_objective_best(contenders, args.objective)
         return best, [], [why_none] if why_none else []
@@ -177,7 +177,7 @@ def pick_best(pool: Pool) -> tuple[Optional[SettingEstimate], list[SettingEstima
     if fastest is None:
         return None, [], []
     if pool.goodput:
-        fastest = max(contenders, key=lambda r: r.goodput_per_s)  # type: ignore[arg-type,return-value]
+        fastest = max(contenders, key=ranking(pool.results, goodput=True))
     tied = [r for r in contenders if r.trial_key == fastest.trial_key
             or compare(r, fastest, goodput=pool.goodput).outcome in (Outcome.tie, Outcome.unknown)]
     best = _tie_break(tied, fastest=fastest, baseline=pool.baseline, rule=args.tie_break)

@@ -13,6 +13,14 @@ The race ends when one setting is left ahead of all others (separated), at `swee
 next round would overrun `sweep.budget_s`; the baseline is measured in every round regardless, as the
 reference.
 
+Large spaces are screened first (`screening_rounds`; sweep.screen): the first SCREEN_ROUNDS rounds measure every
+setting in a short window without the extras of a setting's first full window (comm split, noise steps), in blocks
+of SCREEN_BLOCK settings that each hold a window of the baseline (round ids `r0.0`, `r0.1`, ...: a setting pairs
+with the baseline window measured near it in time, and the baseline's repeats say how the machine moved during a
+long round). After them the race's rule drops the settings behind the leader at the corrected level, with the
+noise pooled over every setting (two windows each, evidence/stats.py), the screening counted as one more look
+(decide/sequential.error_budget). The same rule then goes on in full rounds from sweep.min_rounds.
+
 `run_race` drives the rounds for any RaceHost: the live sweep measures each window (run/sweep.py), a replay reads
 them from a journal (decide/__main__.py). Every choice in it is a pure function of what every rank holds; the host
 still broadcasts rank 0's answers.
@@ -20,6 +28,7 @@ still broadcasts rank 0's answers.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence, TypeVar
@@ -29,7 +38,7 @@ from trainer_tune.decide.eligible import eligible
 from trainer_tune.decide.pool import build_pool, pick_best, with_sweep_goodput
 from trainer_tune.decide.sequential import GO, NO_GO, ErrorBudget, error_budget, weigh
 from trainer_tune.decide.strategy import NotMeasured, first_entrants, power_gate
-from trainer_tune.evidence.comparison import Outcome, behind, compare
+from trainer_tune.evidence.comparison import Outcome, behind, compare, ranking
 from trainer_tune.evidence.memory_fit import MemoryLimit, fit_memory, predicted_not_to_fit
 from trainer_tune.evidence.noise_scale import sweep_noise_scale, with_goodput
 from trainer_tune.evidence.estimate import SettingEstimate, aggregate_windows, sweep_noise
@@ -62,6 +71,42 @@ def round_order(keys: Sequence[str], *, round_index: int, seed: int) -> list[str
     return ordered
 
 
+SCREEN_ABOVE = 16
+"""sweep.screen=null screens a race that more settings than this enter in its first round."""
+SCREEN_ROUNDS = 2
+"""Short rounds before the screening drops: two windows per setting give every setting a difference of its own, so
+the noise pooled over 32 settings has 32 degrees of freedom where one window each would leave only the baseline's
+repeats (FACTS.md: the window-to-window noise is much the same for every setting)."""
+SCREEN_BLOCK = 8
+"""Settings per block of a screening round; each block holds a window of the baseline too."""
+
+
+def screening_rounds(cfg: TuneConfig, *, num_entering: int) -> int:
+    """How many of the first rounds screen (0: none): sweep.screen, or with null when more than SCREEN_ABOVE settings
+    enter the first round. Only a grid raced on throughput without a latency budget screens: screening drops on
+    throughput alone, before a setting has the windows that say whether it breaks a limit."""
+    sweep, recommend = cfg.sweep, cfg.recommend
+    allowed = (sweep.race and sweep.strategy == Strategy.grid and recommend.objective == Objective.throughput
+               and recommend.max_latency_ms is None)
+    wanted = sweep.screen if sweep.screen is not None else num_entering > SCREEN_ABOVE
+    return min(SCREEN_ROUNDS, sweep.max_rounds) if allowed and wanted else 0
+
+
+def screening_slots(order: Sequence[str], *, baseline_key: str, round_id: str, seed: int,
+                    round_index: int) -> list[tuple[str, str]]:
+    """(setting key, window round id) of a screening round: the settings in `order` cut into blocks of SCREEN_BLOCK,
+    each block with its own window of the baseline at a seeded place in it, named `{round_id}.{block}`."""
+    others = [key for key in order if key != baseline_key]
+    slots: list[tuple[str, str]] = []
+    rng = random.Random(f"trainer_tune/screen/{seed}/{round_index}")
+    for start in range(0, max(1, len(others)), SCREEN_BLOCK):
+        block = others[start:start + SCREEN_BLOCK]
+        if baseline_key in order:
+            block.insert(rng.randint(0, len(block)), baseline_key)
+        slots += [(key, f"{round_id}.{start // SCREEN_BLOCK}") for key in block]
+    return slots
+
+
 @dataclass(frozen=True)
 class Drop:
     """A setting that left the race, and why (shown with the verdict)."""
@@ -78,14 +123,16 @@ def _throughput(contender: Raced) -> Optional[float]:
 
 
 def race_drops(contenders: Sequence[R], *, after_round: int, behind: Callable[[R, R], Optional[str]],
-               rate: Callable[[R], Optional[float]] = _throughput) -> list[Drop]:
-    """The contenders clearly behind the leader (the highest point estimate of `rate`: throughput, or goodput with
-    recommend.objective=goodput): `behind(c, leader)` returns why c loses to the leader beyond noise, or None
-    while the comparison cannot tell them apart. Contenders without a rate neither lead nor leave."""
+               rate: Callable[[R], Optional[float]] = _throughput,
+               rank: Optional[Callable[[R], float]] = None) -> list[Drop]:
+    """The contenders clearly behind the leader (the first by `rank`, comparison.ranking: the paired ratio to the
+    baseline; without it the highest `rate`: throughput, or goodput with recommend.objective=goodput): `behind(c,
+    leader)` returns why c loses to the leader beyond noise, or None while the comparison cannot tell them apart.
+    Contenders without a rate neither lead nor leave."""
     measured = [c for c in contenders if rate(c) is not None]
     if len(measured) < 2:
         return []
-    leader = max(measured, key=rate)  # type: ignore[arg-type]
+    leader = max(measured, key=rank or rate)  # type: ignore[arg-type]
     drops = []
     for contender in measured:
         if contender.trial_key == leader.trial_key:
@@ -147,9 +194,12 @@ class RaceSummary:
     """Labels of the settings still in the race when it ended."""
     contender_keys: tuple[str, ...] = ()
     """Their setting keys (what the decision matches on; labels are for people)."""
+    screening_rounds: int = 0
+    """How many of the first rounds were short screening rounds (0: no screening)."""
 
     def to_json_dict(self) -> dict[str, object]:
         return {"num_rounds": self.num_rounds, "end_reason": self.end_reason,
+                "screening_rounds": self.screening_rounds,
                 "drops": [{"label": d.label, "after_round": d.after_round, "reason": d.reason} for d in self.drops],
                 "contenders": list(self.contenders)}
 
@@ -162,8 +212,11 @@ class RaceHost(Protocol):
     def broadcast(self, value: T) -> T:
         """Rank 0's value, on every rank."""
 
-    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool) -> Optional[WindowRecord]:
-        """One window of `spec` in `round_id`, recorded; None when it cannot be had (the replay's journal ends)."""
+    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool,
+                screening: bool = False) -> Optional[WindowRecord]:
+        """One window of `spec` in `round_id`, recorded; None when it cannot be had (the replay's journal ends).
+        `first`: the setting's first full window, which also measures the extras (comm split, noise steps);
+        `screening`: a short screening window (half window.max_measure_s, no extras)."""
 
 
 class RaceObserver(Protocol):
@@ -186,6 +239,8 @@ class RaceResult:
     not_measured: list[NotMeasured]
     summary: RaceSummary
     num_windows_measured: int
+    budget: ErrorBudget
+    """The error budget the race spent its looks from; the verdict on its settings uses the same one."""
 
 
 def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: dict[str, WindowRecord],
@@ -219,7 +274,9 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
                 contenders.add(spec.key)
 
     enter(first_entrants(plan, cfg.sweep))
-    budget = error_budget(num_planned=len(plan), sweep=cfg.sweep)
+    screen_rounds = screening_rounds(cfg, num_entering=len(entered))
+    budget = error_budget(num_planned=len(plan), sweep=cfg.sweep, screening=screen_rounds > 0)
+    full: set[str] = set()  # settings with a full window: their first one measured the extras
     on_evidence = cfg.sweep.race and cfg.recommend.objective in (Objective.throughput, Objective.goodput)
     round_index = 0
     while True:
@@ -233,23 +290,28 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
             break
         rid = round_id(round_index, prefix=prefix)
         order = round_order(members, round_index=round_index, seed=cfg.sweep.seed)
+        screening = round_index < screen_rounds
+        slots = (screening_slots(order, baseline_key=baseline.key, round_id=rid, seed=cfg.sweep.seed,
+                                 round_index=round_index) if screening else [(key, rid) for key in order])
         if observer is not None:
-            observer.round_started(round_index=round_index, num_windows=len(order))
+            observer.round_started(round_index=round_index, num_windows=len(slots))
         round_s = 0.0
         missing: Optional[str] = None
-        for key in order:
+        for key, slot_id in slots:
             spec = by_key[key]
-            wkey = window_of(spec, rid).key
+            wkey = window_of(spec, slot_id).key
             if wkey in done:
                 result = done[wkey]
             else:
-                measured = host.measure(spec, round_id=rid, attempts=attempts.get(wkey, 0),
-                                        first=not windows.get(key))
+                measured = host.measure(spec, round_id=slot_id, attempts=attempts.get(wkey, 0),
+                                        first=not screening and key not in full, screening=screening)
                 if measured is None:  # a replay of a journal that ends here (decide/__main__.py)
-                    missing = f"the journal has no window of {spec.label(swept_flags=swept)} in round {rid}"
+                    missing = f"the journal has no window of {spec.label(swept_flags=swept)} in round {slot_id}"
                     break
                 result = measured
                 num_measured += 1
+            if not screening:
+                full.add(key)
             round_s += result.wall_s or 0.0
             windows.setdefault(key, []).append(result)
             if observer is not None:
@@ -268,7 +330,8 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
         # Rank 0 decides who leaves and who enters; every rank applies the same answer.
         new_drops, entering, closed = host.broadcast(
             after_round(cfg, plan, settings=settings, contenders=contenders, entered=entered,
-                         rounds_done=round_index, swept=swept, limit=limit))
+                         rounds_done=round_index, swept=swept, limit=limit, budget=budget,
+                         screen_rounds=screen_rounds))
         for drop in new_drops:
             contenders.discard(drop.trial_key)
             if observer is not None:
@@ -300,25 +363,31 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
     still = sorted(k for k in contenders if k in settings)
     summary = RaceSummary(num_rounds=round_index, end_reason=end_reason, drops=tuple(drops),
                           contenders=tuple(settings[k].label for k in still),
-                          contender_keys=tuple(still))
+                          contender_keys=tuple(still), screening_rounds=min(screen_rounds, round_index))
     return RaceResult(settings=settings, not_measured=not_measured, summary=summary,
-                       num_windows_measured=num_measured)
+                      num_windows_measured=num_measured, budget=budget)
 
 
 def after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, SettingEstimate], contenders: set[str],
                  entered: list[TrialSpec], rounds_done: int, swept: tuple[str, ...],
-                 limit: Optional[MemoryLimit] = None) -> tuple[list[Drop], list[str], list[NotMeasured]]:
+                 limit: Optional[MemoryLimit] = None, budget: Optional[ErrorBudget] = None,
+                 screen_rounds: int = 0) -> tuple[list[Drop], list[str], list[NotMeasured]]:
     """(settings that leave the race, settings that enter it next round, settings that never will).
 
+    `budget`: the race's error budget (by default the sweep's without screening); `screen_rounds`: the first rounds
+    that screened (decide/race.py), after which the first drops come.
     strategy=power: a setting the memory fit of its series (memory_fit.py, against `limit`) puts over the limit
     never enters, whether its chain would let it in now or later; the prediction is the reason."""
     drops: list[Drop] = []
     racing = [settings[k] for k in sorted(contenders) if k in settings and settings[k].ok]
+    screened_now = screen_rounds > 0 and rounds_done == screen_rounds
     if cfg.sweep.race:
         # A setting that may never be chosen (decide/eligible.py: over the p99 budget or over memory) in its first
-        # sweep.min_rounds windows (a setting strategy=power let in late has its own) leaves first: its figures
-        # stand, and the decision names why. Fewer batches tend to under-read a p99, not over-read it.
-        measured = [r for r in racing if r.num_windows >= cfg.sweep.min_rounds]
+        # sweep.min_rounds windows (a setting strategy=power let in late has its own; a screened one its screening
+        # windows) leaves first: its figures stand, and the decision names why. Fewer batches tend to under-read a
+        # p99, not over-read it.
+        needed = screen_rounds if screened_now else cfg.sweep.min_rounds
+        measured = [r for r in racing if r.num_windows >= needed]
         drops = limit_drops(measured, after_round=rounds_done, over_limit=lambda r: eligible(r, cfg.recommend))
         racing = [r for r in racing if r.trial_key not in {d.trial_key for d in drops}]
     # No setting leaves before sweep.min_rounds: an interval from two windows rests on one difference of two
@@ -328,9 +397,9 @@ def after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, S
     # A drop is a test of the setting against the leader, itself picked as the maximum, after every round: at the
     # level that corrects for every setting and every look (decide/sequential.py), so the true best is rarely
     # dropped by bad luck (successive elimination with simultaneous intervals).
-    level = error_budget(num_planned=len(plan), sweep=cfg.sweep).pick_confidence
+    level = (budget or error_budget(num_planned=len(plan), sweep=cfg.sweep)).pick_confidence
     if cfg.sweep.race and cfg.recommend.objective in (Objective.throughput, Objective.goodput) and \
-            rounds_done >= max(2, cfg.sweep.min_rounds):
+            (screened_now or rounds_done >= max(2, cfg.sweep.min_rounds)):
         if cfg.recommend.objective == Objective.goodput:
             # Raced on goodput, with the sweep's B_noise so far (against the baseline's batch, whether or not it
             # still races): a smaller batch slower in throughput may lead. Without a noise scale yet, nobody has
@@ -338,11 +407,15 @@ def after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, S
             everyone = list(settings.values())
             with_rates = {r.trial_key: r for r in with_goodput(everyone, sweep_noise_scale(everyone)[0])}
             drops += race_drops([with_rates[r.trial_key] for r in racing], after_round=rounds_done,
-                                rate=lambda r: r.goodput_per_s,
+                                rate=lambda r: r.goodput_per_s, rank=ranking(list(with_rates.values()), goodput=True),
                                 behind=lambda c, leader: behind(c, leader, goodput=True, confidence=level))
         else:
-            drops += race_drops(racing, after_round=rounds_done,
-                                behind=lambda c, leader: behind(c, leader, confidence=level))
+            found = race_drops(racing, after_round=rounds_done, rank=ranking(list(settings.values())),
+                               behind=lambda c, leader: behind(c, leader, confidence=level))
+            if screened_now:
+                found = [dataclasses.replace(d, reason=f"screened out after {count(rounds_done, 'short round')}: "
+                                                       f"{d.reason}") for d in found]
+            drops += found
     entering: list[str] = []
     closed: list[NotMeasured] = []
     if cfg.sweep.strategy == Strategy.power:

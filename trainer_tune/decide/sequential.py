@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 from trainer_tune.config.schema import RecommendArgs, SweepArgs
 from trainer_tune.evidence.comparison import Comparison, compare, level_text, percent
 from trainer_tune.evidence.estimate import SettingEstimate
+from trainer_tune.platform.units import count
 
 GO = "GO"
 NO_GO = "NO-GO"
@@ -72,11 +73,12 @@ class ErrorBudget:
                 f"look{'s' if self.num_looks != 1 else ''}")
 
 
-def error_budget(*, num_planned: int, sweep: Optional[SweepArgs]) -> ErrorBudget:
+def error_budget(*, num_planned: int, sweep: Optional[SweepArgs], screening: bool = False) -> ErrorBudget:
     """The budget of a sweep of `num_planned` settings (the baseline among them) raced under `sweep`; one look
-    without a race (a multirun's jobs, each decided once at the end)."""
+    without a race (a multirun's jobs, each decided once at the end). `screening`: the race drops settings once
+    more, after its short screening rounds (decide/race.py), which is one more look."""
     looks = 1 if sweep is None or not sweep.race else max(1, sweep.max_rounds - sweep.min_rounds + 1)
-    return ErrorBudget(num_settings=max(1, num_planned - 1), num_looks=looks)
+    return ErrorBudget(num_settings=max(1, num_planned - 1), num_looks=looks + (1 if screening else 0))
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,9 @@ class EvidenceVerdict:
     comparison: Optional[Comparison]
     """The leader against the baseline, at the budget's level."""
     reason: str
-    rival: Optional[tuple[SettingEstimate, Comparison]] = None
-    """A setting still in the race that may be more than recommend.indifference faster than the leader (why a
-    leader that clears the margin is not yet a GO)."""
+    rivals: tuple[tuple[SettingEstimate, Comparison], ...] = ()
+    """The settings still in the race that may be more than recommend.indifference faster than the leader, each with
+    its comparison against it, the least settled first (why a leader that clears the margin is not yet a GO)."""
 
 
 def weigh(leader: SettingEstimate, baseline: SettingEstimate, *, candidates: Sequence[SettingEstimate],
@@ -120,15 +122,20 @@ def weigh(leader: SettingEstimate, baseline: SettingEstimate, *, candidates: Seq
                                                               f"({percent(against.interval[0])}) is below the required "
                                                               f"{percent(args.min_speedup)} while the upper end "
                                                               f"({percent(against.interval[1])}) is above it")
+    rivals = []
     for rival in contenders:
         if rival.trial_key in (leader.trial_key, baseline.trial_key):
             continue
         ahead = compare(rival, leader, goodput=goodput, confidence=budget.pick_confidence)
         if ahead.interval is None or ahead.interval[1] > 1.0 + args.indifference:
-            return EvidenceVerdict(INCONCLUSIVE, leader, against,
-                                   f"{rival.label} may still be faster than {leader.label} by more than "
-                                   f"recommend.indifference={args.indifference:g}: {ahead.describe()}",
-                                   rival=(rival, ahead))
+            rivals.append((rival, ahead))
+    if rivals:
+        rivals.sort(key=lambda pair: -(pair[1].interval or (0.0, math.inf))[1])
+        named = "; ".join(f"{rival.label} {ahead.describe()}" for rival, ahead in rivals)
+        return EvidenceVerdict(INCONCLUSIVE, leader, against,
+                               f"{count(len(rivals), 'setting')} still in the race may be faster than {leader.label} "
+                               f"by more than recommend.indifference={args.indifference:g}: {named}",
+                               rivals=tuple(rivals))
     return EvidenceVerdict(GO, leader, against, f"at least the required {percent(args.min_speedup)} even at the "
                                                 f"interval's lower end, and no setting still in the race can be more "
                                                 f"than {args.indifference:.0%} faster")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from trainer_tune.evidence.compile_payback import CompilePayback, compile_paybacks
-from trainer_tune.config.schema import Objective, RecommendArgs, SweepArgs
+from trainer_tune.config.schema import Objective, RecommendArgs, SweepArgs, TuneConfig
 from trainer_tune.measure.figures import NoiseScaleFigures
 from trainer_tune.config.flags import FLAG_SPECS, flags_to_environ, flags_to_overrides, format_flag
 from trainer_tune.decide.goodput import (
@@ -27,7 +27,7 @@ from trainer_tune.evidence.comparison import Comparison, Drift, baseline_drift, 
 from trainer_tune.decide.eligible import eligible, over_latency_budget
 from trainer_tune.decide.pool import (
     OBJECTIVE_BEST, OBJECTIVE_FIGURE, Pool, build_pool, objective_value, pick_best, with_sweep_goodput)
-from trainer_tune.decide.race import RaceSummary
+from trainer_tune.decide.race import RaceResult, RaceSummary
 from trainer_tune.decide.sequential import (
     GO, INCONCLUSIVE, NO_GO, ErrorBudget, error_budget, rounds_to_decide, weigh)
 from trainer_tune.decide.strategy import NotMeasured
@@ -213,6 +213,14 @@ class _Verdict:
     more_rounds: Optional[int] = None
 
 
+def decide_race(race: RaceResult, cfg: TuneConfig, *, memory_limit: Optional[MemoryLimit] = None) -> Decision:
+    """The verdict on what a race measured (decide/race.py), with the error budget its looks were spent from: what a
+    sweep, a replay of its journal and a simulated sweep all call."""
+    settings = sorted(race.settings.values(), key=lambda r: r.index)  # plan order, whatever order measured in
+    return decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary, lr=cfg.train.lr,
+                  memory_limit=memory_limit, budget=race.budget, sweep=cfg.sweep)
+
+
 def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measured: Sequence[NotMeasured] = (),
            race: Optional[RaceSummary] = None, lr: Optional[float] = None,
            memory_limit: Optional[MemoryLimit] = None, budget: Optional[ErrorBudget] = None,
@@ -391,16 +399,28 @@ def _weighed(best: SettingEstimate, baseline: SettingEstimate, *, pool: Pool, bu
         return _Verdict(NO_GO, baseline, (f"{NO_GO}: {keep} (no setting reaches {percent(args.min_speedup)}: best "
                                           f"{best.label} is {percent(speedup)} {measure}{_ci_text(interval, level)})"),
                         f"{measured}; {weighed.reason}", comparison=comparison, speedup=speedup)
-    if weighed.rival is not None:
-        rival, ahead = weighed.rival
+    leads = "the baseline" if best.trial_key == baseline.trial_key else best.label
+    if weighed.rivals:
+        # The leader clears the margin: what is open is which of the close settings is fastest, not whether to
+        # change. Say so, and the indifference that would accept the leader as it stands (a re-decide, no rounds).
+        ahead = weighed.rivals[0][1]
         more = rounds_to_decide(ahead, num_rounds=ahead.estimate.num_pairs, margin=1.0 + args.indifference)
+        names = ", ".join(rival.label for rival, _ in weighed.rivals)
+        text = (f"{INCONCLUSIVE}: {leads} clears the margin at {percent(speedup)} {measure} vs baseline "
+                f"{baseline.label}{_ci_text(interval, level)}, but {names} may be faster than it by more than "
+                f"{args.indifference:.0%}")
+        if ahead.interval is not None:
+            wider = math.ceil((ahead.interval[1] - 1.0) * 100.0) / 100.0
+            text += (f" (up to {percent(ahead.interval[1])}); recommend.indifference={wider:g} would accept "
+                     f"{best.label} as measured")
+        text += (f"; about {count(more, 'more round')} would tell them apart" if more
+                 else "; they are too close for more rounds alone to tell apart")
     else:
         more = rounds_to_decide(comparison, num_rounds=comparison.estimate.num_pairs, margin=args.min_speedup)
-    leads = "the baseline" if best.trial_key == baseline.trial_key else best.label
-    text = (f"{INCONCLUSIVE}: {leads} leads at {percent(speedup)} {measure} vs baseline "
-            f"{baseline.label}{_ci_text(interval, level)}, needs {percent(args.min_speedup)}")
-    text += (f"; about {count(more, 'more round')} would decide" if more
-             else "; the margin sits inside the noise: more rounds alone are unlikely to decide it")
+        text = (f"{INCONCLUSIVE}: {leads} leads at {percent(speedup)} {measure} vs baseline "
+                f"{baseline.label}{_ci_text(interval, level)}, needs {percent(args.min_speedup)}")
+        text += (f"; about {count(more, 'more round')} would decide" if more
+                 else "; the margin sits inside the noise: more rounds alone are unlikely to decide it")
     return _Verdict(INCONCLUSIVE, None, text, f"{measured}; but {weighed.reason}", comparison=comparison,
                     speedup=speedup, leader=best, more_rounds=more)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from trainer_tune.evidence.stats import RatioEstimate, ratio_estimate
 from trainer_tune.evidence.estimate import SettingEstimate
@@ -93,6 +93,27 @@ def compare(a: SettingEstimate, b: SettingEstimate, *, goodput: bool = False,
     # Both settings' results carry the same sweep's noise floor (estimate.sweep_noise).
     return Comparison(a_label=a.label, b_label=b.label, confidence=confidence,
                       estimate=ratio_estimate(rates_a, rates_b, confidence=confidence, floor=a.noise or b.noise))
+
+
+def ranking(settings: Sequence[SettingEstimate], *, goodput: bool = False) -> Callable[[SettingEstimate], float]:
+    """The one order of settings by speed (or goodput): a sort key, each setting's paired ratio to the sweep's
+    baseline (compare against the setting measured in every round), so drift shared by a round cancels and a
+    setting measured only in the fast rounds is not favoured over one that stayed for the slow ones (the race drops
+    settings, so their windows cover different rounds). Without a clean baseline among `settings`, their own
+    rates. The race's leader, the verdict's best, the tie-break's fastest and the decision matrix's winner all
+    rank by it."""
+    baseline = next((s for s in settings if s.is_baseline and s.ok and s.rates_by_round()
+                     and (not goodput or s.goodput_per_s is not None)), None)
+
+    def rate(setting: SettingEstimate) -> float:
+        return (setting.goodput_per_s if goodput else setting.throughput_per_s) or 0.0
+
+    def key(setting: SettingEstimate) -> float:
+        if baseline is None or not setting.rates_by_round() or (goodput and setting.goodput_per_s is None):
+            return rate(setting) / (rate(baseline) if baseline is not None and rate(baseline) else 1.0)
+        return compare(setting, baseline, goodput=goodput).ratio
+
+    return key
 
 
 @dataclass(frozen=True)

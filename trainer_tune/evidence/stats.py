@@ -99,6 +99,18 @@ def log_t_interval(values: Sequence[float], *, confidence: float = 0.95,
     return math.exp(centre - half), math.exp(centre + half)
 
 
+def _side_variance(logs: Sequence[float], floor: Optional[NoiseFloor]) -> tuple[float, int]:
+    """(variance of the mean of `logs`, its degrees of freedom) for an unpaired comparison: with the sweep's pooled
+    window noise, the moderated variance on the pooled and own degrees of freedom (windows of settings that share no
+    rounds, such as two settings screened in different blocks, are compared this way); without it, the values'
+    own."""
+    n = len(logs)
+    own = statistics.variance(logs)
+    if floor is None or floor.window_df < 1 or floor.window_log_sd == 0:
+        return own / n, n - 1
+    return moderated_variance(own, n - 1, floor.window_log_sd ** 2, floor.window_df) / n, floor.window_df + n - 1
+
+
 @dataclass(frozen=True)
 class RatioEstimate:
     """rate(a) / rate(b) from windows, with how it was estimated."""
@@ -135,14 +147,12 @@ def ratio_estimate(a_by_round: Mapping[str, float], b_by_round: Mapping[str, flo
     if len(a) < 2 or len(b) < 2:
         return RatioEstimate(ratio=ratio, interval=None, paired=False, num_pairs=len(common))
     log_a, log_b = [math.log(v) for v in a], [math.log(v) for v in b]
-    floor_var = floor.window_log_sd ** 2 if floor else 0.0
-    var_a = max(statistics.variance(log_a), floor_var) / len(a)
-    var_b = max(statistics.variance(log_b), floor_var) / len(b)
+    (var_a, df_a), (var_b, df_b) = _side_variance(log_a, floor), _side_variance(log_b, floor)
     se = math.sqrt(var_a + var_b)
     if se == 0:
         return RatioEstimate(ratio=ratio, interval=(ratio, ratio), paired=False, num_pairs=len(common))
-    # Welch-Satterthwaite degrees of freedom.
-    df = (var_a + var_b) ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1))
+    # Welch-Satterthwaite degrees of freedom, each side with those of the variance it uses.
+    df = (var_a + var_b) ** 2 / (var_a ** 2 / df_a + var_b ** 2 / df_b)
     half = _t_quantile(confidence, max(1, math.floor(df))) * se
     return RatioEstimate(ratio=ratio, interval=(ratio * math.exp(-half), ratio * math.exp(half)), paired=False,
                          num_pairs=len(common))

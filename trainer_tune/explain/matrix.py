@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Optional, Sequence
 from trainer_tune.measure.figures import GpuFigures, describe_memory_source
 from trainer_tune.config.flags import FLAG_SPECS, FlagSpec, format_flag
 from trainer_tune.evidence.estimate import SettingEstimate
+from trainer_tune.evidence.comparison import ranking
 from trainer_tune.platform.units import count, format_bytes, format_ms
 
 if TYPE_CHECKING:
@@ -190,8 +191,7 @@ def _classify(interval: Optional[tuple[float, float]]) -> str:
 
 
 def _point(r: SettingEstimate, ref: SettingEstimate, *, series: str, varies: str, compare: Compare) -> ScalingPoint:
-    time_s, ref_time_s = per_sample_time_s(r), per_sample_time_s(ref)
-    interval, ref_interval = per_sample_time_interval_s(r), per_sample_time_interval_s(ref)
+    time_s, interval = per_sample_time_s(r), per_sample_time_interval_s(r)
     is_ref = r.trial_key == ref.trial_key
     # Same samples per unit of rate: the efficiency is the rate ratio, so it and its interval are the comparison's.
     comparison = None if is_ref else compare(r, ref)
@@ -353,7 +353,7 @@ def _max_throughput(finished: Sequence[SettingEstimate], compare: Compare, budge
     within, why = _within(finished, budget)
     if not within:
         return _nobody(MAX_THROUGHPUT, why or "")
-    best = max(within, key=lambda r: r.throughput_per_s)  # type: ignore[arg-type,return-value]
+    best = max(within, key=ranking(finished))
     tied = tuple(r.label for r in within if r is not best and compare(r, best).outcome.value in ("tie", "unknown"))
     others = "every other setting" + (" within the budget" if budget.max_latency_ms is not None else "")
     note = (f"the measurements cannot order {', '.join(tied)} against the winner (the paired comparison): a tie" if tied
@@ -370,7 +370,7 @@ def _max_goodput(finished: Sequence[SettingEstimate], compare: Compare, budget: 
     measured = [r for r in within if r.goodput_per_s is not None]
     if not measured:
         return []
-    best = max(measured, key=lambda r: r.goodput_per_s)  # type: ignore[arg-type,return-value]
+    best = max(measured, key=ranking(finished, goodput=True))
     tied = tuple(r.label for r in measured if r is not best
                  and compare(r, best, goodput=True).outcome.value in ("tie", "unknown"))  # type: ignore[call-arg]
     note = ("throughput x statistical efficiency from the sweep's gradient noise scale (recommend.objective="

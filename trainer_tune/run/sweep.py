@@ -41,7 +41,7 @@ from trainer_tune.measure.summarize import TrialContext, failed_result, result_f
 from trainer_tune.workloads.model import build_model, count_parameters
 from trainer_tune.run.multirun import MultirunJob
 from trainer_tune.plan import TrialSpec, build_plan, differing_flag_names, job_plan, swept_flag_names, window_of
-from trainer_tune.decide.verdict import Decision, decide
+from trainer_tune.decide.verdict import Decision, decide_race
 from trainer_tune.explain.report import build_report
 from trainer_tune.config.rerun import current_run_overrides
 from trainer_tune.evidence.estimate import SettingEstimate
@@ -50,7 +50,6 @@ from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.publish import publish
 from trainer_tune.sinks.wandb_sink import WandbSink
 from trainer_tune.decide.race import Drop, RaceSummary, run_race
-from trainer_tune.decide.sequential import error_budget
 from trainer_tune.decide.strategy import NotMeasured
 from trainer_tune.measure.telemetry import RankTelemetry, TelemetryProbe
 from trainer_tune.run.watchdog import Stall, Watchdog
@@ -206,9 +205,10 @@ class _Sweep:
     def broadcast(self, value: Any) -> Any:
         return self.session.broadcast_from_rank0(value)
 
-    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool) -> WindowRecord:
+    def measure(self, spec: TrialSpec, *, round_id: str, attempts: int, first: bool,
+                screening: bool = False) -> WindowRecord:
         """One window, measured and journaled."""
-        result = self.measure_window(spec, round_id=round_id, attempts=attempts, first=first)
+        result = self.measure_window(spec, round_id=round_id, attempts=attempts, first=first, screening=screening)
         self.record(result)
         return result
 
@@ -225,11 +225,14 @@ class _Sweep:
         self.pool.release(setting_key)
 
     # --- one trial ----------------------------------------------------------------------------------
-    def measure_window(self, setting: TrialSpec, *, round_id: str, attempts: int, first: bool) -> WindowRecord:
+    def measure_window(self, setting: TrialSpec, *, round_id: str, attempts: int, first: bool,
+                       screening: bool = False) -> WindowRecord:
         """One window of `setting` in round `round_id`, agreed by every rank: its journal record. The
-        compute vs communication split is measured in a setting's `first` window only."""
+        compute vs communication split and the noise steps are measured in a setting's `first` window only; a
+        `screening` window (decide/race.py) is half window.max_measure_s long."""
         start_s = time.perf_counter()
-        result = self._measure_window(window_of(setting, round_id), attempts=attempts, comm_split=first)
+        result = self._measure_window(window_of(setting, round_id), attempts=attempts, comm_split=first,
+                                      screening=screening)
         if not result.ok:
             self.pool.release(setting.key)
         elif not self._keep_decided and result.num_parameters is not None:
@@ -248,8 +251,12 @@ class _Sweep:
             self.pool.clear()
         log.info("models %s between windows: %s", "kept" if keep else "rebuilt", reason)
 
-    def _measure_window(self, spec: TrialSpec, *, attempts: int, comm_split: bool) -> WindowRecord:
+    def _measure_window(self, spec: TrialSpec, *, attempts: int, comm_split: bool,
+                        screening: bool = False) -> WindowRecord:
         cfg, session = self.cfg, self.session
+        if screening:
+            cfg = dataclasses.replace(cfg, window=dataclasses.replace(
+                cfg.window, max_measure_s=cfg.window.max_measure_s / 2.0))
         ctx = self.context(spec)
         started_at = utc_now()
         if self.rank_env.is_rank0:
@@ -432,9 +439,7 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
     settings = sorted(race.settings.values(), key=lambda r: r.index)  # plan order, whatever order measured in
     recommendation = None
     if multirun is None:
-        recommendation = decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary,
-                                lr=cfg.train.lr, memory_limit=limit,
-                                budget=error_budget(num_planned=len(plan), sweep=cfg.sweep), sweep=cfg.sweep)
+        recommendation = decide_race(race, cfg, memory_limit=limit)
         settings = list(recommendation.settings)  # the same settings, with their efficiency and goodput
         if session.rank_env.is_rank0:
             publish(output_dir, build_report(recommendation), launch_hint=launch_hint, console=console,
