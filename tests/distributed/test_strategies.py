@@ -53,3 +53,28 @@ def test_the_race_drops_a_setting_that_cannot_win(tmp_path: Path) -> None:
     assert "race: 1x1 leaves after round 3" in proc.stdout
     assert rec["race"]["end_reason"].startswith("after 3 rounds the evidence decided: NO-GO")
     assert rec["chosen"]["label"] == "32x1" and rec["decision"] == "NO-GO"
+
+
+def test_screening_measures_short_windows_in_blocks_then_drops_what_is_far_behind(tmp_path: Path) -> None:
+    out = tmp_path / "screen"
+    # The certain drop of the test above, screened: two short rounds (r0.0, r1.0: one block, the baseline in it)
+    # without the extras, then 1x1 leaves; the survivors' first full window (r2) measures the comm split. 16x1 is
+    # there for the pooled noise's degrees of freedom.
+    proc = run_tune(["+sweep=batch", "wandb=off", "baseline.micro_batch_size=32", "sweep.micro_batch_sizes=[1,16,32]",
+                     "sweep.grad_accums=[1]", "model.seq_len=16", "window.measure_steps=4", "window.max_measure_s=0.4",
+                     "window.target_rel_ci=null", "window.max_measure_steps=40", "sweep.screen=true",
+                     "sweep.min_rounds=3", "sweep.max_rounds=3", "sweep.budget_s=null", f"hydra.run.dir={out}"],
+                    nproc=2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    windows = windows_by_label(out)
+    assert [w["round_id"] for w in windows["1x1"]] == ["r0.0", "r1.0"]
+    assert [w["round_id"] for w in windows["32x1"]] == ["r0.0", "r1.0", "r2"]
+    rec = json.loads((out / "recommendation.json").read_text())
+    assert rec["race"]["screening_rounds"] == 2
+    drop = next(d for d in rec["race"]["drops"] if d["label"] == "1x1")
+    assert drop["after_round"] == 2 and drop["reason"].startswith("screened out after 2 short rounds")
+    # Screening windows carry no extras and stop at half window.max_measure_s (plus the step that crossed it).
+    for w in windows["1x1"] + windows["32x1"][:2]:
+        assert w["comm"] is None and w["noise_scale"] is None
+        assert w["measured_s"] < 0.2 + max(w["step_times_s"])
+    assert windows["32x1"][2]["comm"] is not None

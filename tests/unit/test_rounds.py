@@ -135,15 +135,15 @@ def test_race_keeps_settings_measured_in_one_window() -> None:
 def test_race_over_rules() -> None:
     common = dict(min_rounds=3, max_rounds=8, budget_s=30.0)
     # The budget bounds every round, the first ones included; otherwise nothing stops before min_rounds.
-    assert "budget_s" in race_over(alive=["a", "b"], round_index=2, elapsed_s=25.0, last_round_s=10.0, **common)
-    assert race_over(alive=["a"], round_index=2, elapsed_s=10.0, last_round_s=10.0, **common) is None
+    assert "budget_s" in race_over(alive=["a", "b"], round_index=2, elapsed_s=25.0, next_round_s=10.0, **common)
+    assert race_over(alive=["a"], round_index=2, elapsed_s=10.0, next_round_s=10.0, **common) is None
     # With throughput or goodput the evidence decides when to stop, not one setting being left.
-    assert race_over(alive=["a"], round_index=3, elapsed_s=5.0, last_round_s=1.0, stop_when_one_left=False,
+    assert race_over(alive=["a"], round_index=3, elapsed_s=5.0, next_round_s=1.0, stop_when_one_left=False,
                      **common) is None
-    assert "decided" in race_over(alive=["a"], round_index=3, elapsed_s=5.0, last_round_s=1.0, **common)
-    assert "max_rounds" in race_over(alive=["a", "b"], round_index=8, elapsed_s=5.0, last_round_s=1.0, **common)
-    assert "budget_s" in race_over(alive=["a", "b"], round_index=4, elapsed_s=25.0, last_round_s=6.0, **common)
-    assert race_over(alive=["a", "b"], round_index=4, elapsed_s=20.0, last_round_s=6.0, **common) is None
+    assert "decided" in race_over(alive=["a"], round_index=3, elapsed_s=5.0, next_round_s=1.0, **common)
+    assert "max_rounds" in race_over(alive=["a", "b"], round_index=8, elapsed_s=5.0, next_round_s=1.0, **common)
+    assert "budget_s" in race_over(alive=["a", "b"], round_index=4, elapsed_s=25.0, next_round_s=6.0, **common)
+    assert race_over(alive=["a", "b"], round_index=4, elapsed_s=20.0, next_round_s=6.0, **common) is None
 
 
 def _bursty_sweep(rng: random.Random, *, settings: int = 12, rounds: int = 4) -> dict[str, dict[str, float]]:
@@ -203,7 +203,7 @@ def test_counts_agree_with_their_nouns() -> None:
     from trainer_tune.decide.verdict import decide
     from trainer_tune.decide.race import RaceSummary, race_over
 
-    ended = race_over(round_index=1, min_rounds=1, max_rounds=5, alive=["a"], elapsed_s=1.0, last_round_s=1.0,
+    ended = race_over(round_index=1, min_rounds=1, max_rounds=5, alive=["a"], elapsed_s=1.0, next_round_s=1.0,
                       budget_s=None)
     assert ended == "one setting left after 1 round: the race is decided"
     results = [make_result(index=0, key="base", tokens_per_s=1000, is_baseline=True, status="oom")]

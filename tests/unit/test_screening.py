@@ -104,3 +104,20 @@ def test_screening_drops_what_is_far_behind_and_never_the_best() -> None:
     # The slow half (13 settings at 0.5x) mostly leaves after screening: a drop needs ~26% behind the leader at
     # the corrected level with 2 windows each, and these are 67% behind the best.
     assert sum(screened.values()) >= 0.8 * 13 * NUM_SEEDS, screened
+
+
+def test_the_next_round_is_estimated_without_the_builds_of_first_windows() -> None:
+    from types import SimpleNamespace
+
+    from trainer_tune.decide.race import next_round_estimate_s
+
+    built = SimpleNamespace(wall_s=1.5, measured_s=0.5)  # a setting's first window: build + warm-up + measuring
+    kept = SimpleNamespace(wall_s=0.8, measured_s=0.5)  # the baseline's repeat: its model was kept
+    last = [(built, True), (built, True), (kept, False)]
+    # 0.5 s measured + 0.3 s overhead of a kept window, per window; the last round took 3.8 s for 3 windows.
+    assert abs(next_round_estimate_s(last, num_windows=4) - 3.2) < 1e-9
+    # Screening windows (half length) giving way to full ones: twice the measured time.
+    assert abs(next_round_estimate_s(last, num_windows=4, lengthen=2.0) - 5.2) < 1e-9
+    # Without a kept window to learn from, every window's overhead counts (a round of first windows only).
+    assert abs(next_round_estimate_s([(built, True)], num_windows=2) - 3.0) < 1e-9
+    assert next_round_estimate_s([], num_windows=2) is None

@@ -112,7 +112,8 @@ def _contenders(finished: Sequence[SettingEstimate], *, args: RecommendArgs,
     # One window says nothing about the next one: such a setting (say, one strategy=power let in last) cannot
     # be recommended over settings measured in several, however fast its one window was.
     several = [r for r in contenders if eligible(r, args, min_windows=2) is None]
-    if several and len(several) < len(contenders):
+    # The baseline alone in several windows (its repeats in a screening round cut short) is no field to choose from.
+    if any(not r.is_baseline for r in several) and len(several) < len(contenders):
         once = ", ".join(r.label for r in contenders if r not in several)
         reasons.append(f"{once}: measured in one window only, which gives no interval, so not recommended over "
                        f"settings measured in several")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import statistics
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence, TypeVar
 
@@ -160,18 +161,19 @@ def limit_drops(contenders: Sequence[R], *, after_round: int,
 
 
 def race_over(*, alive: Sequence[str], round_index: int, min_rounds: int, max_rounds: int,
-              elapsed_s: float, budget_s: Optional[float], last_round_s: Optional[float],
+              elapsed_s: float, budget_s: Optional[float], next_round_s: Optional[float],
               stop_when_one_left: bool = True) -> Optional[str]:
     """Why no further round is measured, or None to measure round `round_index` (0-based).
 
-    `budget_s` bounds all measuring, the first rounds included: no round starts that would end past it, estimated
-    from the last one's duration (a sweep stopped so answers INCONCLUSIVE unless the evidence decided). Otherwise
+    `budget_s` bounds all measuring, the first rounds included: no round starts that would end past it, by the
+    estimate `next_round_s` (next_round_estimate_s; a sweep stopped so answers INCONCLUSIVE unless the evidence
+    decided). Otherwise
     at least `min_rounds` rounds run; after that the race stops at `max_rounds`, or once one setting is left when
     `stop_when_one_left` (a point objective, which has no evidence rule: with throughput or goodput the evidence
     decides when to stop, see run_race)."""
-    if budget_s is not None and last_round_s is not None and elapsed_s + last_round_s > budget_s:
+    if budget_s is not None and next_round_s is not None and elapsed_s + next_round_s > budget_s:
         return (f"sweep.budget_s={budget_s:g}: {elapsed_s:.0f} s spent and another round takes about "
-                f"{last_round_s:.0f} s; {count(len(alive), 'setting')} still in the race")
+                f"{next_round_s:.0f} s; {count(len(alive), 'setting')} still in the race")
     if round_index < min_rounds:
         return None
     if len(alive) <= 1 and stop_when_one_left:
@@ -179,6 +181,30 @@ def race_over(*, alive: Sequence[str], round_index: int, min_rounds: int, max_ro
     if round_index >= max_rounds:
         return f"sweep.max_rounds={max_rounds} reached with {count(len(alive), 'setting')} still in the race"
     return None
+
+
+def next_round_estimate_s(last_round: Sequence[tuple[WindowRecord, bool]], *, num_windows: int,
+                          lengthen: float = 1.0) -> Optional[float]:
+    """About how long a round of `num_windows` windows takes, from the last round's (window, was it its setting's
+    first) pairs: each window's mean measured time (times `lengthen` when short screening windows give way to full
+    ones) plus the median overhead of a window whose setting had been measured before. A setting's first window
+    also builds its model (1.2 s a window on a 2-core machine against 0.3 s for a kept one), which the next round
+    does not repeat: the last round's own duration would overstate it several times after the first round."""
+    if not last_round:
+        return None
+    spent = [((w.wall_s or 0.0) - (w.measured_s or 0.0), first) for w, first in last_round]
+    again = [overhead for overhead, first in spent if not first]
+    overhead_s = statistics.median(again or [overhead for overhead, _ in spent])
+    measured_s = statistics.fmean(w.measured_s or 0.0 for w, _ in last_round) * lengthen
+    return num_windows * (measured_s + max(0.0, overhead_s))
+
+
+def _num_windows(members: Sequence[str], *, baseline_key: str, screening: bool) -> int:
+    """Windows in a round of `members`: one each, plus the baseline's repeats when it screens (screening_slots)."""
+    if not screening or baseline_key not in members:
+        return len(members)
+    others = len(members) - 1
+    return others + max(1, -(-others // SCREEN_BLOCK))
 
 
 @dataclass(frozen=True)
@@ -263,7 +289,8 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
     not_measured: list[NotMeasured] = []
     num_measured = 0
     elapsed_s = 0.0
-    last_round_s: Optional[float] = None
+    last_round: list[tuple[WindowRecord, bool]] = []  # the last round's windows, each with "its setting's first?"
+    last_screened = False
     end_reason = ""
     settings: dict[str, SettingEstimate] = {}
 
@@ -280,22 +307,26 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
     on_evidence = cfg.sweep.race and cfg.recommend.objective in (Objective.throughput, Objective.goodput)
     round_index = 0
     while True:
+        members = sorted(contenders | ({baseline.key} if baseline.key not in failed else set()))
+        screening = round_index < screen_rounds
+        estimate_s = next_round_estimate_s(
+            last_round, num_windows=_num_windows(members, baseline_key=baseline.key, screening=screening),
+            lengthen=2.0 if last_screened and not screening else 1.0)
         over = host.broadcast(race_over(
             alive=sorted(contenders), round_index=round_index, min_rounds=cfg.sweep.min_rounds,
             max_rounds=cfg.sweep.max_rounds, elapsed_s=elapsed_s, budget_s=cfg.sweep.budget_s,
-            last_round_s=last_round_s, stop_when_one_left=not on_evidence))
-        members = sorted(contenders | ({baseline.key} if baseline.key not in failed else set()))
+            next_round_s=estimate_s, stop_when_one_left=not on_evidence))
         if over is not None or not members:
             end_reason = over or "every setting failed"
             break
         rid = round_id(round_index, prefix=prefix)
         order = round_order(members, round_index=round_index, seed=cfg.sweep.seed)
-        screening = round_index < screen_rounds
         slots = (screening_slots(order, baseline_key=baseline.key, round_id=rid, seed=cfg.sweep.seed,
                                  round_index=round_index) if screening else [(key, rid) for key in order])
         if observer is not None:
             observer.round_started(round_index=round_index, num_windows=len(slots))
         round_s = 0.0
+        this_round: list[tuple[WindowRecord, bool]] = []
         missing: Optional[str] = None
         for key, slot_id in slots:
             spec = by_key[key]
@@ -313,6 +344,7 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
             if not screening:
                 full.add(key)
             round_s += result.wall_s or 0.0
+            this_round.append((result, not windows.get(key)))
             windows.setdefault(key, []).append(result)
             if observer is not None:
                 observer.window_finished(result, round_index=round_index)
@@ -320,7 +352,7 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
                 failed.add(key)
                 contenders.discard(key)
         elapsed_s += round_s
-        last_round_s = round_s
+        last_round, last_screened = this_round, screening
         noise = sweep_noise(windows)
         settings = {key: aggregate_windows(found, noise=noise) for key, found in windows.items()}
         if missing is not None:
