@@ -131,7 +131,9 @@ def weigh(leader: SettingEstimate, baseline: SettingEstimate, *, candidates: Seq
             rivals.append((rival, ahead))
     if rivals:
         rivals.sort(key=lambda pair: -(pair[1].interval or (0.0, math.inf))[1])
-        named = "; ".join(f"{rival.label} {ahead.describe()}" for rival, ahead in rivals)
+        named = "; ".join(f"{rival.label} {ahead.describe()}" for rival, ahead in rivals[:5])
+        if len(rivals) > 5:
+            named += f"; and {count(len(rivals) - 5, 'more setting')}"
         return EvidenceVerdict(INCONCLUSIVE, leader, against,
                                f"{count(len(rivals), 'setting')} still in the race may be faster than {leader.label} "
                                f"by more than recommend.indifference={args.indifference:g}: {named}",

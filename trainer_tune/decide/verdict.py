@@ -405,7 +405,9 @@ def _weighed(best: SettingEstimate, baseline: SettingEstimate, *, pool: Pool, bu
         # change. Say so, and the indifference that would accept the leader as it stands (a re-decide, no rounds).
         ahead = weighed.rivals[0][1]
         more = rounds_to_decide(ahead, num_rounds=ahead.estimate.num_pairs, margin=1.0 + args.indifference)
-        names = ", ".join(rival.label for rival, _ in weighed.rivals)
+        names = ", ".join(rival.label for rival, _ in weighed.rivals[:3])
+        if len(weighed.rivals) > 3:
+            names += f" and {len(weighed.rivals) - 3} more"
         text = (f"{INCONCLUSIVE}: {leads} clears the margin at {percent(speedup)} {measure} vs baseline "
                 f"{baseline.label}{_ci_text(interval, level)}, but {names} may be faster than it by more than "
                 f"{args.indifference:.0%}")
@@ -415,6 +417,10 @@ def _weighed(best: SettingEstimate, baseline: SettingEstimate, *, pool: Pool, bu
                      f"{best.label} as measured")
         text += (f"; about {count(more, 'more round')} would tell them apart" if more
                  else "; they are too close for more rounds alone to tell apart")
+    elif interval is None:
+        more = 1
+        text = (f"{INCONCLUSIVE}: {leads} leads at {percent(speedup)} {measure} vs baseline {baseline.label} in one "
+                f"window each, which gives no interval; another round would give one")
     else:
         more = rounds_to_decide(comparison, num_rounds=comparison.estimate.num_pairs, margin=args.min_speedup)
         text = (f"{INCONCLUSIVE}: {leads} leads at {percent(speedup)} {measure} vs baseline "
