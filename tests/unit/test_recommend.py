@@ -90,7 +90,7 @@ def test_a_tie_goes_to_the_higher_point_estimate_by_default() -> None:
     assert set(rec.tied) == {"8x1", "4x1"}
     tie = next(r for r in rec.reasons if "cannot order" in r)
     # The tie is named with what it may cost: how much slower 8x1 may be than 4x1 at the interval's lower end.
-    assert "the tie goes to 8x1 (the higher point estimate, recommend.tie_break=fastest)" in tie
+    assert "the tie goes to 8x1 (the higher paired ratio to the baseline, recommend.tie_break=fastest)" in tie
     assert "at worst it is" in tie and "slower than 4x1" in tie
 
 

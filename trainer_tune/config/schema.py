@@ -567,7 +567,7 @@ class RecommendArgs:
     """When a GO changes the global batch: sqrt (lr x sqrt(B/B0), for Adam-family optimizers), linear (lr x B/B0,
     for SGD) or none. recommendation.yaml's overrides then carry the scaled train.lr."""
     tie_break: TieBreak = TieBreak.fastest
-    """fastest: among settings the measurements cannot order, the highest point estimate; least_change: the
+    """fastest: among settings the measurements cannot order, the highest paired ratio to the baseline; least_change: the
     baseline's global batch first, then less memory. The verdict names the tie and its worst-case cost."""
     input_bound_fraction: Optional[float] = 0.1
     """A setting whose slowest rank waited for its batches more than this share of the measured time is named

@@ -78,7 +78,7 @@ def _tie_reason(best: SettingEstimate, tied: Sequence[SettingEstimate], rule: Ti
                          f"than {other.label}")
         elif comparison.interval is None:
             costs.append(f"unknown against {other.label} (one window)")
-    why = ("the higher point estimate" if rule == TieBreak.fastest
+    why = ("the higher paired ratio to the baseline" if rule == TieBreak.fastest
            else f"least change: {_deciding_rule(best, tied, baseline)}")
     text = (f"the measurements cannot order {', '.join(r.label for r in tied)} (their ratios' 95% intervals hold "
             f"1); the tie goes to {best.label} ({why}, recommend.tie_break={rule.value})")
