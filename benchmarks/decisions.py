@@ -34,9 +34,9 @@ with its own sweep.seed and the race on: every GO is false.
 
 simulate: the real race and decision (decide/race.py, decide/verdict.py) on thousands of sweeps of a simulated
 machine (tests/helpers/fake_machine.py: drift in time order, bursts of other load, little noise within a window,
-calibrated on the recorded sweeps in tests/fixtures/sweeps/). K settings (micro-batch sizes 1..K, the baseline
-2x1); with effect e, the largest micro-batch is truly (1 + e) times the baseline's rate and every other setting
-equals the baseline (--others spread: each other setting is drawn from 0.5 to 1.0 times the baseline, seeded, the
+calibrated on the recorded sweeps in tests/fixtures/sweeps/). K settings (the baseline 2x1 and K - 1 copies of it
+that differ in a DDP bucket cap the simulated machine ignores, so every window is as long); with effect e, the last
+copy is truly (1 + e) times the baseline's rate and every other setting equals the baseline (--others spread: each other setting is drawn from 0.5 to 1.0 times the baseline, seeded, the
 shape of a large grid where screening can drop something): e = 0 is the null case (identical settings, where any
 GO is false at min_speedup >= 1). The verdict is decide_race's, with the error budget the race spent. It prints,
 per (K, e): GO, right GO (truly >= min_speedup and within 5% of the true best), false GO (truly below min_speedup),
@@ -238,20 +238,23 @@ def simulate(args: argparse.Namespace) -> None:
           "median rounds | median simulated s | median s to GO/NO-GO |")
     print("| --- " * 12 + "|")
     for num_settings in (int(k) for k in args.settings.split(",")):
-        sizes = list(range(1, num_settings + 1))
+        # K settings of one micro-batch (the baseline's, 2) that differ in a flag the simulated machine ignores
+        # (DDP bucket caps), so every window has the same step length and only the planted truth differs.
+        caps = [round(25 + (i + 1) / 100, 2) for i in range(num_settings - 1)]
         for effect in (float(e) for e in args.effects.split(",")):
             counts = {"go": 0, "right": 0, "false": 0, "no_go": 0, "dropped": 0, "inconclusive": 0}
             rounds, seconds, decided_s, screened = [], [], [], []
             for i in range(args.sweeps):
                 seed = args.seed * 1_000_003 + i
-                dotlist = [f"sweep.micro_batch_sizes=[{','.join(map(str, sizes))}]", "sweep.grad_accums=[1]",
+                dotlist = ["ddp.bucket_cap_mb=25", "sweep.micro_batch_sizes=[2]", "sweep.grad_accums=[1]",
+                           f"sweep.ddp_bucket_cap_mb=[{','.join(map(str, caps))}]",
                            f"sweep.budget_s={args.budget_s}", f"sweep.seed={seed}",
                            f"recommend.min_speedup={args.min_speedup}", *args.overrides]
                 cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TuneConfig),
                                                           OmegaConf.from_dotlist(dotlist)))
                 plan = build_plan(cfg, world_size=2, base_flags=TrialFlags(), device_type="cpu")
                 others = random.Random(f"others/{seed}")
-                truth = {s.key: (1.0 + effect if s.micro_batch_size == num_settings
+                truth = {s.key: (1.0 + effect if s.key == plan[-1].key
                                  else 1.0 if args.others == "baseline" or s.is_baseline
                                  else others.uniform(0.5, 1.0)) for s in plan}
                 best_key = max(truth, key=truth.get)

@@ -73,8 +73,8 @@ def test_screening_measures_short_windows_in_blocks_then_drops_what_is_far_behin
     assert rec["race"]["screening_rounds"] == 2
     drop = next(d for d in rec["race"]["drops"] if d["label"] == "1x1")
     assert drop["after_round"] == 2 and drop["reason"].startswith("screened out after 2 short rounds")
-    # Screening windows carry no extras and stop at half window.max_measure_s (plus the step that crossed it).
+    # Screening windows carry no extras and stop at a quarter of window.max_measure_s (or window.measure_steps).
     for w in windows["1x1"] + windows["32x1"][:2]:
         assert w["comm"] is None and w["noise_scale"] is None
-        assert w["measured_s"] < 0.2 + max(w["step_times_s"])
+        assert w["measured_s"] < 0.1 + max(w["step_times_s"]) or w["num_measured_steps"] == 4
     assert windows["32x1"][2]["comm"] is not None

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from trainer_tune.config.flags import flags_to_environ
+from trainer_tune.decide.race import SCREEN_WINDOW_SHARE
 from trainer_tune.measure.record import WindowRecord
 from trainer_tune.measure.step_stats import StepTimeStats
 from trainer_tune.plan import TrialSpec, window_of
@@ -86,9 +87,9 @@ class FakeMachine:
         window = window_of(spec, round_id)
         tokens_per_step = spec.micro_batch_size * spec.grad_accum * self.world_size * SEQ_LEN
         step_s = tokens_per_step / (self.true_rate(spec) * self._speed())
-        # A screening window is half as long; its rate varies as much as a full one's, the noise being the machine's
+        # A screening window is a quarter as long; its rate varies as much as a full one's, the noise being the machine's
         # between windows rather than the steps' within one (FACTS.md). A first full window adds the extras.
-        window_s = self.window_s / 2.0 if screening else self.window_s
+        window_s = self.window_s * SCREEN_WINDOW_SHARE if screening else self.window_s
         num_steps = min(200, max(4, round(window_s / step_s)))
         steps = tuple(step_s * (1.0 + self._rng.gauss(0.0, 0.02)) for _ in range(num_steps))
         measured_s = math.fsum(steps)

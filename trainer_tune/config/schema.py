@@ -394,7 +394,7 @@ class SweepArgs:
     """Seed of each round's shuffled order (the same on every rank and on resume)."""
     screen: Optional[bool] = None
     """Screening for large spaces (decide/race.py): the first 2 rounds measure every setting in short windows
-    (half window.max_measure_s, without the comm split and noise steps), with the baseline repeated every 8 windows
+    (a quarter of window.max_measure_s, without the comm split and noise steps), with the baseline repeated every 8 windows
     so each setting pairs with a baseline window measured near it; after them, settings far behind the leader
     leave by the race's rule with the noise pooled over every setting, counted as one more look in the error
     budget. null: screen when more than 16 settings enter the first round (strategy=grid, race on,

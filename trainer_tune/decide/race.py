@@ -80,6 +80,10 @@ the noise pooled over 32 settings has 32 degrees of freedom where one window eac
 repeats (FACTS.md: the window-to-window noise is much the same for every setting)."""
 SCREEN_BLOCK = 8
 """Settings per block of a screening round; each block holds a window of the baseline too."""
+SCREEN_WINDOW_SHARE = 0.25
+"""A screening window measures this share of window.max_measure_s (window.measure_steps at least): two screening
+rounds of 32 settings then fit in about 50 s on a 2-core machine, where half-length windows took 68 s. The noise
+that matters is the machine's between windows (FACTS.md), which a shorter window hardly adds to."""
 
 
 def screening_rounds(cfg: TuneConfig, *, num_entering: int) -> int:
@@ -242,7 +246,7 @@ class RaceHost(Protocol):
                 screening: bool = False) -> Optional[WindowRecord]:
         """One window of `spec` in `round_id`, recorded; None when it cannot be had (the replay's journal ends).
         `first`: the setting's first full window, which also measures the extras (comm split, noise steps);
-        `screening`: a short screening window (half window.max_measure_s, no extras)."""
+        `screening`: a short screening window (SCREEN_WINDOW_SHARE of window.max_measure_s, no extras)."""
 
 
 class RaceObserver(Protocol):
@@ -311,7 +315,7 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
         screening = round_index < screen_rounds
         estimate_s = next_round_estimate_s(
             last_round, num_windows=_num_windows(members, baseline_key=baseline.key, screening=screening),
-            lengthen=2.0 if last_screened and not screening else 1.0)
+            lengthen=1.0 / SCREEN_WINDOW_SHARE if last_screened and not screening else 1.0)
         over = host.broadcast(race_over(
             alive=sorted(contenders), round_index=round_index, min_rounds=cfg.sweep.min_rounds,
             max_rounds=cfg.sweep.max_rounds, elapsed_s=elapsed_s, budget_s=cfg.sweep.budget_s,

@@ -49,7 +49,7 @@ from trainer_tune.measure.record import Status, WindowRecord, utc_now
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.publish import publish
 from trainer_tune.sinks.wandb_sink import WandbSink
-from trainer_tune.decide.race import Drop, RaceSummary, run_race
+from trainer_tune.decide.race import SCREEN_WINDOW_SHARE, Drop, RaceSummary, run_race
 from trainer_tune.decide.strategy import NotMeasured
 from trainer_tune.measure.telemetry import RankTelemetry, TelemetryProbe
 from trainer_tune.run.watchdog import Stall, Watchdog
@@ -229,7 +229,7 @@ class _Sweep:
                        screening: bool = False) -> WindowRecord:
         """One window of `setting` in round `round_id`, agreed by every rank: its journal record. The
         compute vs communication split and the noise steps are measured in a setting's `first` window only; a
-        `screening` window (decide/race.py) is half window.max_measure_s long."""
+        `screening` window (decide/race.py) measures SCREEN_WINDOW_SHARE of window.max_measure_s."""
         start_s = time.perf_counter()
         result = self._measure_window(window_of(setting, round_id), attempts=attempts, comm_split=first,
                                       screening=screening)
@@ -256,7 +256,7 @@ class _Sweep:
         cfg, session = self.cfg, self.session
         if screening:
             cfg = dataclasses.replace(cfg, window=dataclasses.replace(
-                cfg.window, max_measure_s=cfg.window.max_measure_s / 2.0))
+                cfg.window, max_measure_s=cfg.window.max_measure_s * SCREEN_WINDOW_SHARE))
         ctx = self.context(spec)
         started_at = utc_now()
         if self.rank_env.is_rank0:
