@@ -146,3 +146,26 @@ def test_the_race_on_goodput_drops_the_big_batch_not_the_small_one() -> None:
     assert sorted(d.trial_key for d in on_throughput) == ["base", "small"]
     assert sorted(d.trial_key for d in on_goodput) == ["base", "big"]
     assert all("in goodput against 1x1" in d.reason for d in on_goodput)
+
+
+def test_a_goodput_interval_carries_the_noise_scales_own_uncertainty() -> None:
+    """Known answer by hand: a's throughput over the baseline's is 1.1, 1.21, 1.331 in three rounds (log ratios
+    0.0953, 0.1906, 0.2859: mean 0.1906, sd 0.0953, t(0.975, 2) = 4.303, half-width 0.2368); its efficiency is 0.8,
+    0.6 to 0.9 over B_noise's 95% interval, the baseline's 1. The goodput ratio's centre is 0.1906 + ln 0.8 = -0.0325;
+    its ends are the throughput half-width and the efficiency's distances (ln(0.8/0.6) = 0.2877 below, ln(0.9/0.8)
+    = 0.1178 above) added in quadrature: exp(-0.0325 - 0.3726) = 0.667 and exp(-0.0325 + 0.2645) = 1.261."""
+    from trainer_tune.evidence.comparison import compare
+
+    base = make_result(index=0, key="base", is_baseline=True, windows={"r0": 1000.0, "r1": 1000.0, "r2": 1000.0})
+    a = make_result(index=1, key="a", micro_batch_size=8, windows={"r0": 1100.0, "r1": 1210.0, "r2": 1331.0})
+    base = dataclasses.replace(base, statistical_efficiency=1.0, statistical_efficiency_ci95=[1.0, 1.0])
+    a = dataclasses.replace(a, statistical_efficiency=0.8, statistical_efficiency_ci95=[0.6, 0.9])
+    throughput = compare(a, base)
+    assert throughput.interval == pytest.approx((1.21 * 0.7891, 1.21 * 1.2672), rel=2e-3)
+    goodput = compare(a, base, goodput=True)
+    assert goodput.ratio == pytest.approx(1.21 * 0.8, rel=1e-6)
+    assert goodput.interval == pytest.approx((0.667, 1.261), rel=2e-3)
+    # Without an interval of B_noise (efficiency known exactly) the goodput interval is the throughput one, moved.
+    exact = dataclasses.replace(a, statistical_efficiency_ci95=[0.8, 0.8])
+    moved = compare(exact, base, goodput=True).interval
+    assert moved == pytest.approx((throughput.interval[0] * 0.8, throughput.interval[1] * 0.8), rel=1e-6)

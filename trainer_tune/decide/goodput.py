@@ -97,7 +97,7 @@ def noise_scale_reason(noise: Optional[NoiseScaleFigures], note: Optional[str], 
     return (f"gradient noise scale B_noise = {noise.value:.3g} samples ({_ci(noise.ci95)}), {note}; a setting's "
             f"statistical efficiency is (B_noise + B0) / (B_noise + B) against the baseline's global batch B0"
             f"{f' = {b0}' if b0 is not None else ''}, and its goodput is throughput x efficiency (the goodput "
-            f"intervals leave out B_noise's own uncertainty)")
+            f"intervals carry B_noise's own uncertainty too)")
 
 
 def throughput_vs_goodput(candidates: Sequence[SettingEstimate], *, compare: GoodputCompare, unit: str,

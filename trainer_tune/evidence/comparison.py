@@ -5,6 +5,8 @@ matrix, compile payback) calls `compare` here; nothing else orders two settings.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Optional, Sequence
@@ -84,15 +86,41 @@ def compare(a: SettingEstimate, b: SettingEstimate, *, goodput: bool = False,
     common to a round cancels), else unpaired (evidence/stats.ratio_estimate); never narrower than the sweep's noise
     floor (stats.NoiseFloor). goodput=True compares the window rates times each setting's statistical
     efficiency, a constant per setting: the interval is the throughput ratio's, moved by the ratio of the two
-    efficiencies (B_noise's own uncertainty is not in it; the goodput reason states what it could change)."""
+    efficiencies and widened by B_noise's own uncertainty (`_with_efficiency_uncertainty`)."""
     rates_a = a.goodput_rates_by_round() if goodput else a.rates_by_round()
     rates_b = b.goodput_rates_by_round() if goodput else b.rates_by_round()
     if not rates_a or not rates_b:
         raise ValueError(f"compare({a.label}, {b.label}): both need a clean window"
                          + (" and a statistical efficiency" if goodput else ""))
     # Both settings' results carry the same sweep's noise floor (estimate.sweep_noise).
-    return Comparison(a_label=a.label, b_label=b.label, confidence=confidence,
-                      estimate=ratio_estimate(rates_a, rates_b, confidence=confidence, floor=a.noise or b.noise))
+    estimate = ratio_estimate(rates_a, rates_b, confidence=confidence, floor=a.noise or b.noise)
+    if goodput:
+        estimate = _with_efficiency_uncertainty(estimate, a, b, confidence=confidence)
+    return Comparison(a_label=a.label, b_label=b.label, confidence=confidence, estimate=estimate)
+
+
+def _with_efficiency_uncertainty(estimate: RatioEstimate, a: SettingEstimate, b: SettingEstimate, *,
+                                 confidence: float) -> RatioEstimate:
+    """A goodput ratio's interval widened by what B_noise's 95% interval does to the ratio of the two efficiencies:
+    each end's distance on the log scale, taken to `confidence` as a normal quantile would, added in quadrature to
+    the throughput ratio's (the two come from different measurements: noise steps against timed windows). The ends
+    pair each efficiency's lower end with the other's upper one, which is wider than the exact range when both
+    move with B_noise; against the baseline (efficiency 1 at any B_noise) it is exact."""
+    ci_a, ci_b = a.statistical_efficiency_ci95, b.statistical_efficiency_ci95
+    if estimate.interval is None or not ci_a or not ci_b or not a.statistical_efficiency \
+            or not b.statistical_efficiency or min(*ci_a, *ci_b) <= 0:
+        return estimate
+    from scipy.stats import norm  # only sweeps with an objective of goodput need it
+
+    point = a.statistical_efficiency / b.statistical_efficiency
+    scale = float(norm.ppf(0.5 + confidence / 2.0) / norm.ppf(0.975))
+    below = scale * max(0.0, math.log(point) - math.log(ci_a[0] / ci_b[1]))
+    above = scale * max(0.0, math.log(ci_a[1] / ci_b[0]) - math.log(point))
+    low, high = estimate.interval
+    centre = math.log(estimate.ratio)
+    widened = (math.exp(centre - math.hypot(centre - math.log(low), below)),
+               math.exp(centre + math.hypot(math.log(high) - centre, above)))
+    return dataclasses.replace(estimate, interval=widened)
 
 
 def ranking(settings: Sequence[SettingEstimate], *, goodput: bool = False) -> Callable[[SettingEstimate], float]:

@@ -374,7 +374,7 @@ def _max_goodput(finished: Sequence[SettingEstimate], compare: Compare, budget: 
     tied = tuple(r.label for r in measured if r is not best
                  and compare(r, best, goodput=True).outcome.value in ("tie", "unknown"))  # type: ignore[call-arg]
     note = ("throughput x statistical efficiency from the sweep's gradient noise scale (recommend.objective="
-            "goodput); B_noise's own uncertainty is not in the tie test")
+            "goodput); the tie test's intervals carry B_noise's own uncertainty")
     return [_winner(MAX_GOODPUT, best, best.goodput_per_s, tied=tied, note=note)]  # type: ignore[arg-type]
 
 
