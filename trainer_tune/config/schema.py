@@ -395,9 +395,9 @@ class SweepArgs:
     screen: Optional[bool] = None
     """Screening for large spaces (decide/race.py): the first 2 rounds measure every setting in short windows
     (a quarter of window.max_measure_s, without the comm split and noise steps), with the baseline repeated every 8 windows
-    so each setting pairs with a baseline window measured near it; after them, settings far behind the leader
-    leave by the race's rule with the noise pooled over every setting, counted as one more look in the error
-    budget. null: screen when more than 16 settings enter the first round (strategy=grid, race on,
+    so each setting pairs with a baseline window measured near it; after each, settings far behind the leader
+    leave by the race's rule (after the first with the noise of the baseline's repeats, after the second with the
+    noise pooled over every setting), each a look in the error budget. null: screen when more than 16 settings enter the first round (strategy=grid, race on,
     recommend.objective=throughput, no recommend.max_latency_ms); true: screen whenever those hold; false: never."""
     nsa_prefill_batched: Optional[List[bool]] = None
     """Values of nsa.prefill_batched to measure, multiplying the grid."""

@@ -17,8 +17,10 @@ Large spaces are screened first (`screening_rounds`; sweep.screen): the first SC
 setting in a short window without the extras of a setting's first full window (comm split, noise steps), in blocks
 of SCREEN_BLOCK settings that each hold a window of the baseline (round ids `r0.0`, `r0.1`, ...: a setting pairs
 with the baseline window measured near it in time, and the baseline's repeats say how the machine moved during a
-long round). After them the race's rule drops the settings behind the leader at the corrected level, with the
-noise pooled over every setting (two windows each, evidence/stats.py), the screening counted as one more look
+long round). After each, the race's rule drops the settings behind the leader at the corrected level: after the
+first, one window each against the noise of the baseline's repeats (only what is very far behind leaves, but a
+budget too small for a second screening round still learns something); after the second, with the noise pooled
+over every setting (two windows each, evidence/stats.py). Each screening round is a look of the error budget
 (decide/sequential.error_budget). The same rule then goes on in full rounds from sweep.min_rounds.
 
 `run_race` drives the rounds for any RaceHost: the live sweep measures each window (run/sweep.py), a replay reads
@@ -306,7 +308,7 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
 
     enter(first_entrants(plan, cfg.sweep))
     screen_rounds = screening_rounds(cfg, num_entering=len(entered))
-    budget = error_budget(num_planned=len(plan), sweep=cfg.sweep, screening=screen_rounds > 0)
+    budget = error_budget(num_planned=len(plan), sweep=cfg.sweep, screening_looks=screen_rounds)
     full: set[str] = set()  # settings with a full window: their first one measured the extras
     on_evidence = cfg.sweep.race and cfg.recommend.objective in (Objective.throughput, Objective.goodput)
     round_index = 0
@@ -333,6 +335,8 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
         this_round: list[tuple[WindowRecord, bool]] = []
         missing: Optional[str] = None
         for key, slot_id in slots:
+            if key in failed:  # the baseline's repeat in a later block of a screening round, after it failed
+                continue
             spec = by_key[key]
             wkey = window_of(spec, slot_id).key
             if wkey in done:
@@ -416,13 +420,16 @@ def after_round(cfg: TuneConfig, plan: list[TrialSpec], *, settings: dict[str, S
     never enters, whether its chain would let it in now or later; the prediction is the reason."""
     drops: list[Drop] = []
     racing = [settings[k] for k in sorted(contenders) if k in settings and settings[k].ok]
-    screened_now = screen_rounds > 0 and rounds_done == screen_rounds
+    # Screening drops after each short round: after the first, each setting has one window, compared unpaired with
+    # the noise of the baseline's repeats (evidence/stats.py), so only what is very far behind leaves; after the
+    # second, with the noise pooled over every setting.
+    screened_now = 0 < rounds_done <= screen_rounds
     if cfg.sweep.race:
         # A setting that may never be chosen (decide/eligible.py: over the p99 budget or over memory) in its first
         # sweep.min_rounds windows (a setting strategy=power let in late has its own; a screened one its screening
         # windows) leaves first: its figures stand, and the decision names why. Fewer batches tend to under-read a
         # p99, not over-read it.
-        needed = screen_rounds if screened_now else cfg.sweep.min_rounds
+        needed = rounds_done if screened_now else cfg.sweep.min_rounds
         measured = [r for r in racing if r.num_windows >= needed]
         drops = limit_drops(measured, after_round=rounds_done, over_limit=lambda r: eligible(r, cfg.recommend))
         racing = [r for r in racing if r.trial_key not in {d.trial_key for d in drops}]

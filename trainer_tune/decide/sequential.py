@@ -73,12 +73,12 @@ class ErrorBudget:
                 f"look{'s' if self.num_looks != 1 else ''}")
 
 
-def error_budget(*, num_planned: int, sweep: Optional[SweepArgs], screening: bool = False) -> ErrorBudget:
+def error_budget(*, num_planned: int, sweep: Optional[SweepArgs], screening_looks: int = 0) -> ErrorBudget:
     """The budget of a sweep of `num_planned` settings (the baseline among them) raced under `sweep`; one look
-    without a race (a multirun's jobs, each decided once at the end). `screening`: the race drops settings once
-    more, after its short screening rounds (decide/race.py), which is one more look."""
+    without a race (a multirun's jobs, each decided once at the end). `screening_looks`: the race also drops
+    settings after each of its short screening rounds (decide/race.py), a look each."""
     looks = 1 if sweep is None or not sweep.race else max(1, sweep.max_rounds - sweep.min_rounds + 1)
-    return ErrorBudget(num_settings=max(1, num_planned - 1), num_looks=looks + (1 if screening else 0))
+    return ErrorBudget(num_settings=max(1, num_planned - 1), num_looks=looks + screening_looks)
 
 
 @dataclass(frozen=True)

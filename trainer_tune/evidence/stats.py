@@ -99,12 +99,21 @@ def log_t_interval(values: Sequence[float], *, confidence: float = 0.95,
     return math.exp(centre - half), math.exp(centre + half)
 
 
+MIN_FLOOR_DF_FOR_ONE_WINDOW = 4
+"""A window alone has no spread of its own; compared unpaired, it takes the sweep's pooled window noise when that
+rests on at least this many degrees of freedom (a screening round's baseline repeats: 12 for 100 settings), and
+has no interval otherwise."""
+
+
 def _side_variance(logs: Sequence[float], floor: Optional[NoiseFloor]) -> tuple[float, int]:
     """(variance of the mean of `logs`, its degrees of freedom) for an unpaired comparison: with the sweep's pooled
     window noise, the moderated variance on the pooled and own degrees of freedom (windows of settings that share no
-    rounds, such as two settings screened in different blocks, are compared this way); without it, the values'
-    own."""
+    rounds, such as two settings screened in different blocks, are compared this way; a lone window takes the
+    pooled noise as it is); without it, the values' own."""
     n = len(logs)
+    if n < 2:
+        assert floor is not None  # ratio_estimate gives no interval to a lone window without a floor
+        return floor.window_log_sd ** 2, floor.window_df
     own = statistics.variance(logs)
     if floor is None or floor.window_df < 1 or floor.window_log_sd == 0:
         return own / n, n - 1
@@ -144,7 +153,8 @@ def ratio_estimate(a_by_round: Mapping[str, float], b_by_round: Mapping[str, flo
                              paired=True, num_pairs=len(common))
     a, b = list(a_by_round.values()), list(b_by_round.values())
     ratio = geometric_mean(a) / geometric_mean(b)
-    if len(a) < 2 or len(b) < 2:
+    if (len(a) < 2 or len(b) < 2) and (floor is None or floor.window_df < MIN_FLOOR_DF_FOR_ONE_WINDOW
+                                       or floor.window_log_sd == 0):
         return RatioEstimate(ratio=ratio, interval=None, paired=False, num_pairs=len(common))
     log_a, log_b = [math.log(v) for v in a], [math.log(v) for v in b]
     (var_a, df_a), (var_b, df_b) = _side_variance(log_a, floor), _side_variance(log_b, floor)
