@@ -178,8 +178,8 @@ def race_over(*, alive: Sequence[str], round_index: int, min_rounds: int, max_ro
     `stop_when_one_left` (a point objective, which has no evidence rule: with throughput or goodput the evidence
     decides when to stop, see run_race)."""
     if budget_s is not None and next_round_s is not None and elapsed_s + next_round_s > budget_s:
-        return (f"sweep.budget_s={budget_s:g}: {elapsed_s:.0f} s spent and another round takes about "
-                f"{next_round_s:.0f} s; {count(len(alive), 'setting')} still in the race")
+        return (f"sweep.budget_s={budget_s:g}: {elapsed_s:.1f} s spent and another round takes about "
+                f"{next_round_s:.1f} s; {count(len(alive), 'setting')} still in the race")
     if round_index < min_rounds:
         return None
     if len(alive) <= 1 and stop_when_one_left:
