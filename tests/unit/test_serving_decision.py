@@ -12,6 +12,7 @@ from trainer_tune.config.schema import ConfigError, Objective, RecommendArgs, Sw
 from trainer_tune.config.schema import Mode
 from trainer_tune.measure.figures import LatencyFigures
 from trainer_tune.decide.verdict import GO, NO_GO, decide
+from trainer_tune.decide.sequential import INCONCLUSIVE
 from trainer_tune.evidence.estimate import SettingEstimate
 
 
@@ -20,8 +21,12 @@ def _served(index: int, batch: int, *, rate: float, p99_ms: float, energy: Optio
                          is_baseline=index == 0)
     latency = LatencyFigures(p50_ms=p99_ms / 2, p90_ms=p99_ms * 0.8, p99_ms=p99_ms, max_ms=p99_ms * 1.1,
                              mean_ms=p99_ms / 2, num_batches=40)
+    # Three windows that each read the same figures: every comparison is exact, as make_result's rates are.
+    rounds = list(result.window_throughput_per_s)
     return dataclasses.replace(result, mode="inference", latency=latency, energy_j_per_sample=energy,
-                               energy_note=None if energy is not None else "CPU energy not measured: no powercap")
+                               energy_note=None if energy is not None else "CPU energy not measured: no powercap",
+                               window_p99_ms={r: p99_ms for r in rounds},
+                               window_energy_j_per_sample={r: energy for r in rounds} if energy is not None else {})
 
 
 def _sweep() -> list[SettingEstimate]:
@@ -54,14 +59,37 @@ def test_a_baseline_over_budget_must_change() -> None:
 def test_latency_and_energy_objectives_pick_their_own_winner() -> None:
     latency = decide(_sweep(), args=RecommendArgs(objective=Objective.latency))
     assert latency.decision == GO and latency.chosen is not None and latency.chosen.micro_batch_size == 1
-    assert "p99 8.0 ms vs p99 20.0 ms for baseline 4x1" in latency.verdict
+    assert "p99 8.0 ms vs p99 20.0 ms for baseline 4x1, +150.0% better" in latency.verdict
     energy = decide(_sweep(), args=RecommendArgs(objective=Objective.energy, max_latency_ms=100.0))
     assert energy.decision == GO and energy.chosen is not None and energy.chosen.micro_batch_size == 16
 
 
+def test_a_point_objective_is_decided_on_its_windows_with_the_three_verdicts() -> None:
+    """p99 per window, paired by round like throughput: a clear gain is GO, a gain inside the windows' spread is
+    INCONCLUSIVE (never a GO on a point value), and every setting shown short of the margin (here, slower in every
+    round) is NO-GO."""
+    def served(index: int, batch: int, p99_by_round: dict[str, float]) -> SettingEstimate:
+        result = _served(index, batch, rate=1000.0, p99_ms=sorted(p99_by_round.values())[1])
+        return dataclasses.replace(result, window_p99_ms=p99_by_round)
+
+    base = served(0, 4, {"r0": 20.0, "r1": 22.0, "r2": 18.0})
+    clear = served(1, 1, {"r0": 10.0, "r1": 11.5, "r2": 8.5})  # half the baseline's, round by round
+    noisy = served(1, 1, {"r0": 12.0, "r1": 30.0, "r2": 10.0})  # a better median, but one slow window
+    worse = served(1, 1, {"r0": 26.0, "r1": 28.5, "r2": 24.0})  # slower in every round
+    args = RecommendArgs(objective=Objective.latency)
+    go = decide([base, clear], args=args)
+    assert go.decision == GO and go.chosen is not None and go.chosen.label == "1x1"
+    assert go.speedup_ci95 is not None and go.speedup_ci95[0] > 1.05
+    unsure = decide([base, noisy], args=args)
+    assert unsure.decision == INCONCLUSIVE and unsure.chosen is None and unsure.leader.label == "1x1"
+    assert unsure.verdict.startswith("INCONCLUSIVE: 1x1 leads with p99")
+    no_go = decide([base, worse], args=args)
+    assert no_go.decision == NO_GO and no_go.chosen is not None and no_go.chosen.label == "4x1"
+
+
 def test_energy_objective_without_any_reading_is_no_go_named_unmeasured_never_zero() -> None:
-    results = [dataclasses.replace(r, energy_j_per_sample=None, energy_note="CPU energy not measured: no powercap")
-               for r in _sweep()]
+    results = [dataclasses.replace(r, energy_j_per_sample=None, energy_note="CPU energy not measured: no powercap",
+                                   window_energy_j_per_sample={}) for r in _sweep()]
     rec = decide(results, args=RecommendArgs(objective=Objective.energy))
     assert rec.decision == NO_GO
     assert rec.verdict == "NO-GO: energy per sample not measured (recommend.objective=energy)"

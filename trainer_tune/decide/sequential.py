@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from trainer_tune.config.schema import RecommendArgs, SweepArgs
 from trainer_tune.evidence.comparison import Comparison, compare, level_text, percent
@@ -94,21 +94,32 @@ class EvidenceVerdict:
     its comparison against it, the least settled first (why a leader that clears the margin is not yet a GO)."""
 
 
+Comparer = Callable[[SettingEstimate, SettingEstimate, float], Comparison]
+"""comparer(a, b, confidence): a against b, above 1 when a is better (compare; compare_lower for a figure where lower
+is better)."""
+
+
 def weigh(leader: SettingEstimate, baseline: SettingEstimate, *, candidates: Sequence[SettingEstimate],
           contenders: Sequence[SettingEstimate], args: RecommendArgs, budget: ErrorBudget,
-          goodput: bool = False) -> EvidenceVerdict:
+          goodput: bool = False, comparer: Optional[Comparer] = None) -> EvidenceVerdict:
     """GO, NO-GO or INCONCLUSIVE for `leader` (the best contender) against `baseline`. `candidates`: every setting
     that may be chosen (for NO-GO, each must be shown below the margin); `contenders`: those still in the race (for
-    GO, none may be shown possibly faster than the leader by more than recommend.indifference)."""
+    GO, none may be shown possibly better than the leader by more than recommend.indifference). `comparer`: how two
+    settings compare (by default compare on throughput, or on goodput with goodput=True); a point objective passes
+    compare_lower on its figure, and only the settings with that figure take part."""
+    if comparer is None:
+        def comparer(a: SettingEstimate, b: SettingEstimate, confidence: float) -> Comparison:
+            return compare(a, b, goodput=goodput, confidence=confidence)
+
     level = budget.confidence
-    against = compare(leader, baseline, goodput=goodput, confidence=level)
+    against = comparer(leader, baseline, level)
     if against.interval is None:
         return EvidenceVerdict(INCONCLUSIVE, leader, against, "a side was measured in one window only, which gives "
                                                               "no interval (sweep.min_rounds >= 2 gives one)")
     others = [c for c in candidates if c.trial_key != baseline.trial_key]
     if not others:
         return EvidenceVerdict(NO_GO, leader, against, "no other setting may be chosen")
-    uppers = [compare(c, baseline, goodput=goodput, confidence=level).interval for c in others]
+    uppers = [comparer(c, baseline, level).interval for c in others]
     if all(u is not None and u[1] < args.min_speedup for u in uppers):
         return EvidenceVerdict(NO_GO, leader, against, f"every eligible setting's speedup is below the required "
                                                        f"{percent(args.min_speedup)} even at the upper end of its "
@@ -126,7 +137,7 @@ def weigh(leader: SettingEstimate, baseline: SettingEstimate, *, candidates: Seq
     for rival in contenders:
         if rival.trial_key in (leader.trial_key, baseline.trial_key):
             continue
-        ahead = compare(rival, leader, goodput=goodput, confidence=budget.pick_confidence)
+        ahead = comparer(rival, leader, budget.pick_confidence)
         if ahead.interval is None or ahead.interval[1] > 1.0 + args.indifference:
             rivals.append((rival, ahead))
     if rivals:

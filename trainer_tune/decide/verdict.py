@@ -23,10 +23,11 @@ from trainer_tune.evidence.input_bound import InputWait, input_bound_reasons, in
 from trainer_tune.evidence.memory_fit import MemoryFit, MemoryLimit, fit_memory
 from trainer_tune.measure.record import TOKENS
 from trainer_tune.evidence.estimate import SettingEstimate
-from trainer_tune.evidence.comparison import Comparison, Drift, baseline_drift, compare, level_text, percent
+from trainer_tune.evidence.comparison import (
+    Comparison, Drift, baseline_drift, compare, compare_lower, level_text, lower_figures_by_round, percent)
 from trainer_tune.decide.eligible import eligible, over_latency_budget
 from trainer_tune.decide.pool import (
-    OBJECTIVE_BEST, OBJECTIVE_FIGURE, Pool, build_pool, objective_value, pick_best, with_sweep_goodput)
+    OBJECTIVE_BEST, OBJECTIVE_FIGURE, Pool, build_pool, pick_best, with_sweep_goodput)
 from trainer_tune.decide.race import RaceResult, RaceSummary
 from trainer_tune.decide.sequential import (
     GO, INCONCLUSIVE, NO_GO, ErrorBudget, error_budget, rounds_to_decide, weigh)
@@ -311,14 +312,8 @@ def _verdict(pool: Pool, best: Optional[SettingEstimate], budget: ErrorBudget) -
             f"the baseline {baseline.label} breaks the latency budget (p99 {baseline.latency.p99_ms:,.1f} ms > "  # type: ignore
             f"{args.max_latency_ms:g} ms); {best.label} is the {OBJECTIVE_BEST[args.objective]} within it: "
             f"{_objective_text(best, args.objective, unit)}")
-    if best.trial_key == baseline.trial_key and pool.point_objective:
-        return _Verdict(NO_GO, baseline, f"{NO_GO}: keep baseline {_setting(baseline, against=None)} "
-                                         f"({OBJECTIVE_BEST[args.objective]} measured)",
-                        f"the baseline {baseline.label} has the {OBJECTIVE_BEST[args.objective]}: "
-                        f"{_objective_text(baseline, args.objective, unit)}")
     if pool.point_objective:
-        decision, chosen, text, reason = _decide_point_objective(best, baseline, args=args, unit=unit)
-        return _Verdict(decision, baseline if decision == NO_GO else chosen, text, reason)
+        return _weighed_point(best, baseline, pool=pool, budget=budget)
     return _weighed(best, baseline, pool=pool, budget=budget)
 
 
@@ -495,30 +490,52 @@ def _objective_text(result: SettingEstimate, objective: Objective, unit: str) ->
     return f"{result.throughput_per_s:,.0f} {unit}/s"
 
 
-def _decide_point_objective(best: SettingEstimate, baseline: SettingEstimate, *, args: RecommendArgs,
-                            unit: str) -> tuple[str, SettingEstimate, str, str]:
-    """(decision, chosen, verdict, first reason) for recommend.objective=latency or energy. These figures have no
-    interval (a percentile of pooled batches, one energy reading per window): GO needs the baseline's figure to
-    be at least recommend.min_speedup times the best's, and the reason says the comparison is of point values."""
-    objective = args.objective
-    mine, theirs = objective_value(best, objective), objective_value(baseline, objective)
-    name = OBJECTIVE_FIGURE[objective]
-    if theirs is None:
-        return GO, best, (f"{GO}: {_setting(best, against=baseline)} ({_objective_text(best, objective, unit)}; the "
-                          f"baseline's {name} was not measured)"), \
-            f"{best.label} has the {OBJECTIVE_BEST[objective]}: {_objective_text(best, objective, unit)}"
-    gain = theirs / mine if mine else float("inf")  # type: ignore[operator]
-    measured = (f"{best.label} has the {OBJECTIVE_BEST[objective]}: {_objective_text(best, objective, unit)} vs "
-                f"{_objective_text(baseline, objective, unit)} for the baseline {baseline.label} ({gain:.2f}x; point "
-                f"values, no interval)")
-    if gain >= args.min_speedup:
-        return GO, best, (f"{GO}: {_setting(best, against=baseline)} ({_objective_text(best, objective, unit)} vs "
-                          f"{_objective_text(baseline, objective, unit)} for baseline {baseline.label})"), \
-            f"{measured}; at least recommend.min_speedup={args.min_speedup:g}"
-    return NO_GO, baseline, (f"{NO_GO}: keep baseline {_setting(baseline, against=None)} (best {best.label} "
-                             f"{_objective_text(best, objective, unit)}, {gain:.2f}x, needs "
-                             f"{args.min_speedup:g}x)"), \
-        f"{measured}; below recommend.min_speedup={args.min_speedup:g}"
+def _weighed_point(best: SettingEstimate, baseline: SettingEstimate, *, pool: Pool, budget: ErrorBudget) -> _Verdict:
+    """recommend.objective=latency or energy: GO, NO-GO or INCONCLUSIVE by the same rule and error budget as
+    throughput (decide/sequential.weigh), on the objective's figure per window: compare_lower pairs the baseline's
+    p99 (or energy per sample) over each setting's by round, so 1.25 means 25% lower. Settings without the figure
+    take no part; without the baseline's, the best figure is chosen and the verdict says it was not compared."""
+    args, unit, objective = pool.args, pool.unit, pool.args.objective
+    figure = objective.value
+    mine, theirs = _objective_text(best, objective, unit), _objective_text(baseline, objective, unit)
+    if not lower_figures_by_round(baseline, figure):
+        return _Verdict(GO, best, f"{GO}: {_setting(best, against=baseline)} ({mine}; the baseline's "
+                                  f"{OBJECTIVE_FIGURE[objective]} was not measured)",
+                        f"{best.label} has the {OBJECTIVE_BEST[objective]}: {mine}")
+
+    def comparer(a: SettingEstimate, b: SettingEstimate, confidence: float) -> Comparison:
+        return compare_lower(a, b, figure=figure, confidence=confidence)
+
+    measured_too = [r for r in pool.candidates if lower_figures_by_round(r, figure)]
+    weighed = weigh(best, baseline, candidates=measured_too, args=args, budget=budget, comparer=comparer,
+                    contenders=[r for r in pool.contenders if lower_figures_by_round(r, figure)])
+    comparison = weighed.comparison
+    assert comparison is not None
+    gain, interval, level = comparison.ratio, comparison.interval, budget.confidence
+    better = f"{percent(gain)} better{_ci_text(interval, level)}"
+    measured = (f"{best.label} has the {OBJECTIVE_BEST[objective]}: {mine} vs {theirs} for the baseline "
+                f"{baseline.label}; the baseline's over its, window by window: {comparison.describe()} "
+                f"({budget.describe()})")
+    keep = f"keep baseline {_setting(baseline, against=None)}"
+    if weighed.decision == GO:
+        return _Verdict(GO, best, f"{GO}: {_setting(best, against=baseline)} ({mine} vs {theirs} for baseline "
+                                  f"{baseline.label}, {better})", f"{measured}; {weighed.reason}",
+                        comparison=comparison, speedup=gain)
+    if weighed.decision == NO_GO:
+        shown = (f"{OBJECTIVE_BEST[objective]} measured" if best.trial_key == baseline.trial_key
+                 else f"best {best.label} {mine}, {better}, needs {percent(args.min_speedup)}")
+        return _Verdict(NO_GO, baseline, f"{NO_GO}: {keep} ({shown})", f"{measured}; {weighed.reason}",
+                        comparison=comparison, speedup=gain)
+    more = (rounds_to_decide(comparison, num_rounds=comparison.estimate.num_pairs, margin=args.min_speedup)
+            if interval is not None else 1)
+    leads = "the baseline" if best.trial_key == baseline.trial_key else best.label
+    text = (f"{INCONCLUSIVE}: {leads} leads with {mine} vs {theirs} for baseline {baseline.label} "
+            f"({better if interval is not None else f'{percent(gain)} better, one window: no interval'}), needs "
+            f"{percent(args.min_speedup)}")
+    text += (f"; about {count(more, 'more round')} would decide" if more
+             else "; the margin sits inside the noise: more rounds alone are unlikely to decide it")
+    return _Verdict(INCONCLUSIVE, None, text, f"{measured}; but {weighed.reason}", comparison=comparison,
+                    speedup=gain, leader=best, more_rounds=more)
 
 
 def _measured_apart_reason(best: SettingEstimate, contenders: Sequence[SettingEstimate], *,

@@ -99,6 +99,32 @@ def compare(a: SettingEstimate, b: SettingEstimate, *, goodput: bool = False,
     return Comparison(a_label=a.label, b_label=b.label, confidence=confidence, estimate=estimate)
 
 
+LOWER_IS_BETTER = ("latency", "energy")
+"""The figures compare_lower compares: p99 latency per batch, energy per sample (recommend.objective's values)."""
+
+
+def lower_figures_by_round(setting: SettingEstimate, figure: str) -> dict[str, float]:
+    """`setting`'s per-window p99 (figure "latency") or energy per sample ("energy"), by round id."""
+    if figure == "latency":
+        return setting.window_p99_ms
+    if figure == "energy":
+        return setting.window_energy_j_per_sample
+    raise ValueError(f"{figure!r} is not one of {LOWER_IS_BETTER}")
+
+
+def compare_lower(a: SettingEstimate, b: SettingEstimate, *, figure: str, confidence: float = 0.95) -> Comparison:
+    """The one comparison rule on a figure where lower is better (p99 latency, energy per sample): b's figure over
+    a's, paired by round like compare, so that above 1 means a is better, as a speedup would (1.25: a's p99 is
+    b's / 1.25). Each window's figure is the observation (a p99 of one window's batches, one window's energy
+    reading), so the interval is over windows, like throughput's. Raises without a window with the figure on a
+    side."""
+    mine, theirs = lower_figures_by_round(a, figure), lower_figures_by_round(b, figure)
+    if not mine or not theirs:
+        raise ValueError(f"compare_lower({a.label}, {b.label}): both need a window with a {figure} figure")
+    return Comparison(a_label=a.label, b_label=b.label, confidence=confidence,
+                      estimate=ratio_estimate(theirs, mine, confidence=confidence))
+
+
 def _with_efficiency_uncertainty(estimate: RatioEstimate, a: SettingEstimate, b: SettingEstimate, *,
                                  confidence: float) -> RatioEstimate:
     """A goodput ratio's interval widened by what B_noise's 95% interval does to the ratio of the two efficiencies:

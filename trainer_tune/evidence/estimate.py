@@ -28,6 +28,11 @@ class SettingEstimate(MeasuredFigures):
 
     window_throughput_per_s: dict[str, float] = field(default_factory=dict)
     """throughput_per_s of each clean window of this setting, keyed by round id: what comparison.compare pairs."""
+    window_p99_ms: dict[str, float] = field(default_factory=dict)
+    """Each clean window's p99 latency per batch (mode=inference), by round id: what comparison.compare_lower pairs
+    for recommend.objective=latency."""
+    window_energy_j_per_sample: dict[str, float] = field(default_factory=dict)
+    """Each clean window's energy per sample where it was measured, by round id (recommend.objective=energy)."""
     num_windows: int = 1
     """The clean windows behind this estimate."""
     noise: Optional[NoiseFloor] = None
@@ -70,7 +75,17 @@ def _estimate(base: MeasuredFigures, **fields: Any) -> SettingEstimate:
 
 def estimate_of_window(window: WindowRecord) -> SettingEstimate:
     """A record from before rounds stands for its setting: one window, its own rate."""
-    return _estimate(window, window_throughput_per_s=window.rates_by_round(), num_windows=1 if window.ok else 0)
+    p99, energy = _lower_figures_by_round([window] if window.ok else [])
+    return _estimate(window, window_throughput_per_s=window.rates_by_round(), num_windows=1 if window.ok else 0,
+                     window_p99_ms=p99, window_energy_j_per_sample=energy)
+
+
+def _lower_figures_by_round(clean: Sequence[WindowRecord]) -> tuple[dict[str, float], dict[str, float]]:
+    """(p99 ms, energy J per sample) of each clean window that has one, by round id."""
+    p99 = {w.round_id or w.trial_key: w.latency.p99_ms for w in clean if w.latency is not None}
+    energy = {w.round_id or w.trial_key: w.energy_j_per_sample for w in clean
+              if w.energy_j_per_sample is not None and w.energy_j_per_sample > 0}
+    return p99, energy
 
 
 def aggregate_windows(windows: Sequence[WindowRecord], *, noise: Optional[NoiseFloor] = None) -> SettingEstimate:
@@ -88,7 +103,8 @@ def aggregate_windows(windows: Sequence[WindowRecord], *, noise: Optional[NoiseF
     first = ordered[0]
     clean = [w for w in ordered if w.ok and w.throughput_per_s is not None]
     rates = {r: v for w in clean for r, v in w.rates_by_round().items()}
-    common: dict[str, Any] = dict(
+    p99, energy = _lower_figures_by_round(clean)
+    common: dict[str, Any] = dict(window_p99_ms=p99, window_energy_j_per_sample=energy,
         trial_key=first.setting_key or first.trial_key,
         started_at=first.started_at, finished_at=ordered[-1].finished_at,
         wall_s=math.fsum(w.wall_s or 0.0 for w in ordered), num_windows=len(clean), window_throughput_per_s=rates,
