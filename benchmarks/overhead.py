@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer_tune.config.schema import DistArgs, TelemetryArgs, TuneConfig
@@ -77,7 +78,7 @@ def _ours(cfg: TuneConfig, session: DistSession, probe: Optional[TelemetryProbe]
     """(tokens/s as trainer_tune reports it, tokens/s over the window loop's outside wall time)."""
     (spec,) = build_plan(cfg, world_size=session.rank_env.world_size, base_flags=TrialFlags(),
                          device_type=session.device.type)
-    ctx = TrialContext(model_name=cfg.model.name, seq_len=cfg.model.seq_len, device=str(session.device),
+    ctx = TrialContext(model_name=cfg.model.name, device=str(session.device),
                        backend=session.backend, num_warmup_steps=cfg.window.warmup_steps,
                        num_measured_steps=cfg.window.measure_steps, label=spec.label())
     measured_start: list[float] = []
@@ -94,8 +95,7 @@ def _ours(cfg: TuneConfig, session: DistSession, probe: Optional[TelemetryProbe]
 
     local = measure_local(cfg=cfg, spec=spec, session=session, on_step=on_step, probe=probe)
     wall_s, = session.max_over_ranks([measured_end[0] - measured_start[0]])
-    result = result_from_window(spec, combine_ranks(local, session=session, seq_len=cfg.model.seq_len), ctx,
-                                started_at="", finished_at="")
+    result = result_from_window(spec, combine_ranks(local, session=session), ctx, started_at="", finished_at="")
     tokens = result.tokens_per_step * cfg.window.measure_steps
     return result.tokens_per_s, tokens / wall_s  # type: ignore[return-value]
 
@@ -103,7 +103,8 @@ def _ours(cfg: TuneConfig, session: DistSession, probe: Optional[TelemetryProbe]
 def worker(args: argparse.Namespace) -> None:
     rank_env = RankEnv.from_environ(os.environ)
     session = DistSession.start(DistArgs(), rank_env)
-    cfg = TuneConfig()
+    # Resolved as the entry point resolves it (interpolations such as the model's recorded name).
+    cfg: TuneConfig = OmegaConf.to_object(OmegaConf.structured(TuneConfig))  # type: ignore[assignment]
     cfg.train.micro_batch_size, cfg.train.grad_accum = args.micro_batch_size, args.grad_accum
     cfg.baseline.micro_batch_size, cfg.baseline.grad_accum = args.micro_batch_size, args.grad_accum
     cfg.window.warmup_steps, cfg.window.measure_steps = 3, args.steps

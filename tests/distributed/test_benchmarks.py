@@ -1,0 +1,50 @@
+"""Every benchmark script runs, in its smallest mode, so none can rot unnoticed (overhead.py once crashed on main
+for weeks: nothing ran it). These check that each runs and prints its table, never a timing: the figures are the
+benchmarks' own business (benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, clean_env
+
+pytestmark = pytest.mark.slow
+
+
+def _run(*args: str, timeout_s: float = 240.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=clean_env({"WANDB_MODE": "offline"}),
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
+def test_decisions_simulates_a_few_sweeps_and_prints_the_table() -> None:
+    proc = _run("benchmarks/decisions.py", "simulate", "--sweeps", "3", "--settings", "8,20", "--effects", "0.5",
+                "--budget-s", "45", "--others", "spread")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 8 |") or line.startswith("| 20 |")]
+    assert len(rows) == 2 and all(line.count("|") == 13 for line in rows), proc.stdout
+
+
+def test_decisions_runs_one_real_sweep(tmp_path: Path) -> None:
+    proc = _run("benchmarks/decisions.py", "--out", str(tmp_path), "repeat", "--runs", "1", "--",
+                "sweep.micro_batch_sizes=[1,2]", "sweep.grad_accums=[1]", "window=quick", "sweep.min_rounds=2",
+                "sweep.max_rounds=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| 0 |" in proc.stdout and (tmp_path / "run-0-load0" / "recommendation.json").exists()
+
+
+def test_overhead_compares_the_window_with_a_bare_loop() -> None:
+    proc = _run("benchmarks/overhead.py", "--steps", "4", "--repeats", "2", "--micro-batch-size", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ratio reported/bare" in proc.stdout and "ratio wall/bare" in proc.stdout
+
+
+def test_goodput_validation_runs_end_to_end_at_its_smallest(tmp_path: Path) -> None:
+    proc = _run("benchmarks/goodput_validation.py", "--out", str(tmp_path), "--no-sweep", "--pretrain-steps", "3",
+                "--pretrain-batch", "4", "--batches", "4,8", "--tokens", str(8 * 128 * 4), "--seeds", "1",
+                "--evals", "2", "--eval-samples", "8", "--noise-groups", "3", "--max-micro-batch", "8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "final losses rank" in proc.stdout
