@@ -62,7 +62,13 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
                                              "bucket_cap_bytes": 25 * 1024 * 1024, "bucket_cap_is_default": True}
         # The compute vs communication split is measured in a setting's first window only.
         assert (t["comm"] is not None) == (t["round_id"] == "r0")
+        # Every window says what measured it: torchrun's one thread per worker, on both ranks.
+        fingerprint = t["fingerprint"]
+        assert fingerprint["world_size"] == 2 and fingerprint["torch_threads"] == [1, 1]
+        assert fingerprint["omp_num_threads"] == "1" and fingerprint["gpu_count"] == 0
+        assert fingerprint["cpus_usable"] >= 1 and fingerprint["torch_version"] == t["torch_version"]
     assert len({t["trial_key"] for t in lines}) == 12 and len({t["setting_key"] for t in lines}) == 6
+    assert json.loads((out / "recommendation.json").read_text())["fingerprint"] == lines[-1]["fingerprint"]
 
     # Each setting aggregated over its two windows: the geometric mean, and an interval from the two.
     settings = read_settings(out)

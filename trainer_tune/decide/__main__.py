@@ -33,6 +33,7 @@ from trainer_tune.evidence.comparison import percent
 from trainer_tune.evidence.memory_fit import MemoryLimit
 from trainer_tune.explain.report import Report, build_report
 from trainer_tune.measure.record import WindowRecord
+from trainer_tune.platform.fingerprint import Fingerprint
 from trainer_tune.plan import TrialSpec, build_plan, swept_flag_names
 from trainer_tune.run.journal import JOURNAL_NAME, read_journal
 from trainer_tune.run.multirun import decide_multirun
@@ -122,7 +123,8 @@ def redecide(output_dir: Path, overrides: Sequence[str] = ()) -> Redecided:
     world_size = windows[0].world_size
     if any(w.round_id is not None and "/" in w.round_id for w in windows):  # a multirun's job-prefixed rounds
         decision = decide_multirun(windows, args=cfg.recommend, lr=cfg.train.lr, journal=journal)
-        return Redecided(report=build_report(decision), recorded=recorded, world_size=world_size)
+        return Redecided(report=build_report(decision, fingerprint=_last_fingerprint(windows)), recorded=recorded,
+                         world_size=world_size)
     baseline = next((w for w in windows if w.is_baseline), None)
     if baseline is None:
         raise ConfigError(f"{journal} has no window of the baseline: it is not a sweep's journal")
@@ -138,7 +140,13 @@ def redecide(output_dir: Path, overrides: Sequence[str] = ()) -> Redecided:
     race = run_race(_Replay(), replayed, plan, done={w.trial_key: w for w in windows}, attempts={}, prefix="",
                     swept=swept_flag_names(cfg), limit=limit)
     decision = decide_race(race, cfg, memory_limit=limit)
-    return Redecided(report=build_report(decision), recorded=recorded, world_size=world_size)
+    return Redecided(report=build_report(decision, fingerprint=_last_fingerprint(windows)), recorded=recorded,
+                     world_size=world_size)
+
+
+def _last_fingerprint(windows: Sequence[WindowRecord]) -> Optional[Fingerprint]:
+    """The fingerprint of the journal's last window that has one (None for lines from before record version 5)."""
+    return next((w.fingerprint for w in reversed(windows) if w.fingerprint is not None), None)
 
 
 def _summary(decision: str, chosen: Optional[str], speedup: Optional[float],

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from trainer_tune.decide.verdict import Decision
 from trainer_tune.evidence.comparison import compare
 from trainer_tune.explain.matrix import Explanations, explain
+from trainer_tune.platform.fingerprint import Fingerprint
 
 
 @dataclass(frozen=True)
@@ -15,14 +16,17 @@ class Report:
     decision: Decision
     explanations: Explanations
     """Scaling facts and the decision matrix, read from the decision's settings; never an input to the verdict."""
+    fingerprint: Optional[Fingerprint] = None
+    """The machine and software the sweep measured on (its last window's), for people and for a resume."""
 
     def to_json_dict(self) -> dict[str, Any]:
-        """recommendation.json: the decision's fields and the explanations."""
-        return {**self.decision.to_json_dict(), "explanations": self.explanations.to_json_dict()}
+        """recommendation.json: the decision's fields, the explanations and the fingerprint."""
+        return {**self.decision.to_json_dict(), "explanations": self.explanations.to_json_dict(),
+                "fingerprint": self.fingerprint.to_json_dict() if self.fingerprint is not None else None}
 
 
-def build_report(decision: Decision) -> Report:
+def build_report(decision: Decision, *, fingerprint: Optional[Fingerprint] = None) -> Report:
     """Explain a decision: the matrix picks among the settings the decision may choose (decision.ineligible)."""
-    return Report(decision=decision,
+    return Report(decision=decision, fingerprint=fingerprint,
                   explanations=explain(decision.settings, compare=compare, max_latency_ms=decision.max_latency_ms,
                                        over_budget=decision.over_budget, ineligible=decision.ineligible))

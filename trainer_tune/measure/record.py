@@ -16,11 +16,13 @@ from typing import Any, Optional
 from trainer_tune.measure.figures import (
     CommSplit, CpuFigures, GpuFigures, LatencyFigures, MfuFigures, NoiseScaleFigures, from_fields, peak_memory)
 from trainer_tune.config.flags import KEYED_WHEN_SET, TrialFlags
+from trainer_tune.platform.fingerprint import Fingerprint
 from trainer_tune.platform.finite import NON_FINITE_KEY, finite_only
 from trainer_tune.measure.step_stats import StepTimeStats
 
-RECORD_VERSION = 4
-"""4: one record per stage: a window's line holds the window alone (round, setting key and figures); the
+RECORD_VERSION = 5
+"""5: each window carries the fingerprint of the machine and software that measured it (older lines have none).
+4: one record per stage: a window's line holds the window alone (round, setting key and figures); the
 setting-level fields (window_throughput_per_s, num_windows, noise, statistical efficiency, goodput) are
 SettingEstimate's (evidence/estimate.py) and are dropped from older lines on read.
 3: the decision's rate has a unit (throughput_unit; throughput_ci95 and window_throughput_per_s were
@@ -217,6 +219,9 @@ class WindowRecord(MeasuredFigures):
     setting_key: Optional[str] = None
     """The key of the setting this window measures (trial_key is the window's own key); None in journals from
     before rounds, where a record stands for its setting."""
+    fingerprint: Optional[Fingerprint] = None
+    """The machine and software the window was measured on (platform/fingerprint.py); None in lines from before
+    record version 5."""
     record_version: int = RECORD_VERSION
 
     def rates_by_round(self) -> dict[str, float]:
@@ -234,6 +239,8 @@ class WindowRecord(MeasuredFigures):
             data = _upgrade_v2(data)
         if data.get("record_version", 1) < 4:
             data = _upgrade_v3(data)
+        if data.get("record_version", 1) < 5:
+            data = {**data, "record_version": RECORD_VERSION}  # 5 only added the optional fingerprint
         required = {f.name for f in dataclasses.fields(WindowRecord)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         missing = required - set(data)
@@ -244,7 +251,7 @@ class WindowRecord(MeasuredFigures):
                  "mfu": lambda v: from_fields(MfuFigures, v), "step_times_s": tuple, "losses": tuple,
                  "nsa_aux_stats": tuple, "run_overrides": tuple, "gpu_utilization_series": lambda v: tuple(tuple(p) for p in v),
                  "latency": lambda v: from_fields(LatencyFigures, v),
-                 "noise_scale": NoiseScaleFigures.from_json_dict}
+                 "noise_scale": NoiseScaleFigures.from_json_dict, "fingerprint": Fingerprint.from_json_dict}
         values = dict(data)
         # Lines from before data.num_workers was one of the flags: their batches were made in the training
         # process unless data.num_workers said otherwise, which they did not record with the setting.
@@ -266,7 +273,7 @@ def _upgrade_v3(data: dict[str, Any]) -> dict[str, Any]:
     """A journal line from before one record per stage: the setting-level fields it carried (empty or defaults on
     a window) belong to SettingEstimate now."""
     data = {k: v for k, v in data.items() if k not in SETTING_ONLY_FIELDS}
-    data["record_version"] = RECORD_VERSION
+    data["record_version"] = 4
     return data
 
 

@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from trainer_tune.platform.fingerprint import Fingerprint
 from trainer_tune.config.schema import Mode, ThroughputUnit
 from trainer_tune.measure.cpu_usage import CpuUtilization
 from trainer_tune.measure.figures import ANALYTIC, FLOP_COUNTER, CommSplit, CpuFigures, GpuFigures, MfuFigures, peak_memory
@@ -51,6 +52,8 @@ class TrialContext:
     count_unit: str = TOKENS
     """throughput.count.unit: the name of what tokens_per_s counts."""
     mode: Mode = Mode.train
+    fingerprint: Optional[Fingerprint] = None
+    """The machine and software the group measures on (platform/fingerprint.py), on every window it records."""
 
 
 def _finite_or_none(value: float) -> Optional[float]:
@@ -67,7 +70,7 @@ def _base_fields(spec: TrialSpec, ctx: TrialContext, *, started_at: str, finishe
         device=ctx.device, backend=ctx.backend, torch_version=torch.__version__,
         num_warmup_steps=ctx.num_warmup_steps, num_measured_steps=ctx.num_measured_steps,
         started_at=started_at, finished_at=finished_at, run_overrides=ctx.run_overrides, count_unit=ctx.count_unit,
-        mode=ctx.mode.value)
+        mode=ctx.mode.value, fingerprint=ctx.fingerprint)
 
 
 def mean_of_known(values: Sequence[Optional[float]]) -> Optional[float]:

@@ -30,6 +30,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 
 from trainer_tune.config.schema import ConfigError, Mode, ModelArgs, Precision, TuneConfig
+from trainer_tune.platform.fingerprint import agreed_fingerprint
 from trainer_tune.platform.distributed import DistSession
 from trainer_tune.platform.faults import fault_for
 from trainer_tune.config.flags import TrialFlags, exported_flags
@@ -135,6 +136,9 @@ class _Sweep:
         self.run_overrides = current_run_overrides(cfg) if HydraConfig.initialized() else ()
         self.probe = TelemetryProbe(cfg.telemetry, local_rank=self.rank_env.local_rank, device=session.device)
         self.pool = TrainerPool()
+        # Every rank takes part (an exchange through the store), once per process group: a restarted group
+        # measures its own fingerprint, so windows of different process lifetimes say where they came from.
+        self.fingerprint = agreed_fingerprint(session)
         self._keep_decided = False
         self.watchdog: Optional[Watchdog] = None
         if cfg.watchdog.enabled:
@@ -153,7 +157,7 @@ class _Sweep:
                             num_warmup_steps=self.cfg.window.warmup_steps,
                             num_measured_steps=self.cfg.window.measure_steps, label=spec.label(swept_flags=self.swept),
                             flops_per_token=self.flops_per_token, peak_tflops_per_device=peak_tflops,
-                            peak_note=peak_note, run_overrides=self.run_overrides,
+                            peak_note=peak_note, run_overrides=self.run_overrides, fingerprint=self.fingerprint,
                             device_memory_bytes=(torch.cuda.get_device_properties(self.session.device).total_memory
                                                  if self.session.device.type == "cuda" else None))
 
@@ -442,7 +446,8 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
         recommendation = decide_race(race, cfg, memory_limit=limit)
         settings = list(recommendation.settings)  # the same settings, with their efficiency and goodput
         if session.rank_env.is_rank0:
-            publish(output_dir, build_report(recommendation), launch_hint=launch_hint, console=console,
+            publish(output_dir, build_report(recommendation, fingerprint=sweep.fingerprint), launch_hint=launch_hint,
+                    console=console,
                     wandb_sink=wandb_sink)
         recommendation = session.from_rank0_when_done(recommendation)
     return SweepOutcome(results=tuple(settings), recommendation=recommendation,

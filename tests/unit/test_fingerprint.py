@@ -1,0 +1,57 @@
+"""The fingerprint of the machine and software behind a window (platform/fingerprint.py): what it holds on a CPU,
+that it survives the journal, and which differences count."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import torch
+
+from trainer_tune.measure.record import WindowRecord
+from trainer_tune.platform.fingerprint import SPEED_FIELDS, Fingerprint, local_facts
+
+
+def _fingerprint(**changes: object) -> Fingerprint:
+    base = Fingerprint(host="node-1", cpu_model="Some CPU", cpus_usable=2, gpu_name=None, gpu_count=0,
+                       gpu_memory_bytes=None, driver_version=None, cuda_version=None, nccl_version=None,
+                       torch_version="2.13.0+cpu", trainer_tune_version="0.1.0", python_version="3.11.7",
+                       world_size=2, omp_num_threads="1", torch_threads=(1, 1))
+    return dataclasses.replace(base, **changes)
+
+
+def test_a_cpu_rank_reads_its_facts_without_any_gpu_call_failing() -> None:
+    facts = local_facts(torch.device("cpu"))
+    assert facts["gpu_count"] == 0 and facts["gpu_name"] is None and facts["driver_version"] is None
+    assert facts["torch_version"] == torch.__version__ and facts["torch_threads"] == torch.get_num_threads()
+    assert facts["cpus_usable"] >= 1
+    json.dumps(facts)  # what the ranks exchange through the store
+
+
+def test_only_what_decides_speed_is_a_difference() -> None:
+    mine = _fingerprint()
+    assert mine.differences(_fingerprint(host="node-7")) == []  # a requeue on a like node is the same machine
+    assert mine.differences(_fingerprint(torch_threads=(2, 2))) == ["torch_threads: (1, 1) -> (2, 2)"]
+    assert mine.differences(_fingerprint(torch_version="2.14.0", world_size=4)) == [
+        "torch_version: 2.13.0+cpu -> 2.14.0", "world_size: 2 -> 4"]
+    assert "host" not in SPEED_FIELDS
+
+
+def test_a_journal_line_keeps_its_fingerprint_and_an_older_line_has_none() -> None:
+    from helpers.fake_machine import FakeMachine
+    from trainer_tune.config.flags import TrialFlags
+    from trainer_tune.config.schema import TuneConfig
+    from trainer_tune.plan import build_plan
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_object(OmegaConf.structured(TuneConfig))
+    (spec,) = build_plan(cfg, world_size=2, base_flags=TrialFlags(), device_type="cpu")
+    window = FakeMachine(true_rate=lambda _spec: 1000.0, seed=0).measure(spec, round_id="r0", attempts=0, first=True)
+    assert window is not None
+    stamped = dataclasses.replace(window, fingerprint=_fingerprint())
+    line = json.loads(json.dumps(stamped.to_json_dict()))
+    assert WindowRecord.from_json_dict(line).fingerprint == _fingerprint()
+    older = {k: v for k, v in line.items() if k != "fingerprint"}
+    older["record_version"] = 4
+    read = WindowRecord.from_json_dict(older)
+    assert read.fingerprint is None and read.record_version == 5
