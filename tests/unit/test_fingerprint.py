@@ -16,7 +16,7 @@ def _fingerprint(**changes: object) -> Fingerprint:
     base = Fingerprint(host="node-1", cpu_model="Some CPU", cpus_usable=2, gpu_name=None, gpu_count=0,
                        gpu_memory_bytes=None, driver_version=None, cuda_version=None, nccl_version=None,
                        torch_version="2.13.0+cpu", trainer_tune_version="0.1.0", python_version="3.11.7",
-                       world_size=2, omp_num_threads="1", torch_threads=(1, 1))
+                       world_size=2, local_world_size=2, omp_num_threads="1", torch_threads=(1, 1))
     return dataclasses.replace(base, **changes)
 
 
@@ -55,3 +55,14 @@ def test_a_journal_line_keeps_its_fingerprint_and_an_older_line_has_none() -> No
     older["record_version"] = 4
     read = WindowRecord.from_json_dict(older)
     assert read.fingerprint is None and read.record_version == 5
+
+
+def test_more_threads_than_usable_cores_is_named_with_the_figures() -> None:
+    from trainer_tune.platform.fingerprint import threads_note
+
+    assert threads_note(_fingerprint()) is None  # torchrun's one thread per worker on 2 cores
+    note = threads_note(_fingerprint(torch_threads=(2, 2), omp_num_threads=None))
+    assert note is not None and note.startswith("2 ranks x 2 torch threads = 4 threads on 2 usable cores "
+                                                "(OMP_NUM_THREADS=unset)")
+    # Ranks on other hosts use their own cores.
+    assert threads_note(_fingerprint(world_size=4, torch_threads=(1, 1, 8, 8))) is None

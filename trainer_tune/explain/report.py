@@ -8,7 +8,7 @@ from typing import Any, Optional
 from trainer_tune.decide.verdict import Decision
 from trainer_tune.evidence.comparison import compare
 from trainer_tune.explain.matrix import Explanations, explain
-from trainer_tune.platform.fingerprint import Fingerprint
+from trainer_tune.platform.fingerprint import Fingerprint, threads_note
 
 
 @dataclass(frozen=True)
@@ -18,15 +18,20 @@ class Report:
     """Scaling facts and the decision matrix, read from the decision's settings; never an input to the verdict."""
     fingerprint: Optional[Fingerprint] = None
     """The machine and software the sweep measured on (its last window's), for people and for a resume."""
+    machine_notes: tuple[str, ...] = ()
+    """What about the machine the figures depend on (platform/fingerprint.threads_note), for the console and
+    report.md."""
 
     def to_json_dict(self) -> dict[str, Any]:
         """recommendation.json: the decision's fields, the explanations and the fingerprint."""
         return {**self.decision.to_json_dict(), "explanations": self.explanations.to_json_dict(),
-                "fingerprint": self.fingerprint.to_json_dict() if self.fingerprint is not None else None}
+                "fingerprint": self.fingerprint.to_json_dict() if self.fingerprint is not None else None,
+                "machine_notes": list(self.machine_notes)}
 
 
 def build_report(decision: Decision, *, fingerprint: Optional[Fingerprint] = None) -> Report:
     """Explain a decision: the matrix picks among the settings the decision may choose (decision.ineligible)."""
-    return Report(decision=decision, fingerprint=fingerprint,
+    note = threads_note(fingerprint) if fingerprint is not None else None
+    return Report(decision=decision, fingerprint=fingerprint, machine_notes=(note,) if note else (),
                   explanations=explain(decision.settings, compare=compare, max_latency_ms=decision.max_latency_ms,
                                        over_budget=decision.over_budget, ineligible=decision.ineligible))

@@ -26,7 +26,7 @@ from trainer_tune.platform.distributed import DistSession
 
 SPEED_FIELDS = ("cpu_model", "cpus_usable", "gpu_name", "gpu_count", "gpu_memory_bytes", "driver_version",
                 "cuda_version", "nccl_version", "torch_version", "trainer_tune_version", "python_version", "world_size",
-                "omp_num_threads", "torch_threads")
+                "local_world_size", "omp_num_threads", "torch_threads")
 """The facts that decide speed: two fingerprints that differ in any of them measured on different machines or
 software. The host name is not one: a SLURM requeue on a like node is the same machine for this purpose."""
 
@@ -51,6 +51,8 @@ class Fingerprint:
     trainer_tune_version: Optional[str]
     python_version: str
     world_size: int
+    local_world_size: int
+    """Ranks on rank 0's host, which share its usable cores."""
     omp_num_threads: Optional[str]
     """OMP_NUM_THREADS as rank 0's environment has it (torchrun sets 1 per worker); None when unset."""
     torch_threads: tuple[int, ...]
@@ -144,4 +146,20 @@ def agreed_fingerprint(session: DistSession) -> Fingerprint:
     first = dict(facts[0])
     first["torch_threads"] = tuple(int(f["torch_threads"]) for f in facts)
     first["world_size"] = session.rank_env.world_size
+    first["local_world_size"] = session.rank_env.local_world_size
     return Fingerprint.from_json_dict(first)
+
+
+def threads_note(fingerprint: Fingerprint) -> Optional[str]:
+    """Why this machine's figures depend on how its cores are shared, or None: the ranks on rank 0's host run more
+    torch threads than the host lets them use (oversubscribed threads spin against each other; FACTS.md: 9x on a
+    loaded 2-core machine)."""
+    threads = sum(fingerprint.torch_threads[:fingerprint.local_world_size])
+    if threads <= fingerprint.cpus_usable:
+        return None
+    per_rank = sorted(set(fingerprint.torch_threads[:fingerprint.local_world_size]))
+    each = f"{per_rank[0]}" if len(per_rank) == 1 else f"{per_rank[0]} to {per_rank[-1]}"
+    return (f"{fingerprint.local_world_size} rank{'s' if fingerprint.local_world_size != 1 else ''} x {each} torch "
+            f"threads = {threads} threads on {fingerprint.cpus_usable} usable cores (OMP_NUM_THREADS="
+            f"{fingerprint.omp_num_threads or 'unset'}): the threads compete for cores, so every rate here depends "
+            f"on that; set OMP_NUM_THREADS (torchrun sets 1 per worker) or run fewer ranks per host")

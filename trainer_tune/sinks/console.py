@@ -204,7 +204,7 @@ class ConsoleSink:
             self.console.print("flags: " + ", ".join(f"{spec.short_name} = {spec.config_key}" for spec in flags))
         notes = {r.gpu_note for r in results if r.gpu is None and r.gpu_note and r.ok}
         notes |= {r.mfu.warning for r in results if r.mfu is not None and r.mfu.warning}
-        for note in sorted(notes):
+        for note in sorted(notes) + list(report.machine_notes):
             self.console.print(f"note: {note}")
         if report.explanations is not None and report.explanations.sms_mostly_idle:
             self.console.print(f"note: GPU busy but most SMs idle (NVML GPM) at "

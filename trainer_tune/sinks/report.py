@@ -288,6 +288,8 @@ def render_report(results: Sequence[SettingEstimate], report: Report, chart_set:
         lines += [f"{'Serve' if rec.serving else 'Train'} (or measure again) with:", "", "```",
                   shell_line(rec.overrides), "```", ""]
     lines += ["## Why", ""] + [f"- {reason}" for reason in rec.reasons] + [""]
+    if report.machine_notes:
+        lines += ["## The machine", ""] + [f"- **{note}**" for note in report.machine_notes] + [""]
     lines += _trials_section(results, rec, jobs)
     if rec.serving:
         lines += _serving_section(results, rec)
