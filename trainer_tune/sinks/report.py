@@ -302,9 +302,12 @@ def render_report(results: Sequence[SettingEstimate], report: Report, chart_set:
     if rec.not_measured:
         lines += ["## Settings not measured", ""] + [f"- {n.label}: {n.reason}" for n in rec.not_measured] + [""]
     if rec.race is not None:
+        screened = (f" The first {count(rec.race.screening_rounds, 'round')} screened: short windows without the comm "
+                    f"split and noise steps, in blocks of settings that each held a window of the baseline."
+                    if rec.race.screening_rounds else "")
         lines += ["## The race", "",
                   f"{count(rec.race.num_rounds, 'round')}, each measuring every setting still in the race and the baseline "
-                  f"in a shuffled order; it ended: {rec.race.end_reason}.", ""]
+                  f"in a shuffled order; it ended: {rec.race.end_reason}.{screened}", ""]
         lines += [f"- {d.label} left after round {d.after_round}: {d.reason}" for d in rec.race.drops]
         lines += [""]
     return "\n".join(lines)
