@@ -383,7 +383,8 @@ class SweepArgs:
     value widens every interval a little."""
     budget_s: Optional[float] = 45.0
     """Measuring time of the sweep (windows, warm-ups, model builds), the first rounds included: no round starts
-    that would end past it (estimated from the last round); a sweep it stops before the evidence decides answers
+    that would end past it (estimated from the last round's windows, without the builds of first windows); a sweep
+    it stops before the evidence decides answers
     INCONCLUSIVE. null: no limit but sweep.max_rounds."""
     race: bool = True
     """After each round from sweep.min_rounds on, stop the sweep when the evidence decides, and stop measuring the
