@@ -215,3 +215,25 @@ def test_no_go_gate_under_torchrun_publishes_before_any_rank_exits(tmp_path: Pat
     assert "traceback : trainer_tune: NO-GO with recommend.fail_on_no_go=true" in proc.stderr, proc.stderr[-3000:]
     # Both ranks end with the gate's code; none was terminated by torchrun.
     assert sorted(re.findall(r"exitcode\s+:\s*(-?\d+) \(pid", proc.stderr)) == ["3", "3"], proc.stderr[-3000:]
+
+
+def test_a_resume_with_another_thread_count_is_refused_naming_what_differs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    small = ["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[2]", "sweep.grad_accums=[1,2]",
+             "sweep.min_rounds=1", "sweep.max_rounds=1", "wandb=off", f"hydra.run.dir={out}"]
+    first = run_tune(small, nproc=2, env={"OMP_NUM_THREADS": "1"})  # as torchrun would set it
+    assert first.returncode == 0, first.stderr[-3000:]
+    journal = (out / "trials.jsonl").read_text()
+    # torchrun leaves an OMP_NUM_THREADS it finds alone: two threads per rank now, one then.
+    again = run_tune([*small, "sweep.max_rounds=2"], nproc=2, env={"OMP_NUM_THREADS": "2"})
+    assert again.returncode != 0
+    errors = [line for line in again.stderr.splitlines() if line.startswith("trainer_tune: error:")]
+    assert errors and "sweep.allow_fingerprint_change=false is not allowed" in errors[0], again.stderr[-3000:]
+    assert "omp_num_threads: 1 -> 2" in errors[0] and "torch_threads: (1, 1) -> (2, 2)" in errors[0]
+    assert (out / "trials.jsonl").read_text() == journal  # nothing measured, nothing lost
+    # Asked for, it continues (a warning in the log names the change).
+    allowed = run_tune([*small, "sweep.max_rounds=2", "sweep.allow_fingerprint_change=true"], nproc=2,
+                       env={"OMP_NUM_THREADS": "2"})
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    lines = read_jsonl(out / "trials.jsonl")
+    assert [line["fingerprint"]["torch_threads"] for line in lines] == [[1, 1]] * 2 + [[2, 2]] * 2

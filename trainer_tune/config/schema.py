@@ -393,6 +393,11 @@ class SweepArgs:
     in every round up to sweep.max_rounds or sweep.budget_s."""
     seed: int = 0
     """Seed of each round's shuffled order (the same on every rank and on resume)."""
+    allow_fingerprint_change: bool = False
+    """Resuming an output directory whose journal was measured on another machine or software (its last window's
+    fingerprint differs in what decides speed: hardware, versions, world size, threads; not the host name) is
+    refused (exit 2, naming what differs); true continues it anyway, with a warning (the earlier windows keep
+    their fingerprint, and comparisons still pair across the change)."""
     screen: Optional[bool] = None
     """Screening for large spaces (decide/race.py): the first 2 rounds measure every setting in short windows
     (a quarter of window.max_measure_s, without the comm split and noise steps), with the baseline repeated every 8 windows

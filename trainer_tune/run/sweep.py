@@ -23,7 +23,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import psutil
 import torch
@@ -176,10 +176,28 @@ class _Sweep:
             raise ConfigError(error)
         return done or {}, attempts
 
+    def _check_fingerprint(self, windows: Sequence[WindowRecord]) -> None:
+        """Refuse to resume a journal measured on another machine or software (the one resume rule on the
+        fingerprint; rank 0 decides, resume_state makes it every rank's error): windows measured there cannot be
+        compared with windows measured here."""
+        before = next((w.fingerprint for w in reversed(windows) if w.fingerprint is not None), None)
+        differences = before.differences(self.fingerprint) if before is not None else []
+        if not differences:
+            return
+        what = "; ".join(differences)
+        if self.cfg.sweep.allow_fingerprint_change:
+            log.warning("resuming %s although its windows were measured on another machine or software (%s)",
+                        self.journal_path, what)
+            return
+        raise ConfigError(f"sweep.allow_fingerprint_change=false is not allowed to resume {self.journal_path}: its "
+                          f"windows were measured on another machine or software ({what}); use a new "
+                          f"hydra.run.dir, or sweep.allow_fingerprint_change=true to continue it anyway")
+
     def _settle_journal(self, plan: list[TrialSpec]) -> tuple[dict[str, WindowRecord], dict[str, int]]:
         contents = read_journal(self.journal_path)
         for problem in contents.problems:
             log.warning(problem)
+        self._check_fingerprint(contents.results)
         done = contents.by_key()
         inflight = read_inflight(self.output_dir)
         attempts: dict[str, int] = {}
