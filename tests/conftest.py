@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -101,3 +102,11 @@ def windows_by_label(out: Path) -> dict[str, list[dict]]:
 
 ONE_ROUND = ["sweep.min_rounds=1", "sweep.max_rounds=1"]
 """For tests of mechanics (faults, flags, models) rather than of decisions: every setting in one window."""
+
+
+def refused_before_any_group(stderr: str, *, nproc: int) -> bool:
+    """torchrun's summary of ranks that each refused a command line before any process group: every rank exits 2,
+    except that torchrun ends the ranks still running once the first has failed (SIGTERM, -15), which a rank still
+    starting up cannot avoid. At least one rank must have refused, and none may have ended any other way."""
+    codes = [int(code) for code in re.findall(r"exitcode\s+:\s*(-?\d+) \(pid", stderr)]
+    return 2 in codes and len(codes) <= nproc and set(codes) <= {2, -15}
