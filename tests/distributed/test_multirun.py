@@ -79,9 +79,11 @@ def test_sweep_axes_in_a_multirun_are_refused_before_anything_runs(tmp_path: Pat
 
 def test_no_go_gate_of_a_multirun_under_torchrun_publishes_then_every_rank_exits_3(tmp_path: Path) -> None:
     # Every rank runs the multirun's end; only rank 0 publishes. Were rank 1 to leave first (0 or 3), the ranks'
-    # codes would disagree, or torchrun would end rank 0 mid-publish: no table, no NO-GO line, no report.md.
+    # codes would disagree, or torchrun would end rank 0 mid-publish: no table, no NO-GO line, no report.md. The
+    # margin is far out of reach: two rounds give intervals on 1 degree of freedom, wide enough on noisy quick
+    # windows to reach 10x (INCONCLUSIVE, not the NO-GO tested).
     out = tmp_path / "gate"
-    proc = run_tune(["-m", "ddp.static_graph=true,false", "recommend=ci_gate", "recommend.min_speedup=10",
+    proc = run_tune(["-m", "ddp.static_graph=true,false", "recommend=ci_gate", "recommend.min_speedup=1000",
                      "window=quick", "wandb=off", "sweep.min_rounds=2", "sweep.max_rounds=2", f"hydra.sweep.dir={out}"],
                     nproc=2, cwd=tmp_path)
     # torchrun itself exits 1 whenever a worker fails; its summary lists each rank's own code.
