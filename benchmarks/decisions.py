@@ -132,7 +132,7 @@ def identical(args: argparse.Namespace) -> None:
 
 
 REFERENCE_OVERRIDES = ["sweep.race=false", "sweep.min_rounds=6", "sweep.max_rounds=6", "sweep.budget_s=null",
-                       "window.max_measure_s=4", "window.measure_steps=10"]
+                       "window.measure_s=4", "window.measure_steps=10"]
 
 
 def reference(args: argparse.Namespace) -> None:

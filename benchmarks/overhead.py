@@ -109,7 +109,7 @@ def worker(args: argparse.Namespace) -> None:
     cfg.baseline.micro_batch_size, cfg.baseline.grad_accum = args.micro_batch_size, args.grad_accum
     cfg.window.warmup_steps, cfg.window.measure_steps = 3, args.steps
     # Exactly `steps` timed steps and nothing after them, so both sides do the same work.
-    cfg.window.target_rel_ci, cfg.window.comm_split_steps = None, 0
+    cfg.window.max_measure_steps, cfg.window.comm_split_steps = cfg.window.measure_steps, 0
     # The probe samples the GPU through NVML at 10 Hz during measured steps, as a sweep does; without a driver
     # only the CPU meter runs. --no-telemetry measures the window without it.
     probe = None if args.no_telemetry else TelemetryProbe(TelemetryArgs(), local_rank=rank_env.local_rank,

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow
 # 34.2 MiB for the backward plain and 4.0 MiB checkpointed (distinct storages seen by
 # torch.autograd.graph.saved_tensors_hooks, parameters left out), against 3.3 MiB of weights; 8 blocks double both.
 WORKLOAD = ["model.seq_len=256", "model.n_layers=8", "train.micro_batch_size=4",
-            "sweep.activation_checkpointing=[false,true]", "window.warmup_steps=1", "window.measure_steps=4",
-            "window.target_rel_ci=null", "window.comm_split_steps=0", "wandb=off", *ONE_ROUND]
+            "sweep.activation_checkpointing=[false,true]", "window.warmup_steps=1", "window.measure_steps=4", "window.max_measure_steps=4",
+            "window.comm_split_steps=0", "wandb=off", *ONE_ROUND]
 PLAIN, CHECKPOINTED = "4x1 activation_checkpointing=false", "4x1 activation_checkpointing=true"
 
 
@@ -45,8 +45,8 @@ def test_the_checkpointing_axis_trains_both_settings_to_the_same_losses(tmp_path
 def test_a_model_without_the_hook_is_that_settings_error_and_the_sweep_goes_on(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = run_tune(["model._target_=helpers.models.PlainMLP", "data._target_=helpers.models.random_features",
-                     "sweep.activation_checkpointing=[false,true]", "window.warmup_steps=1", "window.measure_steps=2",
-                     "window.target_rel_ci=null", "window.comm_split_steps=0", "wandb=off", *ONE_ROUND,
+                     "sweep.activation_checkpointing=[false,true]", "window.warmup_steps=1", "window.measure_steps=2", "window.max_measure_steps=2",
+                     "window.comm_split_steps=0", "wandb=off", *ONE_ROUND,
                      f"hydra.run.dir={out}"])
     assert proc.returncode == 0, proc.stderr[-4000:]
     windows = {w["label"]: w for w in read_jsonl(out / "trials.jsonl")}

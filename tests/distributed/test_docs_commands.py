@@ -118,10 +118,10 @@ YOUR_MODEL_COMMANDS: list[tuple[str, list[str], int]] = [
     ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=batch model=hf_gpt2", ONE_SETTING_AND_BASELINE, 0),
     # The NSA measurements at micro-batch 2, both flag values (one of them is the baseline): two windows.
     ("torchrun --nproc_per_node=2 -m trainer_tune model=tiny_nsa +sweep=batch 'sweep.micro_batch_sizes=[1,4]' "
-     "'sweep.grad_accums=[1]' 'sweep.nsa_prefill_batched=[true,false]' window.max_measure_s=8 wandb=off",
+     "'sweep.grad_accums=[1]' 'sweep.nsa_prefill_batched=[true,false]' window.measure_s=8 wandb=off",
      ["sweep.micro_batch_sizes=[2]"], 0),
     ("torchrun --nproc_per_node=2 -m trainer_tune model=tiny_nsa +sweep=batch 'sweep.micro_batch_sizes=[1,4]' "
-     "'sweep.grad_accums=[1]' 'sweep.nsa_disable_aux_stats=[true,false]' window.max_measure_s=8 wandb=off",
+     "'sweep.grad_accums=[1]' 'sweep.nsa_disable_aux_stats=[true,false]' window.measure_s=8 wandb=off",
      ["sweep.micro_batch_sizes=[2]"], 0),
 ]
 """docs/your-model.md's trainer_tune commands, but those for GPUs (train=gpu_bf16), those that start from the

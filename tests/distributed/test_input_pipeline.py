@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 # the training process about half of a step is spent waiting (a quarter on a loaded machine, where the CPU work
 # of the step grows); two workers load a batch each 12 ms while a step takes over 10 ms, so they keep ahead.
 WORKLOAD = ["model._target_=helpers.input_pipeline.SleepyClassifier", "data._target_=helpers.input_pipeline.SlowDataset",
-            "train.micro_batch_size=4", "sweep.num_workers=[0,2]", "window.warmup_steps=3", "window.measure_steps=10", "window.target_rel_ci=null",
+            "train.micro_batch_size=4", "sweep.num_workers=[0,2]", "window.warmup_steps=3", "window.measure_steps=10", "window.max_measure_steps=10",
             "window.comm_split_steps=0", "wandb=off", *ONE_ROUND]
 
 

@@ -61,8 +61,8 @@ def test_screening_measures_short_windows_in_blocks_then_drops_what_is_far_behin
     # without the extras, then 1x1 leaves; the survivors' first full window (r2) measures the comm split. 16x1 is
     # there for the pooled noise's degrees of freedom.
     proc = run_tune(["+sweep=batch", "wandb=off", "baseline.micro_batch_size=32", "sweep.micro_batch_sizes=[1,16,32]",
-                     "sweep.grad_accums=[1]", "model.seq_len=16", "window.measure_steps=4", "window.max_measure_s=0.4",
-                     "window.target_rel_ci=null", "window.max_measure_steps=40", "sweep.screen=true",
+                     "sweep.grad_accums=[1]", "model.seq_len=16", "window.measure_steps=4", "window.measure_s=0.4",
+                     "window.max_measure_steps=40", "sweep.screen=true",
                      "sweep.min_rounds=3", "sweep.max_rounds=3", "sweep.budget_s=null", f"hydra.run.dir={out}"],
                     nproc=2)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -73,7 +73,7 @@ def test_screening_measures_short_windows_in_blocks_then_drops_what_is_far_behin
     assert rec["race"]["screening_rounds"] == 2
     drop = next(d for d in rec["race"]["drops"] if d["label"] == "1x1")
     assert drop["after_round"] == 2 and drop["reason"].startswith("screened out after 2 short rounds")
-    # Screening windows carry no extras and stop at a quarter of window.max_measure_s (or window.measure_steps).
+    # Screening windows carry no extras and stop at a quarter of window.measure_s (or window.measure_steps).
     for w in windows["1x1"] + windows["32x1"][:2]:
         assert w["comm"] is None and w["noise_scale"] is None
         assert w["measured_s"] < 0.1 + max(w["step_times_s"]) or w["num_measured_steps"] == 4

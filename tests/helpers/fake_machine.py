@@ -46,7 +46,7 @@ class FakeMachine:
     seed: int
     world_size: int = 2
     window_s: float = 1.0
-    """Measured time per window (window.max_measure_s's default): a window runs as many steps as fit, 4 to 200."""
+    """Measured time per window (window.measure_s's default): a window runs as many steps as fit, 4 to 200."""
     burst_chance: float = 0.04
     neighbour_log_sd: float = NEIGHBOUR_LOG_SD
     """How much neighbouring windows' log speed differs: 0.09 on a shared machine, about half that on a quiet one."""

@@ -155,7 +155,7 @@ def _window(model_target: str, *, checkpointed: bool):  # type: ignore[no-untype
     cfg = TuneConfig()
     cfg.model._target_ = model_target
     cfg.data._target_ = "helpers.models.random_features"
-    cfg.window.warmup_steps, cfg.window.measure_steps, cfg.window.target_rel_ci = 1, 3, None
+    cfg.window.warmup_steps, cfg.window.measure_steps, cfg.window.max_measure_steps = 1, 3, 3
     cfg.window.comm_split_steps = 0
     cfg.baseline.micro_batch_size, cfg.baseline.grad_accum = 4, 1
     spec: TrialSpec = build_plan(cfg, world_size=1, base_flags=TrialFlags(activation_checkpointing=checkpointed),

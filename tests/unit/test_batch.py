@@ -9,7 +9,8 @@ from collections.abc import Iterator, Mapping
 import pytest
 import torch
 
-from trainer_tune.workloads.batch import count_samples, count_tokens, describe, move_to_device, read_count
+from trainer_tune.platform.syncs import host_int
+from trainer_tune.workloads.batch import count_samples, count_tokens, describe, move_to_device
 
 META = torch.device("meta")
 """A second device every machine has: a tensor moved there says so in its .device."""
@@ -120,7 +121,7 @@ def test_tokens_follow_the_rule(batch: object, tokens: int | None) -> None:
 def test_a_mask_on_the_device_is_counted_there_and_read_once() -> None:
     counted = count_tokens({"input_ids": _ids(2, 4).to(META), "attention_mask": PADDED_MASK.to(META)})
     assert isinstance(counted, torch.Tensor) and counted.device == META  # no read inside the timed step
-    assert read_count(torch.tensor(5)) == 5 and read_count(7) == 7
+    assert host_int(torch.tensor(5)) == 5 and host_int(7) == 7
 
 
 def test_a_batch_is_described_in_one_line() -> None:

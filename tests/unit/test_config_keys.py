@@ -40,7 +40,7 @@ def test_a_misspelt_key_added_with_plus_composes_and_is_then_dropped_in_silence(
 def test_a_nested_unknown_key_names_the_nearest_key_of_its_group() -> None:
     # measure_secs is a time: the time key of the window, though measure_steps is spelt closer.
     assert _error(["+window.measure_secs=3"]) == \
-        "window.measure_secs is not a configuration key; did you mean window.max_measure_s?"
+        "window.measure_secs is not a configuration key; did you mean window.measure_s?"
 
 
 def test_an_unknown_top_level_key_without_a_near_one_lists_the_valid_ones() -> None:
@@ -105,7 +105,7 @@ def test_the_cli_exits_2_with_one_line_and_leaves_no_directory(tmp_path: Path) -
     proc = run_tune(["+window.measure_secs=3", "wandb=off", f"hydra.run.dir={run_dir}"])
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == ("trainer_tune: error: window.measure_secs is not a configuration key; "
-                                   "did you mean window.max_measure_s?")
+                                   "did you mean window.measure_s?")
     assert not run_dir.exists()
 
 

@@ -8,7 +8,7 @@ import json
 
 import torch
 
-from trainer_tune.measure.record import WindowRecord
+from trainer_tune.measure.record import RECORD_VERSION, WindowRecord
 from trainer_tune.platform.fingerprint import SPEED_FIELDS, Fingerprint, local_facts
 
 
@@ -54,7 +54,7 @@ def test_a_journal_line_keeps_its_fingerprint_and_an_older_line_has_none() -> No
     older = {k: v for k, v in line.items() if k != "fingerprint"}
     older["record_version"] = 4
     read = WindowRecord.from_json_dict(older)
-    assert read.fingerprint is None and read.record_version == 5
+    assert read.fingerprint is None and read.record_version == RECORD_VERSION
 
 
 def test_more_threads_than_usable_cores_is_named_with_the_figures() -> None:

@@ -43,7 +43,7 @@ def _cfg(model_target: str | None = "helpers.models.PlainMLP") -> TuneConfig:
     cfg.model.seq_len = 16
     if model_target is not None:
         cfg.data._target_ = "helpers.models.random_features"
-    cfg.window.warmup_steps, cfg.window.measure_steps, cfg.window.target_rel_ci = 1, 2, None
+    cfg.window.warmup_steps, cfg.window.measure_steps, cfg.window.max_measure_steps = 1, 2, 2
     cfg.baseline.micro_batch_size, cfg.baseline.grad_accum = MICRO_BATCH, 1
     return cfg
 

@@ -76,7 +76,7 @@ def _session() -> DistSession:
 def test_a_cpu_window_records_its_growth_as_the_peak_memory_and_a_kept_trainer_says_why_not() -> None:
     cfg = TuneConfig()
     cfg.model.seq_len = 64
-    cfg.window.warmup_steps, cfg.window.measure_steps, cfg.window.target_rel_ci = 1, 2, None
+    cfg.window.warmup_steps, cfg.window.measure_steps, cfg.window.max_measure_steps = 1, 2, 2
     cfg.window.noise_steps = 0
     cfg.baseline.micro_batch_size, cfg.baseline.grad_accum = 8, 1
     session = _session()

@@ -19,7 +19,8 @@ from trainer_tune.workloads.nsa_attention import (
     selected_branch,
     window_branch,
 )
-from trainer_tune.workloads.nsa_stats import reduce_aux_stats
+from trainer_tune.platform.distributed import DistSession, RankEnv
+from trainer_tune.workloads.nsa_stats import over_ranks
 
 
 def _layer(**overrides: object) -> NativeSparseAttention:
@@ -180,15 +181,23 @@ def test_aux_stats_are_collected_only_when_asked() -> None:
     assert quiet.last_aux_stats is None
 
 
-def test_reduce_aux_stats_without_and_with_a_process_group(tmp_path) -> None:
-    stats = {"b": torch.tensor(2.0), "a": torch.tensor(0.5)}
-    assert reduce_aux_stats(stats) == {"a": 0.5, "b": 2.0}
-    assert reduce_aux_stats({}) == {}
+def test_a_window_of_aux_stats_is_averaged_over_ranks_in_one_reduction(tmp_path) -> None:
+    steps = [{"b": torch.tensor(2.0), "a": torch.tensor(0.5)}, {"b": torch.tensor(4.0), "a": torch.tensor(1.5)}]
+    calls = []
+
+    def mean_over_ranks(stacked: torch.Tensor) -> list:
+        calls.append(tuple(stacked.shape))
+        return stacked.tolist()
+
+    assert over_ranks(steps, mean_over_ranks) == [{"a": 0.5, "b": 2.0}, {"a": 1.5, "b": 4.0}]
+    assert calls == [(2, 2)]  # one [steps, names] tensor, names sorted: one all-reduce for the whole window
+    assert over_ranks([], mean_over_ranks) == [] and calls == [(2, 2)]
     if not dist.is_available() or dist.is_initialized():
         pytest.skip("needs torch.distributed and no group already initialised")
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        assert reduce_aux_stats(stats) == {"a": 0.5, "b": 2.0}
+        session = DistSession(rank_env=RankEnv.from_environ({}), device=torch.device("cpu"), backend="gloo")
+        assert over_ranks(steps, session.mean_tensor_over_ranks) == [{"a": 0.5, "b": 2.0}, {"a": 1.5, "b": 4.0}]
     finally:
         dist.destroy_process_group()
 

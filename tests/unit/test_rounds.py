@@ -55,20 +55,6 @@ def test_between_window_interval_covers_the_true_rate_95_percent_of_the_time(n_w
     assert 0.91 <= hits / draws <= 0.99, hits / draws
 
 
-def test_a_within_window_bootstrap_would_not_cover_between_window_noise() -> None:
-    """Why intervals are taken between windows: the steps of one window cannot see the window's offset."""
-    from trainer_tune.measure.step_stats import throughput_ci
-
-    rng = random.Random(5)
-    hits = 0
-    for _ in range(200):
-        window_rate = 1000.0 * math.exp(rng.gauss(0.0, 0.07))
-        times = [rng.gauss(1.0 / window_rate, 0.05 / window_rate) for _ in range(30)]
-        low, high = throughput_ci(times, amount_per_step=1.0)
-        hits += low <= 1000.0 <= high
-    assert hits / 200 < 0.6
-
-
 def test_one_window_has_no_interval() -> None:
     assert log_t_interval([1000.0]) is None
     estimate = ratio_estimate({"r0": 1200.0}, {"r0": 1000.0})

@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-import random
 
 from trainer_tune.config.schema import WindowArgs
-from trainer_tune.measure.step_stats import StepTimeStats, count_outliers, quantile, relative_half_width, throughput_ci, throughput_per_s
-from trainer_tune.measure.window import window_stop_reason
+from trainer_tune.measure.step_stats import StepTimeStats, count_outliers, quantile, throughput_per_s
+from trainer_tune.measure.window import window_length
 
 
 def test_quantile_interpolates_like_numpy() -> None:
@@ -40,44 +39,17 @@ def test_throughput_is_amount_over_summed_time() -> None:
         throughput_per_s(10, 0.0)
 
 
-def test_constant_steps_give_a_point_interval() -> None:
-    low, high = throughput_ci([0.1] * 20, amount_per_step=1000)
-    assert low == pytest.approx(10_000) and high == pytest.approx(10_000)
-
-
-def test_interval_covers_the_true_rate_about_95_percent_of_the_time() -> None:
-    # Known answer: i.i.d. step times with mean 0.1 s, so the true rate is 1000 / 0.1 = 10,000 per second.
-    rng = random.Random(1234)
-    covered = 0
-    for trial in range(200):
-        times = [max(0.01, rng.gauss(0.1, 0.01)) for _ in range(40)]
-        low, high = throughput_ci(times, amount_per_step=1000, seed=trial)
-        covered += low <= 10_000 <= high
-    assert 0.88 <= covered / 200 <= 0.99
-
-
-def test_interval_narrows_with_more_steps() -> None:
-    rng = random.Random(7)
-    short = [rng.gauss(0.1, 0.01) for _ in range(10)]
-    long = short + [rng.gauss(0.1, 0.01) for _ in range(190)]
-    width = [relative_half_width(*throughput_ci(t, amount_per_step=1), len(t) / sum(t)) for t in (short, long)]
-    assert width[1] < width[0] / 2
-
-
 def test_outliers_are_counted() -> None:
     assert count_outliers([0.1, 0.11, 0.1, 0.12, 0.1, 0.11, 0.9]) == 1
     assert count_outliers([0.1] * 5) == 0
 
 
-def test_window_stops_on_the_interval_or_a_cap() -> None:
-    adaptive = WindowArgs(measure_steps=10, target_rel_ci=0.02, max_measure_steps=50, max_measure_s=100.0)
-    assert window_stop_reason([0.1] * 9, adaptive) is None
-    assert window_stop_reason([0.1] * 10, adaptive).startswith("95% interval within +-0.0% after 10 steps")
-    rng = random.Random(5)
-    noisy = [rng.uniform(0.05, 0.3) for _ in range(20)]
-    assert window_stop_reason(noisy, adaptive) is None
-    assert window_stop_reason(noisy * 3, adaptive).startswith("step cap: 60 steps")
-    capped = WindowArgs(measure_steps=10, target_rel_ci=0.02, max_measure_steps=500, max_measure_s=2.0)
-    assert window_stop_reason(noisy, capped).startswith("time cap:")
-    fixed = WindowArgs(measure_steps=4, target_rel_ci=None)
-    assert window_stop_reason([0.1, 0.5, 0.1, 0.9], fixed) == "fixed window of 4 steps"
+def test_a_window_fills_measure_s_at_the_warm_up_pace_within_its_step_bounds() -> None:
+    window = WindowArgs(measure_steps=4, measure_s=1.0, max_measure_steps=200)
+    steps, why = window_length(0.03, window)
+    assert steps == 34 and why == "34 steps to fill window.measure_s=1 s at 30 ms per step (the last warm-up step)"
+    assert window_length(0.5, window)[0] == 4  # slow steps: the fewest
+    assert window_length(0.001, window) == (200, "200 steps (window.max_measure_steps) of the 1,000 that would fill "
+                                                 "1 s at 1 ms per step (the last warm-up step)")
+    assert window_length(None, window) == (4, "4 steps (window.measure_steps): no warm-up step to pace the window")
+

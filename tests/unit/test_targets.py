@@ -203,15 +203,16 @@ def test_aux_stats_collector_averages_layers_and_micro_steps() -> None:
         per_micro_step.append({name: sum(float(layer.last_aux_stats[name]) for layer in collector.layers) / 2
                                for name in collector.layers[0].last_aux_stats})
         collector.add_micro_step()
-    stats = collector.reduce_step()
-    assert stats is not None
+    step = collector.end_step()
+    assert step is not None
+    stats = {name: float(value) for name, value in step.items()}
     for name, value in stats.items():
         assert value == pytest.approx((per_micro_step[0][name] + per_micro_step[1][name]) / 2, rel=1e-5)
     assert 0 <= stats["selected_window_overlap"] <= 1 and stats["selected_attention_entropy"] > 0
     with pytest.raises(RuntimeError, match="did not run in this micro-step"):
         collector.add_micro_step()  # the layers' statistics were consumed and no forward ran since
     quiet = AuxStatsCollector(build_model(args, TrialFlags(disable_aux_stats=True)))
-    assert quiet.layers == [] and quiet.reduce_step() is None
+    assert quiet.layers == [] and quiet.end_step() is None
 
 
 def test_settings_this_configuration_ignores_are_named() -> None:

@@ -21,7 +21,7 @@ from trainer_tune.measure.window import _Trainer, measure_local
 def _setup() -> tuple[TuneConfig, DistSession, TelemetryProbe]:
     cfg = TuneConfig()
     cfg.model.seq_len = 16
-    cfg.window.warmup_steps, cfg.window.measure_steps, cfg.window.target_rel_ci = 1, 3, None
+    cfg.window.warmup_steps, cfg.window.measure_steps, cfg.window.max_measure_steps = 1, 3, 3
     cfg.baseline.micro_batch_size, cfg.baseline.grad_accum = 1, 1
     rank_env = RankEnv(rank=0, local_rank=0, world_size=1, local_world_size=1, node_rank=0, hostname="here",
                        under_torchrun=False, restart_count=0)

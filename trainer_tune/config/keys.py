@@ -105,7 +105,39 @@ def _schema_at(schema: type, path: str) -> Optional[type]:
     return node if isinstance(node, type) else None
 
 
+REMOVED = {
+    "window.target_rel_ci": "windows no longer stop on an interval over their own steps, which says nothing of the "
+                            "machine's drift between windows; window.measure_s sets how long a window measures and "
+                            "every interval is over windows (docs/measurement.md)",
+    "window.check_every_steps": "windows no longer check an interval while they measure (each check drained the GPU "
+                                "queue); their step count is fixed from the warm-up's timing (window.measure_s)",
+    "window.max_measure_s": "use window.measure_s, the time a window's measured steps aim to fill",
+}
+"""Keys that existed once, and what took their place: a config or command line that still sets one is told so."""
+
+_CARRIED = {"window.max_measure_s": "window.measure_s"}
+"""Removed keys whose value a recorded config carries over to the key that replaced them."""
+
+
+def upgrade_recorded(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A config a sweep recorded (its config.yaml) with the keys removed since dropped, or carried over to the key
+    that replaced them, so that a re-decide reads it (the windows were measured under the old keys' meaning)."""
+    upgraded = {group: dict(values) if isinstance(values, dict) else values for group, values in recorded.items()}
+    for path in REMOVED:
+        group, _, name = path.partition(".")
+        values = upgraded.get(group)
+        if not isinstance(values, dict) or name not in values:
+            continue
+        value = values.pop(name)
+        if path in _CARRIED:
+            new_group, _, new_name = _CARRIED[path].partition(".")
+            upgraded[new_group].setdefault(new_name, value)
+    return upgraded
+
+
 def _message(path: str, *, parent: str, name: str, schema: type) -> str:
+    if path in REMOVED:
+        return f"{path} was removed: {REMOVED[path]}"
     nearest = _nearest(path, parent=parent, name=name, schema=schema)
     if nearest is not None:
         return f"{path} is not a configuration key; did you mean {nearest}?"
@@ -142,7 +174,7 @@ def _nearest(path: str, *, parent: str, name: str, schema: type) -> Optional[str
 
 def _closest_name(name: str, candidates: list[str]) -> Optional[str]:
     """difflib's closest name, preferring names with the same unit: `measure_secs` is a time, and the time
-    key is max_measure_s, however close `measure_steps` is in spelling."""
+    key is measure_s, however close `measure_steps` is in spelling."""
     head, _, last = name.rpartition("_")
     unit = _SPELLED_UNITS.get(last.lower(), last.lower()) if head else ""
     if unit not in _UNITS:

@@ -332,6 +332,10 @@ class TrainArgs:
     axis."""
     compile_mode: CompileMode = CompileMode.default
     """torch.compile's mode: default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs."""
+    compile_dynamic: bool = False
+    """torch.compile's `dynamic`: false compiles static shapes, one graph per setting (dynamo is reset before each
+    compiled build, so a second micro-batch size is never marked dynamic and no earlier setting's graphs count
+    towards its recompile limit); true marks shapes dynamic from the first call."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward instead of keeping them (less memory, more compute):
     per block for the built-in GPT; through the model's activation_checkpointing_enable() (or
@@ -400,7 +404,7 @@ class SweepArgs:
     their fingerprint, and comparisons still pair across the change)."""
     screen: Optional[bool] = None
     """Screening for large spaces (decide/race.py): the first 2 rounds measure every setting in short windows
-    (a quarter of window.max_measure_s, without the comm split and noise steps), with the baseline repeated every 8 windows
+    (a quarter of window.measure_s, without the comm split and noise steps), with the baseline repeated every 8 windows
     so each setting pairs with a baseline window measured near it; after each, settings far behind the leader
     leave by the race's rule (after the first with the noise of the baseline's repeats, after the second with the
     noise pooled over every setting), each a look in the error budget. null: screen when more than 16 settings enter the first round (strategy=grid, race on,
@@ -460,18 +464,15 @@ class WindowArgs:
     warmup_steps: int = 3
     """Steps run first and not counted (allocator, autotuning, caches)."""
     measure_steps: int = 4
-    """Steps timed and counted per window: all of them with target_rel_ci=null, else the minimum."""
-    target_rel_ci: Optional[float] = 0.02
-    """Keep measuring until the 95% interval of throughput is within +-this share of it (block bootstrap over
-    the slowest rank's step times), or a cap is reached; null: exactly measure_steps."""
+    """The fewest measured steps a window has."""
+    measure_s: float = 1.0
+    """How long a window's measured steps aim to take: the step count is fixed before the first measured step,
+    from the last warm-up step's time (the slowest rank's), to fill this (at least measure_steps, at most
+    max_measure_steps), so the window synchronises only at its two ends. Long enough to average out step-to-step
+    noise; windows are short on purpose beyond that: precision comes from several windows spread over the sweep
+    (sweep.min_rounds), which see the machine's slow changes of speed that no single window can."""
     max_measure_steps: int = 200
-    """Cap on measured steps per trial when measuring to target_rel_ci."""
-    max_measure_s: float = 1.0
-    """Cap on measured time per window. Windows are short on purpose: precision comes from several windows
-    spread over the sweep (sweep.min_rounds), which see the machine's slow changes of speed that no single
-    window can."""
-    check_every_steps: int = 2
-    """How often the ranks agree on the interval (one small all-reduce, outside the timed steps)."""
+    """Cap on measured steps per window (fast steps would otherwise make very long windows)."""
     keep_models: Optional[bool] = None
     """Keep each setting's model, optimizer and data stream alive between its windows, so it is built and warmed
     up once (later windows re-warm with one step). null decides: yes on CPU while every setting's training
@@ -492,14 +493,10 @@ class WindowArgs:
     def __post_init__(self) -> None:
         require_int_at_least("window.warmup_steps", self.warmup_steps, 0)
         require_int_at_least("window.measure_steps", self.measure_steps, 2)
-        require_int_at_least("window.check_every_steps", self.check_every_steps, 1)
         require_int_at_least("window.comm_split_steps", self.comm_split_steps, 0)
         require_int_at_least("window.noise_steps", self.noise_steps, 0)
         require_int_at_least("window.max_measure_steps", self.max_measure_steps, self.measure_steps)
-        require(self.max_measure_s > 0, key="window.max_measure_s", value=self.max_measure_s, allowed="seconds > 0")
-        if self.target_rel_ci is not None:
-            require(0 < self.target_rel_ci < 1, key="window.target_rel_ci", value=self.target_rel_ci,
-                    allowed="a share in (0, 1), e.g. 0.02 for +-2%, or null for a fixed window")
+        require(self.measure_s > 0, key="window.measure_s", value=self.measure_s, allowed="seconds > 0")
 
 
 @dataclass

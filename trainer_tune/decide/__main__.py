@@ -25,7 +25,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainer_tune.config.keys import check_keys
+from trainer_tune.config.keys import check_keys, upgrade_recorded
 from trainer_tune.config.schema import ConfigError, TuneConfig
 from trainer_tune.decide.race import run_race
 from trainer_tune.decide.verdict import Decision, decide_race
@@ -87,6 +87,7 @@ def load_config(output_dir: Path, overrides: Sequence[str]) -> TuneConfig:
     try:
         recorded = yaml.safe_load(_config_file(output_dir).read_text()) or {}
         recorded.pop("hydra", None)
+        recorded = upgrade_recorded(recorded)
         merged = OmegaConf.merge(OmegaConf.structured(TuneConfig), recorded)
         given = OmegaConf.from_dotlist(list(overrides))
         check_keys(given)
@@ -128,8 +129,8 @@ def redecide(output_dir: Path, overrides: Sequence[str] = ()) -> Redecided:
     baseline = next((w for w in windows if w.is_baseline), None)
     if baseline is None:
         raise ConfigError(f"{journal} has no window of the baseline: it is not a sweep's journal")
-    plan = build_plan(cfg, world_size=world_size, base_flags=baseline.flags,
-                      device_type=baseline.device.split(":")[0])
+    plan = _journal_keyed(build_plan(cfg, world_size=world_size, base_flags=baseline.flags,
+                                     device_type=baseline.device.split(":")[0]), windows)
     if not {s.key for s in plan} & {w.setting_key for w in windows}:
         raise ConfigError(f"{journal} has no window of any setting that {output_dir / CONFIG_YAML} plans: the "
                           f"journal and the config are not of one sweep")
@@ -142,6 +143,16 @@ def redecide(output_dir: Path, overrides: Sequence[str] = ()) -> Redecided:
     decision = decide_race(race, cfg, memory_limit=limit)
     return Redecided(report=build_report(decision, fingerprint=_last_fingerprint(windows)), recorded=recorded,
                      world_size=world_size)
+
+
+def _journal_keyed(plan: list[TrialSpec], windows: Sequence[WindowRecord]) -> list[TrialSpec]:
+    """The plan with each setting keyed as the journal keys it. A setting's key hashes the measurement context,
+    which a later version may spell differently (window.target_rel_ci and window.max_measure_s gave way to
+    window.measure_s): the recorded windows are what they were, found by their setting (micro-batch, accumulation,
+    flags)."""
+    recorded = {(w.micro_batch_size, w.grad_accum, w.flags): w.setting_key for w in windows if w.setting_key}
+    return [dataclasses.replace(spec, key=recorded.get((spec.micro_batch_size, spec.grad_accum, spec.flags), spec.key))
+            for spec in plan]
 
 
 def _last_fingerprint(windows: Sequence[WindowRecord]) -> Optional[Fingerprint]:

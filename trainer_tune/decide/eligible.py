@@ -16,8 +16,9 @@ FAILED = "failed"
 NO_RATE = "no rate"
 OVER_MEMORY = "over memory"
 OVER_LATENCY = "over the latency budget"
+NOT_COMPILED = "did not stay compiled"
 TOO_FEW_WINDOWS = "too few windows"
-KINDS = (FAILED, NO_RATE, OVER_MEMORY, OVER_LATENCY, TOO_FEW_WINDOWS)
+KINDS = (FAILED, NO_RATE, OVER_MEMORY, OVER_LATENCY, NOT_COMPILED, TOO_FEW_WINDOWS)
 """What `ineligibility` names as the kind of each reason, in the order the rule checks them."""
 
 
@@ -55,6 +56,9 @@ def ineligibility(setting: SettingEstimate, args: RecommendArgs, *, min_windows:
         latency = over_latency_budget(setting, args.max_latency_ms)
         if latency is not None:
             return OVER_LATENCY, latency
+    not_compiled = setting.compile.why_not_compiled() if setting.compile is not None else None
+    if not_compiled is not None:
+        return NOT_COMPILED, not_compiled
     if len(setting.rates_by_round()) < min_windows:
         return TOO_FEW_WINDOWS, ("measured in one window only, which gives no interval, so not recommended over "
                                  "settings measured in several")

@@ -83,7 +83,7 @@ repeats (FACTS.md: the window-to-window noise is much the same for every setting
 SCREEN_BLOCK = 8
 """Settings per block of a screening round; each block holds a window of the baseline too."""
 SCREEN_WINDOW_SHARE = 0.25
-"""A screening window measures this share of window.max_measure_s (window.measure_steps at least): two screening
+"""A screening window measures this share of window.measure_s (window.measure_steps at least): two screening
 rounds of 32 settings then fit in about 50 s on a 2-core machine, where half-length windows took 68 s. The noise
 that matters is the machine's between windows (FACTS.md), which a shorter window hardly adds to."""
 
@@ -248,7 +248,7 @@ class RaceHost(Protocol):
                 screening: bool = False) -> Optional[WindowRecord]:
         """One window of `spec` in `round_id`, recorded; None when it cannot be had (the replay's journal ends).
         `first`: the setting's first full window, which also measures the extras (comm split, noise steps);
-        `screening`: a short screening window (SCREEN_WINDOW_SHARE of window.max_measure_s, no extras)."""
+        `screening`: a short screening window (SCREEN_WINDOW_SHARE of window.measure_s, no extras)."""
 
 
 class RaceObserver(Protocol):

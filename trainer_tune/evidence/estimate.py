@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 from trainer_tune.evidence.stats import geometric_mean, log_t_interval, noise_floor
-from trainer_tune.measure.figures import FLOP_COUNTER, CpuFigures, GpuFigures, MfuFigures, NoiseFloor
+from trainer_tune.measure.figures import FLOP_COUNTER, CompileFigures, CpuFigures, GpuFigures, MfuFigures, NoiseFloor
 from trainer_tune.measure.noise_estimate import pool as pool_noise_scale
 from trainer_tune.measure.record import SAMPLES, MeasuredFigures, Status, WindowRecord, shared_figures
 from trainer_tune.measure.step_stats import StepTimeStats, latency_figures
@@ -151,9 +151,22 @@ def aggregate_windows(windows: Sequence[WindowRecord], *, noise: Optional[NoiseF
         noise_scale=pool_noise_scale([w.noise_scale for w in ordered]),
         compile_s=max((w.compile_s for w in ordered if w.compile_s is not None), default=None),
         compile_note=None if any(w.compile_s is not None for w in ordered) else first.compile_note,
-        num_graphs_compiled_measured=_int_total([w.num_graphs_compiled_measured for w in ordered]),
+        compile=_compile_over_windows(ordered),
         step_times_s=step_times_s, losses=tuple(x for w in ordered for x in w.losses),
         nsa_aux_stats=tuple(s for w in ordered for s in w.nsa_aux_stats))
+
+
+def _compile_over_windows(ordered: Sequence[WindowRecord]) -> Optional[CompileFigures]:
+    """A setting's compile counts: its windows' recompiles summed, the most graph breaks, fallen back to eager if
+    any window was (unknown only when every window's is)."""
+    counts = [w.compile for w in ordered if w.compile is not None]
+    if not counts:
+        return None
+    breaks = [c.graph_breaks for c in counts if c.graph_breaks is not None]
+    fallbacks = [c.fell_back_to_eager for c in counts if c.fell_back_to_eager is not None]
+    return CompileFigures(recompiles_measured=sum(c.recompiles_measured for c in counts),
+                          graph_breaks=max(breaks) if breaks else None,
+                          fell_back_to_eager=any(fallbacks) if fallbacks else None)
 
 
 def aggregate_by_setting(windows: Sequence[WindowRecord]) -> list[SettingEstimate]:

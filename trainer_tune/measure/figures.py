@@ -213,6 +213,30 @@ class NoiseScaleFigures:
 
 
 @dataclass(frozen=True)
+class CompileFigures:
+    """What dynamo did for a torch.compile'd trainer (workloads/compile.DynamoCounts), as each window records it."""
+
+    recompiles_measured: int
+    """Graphs dynamo compiled during the measured steps (their time is then in the throughput); summed over a
+    setting's windows."""
+    graph_breaks: Optional[int]
+    """Graph breaks dynamo reported since the trainer was built (None in lines from before they were recorded)."""
+    fell_back_to_eager: Optional[bool]
+    """dynamo gave up on a frame since the build (its recompile limit, say), which then runs eager: the setting
+    is not the compiled model it claims to be."""
+
+    def why_not_compiled(self) -> Optional[str]:
+        """Why a setting with these counts is not eligible as compiled (decide/eligible.py), or None."""
+        if self.fell_back_to_eager:
+            return ("torch.compile fell back to eager (dynamo gave up on a frame, e.g. at its recompile limit): "
+                    "not the compiled model it claims to be")
+        if self.recompiles_measured:
+            return (f"dynamo recompiled {self.recompiles_measured} graph(s) during measured steps: its rate holds "
+                    f"compile time")
+        return None
+
+
+@dataclass(frozen=True)
 class NoiseFloor:
     """The machine's noise on log throughput, estimated from every setting's windows in one sweep.
 

@@ -14,14 +14,17 @@ from enum import Enum
 from typing import Any, Optional
 
 from trainer_tune.measure.figures import (
-    CommSplit, CpuFigures, GpuFigures, LatencyFigures, MfuFigures, NoiseScaleFigures, from_fields, peak_memory)
+    CommSplit, CompileFigures, CpuFigures, GpuFigures, LatencyFigures, MfuFigures, NoiseScaleFigures, from_fields, peak_memory)
 from trainer_tune.config.flags import KEYED_WHEN_SET, TrialFlags
 from trainer_tune.platform.fingerprint import Fingerprint
 from trainer_tune.platform.finite import NON_FINITE_KEY, finite_only
 from trainer_tune.measure.step_stats import StepTimeStats
 
-RECORD_VERSION = 5
-"""5: each window carries the fingerprint of the machine and software that measured it (older lines have none).
+RECORD_VERSION = 6
+"""6: a window's steps run uninterrupted (no within-window interval: throughput_ci95 is None on a window), and it
+records `syncs_in_window`, `lifetime` (the process group that measured it) and dynamo's counts in `compile`
+(which replaced num_graphs_compiled_measured).
+5: each window carries the fingerprint of the machine and software that measured it (older lines have none).
 4: one record per stage: a window's line holds the window alone (round, setting key and figures); the
 setting-level fields (window_throughput_per_s, num_windows, noise, statistical efficiency, goodput) are
 SettingEstimate's (evidence/estimate.py) and are dropped from older lines on read.
@@ -170,9 +173,9 @@ class MeasuredFigures:
     or journals from before it. A setting's is its costliest build's."""
     compile_note: Optional[str] = None
     """For a compiled setting: why compile_s is None."""
-    num_graphs_compiled_measured: Optional[int] = None
-    """Graphs dynamo compiled during the measured steps (recompilation, whose time is then in the throughput), the
-    most over ranks, summed over a setting's windows; None for an eager setting."""
+    compile: Optional[CompileFigures] = None
+    """dynamo's counts for a torch.compile'd setting (recompiles during measured steps, graph breaks, eager
+    fallback), the most over ranks; a setting's sums its windows' recompiles. None for an eager setting."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Diagnostics for people, read by no decision and no sink: `ddp_applied`, `tracebacks`."""
     non_finite: list[str] = field(default_factory=list)
@@ -222,6 +225,12 @@ class WindowRecord(MeasuredFigures):
     fingerprint: Optional[Fingerprint] = None
     """The machine and software the window was measured on (platform/fingerprint.py); None in lines from before
     record version 5."""
+    lifetime: Optional[str] = None
+    """The process group that measured the window (run/sweep.py): windows of different lifetimes are never
+    paired in one round. None in lines from before record version 6."""
+    syncs_in_window: Optional[int] = None
+    """The tuner's own synchronising calls between the window's two synchronisations (platform/syncs.py): 0 for a
+    training window. None in lines from before record version 6."""
     record_version: int = RECORD_VERSION
 
     def rates_by_round(self) -> dict[str, float]:
@@ -239,8 +248,8 @@ class WindowRecord(MeasuredFigures):
             data = _upgrade_v2(data)
         if data.get("record_version", 1) < 4:
             data = _upgrade_v3(data)
-        if data.get("record_version", 1) < 5:
-            data = {**data, "record_version": RECORD_VERSION}  # 5 only added the optional fingerprint
+        if data.get("record_version", 1) < 6:
+            data = _upgrade_v5(data)
         required = {f.name for f in dataclasses.fields(WindowRecord)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         missing = required - set(data)
@@ -251,7 +260,8 @@ class WindowRecord(MeasuredFigures):
                  "mfu": lambda v: from_fields(MfuFigures, v), "step_times_s": tuple, "losses": tuple,
                  "nsa_aux_stats": tuple, "run_overrides": tuple, "gpu_utilization_series": lambda v: tuple(tuple(p) for p in v),
                  "latency": lambda v: from_fields(LatencyFigures, v),
-                 "noise_scale": NoiseScaleFigures.from_json_dict, "fingerprint": Fingerprint.from_json_dict}
+                 "noise_scale": NoiseScaleFigures.from_json_dict, "fingerprint": Fingerprint.from_json_dict,
+                 "compile": lambda v: from_fields(CompileFigures, v)}
         values = dict(data)
         # Lines from before data.num_workers was one of the flags: their batches were made in the training
         # process unless data.num_workers said otherwise, which they did not record with the setting.
@@ -267,6 +277,17 @@ class WindowRecord(MeasuredFigures):
 SETTING_ONLY_FIELDS = ("window_throughput_per_s", "num_windows", "noise", "statistical_efficiency",
                        "statistical_efficiency_ci95", "goodput_samples_per_s", "goodput_tokens_per_s")
 """Fields version 3 lines carried on every record and version 4 keeps only on a setting's estimate."""
+
+
+def _upgrade_v5(data: dict[str, Any]) -> dict[str, Any]:
+    """A line from before version 6 (5 only added the optional fingerprint): its count of graphs compiled during
+    measured steps moves into `compile`, with graph breaks and fallback unknown."""
+    data = dict(data)
+    graphs = data.pop("num_graphs_compiled_measured", None)
+    if graphs is not None:
+        data["compile"] = {"recompiles_measured": graphs, "graph_breaks": None, "fell_back_to_eager": None}
+    data["record_version"] = RECORD_VERSION
+    return data
 
 
 def _upgrade_v3(data: dict[str, Any]) -> dict[str, Any]:

@@ -78,33 +78,6 @@ def block_bootstrap_indices(n: int, *, resamples: int = 2000, seed: int = 0) -> 
     return _block_indices(n, resamples=resamples, block_len=default_block_len(n), rng=np.random.default_rng(seed))
 
 
-def bootstrap_rates(times_s: Sequence[float], *, amount_per_step: float, resamples: int = 2000,
-                    seed: int = 0) -> np.ndarray:
-    """Bootstrap distribution of amount_per_step x n / (sum of n resampled step times)."""
-    times = np.asarray(times_s, dtype=float)
-    if len(times) < 2:
-        raise ValueError("a bootstrap needs at least 2 steps")
-    rng = np.random.default_rng(seed)
-    idx = _block_indices(len(times), resamples=resamples, block_len=default_block_len(len(times)), rng=rng)
-    return amount_per_step * len(times) / times[idx].sum(axis=1)
-
-
-def interval(samples: np.ndarray, *, confidence: float = 0.95) -> tuple[float, float]:
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(samples, [tail, 1.0 - tail])
-    return float(low), float(high)
-
-
-def throughput_ci(times_s: Sequence[float], *, amount_per_step: float, confidence: float = 0.95,
-                  seed: int = 0) -> tuple[float, float]:
-    """Confidence interval of the sustained rate over these steps (percentile block bootstrap)."""
-    return interval(bootstrap_rates(times_s, amount_per_step=amount_per_step, seed=seed), confidence=confidence)
-
-
-def relative_half_width(low: float, high: float, estimate: float) -> float:
-    return (high - low) / 2.0 / estimate
-
-
 def count_outliers(times_s: Sequence[float]) -> int:
     """Steps slower than median + 5 x MAD (scaled to a normal sigma): counted and shown, never dropped."""
     median = statistics.median(times_s)

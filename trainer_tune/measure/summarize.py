@@ -22,7 +22,7 @@ from trainer_tune.measure.gpu_sampler import GpuSummary
 from trainer_tune.plan import TrialSpec
 from trainer_tune.measure.rapl import CpuEnergy
 from trainer_tune.measure.record import SAMPLES, TOKENS, Status, WindowRecord
-from trainer_tune.measure.step_stats import StepTimeStats, count_outliers, latency_figures, quantile, throughput_ci, throughput_per_s
+from trainer_tune.measure.step_stats import StepTimeStats, count_outliers, latency_figures, quantile, throughput_per_s
 from trainer_tune.measure.telemetry import RankTelemetry
 from trainer_tune.measure.window import WindowMeasurement
 
@@ -191,11 +191,6 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         status, error = Status.error, unit_error
     samples_per_s = throughput_per_s(m.samples, m.measured_s)
     tokens_per_s = throughput_per_s(m.tokens, m.measured_s) if m.tokens is not None else None
-    rate = samples_per_s if unit == SAMPLES else tokens_per_s
-    # The bootstrap runs over the per-step slowest times; its relative interval is applied to the reported
-    # figure (which divides by the slowest rank's total, see docs/measurement.md).
-    per_step_rate = len(m.step_times_s) / math.fsum(m.step_times_s)
-    low, high = throughput_ci(m.step_times_s, amount_per_step=1.0)
     gpu, gpu_note, cpu = _combine_telemetry(telemetry, tokens=m.tokens, samples=m.samples)
     mfu_info, mfu_note = mfu_figures(ctx, m, samples_per_s=samples_per_s, world_size=spec.world_size) \
         if samples_per_s else (None, "no samples measured")
@@ -212,7 +207,6 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
            | {"num_measured_steps": len(m.step_times_s), "num_warmup_steps": m.num_warmup_steps}),
         status=status.name, error=error, gpu=gpu, gpu_note=gpu_note, cpu=cpu,
         throughput_unit=unit,
-        throughput_ci95=[rate * low / per_step_rate, rate * high / per_step_rate] if rate is not None else None,
         tokens_per_step=m.tokens / len(m.step_times_s) if m.tokens is not None else None,
         data_wait_fraction=math.fsum(m.data_wait_s) / m.measured_s if m.data_wait_s and m.measured_s else None,
         data_wait_s_median=statistics.median(m.data_wait_s) if m.data_wait_s else None,
@@ -233,7 +227,7 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         nsa_aux_stats=tuple(dict(s) for s in m.aux_stats), device_memory_bytes=ctx.device_memory_bytes,
         gpu_utilization_series=rank0.gpu_utilization_series if rank0 is not None else (),
         noise_scale=estimate_noise_scale(m.noise_readings) if m.noise_readings else None,
-        noise_scale_note=m.noise_note, **compile_figures(m),
+        noise_scale_note=m.noise_note, **compile_figures(m), syncs_in_window=m.syncs_in_window,
         extra={"ddp_applied": m.ddp_applied})
 
 
@@ -246,14 +240,14 @@ def compile_seconds(*, warmup_s: float, num_warmup_steps: int, step_times_s: Seq
 
 
 def compile_figures(m: WindowMeasurement) -> dict[str, Any]:
-    """A window's compile_s, compile_note and num_graphs_compiled_measured (WindowRecord); nothing when eager."""
+    """A window's compile_s, compile_note and compile counts (WindowRecord); nothing when eager."""
     if not m.compiled:
         return {}
     compile_s = compile_seconds(warmup_s=m.warmup_s, num_warmup_steps=m.num_warmup_steps,
                                 step_times_s=m.step_times_s) if m.compiled_build else None
     note = None if m.compiled_build else "compiled when its trainer was built, in an earlier window"
     return {"compile_s": compile_s, "compile_note": note,
-            "num_graphs_compiled_measured": m.num_graphs_compiled_measured}
+            "compile": m.compile}
 
 
 def energy_per_sample_of(gpu: Optional[GpuFigures], gpu_note: Optional[str], cpu_energy: CpuEnergy, *,

@@ -5,10 +5,18 @@ counts one micro-step's FLOPs with FlopCounterMode before DDP wraps the model (f
 GPT, whose FLOPs are a formula). A setting with train.compile then torch.compiles the DDP-wrapped model, which
 compiles in the first warm-up step (workloads/compile.py). Warm-up optimizer steps run first and are not
 measured. Each measured optimizer step is `grad_accum` micro-steps, with DDP's `no_sync` on all but the last, then
-`optimizer.step()` (through a GradScaler with fp16). Step
-boundaries are timed on the host clock on CPU and with CUDA events on GPU (which time the device's own stream
-without stalling the host each step); the device is synchronized before any time is read. Per step, the time
-that counts is the slowest rank's, and tokens are the ones really fed to the model on every rank.
+`optimizer.step()` (through a GradScaler with fp16).
+
+The measured steps are one uninterrupted stretch: their number is fixed before the first (from the last warm-up
+step's time, `window_length`), the device is synchronised once at each end, and in between the tuner neither
+synchronises, nor makes a collective, nor reads a device tensor (platform/syncs.py counts what it does:
+`syncs_in_window`). The window's time is the wall time between the two synchronisations, the slowest rank's;
+step boundaries are marked on the host clock on a CPU and with CUDA events on a GPU, read after the closing
+synchronisation, for the step-time distribution. Losses, token counts and NSA statistics stay on the device until
+then. Tokens are the ones really fed to the model on every rank.
+
+A setting's noise steps (the gradient noise scale) run right after its trainer is built, before the warm-up: every
+setting reads them at the same training point, its initial weights (model.checkpoint's when given).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import math
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional
 
 import psutil
 import torch
@@ -28,8 +36,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer_tune.config.schema import Mode, Precision, TuneConfig, WindowArgs
+from trainer_tune.platform import syncs
 from trainer_tune.platform.distributed import DistSession
 from trainer_tune.platform.faults import NO_FAULT, FaultPlan
+from trainer_tune.measure.figures import CompileFigures
 from trainer_tune.measure.flop_count import StepFlops, count_step_flops
 from trainer_tune.measure.flops import analytic_flops_apply
 from trainer_tune.measure.host_memory import RssGrowth, RssWatch
@@ -37,17 +47,17 @@ from trainer_tune.measure.noise_estimate import NoiseReading
 from trainer_tune.measure.noise_steps import GradientNormReader, run_noise_steps, why_not_measured
 from trainer_tune.plan import TrialSpec
 from trainer_tune.measure.replica import InferenceReplica
-from trainer_tune.measure.step_stats import relative_half_width, throughput_ci
 from trainer_tune.measure.telemetry import RankTelemetry, TelemetryProbe
 from trainer_tune.platform.units import format_bytes
-from trainer_tune.workloads.batch import Count, count_samples, read_count, token_counter
-from trainer_tune.workloads.compile import compile_failures_named, compile_module, graphs_compiled
+from trainer_tune.workloads.batch import Count, count_samples, token_counter
+from trainer_tune.workloads.compile import (
+    DynamoCounts, compile_failures_named, compile_module, dynamo_counts, fresh_compile_state)
 from trainer_tune.workloads.data import build_batches
 from trainer_tune.workloads.loss import build_loss
 from trainer_tune.workloads.checkpointing import enable_activation_checkpointing
 from trainer_tune.workloads.model import build_trial_model, count_parameters
 from trainer_tune.workloads.precision import autocast_for
-from trainer_tune.workloads.nsa_stats import AuxStatsCollector
+from trainer_tune.workloads.nsa_stats import AuxStatsCollector, over_ranks as aux_stats_over_ranks
 from trainer_tune.workloads.step import StepFn, StepOutcome, StepRules, default_step, user_step
 from trainer_tune.workloads.targets import instantiate_target
 
@@ -57,8 +67,9 @@ class WindowMeasurement:
     step_times_s: tuple[float, ...]
     """Per measured optimizer step, the slowest rank's time (for the step-time distribution)."""
     measured_s: float
-    """The measured steps' total time on the slowest rank: the denominator of throughput. (Summing the
-    per-step maxima instead would add cross-rank jitter, since the slowest rank changes from step to step.)"""
+    """The measured steps' wall time on the slowest rank, from the synchronised start to the synchronised end
+    (host gaps between steps included): the denominator of throughput. (Summing the per-step maxima instead would
+    add cross-rank jitter, since the slowest rank changes from step to step.)"""
     tokens: Optional[int]
     """Tokens fed to the model in the measured steps, summed over ranks and micro-steps (workloads/batch.py
     says what counts as a token); None when the batches carry none (images)."""
@@ -103,9 +114,13 @@ class WindowMeasurement:
     from it). False for an eager trainer and for a compiled one kept from an earlier window."""
     compiled: bool = False
     """The trainer is torch.compile'd (train.compile), built in this window or an earlier one."""
-    num_graphs_compiled_measured: Optional[int] = None
-    """Graphs dynamo compiled during the measured steps, most over ranks (recompilation: its time is then in the
-    throughput); None for an eager trainer."""
+    compile: Optional[CompileFigures] = None
+    """dynamo's counts for a compiled trainer (the most over ranks): recompiles in the measured steps, graph
+    breaks and eager fallback since the build; None for an eager trainer."""
+    syncs_in_window: int = 0
+    """The tuner's own synchronising calls between the window's two synchronisations, the most over ranks
+    (platform/syncs.py): 0 for a training window; one per batch in inference (a served batch is answered when
+    its outputs exist)."""
     rss_growth_bytes: Optional[int] = None
     """CPU devices: the highest rank's peak resident memory growth over the window that built the trainer
     (host_memory.py); None elsewhere (peak_memory_note says why on a CPU)."""
@@ -117,38 +132,27 @@ Heartbeat = Callable[[int, int], None]
 """Called at the start of every micro-step with (step index, micro-step index): the watchdog's pulse."""
 
 
-class _HostClock:
-    def __init__(self) -> None:
-        self._start_s = 0.0
-        self.times_s: list[float] = []
+class _StepClock:
+    """Step boundaries: host clock readings on a CPU, CUDA events recorded on the stream on a GPU (no wait). Read
+    them with `step_times_s` only after the device was synchronised."""
 
-    def start(self) -> None:
-        self._start_s = time.perf_counter()
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device.type == "cuda"
+        self._marks: list[Any] = []
 
-    def stop(self) -> None:
-        self.times_s.append(time.perf_counter() - self._start_s)
+    def mark(self) -> None:
+        if self._cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._marks.append(event)
+        else:
+            self._marks.append(time.perf_counter())
 
-    def read_s(self) -> list[float]:
-        return self.times_s
-
-
-class _CudaEventClock:
-    def __init__(self) -> None:
-        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-
-    def start(self) -> None:
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        self._events.append((event, event))
-
-    def stop(self) -> None:
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        self._events[-1] = (self._events[-1][0], event)
-
-    def read_s(self) -> list[float]:
-        torch.cuda.synchronize()
-        return [begin.elapsed_time(end) / 1000.0 for begin, end in self._events]
+    def step_times_s(self) -> list[float]:
+        """The time between each mark and the next."""
+        if self._cuda:
+            return [begin.elapsed_time(end) / 1000.0 for begin, end in zip(self._marks, self._marks[1:])]
+        return [end - begin for begin, end in zip(self._marks, self._marks[1:])]
 
 
 def _wrap(model: nn.Module, *, session: DistSession, spec: TrialSpec) -> nn.Module:
@@ -170,11 +174,6 @@ def _ddp_settings(module: nn.Module) -> Optional[dict[str, object]]:
     return {"static_graph": bool(module.static_graph), "find_unused_parameters": bool(module.find_unused_parameters),
             "bucket_cap_bytes": int(module.bucket_bytes_cap),
             "bucket_cap_is_default": bool(getattr(module, "bucket_bytes_cap_default", False))}
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _Trainer:
@@ -213,7 +212,10 @@ class _Trainer:
         self.compile_mode = cfg.train.compile_mode
         # Compiled after DDP wraps the model (workloads/compile.py says why); no_sync is still called on the DDP
         # module itself (self.ddp), which the compiled module calls into.
-        self.module = compile_module(self.ddp, self.compile_mode) if self.compiled else self.ddp
+        self.module = compile_module(self.ddp, self.compile_mode, dynamic=cfg.train.compile_dynamic) \
+            if self.compiled else self.ddp
+        self.dynamo = DynamoCounts()
+        """What dynamo did for this trainer since its build (warm-up and measured steps of every window)."""
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                            fused=device.type == "cuda")
         # fp16 only: float16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
@@ -252,9 +254,10 @@ class _Trainer:
 
         sync=False keeps DDP from all-reducing gradients on every micro-step, the last one included: the same
         compute without the gradient communication (ranks' weights then drift apart, which is harmless for a
-        model thrown away at the end of the trial). The statistics are still all-reduced: they are part of the
-        step's work with nsa.disable_aux_stats=false. A `grad_reader` (a noise step, noise_steps.py) reads the
-        gradients after each micro-step and before the update, where it also all-reduces them by hand.
+        model thrown away at the end of the trial). A `grad_reader` (a noise step, noise_steps.py) reads the
+        gradients after each micro-step and at the end, where it also all-reduces them by hand; a noise step runs
+        the eager module (a compiled one compiles in the warm-up, which comes after) and makes no update, so every
+        noise step of every setting reads gradients at the same weights.
 
         With fp16 the GradScaler scales each micro-step's loss before backward and unscales in its step (or before
         a grad_reader reads the gradients), skipping an update whose gradients overflowed."""
@@ -272,9 +275,10 @@ class _Trainer:
             # DDP all-reduces in the backward of a micro-step outside no_sync: only the last one of a synced step.
             reduce_now = sync and micro == self.grad_accum - 1
             sync_context = contextlib.nullcontext() if reduce_now or not self.can_skip_sync else self.ddp.no_sync()
+            module = self.module if grad_reader is None else self.ddp
             with sync_context, compile_failures_named(self.compiled, self.compile_mode,
                                                       first_call=self.steps_done == 1):
-                loss = self.loss_of(self.module, batch)
+                loss = self.loss_of(module, batch)
                 if loss_scale != 1.0:
                     loss = loss * loss_scale
                 scaled = loss / self.grad_accum
@@ -288,8 +292,14 @@ class _Trainer:
             tokens = None if tokens is None or micro_tokens is None else tokens + micro_tokens
         if grad_reader is not None:
             if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)  # the reader reads true gradients; step() will not unscale again
+                self.scaler.unscale_(self.optimizer)  # the reader reads true gradients
             grad_reader.before_update()
+            if self.scaler is not None:
+                self.scaler.update()  # closes the unscale_ above, as a skipped step would
+            self.optimizer.zero_grad(set_to_none=True)
+            self.steps_done -= 1  # no update: the trainer is where it was
+            return StepOutcome(loss=loss_sum / self.grad_accum, samples=samples, tokens=tokens,
+                               data_wait_s=data_wait_s, aux_stats=self.aux_stats.end_step())
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -297,7 +307,7 @@ class _Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepOutcome(loss=loss_sum / self.grad_accum, samples=samples, tokens=tokens, data_wait_s=data_wait_s,
-                           aux_stats=self.aux_stats.reduce_step())
+                           aux_stats=self.aux_stats.end_step())
 
 
 def _step_fn(cfg: TuneConfig, autocast: Callable[[], Any]) -> StepFn:
@@ -315,6 +325,8 @@ class LocalWindow:
     """What one rank measured, before the ranks agree that the trial succeeded everywhere."""
 
     step_times_s: list[float]
+    measured_s: float
+    """This rank's wall time from the window's synchronised start to its synchronised end."""
     tokens: Optional[int]
     """Tokens this rank fed in its measured steps; None when its batches carry none."""
     samples: int
@@ -327,13 +339,14 @@ class LocalWindow:
     telemetry: Optional[RankTelemetry]
     """This rank's TelemetryProbe readings over the measured steps; None without a probe."""
     stop_reason: str
-    """Why the measured steps ended: the interval was tight enough, a cap, or a fixed window."""
+    """Why the window measured as many steps as it did (window_length)."""
     num_warmup_steps: int
     """Warm-up steps this window ran: window.warmup_steps for a fresh build, fewer for a kept model."""
     no_sync_step_times_s: list[float]
     """This rank's times of the extra steps without gradient sync (window.comm_split_steps); may be empty."""
     aux_stats: list[dict[str, float]]
-    """Per measured step, the NSA auxiliary statistics, already averaged over ranks in the step; may be empty."""
+    """Per measured step, the NSA auxiliary statistics averaged over ranks (once, after the window); may be
+    empty."""
     data_wait_s: list[float]
     """Per measured step, this rank's host time waiting for its batches."""
     flops: Optional[StepFlops] = None
@@ -345,8 +358,10 @@ class LocalWindow:
     compiled_build: bool = False
     """This window built a torch.compile'd trainer (WindowMeasurement.compiled_build)."""
     compiled: bool = False
-    num_graphs_compiled_measured: Optional[int] = None
-    """Graphs dynamo compiled on this rank during the measured steps; None for an eager trainer."""
+    compile: Optional[CompileFigures] = None
+    """dynamo's counts on this rank for a compiled trainer; None for an eager one."""
+    syncs_in_window: int = 0
+    """The tuner's synchronising calls on this rank between the window's two synchronisations."""
     rss: Optional[RssGrowth] = None
     """CPU devices: this process's peak resident memory growth from before the trainer was built to the end of
     the window; None on other devices."""
@@ -396,6 +411,10 @@ class TrainerPool:
         if self.keep:
             self._trainers[key] = trainer
 
+    def compiled_kept(self) -> int:
+        """How many kept trainers are torch.compile'd (workloads/compile.fresh_compile_state)."""
+        return sum(1 for trainer in self._trainers.values() if trainer.compiled)
+
     def release(self, key: str) -> None:
         self._trainers.pop(key, None)
 
@@ -417,9 +436,11 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
     afterwards; otherwise a fresh one is built and warmed up. `comm_split=False` skips the steps without
     gradient sync (the sweep measures them in a setting's first window only).
 
-    Besides DDP's own collectives, the only one here is the small all-reduce of step times at each interval
-    check; a rank that fails leaves its peers waiting there or in DDP, which the watchdog handles. The
-    outcome agreement that follows goes through the store.
+    The noise steps of a setting's first window (`comm_split`) run right after its trainer is built, at the
+    setting's initial weights. Besides DDP's own collectives, the ones here come before the first measured step
+    (the agreed step count) and after the last (losses, NSA statistics); a rank that fails leaves its peers
+    waiting there or in DDP, which the watchdog handles. The outcome agreement that follows goes through the
+    store.
 
     Whatever the window starts is undone on every path, so a window that fails leaves this process as one
     that succeeds does: the probe stops sampling, and the model, its DDP wrapper (with the hooks DDP put on
@@ -433,10 +454,16 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
         _import_first_use_modules()
         rss_watch = RssWatch().start()
     try:
+        noise_readings: list[NoiseReading] = []
+        noise_note: Optional[str] = "read in the setting's first window only"
         if trainer is None:
+            if spec.flags.compile:
+                fresh_compile_state(keeping_compiled=pool.compiled_kept() if pool is not None and pool.keep else 0)
             runner = InferenceReplica if cfg.mode == Mode.inference else _Trainer
             trainer = runner(cfg=cfg, spec=spec, session=session, fault=fault, heartbeat=heartbeat,
                              flops=pool.flops.get(key) if pool is not None else None)
+            noise_readings, noise_note = _noise_steps(cfg=cfg, trainer=trainer, session=session,
+                                                      first_window=comm_split)
             num_warmup_steps = cfg.window.warmup_steps
             if trainer.compiled:
                 # torch.compile compiles on the first call: that call must be a warm-up step, never a measured one.
@@ -450,7 +477,8 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
             built = False
         local = _measure(cfg=cfg, trainer=trainer, session=session, on_step=on_step, probe=probe,
                          num_warmup_steps=num_warmup_steps, comm_split=comm_split)
-        local = dataclasses.replace(local, compiled_build=built and trainer.compiled, compiled=trainer.compiled)
+        local = dataclasses.replace(local, compiled_build=built and trainer.compiled, compiled=trainer.compiled,
+                                    noise_readings=noise_readings, noise_note=noise_note)
         if session.device.type == "cpu":
             local = dataclasses.replace(local, rss=rss_watch.read() if rss_watch is not None else RssGrowth(
                 None, "not measured in this window: its trainer was kept from an earlier window "
@@ -491,134 +519,154 @@ def _clear_frames(exc: BaseException) -> None:
             pending += [e for e in (current.__cause__, current.__context__) if e is not None]
 
 
-def _measure(*, cfg: TuneConfig, trainer: _Trainer, session: DistSession, on_step: Optional[StepCallback],
+def _noise_steps(*, cfg: TuneConfig, trainer: Any, session: DistSession,
+                 first_window: bool) -> tuple[list[NoiseReading], Optional[str]]:
+    """A freshly built trainer's noise steps (noise_steps.py), or why there are none: at its initial weights,
+    before any other step, so every setting reads them at the same training point. In a setting's first window
+    only (as the comm split): extra steps in every window would cost the race rounds (sweep.budget_s counts them),
+    and the sweep's figure pools every setting's readings anyway."""
+    training = isinstance(trainer, _Trainer)
+    world_size = session.rank_env.world_size if training and trainer.can_skip_sync else 1
+    note = why_not_measured(num_steps=cfg.window.noise_steps, world_size=world_size,
+                            grad_accum=getattr(trainer, "grad_accum", 1), training=training, first_window=first_window)
+    if note is not None:
+        return [], note
+    return run_noise_steps(trainer, num_steps=cfg.window.noise_steps, world_size=world_size), None
+
+
+def _measure(*, cfg: TuneConfig, trainer: Any, session: DistSession, on_step: Optional[StepCallback],
              probe: Optional[TelemetryProbe], num_warmup_steps: int, comm_split: bool) -> LocalWindow:
     device = session.device
-    _synchronize(device)
-    warmup_start_s = time.perf_counter()
-    for _ in range(num_warmup_steps):
+    window = cfg.window
+    compiled = trainer.compiled
+    dynamo_start = dynamo_counts() if compiled else DynamoCounts()
+    syncs.synchronize(device)
+    warmup_start_s = last_start_s = time.perf_counter()
+    for index in range(num_warmup_steps):
+        if index == num_warmup_steps - 1 and index > 0:
+            syncs.synchronize(device)  # the last warm-up step alone is timed: it sizes the window
+            last_start_s = time.perf_counter()
         step = trainer.steps_done
-        trainer.step(step)  # aux statistics are computed and reduced here too, only not kept
+        trainer.step(step)
         if on_step:
             on_step(step, False)
-    _synchronize(device)
-    warmup_s = time.perf_counter() - warmup_start_s
+    syncs.synchronize(device)
+    warmup_end_s = time.perf_counter()
+    warmup_s = warmup_end_s - warmup_start_s
+    # Every rank must run the same number of steps (a DDP step is a collective): the slowest rank's pace decides.
+    last_step_s = session.max_over_ranks([warmup_end_s - last_start_s if num_warmup_steps else -1.0])[0]
+    num_steps, stop_reason = window_length(last_step_s if last_step_s > 0 else None, window)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    clock = _CudaEventClock() if device.type == "cuda" else _HostClock()
-    graphs_before = graphs_compiled() if trainer.compiled else None
+    clock = _StepClock(device)
+    dynamo_measured = dynamo_counts() if compiled else DynamoCounts()
     losses: list[torch.Tensor] = []
-    aux_stats: list[dict[str, float]] = []
+    aux_steps: list[dict[str, torch.Tensor]] = []
     data_wait_s: list[float] = []
-    num_steps = 0
     tokens: Optional[Count] = 0
     samples = 0
-    window = cfg.window
-    stop_reason: Optional[str] = None
     try:
         if probe is not None:
             probe.start()
-        while stop_reason is None:
-            step = trainer.steps_done
-            clock.start()
-            outcome = trainer.step(step)
-            clock.stop()
-            num_steps += 1
-            if outcome.loss is not None:
-                losses.append(outcome.loss)
-            if outcome.aux_stats is not None:
-                aux_stats.append(outcome.aux_stats)
-            data_wait_s.append(outcome.data_wait_s)
-            samples += outcome.samples
-            tokens = None if tokens is None or outcome.tokens is None else tokens + outcome.tokens
-            if on_step:
-                on_step(step, True)
-            done = num_steps
-            if done >= window.measure_steps and (window.target_rel_ci is None or done >= window.max_measure_steps
-                                                 or (done - window.measure_steps) % window.check_every_steps == 0):
-                # Every rank decides from the same all-reduced step times, so all stop at the same step.
-                stop_reason = window_stop_reason(session.max_over_ranks(clock.read_s()), window)
-        step_times_s = clock.read_s()  # synchronizes the device: the probe stops when the work has ended
-        recompiled = graphs_compiled() - graphs_before if graphs_before is not None else None
-        num_tokens = read_count(tokens) if tokens is not None else None
+        syncs.synchronize(device)  # the window's start: nothing queued before it is timed
+        start_s = time.perf_counter()
+        with syncs.measured_steps() as tally:
+            clock.mark()
+            for _ in range(num_steps):
+                step = trainer.steps_done
+                outcome = trainer.step(step)
+                clock.mark()
+                if outcome.loss is not None:
+                    losses.append(outcome.loss)
+                if outcome.aux_stats is not None:
+                    aux_steps.append(outcome.aux_stats)
+                data_wait_s.append(outcome.data_wait_s)
+                samples += outcome.samples
+                tokens = None if tokens is None or outcome.tokens is None else tokens + outcome.tokens
+                if on_step:
+                    on_step(step, True)
+        syncs.synchronize(device)  # the window's end: every step's work is done
+        measured_s = time.perf_counter() - start_s
+        step_times_s = clock.step_times_s()
+        dynamo_end = dynamo_counts() if compiled else DynamoCounts()
+        num_tokens = syncs.host_int(tokens) if tokens is not None else None
         telemetry = probe.stop(tokens=num_tokens, samples=samples) if probe is not None else None
     finally:
         if probe is not None:
             probe.abandon()  # a window that failed while sampling (after stop() there is nothing to do)
-    local_losses = torch.stack(losses).tolist() if losses else []
-    # Before the comm split: its steps without sync leave the ranks' weights apart, and the noise steps read
-    # every rank's gradient as one of the same model's.
-    world_size = session.rank_env.world_size if isinstance(trainer, _Trainer) and trainer.can_skip_sync else 1
-    # In a setting's first window only (as the comm split): four extra steps in every window would cost the race
-    # rounds (sweep.budget_s counts them), and the sweep's figure pools every setting's steps anyway.
-    noise_note = why_not_measured(num_steps=window.noise_steps, world_size=world_size,
-                                  grad_accum=getattr(trainer, "grad_accum", 1), training=isinstance(trainer, _Trainer),
-                                  first_window=comm_split)
-    noise_readings = run_noise_steps(trainer, num_steps=window.noise_steps, world_size=world_size) \
-        if noise_note is None else []
+    local_losses = syncs.to_host(torch.stack(losses).float()) if losses else []
+    aux_stats = aux_stats_over_ranks(aux_steps, session.mean_tensor_over_ranks)
+    compile_figures = None
+    if compiled:
+        trainer.dynamo = trainer.dynamo + (dynamo_end - dynamo_start)
+        compile_figures = CompileFigures(recompiles_measured=(dynamo_end - dynamo_measured).graphs,
+                                         graph_breaks=trainer.dynamo.graph_breaks,
+                                         fell_back_to_eager=trainer.dynamo.gave_up > 0)
     no_sync_step_times_s = _no_sync_steps(trainer, num_steps=window.comm_split_steps if comm_split else 0,
                                           device=device)
     peak = reserved = None
     if device.type == "cuda":
         peak, reserved = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
-    return LocalWindow(step_times_s=step_times_s, tokens=num_tokens, samples=samples, losses=local_losses,
-                       warmup_s=warmup_s, data_wait_s=data_wait_s,
+    return LocalWindow(step_times_s=step_times_s, measured_s=measured_s, tokens=num_tokens, samples=samples,
+                       losses=local_losses, warmup_s=warmup_s, data_wait_s=data_wait_s,
                        peak_memory_bytes=peak, peak_memory_reserved_bytes=reserved,
                        num_parameters=trainer.num_parameters, ddp_applied=trainer.ddp_applied, telemetry=telemetry,
                        stop_reason=stop_reason, num_warmup_steps=num_warmup_steps,
                        no_sync_step_times_s=no_sync_step_times_s, aux_stats=aux_stats, flops=trainer.flops,
-                       noise_readings=noise_readings, noise_note=noise_note, num_graphs_compiled_measured=recompiled)
+                       compile=compile_figures, syncs_in_window=tally.total)
 
 
-def _no_sync_steps(trainer: _Trainer, *, num_steps: int, device: torch.device) -> list[float]:
+def _no_sync_steps(trainer: Any, *, num_steps: int, device: torch.device) -> list[float]:
     """Time `num_steps` steps without gradient sync, after the measured ones (so they cannot disturb them).
 
     The same count on every rank (it comes from config), so the ranks' lists line up step by step. With one
-    rank there is no sync to remove, and nothing is measured."""
+    rank there is no sync to remove, and nothing is measured. Timed like the measured steps: marks between the
+    steps, read after one synchronisation at the end."""
     if not trainer.can_skip_sync or num_steps == 0:
         return []
-    clock = _CudaEventClock() if device.type == "cuda" else _HostClock()
+    clock = _StepClock(device)
+    syncs.synchronize(device)
+    clock.mark()
     for _ in range(num_steps):
-        clock.start()
         trainer.step(trainer.steps_done, sync=False)
-        clock.stop()
-    return clock.read_s()
+        clock.mark()
+    syncs.synchronize(device)
+    return clock.step_times_s()
 
 
-def window_stop_reason(times_s: Sequence[float], window: WindowArgs) -> Optional[str]:
-    """None to keep measuring, else why to stop. A pure function of the (all-reduced) step times, so every
-    rank reaches the same answer."""
-    steps = len(times_s)
-    if window.target_rel_ci is None:
-        return f"fixed window of {steps} steps" if steps >= window.measure_steps else None
-    if steps < window.measure_steps:
-        return None
-    low, high = throughput_ci(times_s, amount_per_step=1.0)
-    width = relative_half_width(low, high, steps / math.fsum(times_s))
-    if width <= window.target_rel_ci:
-        return f"95% interval within +-{width:.1%} after {steps} steps (target +-{window.target_rel_ci:.1%})"
-    if steps >= window.max_measure_steps:
-        return f"step cap: {steps} steps, interval +-{width:.1%} (target +-{window.target_rel_ci:.1%})"
-    if math.fsum(times_s) >= window.max_measure_s:
-        return (f"time cap: {math.fsum(times_s):.1f} s, {steps} steps, interval +-{width:.1%} "
-                f"(target +-{window.target_rel_ci:.1%})")
-    return None
+def window_length(step_s: Optional[float], window: WindowArgs) -> tuple[int, str]:
+    """(measured steps, why that many) from the last warm-up step's time (the slowest rank's; None when the
+    window had no warm-up step): enough to fill window.measure_s, within [measure_steps, max_measure_steps].
+    A pure function of values every rank holds, so every rank runs the same count."""
+    low, high = window.measure_steps, window.max_measure_steps
+    if step_s is None:
+        return low, f"{low} steps (window.measure_steps): no warm-up step to pace the window"
+    wanted = math.ceil(window.measure_s / step_s) if step_s > 0 else high
+    steps = min(high, max(low, wanted))
+    pace = f"{window.measure_s:g} s at {step_s * 1e3:,.3g} ms per step (the last warm-up step)"
+    if steps == wanted:
+        return steps, f"{steps} steps to fill window.measure_s={pace}"
+    if steps == high:
+        return steps, f"{steps} steps (window.max_measure_steps) of the {wanted:,} that would fill {pace}"
+    return steps, f"{steps} steps (window.measure_steps), more than the {wanted:,} that fill {pace}"
 
 
 def combine_ranks(local: LocalWindow, *, session: DistSession) -> WindowMeasurement:
     """Per step the slowest rank's time (and data wait), samples and tokens summed over ranks (tokens are None
     when any rank's batches carry none), memory peaks and counted FLOPs per sample maxed over ranks."""
     step_times_s = session.max_over_ranks(local.step_times_s)
-    measured_s, = session.max_over_ranks([math.fsum(local.step_times_s)])
+    measured_s, = session.max_over_ranks([local.measured_s])
     # The last entry counts the ranks without tokens: one such rank makes the trial's tokens None.
     total_samples, total_tokens, no_tokens = session.sum_over_ranks(
         [local.samples, local.tokens or 0, 1 if local.tokens is None else 0])
     # A rank without a count sends -1: the max is a count whenever any rank has one.
     flops_per_sample = local.flops.flops_per_sample if local.flops is not None else None
-    warmup_s, most_flops_per_sample, most_graphs = session.max_over_ranks(
+    compiled = local.compile or CompileFigures(recompiles_measured=0, graph_breaks=0, fell_back_to_eager=False)
+    warmup_s, most_flops_per_sample, most_recompiles, most_breaks, fell_back, most_syncs = session.max_over_ranks(
         [local.warmup_s, flops_per_sample if flops_per_sample is not None else -1.0,
-         float(local.num_graphs_compiled_measured) if local.num_graphs_compiled_measured is not None else -1.0])
+         float(compiled.recompiles_measured), float(compiled.graph_breaks or 0), float(bool(compiled.fell_back_to_eager)),
+         float(local.syncs_in_window)])
     peak = reserved = None
     note: Optional[str] = f"the {session.device.type} device does not report allocator peaks"
     rss_growth_bytes: Optional[int] = None
@@ -651,5 +699,6 @@ def combine_ranks(local: LocalWindow, *, session: DistSession) -> WindowMeasurem
         # Every rank holds the same readings (averaged over ranks in each noise step).
         noise_readings=tuple(local.noise_readings), noise_note=local.noise_note,
         compiled_build=local.compiled_build, compiled=local.compiled,
-        num_graphs_compiled_measured=int(most_graphs) if most_graphs >= 0 else None,
-        rss_growth_bytes=rss_growth_bytes)
+        compile=CompileFigures(recompiles_measured=int(most_recompiles), graph_breaks=int(most_breaks),
+                               fell_back_to_eager=bool(fell_back)) if local.compile is not None else None,
+        syncs_in_window=int(most_syncs), rss_growth_bytes=rss_growth_bytes)

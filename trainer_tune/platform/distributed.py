@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from trainer_tune.config.schema import Backend, ConfigError, DeviceKind, DistArgs
 from trainer_tune.platform.finite import finite_json
+from trainer_tune.platform import syncs
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +245,9 @@ class DistSession:
     def _reduce(self, values: Sequence[float], op: Any, dtype: torch.dtype) -> list:
         tensor = torch.tensor(list(values), dtype=dtype, device=self.device if self.backend == "nccl" else "cpu")
         if self.distributed:
+            syncs.collective("all_reduce")
             dist.all_reduce(tensor, op=op)
-        return tensor.tolist()
+        return syncs.to_host(tensor)
 
     def max_over_ranks(self, values: Sequence[float]) -> list[float]:
         return self._reduce(values, dist.ReduceOp.MAX, torch.float64)
@@ -256,6 +258,16 @@ class DistSession:
     def mean_over_ranks(self, values: Sequence[float]) -> list[float]:
         total = self._reduce(values, dist.ReduceOp.SUM, torch.float64)
         return [v / self.rank_env.world_size for v in total]
+
+    def mean_tensor_over_ranks(self, tensor: torch.Tensor) -> list:
+        """A tensor of float statistics averaged over ranks, read to the host (one all-reduce, one read)."""
+        tensor = tensor.detach().to(dtype=torch.float64,
+                                    device=self.device if self.backend == "nccl" else torch.device("cpu"))
+        if self.distributed:
+            syncs.collective("all_reduce")
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            tensor = tensor / self.rank_env.world_size
+        return syncs.to_host(tensor)
 
     def post(self, key: str, value: dict[str, Any]) -> None:
         if self.store is not None:
@@ -276,6 +288,7 @@ class DistSession:
         """
         if not self.distributed:
             return [value]
+        syncs.collective("store_exchange")
         self.post(f"{topic}/{self.rank_env.rank}", value)
         keys = [f"{_KEY_PREFIX}{topic}/{rank}" for rank in range(self.rank_env.world_size)]
         assert self.store is not None
@@ -286,11 +299,13 @@ class DistSession:
         if not self.distributed:
             return obj
         holder = [obj if self.rank_env.is_rank0 else None]
+        syncs.collective("broadcast")
         dist.broadcast_object_list(holder, src=0, device=self.device if self.backend == "nccl" else None)
         return holder[0]
 
     def barrier(self) -> None:
         if self.distributed:
+            syncs.collective("barrier")
             dist.barrier()
 
     def from_rank0_when_done(self, obj: Any) -> Any:

@@ -251,7 +251,7 @@ class _Sweep:
                        screening: bool = False) -> WindowRecord:
         """One window of `setting` in round `round_id`, agreed by every rank: its journal record. The
         compute vs communication split and the noise steps are measured in a setting's `first` window only; a
-        `screening` window (decide/race.py) measures SCREEN_WINDOW_SHARE of window.max_measure_s."""
+        `screening` window (decide/race.py) measures SCREEN_WINDOW_SHARE of window.measure_s."""
         start_s = time.perf_counter()
         result = self._measure_window(window_of(setting, round_id), attempts=attempts, comm_split=first,
                                       screening=screening)
@@ -278,7 +278,7 @@ class _Sweep:
         cfg, session = self.cfg, self.session
         if screening:
             cfg = dataclasses.replace(cfg, window=dataclasses.replace(
-                cfg.window, max_measure_s=cfg.window.max_measure_s * SCREEN_WINDOW_SHARE))
+                cfg.window, measure_s=cfg.window.measure_s * SCREEN_WINDOW_SHARE))
         ctx = self.context(spec)
         started_at = utc_now()
         if self.rank_env.is_rank0:

@@ -172,8 +172,10 @@ def _compile_section(results: Sequence[SettingEstimate], rec: Decision) -> list[
               + "no uncompiled twin finished, so no payback" for r in compiled if r.ok and r.label not in paired]
     lines += [f"- {r.label}: compile_s not measured: {r.compile_note}" for r in compiled
               if r.ok and r.compile_s is None and r.compile_note]
-    lines += [f"- {r.label}: dynamo compiled {r.num_graphs_compiled_measured} graph(s) during measured steps "
-              f"(their time is in its throughput)" for r in compiled if r.num_graphs_compiled_measured]
+    lines += [f"- {r.label}: {r.compile.why_not_compiled()} (not eligible as compiled)" for r in compiled
+              if r.compile is not None and r.compile.why_not_compiled()]
+    lines += [f"- {r.label}: dynamo reported {r.compile.graph_breaks} graph break(s) while compiling it" for r in compiled
+              if r.compile is not None and r.compile.graph_breaks]
     return lines + [""]
 
 

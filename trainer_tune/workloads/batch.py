@@ -95,11 +95,6 @@ def count_tokens(batch: Any) -> Optional[Count]:
     return None
 
 
-def read_count(total: Count) -> int:
-    """An accumulated count as an int (reading a device tensor waits for the device: call it outside timing)."""
-    return int(total.item()) if isinstance(total, torch.Tensor) else int(total)
-
-
 def describe(batch: Any) -> str:
     """A batch's structure in a few words, for error messages: `dict(input_ids: int64[8, 64], labels: ...)`."""
     if isinstance(batch, torch.Tensor):
@@ -120,10 +115,13 @@ def token_counter(args: CountArgs) -> Callable[[Any], Optional[Count]]:
         return count_tokens
     fn = instantiate_target("throughput.count._target_", target, args.kwargs, partial=True)
 
-    def count(batch: Any) -> int:
+    def count(batch: Any) -> Count:
         value = fn(batch)
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-            value = int(value.item())
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
+                and value.dtype != torch.bool:
+            # Kept as a tensor and summed on the device: reading it here would wait for the device inside the
+            # measured steps. (Its sign is not checked: that would be a read too.)
+            return value.reshape(()) if value.device.type != "cpu" else int(value)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise TargetError(f"throughput.count._target_={target!r} returned {value!r}; expected an int >= 0 "
                               f"(the {args.unit} in the batch)")

@@ -1,5 +1,13 @@
-"""torch.compile for a setting with train.compile: the compiled module, its failures as one line, and the count of
-graphs dynamo compiled (to notice recompilation during measured steps).
+"""torch.compile for a setting with train.compile: the compiled module, its failures as one line, and dynamo's own
+counters read around a stretch of steps (`DynamoCounts`): graphs compiled (a recompilation during measured steps),
+graph breaks, and frames dynamo gave up on (its recompile limit, after which the model runs eager without a word).
+
+Every setting is compiled with static shapes unless train.compile_dynamic asks otherwise. dynamo's caches are per
+code object, and every setting's model runs the same code (DDP's forward, the model's forward): a second
+micro-batch size would otherwise mark the batch dimension dynamic and recompile, and after
+`recompile_limit` (8) entries dynamo falls back to eager for every later setting. So a compiled build resets
+dynamo first (`fresh_compile_state`), unless compiled trainers are kept between windows (window.keep_models),
+whose cached graphs a reset would throw away: then the limit is raised to hold one entry per build.
 
 torch.compile is lazy: `compile_module` only wraps, and dynamo traces and inductor compiles on the first call (the
 first warm-up step, whose forward and backward both compile). A failure there is raised as the trainer's own
@@ -11,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
@@ -23,11 +32,62 @@ class CompileFailed(RuntimeError):
     """torch.compile could not trace or compile the model: the trial's outcome (status error)."""
 
 
-def compile_module(module: nn.Module, mode: CompileMode) -> nn.Module:
+def compile_module(module: nn.Module, mode: CompileMode, *, dynamic: bool = False) -> nn.Module:
     """The module wrapped by torch.compile (nothing compiles until its first call). Called on the DDP-wrapped
     module where there is one, as PyTorch recommends: dynamo's DDPOptimizer then splits the graph at DDP's bucket
     boundaries, so the all-reduce of a bucket still overlaps the backward of the next."""
-    return torch.compile(module, mode=mode.value)
+    return torch.compile(module, mode=mode.value, dynamic=dynamic)
+
+
+_DEFAULT_RECOMPILE_LIMIT = 8
+
+
+def fresh_compile_state(*, keeping_compiled: int) -> None:
+    """Before a compiled trainer is built: reset dynamo when no compiled trainer is kept, so this setting compiles
+    from scratch with nothing counted against its limits; otherwise raise the recompile limit to hold one cache
+    entry per kept trainer and this one, with dynamo's own margin on top."""
+    import torch._dynamo  # imported on use: only compiled trainers need it
+    if keeping_compiled == 0:
+        torch._dynamo.reset()
+        return
+    config = torch._dynamo.config
+    wanted = keeping_compiled + 1 + _DEFAULT_RECOMPILE_LIMIT
+    for name in ("recompile_limit", "cache_size_limit"):  # the first is torch >= 2.7's name for the second
+        if hasattr(config, name) and getattr(config, name) < wanted:
+            setattr(config, name, wanted)
+
+
+@dataclass(frozen=True)
+class DynamoCounts:
+    """dynamo's process-wide counters at one moment; the difference of two is what happened between them (windows
+    run one at a time, so that is one trainer's doing)."""
+
+    graphs: int = 0
+    """Graphs compiled (a first compile or a recompile)."""
+    graph_breaks: int = 0
+    """Graph breaks dynamo reported while tracing."""
+    gave_up: int = 0
+    """Frames dynamo stopped compiling (its recompile limit, or a frame it could not convert): they run eager."""
+
+    def __sub__(self, other: "DynamoCounts") -> "DynamoCounts":
+        return DynamoCounts(self.graphs - other.graphs, self.graph_breaks - other.graph_breaks,
+                            self.gave_up - other.gave_up)
+
+    def __add__(self, other: "DynamoCounts") -> "DynamoCounts":
+        return DynamoCounts(self.graphs + other.graphs, self.graph_breaks + other.graph_breaks,
+                            self.gave_up + other.gave_up)
+
+
+def dynamo_counts() -> DynamoCounts:
+    """The counters now (zeros before dynamo is first imported)."""
+    from torch._dynamo.utils import counters
+    limit_hits = sum(n for reason, n in counters["unimplemented"].items() if "recompile limit" in reason.lower())
+    frames = counters["frames"]
+    # A frame dynamo took on ("total") but did not compile ("ok") runs eager; a recompile-limit hit is one of them,
+    # counted once either way.
+    gave_up = max(limit_hits, int(frames["total"]) - int(frames["ok"]))
+    return DynamoCounts(graphs=int(counters["stats"]["unique_graphs"]),
+                        graph_breaks=int(sum(counters["graph_break"].values())), gave_up=gave_up)
 
 
 def _dynamo_errors() -> tuple[type[BaseException], ...]:
@@ -85,10 +145,3 @@ def compile_failures_named(compiled: bool, mode: CompileMode, *, first_call: boo
         if failure is None:
             raise
         raise failure from exc
-
-
-def graphs_compiled() -> int:
-    """Graphs dynamo has compiled in this process so far (its own counter); the difference over a stretch of steps
-    is the (re)compilations in it."""
-    from torch._dynamo.utils import counters
-    return int(counters["stats"]["unique_graphs"])
