@@ -6,9 +6,10 @@
     python benchmarks/gpu_check.py summary --work DIR --dest DIR     # summary.md and summary.json
 
 gpu_check.sh runs the steps and records each as a line of WORK/steps.tsv (name, exit code, wall s, limit s);
-a sweep step writes its results to WORK/runs/NAME. The summary reads those files and nothing else; it never
-measures. A figure a record lacks (an older journal, a path that did not run) is "n/a", never an error: only the
-check that needs it fails.
+a sweep step writes its results to WORK/runs/NAME, the plain_loop step (benchmarks/plain_loop.py) its JSON to
+WORK/runs/plain_loop/plain_loop.json. The summary reads those files and nothing else; it never measures. A
+figure a record lacks (an older journal, a path that did not run) is "n/a", never an error: only the check that
+needs it fails.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ EXIT_NO_CUDA = 3
 """gpu_check.sh's exit code when torch sees no CUDA device (distinct from a failed check, 1)."""
 GIB = 1024 ** 3
 PASS, FAIL, NA = "pass", "fail", "n/a"
+JOURNAL_HEADER_KEY = "journal_header"
+"""A journal's first line (trainer_tune/run/journal.py's header): what the journal is of, not a window."""
+PLAIN_LOOP_STEP, PLAIN_LOOP_JSON, PLAIN_LOOP_OF = "plain_loop", "plain_loop.json", "gpt_125m_bf16"
+"""The plain_loop step, where it writes (WORK/runs/plain_loop/), and the sweep step whose setting it repeats."""
+MIN_PLAIN_RATIO = 0.95
+"""trainer_tune's tokens/s over the plain loop's at the same setting: at least this, or the window measures slower
+than a user's own loop would run."""
 
 
 # ----------------------------------------------------------------------------------------------- probes
@@ -218,9 +226,11 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         for line in journal.read_text().splitlines():
             if line.strip():
                 try:
-                    windows.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut short by a timeout
+                if isinstance(record, dict) and JOURNAL_HEADER_KEY not in record:
+                    windows.append(record)
     recommendation: dict[str, Any] = {}
     if (run_dir / "recommendation.json").exists():
         try:
@@ -342,6 +352,86 @@ def _check_ddp(rows: list[dict], windows: list[dict]) -> list[Check]:
                    "comm split present" if any(w.get("comm") for w in windows) else "no window has comm figures")]
 
 
+def check_plain_loop(work: Path) -> tuple[list[Check], dict[str, Any]]:
+    """The plain loop (benchmarks/plain_loop.py) against the GPT sweep's setting of the same micro-batch size,
+    accumulation and precision: trainer_tune's tokens/s over the loop's (at least MIN_PLAIN_RATIO), the same model
+    (parameter counts agree), and no synchronisation inside the timed steps on either side: the loop's count from
+    torch's sync debug mode, and `syncs_in_window` of every window of the GPT sweep that finished."""
+    plain = _load(work / "runs" / PLAIN_LOOP_STEP / PLAIN_LOOP_JSON)
+    run = read_run(work / "runs" / PLAIN_LOOP_OF)
+    figures: dict[str, Any] = {k: plain.get(k) for k in (
+        "tokens_per_s", "micro_batch_size", "grad_accum", "precision", "seq_len", "steps", "repeats",
+        "num_parameters", "syncs_in_loop", "sync_samples", "device")}
+    figures["min_ratio"] = MIN_PLAIN_RATIO
+    checks: list[Check] = []
+    wanted = (plain.get("micro_batch_size"), plain.get("grad_accum"), plain.get("precision"))
+    match = next((s for s in run["settings"] if (s.get("micro_batch_size"), s.get("grad_accum"),
+                                                  _get(s, "flags", "precision")) == wanted), None)
+    ours, theirs = (match or {}).get("tokens_per_s"), plain.get("tokens_per_s")
+    figures.update(setting=(match or {}).get("label"), trainer_tune_tokens_per_s=ours,
+                   trainer_tune_num_parameters=(match or {}).get("num_parameters"))
+    if not plain:
+        checks.append(_check("plain loop vs trainer_tune", False, f"no {PLAIN_LOOP_JSON}: the loop did not finish"))
+    elif match is None:
+        checks.append(_check("plain loop vs trainer_tune", False,
+                             f"runs/{PLAIN_LOOP_OF} has no setting {wanted[0]}x{wanted[1]} {wanted[2]} "
+                             f"(settings: {', '.join(str(s.get('label')) for s in run['settings']) or 'none'})"))
+    elif match.get("status") != "ok" or not ours or not theirs:
+        checks.append(_check("plain loop vs trainer_tune", False,
+                             f"{match.get('label')}: trainer_tune {match.get('status')} {_fmt(ours)} tokens/s, "
+                             f"plain loop {_fmt(theirs)} tokens/s"))
+    elif plain.get("num_parameters") != match.get("num_parameters"):
+        checks.append(_check("plain loop vs trainer_tune", False,
+                             f"not the same model: the plain loop has {_fmt(plain.get('num_parameters'))} parameters, "
+                             f"{match.get('label')} {_fmt(match.get('num_parameters'))} (shape arguments in "
+                             f"gpu_check.sh against configs/model/gpt_125m.yaml)"))
+    else:
+        ratio = ours / theirs
+        figures["ratio"] = ratio
+        note = "; trainer_tune reads more than 5% faster than the loop: check what it counts" if ratio > 1.05 else ""
+        checks.append(_check("plain loop vs trainer_tune", ratio >= MIN_PLAIN_RATIO,
+                             f"{match.get('label')} {wanted[2]}: trainer_tune {_fmt(ours)} tokens/s, plain loop "
+                             f"{_fmt(theirs)} tokens/s, ratio {ratio:.3f} (pass at >= {MIN_PLAIN_RATIO}){note}"))
+    syncs = plain.get("syncs_in_loop")
+    if not plain:
+        checks.append(_check("plain loop: syncs_in_loop 0", False, f"no {PLAIN_LOOP_JSON}"))
+    else:
+        checks.append(_check("plain loop: syncs_in_loop 0", syncs == 0,
+                             f"{_fmt(syncs)} synchronisation(s) in {_fmt(plain.get('steps'))} x "
+                             f"{_fmt(plain.get('repeats'))} timed steps (torch.cuda.set_sync_debug_mode)"
+                             + ("" if syncs is not None else ": not counted (a dry run, or an older plain_loop.py)")
+                             + (f"; first: {plain['sync_samples'][0]}" if plain.get("sync_samples") else "")))
+    checks.append(_check_syncs_in_window(run["windows"], figures))
+    return checks, figures
+
+
+def _check_syncs_in_window(windows: list[dict], figures: dict[str, Any]) -> Check:
+    """Every window of the GPT sweep that finished has syncs_in_window 0; a window without the field fails (its
+    journal is from before the count, or the record lost it). Windows that did not finish (oom, error) measured
+    no steps, record None, and are only counted in the detail."""
+    what = f"trainer_tune: syncs_in_window 0 in every window of {PLAIN_LOOP_OF}"
+    finished = [w for w in windows if w.get("status") == "ok"]
+    missing = [w for w in finished if w.get("syncs_in_window") is None]
+    synced = [w for w in finished if w.get("syncs_in_window") not in (None, 0)]
+    figures.update(windows_judged=len(finished), windows_not_finished=len(windows) - len(finished),
+                   windows_without_syncs_in_window=len(missing),
+                   windows_with_syncs={f"{w.get('label')} {w.get('round_id')}": w["syncs_in_window"] for w in synced})
+    if not finished:
+        return _check(what, False, f"no finished window in runs/{PLAIN_LOOP_OF} ({len(windows)} line(s))")
+    detail = f"{len(finished)} finished window(s)"
+    if len(windows) > len(finished):
+        detail += f" ({len(windows) - len(finished)} that did not finish not judged)"
+    if missing:
+        detail += (f"; {len(missing)} without syncs_in_window (a journal from before the count?): "
+                   + ", ".join(f"{w.get('label')} {w.get('round_id')}" for w in missing[:8]))
+    if synced:
+        detail += "; synchronised inside the window: " + ", ".join(
+            f"{w.get('label')} {w.get('round_id')} {w['syncs_in_window']}" for w in synced[:8])
+    if not missing and not synced:
+        detail += ", all 0"
+    return _check(what, not missing and not synced, detail)
+
+
 SWEEP_CHECKS: dict[str, Callable[[list[dict], list[dict], dict, dict], list[Check]]] = {
     "gpt_125m_bf16": lambda rows, windows, rec, dev: check_cuda_run(rows, dev),
     "nsa_125m": lambda rows, windows, rec, dev: check_cuda_run(rows, dev),
@@ -387,6 +477,9 @@ def summarize_step(step: dict[str, Any], work: Path, device: dict) -> dict[str, 
             for key in ("compile_payback", "memory_fits"):
                 if rec.get(key):
                     extra[key] = rec[key]
+        elif name == PLAIN_LOOP_STEP:
+            plain_checks, extra["plain_loop"] = check_plain_loop(work)
+            checks.extend(plain_checks)
         elif name == "nccl":
             nccl = _load(work / "nccl.json")
             checks.append(_check("world-size-1 nccl group: DistSession collectives, DDP step",
@@ -424,6 +517,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         for key in ("decision", "verdict", "payback", "memory_fit", "predicted"):
             if step.get(key) is not None:
                 lines.append(f"- {key}: {json.dumps(step[key])[:400]}")
+        if step.get("plain_loop"):
+            lines += ["", *_plain_loop_table(step["plain_loop"])]
         if step["settings"]:
             lines += ["", "| setting | status | precision | compile | tokens/s | step p50 s | MFU % | peak GiB (source) "
                       "| GPU util % | SM activity % | compile_s | error |",
@@ -436,6 +531,28 @@ def render_markdown(summary: dict[str, Any]) -> str:
                     f"{_fmt(r['gpu_util_pct'], '.0f')} | {_fmt(r['sm_activity_pct'], '.0f')} | "
                     f"{_fmt(r['compile_s'], '.1f')} | {r['error'] or ''} |")
     return "\n".join(lines) + "\n"
+
+
+def _plain_loop_table(plain: dict[str, Any]) -> list[str]:
+    """The plain_loop step's figures in summary.md: both sides at the one setting, and their ratio."""
+    setting = (f"{_fmt(plain.get('micro_batch_size'))}x{_fmt(plain.get('grad_accum'))} {plain.get('precision')}, "
+               f"seq {_fmt(plain.get('seq_len'))}")
+    window_syncs = "n/a"
+    if plain.get("windows_judged"):
+        window_syncs = (f"{sum((plain.get('windows_with_syncs') or {}).values())} in the sweep's "
+                        f"{plain['windows_judged']} finished windows")
+        if plain.get("windows_without_syncs_in_window"):
+            window_syncs += f" ({plain['windows_without_syncs_in_window']} without the count)"
+    return ["| side | setting | parameters | tokens/s | syncs in the timed steps |",
+            "| --- | --- | --- | --- | --- |",
+            f"| plain loop ({_fmt(plain.get('steps'))} steps x {_fmt(plain.get('repeats'))}) | {setting} | "
+            f"{_fmt(plain.get('num_parameters'))} | {_fmt(plain.get('tokens_per_s'))} | "
+            f"{_fmt(plain.get('syncs_in_loop'))} |",
+            f"| trainer_tune ({PLAIN_LOOP_OF} {plain.get('setting') or 'n/a'}) | {setting} | "
+            f"{_fmt(plain.get('trainer_tune_num_parameters'))} | {_fmt(plain.get('trainer_tune_tokens_per_s'))} | "
+            f"{window_syncs} |",
+            "", f"ratio trainer_tune / plain loop: **{_fmt(plain.get('ratio'), '.3f')}** "
+                f"(pass at >= {plain.get('min_ratio')})"]
 
 
 def summarize(work: Path, dest: Path, wall_s: int) -> int:

@@ -7,7 +7,8 @@
 #
 # Steps, in this order, each under its own `timeout` and all within GPU_CHECK_BUDGET_S (default 420 s; a step
 # that no longer fits is skipped and says so): the device and NVML/GPM probe, a world-size-1 nccl group, the
-# GPT-2-small sweep in bf16 (CUDA events, allocator peaks, NVML, GPM, MFU), torch.compile on CUDA, a real OOM
+# GPT-2-small sweep in bf16 (CUDA events, allocator peaks, NVML, GPM, MFU), one of its settings by a plain
+# hand-written loop (the same rate, no synchronisation inside the timed steps), torch.compile on CUDA, a real OOM
 # found by strategy=power under an 8 GiB cap, fault=oom, precision fp32/bf16/fp16, 2 ranks on one GPU over
 # gloo (DDP on CUDA), native sparse attention, the gpu-marked tests. A failed step does not stop the others.
 #
@@ -115,6 +116,12 @@ oom_fraction="$("$PYTHON" "$HERE/gpu_check.py" fraction --work "$WORK" --cap-gib
 step nccl 45 "$PYTHON" "$HERE/gpu_check.py" nccl --work "$WORK"
 tune gpt_125m_bf16 110 "${GPT[@]}" 'sweep.micro_batch_sizes=[8,16]' 'sweep.grad_accums=[1,2]' \
     sweep.min_rounds=2 sweep.max_rounds=2
+# The sweep's 8x1 bf16 setting again, by a plain hand-written loop (benchmarks/plain_loop.py: one synchronisation
+# at each end of its timed steps, torch's sync detector on between them). The summary sets trainer_tune's tokens/s
+# beside the loop's. The shape is configs/model/gpt_125m.yaml's (the summary checks the parameter counts agree).
+step plain_loop 60 "$PYTHON" "$HERE/plain_loop.py" --out "$WORK/runs/plain_loop/plain_loop.json" \
+    --micro-batch-size 8 --grad-accum 1 --precision bf16 --vocab-size 50304 --seq-len 1024 --d-model 768 \
+    --n-layers 12 --n-heads 12 --mlp-ratio 4 --warmup 5 --steps 30 --repeats 3
 # Compiling GPT-2 small takes the longest and is the least predictable step: early, so it gets its full limit.
 tune compile 150 "${GPT[@]}" 'sweep.micro_batch_sizes=[8]' 'sweep.grad_accums=[1]' 'sweep.compile=[false,true]' \
     "${ONE_ROUND[@]}"

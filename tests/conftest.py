@@ -64,7 +64,14 @@ def strict_loads(text: str) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The JSON lines of a file; for a journal, its windows (the header line, run/journal.HEADER_KEY, left out)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [line for line in lines if "journal_header" not in line]
+
+
+def read_header(path: Path) -> dict:
+    """A journal's header (its first line)."""
+    return json.loads(path.read_text().splitlines()[0])["journal_header"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

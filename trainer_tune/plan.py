@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 
@@ -60,6 +60,7 @@ def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -
     # before it was a flag; compile_mode joins only when set, for the same reason.
     train.pop("compile")
     train.pop("activation_checkpointing")
+    train.pop("num_threads")
     if cfg.train.compile_mode == CompileMode.default:
         del train["compile_mode"]
     data = asdict(cfg.data)
@@ -103,6 +104,19 @@ def measurement_context(cfg: TuneConfig, *, world_size: int, device_type: str) -
         # journals written before inference existed, so those sweeps still resume.
         context["mode"] = cfg.mode.value
     return context
+
+
+def sweep_definition(cfg: TuneConfig, plan: Sequence[TrialSpec], *, swept: tuple[str, ...]) -> dict[str, Any]:
+    """What a sweep's journal is of (run/journal.JournalHeader): the model, the workload (data, loss, step, what
+    throughput counts), the mode and the grid (the planned settings' labels). A resume of another definition in the
+    same directory is refused (run/journal.resume_refusal); the budget, the rounds and recommend.* are not part of
+    it, so more of them continue the sweep."""
+    data = asdict(cfg.data)
+    data.pop("num_workers")  # a flag of the setting: in the grid's labels when swept
+    definition = {"model": asdict(cfg.model), "workload": {"data": data, "loss": asdict(cfg.loss),
+                                                           "step": asdict(cfg.step), "throughput": asdict(cfg.throughput)},
+                  "mode": cfg.mode.value, "grid": sorted(spec.label(swept_flags=swept) for spec in plan)}
+    return json.loads(json.dumps(definition, default=lambda value: getattr(value, "value", str(value))))
 
 
 def _trial_key(*, micro_batch_size: int, grad_accum: int, flags: TrialFlags, context: dict[str, Any]) -> str:

@@ -4,8 +4,11 @@ benchmarks' own business (benchmarks/README.md)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -48,3 +51,40 @@ def test_goodput_validation_runs_end_to_end_at_its_smallest(tmp_path: Path) -> N
                 "--evals", "2", "--eval-samples", "8", "--noise-groups", "3", "--max-micro-batch", "8")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "final losses rank" in proc.stdout
+
+
+def test_plain_loop_dry_run_trains_the_gpt_on_the_cpu_and_writes_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "step" / "plain_loop.json"
+    proc = _run("benchmarks/plain_loop.py", "--dry-run", "--micro-batch-size", "2", "--grad-accum", "2",
+                "--out", str(out), timeout_s=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == result
+    assert result["tokens_per_s"] > 0 and len(result["tokens_per_s_by_repeat"]) == result["repeats"]
+    assert (result["micro_batch_size"], result["grad_accum"], result["precision"]) == (2, 2, "bf16")
+    assert result["seq_len"] == 32 and result["num_parameters"] > 0 and result["dry_run"] is True
+    assert result["syncs_in_loop"] is None and result["sync_debug"].startswith("off")  # no detector on the CPU
+    assert result["loss_last"] is not None and result["loss_last"] > 0
+
+
+def test_plain_loop_refuses_a_machine_without_cuda_in_one_line() -> None:
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = _run("benchmarks/plain_loop.py", "--steps", "1", timeout_s=120)
+    assert proc.returncode == 3 and proc.stderr == "plain_loop: no CUDA device\n" and proc.stdout == ""
+
+
+def test_plain_loop_counts_only_torch_synchronisation_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count the loop reports on a GPU, from the warnings torch's sync debug mode raises (here raised by hand,
+    the detector left off): each one, repeats from the same line included; other warnings apart."""
+    spec = importlib.util.spec_from_file_location("plain_loop", REPO / "benchmarks" / "plain_loop.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "plain_loop", module)  # its dataclass looks its module up while built
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    with module.counting_syncs(arm=False) as tally:
+        for _ in range(3):
+            warnings.warn("called a synchronizing CUDA operation")
+        warnings.warn("something else")
+    assert (tally.syncs, tally.other_warnings, len(tally.samples)) == (3, 1, 3)
+    assert "called a synchronizing CUDA operation" in tally.samples[0]

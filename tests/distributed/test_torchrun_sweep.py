@@ -44,13 +44,17 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
         assert t["tokens_per_step"] == t["global_batch_size"] * 128
         assert t["tokens_per_s"] > 0
         assert t["tokens_per_s"] == pytest.approx(t["samples_per_s"] * 128)
-        # tokens/s is the measured tokens over the slowest rank's time for the measured steps, which is at
-        # most the sum of the per-step slowest times.
+        # tokens/s is the measured tokens over the slowest rank's wall time from the window's start to its end:
+        # about the sum of the per-step slowest times (those add cross-rank jitter; the wall time adds the moments
+        # before the first step mark and after the last).
         assert t["tokens_per_s"] == pytest.approx(t["tokens_per_step"] * t["num_measured_steps"] / t["measured_s"])
-        assert t["measured_s"] <= t["step_time_s"]["mean"] * t["num_measured_steps"] * (1 + 1e-9)
+        steps_s = t["step_time_s"]["mean"] * t["num_measured_steps"]
+        assert 0.5 * steps_s <= t["measured_s"] <= 1.05 * steps_s + 0.005
         assert t["step_time_s"]["p90"] >= t["step_time_s"]["median"] > 0
         assert t["num_measured_steps"] == 4 and t["num_warmup_steps"] == 1
-        assert t["window_stop"] == "fixed window of 4 steps" and t["wall_s"] > 0
+        # window=quick: 4 steps at least and at most, whatever the warm-up's pace would fill.
+        assert t["window_stop"].startswith("4 steps (window.max_measure_steps)") and t["wall_s"] > 0
+        assert t["syncs_in_window"] == 0 and t["lifetime"] == lines[0]["lifetime"]
         # CPU peak memory: the training processes' peak resident memory growth, highest rank, measured in the
         # window that built the trainer (r0); a trainer kept for a later window cannot separate its growth.
         if t["round_id"] == "r0" or t["peak_memory_bytes"] is not None:

@@ -66,3 +66,43 @@ def test_more_threads_than_usable_cores_is_named_with_the_figures() -> None:
                                                 "(OMP_NUM_THREADS=unset)")
     # Ranks on other hosts use their own cores.
     assert threads_note(_fingerprint(world_size=4, torch_threads=(1, 1, 8, 8))) is None
+    # sweep.num_threads=[1,2] on the same machine: its 2-thread settings oversubscribe.
+    assert threads_note(_fingerprint(), most_threads_per_rank=2).startswith("2 ranks x 2 torch threads = 4 threads")
+
+
+def test_load_already_on_the_machine_is_named_when_it_leaves_too_few_free_cores() -> None:
+    from trainer_tune.platform.fingerprint import load_note
+
+    assert load_note(_fingerprint(other_busy_cores=0.1, load_average_1m=0.4)) is None  # idle: 1.9 free for 2
+    assert load_note(_fingerprint(other_busy_cores=None)) is None  # not read: nothing to say
+    note = load_note(_fingerprint(other_busy_cores=1.6, load_average_1m=3.2))
+    assert note == ("other processes were using 1.6 of the 2 usable cores when the sweep started, load average 3.2: "
+                    "0.4 free for 2 threads (2 ranks), so every rate here depends on that load; measure on an idle "
+                    "machine, or with fewer threads")
+    # One process with one thread fits in what is left.
+    assert load_note(_fingerprint(other_busy_cores=1.0, world_size=1, local_world_size=1, torch_threads=(1,))) is None
+
+
+def test_the_load_counts_other_processes_and_not_the_sweeps_own() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from trainer_tune.platform.fingerprint import _others_cpu_s
+
+    spin = [sys.executable, "-c", "while True: pass"]
+    # Another process using a core, not a child of this one: started from a shell that exits at once.
+    other = int(subprocess.run(["sh", "-c", f"'{sys.executable}' -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
+                               capture_output=True, text=True, check=True).stdout)
+    child = subprocess.Popen(spin)  # like a DataLoader worker: the sweep's own
+    try:
+        time.sleep(0.3)
+        seen = _others_cpu_s()
+        assert other in seen and seen[other] > 0
+        assert child.pid not in seen and os.getpid() not in seen and os.getppid() not in seen
+    finally:
+        os.kill(other, signal.SIGKILL)
+        child.kill()
+        child.wait()

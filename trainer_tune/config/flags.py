@@ -34,6 +34,8 @@ class TrialFlags:
     """Recompute activations in the backward instead of keeping them (train.activation_checkpointing)."""
     precision: str = Precision.fp32.value
     """A Precision value (train.precision): fp32, bf16 or fp16 autocast."""
+    num_threads: Optional[int] = None
+    """torch threads per rank (train.num_threads); None: torch's own."""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -61,9 +63,11 @@ FLAG_SPECS: tuple[FlagSpec, ...] = (
     FlagSpec("compile", "train.compile", None, "compile", "compile"),
     FlagSpec("activation_checkpointing", "train.activation_checkpointing", None, "activation_checkpointing", "ac"),
     FlagSpec("precision", "train.precision", None, "precision", "prec"),
+    FlagSpec("num_threads", "train.num_threads", None, "num_threads", "threads"),
 )
 
-KEYED_WHEN_SET = {"compile": False, "activation_checkpointing": False, "precision": Precision.fp32.value}
+KEYED_WHEN_SET = {"compile": False, "activation_checkpointing": False, "precision": Precision.fp32.value,
+                  "num_threads": None}
 """Flags that join a trial's key only away from these values: journals written before they existed measured
 exactly these, so their keys stay the same (plan._trial_key)."""
 

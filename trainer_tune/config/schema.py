@@ -332,6 +332,10 @@ class TrainArgs:
     axis."""
     compile_mode: CompileMode = CompileMode.default
     """torch.compile's mode: default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs."""
+    num_threads: Optional[int] = None
+    """torch.set_num_threads on every rank while a setting is measured; null leaves torch's own (OMP_NUM_THREADS,
+    which torchrun sets to 1 per worker, else one per core). sweep.num_threads makes it an axis. Every rank's
+    threads are recorded (the fingerprint), and the report warns when ranks x threads exceed the usable cores."""
     compile_dynamic: bool = False
     """torch.compile's `dynamic`: false compiles static shapes, one graph per setting (dynamo is reset before each
     compiled build, so a second micro-batch size is never marked dynamic and no earlier setting's graphs count
@@ -430,6 +434,9 @@ class SweepArgs:
     """Values of train.activation_checkpointing to measure, multiplying the grid (training only)."""
     precision: Optional[List[Precision]] = None
     """Values of train.precision to measure, multiplying the grid, e.g. [fp32, bf16]."""
+    num_threads: Optional[List[int]] = None
+    """Values of train.num_threads to measure, multiplying the grid, e.g. [1, 2]: on a CPU the threads each rank
+    runs decide its speed as much as the batch does."""
 
     @property
     def fixes_global_batch(self) -> bool:
@@ -452,6 +459,7 @@ class SweepArgs:
                     "precision"):
             require_non_empty(f"sweep.{key}", getattr(self, key))
         require_list_of_int_at_least("sweep.num_workers", self.num_workers, 0)
+        require_list_of_int_at_least("sweep.num_threads", self.num_threads, 1)
         for mb in self.ddp_bucket_cap_mb or []:
             require(mb is None or mb > 0, key="sweep.ddp_bucket_cap_mb", value=list(self.ddp_bucket_cap_mb or []),
                     allowed="every entry a number of MiB > 0, or null for DDP's default")

@@ -114,6 +114,41 @@ def screening_slots(order: Sequence[str], *, baseline_key: str, round_id: str, s
     return slots
 
 
+RESUMED_MARK = "~"
+"""Joins a round id and the count of process lifetimes it was resumed in: `r3~1` holds the windows of round 3 that a
+resumed sweep measured after the group died part-way through it."""
+
+
+def lifetime_slots(slots: Sequence[tuple[str, str]], *, is_done: Callable[[str, str], bool],
+                   baseline_key: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(setting key, window round id, the ids it moved from) of a round, such that no round pairs windows of two
+    process lifetimes (docs/measurement.md, "Resuming").
+
+    The journal's windows (`is_done(key, round id)`) were measured before this process started. A round that has
+    some of its windows there and not others was cut short when the group died: the windows already measured
+    stay in it, and the rest are measured now under the next id (`r3~1`) with a window of the baseline of their
+    own, so each of them pairs with a baseline measured in the same lifetime. The same rule applies to `r3~1` when
+    that is cut short too. The result is the same for a sweep and its replay (decide/__main__.py)."""
+    groups: dict[str, list[str]] = {}
+    for key, slot_id in slots:
+        groups.setdefault(slot_id, []).append(key)
+    placed: list[tuple[str, str, tuple[str, ...]]] = []
+    for slot_id, keys in groups.items():
+        moved_from: tuple[str, ...] = ()
+        while True:
+            done = [key for key in keys if is_done(key, slot_id)]
+            missing = [key for key in keys if not is_done(key, slot_id)]
+            placed += [(key, slot_id, moved_from) for key in done]
+            if not done or not missing:
+                placed += [(key, slot_id, moved_from) for key in missing]
+                break
+            moved_from += (slot_id,)
+            head, mark, count = slot_id.rpartition(RESUMED_MARK)
+            slot_id = f"{head}{mark}{int(count) + 1}" if mark and count.isdigit() else f"{slot_id}{RESUMED_MARK}1"
+            keys = ([baseline_key] if baseline_key in keys and baseline_key not in missing else []) + missing
+    return placed
+
+
 @dataclass(frozen=True)
 class Drop:
     """A setting that left the race, and why (shown with the verdict)."""
@@ -327,14 +362,16 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
             break
         rid = round_id(round_index, prefix=prefix)
         order = round_order(members, round_index=round_index, seed=cfg.sweep.seed)
-        slots = (screening_slots(order, baseline_key=baseline.key, round_id=rid, seed=cfg.sweep.seed,
-                                 round_index=round_index) if screening else [(key, rid) for key in order])
+        slots = lifetime_slots(
+            screening_slots(order, baseline_key=baseline.key, round_id=rid, seed=cfg.sweep.seed,
+                            round_index=round_index) if screening else [(key, rid) for key in order],
+            is_done=lambda key, slot_id: window_of(by_key[key], slot_id).key in done, baseline_key=baseline.key)
         if observer is not None:
             observer.round_started(round_index=round_index, num_windows=len(slots))
         round_s = 0.0
         this_round: list[tuple[WindowRecord, bool]] = []
         missing: Optional[str] = None
-        for key, slot_id in slots:
+        for key, slot_id, moved_from in slots:
             if key in failed:  # the baseline's repeat in a later block of a screening round, after it failed
                 continue
             spec = by_key[key]
@@ -342,7 +379,9 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
             if wkey in done:
                 result = done[wkey]
             else:
-                measured = host.measure(spec, round_id=slot_id, attempts=attempts.get(wkey, 0),
+                # A window moved to a resumed id keeps the attempts made under its earlier ids.
+                tries = max(attempts.get(window_of(spec, sid).key, 0) for sid in (*moved_from, slot_id))
+                measured = host.measure(spec, round_id=slot_id, attempts=tries,
                                         first=not screening and key not in full, screening=screening)
                 if measured is None:  # a replay of a journal that ends here (decide/__main__.py)
                     missing = f"the journal has no window of {spec.label(swept_flags=swept)} in round {slot_id}"

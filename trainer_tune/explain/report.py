@@ -8,7 +8,7 @@ from typing import Any, Optional
 from trainer_tune.decide.verdict import Decision
 from trainer_tune.evidence.comparison import compare
 from trainer_tune.explain.matrix import Explanations, explain
-from trainer_tune.platform.fingerprint import Fingerprint, threads_note
+from trainer_tune.platform.fingerprint import Fingerprint, load_note, threads_note
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,17 @@ class Report:
                 "machine_notes": list(self.machine_notes)}
 
 
+def machine_notes(fingerprint: Fingerprint, *, most_threads_per_rank: Optional[int] = None) -> tuple[str, ...]:
+    """What about the machine every figure depends on: oversubscribed threads, load already on it at the start."""
+    notes = (threads_note(fingerprint, most_threads_per_rank=most_threads_per_rank),
+             load_note(fingerprint, most_threads_per_rank=most_threads_per_rank))
+    return tuple(note for note in notes if note)
+
+
 def build_report(decision: Decision, *, fingerprint: Optional[Fingerprint] = None) -> Report:
     """Explain a decision: the matrix picks among the settings the decision may choose (decision.ineligible)."""
-    note = threads_note(fingerprint) if fingerprint is not None else None
-    return Report(decision=decision, fingerprint=fingerprint, machine_notes=(note,) if note else (),
+    most = max((s.flags.num_threads for s in decision.settings if s.flags.num_threads is not None), default=None)
+    return Report(decision=decision, fingerprint=fingerprint,
+                  machine_notes=machine_notes(fingerprint, most_threads_per_rank=most) if fingerprint else (),
                   explanations=explain(decision.settings, compare=compare, max_latency_ms=decision.max_latency_ms,
                                        over_budget=decision.over_budget, ineligible=decision.ineligible))

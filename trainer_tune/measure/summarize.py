@@ -54,6 +54,8 @@ class TrialContext:
     mode: Mode = Mode.train
     fingerprint: Optional[Fingerprint] = None
     """The machine and software the group measures on (platform/fingerprint.py), on every window it records."""
+    lifetime: Optional[str] = None
+    """The process group measuring (run/sweep.py): windows of two lifetimes are never paired in one round."""
 
 
 def _finite_or_none(value: float) -> Optional[float]:
@@ -70,7 +72,7 @@ def _base_fields(spec: TrialSpec, ctx: TrialContext, *, started_at: str, finishe
         device=ctx.device, backend=ctx.backend, torch_version=torch.__version__,
         num_warmup_steps=ctx.num_warmup_steps, num_measured_steps=ctx.num_measured_steps,
         started_at=started_at, finished_at=finished_at, run_overrides=ctx.run_overrides, count_unit=ctx.count_unit,
-        mode=ctx.mode.value, fingerprint=ctx.fingerprint)
+        mode=ctx.mode.value, fingerprint=ctx.fingerprint, lifetime=ctx.lifetime)
 
 
 def mean_of_known(values: Sequence[Optional[float]]) -> Optional[float]:

@@ -447,6 +447,9 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
     the parameters), the optimizer state and the activations are freed before the next window builds its own.
     """
     key = spec.setting_key or spec.key
+    threads_before = torch.get_num_threads()
+    if spec.flags.num_threads is not None:
+        torch.set_num_threads(spec.flags.num_threads)  # train.num_threads, for this window only
     trainer = pool.take(key) if pool is not None else None
     # CPU peak memory is the resident set's growth, which only a window that builds its trainer can see whole.
     rss_watch = None
@@ -494,6 +497,7 @@ def measure_local(*, cfg: TuneConfig, spec: TrialSpec, session: DistSession,
         gc.collect()  # DDP's reducer and the model refer to each other: only the collector frees them
         if session.device.type == "cuda":
             torch.cuda.empty_cache()
+        torch.set_num_threads(threads_before)
 
 
 def _import_first_use_modules() -> None:

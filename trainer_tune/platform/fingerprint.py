@@ -17,6 +17,7 @@ import os
 import platform
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -57,6 +58,11 @@ class Fingerprint:
     """OMP_NUM_THREADS as rank 0's environment has it (torchrun sets 1 per worker); None when unset."""
     torch_threads: tuple[int, ...]
     """torch.get_num_threads() of every rank, in rank order."""
+    other_busy_cores: Optional[float] = None
+    """Cores' worth of CPU that processes other than this sweep's used on rank 0's host over half a second at the
+    start (not compared: the load comes and goes); None where it could not be read."""
+    load_average_1m: Optional[float] = None
+    """The host's one-minute load average at the start (this sweep's own start-up included)."""
 
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,6 +131,45 @@ def _package_version() -> Optional[str]:
         return None
 
 
+_LOAD_SAMPLE_S = 0.5
+
+
+def _others_cpu_s() -> dict[int, float]:
+    """CPU seconds used so far by each process outside this sweep: not this process, its parent (torchrun's agent),
+    the parent's other children (the other ranks) or any process below these (DataLoader workers)."""
+    import psutil
+
+    me = psutil.Process()
+    parent = me.parent()
+    ours = {me.pid} | {c.pid for c in me.children(recursive=True)}
+    if parent is not None:
+        ours |= {parent.pid} | {c.pid for c in parent.children(recursive=True)}
+    seen = {}
+    for proc in psutil.process_iter(["pid", "cpu_times"]):
+        times = proc.info.get("cpu_times")
+        if times is not None and proc.info["pid"] not in ours:
+            seen[proc.info["pid"]] = times.user + times.system
+    return seen
+
+
+def _other_busy_cores(interval_s: float = _LOAD_SAMPLE_S) -> Optional[float]:
+    """CPU used by processes outside this sweep (_others_cpu_s), in cores, over `interval_s`."""
+    try:
+        before = _others_cpu_s()
+        time.sleep(interval_s)
+        after = _others_cpu_s()
+        return round(sum(max(0.0, t - before.get(pid, t)) for pid, t in after.items()) / interval_s, 2)
+    except Exception:  # noqa: BLE001 - no /proc, no permission: the load is unknown, not an error
+        return None
+
+
+def _load_average() -> Optional[float]:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def local_facts(device: torch.device) -> dict[str, Any]:
     """This rank's facts, as a JSON-ready dict (what the ranks exchange)."""
     cuda = device.type == "cuda" and torch.cuda.is_available()
@@ -136,7 +181,8 @@ def local_facts(device: torch.device) -> dict[str, Any]:
             "driver_version": _driver_version() if cuda else None, "cuda_version": torch.version.cuda,
             "nccl_version": _nccl_version() if cuda else None, "torch_version": torch.__version__,
             "trainer_tune_version": _package_version(), "python_version": platform.python_version() or sys.version,
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch.get_num_threads()}
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch.get_num_threads(),
+            "other_busy_cores": _other_busy_cores(), "load_average_1m": _load_average()}
 
 
 def agreed_fingerprint(session: DistSession) -> Fingerprint:
@@ -150,16 +196,40 @@ def agreed_fingerprint(session: DistSession) -> Fingerprint:
     return Fingerprint.from_json_dict(first)
 
 
-def threads_note(fingerprint: Fingerprint) -> Optional[str]:
+def threads_note(fingerprint: Fingerprint, *, most_threads_per_rank: Optional[int] = None) -> Optional[str]:
     """Why this machine's figures depend on how its cores are shared, or None: the ranks on rank 0's host run more
     torch threads than the host lets them use (oversubscribed threads spin against each other; FACTS.md: 9x on a
-    loaded 2-core machine)."""
-    threads = sum(fingerprint.torch_threads[:fingerprint.local_world_size])
+    loaded 2-core machine). `most_threads_per_rank`: the largest train.num_threads a setting sets (sweep.num_threads),
+    which stands for every rank's."""
+    per_rank_threads = (tuple([most_threads_per_rank] * fingerprint.local_world_size)
+                        if most_threads_per_rank is not None
+                        else fingerprint.torch_threads[:fingerprint.local_world_size])
+    threads = sum(per_rank_threads)
     if threads <= fingerprint.cpus_usable:
         return None
-    per_rank = sorted(set(fingerprint.torch_threads[:fingerprint.local_world_size]))
+    per_rank = sorted(set(per_rank_threads))
     each = f"{per_rank[0]}" if len(per_rank) == 1 else f"{per_rank[0]} to {per_rank[-1]}"
     return (f"{fingerprint.local_world_size} rank{'s' if fingerprint.local_world_size != 1 else ''} x {each} torch "
             f"threads = {threads} threads on {fingerprint.cpus_usable} usable cores (OMP_NUM_THREADS="
             f"{fingerprint.omp_num_threads or 'unset'}): the threads compete for cores, so every rate here depends "
             f"on that; set OMP_NUM_THREADS (torchrun sets 1 per worker) or run fewer ranks per host")
+
+
+def load_note(fingerprint: Fingerprint, *, most_threads_per_rank: Optional[int] = None) -> Optional[str]:
+    """Why this machine's figures depend on load already on it at the start, or None: other processes were using
+    so much of rank 0's host that fewer cores were free than the sweep's ranks run threads (`most_threads_per_rank`:
+    the largest train.num_threads a setting sets, else each rank's torch threads at the start)."""
+    busy = fingerprint.other_busy_cores
+    if busy is None:
+        return None
+    ranks = fingerprint.local_world_size
+    threads = (most_threads_per_rank * ranks if most_threads_per_rank is not None
+               else sum(fingerprint.torch_threads[:ranks]))
+    free = max(0.0, fingerprint.cpus_usable - busy)
+    if free + 0.5 >= threads:  # half a core of slack: a shell, a monitor
+        return None
+    load = f", load average {fingerprint.load_average_1m:g}" if fingerprint.load_average_1m is not None else ""
+    return (f"other processes were using {busy:g} of the {fingerprint.cpus_usable} usable cores when the sweep "
+            f"started{load}: {free:g} free for {threads} thread{'s' if threads != 1 else ''} ({ranks} rank"
+            f"{'s' if ranks != 1 else ''}), so every rate here depends on that load; measure on an idle machine, "
+            f"or with fewer threads")

@@ -1,4 +1,9 @@
-"""The journal `trials.jsonl`: one JSON line per finished trial, appended by rank 0 only.
+"""The journal `trials.jsonl`: a header line, then one JSON line per finished trial, appended by rank 0 only.
+
+The header (`{"journal_header": {...}}`, written once, when the sweep first measures into the directory) says what
+the journal is of: the record version, the sweep's definition (model, workload, mode, grid) and the fingerprint of
+the machine that started it. `resume_refusal` is the one rule a resume answers to (docs/measurement.md,
+"Resuming").
 
 Each line is flushed and fsynced before the sweep moves on, so nothing measured is lost when a process
 dies. A line cut short by a kill mid-write is reported and ignored (later appends start on a fresh line);
@@ -17,12 +22,13 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from trainer_tune.config.schema import ConfigError
 from trainer_tune.platform.durable import append_line, write_atomically
 from trainer_tune.platform.finite import NON_FINITE_KEY, finite_json, finite_record
 from trainer_tune.measure.record import WindowRecord
+from trainer_tune.platform.fingerprint import Fingerprint
 from trainer_tune.plan import TrialSpec
 
 log = logging.getLogger(__name__)
@@ -31,11 +37,40 @@ JOURNAL_NAME = "trials.jsonl"
 INFLIGHT_NAME = "inflight.json"
 
 
+HEADER_KEY = "journal_header"
+
+
+@dataclass(frozen=True)
+class JournalHeader:
+    """What a journal is of, as its first line says."""
+
+    record_version: int
+    """The WindowRecord version of the process that started the journal."""
+    definition: Optional[dict[str, Any]]
+    """The sweep's definition (plan.sweep_definition): a resume of another definition is refused. None for a
+    multirun's shared journal, whose jobs each measure their own setting."""
+    fingerprint: Optional[Fingerprint]
+    created_at: str
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {HEADER_KEY: dataclasses.asdict(self)}
+
+    @staticmethod
+    def from_json_dict(data: dict[str, Any]) -> "JournalHeader":
+        inner = data[HEADER_KEY]
+        fingerprint = inner.get("fingerprint")
+        return JournalHeader(record_version=int(inner["record_version"]), definition=inner.get("definition"),
+                             fingerprint=Fingerprint.from_json_dict(fingerprint) if fingerprint else None,
+                             created_at=str(inner.get("created_at", "")))
+
+
 @dataclass(frozen=True)
 class JournalContents:
     results: tuple[WindowRecord, ...]
     problems: tuple[str, ...]
     """Tolerated defects, e.g. a torn last line, for the log."""
+    header: Optional[JournalHeader] = None
+    """None for a journal written before headers."""
 
     def by_key(self) -> dict[str, WindowRecord]:
         return {r.trial_key: r for r in self.results}
@@ -59,6 +94,7 @@ def read_journal(path: Path) -> JournalContents:
         raise ConfigError(f"journal {path} is not readable: {exc.strerror}") from None
     results: list[WindowRecord] = []
     problems: list[str] = []
+    header: Optional[JournalHeader] = None
     first_line: dict[str, int] = {}
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -74,6 +110,12 @@ def read_journal(path: Path) -> JournalContents:
             raise _foreign(path, number, "not JSON")
         if not isinstance(record, dict):
             raise _foreign(path, number, f"JSON, but a {type(record).__name__} where a record is an object")
+        if HEADER_KEY in record:
+            try:
+                header = header or JournalHeader.from_json_dict(record)
+            except (ValueError, TypeError, KeyError):
+                raise _foreign(path, number, "a header whose fields are not a journal header's") from None
+            continue
         missing = _MARKS - set(record)
         if missing:
             raise _foreign(path, number, f"a JSON object without {', '.join(sorted(missing))}")
@@ -87,7 +129,63 @@ def read_journal(path: Path) -> JournalContents:
             continue
         first_line[result.trial_key] = number
         results.append(result)
-    return JournalContents(results=tuple(results), problems=tuple(problems))
+    return JournalContents(results=tuple(results), problems=tuple(problems), header=header)
+
+
+def write_header(path: Path, header: JournalHeader) -> bool:
+    """Start the journal with `header`, unless it already has contents (a resume); returns whether it wrote."""
+    return append_line(path, finite_json(header.to_json_dict(), sort_keys=True), unless=lambda text: bool(text.strip()))
+
+
+def definition_differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`path: before -> now` for every leaf of two sweep definitions that differs (a grid as settings added and
+    removed)."""
+    found: list[str] = []
+    for name in sorted(set(before) | set(now)):
+        old, new = before.get(name), now.get(name)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += [f"{name}.{line}" for line in definition_differences(old, new)]
+        elif isinstance(old, list) and isinstance(new, list):
+            added, removed = [x for x in new if x not in old], [x for x in old if x not in new]
+            found.append(f"{name}: " + "; ".join(part for part in (
+                f"{', '.join(map(str, added))} added" if added else "",
+                f"{', '.join(map(str, removed))} removed" if removed else "") if part))
+        else:
+            found.append(f"{name}: {old} -> {new}")
+    return found
+
+
+def resume_refusal(contents: JournalContents, *, journal: Path, definition: Optional[dict[str, Any]],
+                   fingerprint: Fingerprint, allow_fingerprint_change: bool) -> tuple[Optional[str], Optional[str]]:
+    """(why this process may not continue the journal, a warning to log), either None: the one resume rule.
+
+    - another sweep definition (model, workload, mode, grid) in the same directory is refused: its windows would be
+      decided as if they were this sweep's. A larger budget, more rounds, another recommend.* continue it;
+    - a fingerprint that differs in what decides speed (hardware, software versions, threads, world size; not the
+      host name, so a requeue on a like node continues) from the last one the journal holds is refused unless
+      sweep.allow_fingerprint_change=true. Windows of different process lifetimes never pair in a round anyway
+      (decide/race.lifetime_slots), so an allowed change starts new rounds."""
+    header = contents.header
+    if definition is not None and header is not None and header.definition is not None:
+        changed = definition_differences(header.definition, definition)
+        if changed:
+            shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+            return (f"hydra.run.dir={journal.parent} is not allowed: its journal is of another sweep ({shown}); use a "
+                    f"new hydra.run.dir for this one"), None
+    before = next((w.fingerprint for w in reversed(contents.results) if w.fingerprint is not None),
+                  header.fingerprint if header is not None else None)
+    differences = before.differences(fingerprint) if before is not None else []
+    if not differences:
+        return None, None
+    what = "; ".join(differences)
+    if allow_fingerprint_change:
+        return None, (f"resuming {journal} although its windows were measured on another machine or software "
+                      f"({what}): the windows measured now start new rounds and never pair with those")
+    return (f"sweep.allow_fingerprint_change=false is not allowed to resume {journal}: its windows were measured on "
+            f"another machine or software ({what}); use a new hydra.run.dir, or "
+            f"sweep.allow_fingerprint_change=true to continue it anyway"), None
 
 
 def append_result(path: Path, result: WindowRecord) -> bool:

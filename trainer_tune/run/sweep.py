@@ -21,9 +21,10 @@ import logging
 import os
 import time
 import traceback
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import psutil
 import torch
@@ -36,17 +37,19 @@ from trainer_tune.platform.faults import fault_for
 from trainer_tune.config.flags import TrialFlags, exported_flags
 from trainer_tune.measure.flops import analytic_flops_apply, gpt_flops_per_token, lookup_peak_tflops
 from trainer_tune.run.journal import (
-    JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, write_inflight)
+    JOURNAL_NAME, InFlight, JournalHeader, append_result, clear_inflight, read_inflight, read_journal, resume_refusal,
+    write_header, write_inflight)
 from trainer_tune.evidence.memory_fit import MemoryLimit
 from trainer_tune.measure.summarize import TrialContext, failed_result, result_from_window
 from trainer_tune.workloads.model import build_model, count_parameters
 from trainer_tune.run.multirun import MultirunJob
-from trainer_tune.plan import TrialSpec, build_plan, differing_flag_names, job_plan, swept_flag_names, window_of
+from trainer_tune.plan import (
+    TrialSpec, build_plan, differing_flag_names, job_plan, sweep_definition, swept_flag_names, window_of)
 from trainer_tune.decide.verdict import Decision, decide_race
-from trainer_tune.explain.report import build_report
+from trainer_tune.explain.report import build_report, machine_notes
 from trainer_tune.config.rerun import current_run_overrides
 from trainer_tune.evidence.estimate import SettingEstimate
-from trainer_tune.measure.record import Status, WindowRecord, utc_now
+from trainer_tune.measure.record import RECORD_VERSION, Status, WindowRecord, utc_now
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.publish import publish
 from trainer_tune.sinks.wandb_sink import WandbSink
@@ -123,8 +126,11 @@ def _evidence(session: DistSession, spec: TrialSpec) -> tuple[Optional[Status], 
 
 class _Sweep:
     def __init__(self, *, cfg: TuneConfig, session: DistSession, output_dir: Path, console: ConsoleSink,
-                 journal_path: Path, swept: tuple[str, ...], num_settings: int) -> None:
+                 journal_path: Path, swept: tuple[str, ...], num_settings: int,
+                 definition: Optional[dict[str, Any]]) -> None:
         self.cfg, self.session, self.output_dir, self.console = cfg, session, output_dir, console
+        self.definition = definition
+        """The sweep's definition (plan.sweep_definition) its journal's header records; None in a multirun job."""
         self.rank_env = session.rank_env
         self.journal_path = journal_path
         self.swept = swept
@@ -139,6 +145,9 @@ class _Sweep:
         # Every rank takes part (an exchange through the store), once per process group: a restarted group
         # measures its own fingerprint, so windows of different process lifetimes say where they came from.
         self.fingerprint = agreed_fingerprint(session)
+        # Names this process group in every window it measures: a resumed sweep never pairs its windows with the
+        # dead group's in one round (decide/race.lifetime_slots).
+        self.lifetime = session.broadcast_from_rank0(uuid.uuid4().hex[:12])
         self._keep_decided = False
         self.watchdog: Optional[Watchdog] = None
         if cfg.watchdog.enabled:
@@ -158,6 +167,7 @@ class _Sweep:
                             num_measured_steps=self.cfg.window.measure_steps, label=spec.label(swept_flags=self.swept),
                             flops_per_token=self.flops_per_token, peak_tflops_per_device=peak_tflops,
                             peak_note=peak_note, run_overrides=self.run_overrides, fingerprint=self.fingerprint,
+                            lifetime=self.lifetime,
                             device_memory_bytes=(torch.cuda.get_device_properties(self.session.device).total_memory
                                                  if self.session.device.type == "cuda" else None))
 
@@ -176,28 +186,20 @@ class _Sweep:
             raise ConfigError(error)
         return done or {}, attempts
 
-    def _check_fingerprint(self, windows: Sequence[WindowRecord]) -> None:
-        """Refuse to resume a journal measured on another machine or software (the one resume rule on the
-        fingerprint; rank 0 decides, resume_state makes it every rank's error): windows measured there cannot be
-        compared with windows measured here."""
-        before = next((w.fingerprint for w in reversed(windows) if w.fingerprint is not None), None)
-        differences = before.differences(self.fingerprint) if before is not None else []
-        if not differences:
-            return
-        what = "; ".join(differences)
-        if self.cfg.sweep.allow_fingerprint_change:
-            log.warning("resuming %s although its windows were measured on another machine or software (%s)",
-                        self.journal_path, what)
-            return
-        raise ConfigError(f"sweep.allow_fingerprint_change=false is not allowed to resume {self.journal_path}: its "
-                          f"windows were measured on another machine or software ({what}); use a new "
-                          f"hydra.run.dir, or sweep.allow_fingerprint_change=true to continue it anyway")
-
     def _settle_journal(self, plan: list[TrialSpec]) -> tuple[dict[str, WindowRecord], dict[str, int]]:
         contents = read_journal(self.journal_path)
         for problem in contents.problems:
             log.warning(problem)
-        self._check_fingerprint(contents.results)
+        refusal, warning = resume_refusal(contents, journal=self.journal_path, definition=self.definition,
+                                          fingerprint=self.fingerprint,
+                                          allow_fingerprint_change=self.cfg.sweep.allow_fingerprint_change)
+        if refusal is not None:
+            raise ConfigError(refusal)
+        if warning is not None:
+            log.warning(warning)
+        if contents.header is None and not contents.results:
+            write_header(self.journal_path, JournalHeader(record_version=RECORD_VERSION, definition=self.definition,
+                                                          fingerprint=self.fingerprint, created_at=utc_now()))
         done = contents.by_key()
         inflight = read_inflight(self.output_dir)
         attempts: dict[str, int] = {}
@@ -446,7 +448,13 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
         swept = differing_flag_names(base_flags, multirun.baseline.flags)
         prefix = f"job{multirun.job_num}/"  # the job's own rounds: its windows pair with its own baseline's
     sweep = _Sweep(cfg=cfg, session=session, output_dir=output_dir, console=console, journal_path=journal_path,
-                   swept=swept, num_settings=len(plan))
+                   swept=swept, num_settings=len(plan),
+                   definition=sweep_definition(cfg, plan, swept=swept) if multirun is None else None)
+    if session.rank_env.is_rank0:
+        # Said before measuring, so a user can stop a sweep whose figures the machine's state would decide.
+        most = max((s.flags.num_threads for s in plan if s.flags.num_threads is not None), default=None)
+        for note in machine_notes(sweep.fingerprint, most_threads_per_rank=most):
+            log.warning("%s", note)
     try:
         limit = session.broadcast_from_rank0(memory_limit(cfg, session))  # ranks predict against one figure
         done, attempts = sweep.resume_state(plan)
