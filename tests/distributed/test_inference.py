@@ -71,6 +71,8 @@ def test_the_gpt_serves_and_budgets_decide_from_its_journal(tmp_path: Path) -> N
         training_flops_per_token = gpt_flops_per_token(args, num_parameters=count_parameters(build_model(args)))
     for window in windows:
         _check_served(window)
+        # Each served batch ends in a synchronisation of its own, counted (a training window has none).
+        assert window["syncs_in_window"] == window["num_measured_steps"]
         assert window["tokens_per_s"] == pytest.approx(window["samples_per_s"] * args.seq_len)
         # The forward only: a third of the training formula (tests/unit/test_serving_trials.py counts it).
         assert window["mfu"]["flops_per_token"] == pytest.approx(training_flops_per_token / 3)

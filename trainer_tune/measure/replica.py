@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from trainer_tune.config.schema import TuneConfig
+from trainer_tune.platform import syncs
 from trainer_tune.platform.distributed import DistSession
 from trainer_tune.platform.faults import FaultPlan
 from trainer_tune.measure.flop_count import StepFlops, count_step_flops
@@ -111,7 +112,6 @@ class InferenceReplica:
         with compile_failures_named(self.compiled, self.compile_mode, first_call=self.steps_done == 1), \
                 torch.inference_mode(), self.autocast():
             self.serve(self.model, batch)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # the batch is served when its outputs exist
+        syncs.synchronize(self.device)  # the batch is served when its outputs exist (counted: syncs_in_window)
         return StepOutcome(loss=None, samples=count_samples(batch) or 0, tokens=self.count_tokens(batch),
                                  data_wait_s=data_wait_s, aux_stats=None)
