@@ -186,5 +186,7 @@ def exported_flags(flags: TrialFlags, environ: MutableMapping[str, str]) -> Iter
 
 
 def flags_to_overrides(flags: TrialFlags) -> list[str]:
-    """Hydra overrides that pin every flag to its value."""
-    return [f"{spec.config_key}={format_flag(getattr(flags, spec.field_name))}" for spec in FLAG_SPECS]
+    """Hydra overrides that pin every flag to its value; train.num_threads only when a setting sets it (null leaves
+    the threads to how the job is launched, which the override could not pin anyway)."""
+    return [f"{spec.config_key}={format_flag(getattr(flags, spec.field_name))}" for spec in FLAG_SPECS
+            if not (spec.field_name == "num_threads" and flags.num_threads is None)]

@@ -149,6 +149,7 @@ def aggregate_windows(windows: Sequence[WindowRecord], *, noise: Optional[NoiseF
                           tokens_per_s=tokens_per_s),
         gpu=_gpu_over_windows(ordered), cpu=_cpu_over_windows(ordered),
         noise_scale=pool_noise_scale([w.noise_scale for w in ordered]),
+        noise_read_at_start=True if any(w.noise_read_at_start for w in ordered) else None,
         compile_s=max((w.compile_s for w in ordered if w.compile_s is not None), default=None),
         compile_note=None if any(w.compile_s is not None for w in ordered) else first.compile_note,
         compile=_compile_over_windows(ordered),

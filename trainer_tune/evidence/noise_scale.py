@@ -68,8 +68,24 @@ def sweep_noise_scale(settings: Sequence[SettingEstimate]) -> tuple[Optional[Noi
     pooled = pool([r.noise_scale for r in measured])
     assert pooled is not None
     note = (f"pooled over {pooled.num_steps} noise steps of {len(measured)} of {len(finished)} finished settings "
-            f"(the noise scale belongs to the model, the data and the weights, not to the setting)")
+            f"(the noise scale belongs to the model, the data and the weights, not to the setting), "
+            f"{_where_read(measured)}")
     return pooled, note + (f"; {pooled.note}" if pooled.note else "")
+
+
+def _where_read(measured: Sequence[SettingEstimate]) -> str:
+    """Where the noise steps read: every setting's initial weights (window.py runs them before any other step), or,
+    in windows recorded before that, after each window's own measured steps."""
+    if not all(r.noise_read_at_start for r in measured):
+        return ("read after each setting's measured steps (windows recorded before 2026-12), so at a different "
+                "training point per setting")
+    checkpoint = any(o.startswith("model.checkpoint=") and o != "model.checkpoint=null"
+                     for r in measured for o in r.run_overrides)
+    if checkpoint:
+        return "each read at the checkpoint's weights (model.checkpoint) before any step"
+    return ("each read at the model's random initial weights before any step: a fresh model's noise scale is smaller "
+            "than later in training (it grows as the loss falls), so without model.checkpoint this goodput advice "
+            "favours small batches")
 
 
 def with_goodput(settings: Sequence[SettingEstimate],

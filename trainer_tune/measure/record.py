@@ -167,6 +167,9 @@ class MeasuredFigures:
     """The gradient noise scale B_noise from this window's noise steps (window.noise_steps), or the setting's
     windows pooled; None where not measured, with the reason in noise_scale_note."""
     noise_scale_note: Optional[str] = None
+    noise_read_at_start: Optional[bool] = None
+    """True where the noise steps ran at the setting's initial weights, before any other step (record version 6);
+    None for lines from before, whose noise steps ran after the window's measured steps."""
     compile_s: Optional[float] = None
     """torch.compile's compile time (compile_payback.compile_seconds: the build window's warm-up beyond as many
     measured steps), never in any rate; None for an eager setting, a kept trainer's later window (compile_note),

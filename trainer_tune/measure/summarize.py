@@ -229,7 +229,7 @@ def result_from_window(spec: TrialSpec, m: WindowMeasurement, ctx: TrialContext,
         nsa_aux_stats=tuple(dict(s) for s in m.aux_stats), device_memory_bytes=ctx.device_memory_bytes,
         gpu_utilization_series=rank0.gpu_utilization_series if rank0 is not None else (),
         noise_scale=estimate_noise_scale(m.noise_readings) if m.noise_readings else None,
-        noise_scale_note=m.noise_note, **compile_figures(m), syncs_in_window=m.syncs_in_window,
+        noise_scale_note=m.noise_note, noise_read_at_start=True if m.noise_readings else None, **compile_figures(m), syncs_in_window=m.syncs_in_window,
         extra={"ddp_applied": m.ddp_applied})
 
 
