@@ -197,7 +197,7 @@ def test_grad_accums_in_inference_are_refused_before_any_process_group(nproc: in
     proc = run_tune(["+sweep=serving", "sweep.grad_accums=[1,2]", f"hydra.run.dir={out}"], nproc=nproc,
                     timeout_s=120)
     line = ("trainer_tune: error: sweep.grad_accums=[1, 2] is not allowed: null with mode=inference (no gradients, "
-            "no DDP: each rank serves on its own)")
+            "no DDP: each rank serves on its own); it applies with mode=train")
     if nproc is None:
         assert proc.returncode == 2 and proc.stderr.strip() == line, proc.stderr[-8000:]
     else:

@@ -243,3 +243,29 @@ def test_a_resume_with_another_thread_count_is_refused_naming_what_differs(tmp_p
     assert allowed.returncode == 0, allowed.stderr[-3000:]
     lines = read_jsonl(out / "trials.jsonl")
     assert [line["fingerprint"]["torch_threads"] for line in lines] == [[1, 1]] * 2 + [[2, 2]] * 2
+    # The allowed change measured new rounds: no round holds windows of both process groups.
+    assert len({line["lifetime"] for line in lines}) == 2
+    assert {line["round_id"] for line in lines[:2]}.isdisjoint({line["round_id"] for line in lines[2:]})
+    # Another grid in the same directory is another sweep: refused, naming the difference, the journal untouched.
+    journal = (out / "trials.jsonl").read_text()
+    other = run_tune([*[a for a in small if not a.startswith("sweep.micro")], "sweep.micro_batch_sizes=[4]"], nproc=2,
+                     env={"OMP_NUM_THREADS": "2"})
+    assert other.returncode != 0
+    errors = [line for line in other.stderr.splitlines() if line.startswith("trainer_tune: error:")]
+    assert errors and "its journal is of another sweep (grid: 4x1, 4x2 added; 2x2 removed" in errors[0], \
+        other.stderr[-3000:]
+    assert (out / "trials.jsonl").read_text() == journal
+
+
+def test_threads_are_an_axis(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = run_tune(["+sweep=batch", "window=quick", "sweep.micro_batch_sizes=[2]", "sweep.grad_accums=[1]",
+                     "sweep.num_threads=[1,2]", *ONE_ROUND, "wandb=off", f"hydra.run.dir={out}"])
+    assert proc.returncode in (0, 3, 5), proc.stderr[-3000:]
+    windows = read_jsonl(out / "trials.jsonl")
+    assert sorted((w["label"], w["flags"]["num_threads"]) for w in windows) == \
+        [("2x1 num_threads=1", 1), ("2x1 num_threads=2", 2)]
+    assert all(w["status"] == "ok" and w["syncs_in_window"] == 0 for w in windows)
+    rec = json.loads((out / "recommendation.json").read_text())
+    named = rec["chosen"] or rec["leader"]
+    assert f"train.num_threads={named['flags']['num_threads']}" in rec["overrides"] or rec["chosen"] is None

@@ -108,3 +108,24 @@ def test_energy_objective_without_any_reading_is_no_go_named_unmeasured_never_ze
 def test_inference_refuses_training_axes(sweep: SweepArgs, train: TrainArgs, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{key}=.* is not allowed: .* with mode=inference"):
         TuneConfig(mode=Mode.inference, sweep=sweep, train=train)
+
+
+def test_every_key_one_mode_ignores_is_refused_in_it_naming_the_key_and_the_mode() -> None:
+    """Each pair of MODE_ONLY_KEYS (the one list of them), set in the mode that ignores it."""
+    from trainer_tune.config.schema import MODE_ONLY_KEYS, BaselineArgs, RecommendArgs
+
+    samples = {"sweep.grad_accums": [1, 2], "sweep.ddp_static_graph": [True], "sweep.ddp_find_unused_parameters": [True],
+               "sweep.ddp_bucket_cap_mb": [25.0], "sweep.activation_checkpointing": [True],
+               "train.activation_checkpointing": True, "sweep.global_batch_size": 8, "sweep.hold_global_batch": True,
+               "recommend.max_latency_ms": 50.0}
+    assert sorted(samples) == sorted(only.key for only in MODE_ONLY_KEYS)
+    groups = {"sweep": SweepArgs, "train": TrainArgs, "recommend": RecommendArgs, "baseline": BaselineArgs}
+    for only in MODE_ONLY_KEYS:
+        group, name = only.key.split(".")
+        other = Mode.train if only.mode == Mode.inference else Mode.inference
+        args = {group: groups[group](**{name: samples[only.key]})}
+        with pytest.raises(ConfigError) as refused:
+            TuneConfig(mode=other, **args)
+        assert str(refused.value).startswith(f"{only.key}=") and f"with mode={other.value} (" in str(refused.value)
+        assert str(refused.value).endswith(f"; it applies with mode={only.mode.value}")
+        TuneConfig(mode=only.mode, **args)  # where it applies, it is taken

@@ -747,8 +747,7 @@ class TuneConfig:
     wandb: WandbArgs = field(default_factory=WandbArgs)
 
     def __post_init__(self) -> None:
-        if self.mode == Mode.inference:
-            _require_inference_axes(self)
+        _require_mode_keys(self)
         if self.mode == Mode.inference:
             require(self.recommend.objective != Objective.goodput, key="recommend.objective", value="goodput",
                     allowed="throughput, latency or energy with mode=inference (goodput is a training figure)")
@@ -768,25 +767,53 @@ class TuneConfig:
                             f"collective times out")
 
 
-_TRAINING_ONLY_AXES = ("grad_accums", "ddp_static_graph", "ddp_find_unused_parameters", "ddp_bucket_cap_mb",
-                       "activation_checkpointing")
+@dataclass(frozen=True)
+class ModeOnlyKey:
+    """A key that means something in one mode only: set away from `unset` in the other mode, it is refused."""
+
+    key: str
+    mode: "Mode"
+    unset: Any
+    why: str
+    """Why it means nothing in the other mode."""
 
 
-def _require_inference_axes(cfg: "TuneConfig") -> None:
-    """Inference has no gradients to accumulate and no DDP: axes over them would measure nothing."""
-    for name in _TRAINING_ONLY_AXES:
-        values = getattr(cfg.sweep, name)
-        require(values is None, key=f"sweep.{name}", value=values,
-                allowed="null with mode=inference (no gradients, no DDP: each rank serves on its own)")
-    require(not cfg.train.activation_checkpointing, key="train.activation_checkpointing", value=True,
-            allowed="false with mode=inference (there is no backward to recompute activations for)")
+_NO_TRAINING = "no gradients, no DDP: each rank serves on its own"
+_NO_BACKWARD = "there is no backward to recompute activations for"
+_NO_OPTIMIZER = "no optimizer step to hold a batch for; sweep.micro_batch_sizes is the serving batch"
+MODE_ONLY_KEYS: tuple[ModeOnlyKey, ...] = (
+    ModeOnlyKey("sweep.grad_accums", Mode.train, None, _NO_TRAINING),
+    ModeOnlyKey("sweep.ddp_static_graph", Mode.train, None, _NO_TRAINING),
+    ModeOnlyKey("sweep.ddp_find_unused_parameters", Mode.train, None, _NO_TRAINING),
+    ModeOnlyKey("sweep.ddp_bucket_cap_mb", Mode.train, None, _NO_TRAINING),
+    ModeOnlyKey("sweep.activation_checkpointing", Mode.train, None, _NO_BACKWARD),
+    ModeOnlyKey("train.activation_checkpointing", Mode.train, False, _NO_BACKWARD),
+    ModeOnlyKey("sweep.global_batch_size", Mode.train, None, _NO_OPTIMIZER),
+    ModeOnlyKey("sweep.hold_global_batch", Mode.train, False, _NO_OPTIMIZER),
+    ModeOnlyKey("recommend.max_latency_ms", Mode.inference, None,
+                "a training step is not a served request: nothing would check the budget"),
+)
+"""Every key that one mode ignores, in one place: TuneConfig refuses each (exit 2, naming the key and the mode)."""
+
+
+def _value_at(cfg: "TuneConfig", key: str) -> Any:
+    group, name = key.split(".")
+    return getattr(getattr(cfg, group), name)
+
+
+def _require_mode_keys(cfg: "TuneConfig") -> None:
+    """Refuse a key set in the mode that ignores it (MODE_ONLY_KEYS), and in inference a gradient accumulation."""
+    for only in MODE_ONLY_KEYS:
+        value = _value_at(cfg, only.key)
+        unset = "null" if only.unset is None else str(only.unset).lower()
+        require(cfg.mode == only.mode or value == only.unset, key=only.key, value=value,
+                allowed=f"{unset} with mode={cfg.mode.value} ({only.why}); it applies with mode={only.mode.value}")
+    if cfg.mode != Mode.inference:
+        return
     for key, value in (("train.grad_accum", cfg.train.grad_accum), ("baseline.grad_accum", cfg.baseline.grad_accum)):
         # An unresolved ${train.grad_accum} (a dataclass built by hand) is checked through train.grad_accum.
-        require(not isinstance(value, int) or value == 1, key=key, value=value, allowed="1 with mode=inference (there is nothing to accumulate)")
-    why = "with mode=inference (no optimizer step to hold a batch for; sweep.micro_batch_sizes is the serving batch)"
-    require(cfg.sweep.global_batch_size is None, key="sweep.global_batch_size", value=cfg.sweep.global_batch_size,
-            allowed=f"null {why}")
-    require(not cfg.sweep.hold_global_batch, key="sweep.hold_global_batch", value=True, allowed=f"false {why}")
+        require(not isinstance(value, int) or value == 1, key=key, value=value,
+                allowed="1 with mode=inference (there is nothing to accumulate)")
 
 
 def register_configs() -> None:

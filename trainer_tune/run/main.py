@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trainer_tune.config.schema import ConfigError, TuneConfig, config_dir, register_configs
-from trainer_tune.config.keys import check_keys
+from trainer_tune.config.keys import check_keys, check_override_keys
 from trainer_tune.platform.distributed import (
     DistSession, RankEnv, choose_backend, choose_device, launch_hint, shared_run_stamp)
 from trainer_tune.config.flags import resolve_flags
@@ -119,5 +119,39 @@ def main() -> None:
             os.environ[RUN_STAMP_ENV] = shared_run_stamp(rank_env, os.environ)
     except ConfigError as exc:
         fail_usage(str(exc), None)
+    try:
+        # Before Hydra: a misspelt key gets the same did-you-mean (exit 2) with or without `+` (Hydra would answer
+        # the unprefixed one with a hint to add `+`, exit 1, and the prefixed one would reach check_keys).
+        check_override_keys([a for a in sys.argv[1:] if "=" in a and not a.startswith("-")])
+    except ConfigError as exc:
+        fail_usage(str(exc), rank_env)
     register_configs()
     hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")(_task)()
+    if {"--cfg", "-c"} & set(sys.argv[1:]):
+        _check_printed_config(sys.argv[1:], rank_env)
+
+
+_HYDRA_FLAGS_WITH_VALUES = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                            "--config-dir", "-cd", "--info", "-i"}
+
+
+def _check_printed_config(argv: list[str], rank_env: RankEnv) -> None:
+    """After `--cfg job` printed the configuration (Hydra runs no task then), validate it as a run would, so a
+    configuration the run would refuse is not shown as if it were fine: its error follows, exit 2."""
+    from hydra import compose, initialize_config_dir
+
+    overrides, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _HYDRA_FLAGS_WITH_VALUES:
+            skip = True
+        elif not arg.startswith("-") and not arg.lstrip("+~").startswith("hydra."):
+            overrides.append(arg)
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            raw = compose(config_name="config", overrides=overrides)
+        check_keys(raw)
+        OmegaConf.to_object(raw)
+    except (ConfigError, OmegaConfBaseException) as exc:
+        fail_usage(f"this configuration would be refused: {str(exc).splitlines()[0]}", rank_env)

@@ -57,6 +57,10 @@ def _quiet_hydra_utils() -> Iterator[None]:
         logger.disabled = was_disabled
 
 
+EXTRAS = {"transformers": "hf"}
+"""Top-level packages our example configs name that an extra of pyproject.toml installs."""
+
+
 def locate(key: str, target: str) -> Any:
     """Import `target` (a dotted path) or raise ConfigError naming the key."""
     try:
@@ -64,6 +68,10 @@ def locate(key: str, target: str) -> Any:
             found = get_object(target)
     except Exception as exc:  # noqa: BLE001 - ImportError, or whatever the user's module raises on import
         cause = exc.__cause__ if exc.__cause__ is not None else exc
+        extra = EXTRAS.get(target.split(".")[0])
+        if extra is not None and isinstance(cause, ImportError):
+            raise ConfigError(f"{key}={target!r} needs {target.split('.')[0]}, which is not installed: "
+                              f"pip install -e '.[{extra}]' (or pip install {target.split('.')[0]})") from exc
         raise ConfigError(f"{key}={target!r} is not allowed: it cannot be imported ({one_line(cause)}); "
                           f"give a dotted path importable from the working directory or PYTHONPATH") from exc
     if not callable(found):
