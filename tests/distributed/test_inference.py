@@ -147,9 +147,15 @@ def test_a_batch_over_budget_leaves_the_race_and_an_oom_or_a_stall_is_an_outcome
                     nproc=2, max_restarts=1)
     assert proc.returncode == 0, proc.stderr[-8000:]
     windows = read_jsonl(out / "trials.jsonl")
-    assert sorted((w["round_id"], w["label"], w["status"]) for w in windows) == [
-        ("r0", "1x1", "ok"), ("r0", "2x1", "stalled"), ("r0", "32x1", "ok"), ("r0", "4x1", "ok"),
-        ("r0", "64x1", "oom"), ("r1", "1x1", "ok"), ("r1", "4x1", "ok")]
+    # Round 0 was cut short by the restart: what it still lacked is measured as `r0~1`, with a window of the
+    # baseline (1x1) of its own (docs/measurement.md, "Resuming"); the baseline may thus have two windows there.
+    first_round = sorted((w["label"], w["status"]) for w in windows if w["round_id"].split("~")[0] == "r0")
+    assert sorted(set(first_round)) == [("1x1", "ok"), ("2x1", "stalled"), ("32x1", "ok"), ("4x1", "ok"),
+                                        ("64x1", "oom")]
+    assert len(first_round) - len(set(first_round)) <= 1
+    assert sorted((w["label"], w["status"]) for w in windows if w["round_id"] == "r1") == [("1x1", "ok"), ("4x1", "ok")]
+    for rid in {w["round_id"] for w in windows}:
+        assert len({w["lifetime"] for w in windows if w["round_id"] == rid}) == 1
     assert all(w["mode"] == "inference" for w in windows)
     assert "PacedServer holds at most 32 samples, got 64" in next(w for w in windows if w["status"] == "oom")["error"]
     assert (out / "stacks" / "trial-1-rank-1.txt").exists() and "recorded as stalled" in proc.stderr

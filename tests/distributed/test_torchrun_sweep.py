@@ -126,7 +126,8 @@ def test_two_rank_sweep_then_resume(tmp_path: Path) -> None:
         assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "no chart of GPU utilization over time" in report
     assert "## Memory prediction" in report and "memory fit all settings: fit over 1, 2, 4" in proc.stdout
-    assert [line.split(" | ")[1] for line in report.splitlines() if re.match(r"\| \d+ \| ", line)] == \
+    lead = report[report.index("## Trials"):report.index("### Details")]  # then the same rows with the details
+    assert [line.split(" | ")[1] for line in lead.splitlines() if re.match(r"\| \d+ \| ", line)] == \
         [t["label"] + (" (baseline)" if t["is_baseline"] else "")
          + (" **chosen**" if rec["chosen"] and t["trial_key"] == rec["chosen"]["trial_key"] else "") for t in trials]
 
@@ -246,15 +247,16 @@ def test_a_resume_with_another_thread_count_is_refused_naming_what_differs(tmp_p
     # The allowed change measured new rounds: no round holds windows of both process groups.
     assert len({line["lifetime"] for line in lines}) == 2
     assert {line["round_id"] for line in lines[:2]}.isdisjoint({line["round_id"] for line in lines[2:]})
-    # Another grid in the same directory is another sweep: refused, naming the difference, the journal untouched.
-    journal = (out / "trials.jsonl").read_text()
+    # Another grid in the same directory is another sweep: refused before any process group, naming the
+    # difference, and every file in the directory left as it was.
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     other = run_tune([*[a for a in small if not a.startswith("sweep.micro")], "sweep.micro_batch_sizes=[4]"], nproc=2,
                      env={"OMP_NUM_THREADS": "2"})
     assert other.returncode != 0
     errors = [line for line in other.stderr.splitlines() if line.startswith("trainer_tune: error:")]
     assert errors and "its journal is of another sweep (grid: 4x1, 4x2 added; 2x2 removed" in errors[0], \
         other.stderr[-3000:]
-    assert (out / "trials.jsonl").read_text() == journal
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_threads_are_an_axis(tmp_path: Path) -> None:

@@ -72,8 +72,10 @@ def _real_tokens_per_step(window: dict, *, world_size: int, seed: int) -> tuple[
     input_ids' element count per step)."""
     micro_batch_size, model_seq_len = window["micro_batch_size"], 64
     dataset = RandomText(seq_len=model_seq_len, vocab_size=1000, seed=seed, num_samples=1024, min_length=8)
-    # The setting's first window: FlopCounterMode counted one micro-batch before the warm-up (window._count_flops).
-    first = 1 + window["num_warmup_steps"] * window["grad_accum"]
+    # The setting's first window: FlopCounterMode counted one micro-batch when the trainer was built
+    # (window._count_flops), then its noise steps read theirs (window._noise_steps), then the warm-up.
+    noise_steps = window["noise_scale"]["num_steps"] if window["noise_scale"] else 0
+    first = 1 + (noise_steps + window["num_warmup_steps"]) * window["grad_accum"]
     last = first + window["num_measured_steps"] * window["grad_accum"]
     mask_sum = 0
     for rank in range(world_size):

@@ -101,7 +101,7 @@ def test_range_errors_name_key_value_and_allowed(overrides: list[str], message: 
     (["+sweep=batch", "sweep.global_batch_size=7"],
      "sweep.global_batch_size=7 is not allowed: no micro_batch_size x grad_accum pair of the sweep reaches it at "
      "world size 1; reachable global batch sizes are [1, 2, 4, 8, 16]", 2),
-    (["train.no_such_key=1"], "Key 'no_such_key' not in 'TrainArgs'", 1),
+    (["train.no_such_key=1"], "train.no_such_key is not a configuration key; the keys of train are", 2),
     (["train.micro_batch_size=abc"], "Value 'abc' of type 'str' could not be converted to Integer", 1),
 ])
 def test_bad_input_exits_before_anything_runs(overrides: list[str], needle: str, code: int, tmp_path: Path) -> None:

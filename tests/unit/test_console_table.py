@@ -74,3 +74,30 @@ def test_every_flag_value_is_readable_at_120_columns() -> None:
     legend = " ".join(text.split("┘", 1)[1].split())
     for spec in FLAG_SPECS:
         assert (f"{spec.short_name} = {spec.config_key}" in legend) == (spec.field_name in SWEPT)
+
+
+def test_at_80_100_and_160_columns_every_figure_and_setting_appears_whole() -> None:
+    """Issue 27: cells printed as `13,…` at 100 columns. Below the width one table needs, the table splits into
+    what decides and the details, each row named by its `#` and setting."""
+    results = _flag_sweep()
+    report = build_report(decide(results, args=RecommendArgs()))
+    for width in (80, 100, 160):
+        out = io.StringIO()
+        ConsoleSink(enabled=True, console=Console(file=out, width=width)).show(results, report)
+        text = out.getvalue()
+        assert "…" not in text, width
+        assert max(len(line) for line in text.splitlines() if line[:1] in "┏┃│└┡") <= width
+        flat = " ".join(text.split())  # a setting may wrap at its spaces
+        for r in results:
+            assert f"{r.tokens_per_s:,.0f}" in text if r.ok else True
+            speedup = report.decision.speedup_by_key.get(r.trial_key)
+            if speedup is not None:
+                assert f"{(speedup - 1) * 100:+.1f}%" in text
+            assert f"{r.samples_per_s:,.0f}" in text if r.ok else True
+        for word in ("prefill=false", "unused=true", "bucket_mb=25", "0.1100", "0.1180"):
+            assert word in flat, (width, word)
+
+
+def test_output_that_is_no_terminal_follows_columns(monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    assert ConsoleSink(enabled=True).console.width == 100

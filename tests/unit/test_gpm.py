@@ -228,7 +228,8 @@ def test_busy_gpu_with_idle_sms_is_a_fact_in_the_report_and_a_console_note(tmp_p
     assert build_report(rec).explanations is not None and build_report(rec).explanations.sms_mostly_idle == ("2x1",)
     report = write_report(tmp_path, results, build_report(rec)).report.read_text()
     assert "- GPU busy 97% but SMs active 23%" in report
-    header = next(line for line in report.splitlines() if line.startswith("| #"))
+    details = report[report.index("### Details"):]
+    header = next(line for line in details.splitlines() if line.startswith("| #"))
     assert "| SM active % | tensor active % |" in header
     out = io.StringIO()
     ConsoleSink(enabled=True, console=Console(file=out, width=120)).show(results, build_report(rec))

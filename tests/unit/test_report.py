@@ -71,7 +71,7 @@ def test_report_of_a_mixed_sweep_has_every_section_and_valid_charts(tmp_path: Pa
         assert width > 400 and height > 300
     # The failed trial is a table row with its status and error; the charts draw finished trials only.
     oom_row = next(line for line in text.splitlines() if line.startswith("| 4 |"))
-    assert "**oom**" in oom_row and "oom on rank 1" in oom_row
+    assert "**oom**" in oom_row and "- #4 8x1: oom on rank 1" in text
     assert "exposed all-reduce takes 57% of the step at 4x1" in text
     assert "| max throughput | 4x1 |" in text
     assert "not measured, so not in the table: peak memory: cpu" in text

@@ -131,12 +131,12 @@ def test_report_has_the_serving_columns_section_and_matrix(tmp_path: Path) -> No
     results, rec = _decided()
     files = write_report(tmp_path, results, build_report(rec))
     text = files.report.read_text()
-    header = next(line for line in text.splitlines() if line.startswith("| # |"))
-    assert ("| # | setting | batch per replica | status | samples/s | tokens/s | 95% CI of tokens/s | p50 ms | p90 ms "
-            "| p99 ms | max ms | batches |") in header
-    assert "global batch" not in header and "step p50" not in header and "| J/sample |" in header
-    assert "| 4 | 64x1 **over budget** | 64 | ok |" in text
-    assert "| 3 | 16x1 **chosen** | 16 | ok |" in text
+    lead, details = [line for line in text.splitlines() if line.startswith("| # |")][:2]
+    assert lead == "| # | setting | status | tokens/s | 95% CI of tokens/s | p99 ms | vs baseline |"
+    assert details.startswith("| # | setting | batch per replica | samples/s | p50 ms | p90 ms | max ms | batches |")
+    assert "global batch" not in details and "step p50" not in details and "| J/sample |" in details
+    assert "| 4 | 64x1 **over budget** | ok | 2,000 | n/a | 200 | +100.0% |" in text
+    assert "| 3 | 16x1 **chosen** | 16 | 12 | 30 | 48 | 66 | 40 |" in text
     serving = text[text.index("## Serving"):text.index("## Charts")]
     assert "- latency budget: p99 at most 100 ms per batch (recommend.max_latency_ms)" in serving
     assert "- over the budget, never chosen: 64x1 (p99 200 ms)" in serving
@@ -147,7 +147,7 @@ def test_report_has_the_serving_columns_section_and_matrix(tmp_path: Path) -> No
     assert "| max throughput | 16x1 | 16 | **1,600 tokens/s** | p99 60 ms | 0.3 J/sample | - | every other" in matrix
     assert "| min p99 latency | 1x1 | 1 | 500 tokens/s | **p99 8 ms** | 0.9 J/sample | - | p99 of 40 " in matrix
     assert "| min peak memory | none | n/a | n/a | n/a | n/a | - | not measured: cpu |" in matrix
-    assert text.startswith(f"# trainer_tune report\n\n**{rec.verdict}**\n\nServe (or measure again) with:")
+    assert text.startswith(f"# trainer_tune report\n\n**{rec.verdict}**\n\nServe with:")
     assert sorted(c.name for c in files.charts) == ["latency_percentiles", "latency_throughput", "rounds"]
     assert not (tmp_path / "charts" / "step_times.png").exists()
 

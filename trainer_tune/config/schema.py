@@ -565,6 +565,9 @@ class RecommendArgs:
     memory prediction's limit without train.max_memory_fraction (of host memory per rank on a CPU)."""
     target_throughput_per_s: Optional[float] = None
     """GO also needs at least this rate, in the decision's unit per second (see throughput.unit)."""
+    confirms: Optional[str] = None
+    """Set by a confirm command (recommendation.yaml's confirm_overrides): what the first sweep said, its verdict
+    and setting ("GO 8x1"); this sweep's verdict then says whether that holds."""
     max_latency_ms: Optional[float] = None
     """mode=inference: the p99 latency budget per batch (slowest replica), in milliseconds. A batch size over it
     is listed as over budget and never chosen (the race stops measuring it after its sweep.min_rounds windows);

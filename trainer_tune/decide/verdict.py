@@ -25,6 +25,7 @@ from trainer_tune.measure.record import TOKENS
 from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.evidence.comparison import (
     Comparison, Drift, baseline_drift, compare, compare_lower, level_text, lower_figures_by_round, percent)
+from trainer_tune.decide.confirm import confirm_overrides, confirmation_reason
 from trainer_tune.decide.eligible import eligible, over_latency_budget
 from trainer_tune.decide.pool import (
     OBJECTIVE_BEST, OBJECTIVE_FIGURE, Pool, build_pool, pick_best, with_sweep_goodput)
@@ -121,6 +122,9 @@ class Decision:
     more_seconds: Optional[float] = None
     """more_rounds at this sweep's seconds per round."""
     continue_overrides: tuple[str, ...] = ()
+    confirm_overrides: tuple[str, ...] = ()
+    """A sweep of the named setting (the chosen one after a GO, else the leader) against the baseline in paired
+    rounds (decide/confirm.py); empty when there is no such pair."""
     """INCONCLUSIVE: what to add to the same command, with the same hydra.run.dir, to measure the rounds it needs
     (sweep.budget_s, sweep.max_rounds); empty otherwise."""
     ineligible: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -173,6 +177,7 @@ class Decision:
                 "memory_limit": self.memory_limit.to_json_dict() if self.memory_limit else None,
                 "leader": trial(self.leader), "confidence": self.confidence, "more_rounds": self.more_rounds,
                 "more_seconds": self.more_seconds, "continue_overrides": list(self.continue_overrides),
+                "confirm_overrides": list(self.confirm_overrides),
                 "ineligible": dict(self.ineligible)}
 
 
@@ -267,6 +272,11 @@ def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measu
     drift = baseline_drift(baseline)
     reasons.extend(_history_reasons(race=race, drift=drift, not_measured=not_measured, unit=unit))
     overrides, environment = _overrides(chosen, change)
+    named = chosen if verdict.decision == GO else (verdict.leader or best)
+    confirm = confirm_overrides(named, baseline, decision=verdict.decision, args=args)
+    if args.confirms:
+        reasons.insert(1, confirmation_reason(args.confirms, decision=verdict.decision, chosen=chosen,
+                                              baseline=baseline))
     speedup_by_key, speedup_intervals = _against_baseline(pool.finished, baseline)
     over_all = tuple(r.trial_key for r in pool.finished if args.max_latency_ms is not None
                      and over_latency_budget(r, args.max_latency_ms) is not None)
@@ -276,6 +286,7 @@ def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measu
                     more_rounds=verdict.more_rounds,
                     more_seconds=(verdict.more_rounds * _round_s(pool) if verdict.more_rounds else None),
                     continue_overrides=_continue_overrides(verdict, pool=pool, race=race, sweep=sweep),
+                    confirm_overrides=confirm,
                     speedup_ci95=verdict.comparison.interval if verdict.comparison else None,
                     chosen=chosen, best=best, baseline=baseline, speedup=verdict.speedup,
                     min_speedup=args.min_speedup, reasons=tuple(reasons), verdict=text,

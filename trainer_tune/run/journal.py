@@ -158,7 +158,8 @@ def definition_differences(before: dict[str, Any], now: dict[str, Any]) -> list[
 
 
 def resume_refusal(contents: JournalContents, *, journal: Path, definition: Optional[dict[str, Any]],
-                   fingerprint: Fingerprint, allow_fingerprint_change: bool) -> tuple[Optional[str], Optional[str]]:
+                   fingerprint: Optional[Fingerprint],
+                   allow_fingerprint_change: bool) -> tuple[Optional[str], Optional[str]]:
     """(why this process may not continue the journal, a warning to log), either None: the one resume rule.
 
     - another sweep definition (model, workload, mode, grid) in the same directory is refused: its windows would be
@@ -166,7 +167,9 @@ def resume_refusal(contents: JournalContents, *, journal: Path, definition: Opti
     - a fingerprint that differs in what decides speed (hardware, software versions, threads, world size; not the
       host name, so a requeue on a like node continues) from the last one the journal holds is refused unless
       sweep.allow_fingerprint_change=true. Windows of different process lifetimes never pair in a round anyway
-      (decide/race.lifetime_slots), so an allowed change starts new rounds."""
+      (decide/race.lifetime_slots), so an allowed change starts new rounds.
+    The entry point asks before any process group with `fingerprint=None` (the definition only), so a refused
+    directory is left exactly as it was; the sweep asks again once the group's fingerprint is known."""
     header = contents.header
     if definition is not None and header is not None and header.definition is not None:
         changed = definition_differences(header.definition, definition)
@@ -174,6 +177,8 @@ def resume_refusal(contents: JournalContents, *, journal: Path, definition: Opti
             shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
             return (f"hydra.run.dir={journal.parent} is not allowed: its journal is of another sweep ({shown}); use a "
                     f"new hydra.run.dir for this one"), None
+    if fingerprint is None:
+        return None, None
     before = next((w.fingerprint for w in reversed(contents.results) if w.fingerprint is not None),
                   header.fingerprint if header is not None else None)
     differences = before.differences(fingerprint) if before is not None else []

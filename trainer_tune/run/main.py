@@ -30,9 +30,9 @@ from trainer_tune.platform.distributed import (
 from trainer_tune.config.flags import resolve_flags
 from trainer_tune.platform.logging_setup import setup_logging
 from trainer_tune.run.exits import fail_usage, gate_code, leave_no_go, rank_env_or_fail
-from trainer_tune.run.journal import JOURNAL_NAME, check_budget
+from trainer_tune.run.journal import JOURNAL_NAME, check_budget, read_journal, resume_refusal
 from trainer_tune.run.multirun import current_job
-from trainer_tune.plan import build_plan, job_plan
+from trainer_tune.plan import build_plan, job_plan, sweep_definition, swept_flag_names
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_config
 from trainer_tune.sinks.report import REPORT_MD
@@ -58,8 +58,14 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
         check_checkpoint(cfg.model)  # before the plan, whose keys hold the checkpoint's fingerprint
         if multirun is None:
             plan = build_plan(cfg, world_size=rank_env.world_size, base_flags=base_flags, device_type=device.type)
-            check_budget(cfg.sweep.budget_s, plan=plan,
-                         journal=Path(HydraConfig.get().runtime.output_dir) / JOURNAL_NAME)
+            journal = Path(HydraConfig.get().runtime.output_dir) / JOURNAL_NAME
+            # Another sweep's directory is refused before anything in it is touched (config.yaml included).
+            refusal, _ = resume_refusal(read_journal(journal), journal=journal, fingerprint=None,
+                                        definition=sweep_definition(cfg, plan, swept=swept_flag_names(cfg)),
+                                        allow_fingerprint_change=cfg.sweep.allow_fingerprint_change)
+            if refusal is not None:
+                raise ConfigError(refusal)
+            check_budget(cfg.sweep.budget_s, plan=plan, journal=journal)
         else:
             job_plan(cfg, world_size=rank_env.world_size, flags=base_flags, baseline=multirun.baseline.setting(),
                      index=multirun.trial_index, device_type=device.type)

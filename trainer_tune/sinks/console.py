@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -49,11 +49,9 @@ class ConsoleSink:
     def __init__(self, *, enabled: bool, console: Optional[Console] = None) -> None:
         self.enabled = enabled
         if console is None:
+            # Not a terminal (a pipe, a SLURM log): rich's width is COLUMNS when set, else 80; the table's layout
+            # follows whichever width it gets (_tables).
             console = Console(highlight=False)
-            if not console.is_terminal:
-                # Logs and CI captures: rich would wrap the table at 80 columns and make it unreadable. A console
-                # given by the caller keeps its width.
-                console.width = max(console.width, 150)
         self.console = console
         self._progress: Optional[Progress] = None
         self._trials_task = None
@@ -113,7 +111,6 @@ class ConsoleSink:
         if not self.enabled:
             return
         rec = report.decision
-        table = Table(title="trainer_tune trials", title_justify="left")
         # Columns for figures no trial measured (GPU utilization or peak memory on a CPU, say) are left out, not
         # shown as n/a: the notes under the table say why, and the table stays narrow.
         has_memory = any(r.peak_memory_bytes is not None for r in results)
@@ -186,20 +183,10 @@ class ConsoleSink:
                 cells += [_number(r.goodput_per_s, ",.0f")]
             cells += ["n/a" if speedup is None else f"{(speedup - 1) * 100:+.1f}%"]
             rows.append(cells)
-        # The setting is what a reader matches rows by: it may wrap at a space, never shrink into an ellipsis. Rich
-        # narrows the widest columns first and then all of them alike, cutting figures and headers; so every other
-        # column is held to its widest cell (its header wraps at spaces) and the setting column gets what is left.
-        for position, (name, justify) in enumerate(columns):
-            lines = [Text.from_markup(row[position]).plain for row in rows]
-            if name == setting:
-                table.add_column(name, justify=justify,  # type: ignore[arg-type]
-                                 min_width=max((len(word) for line in lines for word in line.split()), default=8))
-            else:
-                table.add_column(name, justify=justify,  # type: ignore[arg-type]
-                                 max_width=max([len(line) for line in lines] + [len(word) for word in name.split()]))
-        for cells in rows:
-            table.add_row(*cells)
-        self.console.print(table)
+        for table in _tables(columns, rows, setting=setting, essential={
+                "#", "job", setting, "status", f"{rec.unit}/s", f"95% CI of {rec.unit}/s (windows)", "vs baseline"},
+                width=self.console.width):
+            self.console.print(table)
         if flags:
             self.console.print("flags: " + ", ".join(f"{spec.short_name} = {spec.config_key}" for spec in flags))
         notes = {r.gpu_note for r in results if r.gpu is None and r.gpu_note and r.ok}
@@ -248,3 +235,63 @@ class ConsoleSink:
             over = [r.label for r in results if r.trial_key in rec.over_budget]
             self.console.print(f"latency budget: p99 at most {rec.max_latency_ms:g} ms (recommend.max_latency_ms); "
                                + (f"over it, never chosen: {', '.join(over)}" if over else "every batch meets it"))
+
+
+def _column_widths(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]], *,
+                   setting: str) -> list[int]:
+    """Each column's width when nothing is cut: its widest cell, at least its header's longest word (headers wrap
+    at spaces); the setting column wraps at spaces too, so its longest word is what it needs at least."""
+    widths = []
+    for position, (name, _justify) in enumerate(columns):
+        lines = [Text.from_markup(row[position]).plain for row in rows]
+        if name == setting:
+            widths.append(max([len(word) for line in lines for word in line.split()] + [8]))
+        else:
+            widths.append(max([len(line) for line in lines] + [len(word) for word in name.split()]))
+    return widths
+
+
+def _table_width(widths: Sequence[int]) -> int:
+    """A rich table's width: each column padded by one space each side, and one border between and around."""
+    return sum(widths) + 3 * len(widths) + 1
+
+
+def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]], *, setting: str,
+           title: str) -> Table:
+    """The setting is what a reader matches rows by: it may wrap at a space, never shrink into an ellipsis. Rich
+    narrows the widest columns first and then all of them alike, cutting figures and headers; so every other
+    column is held to its widest cell (its header wraps at spaces) and the setting column gets what is left."""
+    table = Table(title=title, title_justify="left")
+    for (name, justify), width in zip(columns, _column_widths(columns, rows, setting=setting)):
+        if name == setting:
+            table.add_column(name, justify=justify, min_width=width)  # type: ignore[arg-type]
+        else:
+            table.add_column(name, justify=justify, max_width=width, min_width=width)  # type: ignore[arg-type]
+    for cells in rows:
+        table.add_row(*cells)
+    return table
+
+
+def _tables(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]], *, setting: str,
+            essential: set[str], width: int) -> list[Any]:
+    """What the console prints for the trials, at `width` columns, with every figure and setting whole: one table
+    when it fits; else a table of what decides (setting, status, the decision's rate and interval, vs baseline)
+    and a second of the details, each with the row's `#` and setting; else, when even that is too wide, one block
+    of `name: value` lines per setting."""
+    widths = _column_widths(columns, rows, setting=setting)
+    if _table_width(widths) <= width:
+        return [_table(columns, rows, setting=setting, title="trainer_tune trials")]
+    keep = [i for i, (name, _j) in enumerate(columns) if name in essential]
+    rest = [i for i, (name, _j) in enumerate(columns) if name not in essential or name in ("#", "job", setting)]
+    parts = [(keep, "trainer_tune trials"), (rest, "trainer_tune trials: details")]
+    if all(_table_width([widths[i] for i in part]) <= width for part, _title in parts):
+        return [_table([columns[i] for i in part], [[row[i] for i in part] for row in rows], setting=setting,
+                       title=title) for part, title in parts]
+    blocks: list[Any] = [Text("trainer_tune trials", style="italic")]
+    for row in rows:
+        head = " ".join(Text.from_markup(row[i]).plain for i, (name, _j) in enumerate(columns)
+                        if name in ("#", setting))
+        lines = [f"{head}"] + [f"  {name}: {Text.from_markup(row[i]).plain}" for i, (name, _j) in enumerate(columns)
+                               if name not in ("#", setting)]
+        blocks.append(Text("\n".join(lines)))
+    return blocks

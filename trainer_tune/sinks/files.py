@@ -27,13 +27,22 @@ def write_recommendation(output_dir: Path, report: Report, *, launch_hint: str) 
     if rec.continue_overrides:
         header += ["# The evidence has not decided yet. Continue this sweep (finished windows are kept):",
                    f"#   {launch_hint} <the same overrides> hydra.run.dir={output_dir} {shell_line(rec.continue_overrides)}"]
+    if rec.confirm_overrides:
+        header += ["# Confirm it: the same two settings again, in paired rounds, into a new output directory:",
+                   f"#   {confirm_command(rec.confirm_overrides, launch_hint=launch_hint, output_dir=output_dir)}"]
     body: dict[str, Any] = {"decision": rec.decision, "overrides": list(rec.overrides),
                             "environment": dict(rec.environment)}
     if rec.continue_overrides:
         body["continue_overrides"] = list(rec.continue_overrides)
+    body["confirm_overrides"] = list(rec.confirm_overrides)
     write_atomically(output_dir / RECOMMENDATION_YAML,
                      "\n".join(header) + "\n" + yaml.safe_dump(body, sort_keys=False))
     return [output_dir / RECOMMENDATION_JSON, output_dir / RECOMMENDATION_YAML]
+
+
+def confirm_command(overrides: tuple[str, ...], *, launch_hint: str, output_dir: Path) -> str:
+    """The whole confirm command: the launcher, the overrides and a new output directory beside this one."""
+    return f"{launch_hint} {shell_line(overrides)} hydra.run.dir={output_dir}-confirm"
 
 
 def write_config(output_dir: Path, resolved_yaml: str, *, overrides: list[str]) -> None:

@@ -21,7 +21,7 @@ def publish(output_dir: Path, report: Report, *, launch_hint: str, console: Opti
     the console table. `jobs`: a multirun's job behind each setting, by trial key (multirun.jobs_by_key)."""
     results = list(report.decision.settings)
     written = write_recommendation(output_dir, report, launch_hint=launch_hint)
-    files = write_report(output_dir, results, report, jobs=jobs)
+    files = write_report(output_dir, results, report, jobs=jobs, launch_hint=launch_hint)
     if wandb_sink is not None:
         for result in results:
             wandb_sink.trial_finished(result)

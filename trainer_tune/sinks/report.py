@@ -15,12 +15,13 @@ from trainer_tune.platform.durable import write_atomically
 from trainer_tune.explain.matrix import (
     MAX_GOODPUT, MAX_THROUGHPUT, MIN_ENERGY, MIN_LATENCY, MIN_MEMORY, ObjectiveWinner, ScalingPoint)
 from trainer_tune.measure.figures import describe_memory_source
-from trainer_tune.decide.verdict import Decision
+from trainer_tune.decide.verdict import GO, Decision
 from trainer_tune.explain.report import Report
 from trainer_tune.config.rerun import shell_line
 from trainer_tune.sinks.matrix import energy_text, figure_text, memory_text, objective_name, p99_text, rate_text
 from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.sinks.rows import table_rows
+from trainer_tune.sinks.files import confirm_command
 from trainer_tune.platform.units import count, format_bytes, format_ms
 
 if TYPE_CHECKING:  # charts imports matplotlib: only write_report loads it, at the end of a sweep
@@ -120,18 +121,31 @@ def _trial_columns(results: Sequence[SettingEstimate], rec: Decision) -> tuple[l
         notes.append("peak memory: " + "; ".join(describe_memory_source(s) for s in sources))
     columns += [("vs baseline", lambda r: _fmt((rec.speedup_by_key[r.trial_key] - 1) * 100, "+.1f", "%")
                  if r.trial_key in rec.speedup_by_key else None),
-                ("window", lambda r: r.window_stop),
-                ("error", lambda r: r.error)]
+                ("windows", lambda r: r.num_windows)]
     return columns, notes
 
 
 def _trials_section(results: Sequence[SettingEstimate], rec: Decision,
                     jobs: Optional[Mapping[str, str]]) -> list[str]:
+    """What decides first (setting, status, the decision's rate with its interval over windows, against the
+    baseline, peak memory), then every other figure in a details table, each row named by its `#` and setting:
+    one table of 18 columns was a wall on GitHub and in an editor. Errors are listed under the tables, whole."""
     columns, notes = _trial_columns(results, rec)
-    header = ["#", *(["job"] if jobs is not None else []), *(h for h, _ in columns)]
-    rows = [[row.number, *([row.job] if row.job is not None else []), *(cell(row.result) for _, cell in columns)]
-            for row in table_rows(results, jobs=jobs)]
-    lines = ["## Trials", "", *_table(header, rows), ""]
+    lead = {"setting", "status", f"{rec.unit}/s", f"95% CI of {rec.unit}/s", "vs baseline", "peak memory",
+            *(["p99 ms"] if rec.serving else [])}
+    table = table_rows(results, jobs=jobs)
+    first = ["#", *(["job"] if jobs is not None else [])]
+
+    def part(keep: Callable[[str], bool]) -> tuple[list[str], list[list[Any]]]:
+        chosen = [(h, cell) for h, cell in columns if keep(h)]
+        return ([*first, *(h for h, _ in chosen)],
+                [[row.number, *([row.job] if row.job is not None else []), *(cell(row.result) for _, cell in chosen)]
+                 for row in table])
+
+    lines = ["## Trials", "", *_table(*part(lambda h: h in lead)), "",
+             "### Details", "", *_table(*part(lambda h: h == "setting" or h not in lead)), ""]
+    errors = [f"- #{row.number} {row.result.label}: {row.result.error}" for row in table if row.result.error]
+    lines += [*errors, *([""] if errors else [])]
     lines += [f"- {note}" for note in notes]
     return lines + ([""] if notes else [])
 
@@ -279,16 +293,21 @@ def _memory_section(rec: Decision) -> list[str]:
 
 
 def render_report(results: Sequence[SettingEstimate], report: Report, chart_set: "ChartSet", *,
-                  jobs: Optional[Mapping[str, str]] = None) -> str:
-    """`jobs`: in a multirun, the job that measured each setting, by trial key (a column of the trials table)."""
+                  jobs: Optional[Mapping[str, str]] = None, confirm: Optional[str] = None) -> str:
+    """`jobs`: in a multirun, the job that measured each setting, by trial key (a column of the trials table).
+    `confirm`: the whole confirm command (sinks/files.confirm_command)."""
     rec = report.decision
     lines = ["# trainer_tune report", "", f"**{rec.verdict}**", ""]
     if rec.continue_overrides:
         lines += ["The evidence has not decided yet. Continue this sweep (its finished windows are kept) with the same "
                   "command, the same `hydra.run.dir`, and:", "", "```", shell_line(rec.continue_overrides), "```", ""]
     if rec.overrides:
-        lines += [f"{'Serve' if rec.serving else 'Train'} (or measure again) with:", "", "```",
-                  shell_line(rec.overrides), "```", ""]
+        lines += [f"{'Serve' if rec.serving else 'Train'} with:", "", "```", shell_line(rec.overrides), "```", ""]
+    if confirm is not None:
+        named = rec.chosen if rec.decision == GO else rec.leader
+        lines += [f"Confirm it: {named.label if named else 'the named setting'} against the baseline again, in "
+                  f"paired rounds, into a new output directory (its verdict says whether this one holds):", "",
+                  "```", confirm, "```", ""]
     lines += ["## Why", ""] + [f"- {reason}" for reason in rec.reasons] + [""]
     if report.machine_notes:
         lines += ["## The machine", ""] + [f"- **{note}**" for note in report.machine_notes] + [""]
@@ -316,11 +335,13 @@ def render_report(results: Sequence[SettingEstimate], report: Report, chart_set:
 
 
 def write_report(output_dir: Path, results: Sequence[SettingEstimate], report: Report, *,
-                 jobs: Optional[Mapping[str, str]] = None) -> ReportFiles:
+                 jobs: Optional[Mapping[str, str]] = None, launch_hint: str = "python -m trainer_tune") -> ReportFiles:
     # matplotlib is imported here, on rank 0 at the end, so no rank pays for it at start-up.
     from trainer_tune.sinks.charts import draw_charts
 
     chart_set = draw_charts(results, report, charts_dir=output_dir / CHARTS_DIR)
     path = output_dir / REPORT_MD
-    write_atomically(path, render_report(results, report, chart_set, jobs=jobs))
+    confirm = (confirm_command(report.decision.confirm_overrides, launch_hint=launch_hint, output_dir=output_dir)
+               if report.decision.confirm_overrides else None)
+    write_atomically(path, render_report(results, report, chart_set, jobs=jobs, confirm=confirm))
     return ReportFiles(report=path, charts=chart_set.charts)
