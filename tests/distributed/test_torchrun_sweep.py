@@ -265,8 +265,9 @@ def test_threads_are_an_axis(tmp_path: Path) -> None:
                      "sweep.num_threads=[1,2]", *ONE_ROUND, "wandb=off", f"hydra.run.dir={out}"])
     assert proc.returncode in (0, 3, 5), proc.stderr[-3000:]
     windows = read_jsonl(out / "trials.jsonl")
+    # The baseline is today's configuration: torch's own thread count (null), beside the axis's two.
     assert sorted((w["label"], w["flags"]["num_threads"]) for w in windows) == \
-        [("2x1 num_threads=1", 1), ("2x1 num_threads=2", 2)]
+        [("2x1 num_threads=1", 1), ("2x1 num_threads=2", 2), ("2x1 num_threads=null", None)]
     assert all(w["status"] == "ok" and w["syncs_in_window"] == 0 for w in windows)
     rec = json.loads((out / "recommendation.json").read_text())
     named = rec["chosen"] or rec["leader"]

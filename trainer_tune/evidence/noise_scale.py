@@ -83,9 +83,9 @@ def _where_read(measured: Sequence[SettingEstimate]) -> str:
                      for r in measured for o in r.run_overrides)
     if checkpoint:
         return "each read at the checkpoint's weights (model.checkpoint) before any step"
-    return ("each read at the model's random initial weights before any step: a fresh model's noise scale is smaller "
-            "than later in training (it grows as the loss falls), so without model.checkpoint this goodput advice "
-            "favours small batches")
+    return ("each read at the model's random initial weights before any step: the noise scale there is not the one "
+            "later in training (it grows as the loss falls), so without model.checkpoint this goodput advice is "
+            "about the start of training and favours small batches; model.checkpoint measures from where you train")
 
 
 def with_goodput(settings: Sequence[SettingEstimate],

@@ -216,8 +216,12 @@ class _Sweep:
                 status = status or Status.crashed
                 reason = "; ".join(messages) or (f"the group died during this trial {inflight.attempts} times "
                                                  f"(a rank was killed or exited); see logs/ and stacks/")
-                result = failed_result(spec, self.context(spec), status=status, error=reason,
-                                       started_at="", finished_at=utc_now(), extra={"tracebacks": tracebacks})
+                # The window belongs to the group that died measuring it, not to this one (the journal's last
+                # window is that group's): a resumed round never mixes lifetimes (decide/race.lifetime_slots).
+                dead = next((w.lifetime for w in reversed(contents.results) if w.lifetime is not None), None)
+                result = failed_result(spec, dataclasses.replace(self.context(spec), lifetime=dead), status=status,
+                                       error=reason, started_at="", finished_at=utc_now(),
+                                       extra={"tracebacks": tracebacks})
                 append_result(self.journal_path, result)
                 done[spec.key] = result
                 log.warning("trial %d (%s) recorded as %s: %s", spec.index, inflight.label, status.name, reason)
