@@ -88,3 +88,9 @@ def test_plain_loop_counts_only_torch_synchronisation_warnings(monkeypatch: pyte
         warnings.warn("something else")
     assert (tally.syncs, tally.other_warnings, len(tally.samples)) == (3, 1, 3)
     assert "called a synchronizing CUDA operation" in tally.samples[0]
+
+
+def test_teardown_aborts_runs_one_sweep_and_counts() -> None:
+    proc = _run("benchmarks/teardown_aborts.py", "--runs", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "1 runs, exit codes {0: 1}, 0 with an aborted rank"

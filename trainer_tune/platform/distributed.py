@@ -10,6 +10,7 @@ while another waits.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import json
 import logging
@@ -195,6 +196,19 @@ def choose_backend(args: DistArgs, device: torch.device) -> str:
     return args.backend.value
 
 
+def _destroy_at_exit() -> None:
+    """Destroy a process group still alive when the interpreter exits (an exception that escaped the sweep, an exit
+    on a path that never reached DistSession.close). Left to the C++ static destructors, gloo's threads are torn
+    down while still joinable and the rank dies with `terminate called without an active exception` (SIGABRT):
+    reproduced by a 2-rank gloo group that exits without destroying it (tests/distributed/test_teardown.py).
+    Destroying a gloo group is local; a failure here must not mask the exit code."""
+    try:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - at exit, nothing more can be done; the exit code stands
+        pass
+
+
 class DistSession:
     """The process group of one run, and the few collectives the tuner needs."""
 
@@ -231,6 +245,7 @@ class DistSession:
             pg_store = dist.PrefixStore(f"{_KEY_PREFIX}pg/{namespace}attempt_{rank_env.restart_count}", store)
             dist.init_process_group(backend=backend, store=pg_store, rank=rank_env.rank,
                                     world_size=rank_env.world_size, timeout=timeout, device_id=device_id)
+        atexit.register(_destroy_at_exit)
         return DistSession(rank_env=rank_env, device=device, backend=backend, store=store,
                            timeout_s=args.timeout_s)
 
