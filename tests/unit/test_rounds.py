@@ -199,3 +199,18 @@ def test_counts_agree_with_their_nouns() -> None:
     text = " ".join(rec.reasons)
     assert "1 of 1 setting did not finish" in text and "1 round measured" in text
     assert "1 settings" not in text and "1 rounds" not in text
+
+
+def test_the_point_ratio_is_the_estimates_centre_paired_or_not() -> None:
+    from trainer_tune.evidence.stats import point_ratio
+
+    a = {"r0": 1200.0, "r1": 900.0, "r2": 1100.0}
+    b = {"r0": 1000.0, "r1": 800.0, "r2": 1000.0}
+    # Paired: the geometric mean of 1.2, 1.125 and 1.1 (known answer: (1.2 x 1.125 x 1.1) ** (1/3)).
+    assert point_ratio(a, b) == pytest.approx((1.2 * 1.125 * 1.1) ** (1 / 3))
+    assert point_ratio(a, b) == pytest.approx(ratio_estimate(a, b).ratio)
+    # One round in common: the sides' geometric means.
+    lone = {"r3": 500.0}
+    assert point_ratio(lone, {"r3": 250.0, "r4": 1000.0}) == pytest.approx(500.0 / 500.0)
+    with pytest.raises(ValueError):
+        point_ratio({}, b)

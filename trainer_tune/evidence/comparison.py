@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Optional, Sequence
 
-from trainer_tune.evidence.stats import RatioEstimate, ratio_estimate
+from trainer_tune.evidence.stats import RatioEstimate, point_ratio, ratio_estimate
 from trainer_tune.evidence.estimate import SettingEstimate
 
 
@@ -165,7 +165,11 @@ def ranking(settings: Sequence[SettingEstimate], *, goodput: bool = False) -> Ca
     def key(setting: SettingEstimate) -> float:
         if baseline is None or not setting.rates_by_round() or (goodput and setting.goodput_per_s is None):
             return rate(setting) / (rate(baseline) if baseline is not None and rate(baseline) else 1.0)
-        return compare(setting, baseline, goodput=goodput).ratio
+        # The paired ratio alone (compare's centre, without its interval): called for every racing setting after
+        # every round.
+        if goodput:
+            return point_ratio(setting.goodput_rates_by_round(), baseline.goodput_rates_by_round())
+        return point_ratio(setting.rates_by_round(), baseline.rates_by_round())
 
     return key
 

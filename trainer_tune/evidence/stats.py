@@ -134,6 +134,18 @@ class RatioEstimate:
     """Rounds both sides were measured in."""
 
 
+def point_ratio(a_by_round: Mapping[str, float], b_by_round: Mapping[str, float]) -> float:
+    """rate(a) / rate(b) without an interval, exactly ratio_estimate's centre: the geometric mean of the per-round
+    ratios when at least two rounds hold both, else the ratio of the two sides' geometric means. What a ranking
+    needs (evidence/comparison.ranking), without the t quantile and the noise floor."""
+    if not a_by_round or not b_by_round:
+        raise ValueError("a ratio needs at least one window on each side")
+    common = sorted(set(a_by_round) & set(b_by_round))
+    if len(common) >= 2:
+        return math.exp(statistics.fmean(math.log(a_by_round[r] / b_by_round[r]) for r in common))
+    return geometric_mean(list(a_by_round.values())) / geometric_mean(list(b_by_round.values()))
+
+
 def ratio_estimate(a_by_round: Mapping[str, float], b_by_round: Mapping[str, float], *,
                    confidence: float = 0.95, floor: Optional[NoiseFloor] = None) -> RatioEstimate:
     """rate(a) / rate(b) from per-round window rates keyed by round id.
