@@ -431,8 +431,7 @@ def _weighed(best: SettingEstimate, baseline: SettingEstimate, *, pool: Pool, bu
         more = rounds_to_decide(comparison, num_rounds=comparison.estimate.num_pairs, margin=args.min_speedup)
         text = (f"{INCONCLUSIVE}: {leads} leads at {percent(speedup)} {measure} vs baseline "
                 f"{baseline.label}{_ci_text(interval, level)}, needs {percent(args.min_speedup)}")
-        text += (f"; about {count(more, 'more round')} would decide" if more
-                 else "; the margin sits inside the noise: more rounds alone are unlikely to decide it")
+        text += _more_rounds_text(more)
     return _Verdict(INCONCLUSIVE, None, text, f"{measured}; but {weighed.reason}", comparison=comparison,
                     speedup=speedup, leader=best, more_rounds=more)
 
@@ -543,10 +542,16 @@ def _weighed_point(best: SettingEstimate, baseline: SettingEstimate, *, pool: Po
     text = (f"{INCONCLUSIVE}: {leads} leads with {mine} vs {theirs} for baseline {baseline.label} "
             f"({better if interval is not None else f'{percent(gain)} better, one window: no interval'}), needs "
             f"{percent(args.min_speedup)}")
-    text += (f"; about {count(more, 'more round')} would decide" if more
-             else "; the margin sits inside the noise: more rounds alone are unlikely to decide it")
+    text += _more_rounds_text(more)
     return _Verdict(INCONCLUSIVE, None, text, f"{measured}; but {weighed.reason}", comparison=comparison,
                     speedup=gain, leader=best, more_rounds=more)
+
+
+def _more_rounds_text(more: Optional[int]) -> str:
+    """The end of an INCONCLUSIVE verdict against the margin (throughput or a point objective): how many more
+    rounds would decide, or that the margin sits inside the noise."""
+    return (f"; about {count(more, 'more round')} would decide" if more
+            else "; the margin sits inside the noise: more rounds alone are unlikely to decide it")
 
 
 def _measured_apart_reason(best: SettingEstimate, contenders: Sequence[SettingEstimate], *,
