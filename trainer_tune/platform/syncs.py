@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import torch
 
@@ -86,7 +86,3 @@ def host_int(value: "int | torch.Tensor") -> int:
 def collective(kind: str) -> None:
     """Count a collective the tuner is about to make (distributed.DistSession and the noise steps call this)."""
     note(kind)
-
-
-def total_of(tallies: Sequence[SyncTally]) -> int:
-    return sum(t.total for t in tallies)
