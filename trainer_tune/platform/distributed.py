@@ -15,6 +15,7 @@ import datetime
 import json
 import logging
 import os
+import pickle
 import signal
 import time
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 _STAMP_KEY = "trainer_tune/run_stamp"
 _KEY_PREFIX = "trainer_tune/"
 _STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
+# How long a collective waits for the gloo worker to release its tensor (_until_released); far above the microseconds
+# it takes, a bound so that a tensor held elsewhere never hangs a rank.
+_RELEASE_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -198,10 +202,9 @@ def choose_backend(args: DistArgs, device: torch.device) -> str:
 
 def _destroy_at_exit() -> None:
     """Destroy a process group still alive when the interpreter exits (an exception that escaped the sweep, an exit
-    on a path that never reached DistSession.close). Left to the C++ static destructors, gloo's threads are torn
-    down while still joinable and the rank dies with `terminate called without an active exception` (SIGABRT):
-    reproduced by a 2-rank gloo group that exits without destroying it (tests/distributed/test_teardown.py).
-    Destroying a gloo group is local; a failure here must not mask the exit code."""
+    on a path that never reached DistSession.close), so that its backend shuts down before the interpreter does.
+    The abort at exit that this was first written for had another cause (DistSession._until_released); this hook
+    only made it rarer. Destroying a gloo group is local; a failure here must not mask the exit code."""
     try:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
@@ -262,6 +265,7 @@ class DistSession:
         if self.distributed:
             syncs.collective("all_reduce")
             dist.all_reduce(tensor, op=op)
+            self._until_released(tensor)
         return syncs.to_host(tensor)
 
     def max_over_ranks(self, values: Sequence[float]) -> list[float]:
@@ -281,6 +285,7 @@ class DistSession:
         if self.distributed:
             syncs.collective("all_reduce")
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            self._until_released(tensor)
             tensor = tensor / self.rank_env.world_size
         return syncs.to_host(tensor)
 
@@ -313,10 +318,37 @@ class DistSession:
     def broadcast_from_rank0(self, obj: Any) -> Any:
         if not self.distributed:
             return obj
-        holder = [obj if self.rank_env.is_rank0 else None]
+        # Our own tensors rather than dist.broadcast_object_list, whose tensors are its own: each is waited for
+        # until the backend has let go of it (_until_released).
         syncs.collective("broadcast")
-        dist.broadcast_object_list(holder, src=0, device=self.device if self.backend == "nccl" else None)
-        return holder[0]
+        device = self.device if self.backend == "nccl" else torch.device("cpu")
+        payload = pickle.dumps(obj) if self.rank_env.is_rank0 else b""
+        size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
+        dist.broadcast(size, src=0)
+        self._until_released(size)
+        data = (torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device) if self.rank_env.is_rank0
+                else torch.empty(int(syncs.to_host(size)[0]), dtype=torch.uint8, device=device))
+        dist.broadcast(data, src=0)
+        self._until_released(data)
+        return obj if self.rank_env.is_rank0 else pickle.loads(data.cpu().numpy().tobytes())
+
+    def _until_released(self, tensor: torch.Tensor) -> None:
+        """Return once the gloo worker thread that ran a collective on `tensor` has let go of it.
+
+        A gloo collective returns as soon as its work completes; the worker thread destroys the work a moment
+        later, and dropping its reference to a tensor that Python also holds needs the GIL. If the interpreter is
+        finalizing by then (the collective was the rank's last act), Python ends that thread with pthread_exit,
+        whose unwinding through a C++ destructor calls std::terminate: the rank dies with `terminate called without
+        an active exception` (SIGABRT) after a sweep that succeeded. Measured on 2 CPU ranks: the reference was
+        still held after about 1 all-reduce in 10, and 2 runs of benchmarks/overhead.py in 31 aborted this way
+        (core dump: ProcessGroupGloo::runLoop -> ~AsyncAllreduceWork -> decref -> take_gil -> pthread_exit).
+        Sleeping lets the worker take the GIL and finish; microseconds, outside any window. NCCL's works are
+        released by its watchdog, which destroy_process_group stops, so only gloo waits here."""
+        if self.backend != "gloo":
+            return
+        deadline_s = time.monotonic() + _RELEASE_WAIT_S
+        while tensor._use_count() > 1 and time.monotonic() < deadline_s:
+            time.sleep(1e-5)
 
     def barrier(self) -> None:
         if self.distributed:
