@@ -168,11 +168,11 @@ SERVING_GRID = ["sweep.micro_batch_sizes=[1]"]
 INFERENCE_COMMANDS: list[tuple[str, list[str], int]] = [
     # (the command as docs/inference.md (and the README's "Serving batch size") writes it, what the test appends,
     # the exit code the docs promise)
-    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=serving recommend.max_latency_ms=50", SERVING_GRID, 0),
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=serving recommend.max_batch_latency_ms=50", SERVING_GRID, 0),
     ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=serving model=resnet_small data=images "
-     "recommend.max_latency_ms=20", SERVING_GRID, 0),
+     "recommend.max_batch_latency_ms=20", SERVING_GRID, 0),
     ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=serving model=distilbert_cls data=text_cls "
-     "recommend.max_latency_ms=50", SERVING_GRID, 0),
+     "recommend.max_batch_latency_ms=50", SERVING_GRID, 0),
     ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=serving recommend.objective=latency", SERVING_GRID, 0),
     # Refused before any process group starts: one line, exit 2.
     ("python -m trainer_tune +sweep=serving 'sweep.grad_accums=[1,2]'", [], 2),
@@ -213,8 +213,8 @@ def test_serving_command_exits_as_documented(tmp_path: Path, command: str, extra
     for setting in rec["settings"]:
         assert setting["mode"] == "inference" and setting["status"] == "ok", setting.get("error")
         assert setting["latency"]["num_batches"] >= 4 and setting["latency"]["p99_ms"] > 0
-    budget = next((float(a.split("=")[1]) for a in shlex.split(command) if a.startswith("recommend.max_latency_ms=")),
+    budget = next((float(a.split("=")[1]) for a in shlex.split(command) if a.startswith("recommend.max_batch_latency_ms=")),
                   None)
-    assert rec["max_latency_ms"] == budget
+    assert rec["max_batch_latency_ms"] == budget
     report = (out / "report.md").read_text()
     assert "## Serving" in report and "## Decision matrix" in report and "| min p99 latency |" in report

@@ -89,9 +89,9 @@ def test_the_gpt_serves_and_budgets_decide_from_its_journal(tmp_path: Path) -> N
     budget = round(math.sqrt(min(p99.values()) * max(p99.values())), 3)
     assert min(p99.values()) < budget < max(p99.values())
     over = {label for label, value in p99.items() if value > budget}
-    rec = rerun(f"recommend.max_latency_ms={budget}")
+    rec = rerun(f"recommend.max_batch_latency_ms={budget}")
     for label in over:
-        assert f"{label} is over the latency budget: p99 {p99[label]:,.1f} ms > recommend.max_latency_ms=" \
+        assert f"{label} is over the latency budget: p99 {p99[label]:,.1f} ms > recommend.max_batch_latency_ms=" \
                f"{budget:g} (never chosen)" in rec["reasons"]
         assert f"{label} left the race after round 1: over the latency budget" in " ".join(rec["reasons"])
     assert rec["chosen"] is not None and (rec["chosen"] or rec["leader"])["label"] not in over
@@ -99,7 +99,7 @@ def test_the_gpt_serves_and_budgets_decide_from_its_journal(tmp_path: Path) -> N
     if "16x1" in over:  # the baseline: it must change
         assert rec["decision"] == "GO" and "the baseline 16x1 is over the p99 budget" in rec["verdict"]
 
-    rec = rerun(f"recommend.max_latency_ms={round(p99[smallest] / 2, 3):g}")
+    rec = rerun(f"recommend.max_batch_latency_ms={round(p99[smallest] / 2, 3):g}")
     assert rec["decision"] == "NO-GO"
     assert rec["verdict"].endswith(f"(smallest p99 {p99[smallest]:,.1f} ms at {smallest})"), rec["verdict"]
 
@@ -142,7 +142,7 @@ def test_a_batch_over_budget_leaves_the_race_and_an_oom_or_a_stall_is_an_outcome
     out = tmp_path / "paced"
     proc = run_tune(["+sweep=serving", "model._target_=helpers.models.PacedServer",
                      "data._target_=helpers.models.random_features", "sweep.micro_batch_sizes=[1,2,4,32,64]",
-                     "train.micro_batch_size=1", "recommend.max_latency_ms=100", "sweep.min_rounds=1",
+                     "train.micro_batch_size=1", "recommend.max_batch_latency_ms=100", "sweep.min_rounds=1",
                      "sweep.max_rounds=2", *QUICK, "fault=stall", *WATCHDOG, f"hydra.run.dir={out}"],
                     nproc=2, max_restarts=1)
     assert proc.returncode == 0, proc.stderr[-8000:]

@@ -118,3 +118,15 @@ def test_a_multirun_stops_before_its_first_job(tmp_path: Path) -> None:
     assert proc.stderr.strip().startswith("trainer_tune: error: no_such_key is not a configuration key;")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not sweep_dir.exists()
+
+
+def test_the_old_latency_budget_names_the_keys_that_replaced_it() -> None:
+    # The per-batch budget kept its meaning under its true name; a request's latency under load has its own key.
+    with pytest.raises(ConfigError) as info:
+        check_override_keys(["recommend.max_latency_ms=50"])
+    assert str(info.value).startswith("recommend.max_latency_ms was removed: renamed recommend.max_batch_latency_ms")
+    assert "recommend.max_p99_ms" in str(info.value) and "\n" not in str(info.value)
+    # A sweep recorded under the old name is re-decided with its budget (tests/fixtures/sweeps/serving).
+    from trainer_tune.config.keys import upgrade_recorded
+    upgraded = upgrade_recorded({"recommend": {"max_latency_ms": 20.0, "min_speedup": 1.05}})
+    assert upgraded["recommend"] == {"max_batch_latency_ms": 20.0, "min_speedup": 1.05}

@@ -21,7 +21,7 @@ def _sweep() -> list:
 
 
 def test_the_rule_names_why() -> None:
-    args = RecommendArgs(max_latency_ms=5.0)
+    args = RecommendArgs(max_batch_latency_ms=5.0)
     base, greedy, ok = _sweep()
     assert eligible(ok, args) is None
     assert ineligibility(greedy, args)[0] == OVER_MEMORY and "95% of the device" in eligible(greedy, args)

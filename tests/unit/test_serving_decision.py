@@ -37,21 +37,21 @@ def _sweep() -> list[SettingEstimate]:
 
 
 def test_a_budget_rules_out_the_largest_batches_and_go_is_the_fastest_within_it() -> None:
-    rec = decide(_sweep(), args=RecommendArgs(max_latency_ms=100.0))
+    rec = decide(_sweep(), args=RecommendArgs(max_batch_latency_ms=100.0))
     assert rec.decision == GO and rec.chosen is not None and rec.chosen.micro_batch_size == 16
-    assert any(r.startswith("64x1 is over the latency budget: p99 200.0 ms > recommend.max_latency_ms=100") for r in
+    assert any(r.startswith("64x1 is over the latency budget: p99 200.0 ms > recommend.max_batch_latency_ms=100") for r in
                rec.reasons)
     assert "micro_batch_size=16" in rec.verdict
 
 
 def test_no_batch_meets_the_budget_no_go_names_the_smallest_p99() -> None:
-    rec = decide(_sweep(), args=RecommendArgs(max_latency_ms=5.0))
+    rec = decide(_sweep(), args=RecommendArgs(max_batch_latency_ms=5.0))
     assert rec.decision == NO_GO
     assert rec.verdict == "NO-GO: no batch size meets the p99 budget of 5 ms (smallest p99 8.0 ms at 1x1)"
 
 
 def test_a_baseline_over_budget_must_change() -> None:
-    rec = decide(_sweep(), args=RecommendArgs(max_latency_ms=10.0))
+    rec = decide(_sweep(), args=RecommendArgs(max_batch_latency_ms=10.0))
     assert rec.decision == GO and rec.chosen is not None and rec.chosen.micro_batch_size == 1
     assert "the baseline 4x1 is over the p99 budget of 10 ms" in rec.verdict
 
@@ -60,7 +60,7 @@ def test_latency_and_energy_objectives_pick_their_own_winner() -> None:
     latency = decide(_sweep(), args=RecommendArgs(objective=Objective.latency))
     assert latency.decision == GO and latency.chosen is not None and latency.chosen.micro_batch_size == 1
     assert "p99 8.0 ms vs p99 20.0 ms for baseline 4x1, +150.0% better" in latency.verdict
-    energy = decide(_sweep(), args=RecommendArgs(objective=Objective.energy, max_latency_ms=100.0))
+    energy = decide(_sweep(), args=RecommendArgs(objective=Objective.energy, max_batch_latency_ms=100.0))
     assert energy.decision == GO and energy.chosen is not None and energy.chosen.micro_batch_size == 16
 
 
@@ -117,7 +117,7 @@ def test_every_key_one_mode_ignores_is_refused_in_it_naming_the_key_and_the_mode
     samples = {"sweep.grad_accums": [1, 2], "sweep.ddp_static_graph": [True], "sweep.ddp_find_unused_parameters": [True],
                "sweep.ddp_bucket_cap_mb": [25.0], "sweep.activation_checkpointing": [True],
                "train.activation_checkpointing": True, "sweep.global_batch_size": 8, "sweep.hold_global_batch": True,
-               "recommend.max_latency_ms": 50.0}
+               "recommend.max_batch_latency_ms": 50.0}
     assert sorted(samples) == sorted(only.key for only in MODE_ONLY_KEYS)
     groups = {"sweep": SweepArgs, "train": TrainArgs, "recommend": RecommendArgs, "baseline": BaselineArgs}
     for only in MODE_ONLY_KEYS:

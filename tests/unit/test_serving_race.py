@@ -33,12 +33,12 @@ def _settings(*, late: bool = False) -> dict[str, SettingEstimate]:
     return {r.trial_key: r for r in served}
 
 
-def _cfg(*, max_latency_ms: float | None = 100.0, objective: Objective = Objective.throughput,
+def _cfg(*, max_batch_latency_ms: float | None = 100.0, objective: Objective = Objective.throughput,
          min_rounds: int = 3, race: bool = True) -> TuneConfig:
     cfg = TuneConfig()
     cfg.mode = Mode.inference
     cfg.sweep = SweepArgs(micro_batch_sizes=[1, 4, 64], min_rounds=min_rounds, race=race)
-    cfg.recommend = RecommendArgs(max_latency_ms=max_latency_ms, objective=objective)
+    cfg.recommend = RecommendArgs(max_batch_latency_ms=max_batch_latency_ms, objective=objective)
     return cfg
 
 
@@ -53,7 +53,7 @@ def test_a_batch_over_the_budget_leaves_and_does_not_lead_the_throughput_race() 
     drops = _drops(_cfg())
     # 64x1 leaves for the budget; 1x1 leaves behind 4x1, the fastest batch that can be chosen (the over-budget
     # 64x1 leading would have dropped 4x1 as well, and left only a batch that can never be chosen).
-    assert drops == {"64x1": "over the latency budget: p99 200.0 ms > recommend.max_latency_ms=100 (never chosen)",
+    assert drops == {"64x1": "over the latency budget: p99 200.0 ms > recommend.max_batch_latency_ms=100 (never chosen)",
                      "1x1": drops["1x1"]}
     assert "against 4x1" in drops["1x1"]
 
@@ -73,7 +73,7 @@ def test_the_budget_alone_drops_from_min_rounds_even_when_that_is_one_round() ->
 
 def test_point_objectives_race_only_against_the_budget() -> None:
     assert set(_drops(_cfg(objective=Objective.latency))) == {"64x1"}
-    assert _drops(_cfg(objective=Objective.energy, max_latency_ms=None)) == {}
+    assert _drops(_cfg(objective=Objective.energy, max_batch_latency_ms=None)) == {}
 
 
 def test_a_latency_objective_may_choose_a_setting_the_throughput_race_dropped() -> None:

@@ -30,11 +30,11 @@ from conftest import use_offline_wandb
 BUDGET_MS = 100.0
 
 
-def _decided(max_latency_ms: float | None = BUDGET_MS) -> tuple[list[SettingEstimate], Decision]:
+def _decided(max_batch_latency_ms: float | None = BUDGET_MS) -> tuple[list[SettingEstimate], Decision]:
     oom = dataclasses.replace(served(5, 128, rate=0.0, p99_ms=1.0), status="oom", error="OutOfMemoryError on rank 1",
                               tokens_per_s=None, samples_per_s=None, latency=None, window_throughput_per_s={})
     results = sweep() + [oom]
-    return results, decide(results, args=RecommendArgs(max_latency_ms=max_latency_ms))
+    return results, decide(results, args=RecommendArgs(max_batch_latency_ms=max_batch_latency_ms))
 
 
 def _console(results: list[SettingEstimate], rec: Decision) -> str:
@@ -76,7 +76,7 @@ def test_console_shows_latencies_the_budget_and_the_matrix() -> None:
     assert rows["4"][6:10] == ["100", "200", "220", "0.25"]
     assert rows["1"][6:9] == ["4", "8", "8.8"]
     lines = [" ".join(line.split()) for line in text.splitlines()]
-    assert "latency budget: p99 at most 100 ms (recommend.max_latency_ms); over it, never chosen: 64x1" in lines
+    assert "latency budget: p99 at most 100 ms (recommend.max_batch_latency_ms); over it, never chosen: 64x1" in lines
     assert ("latency: per batch, of the slowest replica; 40 to 120 batches per setting (under 100: the p99 "
             "interpolates towards the slowest batch)") in " ".join(lines)
     # The matrix: after the reasons, one line per objective, before the verdict.
@@ -120,7 +120,7 @@ def test_console_reports_each_window_by_its_batch_latency() -> None:
 def test_console_names_unmeasured_energy() -> None:
     results, rec = _decided()
     results = [dataclasses.replace(r, energy_j_per_sample=None, energy_note=NO_RAPL) for r in results]
-    rec = decide(results, args=RecommendArgs(max_latency_ms=BUDGET_MS))
+    rec = decide(results, args=RecommendArgs(max_batch_latency_ms=BUDGET_MS))
     text = " ".join(_console(results, rec).split())
     assert f"energy per sample n/a: {NO_RAPL}" in text
     assert f"- min energy per sample: none (not measured: {NO_RAPL})" in text
@@ -138,7 +138,7 @@ def test_report_has_the_serving_columns_section_and_matrix(tmp_path: Path) -> No
     assert "| 4 | 64x1 **over budget** | ok | 2,000 | n/a | 200 | +100.0% |" in text
     assert "| 3 | 16x1 **chosen** | 16 | 12 | 30 | 48 | 66 | 40 |" in text
     serving = text[text.index("## Serving"):text.index("## Charts")]
-    assert "- latency budget: p99 at most 100 ms per batch (recommend.max_latency_ms)" in serving
+    assert "- latency budget: p99 at most 100 ms per batch (recommend.max_batch_latency_ms)" in serving
     assert "- over the budget, never chosen: 64x1 (p99 200 ms)" in serving
     assert "- batches behind each setting's percentiles: 40 to 120; with fewer than 100 the p99 interpolates" in serving
     matrix = text[text.index("## Decision matrix"):]
@@ -153,11 +153,11 @@ def test_report_has_the_serving_columns_section_and_matrix(tmp_path: Path) -> No
 
 
 def test_report_without_a_budget_and_with_none_met(tmp_path: Path) -> None:
-    results, rec = _decided(max_latency_ms=None)
+    results, rec = _decided(max_batch_latency_ms=None)
     text = write_report(tmp_path, results, build_report(rec)).report.read_text()
-    assert "- latency budget: none (recommend.max_latency_ms=null): every batch size can be chosen" in text
+    assert "- latency budget: none (recommend.max_batch_latency_ms=null): every batch size can be chosen" in text
     assert "over budget" not in text
-    results, rec = _decided(max_latency_ms=5.0)
+    results, rec = _decided(max_batch_latency_ms=5.0)
     text = write_report(tmp_path, results, build_report(rec)).report.read_text()
     assert rec.verdict.startswith("NO-GO: no batch size meets the p99 budget of 5 ms") and rec.verdict in text
     assert "- over the budget, never chosen: 4x1 (p99 20 ms), 1x1 (p99 8 ms), 8x1 (p99 30 ms)" in text
@@ -215,7 +215,7 @@ def test_wandb_runs_carry_latencies_the_matrix_and_the_chart(tmp_path: Path, mon
         assert summary["energy_j_per_sample"] == pytest.approx(r.energy_j_per_sample)
 
     summary = recommendation.summary
-    assert summary["max_latency_ms"] == BUDGET_MS and summary["over_budget"] == ["64x1"]
+    assert summary["max_batch_latency_ms"] == BUDGET_MS and summary["over_budget"] == ["64x1"]
     assert summary["objective_winners"]["min_latency_p99_ms"]["label"] == "1x1"
     run_dir = paths[runs.index(recommendation)].parent
 

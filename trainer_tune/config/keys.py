@@ -112,10 +112,13 @@ REMOVED = {
     "window.check_every_steps": "windows no longer check an interval while they measure (each check drained the GPU "
                                 "queue); their step count is fixed from the warm-up's timing (window.measure_s)",
     "window.max_measure_s": "use window.measure_s, the time a window's measured steps aim to fill",
+    "recommend.max_latency_ms": "renamed recommend.max_batch_latency_ms (the p99 of one batch's time, batches served "
+                                "back to back); a p99 of request latency under an arrival rate is "
+                                "recommend.max_p99_ms with +sweep=serving_load (docs/inference.md)",
 }
 """Keys that existed once, and what took their place: a config or command line that still sets one is told so."""
 
-_CARRIED = {"window.max_measure_s": "window.measure_s"}
+_CARRIED = {"window.max_measure_s": "window.measure_s", "recommend.max_latency_ms": "recommend.max_batch_latency_ms"}
 """Removed keys whose value a recorded config carries over to the key that replaced them."""
 
 

@@ -397,7 +397,7 @@ class SweepArgs:
     race: bool = True
     """After each round from sweep.min_rounds on, stop the sweep when the evidence decides, and stop measuring the
     settings behind the leader beyond noise at the corrected level (recommend.objective=throughput or goodput)
-    and those that may never be chosen (over memory, over recommend.max_latency_ms); false measures every setting
+    and those that may never be chosen (over memory, over recommend.max_batch_latency_ms); false measures every setting
     in every round up to sweep.max_rounds or sweep.budget_s."""
     seed: int = 0
     """Seed of each round's shuffled order (the same on every rank and on resume)."""
@@ -412,7 +412,7 @@ class SweepArgs:
     so each setting pairs with a baseline window measured near it; after each, settings far behind the leader
     leave by the race's rule (after the first with the noise of the baseline's repeats, after the second with the
     noise pooled over every setting), each a look in the error budget. null: screen when more than 16 settings enter the first round (strategy=grid, race on,
-    recommend.objective=throughput, no recommend.max_latency_ms); true: screen whenever those hold; false: never."""
+    recommend.objective=throughput, no recommend.max_batch_latency_ms); true: screen whenever those hold; false: never."""
     nsa_prefill_batched: Optional[List[bool]] = None
     """Values of nsa.prefill_batched to measure, multiplying the grid."""
     nsa_disable_aux_stats: Optional[List[bool]] = None
@@ -568,7 +568,7 @@ class RecommendArgs:
     confirms: Optional[str] = None
     """Set by a confirm command (recommendation.yaml's confirm_overrides): what the first sweep said, its verdict
     and setting ("GO 8x1"); this sweep's verdict then says whether that holds."""
-    max_latency_ms: Optional[float] = None
+    max_batch_latency_ms: Optional[float] = None
     """mode=inference: the p99 latency budget per batch (slowest replica), in milliseconds. A batch size over it
     is listed as over budget and never chosen (the race stops measuring it after its sweep.min_rounds windows);
     null: no budget."""
@@ -591,8 +591,8 @@ class RecommendArgs:
     def __post_init__(self) -> None:
         require(0 < self.max_memory_fraction <= 1, key="recommend.max_memory_fraction",
                 value=self.max_memory_fraction, allowed="a share of the device in (0, 1]")
-        if self.max_latency_ms is not None:
-            require(self.max_latency_ms > 0, key="recommend.max_latency_ms", value=self.max_latency_ms,
+        if self.max_batch_latency_ms is not None:
+            require(self.max_batch_latency_ms > 0, key="recommend.max_batch_latency_ms", value=self.max_batch_latency_ms,
                     allowed="milliseconds > 0, or null")
         if self.target_throughput_per_s is not None:
             require(self.target_throughput_per_s > 0, key="recommend.target_throughput_per_s",
@@ -759,9 +759,9 @@ class TuneConfig:
                     allowed="at least 256 with data=bytes (one token per byte value)")
         if self.sweep.screen:
             why = ("with sweep.strategy=grid, sweep.race=true, recommend.objective=throughput and no "
-                   "recommend.max_latency_ms (screening drops on throughput alone, after two short rounds)")
+                   "recommend.max_batch_latency_ms (screening drops on throughput alone, after two short rounds)")
             require(self.sweep.strategy == Strategy.grid and self.sweep.race
-                    and self.recommend.objective == Objective.throughput and self.recommend.max_latency_ms is None,
+                    and self.recommend.objective == Objective.throughput and self.recommend.max_batch_latency_ms is None,
                     key="sweep.screen", value=True, allowed=f"null or false, or true only {why}")
         if self.watchdog.enabled:
             require(self.watchdog.abort_after_s < self.dist.timeout_s, key="watchdog.abort_after_s",
@@ -793,7 +793,7 @@ MODE_ONLY_KEYS: tuple[ModeOnlyKey, ...] = (
     ModeOnlyKey("train.activation_checkpointing", Mode.train, False, _NO_BACKWARD),
     ModeOnlyKey("sweep.global_batch_size", Mode.train, None, _NO_OPTIMIZER),
     ModeOnlyKey("sweep.hold_global_batch", Mode.train, False, _NO_OPTIMIZER),
-    ModeOnlyKey("recommend.max_latency_ms", Mode.inference, None,
+    ModeOnlyKey("recommend.max_batch_latency_ms", Mode.inference, None,
                 "a training step is not a served request: nothing would check the budget"),
 )
 """Every key that one mode ignores, in one place: TuneConfig refuses each (exit 2, naming the key and the mode)."""

@@ -44,7 +44,7 @@ def confirm_overrides(named: Optional[SettingEstimate], baseline: Optional[Setti
                  f"sweep.min_rounds={CONFIRM_ROUNDS}",
                  f"recommend.objective={args.objective.value}", f"recommend.min_speedup={args.min_speedup:g}",
                  f"recommend.indifference={args.indifference:g}",
-                 *([f"recommend.max_latency_ms={args.max_latency_ms:g}"] if args.max_latency_ms is not None else []),
+                 *([f"recommend.max_batch_latency_ms={args.max_batch_latency_ms:g}"] if args.max_batch_latency_ms is not None else []),
                  f"recommend.confirms={hydra_value(f'{decision} {named.label}')}"]
     return tuple(overrides)
 

@@ -22,13 +22,13 @@ KINDS = (FAILED, NO_RATE, OVER_MEMORY, OVER_LATENCY, NOT_COMPILED, TOO_FEW_WINDO
 """What `ineligibility` names as the kind of each reason, in the order the rule checks them."""
 
 
-def over_latency_budget(setting: SettingEstimate, max_latency_ms: float) -> Optional[str]:
+def over_latency_budget(setting: SettingEstimate, max_batch_latency_ms: float) -> Optional[str]:
     """Why `setting` breaks the p99 budget, or None when it meets it (a setting without latency figures, a training
     trial, meets it)."""
-    if setting.latency is None or setting.latency.p99_ms <= max_latency_ms:
+    if setting.latency is None or setting.latency.p99_ms <= max_batch_latency_ms:
         return None
-    return (f"over the latency budget: p99 {setting.latency.p99_ms:,.1f} ms > recommend.max_latency_ms="
-            f"{max_latency_ms:g} (never chosen)")
+    return (f"over the latency budget: p99 {setting.latency.p99_ms:,.1f} ms > recommend.max_batch_latency_ms="
+            f"{max_batch_latency_ms:g} (never chosen)")
 
 
 def over_memory(setting: SettingEstimate, max_memory_fraction: float) -> Optional[str]:
@@ -52,8 +52,8 @@ def ineligibility(setting: SettingEstimate, args: RecommendArgs, *, min_windows:
     memory = over_memory(setting, args.max_memory_fraction)
     if memory is not None:
         return OVER_MEMORY, memory
-    if args.max_latency_ms is not None:
-        latency = over_latency_budget(setting, args.max_latency_ms)
+    if args.max_batch_latency_ms is not None:
+        latency = over_latency_budget(setting, args.max_batch_latency_ms)
         if latency is not None:
             return OVER_LATENCY, latency
     not_compiled = setting.compile.why_not_compiled() if setting.compile is not None else None

@@ -101,7 +101,7 @@ def _contenders(finished: Sequence[SettingEstimate], *, args: RecommendArgs,
             reasons.append(f"{r.label} is excluded: {found[1]}")
         elif found[0] == OVER_LATENCY:
             over_budget.append(r)
-    reasons.extend(f"{r.label} is {over_latency_budget(r, args.max_latency_ms)}" for r in over_budget)  # type: ignore
+    reasons.extend(f"{r.label} is {over_latency_budget(r, args.max_batch_latency_ms)}" for r in over_budget)  # type: ignore
     if contender_keys is not None and not point_objective:
         # Settings the race dropped stay candidates (their figures stand), but they lost to the leader. (The race
         # compares throughput, or goodput with that objective: a point objective's winner may be a setting it

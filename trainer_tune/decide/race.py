@@ -94,7 +94,7 @@ def screening_rounds(cfg: TuneConfig, *, num_entering: int) -> int:
     throughput alone, before a setting has the windows that say whether it breaks a limit."""
     sweep, recommend = cfg.sweep, cfg.recommend
     allowed = (sweep.race and sweep.strategy == Strategy.grid and recommend.objective == Objective.throughput
-               and recommend.max_latency_ms is None)
+               and recommend.max_batch_latency_ms is None)
     wanted = sweep.screen if sweep.screen is not None else num_entering > SCREEN_ABOVE
     return min(SCREEN_ROUNDS, sweep.max_rounds) if allowed and wanted else 0
 
@@ -188,7 +188,7 @@ def race_drops(contenders: Sequence[R], *, after_round: int, behind: Callable[[R
 
 def limit_drops(contenders: Sequence[R], *, after_round: int,
                 over_limit: Callable[[R], Optional[str]]) -> list[Drop]:
-    """The contenders whose figures break a hard limit of the decision (recommend.max_latency_ms):
+    """The contenders whose figures break a hard limit of the decision (recommend.max_batch_latency_ms):
     `over_limit(c)` returns why c can never be chosen, or None. Such a setting cannot win whatever its speed, so
     more windows of it would only cost time, and while it stays it could lead the race and drop the settings
     that can be chosen."""

@@ -101,15 +101,15 @@ class Decision:
     lr_change: Optional[LrChange] = None
     """The scaled train.lr recommendation.yaml's overrides carry (recommend.lr_scaling); None when the global
     batch does not change, on NO-GO, or with lr_scaling=none."""
-    max_latency_ms: Optional[float] = None
-    """recommend.max_latency_ms: the p99 budget per batch the decision held the settings to; None without one."""
+    max_batch_latency_ms: Optional[float] = None
+    """recommend.max_batch_latency_ms: the p99 budget per batch the decision held the settings to; None without one."""
     memory_fits: tuple[MemoryFit, ...] = ()
     """Per series with peaks at two or more micro-batch sizes, the line through them and the largest micro-batch
     predicted to fit under `memory_limit` (memory_fit.py)."""
     memory_limit: Optional[MemoryLimit] = None
     """The memory one rank may use, the predictions' limit; None where the caller did not know it (a multirun)."""
     over_budget: tuple[str, ...] = ()
-    """Trial keys of the finished settings whose p99 is over max_latency_ms (never chosen, picked by no row of
+    """Trial keys of the finished settings whose p99 is over max_batch_latency_ms (never chosen, picked by no row of
     the decision matrix)."""
     leader: Optional[SettingEstimate] = None
     """The setting ahead on the evidence: the chosen one after a GO, the best after a NO-GO, the one that would be
@@ -171,7 +171,7 @@ class Decision:
                 "objective": self.objective,
                 "gradient_noise_scale": _noise_scale_json(self.gradient_noise_scale, self.gradient_noise_scale_note),
                 "lr": dataclasses.asdict(self.lr_change) if self.lr_change else None,
-                "max_latency_ms": self.max_latency_ms, "over_budget": list(self.over_budget),
+                "max_batch_latency_ms": self.max_batch_latency_ms, "over_budget": list(self.over_budget),
                 "compile_payback": [p.to_json_dict() for p in self.compile_paybacks],
                 "memory_fits": [f.to_json_dict() for f in self.memory_fits],
                 "memory_limit": self.memory_limit.to_json_dict() if self.memory_limit else None,
@@ -278,8 +278,8 @@ def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measu
         reasons.insert(1, confirmation_reason(args.confirms, decision=verdict.decision, chosen=chosen,
                                               baseline=baseline))
     speedup_by_key, speedup_intervals = _against_baseline(pool.finished, baseline)
-    over_all = tuple(r.trial_key for r in pool.finished if args.max_latency_ms is not None
-                     and over_latency_budget(r, args.max_latency_ms) is not None)
+    over_all = tuple(r.trial_key for r in pool.finished if args.max_batch_latency_ms is not None
+                     and over_latency_budget(r, args.max_batch_latency_ms) is not None)
     return Decision(decision=verdict.decision, unit=unit, speedup_by_key=speedup_by_key,
                     leader=(verdict.leader if verdict.leader is not None
                             else best if verdict.comparison is not None else chosen), confidence=budget.confidence,
@@ -297,7 +297,7 @@ def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measu
                     input_waits=input_waits(results, args.input_bound_fraction),
                     input_bound_fraction=args.input_bound_fraction, objective=args.objective.value,
                     gradient_noise_scale=gradient_noise, gradient_noise_scale_note=gradient_noise_note,
-                    lr_change=change, max_latency_ms=args.max_latency_ms, over_budget=over_all,
+                    lr_change=change, max_batch_latency_ms=args.max_batch_latency_ms, over_budget=over_all,
                     compile_paybacks=tuple(compile_paybacks(results, compare=compare)),
                     memory_fits=tuple(fit_memory(results, limit=memory_limit)), memory_limit=memory_limit,
                     ineligible={r.trial_key: why for r in results if (why := eligible(r, args)) is not None})
@@ -319,9 +319,9 @@ def _verdict(pool: Pool, best: Optional[SettingEstimate], budget: ErrorBudget) -
     if any(r.trial_key == baseline.trial_key for r in pool.over_budget):
         return _Verdict(
             GO, best, (f"{GO}: {_setting(best, against=baseline)} (the baseline {baseline.label} is over the p99 budget "
-                       f"of {args.max_latency_ms:g} ms; {_objective_text(best, args.objective, unit)})"),
+                       f"of {args.max_batch_latency_ms:g} ms; {_objective_text(best, args.objective, unit)})"),
             f"the baseline {baseline.label} breaks the latency budget (p99 {baseline.latency.p99_ms:,.1f} ms > "  # type: ignore
-            f"{args.max_latency_ms:g} ms); {best.label} is the {OBJECTIVE_BEST[args.objective]} within it: "
+            f"{args.max_batch_latency_ms:g} ms); {best.label} is the {OBJECTIVE_BEST[args.objective]} within it: "
             f"{_objective_text(best, args.objective, unit)}")
     if pool.point_objective:
         return _weighed_point(best, baseline, pool=pool, budget=budget)
@@ -333,10 +333,10 @@ def _nothing_to_choose(pool: Pool, keep: Optional[SettingEstimate]) -> _Verdict:
     if pool.over_budget and not pool.candidates:
         quickest = min(pool.over_budget, key=lambda r: r.latency.p99_ms)  # type: ignore[union-attr]
         smallest = f"{quickest.latency.p99_ms:,.1f} ms at {quickest.label}"  # type: ignore[union-attr]
-        return _Verdict(NO_GO, keep, f"{NO_GO}: no batch size meets the p99 budget of {args.max_latency_ms:g} ms "
+        return _Verdict(NO_GO, keep, f"{NO_GO}: no batch size meets the p99 budget of {args.max_batch_latency_ms:g} ms "
                                      f"(smallest p99 {smallest})",
-                        f"no batch size meets the p99 latency budget recommend.max_latency_ms="
-                        f"{args.max_latency_ms:g}: the smallest p99 measured is {smallest}")
+                        f"no batch size meets the p99 latency budget recommend.max_batch_latency_ms="
+                        f"{args.max_batch_latency_ms:g}: the smallest p99 measured is {smallest}")
     if (pool.point_objective or pool.goodput) and pool.contenders:
         return _Verdict(NO_GO, keep, f"{NO_GO}: {OBJECTIVE_FIGURE[args.objective]} not measured (recommend.objective="
                                      f"{args.objective.value})",

@@ -19,7 +19,7 @@ the one comparison rule the decision uses (comparison.compare, passed in as `com
 point is flagged only when that interval stays on one side of 1.
 
 The decision matrix. One row per objective, each ignoring the others, within the latency budget when one is set
-(recommend.max_latency_ms: a setting over it is picked by no row): the highest throughput (ties by
+(recommend.max_batch_latency_ms: a setting over it is picked by no row): the highest throughput (ties by
 comparison.compare), the lowest p99 latency per batch (mode=inference only), the least energy per sample
 (SettingEstimate.energy_j_per_sample), the least peak memory. Latency, energy and memory are point figures with no
 interval: their rows say the measurements cannot tell whether the winner beats the runner-up beyond noise.
@@ -289,15 +289,15 @@ def _trial_facts(finished: Sequence[SettingEstimate]) -> list[str]:
 
 @dataclass(frozen=True)
 class _Budget:
-    max_latency_ms: Optional[float]
+    max_batch_latency_ms: Optional[float]
     over_keys: frozenset[str]
     """Over the p99 budget."""
     excluded_keys: frozenset[str] = frozenset()
     """May not be chosen for any reason (decide/eligible.py), those over the budget included: no row picks them."""
 
 
-def _budget_text(max_latency_ms: Optional[float]) -> str:
-    return f"the p99 budget of {max_latency_ms:g} ms (recommend.max_latency_ms)"
+def _budget_text(max_batch_latency_ms: Optional[float]) -> str:
+    return f"the p99 budget of {max_batch_latency_ms:g} ms (recommend.max_batch_latency_ms)"
 
 
 def _winner(objective: str, best: SettingEstimate, value: float, *, ci: Optional[tuple[float, float]] = None,
@@ -321,7 +321,7 @@ def _within(finished: Sequence[SettingEstimate], budget: _Budget) -> tuple[list[
         return [], "no setting finished cleanly"
     within = [r for r in finished if r.trial_key not in budget.excluded_keys]
     if not within and budget.over_keys:
-        return [], f"no batch size meets {_budget_text(budget.max_latency_ms)}"
+        return [], f"no batch size meets {_budget_text(budget.max_batch_latency_ms)}"
     if not within:
         return [], "no setting may be chosen (see the verdict's reasons)"
     return within, None
@@ -329,9 +329,9 @@ def _within(finished: Sequence[SettingEstimate], budget: _Budget) -> tuple[list[
 
 def _budget_note(finished: Sequence[SettingEstimate], budget: _Budget) -> str:
     over = [r.label for r in finished if r.trial_key in budget.over_keys]
-    if budget.max_latency_ms is None:
+    if budget.max_batch_latency_ms is None:
         return ""
-    return f"; within {_budget_text(budget.max_latency_ms)}" + (f" ({', '.join(over)} over it, never picked)"
+    return f"; within {_budget_text(budget.max_batch_latency_ms)}" + (f" ({', '.join(over)} over it, never picked)"
                                                                  if over else "")
 
 
@@ -355,7 +355,7 @@ def _max_throughput(finished: Sequence[SettingEstimate], compare: Compare, budge
         return _nobody(MAX_THROUGHPUT, why or "")
     best = max(within, key=ranking(finished))
     tied = tuple(r.label for r in within if r is not best and compare(r, best).outcome.value in ("tie", "unknown"))
-    others = "every other setting" + (" within the budget" if budget.max_latency_ms is not None else "")
+    others = "every other setting" + (" within the budget" if budget.max_batch_latency_ms is not None else "")
     note = (f"the measurements cannot order {', '.join(tied)} against the winner (the paired comparison): a tie" if tied
             else f"{others} is slower than the winner beyond noise (the paired comparison)" if len(within) > 1
             else "the only setting to pick from")
@@ -394,8 +394,8 @@ def _min_latency(finished: Sequence[SettingEstimate], budget: _Budget) -> Object
         what += ", fewer than 100, so it interpolates towards the slowest batch"
     tied = tuple(r.label for r in measured if r is not best and p99(r) == p99(best))
     note = _point_note(best, measured, p99, lambda v: f"{format_ms(v)} ms", what)
-    if budget.max_latency_ms is not None and p99(best) > budget.max_latency_ms:
-        note += f"; over {_budget_text(budget.max_latency_ms)}, as is every batch size"
+    if budget.max_batch_latency_ms is not None and p99(best) > budget.max_batch_latency_ms:
+        note += f"; over {_budget_text(budget.max_batch_latency_ms)}, as is every batch size"
     return _winner(MIN_LATENCY, best, p99(best), tied=tied, note=note)
 
 
@@ -454,9 +454,9 @@ def pareto_front(finished: Sequence[SettingEstimate]) -> tuple[str, ...]:
                  if not any(beats(other, r) for other in served if other is not r))
 
 
-def explain(results: Sequence[SettingEstimate], *, compare: Compare, max_latency_ms: Optional[float] = None,
+def explain(results: Sequence[SettingEstimate], *, compare: Compare, max_batch_latency_ms: Optional[float] = None,
             over_budget: Collection[str] = (), ineligible: Collection[str] = ()) -> Explanations:
-    """`over_budget`: trial keys of the settings whose p99 is over `max_latency_ms`; `ineligible`: trial keys of every
+    """`over_budget`: trial keys of the settings whose p99 is over `max_batch_latency_ms`; `ineligible`: trial keys of every
     setting that may not be chosen (decide/eligible.py, over_budget among them). No objective picks either."""
     finished = sorted((r for r in results if r.ok and r.throughput_per_s), key=lambda r: r.index)
     points: list[ScalingPoint] = []
@@ -466,7 +466,7 @@ def explain(results: Sequence[SettingEstimate], *, compare: Compare, max_latency
     if finished and not points:
         facts.insert(0, "no scaling to compare: that needs two finished settings that differ only in micro-batch "
                         "or only in grad_accum")
-    budget = _Budget(max_latency_ms=max_latency_ms, over_keys=frozenset(over_budget),
+    budget = _Budget(max_batch_latency_ms=max_batch_latency_ms, over_keys=frozenset(over_budget),
                      excluded_keys=frozenset(over_budget) | frozenset(ineligible))
     # Latency has a row only where it was measured (mode=inference): training steps are not served batches.
     serving = any(r.mode == "inference" for r in results)

@@ -41,5 +41,5 @@ def build_report(decision: Decision, *, fingerprint: Optional[Fingerprint] = Non
     most = max((s.flags.num_threads for s in decision.settings if s.flags.num_threads is not None), default=None)
     return Report(decision=decision, fingerprint=fingerprint,
                   machine_notes=machine_notes(fingerprint, most_threads_per_rank=most) if fingerprint else (),
-                  explanations=explain(decision.settings, compare=compare, max_latency_ms=decision.max_latency_ms,
+                  explanations=explain(decision.settings, compare=compare, max_batch_latency_ms=decision.max_batch_latency_ms,
                                        over_budget=decision.over_budget, ineligible=decision.ineligible))

@@ -175,7 +175,7 @@ class LatencyFigures:
     p50_ms: float
     p90_ms: float
     p99_ms: float
-    """The budget figure (recommend.max_latency_ms). With fewer than 100 batches it interpolates towards the
+    """The budget figure (recommend.max_batch_latency_ms). With fewer than 100 batches it interpolates towards the
     slowest one: `num_batches` says how much evidence stands behind it."""
     max_ms: float
     mean_ms: float

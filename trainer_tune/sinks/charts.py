@@ -198,10 +198,10 @@ def latency_throughput_figure(served: Sequence[SettingEstimate], rec: Decision, 
             ax.plot([trial.latency.p99_ms], [trial.throughput_per_s], marker=marker, markersize=size,
                     linestyle="none", markerfacecolor="none" if name == "chosen" else "gold",
                     markeredgecolor="black", label=f"{name} ({trial.label})")
-    if rec.max_latency_ms is not None:
-        ax.axvline(rec.max_latency_ms, color="tab:red", linestyle="--", linewidth=1,
-                   label=f"p99 budget {rec.max_latency_ms:g} ms" + (" (hollow: over it)" if over else ""))
-    p99s = [r.latency.p99_ms for r in served] + ([rec.max_latency_ms] if rec.max_latency_ms else [])  # type: ignore
+    if rec.max_batch_latency_ms is not None:
+        ax.axvline(rec.max_batch_latency_ms, color="tab:red", linestyle="--", linewidth=1,
+                   label=f"p99 budget {rec.max_batch_latency_ms:g} ms" + (" (hollow: over it)" if over else ""))
+    p99s = [r.latency.p99_ms for r in served] + ([rec.max_batch_latency_ms] if rec.max_batch_latency_ms else [])  # type: ignore
     if max(p99s) > 10 * min(p99s):
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
@@ -224,9 +224,9 @@ def latency_percentiles_figure(served: Sequence[SettingEstimate], rec: Decision)
     batches = [r.micro_batch_size for r in ordered]
     for name, field_name in LATENCY_PERCENTILES:
         ax.plot(batches, [getattr(r.latency, field_name) for r in ordered], marker="o", label=name)
-    if rec.max_latency_ms is not None:
-        ax.axhline(rec.max_latency_ms, color="tab:red", linestyle="--", linewidth=1,
-                   label=f"p99 budget {rec.max_latency_ms:g} ms")
+    if rec.max_batch_latency_ms is not None:
+        ax.axhline(rec.max_batch_latency_ms, color="tab:red", linestyle="--", linewidth=1,
+                   label=f"p99 budget {rec.max_batch_latency_ms:g} ms")
     _log2_axis(ax, batches)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))

@@ -231,9 +231,9 @@ class ConsoleSink:
             few = " (under 100: the p99 interpolates towards the slowest batch)" if min(batches) < 100 else ""
             spread = str(min(batches)) if min(batches) == max(batches) else f"{min(batches)} to {max(batches)}"
             self.console.print(f"latency: per batch, of the slowest replica; {spread} batches per setting{few}")
-        if rec.max_latency_ms is not None:
+        if rec.max_batch_latency_ms is not None:
             over = [r.label for r in results if r.trial_key in rec.over_budget]
-            self.console.print(f"latency budget: p99 at most {rec.max_latency_ms:g} ms (recommend.max_latency_ms); "
+            self.console.print(f"latency budget: p99 at most {rec.max_batch_latency_ms:g} ms (recommend.max_batch_latency_ms); "
                                + (f"over it, never chosen: {', '.join(over)}" if over else "every batch meets it"))
 
 

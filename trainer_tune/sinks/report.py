@@ -265,12 +265,12 @@ def _serving_section(results: Sequence[SettingEstimate], rec: Decision) -> list[
         lines += ["", f"- batches behind each setting's percentiles: {evidence}"
                   + ("; with fewer than 100 the p99 interpolates towards the slowest batch" if batches[0] < 100
                      else "")]
-    if rec.max_latency_ms is None:
-        lines += ["- latency budget: none (recommend.max_latency_ms=null): every batch size can be chosen"]
+    if rec.max_batch_latency_ms is None:
+        lines += ["- latency budget: none (recommend.max_batch_latency_ms=null): every batch size can be chosen"]
     else:
         over = [f"{r.label} (p99 {format_ms(r.latency.p99_ms)} ms)" for r in results  # type: ignore[union-attr]
                 if r.trial_key in rec.over_budget]
-        lines += [f"- latency budget: p99 at most {rec.max_latency_ms:g} ms per batch (recommend.max_latency_ms)",
+        lines += [f"- latency budget: p99 at most {rec.max_batch_latency_ms:g} ms per batch (recommend.max_batch_latency_ms)",
                   "- over the budget, never chosen: " + (", ".join(over) if over else "none")]
     return lines + [""]
 

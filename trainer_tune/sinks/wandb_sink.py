@@ -133,7 +133,7 @@ class WandbSink:
                                                  for w in report.explanations.matrix}}
             if rec.serving:
                 labels = {r.trial_key: r.label for r in results}
-                summary |= {"max_latency_ms": rec.max_latency_ms,
+                summary |= {"max_batch_latency_ms": rec.max_batch_latency_ms,
                             "over_budget": [labels.get(key, key) for key in rec.over_budget]}
             run.log(charts)
             run.summary.update(summary | {"not_measured": [f"{n.label}: {n.reason}" for n in rec.not_measured],
