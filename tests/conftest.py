@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -86,6 +88,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason=f"needs a CUDA device: torch {torch.__version__} sees none")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_machine(request: pytest.FixtureRequest) -> Any:
+    """Under pytest-xdist (two workers on a 2-core machine), a test marked `quiet` runs with nothing beside it;
+    every other test may share the machine with another. A `quiet` test asserts what its measurements decide (a
+    verdict, a race drop, a p99 against a budget, a stall threshold), which another test's processes on the same
+    cores would change; the rest assert mechanics, which they do not.
+
+    A readers-writer lock on files shared by the workers (flock: released by the kernel if a worker dies): others
+    hold it shared, a quiet test exclusive. The turnstile, taken first by everyone and held by a quiet test until
+    it has the lock, stops a stream of shared holders from starving it. One process (no xdist): nothing to do."""
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run_id is None:
+        yield
+        return
+    quiet = request.node.get_closest_marker("quiet") is not None
+    base = Path(tempfile.gettempdir()) / f"trainer_tune_tests_{run_id}"
+    with open(f"{base}.turnstile", "a") as turnstile, open(f"{base}.lock", "a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if quiet else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture

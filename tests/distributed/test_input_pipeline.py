@@ -12,7 +12,8 @@ import pytest
 
 from conftest import ONE_ROUND, read_jsonl, read_settings, run_tune
 
-pytestmark = pytest.mark.slow
+# quiet: its assertions read what the measurements decide (tests/conftest.py, _quiet_machine).
+pytestmark = [pytest.mark.slow, pytest.mark.quiet]
 
 # A fixed window of 10 measured steps after 3 warm-up steps (DataLoader workers start and fill their queue
 # there). The classifier's forward sleeps 10 ms; each sample takes 3 ms to load, 12 ms a micro-batch of 4: in

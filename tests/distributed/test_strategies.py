@@ -10,7 +10,8 @@ import pytest
 
 from conftest import read_settings, run_tune, windows_by_label
 
-pytestmark = pytest.mark.slow
+# quiet: its assertions read what the measurements decide (tests/conftest.py, _quiet_machine).
+pytestmark = [pytest.mark.slow, pytest.mark.quiet]
 
 
 def test_power_stops_a_chain_at_an_oom_and_names_what_it_did_not_measure(tmp_path: Path) -> None:

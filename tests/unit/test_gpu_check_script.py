@@ -42,7 +42,7 @@ def test_without_cuda_it_stops_at_once_with_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present: the tests would run")
 def test_gpu_marked_tests_skip_with_the_reason_without_cuda() -> None:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/gpu"],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-n", "0", "-p", "no:cacheprovider", "tests/gpu"],
                           cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "needs a CUDA device: torch" in proc.stdout and " passed" not in proc.stdout, proc.stdout[-2000:]

@@ -28,7 +28,7 @@ def confirm_overrides(named: Optional[SettingEstimate], baseline: Optional[Setti
     if named is None or baseline is None or named.trial_key == baseline.trial_key:
         return ()
     serving = named.mode == "inference"
-    setting = ["train.micro_batch_size", "train.grad_accum", *(f"{s.config_key}" for s in FLAG_SPECS)]
+    setting = ["train.micro_batch_size", "train.grad_accum", *(s.config_key for s in FLAG_SPECS)]
     own = [o for o in baseline.run_overrides if o.split("=")[0].lstrip("+~") not in setting]
     overrides = [*own,
                  f"baseline.micro_batch_size={baseline.micro_batch_size}",
