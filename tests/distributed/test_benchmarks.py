@@ -94,3 +94,10 @@ def test_teardown_aborts_runs_one_sweep_and_counts() -> None:
     proc = _run("benchmarks/teardown_aborts.py", "--runs", "1")
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "1 runs, exit codes {0: 1}, 0 with an aborted rank"
+
+
+def test_serving_load_compares_the_simulation_with_a_real_open_loop_run() -> None:
+    proc = _run("benchmarks/serving_load.py", "--max-batch-size", "2", "--loads", "0.5", "--requests", "300",
+                "--sim-requests", "2000", "--service-repeats", "3", timeout_s=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "p99 sim/real" in proc.stdout and "largest p99 disagreement" in proc.stdout
