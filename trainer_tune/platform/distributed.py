@@ -344,10 +344,11 @@ class DistSession:
         (core dump: ProcessGroupGloo::runLoop -> ~AsyncAllreduceWork -> decref -> take_gil -> pthread_exit).
         Sleeping lets the worker take the GIL and finish; microseconds, outside any window. NCCL's works are
         released by its watchdog, which destroy_process_group stops, so only gloo waits here."""
-        if self.backend != "gloo":
+        use_count = getattr(tensor, "_use_count", None)  # a private method: a torch without it waits for nothing
+        if self.backend != "gloo" or use_count is None:
             return
         deadline_s = time.monotonic() + _RELEASE_WAIT_S
-        while tensor._use_count() > 1 and time.monotonic() < deadline_s:
+        while use_count() > 1 and time.monotonic() < deadline_s:
             time.sleep(1e-5)
 
     def barrier(self) -> None:
