@@ -219,3 +219,46 @@ def job_plan(cfg: TuneConfig, *, world_size: int, flags: TrialFlags, baseline: t
 def differing_flag_names(flags: TrialFlags, baseline: TrialFlags) -> tuple[str, ...]:
     """Flags a multirun job sets differently from the baseline: shown in its label, as swept flags are."""
     return tuple(name for name, value in flags.as_dict().items() if baseline.as_dict()[name] != value)
+
+
+# --- Serving under load: the batcher settings --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatcherSetting:
+    """One dynamic-batcher setting of a serving-under-load sweep (workloads/batcher.py's rule)."""
+
+    max_batch_size: int
+    max_queue_delay_ms: float
+
+    @property
+    def label(self) -> str:
+        """`8/2ms`: the largest batch, then the longest queue delay."""
+        return f"{self.max_batch_size}/{self.max_queue_delay_ms:g}ms"
+
+    @property
+    def max_queue_delay_s(self) -> float:
+        return self.max_queue_delay_ms / 1e3
+
+
+def batcher_plan(cfg: TuneConfig) -> tuple[BatcherSetting, list[BatcherSetting]]:
+    """(the baseline, every setting in plan order, the baseline first): the baseline serves
+    baseline.micro_batch_size with no queue delay (the batch served today); the grid is serving.max_batch_sizes x
+    serving.max_queue_delays_ms, smaller and shorter first (the order ties go by)."""
+    baseline = BatcherSetting(cfg.baseline.micro_batch_size, 0.0)
+    grid = [BatcherSetting(b, float(d)) for b in sorted(cfg.serving.max_batch_sizes)
+            for d in sorted(cfg.serving.max_queue_delays_ms)]
+    return baseline, [baseline, *(s for s in grid if s != baseline)]
+
+
+def serving_definition(cfg: TuneConfig, settings: Sequence[BatcherSetting]) -> dict[str, Any]:
+    """sweep_definition's counterpart for a serving-under-load sweep: the model, the workload, the mode, the batcher
+    grid and the rates asked for (the search's own rates follow from the measurements)."""
+    data = asdict(cfg.data)
+    data.pop("num_workers")
+    rates = cfg.serving.rate_per_s
+    definition = {"model": asdict(cfg.model), "workload": {"data": data, "step": asdict(cfg.step)},
+                  "mode": "serving_load", "grid": sorted(s.label for s in settings),
+                  "rates": rates if rates == "auto" else list(rates),
+                  "requests": {"per_rate": cfg.serving.requests_per_rate, "max_s": cfg.serving.max_s_per_rate,
+                               "seed": cfg.serving.seed}}
+    return json.loads(json.dumps(definition, default=lambda value: getattr(value, "value", str(value))))

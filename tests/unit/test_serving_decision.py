@@ -112,14 +112,18 @@ def test_inference_refuses_training_axes(sweep: SweepArgs, train: TrainArgs, key
 
 def test_every_key_one_mode_ignores_is_refused_in_it_naming_the_key_and_the_mode() -> None:
     """Each pair of MODE_ONLY_KEYS (the one list of them), set in the mode that ignores it."""
-    from trainer_tune.config.schema import MODE_ONLY_KEYS, BaselineArgs, RecommendArgs
+    from trainer_tune.config.schema import MODE_ONLY_KEYS, BaselineArgs, RecommendArgs, ServingArgs
 
     samples = {"sweep.grad_accums": [1, 2], "sweep.ddp_static_graph": [True], "sweep.ddp_find_unused_parameters": [True],
                "sweep.ddp_bucket_cap_mb": [25.0], "sweep.activation_checkpointing": [True],
                "train.activation_checkpointing": True, "sweep.global_batch_size": 8, "sweep.hold_global_batch": True,
-               "recommend.max_batch_latency_ms": 50.0}
+               "recommend.max_batch_latency_ms": 50.0, "recommend.max_p99_ms": 20.0,
+               "serving.rate_per_s": [100.0], "serving.max_batch_sizes": [2], "serving.max_queue_delays_ms": [1.0],
+               "serving.requests_per_rate": 500, "serving.max_s_per_rate": 2.0, "serving.max_rates": 3,
+               "serving.confirm_settings": 1, "serving.service_repeats": 10, "serving.seed": 1}
     assert sorted(samples) == sorted(only.key for only in MODE_ONLY_KEYS)
-    groups = {"sweep": SweepArgs, "train": TrainArgs, "recommend": RecommendArgs, "baseline": BaselineArgs}
+    groups = {"sweep": SweepArgs, "train": TrainArgs, "recommend": RecommendArgs, "baseline": BaselineArgs,
+              "serving": ServingArgs}
     for only in MODE_ONLY_KEYS:
         group, name = only.key.split(".")
         other = Mode.train if only.mode == Mode.inference else Mode.inference
@@ -128,4 +132,10 @@ def test_every_key_one_mode_ignores_is_refused_in_it_naming_the_key_and_the_mode
             TuneConfig(mode=other, **args)
         assert str(refused.value).startswith(f"{only.key}=") and f"with mode={other.value} (" in str(refused.value)
         assert str(refused.value).endswith(f"; it applies with mode={only.mode.value}")
+        if group == "serving" or only.key == "recommend.max_p99_ms":
+            # Serving keys apply under open-loop load: with rates to serve.
+            serving = args.get("serving", ServingArgs())
+            if serving.rate_per_s is None:
+                serving.rate_per_s = [100.0]
+            args["serving"] = serving
         TuneConfig(mode=only.mode, **args)  # where it applies, it is taken

@@ -8,6 +8,7 @@ starts. Downstream code only ever sees these dataclasses, never a DictConfig.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from dataclasses import dataclass, field
@@ -568,6 +569,10 @@ class RecommendArgs:
     confirms: Optional[str] = None
     """Set by a confirm command (recommendation.yaml's confirm_overrides): what the first sweep said, its verdict
     and setting ("GO 8x1"); this sweep's verdict then says whether that holds."""
+    max_p99_ms: Optional[float] = None
+    """Serving under load (serving.rate_per_s): the p99 request latency target in milliseconds, from arrival to
+    outputs; each setting's highest rate that meets it with confidence decides. null: no target (rates listed in
+    serving.rate_per_s are measured and reported, and no verdict compares settings)."""
     max_batch_latency_ms: Optional[float] = None
     """mode=inference: the p99 latency budget per batch (slowest replica), in milliseconds. A batch size over it
     is listed as over budget and never chosen (the race stops measuring it after its sweep.min_rounds windows);
@@ -591,6 +596,9 @@ class RecommendArgs:
     def __post_init__(self) -> None:
         require(0 < self.max_memory_fraction <= 1, key="recommend.max_memory_fraction",
                 value=self.max_memory_fraction, allowed="a share of the device in (0, 1]")
+        if self.max_p99_ms is not None:
+            require(self.max_p99_ms > 0, key="recommend.max_p99_ms", value=self.max_p99_ms,
+                    allowed="milliseconds > 0, or null")
         if self.max_batch_latency_ms is not None:
             require(self.max_batch_latency_ms > 0, key="recommend.max_batch_latency_ms", value=self.max_batch_latency_ms,
                     allowed="milliseconds > 0, or null")
@@ -604,6 +612,66 @@ class RecommendArgs:
         if self.input_bound_fraction is not None:
             require(0 < self.input_bound_fraction < 1, key="recommend.input_bound_fraction",
                     value=self.input_bound_fraction, allowed="a share of the step time in (0, 1), or null")
+
+
+@dataclass
+class ServingArgs:
+    """Serving under open-loop load (mode=inference, `+sweep=serving_load`; docs/inference.md, "Under load"): requests
+    of one sample arrive per replica on a seeded Poisson process, a dynamic batcher serves up to a largest batch or
+    after a largest queue delay, whichever comes first, and each request's latency runs from its scheduled arrival
+    to its outputs. null rate_per_s: no open-loop load (batches back to back, as `+sweep=serving`)."""
+
+    rate_per_s: Any = None
+    """Offered requests per second per replica: a list of rates measured for every setting the real runs confirm,
+    `auto` (with recommend.max_p99_ms: each confirmed setting's highest sustainable rate by bisection, between rates
+    its simulation predicts), or null (no open-loop load)."""
+    max_batch_sizes: List[int] = field(default_factory=lambda: [4, 8, 16])
+    """The batcher's largest batch (requests), one axis of the settings."""
+    max_queue_delays_ms: List[float] = field(default_factory=lambda: [0.0, 2.0])
+    """The batcher's longest wait for a batch to fill (milliseconds from the oldest queued request's arrival), the
+    other axis; 0 serves whatever is queued as soon as the replica is free. The baseline serves
+    baseline.micro_batch_size with no wait (the batch served today)."""
+    requests_per_rate: int = 10000
+    """Requests at each measured rate over all replicas, each replica serving its share (fewer when
+    serving.max_s_per_rate runs out first). A p99 interval needs at least 5,000 (5 sections of 1,000, each with
+    about 10 requests beyond the p99): with fewer, the target check says "unknown" and how many more would tell."""
+    max_s_per_rate: float = 8.0
+    """The longest arrival schedule of one measured rate per replica, in seconds: a low rate gets fewer requests."""
+    max_rates: int = 6
+    """The most rates the real search measures per setting (each a look in the error budget)."""
+    confirm_settings: int = 2
+    """How many of the settings the simulation ranks highest are measured for real, besides the baseline; the
+    rest are reported with their simulated rate only and are never chosen."""
+    service_repeats: int = 20
+    """Closed-loop samples of each batch size's service time per replica, which drive the simulation."""
+    seed: int = 0
+    """Seed of the arrival streams (each setting, rate and replica its own) and the simulation's draws."""
+
+    def __post_init__(self) -> None:
+        rates = self.rate_per_s
+        if rates is not None and rates != "auto":
+            values = list(rates) if isinstance(rates, (list, tuple)) else [rates]
+            ok = len(values) > 0 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                         for v in values)
+            require(ok and len(set(values)) == len(values), key="serving.rate_per_s", value=rates,
+                    allowed="auto, null, or a non-empty list of distinct rates > 0 (requests per second per replica)")
+            self.rate_per_s = sorted(float(v) for v in values)
+        require_list_of_int_at_least("serving.max_batch_sizes", self.max_batch_sizes, 1)
+        require(len(self.max_queue_delays_ms) > 0 and all(d >= 0 for d in self.max_queue_delays_ms)
+                and len(set(self.max_queue_delays_ms)) == len(self.max_queue_delays_ms),
+                key="serving.max_queue_delays_ms", value=list(self.max_queue_delays_ms),
+                allowed="a non-empty list of distinct delays >= 0 milliseconds")
+        require_int_at_least("serving.requests_per_rate", self.requests_per_rate, 200)
+        require(self.max_s_per_rate > 0, key="serving.max_s_per_rate", value=self.max_s_per_rate,
+                allowed="seconds > 0")
+        require_int_at_least("serving.max_rates", self.max_rates, 2)
+        require_int_at_least("serving.confirm_settings", self.confirm_settings, 1)
+        require_int_at_least("serving.service_repeats", self.service_repeats, 5)
+
+    @property
+    def open_loop(self) -> bool:
+        """Whether this is a serving-under-load sweep."""
+        return self.rate_per_s is not None
 
 
 @dataclass
@@ -748,9 +816,11 @@ class TuneConfig:
     fault: FaultArgs = field(default_factory=FaultArgs)
     telemetry: TelemetryArgs = field(default_factory=TelemetryArgs)
     wandb: WandbArgs = field(default_factory=WandbArgs)
+    serving: ServingArgs = field(default_factory=ServingArgs)
 
     def __post_init__(self) -> None:
         _require_mode_keys(self)
+        _require_serving_keys(self)
         if self.mode == Mode.inference:
             require(self.recommend.objective != Objective.goodput, key="recommend.objective", value="goodput",
                     allowed="throughput, latency or energy with mode=inference (goodput is a training figure)")
@@ -784,6 +854,10 @@ class ModeOnlyKey:
 _NO_TRAINING = "no gradients, no DDP: each rank serves on its own"
 _NO_BACKWARD = "there is no backward to recompute activations for"
 _NO_OPTIMIZER = "no optimizer step to hold a batch for; sweep.micro_batch_sizes is the serving batch"
+_NO_REQUESTS = "a training step serves no requests: nothing arrives, queues or waits"
+_SERVING_DEFAULTS = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                     for f in dataclasses.fields(ServingArgs)}
+"""Each serving.* key's default: set to anything else in training, it is refused."""
 MODE_ONLY_KEYS: tuple[ModeOnlyKey, ...] = (
     ModeOnlyKey("sweep.grad_accums", Mode.train, None, _NO_TRAINING),
     ModeOnlyKey("sweep.ddp_static_graph", Mode.train, None, _NO_TRAINING),
@@ -795,6 +869,9 @@ MODE_ONLY_KEYS: tuple[ModeOnlyKey, ...] = (
     ModeOnlyKey("sweep.hold_global_batch", Mode.train, False, _NO_OPTIMIZER),
     ModeOnlyKey("recommend.max_batch_latency_ms", Mode.inference, None,
                 "a training step is not a served request: nothing would check the budget"),
+    ModeOnlyKey("recommend.max_p99_ms", Mode.inference, None, _NO_REQUESTS),
+    *(ModeOnlyKey(f"serving.{name}", Mode.inference, value, _NO_REQUESTS)
+      for name, value in _SERVING_DEFAULTS.items()),
 )
 """Every key that one mode ignores, in one place: TuneConfig refuses each (exit 2, naming the key and the mode)."""
 
@@ -817,6 +894,30 @@ def _require_mode_keys(cfg: "TuneConfig") -> None:
         # An unresolved ${train.grad_accum} (a dataclass built by hand) is checked through train.grad_accum.
         require(not isinstance(value, int) or value == 1, key=key, value=value,
                 allowed="1 with mode=inference (there is nothing to accumulate)")
+
+
+def _require_serving_keys(cfg: "TuneConfig") -> None:
+    """What a serving-under-load sweep needs, and the keys that mean nothing without it (or in it)."""
+    serving, recommend = cfg.serving, cfg.recommend
+    if not serving.open_loop:
+        for name, default in _SERVING_DEFAULTS.items():
+            value = getattr(serving, name)
+            require(value == default, key=f"serving.{name}", value=value,
+                    allowed=f"{default!r} without serving.rate_per_s (no open-loop load: +sweep=serving_load sets it)")
+        require(recommend.max_p99_ms is None, key="recommend.max_p99_ms", value=recommend.max_p99_ms,
+                allowed="null without serving.rate_per_s (the p99 of a request needs requests arriving: "
+                        "+sweep=serving_load; recommend.max_batch_latency_ms caps one batch's time)")
+        return
+    require(serving.rate_per_s != "auto" or recommend.max_p99_ms is not None, key="serving.rate_per_s",
+            value="auto", allowed="auto only with recommend.max_p99_ms (the rate search looks for the highest rate "
+                                  "that meets it), or a list of rates")
+    require(recommend.max_batch_latency_ms is None, key="recommend.max_batch_latency_ms",
+            value=recommend.max_batch_latency_ms,
+            allowed="null with serving.rate_per_s (under load the budget is a request's p99: recommend.max_p99_ms)")
+    require(recommend.objective == Objective.throughput, key="recommend.objective", value=recommend.objective.value,
+            allowed="throughput with serving.rate_per_s (the highest sustainable rate within recommend.max_p99_ms)")
+    require(cfg.sweep.micro_batch_sizes is None, key="sweep.micro_batch_sizes", value=cfg.sweep.micro_batch_sizes,
+            allowed="null with serving.rate_per_s (the batcher's largest batches are serving.max_batch_sizes)")
 
 
 def register_configs() -> None:

@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence
 from trainer_tune.config.schema import ConfigError
 from trainer_tune.platform.durable import append_line, write_atomically
 from trainer_tune.platform.finite import NON_FINITE_KEY, finite_json, finite_record
+from trainer_tune.measure.load_record import LOAD_KEY, SERVICE_KEY
 from trainer_tune.measure.record import WindowRecord
 from trainer_tune.platform.fingerprint import Fingerprint
 from trainer_tune.plan import TrialSpec
@@ -71,6 +72,8 @@ class JournalContents:
     """Tolerated defects, e.g. a torn last line, for the log."""
     header: Optional[JournalHeader] = None
     """None for a journal written before headers."""
+    serving: tuple[dict[str, Any], ...] = ()
+    """A serving-under-load sweep's lines (measure/load_record.py), in journal order, as read."""
 
     def by_key(self) -> dict[str, WindowRecord]:
         return {r.trial_key: r for r in self.results}
@@ -96,6 +99,7 @@ def read_journal(path: Path) -> JournalContents:
     problems: list[str] = []
     header: Optional[JournalHeader] = None
     first_line: dict[str, int] = {}
+    serving: list[dict[str, Any]] = []
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
@@ -116,6 +120,9 @@ def read_journal(path: Path) -> JournalContents:
             except (ValueError, TypeError, KeyError):
                 raise _foreign(path, number, "a header whose fields are not a journal header's") from None
             continue
+        if SERVICE_KEY in record or LOAD_KEY in record:
+            serving.append(record)
+            continue
         missing = _MARKS - set(record)
         if missing:
             raise _foreign(path, number, f"a JSON object without {', '.join(sorted(missing))}")
@@ -129,7 +136,7 @@ def read_journal(path: Path) -> JournalContents:
             continue
         first_line[result.trial_key] = number
         results.append(result)
-    return JournalContents(results=tuple(results), problems=tuple(problems), header=header)
+    return JournalContents(results=tuple(results), problems=tuple(problems), header=header, serving=tuple(serving))
 
 
 def write_header(path: Path, header: JournalHeader) -> bool:
@@ -214,6 +221,11 @@ def append_result(path: Path, result: WindowRecord) -> bool:
         log.info("trial %s (%s) is already in %s; this measurement is not recorded again",
                  result.index, result.label, path)
     return written
+
+
+def append_serving(path: Path, record: dict[str, Any]) -> None:
+    """Append one serving-under-load line (measure/load_record.py), flushed and fsynced like a window's."""
+    append_line(path, finite_json(finite_record(record), sort_keys=True))
 
 
 def _parse_lines(text: str) -> list[WindowRecord]:

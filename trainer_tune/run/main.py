@@ -32,13 +32,15 @@ from trainer_tune.platform.logging_setup import setup_logging
 from trainer_tune.run.exits import fail_usage, gate_code, leave_no_go, rank_env_or_fail
 from trainer_tune.run.journal import JOURNAL_NAME, check_budget, read_journal, resume_refusal
 from trainer_tune.run.multirun import current_job
-from trainer_tune.plan import build_plan, job_plan, sweep_definition, swept_flag_names
+from trainer_tune.plan import (
+    batcher_plan, build_plan, job_plan, serving_definition, sweep_definition, swept_flag_names)
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import write_config
 from trainer_tune.sinks.report import REPORT_MD
 from trainer_tune.sinks.wandb_sink import WandbSink
 from trainer_tune.workloads.checkpoint import check_checkpoint
 from trainer_tune.workloads.targets import check_targets, ignored_settings
+from trainer_tune.run.serving_sweep import run_serving_sweep
 from trainer_tune.run.sweep import run_sweep
 
 log = logging.getLogger("trainer_tune")
@@ -56,7 +58,18 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
             choose_backend(cfg.dist, device)
         multirun = current_job(sweep=cfg.sweep, baseline=cfg.baseline)
         check_checkpoint(cfg.model)  # before the plan, whose keys hold the checkpoint's fingerprint
-        if multirun is None:
+        if cfg.serving.open_loop:
+            if multirun is not None:
+                raise ConfigError("serving.rate_per_s is not allowed in a Hydra multirun (-m): a serving-under-load "
+                                  "sweep searches its batcher grid itself (serving.max_batch_sizes, "
+                                  "serving.max_queue_delays_ms); run it without -m")
+            journal = Path(HydraConfig.get().runtime.output_dir) / JOURNAL_NAME
+            refusal, _ = resume_refusal(read_journal(journal), journal=journal, fingerprint=None,
+                                        definition=serving_definition(cfg, batcher_plan(cfg)[1]),
+                                        allow_fingerprint_change=cfg.sweep.allow_fingerprint_change)
+            if refusal is not None:
+                raise ConfigError(refusal)
+        elif multirun is None:
             plan = build_plan(cfg, world_size=rank_env.world_size, base_flags=base_flags, device_type=device.type)
             journal = Path(HydraConfig.get().runtime.output_dir) / JOURNAL_NAME
             # Another sweep's directory is refused before anything in it is touched (config.yaml included).
@@ -96,15 +109,21 @@ def tune(raw: DictConfig, rank_env: RankEnv) -> int:
         shared_dir = output_dir if multirun is None else multirun.sweep_dir
         wandb_sink = WandbSink(cfg.wandb, enabled=rank_env.is_rank0, output_dir=shared_dir, group=shared_dir.name,
                                config=OmegaConf.to_container(raw, resolve=True, enum_to_str=True))  # type: ignore[arg-type]
-        outcome = run_sweep(cfg=cfg, session=session, output_dir=output_dir, base_flags=base_flags,
-                            console=ConsoleSink(enabled=rank_env.is_rank0), launch_hint=launch_hint(rank_env),
-                            wandb_sink=wandb_sink, multirun=multirun)
+        if cfg.serving.open_loop:
+            serving = run_serving_sweep(cfg=cfg, session=session, output_dir=output_dir, base_flags=base_flags,
+                                        console=ConsoleSink(enabled=rank_env.is_rank0),
+                                        launch_hint=launch_hint(rank_env), wandb_sink=wandb_sink)
+            decision = serving.recommendation.decision
+        else:
+            outcome = run_sweep(cfg=cfg, session=session, output_dir=output_dir, base_flags=base_flags,
+                                console=ConsoleSink(enabled=rank_env.is_rank0), launch_hint=launch_hint(rank_env),
+                                wandb_sink=wandb_sink, multirun=multirun)
+            decision = None if outcome.recommendation is None else outcome.recommendation.decision
     except ConfigError as exc:
         session.close()
         fail_usage(str(exc), rank_env)
     session.close()
-    code = 0 if outcome.recommendation is None else gate_code(outcome.recommendation.decision,
-                                                              fail_on_no_go=cfg.recommend.fail_on_no_go)
+    code = 0 if decision is None else gate_code(decision, fail_on_no_go=cfg.recommend.fail_on_no_go)
     if code:
         # Every rank holds rank 0's recommendation (published before anyone got here): all exit with this code.
         return leave_no_go(output_dir / REPORT_MD, rank_env, code)

@@ -273,21 +273,21 @@ def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]], *,
 
 
 def _tables(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]], *, setting: str,
-            essential: set[str], width: int) -> list[Any]:
+            essential: set[str], width: int, title: str = "trainer_tune trials") -> list[Any]:
     """What the console prints for the trials, at `width` columns, with every figure and setting whole: one table
     when it fits; else a table of what decides (setting, status, the decision's rate and interval, vs baseline)
     and a second of the details, each with the row's `#` and setting; else, when even that is too wide, one block
     of `name: value` lines per setting."""
     widths = _column_widths(columns, rows, setting=setting)
     if _table_width(widths) <= width:
-        return [_table(columns, rows, setting=setting, title="trainer_tune trials")]
+        return [_table(columns, rows, setting=setting, title=title)]
     keep = [i for i, (name, _j) in enumerate(columns) if name in essential]
     rest = [i for i, (name, _j) in enumerate(columns) if name not in essential or name in ("#", "job", setting)]
-    parts = [(keep, "trainer_tune trials"), (rest, "trainer_tune trials: details")]
+    parts = [(keep, title), (rest, f"{title}: details")]
     if all(_table_width([widths[i] for i in part]) <= width for part, _title in parts):
         return [_table([columns[i] for i in part], [[row[i] for i in part] for row in rows], setting=setting,
                        title=title) for part, title in parts]
-    blocks: list[Any] = [Text("trainer_tune trials", style="italic")]
+    blocks: list[Any] = [Text(title, style="italic")]
     for row in rows:
         head = " ".join(Text.from_markup(row[i]).plain for i, (name, _j) in enumerate(columns)
                         if name in ("#", setting))

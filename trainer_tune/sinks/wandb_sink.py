@@ -13,7 +13,7 @@ import netrc
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from trainer_tune.config.schema import WandbArgs, WandbMode
 from trainer_tune.explain.report import Report
@@ -22,6 +22,7 @@ from trainer_tune.measure.gpm import GPM_FIELDS
 
 if TYPE_CHECKING:
     from trainer_tune.explain.matrix import Explanations
+    from trainer_tune.explain.serving_load import ServingLoadReport
     from trainer_tune.sinks.charts import Chart
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,45 @@ class WandbSink:
             run.finish()
         except Exception as exc:  # noqa: BLE001 - wandb must never end a sweep
             self._disable(f"logging the recommendation failed: {exc}")
+
+    def serving_load_finished(self, report: "ServingLoadReport", *, files: Sequence[Path],
+                              chart: Optional[Path]) -> None:
+        """A serving-under-load sweep's recommendation run: the sustainable-rate and measured-rate tables, p99
+        against rate as an interactive line per setting beside the report's PNG, the verdict in the summary."""
+        if not self.enabled:
+            return
+        from trainer_tune.explain.serving_load import POINT_COLUMNS, RATE_COLUMNS
+
+        wandb = self._wandb
+        d = report.decision
+        try:
+            run = self._init(job_type="recommendation", name="recommendation", config={"tune": self.config})
+            logged: dict[str, Any] = {"sustainable_rates": wandb.Table(columns=list(RATE_COLUMNS),
+                                                                       data=[list(r) for r in report.rate_rows])}
+            if report.point_rows:
+                logged["measured_rates"] = wandb.Table(columns=list(POINT_COLUMNS),
+                                                       data=[list(r) for r in report.point_rows])
+            measured = [s for s in d.settings if s.measured]
+            if measured:
+                ordered = [sorted(s.measured, key=lambda m: m.point.rate_per_s) for s in measured]
+                logged["p99_vs_rate"] = wandb.plot.line_series(
+                    xs=[[m.point.rate_per_s for m in points] for points in ordered],
+                    ys=[[1e3 * m.point.p99.point_s for m in points] for points in ordered],
+                    keys=[s.label for s in measured], title="p99 request latency (ms) against rate per replica",
+                    xname="requests/s per replica")
+            if chart is not None:
+                logged["charts/p99_vs_rate"] = wandb.Image(str(chart), caption="p99 request latency against rate")
+            run.log(logged)
+            run.summary.update(report.to_json_dict() | {"settings": None, "fingerprint": None})
+            run.summary.update({f"sustainable_rate_per_s/{s.label}": s.rate.rate_per_s
+                                for s in d.settings if s.rate is not None})
+            artifact = wandb.Artifact(f"recommendation-{self.group}", type="recommendation")
+            for path in files:
+                artifact.add_file(str(path))
+            run.log_artifact(artifact)
+            run.finish()
+        except Exception as exc:  # noqa: BLE001 - wandb must never end a sweep
+            self._disable(f"logging the serving recommendation failed: {exc}")
 
 
 def _explanation_tables(wandb: Any, explanations: "Explanations") -> dict[str, Any]:
