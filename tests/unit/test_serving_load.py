@@ -255,6 +255,18 @@ def test_no_met_rate_gives_zero_and_says_so() -> None:
     assert found.reason == "no measured rate met the latency target of 20 ms: missed at 900/s"
 
 
+def test_a_lower_bound_that_misses_steps_down_before_giving_up() -> None:
+    """The prediction was too high: 1,600/s misses; halving finds 800/s (missed) and 400/s (met), then bisection."""
+    search = RateSearch(TARGET_S, lo_rate_per_s=1600.0, hi_rate_per_s=3000.0, step_down=2)
+    points = _search(search)
+    assert [p.rate_per_s for p in points][:3] == [1600.0, 800.0, 400.0]
+    found = search.result(points)
+    assert found.low_per_s <= 750 <= found.high_per_s <= found.low_per_s * 1.05
+    # Without a met rate after the steps down, it ends: nothing met, missed at the lowest.
+    search = RateSearch(TARGET_S, lo_rate_per_s=8000.0, hi_rate_per_s=9000.0, step_down=2)
+    assert [p.rate_per_s for p in _search(search)] == [8000.0, 4000.0, 2000.0]
+
+
 def test_a_met_upper_bound_ends_the_search_with_no_upper_end() -> None:
     search = RateSearch(TARGET_S, lo_rate_per_s=100.0, hi_rate_per_s=500.0)
     points = _search(search)

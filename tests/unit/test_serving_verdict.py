@@ -44,11 +44,13 @@ def test_no_go_when_no_setting_can_reach_the_margin() -> None:
                               "best, base, 1,000/s (up to 1,100/s)")
 
 
-def test_no_go_when_nothing_met_the_target_at_any_rate() -> None:
+def test_nothing_met_the_target_at_any_rate_is_inconclusive_not_keep_the_baseline() -> None:
+    """Both missed (or could not tell) at every rate measured: which is better at lower rates is unknown."""
     rates = {"base": _rate(0, 200), "b8": _rate(0, 150)}
     verdict = serving_verdict(rates, baseline="base", min_speedup=1.05)
-    assert (verdict.decision, verdict.chosen) == ("NO-GO", "base")
-    assert "no batcher setting met the p99 target at any measured rate" in verdict.reason
+    assert (verdict.decision, verdict.chosen) == ("INCONCLUSIVE", "base")
+    assert ("no batcher setting met the p99 target at any measured rate (base below 200/s, b8 below 150/s): lower "
+            "rates") in verdict.reason
 
 
 def test_a_baseline_that_never_met_the_target_is_beaten_by_any_setting_that_did() -> None:

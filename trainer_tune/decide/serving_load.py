@@ -6,10 +6,17 @@ whose p99 met the target, and the bracket up to the lowest rate that missed it. 
 bracket, so two settings are told apart only when their brackets, scaled by the margin, do not overlap:
 - GO: the leader's lower end is at least `min_speedup` times the baseline's upper end;
 - NO-GO: no other setting's upper end reaches `min_speedup` times the baseline's lower end (none can be better by
-  the margin), or no setting, the baseline included, met the target at any measured rate;
-- INCONCLUSIVE otherwise: the brackets overlap, and more rates between them would tell.
-The checks behind the brackets carry the confidence (a sweep computes them at its corrected level, as for training:
-decide/sequential.py); this rule adds none of its own.
+  the margin);
+- INCONCLUSIVE otherwise: the brackets overlap, and more rates between them would tell. Also when no setting, the
+  baseline included, met the target at any measured rate: that says nothing about which is better at lower rates,
+  so "keep the baseline" would be a claim the data does not make (a target below every service time is a NO-GO,
+  decided before this rule, from that figure).
+The checks behind the brackets carry the confidence; this rule adds none of its own. A sweep applies it twice
+(decide_serving_load): on brackets from checks at 95% each (LoadGen's level: what the search steers by and what the
+report's intervals show), and on brackets from the same requests at the corrected level, which spreads the verdict's
+error over every setting compared and every rate each search may measure (decide/sequential.py's Bonferroni over
+settings x looks). GO and NO-GO stand only when the corrected brackets say so too; otherwise INCONCLUSIVE, naming
+what the 95% brackets suggest.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from trainer_tune.decide.sequential import GO, INCONCLUSIVE, NO_GO, ErrorBudget
 from trainer_tune.evidence.batcher_sim import sampled_service, simulate
 from trainer_tune.evidence.load_point import LoadPoint, load_point
 from trainer_tune.evidence.load_search import PredictedRate, capacity_per_s, predict_sustainable_rate
-from trainer_tune.evidence.serving_load import RateSearch, SustainableRate, fill_up_requests, quantile_interval
+from trainer_tune.evidence.serving_load import (
+    RatePoint, RateSearch, SustainableRate, fill_up_requests, quantile_interval)
 from trainer_tune.measure.load_record import LoadRecord
 from trainer_tune.plan import BatcherSetting
 from trainer_tune.platform.units import format_ms
@@ -38,6 +46,10 @@ class ServingVerdict:
     leader: str
     """The setting with the highest sustainable rate (the first of equals, in the order given)."""
     reason: str
+
+
+def _rate_text(rate_per_s: float) -> str:
+    return "any measured rate" if math.isinf(rate_per_s) else f"{rate_per_s:,.4g}/s"
 
 
 def _bracket(rate: SustainableRate) -> str:
@@ -56,9 +68,11 @@ def serving_verdict(rates: Mapping[str, SustainableRate], *, baseline: str, min_
     leader = max(rates, key=lambda label: rates[label].rate_per_s)  # max keeps the first of equals
     lead = rates[leader]
     if all(rate.rate_per_s == 0 for rate in rates.values()):
-        return ServingVerdict(NO_GO, baseline, baseline,
-                              f"{NO_GO}: no batcher setting met the p99 target at any measured rate; "
-                              f"{baseline} stays (it does not meet it either)")
+        lowest = ", ".join(f"{label} below {_rate_text(rate.high_per_s)}" for label, rate in rates.items())
+        return ServingVerdict(INCONCLUSIVE, baseline, baseline,
+                              f"{INCONCLUSIVE}: no batcher setting met the p99 target at any measured rate ({lowest}): "
+                              f"lower rates (serving.rate_per_s=[...]), more requests per rate "
+                              f"(serving.requests_per_rate) or a looser target would tell")
     others = {label: rate for label, rate in rates.items() if label != baseline}
     if leader != baseline and lead.rate_per_s > 0 and lead.rate_per_s >= min_speedup * base.high_per_s:
         return ServingVerdict(GO, leader, leader,
@@ -90,11 +104,18 @@ SIM_REQUESTS = 20_000
 """Simulated requests per predicted rate: enough that the simulated p99 moves by a few percent between seeds."""
 
 
+CHECK_CONFIDENCE = 0.95
+"""The level of each rate's p99 interval and target check as measured and reported (LoadGen's early-stopping level)."""
+
+
 @dataclass(frozen=True)
 class MeasuredRate:
     """One real (setting, rate): its figures over every replica, and the simulation's p99 at the same rate."""
 
     point: LoadPoint
+    """At CHECK_CONFIDENCE."""
+    strict: RatePoint
+    """The same requests' target check at the sweep's corrected level."""
     simulated_p99_s: float
     """The batcher simulation at this rate, driven by the service times of this setting's other real runs (not this
     run's own; closed-loop samples for a batch size those never served)."""
@@ -122,7 +143,10 @@ class SettingLoad:
     measured: tuple[MeasuredRate, ...]
     """In the order measured."""
     rate: Optional[SustainableRate]
-    """The real search's answer (None when not measured for real, or without a target)."""
+    """The real search's answer from checks at CHECK_CONFIDENCE (None when not measured for real, or without a
+    target)."""
+    rate_corrected: Optional[SustainableRate] = None
+    """The same from the checks at the corrected level: what GO and NO-GO rest on."""
     error: Optional[str] = None
     """A run that failed on some replica: the setting is out of the verdict."""
 
@@ -153,6 +177,9 @@ class SettingLoad:
                                                              else 1e3 * at.point.p99.high_s],
                 "num_requests": None if at is None else at.point.num_requests,
                 "rate_reason": None if rate is None else rate.reason,
+                "sustainable_rate_corrected": None if self.rate_corrected is None else [
+                    self.rate_corrected.rate_per_s, None if math.isinf(self.rate_corrected.high_per_s)
+                    else self.rate_corrected.high_per_s],
                 "predicted_rate_per_s": None if self.predicted is None else self.predicted.rate.rate_per_s,
                 "capacity_per_s": self.capacity_per_s, "confirmed": self.confirmed, "error": self.error,
                 "measured": [{"rate_per_s": m.point.rate_per_s, "p50_ms": 1e3 * m.point.p50.point_s,
@@ -177,9 +204,9 @@ class ServingLoadDecision:
     baseline: str
     target_p99_ms: Optional[float]
     confidence: float
-    """The two-sided level of every p99 interval and target check."""
+    """The corrected two-sided level GO and NO-GO rest on (each rate's reported interval is at CHECK_CONFIDENCE)."""
     budget: str
-    """How the level was reached (`99.72% intervals: 95% over 3 settings x 6 rates`)."""
+    """How the corrected level was reached (`99.72% intervals: 95% over 3 settings x 6 rates`)."""
     settings: tuple[SettingLoad, ...]
     """Plan order, the baseline first."""
     fastest_single_ms: float
@@ -241,22 +268,25 @@ def setting_load(setting: BatcherSetting, *, is_baseline: bool, records: Sequenc
     failed = next((r for r in records if not r.ok), None)
     measured = []
     ok = [r for r in records if r.ok]
+    target = target_p99_s if target_p99_s is not None else math.inf
     for record in ok:
-        point = load_point(record.replicas, rate_per_s=record.rate_per_s,
-                           target_p99_s=target_p99_s if target_p99_s is not None else math.inf,
-                           confidence=confidence)
+        point = load_point(record.replicas, rate_per_s=record.rate_per_s, target_p99_s=target,
+                           confidence=CHECK_CONFIDENCE)
+        strict = load_point(record.replicas, rate_per_s=record.rate_per_s, target_p99_s=target,
+                            confidence=confidence).rate_point()
         others = [r for r in ok if r is not record]
-        measured.append(MeasuredRate(point=point, simulated_p99_s=_simulated_p99_s(record, others, closed_s,
-                                                                                  seed=seed),
+        measured.append(MeasuredRate(point=point, strict=strict,
+                                     simulated_p99_s=_simulated_p99_s(record, others, closed_s, seed=seed),
                                      behind_s=max(r.behind_us for r in record.replicas) / 1e6,
                                      share_of_capacity=record.rate_per_s / capacity))
-    rate = None
+    rate = corrected = None
     if search is not None and measured and failed is None:
         rate = search.result([m.point.rate_point() for m in measured])
+        corrected = search.result([m.strict for m in measured])
     return SettingLoad(label=setting.label, max_batch_size=setting.max_batch_size,
                        max_queue_delay_ms=setting.max_queue_delay_ms, is_baseline=is_baseline,
                        capacity_per_s=capacity, predicted=predicted, measured=tuple(measured), rate=rate,
-                       error=None if failed is None else failed.error)
+                       rate_corrected=corrected, error=None if failed is None else failed.error)
 
 
 def decide_serving_load(*, settings: Sequence[SettingLoad], baseline: str, target_p99_ms: Optional[float],
@@ -297,5 +327,16 @@ def decide_serving_load(*, settings: Sequence[SettingLoad], baseline: str, targe
                                           f"{': ' + base.error if base.error else ''}; nothing can be compared "
                                           f"with it", **common)
     verdict = serving_verdict(rates, baseline=baseline, min_speedup=min_speedup)
-    return ServingLoadDecision(decision=verdict.decision, chosen=verdict.chosen, leader=verdict.leader,
-                               reason=verdict.reason, notes=tuple(notes), **common)
+    strict = serving_verdict({s.label: s.rate_corrected for s in settings
+                              if s.confirmed and s.rate_corrected is not None},
+                             baseline=baseline, min_speedup=min_speedup)
+    level = f"the corrected level ({budget.describe().replace('look', 'rate')})"
+    if strict.decision != INCONCLUSIVE:
+        return ServingLoadDecision(decision=strict.decision, chosen=strict.chosen, leader=strict.leader,
+                                   reason=f"{strict.reason}; at {level}", notes=tuple(notes), **common)
+    suggests = ("" if verdict.decision == INCONCLUSIVE else
+                f"; checks at {CHECK_CONFIDENCE:.0%} each suggest {verdict.decision} ({verdict.reason.split(': ', 1)[1]}), "
+                f"which does not hold at {level} yet: more requests per rate would tell")
+    return ServingLoadDecision(decision=INCONCLUSIVE, chosen=baseline, leader=verdict.leader,
+                               reason=f"{strict.reason}{suggests}" if suggests else verdict.reason,
+                               notes=tuple(notes), **common)

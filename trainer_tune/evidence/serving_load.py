@@ -346,6 +346,10 @@ class RateSearch:
     """Measured second: a rate expected to miss it. If it meets, the answer is at least this."""
     resolution: float = 0.05
     """Stop when the bracket's upper end is within this share above its lower end."""
+    step_down: int = 0
+    """While every rate measured missed the target, measure half the lowest, up to this many times below
+    lo_rate_per_s (a prediction that was too high leaves its lower bound missed). An unknown rate is not stepped
+    below: its latency is near the target, and lower rates would only cost requests."""
 
     def __post_init__(self) -> None:
         if not 0 < self.lo_rate_per_s < self.hi_rate_per_s:
@@ -367,9 +371,12 @@ class RateSearch:
         if not _is_measured(self.lo_rate_per_s, points):
             return self.lo_rate_per_s
         low, high = self._bracket(points)
+        below = [p.rate_per_s for p in points if p.rate_per_s < self.lo_rate_per_s * (1 - 1e-9)]
+        if low is None and all(p.missed for p in points) and len(below) < self.step_down:
+            return min(p.rate_per_s for p in points) / 2
         if high is None and not _is_measured(self.hi_rate_per_s, points):
             return self.hi_rate_per_s
-        lower = low if low is not None else self.lo_rate_per_s
+        lower = low if low is not None else min(p.rate_per_s for p in points)
         upper = high if high is not None else self.hi_rate_per_s
         if lower >= upper:
             return None  # the lower bound missed, or the upper bound met: nothing left to bisect

@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from trainer_tune.config.flags import TrialFlags
 from trainer_tune.config.schema import ConfigError, TuneConfig
 from trainer_tune.decide.serving_load import (
-    ServingLoadDecision, decide_serving_load, predict_settings, serving_budget, setting_load, settings_to_confirm)
+    CHECK_CONFIDENCE, ServingLoadDecision, decide_serving_load, predict_settings, serving_budget, setting_load, settings_to_confirm)
 from trainer_tune.evidence.load_point import load_point
 from trainer_tune.evidence.load_search import PredictedRate, real_bounds
 from trainer_tune.evidence.serving_load import RatePoint, RateSearch
@@ -47,6 +47,9 @@ from trainer_tune.workloads.arrivals import poisson_arrivals_s
 
 log = logging.getLogger(__name__)
 
+STEPS_DOWN = 2
+"""A real search whose predicted lower bound did not meet the target halves it this many times at most (the
+simulation over-predicts when the machine is slower than its closed-loop samples said)."""
 MIN_REQUESTS = 200
 """A measured rate gets at least this many requests per replica, even when serving.max_s_per_rate runs out first."""
 
@@ -173,7 +176,7 @@ class _ServingSweep:
         return record
 
     def search(self, replica: LoadReplica, setting: BatcherSetting, *, predicted: Optional[PredictedRate],
-               confidence: float, cached: dict[tuple[str, float], LoadRecord]) -> list[LoadRecord]:
+               cached: dict[tuple[str, float], LoadRecord]) -> list[LoadRecord]:
         """The real rates of one setting: a bisection between the rates its prediction brackets (auto), or the
         listed rates in increasing order until one is not sustainable."""
         cfg = self.cfg
@@ -183,7 +186,7 @@ class _ServingSweep:
         if listed is None:
             assert predicted is not None and target_s is not None
             lo, hi = real_bounds(predicted)
-            search = RateSearch(target_s=target_s, lo_rate_per_s=lo, hi_rate_per_s=hi)
+            search = RateSearch(target_s=target_s, lo_rate_per_s=lo, hi_rate_per_s=hi, step_down=STEPS_DOWN)
         records: list[LoadRecord] = []
         points: list[RatePoint] = []
         for index in range(cfg.serving.max_rates if listed is None else len(listed)):
@@ -199,7 +202,8 @@ class _ServingSweep:
                 self.say(f"{setting.label} at {rate:,.4g}/s: failed: {record.error}")
                 break
             point = load_point(record.replicas, rate_per_s=rate,
-                               target_p99_s=target_s if target_s is not None else math.inf, confidence=confidence)
+                               target_p99_s=target_s if target_s is not None else math.inf,
+                               confidence=CHECK_CONFIDENCE)
             points.append(point.rate_point())
             status = point.check.status if target_s is not None else "measured"
             self.say(f"{setting.label} at {rate:,.4g}/s per replica: p99 {format_ms(1e3 * point.p99.point_s)} ms "
@@ -263,10 +267,11 @@ def run_serving_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path
         sweep.say(f"recommend.max_p99_ms={cfg.recommend.max_p99_ms:g} is below the fastest one-request service "
                   f"time, {format_ms(1e3 * fastest_s)} ms: nothing to search")
     else:
-        sweep.say(f"confirming by real open-loop runs: {', '.join(s.label for s in confirm)} ({budget.describe()})")
+        sweep.say(f"confirming by real open-loop runs: {', '.join(s.label for s in confirm)} (each rate's p99 checked "
+                  f"at {CHECK_CONFIDENCE:.0%}; GO and NO-GO need {budget.describe().replace('look', 'rate')})")
         for setting in confirm:
             records[setting.label] = sweep.search(replica, setting, predicted=predicted.get(setting.label),
-                                                  confidence=budget.confidence, cached=cached)
+                                                  cached=cached)
     decision: Optional[ServingLoadDecision] = None
     if session.rank_env.is_rank0:
         loads = []

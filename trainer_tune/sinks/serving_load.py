@@ -13,7 +13,7 @@ import yaml
 from matplotlib.ticker import FormatStrFormatter
 
 from trainer_tune.config.rerun import shell_line
-from trainer_tune.decide.serving_load import ServingLoadDecision
+from trainer_tune.decide.serving_load import CHECK_CONFIDENCE, ServingLoadDecision
 from trainer_tune.explain.serving_load import (
     POINT_COLUMNS, POINT_ESSENTIAL, RATE_COLUMNS, RATE_ESSENTIAL, ServingLoadReport, build_serving_report)
 from trainer_tune.platform.durable import write_atomically
@@ -58,7 +58,7 @@ def p99_rate_figure(d: ServingLoadDecision) -> Any:
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel("offered rate per replica, requests/s")
     ax.set_ylabel("p99 request latency, ms (log scale)")
-    ax.set_title(f"p99 request latency against rate ({d.budget.split(':')[0]} intervals)")
+    ax.set_title(f"p99 request latency against rate ({CHECK_CONFIDENCE:.0%} intervals)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small", ncol=2)
     return fig
@@ -74,9 +74,9 @@ def render_markdown(report: ServingLoadReport, *, launch_hint: str, output_dir: 
     d = report.decision
     lines = ["# trainer_tune: serving under load", "", f"**{report.verdict}**", "", d.reason, ""]
     if d.target_p99_ms is not None:
-        lines += [f"p99 target: {d.target_p99_ms:g} ms per request (arrival to outputs); every p99 interval and "
-                  f"target check at {d.budget}. Fastest one-request service time measured: "
-                  f"{d.fastest_single_ms:.3g} ms.", ""]
+        lines += [f"p99 target: {d.target_p99_ms:g} ms per request (arrival to outputs). Each rate's p99 interval "
+                  f"and target check: {CHECK_CONFIDENCE:.0%}; GO and NO-GO need the same at the corrected level, "
+                  f"{d.budget}. Fastest one-request service time measured: {d.fastest_single_ms:.3g} ms.", ""]
     lines += ["## Highest sustainable rate per batcher setting", "",
               "Setting: largest batch / longest queue delay. Rates are requests per second per replica; the interval "
               "runs from the highest rate whose p99 met the target to the lowest that missed it. \"simulated only\": "
