@@ -46,7 +46,7 @@ def test_a_nested_unknown_key_names_the_nearest_key_of_its_group() -> None:
 def test_an_unknown_top_level_key_without_a_near_one_lists_the_valid_ones() -> None:
     assert _error(["+no_such_key=1"]) == (
         "no_such_key is not a configuration key; the top-level keys are mode, model, data, loss, step, throughput, "
-        "train, sweep, window, nsa, ddp, baseline, recommend, dist, watchdog, fault, telemetry, wandb (see "
+        "train, sweep, window, nsa, ddp, baseline, recommend, dist, watchdog, fault, telemetry, wandb, serving (see "
         "docs/configuration.md)")
 
 

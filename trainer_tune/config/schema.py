@@ -622,9 +622,10 @@ class ServingArgs:
     to its outputs. null rate_per_s: no open-loop load (batches back to back, as `+sweep=serving`)."""
 
     rate_per_s: Any = None
-    """Offered requests per second per replica: a list of rates measured for every setting the real runs confirm,
-    `auto` (with recommend.max_p99_ms: each confirmed setting's highest sustainable rate by bisection, between rates
-    its simulation predicts), or null (no open-loop load)."""
+    """Offered requests per second per replica: `auto` (with recommend.max_p99_ms: each confirmed setting's highest
+    sustainable rate by bisection, starting from rates its simulation predicts), a list (each confirmed setting
+    served at each rate in increasing order until its queue keeps growing; without recommend.max_p99_ms every
+    setting is confirmed and no verdict is given), or null (no open-loop load)."""
     max_batch_sizes: List[int] = field(default_factory=lambda: [4, 8, 16])
     """The batcher's largest batch (requests), one axis of the settings."""
     max_queue_delays_ms: List[float] = field(default_factory=lambda: [0.0, 2.0])
