@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
-from conftest import read_header, read_jsonl, refused_before_any_group, run_tune
+from conftest import clean_env, read_header, read_jsonl, refused_before_any_group, run_tune
 from helpers.wandb_reader import find_offline_run_files, summarize_wandb_run
 
 SMALL = ["+sweep=serving_load", "serving.max_batch_sizes=[4]", "serving.max_queue_delays_ms=[0,1]",
@@ -88,6 +90,22 @@ def test_serving_load_sweep_on_two_replicas_journals_decides_resumes_and_refuses
     assert rec_again["decision"] == rec["decision"]
     assert [s["serving"]["sustainable_rate_per_s"] for s in rec_again["settings"]] == \
         [s["serving"]["sustainable_rate_per_s"] for s in rec["settings"]]
+
+    # Decided again from the journal's requests alone: the same verdict; a looser target reads the same rates again.
+    redecided = subprocess.run([sys.executable, "-m", "trainer_tune.decide", str(out)], capture_output=True,
+                               text=True, env=clean_env(), timeout=120)
+    assert redecided.returncode == 0, redecided.stderr[-3000:]
+    assert redecided.stdout.strip().splitlines()[-1] == f"decided again: {rec['decision']} {rec['chosen']} (unchanged)"
+    looser = subprocess.run([sys.executable, "-m", "trainer_tune.decide", str(out), "recommend.max_p99_ms=1000"],
+                            capture_output=True, text=True, env=clean_env(), timeout=120)
+    assert looser.returncode == 0, looser.stderr[-3000:]
+    loose = json.loads((out / "redecided" / "recommendation.json").read_text())
+    assert loose["target_p99_ms"] == 1000.0
+    for s in loose["settings"]:
+        # No rate the queue kept up with misses a 1 s target (met, or unknown over these short runs' requests).
+        assert all(m["check"] != "missed" for m in s["serving"]["measured"] if m["sustainable"])
+    assert [[m["rate_per_s"] for m in s["serving"]["measured"]] for s in loose["settings"]] == \
+        [[m["rate_per_s"] for m in s["serving"]["measured"]] for s in rec["settings"]]  # nothing served again
 
     # Another grid in the same directory: refused before any process group, every file as it was.
     before = _files(out)

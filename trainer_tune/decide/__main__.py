@@ -6,7 +6,9 @@ The windows in OUTPUT_DIR/trials.jsonl are replayed through the same race (decid
 given here; where the replay would need a window the journal lacks (an interrupted sweep, or another objective
 that keeps other settings racing), it decides on the windows there are and says so. recommendation.json,
 recommendation.yaml and report.md go to OUTPUT_DIR/redecided/ (replaced on each call); the sweep's own files are
-never touched. The last line says what changed against the recorded decision.
+never touched. The last line says what changed against the recorded decision. A serving-under-load sweep
+(`+sweep=serving_load`) is decided again from its journal's requests: each measured rate read against the target
+and margin given (e.g. recommend.max_p99_ms=20), nothing served again.
 
 Exit codes: 0, or 2 for a usage mistake (no journal there, a key outside recommend.*), in one line.
 """
@@ -28,10 +30,12 @@ from omegaconf.errors import OmegaConfBaseException
 from trainer_tune.config.keys import check_keys, upgrade_recorded
 from trainer_tune.config.schema import ConfigError, TuneConfig
 from trainer_tune.decide.race import run_race
+from trainer_tune.decide.serving_load import ServingLoadDecision, decide_from_records
 from trainer_tune.decide.verdict import Decision, decide_race
 from trainer_tune.evidence.comparison import percent
 from trainer_tune.evidence.memory_fit import MemoryLimit
 from trainer_tune.explain.report import Report, build_report
+from trainer_tune.measure.load_record import LoadRecord, ServiceRecord
 from trainer_tune.measure.record import WindowRecord
 from trainer_tune.platform.fingerprint import Fingerprint
 from trainer_tune.plan import TrialSpec, build_plan, swept_flag_names
@@ -40,6 +44,7 @@ from trainer_tune.run.multirun import decide_multirun
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.files import CONFIG_YAML, RECOMMENDATION_JSON
 from trainer_tune.sinks.publish import publish
+from trainer_tune.sinks.serving_load import publish_serving_load
 
 REDECIDED_DIR = "redecided"
 USAGE = "usage: python -m trainer_tune.decide OUTPUT_DIR [recommend.KEY=VALUE ...]"
@@ -145,6 +150,28 @@ def redecide(output_dir: Path, overrides: Sequence[str] = ()) -> Redecided:
                      world_size=world_size)
 
 
+def redecide_serving_load(output_dir: Path, overrides: Sequence[str] = ()) -> Optional[
+        tuple[ServingLoadDecision, Optional[dict[str, Any]], int]]:
+    """A serving-under-load sweep decided again from its journal lines (None when `output_dir` holds another kind of
+    sweep): the same settings, their measured rates read at the target and margin given (recommend.*)."""
+    journal = output_dir / JOURNAL_NAME
+    if not journal.exists():
+        return None
+    contents = read_journal(journal)
+    if contents.header is None or (contents.header.definition or {}).get("mode") != "serving_load":
+        return None
+    cfg = load_config(output_dir, overrides)
+    service = next((ServiceRecord.from_json_dict(line) for line in contents.serving if "serving_service" in line),
+                   None)
+    if service is None:
+        raise ConfigError(f"{journal} holds no service times: the sweep ended before measuring, nothing to decide")
+    records = [LoadRecord.from_json_dict(line) for line in contents.serving if "serving_load" in line]
+    recorded_path = output_dir / RECOMMENDATION_JSON
+    recorded = json.loads(recorded_path.read_text()) if recorded_path.exists() else None
+    world_size = max((len(r.replicas) for r in records), default=len(service.by_replica))
+    return decide_from_records(cfg, service, records), recorded, world_size
+
+
 def _journal_keyed(plan: list[TrialSpec], windows: Sequence[WindowRecord]) -> list[TrialSpec]:
     """The plan with each setting keyed as the journal keys it. A setting's key hashes the measurement context,
     which a later version may spell differently (window.target_rel_ci and window.max_measure_s gave way to
@@ -196,13 +223,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if args else 2
     output_dir, overrides = Path(args[0]), args[1:]
     try:
-        result = redecide(output_dir, overrides)
+        serving = redecide_serving_load(output_dir, overrides)
+        result = redecide(output_dir, overrides) if serving is None else None
     except ConfigError as exc:
         print(f"trainer_tune.decide: error: {exc}", file=sys.stderr)
         return 2
     target = output_dir / REDECIDED_DIR
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir()
+    if serving is not None:
+        decision, recorded, world_size = serving
+        publish_serving_load(target, decision, fingerprint=None, launch_hint=_launch_hint(world_size),
+                             console=ConsoleSink(enabled=True), wandb_sink=None)
+        now = f"{decision.decision} {decision.chosen}"
+        before = None if recorded is None else f"{recorded['decision']} {recorded['chosen']}"
+        print(f"decided again: {now}" + ("" if before is None else
+                                         " (unchanged)" if before == now else f" (recorded: {before})"))
+        return 0
+    assert result is not None
     publish(target, result.report, launch_hint=_launch_hint(result.world_size), console=ConsoleSink(enabled=True),
             wandb_sink=None)
     print(what_changed(result.report.decision, result.recorded))

@@ -30,9 +30,11 @@ from trainer_tune.evidence.batcher_sim import sampled_service, simulate
 from trainer_tune.evidence.load_point import LoadPoint, load_point
 from trainer_tune.evidence.load_search import PredictedRate, capacity_per_s, predict_sustainable_rate
 from trainer_tune.evidence.serving_load import (
-    RatePoint, RateSearch, SustainableRate, fill_up_requests, quantile_interval)
+    QuantileEstimate, RatePoint, RateSearch, SustainableRate, fill_up_requests, quantile_interval)
 from trainer_tune.measure.load_record import LoadRecord
-from trainer_tune.plan import BatcherSetting
+from trainer_tune.config.schema import TuneConfig
+from trainer_tune.measure.load_record import ServiceRecord
+from trainer_tune.plan import BatcherSetting, batcher_plan
 from trainer_tune.platform.units import format_ms
 from trainer_tune.workloads.arrivals import poisson_arrivals_s
 
@@ -129,6 +131,11 @@ class MeasuredRate:
         return abs(self.simulated_p99_s / self.point.p99.point_s - 1.0)
 
 
+def _interval_ms(estimate: QuantileEstimate) -> list[Optional[float]]:
+    """[low, high] in milliseconds; an open upper end (the data cannot bound it) is null."""
+    return [1e3 * estimate.low_s, None if math.isinf(estimate.high_s) else 1e3 * estimate.high_s]
+
+
 @dataclass(frozen=True)
 class SettingLoad:
     """One batcher setting's evidence: its simulated prediction and, when confirmed for real, its measured rates."""
@@ -172,9 +179,7 @@ class SettingLoad:
                                                                     None if math.isinf(rate.high_per_s)
                                                                     else rate.high_per_s],
                 "p99_ms_at_rate": None if at is None else 1e3 * at.point.p99.point_s,
-                "p99_ci95_at_rate": None if at is None else [1e3 * at.point.p99.low_s,
-                                                             None if math.isinf(at.point.p99.high_s)
-                                                             else 1e3 * at.point.p99.high_s],
+                "p99_ci95_at_rate": None if at is None else _interval_ms(at.point.p99),
                 "num_requests": None if at is None else at.point.num_requests,
                 "rate_reason": None if rate is None else rate.reason,
                 "sustainable_rate_corrected": None if self.rate_corrected is None else [
@@ -183,9 +188,9 @@ class SettingLoad:
                 "predicted_rate_per_s": None if self.predicted is None else self.predicted.rate.rate_per_s,
                 "capacity_per_s": self.capacity_per_s, "confirmed": self.confirmed, "error": self.error,
                 "measured": [{"rate_per_s": m.point.rate_per_s, "p50_ms": 1e3 * m.point.p50.point_s,
-                              "p90_ms": 1e3 * m.point.p90.point_s, "p99_ms": 1e3 * m.point.p99.point_s,
-                              "p99_interval_ms": [1e3 * m.point.p99.low_s, None if math.isinf(m.point.p99.high_s)
-                                                  else 1e3 * m.point.p99.high_s],
+                              "p50_interval_ms": _interval_ms(m.point.p50), "p90_ms": 1e3 * m.point.p90.point_s,
+                              "p90_interval_ms": _interval_ms(m.point.p90), "p99_ms": 1e3 * m.point.p99.point_s,
+                              "p99_interval_ms": _interval_ms(m.point.p99),
                               "num_requests": m.point.num_requests, "dropped_requests": m.point.dropped_requests,
                               "check": m.point.check.status, "more_requests": m.point.check.more_requests,
                               "sustainable": m.point.sustainability.sustainable,
@@ -340,3 +345,37 @@ def decide_serving_load(*, settings: Sequence[SettingLoad], baseline: str, targe
     return ServingLoadDecision(decision=INCONCLUSIVE, chosen=baseline, leader=verdict.leader,
                                reason=f"{strict.reason}{suggests}" if suggests else verdict.reason,
                                notes=tuple(notes), **common)
+
+
+def decide_from_records(cfg: TuneConfig, service: ServiceRecord, records: Sequence[LoadRecord], *,
+                        predicted: Optional[Mapping[str, PredictedRate]] = None) -> ServingLoadDecision:
+    """A serving-under-load sweep's Decision from its journal lines (the sweep's own, or a re-decide's with other
+    recommend.* keys): every planned setting, the confirmed ones with their measured rates in the order measured.
+    `predicted`: the sweep's simulated searches when it has them (else computed again: the same seed and samples give
+    the same prediction)."""
+    baseline, settings = batcher_plan(cfg)
+    closed_s = service.pooled_s()
+    target_s = None if cfg.recommend.max_p99_ms is None else cfg.recommend.max_p99_ms / 1e3
+    if predicted is None:
+        predicted = ({} if target_s is None else
+                     predict_settings(closed_s, settings, target_p99_s=target_s, seed=cfg.serving.seed))
+    by_label: dict[str, list[LoadRecord]] = {}
+    for record in records:
+        by_label.setdefault(record.setting, []).append(record)
+    listed = None if cfg.serving.rate_per_s == "auto" else list(cfg.serving.rate_per_s)
+    confirmed = [s for s in settings if s.label in by_label]
+    budget = serving_budget(num_confirmed=max(0, len(confirmed) - 1),
+                            max_rates=cfg.serving.max_rates if listed is None else len(listed))
+    loads = []
+    for setting in settings:
+        search = None
+        if target_s is not None and setting.label in by_label:
+            # The result of a search reads only its points and its target: the bounds are any valid pair.
+            rates = [r.rate_per_s for r in by_label[setting.label]]
+            search = RateSearch(target_s=target_s, lo_rate_per_s=min(rates), hi_rate_per_s=2 * max(rates))
+        loads.append(setting_load(setting, is_baseline=setting == baseline, records=by_label.get(setting.label, []),
+                                  closed_s=closed_s, predicted=predicted.get(setting.label), target_p99_s=target_s,
+                                  confidence=budget.confidence, search=search, seed=cfg.serving.seed))
+    return decide_serving_load(settings=loads, baseline=baseline.label, target_p99_ms=cfg.recommend.max_p99_ms,
+                               min_speedup=cfg.recommend.min_speedup, budget=budget,
+                               fastest_single_s=service.fastest_single_s())

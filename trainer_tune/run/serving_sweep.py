@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from trainer_tune.config.flags import TrialFlags
 from trainer_tune.config.schema import ConfigError, TuneConfig
 from trainer_tune.decide.serving_load import (
-    CHECK_CONFIDENCE, ServingLoadDecision, decide_serving_load, predict_settings, serving_budget, setting_load, settings_to_confirm)
+    CHECK_CONFIDENCE, ServingLoadDecision, decide_from_records, predict_settings, serving_budget, settings_to_confirm)
 from trainer_tune.evidence.load_point import load_point
 from trainer_tune.evidence.load_search import PredictedRate, real_bounds
 from trainer_tune.evidence.serving_load import RatePoint, RateSearch
@@ -274,21 +274,8 @@ def run_serving_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path
                                                   cached=cached)
     decision: Optional[ServingLoadDecision] = None
     if session.rank_env.is_rank0:
-        loads = []
-        for setting in settings:
-            search = None
-            if target_s is not None and setting.label in records:
-                search = (RateSearch(target_s=target_s, lo_rate_per_s=min(cfg.serving.rate_per_s),
-                                     hi_rate_per_s=max(cfg.serving.rate_per_s) * 2)
-                          if cfg.serving.rate_per_s != "auto" else
-                          RateSearch(target_s, *real_bounds(predicted[setting.label])))
-            loads.append(setting_load(setting, is_baseline=setting == baseline, records=records.get(setting.label, []),
-                                      closed_s=closed_s, predicted=predicted.get(setting.label),
-                                      target_p99_s=target_s, confidence=budget.confidence, search=search,
-                                      seed=cfg.serving.seed))
-        decision = decide_serving_load(settings=loads, baseline=baseline.label, target_p99_ms=cfg.recommend.max_p99_ms,
-                                       min_speedup=cfg.recommend.min_speedup, budget=budget,
-                                       fastest_single_s=fastest_s)
+        decision = decide_from_records(cfg, service, [r for s in confirm for r in records.get(s.label, [])],
+                                       predicted=predicted)
         publish_serving_load(output_dir, decision, fingerprint=fingerprint, launch_hint=launch_hint,
                              console=console, wandb_sink=wandb_sink, model_overrides=_kept_overrides())
     decision = session.from_rank0_when_done(decision)
