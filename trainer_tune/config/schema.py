@@ -632,7 +632,7 @@ class ServingArgs:
     """The batcher's longest wait for a batch to fill (milliseconds from the oldest queued request's arrival), the
     other axis; 0 serves whatever is queued as soon as the replica is free. The baseline serves
     baseline.micro_batch_size with no wait (the batch served today)."""
-    requests_per_rate: int = 10000
+    requests_per_rate: int = 20000
     """Requests at each measured rate over all replicas, each replica serving its share (fewer when
     serving.max_s_per_rate runs out first). A p99 interval needs at least 5,000 (5 sections of 1,000, each with
     about 10 requests beyond the p99): with fewer, the target check says "unknown" and how many more would tell."""

@@ -339,12 +339,14 @@ def decide_serving_load(*, settings: Sequence[SettingLoad], baseline: str, targe
     if strict.decision != INCONCLUSIVE:
         return ServingLoadDecision(decision=strict.decision, chosen=strict.chosen, leader=strict.leader,
                                    reason=f"{strict.reason}; at {level}", notes=tuple(notes), **common)
-    suggests = ("" if verdict.decision == INCONCLUSIVE else
-                f"; checks at {CHECK_CONFIDENCE:.0%} each suggest {verdict.decision} ({verdict.reason.split(': ', 1)[1]}), "
-                f"which does not hold at {level} yet: more requests per rate would tell")
-    return ServingLoadDecision(decision=INCONCLUSIVE, chosen=baseline, leader=verdict.leader,
-                               reason=f"{strict.reason}{suggests}" if suggests else verdict.reason,
-                               notes=tuple(notes), **common)
+    if verdict.decision == INCONCLUSIVE:
+        return ServingLoadDecision(decision=INCONCLUSIVE, chosen=baseline, leader=verdict.leader,
+                                   reason=verdict.reason, notes=tuple(notes), **common)
+    return ServingLoadDecision(
+        decision=INCONCLUSIVE, chosen=baseline, leader=verdict.leader, notes=tuple(notes),
+        reason=f"{INCONCLUSIVE}: checks at {CHECK_CONFIDENCE:.0%} each say {verdict.decision} "
+               f"({verdict.reason.split(': ', 1)[1]}), but not at {level}, where {strict.reason.split(': ', 1)[1]}",
+        **common)
 
 
 def decide_from_records(cfg: TuneConfig, service: ServiceRecord, records: Sequence[LoadRecord], *,
