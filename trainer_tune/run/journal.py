@@ -28,7 +28,7 @@ from trainer_tune.config.schema import ConfigError
 from trainer_tune.platform.durable import append_line, write_atomically
 from trainer_tune.platform.finite import NON_FINITE_KEY, finite_json, finite_record
 from trainer_tune.measure.load_record import LOAD_KEY, SERVICE_KEY
-from trainer_tune.measure.record import WindowRecord
+from trainer_tune.measure.record import RECORD_VERSION, WindowRecord, utc_now
 from trainer_tune.platform.fingerprint import Fingerprint
 from trainer_tune.plan import TrialSpec
 
@@ -198,6 +198,25 @@ def resume_refusal(contents: JournalContents, *, journal: Path, definition: Opti
     return (f"sweep.allow_fingerprint_change=false is not allowed to resume {journal}: its windows were measured on "
             f"another machine or software ({what}); use a new hydra.run.dir, or "
             f"sweep.allow_fingerprint_change=true to continue it anyway"), None
+
+
+def start_or_resume(path: Path, *, definition: Optional[dict[str, Any]], fingerprint: Optional[Fingerprint],
+                    allow_fingerprint_change: bool) -> JournalContents:
+    """Rank 0 at a sweep's start: the journal's contents, after the one resume rule (a refusal raises ConfigError, a
+    warning is logged); a journal with nothing in it yet gets its header first."""
+    contents = read_journal(path)
+    for problem in contents.problems:
+        log.warning(problem)
+    refusal, warning = resume_refusal(contents, journal=path, definition=definition, fingerprint=fingerprint,
+                                      allow_fingerprint_change=allow_fingerprint_change)
+    if refusal is not None:
+        raise ConfigError(refusal)
+    if warning is not None:
+        log.warning(warning)
+    if contents.header is None and not contents.results and not contents.serving:
+        write_header(path, JournalHeader(record_version=RECORD_VERSION, definition=definition,
+                                         fingerprint=fingerprint, created_at=utc_now()))
+    return contents
 
 
 def append_result(path: Path, result: WindowRecord) -> bool:

@@ -33,13 +33,12 @@ from trainer_tune.evidence.serving_load import RatePoint, RateSearch
 from trainer_tune.measure.load_record import LoadRecord, ReplicaRun, ServiceRecord
 from trainer_tune.measure.load_replica import LoadReplica
 from trainer_tune.measure.open_loop import run_open_loop
-from trainer_tune.measure.record import RECORD_VERSION, utc_now
+from trainer_tune.measure.record import utc_now
 from trainer_tune.plan import BatcherSetting, batcher_plan, serving_definition
 from trainer_tune.platform.distributed import DistSession
 from trainer_tune.platform.fingerprint import Fingerprint, agreed_fingerprint
 from trainer_tune.platform.units import format_ms
-from trainer_tune.run.journal import (
-    JOURNAL_NAME, JournalHeader, append_serving, read_journal, resume_refusal, write_header)
+from trainer_tune.run.journal import JOURNAL_NAME, append_serving, start_or_resume
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.serving_load import publish_serving_load
 from trainer_tune.sinks.wandb_sink import WandbSink
@@ -99,18 +98,8 @@ class _ServingSweep:
         payload: tuple[Optional[ServiceRecord], dict[tuple[str, float], LoadRecord], Optional[str]] = (None, {}, None)
         if self.rank_env.is_rank0:
             try:
-                contents = read_journal(self.journal_path)
-                refusal, warning = resume_refusal(contents, journal=self.journal_path, definition=definition,
-                                                  fingerprint=self.fingerprint,
-                                                  allow_fingerprint_change=self.cfg.sweep.allow_fingerprint_change)
-                if refusal is not None:
-                    raise ConfigError(refusal)
-                if warning is not None:
-                    log.warning(warning)
-                if contents.header is None and not contents.results and not contents.serving:
-                    write_header(self.journal_path, JournalHeader(
-                        record_version=RECORD_VERSION, definition=definition, fingerprint=self.fingerprint,
-                        created_at=utc_now()))
+                contents = start_or_resume(self.journal_path, definition=definition, fingerprint=self.fingerprint,
+                                           allow_fingerprint_change=self.cfg.sweep.allow_fingerprint_change)
                 service, loads = None, {}
                 for line in contents.serving:
                     if "serving_service" in line:

@@ -37,8 +37,7 @@ from trainer_tune.platform.faults import fault_for
 from trainer_tune.config.flags import TrialFlags, exported_flags
 from trainer_tune.measure.flops import analytic_flops_apply, gpt_flops_per_token, lookup_peak_tflops
 from trainer_tune.run.journal import (
-    JOURNAL_NAME, InFlight, JournalHeader, append_result, clear_inflight, read_inflight, read_journal, resume_refusal,
-    write_header, write_inflight)
+    JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, start_or_resume, write_inflight)
 from trainer_tune.evidence.memory_fit import MemoryLimit
 from trainer_tune.measure.summarize import TrialContext, failed_result, result_from_window
 from trainer_tune.workloads.model import build_model, count_parameters
@@ -49,7 +48,7 @@ from trainer_tune.decide.verdict import Decision, decide_race
 from trainer_tune.explain.report import build_report, machine_notes
 from trainer_tune.config.rerun import current_run_overrides
 from trainer_tune.evidence.estimate import SettingEstimate
-from trainer_tune.measure.record import RECORD_VERSION, Status, WindowRecord, utc_now
+from trainer_tune.measure.record import Status, WindowRecord, utc_now
 from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.publish import publish
 from trainer_tune.sinks.wandb_sink import WandbSink
@@ -187,19 +186,8 @@ class _Sweep:
         return done or {}, attempts
 
     def _settle_journal(self, plan: list[TrialSpec]) -> tuple[dict[str, WindowRecord], dict[str, int]]:
-        contents = read_journal(self.journal_path)
-        for problem in contents.problems:
-            log.warning(problem)
-        refusal, warning = resume_refusal(contents, journal=self.journal_path, definition=self.definition,
-                                          fingerprint=self.fingerprint,
-                                          allow_fingerprint_change=self.cfg.sweep.allow_fingerprint_change)
-        if refusal is not None:
-            raise ConfigError(refusal)
-        if warning is not None:
-            log.warning(warning)
-        if contents.header is None and not contents.results:
-            write_header(self.journal_path, JournalHeader(record_version=RECORD_VERSION, definition=self.definition,
-                                                          fingerprint=self.fingerprint, created_at=utc_now()))
+        contents = start_or_resume(self.journal_path, definition=self.definition, fingerprint=self.fingerprint,
+                                   allow_fingerprint_change=self.cfg.sweep.allow_fingerprint_change)
         done = contents.by_key()
         inflight = read_inflight(self.output_dir)
         attempts: dict[str, int] = {}

@@ -155,13 +155,17 @@ class WandbSink:
                                 "compile_payback": [p.to_json_dict() for p in rec.compile_paybacks],
                                 "memory_fits": [f.to_json_dict() for f in rec.memory_fits],
                                 "num_trials": rec.num_trials, "num_failed": rec.num_failed})
-            artifact = wandb.Artifact(f"recommendation-{self.group}", type="recommendation")
-            for path in files:
-                artifact.add_file(str(path))
-            run.log_artifact(artifact)
-            run.finish()
+            self._finish_with_files(run, files)
         except Exception as exc:  # noqa: BLE001 - wandb must never end a sweep
             self._disable(f"logging the recommendation failed: {exc}")
+
+    def _finish_with_files(self, run: Any, files: Sequence[Path]) -> None:
+        """The recommendation's files as one artifact of the run, then the run's end."""
+        artifact = self._wandb.Artifact(f"recommendation-{self.group}", type="recommendation")
+        for path in files:
+            artifact.add_file(str(path))
+        run.log_artifact(artifact)
+        run.finish()
 
     def serving_load_finished(self, report: "ServingLoadReport", *, files: Sequence[Path],
                               chart: Optional[Path]) -> None:
@@ -194,11 +198,7 @@ class WandbSink:
             run.summary.update(report.to_json_dict() | {"settings": None, "fingerprint": None})
             run.summary.update({f"sustainable_rate_per_s/{s.label}": s.rate.rate_per_s
                                 for s in d.settings if s.rate is not None})
-            artifact = wandb.Artifact(f"recommendation-{self.group}", type="recommendation")
-            for path in files:
-                artifact.add_file(str(path))
-            run.log_artifact(artifact)
-            run.finish()
+            self._finish_with_files(run, files)
         except Exception as exc:  # noqa: BLE001 - wandb must never end a sweep
             self._disable(f"logging the serving recommendation failed: {exc}")
 
