@@ -141,3 +141,14 @@ def hand_forward_flops(model: nn.Module, inputs: torch.Tensor) -> int:
         for handle in handles:
             handle.remove()
     return total
+
+
+# --- a model a fake-tensor trace cannot run (tests/unit/test_memory_trace.py) -------------------------------------
+class DataDependentMLP(PlainMLP):
+    """Reads how many hidden units fired as a Python number: a shape or value that depends on the data, which a
+    trace under fake tensors cannot know."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.fc1(features))
+        fired = int((hidden > 0).sum())
+        return self.fc2(hidden) * (1.0 if fired >= 0 else 0.0)

@@ -194,7 +194,7 @@ class _Trainer:
             rank=session.rank_env.rank, world_size=session.rank_env.world_size, device=device,
             num_workers=spec.flags.num_workers)
         autocast = autocast_for(spec.flags.precision, device)
-        self.loss_of: StepFn = _step_fn(cfg, autocast)
+        self.loss_of: StepFn = step_fn(cfg, autocast)
         self.count_tokens = token_counter(cfg.throughput.count)
         self.flops = flops
         """FlopCounterMode's count of one micro-step (this setting's count from an earlier window when given);
@@ -310,7 +310,7 @@ class _Trainer:
                            aux_stats=self.aux_stats.end_step())
 
 
-def _step_fn(cfg: TuneConfig, autocast: Callable[[], Any]) -> StepFn:
+def step_fn(cfg: TuneConfig, autocast: Callable[[], Any]) -> StepFn:
     """step._target_, or the default rules of workloads/step.py with the configured loss."""
     if cfg.step._target_ is not None:
         fn = instantiate_target("step._target_", cfg.step._target_, cfg.step.kwargs, partial=True)

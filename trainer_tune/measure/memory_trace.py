@@ -1,0 +1,112 @@
+"""A setting's memory from one traced optimizer step: predicted under fake tensors before anything is built, or the
+tensor bytes of a real step (docs/measurement.md, "Memory").
+
+PyTorch's MemTracker (torch.distributed._tools.mem_tracker) counts every tensor a tracked step holds, by kind
+(parameters, buffers, gradients, optimizer state, activations, temporaries), and its peak. Under FakeTensorMode no
+storage is allocated, so the same step on fake tensors predicts the real step's tensor bytes without building them
+(to the byte for the built-in GPT on a CPU, torch 2.13). What is traced is the trainer's own step (measure/window.py:
+the setting's loss step, autocast, activation checkpointing, gradient accumulation, AdamW): one whole optimizer
+step untracked first, so the optimizer's state exists as it does in every later step, then one tracked step.
+
+Not in the trace (the note says which): DDP's gradient buckets (a model wrapped in DDP needs a process group; the
+trace is of one rank's model states and step), compile (the eager step is traced), the GradScaler of fp16, the
+allocator's rounding and cache on a GPU and, on a CPU, whatever the resident set holds besides tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+import torch
+from torch.utils._pytree import tree_map
+
+from trainer_tune.config.schema import TuneConfig
+from trainer_tune.plan import TrialSpec
+from trainer_tune.workloads.checkpointing import enable_activation_checkpointing
+from trainer_tune.workloads.data import build_batches
+from trainer_tune.workloads.model import build_trial_model
+from trainer_tune.workloads.precision import autocast_for
+
+PARTS = {"PARAM": "parameters", "BUFFER": "buffers", "GRAD": "gradients", "OPT": "optimizer_state",
+         "ACT": "activations", "TEMP": "temporaries", "OTH": "other"}
+"""MemTracker's kinds of tensor, by the names our records use."""
+
+
+@dataclass(frozen=True)
+class MemoryTrace:
+    peak_bytes: Optional[int]
+    """The most tensor bytes the tracked optimizer step held at once; None when the step could not be traced."""
+    parts_bytes: Mapping[str, int] = field(default_factory=dict)
+    """What was alive at the peak, by kind (PARTS' names)."""
+    fake: bool = True
+    """Predicted under fake tensors (nothing allocated), or counted in a real step."""
+    notes: tuple[str, ...] = ()
+    """What the trace leaves out for this setting, or why it failed (naming the error)."""
+
+
+def _left_out(spec: TrialSpec, *, world_size: int) -> tuple[str, ...]:
+    notes = []
+    if world_size > 1:
+        notes.append("DDP's gradient buckets are not traced (one rank's model states and step)")
+    if spec.flags.compile:
+        notes.append("the eager step is traced, not the compiled one")
+    if spec.flags.precision == "fp16":
+        notes.append("the fp16 GradScaler's buffers are not traced")
+    return tuple(notes)
+
+
+def _one_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_of: Any, batches: list[Any],
+              grad_accum: int, tracker: Any = None) -> None:
+    for micro in range(grad_accum):
+        if tracker is not None and micro:
+            # MemTracker follows one pass through each module; a micro-step is a pass: clear the modules' own
+            # statistics (the peak over the whole step stays).
+            tracker.reset_mod_stats()
+        loss = loss_of(model, batches[micro % len(batches)])
+        (loss / grad_accum).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def trace_step_memory(cfg: TuneConfig, spec: TrialSpec, *, fake: bool = True, world_size: int = 1) -> MemoryTrace:
+    """The peak tensor bytes of one optimizer step of `spec` on the CPU: predicted under fake tensors (`fake`), or
+    counted in a real step. A model or step the trace cannot run (an op without a fake implementation, a shape that
+    depends on data) gives peak None and the error, never an exception."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from trainer_tune.measure.window import step_fn  # the trainer's own loss step
+
+    device = torch.device("cpu")
+    notes = _left_out(spec, world_size=world_size)
+    try:
+        # Real batches first (the data source may be anything: a DataLoader, a file), then faked: their shapes and
+        # dtypes are what the trace needs.
+        source = build_batches(data=cfg.data, model=cfg.model, micro_batch_size=spec.micro_batch_size, rank=0,
+                               world_size=world_size, device=device)
+        real_batches = [next(source) for _ in range(min(spec.grad_accum, 2))]
+        mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
+        with mode:
+            batches = ([tree_map(lambda t: mode.from_tensor(t) if isinstance(t, torch.Tensor) else t, b)  # type: ignore[union-attr]
+                        for b in real_batches] if fake else real_batches)
+            torch.manual_seed(cfg.train.seed)
+            model = build_trial_model(cfg.model, spec.flags)  # on the CPU already (a fake .to() cannot swap)
+            if spec.flags.activation_checkpointing:
+                enable_activation_checkpointing(model)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+            loss_of = step_fn(cfg, autocast_for(spec.flags.precision, device))
+            _one_step(model, optimizer, loss_of, batches, spec.grad_accum)  # creates the optimizer's state
+            tracker = MemTracker()
+            tracker.track_external(model, optimizer)
+            with tracker:
+                _one_step(model, optimizer, loss_of, batches, spec.grad_accum, tracker)
+            peak = tracker.get_tracker_snapshot("peak").get(device, {})
+    except Exception as exc:  # noqa: BLE001 - any failure of the trace is a missing prediction, never a failed sweep
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
+        return MemoryTrace(peak_bytes=None, fake=fake,
+                           notes=(f"the step could not be traced{' under fake tensors' if fake else ''} ({message})",))
+    parts = {PARTS[str(kind).rsplit(".", 1)[-1]]: int(value) for kind, value in peak.items()
+             if kind != "Total" and str(kind).rsplit(".", 1)[-1] in PARTS}
+    return MemoryTrace(peak_bytes=int(peak.get("Total", 0)), parts_bytes=parts, fake=fake, notes=notes)
