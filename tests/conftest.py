@@ -66,9 +66,17 @@ def strict_loads(text: str) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The JSON lines of a file; for a journal, its windows (the header line, run/journal.HEADER_KEY, left out)."""
+    """The JSON lines of a file; for a journal, its windows (the header line, run/journal.HEADER_KEY, and the memory
+    predictions, read_predictions, left out)."""
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [line for line in lines if "journal_header" not in line]
+    return [line for line in lines if "journal_header" not in line and "memory_prediction" not in line]
+
+
+def read_predictions(path: Path) -> dict[str, dict]:
+    """A journal's memory predictions (measure/memory_trace.py), by setting label."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {line["memory_prediction"]["label"]: line["memory_prediction"] for line in lines
+            if "memory_prediction" in line}
 
 
 def read_header(path: Path) -> dict:

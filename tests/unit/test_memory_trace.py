@@ -4,13 +4,19 @@ cannot run."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from trainer_tune.config.flags import TrialFlags
 from trainer_tune.config.schema import TuneConfig, config_dir, register_configs
-from trainer_tune.measure.memory_trace import trace_step_memory
+from trainer_tune.decide.strategy import fitting_plan
+from trainer_tune.evidence.memory_fit import MemoryLimit
+from trainer_tune.measure.memory_trace import MemoryPrediction, MemoryTrace, predict_setting, trace_step_memory
+from trainer_tune.run.journal import read_journal
 from trainer_tune.plan import TrialSpec, build_plan
 from trainer_tune.workloads.model import build_trial_model
 
@@ -74,3 +80,40 @@ def test_a_model_the_trace_cannot_run_gives_no_prediction_and_names_why() -> Non
     assert predicted.notes[0].startswith("the step could not be traced under fake tensors (")
     real = trace_step_memory(cfg, spec, fake=False)
     assert real.peak_bytes is not None and real.peak_bytes > 0
+
+
+def _prediction(spec: TrialSpec, peak_bytes: int | None) -> MemoryPrediction:
+    return MemoryPrediction(setting_key=spec.key, label=spec.label(swept_flags=()),
+                            predicted=MemoryTrace(peak_bytes=peak_bytes, parts_bytes={}), tensor_peak_bytes=None)
+
+
+def test_settings_predicted_over_the_limit_are_not_built_but_the_baseline_always_is() -> None:
+    cfg, specs = _plan("sweep.micro_batch_sizes=[1,8]", "sweep.grad_accums=[1]")
+    plan = list(specs.values())
+    limit = MemoryLimit(capacity_bytes=1000, fraction=0.5, fraction_key="train.max_memory_fraction",
+                        capacity_source="a test's host")  # 500 bytes
+    predictions = {specs["2x1"].key: _prediction(specs["2x1"], 900),  # the baseline, over: raced anyway
+                   specs["1x1"].key: _prediction(specs["1x1"], 400),
+                   specs["8x1"].key: _prediction(specs["8x1"], 501)}
+    raced, not_built = fitting_plan(plan, predictions, limit=limit, trust=True, swept=())
+    assert [s.label(swept_flags=()) for s in raced] == ["2x1", "1x1"]
+    assert [(n.label, n.reason) for n in not_built] == [(
+        "8x1", "predicted peak 501 B > limit 500 B (train.max_memory_fraction=0.5 of a test's host); "
+               "sweep.trust_memory_prediction=false measures it anyway")]
+    assert fitting_plan(plan, predictions, limit=limit, trust=False, swept=()) == (plan, [])
+    # No prediction (the trace failed) or no limit: built, as before predictions existed.
+    assert fitting_plan(plan, {specs["8x1"].key: _prediction(specs["8x1"], None)}, limit=limit, trust=True,
+                        swept=())[1] == []
+    assert fitting_plan(plan, predictions, limit=None, trust=True, swept=())[1] == []
+
+
+def test_a_prediction_is_one_journal_line_read_back_whole(tmp_path: Path) -> None:
+    cfg, specs = _plan("sweep.micro_batch_sizes=[2]")
+    spec = specs["2x1"]
+    prediction = predict_setting(cfg, spec, label="2x1", world_size=1, device_type="cpu", will_build=lambda _t: True)
+    assert prediction.tensor_peak_bytes == prediction.predicted.peak_bytes and prediction.error == 0.0
+    skipped = predict_setting(cfg, spec, label="2x1", world_size=1, device_type="cpu", will_build=lambda _t: False)
+    assert skipped.tensor_peak_bytes is None and skipped.error is None  # never built: no real step either
+    journal = tmp_path / "trials.jsonl"
+    journal.write_text(json.dumps(prediction.to_json_dict()) + "\n")
+    assert read_journal(journal).predictions() == {spec.key: prediction}

@@ -407,6 +407,11 @@ class SweepArgs:
     fingerprint differs in what decides speed: hardware, versions, world size, threads; not the host name) is
     refused (exit 2, naming what differs); true continues it anyway, with a warning (the earlier windows keep
     their fingerprint, and comparisons still pair across the change)."""
+    trust_memory_prediction: bool = True
+    """A setting whose peak memory, predicted from its step traced under fake tensors before anything is built
+    (measure/memory_trace.py), is over the memory limit (train.max_memory_fraction, else
+    recommend.max_memory_fraction, of the device or on a CPU of the host memory per rank) is not measured, and the
+    verdict says so with both figures; false measures it anyway. The baseline is always measured."""
     screen: Optional[bool] = None
     """Screening for large spaces (decide/race.py): the first 2 rounds measure every setting in short windows
     (a quarter of window.measure_s, without the comm split and noise steps), with the baseline repeated every 8 windows

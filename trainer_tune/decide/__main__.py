@@ -30,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from trainer_tune.config.keys import check_keys, upgrade_recorded
 from trainer_tune.config.schema import ConfigError, TuneConfig
 from trainer_tune.decide.race import run_race
+from trainer_tune.decide.strategy import fitting_plan
 from trainer_tune.decide.serving_load import ServingLoadDecision, decide_from_records
 from trainer_tune.decide.verdict import Decision, decide_race
 from trainer_tune.evidence.comparison import percent
@@ -121,7 +122,8 @@ def redecide(output_dir: Path, overrides: Sequence[str] = ()) -> Redecided:
         raise ConfigError(f"OUTPUT_DIR={output_dir} has no {JOURNAL_NAME}: not the output directory of a sweep "
                           f"(hydra.run.dir of a run, hydra.sweep.dir of a multirun)")
     cfg = load_config(output_dir, overrides)
-    windows = list(read_journal(journal).results)
+    contents = read_journal(journal)
+    windows = list(contents.results)
     if not windows:
         raise ConfigError(f"{journal} holds no window: nothing was measured, so there is nothing to decide")
     recorded_path = output_dir / RECOMMENDATION_JSON
@@ -143,9 +145,14 @@ def redecide(output_dir: Path, overrides: Sequence[str] = ()) -> Redecided:
     # A replay measures nothing, so sweep.budget_s (a bound on measuring) cuts none of the windows there are: the
     # race goes on while the journal has them, up to sweep.max_rounds or until the evidence decides.
     replayed = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, budget_s=None))
-    race = run_race(_Replay(), replayed, plan, done={w.trial_key: w for w in windows}, attempts={}, prefix="",
-                    swept=swept_flag_names(cfg), limit=limit)
-    decision = decide_race(race, cfg, memory_limit=limit)
+    # The settings the sweep did not build (predicted over the memory limit) are left out again, by the same rule.
+    predictions = contents.predictions()
+    raced, not_built = fitting_plan(plan, predictions, limit=limit, trust=cfg.sweep.trust_memory_prediction,
+                                    swept=swept_flag_names(cfg))
+    race = run_race(_Replay(), replayed, raced, done={w.trial_key: w for w in windows}, attempts={}, prefix="",
+                    swept=swept_flag_names(cfg), limit=limit, not_built=not_built)
+    decision = decide_race(race, cfg, memory_limit=limit,
+                           memory_predictions=[predictions[s.key] for s in plan if s.key in predictions])
     return Redecided(report=build_report(decision, fingerprint=_last_fingerprint(windows)), recorded=recorded,
                      world_size=world_size)
 

@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 from trainer_tune.config.schema import RecommendArgs
 from trainer_tune.measure.figures import describe_memory_source
 from trainer_tune.evidence.estimate import SettingEstimate
+from trainer_tune.evidence.memory_fit import MemoryLimit
+from trainer_tune.platform.units import format_bytes
 
 FAILED = "failed"
 NO_RATE = "no rate"
@@ -40,6 +42,16 @@ def over_memory(setting: SettingEstimate, max_memory_fraction: float) -> Optiona
     return (f"its peak memory is {memory / device_memory:.0%} of the device "
             f"({describe_memory_source(setting.peak_memory_source)}), above "
             f"recommend.max_memory_fraction={max_memory_fraction:g}")
+
+
+def predicted_over_limit(predicted_peak_bytes: Optional[int], limit: Optional[MemoryLimit]) -> Optional[str]:
+    """Why a setting predicted at `predicted_peak_bytes` (measure/memory_trace.py) is not built, or None (no
+    prediction, no limit, or under it)."""
+    if predicted_peak_bytes is None or limit is None or predicted_peak_bytes <= limit.limit_bytes:
+        return None
+    return (f"predicted peak {format_bytes(predicted_peak_bytes)} > limit {format_bytes(int(limit.limit_bytes))} "
+            f"({limit.fraction_key}={limit.fraction:g} of {limit.capacity_source}); "
+            f"sweep.trust_memory_prediction=false measures it anyway")
 
 
 def ineligibility(setting: SettingEstimate, args: RecommendArgs, *, min_windows: int = 1) -> Optional[tuple[str, str]]:

@@ -312,7 +312,8 @@ class RaceResult:
 
 def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: dict[str, WindowRecord],
              attempts: dict[str, int], prefix: str, swept: tuple[str, ...],
-             limit: Optional[MemoryLimit] = None, observer: Optional[RaceObserver] = None) -> RaceResult:
+             limit: Optional[MemoryLimit] = None, observer: Optional[RaceObserver] = None,
+             not_built: Sequence[NotMeasured] = ()) -> RaceResult:
     """Measure rounds until the race is decided, sweep.max_rounds or sweep.budget_s (see decide/race.py).
 
     Every decision that changes what is measured next (which settings enter, which leave, whether another
@@ -327,7 +328,7 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
     contenders: set[str] = set()
     failed: set[str] = set()
     drops: list[Drop] = []
-    not_measured: list[NotMeasured] = []
+    not_measured: list[NotMeasured] = list(not_built)  # planned, never built: predicted over the memory limit
     num_measured = 0
     elapsed_s = 0.0
     last_round: list[tuple[WindowRecord, bool]] = []  # the last round's windows, each with "its setting's first?"
@@ -420,7 +421,7 @@ def run_race(host: RaceHost, cfg: TuneConfig, plan: list[TrialSpec], *, done: di
             drops.append(drop)
         enter([by_key[key] for key in entering])
         # The strategy's view of what will never enter, as of this round (more windows can change a verdict).
-        not_measured = list(closed)
+        not_measured = [*not_built, *closed]
         # The evidence may stop the race only once the strategy can let nobody else in (strategy=power: every
         # chain has stopped or reached its end): a GO over the settings measured so far says nothing of the larger
         # micro-batches a chain would still try.

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
 
 from trainer_tune.config.schema import RecommendArgs, Strategy, SweepArgs
-from trainer_tune.decide.eligible import eligible
+from trainer_tune.decide.eligible import eligible, predicted_over_limit
+from trainer_tune.evidence.memory_fit import MemoryLimit
+from trainer_tune.measure.memory_trace import MemoryPrediction
 from trainer_tune.plan import TrialSpec
 from trainer_tune.evidence.estimate import SettingEstimate
 
@@ -111,3 +113,23 @@ def power_gate(spec: TrialSpec, *, plan: Sequence[TrialSpec], settings: Mapping[
         if result.throughput_per_s > best.throughput_per_s:  # type: ignore[operator]
             best = result
     return Gate(enter=True)
+
+
+def fitting_plan(plan: Sequence[TrialSpec], predictions: Mapping[str, MemoryPrediction], *,
+                 limit: Optional[MemoryLimit], trust: bool,
+                 swept: tuple[str, ...]) -> tuple[list[TrialSpec], list[NotMeasured]]:
+    """(the settings to race, those not built: predicted over the memory limit, each with why). The baseline is raced
+    whatever its prediction (it is what runs today, and every comparison needs it); trust=false
+    (sweep.trust_memory_prediction) builds every setting. The sweep and a re-decide of its journal both ask this."""
+    if not trust:
+        return list(plan), []
+    raced, not_built = [], []
+    for spec in plan:
+        prediction = predictions.get(spec.key)
+        why = None if spec.is_baseline or prediction is None else \
+            predicted_over_limit(prediction.predicted.peak_bytes, limit)
+        if why is None:
+            raced.append(spec)
+        else:
+            not_built.append(NotMeasured(label=spec.label(swept_flags=swept), reason=why))
+    return raced, not_built

@@ -21,12 +21,13 @@ from trainer_tune.decide.goodput import (
     LrChange, batch_change_reason, lr_change, noise_scale_reason, other_measure_note, throughput_vs_goodput, without_lr)
 from trainer_tune.evidence.input_bound import InputWait, input_bound_reasons, input_waits, verdict_note
 from trainer_tune.evidence.memory_fit import MemoryFit, MemoryLimit, fit_memory
+from trainer_tune.measure.memory_trace import MemoryPrediction
 from trainer_tune.measure.record import TOKENS
 from trainer_tune.evidence.estimate import SettingEstimate
 from trainer_tune.evidence.comparison import (
     Comparison, Drift, baseline_drift, compare, compare_lower, level_text, lower_figures_by_round, percent)
 from trainer_tune.decide.confirm import confirm_overrides, confirmation_reason
-from trainer_tune.decide.eligible import eligible, over_latency_budget
+from trainer_tune.decide.eligible import eligible, over_latency_budget, predicted_over_limit
 from trainer_tune.decide.pool import (
     OBJECTIVE_BEST, OBJECTIVE_FIGURE, Pool, build_pool, pick_best, with_sweep_goodput)
 from trainer_tune.decide.race import RaceResult, RaceSummary
@@ -108,6 +109,8 @@ class Decision:
     predicted to fit under `memory_limit` (memory_fit.py)."""
     memory_limit: Optional[MemoryLimit] = None
     """The memory one rank may use, the predictions' limit; None where the caller did not know it (a multirun)."""
+    memory_predictions: tuple[MemoryPrediction, ...] = ()
+    """Each planned setting's memory from a traced step (measure/memory_trace.py), measured or not built."""
     over_budget: tuple[str, ...] = ()
     """Trial keys of the finished settings whose p99 is over max_batch_latency_ms (never chosen, picked by no row of
     the decision matrix)."""
@@ -146,6 +149,8 @@ class Decision:
         return next((r.count_unit for r in self.settings if r.tokens_per_s is not None), None)
 
     def to_json_dict(self) -> dict[str, Any]:
+        predictions = {p.setting_key: p for p in self.memory_predictions}
+
         def trial(result: Optional[SettingEstimate]) -> Optional[dict[str, Any]]:
             return None if result is None else result.to_json_dict()
 
@@ -164,7 +169,8 @@ class Decision:
                     "paired": self.comparison.estimate.paired, "num_pairs": self.comparison.estimate.num_pairs,
                     "outcome": self.comparison.outcome.value},
                 "tied": list(self.tied),
-                "settings": [r.to_json_dict() for r in self.settings],
+                "settings": [_with_prediction(r.to_json_dict(), predictions.get(r.trial_key)) for r in self.settings],
+                "memory_predictions": [_prediction_json(p, self.memory_limit) for p in self.memory_predictions],
                 "speedup_intervals": {k: list(v) for k, v in self.speedup_intervals.items()},
                 "input_waits": [w.to_json_dict() for w in self.input_waits],
                 "input_bound_fraction": self.input_bound_fraction,
@@ -219,12 +225,29 @@ class _Verdict:
     more_rounds: Optional[int] = None
 
 
-def decide_race(race: RaceResult, cfg: TuneConfig, *, memory_limit: Optional[MemoryLimit] = None) -> Decision:
+def decide_race(race: RaceResult, cfg: TuneConfig, *, memory_limit: Optional[MemoryLimit] = None,
+                memory_predictions: Sequence[MemoryPrediction] = ()) -> Decision:
     """The verdict on what a race measured (decide/race.py), with the error budget its looks were spent from: what a
-    sweep, a replay of its journal and a simulated sweep all call."""
+    sweep, a replay of its journal and a simulated sweep all call. `memory_predictions` ride along for the report
+    (the settings predicted over the limit are already among race.not_measured)."""
     settings = sorted(race.settings.values(), key=lambda r: r.index)  # plan order, whatever order measured in
-    return decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary, lr=cfg.train.lr,
-                  memory_limit=memory_limit, budget=race.budget, sweep=cfg.sweep)
+    decision = decide(settings, args=cfg.recommend, not_measured=race.not_measured, race=race.summary,
+                      lr=cfg.train.lr, memory_limit=memory_limit, budget=race.budget, sweep=cfg.sweep)
+    return dataclasses.replace(decision, memory_predictions=tuple(memory_predictions))
+
+
+def _with_prediction(setting: dict[str, Any], prediction: Optional[MemoryPrediction]) -> dict[str, Any]:
+    """A setting's recommendation.json entry with its predicted and real-step tensor peaks (null without them)."""
+    return {**setting, "predicted_peak_bytes": None if prediction is None else prediction.predicted.peak_bytes,
+            "tensor_peak_bytes": None if prediction is None else prediction.tensor_peak_bytes}
+
+
+def _prediction_json(prediction: MemoryPrediction, limit: Optional[MemoryLimit]) -> dict[str, Any]:
+    return {"label": prediction.label, "setting_key": prediction.setting_key,
+            "predicted_peak_bytes": prediction.predicted.peak_bytes, "tensor_peak_bytes": prediction.tensor_peak_bytes,
+            "error": prediction.error, "parts_bytes": dict(prediction.predicted.parts_bytes),
+            "notes": list(prediction.predicted.notes),
+            "over_limit": predicted_over_limit(prediction.predicted.peak_bytes, limit)}
 
 
 def decide(results: Sequence[SettingEstimate], *, args: RecommendArgs, not_measured: Sequence[NotMeasured] = (),

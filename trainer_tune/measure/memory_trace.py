@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch.utils._pytree import tree_map
@@ -110,3 +110,54 @@ def trace_step_memory(cfg: TuneConfig, spec: TrialSpec, *, fake: bool = True, wo
     parts = {PARTS[str(kind).rsplit(".", 1)[-1]]: int(value) for kind, value in peak.items()
              if kind != "Total" and str(kind).rsplit(".", 1)[-1] in PARTS}
     return MemoryTrace(peak_bytes=int(peak.get("Total", 0)), parts_bytes=parts, fake=fake, notes=notes)
+
+
+MEMORY_KEY = "memory_prediction"
+"""A journal line's key for one setting's prediction (run/journal.py)."""
+
+
+@dataclass(frozen=True)
+class MemoryPrediction:
+    """One planned setting's memory before it is measured: the fake trace, and on a CPU the real step's tensor
+    bytes it is checked against."""
+
+    setting_key: str
+    label: str
+    predicted: MemoryTrace
+    tensor_peak_bytes: Optional[int]
+    """The tensor bytes MemTracker saw in one real step on the CPU (None on a GPU, where the allocator's peak of
+    the measured windows is the check, or when the real step failed)."""
+
+    @property
+    def error(self) -> Optional[float]:
+        """predicted / tensor peak - 1, when both are known."""
+        predicted = self.predicted.peak_bytes
+        if predicted is None or not self.tensor_peak_bytes:
+            return None
+        return predicted / self.tensor_peak_bytes - 1
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {MEMORY_KEY: {"setting_key": self.setting_key, "label": self.label,
+                             "predicted_peak_bytes": self.predicted.peak_bytes,
+                             "parts_bytes": dict(self.predicted.parts_bytes), "notes": list(self.predicted.notes),
+                             "tensor_peak_bytes": self.tensor_peak_bytes}}
+
+    @staticmethod
+    def from_json_dict(data: Mapping[str, Any]) -> "MemoryPrediction":
+        inner = data[MEMORY_KEY]
+        trace = MemoryTrace(peak_bytes=inner.get("predicted_peak_bytes"),
+                            parts_bytes={str(k): int(v) for k, v in (inner.get("parts_bytes") or {}).items()},
+                            fake=True, notes=tuple(inner.get("notes") or ()))
+        return MemoryPrediction(setting_key=str(inner["setting_key"]), label=str(inner["label"]), predicted=trace,
+                                tensor_peak_bytes=inner.get("tensor_peak_bytes"))
+
+
+def predict_setting(cfg: TuneConfig, spec: TrialSpec, *, label: str, world_size: int, device_type: str,
+                    will_build: Callable[[MemoryTrace], bool]) -> MemoryPrediction:
+    """The prediction of one setting, and on a CPU the real step's tensor bytes beside it, counted only where the
+    setting will be built anyway (`will_build(prediction)`): a setting predicted not to fit is never built."""
+    predicted = trace_step_memory(cfg, spec, fake=True, world_size=world_size)
+    real = (trace_step_memory(cfg, spec, fake=False, world_size=world_size)
+            if device_type == "cpu" and will_build(predicted) else None)
+    return MemoryPrediction(setting_key=spec.key, label=label, predicted=predicted,
+                            tensor_peak_bytes=None if real is None else real.peak_bytes)

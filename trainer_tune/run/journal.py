@@ -28,6 +28,7 @@ from trainer_tune.config.schema import ConfigError
 from trainer_tune.platform.durable import append_line, write_atomically
 from trainer_tune.platform.finite import NON_FINITE_KEY, finite_json, finite_record
 from trainer_tune.measure.load_record import LOAD_KEY, SERVICE_KEY
+from trainer_tune.measure.memory_trace import MEMORY_KEY, MemoryPrediction
 from trainer_tune.measure.record import RECORD_VERSION, WindowRecord, utc_now
 from trainer_tune.platform.fingerprint import Fingerprint
 from trainer_tune.plan import TrialSpec
@@ -74,6 +75,15 @@ class JournalContents:
     """None for a journal written before headers."""
     serving: tuple[dict[str, Any], ...] = ()
     """A serving-under-load sweep's lines (measure/load_record.py), in journal order, as read."""
+    memory: tuple[MemoryPrediction, ...] = ()
+    """Each planned setting's memory prediction (measure/memory_trace.py), the first line of each setting."""
+
+    def predictions(self) -> dict[str, MemoryPrediction]:
+        """The memory predictions by setting key."""
+        found: dict[str, MemoryPrediction] = {}
+        for prediction in self.memory:
+            found.setdefault(prediction.setting_key, prediction)
+        return found
 
     def by_key(self) -> dict[str, WindowRecord]:
         return {r.trial_key: r for r in self.results}
@@ -100,6 +110,7 @@ def read_journal(path: Path) -> JournalContents:
     header: Optional[JournalHeader] = None
     first_line: dict[str, int] = {}
     serving: list[dict[str, Any]] = []
+    memory: list[MemoryPrediction] = []
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
@@ -123,6 +134,12 @@ def read_journal(path: Path) -> JournalContents:
         if SERVICE_KEY in record or LOAD_KEY in record:
             serving.append(record)
             continue
+        if MEMORY_KEY in record:
+            try:
+                memory.append(MemoryPrediction.from_json_dict(record))
+            except (ValueError, TypeError, KeyError):
+                raise _foreign(path, number, "a memory prediction whose fields are not one") from None
+            continue
         missing = _MARKS - set(record)
         if missing:
             raise _foreign(path, number, f"a JSON object without {', '.join(sorted(missing))}")
@@ -136,7 +153,8 @@ def read_journal(path: Path) -> JournalContents:
             continue
         first_line[result.trial_key] = number
         results.append(result)
-    return JournalContents(results=tuple(results), problems=tuple(problems), header=header, serving=tuple(serving))
+    return JournalContents(results=tuple(results), problems=tuple(problems), header=header, serving=tuple(serving),
+                           memory=tuple(memory))
 
 
 def write_header(path: Path, header: JournalHeader) -> bool:

@@ -37,7 +37,11 @@ from trainer_tune.platform.faults import fault_for
 from trainer_tune.config.flags import TrialFlags, exported_flags
 from trainer_tune.measure.flops import analytic_flops_apply, gpt_flops_per_token, lookup_peak_tflops
 from trainer_tune.run.journal import (
-    JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, start_or_resume, write_inflight)
+    JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, start_or_resume,
+    write_inflight)
+from trainer_tune.measure.memory_trace import MemoryPrediction, MemoryTrace, predict_setting
+from trainer_tune.platform.durable import append_line
+from trainer_tune.platform.finite import finite_json
 from trainer_tune.evidence.memory_fit import MemoryLimit
 from trainer_tune.measure.summarize import TrialContext, failed_result, result_from_window
 from trainer_tune.workloads.model import build_model, count_parameters
@@ -53,7 +57,7 @@ from trainer_tune.sinks.console import ConsoleSink
 from trainer_tune.sinks.publish import publish
 from trainer_tune.sinks.wandb_sink import WandbSink
 from trainer_tune.decide.race import SCREEN_WINDOW_SHARE, Drop, RaceSummary, run_race
-from trainer_tune.decide.strategy import NotMeasured
+from trainer_tune.decide.strategy import NotMeasured, fitting_plan
 from trainer_tune.measure.telemetry import RankTelemetry, TelemetryProbe
 from trainer_tune.run.watchdog import Stall, Watchdog
 from trainer_tune.measure.window import TrainerPool, combine_ranks, keep_models_decision, measure_local
@@ -216,6 +220,29 @@ class _Sweep:
         if inflight is not None:
             clear_inflight(self.output_dir)
         return done, attempts
+
+    # --- memory before measuring (measure/memory_trace.py) -------------------------------------------------
+    def memory_predictions(self, plan: list[TrialSpec], limit: MemoryLimit) -> dict[str, MemoryPrediction]:
+        """Each planned setting's traced peak by setting key: rank 0 traces what the journal lacks (a resume reads
+        the rest back) and journals it; every rank gets the same predictions. Not in a multirun's jobs (each builds
+        one setting, whose peak its window measures)."""
+        predictions: dict[str, MemoryPrediction] = {}
+        if self.rank_env.is_rank0:
+            predictions = read_journal(self.journal_path).predictions()
+            for spec in plan:
+                if spec.key in predictions:
+                    continue
+                def will_build(trace: MemoryTrace, spec: TrialSpec = spec) -> bool:
+                    return not fitting_plan([spec], {spec.key: MemoryPrediction(spec.key, "", trace, None)},
+                                            limit=limit, trust=self.cfg.sweep.trust_memory_prediction,
+                                            swept=self.swept)[1]
+
+                prediction = predict_setting(self.cfg, spec, label=spec.label(swept_flags=self.swept),
+                                             world_size=self.rank_env.world_size, device_type=self.session.device.type,
+                                             will_build=will_build)
+                append_line(self.journal_path, finite_json(prediction.to_json_dict(), sort_keys=True))
+                predictions[spec.key] = prediction
+        return self.session.broadcast_from_rank0(predictions)
 
     # --- the race's host and observer (decide/race.py) -----------------------------------------------
     def broadcast(self, value: Any) -> Any:
@@ -447,13 +474,22 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
         most = max((s.flags.num_threads for s in plan if s.flags.num_threads is not None), default=None)
         for note in machine_notes(sweep.fingerprint, most_threads_per_rank=most):
             log.warning("%s", note)
+    predictions: dict[str, MemoryPrediction] = {}
     try:
         limit = session.broadcast_from_rank0(memory_limit(cfg, session))  # ranks predict against one figure
         done, attempts = sweep.resume_state(plan)
+        not_built: list[NotMeasured] = []
+        raced = plan
+        if multirun is None:
+            predictions = sweep.memory_predictions(plan, limit)
+            raced, not_built = fitting_plan(plan, predictions, limit=limit, trust=cfg.sweep.trust_memory_prediction,
+                                            swept=swept)
         console.sweep_started(num_settings=len(plan), num_windows_done=len(done),
                               output_dir=str(output_dir if multirun is None else multirun.sweep_dir))
-        race = run_race(sweep, cfg, plan, done=done, attempts=attempts, prefix=prefix, swept=swept, limit=limit,
-                        observer=sweep)
+        for skipped in not_built:
+            console.note(f"not measured: {skipped.label}: {skipped.reason}")
+        race = run_race(sweep, cfg, raced, done=done, attempts=attempts, prefix=prefix, swept=swept, limit=limit,
+                        observer=sweep, not_built=not_built)
     finally:
         console.sweep_finished()
         sweep.close()
@@ -461,7 +497,8 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
     settings = sorted(race.settings.values(), key=lambda r: r.index)  # plan order, whatever order measured in
     recommendation = None
     if multirun is None:
-        recommendation = decide_race(race, cfg, memory_limit=limit)
+        recommendation = decide_race(race, cfg, memory_limit=limit,
+                                     memory_predictions=[predictions[s.key] for s in plan if s.key in predictions])
         settings = list(recommendation.settings)  # the same settings, with their efficiency and goodput
         if session.rank_env.is_rank0:
             publish(output_dir, build_report(recommendation, fingerprint=sweep.fingerprint), launch_hint=launch_hint,

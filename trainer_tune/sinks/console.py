@@ -68,6 +68,11 @@ class ConsoleSink:
         self._trials_task = self._progress.add_task("round 1", total=1)
         self._steps_task = self._progress.add_task("steps", total=1)
 
+    def note(self, line: str) -> None:
+        """One line a reader should see before the rounds (a setting not built, and why)."""
+        if self.enabled:
+            self.console.print(line)
+
     def round_started(self, *, round_index: int, num_windows: int) -> None:
         if self._progress is not None:
             self._progress.reset(self._trials_task, total=num_windows,

@@ -292,6 +292,30 @@ def _memory_section(rec: Decision) -> list[str]:
     return lines
 
 
+def _traced_memory_section(rec: Decision) -> list[str]:
+    """Each planned setting's traced prediction beside the real step's tensor bytes and the window's measured peak."""
+    if not rec.memory_predictions:
+        return []
+    measured = {s.trial_key: s for s in rec.settings}
+    not_built = {n.label for n in rec.not_measured}
+    rows = []
+    for p in rec.memory_predictions:
+        setting = measured.get(p.setting_key)
+        status = "not built" if p.label in not_built and setting is None else ("measured" if setting else "")
+        rows.append((p.label, status, format_bytes(p.predicted.peak_bytes), format_bytes(p.tensor_peak_bytes),
+                     "" if p.error is None else f"{p.error:+.1%}",
+                     format_bytes(setting.peak_memory_bytes) if setting is not None else "",
+                     "; ".join(p.predicted.notes)))
+    limit = (f" The limit: {format_bytes(int(rec.memory_limit.limit_bytes))} ({rec.memory_limit.fraction_key}="
+             f"{rec.memory_limit.fraction:g} of {rec.memory_limit.capacity_source})." if rec.memory_limit else "")
+    return ["## Memory from a traced step", "",
+            "Each setting's optimizer step traced under fake tensors before anything was built (predicted), the "
+            "tensor bytes of one real step on the CPU (tensor peak), and the window's own peak (measured: the "
+            "allocator's on a GPU, the resident set's growth on a CPU, which also holds the allocator's slack and "
+            f"gloo's buffers).{limit}", "",
+            *_table(["setting", "status", "predicted", "tensor peak", "error", "measured peak", "left out"], rows), ""]
+
+
 def render_report(results: Sequence[SettingEstimate], report: Report, chart_set: "ChartSet", *,
                   jobs: Optional[Mapping[str, str]] = None, confirm: Optional[str] = None) -> str:
     """`jobs`: in a multirun, the job that measured each setting, by trial key (a column of the trials table).
@@ -319,6 +343,7 @@ def render_report(results: Sequence[SettingEstimate], report: Report, chart_set:
     lines += _charts_section(chart_set)
     lines += _scaling_section(report.explanations.points, report.explanations.facts)
     lines += _matrix_section(report.explanations.matrix, rec.unit, serving=rec.serving)
+    lines += _traced_memory_section(rec)
     lines += _memory_section(rec)
     if rec.not_measured:
         lines += ["## Settings not measured", ""] + [f"- {n.label}: {n.reason}" for n in rec.not_measured] + [""]
