@@ -260,5 +260,9 @@ def serving_definition(cfg: TuneConfig, settings: Sequence[BatcherSetting]) -> d
                   "mode": "serving_load", "grid": sorted(s.label for s in settings),
                   "rates": rates if rates == "auto" else list(rates),
                   "requests": {"per_rate": cfg.serving.requests_per_rate, "max_s": cfg.serving.max_s_per_rate,
-                               "seed": cfg.serving.seed}}
+                               "seed": cfg.serving.seed},
+                  # What steers the searches: another target or search would visit other rates, and a journal of
+                  # both would be decided as if one search had measured them all.
+                  "search": {"max_p99_ms": cfg.recommend.max_p99_ms, "max_rates": cfg.serving.max_rates,
+                             "confirm_settings": cfg.serving.confirm_settings}}
     return json.loads(json.dumps(definition, default=lambda value: getattr(value, "value", str(value))))

@@ -37,10 +37,18 @@ def _serving_cfg(**serving: object) -> TuneConfig:
     (dict(max_queue_delays_ms=[-1.0]), "serving.max_queue_delays_ms"),
     (dict(max_batch_sizes=[0, 4]), "serving.max_batch_sizes"),
     (dict(requests_per_rate=10), "serving.requests_per_rate"),
+    (dict(rate_per_s=[math.inf]), "serving.rate_per_s"),
+    (dict(max_queue_delays_ms=[math.inf]), "serving.max_queue_delays_ms"),
+    (dict(max_s_per_rate=math.inf), "serving.max_s_per_rate"),
 ])
 def test_bad_serving_values_are_refused_naming_the_key(serving: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{key}=.* is not allowed: "):
         _serving_cfg(**serving)
+
+
+def test_an_infinite_target_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^recommend.max_p99_ms=inf is not allowed: finite milliseconds > 0"):
+        RecommendArgs(max_p99_ms=math.inf)
 
 
 def test_auto_rates_need_a_target_and_a_target_needs_rates() -> None:
@@ -211,3 +219,36 @@ def test_the_simulated_ranking_picks_what_the_real_runs_confirm() -> None:
     confirm = settings_to_confirm(settings, baseline, predicted=predicted, count=1)
     assert [s.label for s in confirm] == ["2/0ms", "8/0ms"]
     assert not math.isinf(predicted["8/0ms"].rate.high_per_s)
+
+
+def test_a_verdict_only_the_corrected_level_gives_is_not_one() -> None:
+    """A stricter level can move a bracket up: at 95% the leader missed at 1,200/s (so its met 1,500/s counts for
+    nothing), at the corrected level 1,200/s is unknown and 1,500/s counts. GO at the corrected level alone is not
+    evidence: INCONCLUSIVE."""
+    from trainer_tune.decide.serving_load import MeasuredRate, SettingLoad
+    from trainer_tune.evidence.load_point import LoadPoint
+    from trainer_tune.evidence.serving_load import QuantileEstimate, RatePoint, Sustainability, TargetCheck
+
+    def measured(rate: float, at_95: str, strict: str) -> MeasuredRate:
+        estimate = QuantileEstimate(q=0.99, point_s=0.005, low_s=0.004, high_s=0.006, num_requests=10_000,
+                                    sections=10, method="sectioning")
+        check = TargetCheck(at_95, None, at_95)
+        point = LoadPoint(rate_per_s=rate, num_requests=10_000, dropped_requests=0, p50=estimate, p90=estimate,
+                          p99=estimate, check=check, sustainability=Sustainability(True, "kept up"))
+        return MeasuredRate(point=point, strict=RatePoint(rate, TargetCheck(strict, None, strict), True),
+                            simulated_p99_s=0.005, behind_s=0.0, share_of_capacity=0.5)
+
+    def load(label: str, points: list[MeasuredRate], baseline: bool) -> SettingLoad:
+        search = RateSearch(target_s=0.01, lo_rate_per_s=100.0, hi_rate_per_s=5000.0)
+        return SettingLoad(label=label, max_batch_size=8, max_queue_delay_ms=0.0, is_baseline=baseline,
+                           capacity_per_s=2000.0, predicted=None, measured=tuple(points),
+                           rate=search.result([m.point.rate_point() for m in points]),
+                           rate_corrected=search.result([m.strict for m in points]))
+
+    base = load("2/0ms", [measured(500.0, "met", "met"), measured(700.0, "missed", "missed")], True)
+    lead = load("8/0ms", [measured(1000.0, "met", "met"), measured(1200.0, "missed", "unknown"),
+                          measured(1500.0, "met", "met")], False)
+    d = decide_serving_load(settings=[base, lead], baseline="2/0ms", target_p99_ms=10.0, min_speedup=1.5,
+                            budget=serving_budget(num_confirmed=1, max_rates=6), fastest_single_s=0.001)
+    assert lead.rate_corrected.rate_per_s == 1500.0 and lead.rate.rate_per_s == 1000.0
+    assert d.decision == "INCONCLUSIVE", d.reason

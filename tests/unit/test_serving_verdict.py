@@ -40,7 +40,7 @@ def test_no_go_when_no_setting_can_reach_the_margin() -> None:
     rates = {"base": _rate(1000, 1100), "b8": _rate(950, 1040), "b2": _rate(600, 700)}
     verdict = serving_verdict(rates, baseline="base", min_speedup=1.05)
     assert (verdict.decision, verdict.chosen, verdict.leader) == ("NO-GO", "base", "base")
-    assert verdict.reason == ("NO-GO: no setting can sustain 1.05x the baseline base's 1,000/s (up to 1,100/s); the "
+    assert verdict.reason == ("NO-GO: no confirmed setting can sustain 1.05x the baseline base's 1,000/s (up to 1,100/s); the "
                               "best, base, 1,000/s (up to 1,100/s)")
 
 
@@ -67,3 +67,9 @@ def test_ties_go_to_the_first_setting_given() -> None:
 def test_refuses_a_baseline_without_evidence_and_a_margin_of_zero(baseline: str, margin: float) -> None:
     with pytest.raises(ValueError):
         serving_verdict({"base": _rate(1)}, baseline=baseline, min_speedup=margin)
+
+
+def test_a_baseline_alone_is_inconclusive_not_a_no_go() -> None:
+    """Nothing else has a measured rate (its runs failed, or the grid holds only the baseline): nothing was compared."""
+    verdict = serving_verdict({"base": _rate(500, 700)}, baseline="base", min_speedup=1.05)
+    assert verdict.decision == "INCONCLUSIVE" and "no other setting has a measured rate" in verdict.reason

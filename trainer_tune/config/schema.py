@@ -9,6 +9,7 @@ starts. Downstream code only ever sees these dataclasses, never a DictConfig.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from dataclasses import dataclass, field
@@ -602,8 +603,8 @@ class RecommendArgs:
         require(0 < self.max_memory_fraction <= 1, key="recommend.max_memory_fraction",
                 value=self.max_memory_fraction, allowed="a share of the device in (0, 1]")
         if self.max_p99_ms is not None:
-            require(self.max_p99_ms > 0, key="recommend.max_p99_ms", value=self.max_p99_ms,
-                    allowed="milliseconds > 0, or null")
+            require(0 < self.max_p99_ms < math.inf, key="recommend.max_p99_ms", value=self.max_p99_ms,
+                    allowed="finite milliseconds > 0, or null")
         if self.max_batch_latency_ms is not None:
             require(self.max_batch_latency_ms > 0, key="recommend.max_batch_latency_ms", value=self.max_batch_latency_ms,
                     allowed="milliseconds > 0, or null")
@@ -642,7 +643,9 @@ class ServingArgs:
     serving.max_s_per_rate runs out first). A p99 interval needs at least 5,000 (5 sections of 1,000, each with
     about 10 requests beyond the p99): with fewer, the target check says "unknown" and how many more would tell."""
     max_s_per_rate: float = 8.0
-    """The longest arrival schedule of one measured rate per replica, in seconds: a low rate gets fewer requests."""
+    """How long one measured rate's arrivals may run per replica, in seconds: a low rate gets fewer requests, but
+    never fewer than a p99 interval needs (5,000 over all replicas, or serving.requests_per_rate if smaller), however
+    long that takes."""
     max_rates: int = 6
     """The most rates the real search measures per setting (each a look in the error budget)."""
     confirm_settings: int = 2
@@ -657,19 +660,20 @@ class ServingArgs:
         rates = self.rate_per_s
         if rates is not None and rates != "auto":
             values = list(rates) if isinstance(rates, (list, tuple)) else [rates]
-            ok = len(values) > 0 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+            ok = len(values) > 0 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
                                          for v in values)
             require(ok and len(set(values)) == len(values), key="serving.rate_per_s", value=rates,
-                    allowed="auto, null, or a non-empty list of distinct rates > 0 (requests per second per replica)")
+                    allowed="auto, null, or a non-empty list of distinct finite rates > 0 (requests per second per "
+                            "replica)")
             self.rate_per_s = sorted(float(v) for v in values)
         require_list_of_int_at_least("serving.max_batch_sizes", self.max_batch_sizes, 1)
-        require(len(self.max_queue_delays_ms) > 0 and all(d >= 0 for d in self.max_queue_delays_ms)
+        require(len(self.max_queue_delays_ms) > 0 and all(0 <= d < math.inf for d in self.max_queue_delays_ms)
                 and len(set(self.max_queue_delays_ms)) == len(self.max_queue_delays_ms),
                 key="serving.max_queue_delays_ms", value=list(self.max_queue_delays_ms),
-                allowed="a non-empty list of distinct delays >= 0 milliseconds")
+                allowed="a non-empty list of distinct finite delays >= 0 milliseconds")
         require_int_at_least("serving.requests_per_rate", self.requests_per_rate, 200)
-        require(self.max_s_per_rate > 0, key="serving.max_s_per_rate", value=self.max_s_per_rate,
-                allowed="seconds > 0")
+        require(0 < self.max_s_per_rate < math.inf, key="serving.max_s_per_rate", value=self.max_s_per_rate,
+                allowed="finite seconds > 0")
         require_int_at_least("serving.max_rates", self.max_rates, 2)
         require_int_at_least("serving.confirm_settings", self.confirm_settings, 1)
         require_int_at_least("serving.service_repeats", self.service_repeats, 5)

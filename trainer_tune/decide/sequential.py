@@ -66,11 +66,11 @@ class ErrorBudget:
         """The two-sided level of each comparison between two settings (race drops, the indifference check)."""
         return 1.0 - PICK_ALPHA / (max(1, self.num_settings) * max(1, self.num_looks))
 
-    def describe(self) -> str:
-        """`99.91% intervals: 95% over 7 settings x 8 looks`."""
+    def describe(self, *, look: str = "look") -> str:
+        """`99.91% intervals: 95% over 7 settings x 8 looks` (`look`: what a look is, e.g. a serving search's rate)."""
         return (f"{level_text(self.confidence)} intervals: {level_text(1.0 - ALPHA)} over "
                 f"{self.num_settings} setting{'s' if self.num_settings != 1 else ''} x {self.num_looks} "
-                f"look{'s' if self.num_looks != 1 else ''}")
+                f"{look}{'s' if self.num_looks != 1 else ''}")
 
 
 def error_budget(*, num_planned: int, sweep: Optional[SweepArgs], screening_looks: int = 0) -> ErrorBudget:

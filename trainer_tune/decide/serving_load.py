@@ -74,15 +74,19 @@ def serving_verdict(rates: Mapping[str, SustainableRate], *, baseline: str, min_
         return ServingVerdict(INCONCLUSIVE, baseline, baseline,
                               f"{INCONCLUSIVE}: no batcher setting met the p99 target at any measured rate ({lowest}): "
                               f"lower rates (serving.rate_per_s=[...]), more requests per rate "
-                              f"(serving.requests_per_rate) or a looser target would tell")
+                              f"(serving.requests_per_rate, serving.max_s_per_rate) or a looser target would tell")
     others = {label: rate for label, rate in rates.items() if label != baseline}
     if leader != baseline and lead.rate_per_s > 0 and lead.rate_per_s >= min_speedup * base.high_per_s:
         return ServingVerdict(GO, leader, leader,
                               f"{GO}: {leader} sustains {_bracket(lead)} within the p99 target, at least "
                               f"{min_speedup:g}x the baseline {baseline}'s {_bracket(base)}")
+    if not others:
+        return ServingVerdict(INCONCLUSIVE, baseline, baseline,
+                              f"{INCONCLUSIVE}: no other setting has a measured rate to compare with the baseline "
+                              f"{baseline}'s {_bracket(base)}")
     if all(rate.high_per_s < min_speedup * base.rate_per_s for rate in others.values()):
         return ServingVerdict(NO_GO, baseline, leader,
-                              f"{NO_GO}: no setting can sustain {min_speedup:g}x the baseline {baseline}'s "
+                              f"{NO_GO}: no confirmed setting can sustain {min_speedup:g}x the baseline {baseline}'s "
                               f"{_bracket(base)}; the best, {leader}, {_bracket(lead)}")
     # Settings that may still be better than the baseline by the margin; the verdict names the best of them.
     contenders = [label for label, rate in others.items() if rate.high_per_s >= min_speedup * base.rate_per_s]
@@ -182,7 +186,7 @@ class SettingLoad:
                 "p99_ci95_at_rate": None if at is None else _interval_ms(at.point.p99),
                 "num_requests": None if at is None else at.point.num_requests,
                 "rate_reason": None if rate is None else rate.reason,
-                "sustainable_rate_corrected": None if self.rate_corrected is None else [
+                "sustainable_rate_corrected_per_s": None if self.rate_corrected is None else [
                     self.rate_corrected.rate_per_s, None if math.isinf(self.rate_corrected.high_per_s)
                     else self.rate_corrected.high_per_s],
                 "predicted_rate_per_s": None if self.predicted is None else self.predicted.rate.rate_per_s,
@@ -313,7 +317,7 @@ def decide_serving_load(*, settings: Sequence[SettingLoad], baseline: str, targe
         if s.error is not None:
             notes.append(f"{s.label} failed under load and is out of the verdict: {s.error}")
     common = dict(baseline=baseline, target_p99_ms=target_p99_ms, confidence=budget.confidence,
-                  budget=budget.describe().replace("look", "rate"), settings=tuple(settings),
+                  budget=budget.describe(look="rate"), settings=tuple(settings),
                   fastest_single_ms=1e3 * fastest_single_s, agreement=(agree, near))
     if target_p99_ms is None:
         return ServingLoadDecision(decision=None, chosen=baseline, leader=baseline, notes=tuple(notes),
@@ -335,13 +339,21 @@ def decide_serving_load(*, settings: Sequence[SettingLoad], baseline: str, targe
     strict = serving_verdict({s.label: s.rate_corrected for s in settings
                               if s.confirmed and s.rate_corrected is not None},
                              baseline=baseline, min_speedup=min_speedup)
-    level = f"the corrected level ({budget.describe().replace('look', 'rate')})"
-    if strict.decision != INCONCLUSIVE:
+    level = f"the corrected level ({budget.describe(look='rate')})"
+    if strict.decision != INCONCLUSIVE and strict.decision == verdict.decision:
+        # Both levels agree. (A stricter level can move a bracket up as well as widen it: a rate missed at 95% may
+        # be unknown at the corrected level, and a met rate above it then counts; a verdict only one level gives
+        # is not one the evidence supports.)
         return ServingLoadDecision(decision=strict.decision, chosen=strict.chosen, leader=strict.leader,
                                    reason=f"{strict.reason}; at {level}", notes=tuple(notes), **common)
-    if verdict.decision == INCONCLUSIVE:
+    if verdict.decision == INCONCLUSIVE and strict.decision == INCONCLUSIVE:
         return ServingLoadDecision(decision=INCONCLUSIVE, chosen=baseline, leader=verdict.leader,
                                    reason=verdict.reason, notes=tuple(notes), **common)
+    if verdict.decision == INCONCLUSIVE:
+        return ServingLoadDecision(
+            decision=INCONCLUSIVE, chosen=baseline, leader=verdict.leader, notes=tuple(notes),
+            reason=f"{INCONCLUSIVE}: checks at {CHECK_CONFIDENCE:.0%} each cannot tell ({verdict.reason.split(': ', 1)[1]})"
+                   f", and the corrected level's {strict.decision} alone is not evidence", **common)
     return ServingLoadDecision(
         decision=INCONCLUSIVE, chosen=baseline, leader=verdict.leader, notes=tuple(notes),
         reason=f"{INCONCLUSIVE}: checks at {CHECK_CONFIDENCE:.0%} each say {verdict.decision} "

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from trainer_tune.evidence.serving_load import (QuantileEstimate, RatePoint, Sustainability, TargetCheck,
+from trainer_tune.evidence.serving_load import (TREND_CONFIDENCE, QuantileEstimate, RatePoint, Sustainability, TargetCheck,
                                                 fill_up_requests, quantile_interval, sustained, target_check)
 
 
@@ -48,7 +48,10 @@ class LoadPoint:
 
 def load_point(replicas: Sequence[ReplicaLoad], *, rate_per_s: float, target_p99_s: float,
                confidence: float = 0.95) -> LoadPoint:
-    """The figures of one rate; `confidence` is the level of every interval (a sweep's corrected level)."""
+    """The figures of one rate; `confidence` is the level of every interval (a sweep's corrected level). "The queue
+    kept growing" is a one-sided test per replica, at TREND_CONFIDENCE or, at a stricter level, at the one-sided
+    share of `confidence` left after the replicas (any of them can call a rate unsustainable)."""
+    trend_confidence = max(TREND_CONFIDENCE, 1.0 - (1.0 - confidence) / 2.0 / len(replicas)) if replicas else 0.0
     if not replicas:
         raise ValueError("a load point needs at least one replica's run")
     kept: list[float] = []
@@ -56,7 +59,8 @@ def load_point(replicas: Sequence[ReplicaLoad], *, rate_per_s: float, target_p99
     verdicts: list[Sustainability] = []
     for rank, replica in enumerate(replicas):
         latency_s = [done - arrived for arrived, done in zip(replica.arrivals_s, replica.completions_s)]
-        verdict = sustained(replica.arrivals_s, replica.completions_s, latency_s, rate_per_s)
+        verdict = sustained(replica.arrivals_s, replica.completions_s, latency_s, rate_per_s,
+                            trend_confidence=trend_confidence)
         verdicts.append(verdict if len(replicas) == 1 else Sustainability(verdict.sustainable,
                                                                           f"replica {rank}: {verdict.reason}"))
         drop = fill_up_requests(latency_s)

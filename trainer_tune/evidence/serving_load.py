@@ -234,7 +234,8 @@ class Sustainability:
     reason: str
 
 
-def _trend(arrivals_s: Sequence[float], latencies_s: Sequence[float]) -> Optional[tuple[float, float]]:
+def _trend(arrivals_s: Sequence[float], latencies_s: Sequence[float],
+           confidence: float = TREND_CONFIDENCE) -> Optional[tuple[float, float]]:
     """(slope, its one-sided TREND_CONFIDENCE lower bound) of section mean latency on section mean arrival time,
     from TREND_SECTIONS contiguous sections; None for fewer than 50 requests. Requests are dependent, so the
     slope's uncertainty comes from the scatter of the section means, not of the requests."""
@@ -251,12 +252,12 @@ def _trend(arrivals_s: Sequence[float], latencies_s: Sequence[float]) -> Optiona
         return None
     slope = sum((x - x_mean) * (y - y_mean) for x, y in zip(xs, ys)) / sxx
     residual_var = sum((y - y_mean - slope * (x - x_mean)) ** 2 for x, y in zip(xs, ys)) / (sections - 2)
-    lower = slope - _t_quantile(2.0 * TREND_CONFIDENCE - 1.0, sections - 2) * math.sqrt(residual_var / sxx)
+    lower = slope - _t_quantile(2.0 * confidence - 1.0, sections - 2) * math.sqrt(residual_var / sxx)
     return slope, lower
 
 
 def sustained(arrivals_s: Sequence[float], completions_s: Sequence[float], latencies_s: Sequence[float],
-              rate_per_s: float) -> Sustainability:
+              rate_per_s: float, trend_confidence: float = TREND_CONFIDENCE) -> Sustainability:
     """Whether the server kept up with the offered load over the whole run (every request, arrival order).
 
     Unsustainable when latency rises significantly through the run (the slope of section means is above 0 at
@@ -274,7 +275,7 @@ def sustained(arrivals_s: Sequence[float], completions_s: Sequence[float], laten
     span_s = arrivals_s[-1] - arrivals_s[0]
     served = sum(1 for c in completions_s if c <= arrivals_s[-1])
     shortfall = 1.0 - served / n
-    trend = _trend(arrivals_s, latencies_s)
+    trend = _trend(arrivals_s, latencies_s, trend_confidence)
     median_s = statistics.median(latencies_s)
     throughput = (f"served {served / span_s:,.4g}/s of {n / span_s:,.4g}/s arriving "
                   f"(offered {rate_per_s:,.4g}/s)")

@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from trainer_tune.decide.serving_load import ServingLoadDecision, SettingLoad
+from trainer_tune.decide.sequential import GO
+from trainer_tune.decide.serving_load import AGREEMENT_SHARE, NEAR_CAPACITY, ServingLoadDecision, SettingLoad
 from trainer_tune.platform.fingerprint import Fingerprint
 from trainer_tune.platform.units import format_ms
 
@@ -33,7 +34,7 @@ def _status(s: SettingLoad, d: ServingLoadDecision) -> str:
     if not s.measured:
         return "simulated only"
     tags = ["baseline"] if s.is_baseline else []
-    if s.label == d.chosen and d.decision == "GO":
+    if s.label == d.chosen and d.decision == GO:
         tags.append("chosen")
     elif s.label == d.leader and not s.is_baseline:
         tags.append("leader")
@@ -128,15 +129,16 @@ class ServingLoadReport:
 def build_serving_report(d: ServingLoadDecision, *, model_overrides: tuple[str, ...] = (),
                          fingerprint: Optional[Fingerprint] = None) -> ServingLoadReport:
     agree, near = d.agreement
-    agreement = (f"simulated p99 within 20% of the measured at {agree} of {near} measured rates at >= 70% of "
-                 f"capacity" if near else "no rate measured at >= 70% of capacity: the simulation was not checked "
-                                          "where queueing matters")
+    agreement = (f"simulated p99 within {AGREEMENT_SHARE:.0%} of the measured at {agree} of {near} measured rates at "
+                 f">= {NEAR_CAPACITY:.0%} of capacity" if near else
+                 f"no rate measured at >= {NEAR_CAPACITY:.0%} of capacity: the simulation was not checked where "
+                 f"queueing matters")
     if d.decision is None:
         verdict = f"rates measured, no verdict: {d.reason}"
     else:
         chosen = d.setting(d.chosen)
         verdict = (f"{d.decision}: serve with max batch {chosen.max_batch_size}, max queue delay "
-                   f"{chosen.max_queue_delay_ms:g} ms ({d.chosen})" if d.decision == "GO"
+                   f"{chosen.max_queue_delay_ms:g} ms ({d.chosen})" if d.decision == GO
                    else f"{d.decision}: keep the baseline {d.baseline}")
     return ServingLoadReport(decision=d, verdict=verdict, overrides=chosen_overrides(d),
                              confirm_overrides=confirm_overrides(d, model_overrides=model_overrides),

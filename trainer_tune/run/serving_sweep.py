@@ -29,7 +29,7 @@ from trainer_tune.decide.serving_load import (
     CHECK_CONFIDENCE, ServingLoadDecision, decide_from_records, predict_settings, serving_budget, settings_to_confirm)
 from trainer_tune.evidence.load_point import load_point
 from trainer_tune.evidence.load_search import PredictedRate, real_bounds
-from trainer_tune.evidence.serving_load import RatePoint, RateSearch
+from trainer_tune.evidence.serving_load import MIN_SECTIONS, RatePoint, RateSearch, requests_per_section
 from trainer_tune.measure.load_record import LoadRecord, ReplicaRun, ServiceRecord
 from trainer_tune.measure.load_replica import LoadReplica
 from trainer_tune.measure.open_loop import run_open_loop
@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 STEPS_DOWN = 2
 """A real search whose predicted lower bound did not meet the target halves it this many times at most (the
 simulation over-predicts when the machine is slower than its closed-loop samples said)."""
-MIN_REQUESTS = 200
-"""A measured rate gets at least this many requests per replica, even when serving.max_s_per_rate runs out first."""
+P99_REQUESTS = MIN_SECTIONS * requests_per_section(0.99)
+"""Requests over all replicas below which a p99 has no interval (evidence/serving_load.py: 5 sections of 1,000)."""
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,11 @@ def _rate_key(label: str, rate_per_s: float) -> tuple[str, float]:
 
 def num_requests(rate_per_s: float, cfg: TuneConfig, *, world_size: int) -> int:
     """Requests per replica at one rate: its share of serving.requests_per_rate, or what serving.max_s_per_rate of
-    arrivals holds, but at least MIN_REQUESTS."""
+    arrivals holds, but never fewer than its share of the P99_REQUESTS a p99 interval needs (a slow model's low rates
+    then take longer than serving.max_s_per_rate: an interval that cannot exist would only cost the time)."""
     share = math.ceil(cfg.serving.requests_per_rate / world_size)
-    return max(min(share, int(rate_per_s * cfg.serving.max_s_per_rate)), min(share, MIN_REQUESTS))
+    floor = min(share, math.ceil(P99_REQUESTS / world_size))
+    return max(min(share, int(rate_per_s * cfg.serving.max_s_per_rate)), floor)
 
 
 def arrival_seed(seed: int, label: str, rate_per_s: float, rank: int) -> int:
@@ -164,43 +166,73 @@ class _ServingSweep:
         self.num_measured += 1
         return record
 
-    def search(self, replica: LoadReplica, setting: BatcherSetting, *, predicted: Optional[PredictedRate],
-               cached: dict[tuple[str, float], LoadRecord]) -> list[LoadRecord]:
-        """The real rates of one setting: a bisection between the rates its prediction brackets (auto), or the
-        listed rates in increasing order until one is not sustainable."""
-        cfg = self.cfg
-        target_s = None if cfg.recommend.max_p99_ms is None else cfg.recommend.max_p99_ms / 1e3
-        listed = None if cfg.serving.rate_per_s == "auto" else list(cfg.serving.rate_per_s)
-        search = None
-        if listed is None:
-            assert predicted is not None and target_s is not None
+    def searches(self, replica: LoadReplica, confirm: list[BatcherSetting], *,
+                 predicted: dict[str, PredictedRate],
+                 cached: dict[tuple[str, float], LoadRecord]) -> dict[str, list[LoadRecord]]:
+        """The real rates of every confirmed setting, the searches interleaved (one rate of each in turn, the same
+        order on every rank): a minute the machine runs slow then touches every setting alike, not the one whose
+        search it fell in. A search is a bisection between the rates its prediction brackets (auto), or the listed
+        rates in increasing order until one is not sustainable; it ends when it has nothing more to measure, at
+        serving.max_rates, or when a run fails."""
+        searches = {s.label: _Search(s, self.cfg, predicted.get(s.label)) for s in confirm}
+        while True:
+            active = [s for s in confirm if not searches[s.label].done]
+            if not active:
+                break
+            for setting in active:
+                search = searches[setting.label]
+                rate = self.session.broadcast_from_rank0(search.next_rate() if self.rank_env.is_rank0 else None)
+                if rate is None:
+                    search.done = True
+                    continue
+                record = self.measure(replica, setting, rate, cached)
+                self.say(search.add(record))
+        return {label: search.records for label, search in searches.items()}
+
+
+class _Search:
+    """One confirmed setting's real search: which rate next, and what each measured rate said."""
+
+    def __init__(self, setting: BatcherSetting, cfg: TuneConfig, predicted: Optional[PredictedRate]) -> None:
+        self.setting = setting
+        self.target_s = None if cfg.recommend.max_p99_ms is None else cfg.recommend.max_p99_ms / 1e3
+        self.listed = None if cfg.serving.rate_per_s == "auto" else list(cfg.serving.rate_per_s)
+        self.max_rates = cfg.serving.max_rates if self.listed is None else len(self.listed)
+        self.rule: Optional[RateSearch] = None
+        if self.listed is None:
+            assert predicted is not None and self.target_s is not None
             lo, hi = real_bounds(predicted)
-            search = RateSearch(target_s=target_s, lo_rate_per_s=lo, hi_rate_per_s=hi, step_down=STEPS_DOWN)
-        records: list[LoadRecord] = []
-        points: list[RatePoint] = []
-        for index in range(cfg.serving.max_rates if listed is None else len(listed)):
-            rate: Optional[float] = None
-            if self.rank_env.is_rank0:
-                rate = listed[index] if listed is not None else search.next_rate(points)  # type: ignore[union-attr]
-            rate = self.session.broadcast_from_rank0(rate)
-            if rate is None:
-                break
-            record = self.measure(replica, setting, rate, cached)
-            records.append(record)
-            if not record.ok:
-                self.say(f"{setting.label} at {rate:,.4g}/s: failed: {record.error}")
-                break
-            point = load_point(record.replicas, rate_per_s=rate,
-                               target_p99_s=target_s if target_s is not None else math.inf,
-                               confidence=CHECK_CONFIDENCE)
-            points.append(point.rate_point())
-            status = point.check.status if target_s is not None else "measured"
-            self.say(f"{setting.label} at {rate:,.4g}/s per replica: p99 {format_ms(1e3 * point.p99.point_s)} ms "
-                     f"[{format_ms(1e3 * point.p99.low_s)}, {format_ms(1e3 * point.p99.high_s)}] over "
-                     f"{point.num_requests:,} requests, {status}; {point.sustainability.reason}")
-            if listed is not None and not point.sustainability.sustainable:
-                break  # higher rates only queue more
-        return records
+            self.rule = RateSearch(target_s=self.target_s, lo_rate_per_s=lo, hi_rate_per_s=hi, step_down=STEPS_DOWN)
+        self.records: list[LoadRecord] = []
+        self.points: list[RatePoint] = []
+        self.done = False
+
+    def next_rate(self) -> Optional[float]:
+        """Rank 0's choice; None when the search is over."""
+        if self.done or len(self.records) >= self.max_rates:
+            return None
+        if self.listed is not None:
+            return self.listed[len(self.records)]
+        assert self.rule is not None
+        return self.rule.next_rate(self.points)
+
+    def add(self, record: LoadRecord) -> str:
+        """Take one measured rate; the line the console prints for it."""
+        self.records.append(record)
+        label, rate = self.setting.label, record.rate_per_s
+        if not record.ok:
+            self.done = True
+            return f"{label} at {rate:,.4g}/s: failed: {record.error}"
+        point = load_point(record.replicas, rate_per_s=rate,
+                           target_p99_s=self.target_s if self.target_s is not None else math.inf,
+                           confidence=CHECK_CONFIDENCE)
+        self.points.append(point.rate_point())
+        if self.listed is not None and not point.sustainability.sustainable:
+            self.done = True  # higher rates only queue more
+        status = point.check.status if self.target_s is not None else "measured"
+        return (f"{label} at {rate:,.4g}/s per replica: p99 {format_ms(1e3 * point.p99.point_s)} ms "
+                f"[{format_ms(1e3 * point.p99.low_s)}, {format_ms(1e3 * point.p99.high_s)}] over "
+                f"{point.num_requests:,} requests, {status}; {point.sustainability.reason}")
 
 
 _CONFIRM_SETS = ("serving.max_batch_sizes", "serving.max_queue_delays_ms", "serving.confirm_settings",
@@ -257,10 +289,8 @@ def run_serving_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path
                   f"time, {format_ms(1e3 * fastest_s)} ms: nothing to search")
     else:
         sweep.say(f"confirming by real open-loop runs: {', '.join(s.label for s in confirm)} (each rate's p99 checked "
-                  f"at {CHECK_CONFIDENCE:.0%}; GO and NO-GO need {budget.describe().replace('look', 'rate')})")
-        for setting in confirm:
-            records[setting.label] = sweep.search(replica, setting, predicted=predicted.get(setting.label),
-                                                  cached=cached)
+                  f"at {CHECK_CONFIDENCE:.0%}; GO and NO-GO need {budget.describe(look='rate')})")
+        records = sweep.searches(replica, confirm, predicted=predicted, cached=cached)
     decision: Optional[ServingLoadDecision] = None
     if session.rank_env.is_rank0:
         decision = decide_from_records(cfg, service, [r for s in confirm for r in records.get(s.label, [])],

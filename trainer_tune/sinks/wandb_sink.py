@@ -196,7 +196,8 @@ class WandbSink:
                 logged["charts/p99_vs_rate"] = wandb.Image(str(chart), caption="p99 request latency against rate")
             run.log(logged)
             run.summary.update(report.to_json_dict() | {"settings": None, "fingerprint": None})
-            run.summary.update({f"sustainable_rate_per_s/{s.label}": s.rate.rate_per_s
+            # A label holds a "/" ("4/2ms"), which wandb would read as nesting.
+            run.summary.update({f"sustainable_rate_per_s/{s.label.replace('/', '_')}": s.rate.rate_per_s
                                 for s in d.settings if s.rate is not None})
             self._finish_with_files(run, files)
         except Exception as exc:  # noqa: BLE001 - wandb must never end a sweep
