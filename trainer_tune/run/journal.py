@@ -76,14 +76,12 @@ class JournalContents:
     serving: tuple[dict[str, Any], ...] = ()
     """A serving-under-load sweep's lines (measure/load_record.py), in journal order, as read."""
     memory: tuple[MemoryPrediction, ...] = ()
-    """Each planned setting's memory prediction (measure/memory_trace.py), the first line of each setting."""
+    """The memory predictions (measure/memory_trace.py), in journal order."""
 
     def predictions(self) -> dict[str, MemoryPrediction]:
-        """The memory predictions by setting key."""
-        found: dict[str, MemoryPrediction] = {}
-        for prediction in self.memory:
-            found.setdefault(prediction.setting_key, prediction)
-        return found
+        """The memory predictions by setting key, each setting's last line (a resumed sweep that measured a setting
+        the first run did not adds its real-step figure in a later line)."""
+        return {prediction.setting_key: prediction for prediction in self.memory}
 
     def by_key(self) -> dict[str, WindowRecord]:
         return {r.trial_key: r for r in self.results}

@@ -39,7 +39,7 @@ from trainer_tune.measure.flops import analytic_flops_apply, gpt_flops_per_token
 from trainer_tune.run.journal import (
     JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, start_or_resume,
     write_inflight)
-from trainer_tune.measure.memory_trace import MemoryPrediction, MemoryTrace, predict_setting
+from trainer_tune.measure.memory_trace import MemoryPrediction, predict_setting, trace_step_memory
 from trainer_tune.platform.durable import append_line
 from trainer_tune.platform.finite import finite_json
 from trainer_tune.evidence.memory_fit import MemoryLimit
@@ -222,26 +222,38 @@ class _Sweep:
         return done, attempts
 
     # --- memory before measuring (measure/memory_trace.py) -------------------------------------------------
-    def memory_predictions(self, plan: list[TrialSpec], limit: MemoryLimit) -> dict[str, MemoryPrediction]:
-        """Each planned setting's traced peak by setting key: rank 0 traces what the journal lacks (a resume reads
-        the rest back) and journals it; every rank gets the same predictions. Not in a multirun's jobs (each builds
-        one setting, whose peak its window measures)."""
+    def memory_predictions(self, plan: list[TrialSpec]) -> dict[str, MemoryPrediction]:
+        """Each planned setting's traced peak by setting key (under fake tensors: nothing is built): rank 0 traces
+        what the journal lacks (a resumed sweep reads the rest back); every rank gets the same predictions. Not in a
+        multirun's jobs (each builds one setting, whose peak its window measures)."""
         predictions: dict[str, MemoryPrediction] = {}
         if self.rank_env.is_rank0:
             predictions = read_journal(self.journal_path).predictions()
             for spec in plan:
-                if spec.key in predictions:
-                    continue
-                def will_build(trace: MemoryTrace, spec: TrialSpec = spec) -> bool:
-                    return not fitting_plan([spec], {spec.key: MemoryPrediction(spec.key, "", trace, None)},
-                                            limit=limit, trust=self.cfg.sweep.trust_memory_prediction,
-                                            swept=self.swept)[1]
+                if spec.key not in predictions:
+                    predictions[spec.key] = predict_setting(
+                        self.cfg, spec, label=spec.label(swept_flags=self.swept), world_size=self.rank_env.world_size,
+                        device_type=self.session.device.type, will_build=lambda _trace: False)
+        return self.session.broadcast_from_rank0(predictions)
 
-                prediction = predict_setting(self.cfg, spec, label=spec.label(swept_flags=self.swept),
-                                             world_size=self.rank_env.world_size, device_type=self.session.device.type,
-                                             will_build=will_build)
-                append_line(self.journal_path, finite_json(prediction.to_json_dict(), sort_keys=True))
-                predictions[spec.key] = prediction
+    def checked_predictions(self, plan: list[TrialSpec], predictions: dict[str, MemoryPrediction], *,
+                            measured: set[str]) -> dict[str, MemoryPrediction]:
+        """After the race: on a CPU, each measured setting's real-step tensor bytes beside its prediction (only what
+        was built anyway is stepped for real: a setting the race never reached, or predicted not to fit, is not),
+        and every prediction journaled once. Rank 0 steps and writes; every rank gets the result."""
+        if self.rank_env.is_rank0:
+            recorded = read_journal(self.journal_path).predictions()
+            for spec in plan:
+                prediction = predictions.get(spec.key)
+                if prediction is None:
+                    continue
+                if (spec.key in measured and prediction.tensor_peak_bytes is None
+                        and self.session.device.type == "cpu"):
+                    real = trace_step_memory(self.cfg, spec, fake=False, world_size=self.rank_env.world_size)
+                    prediction = dataclasses.replace(prediction, tensor_peak_bytes=real.peak_bytes)
+                    predictions[spec.key] = prediction
+                if spec.key not in recorded or recorded[spec.key] != prediction:
+                    append_line(self.journal_path, finite_json(prediction.to_json_dict(), sort_keys=True))
         return self.session.broadcast_from_rank0(predictions)
 
     # --- the race's host and observer (decide/race.py) -----------------------------------------------
@@ -481,7 +493,7 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
         not_built: list[NotMeasured] = []
         raced = plan
         if multirun is None:
-            predictions = sweep.memory_predictions(plan, limit)
+            predictions = sweep.memory_predictions(plan)
             raced, not_built = fitting_plan(plan, predictions, limit=limit, trust=cfg.sweep.trust_memory_prediction,
                                             swept=swept)
         console.sweep_started(num_settings=len(plan), num_windows_done=len(done),
@@ -497,6 +509,7 @@ def run_sweep(*, cfg: TuneConfig, session: DistSession, output_dir: Path, base_f
     settings = sorted(race.settings.values(), key=lambda r: r.index)  # plan order, whatever order measured in
     recommendation = None
     if multirun is None:
+        predictions = sweep.checked_predictions(plan, predictions, measured=set(race.settings))
         recommendation = decide_race(race, cfg, memory_limit=limit,
                                      memory_predictions=[predictions[s.key] for s in plan if s.key in predictions])
         settings = list(recommendation.settings)  # the same settings, with their efficiency and goodput
