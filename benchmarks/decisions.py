@@ -95,8 +95,8 @@ def run_sweep(out: Path, *, nproc: int, overrides: list[str], load: int = 0, bur
     wall_s = time.perf_counter() - start_s
     if proc.returncode not in (0, 3, 5):
         sys.exit(f"sweep failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    windows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()
-               if line.strip() and "journal_header" not in line]
+    lines = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines() if line.strip()]
+    windows = [line for line in lines if "trial_key" in line]  # not the header, nor the memory predictions
     rec = json.loads((out / "recommendation.json").read_text())
     return {"windows": windows, "rec": rec, "settings": {s["label"]: s for s in rec["settings"]}, "wall_s": wall_s}
 

@@ -29,6 +29,8 @@ GIB = 1024 ** 3
 PASS, FAIL, NA = "pass", "fail", "n/a"
 JOURNAL_HEADER_KEY = "journal_header"
 """A journal's first line (trainer_tune/run/journal.py's header): what the journal is of, not a window."""
+NOT_WINDOWS = {JOURNAL_HEADER_KEY, "memory_prediction", "serving_service", "serving_load"}
+"""The keys of the journal's lines that are not windows (run/journal.py reads each kind)."""
 PLAIN_LOOP_STEP, PLAIN_LOOP_JSON, PLAIN_LOOP_OF = "plain_loop", "plain_loop.json", "gpt_125m_bf16"
 """The plain_loop step, where it writes (WORK/runs/plain_loop/), and the sweep step whose setting it repeats."""
 MIN_PLAIN_RATIO = 0.95
@@ -229,7 +231,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut short by a timeout
-                if isinstance(record, dict) and JOURNAL_HEADER_KEY not in record:
+                # Windows only: not the header, nor the memory predictions or a serving-under-load sweep's lines.
+                if isinstance(record, dict) and not set(record) & NOT_WINDOWS:
                     windows.append(record)
     recommendation: dict[str, Any] = {}
     if (run_dir / "recommendation.json").exists():

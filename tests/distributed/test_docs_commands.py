@@ -165,6 +165,12 @@ INFERENCE = "docs/inference.md"
 SERVING_GRID = ["sweep.micro_batch_sizes=[1]"]
 """The serving grid cut to batch 1 beside the baseline 2: two settings, one quick window each."""
 
+LOAD_GRID = ["serving.max_batch_sizes=[4]", "serving.confirm_settings=1", "serving.requests_per_rate=200",
+             "serving.max_s_per_rate=1", "serving.max_rates=2", "serving.service_repeats=5",
+             "serving.max_queue_delays_ms=[1]"]
+"""A serving-under-load sweep cut short: the baseline and 4/1ms, at most two rates of 200 requests each (too few for
+a p99 interval: these runs check the commands, not the figures)."""
+
 INFERENCE_COMMANDS: list[tuple[str, list[str], int]] = [
     # (the command as docs/inference.md (and the README's "Serving batch size") writes it, what the test appends,
     # the exit code the docs promise)
@@ -176,6 +182,14 @@ INFERENCE_COMMANDS: list[tuple[str, list[str], int]] = [
     ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=serving recommend.objective=latency", SERVING_GRID, 0),
     # Refused before any process group starts: one line, exit 2.
     ("python -m trainer_tune +sweep=serving 'sweep.grad_accums=[1,2]'", [], 2),
+    # Serving under load (docs/inference.md, "Under load"), cut to the baseline and one batcher setting, two rates.
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=serving_load recommend.max_p99_ms=10", LOAD_GRID, 0),
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=serving_load model=distilbert_cls data=text_cls "
+     "recommend.max_p99_ms=50", LOAD_GRID, 0),
+    ("torchrun --nproc_per_node=2 -m trainer_tune +sweep=serving_load 'serving.rate_per_s=[200,400,800]' "
+     "recommend.max_p99_ms=20", [*LOAD_GRID[:-1], "serving.max_queue_delays_ms=[0]"], 0),
+    # Decided again from the journal of the first serving_load command (run first into the same directory).
+    ("python -m trainer_tune.decide outputs/runs/2026-12-08_01-30-00 recommend.max_p99_ms=20", [], 0),
 ]
 """The serving commands of docs/inference.md and the README, but the GPU one (train=gpu_bf16)."""
 
@@ -206,9 +220,26 @@ def test_serving_command_exits_as_documented(tmp_path: Path, command: str, extra
         assert line in (REPO / INFERENCE).read_text(), f"the docs show another message than {line!r}"
         assert not (tmp_path / "out" / "trials.jsonl").exists()
         return
+    if "trainer_tune.decide" in command:
+        # The re-decide of a serving-under-load sweep: first the sweep, then the command on its directory.
+        sweep = tmp_path / "sweep"
+        test_docs_command_exits_as_documented(
+            sweep, "torchrun --nproc_per_node=2 -m trainer_tune +sweep=serving_load recommend.max_p99_ms=10",
+            LOAD_GRID, 0, ())
+        argv = [sys.executable, *shlex.split(command)[1:]]
+        argv[argv.index("outputs/runs/2026-12-08_01-30-00")] = str(sweep / "out")
+        proc = subprocess.run(argv, cwd=REPO, env=clean_env({}), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.strip().splitlines()[-1].startswith("decided again: ")
+        assert json.loads((sweep / "out" / "redecided" / "recommendation.json").read_text())["target_p99_ms"] == 20.0
+        return
     test_docs_command_exits_as_documented(tmp_path, command, extra, exit_code, ())
     out = tmp_path / "out"
     rec = json.loads((out / "recommendation.json").read_text())
+    if "+sweep=serving_load" in command:
+        assert rec["mode"] == "serving_load" and rec["baseline"] == "2/0ms"
+        assert [s["label"] for s in rec["settings"]][0] == "2/0ms" and (out / "report.md").exists()
+        return
     assert len(rec["settings"]) == 2
     for setting in rec["settings"]:
         assert setting["mode"] == "inference" and setting["status"] == "ok", setting.get("error")
