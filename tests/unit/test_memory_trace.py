@@ -15,7 +15,7 @@ from trainer_tune.config.flags import TrialFlags
 from trainer_tune.config.schema import TuneConfig, config_dir, register_configs
 from trainer_tune.decide.strategy import fitting_plan
 from trainer_tune.evidence.memory_fit import MemoryLimit
-from trainer_tune.measure.memory_trace import MemoryPrediction, MemoryTrace, predict_setting, trace_step_memory
+from trainer_tune.measure.memory_trace import MemoryPrediction, MemoryTrace, predict_setting, trace_step_memory, with_real_step
 from trainer_tune.run.journal import read_journal
 from trainer_tune.plan import TrialSpec, build_plan
 from trainer_tune.workloads.model import build_trial_model
@@ -110,10 +110,10 @@ def test_settings_predicted_over_the_limit_are_not_built_but_the_baseline_always
 def test_a_prediction_is_one_journal_line_read_back_whole(tmp_path: Path) -> None:
     cfg, specs = _plan("sweep.micro_batch_sizes=[2]")
     spec = specs["2x1"]
-    prediction = predict_setting(cfg, spec, label="2x1", world_size=1, device_type="cpu", will_build=lambda _t: True)
+    skipped = predict_setting(cfg, spec, label="2x1", world_size=1)
+    assert skipped.tensor_peak_bytes is None and skipped.error is None  # not built yet: no real step either
+    prediction = with_real_step(skipped, cfg, spec, world_size=1)
     assert prediction.tensor_peak_bytes == prediction.predicted.peak_bytes and prediction.error == 0.0
-    skipped = predict_setting(cfg, spec, label="2x1", world_size=1, device_type="cpu", will_build=lambda _t: False)
-    assert skipped.tensor_peak_bytes is None and skipped.error is None  # never built: no real step either
     journal = tmp_path / "trials.jsonl"
     journal.write_text(json.dumps(prediction.to_json_dict()) + "\n")
     assert read_journal(journal).predictions() == {spec.key: prediction}

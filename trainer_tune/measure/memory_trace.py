@@ -16,8 +16,9 @@ allocator's rounding and cache on a GPU and, on a CPU, whatever the resident set
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torch.utils._pytree import tree_map
@@ -152,12 +153,17 @@ class MemoryPrediction:
                                 tensor_peak_bytes=inner.get("tensor_peak_bytes"))
 
 
-def predict_setting(cfg: TuneConfig, spec: TrialSpec, *, label: str, world_size: int, device_type: str,
-                    will_build: Callable[[MemoryTrace], bool]) -> MemoryPrediction:
-    """The prediction of one setting, and on a CPU the real step's tensor bytes beside it, counted only where the
-    setting will be built anyway (`will_build(prediction)`): a setting predicted not to fit is never built."""
-    predicted = trace_step_memory(cfg, spec, fake=True, world_size=world_size)
-    real = (trace_step_memory(cfg, spec, fake=False, world_size=world_size)
-            if device_type == "cpu" and will_build(predicted) else None)
-    return MemoryPrediction(setting_key=spec.key, label=label, predicted=predicted,
-                            tensor_peak_bytes=None if real is None else real.peak_bytes)
+def predict_setting(cfg: TuneConfig, spec: TrialSpec, *, label: str, world_size: int) -> MemoryPrediction:
+    """The prediction of one setting, under fake tensors only: nothing is built (`with_real_step` adds the real
+    step's tensor bytes, once the setting is built anyway)."""
+    return MemoryPrediction(setting_key=spec.key, label=label,
+                            predicted=trace_step_memory(cfg, spec, fake=True, world_size=world_size),
+                            tensor_peak_bytes=None)
+
+
+def with_real_step(prediction: MemoryPrediction, cfg: TuneConfig, spec: TrialSpec, *,
+                   world_size: int) -> MemoryPrediction:
+    """The prediction with one real step's tensor bytes on the CPU beside it (what a CPU prediction is checked
+    against); call it only for a setting that is built anyway: a setting predicted not to fit never is."""
+    real = trace_step_memory(cfg, spec, fake=False, world_size=world_size)
+    return dataclasses.replace(prediction, tensor_peak_bytes=real.peak_bytes)

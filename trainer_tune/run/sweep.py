@@ -39,7 +39,7 @@ from trainer_tune.measure.flops import analytic_flops_apply, gpt_flops_per_token
 from trainer_tune.run.journal import (
     JOURNAL_NAME, InFlight, append_result, clear_inflight, read_inflight, read_journal, start_or_resume,
     write_inflight)
-from trainer_tune.measure.memory_trace import MemoryPrediction, predict_setting, trace_step_memory
+from trainer_tune.measure.memory_trace import MemoryPrediction, predict_setting, with_real_step
 from trainer_tune.platform.durable import append_line
 from trainer_tune.platform.finite import finite_json
 from trainer_tune.evidence.memory_fit import MemoryLimit
@@ -231,9 +231,8 @@ class _Sweep:
             predictions = read_journal(self.journal_path).predictions()
             for spec in plan:
                 if spec.key not in predictions:
-                    predictions[spec.key] = predict_setting(
-                        self.cfg, spec, label=spec.label(swept_flags=self.swept), world_size=self.rank_env.world_size,
-                        device_type=self.session.device.type, will_build=lambda _trace: False)
+                    predictions[spec.key] = predict_setting(self.cfg, spec, label=spec.label(swept_flags=self.swept),
+                                                            world_size=self.rank_env.world_size)
         return self.session.broadcast_from_rank0(predictions)
 
     def checked_predictions(self, plan: list[TrialSpec], predictions: dict[str, MemoryPrediction], *,
@@ -249,8 +248,7 @@ class _Sweep:
                     continue
                 if (spec.key in measured and prediction.tensor_peak_bytes is None
                         and self.session.device.type == "cpu"):
-                    real = trace_step_memory(self.cfg, spec, fake=False, world_size=self.rank_env.world_size)
-                    prediction = dataclasses.replace(prediction, tensor_peak_bytes=real.peak_bytes)
+                    prediction = with_real_step(prediction, self.cfg, spec, world_size=self.rank_env.world_size)
                     predictions[spec.key] = prediction
                 if spec.key not in recorded or recorded[spec.key] != prediction:
                     append_line(self.journal_path, finite_json(prediction.to_json_dict(), sort_keys=True))
